@@ -1,0 +1,246 @@
+//! [`Engine`]: the facade the HTTP layer calls. Owns the shared indices and the root actor.
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use dashmap::DashMap;
+use ractor::{rpc::CallResult, Actor, ActorRef};
+use subtle::ConstantTimeEq;
+use tokaroo_storage::Store;
+
+use crate::{
+    apikey::{ApiKeyMsg, KeyEntry},
+    inspect::{self, ActorNode},
+    root::{RootActor, RootMsg},
+    shared::{SessionEntry, Shared, WorkspaceEntry},
+    supervisor::{ChildHandle, ChildStatus, RestartPolicy},
+    tokens, Admission, EngineError,
+};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub default_rpm: u32,
+    pub restart_policy: RestartPolicy,
+    /// Accepted as the operator's dashboard session token (automation).
+    pub admin_token: Option<String>,
+    pub admission_timeout: Duration,
+    /// Enables `Engine::inject_failure` (tests only).
+    pub fault_injection: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            default_rpm: 60,
+            restart_policy: RestartPolicy::default(),
+            admin_token: None,
+            admission_timeout: Duration::from_secs(5),
+            fault_injection: false,
+        }
+    }
+}
+
+/// Who a dashboard session token belongs to.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub account_id: String,
+    pub is_operator: bool,
+}
+
+/// Printed once, at the first start.
+pub struct BootstrapCredentials {
+    pub account_id: String,
+    pub session_token: String,
+    pub api_key: String,
+}
+
+pub(crate) const OPERATOR_ACCOUNT_META: &str = "operator_account_id";
+
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) config: Arc<EngineConfig>,
+    root: ActorRef<RootMsg>,
+    operator_account_id: Arc<std::sync::RwLock<Option<String>>>,
+}
+
+impl Engine {
+    /// Loads the indices from storage and starts the actor tree.
+    pub async fn start(store: Store, config: EngineConfig) -> Result<Self, EngineError> {
+        let shared = Arc::new(Shared {
+            restart_policy: config.restart_policy,
+            default_rpm: config.default_rpm,
+            keys_by_hash: DashMap::new(),
+            keys_by_id: DashMap::new(),
+            sessions_by_hash: DashMap::new(),
+            workspaces: DashMap::new(),
+            store,
+        });
+        load_indices(&shared)?;
+        let operator = shared.store.meta_get(OPERATOR_ACCOUNT_META)?;
+        let root_actor = RootActor { shared: shared.clone(), started_at_ms: crate::now_ms() };
+        let (root, _) = Actor::spawn(Some(crate::root::NAME.to_owned()), root_actor, ())
+            .await
+            .map_err(|e| EngineError::Internal(format!("actor tree failed to start: {e}")))?;
+        let engine = Self {
+            shared,
+            config: Arc::new(config),
+            root,
+            operator_account_id: Arc::new(std::sync::RwLock::new(operator)),
+        };
+        engine.spawn_last_used_persister();
+        Ok(engine)
+    }
+
+    /// Stops the actor tree and makes everything durable.
+    pub async fn shutdown(&self) -> Result<(), EngineError> {
+        let _ = self.root.get_cell().stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10))).await;
+        self.persist_last_used()?;
+        self.shared.store.flush().await?;
+        Ok(())
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    pub fn operator_account_id(&self) -> Option<String> {
+        self.operator_account_id.read().ok().and_then(|g| g.clone())
+    }
+
+    pub(crate) fn set_operator_account_id(&self, id: String) {
+        if let Ok(mut guard) = self.operator_account_id.write() {
+            *guard = Some(id);
+        }
+    }
+
+    /// Looks a runtime key up by its hash. Revoked keys are gone from the index at once.
+    pub fn authenticate_key(&self, secret: &str) -> Option<Arc<KeyEntry>> {
+        self.shared.keys_by_hash.get(&tokens::sha256(secret)).map(|e| e.value().clone())
+    }
+
+    pub fn authenticate_session(&self, token: &str) -> Option<Identity> {
+        if let Some(admin) = &self.config.admin_token {
+            if !admin.is_empty() && bool::from(admin.as_bytes().ct_eq(token.as_bytes())) {
+                return self.operator_account_id().map(|account_id| Identity { account_id, is_operator: true });
+            }
+        }
+        self.shared
+            .sessions_by_hash
+            .get(&tokens::sha256(token))
+            .map(|s| Identity { account_id: s.account_id.clone(), is_operator: s.is_operator })
+    }
+
+    /// Admission of one runtime request: the key's workspace must be active and the key's
+    /// actor must grant a rate-limit permit.
+    pub async fn admit(&self, key: &KeyEntry) -> Result<Admission, EngineError> {
+        if let Some(slug) = &key.workspace_slug {
+            match self.shared.workspace_entry(&key.account_id, slug) {
+                Some(ws) if ws.active.load(Ordering::Relaxed) => {}
+                Some(_) => return Err(EngineError::Forbidden(format!("Workspace {slug} is disabled"))),
+                None => return Err(EngineError::NotFound { what: "Workspace" }),
+            }
+        }
+        let actor = ActorRef::<ApiKeyMsg>::where_is(key.actor_name.as_str())
+            .ok_or_else(|| EngineError::Unavailable("this API key's actor is restarting; retry shortly".into()))?;
+        match actor.call(ApiKeyMsg::Admit, Some(self.config.admission_timeout)).await {
+            Ok(CallResult::Success(admission)) => Ok(admission),
+            Ok(CallResult::Timeout) => Err(EngineError::Unavailable("admission timed out".into())),
+            Ok(CallResult::SenderError) | Err(_) => {
+                Err(EngineError::Unavailable("this API key's actor is restarting; retry shortly".into()))
+            }
+        }
+    }
+
+    /// The live actor tree, from the root down.
+    pub async fn actor_tree(&self) -> ActorNode {
+        let root = ChildHandle {
+            name: crate::root::NAME.to_owned(),
+            kind: "root",
+            status: ChildStatus::Running,
+            restarts: 0,
+            last_error: None,
+            cell: Some(self.root.get_cell()),
+        };
+        inspect::walk(root).await
+    }
+
+    /// Test-only: makes the named actor's handler fail so supervision can be exercised.
+    pub fn inject_failure(&self, name: &str) -> Result<(), EngineError> {
+        if !self.config.fault_injection {
+            return Err(EngineError::Forbidden("fault injection is disabled".into()));
+        }
+        let kind = name.split(':').next().unwrap_or_default();
+        let cell = ractor::registry::where_is(name).ok_or(EngineError::NotFound { what: "Actor" })?;
+        if inspect::inject_failure(kind, &cell, format!("injected failure in {name}")) {
+            Ok(())
+        } else {
+            Err(EngineError::invalid(format!("actor {name} does not accept injected failures")))
+        }
+    }
+
+    fn spawn_last_used_persister(&self) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                if engine.root.get_status() != ractor::ActorStatus::Running {
+                    break;
+                }
+                if let Err(error) = engine.persist_last_used() {
+                    tracing::warn!(%error, "could not persist keys' last_used_at");
+                }
+            }
+        });
+    }
+
+    /// Writes `last_used_at` of keys used since the last write (kept off the request path).
+    fn persist_last_used(&self) -> Result<(), EngineError> {
+        for entry in self.shared.keys_by_id.iter() {
+            let Some(used) = entry.last_used_ms() else { continue };
+            let key = (entry.account_id.as_str(), entry.id.as_str());
+            if let Some(mut record) = self.shared.store.api_keys.get(&key)? {
+                if record.last_used_at_ms.is_none_or(|prev| prev < used) {
+                    record.last_used_at_ms = Some(used);
+                    self.shared.store.api_keys.insert(&key, &record)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn load_indices(shared: &Shared) -> Result<(), EngineError> {
+    for key in shared.store.api_keys.all()? {
+        let hash = decode_hash(&key.secret_sha256)?;
+        let entry = Arc::new(KeyEntry {
+            actor_name: crate::apikey::actor_name(&key.id),
+            last_used_ms: key.last_used_at_ms.unwrap_or(0).into(),
+            id: key.id,
+            account_id: key.account_id,
+            workspace_slug: key.workspace_slug,
+        });
+        shared.keys_by_hash.insert(hash, entry.clone());
+        shared.keys_by_id.insert(entry.id.clone(), entry);
+    }
+    let operators: std::collections::HashSet<String> =
+        shared.store.accounts.all()?.into_iter().filter(|a| a.is_operator).map(|a| a.id).collect();
+    for session in shared.store.sessions.all()? {
+        let hash = decode_hash(&session.token_sha256)?;
+        let is_operator = operators.contains(&session.account_id);
+        shared.sessions_by_hash.insert(hash, Arc::new(SessionEntry { account_id: session.account_id, is_operator }));
+    }
+    for ws in shared.store.workspaces.all()? {
+        let entry = WorkspaceEntry { uuid: ws.id, active: (ws.status == "active").into() };
+        shared.workspaces.insert((ws.account_id, ws.slug), Arc::new(entry));
+    }
+    Ok(())
+}
+
+pub(crate) fn decode_hash(hex_digest: &str) -> Result<[u8; 32], EngineError> {
+    let bytes = hex::decode(hex_digest).map_err(|e| EngineError::Internal(format!("stored hash is not hex: {e}")))?;
+    bytes.try_into().map_err(|_| EngineError::Internal("stored hash is not 32 bytes".into()))
+}

@@ -1,0 +1,56 @@
+//! State shared by the engine facade and its actors: the store and the in-memory indices
+//! that authentication reads on every request (rebuilt from storage at start).
+
+use std::sync::{atomic::AtomicBool, Arc};
+
+use dashmap::DashMap;
+use tokaroo_storage::Store;
+
+use crate::{
+    apikey::{ApiKeySpec, KeyEntry},
+    supervisor::{ChildSpec, RestartPolicy},
+};
+
+pub struct SessionEntry {
+    pub account_id: String,
+    pub is_operator: bool,
+}
+
+pub struct WorkspaceEntry {
+    pub uuid: String,
+    pub active: AtomicBool,
+}
+
+pub struct Shared {
+    pub store: Store,
+    pub restart_policy: RestartPolicy,
+    pub default_rpm: u32,
+    pub keys_by_hash: DashMap<[u8; 32], Arc<KeyEntry>>,
+    pub keys_by_id: DashMap<String, Arc<KeyEntry>>,
+    pub sessions_by_hash: DashMap<[u8; 32], Arc<SessionEntry>>,
+    /// (account_id, slug) → live workspace state.
+    pub workspaces: DashMap<(String, String), Arc<WorkspaceEntry>>,
+}
+
+impl Shared {
+    pub fn keys_in_workspace(&self, account_id: &str, slug: Option<&str>) -> Vec<Arc<KeyEntry>> {
+        self.keys_by_id
+            .iter()
+            .filter(|e| e.account_id == account_id && e.workspace_slug.as_deref() == slug)
+            .map(|e| e.value().clone())
+            .collect()
+    }
+
+    /// Keys not bound to any workspace, across all accounts (supervised by `accounts`).
+    pub fn unbound_keys(&self) -> Vec<Arc<KeyEntry>> {
+        self.keys_by_id.iter().filter(|e| e.workspace_slug.is_none()).map(|e| e.value().clone()).collect()
+    }
+
+    pub fn key_spec(&self, entry: Arc<KeyEntry>) -> Arc<dyn ChildSpec> {
+        Arc::new(ApiKeySpec { entry, store: self.store.clone(), default_rpm: self.default_rpm })
+    }
+
+    pub fn workspace_entry(&self, account_id: &str, slug: &str) -> Option<Arc<WorkspaceEntry>> {
+        self.workspaces.get(&(account_id.to_owned(), slug.to_owned())).map(|e| e.value().clone())
+    }
+}

@@ -1,0 +1,182 @@
+//! The command line: `serve`, and operator commands that talk to a running server.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "tokaroo", version, about = "Self-hosted AI routing gateway and context layer")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Args)]
+pub struct ClientArgs {
+    /// Base URL of the running server (default: from the config's listen address).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Operator session token (default: TOKAROO_ADMIN_TOKEN).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Config file, used to find the server's address.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Manage tenant accounts on a running server.
+    Accounts {
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
+    /// Print the live actor tree of a running server.
+    Actors {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print the raw JSON instead of the indented tree.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AccountsCommand {
+    /// Create an account; prints its id and a dashboard session token (shown once).
+    Create {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List accounts.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve { config, listen, data_dir, log_format } => {
+            let mut config = Config::load(config.as_deref())?;
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
+            if let Some(dir) = data_dir {
+                config.server.data_dir = dir;
+            }
+            if let Some(format) = log_format {
+                config.log.format = format;
+            }
+            crate::server::init_logging(&config);
+            runtime.block_on(crate::server::serve(config))?;
+        }
+        Command::Accounts { command: AccountsCommand::Create { name, client } } => {
+            let body = serde_json::json!({ "name": name });
+            let account =
+                runtime.block_on(client_request(&client, reqwest::Method::POST, "/admin/accounts", Some(body)))?;
+            println!("account id:              {}", account["id"].as_str().unwrap_or_default());
+            println!("name:                    {}", account["name"].as_str().unwrap_or_default());
+            println!(
+                "dashboard session token: {}   (shown once)",
+                account["session_token"].as_str().unwrap_or_default()
+            );
+        }
+        Command::Accounts { command: AccountsCommand::List { client } } => {
+            let list = runtime.block_on(client_request(&client, reqwest::Method::GET, "/admin/accounts", None))?;
+            for a in list["data"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  {}{}",
+                    a["id"].as_str().unwrap_or_default(),
+                    a["name"].as_str().unwrap_or_default(),
+                    if a["is_operator"] == true { "  (operator)" } else { "" }
+                );
+            }
+        }
+        Command::Actors { client, json } => {
+            let tree = runtime.block_on(client_request(&client, reqwest::Method::GET, "/admin/actors", None))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tree)?);
+            } else {
+                let mut out = String::new();
+                render_tree(&tree, 0, &mut out);
+                print!("{out}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn client_request(
+    client: &ClientArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, Box<dyn std::error::Error>> {
+    let base = match &client.url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => format!("http://{}", Config::load(client.config.as_deref())?.server.listen),
+    };
+    let token = client
+        .token
+        .clone()
+        .or_else(|| std::env::var("TOKAROO_ADMIN_TOKEN").ok())
+        .ok_or("no operator token: pass --token or set TOKAROO_ADMIN_TOKEN")?;
+    let mut request = reqwest::Client::new().request(method, format!("{base}{path}")).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.map_err(|e| format!("cannot reach the server at {base}: {e}"))?;
+    let status = response.status();
+    let value: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let message = value["message"].as_str().or_else(|| value["error"].as_str()).unwrap_or("request failed");
+        return Err(format!("{status}: {message}").into());
+    }
+    Ok(value)
+}
+
+/// One line per actor: name, status, restarts, then its snapshot, indented by depth.
+pub fn render_tree(node: &Value, depth: usize, out: &mut String) {
+    use std::fmt::Write;
+    let indent = "  ".repeat(depth);
+    let restarts = node["restarts"].as_u64().unwrap_or(0);
+    let _ =
+        write!(out, "{indent}{} [{}]", node["name"].as_str().unwrap_or("?"), node["status"].as_str().unwrap_or("?"));
+    if restarts > 0 {
+        let _ = write!(out, " restarts={restarts}");
+    }
+    if let Some(error) = node["last_error"].as_str() {
+        let _ = write!(out, " last_error={error:?}");
+    }
+    if let Some(snapshot) = node["snapshot"].as_object() {
+        let summary: Vec<String> =
+            snapshot.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| format!("{k}={v}")).collect();
+        if !summary.is_empty() {
+            let _ = write!(out, "  {}", summary.join(" "));
+        }
+    }
+    out.push('\n');
+    for child in node["children"].as_array().into_iter().flatten() {
+        render_tree(child, depth + 1, out);
+    }
+}

@@ -1,0 +1,213 @@
+//! Configuration: built-in defaults, then `config/tokaroo.toml` (or `--config FILE`), then
+//! `TOKAROO_*` environment variables, then command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_PATH: &str = "config/tokaroo.toml";
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub rate_limit: RateLimitConfig,
+    pub supervision: SupervisionConfig,
+    pub debug: DebugConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub shutdown_grace_secs: u64,
+    pub admin_token: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            max_body_bytes: 10 * 1024 * 1024,
+            shutdown_grace_secs: 30,
+            admin_token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Human, level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub default_rpm: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { default_rpm: 60 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisionConfig {
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub max_failures_in_window: usize,
+    pub window_secs: u64,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        Self { initial_backoff_ms: 1000, max_backoff_ms: 30_000, max_failures_in_window: 5, window_secs: 60 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    /// Enables `POST /admin/actors/fail` for supervision tests. Never enable in production.
+    pub fault_injection: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid value for {var}: {message}")]
+    Env { var: &'static str, message: String },
+}
+
+impl Config {
+    /// Loads `path`, or the default path when it exists, then applies environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let explicit = path.map(Path::to_path_buf).or_else(|| std::env::var_os("TOKAROO_CONFIG").map(PathBuf::from));
+        let mut config = match explicit {
+            Some(path) => Self::from_file(&path)?,
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => Self::from_file(Path::new(DEFAULT_CONFIG_PATH))?,
+            None => Self::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })
+    }
+
+    /// Every `TOKAROO_*` override, in one table so the README can list them.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(var: &'static str, value: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value.trim().parse().map_err(|e: T::Err| ConfigError::Env { var, message: e.to_string() })
+        }
+        if let Some(v) = get("TOKAROO_LISTEN") {
+            self.server.listen = v;
+        }
+        if let Some(v) = get("TOKAROO_DATA_DIR") {
+            self.server.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("TOKAROO_MAX_BODY_BYTES") {
+            self.server.max_body_bytes = parse("TOKAROO_MAX_BODY_BYTES", &v)?;
+        }
+        if let Some(v) = get("TOKAROO_SHUTDOWN_GRACE_SECS") {
+            self.server.shutdown_grace_secs = parse("TOKAROO_SHUTDOWN_GRACE_SECS", &v)?;
+        }
+        if let Some(v) = get("TOKAROO_ADMIN_TOKEN") {
+            self.server.admin_token = Some(v).filter(|t| !t.is_empty());
+        }
+        if let Some(v) = get("TOKAROO_LOG_FORMAT") {
+            self.log.format = match v.as_str() {
+                "human" => LogFormat::Human,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(ConfigError::Env {
+                        var: "TOKAROO_LOG_FORMAT",
+                        message: format!("{other:?} is not human or json"),
+                    })
+                }
+            };
+        }
+        if let Some(v) = get("TOKAROO_LOG_LEVEL") {
+            self.log.level = v;
+        }
+        if let Some(v) = get("TOKAROO_DEFAULT_RPM") {
+            self.rate_limit.default_rpm = parse("TOKAROO_DEFAULT_RPM", &v)?;
+        }
+        if let Some(v) = get("TOKAROO_SUPERVISION_INITIAL_BACKOFF_MS") {
+            self.supervision.initial_backoff_ms = parse("TOKAROO_SUPERVISION_INITIAL_BACKOFF_MS", &v)?;
+        }
+        if let Some(v) = get("TOKAROO_FAULT_INJECTION") {
+            self.debug.fault_injection = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_file_parses_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_PATH);
+        let shipped = Config::from_file(&path).expect("config/tokaroo.toml parses");
+        let defaults = Config::default();
+        assert_eq!(shipped.server.listen, defaults.server.listen);
+        assert_eq!(shipped.server.data_dir, defaults.server.data_dir);
+        assert_eq!(shipped.rate_limit.default_rpm, defaults.rate_limit.default_rpm);
+    }
+
+    #[test]
+    fn env_overrides_win_and_bad_values_are_named() {
+        let mut config = Config::default();
+        let env = |name: &str| match name {
+            "TOKAROO_LISTEN" => Some("0.0.0.0:9000".to_owned()),
+            "TOKAROO_DEFAULT_RPM" => Some("120".to_owned()),
+            _ => None,
+        };
+        config.apply_env(env).unwrap();
+        assert_eq!(config.server.listen, "0.0.0.0:9000");
+        assert_eq!(config.rate_limit.default_rpm, 120);
+        let bad = |name: &str| (name == "TOKAROO_DEFAULT_RPM").then(|| "lots".to_owned());
+        let err = Config::default().apply_env(bad).unwrap_err().to_string();
+        assert!(err.contains("TOKAROO_DEFAULT_RPM"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = toml::from_str::<Config>("[server]\nlisten_addr = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("listen_addr"), "{err}");
+    }
+}

@@ -1,0 +1,76 @@
+//! Operator routes: tenant accounts and the live actor tree.
+
+use axum::{
+    extract::State,
+    routing::{get, post},
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{
+    error::ApiError,
+    extract::{JsonBody, Operator},
+    wire::iso,
+    AppState,
+};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/accounts", get(list_accounts).post(create_account))
+        .route("/admin/actors", get(actor_tree))
+        .route("/admin/actors/fail", post(inject_failure))
+}
+
+#[derive(Deserialize)]
+struct CreateAccountRequest {
+    name: String,
+}
+
+async fn create_account(
+    State(state): State<AppState>,
+    _op: Operator,
+    JsonBody(req): JsonBody<CreateAccountRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let (account, session_token) = state.engine.create_account(&req.name).await?;
+    Ok(Json(json!({
+        "id": account.id,
+        "name": account.name,
+        "session_token": session_token,
+        "created_at": iso(account.created_at_ms),
+    })))
+}
+
+async fn list_accounts(State(state): State<AppState>, _op: Operator) -> Result<Json<Value>, ApiError> {
+    let data: Vec<Value> = state
+        .engine
+        .list_accounts()?
+        .into_iter()
+        .map(
+            |a| json!({ "id": a.id, "name": a.name, "is_operator": a.is_operator, "created_at": iso(a.created_at_ms) }),
+        )
+        .collect();
+    Ok(Json(json!({ "object": "list", "data": data })))
+}
+
+async fn actor_tree(State(state): State<AppState>, _op: Operator) -> Json<Value> {
+    Json(serde_json::to_value(state.engine.actor_tree().await).unwrap_or(Value::Null))
+}
+
+#[derive(Deserialize)]
+struct InjectFailureRequest {
+    name: String,
+}
+
+/// Test-only (`debug.fault_injection`): makes the named actor fail as a bug would.
+async fn inject_failure(
+    State(state): State<AppState>,
+    _op: Operator,
+    JsonBody(req): JsonBody<InjectFailureRequest>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.config.debug.fault_injection {
+        return Err(ApiError::RouteNotFound { method: "POST".into(), path: "/admin/actors/fail".into() });
+    }
+    state.engine.inject_failure(&req.name)?;
+    Ok(Json(json!({ "ok": true, "name": req.name })))
+}

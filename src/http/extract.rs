@@ -1,0 +1,138 @@
+//! Extractors: JSON bodies whose rejections become [`ApiError`]s, and one extractor per
+//! credential type.
+
+use std::sync::Arc;
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{header, request::Parts, StatusCode},
+};
+use serde::de::DeserializeOwned;
+use tokaroo_actors::{Identity, KeyEntry};
+
+use super::{error::ApiError, AppState};
+
+/// A JSON request body. Accepts any content type (curl's `-d` sends a form type), names the
+/// offending field on type errors, and turns oversized bodies into 413.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(format!(
+                    "Request body is larger than the limit of {} bytes",
+                    state.config.server.max_body_bytes
+                ))
+            } else {
+                ApiError::BadRequest(format!("Could not read the request body: {rejection}"))
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest("Request body is empty; expected a JSON object".into()));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let detail = if inner.is_syntax() || inner.is_eof() {
+            format!("Malformed JSON in request body: {inner}")
+        } else if path == "." {
+            format!("Invalid request body: {inner}")
+        } else {
+            format!("Invalid value for `{path}`: {inner}")
+        };
+        ApiError::BadRequest(detail)
+    })
+}
+
+/// The bearer credential, if any.
+pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts.headers.get(header::AUTHORIZATION).ok_or(ApiError::MissingCredential)?;
+    let value = value.to_str().map_err(|_| ApiError::InvalidCredential)?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or(ApiError::InvalidCredential)?
+        .trim();
+    if token.is_empty() {
+        return Err(ApiError::MissingCredential);
+    }
+    Ok(token)
+}
+
+fn is_api_key(token: &str) -> bool {
+    token.starts_with(tokaroo_actors::tokens::API_KEY_PREFIX)
+}
+
+/// A dashboard session (management routes). A valid runtime key here is the wrong
+/// credential type: 403.
+pub struct Session(pub Identity);
+
+impl FromRequestParts<AppState> for Session {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        if is_api_key(token) {
+            return Err(match state.engine.authenticate_key(token) {
+                Some(_) => ApiError::SessionRequired,
+                None => ApiError::InvalidCredential,
+            });
+        }
+        state.engine.authenticate_session(token).map(Session).ok_or(ApiError::InvalidCredential)
+    }
+}
+
+/// The operator's dashboard session (`/admin/*`).
+pub struct Operator(pub Identity);
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Session(identity) = Session::from_request_parts(parts, state).await?;
+        if identity.is_operator {
+            Ok(Operator(identity))
+        } else {
+            Err(ApiError::OperatorRequired)
+        }
+    }
+}
+
+/// Authenticates a runtime key without admitting it (the admission middleware does both).
+pub fn runtime_key(parts: &Parts, state: &AppState) -> Result<Arc<KeyEntry>, ApiError> {
+    let token = bearer(parts)?;
+    if !is_api_key(token) {
+        return Err(match state.engine.authenticate_session(token) {
+            Some(_) => ApiError::ApiKeyRequired,
+            None => ApiError::InvalidCredential,
+        });
+    }
+    state.engine.authenticate_key(token).ok_or(ApiError::InvalidCredential)
+}
+
+/// A runtime API key that has been admitted (authenticated and under its rate limit) by
+/// [`super::admission::admit`].
+#[derive(Clone)]
+pub struct ApiKey(pub Arc<KeyEntry>);
+
+impl FromRequestParts<AppState> for ApiKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<ApiKey>()
+            .cloned()
+            .ok_or_else(|| ApiError::Internal("runtime route mounted without the admission layer".into()))
+    }
+}

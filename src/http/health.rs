@@ -1,0 +1,30 @@
+//! `/livez` (the process answers) and `/readyz` (it can take traffic: storage answers and it
+//! is not shutting down).
+
+use std::sync::atomic::Ordering;
+
+use axum::{extract::State, http::StatusCode, routing::get, Json, Router};
+use serde_json::{json, Value};
+
+use super::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/livez", get(livez)).route("/readyz", get(readyz))
+}
+
+async fn livez() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "shutting_down" })));
+    }
+    match state.engine.store().meta_get("schema_version_probe") {
+        Ok(_) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "storage_unavailable", "message": e.to_string() })),
+        ),
+    }
+}

@@ -1,0 +1,79 @@
+//! The HTTP API: one router module per area of the spec, merged here.
+
+mod admin;
+mod admission;
+pub mod error;
+pub mod extract;
+mod health;
+mod keys;
+mod models;
+mod wire;
+mod workspaces;
+
+use std::sync::{atomic::AtomicBool, Arc};
+
+use axum::{
+    extract::{DefaultBodyLimit, Request},
+    http::{HeaderName, Method, Uri},
+    middleware,
+    response::{IntoResponse, Response},
+    Router,
+};
+use tokaroo_actors::Engine;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+use crate::config::Config;
+use error::{openai_error_shape, to_openai_shape, ApiError, ErrorParts};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub config: Arc<Config>,
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+/// Path prefixes that mirror OpenAI's API and so answer errors in OpenAI's shape.
+const OPENAI_COMPATIBLE: &[&str] = &["/v1/chat/", "/v1/embeddings", "/v1/images/", "/v1/audio/", "/v1/models"];
+
+fn is_openai_compatible(path: &str) -> bool {
+    OPENAI_COMPATIBLE.iter().any(|p| path.starts_with(p))
+}
+
+pub fn router(state: AppState) -> Router {
+    let runtime_openai = models::routes()
+        .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit))
+        .layer(middleware::from_fn(openai_error_shape));
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .merge(health::routes())
+        .merge(keys::routes())
+        .merge(workspaces::routes())
+        .merge(admin::routes())
+        .merge(runtime_openai)
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+fn shaped_for(path: &str, error: ApiError) -> Response {
+    let response = error.into_response();
+    if is_openai_compatible(path) {
+        if let Some(parts) = response.extensions().get::<ErrorParts>().cloned() {
+            return to_openai_shape(response, &parts);
+        }
+    }
+    response
+}
+
+async fn route_not_found(method: Method, uri: Uri) -> Response {
+    shaped_for(uri.path(), ApiError::RouteNotFound { method: method.to_string(), path: uri.path().to_owned() })
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    shaped_for(&path, ApiError::MethodNotAllowed { method: request.method().to_string(), path: path.clone() })
+}

@@ -1,0 +1,123 @@
+//! Start-up and graceful shutdown of `tokaroo serve`.
+
+use std::{
+    io::Write,
+    sync::{atomic::AtomicBool, Arc},
+    time::Duration,
+};
+
+use tokaroo_actors::{BootstrapCredentials, Engine, EngineConfig, RestartPolicy, Store};
+use tokio::net::TcpListener;
+
+use crate::{
+    config::{Config, LogFormat},
+    http::{self, AppState},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Storage(#[from] tokaroo_actors::StorageError),
+    #[error("{0}")]
+    Engine(#[from] tokaroo_actors::EngineError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
+}
+
+fn engine_config(config: &Config) -> EngineConfig {
+    let s = &config.supervision;
+    EngineConfig {
+        default_rpm: config.rate_limit.default_rpm.max(1),
+        restart_policy: RestartPolicy {
+            initial_backoff: Duration::from_millis(s.initial_backoff_ms),
+            max_backoff: Duration::from_millis(s.max_backoff_ms.max(s.initial_backoff_ms)),
+            max_failures_in_window: s.max_failures_in_window,
+            window: Duration::from_secs(s.window_secs),
+        },
+        admin_token: config.server.admin_token.clone(),
+        admission_timeout: Duration::from_secs(5),
+        fault_injection: config.debug.fault_injection,
+    }
+}
+
+fn print_bootstrap(creds: &BootstrapCredentials) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "\n== First start: operator account created. These are shown ONCE; save them now. ==\n\
+         dashboard session token: {}\n\
+         api key (workspace `default`): {}\n",
+        creds.session_token, creds.api_key
+    );
+    let _ = out.flush();
+}
+
+/// Runs the server until SIGINT/SIGTERM, then drains in-flight requests and flushes storage.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let store = Store::open(&config.server.data_dir)?;
+    let engine = Engine::start(store, engine_config(&config)).await?;
+    if let Some(creds) = engine.bootstrap().await? {
+        print_bootstrap(&creds);
+    }
+    let listener = TcpListener::bind(&config.server.listen)
+        .await
+        .map_err(|source| ServeError::Listen { addr: config.server.listen.clone(), source })?;
+    let addr = listener.local_addr()?;
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let state = AppState { engine: engine.clone(), config: Arc::new(config), shutting_down: shutting_down.clone() };
+    let app = http::router(state);
+    println!("Tokaroo listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(%addr, "listening");
+
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!("shutdown requested; finishing in-flight requests");
+    });
+    let served = server.await;
+    // Whatever the server loop returned, make committed state durable before exiting.
+    let flushed = tokio::time::timeout(grace, engine.shutdown()).await;
+    served?;
+    match flushed {
+        Ok(result) => result?,
+        Err(_) => tracing::error!("engine shutdown exceeded the grace period"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

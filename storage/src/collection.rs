@@ -1,0 +1,91 @@
+use std::marker::PhantomData;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{KeyTuple, StorageError};
+
+/// A value stored in a collection. `FORMAT_VERSION` is written before every encoded value so
+/// a later build can tell old layouts apart and migrate them instead of misreading them.
+pub trait Record: Serialize + DeserializeOwned {
+    const TREE: &'static str;
+    const FORMAT_VERSION: u8;
+}
+
+/// A typed view over one sled tree: keys are tuples, values are `R`.
+pub struct Collection<R: Record> {
+    tree: sled::Tree,
+    _record: PhantomData<fn() -> R>,
+}
+
+impl<R: Record> Clone for Collection<R> {
+    fn clone(&self) -> Self {
+        Self { tree: self.tree.clone(), _record: PhantomData }
+    }
+}
+
+impl<R: Record> Collection<R> {
+    pub(crate) fn open(db: &sled::Db) -> Result<Self, StorageError> {
+        Ok(Self { tree: db.open_tree(R::TREE)?, _record: PhantomData })
+    }
+
+    pub fn get(&self, key: &impl KeyTuple) -> Result<Option<R>, StorageError> {
+        match self.tree.get(key.encode_key())? {
+            Some(bytes) => Ok(Some(decode::<R>(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn insert(&self, key: &impl KeyTuple, value: &R) -> Result<(), StorageError> {
+        self.tree.insert(key.encode_key(), encode(value)?)?;
+        Ok(())
+    }
+
+    /// Inserts only when the key is absent; returns false when it already existed.
+    pub fn insert_new(&self, key: &impl KeyTuple, value: &R) -> Result<bool, StorageError> {
+        let swapped = self.tree.compare_and_swap(key.encode_key(), None as Option<&[u8]>, Some(encode(value)?))?;
+        Ok(swapped.is_ok())
+    }
+
+    pub fn remove(&self, key: &impl KeyTuple) -> Result<Option<R>, StorageError> {
+        match self.tree.remove(key.encode_key())? {
+            Some(bytes) => Ok(Some(decode::<R>(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every record whose key starts with `prefix`, in key order.
+    pub fn scan_prefix(&self, prefix: &impl KeyTuple) -> Result<Vec<R>, StorageError> {
+        self.tree.scan_prefix(prefix.encode_key()).values().map(|v| decode::<R>(&v?)).collect()
+    }
+
+    /// Every record in the collection, in key order.
+    pub fn all(&self) -> Result<Vec<R>, StorageError> {
+        self.tree.iter().values().map(|v| decode::<R>(&v?)).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+}
+
+fn encode<R: Record>(value: &R) -> Result<Vec<u8>, StorageError> {
+    let mut out = Vec::with_capacity(128);
+    out.push(R::FORMAT_VERSION);
+    serde_json::to_writer(&mut out, value)
+        .map_err(|e| StorageError::Corrupt { tree: R::TREE.into(), detail: e.to_string() })?;
+    Ok(out)
+}
+
+fn decode<R: Record>(bytes: &[u8]) -> Result<R, StorageError> {
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or_else(|| StorageError::Corrupt { tree: R::TREE.into(), detail: "empty value".into() })?;
+    if version != R::FORMAT_VERSION {
+        return Err(StorageError::FormatVersion { tree: R::TREE.into(), found: version, expected: R::FORMAT_VERSION });
+    }
+    serde_json::from_slice(body).map_err(|e| StorageError::Corrupt { tree: R::TREE.into(), detail: e.to_string() })
+}

@@ -1,0 +1,14 @@
+//! Tokaroo's durable records. Only this crate knows on-disk formats: sled trees, the key
+//! encoding (tuples with big-endian integers, so range scans follow time) and the value
+//! envelope (a format-version byte before the JSON body).
+
+mod collection;
+mod error;
+mod key;
+pub mod records;
+mod store;
+
+pub use collection::{Collection, Record};
+pub use error::StorageError;
+pub use key::{KeyPart, KeyTuple};
+pub use store::{Store, SCHEMA_VERSION};

@@ -1,0 +1,74 @@
+//! The record types kept on disk. Times are unix milliseconds (UTC).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::Record;
+
+/// A tenant. The operator account is created at first start; others by the operator.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Account {
+    pub id: String,
+    pub name: String,
+    pub is_operator: bool,
+    /// Self-serve accounts must pass the first-key activation checklist; accounts the
+    /// operator creates skip it.
+    pub self_serve: bool,
+    pub created_at_ms: i64,
+}
+impl Record for Account {
+    const TREE: &'static str = "accounts";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// Key: (account_id, slug).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Workspace {
+    pub id: String,
+    pub account_id: String,
+    /// The caller-chosen identifier (`workspace_id` on the wire), unique per account.
+    pub slug: String,
+    pub name: String,
+    pub status: String,
+    pub metadata: Map<String, Value>,
+    pub monthly_budget_usd: Option<f64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+impl Record for Workspace {
+    const TREE: &'static str = "workspaces";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// Key: (account_id, key_id). The secret itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApiKey {
+    pub id: String,
+    pub account_id: String,
+    pub name: String,
+    pub prefix: String,
+    pub secret_sha256: String,
+    pub metadata: Map<String, Value>,
+    pub workspace_slug: Option<String>,
+    pub rate_limit_rpm: Option<u32>,
+    pub created_at_ms: i64,
+    pub last_used_at_ms: Option<i64>,
+}
+impl Record for ApiKey {
+    const TREE: &'static str = "api_keys";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// Key: (account_id, session_id). A dashboard session token, stored as its SHA-256.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Session {
+    pub id: String,
+    pub account_id: String,
+    pub token_sha256: String,
+    pub label: String,
+    pub created_at_ms: i64,
+}
+impl Record for Session {
+    const TREE: &'static str = "sessions";
+    const FORMAT_VERSION: u8 = 1;
+}

@@ -1,0 +1,150 @@
+use std::{fs::File, path::Path, sync::Arc};
+
+use crate::{
+    records::{Account, ApiKey, Session, Workspace},
+    Collection, StorageError,
+};
+
+/// Bumped whenever a record layout changes incompatibly; checked at every open.
+pub const SCHEMA_VERSION: u32 = 1;
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+/// The embedded store: one sled database under `<data_dir>/db`, guarded by an exclusive
+/// lock on `<data_dir>/LOCK` so that a second server on the same directory fails at once.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
+    pub accounts: Collection<Account>,
+    pub workspaces: Collection<Workspace>,
+    pub api_keys: Collection<ApiKey>,
+    pub sessions: Collection<Session>,
+    _lock: Arc<File>,
+}
+
+impl Store {
+    pub fn open(data_dir: &Path) -> Result<Self, StorageError> {
+        let io_err = |source| StorageError::Io { path: data_dir.display().to_string(), source };
+        std::fs::create_dir_all(data_dir).map_err(io_err)?;
+        let lock_path = data_dir.join("LOCK");
+        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err)?;
+        if lock.try_lock().is_err() {
+            return Err(StorageError::Locked { path: data_dir.display().to_string() });
+        }
+        let db = sled::Config::new().path(data_dir.join("db")).flush_every_ms(Some(200)).open()?;
+        let meta = db.open_tree("meta")?;
+        check_schema(&meta)?;
+        Ok(Self {
+            accounts: Collection::open(&db)?,
+            workspaces: Collection::open(&db)?,
+            api_keys: Collection::open(&db)?,
+            sessions: Collection::open(&db)?,
+            meta,
+            db,
+            _lock: Arc::new(lock),
+        })
+    }
+
+    /// Small string flags such as "bootstrapped".
+    pub fn meta_get(&self, key: &str) -> Result<Option<String>, StorageError> {
+        Ok(self.meta.get(key)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn meta_set(&self, key: &str, value: &str) -> Result<(), StorageError> {
+        self.meta.insert(key, value.as_bytes())?;
+        Ok(())
+    }
+
+    /// Makes every write so far durable. Management writes call this before answering.
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn flush_blocking(&self) -> Result<(), StorageError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn check_schema(meta: &sled::Tree) -> Result<(), StorageError> {
+    match meta.get(SCHEMA_KEY)? {
+        None => {
+            meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+            Ok(())
+        }
+        Some(bytes) => {
+            let found = u32::from_be_bytes(bytes.as_ref().try_into().map_err(|_| StorageError::Corrupt {
+                tree: "meta".into(),
+                detail: "schema_version is not 4 bytes".into(),
+            })?);
+            if found == SCHEMA_VERSION {
+                Ok(())
+            } else {
+                Err(StorageError::SchemaVersion { found, expected: SCHEMA_VERSION })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(id: &str) -> Account {
+        Account { id: id.into(), name: id.into(), is_operator: false, self_serve: false, created_at_ms: 1 }
+    }
+
+    #[test]
+    fn records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.accounts.insert(&"a1", &account("a1")).unwrap();
+            store.flush_blocking().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.accounts.get(&"a1").unwrap(), Some(account("a1")));
+        assert_eq!(store.accounts.get(&"a2").unwrap(), None);
+    }
+
+    #[test]
+    fn second_open_of_same_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        match Store::open(dir.path()) {
+            Err(StorageError::Locked { .. }) => {}
+            Err(other) => panic!("expected Locked, got {other}"),
+            Ok(_) => panic!("expected Locked, got a second store"),
+        }
+    }
+
+    #[test]
+    fn schema_version_mismatch_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.meta.insert(SCHEMA_KEY, &99u32.to_be_bytes()).unwrap();
+            store.flush_blocking().unwrap();
+        }
+        match Store::open(dir.path()) {
+            Err(StorageError::SchemaVersion { found: 99, expected: SCHEMA_VERSION }) => {}
+            Err(other) => panic!("expected SchemaVersion, got {other}"),
+            Ok(_) => panic!("expected SchemaVersion error"),
+        }
+    }
+
+    #[test]
+    fn prefix_scan_is_scoped_and_insert_new_refuses_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (acct, id) in [("a", "1"), ("a", "2"), ("ab", "3")] {
+            let mut rec = account(id);
+            rec.name = acct.into();
+            assert!(store.accounts.insert_new(&(acct, id), &rec).unwrap());
+        }
+        assert!(!store.accounts.insert_new(&("a", "1"), &account("1")).unwrap());
+        let in_a: Vec<String> = store.accounts.scan_prefix(&("a",)).unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(in_a, vec!["1", "2"]);
+    }
+}
