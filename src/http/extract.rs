@@ -36,8 +36,13 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::BadRequest("Request body is empty; expected a JSON object".into()));
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Err(ApiError::BadRequest("Request body is empty; expected a JSON object".into())),
+        // serde would read a struct from a JSON array positionally; every body here is an object.
+        Some(b'[') => {
+            return Err(ApiError::BadRequest("Invalid request body: expected a JSON object, got an array".into()))
+        }
+        Some(_) => {}
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {

@@ -1,0 +1,10 @@
+//! Integration tests: each test starts the real `tokaroo` binary on a random loopback port
+//! with a temporary data directory and talks to it over HTTP.
+
+mod harness;
+
+mod auth_and_errors;
+mod foundation;
+mod keys_and_workspaces;
+mod rate_limits;
+mod supervision;
