@@ -231,3 +231,85 @@ async fn spawn_fresh(spec: &dyn ChildSpec, supervisor: ActorCell) -> Result<Acto
     }
     spec.spawn(supervisor).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+    struct Idle;
+    impl Actor for Idle {
+        type Msg = ();
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    struct IdleSpec(&'static str);
+    impl ChildSpec for IdleSpec {
+        fn name(&self) -> String {
+            self.0.to_owned()
+        }
+        fn kind(&self) -> &'static str {
+            "idle"
+        }
+        fn spawn(&self, _supervisor: ActorCell) -> BoxFuture<Result<ActorCell, SpawnErr>> {
+            let name = self.0.to_owned();
+            Box::pin(async move { Ok(Actor::spawn(Some(name), Idle, ()).await?.0.get_cell()) })
+        }
+    }
+
+    fn failed(children: &Children, name: &str) -> SupervisionEvent {
+        let cell = children.handles().into_iter().find(|h| h.name == name).unwrap().cell.unwrap();
+        SupervisionEvent::ActorFailed(cell, "boom".into())
+    }
+
+    #[tokio::test]
+    async fn backoff_doubles_up_to_the_cap_then_escalates() {
+        let policy = RestartPolicy {
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(40),
+            max_failures_in_window: 4,
+            window: Duration::from_secs(60),
+        };
+        let (parent, _) = Actor::spawn(None, Idle, ()).await.unwrap();
+        let mut children = Children::new(policy);
+        children.start(Arc::new(IdleSpec("idle:backoff")), parent.get_cell()).await.unwrap();
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            let event = failed(&children, "idle:backoff");
+            match children.on_event(&event) {
+                SupervisionAction::RestartAfter { name, delay } => {
+                    assert_eq!(name, "idle:backoff");
+                    delays.push(delay.as_millis());
+                    assert_eq!(children.handles()[0].status, ChildStatus::Restarting);
+                    if let SupervisionEvent::ActorFailed(cell, _) = event {
+                        cell.stop_and_wait(None, None).await.unwrap();
+                    }
+                    assert_eq!(children.restart(&name, parent.get_cell()).await, None);
+                }
+                other => panic!("expected a restart, got {other:?}"),
+            }
+        }
+        assert_eq!(delays, vec![10, 20, 40, 40]);
+        let handle = &children.handles()[0];
+        assert_eq!((handle.restarts, handle.status), (4, ChildStatus::Running));
+        assert_eq!(handle.last_error.as_deref(), Some("boom"));
+        let event = failed(&children, "idle:backoff");
+        assert!(matches!(children.on_event(&event), SupervisionAction::Escalate(_)));
+        children.stop_all();
+    }
+
+    #[tokio::test]
+    async fn events_for_unknown_or_stopped_children_are_ignored() {
+        let (parent, _) = Actor::spawn(None, Idle, ()).await.unwrap();
+        let mut children = Children::new(RestartPolicy::default());
+        children.start(Arc::new(IdleSpec("idle:stopped")), parent.get_cell()).await.unwrap();
+        let event = failed(&children, "idle:stopped");
+        children.stop("idle:stopped");
+        assert_eq!(children.on_event(&event), SupervisionAction::None);
+        assert!(children.is_empty());
+    }
+}

@@ -20,6 +20,7 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/accounts", get(list_accounts).post(create_account))
         .route("/admin/actors", get(actor_tree))
         .route("/admin/actors/fail", post(inject_failure))
+        .route("/admin/debug/sleep", post(sleep))
 }
 
 #[derive(Deserialize)]
@@ -73,4 +74,23 @@ async fn inject_failure(
     }
     state.engine.inject_failure(&req.name)?;
     Ok(Json(json!({ "ok": true, "name": req.name })))
+}
+
+#[derive(Deserialize)]
+struct SleepRequest {
+    ms: u64,
+}
+
+/// Test-only (`debug.fault_injection`): a request that stays in flight for `ms` (at most 10 s),
+/// so graceful shutdown can be shown to let it finish.
+async fn sleep(
+    State(state): State<AppState>,
+    _op: Operator,
+    JsonBody(req): JsonBody<SleepRequest>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.config.debug.fault_injection {
+        return Err(ApiError::RouteNotFound { method: "POST".into(), path: "/admin/debug/sleep".into() });
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(req.ms.min(10_000))).await;
+    Ok(Json(json!({ "slept_ms": req.ms.min(10_000) })))
 }

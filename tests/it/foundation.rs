@@ -151,3 +151,27 @@ async fn cli_creates_accounts_and_prints_the_actor_tree() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("TOKAROO_ADMIN_TOKEN"));
 }
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_then_exits_cleanly() {
+    let gw = Gateway::start().await;
+    let url = gw.url("/admin/debug/sleep");
+    let in_flight = tokio::spawn(async move {
+        let r =
+            reqwest::Client::new().post(url).bearer_auth(ADMIN_TOKEN).json(&json!({"ms": 800})).send().await.unwrap();
+        (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = gw.pid();
+    let base = gw.base.clone();
+    let exit = tokio::spawn(gw.stop());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // New connections are no longer accepted while the old request drains.
+    assert!(
+        reqwest::Client::new().get(format!("{base}/livez")).send().await.is_err(),
+        "listener closed after SIGTERM (pid {pid})"
+    );
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!((status, body["slept_ms"].as_u64()), (200, Some(800)), "the in-flight request finished");
+    assert_eq!(exit.await.unwrap(), Some(0));
+}
