@@ -3,10 +3,12 @@
 
 pub mod accounts;
 pub mod apikey;
+pub mod chat;
 mod directory;
 mod engine;
 mod error;
 pub mod inspect;
+pub mod providers;
 pub mod root;
 mod shared;
 pub mod supervisor;

@@ -1,0 +1,229 @@
+//! Provider-neutral chat types. The HTTP layer builds a [`ChatRequest`] from the client's
+//! JSON; each provider adapter turns it into its own wire format and its answer back into a
+//! [`ChatResponse`] or a stream of [`ChatDelta`]s.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// The three routing modes of the managed surface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Auto,
+    Fast,
+    Max,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "fast" => Some(Self::Fast),
+            "max" => Some(Self::Max),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Fast => "fast",
+            Self::Max => "max",
+        }
+    }
+}
+
+/// What the client asked for in `model`: a mode, or a native model name used directly.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelChoice {
+    Mode(Mode),
+    Native(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContentPart {
+    Text(String),
+    /// An https URL or a `data:` URL.
+    Image {
+        url: String,
+        detail: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// JSON text, as the model produced it.
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub content: Vec<ContentPart>,
+    /// Assistant turns that called tools.
+    pub tool_calls: Vec<ToolCall>,
+    /// Tool turns: which call this answers.
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
+}
+
+impl Message {
+    pub fn text(role: Role, text: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: vec![ContentPart::Text(text.into())],
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        }
+    }
+
+    /// All text parts joined (images left out).
+    pub fn joined_text(&self) -> String {
+        let mut out = String::new();
+        for part in &self.content {
+            if let ContentPart::Text(t) = part {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(t);
+            }
+        }
+        out
+    }
+
+    pub fn has_image(&self) -> bool {
+        self.content.iter().any(|p| matches!(p, ContentPart::Image { .. }))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolDef {
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON Schema of the arguments.
+    pub parameters: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    Auto,
+    None,
+    Required,
+    Function(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { name: String, schema: Value, strict: bool },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    pub model: ModelChoice,
+    pub messages: Vec<Message>,
+    pub tools: Vec<ToolDef>,
+    pub tool_choice: Option<ToolChoice>,
+    pub response_format: Option<ResponseFormat>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub stop: Vec<String>,
+    pub seed: Option<i64>,
+    pub user: Option<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+impl ChatRequest {
+    pub fn needs_vision(&self) -> bool {
+        self.messages.iter().any(Message::has_image)
+    }
+
+    pub fn needs_tools(&self) -> bool {
+        !self.tools.is_empty() || self.messages.iter().any(|m| !m.tool_calls.is_empty() || m.role == Role::Tool)
+    }
+
+    pub fn needs_json(&self) -> bool {
+        matches!(self.response_format, Some(ResponseFormat::JsonObject | ResponseFormat::JsonSchema { .. }))
+    }
+
+    pub fn system_text(&self) -> Option<String> {
+        let parts: Vec<String> =
+            self.messages.iter().filter(|m| m.role == Role::System).map(Message::joined_text).collect();
+        (!parts.is_empty()).then(|| parts.join("\n\n"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ToolCalls,
+    ContentFilter,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::ToolCalls => "tool_calls",
+            Self::ContentFilter => "content_filter",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+impl Usage {
+    pub fn total(&self) -> u32 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatResponse {
+    pub content: Option<String>,
+    pub tool_calls: Vec<ToolCall>,
+    pub finish_reason: FinishReason,
+    /// `None` when the provider reported no usage (then we count tokens ourselves).
+    pub usage: Option<Usage>,
+}
+
+/// One event of a streamed answer, in provider-neutral form.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatDelta {
+    Text(String),
+    /// A tool call begins: its position among this answer's calls, id and function name.
+    ToolCallStart {
+        index: u32,
+        id: String,
+        name: String,
+    },
+    /// A fragment of a tool call's JSON arguments.
+    ToolCallArguments {
+        index: u32,
+        fragment: String,
+    },
+    Finish(FinishReason),
+    Usage(Usage),
+}

@@ -1,0 +1,1 @@
+//! Placeholder: the anthropic adapter is being written.

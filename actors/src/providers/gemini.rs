@@ -1,0 +1,1 @@
+//! Placeholder: the gemini adapter is being written.

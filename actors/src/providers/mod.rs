@@ -1,0 +1,142 @@
+//! Provider adapters. Each file knows one provider's wire format and nothing else does:
+//! `openai.rs` (also used by Groq and self-hosted OpenAI-compatible endpoints), `anthropic.rs`,
+//! `gemini.rs`, and the offline `simulator.rs`. `http.rs` is the shared plumbing (sending,
+//! status mapping, SSE framing) that carries no provider's format.
+
+pub mod anthropic;
+pub mod gemini;
+pub mod http;
+pub mod openai;
+
+use std::time::Duration;
+
+use futures_util::{future::BoxFuture, stream::BoxStream};
+use serde::Serialize;
+
+use crate::chat::{ChatDelta, ChatRequest, ChatResponse};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    #[serde(rename = "openai")]
+    OpenAi,
+    Anthropic,
+    Google,
+    Groq,
+    /// A self-hosted OpenAI-compatible endpoint (Ollama, vLLM, LocalAI).
+    Local,
+    /// The built-in offline provider, on only while no real provider is configured.
+    Simulator,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Google => "google",
+            Self::Groq => "groq",
+            Self::Local => "local",
+            Self::Simulator => "simulator",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "openai" => Some(Self::OpenAi),
+            "anthropic" => Some(Self::Anthropic),
+            "google" | "gemini" => Some(Self::Google),
+            "groq" => Some(Self::Groq),
+            "local" => Some(Self::Local),
+            "simulator" => Some(Self::Simulator),
+            _ => None,
+        }
+    }
+}
+
+/// Everything an adapter needs to reach one upstream account.
+#[derive(Clone)]
+pub struct Connection {
+    pub provider: ProviderKind,
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub extra_headers: Vec<(String, String)>,
+    pub http: reqwest::Client,
+    /// Upper bound on one upstream call (for streams: until the first event).
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Connection {
+    // Hand-written so that the key can never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("provider", &self.provider)
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum ProviderError {
+    #[error("could not connect to the provider: {0}")]
+    Connect(String),
+    #[error("the provider did not answer in time")]
+    Timeout,
+    #[error("the provider answered {status}: {message}")]
+    Status { status: u16, message: String, retry_after: Option<Duration> },
+    #[error("the provider's answer could not be read: {0}")]
+    Protocol(String),
+    #[error("the provider's stream broke: {0}")]
+    StreamBroken(String),
+}
+
+impl ProviderError {
+    /// Worth trying the next candidate: the failure says nothing about the request itself.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::Timeout | Self::Protocol(_) | Self::StreamBroken(_) => true,
+            Self::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
+        }
+    }
+
+    /// A short code for health records (`last_failure_code`).
+    pub fn code(&self) -> String {
+        match self {
+            Self::Connect(_) => "connect_error".into(),
+            Self::Timeout => "timeout".into(),
+            Self::Status { status, .. } => status.to_string(),
+            Self::Protocol(_) => "protocol_error".into(),
+            Self::StreamBroken(_) => "stream_broken".into(),
+        }
+    }
+}
+
+pub type DeltaStream = BoxStream<'static, Result<ChatDelta, ProviderError>>;
+
+/// One provider's chat API. `model` is the provider's native model id.
+pub trait ChatProvider: Send + Sync {
+    fn chat<'a>(
+        &'a self,
+        conn: &'a Connection,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
+
+    /// Resolves once the upstream has accepted the request (status checked); the stream then
+    /// yields deltas until the answer ends.
+    fn chat_stream<'a>(
+        &'a self,
+        conn: &'a Connection,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<DeltaStream, ProviderError>>;
+}
+
+/// The adapter for a provider kind.
+pub fn adapter(kind: ProviderKind) -> &'static dyn ChatProvider {
+    match kind {
+        ProviderKind::OpenAi | ProviderKind::Groq | ProviderKind::Local => &openai::OpenAiChat,
+        // Filled in as their adapters land; until then they speak OpenAI's format.
+        ProviderKind::Anthropic | ProviderKind::Google | ProviderKind::Simulator => &openai::OpenAiChat,
+    }
+}

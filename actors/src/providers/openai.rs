@@ -1,0 +1,299 @@
+//! OpenAI's Chat Completions wire format. Also spoken by Groq and by self-hosted
+//! OpenAI-compatible servers (Ollama, vLLM, LocalAI), which differ only in small ways
+//! handled here by [`ProviderKind`].
+
+use futures_util::{future::BoxFuture, StreamExt};
+use serde_json::{json, Map, Value};
+
+use super::{http, ChatProvider, Connection, DeltaStream, ProviderError, ProviderKind};
+use crate::chat::{
+    ChatDelta, ChatRequest, ChatResponse, ContentPart, FinishReason, Message, ResponseFormat, Role, ToolCall,
+    ToolChoice, Usage,
+};
+
+pub struct OpenAiChat;
+
+fn role(r: Role) -> &'static str {
+    match r {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    }
+}
+
+fn content_json(message: &Message) -> Value {
+    match message.content.as_slice() {
+        [] => Value::Null,
+        [ContentPart::Text(text)] => Value::String(text.clone()),
+        parts => Value::Array(
+            parts
+                .iter()
+                .map(|part| match part {
+                    ContentPart::Text(text) => json!({ "type": "text", "text": text }),
+                    ContentPart::Image { url, detail } => {
+                        let mut image = json!({ "url": url });
+                        if let Some(detail) = detail {
+                            image["detail"] = json!(detail);
+                        }
+                        json!({ "type": "image_url", "image_url": image })
+                    }
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn message_json(message: &Message) -> Value {
+    let mut m = Map::new();
+    m.insert("role".into(), json!(role(message.role)));
+    m.insert("content".into(), content_json(message));
+    if !message.tool_calls.is_empty() {
+        let calls: Vec<Value> = message
+            .tool_calls
+            .iter()
+            .map(
+                |c| json!({ "id": c.id, "type": "function", "function": { "name": c.name, "arguments": c.arguments } }),
+            )
+            .collect();
+        m.insert("tool_calls".into(), Value::Array(calls));
+    }
+    if let Some(id) = &message.tool_call_id {
+        m.insert("tool_call_id".into(), json!(id));
+    }
+    if let Some(name) = &message.name {
+        m.insert("name".into(), json!(name));
+    }
+    Value::Object(m)
+}
+
+/// The upstream request body.
+pub fn request_body(conn: &Connection, model: &str, req: &ChatRequest, stream: bool) -> Value {
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("messages".into(), Value::Array(req.messages.iter().map(message_json).collect()));
+    if let Some(max) = req.max_tokens {
+        // OpenAI and Groq deprecate `max_tokens` (reasoning models refuse it); self-hosted
+        // servers mostly know only `max_tokens`.
+        let field = if conn.provider == ProviderKind::Local { "max_tokens" } else { "max_completion_tokens" };
+        body.insert(field.into(), json!(max));
+    }
+    if let Some(t) = req.temperature {
+        body.insert("temperature".into(), json!(t));
+    }
+    if let Some(p) = req.top_p {
+        body.insert("top_p".into(), json!(p));
+    }
+    if !req.stop.is_empty() {
+        body.insert("stop".into(), json!(req.stop));
+    }
+    if let Some(seed) = req.seed {
+        body.insert("seed".into(), json!(seed));
+    }
+    if let Some(user) = &req.user {
+        body.insert("user".into(), json!(user));
+    }
+    if !req.tools.is_empty() {
+        let tools: Vec<Value> = req
+            .tools
+            .iter()
+            .map(|t| {
+                let mut f = json!({ "name": t.name, "parameters": t.parameters });
+                if let Some(d) = &t.description {
+                    f["description"] = json!(d);
+                }
+                json!({ "type": "function", "function": f })
+            })
+            .collect();
+        body.insert("tools".into(), Value::Array(tools));
+    }
+    if let Some(choice) = &req.tool_choice {
+        let v = match choice {
+            ToolChoice::Auto => json!("auto"),
+            ToolChoice::None => json!("none"),
+            ToolChoice::Required => json!("required"),
+            ToolChoice::Function(name) => json!({ "type": "function", "function": { "name": name } }),
+        };
+        body.insert("tool_choice".into(), v);
+    }
+    match &req.response_format {
+        None | Some(ResponseFormat::Text) => {}
+        Some(ResponseFormat::JsonObject) => {
+            body.insert("response_format".into(), json!({ "type": "json_object" }));
+        }
+        Some(ResponseFormat::JsonSchema { name, schema, strict }) => {
+            body.insert(
+                "response_format".into(),
+                json!({ "type": "json_schema", "json_schema": { "name": name, "schema": schema, "strict": strict } }),
+            );
+        }
+    }
+    if stream {
+        body.insert("stream".into(), json!(true));
+        // Always ask for usage: billing needs it even when the client did not.
+        body.insert("stream_options".into(), json!({ "include_usage": true }));
+    }
+    Value::Object(body)
+}
+
+fn finish_reason(s: &str) -> FinishReason {
+    match s {
+        "length" => FinishReason::Length,
+        "tool_calls" | "function_call" => FinishReason::ToolCalls,
+        "content_filter" => FinishReason::ContentFilter,
+        _ => FinishReason::Stop,
+    }
+}
+
+fn usage(v: &Value) -> Option<Usage> {
+    let prompt = v["prompt_tokens"].as_u64()?;
+    let completion = v["completion_tokens"].as_u64().unwrap_or(0);
+    Some(Usage { prompt_tokens: prompt as u32, completion_tokens: completion as u32 })
+}
+
+pub fn parse_response(v: &Value) -> Result<ChatResponse, ProviderError> {
+    let choice = v["choices"].get(0).ok_or_else(|| ProviderError::Protocol("response has no choices".into()))?;
+    let message = &choice["message"];
+    let tool_calls = message["tool_calls"]
+        .as_array()
+        .map(|calls| {
+            calls
+                .iter()
+                .map(|c| ToolCall {
+                    id: c["id"].as_str().unwrap_or_default().to_owned(),
+                    name: c["function"]["name"].as_str().unwrap_or_default().to_owned(),
+                    arguments: c["function"]["arguments"].as_str().unwrap_or("{}").to_owned(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(ChatResponse {
+        content: message["content"].as_str().map(str::to_owned),
+        tool_calls,
+        finish_reason: finish_reason(choice["finish_reason"].as_str().unwrap_or("stop")),
+        usage: usage(&v["usage"]),
+    })
+}
+
+/// The deltas carried by one streamed chunk.
+pub fn parse_chunk(v: &Value) -> Result<Vec<ChatDelta>, ProviderError> {
+    if let Some(error) = v.get("error") {
+        let message = error["message"].as_str().unwrap_or("error event in stream");
+        return Err(ProviderError::StreamBroken(message.to_owned()));
+    }
+    let mut out = Vec::new();
+    if let Some(choice) = v["choices"].get(0) {
+        let delta = &choice["delta"];
+        if let Some(text) = delta["content"].as_str() {
+            if !text.is_empty() {
+                out.push(ChatDelta::Text(text.to_owned()));
+            }
+        }
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            let index = call["index"].as_u64().unwrap_or(0) as u32;
+            if let Some(id) = call["id"].as_str() {
+                let name = call["function"]["name"].as_str().unwrap_or_default().to_owned();
+                out.push(ChatDelta::ToolCallStart { index, id: id.to_owned(), name });
+            }
+            if let Some(args) = call["function"]["arguments"].as_str() {
+                if !args.is_empty() {
+                    out.push(ChatDelta::ToolCallArguments { index, fragment: args.to_owned() });
+                }
+            }
+        }
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            out.push(ChatDelta::Finish(finish_reason(reason)));
+        }
+    }
+    if let Some(u) = usage(&v["usage"]) {
+        out.push(ChatDelta::Usage(u));
+    }
+    Ok(out)
+}
+
+fn endpoint(conn: &Connection) -> String {
+    format!("{}/chat/completions", conn.base_url.trim_end_matches('/'))
+}
+
+fn post(conn: &Connection, body: &Value) -> reqwest::RequestBuilder {
+    let mut request = conn.http.post(endpoint(conn)).json(body);
+    if let Some(key) = &conn.api_key {
+        request = request.bearer_auth(key);
+    }
+    request
+}
+
+impl ChatProvider for OpenAiChat {
+    fn chat<'a>(
+        &'a self,
+        conn: &'a Connection,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+        Box::pin(async move {
+            let body = request_body(conn, model, req, false);
+            let response = http::send(conn, post(conn, &body)).await?;
+            parse_response(&http::json_body(response).await?)
+        })
+    }
+
+    fn chat_stream<'a>(
+        &'a self,
+        conn: &'a Connection,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<DeltaStream, ProviderError>> {
+        Box::pin(async move {
+            let body = request_body(conn, model, req, true);
+            // The overall timeout must not cut a long stream: only the wait for headers and
+            // the gaps between events are bounded.
+            let mut request = post(conn, &body);
+            for (name, value) in &conn.extra_headers {
+                request = request.header(name, value);
+            }
+            let response = tokio::time::timeout(conn.timeout, request.send())
+                .await
+                .map_err(|_| ProviderError::Timeout)?
+                .map_err(http::map_reqwest_error)?;
+            if !response.status().is_success() {
+                return Err(http::status_error(response).await);
+            }
+            let events = http::sse(response, conn.timeout);
+            let stream =
+                futures_util::stream::unfold((events, false, false), |(mut events, finished, done)| async move {
+                    if done {
+                        return None;
+                    }
+                    loop {
+                        match events.next().await {
+                            None if finished => return None,
+                            None => {
+                                let err = ProviderError::StreamBroken("stream ended before the answer finished".into());
+                                return Some((vec![Err(err)], (events, finished, true)));
+                            }
+                            Some(Err(e)) => return Some((vec![Err(e)], (events, finished, true))),
+                            Some(Ok(event)) => {
+                                if event.data.trim() == "[DONE]" {
+                                    return None;
+                                }
+                                let parsed = serde_json::from_str::<Value>(&event.data)
+                                    .map_err(|e| ProviderError::StreamBroken(format!("invalid JSON chunk: {e}")))
+                                    .and_then(|v| parse_chunk(&v));
+                                match parsed {
+                                    Err(e) => return Some((vec![Err(e)], (events, finished, true))),
+                                    Ok(deltas) if deltas.is_empty() => continue,
+                                    Ok(deltas) => {
+                                        let finished =
+                                            finished || deltas.iter().any(|d| matches!(d, ChatDelta::Finish(_)));
+                                        return Some((deltas.into_iter().map(Ok).collect(), (events, finished, false)));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                })
+                .flat_map(futures_util::stream::iter);
+            Ok(stream.boxed())
+        })
+    }
+}
