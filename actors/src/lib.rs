@@ -3,13 +3,17 @@
 
 pub mod accounts;
 pub mod apikey;
+pub mod catalog;
 pub mod chat;
 mod directory;
 mod engine;
 mod error;
+pub mod gateway;
+pub mod health;
 pub mod inspect;
 pub mod providers;
 pub mod root;
+pub mod router;
 mod shared;
 pub mod supervisor;
 pub mod tokens;

@@ -7,6 +7,7 @@ pub mod anthropic;
 pub mod gemini;
 pub mod http;
 pub mod openai;
+pub mod simulator;
 
 use std::time::Duration;
 
@@ -132,11 +133,14 @@ pub trait ChatProvider: Send + Sync {
     ) -> BoxFuture<'a, Result<DeltaStream, ProviderError>>;
 }
 
+static SIMULATOR: simulator::SimulatorChat = simulator::SimulatorChat { latency: Duration::from_millis(120) };
+
 /// The adapter for a provider kind.
 pub fn adapter(kind: ProviderKind) -> &'static dyn ChatProvider {
     match kind {
         ProviderKind::OpenAi | ProviderKind::Groq | ProviderKind::Local => &openai::OpenAiChat,
         // Filled in as their adapters land; until then they speak OpenAI's format.
-        ProviderKind::Anthropic | ProviderKind::Google | ProviderKind::Simulator => &openai::OpenAiChat,
+        ProviderKind::Anthropic | ProviderKind::Google => &openai::OpenAiChat,
+        ProviderKind::Simulator => &SIMULATOR,
     }
 }

@@ -1,0 +1,278 @@
+//! Executing a routed chat request: try the planned routes in order, fall back on retryable
+//! failures, escalate once on a weak `auto` answer, and price what was used.
+
+use std::{sync::Arc, time::Instant};
+
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::{
+    catalog::CatalogModel,
+    chat::{ChatRequest, ChatResponse, FinishReason, Mode, ModelChoice, ResponseFormat, Usage},
+    providers::{adapter, simulator, DeltaStream, ProviderError, ProviderKind},
+    router::{Route, Router},
+    EngineError,
+};
+
+const MAX_ATTEMPTS: usize = 3;
+
+/// How a request was served; the admin view of the route taken and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteRecord {
+    pub provider: &'static str,
+    pub upstream: String,
+    pub model: String,
+    pub reason: String,
+    /// Earlier routes that failed, with their error codes.
+    pub failed_attempts: Vec<String>,
+    pub escalated: bool,
+    #[serde(skip)]
+    pub priced_as: CatalogModel,
+    #[serde(skip)]
+    pub baseline: Option<CatalogModel>,
+}
+
+impl RouteRecord {
+    pub fn cost_usd(&self, usage: Usage) -> f64 {
+        self.priced_as.cost(usage)
+    }
+
+    pub fn baseline_usd(&self, usage: Usage) -> f64 {
+        self.baseline.as_ref().map_or_else(|| self.cost_usd(usage), |b| b.cost(usage))
+    }
+}
+
+pub struct ChatOutcome {
+    pub response: ChatResponse,
+    /// The provider's usage, or our own count when it reported none.
+    pub usage: Usage,
+    pub route: RouteRecord,
+    pub latency_ms: u64,
+}
+
+pub struct StreamOutcome {
+    pub route: RouteRecord,
+    /// Starts with the first upstream delta already received, so fallback stayed invisible.
+    pub stream: DeltaStream,
+    pub started: Instant,
+}
+
+fn record(route: &Route, failed: &[String], baseline: &Option<CatalogModel>) -> RouteRecord {
+    RouteRecord {
+        provider: route.upstream.kind.as_str(),
+        upstream: route.upstream.name.clone(),
+        model: route.model.id.clone(),
+        reason: route.reason.clone(),
+        failed_attempts: failed.to_vec(),
+        escalated: false,
+        priced_as: route.model.clone(),
+        baseline: baseline.clone(),
+    }
+}
+
+fn note_failure(route: &Route, error: &ProviderError, failed: &mut Vec<String>) {
+    let retry_after = match error {
+        ProviderError::Status { retry_after, .. } => *retry_after,
+        _ => None,
+    };
+    route.upstream.health.record_failure(error.code(), retry_after);
+    tracing::warn!(upstream = %route.upstream.name, model = %route.model.id, %error, "route failed; trying the next one");
+    failed.push(format!("{}/{}: {}", route.upstream.name, route.model.id, error.code()));
+}
+
+/// Counts tokens ourselves when the provider reports none: billing is never zero.
+pub fn fallback_usage(req: &ChatRequest, completion_text: &str) -> Usage {
+    Usage {
+        prompt_tokens: simulator::prompt_tokens(req),
+        completion_tokens: simulator::estimate_tokens(completion_text).max(1),
+    }
+}
+
+fn is_weak(req: &ChatRequest, r: &ChatResponse) -> bool {
+    let text = r.content.as_deref().unwrap_or("").trim();
+    if !r.tool_calls.is_empty() {
+        return false;
+    }
+    let refused = {
+        let lower = text.to_lowercase();
+        ["i can't help with", "i cannot help with", "i can't assist", "i cannot assist", "i'm unable to help"]
+            .iter()
+            .any(|p| lower.starts_with(p))
+    };
+    let bad_json = matches!(req.response_format, Some(ResponseFormat::JsonObject | ResponseFormat::JsonSchema { .. }))
+        && serde_json::from_str::<serde_json::Value>(text).is_err();
+    r.finish_reason == FinishReason::Length || text.is_empty() || refused || bad_json
+}
+
+fn upstream_error(error: ProviderError) -> EngineError {
+    match error {
+        ProviderError::Status { status: 400 | 422, message, .. } => {
+            EngineError::Invalid(format!("The provider rejected the request: {message}"))
+        }
+        other => EngineError::Unavailable(format!("No provider could serve this request: {other}")),
+    }
+}
+
+impl Router {
+    pub async fn chat(&self, req: &ChatRequest) -> Result<ChatOutcome, EngineError> {
+        let routes = self.plan(req)?;
+        let baseline = self.baseline_model(req);
+        let mut failed = Vec::new();
+        let mut last_error = None;
+        let mut tried_upstreams: Vec<String> = Vec::new();
+        for route in routes.iter().filter(|r| !r.upstream.health.is_cooling_down()) {
+            if failed.len() >= MAX_ATTEMPTS {
+                break;
+            }
+            if tried_upstreams.contains(&route.upstream.name) && route.upstream.kind != ProviderKind::Simulator {
+                continue;
+            }
+            let started = Instant::now();
+            match adapter(route.upstream.kind).chat(&route.upstream.conn, &route.model.id, req).await {
+                Ok(response) => {
+                    route.upstream.health.record_success(started.elapsed());
+                    let mut outcome = self.outcome(req, route, response, &failed, &baseline, started);
+                    if req.model == ModelChoice::Mode(Mode::Auto) && is_weak(req, &outcome.response) {
+                        if let Some(better) = self.escalate(req, route, &failed, &baseline).await {
+                            outcome = better;
+                        }
+                    }
+                    return Ok(outcome);
+                }
+                Err(error)
+                    if error.is_retryable()
+                        || matches!(&error, ProviderError::Status { status: 401 | 403 | 404, .. }) =>
+                {
+                    note_failure(route, &error, &mut failed);
+                    tried_upstreams.push(route.upstream.name.clone());
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(upstream_error(error)),
+            }
+        }
+        Err(upstream_error(last_error.unwrap_or(ProviderError::Connect("every route is cooling down".into()))))
+    }
+
+    fn outcome(
+        &self,
+        req: &ChatRequest,
+        route: &Route,
+        response: ChatResponse,
+        failed: &[String],
+        baseline: &Option<CatalogModel>,
+        started: Instant,
+    ) -> ChatOutcome {
+        let usage = response.usage.unwrap_or_else(|| {
+            let mut text = response.content.clone().unwrap_or_default();
+            for call in &response.tool_calls {
+                text.push_str(&call.arguments);
+            }
+            fallback_usage(req, &text)
+        });
+        ChatOutcome {
+            response,
+            usage,
+            route: record(route, failed, baseline),
+            latency_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// One step up for a weak `auto` answer: the best-quality route above the one used.
+    async fn escalate(
+        &self,
+        req: &ChatRequest,
+        used: &Route,
+        failed: &[String],
+        baseline: &Option<CatalogModel>,
+    ) -> Option<ChatOutcome> {
+        let mut max_req = req.clone();
+        max_req.model = ModelChoice::Mode(Mode::Max);
+        let better = self.plan(&max_req).ok()?.into_iter().find(|r| r.model.quality > used.model.quality)?;
+        let started = Instant::now();
+        let response = adapter(better.upstream.kind).chat(&better.upstream.conn, &better.model.id, req).await.ok()?;
+        better.upstream.health.record_success(started.elapsed());
+        let mut outcome = self.outcome(req, &better, response, failed, baseline, started);
+        outcome.route.escalated = true;
+        outcome.route.reason = format!("auto: escalated from {} after a weak answer", used.model.id);
+        Some(outcome)
+    }
+
+    /// Opens a stream on the first route whose upstream produces a first delta.
+    pub async fn chat_stream(&self, req: &ChatRequest) -> Result<StreamOutcome, EngineError> {
+        let routes = self.plan(req)?;
+        let baseline = self.baseline_model(req);
+        let mut failed = Vec::new();
+        let mut last_error = None;
+        for route in routes.iter().filter(|r| !r.upstream.health.is_cooling_down()).take(MAX_ATTEMPTS) {
+            let started = Instant::now();
+            let opened = adapter(route.upstream.kind).chat_stream(&route.upstream.conn, &route.model.id, req).await;
+            let first = match opened {
+                Ok(mut stream) => match stream.next().await {
+                    Some(Ok(delta)) => Ok((delta, stream)),
+                    Some(Err(e)) => Err(e),
+                    None => Err(ProviderError::StreamBroken("stream ended before its first chunk".into())),
+                },
+                Err(e) => Err(e),
+            };
+            match first {
+                Ok((delta, rest)) => {
+                    route.upstream.health.record_success(started.elapsed());
+                    let stream = futures_util::stream::once(async move { Ok(delta) }).chain(rest).boxed();
+                    return Ok(StreamOutcome { route: record(route, &failed, &baseline), stream, started });
+                }
+                Err(error)
+                    if error.is_retryable()
+                        || matches!(&error, ProviderError::Status { status: 401 | 403 | 404, .. }) =>
+                {
+                    note_failure(route, &error, &mut failed);
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(upstream_error(error)),
+            }
+        }
+        Err(upstream_error(last_error.unwrap_or(ProviderError::Connect("every route is cooling down".into()))))
+    }
+}
+
+/// Settings for one managed upstream, from config and environment.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub timeout: std::time::Duration,
+}
+
+/// Builds the router: one upstream per configured provider; the simulator only when none is.
+pub fn build_router(catalog: crate::catalog::Catalog, settings: &[UpstreamSettings]) -> Router {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap_or_default();
+    let make = |s: &UpstreamSettings, name: String| {
+        Arc::new(crate::router::Upstream {
+            name,
+            kind: s.kind,
+            conn: crate::providers::Connection {
+                provider: s.kind,
+                base_url: s.base_url.clone(),
+                api_key: s.api_key.clone(),
+                extra_headers: Vec::new(),
+                http: http.clone(),
+                timeout: s.timeout,
+            },
+            health: Arc::default(),
+        })
+    };
+    let upstreams: Vec<_> = settings.iter().map(|s| make(s, format!("provider:{}:managed", s.kind.as_str()))).collect();
+    let simulator = upstreams.is_empty().then(|| {
+        let s = UpstreamSettings {
+            kind: ProviderKind::Simulator,
+            base_url: String::new(),
+            api_key: None,
+            timeout: std::time::Duration::from_secs(30),
+        };
+        make(&s, "provider:simulator:builtin".into())
+    });
+    if simulator.is_some() {
+        tracing::warn!("no provider configured: the built-in SIMULATOR answers every request (set OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY or GROQ_API_KEY)");
+    }
+    Router { catalog: Arc::new(catalog), upstreams, simulator }
+}

@@ -1,0 +1,115 @@
+//! Live health of one upstream connection: a circuit breaker with cooldown, a latency EWMA and
+//! the last success/failure, read by the router on every request without a round trip.
+
+use std::{sync::Mutex, time::Duration};
+
+use serde::Serialize;
+
+/// Consecutive failures that open the circuit.
+const OPEN_AFTER: u32 = 3;
+const BASE_COOLDOWN: Duration = Duration::from_secs(5);
+const MAX_COOLDOWN: Duration = Duration::from_secs(300);
+const EWMA_WEIGHT: f64 = 0.2;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HealthSnapshot {
+    pub status: &'static str,
+    pub consecutive_failures: u32,
+    pub latency_ewma_ms: Option<f64>,
+    pub successes: u64,
+    pub failures: u64,
+    pub last_success_at_ms: Option<i64>,
+    pub last_failure_at_ms: Option<i64>,
+    pub last_failure_code: Option<String>,
+    /// While set and in the future, the connection is cooling down and not routed to.
+    pub cooldown_until_ms: Option<i64>,
+}
+
+#[derive(Default)]
+pub struct Health {
+    state: Mutex<HealthSnapshot>,
+}
+
+impl Health {
+    pub fn snapshot(&self) -> HealthSnapshot {
+        let mut s = self.state.lock().map(|s| s.clone()).unwrap_or_default();
+        s.status = if self.is_cooling_down() {
+            "cooling_down"
+        } else if s.consecutive_failures > 0 {
+            "degraded"
+        } else {
+            "healthy"
+        };
+        s
+    }
+
+    pub fn is_cooling_down(&self) -> bool {
+        let now = crate::now_ms();
+        self.state.lock().map(|s| s.cooldown_until_ms.is_some_and(|until| until > now)).unwrap_or(false)
+    }
+
+    pub fn latency_ms(&self) -> Option<f64> {
+        self.state.lock().ok().and_then(|s| s.latency_ewma_ms)
+    }
+
+    pub fn record_success(&self, latency: Duration) {
+        if let Ok(mut s) = self.state.lock() {
+            let ms = latency.as_secs_f64() * 1000.0;
+            s.latency_ewma_ms = Some(match s.latency_ewma_ms {
+                Some(prev) => prev * (1.0 - EWMA_WEIGHT) + ms * EWMA_WEIGHT,
+                None => ms,
+            });
+            s.successes += 1;
+            s.consecutive_failures = 0;
+            s.cooldown_until_ms = None;
+            s.last_success_at_ms = Some(crate::now_ms());
+        }
+    }
+
+    /// A retryable failure. A 429's `retry-after` sets the cooldown directly; otherwise the
+    /// circuit opens after a few consecutive failures, for a cooldown that doubles.
+    pub fn record_failure(&self, code: String, retry_after: Option<Duration>) {
+        if let Ok(mut s) = self.state.lock() {
+            let now = crate::now_ms();
+            s.failures += 1;
+            s.consecutive_failures += 1;
+            s.last_failure_at_ms = Some(now);
+            s.last_failure_code = Some(code);
+            let cooldown = match retry_after {
+                Some(wait) => Some(wait.min(MAX_COOLDOWN)),
+                None if s.consecutive_failures >= OPEN_AFTER => {
+                    let doublings = (s.consecutive_failures - OPEN_AFTER).min(6);
+                    Some((BASE_COOLDOWN * 2u32.pow(doublings)).min(MAX_COOLDOWN))
+                }
+                None => None,
+            };
+            if let Some(c) = cooldown {
+                s.cooldown_until_ms = Some(now + c.as_millis() as i64);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn circuit_opens_after_repeated_failures_and_closes_on_success() {
+        let h = Health::default();
+        h.record_failure("500".into(), None);
+        h.record_failure("timeout".into(), None);
+        assert!(!h.is_cooling_down());
+        assert_eq!(h.snapshot().status, "degraded");
+        h.record_failure("500".into(), None);
+        assert!(h.is_cooling_down());
+        assert_eq!(h.snapshot().status, "cooling_down");
+        h.record_success(Duration::from_millis(100));
+        assert!(!h.is_cooling_down());
+        assert_eq!(h.snapshot().latency_ewma_ms, Some(100.0));
+        h.record_success(Duration::from_millis(200));
+        assert_eq!(h.snapshot().latency_ewma_ms, Some(120.0));
+        h.record_failure("429".into(), Some(Duration::from_secs(30)));
+        assert!(h.is_cooling_down(), "a 429 with retry-after cools down at once");
+    }
+}
