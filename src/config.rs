@@ -15,6 +15,26 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub supervision: SupervisionConfig,
     pub debug: DebugConfig,
+    pub providers: ProvidersConfig,
+}
+
+/// One managed provider account. The key usually comes from the provider's own variable
+/// (`OPENAI_API_KEY`, ...); a provider with no key is not routed to.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub base_url: Option<String>,
+    pub api_key: Option<String>,
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProvidersConfig {
+    pub openai: ProviderConfig,
+    pub anthropic: ProviderConfig,
+    pub google: ProviderConfig,
+    pub groq: ProviderConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +187,19 @@ impl Config {
         }
         if let Some(v) = get("TOKAROO_SUPERVISION_INITIAL_BACKOFF_MS") {
             self.supervision.initial_backoff_ms = parse("TOKAROO_SUPERVISION_INITIAL_BACKOFF_MS", &v)?;
+        }
+        for (provider, key_var, url_var) in [
+            (&mut self.providers.openai, "OPENAI_API_KEY", "TOKAROO_OPENAI_BASE_URL"),
+            (&mut self.providers.anthropic, "ANTHROPIC_API_KEY", "TOKAROO_ANTHROPIC_BASE_URL"),
+            (&mut self.providers.google, "GEMINI_API_KEY", "TOKAROO_GEMINI_BASE_URL"),
+            (&mut self.providers.groq, "GROQ_API_KEY", "TOKAROO_GROQ_BASE_URL"),
+        ] {
+            if let Some(v) = get(key_var).filter(|v| !v.is_empty()) {
+                provider.api_key = Some(v);
+            }
+            if let Some(v) = get(url_var).filter(|v| !v.is_empty()) {
+                provider.base_url = Some(v);
+            }
         }
         if let Some(v) = get("TOKAROO_FAULT_INJECTION") {
             self.debug.fault_injection = matches!(v.as_str(), "1" | "true" | "yes");

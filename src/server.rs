@@ -76,9 +76,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .await
         .map_err(|source| ServeError::Listen { addr: config.server.listen.clone(), source })?;
     let addr = listener.local_addr()?;
+    let router = Arc::new(build_router(&config)?);
     let shutting_down = Arc::new(AtomicBool::new(false));
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let state = AppState { engine: engine.clone(), config: Arc::new(config), shutting_down: shutting_down.clone() };
+    let state =
+        AppState { engine: engine.clone(), router, config: Arc::new(config), shutting_down: shutting_down.clone() };
     let app = http::router(state);
     println!("Tokaroo listening on http://{addr}");
     let _ = std::io::stdout().flush();
@@ -99,6 +101,30 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The managed upstreams configured by keys; none means the labelled simulator answers.
+fn build_router(config: &Config) -> Result<tokaroo_actors::router::Router, ServeError> {
+    use tokaroo_actors::{gateway::UpstreamSettings, providers::ProviderKind};
+    let p = &config.providers;
+    let mut settings = Vec::new();
+    for (kind, provider, default_url) in [
+        (ProviderKind::OpenAi, &p.openai, "https://api.openai.com/v1"),
+        (ProviderKind::Anthropic, &p.anthropic, "https://api.anthropic.com"),
+        (ProviderKind::Google, &p.google, "https://generativelanguage.googleapis.com"),
+        (ProviderKind::Groq, &p.groq, "https://api.groq.com/openai/v1"),
+    ] {
+        if let Some(key) = &provider.api_key {
+            settings.push(UpstreamSettings {
+                kind,
+                base_url: provider.base_url.clone().unwrap_or_else(|| default_url.to_owned()),
+                api_key: Some(key.clone()),
+                timeout: Duration::from_secs(provider.timeout_secs.unwrap_or(60)),
+            });
+        }
+    }
+    let catalog = tokaroo_actors::catalog::Catalog::builtin();
+    Ok(tokaroo_actors::gateway::build_router(catalog, &settings))
 }
 
 async fn shutdown_signal() {

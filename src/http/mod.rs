@@ -2,6 +2,7 @@
 
 mod admin;
 mod admission;
+mod chat;
 pub mod error;
 pub mod extract;
 mod health;
@@ -28,6 +29,7 @@ use error::{openai_error_shape, to_openai_shape, ApiError, ErrorParts};
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
+    pub router: Arc<tokaroo_actors::router::Router>,
     pub config: Arc<Config>,
     pub shutting_down: Arc<AtomicBool>,
 }
@@ -41,6 +43,7 @@ fn is_openai_compatible(path: &str) -> bool {
 
 pub fn router(state: AppState) -> Router {
     let runtime_openai = models::routes()
+        .merge(chat::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit))
         .layer(middleware::from_fn(openai_error_shape));
     let request_id = HeaderName::from_static("x-request-id");

@@ -1,0 +1,382 @@
+//! `POST /v1/chat/completions`: OpenAI's request and response shapes, streaming as SSE.
+
+use std::convert::Infallible;
+
+use axum::{
+    body::{Body, Bytes},
+    extract::State,
+    http::{header, HeaderValue},
+    response::{IntoResponse, Response},
+    routing::post,
+    Json, Router,
+};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokaroo_actors::{
+    chat::{
+        ChatDelta, ChatRequest, ContentPart, Message, Mode, ModelChoice, ResponseFormat, Role, ToolCall, ToolChoice,
+        ToolDef, Usage,
+    },
+    gateway::fallback_usage,
+};
+
+use super::{
+    error::ApiError,
+    extract::{parse_json, ApiKey},
+    AppState,
+};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/chat/completions", post(chat_completions))
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(msg.into())
+}
+
+fn parse_content(v: &Value, at: &str) -> Result<Vec<ContentPart>, ApiError> {
+    match v {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![ContentPart::Text(s.clone())]),
+        Value::Array(parts) => parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match p["type"].as_str() {
+                Some("text") => p["text"]
+                    .as_str()
+                    .map(|t| ContentPart::Text(t.to_owned()))
+                    .ok_or_else(|| bad(format!("{at}.content[{i}].text must be a string"))),
+                Some("image_url") => {
+                    let url = p["image_url"]["url"]
+                        .as_str()
+                        .or_else(|| p["image_url"].as_str())
+                        .ok_or_else(|| bad(format!("{at}.content[{i}].image_url.url must be a string")))?;
+                    if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("data:image/")) {
+                        return Err(bad(format!(
+                            "{at}.content[{i}].image_url.url must be an http(s) URL or a data:image/... URL"
+                        )));
+                    }
+                    Ok(ContentPart::Image {
+                        url: url.to_owned(),
+                        detail: p["image_url"]["detail"].as_str().map(str::to_owned),
+                    })
+                }
+                other => Err(bad(format!("{at}.content[{i}].type {other:?} is not supported (text, image_url)"))),
+            })
+            .collect(),
+        _ => Err(bad(format!("{at}.content must be a string or an array of content parts"))),
+    }
+}
+
+fn parse_message(v: &Value, i: usize) -> Result<Message, ApiError> {
+    let at = format!("messages[{i}]");
+    let role = match v["role"].as_str() {
+        Some("system" | "developer") => Role::System,
+        Some("user") => Role::User,
+        Some("assistant") => Role::Assistant,
+        Some("tool") => Role::Tool,
+        Some(other) => return Err(bad(format!("{at}.role {other:?} is not one of system, user, assistant, tool"))),
+        None => return Err(bad(format!("{at}.role is required"))),
+    };
+    let content = parse_content(&v["content"], &at)?;
+    let mut tool_calls = Vec::new();
+    for (j, c) in v["tool_calls"].as_array().into_iter().flatten().enumerate() {
+        let name = c["function"]["name"]
+            .as_str()
+            .ok_or_else(|| bad(format!("{at}.tool_calls[{j}].function.name is required")))?;
+        tool_calls.push(ToolCall {
+            id: c["id"].as_str().unwrap_or_default().to_owned(),
+            name: name.to_owned(),
+            arguments: c["function"]["arguments"].as_str().unwrap_or("{}").to_owned(),
+        });
+    }
+    let tool_call_id = v["tool_call_id"].as_str().map(str::to_owned);
+    if role == Role::Tool && tool_call_id.is_none() {
+        return Err(bad(format!("{at}.tool_call_id is required for role tool")));
+    }
+    if content.is_empty() && tool_calls.is_empty() {
+        return Err(bad(format!("{at}.content is required")));
+    }
+    Ok(Message { role, content, tool_calls, tool_call_id, name: v["name"].as_str().map(str::to_owned) })
+}
+
+fn number(v: &Value, field: &str, min: f64, max: f64) -> Result<Option<f64>, ApiError> {
+    match &v[field] {
+        Value::Null => Ok(None),
+        Value::Number(n) => match n.as_f64() {
+            Some(x) if (min..=max).contains(&x) => Ok(Some(x)),
+            _ => Err(bad(format!("{field} must be between {min} and {max}"))),
+        },
+        _ => Err(bad(format!("{field} must be a number"))),
+    }
+}
+
+/// Builds the engine's request from OpenAI's wire JSON, naming the first thing that is wrong.
+pub fn parse_request(v: &Value) -> Result<(ChatRequest, String), ApiError> {
+    if !v.is_object() {
+        return Err(bad("Request body must be a JSON object"));
+    }
+    let model_name = v["model"].as_str().ok_or_else(|| bad("model is required: auto, fast or max"))?.to_owned();
+    let model = match Mode::parse(&model_name) {
+        Some(mode) => ModelChoice::Mode(mode),
+        None => ModelChoice::Native(model_name.clone()),
+    };
+    let messages = v["messages"].as_array().ok_or_else(|| bad("messages must be a non-empty array"))?;
+    if messages.is_empty() {
+        return Err(bad("messages must be a non-empty array"));
+    }
+    let messages = messages.iter().enumerate().map(|(i, m)| parse_message(m, i)).collect::<Result<Vec<_>, _>>()?;
+    let mut tools = Vec::new();
+    for (i, t) in v["tools"].as_array().into_iter().flatten().enumerate() {
+        if t["type"].as_str() != Some("function") {
+            return Err(bad(format!("tools[{i}].type must be \"function\"")));
+        }
+        let name =
+            t["function"]["name"].as_str().ok_or_else(|| bad(format!("tools[{i}].function.name is required")))?;
+        tools.push(ToolDef {
+            name: name.to_owned(),
+            description: t["function"]["description"].as_str().map(str::to_owned),
+            parameters: if t["function"]["parameters"].is_null() {
+                json!({"type": "object", "properties": {}})
+            } else {
+                t["function"]["parameters"].clone()
+            },
+        });
+    }
+    let tool_choice = match &v["tool_choice"] {
+        Value::Null => None,
+        Value::String(s) => Some(match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => return Err(bad(format!("tool_choice {other:?} is not auto, none or required"))),
+        }),
+        obj => Some(ToolChoice::Function(
+            obj["function"]["name"].as_str().ok_or_else(|| bad("tool_choice.function.name is required"))?.to_owned(),
+        )),
+    };
+    let response_format = match v["response_format"]["type"].as_str() {
+        None => None,
+        Some("text") => Some(ResponseFormat::Text),
+        Some("json_object") => Some(ResponseFormat::JsonObject),
+        Some("json_schema") => {
+            let s = &v["response_format"]["json_schema"];
+            Some(ResponseFormat::JsonSchema {
+                name: s["name"].as_str().unwrap_or("response").to_owned(),
+                schema: s["schema"].clone(),
+                strict: s["strict"].as_bool().unwrap_or(false),
+            })
+        }
+        Some(other) => {
+            return Err(bad(format!("response_format.type {other:?} is not text, json_object or json_schema")))
+        }
+    };
+    let max_tokens =
+        match number(v, "max_completion_tokens", 1.0, 10_000_000.0)?.or(number(v, "max_tokens", 1.0, 10_000_000.0)?) {
+            Some(x) if x.fract() == 0.0 => Some(x as u32),
+            Some(_) => return Err(bad("max_tokens must be a whole number")),
+            None => None,
+        };
+    if let Some(n) = v["n"].as_u64() {
+        if n != 1 {
+            return Err(bad("n must be 1"));
+        }
+    }
+    let stop = match &v["stop"] {
+        Value::Null => Vec::new(),
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .map(|s| s.as_str().map(str::to_owned).ok_or_else(|| bad("stop must be a string or an array of strings")))
+            .collect::<Result<_, _>>()?,
+        _ => return Err(bad("stop must be a string or an array of strings")),
+    };
+    let stream = match &v["stream"] {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        _ => return Err(bad("stream must be a boolean")),
+    };
+    let request = ChatRequest {
+        model,
+        messages,
+        tools,
+        tool_choice,
+        response_format,
+        max_tokens,
+        temperature: number(v, "temperature", 0.0, 2.0)?,
+        top_p: number(v, "top_p", 0.0, 1.0)?,
+        stop,
+        seed: v["seed"].as_i64(),
+        user: v["user"].as_str().map(str::to_owned),
+        stream,
+        include_usage: v["stream_options"]["include_usage"].as_bool().unwrap_or(false),
+    };
+    Ok((request, model_name))
+}
+
+fn usage_json(u: Usage) -> Value {
+    json!({ "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total() })
+}
+
+fn completion_id() -> String {
+    format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn chat_completions(
+    State(state): State<AppState>,
+    ApiKey(_key): ApiKey,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let wire: Value = parse_json(&body)?;
+    let (request, model_name) = parse_request(&wire)?;
+    let created = time::OffsetDateTime::now_utc().unix_timestamp();
+    if request.stream {
+        return stream_response(state, request, model_name, created).await;
+    }
+    let outcome = state.router.chat(&request).await?;
+    let cost = outcome.route.cost_usd(outcome.usage);
+    tracing::info!(provider = outcome.route.provider, model = %outcome.route.model, reason = %outcome.route.reason, cost_usd = cost, "chat served");
+    let r = &outcome.response;
+    let mut message = json!({ "role": "assistant", "content": r.content, "refusal": null });
+    if !r.tool_calls.is_empty() {
+        message["tool_calls"] = r
+            .tool_calls
+            .iter()
+            .map(
+                |c| json!({ "id": c.id, "type": "function", "function": { "name": c.name, "arguments": c.arguments } }),
+            )
+            .collect();
+    }
+    let body = json!({
+        "id": completion_id(),
+        "object": "chat.completion",
+        "created": created,
+        "model": model_name,
+        "choices": [{ "index": 0, "message": message, "finish_reason": r.finish_reason.as_str(), "logprobs": null }],
+        "usage": usage_json(outcome.usage),
+    });
+    let mut response = Json(body).into_response();
+    response
+        .headers_mut()
+        .insert("x-tokaroo-cost", HeaderValue::from_str(&format!("{cost:.8}")).expect("ascii number"));
+    response.headers_mut().insert("x-tokaroo-cache", HeaderValue::from_static("miss"));
+    Ok(response)
+}
+
+async fn stream_response(
+    state: AppState,
+    request: ChatRequest,
+    model_name: String,
+    created: i64,
+) -> Result<Response, ApiError> {
+    let outcome = state.router.chat_stream(&request).await?;
+    let id = completion_id();
+    let route = outcome.route;
+    let include_usage = request.include_usage;
+    let chunk = move |delta: Value, finish: Option<&str>| {
+        json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }] })
+    };
+    let frames = async_stream(outcome.stream, chunk, request, route, include_usage);
+    let mut response = Response::new(Body::from_stream(frames.map(Ok::<_, Infallible>)));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-tokaroo-cache", HeaderValue::from_static("miss"));
+    Ok(response)
+}
+
+fn sse(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+/// Turns upstream deltas into OpenAI chunks; counts usage for billing as it goes.
+fn async_stream(
+    upstream: tokaroo_actors::providers::DeltaStream,
+    chunk: impl Fn(Value, Option<&str>) -> Value + Send + 'static,
+    request: ChatRequest,
+    route: tokaroo_actors::gateway::RouteRecord,
+    include_usage: bool,
+) -> impl futures_util::Stream<Item = Bytes> + Send {
+    struct St<F> {
+        upstream: tokaroo_actors::providers::DeltaStream,
+        chunk: F,
+        sent_role: bool,
+        usage: Option<Usage>,
+        text: String,
+        done: bool,
+        request: ChatRequest,
+        route: tokaroo_actors::gateway::RouteRecord,
+        include_usage: bool,
+    }
+    let st = St {
+        upstream,
+        chunk,
+        sent_role: false,
+        usage: None,
+        text: String::new(),
+        done: false,
+        request,
+        route,
+        include_usage,
+    };
+    futures_util::stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            match st.upstream.next().await {
+                Some(Ok(delta)) => {
+                    let mut d = match delta {
+                        ChatDelta::Text(t) => {
+                            st.text.push_str(&t);
+                            json!({ "content": t })
+                        }
+                        ChatDelta::ToolCallStart { index, id, name } => {
+                            json!({ "tool_calls": [{ "index": index, "id": id, "type": "function", "function": { "name": name, "arguments": "" } }] })
+                        }
+                        ChatDelta::ToolCallArguments { index, fragment } => {
+                            st.text.push_str(&fragment);
+                            json!({ "tool_calls": [{ "index": index, "function": { "arguments": fragment } }] })
+                        }
+                        ChatDelta::Finish(reason) => {
+                            st.sent_role = true;
+                            return Some((sse(&(st.chunk)(json!({}), Some(reason.as_str()))), st));
+                        }
+                        ChatDelta::Usage(u) => {
+                            st.usage = Some(u);
+                            continue;
+                        }
+                    };
+                    if !st.sent_role {
+                        d["role"] = json!("assistant");
+                        st.sent_role = true;
+                    }
+                    return Some((sse(&(st.chunk)(d, None)), st));
+                }
+                Some(Err(error)) => {
+                    // Mid-stream failure after the first chunk: tell the client in-band and stop.
+                    tracing::warn!(%error, upstream = %st.route.upstream, "stream broke after the first chunk");
+                    st.done = true;
+                    let err = json!({ "error": { "message": "The upstream stream broke; the answer is incomplete", "type": "api_error", "code": "stream_broken" } });
+                    return Some((Bytes::from(format!("data: {err}\n\ndata: [DONE]\n\n")), st));
+                }
+                None => {
+                    st.done = true;
+                    let usage = st.usage.unwrap_or_else(|| fallback_usage(&st.request, &st.text));
+                    let cost = st.route.cost_usd(usage);
+                    tracing::info!(provider = st.route.provider, model = %st.route.model, cost_usd = cost, "chat stream served");
+                    let mut tail = String::new();
+                    if st.include_usage {
+                        let mut u = (st.chunk)(json!({}), None);
+                        u["choices"] = json!([]);
+                        u["usage"] = usage_json(usage);
+                        tail.push_str(&format!("data: {u}\n\n"));
+                    }
+                    tail.push_str("data: [DONE]\n\n");
+                    return Some((Bytes::from(tail), st));
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,91 @@
+//! Chat completions end to end through the built-in simulator (no provider configured).
+
+use serde_json::json;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn chat_answers_in_openai_shape_with_cost_and_cache_headers() {
+    let gw = Gateway::start().await;
+    let key = gw.first_key.clone().unwrap();
+    for mode in ["auto", "fast", "max"] {
+        let r = gw
+            .post(
+                "/v1/chat/completions",
+                &key,
+                json!({"model": mode, "messages": [{"role": "user", "content": "Hello!"}]}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["object"], "chat.completion");
+        assert_eq!(r.body["model"], mode, "echoes the requested mode");
+        assert_eq!(r.body["choices"][0]["message"]["role"], "assistant");
+        assert!(r.body["choices"][0]["message"]["content"].as_str().unwrap().contains("simulat"));
+        assert_eq!(r.body["choices"][0]["finish_reason"], "stop");
+        assert!(r.body["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+        assert!(r.body["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+        assert!(r.header("x-tokaroo-cost").unwrap().parse::<f64>().unwrap() >= 0.0);
+        assert_eq!(r.header("x-tokaroo-cache"), Some("miss"));
+        assert!(r.header("x-ratelimit-remaining").is_some());
+    }
+}
+
+#[tokio::test]
+async fn streaming_is_sse_in_openai_chunks_ending_with_done() {
+    let gw = Gateway::start().await;
+    let key = gw.first_key.clone().unwrap();
+    let req = json!({"model": "fast", "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "Stream please"}]});
+    let r = gw.raw(gw.client().post(gw.url("/v1/chat/completions")).bearer_auth(&key).json(&req)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    let events: Vec<&str> =
+        r.text.split("\n\n").filter(|e| !e.is_empty()).map(|e| e.strip_prefix("data: ").expect("data lines")).collect();
+    assert_eq!(*events.last().unwrap(), "[DONE]");
+    let chunks: Vec<serde_json::Value> =
+        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert!(chunks.len() >= 3, "several chunks");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert!(text.contains("Stream please"));
+    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "stop"));
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert!(usage["usage"]["total_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn tools_are_called_and_bad_requests_get_openai_shaped_400s() {
+    let gw = Gateway::start().await;
+    let key = gw.first_key.clone().unwrap();
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &key,
+            json!({"model": "auto", "tools": tools, "messages": [{"role": "user", "content": "Weather in Paris?"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["choices"][0]["finish_reason"], "tool_calls");
+    let call = &r.body["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: serde_json::Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(args.get("city").is_some());
+
+    let cases = [
+        (json!({"messages": [{"role": "user", "content": "x"}]}), "model"),
+        (json!({"model": "auto", "messages": []}), "messages"),
+        (json!({"model": "auto", "temperature": 2.5, "messages": [{"role": "user", "content": "x"}]}), "temperature"),
+        (json!({"model": "auto", "messages": [{"role": "wizard", "content": "x"}]}), "role"),
+        (json!({"model": "auto", "messages": [{"role": "tool", "content": "x"}]}), "tool_call_id"),
+        (json!({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}), "Unknown model"),
+        (json!({"model": "auto", "stream": "yes", "messages": [{"role": "user", "content": "x"}]}), "stream"),
+    ];
+    for (body, needle) in cases {
+        let r = gw.post("/v1/chat/completions", &key, body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{body}: {message}");
+        assert_eq!(r.body["error"]["type"], "invalid_request_error");
+    }
+}
