@@ -69,9 +69,7 @@ async fn inject_failure(
     _op: Operator,
     JsonBody(req): JsonBody<InjectFailureRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    if !state.config.debug.fault_injection {
-        return Err(ApiError::RouteNotFound { method: "POST".into(), path: "/admin/actors/fail".into() });
-    }
+    require_fault_injection(&state, "/admin/actors/fail")?;
     state.engine.inject_failure(&req.name)?;
     Ok(Json(json!({ "ok": true, "name": req.name })))
 }
@@ -88,9 +86,16 @@ async fn sleep(
     _op: Operator,
     JsonBody(req): JsonBody<SleepRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    if !state.config.debug.fault_injection {
-        return Err(ApiError::RouteNotFound { method: "POST".into(), path: "/admin/debug/sleep".into() });
-    }
+    require_fault_injection(&state, "/admin/debug/sleep")?;
     tokio::time::sleep(std::time::Duration::from_millis(req.ms.min(10_000))).await;
     Ok(Json(json!({ "slept_ms": req.ms.min(10_000) })))
+}
+
+/// Test-only routes do not exist unless `debug.fault_injection` is on.
+fn require_fault_injection(state: &AppState, path: &str) -> Result<(), ApiError> {
+    if state.config.debug.fault_injection {
+        Ok(())
+    } else {
+        Err(ApiError::RouteNotFound { method: "POST".into(), path: path.into() })
+    }
 }
