@@ -139,8 +139,8 @@ static SIMULATOR: simulator::SimulatorChat = simulator::SimulatorChat { latency:
 pub fn adapter(kind: ProviderKind) -> &'static dyn ChatProvider {
     match kind {
         ProviderKind::OpenAi | ProviderKind::Groq | ProviderKind::Local => &openai::OpenAiChat,
-        // Filled in as their adapters land; until then they speak OpenAI's format.
-        ProviderKind::Anthropic | ProviderKind::Google => &openai::OpenAiChat,
+        ProviderKind::Anthropic => &anthropic::AnthropicChat,
+        ProviderKind::Google => &gemini::GeminiChat,
         ProviderKind::Simulator => &SIMULATOR,
     }
 }
