@@ -141,7 +141,8 @@ async fn client_request(
         .clone()
         .or_else(|| std::env::var("TOKAROO_ADMIN_TOKEN").ok())
         .ok_or("no operator token: pass --token or set TOKAROO_ADMIN_TOKEN")?;
-    let mut request = reqwest::Client::new().request(method, format!("{base}{path}")).bearer_auth(token);
+    let mut request =
+        tokaroo_actors::providers::http::client().request(method, format!("{base}{path}")).bearer_auth(token);
     if let Some(body) = body {
         request = request.json(&body);
     }

@@ -245,7 +245,7 @@ pub struct UpstreamSettings {
 
 /// Builds the router: one upstream per configured provider; the simulator only when none is.
 pub fn build_router(catalog: crate::catalog::Catalog, settings: &[UpstreamSettings]) -> Router {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap_or_default();
+    let http = crate::providers::http::client();
     let make = |s: &UpstreamSettings, name: String| {
         Arc::new(crate::router::Upstream {
             name,

@@ -157,8 +157,13 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_cleanly() {
     let gw = Gateway::start().await;
     let url = gw.url("/admin/debug/sleep");
     let in_flight = tokio::spawn(async move {
-        let r =
-            reqwest::Client::new().post(url).bearer_auth(ADMIN_TOKEN).json(&json!({"ms": 800})).send().await.unwrap();
+        let r = tokaroo_actors::providers::http::client()
+            .post(url)
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"ms": 800}))
+            .send()
+            .await
+            .unwrap();
         (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -168,7 +173,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_cleanly() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     // New connections are no longer accepted while the old request drains.
     assert!(
-        reqwest::Client::new().get(format!("{base}/livez")).send().await.is_err(),
+        tokaroo_actors::providers::http::client().get(format!("{base}/livez")).send().await.is_err(),
         "listener closed after SIGTERM (pid {pid})"
     );
     let (status, body) = in_flight.await.unwrap();

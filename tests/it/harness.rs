@@ -134,7 +134,7 @@ impl Gateway {
             base,
             data_dir: data_dir.to_path_buf(),
             stdout: lines,
-            client: reqwest::Client::builder().pool_max_idle_per_host(8).build().unwrap(),
+            client: tokaroo_actors::providers::http::client(),
             _temp: None,
         }
     }

@@ -981,7 +981,7 @@ mod tests {
             base_url: "https://api.anthropic.com/".into(),
             api_key: Some("sk-secret".into()),
             extra_headers: Vec::new(),
-            http: reqwest::Client::new(),
+            http: crate::providers::http::client(),
             timeout: std::time::Duration::from_secs(5),
         };
         assert_eq!(endpoint(&conn), "https://api.anthropic.com/v1/messages");

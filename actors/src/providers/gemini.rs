@@ -994,7 +994,7 @@ mod tests {
             base_url: "https://generativelanguage.googleapis.com/".into(),
             api_key: Some("AIza-secret".into()),
             extra_headers: Vec::new(),
-            http: reqwest::Client::new(),
+            http: crate::providers::http::client(),
             timeout: std::time::Duration::from_secs(5),
         };
         assert_eq!(

@@ -9,6 +9,17 @@ use serde_json::Value;
 
 use super::{Connection, ProviderError};
 
+/// The HTTP client for upstream calls: rustls with the ring crypto provider (installed once
+/// per process), pooled connections, platform root certificates.
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .build()
+        .expect("the HTTP client builds once a crypto provider is installed")
+}
+
 /// Sends `request` and returns the response if its status is a success.
 pub async fn send(conn: &Connection, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ProviderError> {
     let mut request = request.timeout(conn.timeout);
