@@ -1,0 +1,2 @@
+//! Placeholder: the load bench is being written.
+fn main() {}
