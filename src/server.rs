@@ -6,7 +6,10 @@ use std::{
     time::Duration,
 };
 
-use tokaroo_actors::{BootstrapCredentials, Engine, EngineConfig, RestartPolicy, Store};
+use tokaroo_actors::{
+    billing::PricingPolicy, catalog::Catalog, providers::ProviderKind, upstreams::UpstreamSettings,
+    BootstrapCredentials, Engine, EngineConfig, RestartPolicy, Store,
+};
 use tokio::net::TcpListener;
 
 use crate::{
@@ -50,6 +53,10 @@ fn engine_config(config: &Config) -> EngineConfig {
         admin_token: config.server.admin_token.clone(),
         admission_timeout: Duration::from_secs(5),
         fault_injection: config.debug.fault_injection,
+        catalog: Catalog::builtin(),
+        managed_upstreams: managed_upstreams(config),
+        pricing: PricingPolicy::default(),
+        endpoint_recheck: Duration::from_secs(30),
     }
 }
 
@@ -76,11 +83,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .await
         .map_err(|source| ServeError::Listen { addr: config.server.listen.clone(), source })?;
     let addr = listener.local_addr()?;
-    let router = Arc::new(build_router(&config)?);
     let shutting_down = Arc::new(AtomicBool::new(false));
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let state =
-        AppState { engine: engine.clone(), router, config: Arc::new(config), shutting_down: shutting_down.clone() };
+    let state = AppState { engine: engine.clone(), config: Arc::new(config), shutting_down: shutting_down.clone() };
     let app = http::router(state);
     println!("Tokaroo listening on http://{addr}");
     let _ = std::io::stdout().flush();
@@ -103,9 +108,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// The managed upstreams configured by keys; none means the labelled simulator answers.
-fn build_router(config: &Config) -> Result<tokaroo_actors::router::Router, ServeError> {
-    use tokaroo_actors::{gateway::UpstreamSettings, providers::ProviderKind};
+/// The managed provider accounts configured by keys; none means the labelled simulator answers.
+fn managed_upstreams(config: &Config) -> Vec<UpstreamSettings> {
     let p = &config.providers;
     let mut settings = Vec::new();
     for (kind, provider, default_url) in [
@@ -123,8 +127,7 @@ fn build_router(config: &Config) -> Result<tokaroo_actors::router::Router, Serve
             });
         }
     }
-    let catalog = tokaroo_actors::catalog::Catalog::builtin();
-    Ok(tokaroo_actors::gateway::build_router(catalog, &settings))
+    settings
 }
 
 async fn shutdown_signal() {

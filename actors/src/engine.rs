@@ -12,11 +12,16 @@ use tokaroo_storage::Store;
 
 use crate::{
     apikey::{ApiKeyMsg, KeyEntry},
+    billing::PricingPolicy,
+    catalog::Catalog,
     inspect::{self, ActorNode},
     root::{RootActor, RootMsg},
+    router::Router,
     shared::{SessionEntry, Shared, WorkspaceEntry},
     supervisor::{ChildHandle, ChildStatus, RestartPolicy},
-    tokens, Admission, EngineError,
+    tokens,
+    upstreams::{UpstreamSettings, Upstreams},
+    Admission, EngineError,
 };
 
 #[derive(Debug, Clone)]
@@ -28,6 +33,10 @@ pub struct EngineConfig {
     pub admission_timeout: Duration,
     /// Enables `Engine::inject_failure` (tests only).
     pub fault_injection: bool,
+    pub catalog: Catalog,
+    pub managed_upstreams: Vec<UpstreamSettings>,
+    pub pricing: PricingPolicy,
+    pub endpoint_recheck: Duration,
 }
 
 impl Default for EngineConfig {
@@ -38,6 +47,10 @@ impl Default for EngineConfig {
             admin_token: None,
             admission_timeout: Duration::from_secs(5),
             fault_injection: false,
+            catalog: Catalog::builtin(),
+            managed_upstreams: Vec::new(),
+            pricing: PricingPolicy::default(),
+            endpoint_recheck: Duration::from_secs(30),
         }
     }
 }
@@ -62,6 +75,7 @@ pub(crate) const OPERATOR_ACCOUNT_META: &str = "operator_account_id";
 pub struct Engine {
     pub(crate) shared: Arc<Shared>,
     pub(crate) config: Arc<EngineConfig>,
+    pub(crate) router: Arc<Router>,
     root: ActorRef<RootMsg>,
     operator_account_id: Arc<std::sync::RwLock<Option<String>>>,
 }
@@ -69,7 +83,15 @@ pub struct Engine {
 impl Engine {
     /// Loads the indices from storage and starts the actor tree.
     pub async fn start(store: Store, config: EngineConfig) -> Result<Self, EngineError> {
+        let http = crate::providers::http::client();
+        let (upstreams, simulator) = Upstreams::managed(&config.managed_upstreams, &http);
+        let upstreams = Arc::new(upstreams);
+        let router =
+            Arc::new(Router { catalog: Arc::new(config.catalog.clone()), upstreams: upstreams.clone(), simulator });
         let shared = Arc::new(Shared {
+            upstreams,
+            endpoint_recheck: config.endpoint_recheck,
+            http,
             restart_policy: config.restart_policy,
             default_rpm: config.default_rpm,
             keys_by_hash: DashMap::new(),
@@ -85,6 +107,7 @@ impl Engine {
             .await
             .map_err(|e| EngineError::Internal(format!("actor tree failed to start: {e}")))?;
         let engine = Self {
+            router,
             shared,
             config: Arc::new(config),
             root,
@@ -96,6 +119,7 @@ impl Engine {
 
     /// Stops the actor tree and makes everything durable.
     pub async fn shutdown(&self) -> Result<(), EngineError> {
+        crate::ledger::flush().await;
         let _ = self.root.get_cell().stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10))).await;
         self.persist_last_used()?;
         self.shared.store.flush().await?;

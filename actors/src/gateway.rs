@@ -1,7 +1,7 @@
 //! Executing a routed chat request: try the planned routes in order, fall back on retryable
 //! failures, escalate once on a weak `auto` answer, and price what was used.
 
-use std::{sync::Arc, time::Instant};
+use std::time::Instant;
 
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -10,7 +10,7 @@ use crate::{
     catalog::CatalogModel,
     chat::{ChatRequest, ChatResponse, FinishReason, Mode, ModelChoice, ResponseFormat, Usage},
     providers::{adapter, simulator, DeltaStream, ProviderError, ProviderKind},
-    router::{Route, Router},
+    router::{Route, Router, Scope},
     EngineError,
 };
 
@@ -20,6 +20,8 @@ const MAX_ATTEMPTS: usize = 3;
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteRecord {
     pub provider: &'static str,
+    pub execution_source: &'static str,
+    pub billing_mode: &'static str,
     pub upstream: String,
     pub model: String,
     pub reason: String,
@@ -60,6 +62,8 @@ pub struct StreamOutcome {
 fn record(route: &Route, failed: &[String], baseline: &Option<CatalogModel>) -> RouteRecord {
     RouteRecord {
         provider: route.upstream.kind.as_str(),
+        execution_source: route.upstream.execution_source(),
+        billing_mode: route.upstream.billing_mode(),
         upstream: route.upstream.name.clone(),
         model: route.model.id.clone(),
         reason: route.reason.clone(),
@@ -114,8 +118,8 @@ fn upstream_error(error: ProviderError) -> EngineError {
 }
 
 impl Router {
-    pub async fn chat(&self, req: &ChatRequest) -> Result<ChatOutcome, EngineError> {
-        let routes = self.plan(req)?;
+    pub async fn chat(&self, req: &ChatRequest, scope: &Scope) -> Result<ChatOutcome, EngineError> {
+        let routes = self.plan(req, scope)?;
         let baseline = self.baseline_model(req);
         let mut failed = Vec::new();
         let mut last_error = None;
@@ -133,7 +137,7 @@ impl Router {
                     route.upstream.health.record_success(started.elapsed());
                     let mut outcome = self.outcome(req, route, response, &failed, &baseline, started);
                     if req.model == ModelChoice::Mode(Mode::Auto) && is_weak(req, &outcome.response) {
-                        if let Some(better) = self.escalate(req, route, &failed, &baseline).await {
+                        if let Some(better) = self.escalate(req, scope, route, &failed, &baseline).await {
                             outcome = better;
                         }
                     }
@@ -181,13 +185,14 @@ impl Router {
     async fn escalate(
         &self,
         req: &ChatRequest,
+        scope: &Scope,
         used: &Route,
         failed: &[String],
         baseline: &Option<CatalogModel>,
     ) -> Option<ChatOutcome> {
         let mut max_req = req.clone();
         max_req.model = ModelChoice::Mode(Mode::Max);
-        let better = self.plan(&max_req).ok()?.into_iter().find(|r| r.model.quality > used.model.quality)?;
+        let better = self.plan(&max_req, scope).ok()?.into_iter().find(|r| r.model.quality > used.model.quality)?;
         let started = Instant::now();
         let response = adapter(better.upstream.kind).chat(&better.upstream.conn, &better.model.id, req).await.ok()?;
         better.upstream.health.record_success(started.elapsed());
@@ -198,8 +203,8 @@ impl Router {
     }
 
     /// Opens a stream on the first route whose upstream produces a first delta.
-    pub async fn chat_stream(&self, req: &ChatRequest) -> Result<StreamOutcome, EngineError> {
-        let routes = self.plan(req)?;
+    pub async fn chat_stream(&self, req: &ChatRequest, scope: &Scope) -> Result<StreamOutcome, EngineError> {
+        let routes = self.plan(req, scope)?;
         let baseline = self.baseline_model(req);
         let mut failed = Vec::new();
         let mut last_error = None;
@@ -232,47 +237,4 @@ impl Router {
         }
         Err(upstream_error(last_error.unwrap_or(ProviderError::Connect("every route is cooling down".into()))))
     }
-}
-
-/// Settings for one managed upstream, from config and environment.
-#[derive(Debug, Clone)]
-pub struct UpstreamSettings {
-    pub kind: ProviderKind,
-    pub base_url: String,
-    pub api_key: Option<String>,
-    pub timeout: std::time::Duration,
-}
-
-/// Builds the router: one upstream per configured provider; the simulator only when none is.
-pub fn build_router(catalog: crate::catalog::Catalog, settings: &[UpstreamSettings]) -> Router {
-    let http = crate::providers::http::client();
-    let make = |s: &UpstreamSettings, name: String| {
-        Arc::new(crate::router::Upstream {
-            name,
-            kind: s.kind,
-            conn: crate::providers::Connection {
-                provider: s.kind,
-                base_url: s.base_url.clone(),
-                api_key: s.api_key.clone(),
-                extra_headers: Vec::new(),
-                http: http.clone(),
-                timeout: s.timeout,
-            },
-            health: Arc::default(),
-        })
-    };
-    let upstreams: Vec<_> = settings.iter().map(|s| make(s, format!("provider:{}:managed", s.kind.as_str()))).collect();
-    let simulator = upstreams.is_empty().then(|| {
-        let s = UpstreamSettings {
-            kind: ProviderKind::Simulator,
-            base_url: String::new(),
-            api_key: None,
-            timeout: std::time::Duration::from_secs(30),
-        };
-        make(&s, "provider:simulator:builtin".into())
-    });
-    if simulator.is_some() {
-        tracing::warn!("no provider configured: the built-in SIMULATOR answers every request (set OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY or GROQ_API_KEY)");
-    }
-    Router { catalog: Arc::new(catalog), upstreams, simulator }
 }

@@ -23,6 +23,8 @@ pub struct HealthSnapshot {
     pub last_failure_code: Option<String>,
     /// While set and in the future, the connection is cooling down and not routed to.
     pub cooldown_until_ms: Option<i64>,
+    /// Set by a self-hosted endpoint's health check when it does not answer.
+    pub unreachable: bool,
 }
 
 #[derive(Default)]
@@ -33,7 +35,9 @@ pub struct Health {
 impl Health {
     pub fn snapshot(&self) -> HealthSnapshot {
         let mut s = self.state.lock().map(|s| s.clone()).unwrap_or_default();
-        s.status = if self.is_cooling_down() {
+        s.status = if s.unreachable {
+            "unreachable"
+        } else if self.is_cooling_down() {
             "cooling_down"
         } else if s.consecutive_failures > 0 {
             "degraded"
@@ -46,6 +50,21 @@ impl Health {
     pub fn is_cooling_down(&self) -> bool {
         let now = crate::now_ms();
         self.state.lock().map(|s| s.cooldown_until_ms.is_some_and(|until| until > now)).unwrap_or(false)
+    }
+
+    pub fn is_reachable(&self) -> bool {
+        self.state.lock().map(|s| !s.unreachable).unwrap_or(true)
+    }
+
+    /// The result of a periodic health check (self-hosted endpoints).
+    pub fn set_reachable(&self, reachable: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            s.unreachable = !reachable;
+            if reachable {
+                s.cooldown_until_ms = None;
+                s.consecutive_failures = 0;
+            }
+        }
     }
 
     pub fn latency_ms(&self) -> Option<f64> {

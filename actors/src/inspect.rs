@@ -8,7 +8,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    accounts::AccountsMsg, apikey::ApiKeyMsg, root::RootMsg, supervisor::ChildHandle, workspace::WorkspaceMsg,
+    accounts::AccountsMsg, apikey::ApiKeyMsg, group::GroupMsg, ledger::LedgerMsg, provider::UpstreamMsg, root::RootMsg,
+    supervisor::ChildHandle, workspace::WorkspaceMsg,
 };
 
 /// An actor's answer to `Inspect`: its own serializable snapshot plus, for supervisors, what
@@ -51,6 +52,9 @@ pub(crate) async fn inspect_cell(kind: &str, cell: &ActorCell) -> Option<Inspect
         "accounts" => ask(cell, AccountsMsg::Inspect).await,
         "workspace" => ask(cell, WorkspaceMsg::Inspect).await,
         "apikey" => ask(cell, ApiKeyMsg::Inspect).await,
+        "group" => ask(cell, GroupMsg::Inspect).await,
+        "ledger" => ask(cell, LedgerMsg::Inspect).await,
+        "provider" | "endpoint" => ask(cell, UpstreamMsg::Inspect).await,
         _ => None,
     }
 }
@@ -65,6 +69,9 @@ pub(crate) fn inject_failure(kind: &str, cell: &ActorCell, reason: String) -> bo
         "accounts" => send(cell, AccountsMsg::InjectFailure(reason)),
         "workspace" => send(cell, WorkspaceMsg::InjectFailure(reason)),
         "apikey" => send(cell, ApiKeyMsg::InjectFailure(reason)),
+        "providers" | "endpoints" => send(cell, GroupMsg::InjectFailure(reason)),
+        "ledger" => send(cell, LedgerMsg::InjectFailure(reason)),
+        "provider" | "endpoint" => send(cell, UpstreamMsg::InjectFailure(reason)),
         _ => false,
     }
 }

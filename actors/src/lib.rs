@@ -3,20 +3,26 @@
 
 pub mod accounts;
 pub mod apikey;
+pub mod billing;
 pub mod catalog;
 pub mod chat;
 mod directory;
 mod engine;
 mod error;
 pub mod gateway;
+pub mod group;
 pub mod health;
 pub mod inspect;
+pub mod ledger;
+pub mod provider;
 pub mod providers;
+mod requests;
 pub mod root;
 pub mod router;
 mod shared;
 pub mod supervisor;
 pub mod tokens;
+pub mod upstreams;
 pub mod workspace;
 
 pub use apikey::{Admission, KeyEntry};
@@ -24,6 +30,7 @@ pub use directory::{KeyPatch, KeyView, NewKey, NewWorkspace, WorkspacePatch, WOR
 pub use engine::{BootstrapCredentials, Engine, EngineConfig, Identity};
 pub use error::EngineError;
 pub use inspect::ActorNode;
+pub use requests::{RequestInfo, ServedChat};
 pub use supervisor::RestartPolicy;
 pub use tokaroo_storage::{records, StorageError, Store};
 

@@ -1,5 +1,5 @@
-//! `root`: the top of the tree. Supervises the long-lived subsystem actors (`accounts` now;
-//! providers, endpoints and the ledger join as they are built).
+//! `root`: the top of the tree. Supervises the long-lived subsystems: `ledger`, `accounts`,
+//! `providers` and `endpoints`.
 
 use std::sync::Arc;
 
@@ -8,7 +8,9 @@ use serde_json::json;
 
 use crate::{
     accounts::AccountsSpec,
+    group::{self, GroupSpec, Loader},
     inspect::Inspection,
+    ledger::LedgerSpec,
     shared::Shared,
     supervisor::{Children, SupervisionAction},
 };
@@ -32,7 +34,19 @@ impl Actor for RootActor {
 
     async fn pre_start(&self, me: ActorRef<RootMsg>, _: ()) -> Result<Children, ActorProcessingErr> {
         let mut children = Children::new(self.shared.restart_policy);
+        let policy = self.shared.restart_policy;
+        children.start(Arc::new(LedgerSpec { store: self.shared.store.clone() }), me.get_cell()).await?;
         children.start(Arc::new(AccountsSpec { shared: self.shared.clone() }), me.get_cell()).await?;
+        let shared = self.shared.clone();
+        let providers: Loader = Arc::new(move || shared.upstream_specs(false));
+        children
+            .start(Arc::new(GroupSpec { name: group::PROVIDERS, policy, loader: providers }), me.get_cell())
+            .await?;
+        let shared = self.shared.clone();
+        let endpoints: Loader = Arc::new(move || shared.upstream_specs(true));
+        children
+            .start(Arc::new(GroupSpec { name: group::ENDPOINTS, policy, loader: endpoints }), me.get_cell())
+            .await?;
         Ok(children)
     }
 

@@ -6,18 +6,12 @@ use std::sync::Arc;
 use crate::{
     catalog::{Catalog, CatalogModel},
     chat::{ChatRequest, Mode, ModelChoice, Role},
-    health::Health,
-    providers::{simulator, Connection, ProviderKind},
+    providers::{simulator, ProviderKind},
+    upstreams::{Owner, Upstreams},
     EngineError,
 };
 
-/// One connection to a provider account: `provider:{provider}:{connection}`.
-pub struct Upstream {
-    pub name: String,
-    pub kind: ProviderKind,
-    pub conn: Connection,
-    pub health: Arc<Health>,
-}
+pub use crate::upstreams::Upstream;
 
 pub struct Route {
     pub model: CatalogModel,
@@ -25,9 +19,16 @@ pub struct Route {
     pub reason: String,
 }
 
+/// Who is asking: routes are limited to the connections this scope may use.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub account_id: String,
+    pub workspace_slug: Option<String>,
+}
+
 pub struct Router {
     pub catalog: Arc<Catalog>,
-    pub upstreams: Vec<Arc<Upstream>>,
+    pub upstreams: Arc<Upstreams>,
     /// Serves every catalog model, clearly labelled, while no real upstream is configured.
     pub simulator: Option<Arc<Upstream>>,
 }
@@ -85,12 +86,81 @@ fn blended_price(m: &CatalogModel) -> f64 {
 }
 
 impl Router {
-    fn upstream_for(&self, provider: &str) -> Option<Arc<Upstream>> {
-        if let Some(sim) = &self.simulator {
-            return Some(sim.clone());
+    /// The connection for a catalog model's provider in this scope: the scope's own key
+    /// (workspace-bound first) before the managed account. The simulator stands in only when
+    /// the scope has no real connection at all.
+    fn upstream_for(&self, provider: &str, available: &[Arc<Upstream>]) -> Option<Arc<Upstream>> {
+        if available.is_empty() {
+            return self.simulator.clone();
         }
         let kind = ProviderKind::parse(provider)?;
-        self.upstreams.iter().find(|u| u.kind == kind && !u.health.is_cooling_down()).cloned()
+        let mut matching: Vec<&Arc<Upstream>> =
+            available.iter().filter(|u| u.kind == kind && !u.health.is_cooling_down()).collect();
+        matching.sort_by_key(|u| match u.owner {
+            Owner::Byok { .. } if u.workspace_specific() => 0,
+            Owner::Byok { .. } => 1,
+            _ => 2,
+        });
+        matching.first().map(|u| (*u).clone())
+    }
+
+    /// A self-hosted endpoint's model as a zero-priced catalog entry (it is charged from the
+    /// baseline, not from list prices).
+    fn local_model(id: &str, req: &ChatRequest) -> Option<CatalogModel> {
+        let lower = id.to_lowercase();
+        let vision =
+            ["llava", "vision", "vl", "gemma3", "llama3.2-vision", "moondream"].iter().any(|v| lower.contains(v));
+        if req.needs_vision() && !vision {
+            return None;
+        }
+        let mut capabilities: Vec<String> =
+            ["chat", "streaming", "json", "tools"].iter().map(|c| c.to_string()).collect();
+        if vision {
+            capabilities.push("vision".into());
+        }
+        Some(CatalogModel {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            provider: "local".into(),
+            input_per_1m: 0.0,
+            output_per_1m: 0.0,
+            cached_input_per_1m: None,
+            capabilities,
+            context_window: u64::MAX,
+            max_output_tokens: None,
+            embedding_dims: None,
+            quality: 0.0,
+            latency_class: "fast".into(),
+            deprecated: false,
+            unit_price: None,
+        })
+    }
+
+    /// Healthy self-hosted endpoints of the scope that can serve the request, first.
+    fn local_routes(&self, req: &ChatRequest, available: &[Arc<Upstream>]) -> Vec<Route> {
+        let mut locals: Vec<&Arc<Upstream>> = available
+            .iter()
+            .filter(|u| {
+                matches!(u.owner, Owner::Local { .. }) && !u.health.is_cooling_down() && u.health.is_reachable()
+            })
+            .collect();
+        locals.sort_by_key(|u| !u.workspace_specific());
+        locals
+            .into_iter()
+            .filter_map(|u| {
+                let model = match &req.model {
+                    ModelChoice::Native(id) if u.serves_local_model(id) => id.clone(),
+                    ModelChoice::Native(_) => return None,
+                    ModelChoice::Mode(_) => u.local_default_model()?,
+                };
+                let model = Self::local_model(&model, req)?;
+                Some(Route {
+                    model,
+                    upstream: u.clone(),
+                    reason: format!("self-hosted endpoint {} preferred while healthy", u.name),
+                })
+            })
+            .collect()
     }
 
     fn fits(model: &CatalogModel, req: &ChatRequest, prompt_tokens: u64) -> bool {
@@ -104,21 +174,28 @@ impl Router {
     }
 
     /// Routes in the order they should be tried.
-    pub fn plan(&self, req: &ChatRequest) -> Result<Vec<Route>, EngineError> {
+    pub fn plan(&self, req: &ChatRequest, scope: &Scope) -> Result<Vec<Route>, EngineError> {
         let prompt = u64::from(simulator::prompt_tokens(req));
+        let available = self.upstreams.for_scope(&scope.account_id, scope.workspace_slug.as_deref());
+        let locals = self.local_routes(req, &available);
         if let ModelChoice::Native(id) = &req.model {
-            let model = self.catalog.get(id).ok_or_else(|| {
-                EngineError::invalid(format!(
+            let Some(model) = self.catalog.get(id) else {
+                if !locals.is_empty() {
+                    return Ok(locals);
+                }
+                return Err(EngineError::invalid(format!(
                     "Unknown model {id:?}: use auto, fast or max, or a model from GET /v1/pricing"
-                ))
-            })?;
-            let upstream = self.upstream_for(&model.provider).ok_or_else(|| {
+                )));
+            };
+            let upstream = self.upstream_for(&model.provider, &available).ok_or_else(|| {
                 EngineError::Unavailable(format!(
                     "Provider {} not configured (or cooling down) for model {id}",
                     model.provider
                 ))
             })?;
-            return Ok(vec![Route { model: model.clone(), upstream, reason: "native model requested".into() }]);
+            let mut routes = locals;
+            routes.push(Route { model: model.clone(), upstream, reason: "native model requested".into() });
+            return Ok(routes);
         }
         let ModelChoice::Mode(mode) = req.model else { unreachable!("native handled above") };
         let mut fits: Vec<(&CatalogModel, Arc<Upstream>)> = self
@@ -126,15 +203,15 @@ impl Router {
             .models
             .iter()
             .filter(|m| Self::fits(m, req, prompt))
-            .filter_map(|m| self.upstream_for(&m.provider).map(|u| (m, u)))
+            .filter_map(|m| self.upstream_for(&m.provider, &available).map(|u| (m, u)))
             .collect();
-        if fits.is_empty() {
+        if fits.is_empty() && locals.is_empty() {
             return Err(EngineError::Unavailable(
                 "No provider configured that can serve this request (check tools, images, JSON mode and context length)".into(),
             ));
         }
         let latency = |m: &CatalogModel, u: &Upstream| u.health.latency_ms().unwrap_or_else(|| m.class_latency_ms());
-        let routes: Vec<Route> = match mode {
+        let ranked: Vec<Route> = match mode {
             Mode::Max => {
                 fits.sort_by(|a, b| {
                     b.0.quality.total_cmp(&a.0.quality).then(latency(a.0, &a.1).total_cmp(&latency(b.0, &b.1)))
@@ -191,7 +268,7 @@ impl Router {
                     .collect()
             }
         };
-        Ok(routes)
+        Ok(locals.into_iter().chain(ranked).collect())
     }
 
     /// The reference `max` route's model for the request: the baseline savings are measured against.

@@ -8,7 +8,9 @@ use tokaroo_storage::Store;
 
 use crate::{
     apikey::{ApiKeySpec, KeyEntry},
+    provider::UpstreamSpec,
     supervisor::{ChildSpec, RestartPolicy},
+    upstreams::{Owner, Upstreams},
 };
 
 pub struct SessionEntry {
@@ -30,6 +32,11 @@ pub struct Shared {
     pub sessions_by_hash: DashMap<[u8; 32], Arc<SessionEntry>>,
     /// (account_id, slug) → live workspace state.
     pub workspaces: DashMap<(String, String), Arc<WorkspaceEntry>>,
+    pub upstreams: Arc<Upstreams>,
+    /// How often self-hosted endpoints are rechecked.
+    pub endpoint_recheck: std::time::Duration,
+    /// The one pooled HTTP client for every upstream call.
+    pub http: reqwest::Client,
 }
 
 impl Shared {
@@ -48,6 +55,21 @@ impl Shared {
 
     pub fn key_spec(&self, entry: Arc<KeyEntry>) -> Arc<dyn ChildSpec> {
         Arc::new(ApiKeySpec { entry, store: self.store.clone(), default_rpm: self.default_rpm })
+    }
+
+    /// Actor specs for the upstream connections: self-hosted endpoints or provider connections.
+    pub fn upstream_specs(&self, endpoints: bool) -> Vec<Arc<dyn ChildSpec>> {
+        self.upstreams
+            .all()
+            .into_iter()
+            .filter(|u| matches!(u.owner, Owner::Local { .. }) == endpoints)
+            .map(|u| self.upstream_spec(u))
+            .collect()
+    }
+
+    pub fn upstream_spec(&self, upstream: Arc<crate::upstreams::Upstream>) -> Arc<dyn ChildSpec> {
+        let recheck_every = matches!(upstream.owner, Owner::Local { .. }).then_some(self.endpoint_recheck);
+        Arc::new(UpstreamSpec { upstream, recheck_every })
     }
 
     pub fn workspace_entry(&self, account_id: &str, slug: &str) -> Option<Arc<WorkspaceEntry>> {

@@ -18,6 +18,7 @@ use tokaroo_actors::{
         ToolDef, Usage,
     },
     gateway::fallback_usage,
+    RequestInfo,
 };
 
 use super::{
@@ -224,18 +225,19 @@ fn completion_id() -> String {
 
 async fn chat_completions(
     State(state): State<AppState>,
-    ApiKey(_key): ApiKey,
+    ApiKey(key): ApiKey,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let wire: Value = parse_json(&body)?;
     let (request, model_name) = parse_request(&wire)?;
     let created = time::OffsetDateTime::now_utc().unix_timestamp();
+    let info = RequestInfo::chat(&request, &model_name);
     if request.stream {
-        return stream_response(state, request, model_name, created).await;
+        return stream_response(state, key, request, info, created).await;
     }
-    let outcome = state.router.chat(&request).await?;
-    let cost = outcome.route.cost_usd(outcome.usage);
-    tracing::info!(provider = outcome.route.provider, model = %outcome.route.model, reason = %outcome.route.reason, cost_usd = cost, "chat served");
+    let served = state.engine.chat(&key, &request, info).await?;
+    let outcome = &served.outcome;
+    let cost = served.charge.charged_usd;
     let r = &outcome.response;
     let mut message = json!({ "role": "assistant", "content": r.content, "refusal": null });
     if !r.tool_calls.is_empty() {
@@ -265,11 +267,14 @@ async fn chat_completions(
 
 async fn stream_response(
     state: AppState,
+    key: ApiKeyEntry,
     request: ChatRequest,
-    model_name: String,
+    info: RequestInfo,
     created: i64,
 ) -> Result<Response, ApiError> {
-    let outcome = state.router.chat_stream(&request).await?;
+    let outcome = state.engine.chat_stream(&key, &request).await?;
+    let model_name = info.requested_model.clone();
+    let settle = Settle { engine: state.engine.clone(), key, info, started: outcome.started };
     let id = completion_id();
     let route = outcome.route;
     let include_usage = request.include_usage;
@@ -277,13 +282,30 @@ async fn stream_response(
         json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model_name,
                 "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }] })
     };
-    let frames = async_stream(outcome.stream, chunk, request, route, include_usage);
+    let frames = async_stream(outcome.stream, chunk, request, route, include_usage, settle);
     let mut response = Response::new(Body::from_stream(frames.map(Ok::<_, Infallible>)));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-tokaroo-cache", HeaderValue::from_static("miss"));
     Ok(response)
+}
+
+type ApiKeyEntry = std::sync::Arc<tokaroo_actors::KeyEntry>;
+
+/// Settles a stream once, when it ends (normally or broken).
+struct Settle {
+    engine: tokaroo_actors::Engine,
+    key: ApiKeyEntry,
+    info: RequestInfo,
+    started: std::time::Instant,
+}
+
+impl Settle {
+    fn finish(&self, route: &tokaroo_actors::gateway::RouteRecord, usage: Usage) -> tokaroo_actors::billing::Charge {
+        let latency = self.started.elapsed().as_millis() as u64;
+        self.engine.settle(&self.key, &self.info, route, usage, Some(latency), true)
+    }
 }
 
 fn sse(v: &Value) -> Bytes {
@@ -297,6 +319,7 @@ fn async_stream(
     request: ChatRequest,
     route: tokaroo_actors::gateway::RouteRecord,
     include_usage: bool,
+    settle: Settle,
 ) -> impl futures_util::Stream<Item = Bytes> + Send {
     struct St<F> {
         upstream: tokaroo_actors::providers::DeltaStream,
@@ -308,6 +331,7 @@ fn async_stream(
         request: ChatRequest,
         route: tokaroo_actors::gateway::RouteRecord,
         include_usage: bool,
+        settle: Settle,
     }
     let st = St {
         upstream,
@@ -319,6 +343,7 @@ fn async_stream(
         request,
         route,
         include_usage,
+        settle,
     };
     futures_util::stream::unfold(st, |mut st| async move {
         if st.done {
@@ -356,21 +381,25 @@ fn async_stream(
                 }
                 Some(Err(error)) => {
                     // Mid-stream failure after the first chunk: tell the client in-band and stop.
+                    // What was streamed is still charged, from our own count.
                     tracing::warn!(%error, upstream = %st.route.upstream, "stream broke after the first chunk");
                     st.done = true;
+                    let usage = st.usage.unwrap_or_else(|| fallback_usage(&st.request, &st.text));
+                    st.settle.finish(&st.route, usage);
                     let err = json!({ "error": { "message": "The upstream stream broke; the answer is incomplete", "type": "api_error", "code": "stream_broken" } });
                     return Some((Bytes::from(format!("data: {err}\n\ndata: [DONE]\n\n")), st));
                 }
                 None => {
                     st.done = true;
                     let usage = st.usage.unwrap_or_else(|| fallback_usage(&st.request, &st.text));
-                    let cost = st.route.cost_usd(usage);
-                    tracing::info!(provider = st.route.provider, model = %st.route.model, cost_usd = cost, "chat stream served");
+                    let charge = st.settle.finish(&st.route, usage);
                     let mut tail = String::new();
                     if st.include_usage {
                         let mut u = (st.chunk)(json!({}), None);
                         u["choices"] = json!([]);
                         u["usage"] = usage_json(usage);
+                        // Beyond OpenAI's shape: the charge, which a header cannot carry once streaming began.
+                        u["x_tokaroo"] = json!({ "cost_usd": charge.charged_usd, "cache": "miss" });
                         tail.push_str(&format!("data: {u}\n\n"));
                     }
                     tail.push_str("data: [DONE]\n\n");

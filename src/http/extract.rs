@@ -141,3 +141,19 @@ impl FromRequestParts<AppState> for ApiKey {
             .ok_or_else(|| ApiError::Internal("runtime route mounted without the admission layer".into()))
     }
 }
+
+/// Query parameters whose rejections become a 400 naming the parameter.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de).map(QueryParams).map_err(|e| {
+            let path = e.path().to_string();
+            ApiError::BadRequest(format!("Invalid query parameter `{path}`: {}", e.into_inner()))
+        })
+    }
+}

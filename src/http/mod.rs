@@ -8,6 +8,7 @@ pub mod extract;
 mod health;
 mod keys;
 mod models;
+mod pricing;
 mod wire;
 mod workspaces;
 
@@ -29,7 +30,6 @@ use error::{openai_error_shape, to_openai_shape, ApiError, ErrorParts};
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
-    pub router: Arc<tokaroo_actors::router::Router>,
     pub config: Arc<Config>,
     pub shutting_down: Arc<AtomicBool>,
 }
@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .merge(keys::routes())
         .merge(workspaces::routes())
         .merge(admin::routes())
+        .merge(pricing::routes())
         .merge(runtime_openai)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)

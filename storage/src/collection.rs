@@ -46,6 +46,16 @@ impl<R: Record> Collection<R> {
         Ok(swapped.is_ok())
     }
 
+    /// Writes many records in one atomic sled batch (group commit).
+    pub fn insert_batch<K: KeyTuple>(&self, items: &[(K, R)]) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in items {
+            batch.insert(key.encode_key(), encode(value)?);
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
     pub fn remove(&self, key: &impl KeyTuple) -> Result<Option<R>, StorageError> {
         match self.tree.remove(key.encode_key())? {
             Some(bytes) => Ok(Some(decode::<R>(&bytes)?)),

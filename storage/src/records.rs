@@ -72,3 +72,39 @@ impl Record for Session {
     const TREE: &'static str = "sessions";
     const FORMAT_VERSION: u8 = 1;
 }
+
+/// One served request. Key: (account_id, created_at_ms, id), so history pages by time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UsageRow {
+    pub id: String,
+    pub account_id: String,
+    pub api_key_id: Option<String>,
+    pub workspace_slug: Option<String>,
+    pub metadata: Map<String, Value>,
+    /// The routing mode, or "auto" when a native model was named.
+    pub tier: String,
+    /// What the client put in `model`.
+    pub requested_model: String,
+    pub provider: String,
+    /// The upstream model that served it (admin view only).
+    pub upstream_model: String,
+    pub upstream: String,
+    pub routing_method: String,
+    pub routing_reason: String,
+    pub execution_source: String,
+    pub billing_mode: String,
+    pub request_type: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub actual_cost_usd: f64,
+    pub charged_usd: f64,
+    pub baseline_usd: f64,
+    pub latency_ms: Option<u64>,
+    pub cache: String,
+    pub streamed: bool,
+    pub created_at_ms: i64,
+}
+impl Record for UsageRow {
+    const TREE: &'static str = "usage";
+    const FORMAT_VERSION: u8 = 1;
+}

@@ -1,7 +1,7 @@
 use std::{fs::File, path::Path, sync::Arc};
 
 use crate::{
-    records::{Account, ApiKey, Session, Workspace},
+    records::{Account, ApiKey, Session, UsageRow, Workspace},
     Collection, StorageError,
 };
 
@@ -19,6 +19,7 @@ pub struct Store {
     pub workspaces: Collection<Workspace>,
     pub api_keys: Collection<ApiKey>,
     pub sessions: Collection<Session>,
+    pub usage: Collection<UsageRow>,
     _lock: Arc<File>,
 }
 
@@ -39,6 +40,7 @@ impl Store {
             workspaces: Collection::open(&db)?,
             api_keys: Collection::open(&db)?,
             sessions: Collection::open(&db)?,
+            usage: Collection::open(&db)?,
             meta,
             db,
             _lock: Arc::new(lock),

@@ -297,3 +297,44 @@ impl ChatProvider for OpenAiChat {
         })
     }
 }
+
+/// Model discovery on a self-hosted endpoint: OpenAI-style `GET {base}/models`, then Ollama's
+/// `GET {root}/api/tags` (the base URL may or may not end in `/v1`).
+pub async fn discover_models(conn: &Connection) -> Result<Vec<String>, ProviderError> {
+    let base = conn.base_url.trim_end_matches('/');
+    let with_v1 = if base.ends_with("/v1") { base.to_owned() } else { format!("{base}/v1") };
+    let root = base.strip_suffix("/v1").unwrap_or(base);
+    let get = |url: String| {
+        let mut request = conn.http.get(url);
+        if let Some(key) = &conn.api_key {
+            request = request.bearer_auth(key);
+        }
+        request
+    };
+    let openai_style = async {
+        let v = http::json_body(http::send(conn, get(format!("{with_v1}/models"))).await?).await?;
+        let ids: Vec<String> =
+            v["data"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str().map(str::to_owned)).collect();
+        Ok::<_, ProviderError>(ids)
+    };
+    match openai_style.await {
+        Ok(ids) if !ids.is_empty() => Ok(ids),
+        first => {
+            let ollama = async {
+                let v = http::json_body(http::send(conn, get(format!("{root}/api/tags"))).await?).await?;
+                let names: Vec<String> = v["models"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m["name"].as_str().map(str::to_owned))
+                    .collect();
+                Ok::<_, ProviderError>(names)
+            };
+            match ollama.await {
+                Ok(names) if !names.is_empty() => Ok(names),
+                // Reachable but empty: report the first answer (an empty list or its error).
+                _ => first,
+            }
+        }
+    }
+}

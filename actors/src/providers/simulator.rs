@@ -33,7 +33,7 @@ pub fn prompt_tokens(req: &ChatRequest) -> u32 {
         + 3
 }
 
-fn answer(model: &str, req: &ChatRequest) -> ChatResponse {
+fn answer(req: &ChatRequest) -> ChatResponse {
     let last_user =
         req.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.joined_text()).unwrap_or_default();
     let answered_tool = req.messages.last().is_some_and(|m| m.role == Role::Tool);
@@ -53,7 +53,7 @@ fn answer(model: &str, req: &ChatRequest) -> ChatResponse {
         (Some(serde_json::json!({ "simulated": true, "echo": last_user }).to_string()), Vec::new(), FinishReason::Stop)
     } else {
         let text = format!(
-            "[simulator:{model}] This is a simulated answer: no provider is configured. You said: {}",
+            "[simulator] This is a simulated answer: no provider is configured. You said: {}",
             last_user.chars().take(200).collect::<String>()
         );
         (Some(text), Vec::new(), FinishReason::Stop)
@@ -79,24 +79,24 @@ impl ChatProvider for SimulatorChat {
     fn chat<'a>(
         &'a self,
         _conn: &'a Connection,
-        model: &'a str,
+        _model: &'a str,
         req: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
             tokio::time::sleep(self.latency).await;
-            Ok(answer(model, req))
+            Ok(answer(req))
         })
     }
 
     fn chat_stream<'a>(
         &'a self,
         _conn: &'a Connection,
-        model: &'a str,
+        _model: &'a str,
         req: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<DeltaStream, ProviderError>> {
         Box::pin(async move {
             tokio::time::sleep(self.latency).await;
-            let full = answer(model, req);
+            let full = answer(req);
             let mut deltas = Vec::new();
             if let Some(text) = &full.content {
                 let words: Vec<&str> = text.split_inclusive(' ').collect();

@@ -1,0 +1,194 @@
+//! The upstream connections requests can be routed to: managed provider accounts (from
+//! config), accounts' own provider keys (BYOK) and accounts' self-hosted endpoints. Each is one
+//! [`Upstream`], named `provider:{provider}:{connection}` or `endpoint:{id}`, and visible only
+//! to the scope that owns it.
+
+use std::sync::{Arc, RwLock};
+
+use dashmap::DashMap;
+use serde::Serialize;
+
+use crate::{
+    health::Health,
+    providers::{Connection, ProviderKind},
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Owner {
+    /// Tokaroo's own provider account, from config or environment.
+    Managed,
+    /// The built-in offline provider.
+    Simulator,
+    /// An account's own provider key, optionally bound to one workspace.
+    Byok { account_id: String, workspace_slug: Option<String>, key_id: String },
+    /// An account's self-hosted OpenAI-compatible endpoint.
+    Local { account_id: String, workspace_slug: Option<String>, endpoint_id: String },
+}
+
+pub struct Upstream {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub conn: Connection,
+    pub health: Arc<Health>,
+    pub owner: Owner,
+    /// Self-hosted endpoints: the models discovered at the last check, and the preferred one.
+    pub local_models: RwLock<Vec<String>>,
+    pub default_model: Option<String>,
+}
+
+impl Upstream {
+    pub fn new(name: String, kind: ProviderKind, conn: Connection, owner: Owner) -> Self {
+        Self { name, kind, conn, health: Arc::default(), owner, local_models: RwLock::default(), default_model: None }
+    }
+
+    /// Whether a request from this account and workspace may use this upstream.
+    pub fn visible_to(&self, account_id: &str, workspace: Option<&str>) -> bool {
+        match &self.owner {
+            Owner::Managed | Owner::Simulator => true,
+            Owner::Byok { account_id: a, workspace_slug: w, .. }
+            | Owner::Local { account_id: a, workspace_slug: w, .. } => {
+                a == account_id && (w.is_none() || w.as_deref() == workspace)
+            }
+        }
+    }
+
+    /// Bound to the request's own workspace (preferred over account-wide connections).
+    pub fn workspace_specific(&self) -> bool {
+        matches!(
+            &self.owner,
+            Owner::Byok { workspace_slug: Some(_), .. } | Owner::Local { workspace_slug: Some(_), .. }
+        )
+    }
+
+    pub fn execution_source(&self) -> &'static str {
+        match self.owner {
+            Owner::Managed => "managed",
+            Owner::Simulator => "simulator",
+            Owner::Byok { .. } => "byok",
+            Owner::Local { .. } => "local_endpoint",
+        }
+    }
+
+    pub fn billing_mode(&self) -> &'static str {
+        match self.owner {
+            Owner::Managed => "managed",
+            Owner::Simulator => "simulator",
+            Owner::Byok { .. } => "byok",
+            Owner::Local { .. } => "self_hosted",
+        }
+    }
+
+    pub fn serves_local_model(&self, model: &str) -> bool {
+        let models = self.local_models.read().map(|m| m.clone()).unwrap_or_default();
+        models.iter().any(|m| m == model || m.strip_suffix(":latest") == Some(model))
+    }
+
+    /// The model to ask a self-hosted endpoint for when the request names a mode.
+    pub fn local_default_model(&self) -> Option<String> {
+        let models = self.local_models.read().map(|m| m.clone()).unwrap_or_default();
+        match &self.default_model {
+            Some(d) if models.is_empty() || models.iter().any(|m| m == d || m.strip_suffix(":latest") == Some(d)) => {
+                Some(d.clone())
+            }
+            _ => models.first().cloned(),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Upstreams {
+    by_name: DashMap<String, Arc<Upstream>>,
+}
+
+impl Upstreams {
+    pub fn insert(&self, upstream: Arc<Upstream>) {
+        self.by_name.insert(upstream.name.clone(), upstream);
+    }
+
+    pub fn remove(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.by_name.remove(name).map(|(_, u)| u)
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.by_name.get(name).map(|u| u.value().clone())
+    }
+
+    pub fn all(&self) -> Vec<Arc<Upstream>> {
+        let mut all: Vec<_> = self.by_name.iter().map(|u| u.value().clone()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Everything this scope may route to, simulator excluded.
+    pub fn for_scope(&self, account_id: &str, workspace: Option<&str>) -> Vec<Arc<Upstream>> {
+        let mut list: Vec<_> = self
+            .by_name
+            .iter()
+            .filter(|u| u.owner != Owner::Simulator && u.visible_to(account_id, workspace))
+            .map(|u| u.value().clone())
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    pub fn has_managed(&self) -> bool {
+        self.by_name.iter().any(|u| u.owner == Owner::Managed)
+    }
+}
+
+/// Settings for one managed provider account, from config and environment.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub timeout: std::time::Duration,
+}
+
+impl Upstreams {
+    /// The managed connections, or the labelled simulator when there are none.
+    pub fn managed(settings: &[UpstreamSettings], http: &reqwest::Client) -> (Self, Option<Arc<Upstream>>) {
+        let upstreams = Self::default();
+        for s in settings {
+            let conn = Connection {
+                provider: s.kind,
+                base_url: s.base_url.clone(),
+                api_key: s.api_key.clone(),
+                extra_headers: Vec::new(),
+                http: http.clone(),
+                timeout: s.timeout,
+            };
+            upstreams.insert(Arc::new(Upstream::new(
+                format!("provider:{}:managed", s.kind.as_str()),
+                s.kind,
+                conn,
+                Owner::Managed,
+            )));
+        }
+        let simulator = settings.is_empty().then(|| {
+            tracing::warn!(
+                "no provider configured: the built-in SIMULATOR answers every request \
+                 (set OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY or GROQ_API_KEY)"
+            );
+            let conn = Connection {
+                provider: ProviderKind::Simulator,
+                base_url: String::new(),
+                api_key: None,
+                extra_headers: Vec::new(),
+                http: http.clone(),
+                timeout: std::time::Duration::from_secs(30),
+            };
+            Arc::new(Upstream::new(
+                "provider:simulator:builtin".into(),
+                ProviderKind::Simulator,
+                conn,
+                Owner::Simulator,
+            ))
+        });
+        if let Some(sim) = &simulator {
+            upstreams.insert(sim.clone());
+        }
+        (upstreams, simulator)
+    }
+}
