@@ -16,6 +16,20 @@ pub struct Config {
     pub supervision: SupervisionConfig,
     pub debug: DebugConfig,
     pub providers: ProvidersConfig,
+    pub endpoints: EndpointsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EndpointsConfig {
+    /// How often self-hosted endpoints are health-checked.
+    pub recheck_secs: u64,
+}
+
+impl Default for EndpointsConfig {
+    fn default() -> Self {
+        Self { recheck_secs: 30 }
+    }
 }
 
 /// One managed provider account. The key usually comes from the provider's own variable
@@ -200,6 +214,9 @@ impl Config {
             if let Some(v) = get(url_var).filter(|v| !v.is_empty()) {
                 provider.base_url = Some(v);
             }
+        }
+        if let Some(v) = get("TOKAROO_ENDPOINT_RECHECK_SECS") {
+            self.endpoints.recheck_secs = parse("TOKAROO_ENDPOINT_RECHECK_SECS", &v)?;
         }
         if let Some(v) = get("TOKAROO_FAULT_INJECTION") {
             self.debug.fault_injection = matches!(v.as_str(), "1" | "true" | "yes");

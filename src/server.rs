@@ -56,7 +56,9 @@ fn engine_config(config: &Config) -> EngineConfig {
         catalog: Catalog::builtin(),
         managed_upstreams: managed_upstreams(config),
         pricing: PricingPolicy::default(),
-        endpoint_recheck: Duration::from_secs(30),
+        endpoint_recheck: Duration::from_secs(config.endpoints.recheck_secs.max(1)),
+        master_key: std::env::var("TOKAROO_MASTER_KEY").ok(),
+        provider_base_urls: provider_base_urls(config),
     }
 }
 
@@ -106,6 +108,23 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where each provider's API lives: config/env overrides over the public defaults.
+fn provider_base_urls(config: &Config) -> Vec<(ProviderKind, String)> {
+    let p = &config.providers;
+    tokaroo_actors::providers::default_base_urls()
+        .into_iter()
+        .map(|(kind, default)| {
+            let configured = match kind {
+                ProviderKind::OpenAi => &p.openai.base_url,
+                ProviderKind::Anthropic => &p.anthropic.base_url,
+                ProviderKind::Google => &p.google.base_url,
+                _ => &p.groq.base_url,
+            };
+            (kind, configured.clone().unwrap_or(default))
+        })
+        .collect()
 }
 
 /// The managed provider accounts configured by keys; none means the labelled simulator answers.

@@ -37,6 +37,9 @@ pub struct EngineConfig {
     pub managed_upstreams: Vec<UpstreamSettings>,
     pub pricing: PricingPolicy,
     pub endpoint_recheck: Duration,
+    /// Hex master key for sealed secrets; else `<data_dir>/master.key`.
+    pub master_key: Option<String>,
+    pub provider_base_urls: Vec<(crate::providers::ProviderKind, String)>,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +54,8 @@ impl Default for EngineConfig {
             managed_upstreams: Vec::new(),
             pricing: PricingPolicy::default(),
             endpoint_recheck: Duration::from_secs(30),
+            master_key: None,
+            provider_base_urls: crate::providers::default_base_urls(),
         }
     }
 }
@@ -92,6 +97,8 @@ impl Engine {
             upstreams,
             endpoint_recheck: config.endpoint_recheck,
             http,
+            secrets: crate::secrets::SecretBox::load(config.master_key.as_deref(), store.data_dir())?,
+            provider_base_urls: config.provider_base_urls.clone(),
             restart_policy: config.restart_policy,
             default_rpm: config.default_rpm,
             keys_by_hash: DashMap::new(),
@@ -101,6 +108,7 @@ impl Engine {
             store,
         });
         load_indices(&shared)?;
+        shared.load_connections()?;
         let operator = shared.store.meta_get(OPERATOR_ACCOUNT_META)?;
         let root_actor = RootActor { shared: shared.clone(), started_at_ms: crate::now_ms() };
         let (root, _) = Actor::spawn(Some(crate::root::NAME.to_owned()), root_actor, ())

@@ -37,6 +37,9 @@ pub struct Shared {
     pub endpoint_recheck: std::time::Duration,
     /// The one pooled HTTP client for every upstream call.
     pub http: reqwest::Client,
+    pub secrets: crate::secrets::SecretBox,
+    /// Where each provider's API lives (managed connections and BYOK keys alike).
+    pub provider_base_urls: Vec<(crate::providers::ProviderKind, String)>,
 }
 
 impl Shared {

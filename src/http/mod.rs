@@ -7,8 +7,10 @@ pub mod error;
 pub mod extract;
 mod health;
 mod keys;
+mod local_endpoints;
 mod models;
 mod pricing;
+mod provider_keys;
 mod wire;
 mod workspaces;
 
@@ -53,6 +55,8 @@ pub fn router(state: AppState) -> Router {
         .merge(workspaces::routes())
         .merge(admin::routes())
         .merge(pricing::routes())
+        .merge(provider_keys::routes())
+        .merge(local_endpoints::routes())
         .merge(runtime_openai)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)

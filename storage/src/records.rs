@@ -108,3 +108,45 @@ impl Record for UsageRow {
     const TREE: &'static str = "usage";
     const FORMAT_VERSION: u8 = 1;
 }
+
+/// An account's own provider key (BYOK). Key: (account_id, id). The secret is sealed
+/// (AES-256-GCM) by the engine before it gets here.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProviderKey {
+    pub id: String,
+    pub account_id: String,
+    pub provider: String,
+    pub label: String,
+    pub workspace_slug: Option<String>,
+    pub sealed_secret: String,
+    pub created_at_ms: i64,
+    pub last_success_at_ms: Option<i64>,
+    pub last_failure_at_ms: Option<i64>,
+    pub last_failure_code: Option<String>,
+    pub estimated_reset_at_ms: Option<i64>,
+}
+impl Record for ProviderKey {
+    const TREE: &'static str = "provider_keys";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// A self-hosted OpenAI-compatible endpoint. Key: (account_id, id). Custom headers are sealed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LocalEndpoint {
+    pub id: String,
+    pub account_id: String,
+    pub url: String,
+    pub label: String,
+    pub default_model: Option<String>,
+    pub sealed_headers: Option<String>,
+    pub workspace_slug: Option<String>,
+    pub status: String,
+    pub models: Vec<String>,
+    pub last_checked_at_ms: Option<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+impl Record for LocalEndpoint {
+    const TREE: &'static str = "local_endpoints";
+    const FORMAT_VERSION: u8 = 1;
+}

@@ -1,7 +1,7 @@
 use std::{fs::File, path::Path, sync::Arc};
 
 use crate::{
-    records::{Account, ApiKey, Session, UsageRow, Workspace},
+    records::{Account, ApiKey, LocalEndpoint, ProviderKey, Session, UsageRow, Workspace},
     Collection, StorageError,
 };
 
@@ -20,6 +20,9 @@ pub struct Store {
     pub api_keys: Collection<ApiKey>,
     pub sessions: Collection<Session>,
     pub usage: Collection<UsageRow>,
+    pub provider_keys: Collection<ProviderKey>,
+    pub local_endpoints: Collection<LocalEndpoint>,
+    data_dir: std::path::PathBuf,
     _lock: Arc<File>,
 }
 
@@ -41,10 +44,17 @@ impl Store {
             api_keys: Collection::open(&db)?,
             sessions: Collection::open(&db)?,
             usage: Collection::open(&db)?,
+            provider_keys: Collection::open(&db)?,
+            local_endpoints: Collection::open(&db)?,
+            data_dir: data_dir.to_path_buf(),
             meta,
             db,
             _lock: Arc::new(lock),
         })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// Small string flags such as "bootstrapped".

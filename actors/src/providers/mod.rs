@@ -144,3 +144,13 @@ pub fn adapter(kind: ProviderKind) -> &'static dyn ChatProvider {
         ProviderKind::Simulator => &SIMULATOR,
     }
 }
+
+/// The public API base URL of each provider.
+pub fn default_base_urls() -> Vec<(ProviderKind, String)> {
+    vec![
+        (ProviderKind::OpenAi, "https://api.openai.com/v1".into()),
+        (ProviderKind::Anthropic, "https://api.anthropic.com".into()),
+        (ProviderKind::Google, "https://generativelanguage.googleapis.com".into()),
+        (ProviderKind::Groq, "https://api.groq.com/openai/v1".into()),
+    ]
+}
