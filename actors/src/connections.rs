@@ -84,8 +84,10 @@ fn headers_list(headers: &Map<String, Value>) -> Result<Vec<(String, String)>, E
         .iter()
         .map(|(k, v)| {
             let value = v.as_str().ok_or_else(|| EngineError::invalid(format!("headers.{k} must be a string")))?;
-            reqwest::header::HeaderName::from_bytes(k.as_bytes()).map_err(|_| EngineError::invalid(format!("headers: {k:?} is not a valid header name")))?;
-            reqwest::header::HeaderValue::from_str(value).map_err(|_| EngineError::invalid(format!("headers.{k} is not a valid header value")))?;
+            reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| EngineError::invalid(format!("headers: {k:?} is not a valid header name")))?;
+            reqwest::header::HeaderValue::from_str(value)
+                .map_err(|_| EngineError::invalid(format!("headers.{k} is not a valid header value")))?;
             Ok((k.clone(), value.to_owned()))
         })
         .collect()
@@ -95,8 +97,19 @@ impl Shared {
     pub(crate) fn byok_upstream(&self, key: &ProviderKey, secret: String) -> Option<Arc<Upstream>> {
         let kind = ProviderKind::parse(&key.provider)?;
         let base_url = self.provider_base_urls.iter().find(|(k, _)| *k == kind).map(|(_, u)| u.clone())?;
-        let conn = Connection { provider: kind, base_url, api_key: Some(secret), extra_headers: Vec::new(), http: self.http.clone(), timeout: std::time::Duration::from_secs(60) };
-        let owner = Owner::Byok { account_id: key.account_id.clone(), workspace_slug: key.workspace_slug.clone(), key_id: key.id.clone() };
+        let conn = Connection {
+            provider: kind,
+            base_url,
+            api_key: Some(secret),
+            extra_headers: Vec::new(),
+            http: self.http.clone(),
+            timeout: std::time::Duration::from_secs(60),
+        };
+        let owner = Owner::Byok {
+            account_id: key.account_id.clone(),
+            workspace_slug: key.workspace_slug.clone(),
+            key_id: key.id.clone(),
+        };
         Some(Arc::new(Upstream::new(byok_name(kind, &key.id), kind, conn, owner)))
     }
 
@@ -109,7 +122,11 @@ impl Shared {
             http: self.http.clone(),
             timeout: std::time::Duration::from_secs(60),
         };
-        let owner = Owner::Local { account_id: ep.account_id.clone(), workspace_slug: ep.workspace_slug.clone(), endpoint_id: ep.id.clone() };
+        let owner = Owner::Local {
+            account_id: ep.account_id.clone(),
+            workspace_slug: ep.workspace_slug.clone(),
+            endpoint_id: ep.id.clone(),
+        };
         let mut upstream = Upstream::new(endpoint_name(&ep.id), ProviderKind::Local, conn, owner);
         upstream.default_model = ep.default_model.clone();
         if let Ok(mut models) = upstream.local_models.write() {
@@ -124,13 +141,17 @@ impl Shared {
         for key in self.store.provider_keys.all()? {
             match self.secrets.open(&key.sealed_secret).map(|s| self.byok_upstream(&key, s)) {
                 Ok(Some(upstream)) => self.upstreams.insert(upstream),
-                Ok(None) => tracing::warn!(key = %key.id, provider = %key.provider, "provider key for an unknown provider skipped"),
+                Ok(None) => {
+                    tracing::warn!(key = %key.id, provider = %key.provider, "provider key for an unknown provider skipped")
+                }
                 Err(error) => tracing::error!(key = %key.id, %error, "provider key could not be opened"),
             }
         }
         for ep in self.store.local_endpoints.all()? {
             let headers = match &ep.sealed_headers {
-                Some(sealed) => serde_json::from_str::<Vec<(String, String)>>(&self.secrets.open(sealed)?).unwrap_or_default(),
+                Some(sealed) => {
+                    serde_json::from_str::<Vec<(String, String)>>(&self.secrets.open(sealed)?).unwrap_or_default()
+                }
                 None => Vec::new(),
             };
             self.upstreams.insert(self.endpoint_upstream(&ep, headers));
@@ -147,7 +168,11 @@ impl Engine {
         }
     }
 
-    pub async fn create_provider_key(&self, account_id: &str, new: NewProviderKey) -> Result<ProviderKeyView, EngineError> {
+    pub async fn create_provider_key(
+        &self,
+        account_id: &str,
+        new: NewProviderKey,
+    ) -> Result<ProviderKeyView, EngineError> {
         if !BYOK_PROVIDERS.contains(&new.provider.as_str()) {
             return Err(EngineError::invalid(format!("provider must be one of: {}", BYOK_PROVIDERS.join(", "))));
         }
@@ -177,8 +202,13 @@ impl Engine {
         Ok(ProviderKeyView { record, workspace_name, health: None })
     }
 
-    pub fn list_provider_keys(&self, account_id: &str, workspace: Option<&str>) -> Result<Vec<ProviderKeyView>, EngineError> {
-        let names: std::collections::HashMap<String, String> = self.list_workspaces(account_id)?.into_iter().map(|w| (w.slug, w.name)).collect();
+    pub fn list_provider_keys(
+        &self,
+        account_id: &str,
+        workspace: Option<&str>,
+    ) -> Result<Vec<ProviderKeyView>, EngineError> {
+        let names: std::collections::HashMap<String, String> =
+            self.list_workspaces(account_id)?.into_iter().map(|w| (w.slug, w.name)).collect();
         let keys = self.store().provider_keys.scan_prefix(&(account_id,))?;
         Ok(keys
             .into_iter()
@@ -194,7 +224,11 @@ impl Engine {
     }
 
     pub async fn delete_provider_key(&self, account_id: &str, id: &str) -> Result<(), EngineError> {
-        let record = self.store().provider_keys.remove(&(account_id, id))?.ok_or(EngineError::NotFound { what: "Provider key" })?;
+        let record = self
+            .store()
+            .provider_keys
+            .remove(&(account_id, id))?
+            .ok_or(EngineError::NotFound { what: "Provider key" })?;
         self.store().flush().await?;
         if let Some(kind) = ProviderKind::parse(&record.provider) {
             let name = byok_name(kind, id);
@@ -215,7 +249,8 @@ impl Engine {
             label: new.label.unwrap_or_else(|| new.url.clone()),
             url: new.url,
             default_model: new.default_model,
-            sealed_headers: (!headers.is_empty()).then(|| self.shared.secrets.seal(&serde_json::to_string(&headers).unwrap_or_default())),
+            sealed_headers: (!headers.is_empty())
+                .then(|| self.shared.secrets.seal(&serde_json::to_string(&headers).unwrap_or_default())),
             workspace_slug: new.workspace_slug,
             status: "unknown".into(),
             models: Vec::new(),
@@ -267,7 +302,12 @@ impl Engine {
         Ok(self.live_endpoint(self.endpoint_record(account_id, id)?))
     }
 
-    pub async fn update_endpoint(&self, account_id: &str, id: &str, patch: EndpointPatch) -> Result<EndpointView, EngineError> {
+    pub async fn update_endpoint(
+        &self,
+        account_id: &str,
+        id: &str,
+        patch: EndpointPatch,
+    ) -> Result<EndpointView, EngineError> {
         let mut record = self.endpoint_record(account_id, id)?;
         if let Some(url) = patch.url {
             validate_url(&url)?;
@@ -282,7 +322,8 @@ impl Engine {
         let headers = match patch.headers {
             Some(Some(h)) => {
                 let list = headers_list(&h)?;
-                record.sealed_headers = (!list.is_empty()).then(|| self.shared.secrets.seal(&serde_json::to_string(&list).unwrap_or_default()));
+                record.sealed_headers = (!list.is_empty())
+                    .then(|| self.shared.secrets.seal(&serde_json::to_string(&list).unwrap_or_default()));
                 list
             }
             Some(None) => {
@@ -308,7 +349,10 @@ impl Engine {
     }
 
     pub async fn delete_endpoint(&self, account_id: &str, id: &str) -> Result<(), EngineError> {
-        self.store().local_endpoints.remove(&(account_id, id))?.ok_or(EngineError::NotFound { what: "Local endpoint" })?;
+        self.store()
+            .local_endpoints
+            .remove(&(account_id, id))?
+            .ok_or(EngineError::NotFound { what: "Local endpoint" })?;
         self.store().flush().await?;
         let name = endpoint_name(id);
         self.shared.upstreams.remove(&name);
@@ -318,7 +362,8 @@ impl Engine {
 
     pub async fn recheck_endpoint(&self, account_id: &str, id: &str) -> Result<EndpointView, EngineError> {
         let mut record = self.endpoint_record(account_id, id)?;
-        let upstream = self.shared.upstreams.get(&endpoint_name(id)).ok_or(EngineError::NotFound { what: "Local endpoint" })?;
+        let upstream =
+            self.shared.upstreams.get(&endpoint_name(id)).ok_or(EngineError::NotFound { what: "Local endpoint" })?;
         self.apply_check(&mut record, &upstream).await;
         self.store().local_endpoints.insert(&(account_id, id), &record)?;
         Ok(EndpointView { has_headers: record.sealed_headers.is_some(), record })

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod chat;
 pub mod connections;
 mod directory;
+pub mod embeddings;
 mod engine;
 mod error;
 pub mod gateway;

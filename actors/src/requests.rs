@@ -110,3 +110,22 @@ impl Engine {
         &self.router.catalog
     }
 }
+
+impl Engine {
+    pub async fn embed(
+        &self,
+        key: &KeyEntry,
+        req: &crate::embeddings::EmbeddingRequest,
+    ) -> Result<(crate::embeddings::EmbeddingOutcome, Charge), EngineError> {
+        let outcome = self.router.embed(req, &scope(key)).await?;
+        let info = RequestInfo {
+            requested_model: outcome.model.clone(),
+            tier: "auto",
+            request_type: "embeddings",
+            metadata: Map::new(),
+        };
+        let usage = Usage { prompt_tokens: outcome.prompt_tokens, completion_tokens: 0 };
+        let charge = self.settle(key, &info, &outcome.route, usage, Some(outcome.latency_ms), false);
+        Ok((outcome, charge))
+    }
+}

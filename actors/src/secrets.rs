@@ -34,15 +34,20 @@ impl SecretBox {
     /// The master key from `env_key` (hex) or `<data_dir>/master.key`, created 0600 if absent.
     pub fn load(env_key: Option<&str>, data_dir: &Path) -> Result<Self, EngineError> {
         if let Some(hex_key) = env_key.filter(|k| !k.is_empty()) {
-            let bytes = hex::decode(hex_key.trim()).map_err(|_| EngineError::invalid("TOKAROO_MASTER_KEY must be 64 hex characters"))?;
-            let key: [u8; 32] = bytes.try_into().map_err(|_| EngineError::invalid("TOKAROO_MASTER_KEY must be 64 hex characters (32 bytes)"))?;
+            let bytes = hex::decode(hex_key.trim())
+                .map_err(|_| EngineError::invalid("TOKAROO_MASTER_KEY must be 64 hex characters"))?;
+            let key: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| EngineError::invalid("TOKAROO_MASTER_KEY must be 64 hex characters (32 bytes)"))?;
             return Ok(Self::from_key(key));
         }
         let path = data_dir.join("master.key");
         let io = |e: std::io::Error| EngineError::Internal(format!("master key file {}: {e}", path.display()));
         if let Ok(text) = std::fs::read_to_string(&path) {
-            let bytes = hex::decode(text.trim()).map_err(|_| EngineError::Internal(format!("{} is not hex", path.display())))?;
-            let key: [u8; 32] = bytes.try_into().map_err(|_| EngineError::Internal(format!("{} is not 32 bytes", path.display())))?;
+            let bytes = hex::decode(text.trim())
+                .map_err(|_| EngineError::Internal(format!("{} is not hex", path.display())))?;
+            let key: [u8; 32] =
+                bytes.try_into().map_err(|_| EngineError::Internal(format!("{} is not 32 bytes", path.display())))?;
             return Ok(Self::from_key(key));
         }
         let mut key = [0u8; 32];
@@ -60,7 +65,10 @@ impl SecretBox {
     pub fn seal(&self, plaintext: &str) -> String {
         let mut nonce = [0u8; 12];
         rand::rng().fill_bytes(&mut nonce);
-        let ciphertext = self.cipher.encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes()).expect("AES-GCM encryption cannot fail for in-memory input");
+        let ciphertext = self
+            .cipher
+            .encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes())
+            .expect("AES-GCM encryption cannot fail for in-memory input");
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ciphertext);
         format!("{PREFIX}{}", STANDARD.encode(out))

@@ -91,9 +91,17 @@ impl Upstream {
             Some(d) if models.is_empty() || models.iter().any(|m| m == d || m.strip_suffix(":latest") == Some(d)) => {
                 Some(d.clone())
             }
-            _ => models.first().cloned(),
+            // An embedding model cannot answer chat.
+            _ => models.iter().find(|m| !looks_like_embedding_model(m)).cloned(),
         }
     }
+}
+
+/// Names of embedding models as self-hosted servers report them (nomic-embed-text, bge-m3,
+/// multilingual-e5-small, all-MiniLM-L6-v2, gte-base, ...).
+pub fn looks_like_embedding_model(name: &str) -> bool {
+    let n = name.to_lowercase();
+    ["embed", "e5-", "bge", "minilm", "gte-", "nomic"].iter().any(|k| n.contains(k))
 }
 
 #[derive(Default)]

@@ -258,9 +258,7 @@ async fn chat_completions(
         "usage": usage_json(outcome.usage),
     });
     let mut response = Json(body).into_response();
-    response
-        .headers_mut()
-        .insert("x-tokaroo-cost", HeaderValue::from_str(&format!("{cost:.8}")).expect("ascii number"));
+    response.headers_mut().insert("x-tokaroo-cost", super::wire::cost_header(cost));
     response.headers_mut().insert("x-tokaroo-cache", HeaderValue::from_static("miss"));
     Ok(response)
 }

@@ -67,36 +67,73 @@ fn endpoint_json(v: &EndpointView) -> Value {
     })
 }
 
-async fn create(State(state): State<AppState>, Session(who): Session, JsonBody(req): JsonBody<CreateRequest>) -> Result<Json<Value>, ApiError> {
-    let new = NewEndpoint { url: req.url, label: req.label, default_model: req.default_model, headers: req.headers, workspace_slug: req.workspace_id };
+async fn create(
+    State(state): State<AppState>,
+    Session(who): Session,
+    JsonBody(req): JsonBody<CreateRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let new = NewEndpoint {
+        url: req.url,
+        label: req.label,
+        default_model: req.default_model,
+        headers: req.headers,
+        workspace_slug: req.workspace_id,
+    };
     Ok(Json(endpoint_json(&state.engine.create_endpoint(&who.account_id, new).await?)))
 }
 
-async fn list(State(state): State<AppState>, Session(who): Session, QueryParams(q): QueryParams<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    Session(who): Session,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     let list = state.engine.list_endpoints(&who.account_id, q.workspace_id.as_deref())?;
     Ok(Json(json!({ "object": "list", "data": list.iter().map(endpoint_json).collect::<Vec<_>>() })))
 }
 
-async fn show(State(state): State<AppState>, Session(who): Session, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    Session(who): Session,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     Ok(Json(endpoint_json(&state.engine.get_endpoint(&who.account_id, &id)?)))
 }
 
-async fn update(State(state): State<AppState>, Session(who): Session, Path(id): Path<String>, JsonBody(req): JsonBody<UpdateRequest>) -> Result<Json<Value>, ApiError> {
-    let patch = EndpointPatch { url: req.url, label: req.label, default_model: req.default_model, headers: req.headers };
+async fn update(
+    State(state): State<AppState>,
+    Session(who): Session,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<UpdateRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let patch =
+        EndpointPatch { url: req.url, label: req.label, default_model: req.default_model, headers: req.headers };
     Ok(Json(endpoint_json(&state.engine.update_endpoint(&who.account_id, &id, patch).await?)))
 }
 
-async fn remove(State(state): State<AppState>, Session(who): Session, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn remove(
+    State(state): State<AppState>,
+    Session(who): Session,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     state.engine.delete_endpoint(&who.account_id, &id).await?;
     Ok(Json(json!({ "deleted": true, "id": id })))
 }
 
-async fn recheck(State(state): State<AppState>, Session(who): Session, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn recheck(
+    State(state): State<AppState>,
+    Session(who): Session,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     Ok(Json(endpoint_json(&state.engine.recheck_endpoint(&who.account_id, &id).await?)))
 }
 
-async fn models(State(state): State<AppState>, Session(who): Session, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn models(
+    State(state): State<AppState>,
+    Session(who): Session,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let view = state.engine.get_endpoint(&who.account_id, &id)?;
-    let data: Vec<Value> = view.record.models.iter().map(|m| json!({ "id": m, "object": "model", "owned_by": "local" })).collect();
+    let data: Vec<Value> =
+        view.record.models.iter().map(|m| json!({ "id": m, "object": "model", "owned_by": "local" })).collect();
     Ok(Json(json!({ "object": "list", "data": data })))
 }

@@ -3,6 +3,7 @@
 mod admin;
 mod admission;
 mod chat;
+mod embeddings;
 pub mod error;
 pub mod extract;
 mod health;
@@ -46,6 +47,7 @@ fn is_openai_compatible(path: &str) -> bool {
 pub fn router(state: AppState) -> Router {
     let runtime_openai = models::routes()
         .merge(chat::routes())
+        .merge(embeddings::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit))
         .layer(middleware::from_fn(openai_error_shape));
     let request_id = HeaderName::from_static("x-request-id");

@@ -18,9 +18,7 @@ use super::{
 };
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/provider-keys", get(list).post(create))
-        .route("/v1/provider-keys/{id}", delete(remove))
+    Router::new().route("/v1/provider-keys", get(list).post(create)).route("/v1/provider-keys/{id}", delete(remove))
 }
 
 #[derive(Deserialize)]
@@ -55,19 +53,38 @@ fn key_json(v: &ProviderKeyView) -> Value {
     })
 }
 
-async fn create(State(state): State<AppState>, Session(who): Session, JsonBody(req): JsonBody<CreateRequest>) -> Result<Json<Value>, ApiError> {
-    let new = NewProviderKey { provider: req.provider, label: req.label, secret: req.secret, workspace_slug: req.workspace_id };
+async fn create(
+    State(state): State<AppState>,
+    Session(who): Session,
+    JsonBody(req): JsonBody<CreateRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let new = NewProviderKey {
+        provider: req.provider,
+        label: req.label,
+        secret: req.secret,
+        workspace_slug: req.workspace_id,
+    };
     let view = state.engine.create_provider_key(&who.account_id, new).await?;
     let k = &view.record;
-    Ok(Json(json!({ "created": true, "id": k.id, "provider": k.provider, "label": k.label, "workspace_id": k.workspace_slug })))
+    Ok(Json(
+        json!({ "created": true, "id": k.id, "provider": k.provider, "label": k.label, "workspace_id": k.workspace_slug }),
+    ))
 }
 
-async fn list(State(state): State<AppState>, Session(who): Session, QueryParams(q): QueryParams<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    Session(who): Session,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     let keys = state.engine.list_provider_keys(&who.account_id, q.workspace_id.as_deref())?;
     Ok(Json(json!({ "object": "list", "data": keys.iter().map(key_json).collect::<Vec<_>>() })))
 }
 
-async fn remove(State(state): State<AppState>, Session(who): Session, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn remove(
+    State(state): State<AppState>,
+    Session(who): Session,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     state.engine.delete_provider_key(&who.account_id, &id).await?;
     Ok(Json(json!({ "deleted": true, "id": id })))
 }

@@ -14,3 +14,8 @@ where
 pub fn iso(ms: i64) -> String {
     tokaroo_actors::iso8601(ms)
 }
+
+/// `x-tokaroo-cost`: USD at the ledger's precision, so it equals the usage row's `charged_usd`.
+pub fn cost_header(usd: f64) -> axum::http::HeaderValue {
+    axum::http::HeaderValue::from_str(&format!("{usd:.10}")).expect("a formatted number is a valid header value")
+}

@@ -540,6 +540,51 @@ impl ChatProvider for GeminiChat {
     }
 }
 
+/// `batchEmbedContents`: one vector per input, optionally truncated to `dims`.
+pub async fn embed(
+    conn: &Connection,
+    model: &str,
+    inputs: &[String],
+    dims: Option<u32>,
+) -> Result<super::Embeddings, ProviderError> {
+    let base = conn.base_url.trim_end_matches('/');
+    let base =
+        if base.ends_with("/v1beta") || base.ends_with("/v1") { base.to_owned() } else { format!("{base}/v1beta") };
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    let requests: Vec<Value> = inputs
+        .iter()
+        .map(|text| {
+            let mut r = json!({ "model": format!("models/{model}"), "content": { "parts": [{ "text": text }] } });
+            if let Some(d) = dims {
+                r["outputDimensionality"] = json!(d);
+            }
+            r
+        })
+        .collect();
+    let mut request =
+        conn.http.post(format!("{base}/models/{model}:batchEmbedContents")).json(&json!({ "requests": requests }));
+    if let Some(key) = &conn.api_key {
+        request = request.header("x-goog-api-key", key);
+    }
+    let v = http::json_body(http::send(conn, request).await?).await?;
+    let vectors: Vec<Vec<f32>> = v["embeddings"]
+        .as_array()
+        .ok_or_else(|| ProviderError::Protocol("embedding response has no embeddings".into()))?
+        .iter()
+        .map(|e| {
+            e["values"]
+                .as_array()
+                .map(|vals| vals.iter().filter_map(|x| x.as_f64().map(|f| f as f32)).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    if vectors.len() != inputs.len() {
+        return Err(ProviderError::Protocol(format!("{} embeddings for {} inputs", vectors.len(), inputs.len())));
+    }
+    // The Gemini API reports no token usage for embeddings.
+    Ok(super::Embeddings { vectors, prompt_tokens: None })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

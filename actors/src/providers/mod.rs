@@ -112,6 +112,34 @@ impl ProviderError {
     }
 }
 
+/// Vectors in input order, and the provider's token count when it gives one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub prompt_tokens: Option<u32>,
+}
+
+/// Embeds `inputs` with a provider's `model`; `dims` asks for shortened vectors.
+pub async fn embed(
+    conn: &Connection,
+    model: &str,
+    inputs: &[String],
+    dims: Option<u32>,
+) -> Result<Embeddings, ProviderError> {
+    match conn.provider {
+        ProviderKind::OpenAi | ProviderKind::Local | ProviderKind::Groq => {
+            openai::embed(conn, model, inputs, dims).await
+        }
+        ProviderKind::Google => gemini::embed(conn, model, inputs, dims).await,
+        ProviderKind::Simulator => Ok(simulator::embed(inputs, dims.unwrap_or(1536))),
+        ProviderKind::Anthropic => Err(ProviderError::Status {
+            status: 400,
+            message: "Anthropic has no embeddings API".into(),
+            retry_after: None,
+        }),
+    }
+}
+
 pub type DeltaStream = BoxStream<'static, Result<ChatDelta, ProviderError>>;
 
 /// One provider's chat API. `model` is the provider's native model id.

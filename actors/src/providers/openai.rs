@@ -338,3 +338,42 @@ pub async fn discover_models(conn: &Connection) -> Result<Vec<String>, ProviderE
         }
     }
 }
+
+/// `POST {base}/embeddings` (OpenAI and OpenAI-compatible servers).
+pub async fn embed(
+    conn: &Connection,
+    model: &str,
+    inputs: &[String],
+    dims: Option<u32>,
+) -> Result<super::Embeddings, ProviderError> {
+    let mut body = json!({ "model": model, "input": inputs, "encoding_format": "float" });
+    if let Some(d) = dims {
+        body["dimensions"] = json!(d);
+    }
+    let mut request = conn.http.post(format!("{}/embeddings", conn.base_url.trim_end_matches('/'))).json(&body);
+    if let Some(key) = &conn.api_key {
+        request = request.bearer_auth(key);
+    }
+    let v = http::json_body(http::send(conn, request).await?).await?;
+    let mut items: Vec<(u64, Vec<f32>)> = v["data"]
+        .as_array()
+        .ok_or_else(|| ProviderError::Protocol("embedding response has no data".into()))?
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let vector = d["embedding"]
+                .as_array()
+                .map(|vals| vals.iter().filter_map(|x| x.as_f64().map(|f| f as f32)).collect())
+                .unwrap_or_default();
+            (d["index"].as_u64().unwrap_or(i as u64), vector)
+        })
+        .collect();
+    items.sort_by_key(|(i, _)| *i);
+    if items.len() != inputs.len() {
+        return Err(ProviderError::Protocol(format!("{} embeddings for {} inputs", items.len(), inputs.len())));
+    }
+    Ok(super::Embeddings {
+        vectors: items.into_iter().map(|(_, v)| v).collect(),
+        prompt_tokens: v["usage"]["prompt_tokens"].as_u64().map(|t| t as u32),
+    })
+}

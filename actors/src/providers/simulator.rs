@@ -122,3 +122,26 @@ impl ChatProvider for SimulatorChat {
         })
     }
 }
+
+/// Deterministic unit vectors from hashed words: similar texts get similar vectors, so the
+/// offline quickstart's embeddings behave plausibly.
+pub fn embed(inputs: &[String], dims: u32) -> super::Embeddings {
+    use sha2::{Digest, Sha256};
+    let vectors = inputs
+        .iter()
+        .map(|text| {
+            let mut v = vec![0f32; dims as usize];
+            for word in text.to_lowercase().split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+                let h = Sha256::digest(word.as_bytes());
+                let idx = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) % dims;
+                v[idx as usize] += if h[4] & 1 == 0 { 1.0 } else { -1.0 };
+            }
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                v.iter_mut().for_each(|x| *x /= norm);
+            }
+            v
+        })
+        .collect();
+    super::Embeddings { vectors, prompt_tokens: Some(inputs.iter().map(|t| estimate_tokens(t)).sum()) }
+}

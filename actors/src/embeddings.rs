@@ -1,0 +1,185 @@
+//! Routing `POST /v1/embeddings`: a self-hosted endpoint's embedding model when the client
+//! leaves the choice to us (or names one the endpoint serves), else the named catalog model
+//! on its provider, else a compatible model of another provider at the same dimension.
+
+use std::{sync::Arc, time::Instant};
+
+use crate::{
+    catalog::CatalogModel,
+    gateway::RouteRecord,
+    providers::{self, simulator, ProviderError},
+    router::{Router, Scope},
+    upstreams::{looks_like_embedding_model, Owner, Upstream},
+    EngineError,
+};
+
+pub const DEFAULT_MODEL: &str = "text-embedding-3-small";
+/// Used when the default model's provider is not configured; asked for the default's dimension.
+const FALLBACK_MODELS: &[&str] = &["text-embedding-3-small", "text-embedding-3-large", "gemini-embedding-001"];
+
+pub struct EmbeddingRequest {
+    pub model: Option<String>,
+    pub inputs: Vec<String>,
+    pub dimensions: Option<u32>,
+}
+
+pub struct EmbeddingOutcome {
+    pub vectors: Vec<Vec<f32>>,
+    pub prompt_tokens: u32,
+    /// The model name the response reports.
+    pub model: String,
+    pub route: RouteRecord,
+    pub latency_ms: u64,
+}
+
+struct Candidate {
+    upstream: Arc<Upstream>,
+    model: CatalogModel,
+    dims: Option<u32>,
+    reason: String,
+}
+
+fn local_embedding_model(id: &str) -> CatalogModel {
+    CatalogModel {
+        id: id.to_owned(),
+        name: id.to_owned(),
+        provider: "local".into(),
+        input_per_1m: 0.0,
+        output_per_1m: 0.0,
+        cached_input_per_1m: None,
+        capabilities: vec!["embeddings".into()],
+        context_window: u64::MAX,
+        max_output_tokens: None,
+        embedding_dims: None,
+        quality: 0.0,
+        latency_class: "fast".into(),
+        deprecated: false,
+        unit_price: None,
+    }
+}
+
+impl Router {
+    fn embedding_candidates(&self, req: &EmbeddingRequest, scope: &Scope) -> Vec<Candidate> {
+        let available = self.upstreams.for_scope(&scope.account_id, scope.workspace_slug.as_deref());
+        let mut out = Vec::new();
+        for u in available.iter().filter(|u| {
+            matches!(u.owner, Owner::Local { .. }) && u.health.is_reachable() && !u.health.is_cooling_down()
+        }) {
+            let models = u.local_models.read().map(|m| m.clone()).unwrap_or_default();
+            let chosen = match &req.model {
+                Some(name) => models.iter().find(|m| *m == name).cloned(),
+                None => models.iter().find(|m| looks_like_embedding_model(m)).cloned(),
+            };
+            if let Some(m) = chosen {
+                out.push(Candidate {
+                    upstream: u.clone(),
+                    model: local_embedding_model(&m),
+                    dims: req.dimensions,
+                    reason: format!("self-hosted endpoint {} serves {m}", u.name),
+                });
+            }
+        }
+        let wanted = req.model.as_deref().unwrap_or(DEFAULT_MODEL);
+        let wanted_dims = req.dimensions.or_else(|| self.catalog.get(wanted).and_then(|m| m.embedding_dims));
+        let mut names = vec![wanted];
+        if req.model.is_none() || wanted == DEFAULT_MODEL {
+            names.extend(FALLBACK_MODELS.iter().copied().filter(|m| *m != wanted));
+        }
+        for name in names {
+            let Some(model) = self.catalog.get(name).filter(|m| m.has("embeddings")) else { continue };
+            let upstream = if available.is_empty() {
+                self.simulator.clone()
+            } else {
+                let kind = providers::ProviderKind::parse(&model.provider);
+                available
+                    .iter()
+                    .find(|u| {
+                        Some(u.kind) == kind && !u.health.is_cooling_down() && !matches!(u.owner, Owner::Local { .. })
+                    })
+                    .cloned()
+            };
+            if let Some(upstream) = upstream {
+                // A stand-in model is asked for the wanted dimension so vectors stay comparable.
+                let dims = if name == wanted { req.dimensions } else { wanted_dims };
+                out.push(Candidate { upstream, model: model.clone(), dims, reason: format!("embeddings with {name}") });
+            }
+        }
+        out
+    }
+
+    pub async fn embed(&self, req: &EmbeddingRequest, scope: &Scope) -> Result<EmbeddingOutcome, EngineError> {
+        if req.model.as_deref().is_some_and(|m| self.catalog.get(m).is_some_and(|c| !c.has("embeddings"))) {
+            return Err(EngineError::invalid(format!(
+                "{} is not an embedding model",
+                req.model.as_deref().unwrap_or_default()
+            )));
+        }
+        let candidates = self.embedding_candidates(req, scope);
+        if candidates.is_empty() {
+            return Err(match &req.model {
+                Some(m) if self.catalog.get(m).is_none() => {
+                    EngineError::invalid(format!("Unknown embedding model {m:?}"))
+                }
+                _ => EngineError::Unavailable(
+                    "No embeddings provider configured (OpenAI, Gemini or a self-hosted endpoint)".into(),
+                ),
+            });
+        }
+        let baseline = self.catalog.get(DEFAULT_MODEL).cloned();
+        let mut failed = Vec::new();
+        let mut last_error = None;
+        for c in candidates.into_iter().take(3) {
+            let started = Instant::now();
+            match providers::embed(&c.upstream.conn, &c.model.id, &req.inputs, c.dims).await {
+                Ok(result) => {
+                    c.upstream.health.record_success(started.elapsed());
+                    let prompt_tokens = result
+                        .prompt_tokens
+                        .unwrap_or_else(|| req.inputs.iter().map(|t| simulator::estimate_tokens(t)).sum());
+                    let route = RouteRecord {
+                        provider: c.upstream.kind.as_str(),
+                        execution_source: c.upstream.execution_source(),
+                        billing_mode: c.upstream.billing_mode(),
+                        upstream: c.upstream.name.clone(),
+                        model: c.model.id.clone(),
+                        reason: c.reason,
+                        failed_attempts: failed,
+                        escalated: false,
+                        priced_as: c.model.clone(),
+                        baseline: baseline.clone(),
+                    };
+                    let model = req.model.clone().unwrap_or_else(|| {
+                        if matches!(c.upstream.owner, Owner::Local { .. }) {
+                            c.model.id.clone()
+                        } else {
+                            DEFAULT_MODEL.to_owned()
+                        }
+                    });
+                    return Ok(EmbeddingOutcome {
+                        vectors: result.vectors,
+                        prompt_tokens,
+                        model,
+                        route,
+                        latency_ms: started.elapsed().as_millis() as u64,
+                    });
+                }
+                Err(error)
+                    if error.is_retryable()
+                        || matches!(error, ProviderError::Status { status: 401 | 403 | 404, .. }) =>
+                {
+                    c.upstream.health.record_failure(error.code(), None);
+                    failed.push(format!("{}/{}: {}", c.upstream.name, c.model.id, error.code()));
+                    last_error = Some(error);
+                }
+                Err(ProviderError::Status { message, .. }) => {
+                    return Err(EngineError::Invalid(format!("The provider rejected the request: {message}")))
+                }
+                Err(other) => return Err(EngineError::Unavailable(other.to_string())),
+            }
+        }
+        Err(EngineError::Unavailable(format!(
+            "No provider could serve this request: {}",
+            last_error.map(|e| e.to_string()).unwrap_or_default()
+        )))
+    }
+}
