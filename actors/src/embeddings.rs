@@ -87,17 +87,14 @@ impl Router {
         }
         for name in names {
             let Some(model) = self.catalog.get(name).filter(|m| m.has("embeddings")) else { continue };
-            let upstream = if available.is_empty() {
-                self.simulator.clone()
-            } else {
-                let kind = providers::ProviderKind::parse(&model.provider);
-                available
-                    .iter()
-                    .find(|u| {
-                        Some(u.kind) == kind && !u.health.is_cooling_down() && !matches!(u.owner, Owner::Local { .. })
-                    })
-                    .cloned()
-            };
+            let kind = providers::ProviderKind::parse(&model.provider);
+            let upstream = available
+                .iter()
+                .find(|u| {
+                    Some(u.kind) == kind && !u.health.is_cooling_down() && !matches!(u.owner, Owner::Local { .. })
+                })
+                .cloned()
+                .or_else(|| self.simulator.clone());
             if let Some(upstream) = upstream {
                 // A stand-in model is asked for the wanted dimension so vectors stay comparable.
                 let dims = if name == wanted { req.dimensions } else { wanted_dims };

@@ -125,7 +125,10 @@ pub async fn start_child(group: &str, spec: Arc<dyn ChildSpec>) {
     let Some(actor) = ActorRef::<GroupMsg>::where_is(group) else { return };
     match actor.call(|r| GroupMsg::StartChild(spec, r), Some(std::time::Duration::from_secs(5))).await {
         Ok(ractor::rpc::CallResult::Success(Ok(()))) => {}
-        other => tracing::warn!(child = %name, group, ok = other.is_ok(), "could not start child actor"),
+        Ok(ractor::rpc::CallResult::Success(Err(error))) => {
+            tracing::warn!(child = %name, group, %error, "could not start child actor")
+        }
+        _ => tracing::warn!(child = %name, group, "group unavailable; the child starts when it restarts"),
     }
 }
 

@@ -87,15 +87,15 @@ fn blended_price(m: &CatalogModel) -> f64 {
 
 impl Router {
     /// The connection for a catalog model's provider in this scope: the scope's own key
-    /// (workspace-bound first) before the managed account. The simulator stands in only when
-    /// the scope has no real connection at all.
+    /// (workspace-bound first) before the managed account. The simulator (present only while
+    /// no managed provider is configured) stands in when the scope has no key for it.
     fn upstream_for(&self, provider: &str, available: &[Arc<Upstream>]) -> Option<Arc<Upstream>> {
-        if available.is_empty() {
-            return self.simulator.clone();
-        }
-        let kind = ProviderKind::parse(provider)?;
+        let Some(kind) = ProviderKind::parse(provider) else { return self.simulator.clone() };
         let mut matching: Vec<&Arc<Upstream>> =
             available.iter().filter(|u| u.kind == kind && !u.health.is_cooling_down()).collect();
+        if matching.is_empty() {
+            return self.simulator.clone();
+        }
         matching.sort_by_key(|u| match u.owner {
             Owner::Byok { .. } if u.workspace_specific() => 0,
             Owner::Byok { .. } => 1,

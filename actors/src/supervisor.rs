@@ -229,6 +229,13 @@ async fn spawn_fresh(spec: &dyn ChildSpec, supervisor: ActorCell) -> Result<Acto
         stale.unlink(supervisor.clone());
         let _ = stale.stop_and_wait(Some("replaced".into()), Some(Duration::from_secs(5))).await;
     }
+    // A stopped actor leaves the registry a moment after it stops.
+    for _ in 0..200 {
+        if ractor::registry::where_is(name.clone()).is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     spec.spawn(supervisor).await
 }
 

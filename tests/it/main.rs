@@ -5,6 +5,7 @@ mod harness;
 
 mod auth_and_errors;
 mod chat_simulator;
+mod connections;
 mod foundation;
 mod keys_and_workspaces;
 mod rate_limits;
