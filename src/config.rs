@@ -17,6 +17,16 @@ pub struct Config {
     pub debug: DebugConfig,
     pub providers: ProvidersConfig,
     pub endpoints: EndpointsConfig,
+    pub catalog: CatalogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// Replaces the built-in reference catalog.
+    pub path: Option<PathBuf>,
+    /// Adds models to (or overrides models of) the catalog, in the same format.
+    pub extra_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +224,9 @@ impl Config {
             if let Some(v) = get(url_var).filter(|v| !v.is_empty()) {
                 provider.base_url = Some(v);
             }
+        }
+        if let Some(v) = get("TOKAROO_CATALOG_EXTRA") {
+            self.catalog.extra_path = Some(PathBuf::from(v));
         }
         if let Some(v) = get("TOKAROO_ENDPOINT_RECHECK_SECS") {
             self.endpoints.recheck_secs = parse("TOKAROO_ENDPOINT_RECHECK_SECS", &v)?;

@@ -40,9 +40,10 @@ pub fn init_logging(config: &Config) {
     };
 }
 
-fn engine_config(config: &Config) -> EngineConfig {
+fn engine_config(config: &Config) -> Result<EngineConfig, ServeError> {
     let s = &config.supervision;
-    EngineConfig {
+    let catalog = Catalog::load(config.catalog.path.as_deref(), config.catalog.extra_path.as_deref())?;
+    Ok(EngineConfig {
         default_rpm: config.rate_limit.default_rpm.max(1),
         restart_policy: RestartPolicy {
             initial_backoff: Duration::from_millis(s.initial_backoff_ms),
@@ -53,13 +54,13 @@ fn engine_config(config: &Config) -> EngineConfig {
         admin_token: config.server.admin_token.clone(),
         admission_timeout: Duration::from_secs(5),
         fault_injection: config.debug.fault_injection,
-        catalog: Catalog::builtin(),
+        catalog,
         managed_upstreams: managed_upstreams(config),
         pricing: PricingPolicy::default(),
         endpoint_recheck: Duration::from_secs(config.endpoints.recheck_secs.max(1)),
         master_key: std::env::var("TOKAROO_MASTER_KEY").ok(),
         provider_base_urls: provider_base_urls(config),
-    }
+    })
 }
 
 fn print_bootstrap(creds: &BootstrapCredentials) {
@@ -77,7 +78,7 @@ fn print_bootstrap(creds: &BootstrapCredentials) {
 /// Runs the server until SIGINT/SIGTERM, then drains in-flight requests and flushes storage.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let store = Store::open(&config.server.data_dir)?;
-    let engine = Engine::start(store, engine_config(&config)).await?;
+    let engine = Engine::start(store, engine_config(&config)?).await?;
     if let Some(creds) = engine.bootstrap().await? {
         print_bootstrap(&creds);
     }

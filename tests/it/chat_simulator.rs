@@ -152,3 +152,49 @@ async fn pricing_catalog_is_public_and_the_tree_shows_subsystems() {
     let sim = find_actor(&tree, "provider:simulator:builtin").unwrap();
     assert_eq!(sim["snapshot"]["health"]["status"], "healthy");
 }
+
+#[tokio::test]
+async fn operators_add_models_to_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = dir.path().join("extra.json");
+    std::fs::write(
+        &extra,
+        r#"{"models": [{"id": "acme-llm-1", "name": "Acme LLM", "provider": "openai", "input_per_1m": 1.5, "output_per_1m": 3,
+            "capabilities": ["chat", "streaming"], "context_window": 32000, "quality": 60, "latency_class": "fast"}]}"#,
+    )
+    .unwrap();
+    let gw = Gateway::start_in(
+        &dir.path().join("data"),
+        Options::default().env("TOKAROO_CATALOG_EXTRA", extra.to_str().unwrap()),
+    )
+    .await;
+    let pricing = gw.request(HttpMethod::GET, "/v1/pricing", None, None).await;
+    let added = pricing.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "acme-llm-1")
+        .cloned()
+        .expect("added model listed");
+    assert_eq!(added["input_per_1m"], 1.5);
+    let key = gw.first_key.clone().unwrap();
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &key,
+            json!({"model": "acme-llm-1", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["model"], "acme-llm-1", "a native name is echoed as requested");
+    drop(gw);
+    std::fs::write(&extra, r#"{"models": [{"id": "broken"}]}"#).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data2"))
+        .env("TOKAROO_CATALOG_EXTRA", &extra)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("catalog"), "{}", String::from_utf8_lossy(&out.stderr));
+}
