@@ -272,7 +272,8 @@ async fn stream_response(
 ) -> Result<Response, ApiError> {
     let outcome = state.engine.chat_stream(&key, &request).await?;
     let model_name = info.requested_model.clone();
-    let settle = Settle { engine: state.engine.clone(), key, info, started: outcome.started };
+    let charged = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let settle = Settle { engine: state.engine.clone(), key, info, started: outcome.started, charged: charged.clone() };
     let id = completion_id();
     let route = outcome.route;
     let include_usage = request.include_usage;
@@ -281,11 +282,22 @@ async fn stream_response(
                 "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }] })
     };
     let frames = async_stream(outcome.stream, chunk, request, route, include_usage, settle);
-    let mut response = Response::new(Body::from_stream(frames.map(Ok::<_, Infallible>)));
+    // The charge is known only when the stream ends: it goes out as an HTTP trailer (for
+    // clients that send `TE: trailers`) as well as in the final usage chunk.
+    let trailer = futures_util::stream::once(async move {
+        let mut trailers = axum::http::HeaderMap::new();
+        if let Some(cost) = charged.lock().ok().and_then(|c| *c) {
+            trailers.insert("x-tokaroo-cost", super::wire::cost_header(cost));
+        }
+        http_body::Frame::trailers(trailers)
+    });
+    let frames = frames.map(http_body::Frame::data).chain(trailer).map(Ok::<_, Infallible>);
+    let mut response = Response::new(Body::new(http_body_util::StreamBody::new(frames)));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-tokaroo-cache", HeaderValue::from_static("miss"));
+    headers.insert(header::TRAILER, HeaderValue::from_static("x-tokaroo-cost"));
     Ok(response)
 }
 
@@ -297,12 +309,17 @@ struct Settle {
     key: ApiKeyEntry,
     info: RequestInfo,
     started: std::time::Instant,
+    charged: std::sync::Arc<std::sync::Mutex<Option<f64>>>,
 }
 
 impl Settle {
     fn finish(&self, route: &tokaroo_actors::gateway::RouteRecord, usage: Usage) -> tokaroo_actors::billing::Charge {
         let latency = self.started.elapsed().as_millis() as u64;
-        self.engine.settle(&self.key, &self.info, route, usage, Some(latency), true)
+        let charge = self.engine.settle(&self.key, &self.info, route, usage, Some(latency), true);
+        if let Ok(mut slot) = self.charged.lock() {
+            *slot = Some(charge.charged_usd);
+        }
+        charge
     }
 }
 

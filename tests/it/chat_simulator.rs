@@ -198,3 +198,24 @@ async fn operators_add_models_to_the_catalog() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("catalog"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test]
+async fn a_streamed_answer_sends_its_cost_as_a_trailer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start().await;
+    let key = gw.first_key.clone().unwrap();
+    let body = r#"{"model":"max","stream":true,"messages":[{"role":"user","content":"Hi"}]}"#;
+    let addr = gw.base.strip_prefix("http://").unwrap();
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nTE: trailers\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    socket.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.to_lowercase().contains("trailer: x-tokaroo-cost"), "{raw}");
+    let (_, after_last_chunk) = raw.rsplit_once("\r\n0\r\n").expect("chunked body ends");
+    let trailer = after_last_chunk.lines().find_map(|l| l.strip_prefix("x-tokaroo-cost: ")).expect("cost trailer");
+    assert!(trailer.trim().parse::<f64>().unwrap() > 0.0);
+}
