@@ -10,6 +10,7 @@ use tokaroo_actors::{
     billing::PricingPolicy, catalog::Catalog, providers::ProviderKind, upstreams::UpstreamSettings,
     BootstrapCredentials, Engine, EngineConfig, RestartPolicy, Store,
 };
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::{
@@ -94,6 +95,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, "listening");
 
+    // Streaming answers are many small writes; Nagle's algorithm would hold each one back
+    // waiting for the client's delayed ACK (tens of milliseconds per chunk).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::warn!(%error, "could not set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
         shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
