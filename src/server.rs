@@ -6,11 +6,11 @@ use std::{
     time::Duration,
 };
 
+use axum::serve::ListenerExt;
 use tokaroo_actors::{
     billing::PricingPolicy, catalog::Catalog, providers::ProviderKind, upstreams::UpstreamSettings,
     BootstrapCredentials, Engine, EngineConfig, RestartPolicy, Store,
 };
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::{

@@ -274,13 +274,9 @@ async fn stream_response(
     let model_name = info.requested_model.clone();
     let charged = std::sync::Arc::new(std::sync::Mutex::new(None));
     let settle = Settle { engine: state.engine.clone(), key, info, started: outcome.started, charged: charged.clone() };
-    let id = completion_id();
     let route = outcome.route;
     let include_usage = request.include_usage;
-    let chunk = move |delta: Value, finish: Option<&str>| {
-        json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }] })
-    };
+    let chunk = ChunkWriter { id: completion_id(), created, model: model_name };
     let frames = async_stream(outcome.stream, chunk, request, route, include_usage, settle);
     // The charge is known only when the stream ends: it goes out as an HTTP trailer (for
     // clients that send `TE: trailers`) as well as in the final usage chunk.
@@ -291,7 +287,8 @@ async fn stream_response(
         }
         http_body::Frame::trailers(trailers)
     });
-    let frames = frames.map(http_body::Frame::data).chain(trailer).map(Ok::<_, Infallible>);
+    // Frames that are ready together go out in one write: fewer syscalls per streamed answer.
+    let frames = frames.ready_chunks(16).map(concat_frames).chain(trailer).map(Ok::<_, Infallible>);
     let mut response = Response::new(Body::new(http_body_util::StreamBody::new(frames)));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -323,22 +320,123 @@ impl Settle {
     }
 }
 
-fn sse(v: &Value) -> Bytes {
-    Bytes::from(format!("data: {v}\n\n"))
+fn concat_frames(mut parts: Vec<Bytes>) -> http_body::Frame<Bytes> {
+    let data = if parts.len() == 1 {
+        parts.pop().unwrap_or_default()
+    } else {
+        let mut joined = Vec::with_capacity(parts.iter().map(Bytes::len).sum());
+        parts.iter().for_each(|p| joined.extend_from_slice(p));
+        Bytes::from(joined)
+    };
+    http_body::Frame::data(data)
+}
+
+/// Writes `chat.completion.chunk` events for one streamed answer. Typed rather than built as
+/// `serde_json::Value`: a streamed answer is many small events, and each map costs allocations.
+struct ChunkWriter {
+    id: String,
+    created: i64,
+    model: String,
+}
+
+#[derive(serde::Serialize)]
+struct ChunkOut<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    model: &'a str,
+    choices: &'a [ChunkChoice<'a>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x_tokaroo: Option<Value>,
+}
+
+#[derive(serde::Serialize)]
+struct ChunkChoice<'a> {
+    index: u32,
+    delta: DeltaOut<'a>,
+    finish_reason: Option<&'a str>,
+    logprobs: Option<()>,
+}
+
+#[derive(serde::Serialize, Default)]
+struct DeltaOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCallDeltaOut<'a>; 1]>,
+}
+
+#[derive(serde::Serialize)]
+struct ToolCallDeltaOut<'a> {
+    index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: FunctionDeltaOut<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct FunctionDeltaOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
+}
+
+impl ChunkWriter {
+    fn event(&self, out: &ChunkOut<'_>) -> Bytes {
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(b"data: ");
+        // Serializing plain structs of strings and numbers cannot fail.
+        let _ = serde_json::to_writer(&mut buf, out);
+        buf.extend_from_slice(b"\n\n");
+        Bytes::from(buf)
+    }
+
+    fn delta(&self, delta: DeltaOut<'_>, finish_reason: Option<&str>) -> Bytes {
+        let choices = [ChunkChoice { index: 0, delta, finish_reason, logprobs: None }];
+        self.event(&ChunkOut {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: &choices,
+            usage: None,
+            x_tokaroo: None,
+        })
+    }
+
+    /// The `include_usage` event: no choices, the usage, and (beyond OpenAI's shape) the
+    /// charge, which a header cannot carry once streaming began.
+    fn usage(&self, usage: Usage, charged_usd: f64) -> Bytes {
+        self.event(&ChunkOut {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: &[],
+            usage: Some(usage_json(usage)),
+            x_tokaroo: Some(json!({ "cost_usd": charged_usd, "cache": "miss" })),
+        })
+    }
 }
 
 /// Turns upstream deltas into OpenAI chunks; counts usage for billing as it goes.
 fn async_stream(
     upstream: tokaroo_actors::providers::DeltaStream,
-    chunk: impl Fn(Value, Option<&str>) -> Value + Send + 'static,
+    chunk: ChunkWriter,
     request: ChatRequest,
     route: tokaroo_actors::gateway::RouteRecord,
     include_usage: bool,
     settle: Settle,
 ) -> impl futures_util::Stream<Item = Bytes> + Send {
-    struct St<F> {
+    struct St {
         upstream: tokaroo_actors::providers::DeltaStream,
-        chunk: F,
+        chunk: ChunkWriter,
         sent_role: bool,
         usage: Option<Usage>,
         text: String,
@@ -367,32 +465,40 @@ fn async_stream(
         loop {
             match st.upstream.next().await {
                 Some(Ok(delta)) => {
-                    let mut d = match delta {
+                    let role = (!st.sent_role).then_some("assistant");
+                    st.sent_role = true;
+                    let frame = match &delta {
                         ChatDelta::Text(t) => {
-                            st.text.push_str(&t);
-                            json!({ "content": t })
+                            st.text.push_str(t);
+                            st.chunk.delta(DeltaOut { role, content: Some(t), tool_calls: None }, None)
                         }
                         ChatDelta::ToolCallStart { index, id, name } => {
-                            json!({ "tool_calls": [{ "index": index, "id": id, "type": "function", "function": { "name": name, "arguments": "" } }] })
+                            let call = ToolCallDeltaOut {
+                                index: *index,
+                                id: Some(id),
+                                kind: Some("function"),
+                                function: FunctionDeltaOut { name: Some(name), arguments: "" },
+                            };
+                            st.chunk.delta(DeltaOut { role, content: None, tool_calls: Some([call]) }, None)
                         }
                         ChatDelta::ToolCallArguments { index, fragment } => {
-                            st.text.push_str(&fragment);
-                            json!({ "tool_calls": [{ "index": index, "function": { "arguments": fragment } }] })
+                            st.text.push_str(fragment);
+                            let call = ToolCallDeltaOut {
+                                index: *index,
+                                id: None,
+                                kind: None,
+                                function: FunctionDeltaOut { name: None, arguments: fragment },
+                            };
+                            st.chunk.delta(DeltaOut { role, content: None, tool_calls: Some([call]) }, None)
                         }
-                        ChatDelta::Finish(reason) => {
-                            st.sent_role = true;
-                            return Some((sse(&(st.chunk)(json!({}), Some(reason.as_str()))), st));
-                        }
+                        ChatDelta::Finish(reason) => st.chunk.delta(DeltaOut::default(), Some(reason.as_str())),
                         ChatDelta::Usage(u) => {
-                            st.usage = Some(u);
+                            st.usage = Some(*u);
+                            st.sent_role = role.is_none();
                             continue;
                         }
                     };
-                    if !st.sent_role {
-                        d["role"] = json!("assistant");
-                        st.sent_role = true;
-                    }
-                    return Some((sse(&(st.chunk)(d, None)), st));
+                    return Some((frame, st));
                 }
                 Some(Err(error)) => {
                     // Mid-stream failure after the first chunk: tell the client in-band and stop.
@@ -408,16 +514,11 @@ fn async_stream(
                     st.done = true;
                     let usage = st.usage.unwrap_or_else(|| fallback_usage(&st.request, &st.text));
                     let charge = st.settle.finish(&st.route, usage);
-                    let mut tail = String::new();
+                    let mut tail = Vec::new();
                     if st.include_usage {
-                        let mut u = (st.chunk)(json!({}), None);
-                        u["choices"] = json!([]);
-                        u["usage"] = usage_json(usage);
-                        // Beyond OpenAI's shape: the charge, which a header cannot carry once streaming began.
-                        u["x_tokaroo"] = json!({ "cost_usd": charge.charged_usd, "cache": "miss" });
-                        tail.push_str(&format!("data: {u}\n\n"));
+                        tail.extend_from_slice(&st.chunk.usage(usage, charge.charged_usd));
                     }
-                    tail.push_str("data: [DONE]\n\n");
+                    tail.extend_from_slice(b"data: [DONE]\n\n");
                     return Some((Bytes::from(tail), st));
                 }
             }
