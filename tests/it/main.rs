@@ -9,4 +9,5 @@ mod connections;
 mod foundation;
 mod keys_and_workspaces;
 mod rate_limits;
+mod sdk_clients;
 mod supervision;

@@ -1,0 +1,140 @@
+"""The official `openai` Python package, unchanged, against a running Tokaroo.
+
+Run by tests/it/sdk_clients.rs with TOKAROO_BASE_URL (".../v1") and TOKAROO_KEY set. Prints
+one "ok <check>" line per check; any failure raises, which exits non-zero with a traceback.
+"""
+
+import json
+import os
+
+import openai
+
+BASE_URL = os.environ["TOKAROO_BASE_URL"]
+KEY = os.environ["TOKAROO_KEY"]
+client = openai.OpenAI(base_url=BASE_URL, api_key=KEY, max_retries=0)
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def check(name):
+    def run(fn):
+        fn()
+        print(f"ok {name}", flush=True)
+        return fn
+
+    return run
+
+
+@check("plain")
+def _():
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "Say hello"}]
+    )
+    completion = raw.parse()
+    assert completion.model == "auto", completion.model
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].message.content, completion
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage.total_tokens > 0
+    assert float(raw.headers["x-tokaroo-cost"]) >= 0
+    assert raw.headers["x-tokaroo-cache"] == "miss"
+
+
+@check("stream")
+def _():
+    stream = client.chat.completions.create(
+        model="fast",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Count to three"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, finish, usage = "", None, None
+    for chunk in stream:
+        assert chunk.object == "chat.completion.chunk"
+        assert chunk.model == "fast"
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage:
+            usage = chunk.usage
+    assert text, "streamed text"
+    assert finish == "stop", finish
+    assert usage is not None and usage.completion_tokens > 0
+
+
+@check("tool round trip")
+def _():
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    first = client.chat.completions.create(model="auto", messages=messages, tools=[WEATHER_TOOL])
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments), dict)
+    messages.append(choice.message.model_dump(exclude_none=True))
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temp_c": 21})})
+    second = client.chat.completions.create(model="auto", messages=messages, tools=[WEATHER_TOOL])
+    assert second.choices[0].message.content, second
+
+
+@check("streamed tool call")
+def _():
+    stream = client.chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": "Weather in Oslo?"}],
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        stream=True,
+    )
+    name, arguments, finish = "", "", None
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        for call in chunk.choices[0].delta.tool_calls or []:
+            name += call.function.name or ""
+            arguments += call.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert name == "get_weather", name
+    assert isinstance(json.loads(arguments), dict), arguments
+    assert finish == "tool_calls", finish
+
+
+@check("embeddings")
+def _():
+    # The SDK asks for base64 unless told otherwise, and decodes it.
+    result = client.embeddings.create(model="text-embedding-3-small", input=["alpha", "beta"])
+    assert [d.index for d in result.data] == [0, 1]
+    assert all(len(d.embedding) == 1536 for d in result.data)
+    assert result.usage.prompt_tokens > 0
+
+
+@check("models")
+def _():
+    ids = {m.id for m in client.models.list()}
+    assert {"auto", "fast", "max"} <= ids, ids
+
+
+@check("errors")
+def _():
+    try:
+        client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "x"}], temperature=5)
+        raise AssertionError("temperature 5 was accepted")
+    except openai.BadRequestError as e:
+        assert e.status_code == 400 and "temperature" in str(e.message), e
+    bad_key = openai.OpenAI(base_url=BASE_URL, api_key="tok_not_a_real_key", max_retries=0)
+    try:
+        bad_key.chat.completions.create(model="auto", messages=[{"role": "user", "content": "x"}])
+        raise AssertionError("a wrong key was accepted")
+    except openai.AuthenticationError as e:
+        assert e.status_code == 401, e
