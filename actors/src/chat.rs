@@ -146,9 +146,16 @@ pub struct ChatRequest {
     pub user: Option<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Memo of [`ChatRequest::prompt_tokens`]; build requests with it empty (`Default`).
+    pub prompt_token_count: std::sync::OnceLock<u32>,
 }
 
 impl ChatRequest {
+    /// The prompt's token count, counted once per request (routing asks several times).
+    pub fn prompt_tokens(&self) -> u32 {
+        *self.prompt_token_count.get_or_init(|| crate::tokenizer::prompt_tokens(self))
+    }
+
     pub fn needs_vision(&self) -> bool {
         self.messages.iter().any(Message::has_image)
     }

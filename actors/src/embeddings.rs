@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Instant};
 use crate::{
     catalog::CatalogModel,
     gateway::RouteRecord,
-    providers::{self, simulator, ProviderError},
+    providers::{self, ProviderError},
     router::{Router, Scope},
     upstreams::{looks_like_embedding_model, Owner, Upstream},
     EngineError,
@@ -132,7 +132,7 @@ impl Router {
                     c.upstream.health.record_success(started.elapsed());
                     let prompt_tokens = result
                         .prompt_tokens
-                        .unwrap_or_else(|| req.inputs.iter().map(|t| simulator::estimate_tokens(t)).sum());
+                        .unwrap_or_else(|| req.inputs.iter().map(|t| crate::tokenizer::count(t)).sum());
                     let route = RouteRecord {
                         provider: c.upstream.kind.as_str(),
                         execution_source: c.upstream.execution_source(),

@@ -88,6 +88,7 @@ pub struct Engine {
 impl Engine {
     /// Loads the indices from storage and starts the actor tree.
     pub async fn start(store: Store, config: EngineConfig) -> Result<Self, EngineError> {
+        crate::tokenizer::warm_up();
         let http = crate::providers::http::client();
         let (upstreams, simulator) = Upstreams::managed(&config.managed_upstreams, &http);
         let upstreams = Arc::new(upstreams);

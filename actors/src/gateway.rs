@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::{
     catalog::CatalogModel,
     chat::{ChatRequest, ChatResponse, FinishReason, Mode, ModelChoice, ResponseFormat, Usage},
-    providers::{adapter, simulator, DeltaStream, ProviderError, ProviderKind},
+    providers::{adapter, DeltaStream, ProviderError, ProviderKind},
     router::{Route, Router, Scope},
     EngineError,
 };
@@ -86,10 +86,7 @@ fn note_failure(route: &Route, error: &ProviderError, failed: &mut Vec<String>) 
 
 /// Counts tokens ourselves when the provider reports none: billing is never zero.
 pub fn fallback_usage(req: &ChatRequest, completion_text: &str) -> Usage {
-    Usage {
-        prompt_tokens: simulator::prompt_tokens(req),
-        completion_tokens: simulator::estimate_tokens(completion_text).max(1),
-    }
+    Usage { prompt_tokens: req.prompt_tokens(), completion_tokens: crate::tokenizer::count(completion_text).max(1) }
 }
 
 fn is_weak(req: &ChatRequest, r: &ChatResponse) -> bool {

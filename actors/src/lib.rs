@@ -24,6 +24,7 @@ pub mod router;
 pub mod secrets;
 mod shared;
 pub mod supervisor;
+pub mod tokenizer;
 pub mod tokens;
 pub mod upstreams;
 pub mod workspace;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::{
     catalog::{Catalog, CatalogModel},
     chat::{ChatRequest, Mode, ModelChoice, Role},
-    providers::{simulator, ProviderKind},
+    providers::ProviderKind,
     upstreams::{Owner, Upstreams},
     EngineError,
 };
@@ -37,7 +37,7 @@ const FAST_QUALITY_FLOOR: f64 = 50.0;
 
 /// The quality an answer needs, estimated from the request (0–100).
 pub fn difficulty(req: &ChatRequest) -> f64 {
-    let prompt = simulator::prompt_tokens(req);
+    let prompt = req.prompt_tokens();
     let last_user = req
         .messages
         .iter()
@@ -175,7 +175,7 @@ impl Router {
 
     /// Routes in the order they should be tried.
     pub fn plan(&self, req: &ChatRequest, scope: &Scope) -> Result<Vec<Route>, EngineError> {
-        let prompt = u64::from(simulator::prompt_tokens(req));
+        let prompt = u64::from(req.prompt_tokens());
         let available = self.upstreams.for_scope(&scope.account_id, scope.workspace_slug.as_deref());
         let locals = self.local_routes(req, &available);
         if let ModelChoice::Native(id) = &req.model {
@@ -273,7 +273,7 @@ impl Router {
 
     /// The reference `max` route's model for the request: the baseline savings are measured against.
     pub fn baseline_model(&self, req: &ChatRequest) -> Option<CatalogModel> {
-        let prompt = u64::from(simulator::prompt_tokens(req));
+        let prompt = u64::from(req.prompt_tokens());
         self.catalog
             .models
             .iter()

@@ -211,6 +211,7 @@ pub fn parse_request(v: &Value) -> Result<(ChatRequest, String), ApiError> {
         user: v["user"].as_str().map(str::to_owned),
         stream,
         include_usage: v["stream_options"]["include_usage"].as_bool().unwrap_or(false),
+        prompt_token_count: Default::default(),
     };
     Ok((request, model_name))
 }

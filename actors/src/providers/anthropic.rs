@@ -513,6 +513,7 @@ mod tests {
             user: None,
             stream: false,
             include_usage: false,
+            prompt_token_count: Default::default(),
         }
     }
 

@@ -15,24 +15,6 @@ pub struct SimulatorChat {
     pub latency: Duration,
 }
 
-/// A rough token count (about four characters a token), never zero for non-empty text.
-pub fn estimate_tokens(text: &str) -> u32 {
-    let chars = text.chars().count() as u32;
-    if chars == 0 {
-        0
-    } else {
-        chars.div_ceil(4).max(1)
-    }
-}
-
-pub fn prompt_tokens(req: &ChatRequest) -> u32 {
-    req.messages
-        .iter()
-        .map(|m| 4 + estimate_tokens(&m.joined_text()) + m.content.len() as u32 * 85 * u32::from(m.has_image()))
-        .sum::<u32>()
-        + 3
-}
-
 fn answer(req: &ChatRequest) -> ChatResponse {
     let last_user =
         req.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.joined_text()).unwrap_or_default();
@@ -58,8 +40,8 @@ fn answer(req: &ChatRequest) -> ChatResponse {
         );
         (Some(text), Vec::new(), FinishReason::Stop)
     };
-    let mut completion = estimate_tokens(content.as_deref().unwrap_or_default());
-    completion += tool_calls.iter().map(|c| estimate_tokens(&c.arguments) + 5).sum::<u32>();
+    let mut completion = crate::tokenizer::count(content.as_deref().unwrap_or_default());
+    completion += tool_calls.iter().map(|c| crate::tokenizer::count(&c.arguments) + 5).sum::<u32>();
     let (content, finish) = match (content, req.max_tokens) {
         (Some(text), Some(max)) if completion > max => {
             completion = max;
@@ -71,7 +53,7 @@ fn answer(req: &ChatRequest) -> ChatResponse {
         content,
         tool_calls,
         finish_reason: finish,
-        usage: Some(Usage { prompt_tokens: prompt_tokens(req), completion_tokens: completion }),
+        usage: Some(Usage { prompt_tokens: req.prompt_tokens(), completion_tokens: completion }),
     }
 }
 
@@ -143,5 +125,5 @@ pub fn embed(inputs: &[String], dims: u32) -> super::Embeddings {
             v
         })
         .collect();
-    super::Embeddings { vectors, prompt_tokens: Some(inputs.iter().map(|t| estimate_tokens(t)).sum()) }
+    super::Embeddings { vectors, prompt_tokens: Some(inputs.iter().map(|t| crate::tokenizer::count(t)).sum()) }
 }

@@ -1,0 +1,66 @@
+//! Counting tokens where no provider reports them: the simulator, streams that end without a
+//! usage event, embeddings servers that send no usage, and the router's prompt-size check.
+//! We count with OpenAI's `o200k_base` encoding (tiktoken); other providers' tokenizers differ
+//! by a few percent, which is the accuracy a fallback count needs.
+
+use tiktoken_rs::{o200k_base_singleton, CoreBPE};
+
+use crate::chat::ChatRequest;
+
+/// Tokens OpenAI adds per message for its role and separators, and once to prime the reply.
+const PER_MESSAGE: u32 = 3;
+const REPLY_PRIMER: u32 = 3;
+/// A low-detail image as OpenAI bills it; a fallback count cannot see the image's size.
+const PER_IMAGE: u32 = 85;
+
+fn bpe() -> &'static CoreBPE {
+    o200k_base_singleton()
+}
+
+/// Builds the encoder off the request path (it takes a few hundred milliseconds once).
+pub fn warm_up() {
+    let _ = std::thread::Builder::new().name("tokenizer-warm-up".into()).spawn(|| count(""));
+}
+
+/// The number of tokens in `text`.
+pub fn count(text: &str) -> u32 {
+    if text.is_empty() {
+        return 0;
+    }
+    u32::try_from(bpe().encode_ordinary(text).len()).unwrap_or(u32::MAX)
+}
+
+/// The prompt tokens of a chat request: message text, tool definitions and images.
+pub fn prompt_tokens(req: &ChatRequest) -> u32 {
+    let messages: u32 = req
+        .messages
+        .iter()
+        .map(|m| {
+            let images =
+                m.content.iter().filter(|p| matches!(p, crate::chat::ContentPart::Image { .. })).count() as u32;
+            let calls: u32 = m.tool_calls.iter().map(|c| count(&c.name) + count(&c.arguments)).sum();
+            PER_MESSAGE + count(&m.joined_text()) + calls + images * PER_IMAGE
+        })
+        .sum();
+    let tools: u32 = req
+        .tools
+        .iter()
+        .map(|t| count(&t.name) + t.description.as_deref().map_or(0, count) + count(&t.parameters.to_string()))
+        .sum();
+    messages + tools + REPLY_PRIMER
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_real_tokens_not_characters() {
+        assert_eq!(count(""), 0);
+        assert_eq!(count("hello"), 1);
+        assert_eq!(count("Hello, world!"), 4);
+        let long = "tokenization ".repeat(100);
+        let n = count(&long);
+        assert!((100..=300).contains(&n), "{n}");
+    }
+}
