@@ -18,6 +18,48 @@ pub struct Config {
     pub providers: ProvidersConfig,
     pub endpoints: EndpointsConfig,
     pub catalog: CatalogConfig,
+    pub pricing: tokaroo_actors::billing::PricingPolicy,
+    pub billing: BillingConfig,
+}
+
+/// Payments and the activation checklist. See `[billing]` in `config/tokaroo.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BillingConfig {
+    /// "manual" (the operator adds credits) or "stripe".
+    pub processor: String,
+    /// The address clients reach this server at; links in billing answers start with it.
+    pub public_url: Option<String>,
+    pub stripe_secret_key: Option<String>,
+    pub stripe_base_url: String,
+    pub stripe_webhook_secret: Option<String>,
+    /// Smallest checkout or top-up, in USD.
+    pub min_payment_usd: f64,
+    pub terms_version: String,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        Self {
+            processor: "manual".into(),
+            public_url: None,
+            stripe_secret_key: None,
+            stripe_base_url: "https://api.stripe.com".into(),
+            stripe_webhook_secret: None,
+            min_payment_usd: 5.0,
+            terms_version: "2026-11".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Where clients reach this server: `billing.public_url`, else the listen address.
+    pub fn public_url(&self) -> String {
+        match &self.billing.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.server.listen),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -146,6 +188,8 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("invalid value for {var}: {message}")]
     Env { var: &'static str, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
 }
 
 impl Config {
@@ -158,7 +202,26 @@ impl Config {
             None => Self::default(),
         };
         config.apply_env(|name| std::env::var(name).ok())?;
+        config.validate()?;
         Ok(config)
+    }
+
+    /// Checks values a type cannot (ranges, known names).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.pricing.validate().map_err(ConfigError::Invalid)?;
+        if !["manual", "stripe"].contains(&self.billing.processor.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "billing.processor must be manual or stripe, got {:?}",
+                self.billing.processor
+            )));
+        }
+        if self.billing.processor == "stripe" && self.billing.stripe_secret_key.is_none() {
+            return Err(ConfigError::Invalid(
+                "billing.processor = \"stripe\" needs a secret key (STRIPE_SECRET_KEY or billing.stripe_secret_key)"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -224,6 +287,21 @@ impl Config {
             if let Some(v) = get(url_var).filter(|v| !v.is_empty()) {
                 provider.base_url = Some(v);
             }
+        }
+        if let Some(v) = get("TOKAROO_BILLING_PROCESSOR") {
+            self.billing.processor = v;
+        }
+        if let Some(v) = get("TOKAROO_PUBLIC_URL").filter(|v| !v.is_empty()) {
+            self.billing.public_url = Some(v);
+        }
+        if let Some(v) = get("STRIPE_SECRET_KEY").filter(|v| !v.is_empty()) {
+            self.billing.stripe_secret_key = Some(v);
+        }
+        if let Some(v) = get("STRIPE_WEBHOOK_SECRET").filter(|v| !v.is_empty()) {
+            self.billing.stripe_webhook_secret = Some(v);
+        }
+        if let Some(v) = get("TOKAROO_STRIPE_BASE_URL").filter(|v| !v.is_empty()) {
+            self.billing.stripe_base_url = v;
         }
         if let Some(v) = get("TOKAROO_CATALOG_EXTRA") {
             self.catalog.extra_path = Some(PathBuf::from(v));

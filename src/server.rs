@@ -8,8 +8,8 @@ use std::{
 
 use axum::serve::ListenerExt;
 use tokaroo_actors::{
-    billing::PricingPolicy, catalog::Catalog, providers::ProviderKind, upstreams::UpstreamSettings,
-    BootstrapCredentials, Engine, EngineConfig, RestartPolicy, Store,
+    catalog::Catalog, providers::ProviderKind, upstreams::UpstreamSettings, BootstrapCredentials, Engine, EngineConfig,
+    RestartPolicy, Store,
 };
 use tokio::net::TcpListener;
 
@@ -57,7 +57,8 @@ fn engine_config(config: &Config) -> Result<EngineConfig, ServeError> {
         fault_injection: config.debug.fault_injection,
         catalog,
         managed_upstreams: managed_upstreams(config),
-        pricing: PricingPolicy::default(),
+        pricing: config.pricing.clone(),
+        payments_url: format!("{}/v1/billing/activation", config.public_url()),
         endpoint_recheck: Duration::from_secs(config.endpoints.recheck_secs.max(1)),
         master_key: std::env::var("TOKAROO_MASTER_KEY").ok(),
         provider_base_urls: provider_base_urls(config),

@@ -2,10 +2,13 @@
 
 use serde::Serialize;
 
+pub use tokaroo_storage::records::UNITS_PER_USD;
+
 use crate::{chat::Usage, gateway::RouteRecord};
 
 /// Customer charge from provider cost. See `[pricing]` in `config/tokaroo.toml`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PricingPolicy {
     /// Margin on managed traffic, per mode (0.1 = provider cost + 10%).
     pub margin_auto: f64,
@@ -15,6 +18,8 @@ pub struct PricingPolicy {
     pub byok_fee_share: f64,
     /// Self-hosted endpoint traffic pays this share of the baseline.
     pub self_hosted_share_of_baseline: f64,
+    /// A cache hit pays this share of what it saved (the charge of the answer it reuses).
+    pub cache_hit_share_of_savings: f64,
 }
 
 impl Default for PricingPolicy {
@@ -25,18 +30,26 @@ impl Default for PricingPolicy {
             margin_max: 0.10,
             byok_fee_share: 0.05,
             self_hosted_share_of_baseline: 0.05,
+            cache_hit_share_of_savings: 0.10,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// What a request costs, in the ledger's integer units ([`UNITS_PER_USD`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
 pub struct Charge {
     /// What Tokaroo pays the provider.
-    pub actual_cost_usd: f64,
+    pub actual_cost_units: i64,
     /// What the customer is charged.
-    pub charged_usd: f64,
+    pub charged_units: i64,
     /// What the request would have cost on the reference `max` route.
-    pub baseline_usd: f64,
+    pub baseline_units: i64,
+}
+
+impl Charge {
+    pub fn charged_usd(&self) -> f64 {
+        units_to_usd(self.charged_units)
+    }
 }
 
 impl PricingPolicy {
@@ -49,7 +62,7 @@ impl PricingPolicy {
     }
 
     pub fn charge(&self, tier: &str, route: &RouteRecord, usage: Usage) -> Charge {
-        let list = route.cost_usd(usage);
+        let list = route.cost_usd(usage) + route.earlier_attempts_usd;
         let baseline = route.baseline_usd(usage).max(list);
         let (actual, charged) = match route.billing_mode {
             "byok" => (0.0, list * self.byok_fee_share),
@@ -57,11 +70,47 @@ impl PricingPolicy {
             // Managed and simulated traffic are priced alike so the quickstart shows real figures.
             _ => (list, list * (1.0 + self.margin(tier))),
         };
-        Charge { actual_cost_usd: actual, charged_usd: round_usd(charged), baseline_usd: round_usd(baseline) }
+        Charge {
+            actual_cost_units: usd_to_units(actual),
+            charged_units: usd_to_units(charged),
+            baseline_units: usd_to_units(baseline),
+        }
     }
 }
 
-/// Money is kept to 1e-10 USD so sums of many rows do not drift in the last digits.
-pub fn round_usd(x: f64) -> f64 {
-    (x * 1e10).round() / 1e10
+impl PricingPolicy {
+    /// Refuses shares and margins that would charge nothing sensible.
+    pub fn validate(&self) -> Result<(), String> {
+        let fields = [
+            ("margin_auto", self.margin_auto, 10.0),
+            ("margin_fast", self.margin_fast, 10.0),
+            ("margin_max", self.margin_max, 10.0),
+            ("byok_fee_share", self.byok_fee_share, 1.0),
+            ("self_hosted_share_of_baseline", self.self_hosted_share_of_baseline, 1.0),
+            ("cache_hit_share_of_savings", self.cache_hit_share_of_savings, 1.0),
+        ];
+        for (name, value, max) in fields {
+            if !(value.is_finite() && (0.0..=max).contains(&value)) {
+                return Err(format!("pricing.{name} must be between 0 and {max}, got {value}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// What a cache hit is charged: a share of the charge it saved.
+    pub fn cache_hit_charge(&self, saved: Charge) -> Charge {
+        Charge {
+            actual_cost_units: 0,
+            charged_units: (saved.charged_units as f64 * self.cache_hit_share_of_savings).round() as i64,
+            baseline_units: saved.baseline_units,
+        }
+    }
+}
+
+pub fn usd_to_units(usd: f64) -> i64 {
+    (usd * UNITS_PER_USD as f64).round() as i64
+}
+
+pub fn units_to_usd(units: i64) -> f64 {
+    units as f64 / UNITS_PER_USD as f64
 }

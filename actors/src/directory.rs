@@ -213,10 +213,9 @@ impl Engine {
             return Err(EngineError::Conflict(format!("Workspace {} already exists", record.slug)));
         }
         self.store().flush().await?;
-        self.shared.workspaces.insert(
-            (account_id.to_owned(), record.slug.clone()),
-            Arc::new(WorkspaceEntry { uuid: record.id.clone(), active: true.into() }),
-        );
+        self.shared
+            .workspaces
+            .insert((account_id.to_owned(), record.slug.clone()), Arc::new(WorkspaceEntry::new(&record)));
         let spec: Arc<dyn ChildSpec> = Arc::new(WorkspaceSpec {
             shared: self.shared.clone(),
             workspace_uuid: record.id.clone(),
@@ -263,7 +262,7 @@ impl Engine {
         self.store().workspaces.insert(&(account_id, slug), &record)?;
         self.store().flush().await?;
         if let Some(entry) = self.shared.workspace_entry(account_id, slug) {
-            entry.active.store(record.status == "active", std::sync::atomic::Ordering::Relaxed);
+            entry.update(&record);
         }
         if let Some(actor) = ActorRef::<WorkspaceMsg>::where_is(workspace::actor_name(&record.id)) {
             let _ = actor.cast(WorkspaceMsg::Updated(Box::new(record.clone())));

@@ -142,6 +142,7 @@ impl Router {
                         reason: c.reason,
                         failed_attempts: failed,
                         escalated: false,
+                        earlier_attempts_usd: 0.0,
                         priced_as: c.model.clone(),
                         baseline: baseline.clone(),
                     };

@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub catalog: Catalog,
     pub managed_upstreams: Vec<UpstreamSettings>,
     pub pricing: PricingPolicy,
+    /// Where a client is sent to add credits (402 `billing_required`).
+    pub payments_url: String,
     pub endpoint_recheck: Duration,
     /// Hex master key for sealed secrets; else `<data_dir>/master.key`.
     pub master_key: Option<String>,
@@ -53,6 +55,7 @@ impl Default for EngineConfig {
             catalog: Catalog::builtin(),
             managed_upstreams: Vec::new(),
             pricing: PricingPolicy::default(),
+            payments_url: "http://127.0.0.1:8080/v1/billing/activation".into(),
             endpoint_recheck: Duration::from_secs(30),
             master_key: None,
             provider_base_urls: crate::providers::default_base_urls(),
@@ -82,6 +85,7 @@ pub struct Engine {
     pub(crate) config: Arc<EngineConfig>,
     pub(crate) router: Arc<Router>,
     root: ActorRef<RootMsg>,
+    pub(crate) ledger: crate::ledger::LedgerClient,
     operator_account_id: Arc<std::sync::RwLock<Option<String>>>,
 }
 
@@ -120,6 +124,7 @@ impl Engine {
             shared,
             config: Arc::new(config),
             root,
+            ledger: crate::ledger::LedgerClient,
             operator_account_id: Arc::new(std::sync::RwLock::new(operator)),
         };
         engine.spawn_last_used_persister();
@@ -128,7 +133,9 @@ impl Engine {
 
     /// Stops the actor tree and makes everything durable.
     pub async fn shutdown(&self) -> Result<(), EngineError> {
-        crate::ledger::flush().await;
+        if let Err(error) = self.ledger.commit().await {
+            tracing::error!(%error, "the ledger could not commit before shutdown; its log is applied at the next start");
+        }
         let _ = self.root.get_cell().stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10))).await;
         self.persist_last_used()?;
         self.shared.store.flush().await?;
@@ -267,7 +274,7 @@ fn load_indices(shared: &Shared) -> Result<(), EngineError> {
         shared.sessions_by_hash.insert(hash, Arc::new(SessionEntry { account_id: session.account_id, is_operator }));
     }
     for ws in shared.store.workspaces.all()? {
-        let entry = WorkspaceEntry { uuid: ws.id, active: (ws.status == "active").into() };
+        let entry = WorkspaceEntry::new(&ws);
         shared.workspaces.insert((ws.account_id, ws.slug), Arc::new(entry));
     }
     Ok(())

@@ -19,6 +19,15 @@ pub enum EngineError {
     RateLimited { limit: u32, retry_after: Duration },
     #[error("{0}")]
     Unavailable(String),
+    /// The prepaid balance cannot cover the request's worst case.
+    #[error("Insufficient balance: this request needs up to ${required_usd:.6} and the balance is ${balance_usd:.6}; add credits")]
+    BillingRequired { balance_usd: f64, required_usd: f64, payment_url: String },
+    /// The workspace's monthly budget would be exceeded.
+    #[error("Workspace monthly budget exceeded: ${spent_usd:.6} of ${budget_usd:.2} spent this month")]
+    BudgetExceeded { budget_usd: f64, spent_usd: f64 },
+    /// A payment step failed (`payment_failed`, `no_card`, ...).
+    #[error("{message}")]
+    Payment { code: &'static str, message: String },
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("internal error: {0}")]

@@ -28,6 +28,9 @@ pub struct RouteRecord {
     /// Earlier routes that failed, with their error codes.
     pub failed_attempts: Vec<String>,
     pub escalated: bool,
+    /// What earlier answers of this request cost (a weak answer before escalation): the
+    /// provider billed them, so the request pays for them.
+    pub earlier_attempts_usd: f64,
     #[serde(skip)]
     pub priced_as: CatalogModel,
     #[serde(skip)]
@@ -59,7 +62,7 @@ pub struct StreamOutcome {
     pub started: Instant,
 }
 
-fn record(route: &Route, failed: &[String], baseline: &Option<CatalogModel>) -> RouteRecord {
+pub fn record(route: &Route, failed: &[String], baseline: &Option<CatalogModel>) -> RouteRecord {
     RouteRecord {
         provider: route.upstream.kind.as_str(),
         execution_source: route.upstream.execution_source(),
@@ -69,6 +72,7 @@ fn record(route: &Route, failed: &[String], baseline: &Option<CatalogModel>) -> 
         reason: route.reason.clone(),
         failed_attempts: failed.to_vec(),
         escalated: false,
+        earlier_attempts_usd: 0.0,
         priced_as: route.model.clone(),
         baseline: baseline.clone(),
     }
@@ -115,8 +119,8 @@ fn upstream_error(error: ProviderError) -> EngineError {
 }
 
 impl Router {
-    pub async fn chat(&self, req: &ChatRequest, scope: &Scope) -> Result<ChatOutcome, EngineError> {
-        let routes = self.plan(req, scope)?;
+    /// Serves a request on routes from [`Router::plan`].
+    pub async fn chat(&self, req: &ChatRequest, scope: &Scope, routes: Vec<Route>) -> Result<ChatOutcome, EngineError> {
         let baseline = self.baseline_model(req);
         let mut failed = Vec::new();
         let mut last_error = None;
@@ -134,7 +138,8 @@ impl Router {
                     route.upstream.health.record_success(started.elapsed());
                     let mut outcome = self.outcome(req, route, response, &failed, &baseline, started);
                     if req.model == ModelChoice::Mode(Mode::Auto) && is_weak(req, &outcome.response) {
-                        if let Some(better) = self.escalate(req, scope, route, &failed, &baseline).await {
+                        if let Some(mut better) = self.escalate(req, scope, route, &failed, &baseline).await {
+                            better.route.earlier_attempts_usd = outcome.route.cost_usd(outcome.usage);
                             outcome = better;
                         }
                     }
@@ -200,8 +205,7 @@ impl Router {
     }
 
     /// Opens a stream on the first route whose upstream produces a first delta.
-    pub async fn chat_stream(&self, req: &ChatRequest, scope: &Scope) -> Result<StreamOutcome, EngineError> {
-        let routes = self.plan(req, scope)?;
+    pub async fn chat_stream(&self, req: &ChatRequest, routes: Vec<Route>) -> Result<StreamOutcome, EngineError> {
         let baseline = self.baseline_model(req);
         let mut failed = Vec::new();
         let mut last_error = None;

@@ -1,12 +1,33 @@
-//! `ledger`: the single writer of usage rows. Rows arrive as messages and reach disk in
-//! batches (group commit): the first row of a batch schedules a flush a few milliseconds
-//! later, and everything that arrived by then is written and fsynced together.
+//! `ledger`: the single writer of balances, credits and usage rows.
+//!
+//! Money moves in three steps. Before a request goes upstream it **reserves** its worst-case
+//! charge: the ledger refuses it (402) when the account's balance minus what other in-flight
+//! requests hold cannot cover it, or when it would take its workspace over its monthly budget.
+//! When the answer is in, the request **settles**: the hold is released, the real charge is
+//! applied, and the usage row is appended to the write-ahead log before the caller is told —
+//! from then on a crash cannot lose it. Every few milliseconds the ledger **commits**: the
+//! log segment is fsynced and its rows applied to sled in one transaction (rows, indexes,
+//! balances, rollups) on the `ledger-commit` thread, so the actor never waits for a disk.
+//!
+//! Holds live only in memory: when the process dies its holds die with it. At start, the log
+//! segments an earlier process left are applied again (idempotently) before anything is served.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{mpsc, Arc},
+    thread::JoinHandle,
+    time::Duration,
+};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use serde::Serialize;
 use serde_json::json;
-use tokaroo_storage::{records::UsageRow, Store};
+use tokaroo_storage::{
+    ledger::{LedgerEvent, MICROS_PER_DAY},
+    records::{Credit, UsageRow},
+    wal::{SealedSegment, Wal},
+    StorageError, Store,
+};
 
 use crate::{
     inspect::Inspection,
@@ -15,21 +36,128 @@ use crate::{
 
 pub const NAME: &str = "ledger";
 const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(5);
+/// How long a caller waits for a restarting ledger before giving up.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub type HoldId = u64;
+
+/// What a request asks to reserve before it runs.
+#[derive(Debug, Clone)]
+pub struct ReserveRequest {
+    pub account_id: String,
+    /// Prepaid accounts are metered; the operator's own account is not.
+    pub metered: bool,
+    pub amount_units: i64,
+    /// The request's workspace and its monthly budget, when it has one.
+    pub budget: Option<(String, i64)>,
+}
+
+/// Why a reservation was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    BillingRequired { balance_units: i64, required_units: i64 },
+    BudgetExceeded { budget_units: i64, spent_units: i64 },
+}
+
+/// One account's money as the ledger sees it now (committed or only logged).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct AccountMoney {
+    pub credited_units: i64,
+    pub charged_units: i64,
+    pub held_units: i64,
+}
+
+impl AccountMoney {
+    pub fn balance_units(&self) -> i64 {
+        self.credited_units - self.charged_units
+    }
+}
+
+/// An account whose recomputed totals differ from what the ledger holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileLine {
+    pub account_id: String,
+    pub usage_rows: u64,
+    pub credits: u64,
+    pub recomputed_balance_units: i64,
+    pub stored_balance_units: i64,
+    pub live_balance_units: i64,
+    pub drift_units: i64,
+}
 
 pub enum LedgerMsg {
-    Record(Box<UsageRow>),
-    /// Writes what is pending now; replies once it is durable.
-    Flush(Option<RpcReplyPort<()>>),
+    Reserve(ReserveRequest, RpcReplyPort<Result<HoldId, Refusal>>),
+    /// A request ended without a charge (it failed): give its hold back.
+    Release(HoldId),
+    /// Charges a served request. Replies with the row as written (its timestamp is the
+    /// ledger's) once it is in the log.
+    Settle {
+        hold: Option<HoldId>,
+        row: Box<UsageRow>,
+        reply: RpcReplyPort<Result<UsageRow, String>>,
+    },
+    /// Adds money; replies with the new balance once the credit is fsynced.
+    Credit(Box<Credit>, RpcReplyPort<Result<AccountMoney, String>>),
+    Money(String, RpcReplyPort<AccountMoney>),
+    /// A workspace's charges this calendar month (UTC).
+    MonthSpend {
+        account_id: String,
+        workspace_slug: String,
+        reply: RpcReplyPort<i64>,
+    },
+    /// Hands what is logged to the committer; with a reply, answers once it is in sled.
+    Commit(Option<RpcReplyPort<()>>),
+    /// From the committer thread.
+    Committed {
+        events: usize,
+        result: Result<(), String>,
+    },
+    Reconcile(RpcReplyPort<Result<Vec<ReconcileLine>, String>>),
     Inspect(RpcReplyPort<Inspection>),
     InjectFailure(String),
 }
 
+struct CommitJob {
+    segment: SealedSegment,
+    events: Vec<LedgerEvent>,
+    done: Option<RpcReplyPort<()>>,
+}
+
 #[derive(Default)]
+struct Account {
+    money: AccountMoney,
+    /// The newest row timestamp, so the next one can be made strictly greater.
+    last_usage_us: Option<i64>,
+    workspaces: HashMap<String, WorkspaceMonth>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct WorkspaceMonth {
+    month: i64,
+    spent_units: i64,
+    held_units: i64,
+}
+
+struct Hold {
+    account_id: String,
+    workspace_slug: Option<String>,
+    month: i64,
+    metered: bool,
+    amount_units: i64,
+}
+
 pub struct LedgerState {
-    pending: Vec<UsageRow>,
-    flush_scheduled: bool,
-    rows_written: u64,
+    wal: Wal,
+    pending: Vec<LedgerEvent>,
+    commit_scheduled: bool,
+    committer: Option<(mpsc::Sender<CommitJob>, JoinHandle<()>)>,
+    accounts: HashMap<String, Account>,
+    holds: HashMap<HoldId, Hold>,
+    next_hold: HoldId,
+    rows_logged: u64,
+    events_committed: u64,
     batches: u64,
+    replayed_at_start: usize,
     last_error: Option<String>,
 }
 
@@ -37,30 +165,281 @@ pub struct LedgerActor {
     store: Store,
 }
 
-impl LedgerActor {
-    async fn flush(&self, state: &mut LedgerState) -> Result<(), ActorProcessingErr> {
-        state.flush_scheduled = false;
-        if state.pending.is_empty() {
-            return Ok(());
+fn now_us() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as i64
+}
+
+/// Months since the epoch of a timestamp, e.g. 2026-11 → 2026 * 12 + 10.
+fn month_of(us: i64) -> i64 {
+    let date = time::OffsetDateTime::from_unix_timestamp(us.div_euclid(1_000_000))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .date();
+    i64::from(date.year()) * 12 + i64::from(u8::from(date.month())) - 1
+}
+
+/// The first day (days since the epoch) of a month from [`month_of`].
+fn month_first_day(month: i64) -> i64 {
+    let year = i32::try_from(month.div_euclid(12)).unwrap_or(1970);
+    let month = time::Month::try_from(month.rem_euclid(12) as u8 + 1).unwrap_or(time::Month::January);
+    time::Date::from_calendar_date(year, month, 1)
+        .map(|d| (d - time::Date::from_calendar_date(1970, time::Month::January, 1).unwrap_or(d)).whole_days())
+        .unwrap_or(0)
+}
+
+impl LedgerState {
+    fn account<'a>(&'a mut self, store: &Store, account_id: &str) -> Result<&'a mut Account, StorageError> {
+        if !self.accounts.contains_key(account_id) {
+            // Not seen since start: its committed totals are in sled (the log was replayed).
+            let balance = store.ledger.balances.get(&account_id)?.unwrap_or_default();
+            let account = Account {
+                money: AccountMoney {
+                    credited_units: balance.credited_units,
+                    charged_units: balance.charged_units,
+                    held_units: 0,
+                },
+                last_usage_us: store.ledger.last_usage_us(account_id)?,
+                workspaces: HashMap::new(),
+            };
+            self.accounts.insert(account_id.to_owned(), account);
         }
-        let rows = std::mem::take(&mut state.pending);
-        let items: Vec<_> =
-            rows.into_iter().map(|r| ((r.account_id.clone(), r.created_at_ms, r.id.clone()), r)).collect();
-        match self.store.usage.insert_batch(&items) {
-            Ok(()) => {
-                self.store.flush().await?;
-                state.rows_written += items.len() as u64;
-                state.batches += 1;
-                Ok(())
+        Ok(self.accounts.get_mut(account_id).expect("inserted above"))
+    }
+}
+
+impl Account {
+    fn workspace(&mut self, store: &Store, account_id: &str, slug: &str, month: i64) -> &mut WorkspaceMonth {
+        let entry = self.workspaces.entry(slug.to_owned()).or_default();
+        if entry.month != month {
+            // First use this month (or a new month): the month so far comes from the rollups.
+            let spent = store
+                .ledger
+                .rollups(account_id, month_first_day(month), i64::MAX / MICROS_PER_DAY)
+                .map(|cells| {
+                    cells.iter().filter(|c| c.workspace_slug.as_deref() == Some(slug)).map(|c| c.charged_units).sum()
+                })
+                .unwrap_or_else(|error| {
+                    tracing::error!(%error, "could not read this month's rollups; the budget starts at zero");
+                    0
+                });
+            *entry = WorkspaceMonth { month, spent_units: spent, held_units: 0 };
+        }
+        entry
+    }
+}
+
+impl LedgerActor {
+    fn log(&self, state: &mut LedgerState, me: &ActorRef<LedgerMsg>, event: LedgerEvent) -> Result<(), StorageError> {
+        state.wal.append(&event)?;
+        state.pending.push(event);
+        if !state.commit_scheduled {
+            state.commit_scheduled = true;
+            me.send_after(GROUP_COMMIT_WINDOW, || LedgerMsg::Commit(None));
+        }
+        Ok(())
+    }
+
+    fn reserve(&self, state: &mut LedgerState, req: ReserveRequest) -> Result<Result<HoldId, Refusal>, StorageError> {
+        let month = month_of(now_us());
+        let account = state.account(&self.store, &req.account_id)?;
+        if let Some((slug, budget_units)) = &req.budget {
+            let ws = account.workspace(&self.store, &req.account_id, slug, month);
+            if ws.spent_units + ws.held_units + req.amount_units > *budget_units {
+                return Ok(Err(Refusal::BudgetExceeded { budget_units: *budget_units, spent_units: ws.spent_units }));
             }
-            Err(e) => {
-                // Keep the rows: a later flush retries them.
-                state.last_error = Some(e.to_string());
-                state.pending.extend(items.into_iter().map(|(_, r)| r));
-                Err(e.into())
+        }
+        if req.metered {
+            let available = account.money.balance_units() - account.money.held_units;
+            if available < req.amount_units || available <= 0 {
+                return Ok(Err(Refusal::BillingRequired {
+                    balance_units: account.money.balance_units(),
+                    required_units: req.amount_units,
+                }));
+            }
+            account.money.held_units += req.amount_units;
+        }
+        if let Some((slug, _)) = &req.budget {
+            account.workspace(&self.store, &req.account_id, slug, month).held_units += req.amount_units;
+        }
+        state.next_hold += 1;
+        let id = state.next_hold;
+        state.holds.insert(
+            id,
+            Hold {
+                account_id: req.account_id,
+                workspace_slug: req.budget.map(|(slug, _)| slug),
+                month,
+                metered: req.metered,
+                amount_units: req.amount_units,
+            },
+        );
+        Ok(Ok(id))
+    }
+
+    fn release(&self, state: &mut LedgerState, id: HoldId) {
+        let Some(hold) = state.holds.remove(&id) else { return };
+        let Some(account) = state.accounts.get_mut(&hold.account_id) else { return };
+        if hold.metered {
+            account.money.held_units -= hold.amount_units;
+        }
+        if let Some(ws) = hold.workspace_slug.and_then(|slug| account.workspaces.get_mut(&slug)) {
+            if ws.month == hold.month {
+                ws.held_units -= hold.amount_units;
             }
         }
     }
+
+    fn settle(
+        &self,
+        state: &mut LedgerState,
+        me: &ActorRef<LedgerMsg>,
+        hold: Option<HoldId>,
+        mut row: UsageRow,
+    ) -> Result<UsageRow, StorageError> {
+        if let Some(id) = hold {
+            self.release(state, id);
+        }
+        let now = now_us();
+        let month = month_of(now);
+        let account = state.account(&self.store, &row.account_id)?;
+        row.created_at_us = account.last_usage_us.map_or(now, |last| now.max(last + 1));
+        account.last_usage_us = Some(row.created_at_us);
+        account.money.charged_units += row.charged_units;
+        if let Some(slug) = &row.workspace_slug {
+            if let Some(ws) = account.workspaces.get_mut(slug) {
+                if ws.month == month {
+                    ws.spent_units += row.charged_units;
+                }
+            }
+        }
+        state.rows_logged += 1;
+        self.log(state, me, LedgerEvent::Usage(Box::new(row.clone())))?;
+        Ok(row)
+    }
+
+    fn credit(
+        &self,
+        state: &mut LedgerState,
+        me: &ActorRef<LedgerMsg>,
+        mut credit: Credit,
+    ) -> Result<AccountMoney, StorageError> {
+        credit.created_at_us = now_us();
+        let account = state.account(&self.store, &credit.account_id)?;
+        account.money.credited_units += credit.amount_units;
+        let money = account.money;
+        self.log(state, me, LedgerEvent::Credit(credit))?;
+        // Credits are rare and are money someone paid: durable against power loss at once.
+        state.wal.sync()?;
+        Ok(money)
+    }
+
+    fn commit(&self, state: &mut LedgerState, done: Option<RpcReplyPort<()>>) -> Result<(), StorageError> {
+        state.commit_scheduled = false;
+        if state.wal.is_current_empty() {
+            if let Some(done) = done {
+                // Earlier batches may still be on their way: queue an empty job behind them.
+                if let Some((tx, _)) = &state.committer {
+                    let segment = state.wal.rotate()?;
+                    let _ = tx.send(CommitJob { segment, events: Vec::new(), done: Some(done) });
+                } else {
+                    let _ = done.send(());
+                }
+            }
+            return Ok(());
+        }
+        let segment = state.wal.rotate()?;
+        let events = std::mem::take(&mut state.pending);
+        let job = CommitJob { segment, events, done };
+        let unsent = match &state.committer {
+            Some((tx, _)) => tx.send(job).err().map(|mpsc::SendError(job)| job),
+            None => Some(job),
+        };
+        if let Some(job) = unsent {
+            // No committer thread: apply here rather than lose the batch.
+            apply_batch(&self.store, job.segment, &job.events)?;
+            if let Some(done) = job.done {
+                let _ = done.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn reconcile(&self, state: &mut LedgerState) -> Result<Vec<ReconcileLine>, StorageError> {
+        // Drain the committer so sled holds everything the ledger knows.
+        self.commit(state, None)?;
+        if let Some((tx, handle)) = state.committer.take() {
+            drop(tx);
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        state.committer = Some(spawn_committer(self.store.clone(), ActorRef::<LedgerMsg>::where_is(NAME)));
+        let store = self.store.clone();
+        let live: HashMap<String, i64> =
+            state.accounts.iter().map(|(id, a)| (id.clone(), a.money.balance_units())).collect();
+        let lines = tokio::task::spawn_blocking(move || -> Result<Vec<ReconcileLine>, StorageError> {
+            let mut lines = Vec::new();
+            for stored in store.ledger.balances.all()? {
+                let recomputed = store.ledger.recompute(&stored.account_id)?;
+                let live_balance = live.get(&stored.account_id).copied().unwrap_or(stored.balance_units());
+                lines.push(ReconcileLine {
+                    account_id: stored.account_id.clone(),
+                    usage_rows: recomputed.usage_rows,
+                    credits: recomputed.credits,
+                    recomputed_balance_units: recomputed.balance_units(),
+                    stored_balance_units: stored.balance_units(),
+                    live_balance_units: live_balance,
+                    drift_units: (stored.balance_units() - recomputed.balance_units()).abs()
+                        + (live_balance - recomputed.balance_units()).abs(),
+                });
+            }
+            Ok(lines)
+        })
+        .await
+        .map_err(|e| StorageError::Corrupt { tree: "balances".into(), detail: e.to_string() })??;
+        Ok(lines)
+    }
+}
+
+/// Fsyncs a sealed segment, applies its events to sled, flushes sled, removes the segment.
+fn apply_batch(store: &Store, segment: SealedSegment, events: &[LedgerEvent]) -> Result<usize, StorageError> {
+    segment.sync()?;
+    let applied = if events.is_empty() { 0 } else { store.ledger.apply(events)? };
+    store.flush_blocking()?;
+    segment.remove()?;
+    Ok(applied)
+}
+
+fn spawn_committer(store: Store, ledger: Option<ActorRef<LedgerMsg>>) -> (mpsc::Sender<CommitJob>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel::<CommitJob>();
+    let handle = std::thread::Builder::new()
+        .name("ledger-commit".into())
+        .spawn(move || {
+            for job in rx {
+                let events = job.events.len();
+                let result = apply_batch(&store, job.segment, &job.events).map(|_| ()).map_err(|e| e.to_string());
+                if let Err(error) = &result {
+                    // The segment stays on disk and is applied at the next start.
+                    tracing::error!(%error, events, "ledger commit failed");
+                }
+                if let Some(done) = job.done {
+                    let _ = done.send(());
+                }
+                if let Some(ledger) = &ledger {
+                    let _ = ledger.cast(LedgerMsg::Committed { events, result });
+                }
+            }
+        })
+        .expect("spawn the ledger-commit thread");
+    (tx, handle)
+}
+
+/// Applies what earlier processes (or incarnations) logged but did not commit.
+fn recover(store: &Store) -> Result<(Wal, usize), StorageError> {
+    let (wal, leftovers) = Wal::open(&store.wal_dir())?;
+    let mut replayed = 0;
+    for (segment, events) in leftovers {
+        replayed += events.len();
+        apply_batch(store, segment, &events)?;
+    }
+    Ok((wal, replayed))
 }
 
 impl Actor for LedgerActor {
@@ -68,12 +447,37 @@ impl Actor for LedgerActor {
     type State = LedgerState;
     type Arguments = ();
 
-    async fn pre_start(&self, _me: ActorRef<LedgerMsg>, _: ()) -> Result<LedgerState, ActorProcessingErr> {
-        Ok(LedgerState::default())
+    async fn pre_start(&self, me: ActorRef<LedgerMsg>, _: ()) -> Result<LedgerState, ActorProcessingErr> {
+        let store = self.store.clone();
+        let (wal, replayed) = tokio::task::spawn_blocking(move || recover(&store)).await??;
+        if replayed > 0 {
+            tracing::info!(events = replayed, "ledger: applied events logged before the last stop");
+        }
+        Ok(LedgerState {
+            wal,
+            pending: Vec::new(),
+            commit_scheduled: false,
+            committer: Some(spawn_committer(self.store.clone(), Some(me))),
+            accounts: HashMap::new(),
+            holds: HashMap::new(),
+            next_hold: 0,
+            rows_logged: 0,
+            events_committed: 0,
+            batches: 0,
+            replayed_at_start: replayed,
+            last_error: None,
+        })
     }
 
     async fn post_stop(&self, _me: ActorRef<LedgerMsg>, state: &mut LedgerState) -> Result<(), ActorProcessingErr> {
-        self.flush(state).await
+        self.commit(state, None)?;
+        if let Some((tx, handle)) = state.committer.take() {
+            drop(tx);
+            tokio::task::spawn_blocking(move || handle.join())
+                .await?
+                .map_err(|_| "the ledger-commit thread panicked")?;
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -83,25 +487,53 @@ impl Actor for LedgerActor {
         state: &mut LedgerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            LedgerMsg::Record(row) => {
-                state.pending.push(*row);
-                if !state.flush_scheduled {
-                    state.flush_scheduled = true;
-                    me.send_after(GROUP_COMMIT_WINDOW, || LedgerMsg::Flush(None));
+            LedgerMsg::Reserve(req, reply) => {
+                let _ = reply.send(self.reserve(state, req)?);
+            }
+            LedgerMsg::Release(id) => self.release(state, id),
+            LedgerMsg::Settle { hold, row, reply } => {
+                let result = self.settle(state, &me, hold, *row);
+                let failed = result.as_ref().err().map(|e| e.to_string());
+                let _ = reply.send(result.map_err(|e| e.to_string()));
+                if let Some(error) = failed {
+                    state.last_error = Some(error.clone());
+                    return Err(error.into());
                 }
             }
-            LedgerMsg::Flush(reply) => {
-                let result = self.flush(state).await;
-                if let Some(reply) = reply {
-                    let _ = reply.send(());
+            LedgerMsg::Credit(credit, reply) => {
+                let result = self.credit(state, &me, *credit);
+                let _ = reply.send(result.map_err(|e| e.to_string()));
+            }
+            LedgerMsg::Money(account_id, reply) => {
+                let money = state.account(&self.store, &account_id)?.money;
+                let _ = reply.send(money);
+            }
+            LedgerMsg::MonthSpend { account_id, workspace_slug, reply } => {
+                let month = month_of(now_us());
+                let account = state.account(&self.store, &account_id)?;
+                let _ = reply.send(account.workspace(&self.store, &account_id, &workspace_slug, month).spent_units);
+            }
+            LedgerMsg::Commit(done) => self.commit(state, done)?,
+            LedgerMsg::Committed { events, result } => match result {
+                Ok(()) => {
+                    state.events_committed += events as u64;
+                    state.batches += 1;
                 }
-                result?;
+                Err(error) => state.last_error = Some(error),
+            },
+            LedgerMsg::Reconcile(reply) => {
+                let result = self.reconcile(state).await;
+                let _ = reply.send(result.map_err(|e| e.to_string()));
             }
             LedgerMsg::Inspect(reply) => {
                 let _ = reply.send(Inspection::leaf(json!({
-                    "pending_rows": state.pending.len(),
-                    "rows_written": state.rows_written,
+                    "pending_events": state.pending.len(),
+                    "rows_logged": state.rows_logged,
+                    "events_committed": state.events_committed,
                     "batches": state.batches,
+                    "open_holds": state.holds.len(),
+                    "accounts_loaded": state.accounts.len(),
+                    "replayed_at_start": state.replayed_at_start,
                     "last_error": state.last_error,
                 })));
             }
@@ -131,30 +563,111 @@ impl ChildSpec for LedgerSpec {
     }
 }
 
-/// Hands a row to the ledger; when the ledger is restarting, writes it directly so no
-/// served request goes unrecorded.
-pub fn record(store: &Store, row: UsageRow) {
-    match ActorRef::<LedgerMsg>::where_is(NAME) {
-        Some(ledger) => {
-            if let Err(ractor::MessagingErr::SendErr(LedgerMsg::Record(row))) =
-                ledger.cast(LedgerMsg::Record(Box::new(row)))
-            {
-                write_directly(store, *row);
+/// Why the ledger could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("the ledger is restarting; retry shortly")]
+    Unavailable,
+    #[error("the ledger could not record this: {0}")]
+    Failed(String),
+}
+
+/// A client of the `ledger` actor, resolved by name so it survives restarts.
+#[derive(Clone, Default)]
+pub struct LedgerClient;
+
+impl LedgerClient {
+    async fn call<T: Send + 'static>(
+        &self,
+        msg: impl Fn(RpcReplyPort<T>) -> LedgerMsg + Send + Clone,
+    ) -> Result<T, LedgerError> {
+        let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+        loop {
+            if let Some(ledger) = ActorRef::<LedgerMsg>::where_is(NAME) {
+                if let Ok(ractor::rpc::CallResult::Success(v)) = ledger.call(msg.clone(), Some(CALL_TIMEOUT)).await {
+                    return Ok(v);
+                }
+            }
+            // Restarting: the supervisor brings it back within its backoff.
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LedgerError::Unavailable);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn reserve(&self, req: ReserveRequest) -> Result<Result<HoldGuard, Refusal>, LedgerError> {
+        let id = self.call(move |r| LedgerMsg::Reserve(req.clone(), r)).await?;
+        Ok(id.map(|id| HoldGuard { id: Some(id) }))
+    }
+
+    /// Records a served request. When this returns Ok, the row survives a crash.
+    pub async fn settle(&self, hold: Option<HoldGuard>, row: UsageRow) -> Result<UsageRow, LedgerError> {
+        let hold = hold.and_then(|mut h| h.id.take());
+        let row = Arc::new(row);
+        self.call(move |reply| LedgerMsg::Settle { hold, row: Box::new((*row).clone()), reply })
+            .await?
+            .map_err(LedgerError::Failed)
+    }
+
+    pub async fn credit(&self, credit: Credit) -> Result<AccountMoney, LedgerError> {
+        let credit = Arc::new(credit);
+        self.call(move |r| LedgerMsg::Credit(Box::new((*credit).clone()), r)).await?.map_err(LedgerError::Failed)
+    }
+
+    pub async fn money(&self, account_id: &str) -> Result<AccountMoney, LedgerError> {
+        let id = account_id.to_owned();
+        self.call(move |r| LedgerMsg::Money(id.clone(), r)).await
+    }
+
+    pub async fn month_spend(&self, account_id: &str, workspace_slug: &str) -> Result<i64, LedgerError> {
+        let (account_id, workspace_slug) = (account_id.to_owned(), workspace_slug.to_owned());
+        self.call(move |reply| LedgerMsg::MonthSpend {
+            account_id: account_id.clone(),
+            workspace_slug: workspace_slug.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Waits until everything logged so far is applied to sled.
+    pub async fn commit(&self) -> Result<(), LedgerError> {
+        self.call(|r| LedgerMsg::Commit(Some(r))).await
+    }
+
+    pub async fn reconcile(&self) -> Result<Vec<ReconcileLine>, LedgerError> {
+        self.call(LedgerMsg::Reconcile).await?.map_err(LedgerError::Failed)
+    }
+}
+
+/// A reservation; dropping it unsettled (the request failed or its client went away)
+/// gives the money back.
+pub struct HoldGuard {
+    id: Option<HoldId>,
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            if let Some(ledger) = ActorRef::<LedgerMsg>::where_is(NAME) {
+                let _ = ledger.cast(LedgerMsg::Release(id));
             }
         }
-        None => write_directly(store, row),
     }
 }
 
-fn write_directly(store: &Store, row: UsageRow) {
-    if let Err(error) = store.usage.insert(&(row.account_id.as_str(), row.created_at_ms, row.id.as_str()), &row) {
-        tracing::error!(%error, row = %row.id, "could not record a usage row");
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Waits until every row handed to the ledger so far is on disk.
-pub async fn flush() {
-    if let Some(ledger) = ActorRef::<LedgerMsg>::where_is(NAME) {
-        let _ = ledger.call(|r| LedgerMsg::Flush(Some(r)), Some(Duration::from_secs(10))).await;
+    #[test]
+    fn months_and_their_first_days() {
+        // 2026-11-28T23:39:56Z
+        let us = 1_795_909_196_000_000;
+        let month = month_of(us);
+        assert_eq!(month, 2026 * 12 + 10);
+        let first = month_first_day(month);
+        let date = time::Date::from_calendar_date(1970, time::Month::January, 1).unwrap() + time::Duration::days(first);
+        assert_eq!((date.year(), date.month(), date.day()), (2026, time::Month::November, 1));
     }
 }

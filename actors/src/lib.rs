@@ -53,3 +53,11 @@ pub fn iso8601(ms: i64) -> String {
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
+
+/// The usage record types the HTTP layer renders.
+pub mod usage {
+    pub use tokaroo_storage::{
+        ledger::{UsageFilter, MICROS_PER_DAY},
+        records::{RollupCell, UsageRow},
+    };
+}

@@ -1,21 +1,35 @@
-//! Serving runtime requests: route, execute, price, and hand one usage row per request to
-//! the ledger.
+//! Serving runtime requests: route, reserve the worst case with the ledger, execute, price,
+//! and settle one usage row per request.
 
 use serde_json::{Map, Value};
-use tokaroo_storage::records::UsageRow;
+use tokaroo_storage::{
+    ledger::UsageFilter,
+    records::{Credit, UsageRow},
+};
 
 use crate::{
-    billing::Charge,
-    chat::{ChatRequest, ModelChoice, Usage},
+    billing::{units_to_usd, usd_to_units, Charge},
+    chat::{ChatRequest, Mode, ModelChoice, Usage},
     gateway::{ChatOutcome, RouteRecord, StreamOutcome},
-    router::Scope,
+    ledger::{AccountMoney, HoldGuard, LedgerError, Refusal, ReserveRequest},
+    router::{Route, Scope},
     Engine, EngineError, KeyEntry,
 };
+
+/// Output tokens reserved for a request that sets no `max_tokens` (capped by the model's own
+/// output limit). A longer answer is still charged in full; the reservation is a guard.
+const DEFAULT_OUTPUT_RESERVE: u64 = 4_096;
 
 /// A non-streamed chat answer and what it was charged.
 pub struct ServedChat {
     pub outcome: ChatOutcome,
     pub charge: Charge,
+}
+
+/// An open stream and its reservation; settle it with [`Engine::settle`] when it ends.
+pub struct OpenStream {
+    pub outcome: StreamOutcome,
+    pub hold: Option<HoldGuard>,
 }
 
 /// What is known about a request before it is served, for its usage row.
@@ -41,20 +55,104 @@ fn scope(key: &KeyEntry) -> Scope {
     Scope { account_id: key.account_id.clone(), workspace_slug: key.workspace_slug.clone() }
 }
 
+impl From<LedgerError> for EngineError {
+    fn from(error: LedgerError) -> Self {
+        match error {
+            LedgerError::Unavailable => EngineError::Unavailable(error.to_string()),
+            LedgerError::Failed(detail) => EngineError::Internal(detail),
+        }
+    }
+}
+
 impl Engine {
+    /// The most a request on these routes can be charged (escalation included for `auto`).
+    fn worst_case_units(&self, req: &ChatRequest, info: &RequestInfo, routes: &[Route], scope: &Scope) -> i64 {
+        let baseline = self.router.baseline_model(req);
+        let worst_on = |routes: &[Route]| {
+            routes
+                .iter()
+                .map(|route| {
+                    let output = req
+                        .max_tokens
+                        .map(u64::from)
+                        .or(route.model.max_output_tokens)
+                        .unwrap_or(DEFAULT_OUTPUT_RESERVE)
+                        .min(route.model.max_output_tokens.unwrap_or(u64::MAX));
+                    let usage = Usage {
+                        prompt_tokens: req.prompt_tokens(),
+                        completion_tokens: u32::try_from(output).unwrap_or(u32::MAX),
+                    };
+                    let record = crate::gateway::record(route, &[], &baseline);
+                    self.config.pricing.charge(info.tier, &record, usage).charged_units
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        let mut worst = worst_on(routes);
+        if req.model == ModelChoice::Mode(Mode::Auto) && !req.stream {
+            let mut max_req = req.clone();
+            max_req.model = ModelChoice::Mode(Mode::Max);
+            if let Ok(max_routes) = self.router.plan(&max_req, scope) {
+                worst += worst_on(&max_routes);
+            }
+        }
+        worst
+    }
+
+    /// Reserves `amount_units` for a request of this key: balance and workspace budget.
+    async fn reserve(&self, key: &KeyEntry, amount_units: i64) -> Result<Option<HoldGuard>, EngineError> {
+        let metered = self.operator_account_id().as_deref() != Some(key.account_id.as_str());
+        let budget = key.workspace_slug.as_ref().and_then(|slug| {
+            let entry = self.shared.workspace_entry(&key.account_id, slug)?;
+            entry.monthly_budget_units().map(|units| (slug.clone(), units))
+        });
+        if !metered && budget.is_none() {
+            return Ok(None);
+        }
+        let req = ReserveRequest { account_id: key.account_id.clone(), metered, amount_units, budget };
+        match self.ledger.reserve(req).await? {
+            Ok(hold) => Ok(Some(hold)),
+            Err(Refusal::BillingRequired { balance_units, required_units }) => Err(EngineError::BillingRequired {
+                balance_usd: units_to_usd(balance_units),
+                required_usd: units_to_usd(required_units),
+                payment_url: self.config.payments_url.clone(),
+            }),
+            Err(Refusal::BudgetExceeded { budget_units, spent_units }) => Err(EngineError::BudgetExceeded {
+                budget_usd: units_to_usd(budget_units),
+                spent_usd: units_to_usd(spent_units),
+            }),
+        }
+    }
+
     pub async fn chat(&self, key: &KeyEntry, req: &ChatRequest, info: RequestInfo) -> Result<ServedChat, EngineError> {
-        let outcome = self.router.chat(req, &scope(key)).await?;
-        let charge = self.settle(key, &info, &outcome.route, outcome.usage, Some(outcome.latency_ms), false);
+        let scope = scope(key);
+        let routes = self.router.plan(req, &scope)?;
+        let hold = self.reserve(key, self.worst_case_units(req, &info, &routes, &scope)).await?;
+        // On failure the hold is dropped, which releases it.
+        let outcome = self.router.chat(req, &scope, routes).await?;
+        let charge =
+            self.settle(key, &info, &outcome.route, outcome.usage, Some(outcome.latency_ms), false, hold).await?;
         Ok(ServedChat { outcome, charge })
     }
 
-    /// Opens a stream; the caller settles it with [`Engine::settle`] when it ends.
-    pub async fn chat_stream(&self, key: &KeyEntry, req: &ChatRequest) -> Result<StreamOutcome, EngineError> {
-        self.router.chat_stream(req, &scope(key)).await
+    /// Opens a stream on the first route that answers.
+    pub async fn chat_stream(
+        &self,
+        key: &KeyEntry,
+        req: &ChatRequest,
+        info: &RequestInfo,
+    ) -> Result<OpenStream, EngineError> {
+        let scope = scope(key);
+        let routes = self.router.plan(req, &scope)?;
+        let hold = self.reserve(key, self.worst_case_units(req, info, &routes, &scope)).await?;
+        let outcome = self.router.chat_stream(req, routes).await?;
+        Ok(OpenStream { outcome, hold })
     }
 
-    /// Prices a served request and records its usage row. Returns the charge.
-    pub fn settle(
+    /// Prices a served request and has the ledger record it. When this returns, the usage row
+    /// survives a crash, so the caller may now tell the client.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn settle(
         &self,
         key: &KeyEntry,
         info: &RequestInfo,
@@ -62,7 +160,8 @@ impl Engine {
         usage: Usage,
         latency_ms: Option<u64>,
         streamed: bool,
-    ) -> Charge {
+        hold: Option<HoldGuard>,
+    ) -> Result<Charge, EngineError> {
         let charge = self.config.pricing.charge(info.tier, route, usage);
         let row = UsageRow {
             id: crate::new_id(),
@@ -82,28 +181,74 @@ impl Engine {
             request_type: info.request_type.to_owned(),
             input_tokens: u64::from(usage.prompt_tokens),
             output_tokens: u64::from(usage.completion_tokens),
-            actual_cost_usd: charge.actual_cost_usd,
-            charged_usd: charge.charged_usd,
-            baseline_usd: charge.baseline_usd,
+            actual_cost_units: charge.actual_cost_units,
+            charged_units: charge.charged_units,
+            baseline_units: charge.baseline_units,
             latency_ms,
             cache: "miss".into(),
             streamed,
-            created_at_ms: crate::now_ms(),
+            // The ledger stamps the row when it logs it.
+            created_at_us: 0,
         };
         tracing::info!(
             provider = %row.provider, model = %row.upstream_model, source = %row.execution_source,
-            reason = %row.routing_reason, charged_usd = row.charged_usd, "request served"
+            reason = %row.routing_reason, charged_usd = charge.charged_usd(), "request served"
         );
-        crate::ledger::record(&self.shared.store, row);
-        charge
+        self.ledger.settle(hold, row).await?;
+        Ok(charge)
     }
 
-    /// Usage rows of an account, newest first (admin and tests; paging comes with the usage routes).
-    pub fn recent_usage(&self, account_id: &str, limit: usize) -> Result<Vec<UsageRow>, EngineError> {
-        let mut rows = self.shared.store.usage.scan_prefix(&(account_id,))?;
-        rows.reverse();
-        rows.truncate(limit);
-        Ok(rows)
+    /// Usage rows of an account, newest first, strictly before `before_us`.
+    pub fn usage_page(
+        &self,
+        account_id: &str,
+        filter: &UsageFilter,
+        before_us: Option<i64>,
+        limit: usize,
+    ) -> Result<(Vec<UsageRow>, bool), EngineError> {
+        Ok(self.shared.store.ledger.usage_page(account_id, filter, before_us, limit)?)
+    }
+
+    /// An account's daily usage rollups for days `from_day..=to_day`.
+    pub fn rollups(
+        &self,
+        account_id: &str,
+        from_day: i64,
+        to_day: i64,
+    ) -> Result<Vec<tokaroo_storage::records::RollupCell>, EngineError> {
+        Ok(self.shared.store.ledger.rollups(account_id, from_day, to_day)?)
+    }
+
+    pub async fn money(&self, account_id: &str) -> Result<AccountMoney, EngineError> {
+        Ok(self.ledger.money(account_id).await?)
+    }
+
+    /// Adds credits to an account (operator top-ups and completed payments).
+    pub async fn add_credit(
+        &self,
+        account_id: &str,
+        amount_usd: f64,
+        source: &str,
+        reference: Option<String>,
+        note: Option<String>,
+    ) -> Result<AccountMoney, EngineError> {
+        if !(amount_usd.is_finite() && amount_usd > 0.0 && amount_usd <= 1_000_000.0) {
+            return Err(EngineError::invalid("amount_usd must be a positive number of dollars, at most 1000000"));
+        }
+        if self.store().accounts.get(&account_id)?.is_none() {
+            return Err(EngineError::NotFound { what: "Account" });
+        }
+        let credit = Credit {
+            // A processor's payment id makes the credit idempotent: the same payment twice is one credit.
+            id: reference.clone().unwrap_or_else(crate::new_id),
+            account_id: account_id.to_owned(),
+            amount_units: usd_to_units(amount_usd),
+            source: source.to_owned(),
+            reference,
+            note,
+            created_at_us: 0,
+        };
+        Ok(self.ledger.credit(credit).await?)
     }
 
     pub fn catalog(&self) -> &crate::catalog::Catalog {
@@ -117,6 +262,8 @@ impl Engine {
         key: &KeyEntry,
         req: &crate::embeddings::EmbeddingRequest,
     ) -> Result<(crate::embeddings::EmbeddingOutcome, Charge), EngineError> {
+        let tokens: u64 = req.inputs.iter().map(|t| u64::from(crate::tokenizer::count(t))).sum();
+        let hold = self.reserve(key, self.embedding_worst_case_units(req, tokens)).await?;
         let outcome = self.router.embed(req, &scope(key)).await?;
         let info = RequestInfo {
             requested_model: outcome.model.clone(),
@@ -125,7 +272,34 @@ impl Engine {
             metadata: Map::new(),
         };
         let usage = Usage { prompt_tokens: outcome.prompt_tokens, completion_tokens: 0 };
-        let charge = self.settle(key, &info, &outcome.route, usage, Some(outcome.latency_ms), false);
+        let charge = self.settle(key, &info, &outcome.route, usage, Some(outcome.latency_ms), false, hold).await?;
         Ok((outcome, charge))
+    }
+
+    /// The dearest embedding model's price for the input, with headroom for tokenizer
+    /// differences between providers.
+    fn embedding_worst_case_units(&self, req: &crate::embeddings::EmbeddingRequest, tokens: u64) -> i64 {
+        let price_per_1m = self
+            .router
+            .catalog
+            .models
+            .iter()
+            .filter(|m| m.has("embeddings") && req.model.as_ref().is_none_or(|name| *name == m.id))
+            .map(|m| m.input_per_1m)
+            .fold(0.0, f64::max);
+        let margin = 1.0 + self.config.pricing.margin("auto");
+        usd_to_units(tokens as f64 * 1.5 / 1e6 * price_per_1m * margin)
+    }
+}
+
+impl Engine {
+    /// A workspace's charges this calendar month (UTC).
+    pub async fn workspace_month_spend_usd(&self, account_id: &str, slug: &str) -> Result<f64, EngineError> {
+        Ok(units_to_usd(self.ledger.month_spend(account_id, slug).await?))
+    }
+
+    /// Recomputes balances from the ledger's rows and credits; lines with drift are errors.
+    pub async fn reconcile(&self) -> Result<Vec<crate::ledger::ReconcileLine>, EngineError> {
+        Ok(self.ledger.reconcile().await?)
     }
 }

@@ -1,7 +1,10 @@
 //! State shared by the engine facade and its actors: the store and the in-memory indices
 //! that authentication reads on every request (rebuilt from storage at start).
 
-use std::sync::{atomic::AtomicBool, Arc};
+use std::sync::{
+    atomic::{AtomicBool, AtomicI64, Ordering},
+    Arc,
+};
 
 use dashmap::DashMap;
 use tokaroo_storage::Store;
@@ -21,6 +24,34 @@ pub struct SessionEntry {
 pub struct WorkspaceEntry {
     pub uuid: String,
     pub active: AtomicBool,
+    /// The monthly budget in ledger units, or [`NO_BUDGET`].
+    pub budget_units: AtomicI64,
+}
+
+pub const NO_BUDGET: i64 = -1;
+
+impl WorkspaceEntry {
+    pub fn new(record: &tokaroo_storage::records::Workspace) -> Self {
+        Self {
+            uuid: record.id.clone(),
+            active: (record.status == "active").into(),
+            budget_units: Self::budget_units_of(record).into(),
+        }
+    }
+
+    fn budget_units_of(record: &tokaroo_storage::records::Workspace) -> i64 {
+        record.monthly_budget_usd.map_or(NO_BUDGET, crate::billing::usd_to_units)
+    }
+
+    /// Applies a changed record (status, budget).
+    pub fn update(&self, record: &tokaroo_storage::records::Workspace) {
+        self.active.store(record.status == "active", Ordering::Relaxed);
+        self.budget_units.store(Self::budget_units_of(record), Ordering::Relaxed);
+    }
+
+    pub fn monthly_budget_units(&self) -> Option<i64> {
+        Some(self.budget_units.load(Ordering::Relaxed)).filter(|u| *u != NO_BUDGET)
+    }
 }
 
 pub struct Shared {

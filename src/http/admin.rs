@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::{
     error::ApiError,
-    extract::{JsonBody, Operator, QueryParams},
+    extract::{JsonBody, Operator},
     wire::iso,
     AppState,
 };
@@ -19,7 +19,6 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/admin/accounts", get(list_accounts).post(create_account))
         .route("/admin/actors", get(actor_tree))
-        .route("/admin/usage/recent", get(recent_usage))
         .route("/admin/actors/fail", post(inject_failure))
         .route("/admin/debug/sleep", post(sleep))
 }
@@ -99,22 +98,4 @@ fn require_fault_injection(state: &AppState, path: &str) -> Result<(), ApiError>
     } else {
         Err(ApiError::RouteNotFound { method: "POST".into(), path: path.into() })
     }
-}
-
-#[derive(Deserialize)]
-struct RecentUsageQuery {
-    account_id: Option<String>,
-    limit: Option<usize>,
-}
-
-/// The operator's view of recent requests: provider, upstream model, route and reason, cost
-/// and charge. (`GET /admin/usage` with paging and sums comes with the billing work.)
-async fn recent_usage(
-    State(state): State<AppState>,
-    Operator(op): Operator,
-    QueryParams(q): QueryParams<RecentUsageQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let account = q.account_id.unwrap_or(op.account_id);
-    let rows = state.engine.recent_usage(&account, q.limit.unwrap_or(50).min(1000))?;
-    Ok(Json(json!({ "object": "list", "data": rows })))
 }

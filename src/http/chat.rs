@@ -238,7 +238,7 @@ async fn chat_completions(
     }
     let served = state.engine.chat(&key, &request, info).await?;
     let outcome = &served.outcome;
-    let cost = served.charge.charged_usd;
+    let cost = served.charge.charged_usd();
     let r = &outcome.response;
     let mut message = json!({ "role": "assistant", "content": r.content, "refusal": null });
     if !r.tool_calls.is_empty() {
@@ -271,10 +271,18 @@ async fn stream_response(
     info: RequestInfo,
     created: i64,
 ) -> Result<Response, ApiError> {
-    let outcome = state.engine.chat_stream(&key, &request).await?;
+    let open = state.engine.chat_stream(&key, &request, &info).await?;
+    let outcome = open.outcome;
     let model_name = info.requested_model.clone();
     let charged = std::sync::Arc::new(std::sync::Mutex::new(None));
-    let settle = Settle { engine: state.engine.clone(), key, info, started: outcome.started, charged: charged.clone() };
+    let settle = Settle {
+        engine: state.engine.clone(),
+        key,
+        info,
+        started: outcome.started,
+        charged: charged.clone(),
+        hold: open.hold,
+    };
     let route = outcome.route;
     let include_usage = request.include_usage;
     let chunk = ChunkWriter { id: completion_id(), created, model: model_name };
@@ -301,23 +309,30 @@ async fn stream_response(
 
 type ApiKeyEntry = std::sync::Arc<tokaroo_actors::KeyEntry>;
 
-/// Settles a stream once, when it ends (normally or broken).
+/// Settles a stream once, when it ends: normally, broken, or dropped by its client.
 struct Settle {
     engine: tokaroo_actors::Engine,
     key: ApiKeyEntry,
     info: RequestInfo,
     started: std::time::Instant,
     charged: std::sync::Arc<std::sync::Mutex<Option<f64>>>,
+    hold: Option<tokaroo_actors::ledger::HoldGuard>,
 }
 
 impl Settle {
-    fn finish(&self, route: &tokaroo_actors::gateway::RouteRecord, usage: Usage) -> tokaroo_actors::billing::Charge {
+    /// Records the usage; only after this returns may the client be told the answer is complete.
+    async fn finish(
+        mut self,
+        route: &tokaroo_actors::gateway::RouteRecord,
+        usage: Usage,
+    ) -> Result<tokaroo_actors::billing::Charge, tokaroo_actors::EngineError> {
         let latency = self.started.elapsed().as_millis() as u64;
-        let charge = self.engine.settle(&self.key, &self.info, route, usage, Some(latency), true);
+        let hold = self.hold.take();
+        let charge = self.engine.settle(&self.key, &self.info, route, usage, Some(latency), true, hold).await?;
         if let Ok(mut slot) = self.charged.lock() {
-            *slot = Some(charge.charged_usd);
+            *slot = Some(charge.charged_usd());
         }
-        charge
+        Ok(charge)
     }
 }
 
@@ -445,8 +460,28 @@ fn async_stream(
         request: ChatRequest,
         route: tokaroo_actors::gateway::RouteRecord,
         include_usage: bool,
-        settle: Settle,
+        /// Taken when the stream is settled.
+        settle: Option<Settle>,
     }
+    impl St {
+        fn usage(&self) -> Usage {
+            self.usage.unwrap_or_else(|| fallback_usage(&self.request, &self.text))
+        }
+    }
+    impl Drop for St {
+        fn drop(&mut self) {
+            // The client went away mid-answer: what the provider produced is still charged.
+            if let Some(settle) = self.settle.take() {
+                let (route, usage) = (self.route.clone(), self.usage());
+                tokio::spawn(async move {
+                    if let Err(error) = settle.finish(&route, usage).await {
+                        tracing::error!(%error, "could not record an abandoned stream's usage");
+                    }
+                });
+            }
+        }
+    }
+    let settle = Some(settle);
     let st = St {
         upstream,
         chunk,
@@ -506,18 +541,31 @@ fn async_stream(
                     // What was streamed is still charged, from our own count.
                     tracing::warn!(%error, upstream = %st.route.upstream, "stream broke after the first chunk");
                     st.done = true;
-                    let usage = st.usage.unwrap_or_else(|| fallback_usage(&st.request, &st.text));
-                    st.settle.finish(&st.route, usage);
+                    let usage = st.usage();
+                    if let Some(settle) = st.settle.take() {
+                        if let Err(error) = settle.finish(&st.route, usage).await {
+                            tracing::error!(%error, "could not record a broken stream's usage");
+                        }
+                    }
                     let err = json!({ "error": { "message": "The upstream stream broke; the answer is incomplete", "type": "api_error", "code": "stream_broken" } });
                     return Some((Bytes::from(format!("data: {err}\n\ndata: [DONE]\n\n")), st));
                 }
                 None => {
                     st.done = true;
-                    let usage = st.usage.unwrap_or_else(|| fallback_usage(&st.request, &st.text));
-                    let charge = st.settle.finish(&st.route, usage);
+                    let usage = st.usage();
+                    let settle = st.settle.take()?;
+                    let charge = match settle.finish(&st.route, usage).await {
+                        Ok(charge) => charge,
+                        Err(error) => {
+                            // Unrecorded: the client must not see a completed answer.
+                            tracing::error!(%error, "could not record a stream's usage");
+                            let err = json!({ "error": { "message": "The answer could not be recorded; retry the request", "type": "api_error", "code": "ledger_unavailable" } });
+                            return Some((Bytes::from(format!("data: {err}\n\n")), st));
+                        }
+                    };
                     let mut tail = Vec::new();
                     if st.include_usage {
-                        tail.extend_from_slice(&st.chunk.usage(usage, charge.charged_usd));
+                        tail.extend_from_slice(&st.chunk.usage(usage, charge.charged_usd()));
                     }
                     tail.extend_from_slice(b"data: [DONE]\n\n");
                     return Some((Bytes::from(tail), st));

@@ -92,7 +92,7 @@ async fn embeddings(State(state): State<AppState>, ApiKey(key): ApiKey, body: By
         "usage": { "prompt_tokens": outcome.prompt_tokens, "total_tokens": outcome.prompt_tokens },
     });
     let mut response = Json(body).into_response();
-    response.headers_mut().insert("x-tokaroo-cost", cost_header(charge.charged_usd));
+    response.headers_mut().insert("x-tokaroo-cost", cost_header(charge.charged_usd()));
     response.headers_mut().insert("x-tokaroo-cache", HeaderValue::from_static("miss"));
     Ok(response)
 }

@@ -46,6 +46,10 @@ pub enum ApiError {
     RateLimited { limit: u32, retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// 402: `billing_required`, `budget_exceeded`, `payment_failed`, `no_card`, with the
+    /// fields the spec's ErrorResponse shows (balance, required amount, payment URL, ...).
+    #[error("{message}")]
+    PaymentRequired { code: &'static str, message: String, extra: serde_json::Map<String, serde_json::Value> },
     #[error("Internal error; the server logged it (request id in x-request-id)")]
     Internal(String),
 }
@@ -57,6 +61,8 @@ pub struct ErrorParts {
     pub status: StatusCode,
     pub error: String,
     pub message: String,
+    /// Route-specific fields beside `error` and `message`.
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -73,6 +79,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -94,6 +101,7 @@ impl ApiError {
             Self::Conflict(_) => "conflict".into(),
             Self::RateLimited { .. } => "Rate limit exceeded".into(),
             Self::Unavailable(_) => "service_unavailable".into(),
+            Self::PaymentRequired { code, .. } => (*code).into(),
             Self::Internal(_) => "internal_error".into(),
         }
     }
@@ -114,6 +122,25 @@ impl From<EngineError> for ApiError {
             EngineError::Forbidden(msg) => Self::Forbidden(msg),
             EngineError::RateLimited { limit, retry_after } => Self::rate_limited(limit, retry_after),
             EngineError::Unavailable(msg) => Self::Unavailable(msg),
+            EngineError::BillingRequired { balance_usd, required_usd, ref payment_url } => Self::PaymentRequired {
+                code: "billing_required",
+                message: error.to_string(),
+                extra: json!({ "payment_url": payment_url, "balance_usd": balance_usd, "required_usd": required_usd })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            },
+            EngineError::BudgetExceeded { budget_usd, spent_usd } => Self::PaymentRequired {
+                code: "budget_exceeded",
+                message: error.to_string(),
+                extra: json!({ "budget_usd": budget_usd, "spent_usd": spent_usd })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            },
+            EngineError::Payment { code, message } => {
+                Self::PaymentRequired { code, message, extra: serde_json::Map::new() }
+            }
             EngineError::Storage(e) => Self::Internal(e.to_string()),
             EngineError::Internal(msg) => Self::Internal(msg),
         }
@@ -125,9 +152,14 @@ impl IntoResponse for ApiError {
         if let Self::Internal(detail) = &self {
             tracing::error!(%detail, "internal error");
         }
-        let parts = ErrorParts { status: self.status(), error: self.error_code(), message: self.to_string() };
-        let mut response =
-            (parts.status, Json(json!({ "error": parts.error, "message": parts.message }))).into_response();
+        let extra = match &self {
+            Self::PaymentRequired { extra, .. } => extra.clone(),
+            _ => serde_json::Map::new(),
+        };
+        let parts = ErrorParts { status: self.status(), error: self.error_code(), message: self.to_string(), extra };
+        let mut body = json!({ "error": parts.error, "message": parts.message });
+        body.as_object_mut().into_iter().for_each(|b| b.extend(parts.extra.clone()));
+        let mut response = (parts.status, Json(body)).into_response();
         if let Self::RateLimited { limit, retry_after_secs } = &self {
             let headers = response.headers_mut();
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
@@ -162,14 +194,14 @@ pub async fn openai_error_shape(request: Request, next: Next) -> Response {
 
 pub fn to_openai_shape(response: Response, parts: &ErrorParts) -> Response {
     let (mut head, _) = response.into_parts();
-    let body = json!({
-        "error": {
-            "message": parts.message,
-            "type": openai_type(parts.status),
-            "code": parts.error,
-            "param": null,
-        }
+    let mut error = json!({
+        "message": parts.message,
+        "type": openai_type(parts.status),
+        "code": parts.error,
+        "param": null,
     });
+    error.as_object_mut().into_iter().for_each(|e| e.extend(parts.extra.clone()));
+    let body = json!({ "error": error });
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     head.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     Response::from_parts(head, axum::body::Body::from(bytes))

@@ -157,3 +157,32 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
         })
     }
 }
+
+/// Routes both credentials may read (usage, stats, balance): a dashboard session sees its
+/// account; a runtime key sees only its own key and workspace.
+pub enum Caller {
+    Session(Identity),
+    Key(Arc<KeyEntry>),
+}
+
+impl Caller {
+    pub fn account_id(&self) -> &str {
+        match self {
+            Self::Session(identity) => &identity.account_id,
+            Self::Key(key) => &key.account_id,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        if is_api_key(token) {
+            state.engine.authenticate_key(token).map(Caller::Key).ok_or(ApiError::InvalidCredential)
+        } else {
+            state.engine.authenticate_session(token).map(Caller::Session).ok_or(ApiError::InvalidCredential)
+        }
+    }
+}

@@ -12,6 +12,7 @@ mod local_endpoints;
 mod models;
 mod pricing;
 mod provider_keys;
+mod usage;
 mod wire;
 mod workspaces;
 
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .merge(pricing::routes())
         .merge(provider_keys::routes())
         .merge(local_endpoints::routes())
+        .merge(usage::routes())
         .merge(runtime_openai)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)

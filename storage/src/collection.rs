@@ -73,6 +73,10 @@ impl<R: Record> Collection<R> {
         self.tree.iter().values().map(|v| decode::<R>(&v?)).collect()
     }
 
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
     pub fn len(&self) -> usize {
         self.tree.len()
     }
@@ -82,7 +86,7 @@ impl<R: Record> Collection<R> {
     }
 }
 
-fn encode<R: Record>(value: &R) -> Result<Vec<u8>, StorageError> {
+pub(crate) fn encode<R: Record>(value: &R) -> Result<Vec<u8>, StorageError> {
     let mut out = Vec::with_capacity(128);
     out.push(R::FORMAT_VERSION);
     serde_json::to_writer(&mut out, value)
@@ -90,7 +94,7 @@ fn encode<R: Record>(value: &R) -> Result<Vec<u8>, StorageError> {
     Ok(out)
 }
 
-fn decode<R: Record>(bytes: &[u8]) -> Result<R, StorageError> {
+pub(crate) fn decode<R: Record>(bytes: &[u8]) -> Result<R, StorageError> {
     let (&version, body) = bytes
         .split_first()
         .ok_or_else(|| StorageError::Corrupt { tree: R::TREE.into(), detail: "empty value".into() })?;

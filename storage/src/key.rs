@@ -76,6 +76,8 @@ tuple_key!(A);
 tuple_key!(A, B);
 tuple_key!(A, B, C);
 tuple_key!(A, B, C, D);
+tuple_key!(A, B, C, D, E);
+tuple_key!(A, B, C, D, E, F);
 
 #[cfg(test)]
 mod tests {

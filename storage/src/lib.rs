@@ -5,8 +5,10 @@
 mod collection;
 mod error;
 mod key;
+pub mod ledger;
 pub mod records;
 mod store;
+pub mod wal;
 
 pub use collection::{Collection, Record};
 pub use error::StorageError;

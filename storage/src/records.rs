@@ -73,7 +73,12 @@ impl Record for Session {
     const FORMAT_VERSION: u8 = 1;
 }
 
-/// One served request. Key: (account_id, created_at_ms, id), so history pages by time.
+/// Money on disk is an integer count of 1e-10 USD: sums of millions of rows stay exact.
+pub const UNITS_PER_USD: i64 = 10_000_000_000;
+
+/// One served request, written only by the ledger. Key: (account_id, created_at_us, id);
+/// the ledger makes `created_at_us` strictly increasing per account, so a time cursor never
+/// skips or repeats a row.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UsageRow {
     pub id: String,
@@ -96,16 +101,83 @@ pub struct UsageRow {
     pub request_type: String,
     pub input_tokens: u64,
     pub output_tokens: u64,
-    pub actual_cost_usd: f64,
-    pub charged_usd: f64,
-    pub baseline_usd: f64,
+    /// What the provider charges us, in [`UNITS_PER_USD`] units.
+    pub actual_cost_units: i64,
+    /// What the customer is charged.
+    pub charged_units: i64,
+    /// What the request would have cost on the reference `max` route.
+    pub baseline_units: i64,
     pub latency_ms: Option<u64>,
     pub cache: String,
     pub streamed: bool,
-    pub created_at_ms: i64,
+    pub created_at_us: i64,
 }
 impl Record for UsageRow {
     const TREE: &'static str = "usage";
+    const FORMAT_VERSION: u8 = 2;
+}
+
+/// Money added to an account. Key: (account_id, created_at_us, id).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Credit {
+    pub id: String,
+    pub account_id: String,
+    pub amount_units: i64,
+    /// "manual", "checkout", "top_up" or "auto_pay".
+    pub source: String,
+    /// The payment processor's id for the payment, when there was one (idempotency).
+    pub reference: Option<String>,
+    pub note: Option<String>,
+    pub created_at_us: i64,
+}
+impl Record for Credit {
+    const TREE: &'static str = "credits";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// An account's running totals, updated in the same transaction as the rows they sum.
+/// Key: account_id. Balance = credited − charged.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Balance {
+    pub account_id: String,
+    pub credited_units: i64,
+    pub charged_units: i64,
+    pub usage_rows: u64,
+    pub credits: u64,
+}
+impl Record for Balance {
+    const TREE: &'static str = "balances";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+impl Balance {
+    pub fn balance_units(&self) -> i64 {
+        self.credited_units - self.charged_units
+    }
+}
+
+/// Usage summed per account, UTC day and dimension, maintained as rows are written so that
+/// stats and breakdowns never scan history. Key: (account_id, day, workspace, api_key, tier,
+/// request_type), with "" for an absent workspace or key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct RollupCell {
+    /// Days since the unix epoch (UTC).
+    pub day: i64,
+    pub workspace_slug: Option<String>,
+    pub api_key_id: Option<String>,
+    pub tier: String,
+    pub request_type: String,
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub latency_sum_ms: u64,
+    pub latency_count: u64,
+    pub charged_units: i64,
+    pub actual_cost_units: i64,
+    pub baseline_units: i64,
+}
+impl Record for RollupCell {
+    const TREE: &'static str = "usage_rollups";
     const FORMAT_VERSION: u8 = 1;
 }
 

@@ -1,12 +1,13 @@
 use std::{fs::File, path::Path, sync::Arc};
 
 use crate::{
-    records::{Account, ApiKey, LocalEndpoint, ProviderKey, Session, UsageRow, Workspace},
+    ledger::LedgerStore,
+    records::{Account, ApiKey, LocalEndpoint, ProviderKey, Session, Workspace},
     Collection, StorageError,
 };
 
 /// Bumped whenever a record layout changes incompatibly; checked at every open.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
 /// The embedded store: one sled database under `<data_dir>/db`, guarded by an exclusive
@@ -19,7 +20,8 @@ pub struct Store {
     pub workspaces: Collection<Workspace>,
     pub api_keys: Collection<ApiKey>,
     pub sessions: Collection<Session>,
-    pub usage: Collection<UsageRow>,
+    /// Usage rows, credits, balances and rollups: written only by the ledger.
+    pub ledger: LedgerStore,
     pub provider_keys: Collection<ProviderKey>,
     pub local_endpoints: Collection<LocalEndpoint>,
     data_dir: std::path::PathBuf,
@@ -43,7 +45,7 @@ impl Store {
             workspaces: Collection::open(&db)?,
             api_keys: Collection::open(&db)?,
             sessions: Collection::open(&db)?,
-            usage: Collection::open(&db)?,
+            ledger: LedgerStore::open(&db)?,
             provider_keys: Collection::open(&db)?,
             local_endpoints: Collection::open(&db)?,
             data_dir: data_dir.to_path_buf(),
@@ -55,6 +57,11 @@ impl Store {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// Where the ledger's write-ahead log lives.
+    pub fn wal_dir(&self) -> std::path::PathBuf {
+        self.data_dir.join("ledger-wal")
     }
 
     /// Small string flags such as "bootstrapped".

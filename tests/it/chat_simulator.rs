@@ -110,7 +110,7 @@ async fn every_request_records_one_usage_row_with_route_and_matching_charge() {
     let stream_cost = usage_chunk["x_tokaroo"]["cost_usd"].as_f64().expect("the stream reports its charge");
 
     let rows = eventually("two usage rows", || async {
-        let r = gw.get("/admin/usage/recent", ADMIN_TOKEN).await;
+        let r = gw.get("/admin/usage", ADMIN_TOKEN).await;
         let rows = r.body["data"].as_array()?.clone();
         (rows.len() == 2).then_some(rows)
     })

