@@ -80,14 +80,19 @@ fn print_bootstrap(creds: &BootstrapCredentials) {
 /// Runs the server until SIGINT/SIGTERM, then drains in-flight requests and flushes storage.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let store = Store::open(&config.server.data_dir)?;
-    let engine = Engine::start(store, engine_config(&config)?).await?;
-    if let Some(creds) = engine.bootstrap().await? {
-        print_bootstrap(&creds);
-    }
     let listener = TcpListener::bind(&config.server.listen)
         .await
         .map_err(|source| ServeError::Listen { addr: config.server.listen.clone(), source })?;
     let addr = listener.local_addr()?;
+    let mut config = config;
+    // Links in answers (payment URLs) use the address actually bound (port 0 picks one).
+    if config.billing.public_url.is_none() {
+        config.billing.public_url = Some(format!("http://{addr}"));
+    }
+    let engine = Engine::start(store, engine_config(&config)?).await?;
+    if let Some(creds) = engine.bootstrap().await? {
+        print_bootstrap(&creds);
+    }
     let shutting_down = Arc::new(AtomicBool::new(false));
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let state = AppState { engine: engine.clone(), config: Arc::new(config), shutting_down: shutting_down.clone() };

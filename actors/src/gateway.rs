@@ -14,7 +14,8 @@ use crate::{
     EngineError,
 };
 
-const MAX_ATTEMPTS: usize = 3;
+/// Routes tried for one request before it fails.
+pub const MAX_ATTEMPTS: usize = 3;
 
 /// How a request was served; the admin view of the route taken and why.
 #[derive(Debug, Clone, Serialize)]

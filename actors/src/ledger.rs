@@ -118,7 +118,8 @@ pub enum LedgerMsg {
 }
 
 struct CommitJob {
-    segment: SealedSegment,
+    /// None for a marker that only waits for the jobs ahead of it.
+    segment: Option<SealedSegment>,
     events: Vec<LedgerEvent>,
     done: Option<RpcReplyPort<()>>,
 }
@@ -151,6 +152,8 @@ pub struct LedgerState {
     pending: Vec<LedgerEvent>,
     commit_scheduled: bool,
     committer: Option<(mpsc::Sender<CommitJob>, JoinHandle<()>)>,
+    /// Jobs handed to the committer and not yet reported back.
+    jobs_in_flight: usize,
     accounts: HashMap<String, Account>,
     holds: HashMap<HoldId, Hold>,
     next_hold: HoldId,
@@ -334,30 +337,34 @@ impl LedgerActor {
 
     fn commit(&self, state: &mut LedgerState, done: Option<RpcReplyPort<()>>) -> Result<(), StorageError> {
         state.commit_scheduled = false;
-        if state.wal.is_current_empty() {
-            if let Some(done) = done {
-                // Earlier batches may still be on their way: queue an empty job behind them.
-                if let Some((tx, _)) = &state.committer {
-                    let segment = state.wal.rotate()?;
-                    let _ = tx.send(CommitJob { segment, events: Vec::new(), done: Some(done) });
-                } else {
+        let segment = if state.wal.is_current_empty() {
+            if state.jobs_in_flight == 0 {
+                if let Some(done) = done {
                     let _ = done.send(());
                 }
+                return Ok(());
             }
-            return Ok(());
-        }
-        let segment = state.wal.rotate()?;
+            // Nothing new, but earlier batches are on their way: wait behind them.
+            None
+        } else {
+            Some(state.wal.rotate()?)
+        };
         let events = std::mem::take(&mut state.pending);
         let job = CommitJob { segment, events, done };
         let unsent = match &state.committer {
             Some((tx, _)) => tx.send(job).err().map(|mpsc::SendError(job)| job),
             None => Some(job),
         };
-        if let Some(job) = unsent {
-            // No committer thread: apply here rather than lose the batch.
-            apply_batch(&self.store, job.segment, &job.events)?;
-            if let Some(done) = job.done {
-                let _ = done.send(());
+        match unsent {
+            None => state.jobs_in_flight += 1,
+            Some(job) => {
+                // No committer thread: apply here rather than lose the batch.
+                if let Some(segment) = job.segment {
+                    apply_batch(&self.store, segment, &job.events)?;
+                }
+                if let Some(done) = job.done {
+                    let _ = done.send(());
+                }
             }
         }
         Ok(())
@@ -370,6 +377,7 @@ impl LedgerActor {
             drop(tx);
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+        state.jobs_in_flight = 0;
         state.committer = Some(spawn_committer(self.store.clone(), ActorRef::<LedgerMsg>::where_is(NAME)));
         let store = self.store.clone();
         let live: HashMap<String, i64> =
@@ -414,7 +422,10 @@ fn spawn_committer(store: Store, ledger: Option<ActorRef<LedgerMsg>>) -> (mpsc::
         .spawn(move || {
             for job in rx {
                 let events = job.events.len();
-                let result = apply_batch(&store, job.segment, &job.events).map(|_| ()).map_err(|e| e.to_string());
+                let result = match job.segment {
+                    Some(segment) => apply_batch(&store, segment, &job.events).map(|_| ()).map_err(|e| e.to_string()),
+                    None => Ok(()),
+                };
                 if let Err(error) = &result {
                     // The segment stays on disk and is applied at the next start.
                     tracing::error!(%error, events, "ledger commit failed");
@@ -457,6 +468,7 @@ impl Actor for LedgerActor {
             wal,
             pending: Vec::new(),
             commit_scheduled: false,
+            jobs_in_flight: 0,
             committer: Some(spawn_committer(self.store.clone(), Some(me))),
             accounts: HashMap::new(),
             holds: HashMap::new(),
@@ -514,13 +526,16 @@ impl Actor for LedgerActor {
                 let _ = reply.send(account.workspace(&self.store, &account_id, &workspace_slug, month).spent_units);
             }
             LedgerMsg::Commit(done) => self.commit(state, done)?,
-            LedgerMsg::Committed { events, result } => match result {
-                Ok(()) => {
-                    state.events_committed += events as u64;
-                    state.batches += 1;
+            LedgerMsg::Committed { events, result } => {
+                state.jobs_in_flight = state.jobs_in_flight.saturating_sub(1);
+                match result {
+                    Ok(()) => {
+                        state.events_committed += events as u64;
+                        state.batches += u64::from(events > 0);
+                    }
+                    Err(error) => state.last_error = Some(error),
                 }
-                Err(error) => state.last_error = Some(error),
-            },
+            }
             LedgerMsg::Reconcile(reply) => {
                 let result = self.reconcile(state).await;
                 let _ = reply.send(result.map_err(|e| e.to_string()));

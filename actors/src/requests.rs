@@ -39,6 +39,7 @@ pub struct RequestInfo {
     pub tier: &'static str,
     pub request_type: &'static str,
     pub metadata: Map<String, Value>,
+    pub request_id: Option<String>,
 }
 
 impl RequestInfo {
@@ -47,7 +48,13 @@ impl RequestInfo {
             ModelChoice::Mode(mode) => mode.as_str(),
             ModelChoice::Native(_) => "auto",
         };
-        Self { requested_model: requested_model.to_owned(), tier, request_type: "chat", metadata: Map::new() }
+        Self {
+            requested_model: requested_model.to_owned(),
+            tier,
+            request_type: "chat",
+            metadata: Map::new(),
+            request_id: None,
+        }
     }
 }
 
@@ -68,14 +75,16 @@ impl Engine {
     /// The most a request on these routes can be charged (escalation included for `auto`).
     fn worst_case_units(&self, req: &ChatRequest, info: &RequestInfo, routes: &[Route], scope: &Scope) -> i64 {
         let baseline = self.router.baseline_model(req);
+        // A request is served by one route, tried among the first few.
         let worst_on = |routes: &[Route]| {
             routes
                 .iter()
+                .filter(|r| !r.upstream.health.is_cooling_down())
+                .take(crate::gateway::MAX_ATTEMPTS)
                 .map(|route| {
                     let output = req
                         .max_tokens
                         .map(u64::from)
-                        .or(route.model.max_output_tokens)
                         .unwrap_or(DEFAULT_OUTPUT_RESERVE)
                         .min(route.model.max_output_tokens.unwrap_or(u64::MAX));
                     let usage = Usage {
@@ -189,6 +198,7 @@ impl Engine {
             streamed,
             // The ledger stamps the row when it logs it.
             created_at_us: 0,
+            request_id: info.request_id.clone(),
         };
         tracing::info!(
             provider = %row.provider, model = %row.upstream_model, source = %row.execution_source,
@@ -198,24 +208,27 @@ impl Engine {
         Ok(charge)
     }
 
-    /// Usage rows of an account, newest first, strictly before `before_us`.
-    pub fn usage_page(
+    /// Usage rows of an account, newest first, strictly before `before_us`. Waits for the
+    /// ledger to commit first, so a client sees the rows of every answer it has received.
+    pub async fn usage_page(
         &self,
         account_id: &str,
         filter: &UsageFilter,
         before_us: Option<i64>,
         limit: usize,
     ) -> Result<(Vec<UsageRow>, bool), EngineError> {
+        self.ledger.commit().await?;
         Ok(self.shared.store.ledger.usage_page(account_id, filter, before_us, limit)?)
     }
 
-    /// An account's daily usage rollups for days `from_day..=to_day`.
-    pub fn rollups(
+    /// An account's daily usage rollups for days `from_day..=to_day` (after a commit, as above).
+    pub async fn rollups(
         &self,
         account_id: &str,
         from_day: i64,
         to_day: i64,
     ) -> Result<Vec<tokaroo_storage::records::RollupCell>, EngineError> {
+        self.ledger.commit().await?;
         Ok(self.shared.store.ledger.rollups(account_id, from_day, to_day)?)
     }
 
@@ -261,6 +274,7 @@ impl Engine {
         &self,
         key: &KeyEntry,
         req: &crate::embeddings::EmbeddingRequest,
+        request_id: Option<String>,
     ) -> Result<(crate::embeddings::EmbeddingOutcome, Charge), EngineError> {
         let tokens: u64 = req.inputs.iter().map(|t| u64::from(crate::tokenizer::count(t))).sum();
         let hold = self.reserve(key, self.embedding_worst_case_units(req, tokens)).await?;
@@ -270,6 +284,7 @@ impl Engine {
             tier: "auto",
             request_type: "embeddings",
             metadata: Map::new(),
+            request_id,
         };
         let usage = Usage { prompt_tokens: outcome.prompt_tokens, completion_tokens: 0 };
         let charge = self.settle(key, &info, &outcome.route, usage, Some(outcome.latency_ms), false, hold).await?;

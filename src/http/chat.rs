@@ -23,7 +23,7 @@ use tokaroo_actors::{
 
 use super::{
     error::ApiError,
-    extract::{parse_json, ApiKey},
+    extract::{parse_json, ApiKey, RequestId},
     AppState,
 };
 
@@ -227,12 +227,13 @@ fn completion_id() -> String {
 async fn chat_completions(
     State(state): State<AppState>,
     ApiKey(key): ApiKey,
+    RequestId(request_id): RequestId,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let wire: Value = parse_json(&body)?;
     let (request, model_name) = parse_request(&wire)?;
     let created = time::OffsetDateTime::now_utc().unix_timestamp();
-    let info = RequestInfo::chat(&request, &model_name);
+    let info = RequestInfo { request_id, ..RequestInfo::chat(&request, &model_name) };
     if request.stream {
         return stream_response(state, key, request, info, created).await;
     }

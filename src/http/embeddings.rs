@@ -14,7 +14,7 @@ use tokaroo_actors::embeddings::EmbeddingRequest;
 
 use super::{
     error::ApiError,
-    extract::{parse_json, ApiKey},
+    extract::{parse_json, ApiKey, RequestId},
     wire::cost_header,
     AppState,
 };
@@ -64,13 +64,18 @@ fn parse(v: &Value) -> Result<(EmbeddingRequest, bool), ApiError> {
     Ok((EmbeddingRequest { model, inputs, dimensions }, base64))
 }
 
-async fn embeddings(State(state): State<AppState>, ApiKey(key): ApiKey, body: Bytes) -> Result<Response, ApiError> {
+async fn embeddings(
+    State(state): State<AppState>,
+    ApiKey(key): ApiKey,
+    RequestId(request_id): RequestId,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let wire: Value = parse_json(&body)?;
     if !wire.is_object() {
         return Err(ApiError::BadRequest("Request body must be a JSON object".into()));
     }
     let (request, base64) = parse(&wire)?;
-    let (outcome, charge) = state.engine.embed(&key, &request).await?;
+    let (outcome, charge) = state.engine.embed(&key, &request, request_id).await?;
     let data: Vec<Value> = outcome
         .vectors
         .iter()

@@ -186,3 +186,15 @@ impl FromRequestParts<AppState> for Caller {
         }
     }
 }
+
+/// The request's `x-request-id` (the caller's own, or the one the server assigned).
+pub struct RequestId(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(|v| v.chars().take(128).collect());
+        Ok(RequestId(id))
+    }
+}

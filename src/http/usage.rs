@@ -35,16 +35,25 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/accounts/{id}/credits", post(add_credits))
 }
 
+/// The query parameters of every route here (each reads the ones it documents). One flat
+/// struct: `serde(flatten)` would hand numbers to serde as strings.
 #[derive(Deserialize, Default)]
-struct Filters {
+struct UsageQuery {
     api_key_id: Option<String>,
     workspace_id: Option<String>,
     request_type: Option<String>,
+    limit: Option<usize>,
+    before: Option<String>,
+    days: Option<u32>,
+    daily_days: Option<u32>,
+    group_by: Option<String>,
+    /// `/admin/usage` only.
+    account_id: Option<String>,
 }
 
 /// The filter a caller may use: a runtime key is pinned to its own key and workspace; a
 /// session's filters must name things in its account.
-fn scoped_filter(state: &AppState, caller: &Caller, f: &Filters) -> Result<UsageFilter, ApiError> {
+fn scoped_filter(state: &AppState, caller: &Caller, f: &UsageQuery) -> Result<UsageFilter, ApiError> {
     if let Some(t) = &f.request_type {
         if !REQUEST_TYPES.contains(&t.as_str()) {
             return Err(ApiError::BadRequest(format!("request_type must be one of: {}", REQUEST_TYPES.join(", "))));
@@ -120,15 +129,7 @@ fn customer_row(row: &UsageRow, names: &BTreeMap<String, String>) -> Value {
     })
 }
 
-#[derive(Deserialize)]
-struct PageQuery {
-    limit: Option<usize>,
-    before: Option<String>,
-    #[serde(flatten)]
-    filters: Filters,
-}
-
-fn page_params(q: &PageQuery, default_limit: usize) -> Result<(usize, Option<i64>), ApiError> {
+fn page_params(q: &UsageQuery, default_limit: usize) -> Result<(usize, Option<i64>), ApiError> {
     let limit = q.limit.unwrap_or(default_limit);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest("limit must be between 1 and 1000".into()));
@@ -145,24 +146,15 @@ fn page_params(q: &PageQuery, default_limit: usize) -> Result<(usize, Option<i64
 async fn usage(
     State(state): State<AppState>,
     caller: Caller,
-    QueryParams(q): QueryParams<PageQuery>,
+    QueryParams(q): QueryParams<UsageQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (limit, before) = page_params(&q, 100)?;
-    let filter = scoped_filter(&state, &caller, &q.filters)?;
+    let filter = scoped_filter(&state, &caller, &q)?;
     let account = caller.account_id();
-    let (rows, has_more) = state.engine.usage_page(account, &filter, before, limit)?;
+    let (rows, has_more) = state.engine.usage_page(account, &filter, before, limit).await?;
     let names = workspace_names(&state, account);
     let data: Vec<Value> = rows.iter().map(|r| customer_row(r, &names)).collect();
     Ok(Json(json!({ "object": "list", "data": data, "has_more": has_more })))
-}
-
-#[derive(Deserialize)]
-struct WindowQuery {
-    days: Option<u32>,
-    daily_days: Option<u32>,
-    group_by: Option<String>,
-    #[serde(flatten)]
-    filters: Filters,
 }
 
 fn window(days: Option<u32>, name: &str, default: u32) -> Result<u32, ApiError> {
@@ -233,14 +225,14 @@ impl Totals {
 async fn stats(
     State(state): State<AppState>,
     caller: Caller,
-    QueryParams(q): QueryParams<WindowQuery>,
+    QueryParams(q): QueryParams<UsageQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let days = window(q.days, "days", 30)?;
     let daily_days = window(q.daily_days, "daily_days", days.min(30))?;
-    let filter = scoped_filter(&state, &caller, &q.filters)?;
+    let filter = scoped_filter(&state, &caller, &q)?;
     let today = today();
     let first_day = today - i64::from(days.max(daily_days)) + 1;
-    let cells = state.engine.rollups(caller.account_id(), first_day, today)?;
+    let cells = state.engine.rollups(caller.account_id(), first_day, today).await?;
     let window_start = today - i64::from(days) + 1;
     let daily_start = today - i64::from(daily_days) + 1;
     let mut totals = Totals::default();
@@ -290,7 +282,7 @@ async fn stats(
 async fn breakdown(
     State(state): State<AppState>,
     caller: Caller,
-    QueryParams(q): QueryParams<WindowQuery>,
+    QueryParams(q): QueryParams<UsageQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let group_by = match q.group_by.as_deref() {
         Some("api_key") => "api_key",
@@ -300,10 +292,10 @@ async fn breakdown(
         }
     };
     let days = window(q.days, "days", 30)?;
-    let filter = scoped_filter(&state, &caller, &q.filters)?;
+    let filter = scoped_filter(&state, &caller, &q)?;
     let account = caller.account_id();
     let today = today();
-    let cells = state.engine.rollups(account, today - i64::from(days) + 1, today)?;
+    let cells = state.engine.rollups(account, today - i64::from(days) + 1, today).await?;
     let mut groups: BTreeMap<Option<String>, Totals> = BTreeMap::new();
     for cell in cells.iter().filter(|c| filter.matches_cell(c)) {
         let key = if group_by == "api_key" { cell.api_key_id.clone() } else { cell.workspace_slug.clone() };
@@ -343,25 +335,18 @@ async fn balance(State(state): State<AppState>, caller: Caller) -> Result<Json<V
     Ok(Json(json!({ "balance_usd": usd(money.balance_units()), "currency": "usd" })))
 }
 
-#[derive(Deserialize)]
-struct AdminUsageQuery {
-    account_id: Option<String>,
-    #[serde(flatten)]
-    page: PageQuery,
-}
-
 /// The operator's view: provider, upstream model, route and reason, provider cost, customer
 /// charge and margin, per row and summed over the page.
 async fn admin_usage(
     State(state): State<AppState>,
     Operator(op): Operator,
-    QueryParams(q): QueryParams<AdminUsageQuery>,
+    QueryParams(q): QueryParams<UsageQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let (limit, before) = page_params(&q.page, 100)?;
-    let account = q.account_id.unwrap_or(op.account_id);
+    let (limit, before) = page_params(&q, 100)?;
+    let account = q.account_id.clone().unwrap_or(op.account_id);
     let caller = Caller::Session(tokaroo_actors::Identity { account_id: account.clone(), is_operator: false });
-    let filter = scoped_filter(&state, &caller, &q.page.filters)?;
-    let (rows, has_more) = state.engine.usage_page(&account, &filter, before, limit)?;
+    let filter = scoped_filter(&state, &caller, &q)?;
+    let (rows, has_more) = state.engine.usage_page(&account, &filter, before, limit).await?;
     let mut sum = (0i64, 0i64, 0i64, 0u64, 0u64);
     let data: Vec<Value> = rows
         .iter()
@@ -396,6 +381,7 @@ async fn admin_usage(
                 "cache": r.cache,
                 "streamed": r.streamed,
                 "created_at": iso_us(r.created_at_us),
+                "request_id": r.request_id,
             })
         })
         .collect();

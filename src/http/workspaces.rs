@@ -78,7 +78,10 @@ async fn get_workspace(
     Session(who): Session,
     Path(slug): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(workspace_json(&state.engine.get_workspace(&who.account_id, &slug)?)))
+    let mut body = workspace_json(&state.engine.get_workspace(&who.account_id, &slug)?);
+    // Beyond the spec: what the workspace has spent this calendar month (UTC), against its budget.
+    body["month_to_date_usd"] = json!(state.engine.workspace_month_spend_usd(&who.account_id, &slug).await?);
+    Ok(Json(body))
 }
 
 async fn update_workspace(

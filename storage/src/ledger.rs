@@ -340,6 +340,7 @@ mod tests {
             cache: "miss".into(),
             streamed: false,
             created_at_us: at,
+            request_id: None,
         }
     }
 

@@ -111,6 +111,9 @@ pub struct UsageRow {
     pub cache: String,
     pub streamed: bool,
     pub created_at_us: i64,
+    /// The HTTP request's `x-request-id`, to find a request's row from a client or a log.
+    #[serde(default)]
+    pub request_id: Option<String>,
 }
 impl Record for UsageRow {
     const TREE: &'static str = "usage";

@@ -8,6 +8,7 @@ mod chat_simulator;
 mod connections;
 mod foundation;
 mod keys_and_workspaces;
+mod ledger;
 mod rate_limits;
 mod sdk_clients;
 mod supervision;
