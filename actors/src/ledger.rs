@@ -25,7 +25,7 @@ use serde_json::json;
 use tokaroo_storage::{
     ledger::{LedgerEvent, MICROS_PER_DAY},
     records::{Credit, UsageRow},
-    wal::{SealedSegment, Wal},
+    wal::{SealedSegment, SyncHandle, Wal},
     StorageError, Store,
 };
 
@@ -36,6 +36,10 @@ use crate::{
 
 pub const NAME: &str = "ledger";
 const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(5);
+/// A log segment is retired (sled flushed, file removed) once it is this old or this big;
+/// batches in between are only fsynced and applied, without a sled flush.
+const SEGMENT_MAX_AGE: Duration = Duration::from_secs(1);
+const SEGMENT_MAX_BYTES: u64 = 16 << 20;
 /// How long a caller waits for a restarting ledger before giving up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -117,10 +121,13 @@ pub enum LedgerMsg {
     InjectFailure(String),
 }
 
+/// One batch for the committer thread, applied in order.
 struct CommitJob {
-    /// None for a marker that only waits for the jobs ahead of it.
-    segment: Option<SealedSegment>,
+    /// The segment the batch was logged in, to fsync before applying.
+    sync: Option<SyncHandle>,
     events: Vec<LedgerEvent>,
+    /// A segment whose events are all applied by the end of this job: flush sled, then remove it.
+    retire: Option<SealedSegment>,
     done: Option<RpcReplyPort<()>>,
 }
 
@@ -335,44 +342,50 @@ impl LedgerActor {
         Ok(money)
     }
 
-    fn commit(&self, state: &mut LedgerState, done: Option<RpcReplyPort<()>>) -> Result<(), StorageError> {
+    /// Hands the batch logged since the last commit to the committer. With `retire_now`, also
+    /// closes the current segment so it is flushed and removed (shutdown, reconciliation).
+    fn commit(
+        &self,
+        state: &mut LedgerState,
+        done: Option<RpcReplyPort<()>>,
+        retire_now: bool,
+    ) -> Result<(), StorageError> {
         state.commit_scheduled = false;
-        let segment = if state.wal.is_current_empty() {
-            if state.jobs_in_flight == 0 {
-                if let Some(done) = done {
-                    let _ = done.send(());
-                }
-                return Ok(());
-            }
-            // Nothing new, but earlier batches are on their way: wait behind them.
-            None
-        } else {
-            Some(state.wal.rotate()?)
-        };
         let events = std::mem::take(&mut state.pending);
-        let job = CommitJob { segment, events, done };
+        if events.is_empty() && state.jobs_in_flight == 0 && !retire_now {
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+            return Ok(());
+        }
+        let sync = (!events.is_empty()).then(|| state.wal.sync_handle());
+        let (age, size) = state.wal.current_age_and_size();
+        let retire = if (retire_now || age >= SEGMENT_MAX_AGE || size >= SEGMENT_MAX_BYTES)
+            && !state.wal.is_current_empty()
+        {
+            Some(state.wal.rotate()?)
+        } else {
+            None
+        };
+        let job = CommitJob { sync, events, retire, done };
         let unsent = match &state.committer {
             Some((tx, _)) => tx.send(job).err().map(|mpsc::SendError(job)| job),
             None => Some(job),
         };
         match unsent {
             None => state.jobs_in_flight += 1,
-            Some(job) => {
-                // No committer thread: apply here rather than lose the batch.
-                if let Some(segment) = job.segment {
-                    apply_batch(&self.store, segment, &job.events)?;
-                }
-                if let Some(done) = job.done {
-                    let _ = done.send(());
-                }
-            }
+            // No committer thread: apply here rather than lose the batch.
+            Some(job) => run_job(&self.store, job).map_err(|e| StorageError::Corrupt {
+                tree: "ledger".into(),
+                detail: e,
+            })?,
         }
         Ok(())
     }
 
     async fn reconcile(&self, state: &mut LedgerState) -> Result<Vec<ReconcileLine>, StorageError> {
         // Drain the committer so sled holds everything the ledger knows.
-        self.commit(state, None)?;
+        self.commit(state, None, true)?;
         if let Some((tx, handle)) = state.committer.take() {
             drop(tx);
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
@@ -406,13 +419,26 @@ impl LedgerActor {
     }
 }
 
-/// Fsyncs a sealed segment, applies its events to sled, flushes sled, removes the segment.
-fn apply_batch(store: &Store, segment: SealedSegment, events: &[LedgerEvent]) -> Result<usize, StorageError> {
-    segment.sync()?;
-    let applied = if events.is_empty() { 0 } else { store.ledger.apply(events)? };
-    store.flush_blocking()?;
-    segment.remove()?;
-    Ok(applied)
+/// Fsyncs the batch's segment, applies the batch, and retires a finished segment.
+fn run_job(store: &Store, job: CommitJob) -> Result<(), String> {
+    let result = (|| -> Result<(), StorageError> {
+        if let Some(sync) = &job.sync {
+            sync.sync()?;
+        }
+        if !job.events.is_empty() {
+            store.ledger.apply(&job.events)?;
+        }
+        if let Some(segment) = job.retire {
+            // Its events are in sled; once sled is durable the log is no longer needed.
+            store.flush_blocking()?;
+            segment.remove()?;
+        }
+        Ok(())
+    })();
+    if let Some(done) = job.done {
+        let _ = done.send(());
+    }
+    result.map_err(|e| e.to_string())
 }
 
 fn spawn_committer(store: Store, ledger: Option<ActorRef<LedgerMsg>>) -> (mpsc::Sender<CommitJob>, JoinHandle<()>) {
@@ -422,16 +448,10 @@ fn spawn_committer(store: Store, ledger: Option<ActorRef<LedgerMsg>>) -> (mpsc::
         .spawn(move || {
             for job in rx {
                 let events = job.events.len();
-                let result = match job.segment {
-                    Some(segment) => apply_batch(&store, segment, &job.events).map(|_| ()).map_err(|e| e.to_string()),
-                    None => Ok(()),
-                };
+                let result = run_job(&store, job);
                 if let Err(error) = &result {
                     // The segment stays on disk and is applied at the next start.
                     tracing::error!(%error, events, "ledger commit failed");
-                }
-                if let Some(done) = job.done {
-                    let _ = done.send(());
                 }
                 if let Some(ledger) = &ledger {
                     let _ = ledger.cast(LedgerMsg::Committed { events, result });
@@ -448,7 +468,9 @@ fn recover(store: &Store) -> Result<(Wal, usize), StorageError> {
     let mut replayed = 0;
     for (segment, events) in leftovers {
         replayed += events.len();
-        apply_batch(store, segment, &events)?;
+        store.ledger.apply(&events)?;
+        store.flush_blocking()?;
+        segment.remove()?;
     }
     Ok((wal, replayed))
 }
@@ -482,7 +504,7 @@ impl Actor for LedgerActor {
     }
 
     async fn post_stop(&self, _me: ActorRef<LedgerMsg>, state: &mut LedgerState) -> Result<(), ActorProcessingErr> {
-        self.commit(state, None)?;
+        self.commit(state, None, true)?;
         if let Some((tx, handle)) = state.committer.take() {
             drop(tx);
             tokio::task::spawn_blocking(move || handle.join())
@@ -525,7 +547,7 @@ impl Actor for LedgerActor {
                 let account = state.account(&self.store, &account_id)?;
                 let _ = reply.send(account.workspace(&self.store, &account_id, &workspace_slug, month).spent_units);
             }
-            LedgerMsg::Commit(done) => self.commit(state, done)?,
+            LedgerMsg::Commit(done) => self.commit(state, done, false)?,
             LedgerMsg::Committed { events, result } => {
                 state.jobs_in_flight = state.jobs_in_flight.saturating_sub(1);
                 match result {

@@ -3,9 +3,9 @@
 //!
 //! An append is one `write` into the OS page cache, so a record survives the process being
 //! killed the moment the call returns; `fdatasync` (power-loss durability) happens once per
-//! group-commit batch. The log is a series of segment files (`<seq>.wal`): the writer rotates
-//! to a new segment at each batch, and a segment is deleted once its events are in sled and
-//! sled is flushed. At start, whatever segments remain are replayed (applying is idempotent).
+//! group-commit batch. The log is a series of segment files (`<seq>.wal`): the writer moves
+//! to a new segment every second or so, and a segment is deleted once its events are in sled
+//! and sled is flushed. At start, whatever segments remain are replayed (applying is idempotent).
 //!
 //! Record format: `len: u32 LE | crc32(payload): u32 LE | payload (JSON LedgerEvent)`. A torn
 //! last record (the process died mid-write) fails its length or checksum and ends the replay:
@@ -15,6 +15,8 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{Read, Write},
     path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use crate::{ledger::LedgerEvent, StorageError};
@@ -24,16 +26,30 @@ pub type Leftovers = Vec<(SealedSegment, Vec<LedgerEvent>)>;
 
 pub struct Wal {
     dir: PathBuf,
-    current: File,
+    current: Arc<File>,
     current_path: PathBuf,
     next_seq: u64,
     bytes_in_segment: u64,
+    opened_at: Instant,
 }
 
 /// A segment the writer has moved past, waiting to be applied and removed.
 pub struct SealedSegment {
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
+}
+
+/// Lets another thread fsync the segment being written without stopping the writer.
+#[derive(Clone)]
+pub struct SyncHandle {
+    file: Arc<File>,
+    path: PathBuf,
+}
+
+impl SyncHandle {
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.file.sync_data().map_err(io(&self.path))
+    }
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> StorageError + '_ {
@@ -66,12 +82,19 @@ impl Wal {
         let mut next_seq = 1;
         for (seq, path) in segment_paths(dir)? {
             let events = read_segment(&path)?;
-            let file = OpenOptions::new().read(true).open(&path).map_err(io(&path))?;
+            let file = Arc::new(OpenOptions::new().read(true).open(&path).map_err(io(&path))?);
             leftovers.push((SealedSegment { file, path }, events));
             next_seq = seq + 1;
         }
         let (current, current_path) = create_segment(dir, next_seq)?;
-        let wal = Self { dir: dir.to_path_buf(), current, current_path, next_seq: next_seq + 1, bytes_in_segment: 0 };
+        let wal = Self {
+            dir: dir.to_path_buf(),
+            current: Arc::new(current),
+            current_path,
+            next_seq: next_seq + 1,
+            bytes_in_segment: 0,
+            opened_at: Instant::now(),
+        };
         Ok((wal, leftovers))
     }
 
@@ -84,7 +107,7 @@ impl Wal {
         record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         record.extend_from_slice(&payload);
         // One write call per record: a record is either wholly in the file or detectably torn.
-        self.current.write_all(&record).map_err(io(&self.current_path))?;
+        (&*self.current).write_all(&record).map_err(io(&self.current_path))?;
         self.bytes_in_segment += record.len() as u64;
         Ok(())
     }
@@ -98,12 +121,22 @@ impl Wal {
         self.bytes_in_segment == 0
     }
 
+    /// How long the current segment has been written to, and how big it is.
+    pub fn current_age_and_size(&self) -> (Duration, u64) {
+        (self.opened_at.elapsed(), self.bytes_in_segment)
+    }
+
+    pub fn sync_handle(&self) -> SyncHandle {
+        SyncHandle { file: self.current.clone(), path: self.current_path.clone() }
+    }
+
     /// Starts a new segment and hands back the previous one.
     pub fn rotate(&mut self) -> Result<SealedSegment, StorageError> {
         let (file, path) = create_segment(&self.dir, self.next_seq)?;
         self.next_seq += 1;
         self.bytes_in_segment = 0;
-        let old_file = std::mem::replace(&mut self.current, file);
+        self.opened_at = Instant::now();
+        let old_file = std::mem::replace(&mut self.current, Arc::new(file));
         let old_path = std::mem::replace(&mut self.current_path, path);
         Ok(SealedSegment { file: old_file, path: old_path })
     }
@@ -116,7 +149,6 @@ impl SealedSegment {
 
     /// Deletes the segment; call only once its events are durable in sled.
     pub fn remove(self) -> Result<(), StorageError> {
-        drop(self.file);
         fs::remove_file(&self.path).map_err(io(&self.path))
     }
 }
@@ -187,7 +219,7 @@ mod tests {
             wal.append(&credit("2")).unwrap();
             wal.append(&credit("3")).unwrap();
             // A crash mid-write leaves a partial record behind.
-            wal.current.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
+            (&*wal.current).write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
         }
         let (_wal, leftovers) = Wal::open(dir.path()).unwrap();
         let replayed: Vec<String> = leftovers.iter().flat_map(|(_, e)| ids(e)).collect();
