@@ -16,6 +16,7 @@ pub mod group;
 pub mod health;
 pub mod inspect;
 pub mod ledger;
+pub mod payments;
 pub mod provider;
 pub mod providers;
 mod requests;

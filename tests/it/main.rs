@@ -1,6 +1,7 @@
 //! Integration tests: each test starts the real `tokaroo` binary on a random loopback port
 //! with a temporary data directory and talks to it over HTTP.
 
+mod fakes_stripe;
 mod harness;
 
 mod auth_and_errors;
@@ -9,6 +10,7 @@ mod connections;
 mod foundation;
 mod keys_and_workspaces;
 mod ledger;
+mod payments;
 mod rate_limits;
 mod sdk_clients;
 mod supervision;

@@ -1,0 +1,61 @@
+//! The processor of a server that takes no card payments: the operator adds credits with
+//! `tokaroo credits add`, and every card operation says so.
+
+use futures_util::future::BoxFuture;
+
+use super::{
+    CardInfo, Charge, ChargeRequest, CheckoutRequest, CheckoutSession, CompletedCheckout, PaymentError,
+    PaymentProcessor,
+};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ManualProcessor;
+
+fn not_supported() -> PaymentError {
+    PaymentError::NotSupported(
+        "Card payments are not enabled on this server; the operator adds credits with `tokaroo credits add`".into(),
+    )
+}
+
+fn refuse<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T, PaymentError>> {
+    Box::pin(std::future::ready(Err(not_supported())))
+}
+
+impl PaymentProcessor for ManualProcessor {
+    fn kind(&self) -> &'static str {
+        "manual"
+    }
+
+    fn create_customer(&self, _account_id: &str, _name: &str) -> BoxFuture<'_, Result<String, PaymentError>> {
+        refuse()
+    }
+
+    fn create_checkout(&self, _req: CheckoutRequest) -> BoxFuture<'_, Result<CheckoutSession, PaymentError>> {
+        refuse()
+    }
+
+    fn checkout_result(&self, _session_id: &str) -> BoxFuture<'_, Result<Option<CompletedCheckout>, PaymentError>> {
+        refuse()
+    }
+
+    fn charge_saved_card(&self, _req: ChargeRequest) -> BoxFuture<'_, Result<Charge, PaymentError>> {
+        refuse()
+    }
+
+    fn card_details(&self, _payment_method_id: &str) -> BoxFuture<'_, Result<CardInfo, PaymentError>> {
+        refuse()
+    }
+
+    fn detach_card(&self, _payment_method_id: &str) -> BoxFuture<'_, Result<(), PaymentError>> {
+        refuse()
+    }
+
+    fn parse_webhook(
+        &self,
+        _payload: &[u8],
+        _signature_header: &str,
+        _now_unix: i64,
+    ) -> Result<Option<CompletedCheckout>, PaymentError> {
+        Err(not_supported())
+    }
+}
