@@ -47,6 +47,16 @@ pub enum Command {
         #[command(subcommand)]
         command: AccountsCommand,
     },
+    /// Add prepaid credits to an account (the `manual` payment processor).
+    Credits {
+        #[command(subcommand)]
+        command: CreditsCommand,
+    },
+    /// The money ledger of a running server.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
     /// Print the live actor tree of a running server.
     Actors {
         #[command(flatten)]
@@ -68,6 +78,33 @@ pub enum AccountsCommand {
     },
     /// List accounts.
     List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CreditsCommand {
+    /// Credit an account; prints its new balance.
+    Add {
+        /// The account id (see `tokaroo accounts list`).
+        #[arg(long)]
+        account: String,
+        /// Dollars to add.
+        #[arg(long)]
+        amount_usd: f64,
+        /// Why, kept with the credit.
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LedgerCommand {
+    /// Recompute every balance from the ledger's rows and credits; exits non-zero on drift.
+    Reconcile {
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -111,6 +148,30 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     if a["is_operator"] == true { "  (operator)" } else { "" }
                 );
             }
+        }
+        Command::Credits { command: CreditsCommand::Add { account, amount_usd, note, client } } => {
+            let body = serde_json::json!({ "amount_usd": amount_usd, "note": note });
+            let path = format!("/admin/accounts/{account}/credits");
+            let r = runtime.block_on(client_request(&client, reqwest::Method::POST, &path, Some(body)))?;
+            println!("credited ${amount_usd} to {account}; balance ${}", r["balance_usd"]);
+        }
+        Command::Ledger { command: LedgerCommand::Reconcile { client } } => {
+            let r =
+                runtime.block_on(client_request(&client, reqwest::Method::POST, "/admin/ledger/reconcile", None))?;
+            for a in r["accounts"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  rows={} credits={} balance=${} drift=${}",
+                    a["account_id"].as_str().unwrap_or_default(),
+                    a["usage_rows"],
+                    a["credits"],
+                    a["recomputed_balance_usd"],
+                    a["drift_usd"]
+                );
+            }
+            if r["ok"] != true {
+                return Err(format!("ledger drift of ${}", r["drift_usd"]).into());
+            }
+            println!("no drift");
         }
         Command::Actors { client, json } => {
             let tree = runtime.block_on(client_request(&client, reqwest::Method::GET, "/admin/actors", None))?;

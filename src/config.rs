@@ -36,6 +36,10 @@ pub struct BillingConfig {
     /// Smallest checkout or top-up, in USD.
     pub min_payment_usd: f64,
     pub terms_version: String,
+    /// Where the activation terms are published.
+    pub terms_url: Option<String>,
+    /// Auto pay tops an account up when its balance falls below this many USD.
+    pub auto_pay_threshold_usd: f64,
 }
 
 impl Default for BillingConfig {
@@ -48,6 +52,8 @@ impl Default for BillingConfig {
             stripe_webhook_secret: None,
             min_payment_usd: 5.0,
             terms_version: "2026-11".into(),
+            terms_url: None,
+            auto_pay_threshold_usd: 5.0,
         }
     }
 }
@@ -302,6 +308,9 @@ impl Config {
         }
         if let Some(v) = get("TOKAROO_STRIPE_BASE_URL").filter(|v| !v.is_empty()) {
             self.billing.stripe_base_url = v;
+        }
+        if let Some(v) = get("TOKAROO_AUTO_PAY_THRESHOLD_USD") {
+            self.billing.auto_pay_threshold_usd = parse("TOKAROO_AUTO_PAY_THRESHOLD_USD", &v)?;
         }
         if let Some(v) = get("TOKAROO_CATALOG_EXTRA") {
             self.catalog.extra_path = Some(PathBuf::from(v));

@@ -28,6 +28,8 @@ pub enum ServeError {
     Listen { addr: String, source: std::io::Error },
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 pub fn init_logging(config: &Config) {
@@ -58,7 +60,23 @@ fn engine_config(config: &Config) -> Result<EngineConfig, ServeError> {
         catalog,
         managed_upstreams: managed_upstreams(config),
         pricing: config.pricing.clone(),
-        payments_url: format!("{}/v1/billing/activation", config.public_url()),
+        payments: tokaroo_actors::payments::PaymentSettings {
+            processor: config.billing.processor.parse().map_err(ServeError::Config)?,
+            stripe_secret_key: config.billing.stripe_secret_key.clone(),
+            stripe_base_url: config.billing.stripe_base_url.clone(),
+            stripe_webhook_secret: config.billing.stripe_webhook_secret.clone(),
+        },
+        funding: tokaroo_actors::FundingSettings {
+            min_payment_usd: config.billing.min_payment_usd,
+            terms_version: config.billing.terms_version.clone(),
+            public_url: config.public_url(),
+            terms_url: config
+                .billing
+                .terms_url
+                .clone()
+                .unwrap_or_else(|| format!("{}/v1/billing/activation", config.public_url())),
+            auto_pay_threshold_usd: config.billing.auto_pay_threshold_usd,
+        },
         endpoint_recheck: Duration::from_secs(config.endpoints.recheck_secs.max(1)),
         master_key: std::env::var("TOKAROO_MASTER_KEY").ok(),
         provider_base_urls: provider_base_urls(config),

@@ -136,9 +136,10 @@ impl Engine {
 
     /// Creates a tenant account (with its `default` workspace) and a first session token
     /// for it. Accounts the operator creates skip the self-serve activation checklist.
-    pub async fn create_account(&self, name: &str) -> Result<(Account, String), EngineError> {
+    /// `self_serve` marks a signup that must pass the first-key activation checklist.
+    pub async fn create_account(&self, name: &str, self_serve: bool) -> Result<(Account, String), EngineError> {
         validate_name("name", name)?;
-        let (account, token) = self.create_account_inner(name, false, false).await?;
+        let (account, token) = self.create_account_inner(name, false, self_serve).await?;
         self.create_workspace(
             &account.id,
             NewWorkspace {
@@ -298,6 +299,10 @@ impl Engine {
     /// Creates a runtime key; returns its record and the secret (shown once, never stored).
     pub async fn create_key(&self, account_id: &str, new: NewKey) -> Result<(KeyView, String), EngineError> {
         validate_rpm(new.rate_limit_rpm)?;
+        let self_serve = self.store().accounts.get(&account_id)?.is_some_and(|a| a.self_serve);
+        if self_serve && self.store().api_keys.scan_prefix(&(account_id,))?.is_empty() {
+            self.check_first_key_allowed(account_id).await?;
+        }
         let name = new.name.clone().unwrap_or_else(|| "default".into());
         validate_name("name", &name)?;
         let workspace = self.resolve_key_workspace(account_id, &new)?;

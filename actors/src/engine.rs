@@ -36,8 +36,8 @@ pub struct EngineConfig {
     pub catalog: Catalog,
     pub managed_upstreams: Vec<UpstreamSettings>,
     pub pricing: PricingPolicy,
-    /// Where a client is sent to add credits (402 `billing_required`).
-    pub payments_url: String,
+    pub payments: crate::payments::PaymentSettings,
+    pub funding: crate::funding::FundingSettings,
     pub endpoint_recheck: Duration,
     /// Hex master key for sealed secrets; else `<data_dir>/master.key`.
     pub master_key: Option<String>,
@@ -55,7 +55,8 @@ impl Default for EngineConfig {
             catalog: Catalog::builtin(),
             managed_upstreams: Vec::new(),
             pricing: PricingPolicy::default(),
-            payments_url: "http://127.0.0.1:8080/v1/billing/activation".into(),
+            payments: crate::payments::PaymentSettings::default(),
+            funding: crate::funding::FundingSettings::default(),
             endpoint_recheck: Duration::from_secs(30),
             master_key: None,
             provider_base_urls: crate::providers::default_base_urls(),
@@ -86,6 +87,7 @@ pub struct Engine {
     pub(crate) router: Arc<Router>,
     root: ActorRef<RootMsg>,
     pub(crate) ledger: crate::ledger::LedgerClient,
+    pub(crate) payments: Arc<dyn crate::payments::PaymentProcessor>,
     operator_account_id: Arc<std::sync::RwLock<Option<String>>>,
 }
 
@@ -98,7 +100,11 @@ impl Engine {
         let upstreams = Arc::new(upstreams);
         let router =
             Arc::new(Router { catalog: Arc::new(config.catalog.clone()), upstreams: upstreams.clone(), simulator });
+        let payments = crate::payments::processor(&config.payments, http.clone())
+            .map_err(|e| EngineError::Invalid(format!("payment settings: {e}")))?;
         let shared = Arc::new(Shared {
+            funding_lock: tokio::sync::Mutex::new(()),
+            auto_pay_in_flight: DashMap::new(),
             upstreams,
             endpoint_recheck: config.endpoint_recheck,
             http,
@@ -125,6 +131,7 @@ impl Engine {
             config: Arc::new(config),
             root,
             ledger: crate::ledger::LedgerClient,
+            payments,
             operator_account_id: Arc::new(std::sync::RwLock::new(operator)),
         };
         engine.spawn_last_used_persister();

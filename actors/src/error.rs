@@ -25,6 +25,9 @@ pub enum EngineError {
     /// The workspace's monthly budget would be exceeded.
     #[error("Workspace monthly budget exceeded: ${spent_usd:.6} of ${budget_usd:.2} spent this month")]
     BudgetExceeded { budget_usd: f64, spent_usd: f64 },
+    /// A self-serve account's first key waits for its activation checklist.
+    #[error("First API key activation is incomplete: missing {}", missing.join(", "))]
+    ActivationRequired { missing: Vec<&'static str>, payment_url: String, balance_usd: f64 },
     /// A payment step failed (`payment_failed`, `no_card`, ...).
     #[error("{message}")]
     Payment { code: &'static str, message: String },

@@ -98,7 +98,7 @@ pub enum LedgerMsg {
     Settle {
         hold: Option<HoldId>,
         row: Box<UsageRow>,
-        reply: RpcReplyPort<Result<UsageRow, String>>,
+        reply: RpcReplyPort<Result<(UsageRow, AccountMoney), String>>,
     },
     /// Adds money; replies with the new balance once the credit is fsynced.
     Credit(Box<Credit>, RpcReplyPort<Result<AccountMoney, String>>),
@@ -304,7 +304,7 @@ impl LedgerActor {
         me: &ActorRef<LedgerMsg>,
         hold: Option<HoldId>,
         mut row: UsageRow,
-    ) -> Result<UsageRow, StorageError> {
+    ) -> Result<(UsageRow, AccountMoney), StorageError> {
         if let Some(id) = hold {
             self.release(state, id);
         }
@@ -321,9 +321,10 @@ impl LedgerActor {
                 }
             }
         }
+        let money = account.money;
         state.rows_logged += 1;
         self.log(state, me, LedgerEvent::Usage(Box::new(row.clone())))?;
-        Ok(row)
+        Ok((row, money))
     }
 
     fn credit(
@@ -360,13 +361,12 @@ impl LedgerActor {
         }
         let sync = (!events.is_empty()).then(|| state.wal.sync_handle());
         let (age, size) = state.wal.current_age_and_size();
-        let retire = if (retire_now || age >= SEGMENT_MAX_AGE || size >= SEGMENT_MAX_BYTES)
-            && !state.wal.is_current_empty()
-        {
-            Some(state.wal.rotate()?)
-        } else {
-            None
-        };
+        let retire =
+            if (retire_now || age >= SEGMENT_MAX_AGE || size >= SEGMENT_MAX_BYTES) && !state.wal.is_current_empty() {
+                Some(state.wal.rotate()?)
+            } else {
+                None
+            };
         let job = CommitJob { sync, events, retire, done };
         let unsent = match &state.committer {
             Some((tx, _)) => tx.send(job).err().map(|mpsc::SendError(job)| job),
@@ -375,10 +375,9 @@ impl LedgerActor {
         match unsent {
             None => state.jobs_in_flight += 1,
             // No committer thread: apply here rather than lose the batch.
-            Some(job) => run_job(&self.store, job).map_err(|e| StorageError::Corrupt {
-                tree: "ledger".into(),
-                detail: e,
-            })?,
+            Some(job) => {
+                run_job(&self.store, job).map_err(|e| StorageError::Corrupt { tree: "ledger".into(), detail: e })?
+            }
         }
         Ok(())
     }
@@ -638,8 +637,13 @@ impl LedgerClient {
         Ok(id.map(|id| HoldGuard { id: Some(id) }))
     }
 
-    /// Records a served request. When this returns Ok, the row survives a crash.
-    pub async fn settle(&self, hold: Option<HoldGuard>, row: UsageRow) -> Result<UsageRow, LedgerError> {
+    /// Records a served request. When this returns Ok, the row survives a crash. Returns the
+    /// row as written and the account's money after it.
+    pub async fn settle(
+        &self,
+        hold: Option<HoldGuard>,
+        row: UsageRow,
+    ) -> Result<(UsageRow, AccountMoney), LedgerError> {
         let hold = hold.and_then(|mut h| h.id.take());
         let row = Arc::new(row);
         self.call(move |reply| LedgerMsg::Settle { hold, row: Box::new((*row).clone()), reply })

@@ -124,7 +124,7 @@ impl Engine {
             Err(Refusal::BillingRequired { balance_units, required_units }) => Err(EngineError::BillingRequired {
                 balance_usd: units_to_usd(balance_units),
                 required_usd: units_to_usd(required_units),
-                payment_url: self.config.payments_url.clone(),
+                payment_url: self.config.funding.payments_url(),
             }),
             Err(Refusal::BudgetExceeded { budget_units, spent_units }) => Err(EngineError::BudgetExceeded {
                 budget_usd: units_to_usd(budget_units),
@@ -204,7 +204,10 @@ impl Engine {
             provider = %row.provider, model = %row.upstream_model, source = %row.execution_source,
             reason = %row.routing_reason, charged_usd = charge.charged_usd(), "request served"
         );
-        self.ledger.settle(hold, row).await?;
+        let (_, money) = self.ledger.settle(hold, row).await?;
+        if self.operator_account_id().as_deref() != Some(key.account_id.as_str()) {
+            self.maybe_auto_pay(&key.account_id, money);
+        }
         Ok(charge)
     }
 

@@ -56,6 +56,9 @@ impl WorkspaceEntry {
 
 pub struct Shared {
     pub store: Store,
+    /// Serialises changes to billing profiles (checkouts, top-ups, auto pay, card changes).
+    pub funding_lock: tokio::sync::Mutex<()>,
+    pub auto_pay_in_flight: DashMap<String, ()>,
     pub restart_policy: RestartPolicy,
     pub default_rpm: u32,
     pub keys_by_hash: DashMap<[u8; 32], Arc<KeyEntry>>,

@@ -26,6 +26,9 @@ pub fn routes() -> Router<AppState> {
 #[derive(Deserialize)]
 struct CreateAccountRequest {
     name: String,
+    /// A self-serve signup: its first key waits for the activation checklist.
+    #[serde(default)]
+    self_serve: bool,
 }
 
 async fn create_account(
@@ -33,7 +36,7 @@ async fn create_account(
     _op: Operator,
     JsonBody(req): JsonBody<CreateAccountRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let (account, session_token) = state.engine.create_account(&req.name).await?;
+    let (account, session_token) = state.engine.create_account(&req.name, req.self_serve).await?;
     Ok(Json(json!({
         "id": account.id,
         "name": account.name,

@@ -138,6 +138,15 @@ impl From<EngineError> for ApiError {
                     .cloned()
                     .unwrap_or_default(),
             },
+            EngineError::ActivationRequired { ref missing, ref payment_url, balance_usd } => Self::PaymentRequired {
+                code: "billing_required",
+                message: error.to_string(),
+                extra:
+                    json!({ "missing_requirements": missing, "payment_url": payment_url, "balance_usd": balance_usd })
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
+            },
             EngineError::Payment { code, message } => {
                 Self::PaymentRequired { code, message, extra: serde_json::Map::new() }
             }

@@ -2,6 +2,7 @@
 
 mod admin;
 mod admission;
+mod billing;
 mod chat;
 mod embeddings;
 pub mod error;
@@ -61,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .merge(provider_keys::routes())
         .merge(local_endpoints::routes())
         .merge(usage::routes())
+        .merge(billing::routes())
         .merge(runtime_openai)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -225,3 +225,33 @@ impl Record for LocalEndpoint {
     const TREE: &'static str = "local_endpoints";
     const FORMAT_VERSION: u8 = 1;
 }
+
+/// A saved card as its owner sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SavedCard {
+    pub payment_method_id: String,
+    pub brand: String,
+    pub last4: String,
+    pub exp_month: u32,
+    pub exp_year: u32,
+}
+
+/// An account's payment setup and activation checklist. Key: account_id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct BillingProfile {
+    pub account_id: String,
+    /// The payment processor's customer.
+    pub customer_id: Option<String>,
+    pub card: Option<SavedCard>,
+    pub auto_pay_enabled: bool,
+    pub auto_pay_amount_usd: Option<f64>,
+    pub terms_accepted_at_ms: Option<i64>,
+    pub terms_version: Option<String>,
+    pub successful_payments: u64,
+    /// Checkout sessions started and not yet seen paid.
+    pub pending_checkouts: Vec<String>,
+}
+impl Record for BillingProfile {
+    const TREE: &'static str = "billing_profiles";
+    const FORMAT_VERSION: u8 = 1;
+}

@@ -2,7 +2,7 @@ use std::{fs::File, path::Path, sync::Arc};
 
 use crate::{
     ledger::LedgerStore,
-    records::{Account, ApiKey, LocalEndpoint, ProviderKey, Session, Workspace},
+    records::{Account, ApiKey, BillingProfile, LocalEndpoint, ProviderKey, Session, Workspace},
     Collection, StorageError,
 };
 
@@ -24,6 +24,7 @@ pub struct Store {
     pub ledger: LedgerStore,
     pub provider_keys: Collection<ProviderKey>,
     pub local_endpoints: Collection<LocalEndpoint>,
+    pub billing: Collection<BillingProfile>,
     data_dir: std::path::PathBuf,
     _lock: Arc<File>,
 }
@@ -48,6 +49,7 @@ impl Store {
             ledger: LedgerStore::open(&db)?,
             provider_keys: Collection::open(&db)?,
             local_endpoints: Collection::open(&db)?,
+            billing: Collection::open(&db)?,
             data_dir: data_dir.to_path_buf(),
             meta,
             db,

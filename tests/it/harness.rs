@@ -178,6 +178,10 @@ impl Gateway {
         self.request(Method::PATCH, path, Some(token), Some(body)).await
     }
 
+    pub async fn put_json(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.request(Method::PUT, path, Some(token), Some(body)).await
+    }
+
     pub async fn delete(&self, path: &str, token: &str) -> Resp {
         self.request(Method::DELETE, path, Some(token), None).await
     }

@@ -449,3 +449,29 @@ async fn a_kill_9_under_load_loses_no_answered_request() {
     // The whole remaining balance is usable: nothing is still held.
     assert_eq!(gw.post("/v1/chat/completions", &t.key, chat_body(20)).await.status, 200);
 }
+
+#[tokio::test]
+async fn the_cli_adds_credits_and_reconciles() {
+    let gw = Gateway::start().await;
+    let t = tenant(&gw, "cli-funded", None).await;
+    let cli = |args: Vec<String>| {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(args).args(["--url", &gw.base]).env("TOKAROO_ADMIN_TOKEN", ADMIN_TOKEN);
+        cmd
+    };
+    let args = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    let out =
+        cli(args(&format!("credits add --account {} --amount-usd 12.5 --note welcome", t.id))).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("balance $12.5"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(balance(&gw, &t.key).await, 12.5);
+    let out = cli(args("credits add --account nobody --amount-usd 1")).output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    gw.post("/v1/chat/completions", &t.key, chat_body(10)).await;
+    let out = cli(args("ledger reconcile")).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&t.id) && stdout.contains("no drift"), "{stdout}");
+}

@@ -5,6 +5,7 @@ mod fakes_stripe;
 mod harness;
 
 mod auth_and_errors;
+mod billing;
 mod chat_simulator;
 mod connections;
 mod foundation;

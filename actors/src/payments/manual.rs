@@ -11,10 +11,11 @@ use super::{
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ManualProcessor;
 
+pub const NOT_SUPPORTED: &str =
+    "Card payments are not enabled on this server; the operator adds credits with `tokaroo credits add`";
+
 fn not_supported() -> PaymentError {
-    PaymentError::NotSupported(
-        "Card payments are not enabled on this server; the operator adds credits with `tokaroo credits add`".into(),
-    )
+    PaymentError::NotSupported(NOT_SUPPORTED.into())
 }
 
 fn refuse<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T, PaymentError>> {

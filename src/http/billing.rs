@@ -1,0 +1,129 @@
+//! Balance & billing: Checkout, direct top-ups, the first-key activation checklist, auto pay,
+//! the saved card, and the payment processor's webhook. Session auth except the webhook,
+//! which is authenticated by its signature.
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::HeaderMap,
+    routing::{get, post},
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{
+    error::ApiError,
+    extract::{JsonBody, Session},
+    wire::usd,
+    AppState,
+};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/billing/checkout", post(checkout))
+        .route("/v1/billing/add", post(add))
+        .route("/v1/billing/activation", get(activation))
+        .route("/v1/billing/activation/accept", post(accept))
+        .route("/v1/billing/autopay", get(get_autopay).put(put_autopay))
+        .route("/v1/billing/card", get(get_card).delete(delete_card))
+        .route("/v1/billing/webhook", post(webhook))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckoutBody {
+    amount_usd: f64,
+}
+
+async fn checkout(
+    State(state): State<AppState>,
+    Session(who): Session,
+    JsonBody(body): JsonBody<CheckoutBody>,
+) -> Result<Json<Value>, ApiError> {
+    let session = state.engine.checkout(&who.account_id, body.amount_usd).await?;
+    Ok(Json(json!({ "url": session.url, "session_id": session.id })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AddBody {
+    amount_usd: Option<f64>,
+    activate_key_name: Option<String>,
+}
+
+async fn add(
+    State(state): State<AppState>,
+    Session(who): Session,
+    JsonBody(body): JsonBody<AddBody>,
+) -> Result<Json<Value>, ApiError> {
+    let (money, activated) = state.engine.top_up(&who.account_id, body.amount_usd, body.activate_key_name).await?;
+    let activated_key = activated
+        .map(|(view, secret)| json!({ "key": secret, "name": view.record.name, "prefix": view.record.prefix }));
+    Ok(Json(json!({ "ok": true, "balance_usd": usd(money.balance_units()), "activated_key": activated_key })))
+}
+
+async fn activation(State(state): State<AppState>, Session(who): Session) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(state.engine.activation(&who.account_id).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcceptBody {
+    accepted: bool,
+}
+
+async fn accept(
+    State(state): State<AppState>,
+    Session(who): Session,
+    JsonBody(body): JsonBody<AcceptBody>,
+) -> Result<Json<Value>, ApiError> {
+    if !body.accepted {
+        return Err(ApiError::BadRequest("accepted must be true to accept the activation terms".into()));
+    }
+    let activation = state.engine.accept_terms(&who.account_id).await?;
+    Ok(Json(json!({ "ok": true, "activation": activation })))
+}
+
+async fn get_autopay(State(state): State<AppState>, Session(who): Session) -> Result<Json<Value>, ApiError> {
+    let (enabled, amount) = state.engine.auto_pay(&who.account_id)?;
+    Ok(Json(json!({ "enabled": enabled, "amount_usd": amount })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AutopayBody {
+    enabled: Option<bool>,
+    amount_usd: Option<f64>,
+}
+
+async fn put_autopay(
+    State(state): State<AppState>,
+    Session(who): Session,
+    JsonBody(body): JsonBody<AutopayBody>,
+) -> Result<Json<Value>, ApiError> {
+    let (enabled, amount) = state.engine.set_auto_pay(&who.account_id, body.enabled, body.amount_usd).await?;
+    Ok(Json(json!({ "enabled": enabled, "amount_usd": amount })))
+}
+
+async fn get_card(State(state): State<AppState>, Session(who): Session) -> Result<Json<Value>, ApiError> {
+    let card = state
+        .engine
+        .saved_card(&who.account_id)?
+        .map(|c| json!({ "brand": c.brand, "last4": c.last4, "exp_month": c.exp_month, "exp_year": c.exp_year }));
+    Ok(Json(json!({ "card": card })))
+}
+
+async fn delete_card(State(state): State<AppState>, Session(who): Session) -> Result<Json<Value>, ApiError> {
+    state.engine.remove_card(&who.account_id).await?;
+    Ok(Json(json!({ "ok": true })))
+}
+
+async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let signature = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::BadRequest("Missing Stripe-Signature header".into()))?;
+    state.engine.payment_webhook(&body, signature).await?;
+    Ok(Json(json!({ "received": true })))
+}
