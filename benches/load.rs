@@ -15,9 +15,11 @@
 //! The gateway binary is `$CARGO_TARGET_DIR/release/tokaroo` (or `target/release/tokaroo`);
 //! `cargo bench` builds it along with the bench, and it is built here if it is missing.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -193,31 +195,7 @@ fn start_fake(threads: usize) -> SocketAddr {
 // ---------------------------------------------------------------------------------------------
 // The gateway process.
 
-fn target_dir() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => manifest.join(dir), // `join` keeps an absolute path as is.
-        _ => manifest.join("target"),
-    }
-}
-
-fn gateway_binary() -> PathBuf {
-    let dir = target_dir();
-    let bin = dir.join("release").join(format!("tokaroo{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() {
-        println!("{} is missing: running `cargo build --release --bin tokaroo` ...", bin.display());
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--release", "--bin", "tokaroo"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("CARGO_TARGET_DIR", &dir)
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build --release --bin tokaroo failed: {status}");
-        assert!(bin.exists(), "cargo build did not produce {}", bin.display());
-    }
-    bin
-}
+use support::gateway_binary;
 
 struct Gateway {
     child: Option<Child>,

@@ -599,6 +599,13 @@ impl ChildSpec for LedgerSpec {
     }
 }
 
+/// Starts a ledger on its own, outside the actor tree (benches and tools). Stop it with
+/// `stop_and_wait` to commit what it logged.
+pub async fn spawn_standalone(store: Store) -> Result<ActorRef<LedgerMsg>, SpawnErr> {
+    let (actor, _) = Actor::spawn(Some(NAME.to_owned()), LedgerActor { store }, ()).await?;
+    Ok(actor)
+}
+
 /// Why the ledger could not be asked.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
