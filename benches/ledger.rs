@@ -43,7 +43,7 @@ fn row(account: &str, first_key: &str, i: u64, created_at_us: i64) -> UsageRow {
     UsageRow {
         id: format!("bench-{i:08}"),
         account_id: account.to_owned(),
-        api_key_id: Some(if i % 20 == 0 { first_key.to_owned() } else { format!("key-{}", i % 20) }),
+        api_key_id: Some(if i.is_multiple_of(20) { first_key.to_owned() } else { format!("key-{}", i % 20) }),
         workspace_slug: Some(format!("ws-{}", i % 5)),
         metadata: Map::new(),
         tier: tiers[(i % 3) as usize].to_owned(),
@@ -55,7 +55,7 @@ fn row(account: &str, first_key: &str, i: u64, created_at_us: i64) -> UsageRow {
         routing_reason: "auto: cheapest route that clears the estimated difficulty".into(),
         execution_source: "managed".into(),
         billing_mode: "managed".into(),
-        request_type: if i % 10 == 0 { "embeddings" } else { "chat" }.into(),
+        request_type: if i.is_multiple_of(10) { "embeddings" } else { "chat" }.into(),
         input_tokens: 120 + i % 50,
         output_tokens: 40 + i % 30,
         actual_cost_units: 300_000,
@@ -63,7 +63,7 @@ fn row(account: &str, first_key: &str, i: u64, created_at_us: i64) -> UsageRow {
         baseline_units: 2_000_000,
         latency_ms: Some(200 + i % 100),
         cache: "miss".into(),
-        streamed: i % 4 == 0,
+        streamed: i.is_multiple_of(4),
         created_at_us,
         request_id: None,
     }
