@@ -281,12 +281,20 @@ impl Config {
         if let Some(v) = get("TOKAROO_SUPERVISION_INITIAL_BACKOFF_MS") {
             self.supervision.initial_backoff_ms = parse("TOKAROO_SUPERVISION_INITIAL_BACKOFF_MS", &v)?;
         }
-        for (provider, key_var, url_var) in [
-            (&mut self.providers.openai, "OPENAI_API_KEY", "TOKAROO_OPENAI_BASE_URL"),
-            (&mut self.providers.anthropic, "ANTHROPIC_API_KEY", "TOKAROO_ANTHROPIC_BASE_URL"),
-            (&mut self.providers.google, "GEMINI_API_KEY", "TOKAROO_GEMINI_BASE_URL"),
-            (&mut self.providers.groq, "GROQ_API_KEY", "TOKAROO_GROQ_BASE_URL"),
+        for (provider, key_var, url_var, timeout_var) in [
+            (&mut self.providers.openai, "OPENAI_API_KEY", "TOKAROO_OPENAI_BASE_URL", "TOKAROO_OPENAI_TIMEOUT_SECS"),
+            (
+                &mut self.providers.anthropic,
+                "ANTHROPIC_API_KEY",
+                "TOKAROO_ANTHROPIC_BASE_URL",
+                "TOKAROO_ANTHROPIC_TIMEOUT_SECS",
+            ),
+            (&mut self.providers.google, "GEMINI_API_KEY", "TOKAROO_GEMINI_BASE_URL", "TOKAROO_GEMINI_TIMEOUT_SECS"),
+            (&mut self.providers.groq, "GROQ_API_KEY", "TOKAROO_GROQ_BASE_URL", "TOKAROO_GROQ_TIMEOUT_SECS"),
         ] {
+            if let Some(v) = get(timeout_var) {
+                provider.timeout_secs = Some(parse(timeout_var, &v)?);
+            }
             if let Some(v) = get(key_var).filter(|v| !v.is_empty()) {
                 provider.api_key = Some(v);
             }

@@ -90,18 +90,23 @@ impl Router {
     /// (workspace-bound first) before the managed account. The simulator (present only while
     /// no managed provider is configured) stands in when the scope has no key for it.
     fn upstream_for(&self, provider: &str, available: &[Arc<Upstream>]) -> Option<Arc<Upstream>> {
-        let Some(kind) = ProviderKind::parse(provider) else { return self.simulator.clone() };
-        let mut matching: Vec<&Arc<Upstream>> =
-            available.iter().filter(|u| u.kind == kind && !u.health.is_cooling_down()).collect();
+        self.upstreams_for(provider, available).into_iter().next()
+    }
+
+    /// Every usable connection for a provider, in order of preference (see `upstream_for`).
+    fn upstreams_for(&self, provider: &str, available: &[Arc<Upstream>]) -> Vec<Arc<Upstream>> {
+        let Some(kind) = ProviderKind::parse(provider) else { return self.simulator.clone().into_iter().collect() };
+        let mut matching: Vec<Arc<Upstream>> =
+            available.iter().filter(|u| u.kind == kind && !u.health.is_cooling_down()).cloned().collect();
         if matching.is_empty() {
-            return self.simulator.clone();
+            return self.simulator.clone().into_iter().collect();
         }
         matching.sort_by_key(|u| match u.owner {
             Owner::Byok { .. } if u.workspace_specific() => 0,
             Owner::Byok { .. } => 1,
             _ => 2,
         });
-        matching.first().map(|u| (*u).clone())
+        matching
     }
 
     /// A self-hosted endpoint's model as a zero-priced catalog entry (it is charged from the
@@ -187,14 +192,20 @@ impl Router {
                     "Unknown model {id:?}: use auto, fast or max, or a model from GET /v1/pricing"
                 )));
             };
-            let upstream = self.upstream_for(&model.provider, &available).ok_or_else(|| {
-                EngineError::Unavailable(format!(
+            let upstreams = self.upstreams_for(&model.provider, &available);
+            if upstreams.is_empty() {
+                return Err(EngineError::Unavailable(format!(
                     "Provider {} not configured (or cooling down) for model {id}",
                     model.provider
-                ))
-            })?;
+                )));
+            }
+            // The account's own key first; the managed connection is its fallback.
             let mut routes = locals;
-            routes.push(Route { model: model.clone(), upstream, reason: "native model requested".into() });
+            routes.extend(upstreams.into_iter().map(|upstream| Route {
+                model: model.clone(),
+                upstream,
+                reason: "native model requested".into(),
+            }));
             return Ok(routes);
         }
         let ModelChoice::Mode(mode) = req.model else { unreachable!("native handled above") };

@@ -1,12 +1,14 @@
 //! Integration tests: each test starts the real `tokaroo` binary on a random loopback port
 //! with a temporary data directory and talks to it over HTTP.
 
+mod fakes;
 mod fakes_stripe;
 mod harness;
 
 mod auth_and_errors;
 mod billing;
 mod chat_simulator;
+mod conformance;
 mod connections;
 mod foundation;
 mod keys_and_workspaces;

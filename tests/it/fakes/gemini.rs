@@ -1,0 +1,149 @@
+//! Google's Gemini API: `POST /v1beta/models/{model}:generateContent` and
+//! `:streamGenerateContent?alt=sse`. Base URL for the gateway: `{root}`.
+
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+
+use super::{key_ok, pieces, Behavior, Recorded, Wire, COMPLETION_TOKENS, PROMPT_TOKENS};
+
+pub struct Gemini;
+
+fn status_name(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        503 => "UNAVAILABLE",
+        _ => "INTERNAL",
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> (StatusCode, Value) {
+    (status, json!({ "error": { "code": status.as_u16(), "message": message.into(), "status": status_name(status) } }))
+}
+
+/// The API accepts both proto-JSON spellings of a field.
+fn field<'a>(v: &'a Value, camel: &str, snake: &str) -> &'a Value {
+    if v.get(camel).is_some() {
+        &v[camel]
+    } else {
+        &v[snake]
+    }
+}
+
+fn usage() -> Value {
+    json!({ "promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": COMPLETION_TOKENS, "totalTokenCount": PROMPT_TOKENS + COMPLETION_TOKENS })
+}
+
+impl Wire for Gemini {
+    fn validate(&self, req: &Recorded, keys: &[String]) -> Result<(), (StatusCode, Value)> {
+        let action_ok = req.path.starts_with("/v1beta/models/")
+            && (req.path.ends_with(":generateContent")
+                || (req.path.ends_with(":streamGenerateContent") && req.query.contains("alt=sse")));
+        if !action_ok {
+            return Err(error(StatusCode::NOT_FOUND, format!("{} is not a method of this API", req.path)));
+        }
+        let given = req
+            .header("x-goog-api-key")
+            .map(str::to_owned)
+            .or_else(|| req.query.split('&').find_map(|kv| kv.strip_prefix("key=").map(str::to_owned)));
+        if given.is_none() && !keys.is_empty() {
+            return Err(error(StatusCode::FORBIDDEN, "Method doesn't allow unregistered callers. Please use API Key."));
+        }
+        if !key_ok(given.as_deref(), keys) {
+            return Err(error(StatusCode::BAD_REQUEST, "API key not valid. Please pass a valid API key."));
+        }
+        let b = &req.body;
+        let Some(contents) = b["contents"].as_array().filter(|c| !c.is_empty()) else {
+            return Err(error(StatusCode::BAD_REQUEST, "* GenerateContentRequest.contents: contents is not specified"));
+        };
+        let mut previous_calls: Vec<String> = Vec::new();
+        for (i, c) in contents.iter().enumerate() {
+            let role = c["role"].as_str().unwrap_or("user");
+            if role != "user" && role != "model" {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("Please use a valid role: user, model. (contents[{i}])"),
+                ));
+            }
+            let Some(parts) = c["parts"].as_array().filter(|p| !p.is_empty()) else {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty."),
+                ));
+            };
+            let mut calls = Vec::new();
+            for part in parts {
+                let inline = field(part, "inlineData", "inline_data");
+                let call = field(part, "functionCall", "function_call");
+                let response = field(part, "functionResponse", "function_response");
+                if part["text"].is_string() {
+                } else if !inline.is_null() {
+                    let mime = field(inline, "mimeType", "mime_type").as_str().unwrap_or_default();
+                    if !mime.contains('/') || !inline["data"].is_string() {
+                        return Err(error(
+                            StatusCode::BAD_REQUEST,
+                            format!("contents[{i}]: inline_data needs mime_type and data"),
+                        ));
+                    }
+                } else if !call.is_null() && role == "model" {
+                    calls.push(call["name"].as_str().unwrap_or_default().to_owned());
+                } else if !response.is_null() && role == "user" {
+                    let name = response["name"].as_str().unwrap_or_default();
+                    if !previous_calls.iter().any(|c| c == name) || !response["response"].is_object() {
+                        return Err(error(StatusCode::BAD_REQUEST, format!(
+                            "Please ensure that function response turn comes immediately after a function call turn (contents[{i}])."
+                        )));
+                    }
+                } else {
+                    return Err(error(StatusCode::BAD_REQUEST, format!("contents[{i}]: unsupported part {part}")));
+                }
+            }
+            previous_calls = calls;
+        }
+        Ok(())
+    }
+
+    fn error_body(&self, status: StatusCode, message: &str) -> Value {
+        error(status, message).1
+    }
+
+    fn is_stream(&self, req: &Recorded) -> bool {
+        req.path.ends_with(":streamGenerateContent")
+    }
+
+    fn answer(&self, req: &Recorded, behavior: &Behavior) -> Value {
+        let parts = match behavior {
+            Behavior::Text(text) => json!([{ "text": text }]),
+            Behavior::ToolCall { name, arguments } => {
+                json!([{ "functionCall": { "name": name, "args": serde_json::from_str::<Value>(arguments).unwrap() } }])
+            }
+            other => panic!("no answer for {other:?}"),
+        };
+        let model = req.path.trim_start_matches("/v1beta/models/").split(':').next().unwrap_or_default();
+        json!({
+            "candidates": [{ "content": { "role": "model", "parts": parts }, "finishReason": "STOP", "index": 0 }],
+            "usageMetadata": usage(), "modelVersion": model,
+        })
+    }
+
+    fn stream_events(&self, req: &Recorded, behavior: &Behavior) -> Vec<String> {
+        let full = self.answer(req, behavior);
+        let mut out = Vec::new();
+        if let Behavior::Text(text) = behavior {
+            let pieces = pieces(text);
+            for p in &pieces[..pieces.len() - 1] {
+                let c =
+                    json!({ "candidates": [{ "content": { "role": "model", "parts": [{ "text": p }] }, "index": 0 }] });
+                out.push(format!("data: {c}\r\n\r\n"));
+            }
+            let last = json!({ "candidates": [{ "content": { "role": "model", "parts": [{ "text": pieces[pieces.len() - 1] }] }, "finishReason": "STOP", "index": 0 }], "usageMetadata": usage() });
+            out.push(format!("data: {last}\r\n\r\n"));
+        } else {
+            out.push(format!("data: {full}\r\n\r\n"));
+        }
+        out
+    }
+}

@@ -1,0 +1,170 @@
+//! OpenAI's Chat Completions wire format (also Groq's, under `/openai/v1`). Base URL for the
+//! gateway: `{root}/v1` (OpenAI, self-hosted) or `{root}/openai/v1` (Groq).
+
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+
+use super::{key_ok, pieces, Behavior, Recorded, Wire, COMPLETION_TOKENS, PROMPT_TOKENS};
+
+pub struct OpenAi {
+    /// Model ids `GET /v1/models` lists (self-hosted endpoints discover them there).
+    pub models: Vec<&'static str>,
+}
+
+fn invalid(message: impl Into<String>, param: Option<&str>) -> (StatusCode, Value) {
+    let body = json!({ "error": { "message": message.into(), "type": "invalid_request_error", "param": param, "code": null } });
+    (StatusCode::BAD_REQUEST, body)
+}
+
+fn usage() -> Value {
+    json!({ "prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS, "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS })
+}
+
+impl Wire for OpenAi {
+    fn validate(&self, req: &Recorded, keys: &[String]) -> Result<(), (StatusCode, Value)> {
+        if !req.path.ends_with("/chat/completions") {
+            return Err((StatusCode::NOT_FOUND, self.error_body(StatusCode::NOT_FOUND, "Unknown request URL")));
+        }
+        if !key_ok(req.header("authorization").and_then(|h| h.strip_prefix("Bearer ")), keys) {
+            let body = json!({ "error": { "message": "Incorrect API key provided.", "type": "invalid_request_error", "param": null, "code": "invalid_api_key" } });
+            return Err((StatusCode::UNAUTHORIZED, body));
+        }
+        let b = &req.body;
+        if !b["model"].is_string() {
+            return Err(invalid("you must provide a model parameter", Some("model")));
+        }
+        let Some(messages) = b["messages"].as_array().filter(|m| !m.is_empty()) else {
+            return Err(invalid("[] is too short - 'messages'", Some("messages")));
+        };
+        let mut call_ids: Vec<&str> = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            match m["role"].as_str() {
+                Some("system" | "developer" | "user") => {}
+                Some("assistant") => {
+                    for call in m["tool_calls"].as_array().into_iter().flatten() {
+                        let (Some(id), Some(_), Some(args)) = (
+                            call["id"].as_str(),
+                            call["function"]["name"].as_str(),
+                            call["function"]["arguments"].as_str(),
+                        ) else {
+                            return Err(invalid(format!("Invalid tool_calls in messages[{i}]"), Some("messages")));
+                        };
+                        if serde_json::from_str::<Value>(args).is_err() {
+                            return Err(invalid("tool call arguments must be a JSON string", Some("messages")));
+                        }
+                        call_ids.push(id);
+                    }
+                }
+                Some("tool") => {
+                    let id = m["tool_call_id"].as_str().unwrap_or_default();
+                    if !call_ids.contains(&id) {
+                        return Err(invalid(
+                            "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'.",
+                            Some(&format!("messages.[{i}].role")),
+                        ));
+                    }
+                }
+                _ => return Err(invalid(format!("Invalid value for 'messages[{i}].role'"), Some("messages"))),
+            }
+            for part in m["content"].as_array().into_iter().flatten() {
+                match part["type"].as_str() {
+                    Some("text") if part["text"].is_string() => {}
+                    Some("image_url")
+                        if part["image_url"]["url"]
+                            .as_str()
+                            .is_some_and(|u| u.starts_with("data:image/") || u.starts_with("https://")) => {}
+                    _ => return Err(invalid(format!("Invalid content part in messages[{i}]"), Some("messages"))),
+                }
+            }
+        }
+        if let Some(t) = b.get("temperature").and_then(Value::as_f64) {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(invalid("temperature must be between 0 and 2", Some("temperature")));
+            }
+        }
+        Ok(())
+    }
+
+    fn error_body(&self, status: StatusCode, message: &str) -> Value {
+        let kind = match status.as_u16() {
+            429 => "rate_limit_exceeded",
+            400..=499 => "invalid_request_error",
+            _ => "server_error",
+        };
+        json!({ "error": { "message": message, "type": kind, "param": null, "code": null } })
+    }
+
+    fn is_stream(&self, req: &Recorded) -> bool {
+        req.body["stream"] == true
+    }
+
+    fn answer(&self, req: &Recorded, behavior: &Behavior) -> Value {
+        let (message, finish) = match behavior {
+            Behavior::ToolCall { name, arguments } => (
+                json!({ "role": "assistant", "content": null, "tool_calls": [{ "id": "call_fake_1", "type": "function", "function": { "name": name, "arguments": arguments } }] }),
+                "tool_calls",
+            ),
+            Behavior::Text(text) | Behavior::TextWithoutUsage(text) => {
+                (json!({ "role": "assistant", "content": text, "refusal": null }), "stop")
+            }
+            other => panic!("no answer for {other:?}"),
+        };
+        let mut body = json!({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1_764_000_000, "model": req.body["model"],
+            "choices": [{ "index": 0, "message": message, "logprobs": null, "finish_reason": finish }],
+            "usage": usage(), "system_fingerprint": "fp_fake",
+        });
+        if matches!(behavior, Behavior::TextWithoutUsage(_)) {
+            body.as_object_mut().unwrap().remove("usage");
+        }
+        body
+    }
+
+    fn stream_events(&self, req: &Recorded, behavior: &Behavior) -> Vec<String> {
+        let chunk = |delta: Value, finish: Value| {
+            let c = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_764_000_000, "model": req.body["model"],
+                            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }] });
+            format!("data: {c}\n\n")
+        };
+        let mut out = vec![chunk(json!({ "role": "assistant", "content": "" }), Value::Null)];
+        let finish = match behavior {
+            Behavior::Text(text) | Behavior::TextWithoutUsage(text) => {
+                out.extend(pieces(text).into_iter().map(|p| chunk(json!({ "content": p }), Value::Null)));
+                "stop"
+            }
+            Behavior::ToolCall { name, arguments } => {
+                out.push(chunk(
+                    json!({ "tool_calls": [{ "index": 0, "id": "call_fake_1", "type": "function", "function": { "name": name, "arguments": "" } }] }),
+                    Value::Null,
+                ));
+                let (a, b) = arguments.split_at(arguments.len() / 2);
+                for fragment in [a, b] {
+                    out.push(chunk(
+                        json!({ "tool_calls": [{ "index": 0, "function": { "arguments": fragment } }] }),
+                        Value::Null,
+                    ));
+                }
+                "tool_calls"
+            }
+            other => panic!("no stream for {other:?}"),
+        };
+        out.push(chunk(json!({}), json!(finish)));
+        if req.body["stream_options"]["include_usage"] == true && !matches!(behavior, Behavior::TextWithoutUsage(_)) {
+            let u = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_764_000_000, "model": req.body["model"], "choices": [], "usage": usage() });
+            out.push(format!("data: {u}\n\n"));
+        }
+        out.push("data: [DONE]\n\n".into());
+        out
+    }
+
+    fn other_route(&self, req: &Recorded) -> Option<Value> {
+        req.path.ends_with("/models").then(|| {
+            let data: Vec<Value> = self
+                .models
+                .iter()
+                .map(|id| json!({ "id": id, "object": "model", "created": 0, "owned_by": "fake" }))
+                .collect();
+            json!({ "object": "list", "data": data })
+        })
+    }
+}
