@@ -261,22 +261,22 @@ async fn stats(
             })
         })
         .collect();
-    Ok(Json(json!({
-        "window_days": days,
-        "daily_window_days": daily_days,
-        "api_key_id": filter.api_key_id,
-        "workspace_id": filter.workspace_slug,
-        "requests": totals.requests,
-        "total_tokens": totals.input_tokens + totals.output_tokens,
-        "avg_latency_ms": totals.avg_latency_ms(),
-        "charged_usd": usd(totals.charged_units),
-        "actual_cost_usd": usd(totals.actual_units),
-        "baseline_usd": usd(totals.baseline_units),
-        "savings_usd": usd((totals.baseline_units - totals.charged_units).max(0)),
-        "tier_breakdown": tiers,
-        "request_type_breakdown": types,
-        "daily": daily,
-    })))
+    let mut body = totals.json();
+    body.extend(
+        json!({
+            "window_days": days,
+            "daily_window_days": daily_days,
+            "api_key_id": filter.api_key_id,
+            "workspace_id": filter.workspace_slug,
+            "tier_breakdown": tiers,
+            "request_type_breakdown": types,
+            "daily": daily,
+        })
+        .as_object()
+        .cloned()
+        .unwrap_or_default(),
+    );
+    Ok(Json(Value::Object(body)))
 }
 
 async fn breakdown(
