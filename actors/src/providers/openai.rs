@@ -2,6 +2,8 @@
 //! OpenAI-compatible servers (Ollama, vLLM, LocalAI), which differ only in small ways
 //! handled here by [`ProviderKind`].
 
+use std::borrow::Cow;
+
 use futures_util::{future::BoxFuture, StreamExt};
 use serde_json::{json, Map, Value};
 
@@ -176,37 +178,92 @@ pub fn parse_response(v: &Value) -> Result<ChatResponse, ProviderError> {
 }
 
 /// The deltas carried by one streamed chunk.
-pub fn parse_chunk(v: &Value) -> Result<Vec<ChatDelta>, ProviderError> {
-    if let Some(error) = v.get("error") {
+// One streamed chunk, read into borrowed fields: a streamed answer is many small events, and
+// building a `Value` map for each costs more than the rest of the relay.
+#[derive(serde::Deserialize)]
+struct StreamChunk<'a> {
+    error: Option<Value>,
+    #[serde(borrow)]
+    choices: Option<Vec<ChunkChoice<'a>>>,
+    usage: Option<ChunkUsage>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChunkChoice<'a> {
+    #[serde(borrow)]
+    delta: Option<ChunkDelta<'a>>,
+    #[serde(borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChunkDelta<'a> {
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ToolCallDelta<'a> {
+    index: Option<u32>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    function: Option<FunctionDelta<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct FunctionDelta<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChunkUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+}
+
+/// The deltas of one `chat.completion.chunk` event's data.
+pub fn parse_chunk(data: &str) -> Result<Vec<ChatDelta>, ProviderError> {
+    let chunk: StreamChunk<'_> =
+        serde_json::from_str(data).map_err(|e| ProviderError::StreamBroken(format!("invalid JSON chunk: {e}")))?;
+    if let Some(error) = chunk.error {
         let message = error["message"].as_str().unwrap_or("error event in stream");
         return Err(ProviderError::StreamBroken(message.to_owned()));
     }
     let mut out = Vec::new();
-    if let Some(choice) = v["choices"].get(0) {
-        let delta = &choice["delta"];
-        if let Some(text) = delta["content"].as_str() {
-            if !text.is_empty() {
-                out.push(ChatDelta::Text(text.to_owned()));
+    if let Some(choice) = chunk.choices.and_then(|c| c.into_iter().next()) {
+        if let Some(delta) = choice.delta {
+            if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+                out.push(ChatDelta::Text(text.into_owned()));
             }
-        }
-        for call in delta["tool_calls"].as_array().into_iter().flatten() {
-            let index = call["index"].as_u64().unwrap_or(0) as u32;
-            if let Some(id) = call["id"].as_str() {
-                let name = call["function"]["name"].as_str().unwrap_or_default().to_owned();
-                out.push(ChatDelta::ToolCallStart { index, id: id.to_owned(), name });
-            }
-            if let Some(args) = call["function"]["arguments"].as_str() {
-                if !args.is_empty() {
-                    out.push(ChatDelta::ToolCallArguments { index, fragment: args.to_owned() });
+            for call in delta.tool_calls.into_iter().flatten() {
+                let index = call.index.unwrap_or(0);
+                let function = call.function;
+                let (name, arguments) = match function {
+                    Some(f) => (f.name, f.arguments),
+                    None => (None, None),
+                };
+                if let Some(id) = call.id {
+                    let name = name.map(Cow::into_owned).unwrap_or_default();
+                    out.push(ChatDelta::ToolCallStart { index, id: id.into_owned(), name });
+                }
+                if let Some(args) = arguments.filter(|a| !a.is_empty()) {
+                    out.push(ChatDelta::ToolCallArguments { index, fragment: args.into_owned() });
                 }
             }
         }
-        if let Some(reason) = choice["finish_reason"].as_str() {
-            out.push(ChatDelta::Finish(finish_reason(reason)));
+        if let Some(reason) = choice.finish_reason {
+            out.push(ChatDelta::Finish(finish_reason(&reason)));
         }
     }
-    if let Some(u) = usage(&v["usage"]) {
-        out.push(ChatDelta::Usage(u));
+    if let Some(ChunkUsage { prompt_tokens: Some(prompt), completion_tokens }) = chunk.usage {
+        let completion = completion_tokens.unwrap_or(0);
+        out.push(ChatDelta::Usage(Usage { prompt_tokens: prompt as u32, completion_tokens: completion as u32 }));
     }
     Ok(out)
 }
@@ -276,9 +333,7 @@ impl ChatProvider for OpenAiChat {
                                 if event.data.trim() == "[DONE]" {
                                     return None;
                                 }
-                                let parsed = serde_json::from_str::<Value>(&event.data)
-                                    .map_err(|e| ProviderError::StreamBroken(format!("invalid JSON chunk: {e}")))
-                                    .and_then(|v| parse_chunk(&v));
+                                let parsed = parse_chunk(&event.data);
                                 match parsed {
                                     Err(e) => return Some((vec![Err(e)], (events, finished, true))),
                                     Ok(deltas) if deltas.is_empty() => continue,
@@ -376,4 +431,37 @@ pub async fn embed(
         vectors: items.into_iter().map(|(_, v)| v).collect(),
         prompt_tokens: v["usage"]["prompt_tokens"].as_u64().map(|t| t as u32),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_chunks_parse_text_tool_calls_usage_and_nulls() {
+        let text = r#"{"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi \"there\""},"finish_reason":null}]}"#;
+        assert_eq!(parse_chunk(text).unwrap(), vec![ChatDelta::Text("Hi \"there\"".into())]);
+        let start = r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}]}}]}"#;
+        assert_eq!(
+            parse_chunk(start).unwrap(),
+            vec![ChatDelta::ToolCallStart { index: 1, id: "call_1".into(), name: "f".into() }]
+        );
+        let args = r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"function":{"arguments":"{\"a\":"}}]}}]}"#;
+        assert_eq!(
+            parse_chunk(args).unwrap(),
+            vec![ChatDelta::ToolCallArguments { index: 1, fragment: "{\"a\":".into() }]
+        );
+        let end = r#"{"choices":[{"delta":{},"finish_reason":"tool_calls"}],"usage":null}"#;
+        assert_eq!(parse_chunk(end).unwrap(), vec![ChatDelta::Finish(FinishReason::ToolCalls)]);
+        let usage = r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
+        assert_eq!(
+            parse_chunk(usage).unwrap(),
+            vec![ChatDelta::Usage(Usage { prompt_tokens: 5, completion_tokens: 7 })]
+        );
+        assert_eq!(parse_chunk(r#"{"choices":null,"delta":null}"#).unwrap(), vec![]);
+        assert!(
+            matches!(parse_chunk(r#"{"error":{"message":"overloaded"}}"#), Err(ProviderError::StreamBroken(m)) if m == "overloaded")
+        );
+        assert!(matches!(parse_chunk("not json"), Err(ProviderError::StreamBroken(_))));
+    }
 }
