@@ -493,7 +493,9 @@ impl Actor for LedgerActor {
             committer: Some(spawn_committer(self.store.clone(), Some(me))),
             accounts: HashMap::new(),
             holds: HashMap::new(),
-            next_hold: 0,
+            // Hold ids must not repeat across restarts: a request may still carry one from
+            // the incarnation before, and releasing it must not free someone else's hold.
+            next_hold: now_us() as u64,
             rows_logged: 0,
             events_committed: 0,
             batches: 0,

@@ -475,3 +475,37 @@ async fn the_cli_adds_credits_and_reconciles() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(&t.id) && stdout.contains("no drift"), "{stdout}");
 }
+
+/// The ledger actor failing mid-traffic: it comes back from its log, and no money is lost,
+/// doubled or left held.
+#[tokio::test]
+async fn a_ledger_restart_under_traffic_keeps_the_books_exact() {
+    let gw = Gateway::start().await;
+    let t = tenant(&gw, "restarty", None).await;
+    credit(&gw, &t.id, 3.0).await;
+    let traffic = (0..40).map(|i| {
+        let req = gw.client().post(gw.url("/v1/chat/completions")).bearer_auth(&t.key).json(&chat_body(10 + i));
+        async move { req.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    });
+    let fail = async {
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        gw.post("/admin/actors/fail", ADMIN_TOKEN, json!({"name": "ledger"})).await
+    };
+    let (statuses, failed) = tokio::join!(futures_util::future::join_all(traffic), fail);
+    assert_eq!(failed.status, 200, "{}", failed.text);
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "{statuses:?}");
+    let ledger = eventually("the ledger back", || async {
+        let tree = gw.actor_tree().await;
+        let node = find_actor(&tree, "ledger")?.clone();
+        (node["status"] == "running" && node["restarts"] == 1).then_some(node)
+    })
+    .await;
+    assert!(ledger["last_error"].as_str().unwrap().contains("injected"), "{ledger}");
+    let rows = all_rows(&gw, &t.id).await;
+    assert_eq!(rows.len(), served, "one row per answered request");
+    let left = balance(&gw, &t.key).await;
+    assert!((left - (3.0 - sum(&rows, "charged_usd"))).abs() < 1e-9, "balance = credits - charges: {left}");
+    reconcile_is_clean(&gw).await;
+    assert_eq!(gw.post("/v1/chat/completions", &t.key, chat_body(10)).await.status, 200);
+}
