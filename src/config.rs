@@ -345,6 +345,19 @@ mod tests {
         assert_eq!(shipped.server.listen, defaults.server.listen);
         assert_eq!(shipped.server.data_dir, defaults.server.data_dir);
         assert_eq!(shipped.rate_limit.default_rpm, defaults.rate_limit.default_rpm);
+        assert_eq!(shipped.pricing.margin_auto, defaults.pricing.margin_auto);
+        assert_eq!(shipped.billing.processor, defaults.billing.processor);
+        assert!(shipped.validate().is_ok());
+    }
+
+    #[test]
+    fn pricing_and_billing_values_are_checked() {
+        let bad_margin: Config = toml::from_str("[pricing]\nmargin_fast = -1\n").unwrap();
+        assert!(bad_margin.validate().unwrap_err().to_string().contains("pricing.margin_fast"));
+        let unknown: Config = toml::from_str("[billing]\nprocessor = \"paypal\"\n").unwrap();
+        assert!(unknown.validate().unwrap_err().to_string().contains("manual or stripe"));
+        let keyless: Config = toml::from_str("[billing]\nprocessor = \"stripe\"\n").unwrap();
+        assert!(keyless.validate().unwrap_err().to_string().contains("STRIPE_SECRET_KEY"));
     }
 
     #[test]

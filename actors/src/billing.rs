@@ -114,3 +114,39 @@ pub fn usd_to_units(usd: f64) -> i64 {
 pub fn units_to_usd(units: i64) -> f64 {
     units as f64 / UNITS_PER_USD as f64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_converts_exactly_at_the_ledger_precision() {
+        assert_eq!(usd_to_units(1.0), UNITS_PER_USD);
+        assert_eq!(usd_to_units(0.000_000_000_1), 1);
+        assert_eq!(units_to_usd(usd_to_units(12.345_678_9)), 12.345_678_9);
+        // A million one-unit charges sum without drift.
+        assert_eq!((0..1_000_000).map(|_| usd_to_units(0.000_000_000_1)).sum::<i64>(), 1_000_000);
+    }
+
+    #[test]
+    fn a_cache_hit_pays_its_share_of_what_it_saved() {
+        let policy = PricingPolicy { cache_hit_share_of_savings: 0.25, ..PricingPolicy::default() };
+        let saved = Charge { actual_cost_units: 800, charged_units: 1_000, baseline_units: 5_000 };
+        assert_eq!(
+            policy.cache_hit_charge(saved),
+            Charge { actual_cost_units: 0, charged_units: 250, baseline_units: 5_000 }
+        );
+    }
+
+    #[test]
+    fn out_of_range_shares_are_refused() {
+        assert!(PricingPolicy::default().validate().is_ok());
+        for bad in [
+            PricingPolicy { margin_auto: -0.1, ..PricingPolicy::default() },
+            PricingPolicy { byok_fee_share: 1.5, ..PricingPolicy::default() },
+            PricingPolicy { self_hosted_share_of_baseline: f64::NAN, ..PricingPolicy::default() },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}
