@@ -629,8 +629,12 @@ impl LedgerClient {
         let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
         loop {
             if let Some(ledger) = ActorRef::<LedgerMsg>::where_is(NAME) {
-                if let Ok(ractor::rpc::CallResult::Success(v)) = ledger.call(msg.clone(), Some(CALL_TIMEOUT)).await {
-                    return Ok(v);
+                match ledger.call(msg.clone(), Some(CALL_TIMEOUT)).await {
+                    Ok(ractor::rpc::CallResult::Success(v)) => return Ok(v),
+                    // It may still act on the message: asking again could charge twice.
+                    Ok(ractor::rpc::CallResult::Timeout) => return Err(LedgerError::Unavailable),
+                    // Not delivered, or the actor stopped before answering: it is restarting.
+                    Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {}
                 }
             }
             // Restarting: the supervisor brings it back within its backoff.
