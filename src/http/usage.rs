@@ -175,48 +175,32 @@ fn date_of(day: i64) -> String {
 
 /// Sums of rollup cells.
 #[derive(Default)]
-struct Totals {
-    requests: u64,
-    input_tokens: u64,
-    output_tokens: u64,
-    latency_sum_ms: u64,
-    latency_count: u64,
-    charged_units: i64,
-    actual_units: i64,
-    baseline_units: i64,
-}
+struct Totals(RollupCell);
 
 impl Totals {
     fn add(&mut self, c: &RollupCell) {
-        self.requests += c.requests;
-        self.input_tokens += c.input_tokens;
-        self.output_tokens += c.output_tokens;
-        self.latency_sum_ms += c.latency_sum_ms;
-        self.latency_count += c.latency_count;
-        self.charged_units += c.charged_units;
-        self.actual_units += c.actual_cost_units;
-        self.baseline_units += c.baseline_units;
+        self.0.merge(c);
     }
 
     fn avg_latency_ms(&self) -> f64 {
-        if self.latency_count == 0 {
+        if self.0.latency_count == 0 {
             0.0
         } else {
-            self.latency_sum_ms as f64 / self.latency_count as f64
+            self.0.latency_sum_ms as f64 / self.0.latency_count as f64
         }
     }
 
     fn json(&self) -> Map<String, Value> {
         let v = json!({
-            "requests": self.requests,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "total_tokens": self.input_tokens + self.output_tokens,
+            "requests": self.0.requests,
+            "input_tokens": self.0.input_tokens,
+            "output_tokens": self.0.output_tokens,
+            "total_tokens": self.0.input_tokens + self.0.output_tokens,
             "avg_latency_ms": self.avg_latency_ms(),
-            "charged_usd": usd(self.charged_units),
-            "actual_cost_usd": usd(self.actual_units),
-            "baseline_usd": usd(self.baseline_units),
-            "savings_usd": usd((self.baseline_units - self.charged_units).max(0)),
+            "charged_usd": usd(self.0.charged_units),
+            "actual_cost_usd": usd(self.0.actual_cost_units),
+            "baseline_usd": usd(self.0.baseline_units),
+            "savings_usd": usd((self.0.baseline_units - self.0.charged_units).max(0)),
         });
         v.as_object().cloned().unwrap_or_default()
     }
@@ -254,10 +238,10 @@ async fn stats(
         .map(|(day, t)| {
             json!({
                 "date": date_of(*day),
-                "requests": t.requests,
-                "tokens": t.input_tokens + t.output_tokens,
-                "charged_usd": usd(t.charged_units),
-                "actual_cost_usd": usd(t.actual_units),
+                "requests": t.0.requests,
+                "tokens": t.0.input_tokens + t.0.output_tokens,
+                "charged_usd": usd(t.0.charged_units),
+                "actual_cost_usd": usd(t.0.actual_cost_units),
             })
         })
         .collect();

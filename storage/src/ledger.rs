@@ -93,7 +93,8 @@ impl RollupCell {
         self.baseline_units += row.baseline_units;
     }
 
-    fn merge(&mut self, other: &RollupCell) {
+    /// Adds another cell's sums to this one (its dimensions are left as they are).
+    pub fn merge(&mut self, other: &RollupCell) {
         self.requests += other.requests;
         self.input_tokens += other.input_tokens;
         self.output_tokens += other.output_tokens;
