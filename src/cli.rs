@@ -111,10 +111,14 @@ pub enum LedgerCommand {
 }
 
 pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let client_runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match cli.command {
         Command::Serve { config, listen, data_dir, log_format } => {
             let mut config = Config::load(config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.worker_threads())
+                .enable_all()
+                .build()?;
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
@@ -129,8 +133,12 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Accounts { command: AccountsCommand::Create { name, client } } => {
             let body = serde_json::json!({ "name": name });
-            let account =
-                runtime.block_on(client_request(&client, reqwest::Method::POST, "/admin/accounts", Some(body)))?;
+            let account = client_runtime()?.block_on(client_request(
+                &client,
+                reqwest::Method::POST,
+                "/admin/accounts",
+                Some(body),
+            ))?;
             println!("account id:              {}", account["id"].as_str().unwrap_or_default());
             println!("name:                    {}", account["name"].as_str().unwrap_or_default());
             println!(
@@ -139,7 +147,8 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             );
         }
         Command::Accounts { command: AccountsCommand::List { client } } => {
-            let list = runtime.block_on(client_request(&client, reqwest::Method::GET, "/admin/accounts", None))?;
+            let list =
+                client_runtime()?.block_on(client_request(&client, reqwest::Method::GET, "/admin/accounts", None))?;
             for a in list["data"].as_array().into_iter().flatten() {
                 println!(
                     "{}  {}{}",
@@ -152,12 +161,16 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Credits { command: CreditsCommand::Add { account, amount_usd, note, client } } => {
             let body = serde_json::json!({ "amount_usd": amount_usd, "note": note });
             let path = format!("/admin/accounts/{account}/credits");
-            let r = runtime.block_on(client_request(&client, reqwest::Method::POST, &path, Some(body)))?;
+            let r = client_runtime()?.block_on(client_request(&client, reqwest::Method::POST, &path, Some(body)))?;
             println!("credited ${amount_usd} to {account}; balance ${}", r["balance_usd"]);
         }
         Command::Ledger { command: LedgerCommand::Reconcile { client } } => {
-            let r =
-                runtime.block_on(client_request(&client, reqwest::Method::POST, "/admin/ledger/reconcile", None))?;
+            let r = client_runtime()?.block_on(client_request(
+                &client,
+                reqwest::Method::POST,
+                "/admin/ledger/reconcile",
+                None,
+            ))?;
             for a in r["accounts"].as_array().into_iter().flatten() {
                 println!(
                     "{}  rows={} credits={} balance=${} drift=${}",
@@ -174,7 +187,8 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!("no drift");
         }
         Command::Actors { client, json } => {
-            let tree = runtime.block_on(client_request(&client, reqwest::Method::GET, "/admin/actors", None))?;
+            let tree =
+                client_runtime()?.block_on(client_request(&client, reqwest::Method::GET, "/admin/actors", None))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&tree)?);
             } else {
