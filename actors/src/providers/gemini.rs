@@ -6,7 +6,7 @@
 //! matched by function name, tool arguments are JSON objects, schemas are an OpenAPI subset
 //! (unsupported JSON-Schema keys are removed), and a stream has no end marker.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use eventsource_stream::Event;
 use futures_util::{future::BoxFuture, stream::BoxStream, StreamExt};
@@ -456,6 +456,25 @@ impl StreamState {
     }
 }
 
+/// A protobuf `Duration` in JSON: seconds with an `s` suffix (`"30s"`, `"1.5s"`).
+fn proto_duration(s: &str) -> Option<Duration> {
+    let secs = s.strip_suffix('s')?.parse::<f64>().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+/// Reads Google's error body `{"error": {"code", "message", "status", "details"}}`. Google
+/// answers a bad key with 400 `API_KEY_INVALID`: that is our credential failing (reported as
+/// 401), not the client's request. It says when to retry in a `RetryInfo` detail, not in a
+/// `retry-after` header.
+fn status_error(response: http::ErrorResponse) -> ProviderError {
+    let body: Value = serde_json::from_str(&response.body).unwrap_or_default();
+    let details = body["error"]["details"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let status = if details.iter().any(|d| d["reason"] == "API_KEY_INVALID") { 401 } else { response.status };
+    let retry_after =
+        response.retry_after.or_else(|| details.iter().find_map(|d| d["retryDelay"].as_str()).and_then(proto_duration));
+    ProviderError::Status { status, message: response.message(), retry_after }
+}
+
 fn endpoint(conn: &Connection, model: &str, stream: bool) -> String {
     let base = conn.base_url.trim_end_matches('/');
     let base =
@@ -509,7 +528,7 @@ impl ChatProvider for GeminiChat {
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
             let body = request_body(model, req);
-            let response = http::send(conn, post(conn, model, false, &body)).await?;
+            let response = http::send_with(conn, post(conn, model, false, &body), status_error).await?;
             parse_response(&http::json_body(response).await?)
         })
     }
@@ -533,7 +552,7 @@ impl ChatProvider for GeminiChat {
                 .map_err(|_| ProviderError::Timeout)?
                 .map_err(http::map_reqwest_error)?;
             if !response.status().is_success() {
-                return Err(http::status_error(response).await);
+                return Err(status_error(http::ErrorResponse::read(response).await));
             }
             Ok(delta_stream(http::sse(response, conn.timeout)))
         })
@@ -566,7 +585,7 @@ pub async fn embed(
     if let Some(key) = &conn.api_key {
         request = request.header("x-goog-api-key", key);
     }
-    let v = http::json_body(http::send(conn, request).await?).await?;
+    let v = http::json_body(http::send_with(conn, request, status_error).await?).await?;
     let vectors: Vec<Vec<f32>> = v["embeddings"]
         .as_array()
         .ok_or_else(|| ProviderError::Protocol("embedding response has no embeddings".into()))?
@@ -1041,7 +1060,7 @@ mod tests {
             api_key: Some("AIza-secret".into()),
             extra_headers: Vec::new(),
             http: crate::providers::http::client(),
-            timeout: std::time::Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
         };
         assert_eq!(
             endpoint(&conn, "gemini-2.5-flash", false),
@@ -1057,5 +1076,40 @@ mod tests {
         assert!(!request.url().as_str().contains("secret"), "the key never goes in the URL");
         let conn = Connection { base_url: "http://proxy.local/v1beta".into(), ..conn };
         assert_eq!(endpoint(&conn, "m", false), "http://proxy.local/v1beta/models/m:generateContent");
+    }
+
+    #[test]
+    fn a_bad_key_is_an_auth_failure_and_retry_info_sets_the_delay() {
+        let response = |status, body: Value| http::ErrorResponse { status, retry_after: None, body: body.to_string() };
+        let bad_key = response(
+            400,
+            json!({ "error": { "code": 400, "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT",
+                "details": [{ "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID", "domain": "googleapis.com" }] } }),
+        );
+        assert_eq!(
+            status_error(bad_key),
+            ProviderError::Status {
+                status: 401,
+                message: "API key not valid. Please pass a valid API key.".into(),
+                retry_after: None
+            }
+        );
+
+        let exhausted = response(
+            429,
+            json!({ "error": { "code": 429, "message": "Quota exceeded.", "status": "RESOURCE_EXHAUSTED", "details": [
+                { "@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [] },
+                { "@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37.5s" }] } }),
+        );
+        let ProviderError::Status { status, retry_after, .. } = status_error(exhausted) else { panic!() };
+        assert_eq!((status, retry_after), (429, Some(Duration::from_millis(37_500))));
+
+        let bad_request =
+            response(400, json!({ "error": { "code": 400, "message": "Bad.", "status": "INVALID_ARGUMENT" } }));
+        assert_eq!(
+            status_error(bad_request),
+            ProviderError::Status { status: 400, message: "Bad.".into(), retry_after: None }
+        );
+        assert_eq!(proto_duration("soon"), None);
     }
 }

@@ -22,6 +22,16 @@ pub fn client() -> reqwest::Client {
 
 /// Sends `request` and returns the response if its status is a success.
 pub async fn send(conn: &Connection, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ProviderError> {
+    send_with(conn, request, ErrorResponse::into_error).await
+}
+
+/// [`send`] for providers that say more in their error bodies: `read_error` turns a failed
+/// answer into the error.
+pub async fn send_with(
+    conn: &Connection,
+    request: reqwest::RequestBuilder,
+    read_error: fn(ErrorResponse) -> ProviderError,
+) -> Result<reqwest::Response, ProviderError> {
     let mut request = request.timeout(conn.timeout);
     for (name, value) in &conn.extra_headers {
         request = request.header(name, value);
@@ -30,7 +40,7 @@ pub async fn send(conn: &Connection, request: reqwest::RequestBuilder) -> Result
     if response.status().is_success() {
         return Ok(response);
     }
-    Err(status_error(response).await)
+    Err(read_error(ErrorResponse::read(response).await))
 }
 
 pub fn map_reqwest_error(error: reqwest::Error) -> ProviderError {
@@ -45,29 +55,52 @@ pub fn map_reqwest_error(error: reqwest::Error) -> ProviderError {
     }
 }
 
-/// Reads an error response: status, `retry-after`, and the message from the usual JSON
-/// error shapes (`{"error": {"message"}}`, `{"error": "..."}`, `{"message"}`).
+/// An upstream's error answer, read whole.
+#[derive(Debug, Clone)]
+pub struct ErrorResponse {
+    pub status: u16,
+    /// From the `retry-after` header.
+    pub retry_after: Option<Duration>,
+    pub body: String,
+}
+
+impl ErrorResponse {
+    pub async fn read(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64);
+        let body = response.text().await.unwrap_or_default();
+        Self { status, retry_after, body }
+    }
+
+    /// The message from the usual JSON error shapes (`{"error": {"message"}}`,
+    /// `{"error": "..."}`, `{"message"}`), or the start of the body.
+    pub fn message(&self) -> String {
+        serde_json::from_str::<Value>(&self.body)
+            .ok()
+            .and_then(|v| {
+                v["error"]["message"]
+                    .as_str()
+                    .or_else(|| v["error"].as_str())
+                    .or_else(|| v["message"].as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| self.body.chars().take(300).collect())
+    }
+
+    pub fn into_error(self) -> ProviderError {
+        ProviderError::Status { status: self.status, message: self.message(), retry_after: self.retry_after }
+    }
+}
+
+/// Reads an error response: status, `retry-after`, and the message.
 pub async fn status_error(response: reqwest::Response) -> ProviderError {
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64);
-    let body = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<Value>(&body)
-        .ok()
-        .and_then(|v| {
-            v["error"]["message"]
-                .as_str()
-                .or_else(|| v["error"].as_str())
-                .or_else(|| v["message"].as_str())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| body.chars().take(300).collect());
-    ProviderError::Status { status, message, retry_after }
+    ErrorResponse::read(response).await.into_error()
 }
 
 /// Parses a JSON body, naming the provider's mistake when it is not what we expect.
