@@ -172,12 +172,12 @@ impl Router {
                 Err(ProviderError::Status { message, .. }) => {
                     return Err(EngineError::Invalid(format!("The provider rejected the request: {message}")))
                 }
-                Err(other) => return Err(EngineError::Unavailable(other.to_string())),
+                Err(other) => return Err(crate::gateway::unavailable(&other)),
             }
         }
-        Err(EngineError::Unavailable(format!(
-            "No provider could serve this request: {}",
-            last_error.map(|e| e.to_string()).unwrap_or_default()
-        )))
+        Err(last_error.map_or_else(
+            || EngineError::Unavailable("No provider could serve this request".into()),
+            |e| crate::gateway::unavailable(&e),
+        ))
     }
 }

@@ -115,8 +115,15 @@ fn upstream_error(error: ProviderError) -> EngineError {
         ProviderError::Status { status: 400 | 422, message, .. } => {
             EngineError::Invalid(format!("The provider rejected the request: {message}"))
         }
-        other => EngineError::Unavailable(format!("No provider could serve this request: {other}")),
+        other => unavailable(&other),
     }
+}
+
+/// No route could serve: the client learns the last failure's code only. The upstream's own
+/// words stay in the log (`note_failure`): they can name the provider, its URL, or echo part of
+/// its key (OpenAI's 401 does).
+pub(crate) fn unavailable(last: &ProviderError) -> EngineError {
+    EngineError::Unavailable(format!("No provider could serve this request (last upstream failure: {})", last.code()))
 }
 
 impl Router {
@@ -210,7 +217,15 @@ impl Router {
         let baseline = self.baseline_model(req);
         let mut failed = Vec::new();
         let mut last_error = None;
-        for route in routes.iter().filter(|r| !r.upstream.health.is_cooling_down()).take(MAX_ATTEMPTS) {
+        let mut tried_upstreams: Vec<String> = Vec::new();
+        for route in routes.iter().filter(|r| !r.upstream.health.is_cooling_down()) {
+            // As for whole answers: a failed upstream is not tried again with another model.
+            if failed.len() >= MAX_ATTEMPTS {
+                break;
+            }
+            if tried_upstreams.contains(&route.upstream.name) && route.upstream.kind != ProviderKind::Simulator {
+                continue;
+            }
             let started = Instant::now();
             let opened = adapter(route.upstream.kind).chat_stream(&route.upstream.conn, &route.model.id, req).await;
             let first = match opened {
@@ -232,6 +247,7 @@ impl Router {
                         || matches!(&error, ProviderError::Status { status: 401 | 403 | 404, .. }) =>
                 {
                     note_failure(route, &error, &mut failed);
+                    tried_upstreams.push(route.upstream.name.clone());
                     last_error = Some(error);
                 }
                 Err(error) => return Err(upstream_error(error)),

@@ -538,8 +538,10 @@ fn async_stream(
                     return Some((frame, st));
                 }
                 Some(Err(error)) => {
-                    // Mid-stream failure after the first chunk: tell the client in-band and stop.
-                    // What was streamed is still charged, from our own count.
+                    // Mid-stream failure after the first chunk: tell the client in-band and stop
+                    // without `[DONE]`, OpenAI's end-of-answer marker, so that no client takes the
+                    // partial answer for a complete one. What was streamed is still charged, from
+                    // our own count.
                     tracing::warn!(%error, upstream = %st.route.upstream, "stream broke after the first chunk");
                     st.done = true;
                     let usage = st.usage();
@@ -549,7 +551,7 @@ fn async_stream(
                         }
                     }
                     let err = json!({ "error": { "message": "The upstream stream broke; the answer is incomplete", "type": "api_error", "code": "stream_broken" } });
-                    return Some((Bytes::from(format!("data: {err}\n\ndata: [DONE]\n\n")), st));
+                    return Some((sse(&err), st));
                 }
                 None => {
                     st.done = true;
