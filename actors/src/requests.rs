@@ -75,11 +75,18 @@ impl Engine {
     /// The most a request on these routes can be charged (escalation included for `auto`).
     fn worst_case_units(&self, req: &ChatRequest, info: &RequestInfo, routes: &[Route], scope: &Scope) -> i64 {
         let baseline = self.router.baseline_model(req);
-        // A request is served by one route, tried among the first few.
+        // A request is served by one route: the first of each of the first few upstreams, as
+        // the gateway skips an upstream that already failed.
         let worst_on = |routes: &[Route]| {
+            let mut upstreams_seen: Vec<&str> = Vec::new();
             routes
                 .iter()
                 .filter(|r| !r.upstream.health.is_cooling_down())
+                .filter(|r| {
+                    let first = !upstreams_seen.contains(&r.upstream.name.as_str());
+                    upstreams_seen.push(&r.upstream.name);
+                    first
+                })
                 .take(crate::gateway::MAX_ATTEMPTS)
                 .map(|route| {
                     let output = req

@@ -551,7 +551,7 @@ fn async_stream(
                         }
                     }
                     let err = json!({ "error": { "message": "The upstream stream broke; the answer is incomplete", "type": "api_error", "code": "stream_broken" } });
-                    return Some((sse(&err), st));
+                    return Some((Bytes::from(format!("data: {err}\n\n")), st));
                 }
                 None => {
                     st.done = true;

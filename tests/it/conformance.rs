@@ -268,6 +268,7 @@ async fn image(p: Provider) {
 async fn fails_cleanly(rig: &Rig, r: &Resp) {
     assert_eq!(r.status, 503, "{:?}: {}", rig.provider, r.text);
     assert!(r.body["error"]["message"].as_str().unwrap().contains("No provider could serve"), "{}", r.text);
+    assert!(!r.text.contains("The fake was told to fail"), "the upstream's own words stay in the log: {}", r.text);
     assert!(!r.text.contains(&rig.fake.key));
     assert!(!rig.gw.log().contains(&rig.fake.key), "the provider key is never logged");
 }
@@ -329,6 +330,7 @@ async fn stream_breaks_mid_way(p: Provider) {
         r.text
     );
     assert!(!events.iter().any(|e| e["choices"][0]["finish_reason"] == "stop"), "never a clean finish");
+    assert!(!r.text.contains("[DONE]"), "no end-of-answer marker after a broken stream: {}", r.text);
     let rows = rig.usage_rows().await;
     assert_eq!(rows.len(), 1);
     assert!(rows[0]["output_tokens"].as_u64().unwrap() > 0, "what was streamed is charged: {}", rows[0]);
@@ -528,4 +530,33 @@ async fn answers_without_reported_usage_are_charged_from_our_own_count() {
         assert!(row["input_tokens"].as_u64().unwrap() > 0 && row["output_tokens"].as_u64().unwrap() >= 8, "{row}");
         assert!(row["charged_usd"].as_f64().unwrap() > 0.0, "{row}");
     }
+}
+
+/// A stream whose preferred provider fails before its first chunk moves to another provider,
+/// not to another model of the same failed one (Groq offers several `auto` candidates).
+#[tokio::test]
+async fn a_stream_falls_back_to_another_provider_not_another_model_of_the_failed_one() {
+    let groq = Provider::Groq.fake().await;
+    let openai = Provider::OpenAi.fake().await;
+    let gw = Gateway::start_with(Provider::OpenAi.env(&openai, Provider::Groq.env(&groq, Options::default()))).await;
+    let key = gw.first_key.clone().unwrap();
+    let body =
+        json!({"model": "fast", "stream": true, "max_tokens": 50, "messages": [{"role": "user", "content": "hello"}]});
+    let probe = gw.raw(gw.client().post(gw.url("/v1/chat/completions")).bearer_auth(&key).json(&body)).await;
+    assert_eq!(probe.status, 200, "{}", probe.text);
+    let (first, second) = if groq.answer_requests().len() == 1 { (&groq, &openai) } else { (&openai, &groq) };
+    first.set(Behavior::BreakBeforeFirstChunk);
+    second.set(Behavior::Text("Served by the other provider"));
+    let s = gw.raw(gw.client().post(gw.url("/v1/chat/completions")).bearer_auth(&key).json(&body)).await;
+    assert_eq!(s.status, 200, "{}", s.text);
+    assert!(s.text.ends_with("data: [DONE]\n\n"), "{}", s.text);
+    let text: String = s
+        .text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, "Served by the other provider");
+    assert_eq!(first.answer_requests().len(), 2, "the failed provider was tried once for this request");
 }
