@@ -261,14 +261,29 @@ fn function_declaration(tool: &crate::chat::ToolDef) -> Value {
     f
 }
 
+/// Whether the model accepts `systemInstruction` (Gemini does; Gemma served by the same API
+/// does not).
+fn takes_system_instruction(model: &str) -> bool {
+    !model.strip_prefix("models/").unwrap_or(model).starts_with("gemma")
+}
+
 /// The upstream request body (the same for streamed and whole answers). `model` is the native
 /// model id (it decides whether replayed function calls need a placeholder signature).
 pub fn request_body(model: &str, req: &ChatRequest) -> Value {
     let mut body = Map::new();
-    body.insert("contents".into(), Value::Array(contents_json(model, &req.messages)));
+    let mut contents = contents_json(model, &req.messages);
     if let Some(system) = req.system_text().filter(|s| !s.is_empty()) {
-        body.insert("systemInstruction".into(), json!({ "parts": [{ "text": system }] }));
+        if takes_system_instruction(model) {
+            body.insert("systemInstruction".into(), json!({ "parts": [{ "text": system }] }));
+        } else if let Some(first_user) = contents.iter_mut().find(|c| c["role"] == "user") {
+            // Gemma on the Gemini API refuses `systemInstruction` (400 "Developer instruction is
+            // not enabled"): the system prompt leads the first user turn instead.
+            if let Some(parts) = first_user["parts"].as_array_mut() {
+                parts.insert(0, json!({ "text": system }));
+            }
+        }
     }
+    body.insert("contents".into(), Value::Array(contents));
     if !req.tools.is_empty() {
         let declarations: Vec<Value> = req.tools.iter().map(function_declaration).collect();
         body.insert("tools".into(), json!([{ "functionDeclarations": declarations }]));
@@ -640,6 +655,15 @@ mod tests {
             tool_call_id: Some(id.into()),
             name: None,
         }
+    }
+
+    #[test]
+    fn gemma_gets_the_system_prompt_in_its_first_user_turn() {
+        let req = request(vec![Message::text(Role::System, "Be brief."), Message::text(Role::User, "Hi")]);
+        let body = request_body("gemma-3-27b-it", &req);
+        assert!(body.get("systemInstruction").is_none());
+        assert_eq!(body["contents"][0]["role"], "user");
+        assert_eq!(body["contents"][0]["parts"], json!([{ "text": "Be brief." }, { "text": "Hi" }]));
     }
 
     #[test]
