@@ -79,6 +79,52 @@ pub fn record(route: &Route, failed: &[String], baseline: &Option<CatalogModel>)
     }
 }
 
+/// The routes a request has tried so far, and whether to try the next.
+#[derive(Default)]
+struct Attempts {
+    /// `upstream/model: code` of each failure, for the route record.
+    failed: Vec<String>,
+    tried_upstreams: Vec<String>,
+    last_error: Option<ProviderError>,
+}
+
+enum Next {
+    Try,
+    Skip,
+    Stop,
+}
+
+impl Attempts {
+    /// At most [`MAX_ATTEMPTS`] failures; an upstream that failed is not tried again with
+    /// another model; connections cooling down are passed over.
+    fn next(&self, route: &Route) -> Next {
+        if self.failed.len() >= MAX_ATTEMPTS {
+            Next::Stop
+        } else if route.upstream.health.is_cooling_down()
+            || (self.tried_upstreams.contains(&route.upstream.name) && route.upstream.kind != ProviderKind::Simulator)
+        {
+            Next::Skip
+        } else {
+            Next::Try
+        }
+    }
+
+    fn record_failure(&mut self, route: &Route, error: ProviderError) {
+        note_failure(route, &error, &mut self.failed);
+        self.tried_upstreams.push(route.upstream.name.clone());
+        self.last_error = Some(error);
+    }
+
+    fn exhausted(self) -> EngineError {
+        upstream_error(self.last_error.unwrap_or(ProviderError::Connect("every route is cooling down".into())))
+    }
+}
+
+/// Failures that move a request to its next route.
+fn moves_on(error: &ProviderError) -> bool {
+    error.is_retryable() || matches!(error, ProviderError::Status { status: 401 | 403 | 404, .. })
+}
+
 fn note_failure(route: &Route, error: &ProviderError, failed: &mut Vec<String>) {
     let retry_after = match error {
         ProviderError::Status { retry_after, .. } => *retry_after,
@@ -130,41 +176,31 @@ impl Router {
     /// Serves a request on routes from [`Router::plan`].
     pub async fn chat(&self, req: &ChatRequest, scope: &Scope, routes: Vec<Route>) -> Result<ChatOutcome, EngineError> {
         let baseline = self.baseline_model(req);
-        let mut failed = Vec::new();
-        let mut last_error = None;
-        let mut tried_upstreams: Vec<String> = Vec::new();
-        for route in routes.iter().filter(|r| !r.upstream.health.is_cooling_down()) {
-            if failed.len() >= MAX_ATTEMPTS {
-                break;
-            }
-            if tried_upstreams.contains(&route.upstream.name) && route.upstream.kind != ProviderKind::Simulator {
-                continue;
+        let mut attempts = Attempts::default();
+        for route in &routes {
+            match attempts.next(route) {
+                Next::Stop => break,
+                Next::Skip => continue,
+                Next::Try => {}
             }
             let started = Instant::now();
             match adapter(route.upstream.kind).chat(&route.upstream.conn, &route.model.id, req).await {
                 Ok(response) => {
                     route.upstream.health.record_success(started.elapsed());
-                    let mut outcome = self.outcome(req, route, response, &failed, &baseline, started);
+                    let mut outcome = self.outcome(req, route, response, &attempts.failed, &baseline, started);
                     if req.model == ModelChoice::Mode(Mode::Auto) && is_weak(req, &outcome.response) {
-                        if let Some(mut better) = self.escalate(req, scope, route, &failed, &baseline).await {
+                        if let Some(mut better) = self.escalate(req, scope, route, &attempts.failed, &baseline).await {
                             better.route.earlier_attempts_usd = outcome.route.cost_usd(outcome.usage);
                             outcome = better;
                         }
                     }
                     return Ok(outcome);
                 }
-                Err(error)
-                    if error.is_retryable()
-                        || matches!(&error, ProviderError::Status { status: 401 | 403 | 404, .. }) =>
-                {
-                    note_failure(route, &error, &mut failed);
-                    tried_upstreams.push(route.upstream.name.clone());
-                    last_error = Some(error);
-                }
+                Err(error) if moves_on(&error) => attempts.record_failure(route, error),
                 Err(error) => return Err(upstream_error(error)),
             }
         }
-        Err(upstream_error(last_error.unwrap_or(ProviderError::Connect("every route is cooling down".into()))))
+        Err(attempts.exhausted())
     }
 
     fn outcome(
@@ -215,16 +251,12 @@ impl Router {
     /// Opens a stream on the first route whose upstream produces a first delta.
     pub async fn chat_stream(&self, req: &ChatRequest, routes: Vec<Route>) -> Result<StreamOutcome, EngineError> {
         let baseline = self.baseline_model(req);
-        let mut failed = Vec::new();
-        let mut last_error = None;
-        let mut tried_upstreams: Vec<String> = Vec::new();
-        for route in routes.iter().filter(|r| !r.upstream.health.is_cooling_down()) {
-            // As for whole answers: a failed upstream is not tried again with another model.
-            if failed.len() >= MAX_ATTEMPTS {
-                break;
-            }
-            if tried_upstreams.contains(&route.upstream.name) && route.upstream.kind != ProviderKind::Simulator {
-                continue;
+        let mut attempts = Attempts::default();
+        for route in &routes {
+            match attempts.next(route) {
+                Next::Stop => break,
+                Next::Skip => continue,
+                Next::Try => {}
             }
             let started = Instant::now();
             let opened = adapter(route.upstream.kind).chat_stream(&route.upstream.conn, &route.model.id, req).await;
@@ -240,19 +272,12 @@ impl Router {
                 Ok((delta, rest)) => {
                     route.upstream.health.record_success(started.elapsed());
                     let stream = futures_util::stream::once(async move { Ok(delta) }).chain(rest).boxed();
-                    return Ok(StreamOutcome { route: record(route, &failed, &baseline), stream, started });
+                    return Ok(StreamOutcome { route: record(route, &attempts.failed, &baseline), stream, started });
                 }
-                Err(error)
-                    if error.is_retryable()
-                        || matches!(&error, ProviderError::Status { status: 401 | 403 | 404, .. }) =>
-                {
-                    note_failure(route, &error, &mut failed);
-                    tried_upstreams.push(route.upstream.name.clone());
-                    last_error = Some(error);
-                }
+                Err(error) if moves_on(&error) => attempts.record_failure(route, error),
                 Err(error) => return Err(upstream_error(error)),
             }
         }
-        Err(upstream_error(last_error.unwrap_or(ProviderError::Connect("every route is cooling down".into()))))
+        Err(attempts.exhausted())
     }
 }

@@ -129,6 +129,15 @@ impl Rig {
     }
 }
 
+/// The answer text of an SSE body: the chunks' `delta.content`, in order.
+fn streamed_text(sse: &str) -> String {
+    sse.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect()
+}
+
 fn model_body(p: Provider, messages: Value) -> Value {
     json!({ "model": p.model(), "max_tokens": 200, "messages": messages })
 }
@@ -411,13 +420,7 @@ async fn a_failing_provider_falls_back_to_the_next_one() {
     assert_eq!(s.status, 200);
     assert!(s.text.ends_with("data: [DONE]\n\n"));
     assert!(!s.text.contains("error"), "one clean answer: {}", s.text);
-    let text: String = s
-        .text
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
-        .collect();
+    let text = streamed_text(&s.text);
     assert_eq!(text, "Answer from the second provider");
 }
 
@@ -550,13 +553,7 @@ async fn a_stream_falls_back_to_another_provider_not_another_model_of_the_failed
     let s = gw.raw(gw.client().post(gw.url("/v1/chat/completions")).bearer_auth(&key).json(&body)).await;
     assert_eq!(s.status, 200, "{}", s.text);
     assert!(s.text.ends_with("data: [DONE]\n\n"), "{}", s.text);
-    let text: String = s
-        .text
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
-        .collect();
+    let text = streamed_text(&s.text);
     assert_eq!(text, "Served by the other provider");
     assert_eq!(first.answer_requests().len(), 2, "the failed provider was tried once for this request");
 }
