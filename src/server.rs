@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     config::{Config, LogFormat},
-    http::{self, AppState},
+    http::{self, AppParts, AppState},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +113,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     let shutting_down = Arc::new(AtomicBool::new(false));
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let state = AppState { engine: engine.clone(), config: Arc::new(config), shutting_down: shutting_down.clone() };
+    let state = AppState::new(AppParts {
+        engine: engine.clone(),
+        config: Arc::new(config),
+        shutting_down: shutting_down.clone(),
+    });
     let app = http::router(state);
     println!("Tokaroo listening on http://{addr}");
     let _ = std::io::stdout().flush();

@@ -146,14 +146,56 @@ pub struct ChatRequest {
     pub user: Option<String>,
     pub stream: bool,
     pub include_usage: bool,
-    /// Memo of [`ChatRequest::prompt_tokens`]; build requests with it empty (`Default`).
-    pub prompt_token_count: std::sync::OnceLock<u32>,
+    /// Memo of the prompt's size; build requests with it empty (`Default`).
+    pub prompt_size: PromptSize,
+}
+
+/// The prompt's token count and a cheap upper bound on it, each computed at most once.
+#[derive(Debug, Clone, Default)]
+pub struct PromptSize {
+    exact: std::sync::OnceLock<u32>,
+    upper_bound: std::sync::OnceLock<u64>,
+}
+
+/// A memo follows from the request's content, so it never makes two requests differ.
+impl PartialEq for PromptSize {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl ChatRequest {
+    /// A request with only a model and messages; every option unset.
+    pub fn new(model: ModelChoice, messages: Vec<Message>) -> Self {
+        Self {
+            model,
+            messages,
+            tools: Vec::new(),
+            tool_choice: None,
+            response_format: None,
+            max_tokens: None,
+            temperature: None,
+            top_p: None,
+            stop: Vec::new(),
+            seed: None,
+            user: None,
+            stream: false,
+            include_usage: false,
+            prompt_size: PromptSize::default(),
+        }
+    }
+
     /// The prompt's token count, counted once per request (routing asks several times).
     pub fn prompt_tokens(&self) -> u32 {
-        *self.prompt_token_count.get_or_init(|| crate::tokenizer::prompt_tokens(self))
+        *self.prompt_size.exact.get_or_init(|| crate::tokenizer::prompt_tokens(self))
+    }
+
+    /// Whether the prompt has at most `budget` tokens. Tokenizing is the dearest step of
+    /// routing, and most prompts are far below the limit; their byte count settles it.
+    pub fn prompt_fits(&self, budget: u64) -> bool {
+        let upper_bound =
+            *self.prompt_size.upper_bound.get_or_init(|| crate::tokenizer::prompt_tokens_upper_bound(self));
+        upper_bound <= budget || u64::from(self.prompt_tokens()) <= budget
     }
 
     pub fn needs_vision(&self) -> bool {

@@ -80,8 +80,11 @@ pub struct BootstrapCredentials {
 
 pub(crate) const OPERATOR_ACCOUNT_META: &str = "operator_account_id";
 
+/// The handle every HTTP route holds. Cloned for each request, so it is one `Arc`.
 #[derive(Clone)]
-pub struct Engine {
+pub struct Engine(Arc<EngineParts>);
+
+pub struct EngineParts {
     pub(crate) shared: Arc<Shared>,
     pub(crate) config: Arc<EngineConfig>,
     pub(crate) router: Arc<Router>,
@@ -89,6 +92,14 @@ pub struct Engine {
     pub(crate) ledger: crate::ledger::LedgerClient,
     pub(crate) payments: Arc<dyn crate::payments::PaymentProcessor>,
     operator_account_id: Arc<std::sync::RwLock<Option<String>>>,
+}
+
+impl std::ops::Deref for Engine {
+    type Target = EngineParts;
+
+    fn deref(&self) -> &EngineParts {
+        &self.0
+    }
 }
 
 impl Engine {
@@ -125,7 +136,7 @@ impl Engine {
         let (root, _) = Actor::spawn(Some(crate::root::NAME.to_owned()), root_actor, ())
             .await
             .map_err(|e| EngineError::Internal(format!("actor tree failed to start: {e}")))?;
-        let engine = Self {
+        let engine = Self(Arc::new(EngineParts {
             router,
             shared,
             config: Arc::new(config),
@@ -133,7 +144,7 @@ impl Engine {
             ledger: crate::ledger::LedgerClient,
             payments,
             operator_account_id: Arc::new(std::sync::RwLock::new(operator)),
-        };
+        }));
         engine.spawn_last_used_persister();
         Ok(engine)
     }

@@ -115,8 +115,13 @@ impl Engine {
         worst
     }
 
-    /// Reserves `amount_units` for a request of this key: balance and workspace budget.
-    async fn reserve(&self, key: &KeyEntry, amount_units: i64) -> Result<Option<HoldGuard>, EngineError> {
+    /// Reserves the request's worst case (`amount_units`, computed only when a hold is needed)
+    /// for a request of this key: balance and workspace budget.
+    async fn reserve(
+        &self,
+        key: &KeyEntry,
+        amount_units: impl FnOnce() -> i64,
+    ) -> Result<Option<HoldGuard>, EngineError> {
         let metered = self.operator_account_id().as_deref() != Some(key.account_id.as_str());
         let budget = key.workspace_slug.as_ref().and_then(|slug| {
             let entry = self.shared.workspace_entry(&key.account_id, slug)?;
@@ -125,7 +130,7 @@ impl Engine {
         if !metered && budget.is_none() {
             return Ok(None);
         }
-        let req = ReserveRequest { account_id: key.account_id.clone(), metered, amount_units, budget };
+        let req = ReserveRequest { account_id: key.account_id.clone(), metered, amount_units: amount_units(), budget };
         match self.ledger.reserve(req).await? {
             Ok(hold) => Ok(Some(hold)),
             Err(Refusal::BillingRequired { balance_units, required_units }) => Err(EngineError::BillingRequired {
@@ -143,7 +148,7 @@ impl Engine {
     pub async fn chat(&self, key: &KeyEntry, req: &ChatRequest, info: RequestInfo) -> Result<ServedChat, EngineError> {
         let scope = scope(key);
         let routes = self.router.plan(req, &scope)?;
-        let hold = self.reserve(key, self.worst_case_units(req, &info, &routes, &scope)).await?;
+        let hold = self.reserve(key, || self.worst_case_units(req, &info, &routes, &scope)).await?;
         // On failure the hold is dropped, which releases it.
         let outcome = self.router.chat(req, &scope, routes).await?;
         let charge =
@@ -160,7 +165,7 @@ impl Engine {
     ) -> Result<OpenStream, EngineError> {
         let scope = scope(key);
         let routes = self.router.plan(req, &scope)?;
-        let hold = self.reserve(key, self.worst_case_units(req, info, &routes, &scope)).await?;
+        let hold = self.reserve(key, || self.worst_case_units(req, info, &routes, &scope)).await?;
         let outcome = self.router.chat_stream(req, routes).await?;
         Ok(OpenStream { outcome, hold })
     }
@@ -287,7 +292,7 @@ impl Engine {
         request_id: Option<String>,
     ) -> Result<(crate::embeddings::EmbeddingOutcome, Charge), EngineError> {
         let tokens: u64 = req.inputs.iter().map(|t| u64::from(crate::tokenizer::count(t))).sum();
-        let hold = self.reserve(key, self.embedding_worst_case_units(req, tokens)).await?;
+        let hold = self.reserve(key, || self.embedding_worst_case_units(req, tokens)).await?;
         let outcome = self.router.embed(req, &scope(key)).await?;
         let info = RequestInfo {
             requested_model: outcome.model.clone(),

@@ -168,19 +168,18 @@ impl Router {
             .collect()
     }
 
-    fn fits(model: &CatalogModel, req: &ChatRequest, prompt_tokens: u64) -> bool {
+    fn fits(model: &CatalogModel, req: &ChatRequest) -> bool {
         model.has("chat")
             && !model.deprecated
             && (!req.needs_tools() || model.has("tools"))
             && (!req.needs_vision() || model.has("vision"))
             && (!req.needs_json() || model.has("json"))
             && (!req.stream || model.has("streaming"))
-            && prompt_tokens + u64::from(req.max_tokens.unwrap_or(0)) <= model.context_window
+            && req.prompt_fits(model.context_window.saturating_sub(u64::from(req.max_tokens.unwrap_or(0))))
     }
 
     /// Routes in the order they should be tried.
     pub fn plan(&self, req: &ChatRequest, scope: &Scope) -> Result<Vec<Route>, EngineError> {
-        let prompt = u64::from(req.prompt_tokens());
         let available = self.upstreams.for_scope(&scope.account_id, scope.workspace_slug.as_deref());
         let locals = self.local_routes(req, &available);
         if let ModelChoice::Native(id) = &req.model {
@@ -213,7 +212,7 @@ impl Router {
             .catalog
             .models
             .iter()
-            .filter(|m| Self::fits(m, req, prompt))
+            .filter(|m| Self::fits(m, req))
             .filter_map(|m| self.upstream_for(&m.provider, &available).map(|u| (m, u)))
             .collect();
         if fits.is_empty() && locals.is_empty() {
@@ -284,11 +283,10 @@ impl Router {
 
     /// The reference `max` route's model for the request: the baseline savings are measured against.
     pub fn baseline_model(&self, req: &ChatRequest) -> Option<CatalogModel> {
-        let prompt = u64::from(req.prompt_tokens());
         self.catalog
             .models
             .iter()
-            .filter(|m| Self::fits(m, req, prompt))
+            .filter(|m| Self::fits(m, req))
             .max_by(|a, b| a.quality.total_cmp(&b.quality).then(b.input_per_1m.total_cmp(&a.input_per_1m)))
             .cloned()
     }

@@ -50,6 +50,32 @@ pub fn prompt_tokens(req: &ChatRequest) -> u32 {
     messages + tools + REPLY_PRIMER
 }
 
+/// At least [`prompt_tokens`], without tokenizing: a token covers at least one byte.
+pub fn prompt_tokens_upper_bound(req: &ChatRequest) -> u64 {
+    // Text parts are joined with one separator byte each.
+    let text_bytes = |m: &crate::chat::Message| -> u64 {
+        let text: usize =
+            m.content.iter().map(|p| if let crate::chat::ContentPart::Text(t) = p { t.len() } else { 0 }).sum();
+        (text + m.content.len()) as u64
+    };
+    let messages: u64 = req
+        .messages
+        .iter()
+        .map(|m| {
+            let images =
+                m.content.iter().filter(|p| matches!(p, crate::chat::ContentPart::Image { .. })).count() as u64;
+            let calls: u64 = m.tool_calls.iter().map(|c| (c.name.len() + c.arguments.len()) as u64).sum();
+            u64::from(PER_MESSAGE) + text_bytes(m) + calls + images * u64::from(PER_IMAGE)
+        })
+        .sum();
+    let tools: u64 = req
+        .tools
+        .iter()
+        .map(|t| (t.name.len() + t.description.as_deref().map_or(0, str::len) + t.parameters.to_string().len()) as u64)
+        .sum();
+    messages + tools + u64::from(REPLY_PRIMER)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +88,29 @@ mod tests {
         let long = "tokenization ".repeat(100);
         let n = count(&long);
         assert!((100..=300).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn the_upper_bound_is_never_below_the_count_and_settles_the_context_check() {
+        let text = |t: &str| crate::chat::Message {
+            role: crate::chat::Role::User,
+            content: vec![crate::chat::ContentPart::Text(t.to_owned())],
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        };
+        let request = |messages| ChatRequest::new(crate::chat::ModelChoice::Native("gpt-4o-mini".into()), messages);
+        for messages in [
+            vec![text("Say hello.")],
+            vec![text("ünïcödé 日本語のテキスト 🎉🎉🎉"), text(&"x".repeat(5000))],
+            vec![text("")],
+        ] {
+            let req = request(messages);
+            let exact = prompt_tokens(&req);
+            let bound = prompt_tokens_upper_bound(&req);
+            assert!(u64::from(exact) <= bound, "{exact} > {bound}");
+            assert!(req.prompt_fits(u64::from(exact)), "the exact count fits its own budget");
+            assert!(!req.prompt_fits(u64::from(exact) - 1), "one token less does not fit");
+        }
     }
 }

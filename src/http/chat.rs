@@ -23,7 +23,7 @@ use tokaroo_actors::{
 
 use super::{
     error::ApiError,
-    extract::{parse_json, ApiKey, RequestId},
+    extract::{parse_json_object, ApiKey, RequestId},
     AppState,
 };
 
@@ -211,7 +211,7 @@ pub fn parse_request(v: &Value) -> Result<(ChatRequest, String), ApiError> {
         user: v["user"].as_str().map(str::to_owned),
         stream,
         include_usage: v["stream_options"]["include_usage"].as_bool().unwrap_or(false),
-        prompt_token_count: Default::default(),
+        prompt_size: Default::default(),
     };
     Ok((request, model_name))
 }
@@ -230,7 +230,7 @@ async fn chat_completions(
     RequestId(request_id): RequestId,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let wire: Value = parse_json(&body)?;
+    let wire = parse_json_object(&body)?;
     let (request, model_name) = parse_request(&wire)?;
     let created = time::OffsetDateTime::now_utc().unix_timestamp();
     let info = RequestInfo { request_id, ..RequestInfo::chat(&request, &model_name) };
@@ -297,8 +297,10 @@ async fn stream_response(
         }
         http_body::Frame::trailers(trailers)
     });
-    // Frames that are ready together go out in one write: fewer syscalls per streamed answer.
-    let frames = frames.ready_chunks(16).map(concat_frames).chain(trailer).map(Ok::<_, Infallible>);
+    let frames = super::coalesce::Coalesce::new(Box::pin(frames))
+        .map(http_body::Frame::data)
+        .chain(trailer)
+        .map(Ok::<_, Infallible>);
     let mut response = Response::new(Body::new(http_body_util::StreamBody::new(frames)));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -335,17 +337,6 @@ impl Settle {
         }
         Ok(charge)
     }
-}
-
-fn concat_frames(mut parts: Vec<Bytes>) -> http_body::Frame<Bytes> {
-    let data = if parts.len() == 1 {
-        parts.pop().unwrap_or_default()
-    } else {
-        let mut joined = Vec::with_capacity(parts.iter().map(Bytes::len).sum());
-        parts.iter().for_each(|p| joined.extend_from_slice(p));
-        Bytes::from(joined)
-    };
-    http_body::Frame::data(data)
 }
 
 /// Writes `chat.completion.chunk` events for one streamed answer. Typed rather than built as

@@ -14,7 +14,7 @@ use tokaroo_actors::embeddings::EmbeddingRequest;
 
 use super::{
     error::ApiError,
-    extract::{parse_json, ApiKey, RequestId},
+    extract::{parse_json_object, ApiKey, RequestId},
     wire::cost_header,
     AppState,
 };
@@ -70,7 +70,7 @@ async fn embeddings(
     RequestId(request_id): RequestId,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let wire: Value = parse_json(&body)?;
+    let wire = parse_json_object(&body)?;
     if !wire.is_object() {
         return Err(ApiError::BadRequest("Request body must be a JSON object".into()));
     }

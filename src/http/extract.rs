@@ -59,6 +59,19 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// A JSON object body as a `Value`, for routes that validate field by field. Only syntax can
+/// fail here, so it skips [`parse_json`]'s path tracking, a measurable share of a chat request.
+pub fn parse_json_object(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err(ApiError::BadRequest("Request body must be a JSON object".into())),
+        Err(e) if e.is_eof() && bytes.iter().all(u8::is_ascii_whitespace) => {
+            Err(ApiError::BadRequest("Request body is empty; expected a JSON object".into()))
+        }
+        Err(e) => Err(ApiError::BadRequest(format!("Malformed JSON in request body: {e}"))),
+    }
+}
+
 /// The bearer credential, if any.
 pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let value = parts.headers.get(header::AUTHORIZATION).ok_or(ApiError::MissingCredential)?;

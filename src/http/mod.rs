@@ -4,6 +4,7 @@ mod admin;
 mod admission;
 mod billing;
 mod chat;
+mod coalesce;
 mod embeddings;
 pub mod error;
 pub mod extract;
@@ -33,10 +34,27 @@ use crate::config::Config;
 use error::{openai_error_shape, to_openai_shape, ApiError, ErrorParts};
 
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+/// What the routes share; behind one `Arc` because extractors clone the state per request.
+pub struct AppParts {
     pub engine: Engine,
     pub config: Arc<Config>,
     pub shutting_down: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(parts: AppParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
 }
 
 /// Path prefixes that mirror OpenAI's API and so answer errors in OpenAI's shape.

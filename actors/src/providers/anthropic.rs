@@ -499,22 +499,7 @@ mod tests {
     use crate::chat::{ModelChoice, ToolDef};
 
     fn request(messages: Vec<Message>) -> ChatRequest {
-        ChatRequest {
-            model: ModelChoice::Native("claude-test".into()),
-            messages,
-            tools: Vec::new(),
-            tool_choice: None,
-            response_format: None,
-            max_tokens: None,
-            temperature: None,
-            top_p: None,
-            stop: Vec::new(),
-            seed: None,
-            user: None,
-            stream: false,
-            include_usage: false,
-            prompt_token_count: Default::default(),
-        }
+        ChatRequest::new(ModelChoice::Native("claude-test".into()), messages)
     }
 
     fn assistant_calls(calls: Vec<ToolCall>) -> Message {

@@ -625,22 +625,7 @@ mod tests {
     use crate::chat::{ModelChoice, ToolDef};
 
     fn request(messages: Vec<Message>) -> ChatRequest {
-        ChatRequest {
-            model: ModelChoice::Native("gemini-test".into()),
-            messages,
-            tools: Vec::new(),
-            tool_choice: None,
-            response_format: None,
-            max_tokens: None,
-            temperature: None,
-            top_p: None,
-            stop: Vec::new(),
-            seed: None,
-            user: None,
-            stream: false,
-            include_usage: false,
-            prompt_token_count: Default::default(),
-        }
+        ChatRequest::new(ModelChoice::Native("gemini-test".into()), messages)
     }
 
     fn assistant_calls(calls: Vec<ToolCall>) -> Message {

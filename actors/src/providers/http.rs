@@ -112,14 +112,91 @@ pub async fn json_body(response: reqwest::Response) -> Result<Value, ProviderErr
 /// The SSE events of a streamed response body. Transport failures mid-way become
 /// `StreamBroken`; a body that ends without the provider's end marker is the adapter's to judge.
 pub fn sse(response: reqwest::Response, idle_timeout: Duration) -> BoxStream<'static, Result<Event, ProviderError>> {
-    let events = response.bytes_stream().eventsource();
-    futures_util::stream::unfold(events, move |mut events| async move {
-        match tokio::time::timeout(idle_timeout, events.next()).await {
-            Err(_) => Some((Err(ProviderError::StreamBroken("no data within the idle timeout".into())), events)),
-            Ok(None) => None,
-            Ok(Some(Ok(event))) => Some((Ok(event), events)),
-            Ok(Some(Err(e))) => Some((Err(ProviderError::StreamBroken(e.to_string())), events)),
+    IdleTimeout::new(response.bytes_stream().eventsource(), idle_timeout)
+        .map(|item| match item {
+            Ok(Ok(event)) => Ok(event),
+            Ok(Err(e)) => Err(ProviderError::StreamBroken(e.to_string())),
+            Err(IdleElapsed) => Err(ProviderError::StreamBroken("no data within the idle timeout".into())),
+        })
+        .boxed()
+}
+
+struct IdleElapsed;
+
+/// Ends a stream with [`IdleElapsed`] once no item has come for `idle`. One timer serves the
+/// whole stream: it is re-armed only when it fires early, not for every item, because an
+/// answer is many small events and a timer per event is a measurable share of their cost.
+struct IdleTimeout<S> {
+    inner: S,
+    idle: Duration,
+    last_item: tokio::time::Instant,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+impl<S> IdleTimeout<S> {
+    fn new(inner: S, idle: Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        Self { inner, idle, last_item: now, timer: Box::pin(tokio::time::sleep_until(now + idle)), done: false }
+    }
+}
+
+impl<S: futures_util::Stream + Unpin> futures_util::Stream for IdleTimeout<S> {
+    type Item = Result<S::Item, IdleElapsed>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
         }
-    })
-    .boxed()
+        if let Poll::Ready(item) = this.inner.poll_next_unpin(cx) {
+            this.last_item = tokio::time::Instant::now();
+            this.done = item.is_none();
+            return Poll::Ready(item.map(Ok));
+        }
+        loop {
+            std::task::ready!(std::future::Future::poll(this.timer.as_mut(), cx));
+            let deadline = this.last_item + this.idle;
+            if tokio::time::Instant::now() >= deadline {
+                this.done = true;
+                return Poll::Ready(Some(Err(IdleElapsed)));
+            }
+            this.timer.as_mut().reset(deadline);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_idle_timeout_bounds_gaps_between_items_not_the_whole_stream() {
+        let idle = Duration::from_millis(400);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        tokio::spawn(async move {
+            // Ten items 50 ms apart: longer than `idle` in total, never idle that long.
+            for i in 0..10 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                tx.send(i).unwrap();
+            }
+            // Then silence, with the sender kept open.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(tx);
+        });
+        let mut rx = rx;
+        let items = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let mut stream = IdleTimeout::new(Box::pin(items), idle);
+        for i in 0..10 {
+            assert!(matches!(stream.next().await, Some(Ok(n)) if n == i), "item {i} arrives");
+        }
+        let started = tokio::time::Instant::now();
+        assert!(matches!(stream.next().await, Some(Err(IdleElapsed))), "silence ends the stream");
+        assert!(started.elapsed() >= idle - Duration::from_millis(60), "ended early: {:?}", started.elapsed());
+        assert!(stream.next().await.is_none(), "nothing after the timeout");
+    }
 }
