@@ -104,6 +104,7 @@ impl Shared {
             extra_headers: Vec::new(),
             http: self.http.clone(),
             timeout: std::time::Duration::from_secs(60),
+            chat_url: Default::default(),
         };
         let owner = Owner::Byok {
             account_id: key.account_id.clone(),
@@ -121,6 +122,7 @@ impl Shared {
             extra_headers: headers,
             http: self.http.clone(),
             timeout: std::time::Duration::from_secs(60),
+            chat_url: Default::default(),
         };
         let owner = Owner::Local {
             account_id: ep.account_id.clone(),

@@ -166,6 +166,7 @@ impl Upstreams {
                 extra_headers: Vec::new(),
                 http: http.clone(),
                 timeout: s.timeout,
+                chat_url: Default::default(),
             };
             upstreams.insert(Arc::new(Upstream::new(
                 format!("provider:{}:managed", s.kind.as_str()),
@@ -186,6 +187,7 @@ impl Upstreams {
                 extra_headers: Vec::new(),
                 http: http.clone(),
                 timeout: std::time::Duration::from_secs(30),
+                chat_url: Default::default(),
             };
             Arc::new(Upstream::new(
                 "provider:simulator:builtin".into(),

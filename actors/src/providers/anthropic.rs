@@ -969,6 +969,7 @@ mod tests {
             extra_headers: Vec::new(),
             http: crate::providers::http::client(),
             timeout: std::time::Duration::from_secs(5),
+            chat_url: Default::default(),
         };
         assert_eq!(endpoint(&conn), "https://api.anthropic.com/v1/messages");
         let request = post(&conn, &json!({})).build().unwrap();

@@ -1070,6 +1070,7 @@ mod tests {
             extra_headers: Vec::new(),
             http: crate::providers::http::client(),
             timeout: Duration::from_secs(5),
+            chat_url: Default::default(),
         };
         assert_eq!(
             endpoint(&conn, "gemini-2.5-flash", false),

@@ -65,6 +65,21 @@ pub struct Connection {
     pub http: reqwest::Client,
     /// Upper bound on one upstream call (for streams: until the first event).
     pub timeout: Duration,
+    /// The parsed chat URL of an adapter whose URL does not depend on the model; parsing it
+    /// for every request is a measurable share of a request's cost.
+    pub chat_url: std::sync::OnceLock<reqwest::Url>,
+}
+
+impl Connection {
+    /// The URL `build` makes, parsed on first use and reused after.
+    pub fn chat_url(&self, build: impl FnOnce() -> String) -> Result<reqwest::Url, ProviderError> {
+        if let Some(url) = self.chat_url.get() {
+            return Ok(url.clone());
+        }
+        let url = reqwest::Url::parse(&build())
+            .map_err(|e| ProviderError::Connect(format!("the provider's base URL is not a valid URL: {e}")))?;
+        Ok(self.chat_url.get_or_init(|| url).clone())
+    }
 }
 
 impl std::fmt::Debug for Connection {

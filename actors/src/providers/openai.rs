@@ -272,12 +272,12 @@ fn endpoint(conn: &Connection) -> String {
     format!("{}/chat/completions", conn.base_url.trim_end_matches('/'))
 }
 
-fn post(conn: &Connection, body: &Value) -> reqwest::RequestBuilder {
-    let mut request = conn.http.post(endpoint(conn)).json(body);
+fn post(conn: &Connection, body: &Value) -> Result<reqwest::RequestBuilder, ProviderError> {
+    let mut request = conn.http.post(conn.chat_url(|| endpoint(conn))?).json(body);
     if let Some(key) = &conn.api_key {
         request = request.bearer_auth(key);
     }
-    request
+    Ok(request)
 }
 
 impl ChatProvider for OpenAiChat {
@@ -289,7 +289,7 @@ impl ChatProvider for OpenAiChat {
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
             let body = request_body(conn, model, req, false);
-            let response = http::send(conn, post(conn, &body)).await?;
+            let response = http::send(conn, post(conn, &body)?).await?;
             parse_response(&http::json_body(response).await?)
         })
     }
@@ -304,7 +304,7 @@ impl ChatProvider for OpenAiChat {
             let body = request_body(conn, model, req, true);
             // The overall timeout must not cut a long stream: only the wait for headers and
             // the gaps between events are bounded.
-            let mut request = post(conn, &body);
+            let mut request = post(conn, &body)?;
             for (name, value) in &conn.extra_headers {
                 request = request.header(name, value);
             }
