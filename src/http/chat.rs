@@ -297,7 +297,19 @@ async fn stream_response(
         }
         http_body::Frame::trailers(trailers)
     });
-    let frames = super::coalesce::Coalesce::new(Box::pin(frames))
+    let open_streams = OpenStream::count();
+    let mut frames = super::coalesce::Coalesce::new(Box::pin(frames));
+    // Busy: gather the first batch before hyper gets the body, so that the head and it leave in
+    // one write. Idle: hand the head over at once, so that the client reads it while the rest
+    // of the answer is still being made; that overlap is worth more than the write saved.
+    let first_batch = if open_streams.others() > 0 { frames.gather_first().await } else { None };
+    // The body owns the guard: the stream counts as open until hyper drops it.
+    let frames = frames.map(move |frame| {
+        let _open = &open_streams;
+        frame
+    });
+    let frames = futures_util::stream::iter(first_batch)
+        .chain(frames)
         .map(http_body::Frame::data)
         .chain(trailer)
         .map(Ok::<_, Infallible>);
@@ -311,6 +323,29 @@ async fn stream_response(
 }
 
 type ApiKeyEntry = std::sync::Arc<tokaroo_actors::KeyEntry>;
+
+/// Counts the streamed answers in flight, for as long as this guard lives.
+struct OpenStream;
+
+static OPEN_STREAMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl OpenStream {
+    fn count() -> Self {
+        OPEN_STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenStream
+    }
+
+    /// Streams in flight besides this one.
+    fn others(&self) -> usize {
+        OPEN_STREAMS.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(1)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        OPEN_STREAMS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// Settles a stream once, when it ends: normally, broken, or dropped by its client.
 struct Settle {

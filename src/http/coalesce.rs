@@ -30,14 +30,27 @@ pub struct Coalesce<S> {
     /// Turns yielded in a row with a batch in hand and no new frame.
     yielded: u32,
     ended: bool,
-    /// The first batch goes out as soon as the inner stream pauses: hyper holds the response
-    /// head until the body first pauses, and the head should not leave alone.
     sent_first: bool,
+    /// Whether the first batch also waits a few turns. hyper sends what it holds whenever the
+    /// body is not ready, the response head included, so by default the first batch leaves as
+    /// soon as the inner stream pauses, with the head. A caller that awaits the first batch
+    /// before returning the response can let it wait (see [`Coalesce::gather_first`]).
+    first_waits: bool,
 }
 
 impl<S> Coalesce<S> {
     pub fn new(inner: S) -> Self {
-        Self { inner, batch: Vec::new(), yielded: 0, ended: false, sent_first: false }
+        Self { inner, batch: Vec::new(), yielded: 0, ended: false, sent_first: false, first_waits: false }
+    }
+
+    /// The first batch, gathered over a few turns like the rest; for a caller that has not
+    /// handed the stream to hyper yet, so that the head and this batch leave in one write.
+    pub async fn gather_first(&mut self) -> Option<Bytes>
+    where
+        S: Stream<Item = Bytes> + Unpin,
+    {
+        self.first_waits = true;
+        futures_util::StreamExt::next(self).await
     }
 
     fn take(&mut self) -> Bytes {
@@ -71,7 +84,7 @@ impl<S: Stream<Item = Bytes> + Unpin> Stream for Coalesce<S> {
                     return Poll::Ready((!this.batch.is_empty()).then(|| this.take()));
                 }
                 Poll::Pending if this.batch.is_empty() => return Poll::Pending,
-                Poll::Pending if this.yielded < EMPTY_TURNS_BEFORE_SENDING && this.sent_first => {
+                Poll::Pending if this.yielded < EMPTY_TURNS_BEFORE_SENDING && (this.sent_first || this.first_waits) => {
                     // Let the tasks that feed the inner stream run before deciding the batch is
                     // complete. Waking ourselves puts this task at the back of the run queue.
                     this.yielded += 1;
