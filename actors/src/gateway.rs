@@ -109,6 +109,18 @@ impl Attempts {
         }
     }
 
+    /// The next of `pending` worth trying, or `None` when the request should stop.
+    fn next_route<'r>(&self, pending: &mut std::slice::Iter<'r, Route>) -> Option<&'r Route> {
+        loop {
+            let route = pending.next()?;
+            match self.next(route) {
+                Next::Stop => return None,
+                Next::Skip => continue,
+                Next::Try => return Some(route),
+            }
+        }
+    }
+
     fn record_failure(&mut self, route: &Route, error: ProviderError) {
         note_failure(route, &error, &mut self.failed);
         self.tried_upstreams.push(route.upstream.name.clone());
@@ -177,12 +189,8 @@ impl Router {
     pub async fn chat(&self, req: &ChatRequest, scope: &Scope, routes: Vec<Route>) -> Result<ChatOutcome, EngineError> {
         let baseline = self.baseline_model(req);
         let mut attempts = Attempts::default();
-        for route in &routes {
-            match attempts.next(route) {
-                Next::Stop => break,
-                Next::Skip => continue,
-                Next::Try => {}
-            }
+        let mut pending = routes.iter();
+        while let Some(route) = attempts.next_route(&mut pending) {
             let started = Instant::now();
             match adapter(route.upstream.kind).chat(&route.upstream.conn, &route.model.id, req).await {
                 Ok(response) => {
@@ -252,12 +260,8 @@ impl Router {
     pub async fn chat_stream(&self, req: &ChatRequest, routes: Vec<Route>) -> Result<StreamOutcome, EngineError> {
         let baseline = self.baseline_model(req);
         let mut attempts = Attempts::default();
-        for route in &routes {
-            match attempts.next(route) {
-                Next::Stop => break,
-                Next::Skip => continue,
-                Next::Try => {}
-            }
+        let mut pending = routes.iter();
+        while let Some(route) = attempts.next_route(&mut pending) {
             let started = Instant::now();
             let opened = adapter(route.upstream.kind).chat_stream(&route.upstream.conn, &route.model.id, req).await;
             let first = match opened {
