@@ -659,9 +659,15 @@ impl LedgerClient {
     ) -> Result<(UsageRow, AccountMoney), LedgerError> {
         let hold = hold.and_then(|mut h| h.id.take());
         let row = Arc::new(row);
-        self.call(move |reply| LedgerMsg::Settle { hold, row: Box::new((*row).clone()), reply })
-            .await?
-            .map_err(LedgerError::Failed)
+        let client = self.clone();
+        // A task of its own, so that a caller that stops waiting (its client went away while
+        // the ledger was restarting) cannot cancel the settle: the answer was served either way.
+        tokio::spawn(async move {
+            client.call(move |reply| LedgerMsg::Settle { hold, row: Box::new((*row).clone()), reply }).await
+        })
+        .await
+        .map_err(|e| LedgerError::Failed(format!("the settle task failed: {e}")))??
+        .map_err(LedgerError::Failed)
     }
 
     pub async fn credit(&self, credit: Credit) -> Result<AccountMoney, LedgerError> {
@@ -713,6 +719,59 @@ impl Drop for HoldGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn usage_row(id: &str) -> UsageRow {
+        UsageRow {
+            id: id.into(),
+            account_id: "acct".into(),
+            api_key_id: Some("key".into()),
+            workspace_slug: None,
+            metadata: Default::default(),
+            tier: "auto".into(),
+            requested_model: "auto".into(),
+            provider: "openai".into(),
+            upstream_model: "gpt-4o-mini".into(),
+            upstream: "provider:openai:managed".into(),
+            routing_method: "auto".into(),
+            routing_reason: "test".into(),
+            execution_source: "managed".into(),
+            billing_mode: "managed".into(),
+            request_type: "chat".into(),
+            input_tokens: 10,
+            output_tokens: 5,
+            actual_cost_units: 100,
+            charged_units: 110,
+            baseline_units: 500,
+            latency_ms: Some(1),
+            cache: "miss".into(),
+            streamed: true,
+            created_at_us: 0,
+            request_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_settle_whose_caller_gives_up_during_a_restart_is_still_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // No ledger yet, as while it restarts: the settle waits for it.
+        let waiting = tokio::spawn(LedgerClient.settle(None, usage_row("abandoned")));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        waiting.abort();
+        let _ = waiting.await;
+        let ledger = spawn_standalone(store.clone()).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            LedgerClient.commit().await.unwrap();
+            let recorded = store.ledger.balances.get(&"acct").unwrap().map(|b| b.usage_rows);
+            if recorded == Some(1) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the abandoned settle was never recorded: {recorded:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
+    }
 
     #[test]
     fn months_and_their_first_days() {

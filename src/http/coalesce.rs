@@ -7,10 +7,11 @@
 //! that task has run again. Handing hyper each frame as it appears costs a write, a wake-up of
 //! the client and a read on its side per event. Yielding when nothing is ready lets that task
 //! run; only after a few turns bring nothing new does the gathered batch go out. A frame waits
-//! a few turns of the runtime (microseconds), never for more data to arrive.
+//! a few turns of the runtime (microseconds), and never more than [`MAX_BATCH_DELAY`] in all.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use futures_util::Stream;
@@ -23,10 +24,15 @@ use futures_util::Stream;
 /// then the rest).
 const EMPTY_TURNS_BEFORE_SENDING: u32 = 4;
 const MAX_BATCH_BYTES: usize = 16 * 1024;
+/// A batch goes out once its first frame is this old, even while frames keep coming: under
+/// load a scheduler turn can take long, and a steady stream must not be held back for it.
+const MAX_BATCH_DELAY: Duration = Duration::from_millis(1);
 
 pub struct Coalesce<S> {
     inner: S,
     batch: Vec<u8>,
+    /// When the batch's first frame came.
+    batch_started: Instant,
     /// Turns yielded in a row with a batch in hand and no new frame.
     yielded: u32,
     ended: bool,
@@ -40,7 +46,15 @@ pub struct Coalesce<S> {
 
 impl<S> Coalesce<S> {
     pub fn new(inner: S) -> Self {
-        Self { inner, batch: Vec::new(), yielded: 0, ended: false, sent_first: false, first_waits: false }
+        Self {
+            inner,
+            batch: Vec::new(),
+            batch_started: Instant::now(),
+            yielded: 0,
+            ended: false,
+            sent_first: false,
+            first_waits: false,
+        }
     }
 
     /// The first batch, gathered over a few turns like the rest; for a caller that has not
@@ -71,8 +85,12 @@ impl<S: Stream<Item = Bytes> + Unpin> Stream for Coalesce<S> {
             match Pin::new(&mut this.inner).poll_next(cx) {
                 Poll::Ready(Some(frame)) => {
                     this.yielded = 0;
-                    if this.batch.is_empty() && frame.len() >= MAX_BATCH_BYTES {
-                        return Poll::Ready(Some(frame));
+                    if this.batch.is_empty() {
+                        if frame.len() >= MAX_BATCH_BYTES {
+                            this.sent_first = true;
+                            return Poll::Ready(Some(frame));
+                        }
+                        this.batch_started = Instant::now();
                     }
                     this.batch.extend_from_slice(&frame);
                     if this.batch.len() >= MAX_BATCH_BYTES {
@@ -84,7 +102,11 @@ impl<S: Stream<Item = Bytes> + Unpin> Stream for Coalesce<S> {
                     return Poll::Ready((!this.batch.is_empty()).then(|| this.take()));
                 }
                 Poll::Pending if this.batch.is_empty() => return Poll::Pending,
-                Poll::Pending if this.yielded < EMPTY_TURNS_BEFORE_SENDING && (this.sent_first || this.first_waits) => {
+                Poll::Pending
+                    if this.yielded < EMPTY_TURNS_BEFORE_SENDING
+                        && (this.sent_first || this.first_waits)
+                        && this.batch_started.elapsed() < MAX_BATCH_DELAY =>
+                {
                     // Let the tasks that feed the inner stream run before deciding the batch is
                     // complete. Waking ourselves puts this task at the back of the run queue.
                     this.yielded += 1;
@@ -136,6 +158,23 @@ mod tests {
         assert_eq!(first.expect("the ready frame went out while the stream stayed open"), Some(Bytes::from("first")));
         drop(tx);
         assert_eq!(coalesced.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_steady_stream_is_not_held_back_until_the_batch_is_full() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        // A frame every turn, for longer than a batch may wait.
+        let feeder = tokio::spawn(async move {
+            while tx.send(Bytes::from_static(b"x")).is_ok() {
+                tokio::task::yield_now().await;
+            }
+        });
+        let mut coalesced = Coalesce::new(tokio_stream_from(rx));
+        let _ = coalesced.next().await;
+        let second = coalesced.next().await.expect("a batch while frames keep coming");
+        assert!(second.len() < MAX_BATCH_BYTES, "the batch waited until it was full");
+        drop(coalesced);
+        feeder.await.unwrap();
     }
 
     #[tokio::test]

@@ -64,6 +64,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 pub fn parse_json_object(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
     match serde_json::from_slice::<serde_json::Value>(bytes) {
         Ok(v) if v.is_object() => Ok(v),
+        Ok(serde_json::Value::Array(_)) => {
+            Err(ApiError::BadRequest("Invalid request body: expected a JSON object, got an array".into()))
+        }
         Ok(_) => Err(ApiError::BadRequest("Request body must be a JSON object".into())),
         Err(e) if e.is_eof() && bytes.iter().all(u8::is_ascii_whitespace) => {
             Err(ApiError::BadRequest("Request body is empty; expected a JSON object".into()))

@@ -88,6 +88,22 @@ async fn tools_are_called_and_bad_requests_get_openai_shaped_400s() {
         assert!(message.contains(needle), "{body}: {message}");
         assert_eq!(r.body["error"]["type"], "invalid_request_error");
     }
+    // Bodies that are not one JSON object, on both runtime routes that read raw JSON.
+    for path in ["/v1/chat/completions", "/v1/embeddings"] {
+        for (body, needle) in [
+            ("", "empty"),
+            ("{not json", "Malformed JSON"),
+            ("[1,2]", "got an array"),
+            ("\"text\"", "must be a JSON object"),
+            (r#"{"model": "auto"} trailing"#, "Malformed JSON"),
+        ] {
+            let request = gw.client().post(gw.url(path)).bearer_auth(&key).header("content-type", "application/json");
+            let r = gw.raw(request.body(body)).await;
+            assert_eq!(r.status, 400, "{path} {body:?}: {}", r.text);
+            let message = r.body["error"]["message"].as_str().unwrap();
+            assert!(message.contains(needle), "{path} {body:?}: {message}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -123,13 +123,15 @@ pub fn sse(response: reqwest::Response, idle_timeout: Duration) -> BoxStream<'st
 
 struct IdleElapsed;
 
-/// Ends a stream with [`IdleElapsed`] once no item has come for `idle`. One timer serves the
+/// Ends a stream with [`IdleElapsed`] once its consumer has waited `idle` for an item. Time the
+/// consumer spends elsewhere (a slow client not reading) does not count. One timer serves the
 /// whole stream: it is re-armed only when it fires early, not for every item, because an
 /// answer is many small events and a timer per event is a measurable share of their cost.
 struct IdleTimeout<S> {
     inner: S,
     idle: Duration,
-    last_item: tokio::time::Instant,
+    /// Since when the consumer has been waiting for the next item; `None` right after an item.
+    waiting_since: Option<tokio::time::Instant>,
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     done: bool,
 }
@@ -137,7 +139,7 @@ struct IdleTimeout<S> {
 impl<S> IdleTimeout<S> {
     fn new(inner: S, idle: Duration) -> Self {
         let now = tokio::time::Instant::now();
-        Self { inner, idle, last_item: now, timer: Box::pin(tokio::time::sleep_until(now + idle)), done: false }
+        Self { inner, idle, waiting_since: None, timer: Box::pin(tokio::time::sleep_until(now + idle)), done: false }
     }
 }
 
@@ -154,13 +156,16 @@ impl<S: futures_util::Stream + Unpin> futures_util::Stream for IdleTimeout<S> {
             return Poll::Ready(None);
         }
         if let Poll::Ready(item) = this.inner.poll_next_unpin(cx) {
-            this.last_item = tokio::time::Instant::now();
+            this.waiting_since = None;
             this.done = item.is_none();
             return Poll::Ready(item.map(Ok));
         }
+        // The timer's deadline is never later than this wait's: it was set for this wait or an
+        // earlier one, so at worst it fires early and is re-armed once.
+        let since = *this.waiting_since.get_or_insert_with(tokio::time::Instant::now);
         loop {
             std::task::ready!(std::future::Future::poll(this.timer.as_mut(), cx));
-            let deadline = this.last_item + this.idle;
+            let deadline = since + this.idle;
             if tokio::time::Instant::now() >= deadline {
                 this.done = true;
                 return Poll::Ready(Some(Err(IdleElapsed)));
@@ -198,5 +203,24 @@ mod tests {
         assert!(matches!(stream.next().await, Some(Err(IdleElapsed))), "silence ends the stream");
         assert!(started.elapsed() >= idle - Duration::from_millis(60), "ended early: {:?}", started.elapsed());
         assert!(stream.next().await.is_none(), "nothing after the timeout");
+    }
+
+    #[tokio::test]
+    async fn a_consumer_that_stops_reading_does_not_time_the_upstream_out() {
+        let idle = Duration::from_millis(200);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        let mut rx = rx;
+        let items = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let mut stream = IdleTimeout::new(Box::pin(items), idle);
+        tx.send(1).unwrap();
+        assert!(matches!(stream.next().await, Some(Ok(1))));
+        // The consumer is away (a slow client) for longer than `idle`; the upstream then
+        // answers soon after it comes back.
+        tokio::time::sleep(idle * 3).await;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.send(2).unwrap();
+        });
+        assert!(matches!(stream.next().await, Some(Ok(2))), "the upstream was not silent for `idle`");
     }
 }
