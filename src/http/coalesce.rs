@@ -26,7 +26,9 @@ const EMPTY_TURNS_BEFORE_SENDING: u32 = 4;
 const MAX_BATCH_BYTES: usize = 16 * 1024;
 /// A batch goes out once its first frame is this old, even while frames keep coming: under
 /// load a scheduler turn can take long, and a steady stream must not be held back for it.
-const MAX_BATCH_DELAY: Duration = Duration::from_millis(1);
+/// Short enough to be invisible in a streamed answer; long enough for the load bench's whole
+/// answer to gather at concurrency 64, where 1 ms split it (3 writes an answer, 9% fewer rps).
+const MAX_BATCH_DELAY: Duration = Duration::from_millis(5);
 
 pub struct Coalesce<S> {
     inner: S,
