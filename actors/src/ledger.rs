@@ -659,15 +659,23 @@ impl LedgerClient {
     ) -> Result<(UsageRow, AccountMoney), LedgerError> {
         let hold = hold.and_then(|mut h| h.id.take());
         let row = Arc::new(row);
+        let msg = move |reply| LedgerMsg::Settle { hold, row: Box::new((*row).clone()), reply };
+        if let Some(ledger) = ActorRef::<LedgerMsg>::where_is(NAME) {
+            // The message is in the mailbox once this is first polled; a caller that stops
+            // waiting after that cannot cancel the settle.
+            match ledger.call(msg.clone(), Some(CALL_TIMEOUT)).await {
+                Ok(ractor::rpc::CallResult::Success(v)) => return v.map_err(LedgerError::Failed),
+                Ok(ractor::rpc::CallResult::Timeout) => return Err(LedgerError::Unavailable),
+                Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {}
+            }
+        }
+        // Restarting: wait for it in a task of its own, so that a caller that stops waiting
+        // (its client went away) cannot cancel the settle. The answer was served either way.
         let client = self.clone();
-        // A task of its own, so that a caller that stops waiting (its client went away while
-        // the ledger was restarting) cannot cancel the settle: the answer was served either way.
-        tokio::spawn(async move {
-            client.call(move |reply| LedgerMsg::Settle { hold, row: Box::new((*row).clone()), reply }).await
-        })
-        .await
-        .map_err(|e| LedgerError::Failed(format!("the settle task failed: {e}")))??
-        .map_err(LedgerError::Failed)
+        tokio::spawn(async move { client.call(msg).await })
+            .await
+            .map_err(|e| LedgerError::Failed(format!("the settle task failed: {e}")))??
+            .map_err(LedgerError::Failed)
     }
 
     pub async fn credit(&self, credit: Credit) -> Result<AccountMoney, LedgerError> {
