@@ -557,3 +557,23 @@ async fn a_stream_falls_back_to_another_provider_not_another_model_of_the_failed
     assert_eq!(text, "Served by the other provider");
     assert_eq!(first.answer_requests().len(), 2, "the failed provider was tried once for this request");
 }
+
+/// Many streams at once: each is gathered into few writes while the others are open (the busy
+/// path of `Coalesce`), and each still arrives whole, in order, and is charged exactly once.
+#[tokio::test]
+async fn concurrent_streams_each_arrive_whole_and_are_charged_once() {
+    const STREAMS: usize = 24;
+    let rig = rig(Provider::OpenAi).await;
+    let body = json!({ "model": Provider::OpenAi.model(), "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "Stream"}] });
+    let answers = futures_util::future::join_all((0..STREAMS).map(|_| rig.stream(body.clone()))).await;
+    for (r, events) in &answers {
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(r.text.ends_with("data: [DONE]\n\n"), "{}", r.text);
+        assert_eq!(r.text.matches("data: [DONE]").count(), 1, "{}", r.text);
+        assert_eq!(streamed_text(&r.text), "Hello from the fake");
+        assert_eq!(events.last().unwrap()["usage"]["completion_tokens"], COMPLETION_TOKENS, "{}", r.text);
+    }
+    let rows = rig.usage_rows().await;
+    assert_eq!(rows.len(), STREAMS, "one usage row per stream");
+    assert!(rows.iter().all(|row| row["streamed"] == true));
+}
