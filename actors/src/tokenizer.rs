@@ -32,46 +32,31 @@ pub fn count(text: &str) -> u32 {
 
 /// The prompt tokens of a chat request: message text, tool definitions and images.
 pub fn prompt_tokens(req: &ChatRequest) -> u32 {
-    let messages: u32 = req
-        .messages
-        .iter()
-        .map(|m| {
-            let images =
-                m.content.iter().filter(|p| matches!(p, crate::chat::ContentPart::Image { .. })).count() as u32;
-            let calls: u32 = m.tool_calls.iter().map(|c| count(&c.name) + count(&c.arguments)).sum();
-            PER_MESSAGE + count(&m.joined_text()) + calls + images * PER_IMAGE
-        })
-        .sum();
-    let tools: u32 = req
-        .tools
-        .iter()
-        .map(|t| count(&t.name) + t.description.as_deref().map_or(0, count) + count(&t.parameters.to_string()))
-        .sum();
-    messages + tools + REPLY_PRIMER
+    u32::try_from(prompt_size(req, |text| u64::from(count(text)))).unwrap_or(u32::MAX)
 }
 
-/// At least [`prompt_tokens`], without tokenizing: a token covers at least one byte.
+/// At least [`prompt_tokens`], without tokenizing: a token covers at least one byte, so the
+/// same sum over bytes bounds it.
 pub fn prompt_tokens_upper_bound(req: &ChatRequest) -> u64 {
-    // Text parts are joined with one separator byte each.
-    let text_bytes = |m: &crate::chat::Message| -> u64 {
-        let text: usize =
-            m.content.iter().map(|p| if let crate::chat::ContentPart::Text(t) = p { t.len() } else { 0 }).sum();
-        (text + m.content.len()) as u64
-    };
+    prompt_size(req, |text| text.len() as u64)
+}
+
+/// The prompt's size with each piece of text measured by `measure`.
+fn prompt_size(req: &ChatRequest, measure: impl Fn(&str) -> u64) -> u64 {
     let messages: u64 = req
         .messages
         .iter()
         .map(|m| {
             let images =
                 m.content.iter().filter(|p| matches!(p, crate::chat::ContentPart::Image { .. })).count() as u64;
-            let calls: u64 = m.tool_calls.iter().map(|c| (c.name.len() + c.arguments.len()) as u64).sum();
-            u64::from(PER_MESSAGE) + text_bytes(m) + calls + images * u64::from(PER_IMAGE)
+            let calls: u64 = m.tool_calls.iter().map(|c| measure(&c.name) + measure(&c.arguments)).sum();
+            u64::from(PER_MESSAGE) + measure(&m.joined_text()) + calls + images * u64::from(PER_IMAGE)
         })
         .sum();
     let tools: u64 = req
         .tools
         .iter()
-        .map(|t| (t.name.len() + t.description.as_deref().map_or(0, str::len) + t.parameters.to_string().len()) as u64)
+        .map(|t| measure(&t.name) + t.description.as_deref().map_or(0, &measure) + measure(&t.parameters.to_string()))
         .sum();
     messages + tools + u64::from(REPLY_PRIMER)
 }
