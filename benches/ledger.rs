@@ -13,7 +13,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -76,28 +75,9 @@ struct Server {
 
 impl Server {
     fn start(data_dir: &std::path::Path) -> Server {
-        let mut child = Command::new(support::gateway_binary())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .current_dir(data_dir)
-            .env("TOKAROO_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("TOKAROO_LOG_LEVEL", "warn")
-            .env_remove("TOKAROO_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the gateway");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let base = loop {
-            let line = lines.next().expect("the gateway prints its address").expect("stdout");
-            if let Some(addr) = line.strip_prefix("Tokaroo listening on ") {
-                break addr.trim().to_owned();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        Server { child, base }
+        let started =
+            support::start_gateway(data_dir, data_dir, &[("TOKAROO_ADMIN_TOKEN", ADMIN_TOKEN)], Stdio::null());
+        Server { child: started.child, base: format!("http://{}", started.addr) }
     }
 
     fn stop(mut self) {

@@ -17,7 +17,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -195,8 +195,6 @@ fn start_fake(threads: usize) -> SocketAddr {
 // ---------------------------------------------------------------------------------------------
 // The gateway process.
 
-use support::gateway_binary;
-
 struct Gateway {
     child: Option<Child>,
     addr: SocketAddr,
@@ -207,63 +205,25 @@ struct Gateway {
 
 impl Gateway {
     fn start(fake: SocketAddr) -> Gateway {
-        let bin = gateway_binary();
         let data = tempfile::tempdir().expect("temp dir");
         let stderr_path = data.path().join("gateway.stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr log file");
-        let data_dir = data.path().join("data");
         let admin_token = format!("adm_{}", uuid::Uuid::new_v4().simple());
-        let mut child = Command::new(&bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir)
-            // An empty working directory: no `config/tokaroo.toml` is picked up by accident.
-            .current_dir(data.path())
-            .env("OPENAI_API_KEY", "fake")
-            .env("TOKAROO_OPENAI_BASE_URL", format!("http://{fake}/v1"))
-            .env("TOKAROO_ADMIN_TOKEN", admin_token)
-            .env("TOKAROO_DEFAULT_RPM", "100000000")
-            .env("TOKAROO_LOG_LEVEL", "warn")
-            .env_remove("RUST_LOG")
-            .env_remove("TOKAROO_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-
-        // Read stdout on a thread (and keep draining it, so the pipe never fills).
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let mut api_key = None;
-        let mut addr = None;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while addr.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.split("api key (workspace `default`):").nth(1) {
-                        api_key = Some(rest.trim().to_owned());
-                    } else if let Some(rest) = line.strip_prefix("Tokaroo listening on http://") {
-                        addr = Some(rest.trim().parse::<SocketAddr>().expect("listen address"));
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                    panic!("the gateway did not report its address; stderr:\n{log}");
-                }
-            }
-        }
-        let api_key = api_key.expect("a fresh data dir prints the bootstrap API key");
+        let base_url = format!("http://{fake}/v1");
+        let started = support::start_gateway(
+            &data.path().join("data"),
+            data.path(),
+            &[
+                ("OPENAI_API_KEY", "fake"),
+                ("TOKAROO_OPENAI_BASE_URL", &base_url),
+                ("TOKAROO_ADMIN_TOKEN", &admin_token),
+                ("TOKAROO_DEFAULT_RPM", "100000000"),
+            ],
+            Stdio::from(stderr),
+        );
+        let api_key = started.api_key.expect("a fresh data dir prints the bootstrap API key");
         assert!(api_key.starts_with("tok_"), "unexpected API key format: {api_key}");
-        Gateway { child: Some(child), addr: addr.unwrap(), api_key, stderr_path, _data: data }
+        Gateway { child: Some(started.child), addr: started.addr, api_key, stderr_path, _data: data }
     }
 
     /// SIGTERM, then wait (SIGKILL after 15 s). Returns how the process ended.

@@ -1,8 +1,12 @@
 //! Start-up and graceful shutdown of `tokaroo serve`.
 
 use std::{
+    future::IntoFuture,
     io::Write,
-    sync::{atomic::AtomicBool, Arc},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -11,7 +15,7 @@ use tokaroo_actors::{
     catalog::Catalog, providers::ProviderKind, upstreams::UpstreamSettings, BootstrapCredentials, Engine, EngineConfig,
     RestartPolicy, Store,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, time::Instant};
 
 use crate::{
     config::{Config, LogFormat},
@@ -112,11 +116,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         print_bootstrap(&creds);
     }
     let shutting_down = Arc::new(AtomicBool::new(false));
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let state = AppState::new(AppParts {
         engine: engine.clone(),
         config: Arc::new(config),
         shutting_down: shutting_down.clone(),
+        in_flight: in_flight.clone(),
     });
     let app = http::router(state);
     println!("Tokaroo listening on http://{addr}");
@@ -130,22 +136,59 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             tracing::warn!(%error, "could not set TCP_NODELAY");
         }
     });
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<Instant>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
-        shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
+        shutting_down.store(true, Ordering::Relaxed);
+        let _ = signalled_tx.send(Instant::now());
         tracing::info!("shutdown requested; finishing in-flight requests");
     });
-    let served = server.await;
-    // Whatever the server loop returned, make committed state durable before exiting.
-    let flushed = tokio::time::timeout(grace, engine.shutdown()).await;
-    served?;
-    match flushed {
-        Ok(result) => result?,
-        Err(_) => tracing::error!("engine shutdown exceeded the grace period"),
+    let mut server = std::pin::pin!(server.into_future());
+    // The grace period bounds everything after the signal: draining requests, then the
+    // engine's shutdown. Past it the process exits whatever it was waiting on.
+    let (served, deadline) = tokio::select! {
+        served = &mut server => (Some(served), Instant::now() + grace),
+        signalled = signalled_rx => {
+            let deadline = signalled.unwrap_or_else(|_| Instant::now()) + grace;
+            (tokio::time::timeout_at(deadline, &mut server).await.ok(), deadline)
+        }
+    };
+    let Some(served) = served else {
+        give_up(grace, &engine, &in_flight, "in-flight requests did not finish");
+    };
+    match tokio::time::timeout_at(deadline, engine.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::error!(%error, "engine shutdown failed");
+            give_up(grace, &engine, &in_flight, "engine shutdown failed");
+        }
+        Err(_) => give_up(grace, &engine, &in_flight, "engine shutdown did not finish"),
     }
+    served?;
     tracing::info!("stopped");
     Ok(())
 }
+
+/// Ends the process at once, saying what shutdown was still waiting on. Returning instead
+/// would run destructors, and sled's flush on drop would wait on the same stuck storage.
+fn give_up(grace: Duration, engine: &Engine, in_flight: &AtomicUsize, what: &str) -> ! {
+    tracing::error!(
+        grace_secs = grace.as_secs(),
+        requests_in_flight = in_flight.load(Ordering::Relaxed),
+        waiting_on = %engine.shutdown_report(),
+        "shutdown exceeded its grace period ({what}); exiting without waiting further"
+    );
+    eprintln!(
+        "tokaroo: shutdown exceeded its grace period of {}s ({what}): {} request(s) in flight; {}",
+        grace.as_secs(),
+        in_flight.load(Ordering::Relaxed),
+        engine.shutdown_report()
+    );
+    std::process::exit(SHUTDOWN_TIMED_OUT_EXIT_CODE);
+}
+
+/// The exit code when shutdown overran `shutdown_grace_secs` (a clean stop exits 0).
+pub const SHUTDOWN_TIMED_OUT_EXIT_CODE: i32 = 3;
 
 /// Where each provider's API lives: config/env overrides over the public defaults.
 fn provider_base_urls(config: &Config) -> Vec<(ProviderKind, String)> {

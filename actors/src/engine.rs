@@ -92,6 +92,8 @@ pub struct EngineParts {
     pub(crate) ledger: crate::ledger::LedgerClient,
     pub(crate) payments: Arc<dyn crate::payments::PaymentProcessor>,
     operator_account_id: Arc<std::sync::RwLock<Option<String>>>,
+    /// What `shutdown` is doing now, for the report when it overruns its grace period.
+    shutdown_stage: std::sync::Mutex<&'static str>,
 }
 
 impl std::ops::Deref for Engine {
@@ -144,19 +146,64 @@ impl Engine {
             ledger: crate::ledger::LedgerClient,
             payments,
             operator_account_id: Arc::new(std::sync::RwLock::new(operator)),
+            shutdown_stage: std::sync::Mutex::new("not started"),
         }));
         engine.spawn_last_used_persister();
         Ok(engine)
     }
 
-    /// Stops the actor tree and makes everything durable.
+    /// Stops the actor tree, makes everything durable and closes storage. Callers bound it
+    /// in time; `shutdown_report` says where it is when it overruns.
     pub async fn shutdown(&self) -> Result<(), EngineError> {
+        self.set_shutdown_stage("committing the ledger");
         if let Err(error) = self.ledger.commit().await {
             tracing::error!(%error, "the ledger could not commit before shutdown; its log is applied at the next start");
         }
+        self.set_shutdown_stage("stopping the actor tree");
         let _ = self.root.get_cell().stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10))).await;
+        self.set_shutdown_stage("persisting keys' last_used_at");
         self.persist_last_used()?;
+        self.set_shutdown_stage("flushing storage");
         self.shared.store.flush().await?;
+        // Closing stops the flusher thread, so the flushes sled runs when its trees are
+        // dropped cannot overlap one of ours.
+        self.set_shutdown_stage("closing storage");
+        let store = self.shared.store.clone();
+        let closed = tokio::task::spawn_blocking(move || store.close(Duration::from_secs(10)))
+            .await
+            .map_err(|e| EngineError::Internal(format!("closing storage: {e}")))?;
+        if !closed {
+            return Err(EngineError::Unavailable("storage did not finish its last flush".into()));
+        }
+        self.set_shutdown_stage("done");
+        Ok(())
+    }
+
+    fn set_shutdown_stage(&self, stage: &'static str) {
+        *self.shutdown_stage.lock().unwrap_or_else(|p| p.into_inner()) = stage;
+    }
+
+    /// Where shutdown is, and what storage's flusher is doing: logged when shutdown overruns.
+    pub fn shutdown_report(&self) -> String {
+        let stage = *self.shutdown_stage.lock().unwrap_or_else(|p| p.into_inner());
+        let flusher = self.shared.store.flusher_status();
+        let flush = match flusher.flush_in_flight_ms {
+            Some(ms) => format!("a flush has been running for {ms} ms for {} waiter(s)", flusher.in_flight_waiters),
+            None => "no flush running".to_owned(),
+        };
+        format!(
+            "engine shutdown stage: {stage}; storage: {flush}, {} waiter(s) queued{}",
+            flusher.queued_waiters,
+            if flusher.held { " (flushes held by fault injection)" } else { "" }
+        )
+    }
+
+    /// Test-only (`fault_injection`): hold or release every storage flush (a hung disk).
+    pub fn hold_storage_flushes(&self, held: bool) -> Result<(), EngineError> {
+        if !self.config.fault_injection {
+            return Err(EngineError::Forbidden("fault injection is disabled".into()));
+        }
+        self.shared.store.hold_flushes(held);
         Ok(())
     }
 

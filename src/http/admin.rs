@@ -21,6 +21,7 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/actors", get(actor_tree))
         .route("/admin/actors/fail", post(inject_failure))
         .route("/admin/debug/sleep", post(sleep))
+        .route("/admin/debug/storage", post(storage_fault))
 }
 
 #[derive(Deserialize)]
@@ -92,6 +93,23 @@ async fn sleep(
     require_fault_injection(&state, "/admin/debug/sleep")?;
     tokio::time::sleep(std::time::Duration::from_millis(req.ms.min(10_000))).await;
     Ok(Json(json!({ "slept_ms": req.ms.min(10_000) })))
+}
+
+#[derive(Deserialize)]
+struct StorageFaultRequest {
+    hold_flushes: bool,
+}
+
+/// Test-only (`debug.fault_injection`): holds every storage flush, as a disk that stopped
+/// answering would, so bounded shutdown can be shown with a hung dependency.
+async fn storage_fault(
+    State(state): State<AppState>,
+    _op: Operator,
+    JsonBody(req): JsonBody<StorageFaultRequest>,
+) -> Result<Json<Value>, ApiError> {
+    require_fault_injection(&state, "/admin/debug/storage")?;
+    state.engine.hold_storage_flushes(req.hold_flushes)?;
+    Ok(Json(json!({ "hold_flushes": req.hold_flushes })))
 }
 
 /// Test-only routes do not exist unless `debug.fault_injection` is on.

@@ -150,6 +150,9 @@ impl From<EngineError> for ApiError {
             EngineError::Payment { code, message } => {
                 Self::PaymentRequired { code, message, extra: serde_json::Map::new() }
             }
+            EngineError::Storage(tokaroo_actors::StorageError::Closed) => {
+                Self::Unavailable("The server is shutting down; retry against the restarted server".into())
+            }
             EngineError::Storage(e) => Self::Internal(e.to_string()),
             EngineError::Internal(msg) => Self::Internal(msg),
         }

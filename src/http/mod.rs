@@ -18,7 +18,10 @@ mod usage;
 mod wire;
 mod workspaces;
 
-use std::sync::{atomic::AtomicBool, Arc};
+use std::sync::{
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+    Arc,
+};
 
 use axum::{
     extract::{DefaultBodyLimit, Request},
@@ -41,6 +44,8 @@ pub struct AppParts {
     pub engine: Engine,
     pub config: Arc<Config>,
     pub shutting_down: Arc<AtomicBool>,
+    /// Requests whose response (body included) is not finished: shutdown reports it.
+    pub in_flight: Arc<AtomicUsize>,
 }
 
 impl AppState {
@@ -85,10 +90,29 @@ pub fn router(state: AppState) -> Router {
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), count_in_flight))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Counts a request from its arrival until its response body is done or dropped.
+async fn count_in_flight(state: axum::extract::State<AppState>, request: Request, next: middleware::Next) -> Response {
+    struct Done(Arc<AtomicUsize>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    state.in_flight.fetch_add(1, Ordering::Relaxed);
+    let done = Done(state.in_flight.clone());
+    let (parts, body) = next.run(request).await.into_parts();
+    let body = http_body_util::BodyExt::map_frame(body, move |frame| {
+        let _ = &done;
+        frame
+    });
+    Response::from_parts(parts, axum::body::Body::new(body))
 }
 
 fn shaped_for(path: &str, error: ApiError) -> Response {

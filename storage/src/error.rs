@@ -20,4 +20,8 @@ pub enum StorageError {
     Corrupt { tree: String, detail: String },
     #[error("a stored transaction conflicted; retry")]
     Conflict,
+    #[error("storage flush failed: {0}")]
+    Flush(String),
+    #[error("storage is closed (the server is shutting down)")]
+    Closed,
 }

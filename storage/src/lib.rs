@@ -4,6 +4,7 @@
 
 mod collection;
 mod error;
+mod flusher;
 mod key;
 pub mod ledger;
 pub mod records;
@@ -12,5 +13,6 @@ pub mod wal;
 
 pub use collection::{Collection, Record};
 pub use error::StorageError;
+pub use flusher::FlusherStatus;
 pub use key::{KeyPart, KeyTuple};
 pub use store::{Store, SCHEMA_VERSION};

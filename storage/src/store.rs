@@ -1,6 +1,7 @@
 use std::{fs::File, path::Path, sync::Arc};
 
 use crate::{
+    flusher::{Flusher, FlusherStatus},
     ledger::LedgerStore,
     records::{Account, ApiKey, BillingProfile, LocalEndpoint, ProviderKey, Session, Workspace},
     Collection, StorageError,
@@ -14,7 +15,6 @@ const SCHEMA_KEY: &[u8] = b"schema_version";
 /// lock on `<data_dir>/LOCK` so that a second server on the same directory fails at once.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
     meta: sled::Tree,
     pub accounts: Collection<Account>,
     pub workspaces: Collection<Workspace>,
@@ -26,6 +26,8 @@ pub struct Store {
     pub local_endpoints: Collection<LocalEndpoint>,
     pub billing: Collection<BillingProfile>,
     data_dir: std::path::PathBuf,
+    /// The only caller of sled's flush (see `flusher.rs`).
+    flusher: Arc<Flusher>,
     _lock: Arc<File>,
 }
 
@@ -41,6 +43,8 @@ impl Store {
         let db = sled::Config::new().path(data_dir.join("db")).flush_every_ms(Some(200)).open()?;
         let meta = db.open_tree("meta")?;
         check_schema(&meta)?;
+        let flusher = Arc::new(Flusher::start(db.clone())?);
+        // `db` itself is kept only by the flusher: every tree holds what it needs.
         Ok(Self {
             accounts: Collection::open(&db)?,
             workspaces: Collection::open(&db)?,
@@ -52,7 +56,7 @@ impl Store {
             billing: Collection::open(&db)?,
             data_dir: data_dir.to_path_buf(),
             meta,
-            db,
+            flusher,
             _lock: Arc::new(lock),
         })
     }
@@ -76,15 +80,30 @@ impl Store {
         Ok(())
     }
 
-    /// Makes every write so far durable. Management writes call this before answering.
+    /// Makes every write made before this call durable, sharing one flush with every caller
+    /// that queued meanwhile. Management writes call this before answering.
     pub async fn flush(&self) -> Result<(), StorageError> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.flusher.flush().await
     }
 
+    /// `flush` for threads that are not async.
     pub fn flush_blocking(&self) -> Result<(), StorageError> {
-        self.db.flush()?;
-        Ok(())
+        self.flusher.flush_blocking()
+    }
+
+    /// The last flush, then no more: later flushes answer `Closed`. False when the flusher
+    /// did not finish within `timeout` (storage is stuck); nothing should wait on it then.
+    pub fn close(&self, timeout: std::time::Duration) -> bool {
+        self.flusher.stop(timeout)
+    }
+
+    pub fn flusher_status(&self) -> FlusherStatus {
+        self.flusher.status()
+    }
+
+    /// Test-only fault injection: hold every flush, as a disk that stopped answering would.
+    pub fn hold_flushes(&self, held: bool) {
+        self.flusher.hold(held);
     }
 }
 

@@ -16,4 +16,5 @@ mod ledger;
 mod payments;
 mod rate_limits;
 mod sdk_clients;
+mod storage_stress;
 mod supervision;
