@@ -164,7 +164,20 @@ impl PartialEq for PromptSize {
     }
 }
 
+/// Output tokens allowed for a request that sets no `max_tokens` (capped by the model's own
+/// output limit). The bound is sent upstream and reserved, so a charge cannot outgrow its hold.
+pub const DEFAULT_OUTPUT_RESERVE: u64 = 4_096;
+
 impl ChatRequest {
+    /// The output tokens this request may produce on `model`: the client's `max_tokens`, or
+    /// [`DEFAULT_OUTPUT_RESERVE`], within the model's own limit. Adapters send it upstream
+    /// and the hold reserves it.
+    pub fn output_bound(&self, model: &crate::catalog::CatalogModel) -> u32 {
+        let wanted = self.max_tokens.map_or(DEFAULT_OUTPUT_RESERVE, u64::from);
+        let bound = wanted.min(model.max_output_tokens.unwrap_or(u64::MAX)).max(1);
+        u32::try_from(bound).unwrap_or(u32::MAX)
+    }
+
     /// A request with only a model and messages; every option unset.
     pub fn new(model: ModelChoice, messages: Vec<Message>) -> Self {
         Self {

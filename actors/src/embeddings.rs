@@ -143,6 +143,7 @@ impl Router {
                         failed_attempts: failed,
                         escalated: false,
                         earlier_attempts_usd: 0.0,
+                        max_output_tokens: 0,
                         priced_as: c.model.clone(),
                         baseline: baseline.clone(),
                     };

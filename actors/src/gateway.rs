@@ -32,6 +32,8 @@ pub struct RouteRecord {
     /// What earlier answers of this request cost (a weak answer before escalation): the
     /// provider billed them, so the request pays for them.
     pub earlier_attempts_usd: f64,
+    /// The output bound sent upstream (what the request's hold assumed).
+    pub max_output_tokens: u32,
     #[serde(skip)]
     pub priced_as: CatalogModel,
     #[serde(skip)]
@@ -63,7 +65,7 @@ pub struct StreamOutcome {
     pub started: Instant,
 }
 
-pub fn record(route: &Route, failed: &[String], baseline: &Option<CatalogModel>) -> RouteRecord {
+pub fn record(route: &Route, req: &ChatRequest, failed: &[String], baseline: &Option<CatalogModel>) -> RouteRecord {
     RouteRecord {
         provider: route.upstream.kind.as_str(),
         execution_source: route.upstream.execution_source(),
@@ -74,6 +76,7 @@ pub fn record(route: &Route, failed: &[String], baseline: &Option<CatalogModel>)
         failed_attempts: failed.to_vec(),
         escalated: false,
         earlier_attempts_usd: 0.0,
+        max_output_tokens: req.output_bound(&route.model),
         priced_as: route.model.clone(),
         baseline: baseline.clone(),
     }
@@ -152,6 +155,71 @@ pub fn fallback_usage(req: &ChatRequest, completion_text: &str) -> Usage {
     Usage { prompt_tokens: req.prompt_tokens(), completion_tokens: crate::tokenizer::count(completion_text).max(1) }
 }
 
+/// The usage a served request is billed for, from what the upstream reported (if anything)
+/// and the answer's text.
+/// - Managed and BYOK providers enforce the output bound we sent, so a report above it is
+///   not work they bill: the charge stays within the hold.
+/// - A self-hosted server may ignore the bound or under-report: it is billed the larger of
+///   its report and our own count, overage included (the ledger then refuses the account's
+///   new requests while its balance is below zero).
+pub fn billable_usage(route: &RouteRecord, req: &ChatRequest, reported: Option<Usage>, text: &str) -> Usage {
+    let self_hosted = route.execution_source == "self_hosted";
+    let mut usage = match reported {
+        None => fallback_usage(req, text),
+        Some(reported) if self_hosted => {
+            let counted = fallback_usage(req, text);
+            Usage {
+                prompt_tokens: reported.prompt_tokens.max(counted.prompt_tokens),
+                completion_tokens: reported.completion_tokens.max(counted.completion_tokens),
+            }
+        }
+        Some(reported) => reported,
+    };
+    if !self_hosted && usage.completion_tokens > route.max_output_tokens {
+        tracing::warn!(
+            upstream = %route.upstream, reported = usage.completion_tokens, bound = route.max_output_tokens,
+            "upstream reported more output tokens than the bound it was sent; billing the bound"
+        );
+        usage.completion_tokens = route.max_output_tokens;
+    }
+    usage
+}
+
+/// How long, and how much text, the gateway keeps reading an upstream stream whose client
+/// left: long enough for the provider's final usage event, bounded against an endless one.
+pub const ABANDONED_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(120);
+pub const ABANDONED_DRAIN_TEXT_BYTES: usize = 4 << 20;
+
+/// Reads the rest of a stream nobody is listening to, keeping the text (for our own count)
+/// and the provider's usage: the work was done and the provider bills it.
+pub async fn drain_abandoned(
+    mut upstream: DeltaStream,
+    mut usage: Option<Usage>,
+    mut text: String,
+) -> (Option<Usage>, String) {
+    use crate::chat::ChatDelta;
+    let deadline = tokio::time::sleep(ABANDONED_DRAIN_TIME);
+    tokio::pin!(deadline);
+    loop {
+        let next = tokio::select! {
+            _ = &mut deadline => break,
+            next = upstream.next() => next,
+        };
+        match next {
+            Some(Ok(ChatDelta::Text(t) | ChatDelta::ToolCallArguments { fragment: t, .. })) => {
+                if text.len() + t.len() > ABANDONED_DRAIN_TEXT_BYTES {
+                    break;
+                }
+                text.push_str(&t);
+            }
+            Some(Ok(ChatDelta::Usage(u))) => usage = Some(u),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
+        }
+    }
+    (usage, text)
+}
+
 fn is_weak(req: &ChatRequest, r: &ChatResponse) -> bool {
     let text = r.content.as_deref().unwrap_or("").trim();
     if !r.tool_calls.is_empty() {
@@ -192,7 +260,8 @@ impl Router {
         let mut pending = routes.iter();
         while let Some(route) = attempts.next_route(&mut pending) {
             let started = Instant::now();
-            match adapter(route.upstream.kind).chat(&route.upstream.conn, &route.model.id, req).await {
+            let bound = req.output_bound(&route.model);
+            match adapter(route.upstream.kind).chat(&route.upstream.conn, &route.model.id, req, bound).await {
                 Ok(response) => {
                     route.upstream.health.record_success(started.elapsed());
                     let mut outcome = self.outcome(req, route, response, &attempts.failed, &baseline, started);
@@ -220,19 +289,13 @@ impl Router {
         baseline: &Option<CatalogModel>,
         started: Instant,
     ) -> ChatOutcome {
-        let usage = response.usage.unwrap_or_else(|| {
-            let mut text = response.content.clone().unwrap_or_default();
-            for call in &response.tool_calls {
-                text.push_str(&call.arguments);
-            }
-            fallback_usage(req, &text)
-        });
-        ChatOutcome {
-            response,
-            usage,
-            route: record(route, failed, baseline),
-            latency_ms: started.elapsed().as_millis() as u64,
+        let route = record(route, req, failed, baseline);
+        let mut text = response.content.clone().unwrap_or_default();
+        for call in &response.tool_calls {
+            text.push_str(&call.arguments);
         }
+        let usage = billable_usage(&route, req, response.usage, &text);
+        ChatOutcome { response, usage, route, latency_ms: started.elapsed().as_millis() as u64 }
     }
 
     /// One step up for a weak `auto` answer: the best-quality route above the one used.
@@ -248,7 +311,9 @@ impl Router {
         max_req.model = ModelChoice::Mode(Mode::Max);
         let better = self.plan(&max_req, scope).ok()?.into_iter().find(|r| r.model.quality > used.model.quality)?;
         let started = Instant::now();
-        let response = adapter(better.upstream.kind).chat(&better.upstream.conn, &better.model.id, req).await.ok()?;
+        let bound = req.output_bound(&better.model);
+        let response =
+            adapter(better.upstream.kind).chat(&better.upstream.conn, &better.model.id, req, bound).await.ok()?;
         better.upstream.health.record_success(started.elapsed());
         let mut outcome = self.outcome(req, &better, response, failed, baseline, started);
         outcome.route.escalated = true;
@@ -263,7 +328,9 @@ impl Router {
         let mut pending = routes.iter();
         while let Some(route) = attempts.next_route(&mut pending) {
             let started = Instant::now();
-            let opened = adapter(route.upstream.kind).chat_stream(&route.upstream.conn, &route.model.id, req).await;
+            let bound = req.output_bound(&route.model);
+            let opened =
+                adapter(route.upstream.kind).chat_stream(&route.upstream.conn, &route.model.id, req, bound).await;
             let first = match opened {
                 Ok(mut stream) => match stream.next().await {
                     Some(Ok(delta)) => Ok((delta, stream)),
@@ -276,7 +343,8 @@ impl Router {
                 Ok((delta, rest)) => {
                     route.upstream.health.record_success(started.elapsed());
                     let stream = futures_util::stream::once(async move { Ok(delta) }).chain(rest).boxed();
-                    return Ok(StreamOutcome { route: record(route, &attempts.failed, &baseline), stream, started });
+                    let route = record(route, req, &attempts.failed, &baseline);
+                    return Ok(StreamOutcome { route, stream, started });
                 }
                 Err(error) if moves_on(&error) => attempts.record_failure(route, error),
                 Err(error) => return Err(upstream_error(error)),

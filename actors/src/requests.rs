@@ -16,10 +16,6 @@ use crate::{
     Engine, EngineError, KeyEntry,
 };
 
-/// Output tokens reserved for a request that sets no `max_tokens` (capped by the model's own
-/// output limit). A longer answer is still charged in full; the reservation is a guard.
-const DEFAULT_OUTPUT_RESERVE: u64 = 4_096;
-
 /// A non-streamed chat answer and what it was charged.
 pub struct ServedChat {
     pub outcome: ChatOutcome,
@@ -89,16 +85,9 @@ impl Engine {
                 })
                 .take(crate::gateway::MAX_ATTEMPTS)
                 .map(|route| {
-                    let output = req
-                        .max_tokens
-                        .map(u64::from)
-                        .unwrap_or(DEFAULT_OUTPUT_RESERVE)
-                        .min(route.model.max_output_tokens.unwrap_or(u64::MAX));
-                    let usage = Usage {
-                        prompt_tokens: req.prompt_tokens(),
-                        completion_tokens: u32::try_from(output).unwrap_or(u32::MAX),
-                    };
-                    let record = crate::gateway::record(route, &[], &baseline);
+                    let usage =
+                        Usage { prompt_tokens: req.prompt_tokens(), completion_tokens: req.output_bound(&route.model) };
+                    let record = crate::gateway::record(route, req, &[], &baseline);
                     self.config.pricing.charge(info.tier, &record, usage).charged_units
                 })
                 .max()

@@ -10,8 +10,12 @@ use crate::chat::ChatRequest;
 /// Tokens OpenAI adds per message for its role and separators, and once to prime the reply.
 const PER_MESSAGE: u32 = 3;
 const REPLY_PRIMER: u32 = 3;
-/// A low-detail image as OpenAI bills it; a fallback count cannot see the image's size.
-const PER_IMAGE: u32 = 85;
+/// Assumed for an image whose size cannot be read (an https URL): providers scale larger
+/// images down to about this before counting.
+const UNKNOWN_IMAGE_SIDE: u64 = 2048;
+/// How much of a base64 data URL is decoded to find the image's dimensions: enough for the
+/// headers of PNG, GIF and WebP, and for JPEG's frame header behind a large EXIF block.
+const IMAGE_HEADER_BASE64_CHARS: usize = 256 * 1024;
 
 fn bpe() -> &'static CoreBPE {
     o200k_base_singleton()
@@ -47,10 +51,16 @@ fn prompt_size(req: &ChatRequest, measure: impl Fn(&str) -> u64) -> u64 {
         .messages
         .iter()
         .map(|m| {
-            let images =
-                m.content.iter().filter(|p| matches!(p, crate::chat::ContentPart::Image { .. })).count() as u64;
+            let images: u64 = m
+                .content
+                .iter()
+                .map(|p| match p {
+                    crate::chat::ContentPart::Image { url, detail } => image_tokens(url, detail.as_deref()),
+                    crate::chat::ContentPart::Text(_) => 0,
+                })
+                .sum();
             let calls: u64 = m.tool_calls.iter().map(|c| measure(&c.name) + measure(&c.arguments)).sum();
-            u64::from(PER_MESSAGE) + measure(&m.joined_text()) + calls + images * u64::from(PER_IMAGE)
+            u64::from(PER_MESSAGE) + measure(&m.joined_text()) + calls + images
         })
         .sum();
     let tools: u64 = req
@@ -58,12 +68,105 @@ fn prompt_size(req: &ChatRequest, measure: impl Fn(&str) -> u64) -> u64 {
         .iter()
         .map(|t| measure(&t.name) + t.description.as_deref().map_or(0, &measure) + measure(&t.parameters.to_string()))
         .sum();
-    messages + tools + u64::from(REPLY_PRIMER)
+    let format = match &req.response_format {
+        Some(crate::chat::ResponseFormat::JsonSchema { name, schema, .. }) => {
+            measure(name) + measure(&schema.to_string())
+        }
+        _ => 0,
+    };
+    messages + tools + format + u64::from(REPLY_PRIMER)
+}
+
+/// An upper bound on what one image costs in prompt tokens, whichever provider serves it:
+/// each provider's own rule, from the image's size when a data URL shows it.
+pub fn image_tokens(url: &str, detail: Option<&str>) -> u64 {
+    let (w, h) = data_url_dimensions(url).unwrap_or((UNKNOWN_IMAGE_SIDE, UNKNOWN_IMAGE_SIDE));
+    openai_image_tokens(w, h, detail).max(anthropic_image_tokens(w, h)).max(gemini_image_tokens(w, h))
+}
+
+fn data_url_dimensions(url: &str) -> Option<(u64, u64)> {
+    use base64::Engine as _;
+    let (meta, data) = url.strip_prefix("data:")?.split_once(',')?;
+    if !meta.ends_with(";base64") || !data.is_ascii() {
+        return None;
+    }
+    // A prefix of whole 4-character groups decodes on its own.
+    let prefix = &data[..data.len().min(IMAGE_HEADER_BASE64_CHARS) / 4 * 4];
+    let bytes = base64::engine::general_purpose::STANDARD.decode(prefix).ok()?;
+    let size = imagesize::blob_size(&bytes).ok()?;
+    Some((size.width as u64, size.height as u64)).filter(|(w, h)| *w > 0 && *h > 0)
+}
+
+/// OpenAI (GPT-4o family): 85 at low detail; otherwise fit in 2048×2048, shortest side to
+/// 768, then 85 + 170 per 512-pixel tile.
+fn openai_image_tokens(w: u64, h: u64, detail: Option<&str>) -> u64 {
+    if detail == Some("low") {
+        return 85;
+    }
+    let (mut w, mut h) = (w as f64, h as f64);
+    let fit = (2048.0 / w.max(h)).min(1.0);
+    (w, h) = (w * fit, h * fit);
+    let shortest = (768.0 / w.min(h)).min(1.0);
+    (w, h) = (w * shortest, h * shortest);
+    85 + 170 * ((w / 512.0).ceil() * (h / 512.0).ceil()) as u64
+}
+
+/// Anthropic: width × height / 750, after scaling to a long edge of at most 1568 pixels and
+/// about 1.15 megapixels.
+fn anthropic_image_tokens(w: u64, h: u64) -> u64 {
+    let (w, h) = (w as f64, h as f64);
+    let scale = (1568.0 / w.max(h)).min((1_150_000.0 / (w * h)).sqrt()).min(1.0);
+    ((w * scale) * (h * scale) / 750.0).ceil() as u64
+}
+
+/// Gemini: 258 for an image within 384×384, else 258 per 768×768 tile.
+fn gemini_image_tokens(w: u64, h: u64) -> u64 {
+    if w <= 384 && h <= 384 {
+        return 258;
+    }
+    258 * w.div_ceil(768) * h.div_ceil(768)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn png_data_url(width: u32, height: u32) -> String {
+        use base64::Engine as _;
+        // A PNG signature and IHDR chunk carry the size; nothing after them is needed.
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+        png.extend_from_slice(&width.to_be_bytes());
+        png.extend_from_slice(&height.to_be_bytes());
+        png.extend_from_slice(&[8, 6, 0, 0, 0, 0, 0, 0, 0]);
+        format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png))
+    }
+
+    #[test]
+    fn images_cost_what_the_dearest_provider_counts_for_their_size() {
+        // Small: Gemini's flat 258 is the most.
+        assert_eq!(image_tokens(&png_data_url(200, 200), None), 258);
+        // 1024×1024: OpenAI 85 + 170×4 = 765; Anthropic 1024²/750 = 1399; Gemini 4 tiles = 1032.
+        assert_eq!(image_tokens(&png_data_url(1024, 1024), Some("high")), 1399);
+        assert_eq!(openai_image_tokens(1024, 1024, Some("high")), 765);
+        assert_eq!(openai_image_tokens(4096, 4096, Some("low")), 85);
+        // OpenAI's own example: 2048×4096 fits to 1024×2048, then 768×1536: 6 tiles, 1105.
+        assert_eq!(openai_image_tokens(2048, 4096, None), 1105);
+        assert_eq!(openai_image_tokens(4000, 3000, None), 765);
+        // An image whose size cannot be read is assumed large, never small.
+        assert_eq!(image_tokens("https://example.com/cat.png", Some("low")), gemini_image_tokens(2048, 2048));
+        assert!(image_tokens("data:image/png;base64,not-base64!", None) >= 2000);
+    }
+
+    #[test]
+    fn response_format_schemas_and_tools_count_toward_the_prompt() {
+        use crate::chat::{Message, ModelChoice, ResponseFormat, Role};
+        let plain = ChatRequest::new(ModelChoice::Native("m".into()), vec![Message::text(Role::User, "hi")]);
+        let mut with_schema = plain.clone();
+        let schema = serde_json::json!({"type": "object", "properties": {"answer": {"type": "string", "description": "x".repeat(400)}}});
+        with_schema.response_format = Some(ResponseFormat::JsonSchema { name: "reply".into(), schema, strict: true });
+        assert!(prompt_tokens(&with_schema) > prompt_tokens(&plain) + 40);
+        assert!(prompt_tokens_upper_bound(&with_schema) >= u64::from(prompt_tokens(&with_schema)));
+    }
 
     #[test]
     fn counts_real_tokens_not_characters() {

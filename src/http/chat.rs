@@ -17,7 +17,7 @@ use tokaroo_actors::{
         ChatDelta, ChatRequest, ContentPart, Message, Mode, ModelChoice, ResponseFormat, Role, ToolCall, ToolChoice,
         ToolDef, Usage,
     },
-    gateway::fallback_usage,
+    gateway::billable_usage,
     RequestInfo,
 };
 
@@ -237,7 +237,12 @@ async fn chat_completions(
     if request.stream {
         return stream_response(state, key, request, info, created).await;
     }
-    let served = state.engine.chat(&key, &request, info).await?;
+    // Served in a task of its own: a client that leaves does not cancel work the upstream
+    // goes on doing and billing, so the request still settles its row.
+    let engine = state.engine.clone();
+    let served = tokio::spawn(async move { engine.chat(&key, &request, info).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("the request's task ended: {e}")))??;
     let outcome = &served.outcome;
     let cost = served.charge.charged_usd();
     let r = &outcome.response;
@@ -272,7 +277,27 @@ async fn stream_response(
     info: RequestInfo,
     created: i64,
 ) -> Result<Response, ApiError> {
-    let open = state.engine.chat_stream(&key, &request, &info).await?;
+    // Opened in a task of its own: if the client leaves before the first chunk, the stream
+    // the upstream accepted is still drained and settled (the provider bills it).
+    let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+    let engine = state.engine.clone();
+    tokio::spawn(async move {
+        let opened = engine.chat_stream(&key, &request, &info).await;
+        if let Err((Ok(open), key, request, info)) = opened_tx.send((opened, key, request, info)) {
+            let settle = Settle {
+                engine,
+                key,
+                info,
+                started: open.outcome.started,
+                charged: std::sync::Arc::default(),
+                hold: open.hold,
+            };
+            settle.abandoned(open.outcome.stream, open.outcome.route, request, None, String::new()).await;
+        }
+    });
+    let (opened, key, request, info) =
+        opened_rx.await.map_err(|_| ApiError::Internal("the stream's task ended before opening".into()))?;
+    let open = opened?;
     let outcome = open.outcome;
     let model_name = info.requested_model.clone();
     let charged = std::sync::Arc::new(std::sync::Mutex::new(None));
@@ -371,6 +396,25 @@ impl Settle {
             *slot = Some(charge.charged_usd());
         }
         Ok(charge)
+    }
+}
+
+impl Settle {
+    /// Settles a stream whose client left: drains the upstream first (bounded), so the row
+    /// carries the provider's final usage rather than what had been relayed so far.
+    async fn abandoned(
+        self,
+        upstream: tokaroo_actors::providers::DeltaStream,
+        route: tokaroo_actors::gateway::RouteRecord,
+        request: ChatRequest,
+        usage: Option<Usage>,
+        text: String,
+    ) {
+        let (usage, text) = tokaroo_actors::gateway::drain_abandoned(upstream, usage, text).await;
+        let usage = billable_usage(&route, &request, usage, &text);
+        if let Err(error) = self.finish(&route, usage).await {
+            tracing::error!(%error, "could not record an abandoned stream's usage");
+        }
     }
 }
 
@@ -492,19 +536,18 @@ fn async_stream(
     }
     impl St {
         fn usage(&self) -> Usage {
-            self.usage.unwrap_or_else(|| fallback_usage(&self.request, &self.text))
+            billable_usage(&self.route, &self.request, self.usage, &self.text)
         }
     }
     impl Drop for St {
         fn drop(&mut self) {
-            // The client went away mid-answer: what the provider produced is still charged.
+            // The client went away mid-answer. The provider goes on and bills the whole
+            // answer, so keep reading it (bounded) for its final usage, then settle.
             if let Some(settle) = self.settle.take() {
-                let (route, usage) = (self.route.clone(), self.usage());
-                tokio::spawn(async move {
-                    if let Err(error) = settle.finish(&route, usage).await {
-                        tracing::error!(%error, "could not record an abandoned stream's usage");
-                    }
-                });
+                let upstream = std::mem::replace(&mut self.upstream, futures_util::stream::empty().boxed());
+                let (route, request) = (self.route.clone(), self.request.clone());
+                let (usage, text) = (self.usage, std::mem::take(&mut self.text));
+                tokio::spawn(settle.abandoned(upstream, route, request, usage, text));
             }
         }
     }

@@ -11,6 +11,7 @@ mod chat_simulator;
 mod conformance;
 mod connections;
 mod foundation;
+mod hostile;
 mod keys_and_workspaces;
 mod ledger;
 mod payments;

@@ -22,9 +22,6 @@ pub struct AnthropicChat;
 /// The API version this adapter speaks.
 pub const API_VERSION: &str = "2023-06-01";
 
-/// Used when the client gave no `max_tokens`: Anthropic requires one.
-pub const DEFAULT_MAX_TOKENS: u32 = 4096;
-
 /// Splits a `data:` URL into its media type and base64 payload.
 fn parse_data_url(url: &str) -> Option<(&str, &str)> {
     let rest = url.strip_prefix("data:")?;
@@ -135,10 +132,10 @@ fn json_instruction(format: &ResponseFormat) -> Option<String> {
 }
 
 /// The upstream request body.
-pub fn request_body(model: &str, req: &ChatRequest, stream: bool) -> Value {
+pub fn request_body(model: &str, req: &ChatRequest, max_output_tokens: u32, stream: bool) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
-    body.insert("max_tokens".into(), json!(req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)));
+    body.insert("max_tokens".into(), json!(max_output_tokens));
     let mut system: Vec<String> = Vec::new();
     if let Some(text) = req.system_text() {
         if !text.is_empty() {
@@ -459,9 +456,10 @@ impl ChatProvider for AnthropicChat {
         conn: &'a Connection,
         model: &'a str,
         req: &'a ChatRequest,
+        max_output_tokens: u32,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
-            let body = request_body(model, req, false);
+            let body = request_body(model, req, max_output_tokens, false);
             let response = http::send(conn, post(conn, &body)).await?;
             parse_response(&http::json_body(response).await?)
         })
@@ -472,9 +470,10 @@ impl ChatProvider for AnthropicChat {
         conn: &'a Connection,
         model: &'a str,
         req: &'a ChatRequest,
+        max_output_tokens: u32,
     ) -> BoxFuture<'a, Result<DeltaStream, ProviderError>> {
         Box::pin(async move {
-            let body = request_body(model, req, true);
+            let body = request_body(model, req, max_output_tokens, true);
             // Only the wait for headers and the gaps between events are bounded, not the
             // whole (possibly long) stream.
             let mut request = post(conn, &body);
@@ -523,18 +522,18 @@ mod tests {
             Message::text(Role::User, "Hi"),
             Message::text(Role::System, "Be kind."),
         ]);
-        let body = request_body("claude-x", &req, false);
+        let body = request_body("claude-x", &req, 4096, false);
         assert_eq!(body["model"], "claude-x");
         assert_eq!(body["system"], "Be brief.\n\nBe kind.");
-        assert_eq!(body["max_tokens"], DEFAULT_MAX_TOKENS);
+        assert_eq!(body["max_tokens"], 4096);
         assert_eq!(body["messages"], json!([{ "role": "user", "content": [{ "type": "text", "text": "Hi" }] }]));
         assert!(body.get("stream").is_none());
         assert!(body.get("tools").is_none());
 
         let mut req = req;
         req.max_tokens = Some(100);
-        assert_eq!(request_body("m", &req, true)["max_tokens"], 100);
-        assert_eq!(request_body("m", &req, true)["stream"], true);
+        assert_eq!(request_body("m", &req, 100, true)["max_tokens"], 100);
+        assert_eq!(request_body("m", &req, 100, true)["stream"], true);
     }
 
     #[test]
@@ -550,7 +549,7 @@ mod tests {
             tool_call_id: None,
             name: None,
         };
-        let body = request_body("m", &request(vec![msg]), false);
+        let body = request_body("m", &request(vec![msg]), 4096, false);
         assert_eq!(
             body["messages"][0]["content"],
             json!([
@@ -573,7 +572,7 @@ mod tests {
             tool_result("call.2", "rainy"),
             Message::text(Role::User, "Thanks, and tomorrow?"),
         ]);
-        let body = request_body("m", &req, false);
+        let body = request_body("m", &req, 4096, false);
         let messages = body["messages"].as_array().unwrap();
         assert_eq!(messages.len(), 3, "{messages:?}");
         assert_eq!(
@@ -602,7 +601,7 @@ mod tests {
             Message::text(Role::Assistant, "three"),
             Message::text(Role::Assistant, "four"),
         ]);
-        let body = request_body("m", &req, false);
+        let body = request_body("m", &req, 4096, false);
         assert_eq!(
             body["messages"],
             json!([
@@ -628,7 +627,7 @@ mod tests {
         ];
         for (choice, expected) in cases {
             req.tool_choice = Some(choice);
-            let body = request_body("m", &req, false);
+            let body = request_body("m", &req, 4096, false);
             assert_eq!(body["tool_choice"], expected);
             assert_eq!(
                 body["tools"],
@@ -641,7 +640,7 @@ mod tests {
         }
         // No tools: no tool_choice either (Anthropic rejects it alone).
         req.tools.clear();
-        assert!(request_body("m", &req, false).get("tool_choice").is_none());
+        assert!(request_body("m", &req, 4096, false).get("tool_choice").is_none());
     }
 
     #[test]
@@ -651,7 +650,7 @@ mod tests {
         req.stop = vec!["END".into()];
         req.user = Some("user-42".into());
         req.seed = Some(7);
-        let body = request_body("m", &req, false);
+        let body = request_body("m", &req, 4096, false);
         assert_eq!(body["temperature"], 1.0);
         assert_eq!(body["stop_sequences"], json!(["END"]));
         assert_eq!(body["metadata"], json!({ "user_id": "user-42" }));
@@ -660,19 +659,19 @@ mod tests {
 
         req.temperature = Some(0.3);
         req.top_p = Some(0.9);
-        let body = request_body("m", &req, false);
+        let body = request_body("m", &req, 4096, false);
         assert_eq!(body["temperature"], 0.3);
         assert!(body.get("top_p").is_none(), "temperature and top_p are not sent together");
 
         req.temperature = None;
-        assert_eq!(request_body("m", &req, false)["top_p"], 0.9);
+        assert_eq!(request_body("m", &req, 4096, false)["top_p"], 0.9);
     }
 
     #[test]
     fn json_mode_becomes_a_system_instruction() {
         let mut req = request(vec![Message::text(Role::System, "You are a bot."), Message::text(Role::User, "hi")]);
         req.response_format = Some(ResponseFormat::JsonObject);
-        let system = request_body("m", &req, false)["system"].as_str().unwrap().to_owned();
+        let system = request_body("m", &req, 4096, false)["system"].as_str().unwrap().to_owned();
         assert!(system.starts_with("You are a bot.\n\n"), "{system}");
         assert!(system.contains("JSON object"), "{system}");
 
@@ -682,14 +681,14 @@ mod tests {
             schema: json!({ "type": "object", "properties": { "age": { "type": "integer" } } }),
             strict: true,
         });
-        let body = request_body("m", &req, false);
+        let body = request_body("m", &req, 4096, false);
         let system = body["system"].as_str().unwrap();
         assert!(system.contains("\"person\""), "{system}");
         assert!(system.contains(r#""age":{"type":"integer"}"#), "{system}");
         assert!(body.get("response_format").is_none());
 
         req.response_format = Some(ResponseFormat::Text);
-        assert!(request_body("m", &req, false).get("system").is_none());
+        assert!(request_body("m", &req, 4096, false).get("system").is_none());
     }
 
     #[test]

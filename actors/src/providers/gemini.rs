@@ -269,7 +269,7 @@ fn takes_system_instruction(model: &str) -> bool {
 
 /// The upstream request body (the same for streamed and whole answers). `model` is the native
 /// model id (it decides whether replayed function calls need a placeholder signature).
-pub fn request_body(model: &str, req: &ChatRequest) -> Value {
+pub fn request_body(model: &str, req: &ChatRequest, max_output_tokens: u32) -> Value {
     let mut body = Map::new();
     let mut contents = contents_json(model, &req.messages);
     if let Some(system) = req.system_text().filter(|s| !s.is_empty()) {
@@ -298,9 +298,7 @@ pub fn request_body(model: &str, req: &ChatRequest) -> Value {
         }
     }
     let mut config = Map::new();
-    if let Some(max) = req.max_tokens {
-        config.insert("maxOutputTokens".into(), json!(max));
-    }
+    config.insert("maxOutputTokens".into(), json!(max_output_tokens));
     if let Some(t) = req.temperature {
         config.insert("temperature".into(), json!(t));
     }
@@ -540,9 +538,10 @@ impl ChatProvider for GeminiChat {
         conn: &'a Connection,
         model: &'a str,
         req: &'a ChatRequest,
+        max_output_tokens: u32,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
-            let body = request_body(model, req);
+            let body = request_body(model, req, max_output_tokens);
             let response = http::send_with(conn, post(conn, model, false, &body), status_error).await?;
             parse_response(&http::json_body(response).await?)
         })
@@ -553,9 +552,10 @@ impl ChatProvider for GeminiChat {
         conn: &'a Connection,
         model: &'a str,
         req: &'a ChatRequest,
+        max_output_tokens: u32,
     ) -> BoxFuture<'a, Result<DeltaStream, ProviderError>> {
         Box::pin(async move {
-            let body = request_body(model, req);
+            let body = request_body(model, req, max_output_tokens);
             // Only the wait for headers and the gaps between chunks are bounded, not the
             // whole (possibly long) stream.
             let mut request = post(conn, model, true, &body);
@@ -645,7 +645,7 @@ mod tests {
     #[test]
     fn gemma_gets_the_system_prompt_in_its_first_user_turn() {
         let req = request(vec![Message::text(Role::System, "Be brief."), Message::text(Role::User, "Hi")]);
-        let body = request_body("gemma-3-27b-it", &req);
+        let body = request_body("gemma-3-27b-it", &req, 4096);
         assert!(body.get("systemInstruction").is_none());
         assert_eq!(body["contents"][0]["role"], "user");
         assert_eq!(body["contents"][0]["parts"], json!([{ "text": "Be brief." }, { "text": "Hi" }]));
@@ -660,7 +660,7 @@ mod tests {
             Message::text(Role::User, "Bye"),
             Message::text(Role::User, "Really"),
         ]);
-        let body = request_body("gemini-2.5-flash", &req);
+        let body = request_body("gemini-2.5-flash", &req, 4096);
         assert_eq!(body["systemInstruction"], json!({ "parts": [{ "text": "Be brief." }] }));
         assert_eq!(
             body["contents"],
@@ -670,7 +670,8 @@ mod tests {
                 { "role": "user", "parts": [{ "text": "Bye" }, { "text": "Really" }] },
             ])
         );
-        assert!(body.get("generationConfig").is_none());
+        // The output bound is always sent: it is what the request's hold covers.
+        assert_eq!(body["generationConfig"], json!({ "maxOutputTokens": 4096 }));
         assert!(body.get("tools").is_none());
     }
 
@@ -688,7 +689,7 @@ mod tests {
             tool_call_id: None,
             name: None,
         };
-        let body = request_body("gemini-2.5-flash", &request(vec![msg]));
+        let body = request_body("gemini-2.5-flash", &request(vec![msg]), 4096);
         assert_eq!(
             body["contents"][0]["parts"],
             json!([
@@ -714,7 +715,7 @@ mod tests {
             tool_result("call_2", "12:00"),
             named_result,
         ]);
-        let body = request_body("gemini-2.5-pro", &req);
+        let body = request_body("gemini-2.5-pro", &req, 4096);
         let contents = body["contents"].as_array().unwrap();
         assert_eq!(contents.len(), 3, "{contents:?}");
         assert_eq!(
@@ -745,11 +746,11 @@ mod tests {
             tool_result("a", "1"),
             tool_result("b", "2"),
         ]);
-        let body = request_body("gemini-3-pro-preview", &req);
+        let body = request_body("gemini-3-pro-preview", &req, 4096);
         let parts = &body["contents"][1]["parts"];
         assert_eq!(parts[0]["thoughtSignature"], SKIP_THOUGHT_SIGNATURE);
         assert!(parts[1].get("thoughtSignature").is_none(), "only the first parallel call is signed");
-        let body = request_body("models/gemini-2.0-flash", &req);
+        let body = request_body("models/gemini-2.0-flash", &req, 4096);
         assert!(body["contents"][1]["parts"][0].get("thoughtSignature").is_none());
     }
 
@@ -789,7 +790,7 @@ mod tests {
                 parameters: json!({ "type": "object", "properties": {}, "additionalProperties": false }),
             },
         ];
-        let body = request_body("gemini-2.5-flash", &req);
+        let body = request_body("gemini-2.5-flash", &req, 4096);
         assert_eq!(
             body["tools"],
             json!([{ "functionDeclarations": [
@@ -831,7 +832,7 @@ mod tests {
         ];
         for (choice, expected) in cases {
             req.tool_choice = Some(choice);
-            let body = request_body("gemini-2.5-flash", &req);
+            let body = request_body("gemini-2.5-flash", &req, 4096);
             assert_eq!(body["toolConfig"], json!({ "functionCallingConfig": expected }));
         }
     }
@@ -845,7 +846,7 @@ mod tests {
         req.stop = vec!["END".into()];
         req.seed = Some(42);
         req.response_format = Some(ResponseFormat::JsonObject);
-        let body = request_body("gemini-2.5-flash", &req);
+        let body = request_body("gemini-2.5-flash", &req, 256);
         assert_eq!(
             body["generationConfig"],
             json!({
@@ -868,7 +869,7 @@ mod tests {
             }),
             strict: true,
         });
-        let config = &request_body("gemini-2.5-flash", &req)["generationConfig"];
+        let config = &request_body("gemini-2.5-flash", &req, 4096)["generationConfig"];
         assert_eq!(config["responseMimeType"], "application/json");
         assert_eq!(
             config["responseSchema"],

@@ -159,11 +159,13 @@ pub type DeltaStream = BoxStream<'static, Result<ChatDelta, ProviderError>>;
 
 /// One provider's chat API. `model` is the provider's native model id.
 pub trait ChatProvider: Send + Sync {
+    /// `max_output_tokens` is the bound the request's hold assumed: always sent upstream.
     fn chat<'a>(
         &'a self,
         conn: &'a Connection,
         model: &'a str,
         req: &'a ChatRequest,
+        max_output_tokens: u32,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
 
     /// Resolves once the upstream has accepted the request (status checked); the stream then
@@ -173,6 +175,7 @@ pub trait ChatProvider: Send + Sync {
         conn: &'a Connection,
         model: &'a str,
         req: &'a ChatRequest,
+        max_output_tokens: u32,
     ) -> BoxFuture<'a, Result<DeltaStream, ProviderError>>;
 }
 

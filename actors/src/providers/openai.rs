@@ -70,16 +70,14 @@ fn message_json(message: &Message) -> Value {
 }
 
 /// The upstream request body.
-pub fn request_body(conn: &Connection, model: &str, req: &ChatRequest, stream: bool) -> Value {
+pub fn request_body(conn: &Connection, model: &str, req: &ChatRequest, max_output_tokens: u32, stream: bool) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
     body.insert("messages".into(), Value::Array(req.messages.iter().map(message_json).collect()));
-    if let Some(max) = req.max_tokens {
-        // OpenAI and Groq deprecate `max_tokens` (reasoning models refuse it); self-hosted
-        // servers mostly know only `max_tokens`.
-        let field = if conn.provider == ProviderKind::Local { "max_tokens" } else { "max_completion_tokens" };
-        body.insert(field.into(), json!(max));
-    }
+    // Always bounded, so the charge stays within the hold. OpenAI and Groq deprecate
+    // `max_tokens` (reasoning models refuse it); self-hosted servers mostly know only it.
+    let field = if conn.provider == ProviderKind::Local { "max_tokens" } else { "max_completion_tokens" };
+    body.insert(field.into(), json!(max_output_tokens));
     if let Some(t) = req.temperature {
         body.insert("temperature".into(), json!(t));
     }
@@ -286,9 +284,10 @@ impl ChatProvider for OpenAiChat {
         conn: &'a Connection,
         model: &'a str,
         req: &'a ChatRequest,
+        max_output_tokens: u32,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
-            let body = request_body(conn, model, req, false);
+            let body = request_body(conn, model, req, max_output_tokens, false);
             let response = http::send(conn, post(conn, &body)?).await?;
             parse_response(&http::json_body(response).await?)
         })
@@ -299,9 +298,10 @@ impl ChatProvider for OpenAiChat {
         conn: &'a Connection,
         model: &'a str,
         req: &'a ChatRequest,
+        max_output_tokens: u32,
     ) -> BoxFuture<'a, Result<DeltaStream, ProviderError>> {
         Box::pin(async move {
-            let body = request_body(conn, model, req, true);
+            let body = request_body(conn, model, req, max_output_tokens, true);
             // The overall timeout must not cut a long stream: only the wait for headers and
             // the gaps between events are bounded.
             let mut request = post(conn, &body)?;

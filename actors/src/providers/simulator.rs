@@ -15,7 +15,7 @@ pub struct SimulatorChat {
     pub latency: Duration,
 }
 
-fn answer(req: &ChatRequest) -> ChatResponse {
+fn answer(req: &ChatRequest, max_output_tokens: u32) -> ChatResponse {
     let last_user =
         req.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.joined_text()).unwrap_or_default();
     let answered_tool = req.messages.last().is_some_and(|m| m.role == Role::Tool);
@@ -42,8 +42,8 @@ fn answer(req: &ChatRequest) -> ChatResponse {
     };
     let mut completion = crate::tokenizer::count(content.as_deref().unwrap_or_default());
     completion += tool_calls.iter().map(|c| crate::tokenizer::count(&c.arguments) + 5).sum::<u32>();
-    let (content, finish) = match (content, req.max_tokens) {
-        (Some(text), Some(max)) if completion > max => {
+    let (content, finish) = match (content, max_output_tokens) {
+        (Some(text), max) if completion > max => {
             completion = max;
             (Some(text.chars().take(max as usize * 4).collect()), FinishReason::Length)
         }
@@ -63,10 +63,11 @@ impl ChatProvider for SimulatorChat {
         _conn: &'a Connection,
         _model: &'a str,
         req: &'a ChatRequest,
+        max_output_tokens: u32,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
             tokio::time::sleep(self.latency).await;
-            Ok(answer(req))
+            Ok(answer(req, max_output_tokens))
         })
     }
 
@@ -75,10 +76,11 @@ impl ChatProvider for SimulatorChat {
         _conn: &'a Connection,
         _model: &'a str,
         req: &'a ChatRequest,
+        max_output_tokens: u32,
     ) -> BoxFuture<'a, Result<DeltaStream, ProviderError>> {
         Box::pin(async move {
             tokio::time::sleep(self.latency).await;
-            let full = answer(req);
+            let full = answer(req, max_output_tokens);
             let mut deltas = Vec::new();
             if let Some(text) = &full.content {
                 let words: Vec<&str> = text.split_inclusive(' ').collect();

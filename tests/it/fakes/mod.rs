@@ -29,6 +29,11 @@ pub enum Behavior {
     Text(&'static str),
     /// A text answer with no usage reported (OpenAI-compatible servers that omit it).
     TextWithoutUsage(&'static str),
+    /// A text answer whose usage reports this many completion tokens, whatever bound the
+    /// request set (a server that ignores `max_tokens`, or misreports).
+    TextReporting { text: &'static str, completion_tokens: u64 },
+    /// [`Behavior::TextReporting`], slowly: every event (or the whole answer) waits `gap_ms`.
+    Slow { text: &'static str, completion_tokens: u64, gap_ms: u64 },
     /// A call of `name` with these JSON arguments.
     ToolCall { name: &'static str, arguments: &'static str },
     /// The provider's error body with this status (and `retry-after`, when given).
@@ -164,8 +169,21 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 }
 
 fn sse_response(events: Vec<String>, break_after: Option<usize>) -> Response {
+    sse_response_paced(events, break_after, Duration::ZERO)
+}
+
+fn sse_response_paced(events: Vec<String>, break_after: Option<usize>, gap: Duration) -> Response {
     use futures_util::StreamExt;
     let cut = break_after.unwrap_or(events.len());
+    if !gap.is_zero() {
+        let paced = futures_util::stream::iter(events.into_iter().take(cut)).then(move |e| async move {
+            tokio::time::sleep(gap).await;
+            Ok::<_, std::io::Error>(Bytes::from(e))
+        });
+        let mut response = Response::new(Body::from_stream(paced));
+        response.headers_mut().insert("content-type", HeaderValue::from_static("text/event-stream"));
+        return response;
+    }
     let sent: Vec<Result<Bytes, std::io::Error>> = events.into_iter().take(cut).map(|e| Ok(Bytes::from(e))).collect();
     let mut body = futures_util::stream::iter(sent).boxed();
     if break_after.is_some() {
@@ -227,6 +245,13 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         Behavior::BreakMidStream => {
             let events = wire.stream_events(&recorded, &Behavior::Text("This answer will be cut off mid-way"));
             sse_response(events, Some(wire.mid_stream_cut()))
+        }
+        Behavior::Slow { gap_ms, .. } if stream => {
+            sse_response_paced(wire.stream_events(&recorded, &behavior), None, Duration::from_millis(gap_ms))
+        }
+        Behavior::Slow { gap_ms, .. } => {
+            tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+            json_response(StatusCode::OK, &wire.answer(&recorded, &behavior))
         }
         behavior if stream => sse_response(wire.stream_events(&recorded, &behavior), None),
         behavior => json_response(StatusCode::OK, &wire.answer(&recorded, &behavior)),

@@ -16,8 +16,14 @@ fn invalid(message: impl Into<String>, param: Option<&str>) -> (StatusCode, Valu
     (StatusCode::BAD_REQUEST, body)
 }
 
-fn usage() -> Value {
-    json!({ "prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS, "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS })
+fn usage(behavior: &Behavior) -> Value {
+    let completion = match behavior {
+        Behavior::TextReporting { completion_tokens, .. } | Behavior::Slow { completion_tokens, .. } => {
+            *completion_tokens
+        }
+        _ => COMPLETION_TOKENS,
+    };
+    json!({ "prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion, "total_tokens": PROMPT_TOKENS + completion })
 }
 
 impl Wire for OpenAi {
@@ -104,15 +110,16 @@ impl Wire for OpenAi {
                 json!({ "role": "assistant", "content": null, "tool_calls": [{ "id": "call_fake_1", "type": "function", "function": { "name": name, "arguments": arguments } }] }),
                 "tool_calls",
             ),
-            Behavior::Text(text) | Behavior::TextWithoutUsage(text) => {
-                (json!({ "role": "assistant", "content": text, "refusal": null }), "stop")
-            }
+            Behavior::Text(text)
+            | Behavior::TextWithoutUsage(text)
+            | Behavior::TextReporting { text, .. }
+            | Behavior::Slow { text, .. } => (json!({ "role": "assistant", "content": text, "refusal": null }), "stop"),
             other => panic!("no answer for {other:?}"),
         };
         let mut body = json!({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 1_764_000_000, "model": req.body["model"],
             "choices": [{ "index": 0, "message": message, "logprobs": null, "finish_reason": finish }],
-            "usage": usage(), "system_fingerprint": "fp_fake",
+            "usage": usage(behavior), "system_fingerprint": "fp_fake",
         });
         if matches!(behavior, Behavior::TextWithoutUsage(_)) {
             body.as_object_mut().unwrap().remove("usage");
@@ -128,7 +135,10 @@ impl Wire for OpenAi {
         };
         let mut out = vec![chunk(json!({ "role": "assistant", "content": "" }), Value::Null)];
         let finish = match behavior {
-            Behavior::Text(text) | Behavior::TextWithoutUsage(text) => {
+            Behavior::Text(text)
+            | Behavior::TextWithoutUsage(text)
+            | Behavior::TextReporting { text, .. }
+            | Behavior::Slow { text, .. } => {
                 out.extend(pieces(text).into_iter().map(|p| chunk(json!({ "content": p }), Value::Null)));
                 "stop"
             }
@@ -150,7 +160,7 @@ impl Wire for OpenAi {
         };
         out.push(chunk(json!({}), json!(finish)));
         if req.body["stream_options"]["include_usage"] == true && !matches!(behavior, Behavior::TextWithoutUsage(_)) {
-            let u = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_764_000_000, "model": req.body["model"], "choices": [], "usage": usage() });
+            let u = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_764_000_000, "model": req.body["model"], "choices": [], "usage": usage(behavior) });
             out.push(format!("data: {u}\n\n"));
         }
         out.push("data: [DONE]\n\n".into());

@@ -1,0 +1,154 @@
+//! Issue 9: a hostile tenant against the money. Each test here failed on the code before
+//! its fix.
+
+use futures_util::{stream, StreamExt};
+use serde_json::{json, Value};
+
+use crate::{
+    fakes::{openai::OpenAi, Behavior, Fake},
+    harness::*,
+};
+
+/// A gateway whose only provider is a fake OpenAI.
+async fn gateway_on(fake: &Fake) -> Gateway {
+    Gateway::start_with(
+        Options::default()
+            .env("OPENAI_API_KEY", &fake.key)
+            .env("TOKAROO_OPENAI_BASE_URL", &format!("{}/v1", fake.root)),
+    )
+    .await
+}
+
+/// A tenant funded with `usd`, and a key whose rate limit is out of the way.
+async fn funded_tenant(gw: &Gateway, name: &str, usd: f64) -> (String, String, String) {
+    let (account, session) = gw.create_account(name).await;
+    let r = gw.post(&format!("/admin/accounts/{account}/credits"), ADMIN_TOKEN, json!({"amount_usd": usd})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = gw.post("/v1/keys", &session, json!({"name": "k", "rate_limit_rpm": 100000})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    (account, session, r.body["key"].as_str().unwrap().to_owned())
+}
+
+async fn usage_rows(gw: &Gateway, account: &str) -> Vec<Value> {
+    let r = gw.get(&format!("/admin/usage?account_id={account}&limit=1000"), ADMIN_TOKEN).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["data"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn an_upstream_that_reports_huge_usage_cannot_overdraw_a_prepaid_balance() {
+    let fake = Fake::start(OpenAi { models: vec![] }, "sk-fake-openai-overdraw").await;
+    fake.set(Behavior::TextReporting { text: "fine", completion_tokens: 100_000 });
+    let gw = gateway_on(&fake).await;
+    let (account, session, key) = funded_tenant(&gw, "overdrawer", 1.0).await;
+
+    // 100 requests without max_tokens, 50 at a time; every fourth one streamed.
+    let outcomes: Vec<u16> = stream::iter(0..100)
+        .map(|i| {
+            let (gw, key) = (&gw, &key);
+            async move {
+                let mut body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Write a novel."}]});
+                if i % 4 == 0 {
+                    body["stream"] = json!(true);
+                    body["stream_options"] = json!({"include_usage": true});
+                }
+                gw.post("/v1/chat/completions", key, body).await.status.as_u16()
+            }
+        })
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    let served = outcomes.iter().filter(|s| **s == 200).count();
+    let refused = outcomes.iter().filter(|s| **s == 402).count();
+    assert_eq!(served + refused, 100, "only answers and 402s: {outcomes:?}");
+    assert!(served > 0 && refused > 0, "served {served}, refused {refused}");
+
+    let r = gw.get("/v1/balance", &session).await;
+    let balance = r.body["balance_usd"].as_f64().unwrap();
+    assert!(balance >= 0.0, "the balance went below zero: {balance}");
+    let rows = usage_rows(&gw, &account).await;
+    assert_eq!(rows.len(), served);
+    let charged: f64 = rows.iter().map(|r| r["charged_usd"].as_f64().unwrap()).sum();
+    assert!((1.0 - charged - balance).abs() < 1e-6, "balance {balance} = 1.00 - charges {charged}");
+    for row in &rows {
+        assert_eq!(row["output_tokens"], 4096, "billed at the bound it was sent: {row}");
+    }
+    // The bound the hold assumed went upstream with every request.
+    let upstream = fake.answer_requests();
+    assert!(!upstream.is_empty());
+    for req in &upstream {
+        assert_eq!(req.body["max_completion_tokens"], 4096, "{}", req.body);
+    }
+    let r = gw.post("/admin/ledger/reconcile", ADMIN_TOKEN, json!({})).await;
+    assert_eq!(r.body["ok"], true, "drift: {}", r.text);
+}
+
+#[tokio::test]
+async fn the_clients_own_max_tokens_is_sent_and_bounds_the_charge() {
+    let fake = Fake::start(OpenAi { models: vec![] }, "sk-fake-openai-bound").await;
+    fake.set(Behavior::TextReporting { text: "fine", completion_tokens: 100_000 });
+    let gw = gateway_on(&fake).await;
+    let (account, _, key) = funded_tenant(&gw, "bounded", 5.0).await;
+    let body = json!({"model": "gpt-4o", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]});
+    let r = gw.post("/v1/chat/completions", &key, body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(fake.answer_requests()[0].body["max_completion_tokens"], 50);
+    assert_eq!(usage_rows(&gw, &account).await[0]["output_tokens"], 50);
+}
+
+/// The account's only usage row, once it is there.
+async fn the_row(gw: &Gateway, account: &str) -> Value {
+    eventually("the request's usage row", || async {
+        let rows = usage_rows(gw, account).await;
+        assert!(rows.len() <= 1, "one row per request: {rows:?}");
+        rows.into_iter().next()
+    })
+    .await
+}
+
+const LONG_ANSWER: &str = "one two three four five six seven eight nine ten eleven twelve";
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_pays_the_providers_final_usage() {
+    let fake = Fake::start(OpenAi { models: vec![] }, "sk-fake-openai-leaver").await;
+    fake.set(Behavior::Slow { text: LONG_ANSWER, completion_tokens: 777, gap_ms: 150 });
+    let gw = gateway_on(&fake).await;
+    let (account, _, key) = funded_tenant(&gw, "leaver", 5.0).await;
+    let body = json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "Count"}]});
+    let mut response =
+        gw.client().post(gw.url("/v1/chat/completions")).bearer_auth(&key).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let first = response.chunk().await.unwrap().expect("a first chunk");
+    assert!(!first.is_empty());
+    drop(response); // the client goes away mid-answer
+    let row = the_row(&gw, &account).await;
+    assert_eq!(row["output_tokens"], 777, "the provider's final usage, read after the client left: {row}");
+    assert_eq!(row["streamed"], true);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_first_chunk_still_pays_for_the_accepted_stream() {
+    let fake = Fake::start(OpenAi { models: vec![] }, "sk-fake-openai-early").await;
+    fake.set(Behavior::Slow { text: LONG_ANSWER, completion_tokens: 555, gap_ms: 400 });
+    let gw = gateway_on(&fake).await;
+    let (account, _, key) = funded_tenant(&gw, "early-leaver", 5.0).await;
+    let body = json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "Count"}]});
+    let sent = gw.client().post(gw.url("/v1/chat/completions")).bearer_auth(&key).json(&body).send();
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(150), sent).await.is_err(), "no first chunk yet");
+    let row = the_row(&gw, &account).await;
+    assert_eq!(row["output_tokens"], 555, "{row}");
+    assert!(row["input_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_a_non_streamed_request_still_pays_for_the_answer() {
+    let fake = Fake::start(OpenAi { models: vec![] }, "sk-fake-openai-impatient").await;
+    fake.set(Behavior::Slow { text: "done", completion_tokens: 333, gap_ms: 500 });
+    let gw = gateway_on(&fake).await;
+    let (account, _, key) = funded_tenant(&gw, "impatient", 5.0).await;
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Slow please"}]});
+    let sent = gw.client().post(gw.url("/v1/chat/completions")).bearer_auth(&key).json(&body).send();
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(150), sent).await.is_err(), "still waiting");
+    let row = the_row(&gw, &account).await;
+    assert_eq!(row["output_tokens"], 333, "{row}");
+}
