@@ -25,7 +25,7 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/embeddings", post(embeddings))
 }
 
-fn parse(v: &Value) -> Result<(EmbeddingRequest, bool), ApiError> {
+pub(super) fn parse(v: &Value) -> Result<(EmbeddingRequest, bool), ApiError> {
     let bad = |m: &str| ApiError::BadRequest(m.to_owned());
     let inputs = match &v["input"] {
         Value::String(s) => vec![s.clone()],

@@ -14,6 +14,8 @@ mod local_endpoints;
 mod models;
 mod pricing;
 mod provider_keys;
+#[cfg(test)]
+mod request_props;
 mod usage;
 mod wire;
 mod workspaces;

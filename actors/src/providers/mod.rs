@@ -4,6 +4,8 @@
 //! status mapping, SSE framing) that carries no provider's format.
 
 pub mod anthropic;
+#[cfg(test)]
+mod decoder_props;
 pub mod gemini;
 pub mod http;
 pub mod openai;
