@@ -170,8 +170,8 @@ impl Router {
                     failed.push(format!("{}/{}: {}", c.upstream.name, c.model.id, error.code()));
                     last_error = Some(error);
                 }
-                Err(ProviderError::Status { message, .. }) => {
-                    return Err(EngineError::Invalid(format!("The provider rejected the request: {message}")))
+                Err(ProviderError::Status { status, message, .. }) => {
+                    return Err(crate::gateway::rejected(status, &message))
                 }
                 Err(other) => return Err(crate::gateway::unavailable(&other)),
             }

@@ -238,11 +238,18 @@ fn is_weak(req: &ChatRequest, r: &ChatResponse) -> bool {
 
 fn upstream_error(error: ProviderError) -> EngineError {
     match error {
-        ProviderError::Status { status: 400 | 422, message, .. } => {
-            EngineError::Invalid(format!("The provider rejected the request: {message}"))
-        }
+        ProviderError::Status { status: status @ (400 | 422), message, .. } => rejected(status, &message),
         other => unavailable(&other),
     }
+}
+
+/// An upstream refused the request itself. Its words stay in the operator's log: they can
+/// name the provider, its model or its account, which runtime keys never see.
+pub(crate) fn rejected(status: u16, upstream_message: &str) -> EngineError {
+    tracing::warn!(status, upstream_message, "the upstream rejected a request as invalid");
+    EngineError::Invalid(format!(
+        "The upstream rejected the request as invalid (HTTP {status}); check its fields and sizes"
+    ))
 }
 
 /// No route could serve: the client learns the last failure's code only. The upstream's own

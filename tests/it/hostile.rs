@@ -152,3 +152,17 @@ async fn a_client_that_leaves_a_non_streamed_request_still_pays_for_the_answer()
     let row = the_row(&gw, &account).await;
     assert_eq!(row["output_tokens"], 333, "{row}");
 }
+
+#[tokio::test]
+async fn an_upstreams_own_error_text_never_reaches_the_tenant() {
+    let fake = Fake::start(OpenAi { models: vec![] }, "sk-fake-openai-words").await;
+    fake.set(Behavior::Status { status: 400, retry_after: None });
+    let gw = gateway_on(&fake).await;
+    let (_, _, key) = funded_tenant(&gw, "curious", 5.0).await;
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]});
+    let r = gw.post("/v1/chat/completions", &key, body).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(!r.text.contains("The fake was told to fail"), "upstream words leaked: {}", r.text);
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("rejected the request"), "{}", r.text);
+    assert!(gw.log().contains("The fake was told to fail"), "the operator's log keeps them");
+}
