@@ -468,7 +468,10 @@ mod tests {
         let err = tenant.check(at("127.0.0.1", 11434)).unwrap_err();
         assert_eq!(err.why, Refusal::Range(Range::Loopback));
         assert_eq!(err.to_string(), "127.0.0.1 is a loopback address");
-        assert_eq!(tenant.check(at("::ffff:10.0.0.1", 80)).unwrap_err().to_string(), "10.0.0.1 is a private-network address");
+        assert_eq!(
+            tenant.check(at("::ffff:10.0.0.1", 80)).unwrap_err().to_string(),
+            "10.0.0.1 is a private-network address"
+        );
         assert!(tenant.check(at("8.8.8.8", 443)).is_ok());
 
         let operator = NetPolicy { allow_private: true, ..tenant.clone() };
@@ -525,10 +528,8 @@ mod tests {
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
             }
         });
-        let lookup = Arc::new(Rebinding {
-            answers: vec![ip("93.184.215.14"), ip("127.0.0.1")],
-            asked: Default::default(),
-        });
+        let lookup =
+            Arc::new(Rebinding { answers: vec![ip("93.184.215.14"), ip("127.0.0.1")], asked: Default::default() });
         let guard = NetGuard::new(NetPolicy::default(), lookup.clone());
         let url = reqwest::Url::parse(&format!("http://rebind.example:{port}/v1/models")).unwrap();
         assert!(guard.check_url(&url).await.is_ok(), "the first answer is public");

@@ -220,7 +220,10 @@ enum Reply {
     Json(String),
     Redirect(String),
     /// 200, then `prefix` and bytes that never end (until the client hangs up).
-    Endless { content_type: &'static str, prefix: &'static str },
+    Endless {
+        content_type: &'static str,
+        prefix: &'static str,
+    },
 }
 
 /// A loopback HTTP/1.1 server answering by path, for what the fakes cannot do: redirects and
@@ -266,7 +269,9 @@ impl Raw {
                             socket.write_all(head.as_bytes()).await
                         }
                         Reply::Endless { content_type, prefix } => {
-                            let head = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\nconnection: close\r\n\r\n{prefix}");
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\nconnection: close\r\n\r\n{prefix}"
+                            );
                             let filler = vec![b'x'; 64 << 10];
                             let mut result = socket.write_all(head.as_bytes()).await;
                             while result.is_ok() {
@@ -448,7 +453,9 @@ async fn host_and_hop_by_hop_headers_cannot_be_set_on_endpoints() {
         assert_eq!(r.status, 400, "{name}: {}", r.text);
         assert!(error_message(&r).contains(name), "{name}: {}", r.text);
     }
-    let r = gw.post("/v1/local-endpoints", ADMIN_TOKEN, json!({"url": "http://127.0.0.1:9", "headers": {"X-Api-Key": "k"}})).await;
+    let r = gw
+        .post("/v1/local-endpoints", ADMIN_TOKEN, json!({"url": "http://127.0.0.1:9", "headers": {"X-Api-Key": "k"}}))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let id = r.body["id"].as_str().unwrap();
     let p = gw.patch(&format!("/v1/local-endpoints/{id}"), ADMIN_TOKEN, json!({"headers": {"Host": "internal"}})).await;
@@ -477,7 +484,11 @@ async fn credentials_in_an_endpoint_url_are_sealed_sent_as_basic_auth_and_shown_
     let id = r.body["id"].as_str().unwrap().to_owned();
     let key = gw.first_key.clone().unwrap();
     let chat = gw
-        .post("/v1/chat/completions", &key, json!({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}))
+        .post(
+            "/v1/chat/completions",
+            &key,
+            json!({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}),
+        )
         .await;
     assert_eq!(chat.status, 200, "{}", chat.text);
     assert_eq!(box_.answer_requests()[0].header("authorization"), Some(basic.as_str()));
@@ -503,7 +514,8 @@ async fn credentials_in_an_endpoint_url_are_sealed_sent_as_basic_auth_and_shown_
 async fn endless_upstream_bodies_fail_only_their_own_call() {
     const CHAT_PREFIX: &str = r#"{"choices":[{"message":{"role":"assistant","content":""#;
     const SSE_PREFIX: &str = r#"data: {"choices":[{"delta":{"content":""#;
-    let endless_models = Raw::start(|_, _| Reply::Endless { content_type: "application/json", prefix: r#"{"data":[{"id":""# }).await;
+    let endless_models =
+        Raw::start(|_, _| Reply::Endless { content_type: "application/json", prefix: r#"{"data":[{"id":""# }).await;
     let endless_answers = Raw::start(|path, body| {
         if path.ends_with("/models") {
             Reply::Json(r#"{"data":[{"id":"llama3.2"}]}"#.into())
@@ -531,7 +543,9 @@ async fn endless_upstream_bodies_fail_only_their_own_call() {
     assert!(endless_models.written.load(Ordering::Relaxed) < 64 << 20, "the gateway stopped reading");
     assert_eq!(gw.get("/livez", ADMIN_TOKEN).await.status, 200);
 
-    let r = gw.post("/v1/local-endpoints", ADMIN_TOKEN, json!({"url": endless_answers.root, "workspace_id": "default"})).await;
+    let r = gw
+        .post("/v1/local-endpoints", ADMIN_TOKEN, json!({"url": endless_answers.root, "workspace_id": "default"}))
+        .await;
     assert_eq!(r.body["status"], "healthy", "{}", r.text);
 
     // A non-streamed answer that never ends: that route fails, the next one answers.
@@ -558,7 +572,11 @@ async fn endless_upstream_bodies_fail_only_their_own_call() {
 
     // The gateway is fine.
     let r = gw
-        .post("/v1/chat/completions", &key, json!({"model": "auto", "messages": [{"role": "user", "content": "again"}]}))
+        .post(
+            "/v1/chat/completions",
+            &key,
+            json!({"model": "auto", "messages": [{"role": "user", "content": "again"}]}),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
 }

@@ -153,7 +153,8 @@ impl ErrorResponse {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, time::OffsetDateTime::now_utc()));
-        let body = tokio::time::timeout(ERROR_BODY_TIME, read_prefix(response, MAX_ERROR_BODY)).await.unwrap_or_default();
+        let body =
+            tokio::time::timeout(ERROR_BODY_TIME, read_prefix(response, MAX_ERROR_BODY)).await.unwrap_or_default();
         Self { status, retry_after, body: String::from_utf8_lossy(&body).into_owned() }
     }
 
@@ -196,7 +197,8 @@ async fn read_prefix(mut response: reqwest::Response, cap: usize) -> Vec<u8> {
 pub fn parse_retry_after(value: &str, now: time::OffsetDateTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())));
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())));
     }
     let at = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
     let wait = (at - now).clamp(time::Duration::ZERO, time::Duration::try_from(MAX_RETRY_AFTER).ok()?);
