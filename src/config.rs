@@ -90,11 +90,16 @@ pub struct CatalogConfig {
 pub struct EndpointsConfig {
     /// How often self-hosted endpoints are health-checked.
     pub recheck_secs: u64,
+    /// Lets tenants' endpoints reach loopback, private, link-local and CGNAT addresses (the
+    /// operator's own account always may). Metadata addresses need `allowed_cidrs`.
+    pub allow_private_networks: bool,
+    /// Addresses every account's endpoints may reach, whatever their range.
+    pub allowed_cidrs: Vec<String>,
 }
 
 impl Default for EndpointsConfig {
     fn default() -> Self {
-        Self { recheck_secs: 30 }
+        Self { recheck_secs: 30, allow_private_networks: false, allowed_cidrs: Vec::new() }
     }
 }
 
@@ -234,6 +239,8 @@ impl Config {
                 self.billing.processor
             )));
         }
+        tokaroo_actors::netguard::parse_cidrs(&self.endpoints.allowed_cidrs)
+            .map_err(|e| ConfigError::Invalid(format!("endpoints.allowed_cidrs: {e}")))?;
         if self.billing.processor == "stripe" && self.billing.stripe_secret_key.is_none() {
             return Err(ConfigError::Invalid(
                 "billing.processor = \"stripe\" needs a secret key (STRIPE_SECRET_KEY or billing.stripe_secret_key)"
@@ -342,6 +349,13 @@ impl Config {
         if let Some(v) = get("TOKAROO_ENDPOINT_RECHECK_SECS") {
             self.endpoints.recheck_secs = parse("TOKAROO_ENDPOINT_RECHECK_SECS", &v)?;
         }
+        if let Some(v) = get("TOKAROO_ENDPOINTS_ALLOW_PRIVATE_NETWORKS") {
+            self.endpoints.allow_private_networks = parse("TOKAROO_ENDPOINTS_ALLOW_PRIVATE_NETWORKS", &v)?;
+        }
+        if let Some(v) = get("TOKAROO_ENDPOINTS_ALLOWED_CIDRS") {
+            self.endpoints.allowed_cidrs =
+                v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        }
         if let Some(v) = get("TOKAROO_FAULT_INJECTION") {
             self.debug.fault_injection = matches!(v.as_str(), "1" | "true" | "yes");
         }
@@ -374,6 +388,8 @@ mod tests {
         assert!(unknown.validate().unwrap_err().to_string().contains("manual or stripe"));
         let keyless: Config = toml::from_str("[billing]\nprocessor = \"stripe\"\n").unwrap();
         assert!(keyless.validate().unwrap_err().to_string().contains("STRIPE_SECRET_KEY"));
+        let bad_cidr: Config = toml::from_str("[endpoints]\nallowed_cidrs = [\"10.0.0.0/8\", \"lan\"]\n").unwrap();
+        assert!(bad_cidr.validate().unwrap_err().to_string().contains("\"lan\""));
     }
 
     #[test]

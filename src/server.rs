@@ -47,7 +47,8 @@ pub fn init_logging(config: &Config) {
     };
 }
 
-fn engine_config(config: &Config) -> Result<EngineConfig, ServeError> {
+/// `listen` is the address actually bound: endpoints may never point at it.
+fn engine_config(config: &Config, listen: std::net::SocketAddr) -> Result<EngineConfig, ServeError> {
     let s = &config.supervision;
     let catalog = Catalog::load(config.catalog.path.as_deref(), config.catalog.extra_path.as_deref())?;
     Ok(EngineConfig {
@@ -84,6 +85,12 @@ fn engine_config(config: &Config) -> Result<EngineConfig, ServeError> {
         endpoint_recheck: Duration::from_secs(config.endpoints.recheck_secs.max(1)),
         master_key: std::env::var("TOKAROO_MASTER_KEY").ok(),
         provider_base_urls: provider_base_urls(config),
+        net: tokaroo_actors::netguard::NetSettings {
+            allow_private_networks: config.endpoints.allow_private_networks,
+            allowed_cidrs: tokaroo_actors::netguard::parse_cidrs(&config.endpoints.allowed_cidrs)
+                .map_err(|e| ServeError::Config(format!("endpoints.allowed_cidrs: {e}")))?,
+            listen: vec![listen],
+        },
     })
 }
 
@@ -111,7 +118,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     if config.billing.public_url.is_none() {
         config.billing.public_url = Some(format!("http://{addr}"));
     }
-    let engine = Engine::start(store, engine_config(&config)?).await?;
+    let engine = Engine::start(store, engine_config(&config, addr)?).await?;
     if let Some(creds) = engine.bootstrap().await? {
         print_bootstrap(&creds);
     }

@@ -1,5 +1,7 @@
 //! An account's own upstream connections: provider keys (BYOK) and self-hosted endpoints.
-//! Secrets and custom headers are sealed at rest and never leave the engine.
+//! Secrets, custom headers and credentials in endpoint URLs are sealed at rest and never
+//! leave the engine. Endpoint addresses pass the [`netguard`](crate::netguard) when they are
+//! registered and on every connection.
 
 use std::sync::Arc;
 
@@ -71,12 +73,53 @@ fn endpoint_base_url(url: &str) -> String {
     }
 }
 
-fn validate_url(url: &str) -> Result<(), EngineError> {
+fn parse_url(url: &str) -> Result<reqwest::Url, EngineError> {
     let parsed = reqwest::Url::parse(url).map_err(|e| EngineError::invalid(format!("url is not a valid URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(EngineError::invalid("url must be an http:// or https:// URL with a host"));
     }
-    Ok(())
+    Ok(parsed)
+}
+
+fn has_credentials(url: &reqwest::Url) -> bool {
+    !url.username().is_empty() || url.password().is_some()
+}
+
+/// `url` as it may be shown and stored in the clear: credentials become `***`.
+fn shown_url(given: &str, url: &reqwest::Url) -> String {
+    if !has_credentials(url) {
+        return given.to_owned();
+    }
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("***");
+    shown.to_string()
+}
+
+/// `url` without its credentials, and the `Authorization` they stand for. They are sent as a
+/// header of ours rather than left to the client, so no URL we send or log carries them.
+fn split_credentials(given: &str) -> (String, Option<String>) {
+    let Ok(mut url) = reqwest::Url::parse(given) else { return (given.to_owned(), None) };
+    if !has_credentials(&url) {
+        return (given.to_owned(), None);
+    }
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let pair = format!("{}:{}", decode(url.username()), decode(url.password().unwrap_or_default()));
+    use base64::Engine as _;
+    let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair));
+    let _ = url.set_password(None);
+    let _ = url.set_username("");
+    (url.to_string(), Some(auth))
+}
+
+/// Headers an endpoint may not set. `Host` would aim the request at another virtual host
+/// than the address that was checked; hop-by-hop headers describe our connection, not the
+/// request, and set by hand they break its framing (request smuggling) or talk to proxies.
+fn forbidden_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.starts_with("proxy-")
+        || ["host", "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length"]
+            .contains(&name.as_str())
 }
 
 fn headers_list(headers: &Map<String, Value>) -> Result<Vec<(String, String)>, EngineError> {
@@ -86,6 +129,11 @@ fn headers_list(headers: &Map<String, Value>) -> Result<Vec<(String, String)>, E
             let value = v.as_str().ok_or_else(|| EngineError::invalid(format!("headers.{k} must be a string")))?;
             reqwest::header::HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| EngineError::invalid(format!("headers: {k:?} is not a valid header name")))?;
+            if forbidden_header(k) {
+                return Err(EngineError::invalid(format!(
+                    "headers: {k} cannot be set on an endpoint (Host and hop-by-hop headers are the gateway's)"
+                )));
+            }
             reqwest::header::HeaderValue::from_str(value)
                 .map_err(|_| EngineError::invalid(format!("headers.{k} is not a valid header value")))?;
             Ok((k.clone(), value.to_owned()))
@@ -105,6 +153,7 @@ impl Shared {
             http: self.http.clone(),
             timeout: std::time::Duration::from_secs(60),
             chat_url: Default::default(),
+            guard: None,
         };
         let owner = Owner::Byok {
             account_id: key.account_id.clone(),
@@ -114,15 +163,40 @@ impl Shared {
         Some(Arc::new(Upstream::new(byok_name(kind, &key.id), kind, conn, owner)))
     }
 
-    pub(crate) fn endpoint_upstream(&self, ep: &LocalEndpoint, headers: Vec<(String, String)>) -> Arc<Upstream> {
+    /// The endpoint's URL with its credentials, opened.
+    fn endpoint_url(&self, ep: &LocalEndpoint) -> Result<String, EngineError> {
+        match &ep.sealed_url {
+            Some(sealed) => self.secrets.open(sealed),
+            None => Ok(ep.url.clone()),
+        }
+    }
+
+    /// `is_operator` picks the endpoint's guard: the operator's account may reach private
+    /// networks.
+    pub(crate) fn endpoint_upstream(
+        &self,
+        ep: &LocalEndpoint,
+        mut headers: Vec<(String, String)>,
+        is_operator: bool,
+    ) -> Result<Arc<Upstream>, EngineError> {
+        let (url, authorization) = split_credentials(&self.endpoint_url(ep)?);
+        if let Some(auth) = authorization {
+            if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) {
+                headers.push(("Authorization".into(), auth));
+            }
+        }
+        let base_url = endpoint_base_url(&url);
+        let port = reqwest::Url::parse(&base_url).ok().and_then(|u| u.port_or_known_default()).unwrap_or(80);
+        let guard = self.endpoint_guards.for_account(is_operator).clone();
         let conn = Connection {
             provider: ProviderKind::Local,
-            base_url: endpoint_base_url(&ep.url),
+            base_url,
             api_key: None,
             extra_headers: headers,
-            http: self.http.clone(),
+            http: guard.client(port),
             timeout: std::time::Duration::from_secs(60),
             chat_url: Default::default(),
+            guard: Some(guard),
         };
         let owner = Owner::Local {
             account_id: ep.account_id.clone(),
@@ -135,11 +209,11 @@ impl Shared {
             *models = ep.models.clone();
         }
         upstream.health.set_reachable(ep.status == "healthy");
-        Arc::new(upstream)
+        Ok(Arc::new(upstream))
     }
 
     /// Rebuilds every account connection from storage at start.
-    pub(crate) fn load_connections(&self) -> Result<(), EngineError> {
+    pub(crate) fn load_connections(&self, operator_account_id: Option<&str>) -> Result<(), EngineError> {
         for key in self.store.provider_keys.all()? {
             match self.secrets.open(&key.sealed_secret).map(|s| self.byok_upstream(&key, s)) {
                 Ok(Some(upstream)) => self.upstreams.insert(upstream),
@@ -156,7 +230,8 @@ impl Shared {
                 }
                 None => Vec::new(),
             };
-            self.upstreams.insert(self.endpoint_upstream(&ep, headers));
+            let is_operator = operator_account_id == Some(ep.account_id.as_str());
+            self.upstreams.insert(self.endpoint_upstream(&ep, headers, is_operator)?);
         }
         Ok(())
     }
@@ -240,16 +315,35 @@ impl Engine {
         Ok(())
     }
 
+    fn is_operator(&self, account_id: &str) -> bool {
+        self.operator_account_id().as_deref() == Some(account_id)
+    }
+
+    /// Refuses a URL whose address the account may not reach, saying why.
+    async fn check_endpoint_url(&self, account_id: &str, url: &reqwest::Url) -> Result<(), EngineError> {
+        let guard = self.shared.endpoint_guards.for_account(self.is_operator(account_id));
+        guard.check_url(url).await.map_err(|refused| EngineError::Invalid(refused.explain()))
+    }
+
+    /// The URL to store in the clear, and the whole one sealed when it carries credentials.
+    fn seal_url(&self, given: &str, url: &reqwest::Url) -> (String, Option<String>) {
+        let sealed = has_credentials(url).then(|| self.shared.secrets.seal(given));
+        (shown_url(given, url), sealed)
+    }
+
     pub async fn create_endpoint(&self, account_id: &str, new: NewEndpoint) -> Result<EndpointView, EngineError> {
-        validate_url(&new.url)?;
+        let parsed = parse_url(&new.url)?;
         self.check_workspace(account_id, &new.workspace_slug)?;
         let headers = new.headers.as_ref().map(headers_list).transpose()?.unwrap_or_default();
+        self.check_endpoint_url(account_id, &parsed).await?;
+        let (url, sealed_url) = self.seal_url(&new.url, &parsed);
         let now = crate::now_ms();
         let mut record = LocalEndpoint {
             id: crate::new_id(),
             account_id: account_id.to_owned(),
-            label: new.label.unwrap_or_else(|| new.url.clone()),
-            url: new.url,
+            label: new.label.unwrap_or_else(|| url.clone()),
+            url,
+            sealed_url,
             default_model: new.default_model,
             sealed_headers: (!headers.is_empty())
                 .then(|| self.shared.secrets.seal(&serde_json::to_string(&headers).unwrap_or_default())),
@@ -260,7 +354,7 @@ impl Engine {
             created_at_ms: now,
             updated_at_ms: now,
         };
-        let upstream = self.shared.endpoint_upstream(&record, headers);
+        let upstream = self.shared.endpoint_upstream(&record, headers, self.is_operator(account_id))?;
         self.apply_check(&mut record, &upstream).await;
         self.store().local_endpoints.insert(&(account_id, record.id.as_str()), &record)?;
         self.store().flush().await?;
@@ -311,9 +405,10 @@ impl Engine {
         patch: EndpointPatch,
     ) -> Result<EndpointView, EngineError> {
         let mut record = self.endpoint_record(account_id, id)?;
-        if let Some(url) = patch.url {
-            validate_url(&url)?;
-            record.url = url;
+        if let Some(given) = patch.url {
+            let parsed = parse_url(&given)?;
+            self.check_endpoint_url(account_id, &parsed).await?;
+            (record.url, record.sealed_url) = self.seal_url(&given, &parsed);
         }
         if let Some(label) = patch.label {
             record.label = label;
@@ -338,7 +433,7 @@ impl Engine {
             },
         };
         record.updated_at_ms = crate::now_ms();
-        let upstream = self.shared.endpoint_upstream(&record, headers);
+        let upstream = self.shared.endpoint_upstream(&record, headers, self.is_operator(account_id))?;
         self.apply_check(&mut record, &upstream).await;
         self.store().local_endpoints.insert(&(account_id, id), &record)?;
         self.store().flush().await?;

@@ -42,6 +42,8 @@ pub struct EngineConfig {
     /// Hex master key for sealed secrets; else `<data_dir>/master.key`.
     pub master_key: Option<String>,
     pub provider_base_urls: Vec<(crate::providers::ProviderKind, String)>,
+    /// What tenants' endpoints may reach, and this server's listen addresses.
+    pub net: crate::netguard::NetSettings,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +62,7 @@ impl Default for EngineConfig {
             endpoint_recheck: Duration::from_secs(30),
             master_key: None,
             provider_base_urls: crate::providers::default_base_urls(),
+            net: crate::netguard::NetSettings::default(),
         }
     }
 }
@@ -121,6 +124,10 @@ impl Engine {
             upstreams,
             endpoint_recheck: config.endpoint_recheck,
             http,
+            endpoint_guards: crate::netguard::EndpointGuards::new(
+                &config.net,
+                std::sync::Arc::new(crate::netguard::SystemLookup),
+            ),
             secrets: crate::secrets::SecretBox::load(config.master_key.as_deref(), store.data_dir())?,
             provider_base_urls: config.provider_base_urls.clone(),
             restart_policy: config.restart_policy,
@@ -132,8 +139,8 @@ impl Engine {
             store,
         });
         load_indices(&shared)?;
-        shared.load_connections()?;
         let operator = shared.store.meta_get(OPERATOR_ACCOUNT_META)?;
+        shared.load_connections(operator.as_deref())?;
         let root_actor = RootActor { shared: shared.clone(), started_at_ms: crate::now_ms() };
         let (root, _) = Actor::spawn(Some(crate::root::NAME.to_owned()), root_actor, ())
             .await

@@ -17,6 +17,7 @@ pub mod group;
 pub mod health;
 pub mod inspect;
 pub mod ledger;
+pub mod netguard;
 pub mod payments;
 pub mod provider;
 pub mod providers;

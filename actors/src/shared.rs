@@ -69,8 +69,10 @@ pub struct Shared {
     pub upstreams: Arc<Upstreams>,
     /// How often self-hosted endpoints are rechecked.
     pub endpoint_recheck: std::time::Duration,
-    /// The one pooled HTTP client for every upstream call.
+    /// The pooled HTTP client for upstreams the operator configured (managed, BYOK).
     pub http: reqwest::Client,
+    /// Clients and checks for addresses accounts chose (self-hosted endpoints).
+    pub endpoint_guards: crate::netguard::EndpointGuards,
     pub secrets: crate::secrets::SecretBox,
     /// Where each provider's API lives (managed connections and BYOK keys alike).
     pub provider_base_urls: Vec<(crate::providers::ProviderKind, String)>,

@@ -167,6 +167,7 @@ impl Upstreams {
                 http: http.clone(),
                 timeout: s.timeout,
                 chat_url: Default::default(),
+                guard: None,
             };
             upstreams.insert(Arc::new(Upstream::new(
                 format!("provider:{}:managed", s.kind.as_str()),
@@ -188,6 +189,7 @@ impl Upstreams {
                 http: http.clone(),
                 timeout: std::time::Duration::from_secs(30),
                 chat_url: Default::default(),
+                guard: None,
             };
             Arc::new(Upstream::new(
                 "provider:simulator:builtin".into(),

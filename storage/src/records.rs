@@ -205,7 +205,8 @@ impl Record for ProviderKey {
     const FORMAT_VERSION: u8 = 1;
 }
 
-/// A self-hosted OpenAI-compatible endpoint. Key: (account_id, id). Custom headers are sealed.
+/// A self-hosted OpenAI-compatible endpoint. Key: (account_id, id). Custom headers and URL
+/// credentials are sealed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LocalEndpoint {
     pub id: String,
@@ -214,6 +215,10 @@ pub struct LocalEndpoint {
     pub label: String,
     pub default_model: Option<String>,
     pub sealed_headers: Option<String>,
+    /// The whole URL, sealed, when it carries credentials (`user:pass@`); `url` then shows
+    /// them as `***`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_url: Option<String>,
     pub workspace_slug: Option<String>,
     pub status: String,
     pub models: Vec<String>,

@@ -476,14 +476,8 @@ impl ChatProvider for AnthropicChat {
             let body = request_body(model, req, max_output_tokens, true);
             // Only the wait for headers and the gaps between events are bounded, not the
             // whole (possibly long) stream.
-            let mut request = post(conn, &body);
-            for (name, value) in &conn.extra_headers {
-                request = request.header(name, value);
-            }
-            let response = tokio::time::timeout(conn.timeout, request.send())
-                .await
-                .map_err(|_| ProviderError::Timeout)?
-                .map_err(http::map_reqwest_error)?;
+            let request = post(conn, &body);
+            let response = http::open_stream(conn, request).await?;
             if !response.status().is_success() {
                 return Err(http::status_error(response).await);
             }
@@ -969,6 +963,7 @@ mod tests {
             http: crate::providers::http::client(),
             timeout: std::time::Duration::from_secs(5),
             chat_url: Default::default(),
+            guard: None,
         };
         assert_eq!(endpoint(&conn), "https://api.anthropic.com/v1/messages");
         let request = post(&conn, &json!({})).build().unwrap();

@@ -558,14 +558,8 @@ impl ChatProvider for GeminiChat {
             let body = request_body(model, req, max_output_tokens);
             // Only the wait for headers and the gaps between chunks are bounded, not the
             // whole (possibly long) stream.
-            let mut request = post(conn, model, true, &body);
-            for (name, value) in &conn.extra_headers {
-                request = request.header(name, value);
-            }
-            let response = tokio::time::timeout(conn.timeout, request.send())
-                .await
-                .map_err(|_| ProviderError::Timeout)?
-                .map_err(http::map_reqwest_error)?;
+            let request = post(conn, model, true, &body);
+            let response = http::open_stream(conn, request).await?;
             if !response.status().is_success() {
                 return Err(status_error(http::ErrorResponse::read(response).await));
             }
@@ -600,7 +594,8 @@ pub async fn embed(
     if let Some(key) = &conn.api_key {
         request = request.header("x-goog-api-key", key);
     }
-    let v = http::json_body(http::send_with(conn, request, status_error).await?).await?;
+    let response = http::send_with(conn, request, status_error).await?;
+    let v = http::json_body_capped(response, http::embeddings_cap(inputs.len())).await?;
     let vectors: Vec<Vec<f32>> = v["embeddings"]
         .as_array()
         .ok_or_else(|| ProviderError::Protocol("embedding response has no embeddings".into()))?
@@ -1072,6 +1067,7 @@ mod tests {
             http: crate::providers::http::client(),
             timeout: Duration::from_secs(5),
             chat_url: Default::default(),
+            guard: None,
         };
         assert_eq!(
             endpoint(&conn, "gemini-2.5-flash", false),

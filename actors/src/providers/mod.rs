@@ -70,6 +70,9 @@ pub struct Connection {
     /// The parsed chat URL of an adapter whose URL does not depend on the model; parsing it
     /// for every request is a measurable share of a request's cost.
     pub chat_url: std::sync::OnceLock<reqwest::Url>,
+    /// For addresses a tenant chose: checks IP-literal destinations before sending (`http`'s
+    /// resolver checks names). `None` for addresses the operator configured.
+    pub guard: Option<crate::netguard::NetGuard>,
 }
 
 impl Connection {

@@ -304,14 +304,8 @@ impl ChatProvider for OpenAiChat {
             let body = request_body(conn, model, req, max_output_tokens, true);
             // The overall timeout must not cut a long stream: only the wait for headers and
             // the gaps between events are bounded.
-            let mut request = post(conn, &body)?;
-            for (name, value) in &conn.extra_headers {
-                request = request.header(name, value);
-            }
-            let response = tokio::time::timeout(conn.timeout, request.send())
-                .await
-                .map_err(|_| ProviderError::Timeout)?
-                .map_err(http::map_reqwest_error)?;
+            let request = post(conn, &body)?;
+            let response = http::open_stream(conn, request).await?;
             if !response.status().is_success() {
                 return Err(http::status_error(response).await);
             }
@@ -367,7 +361,8 @@ pub async fn discover_models(conn: &Connection) -> Result<Vec<String>, ProviderE
         request
     };
     let openai_style = async {
-        let v = http::json_body(http::send(conn, get(format!("{with_v1}/models"))).await?).await?;
+        let response = http::send(conn, get(format!("{with_v1}/models"))).await?;
+        let v = http::json_body_capped(response, http::MAX_DISCOVERY_BODY).await?;
         let ids: Vec<String> =
             v["data"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str().map(str::to_owned)).collect();
         Ok::<_, ProviderError>(ids)
@@ -376,7 +371,8 @@ pub async fn discover_models(conn: &Connection) -> Result<Vec<String>, ProviderE
         Ok(ids) if !ids.is_empty() => Ok(ids),
         first => {
             let ollama = async {
-                let v = http::json_body(http::send(conn, get(format!("{root}/api/tags"))).await?).await?;
+                let response = http::send(conn, get(format!("{root}/api/tags"))).await?;
+                let v = http::json_body_capped(response, http::MAX_DISCOVERY_BODY).await?;
                 let names: Vec<String> = v["models"]
                     .as_array()
                     .into_iter()
@@ -409,7 +405,7 @@ pub async fn embed(
     if let Some(key) = &conn.api_key {
         request = request.bearer_auth(key);
     }
-    let v = http::json_body(http::send(conn, request).await?).await?;
+    let v = http::json_body_capped(http::send(conn, request).await?, http::embeddings_cap(inputs.len())).await?;
     let mut items: Vec<(u64, Vec<f32>)> = v["data"]
         .as_array()
         .ok_or_else(|| ProviderError::Protocol("embedding response has no data".into()))?
