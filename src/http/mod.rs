@@ -14,6 +14,7 @@ mod local_endpoints;
 mod models;
 mod pricing;
 mod provider_keys;
+mod sessions;
 mod usage;
 mod wire;
 mod workspaces;
@@ -75,6 +76,9 @@ pub fn router(state: AppState) -> Router {
         .merge(embeddings::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit))
         .layer(middleware::from_fn(openai_error_shape));
+    // Runtime keys reading usage pass the same admission; sessions go through unmetered.
+    let usage_reads = usage::read_routes()
+        .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit_runtime_keys));
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(health::routes())
@@ -84,7 +88,9 @@ pub fn router(state: AppState) -> Router {
         .merge(pricing::routes())
         .merge(provider_keys::routes())
         .merge(local_endpoints::routes())
-        .merge(usage::routes())
+        .merge(sessions::routes())
+        .merge(usage_reads)
+        .merge(usage::admin_routes())
         .merge(billing::routes())
         .merge(runtime_openai)
         .fallback(route_not_found)
