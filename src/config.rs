@@ -385,6 +385,7 @@ mod tests {
         let defaults = Config::default();
         assert_eq!(shipped.server.listen, defaults.server.listen);
         assert_eq!(shipped.server.data_dir, defaults.server.data_dir);
+        assert_eq!(shipped.server.session_ttl_secs, defaults.server.session_ttl_secs);
         assert_eq!(shipped.rate_limit.default_rpm, defaults.rate_limit.default_rpm);
         assert_eq!(shipped.pricing.margin_auto, defaults.pricing.margin_auto);
         assert_eq!(shipped.billing.processor, defaults.billing.processor);
@@ -438,17 +439,19 @@ mod tests {
     fn debug_output_redacts_every_secret() {
         let mut config = Config::default();
         let env = |name: &str| {
-            Some(match name {
-                "TOKAROO_ADMIN_TOKEN" => "SECRET-admin-0123456789abcdef0123456789",
-                "OPENAI_API_KEY" => "SECRET-openai",
-                "ANTHROPIC_API_KEY" => "SECRET-anthropic",
-                "GEMINI_API_KEY" => "SECRET-gemini",
-                "GROQ_API_KEY" => "SECRET-groq",
-                "STRIPE_SECRET_KEY" => "SECRET-stripe",
-                "STRIPE_WEBHOOK_SECRET" => "SECRET-whsec",
-                _ => return None,
-            }
-            .to_owned())
+            Some(
+                match name {
+                    "TOKAROO_ADMIN_TOKEN" => "SECRET-admin-0123456789abcdef0123456789",
+                    "OPENAI_API_KEY" => "SECRET-openai",
+                    "ANTHROPIC_API_KEY" => "SECRET-anthropic",
+                    "GEMINI_API_KEY" => "SECRET-gemini",
+                    "GROQ_API_KEY" => "SECRET-groq",
+                    "STRIPE_SECRET_KEY" => "SECRET-stripe",
+                    "STRIPE_WEBHOOK_SECRET" => "SECRET-whsec",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
         };
         config.apply_env(env).unwrap();
         let dumps = [

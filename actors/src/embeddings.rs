@@ -151,11 +151,8 @@ impl Router {
                         priced_as: c.model.clone(),
                         baseline: baseline.clone(),
                     };
-                    let model = req
-                        .requested
-                        .clone()
-                        .filter(|m| !m.is_empty())
-                        .unwrap_or_else(|| DEFAULT_MODEL.to_owned());
+                    let model =
+                        req.requested.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| DEFAULT_MODEL.to_owned());
                     return Ok(EmbeddingOutcome {
                         vectors: result.vectors,
                         prompt_tokens,

@@ -267,7 +267,11 @@ impl Engine {
             return Err(SessionRejection::Expired);
         }
         entry.touch(now, self.shared.session_ttl_ms);
-        Ok(Identity { account_id: entry.account_id.clone(), is_operator: entry.is_operator, session_id: Some(entry.id.clone()) })
+        Ok(Identity {
+            account_id: entry.account_id.clone(),
+            is_operator: entry.is_operator,
+            session_id: Some(entry.id.clone()),
+        })
     }
 
     /// Drops an expired session from the index and storage. No flush: were the removal
@@ -428,10 +432,7 @@ fn load_indices(shared: &Shared) -> Result<(), EngineError> {
         // Sessions from before expiry existed have no use time: they count as used now.
         let last_used = session.last_used_at_ms.unwrap_or(now);
         // A shorter TTL than the one a session was stored under applies at once.
-        let expires = session
-            .expires_at_ms
-            .unwrap_or(i64::MAX)
-            .min(last_used.saturating_add(shared.session_ttl_ms));
+        let expires = session.expires_at_ms.unwrap_or(i64::MAX).min(last_used.saturating_add(shared.session_ttl_ms));
         if now >= expires {
             shared.store.sessions.remove(&(session.account_id.as_str(), session.id.as_str()))?;
             continue;
@@ -476,11 +477,9 @@ mod tests {
             },
             ..EngineConfig::default()
         };
-        for dump in [
-            format!("{config:?}"),
-            format!("{:?}", config.managed_upstreams[0]),
-            format!("{:?}", config.payments),
-        ] {
+        for dump in
+            [format!("{config:?}"), format!("{:?}", config.managed_upstreams[0]), format!("{:?}", config.payments)]
+        {
             assert!(!dump.contains("SECRET-"), "a secret leaked into Debug: {dump}");
             assert!(dump.contains("<redacted>"), "{dump}");
         }

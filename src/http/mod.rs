@@ -77,8 +77,8 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit))
         .layer(middleware::from_fn(openai_error_shape));
     // Runtime keys reading usage pass the same admission; sessions go through unmetered.
-    let usage_reads = usage::read_routes()
-        .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit_runtime_keys));
+    let usage_reads =
+        usage::read_routes().route_layer(middleware::from_fn_with_state(state.clone(), admission::admit_runtime_keys));
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(health::routes())

@@ -49,9 +49,7 @@ fn session_json(s: &SessionRecord, current: bool) -> Value {
 /// Ids come from the path: refuse what no id we issue can contain, with a 400 saying so.
 fn checked_id(id: &str) -> Result<&str, ApiError> {
     if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
-        return Err(ApiError::BadRequest(
-            "session id must be 1-128 characters without control characters".into(),
-        ));
+        return Err(ApiError::BadRequest("session id must be 1-128 characters without control characters".into()));
     }
     Ok(id)
 }

@@ -334,11 +334,8 @@ async fn admin_usage(
 ) -> Result<Json<Value>, ApiError> {
     let (limit, before) = page_params(&q, 100)?;
     let account = q.account_id.clone().unwrap_or(op.account_id);
-    let caller = Caller::Session(tokaroo_actors::Identity {
-        account_id: account.clone(),
-        is_operator: false,
-        session_id: None,
-    });
+    let caller =
+        Caller::Session(tokaroo_actors::Identity { account_id: account.clone(), is_operator: false, session_id: None });
     let filter = scoped_filter(&state, &caller, &q)?;
     let (rows, has_more) = state.engine.usage_page(&account, &filter, before, limit).await?;
     let mut sum = (0i64, 0i64, 0i64, 0u64, 0u64);

@@ -158,8 +158,11 @@ async fn start_expecting_refusal(dir: &std::path::Path, options: Options) -> (Op
 #[tokio::test]
 async fn a_short_admin_token_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, log) =
-        start_expecting_refusal(dir.path(), Options::default().env("TOKAROO_ADMIN_TOKEN", "only-27-characters-long-tok")).await;
+    let (code, log) = start_expecting_refusal(
+        dir.path(),
+        Options::default().env("TOKAROO_ADMIN_TOKEN", "only-27-characters-long-tok"),
+    )
+    .await;
     assert_ne!(code, Some(0), "{log}");
     assert!(code.is_some(), "it exits, not killed: {log}");
     assert!(log.contains("TOKAROO_ADMIN_TOKEN") && log.contains("at least 32"), "{log}");
@@ -198,7 +201,8 @@ async fn the_cli_lists_rotates_and_revokes_sessions() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listed = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(listed.contains("admin-token") && listed.contains("not revocable"), "{listed}");
-    let id = listed.lines().find(|l| l.contains("initial")).and_then(|l| l.split_whitespace().next()).unwrap().to_owned();
+    let id =
+        listed.lines().find(|l| l.contains("initial")).and_then(|l| l.split_whitespace().next()).unwrap().to_owned();
 
     let out = cli(&["rotate", "--id", &id]).output().await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -212,7 +216,11 @@ async fn the_cli_lists_rotates_and_revokes_sessions() {
     assert_eq!(gw.get("/v1/workspaces", &token).await.status, 401);
     let out = cli(&["revoke", &id]).output().await.unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Session not found"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Session not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The admin token itself cannot be rotated: the CLI says why.
     let out = cli(&["rotate"]).output().await.unwrap();
     assert!(!out.status.success());
