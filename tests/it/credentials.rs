@@ -96,9 +96,18 @@ async fn a_tenant_cannot_see_rotate_or_revoke_another_accounts_session() {
     // Bad input: 4xx with a message.
     let r = gw.delete("/v1/sessions/abc%00def", &bob).await;
     assert_eq!(r.status, 400, "{}", r.text);
-    assert!(r.body["message"].as_str().unwrap().contains("control characters"), "{}", r.text);
+    assert!(r.body["message"].as_str().unwrap().contains("control character"), "{}", r.text);
     let r = gw.delete("/v1/sessions/abc%0Adef", &bob).await;
     assert_eq!(r.status, 400, "{}", r.text);
+    // The same for every route with an id in its path.
+    for path in ["/v1/keys/abc%00def", "/v1/workspaces/de%7Ffault", "/admin/accounts/x%00/credits"] {
+        let r = gw.delete(path, &bob).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text);
+        assert!(r.body["message"].as_str().unwrap().contains("control character"), "{path}: {}", r.text);
+    }
+    let r = gw.post("/v1/embeddings/%00", &gw.first_key.clone().unwrap(), json!({})).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.body["error"]["message"].as_str().is_some(), "OpenAI-shaped on OpenAI routes: {}", r.text);
     let r = gw.post("/v1/sessions/rotate", &bob, json!({"id": 7})).await;
     assert_eq!(r.status, 400, "{}", r.text);
     let r = gw.post("/v1/sessions/rotate", &bob, json!({"session": "x"})).await;
