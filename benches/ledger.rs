@@ -24,7 +24,7 @@ use tokaroo_storage::ledger::{LedgerEvent, MICROS_PER_DAY};
 use tokaroo_storage::records::{Credit, UsageRow};
 use tokaroo_storage::Store;
 
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef0123";
 const TARGET_READ_MS: f64 = 50.0;
 const TARGET_SETTLES_PER_SEC: f64 = 20_000.0;
 

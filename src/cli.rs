@@ -47,6 +47,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AccountsCommand,
     },
+    /// The caller's dashboard sessions on a running server: list, revoke, rotate.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
     /// Add prepaid credits to an account (the `manual` payment processor).
     Credits {
         #[command(subcommand)]
@@ -78,6 +83,31 @@ pub enum AccountsCommand {
     },
     /// List accounts.
     List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SessionsCommand {
+    /// List the account's dashboard sessions (the token's own is marked `current`).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a session by id; its token is refused from the next request on.
+    Revoke {
+        /// The session id (see `tokaroo sessions list`).
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Replace a session's token; prints the new token (shown once). The old one stops working.
+    Rotate {
+        /// The session to rotate; by default the one `--token` is (not TOKAROO_ADMIN_TOKEN,
+        /// which is configuration: pass the id of a stored session with it).
+        #[arg(long)]
+        id: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -158,6 +188,42 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 );
             }
         }
+        Command::Sessions { command: SessionsCommand::List { client } } => {
+            let list =
+                client_runtime()?.block_on(client_request(&client, reqwest::Method::GET, "/v1/sessions", None))?;
+            for s in list["data"].as_array().into_iter().flatten() {
+                let text = |field: &str| s[field].as_str().unwrap_or("-").to_owned();
+                println!(
+                    "{}  {}  created={} last_used={} expires={}{}{}",
+                    text("id"),
+                    text("label"),
+                    text("created_at"),
+                    text("last_used_at"),
+                    text("expires_at"),
+                    if s["current"] == true { "  (current)" } else { "" },
+                    if s["revocable"] == false { "  (configuration; not revocable)" } else { "" },
+                );
+            }
+        }
+        Command::Sessions { command: SessionsCommand::Revoke { id, client } } => {
+            let path = format!("/v1/sessions/{}", encode_path_segment(&id));
+            client_runtime()?.block_on(client_request(&client, reqwest::Method::DELETE, &path, None))?;
+            println!("revoked session {id}");
+        }
+        Command::Sessions { command: SessionsCommand::Rotate { id, client } } => {
+            let body = serde_json::json!({ "id": id });
+            let r = client_runtime()?.block_on(client_request(
+                &client,
+                reqwest::Method::POST,
+                "/v1/sessions/rotate",
+                Some(body),
+            ))?;
+            println!("session id:              {}", r["id"].as_str().unwrap_or_default());
+            println!(
+                "dashboard session token: {}   (shown once; the old token no longer works)",
+                r["session_token"].as_str().unwrap_or_default()
+            );
+        }
         Command::Credits { command: CreditsCommand::Add { account, amount_usd, note, client } } => {
             let body = serde_json::json!({ "amount_usd": amount_usd, "note": note });
             let path = format!("/admin/accounts/{account}/credits");
@@ -199,6 +265,17 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// Percent-encodes an id for a URL path, so an odd id reaches the server (which refuses it
+/// with a message) instead of changing the path.
+fn encode_path_segment(id: &str) -> String {
+    id.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 async fn client_request(

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use tokaroo_actors::Secret;
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/tokaroo.toml";
 
@@ -30,9 +31,9 @@ pub struct BillingConfig {
     pub processor: String,
     /// The address clients reach this server at; links in billing answers start with it.
     pub public_url: Option<String>,
-    pub stripe_secret_key: Option<String>,
+    pub stripe_secret_key: Option<Secret>,
     pub stripe_base_url: String,
-    pub stripe_webhook_secret: Option<String>,
+    pub stripe_webhook_secret: Option<Secret>,
     /// Smallest checkout or top-up, in USD.
     pub min_payment_usd: f64,
     pub terms_version: String,
@@ -109,7 +110,7 @@ impl Default for EndpointsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ProviderConfig {
     pub base_url: Option<String>,
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     pub timeout_secs: Option<u64>,
 }
 
@@ -133,8 +134,14 @@ pub struct ServerConfig {
     /// (on 2 cores, 1 thread cut the added latency at concurrency 1 by ~0.05 ms and cost
     /// ~25% of the throughput at concurrency 64, in `cargo bench --bench load`).
     pub worker_threads: Option<usize>,
-    pub admin_token: Option<String>,
+    /// Accepted as the operator's dashboard session; at least [`MIN_ADMIN_TOKEN_CHARS`].
+    pub admin_token: Option<Secret>,
+    /// A dashboard session unused this long expires; every use pushes it out again.
+    pub session_ttl_secs: u64,
 }
+
+/// Shorter admin tokens are refused at start: the token is a password for the whole server.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -145,6 +152,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 30,
             worker_threads: None,
             admin_token: None,
+            session_ttl_secs: tokaroo_actors::DEFAULT_SESSION_TTL.as_secs(),
         }
     }
 }
@@ -233,6 +241,20 @@ impl Config {
     /// Checks values a type cannot (ranges, known names).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.pricing.validate().map_err(ConfigError::Invalid)?;
+        if let Some(token) = &self.server.admin_token {
+            let chars = token.expose().chars().count();
+            if chars < MIN_ADMIN_TOKEN_CHARS {
+                return Err(ConfigError::Invalid(format!(
+                    "TOKAROO_ADMIN_TOKEN (server.admin_token) is {chars} characters; it must be at least \
+                     {MIN_ADMIN_TOKEN_CHARS} (it is the operator's password), e.g. `openssl rand -hex 32`"
+                )));
+            }
+        }
+        if self.server.session_ttl_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "server.session_ttl_secs (TOKAROO_SESSION_TTL_SECS) must be at least 1".into(),
+            ));
+        }
         if !["manual", "stripe"].contains(&self.billing.processor.as_str()) {
             return Err(ConfigError::Invalid(format!(
                 "billing.processor must be manual or stripe, got {:?}",
@@ -281,7 +303,10 @@ impl Config {
             self.server.shutdown_grace_secs = parse("TOKAROO_SHUTDOWN_GRACE_SECS", &v)?;
         }
         if let Some(v) = get("TOKAROO_ADMIN_TOKEN") {
-            self.server.admin_token = Some(v).filter(|t| !t.is_empty());
+            self.server.admin_token = Some(v).filter(|t| !t.is_empty()).map(Secret::from);
+        }
+        if let Some(v) = get("TOKAROO_SESSION_TTL_SECS") {
+            self.server.session_ttl_secs = parse("TOKAROO_SESSION_TTL_SECS", &v)?;
         }
         if let Some(v) = get("TOKAROO_LOG_FORMAT") {
             self.log.format = match v.as_str() {
@@ -319,7 +344,7 @@ impl Config {
                 provider.timeout_secs = Some(parse(timeout_var, &v)?);
             }
             if let Some(v) = get(key_var).filter(|v| !v.is_empty()) {
-                provider.api_key = Some(v);
+                provider.api_key = Some(v.into());
             }
             if let Some(v) = get(url_var).filter(|v| !v.is_empty()) {
                 provider.base_url = Some(v);
@@ -332,10 +357,10 @@ impl Config {
             self.billing.public_url = Some(v);
         }
         if let Some(v) = get("STRIPE_SECRET_KEY").filter(|v| !v.is_empty()) {
-            self.billing.stripe_secret_key = Some(v);
+            self.billing.stripe_secret_key = Some(v.into());
         }
         if let Some(v) = get("STRIPE_WEBHOOK_SECRET").filter(|v| !v.is_empty()) {
-            self.billing.stripe_webhook_secret = Some(v);
+            self.billing.stripe_webhook_secret = Some(v.into());
         }
         if let Some(v) = get("TOKAROO_STRIPE_BASE_URL").filter(|v| !v.is_empty()) {
             self.billing.stripe_base_url = v;
@@ -374,6 +399,7 @@ mod tests {
         let defaults = Config::default();
         assert_eq!(shipped.server.listen, defaults.server.listen);
         assert_eq!(shipped.server.data_dir, defaults.server.data_dir);
+        assert_eq!(shipped.server.session_ttl_secs, defaults.server.session_ttl_secs);
         assert_eq!(shipped.rate_limit.default_rpm, defaults.rate_limit.default_rpm);
         assert_eq!(shipped.pricing.margin_auto, defaults.pricing.margin_auto);
         assert_eq!(shipped.billing.processor, defaults.billing.processor);
@@ -406,6 +432,56 @@ mod tests {
         let bad = |name: &str| (name == "TOKAROO_DEFAULT_RPM").then(|| "lots".to_owned());
         let err = Config::default().apply_env(bad).unwrap_err().to_string();
         assert!(err.contains("TOKAROO_DEFAULT_RPM"), "{err}");
+    }
+
+    #[test]
+    fn short_admin_tokens_are_refused_and_the_ttl_is_read() {
+        let mut config = Config::default();
+        config.apply_env(|n| (n == "TOKAROO_ADMIN_TOKEN").then(|| "short-token".to_owned())).unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("TOKAROO_ADMIN_TOKEN") && err.contains("32"), "{err}");
+        let mut config = Config::default();
+        config.apply_env(|n| (n == "TOKAROO_ADMIN_TOKEN").then(|| "x".repeat(32))).unwrap();
+        assert!(config.validate().is_ok());
+        config.apply_env(|n| (n == "TOKAROO_SESSION_TTL_SECS").then(|| "2".to_owned())).unwrap();
+        assert_eq!(config.server.session_ttl_secs, 2);
+        config.server.session_ttl_secs = 0;
+        assert!(config.validate().unwrap_err().to_string().contains("session_ttl_secs"));
+    }
+
+    /// Every secret the configuration can hold, set to a recognisable value, must not show
+    /// in `Debug` of the config or of any section.
+    #[test]
+    fn debug_output_redacts_every_secret() {
+        let mut config = Config::default();
+        let env = |name: &str| {
+            Some(
+                match name {
+                    "TOKAROO_ADMIN_TOKEN" => "SECRET-admin-0123456789abcdef0123456789",
+                    "OPENAI_API_KEY" => "SECRET-openai",
+                    "ANTHROPIC_API_KEY" => "SECRET-anthropic",
+                    "GEMINI_API_KEY" => "SECRET-gemini",
+                    "GROQ_API_KEY" => "SECRET-groq",
+                    "STRIPE_SECRET_KEY" => "SECRET-stripe",
+                    "STRIPE_WEBHOOK_SECRET" => "SECRET-whsec",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        };
+        config.apply_env(env).unwrap();
+        let dumps = [
+            format!("{config:?}"),
+            format!("{:?}", config.server),
+            format!("{:?}", config.providers),
+            format!("{:?}", config.providers.openai),
+            format!("{:?}", config.billing),
+        ];
+        for dump in dumps {
+            assert!(!dump.contains("SECRET-"), "a secret leaked into Debug: {dump}");
+        }
+        assert!(format!("{:?}", config.server).contains("<redacted>"));
+        assert_eq!(config.providers.groq.api_key.as_ref().unwrap().expose(), "SECRET-groq");
     }
 
     #[test]

@@ -60,6 +60,7 @@ fn engine_config(config: &Config, listen: std::net::SocketAddr) -> Result<Engine
             window: Duration::from_secs(s.window_secs),
         },
         admin_token: config.server.admin_token.clone(),
+        session_ttl: Duration::from_secs(config.server.session_ttl_secs.max(1)),
         admission_timeout: Duration::from_secs(5),
         fault_injection: config.debug.fault_injection,
         catalog,
@@ -67,9 +68,9 @@ fn engine_config(config: &Config, listen: std::net::SocketAddr) -> Result<Engine
         pricing: config.pricing.clone(),
         payments: tokaroo_actors::payments::PaymentSettings {
             processor: config.billing.processor.parse().map_err(ServeError::Config)?,
-            stripe_secret_key: config.billing.stripe_secret_key.clone(),
+            stripe_secret_key: config.billing.stripe_secret_key.as_ref().map(|k| k.expose().to_owned()),
             stripe_base_url: config.billing.stripe_base_url.clone(),
-            stripe_webhook_secret: config.billing.stripe_webhook_secret.clone(),
+            stripe_webhook_secret: config.billing.stripe_webhook_secret.as_ref().map(|k| k.expose().to_owned()),
         },
         funding: tokaroo_actors::FundingSettings {
             min_payment_usd: config.billing.min_payment_usd,
@@ -83,7 +84,7 @@ fn engine_config(config: &Config, listen: std::net::SocketAddr) -> Result<Engine
             auto_pay_threshold_usd: config.billing.auto_pay_threshold_usd,
         },
         endpoint_recheck: Duration::from_secs(config.endpoints.recheck_secs.max(1)),
-        master_key: std::env::var("TOKAROO_MASTER_KEY").ok(),
+        master_key: std::env::var("TOKAROO_MASTER_KEY").ok().map(tokaroo_actors::Secret::from),
         provider_base_urls: provider_base_urls(config),
         net: tokaroo_actors::netguard::NetSettings {
             allow_private_networks: config.endpoints.allow_private_networks,

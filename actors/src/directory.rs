@@ -2,7 +2,10 @@
 //! dashboard routes. Every operation is scoped to one account; nothing here can reach
 //! another account's records.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
 
 use ractor::{rpc::CallResult, ActorRef};
 use serde_json::{Map, Value};
@@ -178,20 +181,96 @@ impl Engine {
     /// Issues a new dashboard session token for an account; returns the token (shown once).
     pub async fn create_session(&self, account: &Account, label: &str) -> Result<String, EngineError> {
         let token = tokens::new_session_token();
+        let now = crate::now_ms();
+        let expires = now.saturating_add(self.shared.session_ttl_ms);
         let session = Session {
             id: crate::new_id(),
             account_id: account.id.clone(),
             token_sha256: tokens::sha256_hex(&token),
             label: label.to_owned(),
-            created_at_ms: crate::now_ms(),
+            created_at_ms: now,
+            last_used_at_ms: Some(now),
+            expires_at_ms: Some(expires),
         };
         self.store().sessions.insert(&(session.account_id.as_str(), session.id.as_str()), &session)?;
         self.store().flush().await?;
-        self.shared.sessions_by_hash.insert(
-            tokens::sha256(&token),
-            Arc::new(SessionEntry { account_id: account.id.clone(), is_operator: account.is_operator }),
-        );
+        let entry = SessionEntry::new(session.id, account.id.clone(), account.is_operator, now, expires);
+        self.shared.sessions_by_hash.insert(tokens::sha256(&token), Arc::new(entry));
         Ok(token)
+    }
+
+    /// An account's dashboard sessions, oldest first, with their live use times.
+    pub fn list_sessions(&self, account_id: &str) -> Result<Vec<Session>, EngineError> {
+        let live: std::collections::HashMap<String, Arc<SessionEntry>> = self
+            .shared
+            .sessions_by_hash
+            .iter()
+            .filter(|e| e.account_id == account_id)
+            .map(|e| (e.id.clone(), e.value().clone()))
+            .collect();
+        let now = crate::now_ms();
+        let mut sessions: Vec<Session> = self
+            .store()
+            .sessions
+            .scan_prefix(&(account_id,))?
+            .into_iter()
+            // Only what still authenticates: expired sessions not yet swept are left out.
+            .filter_map(|mut s| {
+                let entry = live.get(&s.id).filter(|e| !e.is_expired(now))?;
+                s.last_used_at_ms = Some(entry.last_used_ms.load(Ordering::Relaxed));
+                s.expires_at_ms = Some(entry.expires_at_ms.load(Ordering::Relaxed));
+                Some(s)
+            })
+            .collect();
+        sessions.sort_by_key(|s| s.created_at_ms);
+        Ok(sessions)
+    }
+
+    /// Revokes a session: out of the index first (the next request with it is refused),
+    /// then out of storage, flushed before this returns so a restart cannot bring it back.
+    pub async fn revoke_session(&self, account_id: &str, session_id: &str) -> Result<(), EngineError> {
+        {
+            let _writes = self.shared.session_writes.lock().unwrap_or_else(|p| p.into_inner());
+            let record = self
+                .store()
+                .sessions
+                .get(&(account_id, session_id))?
+                .ok_or(EngineError::NotFound { what: "Session" })?;
+            self.shared.sessions_by_hash.remove(&decode_hash(&record.token_sha256)?);
+            self.store().sessions.remove(&(account_id, session_id))?;
+        }
+        self.store().flush().await?;
+        Ok(())
+    }
+
+    /// Replaces a session's token: the old token stops working before the new record is
+    /// written, and the new one starts only once that write is durable, so no moment after
+    /// the answer has both valid (a crash before the answer leaves the old token or neither).
+    /// Returns the session and its new token (shown once).
+    pub async fn rotate_session(&self, account_id: &str, session_id: &str) -> Result<(Session, String), EngineError> {
+        let token = tokens::new_session_token();
+        let now = crate::now_ms();
+        let expires = now.saturating_add(self.shared.session_ttl_ms);
+        let (record, is_operator) = {
+            let _writes = self.shared.session_writes.lock().unwrap_or_else(|p| p.into_inner());
+            let not_found = || EngineError::NotFound { what: "Session" };
+            let mut record = self.store().sessions.get(&(account_id, session_id))?.ok_or_else(not_found)?;
+            let old = decode_hash(&record.token_sha256)?;
+            let (_, entry) = self.shared.sessions_by_hash.remove(&old).ok_or_else(not_found)?;
+            if entry.is_expired(now) {
+                self.store().sessions.remove(&(account_id, session_id))?;
+                return Err(not_found());
+            }
+            record.token_sha256 = tokens::sha256_hex(&token);
+            record.last_used_at_ms = Some(now);
+            record.expires_at_ms = Some(expires);
+            self.store().sessions.insert(&(account_id, session_id), &record)?;
+            (record, entry.is_operator)
+        };
+        self.store().flush().await?;
+        let entry = SessionEntry::new(record.id.clone(), account_id.to_owned(), is_operator, now, expires);
+        self.shared.sessions_by_hash.insert(tokens::sha256(&token), Arc::new(entry));
+        Ok((record, token))
     }
 
     pub async fn create_workspace(&self, account_id: &str, new: NewWorkspace) -> Result<Workspace, EngineError> {
@@ -384,9 +463,15 @@ impl Engine {
     pub async fn revoke_key(&self, account_id: &str, key_id: &str) -> Result<(), EngineError> {
         let record =
             self.store().api_keys.get(&(account_id, key_id))?.ok_or(EngineError::NotFound { what: "API key" })?;
-        self.shared.keys_by_hash.remove(&decode_hash(&record.secret_sha256)?);
-        let entry = self.shared.keys_by_id.remove(key_id).map(|(_, e)| e);
-        self.store().api_keys.remove(&(account_id, key_id))?;
+        let hash = decode_hash(&record.secret_sha256)?;
+        let entry = {
+            // Against the last-used persister writing the record back (see `session_writes`).
+            let _writes = self.shared.session_writes.lock().unwrap_or_else(|p| p.into_inner());
+            self.shared.keys_by_hash.remove(&hash);
+            let entry = self.shared.keys_by_id.remove(key_id).map(|(_, e)| e);
+            self.store().api_keys.remove(&(account_id, key_id))?;
+            entry
+        };
         self.store().flush().await?;
         if let Some(entry) = entry {
             let parent = self.key_parent(&entry);

@@ -18,7 +18,12 @@ pub const DEFAULT_MODEL: &str = "text-embedding-3-small";
 const FALLBACK_MODELS: &[&str] = &["text-embedding-3-small", "text-embedding-3-large", "gemini-embedding-001"];
 
 pub struct EmbeddingRequest {
+    /// The model to route to; `None` leaves the choice to us (no model, or a mode).
     pub model: Option<String>,
+    /// What the client put in `model`, answered back as is (`auto`, a native name, ...):
+    /// the spec's black box never names the model that served. Absent: the documented
+    /// default, [`DEFAULT_MODEL`].
+    pub requested: Option<String>,
     pub inputs: Vec<String>,
     pub dimensions: Option<u32>,
 }
@@ -26,7 +31,7 @@ pub struct EmbeddingRequest {
 pub struct EmbeddingOutcome {
     pub vectors: Vec<Vec<f32>>,
     pub prompt_tokens: u32,
-    /// The model name the response reports.
+    /// The model name the response reports: the requested one, never the upstream's.
     pub model: String,
     pub route: RouteRecord,
     pub latency_ms: u64,
@@ -147,13 +152,8 @@ impl Router {
                         priced_as: c.model.clone(),
                         baseline: baseline.clone(),
                     };
-                    let model = req.model.clone().unwrap_or_else(|| {
-                        if matches!(c.upstream.owner, Owner::Local { .. }) {
-                            c.model.id.clone()
-                        } else {
-                            DEFAULT_MODEL.to_owned()
-                        }
-                    });
+                    let model =
+                        req.requested.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| DEFAULT_MODEL.to_owned());
                     return Ok(EmbeddingOutcome {
                         vectors: result.vectors,
                         prompt_tokens,

@@ -29,7 +29,9 @@ pub struct EngineConfig {
     pub default_rpm: u32,
     pub restart_policy: RestartPolicy,
     /// Accepted as the operator's dashboard session token (automation).
-    pub admin_token: Option<String>,
+    pub admin_token: Option<crate::secrets::Secret>,
+    /// A dashboard session unused for this long expires; each use pushes it out again.
+    pub session_ttl: Duration,
     pub admission_timeout: Duration,
     /// Enables `Engine::inject_failure` (tests only).
     pub fault_injection: bool,
@@ -40,11 +42,14 @@ pub struct EngineConfig {
     pub funding: crate::funding::FundingSettings,
     pub endpoint_recheck: Duration,
     /// Hex master key for sealed secrets; else `<data_dir>/master.key`.
-    pub master_key: Option<String>,
+    pub master_key: Option<crate::secrets::Secret>,
     pub provider_base_urls: Vec<(crate::providers::ProviderKind, String)>,
     /// What tenants' endpoints may reach, and this server's listen addresses.
     pub net: crate::netguard::NetSettings,
 }
+
+/// 30 days: a dashboard left alone for a month signs in again.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -52,6 +57,7 @@ impl Default for EngineConfig {
             default_rpm: 60,
             restart_policy: RestartPolicy::default(),
             admin_token: None,
+            session_ttl: DEFAULT_SESSION_TTL,
             admission_timeout: Duration::from_secs(5),
             fault_injection: false,
             catalog: Catalog::builtin(),
@@ -72,6 +78,18 @@ impl Default for EngineConfig {
 pub struct Identity {
     pub account_id: String,
     pub is_operator: bool,
+    /// The stored session the token is; `None` for `TOKAROO_ADMIN_TOKEN`, which is
+    /// configuration rather than a session and so cannot be listed, rotated or revoked.
+    pub session_id: Option<String>,
+}
+
+/// Why a dashboard session token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionRejection {
+    /// Not a token we issued, or one since revoked or rotated.
+    Unknown,
+    /// A real session left unused longer than the session TTL; it is now removed.
+    Expired,
 }
 
 /// Printed once, at the first start.
@@ -128,13 +146,15 @@ impl Engine {
                 &config.net,
                 std::sync::Arc::new(crate::netguard::SystemLookup),
             ),
-            secrets: crate::secrets::SecretBox::load(config.master_key.as_deref(), store.data_dir())?,
+            secrets: crate::secrets::SecretBox::load(config.master_key.as_ref().map(|k| k.expose()), store.data_dir())?,
             provider_base_urls: config.provider_base_urls.clone(),
             restart_policy: config.restart_policy,
             default_rpm: config.default_rpm,
             keys_by_hash: DashMap::new(),
             keys_by_id: DashMap::new(),
             sessions_by_hash: DashMap::new(),
+            session_ttl_ms: i64::try_from(config.session_ttl.as_millis()).unwrap_or(i64::MAX).max(1),
+            session_writes: std::sync::Mutex::new(()),
             workspaces: DashMap::new(),
             store,
         });
@@ -233,16 +253,44 @@ impl Engine {
         self.shared.keys_by_hash.get(&tokens::sha256(secret)).map(|e| e.value().clone())
     }
 
-    pub fn authenticate_session(&self, token: &str) -> Option<Identity> {
+    /// A dashboard session token's identity. A use slides the session's expiry (in memory;
+    /// the persister writes it every few seconds); an expired session is removed here.
+    pub fn authenticate_session(&self, token: &str) -> Result<Identity, SessionRejection> {
         if let Some(admin) = &self.config.admin_token {
+            let admin = admin.expose();
             if !admin.is_empty() && bool::from(admin.as_bytes().ct_eq(token.as_bytes())) {
-                return self.operator_account_id().map(|account_id| Identity { account_id, is_operator: true });
+                return self
+                    .operator_account_id()
+                    .map(|account_id| Identity { account_id, is_operator: true, session_id: None })
+                    .ok_or(SessionRejection::Unknown);
             }
         }
-        self.shared
-            .sessions_by_hash
-            .get(&tokens::sha256(token))
-            .map(|s| Identity { account_id: s.account_id.clone(), is_operator: s.is_operator })
+        let hash = tokens::sha256(token);
+        let entry =
+            self.shared.sessions_by_hash.get(&hash).map(|e| e.value().clone()).ok_or(SessionRejection::Unknown)?;
+        let now = crate::now_ms();
+        if entry.is_expired(now) {
+            self.expire_session(&hash, &entry);
+            return Err(SessionRejection::Expired);
+        }
+        entry.touch(now, self.shared.session_ttl_ms);
+        Ok(Identity {
+            account_id: entry.account_id.clone(),
+            is_operator: entry.is_operator,
+            session_id: Some(entry.id.clone()),
+        })
+    }
+
+    /// Drops an expired session from the index and storage. No flush: were the removal
+    /// lost, the stored use times would still make it expired at the next start.
+    pub(crate) fn expire_session(&self, hash: &[u8; 32], entry: &Arc<SessionEntry>) {
+        let _writes = self.shared.session_writes.lock().unwrap_or_else(|p| p.into_inner());
+        if self.shared.sessions_by_hash.remove_if(hash, |_, e| Arc::ptr_eq(e, entry)).is_some() {
+            if let Err(error) = self.shared.store.sessions.remove(&(entry.account_id.as_str(), entry.id.as_str())) {
+                tracing::warn!(%error, session = %entry.id, "could not remove an expired session");
+            }
+            tracing::info!(session = %entry.id, account = %entry.account_id, "dashboard session expired");
+        }
     }
 
     /// Admission of one runtime request: the key's workspace must be active and the key's
@@ -305,21 +353,67 @@ impl Engine {
                 if let Err(error) = engine.persist_last_used() {
                     tracing::warn!(%error, "could not persist keys' last_used_at");
                 }
+                if let Err(error) = engine.persist_session_use() {
+                    tracing::warn!(%error, "could not persist sessions' last use");
+                }
             }
         });
     }
 
     /// Writes `last_used_at` of keys used since the last write (kept off the request path).
     fn persist_last_used(&self) -> Result<(), EngineError> {
-        for entry in self.shared.keys_by_id.iter() {
+        // Collected first: holding a DashMap shard guard while waiting for `session_writes`
+        // would deadlock with a revocation holding the lock and waiting for the shard.
+        let entries: Vec<Arc<KeyEntry>> = self.shared.keys_by_id.iter().map(|e| e.value().clone()).collect();
+        for entry in entries {
             let Some(used) = entry.last_used_ms() else { continue };
             let key = (entry.account_id.as_str(), entry.id.as_str());
+            // Under the lock revocation takes, and only while the key is still indexed: a
+            // read-modify-write racing `revoke_key` would otherwise write the key back.
+            let _writes = self.shared.session_writes.lock().unwrap_or_else(|p| p.into_inner());
+            if !self.shared.keys_by_id.contains_key(&entry.id) {
+                continue;
+            }
             if let Some(mut record) = self.shared.store.api_keys.get(&key)? {
                 if record.last_used_at_ms.is_none_or(|prev| prev < used) {
                     record.last_used_at_ms = Some(used);
                     self.shared.store.api_keys.insert(&key, &record)?;
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Writes the use times of sessions used since the last write, and sweeps out expired
+    /// sessions nobody presented again. Runs every few seconds, off the request path.
+    fn persist_session_use(&self) -> Result<(), EngineError> {
+        let now = crate::now_ms();
+        let entries: Vec<([u8; 32], Arc<SessionEntry>)> =
+            self.shared.sessions_by_hash.iter().map(|e| (*e.key(), e.value().clone())).collect();
+        for (hash, entry) in entries {
+            if entry.is_expired(now) {
+                self.expire_session(&hash, &entry);
+                continue;
+            }
+            let used = entry.last_used_ms.load(Ordering::Relaxed);
+            if used <= entry.persisted_ms.load(Ordering::Relaxed) {
+                continue;
+            }
+            let key = (entry.account_id.as_str(), entry.id.as_str());
+            // A rotation or revocation changes the index and the record under this lock; a
+            // write here after it would bring a revoked session back.
+            let _writes = self.shared.session_writes.lock().unwrap_or_else(|p| p.into_inner());
+            if !self.shared.sessions_by_hash.get(&hash).is_some_and(|e| Arc::ptr_eq(e.value(), &entry)) {
+                continue;
+            }
+            if let Some(mut record) = self.shared.store.sessions.get(&key)? {
+                record.last_used_at_ms = Some(used);
+                record.expires_at_ms = Some(entry.expires_at_ms.load(Ordering::Relaxed));
+                self.shared.store.sessions.insert(&key, &record)?;
+            }
+            entry.persisted_ms.store(used, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -340,10 +434,20 @@ fn load_indices(shared: &Shared) -> Result<(), EngineError> {
     }
     let operators: std::collections::HashSet<String> =
         shared.store.accounts.all()?.into_iter().filter(|a| a.is_operator).map(|a| a.id).collect();
+    let now = crate::now_ms();
     for session in shared.store.sessions.all()? {
+        // Sessions from before expiry existed have no use time: they count as used now.
+        let last_used = session.last_used_at_ms.unwrap_or(now);
+        // A shorter TTL than the one a session was stored under applies at once.
+        let expires = session.expires_at_ms.unwrap_or(i64::MAX).min(last_used.saturating_add(shared.session_ttl_ms));
+        if now >= expires {
+            shared.store.sessions.remove(&(session.account_id.as_str(), session.id.as_str()))?;
+            continue;
+        }
         let hash = decode_hash(&session.token_sha256)?;
         let is_operator = operators.contains(&session.account_id);
-        shared.sessions_by_hash.insert(hash, Arc::new(SessionEntry { account_id: session.account_id, is_operator }));
+        let entry = SessionEntry::new(session.id, session.account_id, is_operator, last_used, expires);
+        shared.sessions_by_hash.insert(hash, Arc::new(entry));
     }
     for ws in shared.store.workspaces.all()? {
         let entry = WorkspaceEntry::new(&ws);
@@ -355,4 +459,36 @@ fn load_indices(shared: &Shared) -> Result<(), EngineError> {
 pub(crate) fn decode_hash(hex_digest: &str) -> Result<[u8; 32], EngineError> {
     let bytes = hex::decode(hex_digest).map_err(|e| EngineError::Internal(format!("stored hash is not hex: {e}")))?;
     bytes.try_into().map_err(|_| EngineError::Internal("stored hash is not 32 bytes".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every secret an engine is configured with stays out of `Debug`.
+    #[test]
+    fn engine_config_debug_redacts_secrets() {
+        let config = EngineConfig {
+            admin_token: Some("SECRET-admin-token-0123456789abcdef".into()),
+            master_key: Some("SECRET-master".into()),
+            managed_upstreams: vec![UpstreamSettings {
+                kind: crate::providers::ProviderKind::OpenAi,
+                base_url: "http://127.0.0.1:1".into(),
+                api_key: Some("SECRET-openai".into()),
+                timeout: Duration::from_secs(1),
+            }],
+            payments: crate::payments::PaymentSettings {
+                stripe_secret_key: Some("SECRET-stripe".into()),
+                stripe_webhook_secret: Some("SECRET-whsec".into()),
+                ..Default::default()
+            },
+            ..EngineConfig::default()
+        };
+        for dump in
+            [format!("{config:?}"), format!("{:?}", config.managed_upstreams[0]), format!("{:?}", config.payments)]
+        {
+            assert!(!dump.contains("SECRET-"), "a secret leaked into Debug: {dump}");
+            assert!(dump.contains("<redacted>"), "{dump}");
+        }
+    }
 }

@@ -34,11 +34,12 @@ pub mod workspace;
 
 pub use apikey::{Admission, KeyEntry};
 pub use directory::{KeyPatch, KeyView, NewKey, NewWorkspace, WorkspacePatch, WORKSPACE_STATUSES};
-pub use engine::{BootstrapCredentials, Engine, EngineConfig, Identity};
+pub use engine::{BootstrapCredentials, Engine, EngineConfig, Identity, SessionRejection, DEFAULT_SESSION_TTL};
 pub use error::EngineError;
 pub use funding::{ActivationStatus, FundingSettings};
 pub use inspect::ActorNode;
 pub use requests::{RequestInfo, ServedChat};
+pub use secrets::Secret;
 pub use supervisor::RestartPolicy;
 pub use tokaroo_storage::{records, StorageError, Store};
 

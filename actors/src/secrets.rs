@@ -15,6 +15,41 @@ use crate::EngineError;
 
 const PREFIX: &str = "v1:";
 
+/// A secret held in configuration (an admin token, a provider or Stripe key, a master key).
+/// `Debug` prints `<redacted>`, so a config dumped into a log line or a panic message never
+/// carries it; code that needs the value asks for it by name with [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
 #[derive(Clone)]
 pub struct SecretBox {
     cipher: Aes256Gcm,
@@ -43,6 +78,21 @@ impl SecretBox {
         }
         let path = data_dir.join("master.key");
         let io = |e: std::io::Error| EngineError::Internal(format!("master key file {}: {e}", path.display()));
+        // A key file others can read would let any local user decrypt every provider key:
+        // refuse to start rather than keep using it (the file we create is 0600).
+        #[cfg(unix)]
+        if let Ok(meta) = std::fs::metadata(&path) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(EngineError::invalid(format!(
+                    "master key file {} is readable by group or others (mode {mode:04o}); \
+                     run `chmod 600 {}` and start again",
+                    path.display(),
+                    path.display()
+                )));
+            }
+        }
         if let Ok(text) = std::fs::read_to_string(&path) {
             let bytes = hex::decode(text.trim())
                 .map_err(|_| EngineError::Internal(format!("{} is not hex", path.display())))?;
@@ -113,5 +163,29 @@ mod tests {
         let other = SecretBox::load(Some(&"11".repeat(32)), dir.path()).unwrap();
         assert!(other.open(&a).is_err());
         assert!(SecretBox::load(Some("abc"), dir.path()).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_master_key_file_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        SecretBox::load(None, dir.path()).unwrap();
+        let path = dir.path().join("master.key");
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = SecretBox::load(None, dir.path()).unwrap_err().to_string();
+            assert!(err.contains("chmod 600") && err.contains("master.key"), "{mode:o}: {err}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(SecretBox::load(None, dir.path()).is_ok(), "owner-only modes are fine");
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret::new("sk-live-very-secret");
+        assert_eq!(format!("{s:?}"), "\"<redacted>\"");
+        assert!(!format!("{:?}", Some(s.clone())).contains("very-secret"));
+        assert_eq!(s.expose(), "sk-live-very-secret");
     }
 }

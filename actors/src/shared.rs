@@ -16,9 +16,38 @@ use crate::{
     upstreams::{Owner, Upstreams},
 };
 
+/// A live dashboard session. Its use times are atomics so authentication never takes a lock;
+/// `persisted_ms` is the last use already written, so the persister skips idle sessions.
 pub struct SessionEntry {
+    pub id: String,
     pub account_id: String,
     pub is_operator: bool,
+    pub last_used_ms: AtomicI64,
+    pub expires_at_ms: AtomicI64,
+    pub persisted_ms: AtomicI64,
+}
+
+impl SessionEntry {
+    pub fn new(id: String, account_id: String, is_operator: bool, last_used_ms: i64, expires_at_ms: i64) -> Self {
+        Self {
+            id,
+            account_id,
+            is_operator,
+            last_used_ms: last_used_ms.into(),
+            expires_at_ms: expires_at_ms.into(),
+            persisted_ms: last_used_ms.into(),
+        }
+    }
+
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        now_ms >= self.expires_at_ms.load(Ordering::Relaxed)
+    }
+
+    /// Records a use: the session now expires `ttl_ms` after it.
+    pub fn touch(&self, now_ms: i64, ttl_ms: i64) {
+        self.last_used_ms.fetch_max(now_ms, Ordering::Relaxed);
+        self.expires_at_ms.fetch_max(now_ms.saturating_add(ttl_ms), Ordering::Relaxed);
+    }
 }
 
 pub struct WorkspaceEntry {
@@ -64,6 +93,12 @@ pub struct Shared {
     pub keys_by_hash: DashMap<[u8; 32], Arc<KeyEntry>>,
     pub keys_by_id: DashMap<String, Arc<KeyEntry>>,
     pub sessions_by_hash: DashMap<[u8; 32], Arc<SessionEntry>>,
+    /// How long an unused dashboard session lives, in milliseconds.
+    pub session_ttl_ms: i64,
+    /// Held by every read-modify-write of a stored session or key outside a request
+    /// (use-time persistence) and by revocation and rotation, so the former can never
+    /// write back a record the latter removed. Never held across an `.await`.
+    pub session_writes: std::sync::Mutex<()>,
     /// (account_id, slug) → live workspace state.
     pub workspaces: DashMap<(String, String), Arc<WorkspaceEntry>>,
     pub upstreams: Arc<Upstreams>,

@@ -150,7 +150,7 @@ impl Upstreams {
 pub struct UpstreamSettings {
     pub kind: ProviderKind,
     pub base_url: String,
-    pub api_key: Option<String>,
+    pub api_key: Option<crate::secrets::Secret>,
     pub timeout: std::time::Duration,
 }
 
@@ -162,7 +162,7 @@ impl Upstreams {
             let conn = Connection {
                 provider: s.kind,
                 base_url: s.base_url.clone(),
-                api_key: s.api_key.clone(),
+                api_key: s.api_key.as_ref().map(|k| k.expose().to_owned()),
                 extra_headers: Vec::new(),
                 http: http.clone(),
                 timeout: s.timeout,

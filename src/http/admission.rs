@@ -11,16 +11,42 @@ use tokaroo_actors::Admission;
 
 use super::{
     error::ApiError,
-    extract::{runtime_key, ApiKey},
+    extract::{bearer, is_api_key, runtime_key, ApiKey},
     AppState,
 };
 
 pub async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let (mut parts, body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     let key = match runtime_key(&parts, &state) {
         Ok(key) => key,
         Err(error) => return error.into_response(),
     };
+    admit_key(&state, key, parts, body, next).await
+}
+
+/// For routes both credentials may use (usage, stats, balance): a runtime key is admitted
+/// exactly as on `admit`'s routes (rate limit, disabled workspace, headers); anything else
+/// goes on to the route's own extractor (dashboard sessions are not metered).
+pub async fn admit_runtime_keys(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let is_key = bearer(&parts).is_ok_and(is_api_key);
+    if !is_key {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let key = match runtime_key(&parts, &state) {
+        Ok(key) => key,
+        Err(error) => return error.into_response(),
+    };
+    admit_key(&state, key, parts, body, next).await
+}
+
+async fn admit_key(
+    state: &AppState,
+    key: std::sync::Arc<tokaroo_actors::KeyEntry>,
+    mut parts: axum::http::request::Parts,
+    body: axum::body::Body,
+    next: Next,
+) -> Response {
     let (limit, remaining) = match state.engine.admit(&key).await {
         Ok(Admission::Admitted { limit, remaining }) => (limit, remaining),
         Ok(Admission::Limited { limit, retry_after }) => {

@@ -42,10 +42,10 @@ pub(super) fn parse(v: &Value) -> Result<(EmbeddingRequest, bool), ApiError> {
     if inputs.iter().any(|s| s.is_empty()) {
         return Err(bad("input strings must not be empty"));
     }
-    let model = match &v["model"] {
-        Value::Null => None,
-        Value::String(s) if s.is_empty() || matches!(s.as_str(), "auto" | "fast" | "max") => None,
-        Value::String(s) => Some(s.clone()),
+    let (model, requested) = match &v["model"] {
+        Value::Null => (None, None),
+        Value::String(s) if s.is_empty() || matches!(s.as_str(), "auto" | "fast" | "max") => (None, Some(s.clone())),
+        Value::String(s) => (Some(s.clone()), Some(s.clone())),
         _ => return Err(bad("model must be a string")),
     };
     let dimensions = match &v["dimensions"] {
@@ -61,7 +61,7 @@ pub(super) fn parse(v: &Value) -> Result<(EmbeddingRequest, bool), ApiError> {
         Some("base64") => true,
         Some(_) => return Err(bad("encoding_format must be float or base64")),
     };
-    Ok((EmbeddingRequest { model, inputs, dimensions }, base64))
+    Ok((EmbeddingRequest { model, requested, inputs, dimensions }, base64))
 }
 
 async fn embeddings(

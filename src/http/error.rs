@@ -26,6 +26,8 @@ pub enum ApiError {
     MissingCredential,
     #[error("Invalid or expired credential")]
     InvalidCredential,
+    #[error("Dashboard session expired: it was unused for longer than the session lifetime; sign in again for a new session token")]
+    SessionExpired,
     #[error("Session authentication required: this route takes a dashboard session token, not a tok_... API key")]
     SessionRequired,
     #[error("API key required: this route takes a tok_... runtime API key, not a dashboard session token")]
@@ -70,7 +72,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::MissingCredential | Self::InvalidCredential => StatusCode::UNAUTHORIZED,
+            Self::MissingCredential | Self::InvalidCredential | Self::SessionExpired => StatusCode::UNAUTHORIZED,
             Self::SessionRequired | Self::ApiKeyRequired | Self::OperatorRequired | Self::Forbidden(_) => {
                 StatusCode::FORBIDDEN
             }
@@ -90,7 +92,7 @@ impl ApiError {
             Self::BadRequest(_) => "invalid_request".into(),
             Self::PayloadTooLarge(_) => "payload_too_large".into(),
             Self::MissingCredential => "Missing Authorization header".into(),
-            Self::InvalidCredential => "Invalid or expired credential".into(),
+            Self::InvalidCredential | Self::SessionExpired => "Invalid or expired credential".into(),
             Self::SessionRequired => "Session authentication required".into(),
             Self::ApiKeyRequired => "API key required".into(),
             Self::OperatorRequired => "Operator session required".into(),

@@ -9,7 +9,7 @@ use axum::{
     http::{header, request::Parts, StatusCode},
 };
 use serde::de::DeserializeOwned;
-use tokaroo_actors::{Identity, KeyEntry};
+use tokaroo_actors::{Identity, KeyEntry, SessionRejection};
 
 use super::{error::ApiError, AppState};
 
@@ -90,8 +90,16 @@ pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     Ok(token)
 }
 
-fn is_api_key(token: &str) -> bool {
+pub fn is_api_key(token: &str) -> bool {
     token.starts_with(tokaroo_actors::tokens::API_KEY_PREFIX)
+}
+
+/// A dashboard session token's identity, or the 401 that says why not.
+fn session_identity(state: &AppState, token: &str) -> Result<Identity, ApiError> {
+    state.engine.authenticate_session(token).map_err(|rejection| match rejection {
+        SessionRejection::Unknown => ApiError::InvalidCredential,
+        SessionRejection::Expired => ApiError::SessionExpired,
+    })
 }
 
 /// A dashboard session (management routes). A valid runtime key here is the wrong
@@ -109,7 +117,7 @@ impl FromRequestParts<AppState> for Session {
                 None => ApiError::InvalidCredential,
             });
         }
-        state.engine.authenticate_session(token).map(Session).ok_or(ApiError::InvalidCredential)
+        session_identity(state, token).map(Session)
     }
 }
 
@@ -133,9 +141,9 @@ impl FromRequestParts<AppState> for Operator {
 pub fn runtime_key(parts: &Parts, state: &AppState) -> Result<Arc<KeyEntry>, ApiError> {
     let token = bearer(parts)?;
     if !is_api_key(token) {
-        return Err(match state.engine.authenticate_session(token) {
-            Some(_) => ApiError::ApiKeyRequired,
-            None => ApiError::InvalidCredential,
+        return Err(match session_identity(state, token) {
+            Ok(_) => ApiError::ApiKeyRequired,
+            Err(error) => error,
         });
     }
     state.engine.authenticate_key(token).ok_or(ApiError::InvalidCredential)
@@ -175,7 +183,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
 }
 
 /// Routes both credentials may read (usage, stats, balance): a dashboard session sees its
-/// account; a runtime key sees only its own key and workspace.
+/// account; a runtime key sees only its own key and workspace. A runtime key here has
+/// passed admission like on any runtime route ([`super::admission::admit_runtime_keys`]
+/// mounted on the route); a session is not metered.
 pub enum Caller {
     Session(Identity),
     Key(Arc<KeyEntry>),
@@ -196,9 +206,10 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts)?;
         if is_api_key(token) {
-            state.engine.authenticate_key(token).map(Caller::Key).ok_or(ApiError::InvalidCredential)
+            let ApiKey(key) = ApiKey::from_request_parts(parts, state).await?;
+            Ok(Caller::Key(key))
         } else {
-            state.engine.authenticate_session(token).map(Caller::Session).ok_or(ApiError::InvalidCredential)
+            session_identity(state, token).map(Caller::Session)
         }
     }
 }

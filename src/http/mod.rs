@@ -16,6 +16,7 @@ mod pricing;
 mod provider_keys;
 #[cfg(test)]
 mod request_props;
+mod sessions;
 mod usage;
 mod wire;
 mod workspaces;
@@ -77,6 +78,9 @@ pub fn router(state: AppState) -> Router {
         .merge(embeddings::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit))
         .layer(middleware::from_fn(openai_error_shape));
+    // Runtime keys reading usage pass the same admission; sessions go through unmetered.
+    let usage_reads =
+        usage::read_routes().route_layer(middleware::from_fn_with_state(state.clone(), admission::admit_runtime_keys));
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(health::routes())
@@ -86,17 +90,52 @@ pub fn router(state: AppState) -> Router {
         .merge(pricing::routes())
         .merge(provider_keys::routes())
         .merge(local_endpoints::routes())
-        .merge(usage::routes())
+        .merge(sessions::routes())
+        .merge(usage_reads)
+        .merge(usage::admin_routes())
         .merge(billing::routes())
         .merge(runtime_openai)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(refuse_control_characters_in_path))
         .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), count_in_flight))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Ids in paths are ours (uuids, slugs): one with a NUL or another control character once
+/// percent-decoded is a client bug or a probe, answered 400 before any route sees it (NUL
+/// also ends a string in our storage keys).
+async fn refuse_control_characters_in_path(request: Request, next: middleware::Next) -> Response {
+    let path = request.uri().path();
+    if path.contains('%') && path_has_control_characters(path) {
+        let message = "The path contains a control character (percent-encoded); ids never do";
+        return shaped_for(path, ApiError::BadRequest(message.into()));
+    }
+    next.run(request).await
+}
+
+fn path_has_control_characters(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).chars().any(char::is_control)
 }
 
 /// Counts a request from its arrival until its response body is done or dropped.
@@ -134,4 +173,19 @@ async fn route_not_found(method: Method, uri: Uri) -> Response {
 async fn method_not_allowed(request: Request) -> Response {
     let path = request.uri().path().to_owned();
     shaped_for(&path, ApiError::MethodNotAllowed { method: request.method().to_string(), path: path.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_found_once_decoded() {
+        use super::path_has_control_characters as bad;
+        assert!(bad("/v1/keys/ab%00cd"));
+        assert!(bad("/v1/sessions/%0a"));
+        assert!(bad("/v1/workspaces/%C2%85"), "C1 controls too");
+        assert!(bad("/v1/keys/%7F"));
+        assert!(!bad("/v1/keys/0190a8c4-%41bc"));
+        assert!(!bad("/v1/workspaces/caf%C3%A9"));
+        assert!(!bad("/v1/keys/100%"), "a stray % is not a control character");
+    }
 }

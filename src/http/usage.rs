@@ -24,12 +24,18 @@ use super::{
 const REQUEST_TYPES: &[&str] = &["chat", "embeddings"];
 const MAX_DAYS: u32 = 366;
 
-pub fn routes() -> Router<AppState> {
+/// The read routes runtime keys may use; `http::router` mounts them behind admission.
+pub fn read_routes() -> Router<AppState> {
     Router::new()
         .route("/v1/usage", get(usage))
         .route("/v1/usage/breakdown", get(breakdown))
         .route("/v1/stats", get(stats))
         .route("/v1/balance", get(balance))
+}
+
+/// The operator's routes.
+pub fn admin_routes() -> Router<AppState> {
+    Router::new()
         .route("/admin/usage", get(admin_usage))
         .route("/admin/ledger/reconcile", post(reconcile))
         .route("/admin/accounts/{id}/credits", post(add_credits))
@@ -328,7 +334,8 @@ async fn admin_usage(
 ) -> Result<Json<Value>, ApiError> {
     let (limit, before) = page_params(&q, 100)?;
     let account = q.account_id.clone().unwrap_or(op.account_id);
-    let caller = Caller::Session(tokaroo_actors::Identity { account_id: account.clone(), is_operator: false });
+    let caller =
+        Caller::Session(tokaroo_actors::Identity { account_id: account.clone(), is_operator: false, session_id: None });
     let filter = scoped_filter(&state, &caller, &q)?;
     let (rows, has_more) = state.engine.usage_page(&account, &filter, before, limit).await?;
     let mut sum = (0i64, 0i64, 0i64, 0u64, 0u64);

@@ -60,6 +60,11 @@ impl Record for ApiKey {
 }
 
 /// Key: (account_id, session_id). A dashboard session token, stored as its SHA-256.
+///
+/// Expiry slides: each use moves `expires_at_ms` to the use plus the configured TTL. Both
+/// times are written lazily (every few seconds, not per request), so after a crash they may
+/// lag the last use by that much. Sessions written before expiry existed have neither field
+/// (`serde(default)`, same format version); they count as used at the next start.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Session {
     pub id: String,
@@ -67,10 +72,31 @@ pub struct Session {
     pub token_sha256: String,
     pub label: String,
     pub created_at_ms: i64,
+    #[serde(default)]
+    pub last_used_at_ms: Option<i64>,
+    #[serde(default)]
+    pub expires_at_ms: Option<i64>,
 }
 impl Record for Session {
     const TREE: &'static str = "sessions";
     const FORMAT_VERSION: u8 = 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sessions stored before expiry existed still load, as format version 1.
+    #[test]
+    fn a_session_without_expiry_fields_still_decodes() {
+        let mut old = vec![Session::FORMAT_VERSION];
+        old.extend_from_slice(
+            br#"{"id":"s1","account_id":"a1","token_sha256":"00","label":"initial","created_at_ms":5}"#,
+        );
+        let s: Session = crate::collection::decode(&old).unwrap();
+        assert_eq!((s.last_used_at_ms, s.expires_at_ms), (None, None));
+        assert_eq!(s.created_at_ms, 5);
+    }
 }
 
 /// Money on disk is an integer count of 1e-10 USD: sums of millions of rows stay exact.

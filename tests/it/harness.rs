@@ -14,7 +14,7 @@ use tokio::{
     process::{Child, Command},
 };
 
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123";
 pub const BIN: &str = env!("CARGO_BIN_EXE_tokaroo");
 
 pub struct Gateway {

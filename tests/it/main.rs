@@ -10,6 +10,7 @@ mod billing;
 mod chat_simulator;
 mod conformance;
 mod connections;
+mod credentials;
 mod foundation;
 mod hostile;
 mod keys_and_workspaces;

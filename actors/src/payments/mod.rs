@@ -189,9 +189,9 @@ impl fmt::Debug for PaymentSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PaymentSettings")
             .field("processor", &self.processor)
-            .field("stripe_secret_key", &self.stripe_secret_key.as_ref().map(|_| "<set>"))
+            .field("stripe_secret_key", &self.stripe_secret_key.as_ref().map(|_| "<redacted>"))
             .field("stripe_base_url", &self.stripe_base_url)
-            .field("stripe_webhook_secret", &self.stripe_webhook_secret.as_ref().map(|_| "<set>"))
+            .field("stripe_webhook_secret", &self.stripe_webhook_secret.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }

@@ -26,8 +26,41 @@ fn usage(behavior: &Behavior) -> Value {
     json!({ "prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion, "total_tokens": PROMPT_TOKENS + completion })
 }
 
+/// `POST /v1/embeddings` as OpenAI (and OpenAI-compatible servers) check it.
+fn validate_embeddings(req: &Recorded, keys: &[String]) -> Result<(), (StatusCode, Value)> {
+    if !key_ok(req.header("authorization").and_then(|h| h.strip_prefix("Bearer ")), keys) {
+        let body = json!({ "error": { "message": "Incorrect API key provided.", "type": "invalid_request_error", "param": null, "code": "invalid_api_key" } });
+        return Err((StatusCode::UNAUTHORIZED, body));
+    }
+    if !req.body["model"].is_string() {
+        return Err(invalid("you must provide a model parameter", Some("model")));
+    }
+    match &req.body["input"] {
+        Value::String(_) => Ok(()),
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_string) => Ok(()),
+        _ => Err(invalid("'input' must be a string or an array of strings", Some("input"))),
+    }
+}
+
+/// Four-dimensional vectors, and a `model` that is the upstream's own build name, so a test
+/// can tell it from the name the client asked for.
+fn embeddings_answer(req: &Recorded) -> Value {
+    let inputs = match &req.body["input"] {
+        Value::Array(items) => items.len(),
+        _ => 1,
+    };
+    let data: Vec<Value> = (0..inputs)
+        .map(|i| json!({ "object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3, i as f64] }))
+        .collect();
+    let model = format!("{}-upstream-build-0042", req.body["model"].as_str().unwrap_or_default());
+    json!({ "object": "list", "data": data, "model": model, "usage": { "prompt_tokens": PROMPT_TOKENS, "total_tokens": PROMPT_TOKENS } })
+}
+
 impl Wire for OpenAi {
     fn validate(&self, req: &Recorded, keys: &[String]) -> Result<(), (StatusCode, Value)> {
+        if req.path.ends_with("/embeddings") {
+            return validate_embeddings(req, keys);
+        }
         if !req.path.ends_with("/chat/completions") {
             return Err((StatusCode::NOT_FOUND, self.error_body(StatusCode::NOT_FOUND, "Unknown request URL")));
         }
@@ -105,6 +138,9 @@ impl Wire for OpenAi {
     }
 
     fn answer(&self, req: &Recorded, behavior: &Behavior) -> Value {
+        if req.path.ends_with("/embeddings") {
+            return embeddings_answer(req);
+        }
         let (message, finish) = match behavior {
             Behavior::ToolCall { name, arguments } => (
                 json!({ "role": "assistant", "content": null, "tool_calls": [{ "id": "call_fake_1", "type": "function", "function": { "name": name, "arguments": arguments } }] }),
