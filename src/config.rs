@@ -14,6 +14,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub rate_limit: RateLimitConfig,
+    pub limits: LimitsConfig,
     pub supervision: SupervisionConfig,
     pub debug: DebugConfig,
     pub providers: ProvidersConfig,
@@ -182,11 +183,48 @@ impl Default for LogConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub default_rpm: u32,
+    /// The highest `rate_limit_rpm` a tenant may set on a key.
+    pub max_rpm: u32,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        Self { default_rpm: 60 }
+        Self { default_rpm: 60, max_rpm: tokaroo_actors::AccountLimits::default().max_rpm }
+    }
+}
+
+/// How many records of each kind a tenant account may hold. See `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub keys_per_account: usize,
+    pub workspaces_per_account: usize,
+    pub provider_keys_per_account: usize,
+    pub endpoints_per_account: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = tokaroo_actors::AccountLimits::default();
+        Self {
+            keys_per_account: d.keys,
+            workspaces_per_account: d.workspaces,
+            provider_keys_per_account: d.provider_keys,
+            endpoints_per_account: d.endpoints,
+        }
+    }
+}
+
+impl Config {
+    /// The operator's caps on tenants, as the engine takes them.
+    pub fn account_limits(&self) -> tokaroo_actors::AccountLimits {
+        tokaroo_actors::AccountLimits {
+            max_rpm: self.rate_limit.max_rpm,
+            keys: self.limits.keys_per_account,
+            workspaces: self.limits.workspaces_per_account,
+            provider_keys: self.limits.provider_keys_per_account,
+            endpoints: self.limits.endpoints_per_account,
+        }
     }
 }
 
@@ -249,6 +287,9 @@ impl Config {
                      {MIN_ADMIN_TOKEN_CHARS} (it is the operator's password), e.g. `openssl rand -hex 32`"
                 )));
             }
+        }
+        if self.rate_limit.max_rpm == 0 {
+            return Err(ConfigError::Invalid("rate_limit.max_rpm (TOKAROO_MAX_RPM) must be at least 1".into()));
         }
         if self.server.session_ttl_secs == 0 {
             return Err(ConfigError::Invalid(
@@ -325,6 +366,19 @@ impl Config {
         }
         if let Some(v) = get("TOKAROO_DEFAULT_RPM") {
             self.rate_limit.default_rpm = parse("TOKAROO_DEFAULT_RPM", &v)?;
+        }
+        if let Some(v) = get("TOKAROO_MAX_RPM") {
+            self.rate_limit.max_rpm = parse("TOKAROO_MAX_RPM", &v)?;
+        }
+        for (var, slot) in [
+            ("TOKAROO_MAX_KEYS_PER_ACCOUNT", &mut self.limits.keys_per_account),
+            ("TOKAROO_MAX_WORKSPACES_PER_ACCOUNT", &mut self.limits.workspaces_per_account),
+            ("TOKAROO_MAX_PROVIDER_KEYS_PER_ACCOUNT", &mut self.limits.provider_keys_per_account),
+            ("TOKAROO_MAX_ENDPOINTS_PER_ACCOUNT", &mut self.limits.endpoints_per_account),
+        ] {
+            if let Some(v) = get(var) {
+                *slot = parse(var, &v)?;
+            }
         }
         if let Some(v) = get("TOKAROO_SUPERVISION_INITIAL_BACKOFF_MS") {
             self.supervision.initial_backoff_ms = parse("TOKAROO_SUPERVISION_INITIAL_BACKOFF_MS", &v)?;

@@ -92,6 +92,7 @@ fn engine_config(config: &Config, listen: std::net::SocketAddr) -> Result<Engine
                 .map_err(|e| ServeError::Config(format!("endpoints.allowed_cidrs: {e}")))?,
             listen: vec![listen],
         },
+        limits: config.account_limits(),
     })
 }
 

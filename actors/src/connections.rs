@@ -11,6 +11,7 @@ use tokaroo_storage::records::{LocalEndpoint, ProviderKey};
 use crate::{
     group,
     health::HealthSnapshot,
+    limits::Counted,
     provider::check_endpoint,
     providers::{Connection, ProviderKind},
     shared::Shared,
@@ -257,6 +258,11 @@ impl Engine {
             return Err(EngineError::invalid("secret must not be empty"));
         }
         let workspace_name = self.check_workspace(account_id, &new.workspace_slug)?;
+        let _creating = self
+            .reserve_creation(account_id, Counted::ProviderKeys, || {
+                Ok(self.store().provider_keys.scan_prefix(&(account_id,))?.len())
+            })
+            .await?;
         let record = ProviderKey {
             id: crate::new_id(),
             account_id: account_id.to_owned(),
@@ -336,6 +342,11 @@ impl Engine {
         self.check_workspace(account_id, &new.workspace_slug)?;
         let headers = new.headers.as_ref().map(headers_list).transpose()?.unwrap_or_default();
         self.check_endpoint_url(account_id, &parsed).await?;
+        let _creating = self
+            .reserve_creation(account_id, Counted::Endpoints, || {
+                Ok(self.store().local_endpoints.scan_prefix(&(account_id,))?.len())
+            })
+            .await?;
         let (url, sealed_url) = self.seal_url(&new.url, &parsed);
         let now = crate::now_ms();
         let mut record = LocalEndpoint {

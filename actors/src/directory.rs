@@ -15,6 +15,7 @@ use crate::{
     accounts::{self, AccountsMsg},
     apikey::{self, ApiKeyMsg, KeyEntry},
     engine::{decode_hash, BootstrapCredentials, Engine, OPERATOR_ACCOUNT_META},
+    limits::Counted,
     shared::{SessionEntry, WorkspaceEntry},
     supervisor::ChildSpec,
     tokens,
@@ -277,6 +278,11 @@ impl Engine {
         validate_slug(&new.slug)?;
         validate_name("name", &new.name)?;
         validate_budget(new.monthly_budget_usd)?;
+        let _creating = self
+            .reserve_creation(account_id, Counted::Workspaces, || {
+                Ok(self.store().workspaces.scan_prefix(&(account_id,))?.len())
+            })
+            .await?;
         let now = crate::now_ms();
         let record = Workspace {
             id: crate::new_id(),
@@ -378,6 +384,12 @@ impl Engine {
     /// Creates a runtime key; returns its record and the secret (shown once, never stored).
     pub async fn create_key(&self, account_id: &str, new: NewKey) -> Result<(KeyView, String), EngineError> {
         validate_rpm(new.rate_limit_rpm)?;
+        self.check_rpm_cap(account_id, new.rate_limit_rpm)?;
+        let _creating = self
+            .reserve_creation(account_id, Counted::Keys, || {
+                Ok(self.store().api_keys.scan_prefix(&(account_id,))?.len())
+            })
+            .await?;
         let self_serve = self.store().accounts.get(&account_id)?.is_some_and(|a| a.self_serve);
         if self_serve && self.store().api_keys.scan_prefix(&(account_id,))?.is_empty() {
             self.check_first_key_allowed(account_id).await?;
@@ -444,6 +456,7 @@ impl Engine {
         }
         if let Some(rpm) = patch.rate_limit_rpm {
             validate_rpm(rpm)?;
+            self.check_rpm_cap(account_id, rpm)?;
             record.rate_limit_rpm = rpm;
         }
         self.store().api_keys.insert(&(account_id, key_id), &record)?;

@@ -46,6 +46,8 @@ pub struct EngineConfig {
     pub provider_base_urls: Vec<(crate::providers::ProviderKind, String)>,
     /// What tenants' endpoints may reach, and this server's listen addresses.
     pub net: crate::netguard::NetSettings,
+    /// The operator's caps on tenants (rate limits, record counts).
+    pub limits: crate::AccountLimits,
 }
 
 /// 30 days: a dashboard left alone for a month signs in again.
@@ -69,6 +71,7 @@ impl Default for EngineConfig {
             master_key: None,
             provider_base_urls: crate::providers::default_base_urls(),
             net: crate::netguard::NetSettings::default(),
+            limits: crate::AccountLimits::default(),
         }
     }
 }
@@ -138,6 +141,7 @@ impl Engine {
             .map_err(|e| EngineError::Invalid(format!("payment settings: {e}")))?;
         let shared = Arc::new(Shared {
             funding_lock: tokio::sync::Mutex::new(()),
+            creation_locks: DashMap::new(),
             auto_pay_in_flight: DashMap::new(),
             upstreams,
             endpoint_recheck: config.endpoint_recheck,

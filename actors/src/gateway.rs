@@ -163,7 +163,7 @@ pub fn fallback_usage(req: &ChatRequest, completion_text: &str) -> Usage {
 ///   its report and our own count, overage included (the ledger then refuses the account's
 ///   new requests while its balance is below zero).
 pub fn billable_usage(route: &RouteRecord, req: &ChatRequest, reported: Option<Usage>, text: &str) -> Usage {
-    let self_hosted = route.execution_source == "self_hosted";
+    let self_hosted = route.billing_mode == "self_hosted";
     let mut usage = match reported {
         None => fallback_usage(req, text),
         Some(reported) if self_hosted => {

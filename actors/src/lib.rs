@@ -17,6 +17,7 @@ pub mod group;
 pub mod health;
 pub mod inspect;
 pub mod ledger;
+mod limits;
 pub mod netguard;
 pub mod payments;
 pub mod provider;
@@ -38,6 +39,7 @@ pub use engine::{BootstrapCredentials, Engine, EngineConfig, Identity, SessionRe
 pub use error::EngineError;
 pub use funding::{ActivationStatus, FundingSettings};
 pub use inspect::ActorNode;
+pub use limits::AccountLimits;
 pub use requests::{RequestInfo, ServedChat};
 pub use secrets::Secret;
 pub use supervisor::RestartPolicy;

@@ -87,6 +87,8 @@ pub struct Shared {
     pub store: Store,
     /// Serialises changes to billing profiles (checkouts, top-ups, auto pay, card changes).
     pub funding_lock: tokio::sync::Mutex<()>,
+    /// Per account: serialises creations checked against a count cap (`limits.rs`).
+    pub creation_locks: DashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>,
     pub auto_pay_in_flight: DashMap<String, ()>,
     pub restart_policy: RestartPolicy,
     pub default_rpm: u32,

@@ -166,3 +166,107 @@ async fn an_upstreams_own_error_text_never_reaches_the_tenant() {
     assert!(r.body["error"]["message"].as_str().unwrap().contains("rejected the request"), "{}", r.text);
     assert!(gw.log().contains("The fake was told to fail"), "the operator's log keeps them");
 }
+
+#[tokio::test]
+async fn a_self_hosted_server_that_ignores_the_bound_is_charged_its_overage_and_the_account_stops() {
+    let local = Fake::start(OpenAi { models: vec!["llama3.2"] }, "").await;
+    local.set(Behavior::TextReporting { text: "a very long story", completion_tokens: 1_000_000 });
+    let gw = Gateway::start_with(Options::default().env("TOKAROO_ENDPOINTS_ALLOW_PRIVATE_NETWORKS", "true")).await;
+    let (account, session, key) = funded_tenant(&gw, "self-hoster", 0.25).await;
+    let r = gw.post("/v1/local-endpoints", &session, json!({"url": local.root, "label": "box"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status"], "healthy", "{}", r.text);
+
+    let body = json!({"model": "auto", "messages": [{"role": "user", "content": "Tell me a story"}]});
+    let r = gw.post("/v1/chat/completions", &key, body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(local.answer_requests()[0].body["max_tokens"], 4096, "the bound went to the self-hosted server too");
+    let rows = usage_rows(&gw, &account).await;
+    assert_eq!(rows[0]["output_tokens"], 1_000_000, "a self-hosted server's overage is charged: {}", rows[0]);
+    assert_eq!(rows[0]["billing_mode"], "self_hosted");
+
+    let balance = gw.get("/v1/balance", &session).await.body["balance_usd"].as_f64().unwrap();
+    assert!(balance < 0.0, "the overage took the balance below zero: {balance}");
+    let r = gw.post("/v1/chat/completions", &key, body).await;
+    assert_eq!(r.status, 402, "no new requests while below zero: {}", r.text);
+    let r = gw.post("/admin/ledger/reconcile", ADMIN_TOKEN, json!({})).await;
+    assert_eq!(r.body["ok"], true, "drift: {}", r.text);
+}
+
+#[tokio::test]
+async fn tenants_cannot_lift_their_limits_past_the_operators_caps() {
+    let gw = Gateway::start_with(
+        Options::default()
+            .env("TOKAROO_MAX_RPM", "500")
+            .env("TOKAROO_MAX_KEYS_PER_ACCOUNT", "3")
+            .env("TOKAROO_MAX_WORKSPACES_PER_ACCOUNT", "3")
+            .env("TOKAROO_MAX_PROVIDER_KEYS_PER_ACCOUNT", "2")
+            .env("TOKAROO_MAX_ENDPOINTS_PER_ACCOUNT", "1")
+            .env("TOKAROO_ENDPOINTS_ALLOW_PRIVATE_NETWORKS", "true"),
+    )
+    .await;
+    let (_, session) = gw.create_account("greedy").await;
+
+    // Rate limits: at the cap is fine, above it names the cap, on create and on update.
+    let r = gw.post("/v1/keys", &session, json!({"name": "fast", "rate_limit_rpm": 501})).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("rate_limit.max_rpm"), "{}", r.text);
+    let r = gw.post("/v1/keys", &session, json!({"name": "ok", "rate_limit_rpm": 500})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let r = gw.patch(&format!("/v1/keys/{id}"), &session, json!({"rate_limit_rpm": 100000})).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("rate_limit.max_rpm"), "{}", r.text);
+    // The operator's own account is not capped.
+    assert_eq!(gw.post("/v1/keys", ADMIN_TOKEN, json!({"name": "op", "rate_limit_rpm": 100000})).await.status, 200);
+
+    // Keys: a burst of concurrent creations cannot pass the cap together (one exists).
+    let statuses: Vec<u16> = stream::iter(0..10)
+        .map(|i| {
+            let (gw, session) = (&gw, &session);
+            async move { gw.post("/v1/keys", session, json!({"name": format!("k{i}")})).await.status.as_u16() }
+        })
+        .buffer_unordered(10)
+        .collect()
+        .await;
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 400).count(), 8, "{statuses:?}");
+    let r = gw.post("/v1/keys", &session, json!({"name": "one-more"})).await;
+    assert!(r.text.contains("limits.keys_per_account"), "{}", r.text);
+
+    for (path, bodies, setting) in [
+        (
+            // The account's `default` workspace counts: two more reach the cap of three.
+            "/v1/workspaces",
+            vec![json!({"workspace_id": "a", "name": "A"}), json!({"workspace_id": "b", "name": "B"})],
+            "limits.workspaces_per_account",
+        ),
+        (
+            "/v1/provider-keys",
+            vec![
+                json!({"provider": "openai", "label": "one", "secret": "sk-one-0000000000"}),
+                json!({"provider": "openai", "label": "two", "secret": "sk-two-0000000000"}),
+            ],
+            "limits.provider_keys_per_account",
+        ),
+        (
+            "/v1/local-endpoints",
+            vec![json!({"url": "http://127.0.0.1:9/v1", "label": "one"})],
+            "limits.endpoints_per_account",
+        ),
+    ] {
+        for body in &bodies {
+            let r = gw.post(path, &session, body.clone()).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text);
+        }
+        let mut extra = bodies[0].clone();
+        for field in ["workspace_id", "label"] {
+            if extra.get(field).is_some() {
+                extra[field] = json!("extra");
+            }
+        }
+        let r = gw.post(path, &session, extra).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text);
+        assert!(r.text.contains(setting), "{path}: {}", r.text);
+    }
+}
