@@ -2,8 +2,6 @@
 //! limit, and how many keys, workspaces, provider keys and endpoints it may hold. The
 //! operator's own account is not capped (it sets the caps).
 
-use std::sync::Arc;
-
 use crate::{Engine, EngineError};
 
 #[derive(Debug, Clone)]
@@ -67,7 +65,7 @@ impl Engine {
         what: Counted,
         count: impl FnOnce() -> Result<usize, EngineError>,
     ) -> Result<tokio::sync::OwnedMutexGuard<()>, EngineError> {
-        let lock = self.shared.creation_locks.entry(account_id.to_owned()).or_insert_with(Arc::default).clone();
+        let lock = self.shared.creation_locks.entry(account_id.to_owned()).or_default().clone();
         let guard = lock.lock_owned().await;
         if self.capped(account_id) {
             let (cap, noun, setting) = what.describe(&self.config.limits);
