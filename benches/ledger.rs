@@ -190,7 +190,7 @@ async fn settles(secs: f64, concurrency: usize) {
             reference: None,
             note: None,
             created_at_us: 0,
-        })
+        }, tokaroo_actors::ledger::DEFAULT_CREDIT_TIMEOUT)
         .await
         .expect("credit");
     let settled = Arc::new(AtomicU64::new(0));

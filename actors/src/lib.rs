@@ -35,7 +35,7 @@ pub use apikey::{Admission, KeyEntry};
 pub use directory::{KeyPatch, KeyView, NewKey, NewWorkspace, WorkspacePatch, WORKSPACE_STATUSES};
 pub use engine::{BootstrapCredentials, Engine, EngineConfig, Identity};
 pub use error::EngineError;
-pub use funding::{ActivationStatus, FundingSettings};
+pub use funding::{ActivationStatus, FundingSettings, PaymentFault, PaymentsReconciled};
 pub use inspect::ActorNode;
 pub use requests::{RequestInfo, ServedChat};
 pub use supervisor::RestartPolicy;
