@@ -960,6 +960,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_settle_whose_caller_gives_up_during_a_restart_is_still_recorded() {
+        let _one = ONE_LEDGER.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         // No ledger yet, as while it restarts: the settle waits for it.
@@ -979,6 +980,112 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
+    }
+
+    /// The ledger registers under one global name: tests that start one take turns.
+    static ONE_LEDGER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    fn payment(id: &str, amount_units: i64) -> Credit {
+        Credit {
+            id: id.into(),
+            account_id: "acct".into(),
+            amount_units,
+            source: "top_up".into(),
+            reference: Some(id.into()),
+            note: None,
+            created_at_us: 0,
+        }
+    }
+
+    async fn money_now() -> AccountMoney {
+        LedgerClient.money("acct").await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_payment_credited_concurrently_and_again_counts_once_across_a_restart() {
+        let _one = ONE_LEDGER.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ledger = spawn_standalone(store.clone()).await.unwrap();
+        let within = DEFAULT_CREDIT_TIMEOUT;
+        let calls: Vec<_> =
+            (0..8).map(|_| tokio::spawn(LedgerClient.credit(payment("pi_same", 1_000), within))).collect();
+        let mut applied = 0;
+        for call in calls {
+            let outcome = call.await.unwrap().unwrap();
+            applied += usize::from(outcome.applied);
+            // Every answer, first or repeated, shows the balance with the payment in it once.
+            assert_eq!(outcome.money.credited_units, 1_000);
+        }
+        assert_eq!(applied, 1, "one of eight concurrent credits of one payment applies");
+        let again = LedgerClient.credit(payment("pi_same", 1_000), within).await.unwrap();
+        assert_eq!((again.applied, again.money.balance_units()), (false, 1_000));
+        LedgerClient.commit().await.unwrap();
+        assert_eq!(store.ledger.balances.get(&"acct").unwrap().unwrap().credited_units, 1_000);
+        assert_eq!(store.ledger.recompute("acct").unwrap().credits, 1);
+        ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
+
+        // A new incarnation knows the payment from storage.
+        let ledger = spawn_standalone(store.clone()).await.unwrap();
+        let after = LedgerClient.credit(payment("pi_same", 1_000), within).await.unwrap();
+        assert_eq!((after.applied, after.money.balance_units()), (false, 1_000));
+        ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
+        assert_eq!(store.ledger.recompute("acct").unwrap().credited_units, 1_000);
+    }
+
+    #[tokio::test]
+    async fn a_credit_whose_log_append_fails_changes_nothing_and_can_be_retried() {
+        let _one = ONE_LEDGER.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ledger = spawn_standalone(store.clone()).await.unwrap();
+        LedgerClient.credit_fault(CreditFault::FailLogAppends(1)).unwrap();
+        let err = LedgerClient.credit(payment("pi_disk_full", 700), DEFAULT_CREDIT_TIMEOUT).await.unwrap_err();
+        assert!(err.to_string().contains("no space left"), "{err}");
+        assert_eq!(money_now().await.credited_units, 0, "no phantom credit in memory");
+        let retried = LedgerClient.credit(payment("pi_disk_full", 700), DEFAULT_CREDIT_TIMEOUT).await.unwrap();
+        assert_eq!((retried.applied, retried.money.credited_units), (true, 700));
+        ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
+        assert_eq!(store.ledger.recompute("acct").unwrap().credited_units, 700);
+    }
+
+    #[tokio::test]
+    async fn adjustments_take_back_running_totals_once_and_never_more_than_was_paid() {
+        let _one = ONE_LEDGER.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ledger = spawn_standalone(store.clone()).await.unwrap();
+        LedgerClient.credit(payment("pi_1", 1_000), DEFAULT_CREDIT_TIMEOUT).await.unwrap();
+        let refund = |total: i64| Adjustment {
+            id: format!("refund:ch_1:{total}"),
+            payment_id: "pi_1".into(),
+            reason: "refund".into(),
+            amount: AdjustAmount::TotalUnits(total),
+            note: None,
+        };
+        let taken = |o: AdjustOutcome| match o {
+            AdjustOutcome::Applied { units, .. } => units,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(taken(LedgerClient.adjust(refund(300)).await.unwrap()), 300);
+        assert_eq!(LedgerClient.adjust(refund(300)).await.unwrap(), AdjustOutcome::Duplicate);
+        assert_eq!(taken(LedgerClient.adjust(refund(500)).await.unwrap()), 200, "the running total grew by 200");
+        // A dispute of the whole payment takes only what is left.
+        let dispute = Adjustment {
+            id: "dispute:dp_1".into(),
+            payment_id: "pi_1".into(),
+            reason: "dispute".into(),
+            amount: AdjustAmount::Units(1_000),
+            note: Some("fraudulent".into()),
+        };
+        assert_eq!(taken(LedgerClient.adjust(dispute).await.unwrap()), 500);
+        assert_eq!(LedgerClient.adjust(refund(900)).await.unwrap(), AdjustOutcome::Nothing);
+        let unknown = Adjustment { payment_id: "pi_other".into(), ..refund(100) };
+        assert_eq!(LedgerClient.adjust(unknown).await.unwrap(), AdjustOutcome::UnknownPayment);
+        assert_eq!(money_now().await.credited_units, 0);
+        ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
+        let recomputed = store.ledger.recompute("acct").unwrap();
+        assert_eq!((recomputed.credited_units, recomputed.credits), (0, 4));
     }
 
     #[test]
