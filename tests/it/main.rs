@@ -13,6 +13,7 @@ mod connections;
 mod foundation;
 mod keys_and_workspaces;
 mod ledger;
+mod money_once;
 mod payments;
 mod rate_limits;
 mod sdk_clients;
