@@ -283,7 +283,9 @@ impl Engine {
                     payment_id,
                     reason: "refund".into(),
                     amount: AdjustAmount::TotalUnits(cents_to_units(total_refunded_cents)),
-                    note: Some(format!("Stripe refunded charge {charge_id} (total refunded: {total_refunded_cents} cents)")),
+                    note: Some(format!(
+                        "Stripe refunded charge {charge_id} (total refunded: {total_refunded_cents} cents)"
+                    )),
                 })
                 .await?;
             }
@@ -310,7 +312,9 @@ impl Engine {
             AdjustOutcome::Duplicate | AdjustOutcome::Nothing => {}
             // Not credited here (another integration's payment, or one not credited yet,
             // which the reconciler will credit; see ARCHITECTURE).
-            AdjustOutcome::UnknownPayment => tracing::warn!(%id, %payment, "an adjustment for a payment not credited here"),
+            AdjustOutcome::UnknownPayment => {
+                tracing::warn!(%id, %payment, "an adjustment for a payment not credited here")
+            }
         }
         Ok(())
     }
@@ -340,8 +344,8 @@ impl Engine {
         if self.payments.kind() == "manual" {
             return Ok(report);
         }
-        let since = time::OffsetDateTime::now_utc().unix_timestamp()
-            - self.config.funding.reconcile_lookback.as_secs() as i64;
+        let since =
+            time::OffsetDateTime::now_utc().unix_timestamp() - self.config.funding.reconcile_lookback.as_secs() as i64;
         for profile in self.store().billing.all()? {
             let Some(customer_id) = &profile.customer_id else { continue };
             report.customers += 1;
@@ -404,7 +408,7 @@ impl Engine {
     /// An account's attempts, newest first.
     pub fn payment_attempts(&self, account_id: &str) -> Result<Vec<PaymentAttempt>, EngineError> {
         let mut attempts = self.store().payment_attempts.scan_prefix(&(account_id,))?;
-        attempts.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms));
+        attempts.sort_by_key(|a| std::cmp::Reverse(a.created_at_ms));
         Ok(attempts)
     }
 
@@ -536,7 +540,12 @@ impl Engine {
     /// The account's attempt of this kind and amount whose answer was lost (or whose process
     /// died while asking), recent enough for Stripe to still know its idempotency key: asking
     /// for the same top-up again is that attempt's retry, not a second charge.
-    fn unresolved_attempt(&self, account_id: &str, amount_cents: i64, kind: &str) -> Result<Option<PaymentAttempt>, EngineError> {
+    fn unresolved_attempt(
+        &self,
+        account_id: &str,
+        amount_cents: i64,
+        kind: &str,
+    ) -> Result<Option<PaymentAttempt>, EngineError> {
         let now = crate::now_ms();
         Ok(self.payment_attempts(account_id)?.into_iter().find(|a| {
             matches!(a.status.as_str(), "pending" | "unknown")
@@ -554,7 +563,13 @@ impl Engine {
         amount_cents: i64,
     ) -> Result<CreditOutcome, EngineError> {
         let outcome = self
-            .add_credit(&attempt.account_id, amount_cents as f64 / 100.0, &attempt.kind, Some(payment_id.to_owned()), None)
+            .add_credit(
+                &attempt.account_id,
+                amount_cents as f64 / 100.0,
+                &attempt.kind,
+                Some(payment_id.to_owned()),
+                None,
+            )
             .await?;
         crash_point();
         if attempt.status != "succeeded" {

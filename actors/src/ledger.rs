@@ -636,7 +636,10 @@ impl Actor for LedgerActor {
             if let (true, Some(payment)) = (credit.amount_units < 0, &credit.reference) {
                 *taken_back.entry((payment.clone(), credit.source.clone())).or_default() -= credit.amount_units;
             }
-            credited.insert(credit.id, CreditedPayment { account_id: credit.account_id, amount_units: credit.amount_units });
+            credited.insert(
+                credit.id,
+                CreditedPayment { account_id: credit.account_id, amount_units: credit.amount_units },
+            );
         }
         Ok(LedgerState {
             wal,

@@ -208,7 +208,10 @@ async fn payment_intent_succeeded_credits_a_top_up_whose_answers_were_lost_once(
     }
     assert_eq!(balance(&gw, &session).await, 35.0, "credited once");
     let attempt = attempts(&gw, &account_id).await[0].clone();
-    assert_eq!((attempt["status"].as_str(), attempt["payment_intent_id"].as_str()), (Some("succeeded"), intents[0]["id"].as_str()));
+    assert_eq!(
+        (attempt["status"].as_str(), attempt["payment_intent_id"].as_str()),
+        (Some("succeeded"), intents[0]["id"].as_str())
+    );
     // Checkout payments also produce this event; they are credited through their session.
     let other = stripe.payment_intents().into_iter().find(|i| i["metadata"]["attempt_id"].is_null()).unwrap();
     assert_eq!(deliver(&gw, &stripe.payment_intent_succeeded_event(other["id"].as_str().unwrap())).await.status, 200);
@@ -228,7 +231,11 @@ async fn the_periodic_check_credits_a_charge_whose_answer_was_lost_once() {
     // No webhook: the reconciler finds the PaymentIntent by its attempt.
     eventually("the reconciler's credit", || async { (balance(&gw, &session).await == 35.0).then_some(()) }).await;
     assert_eq!(attempts(&gw, &account_id).await[0]["status"], "succeeded");
-    let listed = stripe.requests().into_iter().filter(|r| (r.method.as_str(), r.path.as_str()) == ("GET", "/v1/payment_intents")).count();
+    let listed = stripe
+        .requests()
+        .into_iter()
+        .filter(|r| (r.method.as_str(), r.path.as_str()) == ("GET", "/v1/payment_intents"))
+        .count();
     assert!(listed >= 1);
     // On demand, and again: nothing more to credit.
     let r = gw.post("/admin/billing/reconcile", ADMIN_TOKEN, json!({})).await;

@@ -203,9 +203,13 @@ async fn payment_refund_and_dispute_webhooks_read_as_events() {
     let WebhookEvent::PaymentSucceeded(p) = parse(stripe.payment_intent_succeeded_event(&charged.payment_id)) else {
         panic!("a payment")
     };
-    assert_eq!((p.payment_id.as_str(), p.amount_cents, p.attempt_id.as_deref()), (charged.payment_id.as_str(), 1500, Some("att-k1")));
+    assert_eq!(
+        (p.payment_id.as_str(), p.amount_cents, p.attempt_id.as_deref()),
+        (charged.payment_id.as_str(), 1500, Some("att-k1"))
+    );
     parse(stripe.refund(&charged.payment_id, 500));
-    let WebhookEvent::Refunded { payment_id, total_refunded_cents, .. } = parse(stripe.refund(&charged.payment_id, 300))
+    let WebhookEvent::Refunded { payment_id, total_refunded_cents, .. } =
+        parse(stripe.refund(&charged.payment_id, 300))
     else {
         panic!("a refund")
     };

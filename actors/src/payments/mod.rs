@@ -87,9 +87,18 @@ pub enum WebhookEvent {
     PaymentSucceeded(ProcessorPayment),
     /// Money given back (`charge.refunded`). Stripe reports the charge's running total, so
     /// partial refunds arrive as growing totals.
-    Refunded { charge_id: String, payment_id: String, total_refunded_cents: i64 },
+    Refunded {
+        charge_id: String,
+        payment_id: String,
+        total_refunded_cents: i64,
+    },
     /// The cardholder disputed the payment (`charge.dispute.created`): its amount is withdrawn.
-    Disputed { dispute_id: String, payment_id: String, amount_cents: i64, reason: String },
+    Disputed {
+        dispute_id: String,
+        payment_id: String,
+        amount_cents: i64,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
