@@ -182,15 +182,18 @@ async fn settles(secs: f64, concurrency: usize) {
     let ledger = tokaroo_actors::ledger::spawn_standalone(store.clone()).await.expect("start the ledger");
     let client = LedgerClient;
     client
-        .credit(Credit {
-            id: "bench-credit".into(),
-            account_id: "bench".into(),
-            amount_units: i64::MAX / 4,
-            source: "manual".into(),
-            reference: None,
-            note: None,
-            created_at_us: 0,
-        })
+        .credit(
+            Credit {
+                id: "bench-credit".into(),
+                account_id: "bench".into(),
+                amount_units: i64::MAX / 4,
+                source: "manual".into(),
+                reference: None,
+                note: None,
+                created_at_us: 0,
+            },
+            tokaroo_actors::ledger::DEFAULT_CREDIT_TIMEOUT,
+        )
         .await
         .expect("credit");
     let settled = Arc::new(AtomicU64::new(0));

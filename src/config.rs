@@ -42,6 +42,13 @@ pub struct BillingConfig {
     pub terms_url: Option<String>,
     /// Auto pay tops an account up when its balance falls below this many USD.
     pub auto_pay_threshold_usd: f64,
+    /// How long a payment's credit waits for the ledger before the caller fails (ms).
+    pub credit_timeout_ms: u64,
+    /// How often recent PaymentIntents are checked for charges whose answer was lost;
+    /// 0 = only on demand (`POST /admin/billing/reconcile`).
+    pub reconcile_interval_secs: u64,
+    /// How far back that check looks.
+    pub reconcile_lookback_hours: u64,
 }
 
 impl Default for BillingConfig {
@@ -56,6 +63,9 @@ impl Default for BillingConfig {
             terms_version: "2026-11".into(),
             terms_url: None,
             auto_pay_threshold_usd: 5.0,
+            credit_timeout_ms: 10_000,
+            reconcile_interval_secs: 300,
+            reconcile_lookback_hours: 72,
         }
     }
 }
@@ -418,6 +428,12 @@ impl Config {
         }
         if let Some(v) = get("TOKAROO_STRIPE_BASE_URL").filter(|v| !v.is_empty()) {
             self.billing.stripe_base_url = v;
+        }
+        if let Some(v) = get("TOKAROO_CREDIT_TIMEOUT_MS") {
+            self.billing.credit_timeout_ms = parse("TOKAROO_CREDIT_TIMEOUT_MS", &v)?;
+        }
+        if let Some(v) = get("TOKAROO_PAYMENTS_RECONCILE_SECS") {
+            self.billing.reconcile_interval_secs = parse("TOKAROO_PAYMENTS_RECONCILE_SECS", &v)?;
         }
         if let Some(v) = get("TOKAROO_AUTO_PAY_THRESHOLD_USD") {
             self.billing.auto_pay_threshold_usd = parse("TOKAROO_AUTO_PAY_THRESHOLD_USD", &v)?;

@@ -82,6 +82,10 @@ fn engine_config(config: &Config, listen: std::net::SocketAddr) -> Result<Engine
                 .clone()
                 .unwrap_or_else(|| format!("{}/v1/billing/activation", config.public_url())),
             auto_pay_threshold_usd: config.billing.auto_pay_threshold_usd,
+            credit_timeout: Duration::from_millis(config.billing.credit_timeout_ms.max(1)),
+            reconcile_interval: (config.billing.reconcile_interval_secs > 0)
+                .then(|| Duration::from_secs(config.billing.reconcile_interval_secs)),
+            reconcile_lookback: Duration::from_secs(config.billing.reconcile_lookback_hours.max(1) * 3600),
         },
         endpoint_recheck: Duration::from_secs(config.endpoints.recheck_secs.max(1)),
         master_key: std::env::var("TOKAROO_MASTER_KEY").ok().map(tokaroo_actors::Secret::from),

@@ -180,6 +180,7 @@ impl Engine {
             shutdown_stage: std::sync::Mutex::new("not started"),
         }));
         engine.spawn_last_used_persister();
+        engine.spawn_payment_reconciler();
         Ok(engine)
     }
 
@@ -343,6 +344,11 @@ impl Engine {
         } else {
             Err(EngineError::invalid(format!("actor {name} does not accept injected failures")))
         }
+    }
+
+    /// True once the actor tree is stopping (background tasks end then).
+    pub(crate) fn root_stopped(&self) -> bool {
+        self.root.get_status() != ractor::ActorStatus::Running
     }
 
     fn spawn_last_used_persister(&self) {

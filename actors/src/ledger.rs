@@ -42,6 +42,8 @@ const SEGMENT_MAX_AGE: Duration = Duration::from_secs(1);
 const SEGMENT_MAX_BYTES: u64 = 16 << 20;
 /// How long a caller waits for a restarting ledger before giving up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a payment credit waits for the ledger by default (`EngineConfig::credit_timeout`).
+pub const DEFAULT_CREDIT_TIMEOUT: Duration = CALL_TIMEOUT;
 
 pub type HoldId = u64;
 
@@ -89,6 +91,64 @@ pub struct ReconcileLine {
     pub drift_units: i64,
 }
 
+/// What a credit did. A credit whose id the ledger already holds (the same payment reported
+/// twice: webhook and poll, a retried webhook, a resent call) changes nothing and is an
+/// idempotent success: `applied` is false and `money` is the account's money as it is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CreditOutcome {
+    pub money: AccountMoney,
+    pub applied: bool,
+}
+
+/// A request to take money back from a credited payment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adjustment {
+    /// Unique per adjustment (a retried event carries the same id and changes nothing).
+    pub id: String,
+    /// The credited payment (the credit's id).
+    pub payment_id: String,
+    /// "refund" or "dispute": the adjustment's source.
+    pub reason: String,
+    pub amount: AdjustAmount,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AdjustAmount {
+    /// Take back this many units.
+    Units(i64),
+    /// The total taken back for this payment and reason should now be this many units
+    /// (Stripe reports a charge's refunds as a running total).
+    TotalUnits(i64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdjustOutcome {
+    /// Logged: `units` taken back (positive).
+    Applied { account_id: String, units: i64, money: AccountMoney },
+    /// This adjustment id is already in the ledger.
+    Duplicate,
+    /// Nothing left to take back (the total was reached, or events came out of order).
+    Nothing,
+    /// No credit with this payment id: not a payment this ledger credited.
+    UnknownPayment,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CreditFault {
+    /// The next `n` log appends fail as on a full disk.
+    FailLogAppends(u32),
+    /// The next `count` credits are recorded as usual but answered only after `delay`, so
+    /// that their callers time out (a lost answer).
+    DelayCreditReplies { count: u32, delay: Duration },
+}
+
+/// A credit the ledger holds, by id.
+struct CreditedPayment {
+    account_id: String,
+    amount_units: i64,
+}
+
 pub enum LedgerMsg {
     Reserve(ReserveRequest, RpcReplyPort<Result<HoldId, Refusal>>),
     /// A request ended without a charge (it failed): give its hold back.
@@ -100,8 +160,12 @@ pub enum LedgerMsg {
         row: Box<UsageRow>,
         reply: RpcReplyPort<Result<(UsageRow, AccountMoney), String>>,
     },
-    /// Adds money; replies with the new balance once the credit is fsynced.
-    Credit(Box<Credit>, RpcReplyPort<Result<AccountMoney, String>>),
+    /// Adds money once per credit id; replies once the credit is fsynced (see [`CreditOutcome`]).
+    Credit(Box<Credit>, RpcReplyPort<Result<CreditOutcome, String>>),
+    /// Takes back part of a credited payment (a refund or a dispute), at most once per id.
+    Adjust(Box<Adjustment>, RpcReplyPort<Result<AdjustOutcome, String>>),
+    /// Test-only faults of the credit path (`Engine::ledger_fault`).
+    CreditFault(CreditFault),
     Money(String, RpcReplyPort<AccountMoney>),
     /// A workspace's charges this calendar month (UTC).
     MonthSpend {
@@ -169,6 +233,13 @@ pub struct LedgerState {
     batches: u64,
     replayed_at_start: usize,
     last_error: Option<String>,
+    /// Every credit id in the ledger (committed or only logged), rebuilt from storage at
+    /// start: the check that makes a payment count once happens here, before the log and
+    /// the balance, not only in sled's apply (which sees a batch only after the balance moved).
+    credited: HashMap<String, CreditedPayment>,
+    /// Units taken back per (payment id, reason), to turn running totals into amounts.
+    taken_back: HashMap<(String, String), i64>,
+    credit_replies_to_delay: Option<(u32, Duration)>,
 }
 
 pub struct LedgerActor {
@@ -332,15 +403,86 @@ impl LedgerActor {
         state: &mut LedgerState,
         me: &ActorRef<LedgerMsg>,
         mut credit: Credit,
-    ) -> Result<AccountMoney, StorageError> {
+    ) -> Result<CreditOutcome, StorageError> {
+        if let Some(known) = state.credited.get(&credit.id) {
+            if known.account_id != credit.account_id || known.amount_units != credit.amount_units {
+                tracing::error!(id = %credit.id, "a credit id was reported again with another account or amount; kept the first");
+            }
+            let account_id = known.account_id.clone();
+            let money = state.account(&self.store, &account_id)?.money;
+            return Ok(CreditOutcome { money, applied: false });
+        }
         credit.created_at_us = now_us();
-        let account = state.account(&self.store, &credit.account_id)?;
-        account.money.credited_units += credit.amount_units;
-        let money = account.money;
-        self.log(state, me, LedgerEvent::Credit(credit))?;
+        // Loaded first: after the append nothing may fail before memory shows the credit.
+        state.account(&self.store, &credit.account_id)?;
+        // The log first: a failed append (a full disk) leaves no phantom credit in memory.
+        self.log(state, me, LedgerEvent::Credit(credit.clone()))?;
+        // Logged, so it will be applied (now or at the next start): memory must agree.
+        let money = Self::remember_credit(state, &credit);
         // Credits are rare and are money someone paid: durable against power loss at once.
+        // If this fails the credit still stands (logged, in memory); the caller's retry
+        // with the same id is answered as already credited.
         state.wal.sync()?;
-        Ok(money)
+        Ok(CreditOutcome { money, applied: true })
+    }
+
+    /// Counts a logged credit or adjustment in memory: its id, the taken-back totals, the balance.
+    fn remember_credit(state: &mut LedgerState, credit: &Credit) -> AccountMoney {
+        state.credited.insert(
+            credit.id.clone(),
+            CreditedPayment { account_id: credit.account_id.clone(), amount_units: credit.amount_units },
+        );
+        if credit.amount_units < 0 {
+            if let Some(payment) = &credit.reference {
+                *state.taken_back.entry((payment.clone(), credit.source.clone())).or_default() -= credit.amount_units;
+            }
+        }
+        match state.accounts.get_mut(&credit.account_id) {
+            Some(account) => {
+                account.money.credited_units += credit.amount_units;
+                account.money
+            }
+            // Not loaded: its committed balance is read from sled when first needed.
+            None => AccountMoney::default(),
+        }
+    }
+
+    fn adjust(
+        &self,
+        state: &mut LedgerState,
+        me: &ActorRef<LedgerMsg>,
+        adj: Adjustment,
+    ) -> Result<AdjustOutcome, StorageError> {
+        if state.credited.contains_key(&adj.id) {
+            return Ok(AdjustOutcome::Duplicate);
+        }
+        let Some(payment) = state.credited.get(&adj.payment_id).filter(|p| p.amount_units > 0) else {
+            return Ok(AdjustOutcome::UnknownPayment);
+        };
+        let (account_id, paid) = (payment.account_id.clone(), payment.amount_units);
+        let this_reason = state.taken_back.get(&(adj.payment_id.clone(), adj.reason.clone())).copied().unwrap_or(0);
+        let all_reasons: i64 =
+            state.taken_back.iter().filter(|((p, _), _)| *p == adj.payment_id).map(|(_, units)| *units).sum();
+        let wanted = match adj.amount {
+            AdjustAmount::Units(units) => units,
+            AdjustAmount::TotalUnits(total) => total - this_reason,
+        };
+        // Never more than was paid: a refund after a lost dispute takes back nothing twice.
+        let units = wanted.min(paid - all_reasons);
+        if units <= 0 {
+            return Ok(AdjustOutcome::Nothing);
+        }
+        let credit = Credit {
+            id: adj.id,
+            account_id: account_id.clone(),
+            amount_units: -units,
+            source: adj.reason,
+            reference: Some(adj.payment_id),
+            note: adj.note,
+            created_at_us: 0,
+        };
+        let outcome = self.credit(state, me, credit)?;
+        Ok(AdjustOutcome::Applied { account_id, units, money: outcome.money })
     }
 
     /// Hands the batch logged since the last commit to the committer. With `retire_now`, also
@@ -485,6 +627,20 @@ impl Actor for LedgerActor {
         if replayed > 0 {
             tracing::info!(events = replayed, "ledger: applied events logged before the last stop");
         }
+        // After recovery sled holds every credit ever logged: index them by id.
+        let store = self.store.clone();
+        let credits = tokio::task::spawn_blocking(move || store.ledger.all_credits()).await??;
+        let mut credited = HashMap::with_capacity(credits.len());
+        let mut taken_back: HashMap<(String, String), i64> = HashMap::new();
+        for credit in credits {
+            if let (true, Some(payment)) = (credit.amount_units < 0, &credit.reference) {
+                *taken_back.entry((payment.clone(), credit.source.clone())).or_default() -= credit.amount_units;
+            }
+            credited.insert(
+                credit.id,
+                CreditedPayment { account_id: credit.account_id, amount_units: credit.amount_units },
+            );
+        }
         Ok(LedgerState {
             wal,
             pending: Vec::new(),
@@ -501,6 +657,9 @@ impl Actor for LedgerActor {
             batches: 0,
             replayed_at_start: replayed,
             last_error: None,
+            credited,
+            taken_back,
+            credit_replies_to_delay: None,
         })
     }
 
@@ -536,8 +695,27 @@ impl Actor for LedgerActor {
                 }
             }
             LedgerMsg::Credit(credit, reply) => {
-                let result = self.credit(state, &me, *credit);
-                let _ = reply.send(result.map_err(|e| e.to_string()));
+                let result = self.credit(state, &me, *credit).map_err(|e| e.to_string());
+                match &mut state.credit_replies_to_delay {
+                    Some((count, delay)) if *count > 0 => {
+                        *count -= 1;
+                        let delay = *delay;
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = reply.send(result);
+                        });
+                    }
+                    _ => {
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+            LedgerMsg::Adjust(adj, reply) => {
+                let _ = reply.send(self.adjust(state, &me, *adj).map_err(|e| e.to_string()));
+            }
+            LedgerMsg::CreditFault(CreditFault::FailLogAppends(n)) => state.wal.fail_next_appends(n),
+            LedgerMsg::CreditFault(CreditFault::DelayCreditReplies { count, delay }) => {
+                state.credit_replies_to_delay = Some((count, delay));
             }
             LedgerMsg::Money(account_id, reply) => {
                 let money = state.account(&self.store, &account_id)?.money;
@@ -572,6 +750,7 @@ impl Actor for LedgerActor {
                     "open_holds": state.holds.len(),
                     "accounts_loaded": state.accounts.len(),
                     "replayed_at_start": state.replayed_at_start,
+                    "credits_known": state.credited.len(),
                     "last_error": state.last_error,
                 })));
             }
@@ -626,10 +805,18 @@ impl LedgerClient {
         &self,
         msg: impl Fn(RpcReplyPort<T>) -> LedgerMsg + Send + Clone,
     ) -> Result<T, LedgerError> {
-        let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+        self.call_within(msg, CALL_TIMEOUT).await
+    }
+
+    async fn call_within<T: Send + 'static>(
+        &self,
+        msg: impl Fn(RpcReplyPort<T>) -> LedgerMsg + Send + Clone,
+        timeout: Duration,
+    ) -> Result<T, LedgerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(ledger) = ActorRef::<LedgerMsg>::where_is(NAME) {
-                match ledger.call(msg.clone(), Some(CALL_TIMEOUT)).await {
+                match ledger.call(msg.clone(), Some(timeout)).await {
                     Ok(ractor::rpc::CallResult::Success(v)) => return Ok(v),
                     // It may still act on the message: asking again could charge twice.
                     Ok(ractor::rpc::CallResult::Timeout) => return Err(LedgerError::Unavailable),
@@ -678,9 +865,25 @@ impl LedgerClient {
             .map_err(LedgerError::Failed)
     }
 
-    pub async fn credit(&self, credit: Credit) -> Result<AccountMoney, LedgerError> {
+    /// Credits once per `credit.id`. A call that times out is not sent again (the ledger may
+    /// still record it); its caller reports the failure and the payment's next report (a
+    /// webhook retry, the reconciler) is answered idempotently. `within` bounds the wait.
+    pub async fn credit(&self, credit: Credit, within: Duration) -> Result<CreditOutcome, LedgerError> {
         let credit = Arc::new(credit);
-        self.call(move |r| LedgerMsg::Credit(Box::new((*credit).clone()), r)).await?.map_err(LedgerError::Failed)
+        self.call_within(move |r| LedgerMsg::Credit(Box::new((*credit).clone()), r), within)
+            .await?
+            .map_err(LedgerError::Failed)
+    }
+
+    pub async fn adjust(&self, adjustment: Adjustment) -> Result<AdjustOutcome, LedgerError> {
+        let adjustment = Arc::new(adjustment);
+        self.call(move |r| LedgerMsg::Adjust(Box::new((*adjustment).clone()), r)).await?.map_err(LedgerError::Failed)
+    }
+
+    /// Test-only: see [`CreditFault`].
+    pub fn credit_fault(&self, fault: CreditFault) -> Result<(), LedgerError> {
+        let ledger = ActorRef::<LedgerMsg>::where_is(NAME).ok_or(LedgerError::Unavailable)?;
+        ledger.cast(LedgerMsg::CreditFault(fault)).map_err(|_| LedgerError::Unavailable)
     }
 
     pub async fn money(&self, account_id: &str) -> Result<AccountMoney, LedgerError> {
@@ -760,6 +963,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_settle_whose_caller_gives_up_during_a_restart_is_still_recorded() {
+        let _one = ONE_LEDGER.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         // No ledger yet, as while it restarts: the settle waits for it.
@@ -779,6 +983,112 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
+    }
+
+    /// The ledger registers under one global name: tests that start one take turns.
+    static ONE_LEDGER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    fn payment(id: &str, amount_units: i64) -> Credit {
+        Credit {
+            id: id.into(),
+            account_id: "acct".into(),
+            amount_units,
+            source: "top_up".into(),
+            reference: Some(id.into()),
+            note: None,
+            created_at_us: 0,
+        }
+    }
+
+    async fn money_now() -> AccountMoney {
+        LedgerClient.money("acct").await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_payment_credited_concurrently_and_again_counts_once_across_a_restart() {
+        let _one = ONE_LEDGER.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ledger = spawn_standalone(store.clone()).await.unwrap();
+        let within = DEFAULT_CREDIT_TIMEOUT;
+        let calls: Vec<_> =
+            (0..8).map(|_| tokio::spawn(LedgerClient.credit(payment("pi_same", 1_000), within))).collect();
+        let mut applied = 0;
+        for call in calls {
+            let outcome = call.await.unwrap().unwrap();
+            applied += usize::from(outcome.applied);
+            // Every answer, first or repeated, shows the balance with the payment in it once.
+            assert_eq!(outcome.money.credited_units, 1_000);
+        }
+        assert_eq!(applied, 1, "one of eight concurrent credits of one payment applies");
+        let again = LedgerClient.credit(payment("pi_same", 1_000), within).await.unwrap();
+        assert_eq!((again.applied, again.money.balance_units()), (false, 1_000));
+        LedgerClient.commit().await.unwrap();
+        assert_eq!(store.ledger.balances.get(&"acct").unwrap().unwrap().credited_units, 1_000);
+        assert_eq!(store.ledger.recompute("acct").unwrap().credits, 1);
+        ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
+
+        // A new incarnation knows the payment from storage.
+        let ledger = spawn_standalone(store.clone()).await.unwrap();
+        let after = LedgerClient.credit(payment("pi_same", 1_000), within).await.unwrap();
+        assert_eq!((after.applied, after.money.balance_units()), (false, 1_000));
+        ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
+        assert_eq!(store.ledger.recompute("acct").unwrap().credited_units, 1_000);
+    }
+
+    #[tokio::test]
+    async fn a_credit_whose_log_append_fails_changes_nothing_and_can_be_retried() {
+        let _one = ONE_LEDGER.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ledger = spawn_standalone(store.clone()).await.unwrap();
+        LedgerClient.credit_fault(CreditFault::FailLogAppends(1)).unwrap();
+        let err = LedgerClient.credit(payment("pi_disk_full", 700), DEFAULT_CREDIT_TIMEOUT).await.unwrap_err();
+        assert!(err.to_string().contains("no space left"), "{err}");
+        assert_eq!(money_now().await.credited_units, 0, "no phantom credit in memory");
+        let retried = LedgerClient.credit(payment("pi_disk_full", 700), DEFAULT_CREDIT_TIMEOUT).await.unwrap();
+        assert_eq!((retried.applied, retried.money.credited_units), (true, 700));
+        ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
+        assert_eq!(store.ledger.recompute("acct").unwrap().credited_units, 700);
+    }
+
+    #[tokio::test]
+    async fn adjustments_take_back_running_totals_once_and_never_more_than_was_paid() {
+        let _one = ONE_LEDGER.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ledger = spawn_standalone(store.clone()).await.unwrap();
+        LedgerClient.credit(payment("pi_1", 1_000), DEFAULT_CREDIT_TIMEOUT).await.unwrap();
+        let refund = |total: i64| Adjustment {
+            id: format!("refund:ch_1:{total}"),
+            payment_id: "pi_1".into(),
+            reason: "refund".into(),
+            amount: AdjustAmount::TotalUnits(total),
+            note: None,
+        };
+        let taken = |o: AdjustOutcome| match o {
+            AdjustOutcome::Applied { units, .. } => units,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(taken(LedgerClient.adjust(refund(300)).await.unwrap()), 300);
+        assert_eq!(LedgerClient.adjust(refund(300)).await.unwrap(), AdjustOutcome::Duplicate);
+        assert_eq!(taken(LedgerClient.adjust(refund(500)).await.unwrap()), 200, "the running total grew by 200");
+        // A dispute of the whole payment takes only what is left.
+        let dispute = Adjustment {
+            id: "dispute:dp_1".into(),
+            payment_id: "pi_1".into(),
+            reason: "dispute".into(),
+            amount: AdjustAmount::Units(1_000),
+            note: Some("fraudulent".into()),
+        };
+        assert_eq!(taken(LedgerClient.adjust(dispute).await.unwrap()), 500);
+        assert_eq!(LedgerClient.adjust(refund(900)).await.unwrap(), AdjustOutcome::Nothing);
+        let unknown = Adjustment { payment_id: "pi_other".into(), ..refund(100) };
+        assert_eq!(LedgerClient.adjust(unknown).await.unwrap(), AdjustOutcome::UnknownPayment);
+        assert_eq!(money_now().await.credited_units, 0);
+        ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
+        let recomputed = store.ledger.recompute("acct").unwrap();
+        assert_eq!((recomputed.credited_units, recomputed.credits), (0, 4));
     }
 
     #[test]

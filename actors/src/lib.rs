@@ -37,7 +37,7 @@ pub use apikey::{Admission, KeyEntry};
 pub use directory::{KeyPatch, KeyView, NewKey, NewWorkspace, WorkspacePatch, WORKSPACE_STATUSES};
 pub use engine::{BootstrapCredentials, Engine, EngineConfig, Identity, SessionRejection, DEFAULT_SESSION_TTL};
 pub use error::EngineError;
-pub use funding::{ActivationStatus, FundingSettings};
+pub use funding::{ActivationStatus, FundingSettings, PaymentFault, PaymentsReconciled};
 pub use inspect::ActorNode;
 pub use limits::AccountLimits;
 pub use requests::{RequestInfo, ServedChat};

@@ -248,7 +248,7 @@ impl Engine {
         source: &str,
         reference: Option<String>,
         note: Option<String>,
-    ) -> Result<AccountMoney, EngineError> {
+    ) -> Result<crate::ledger::CreditOutcome, EngineError> {
         if !(amount_usd.is_finite() && amount_usd > 0.0 && amount_usd <= 1_000_000.0) {
             return Err(EngineError::invalid("amount_usd must be a positive number of dollars, at most 1000000"));
         }
@@ -265,7 +265,7 @@ impl Engine {
             note,
             created_at_us: 0,
         };
-        Ok(self.ledger.credit(credit).await?)
+        Ok(self.ledger.credit(credit, self.config.funding.credit_timeout).await?)
     }
 
     pub fn catalog(&self) -> &crate::catalog::Catalog {

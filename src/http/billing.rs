@@ -4,18 +4,19 @@
 
 use axum::{
     body::Bytes,
-    extract::State,
+    extract::{Path, State},
     http::HeaderMap,
     routing::{get, post},
     Json, Router,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokaroo_actors::{ledger::CreditFault, PaymentFault};
 
 use super::{
     error::ApiError,
-    extract::{JsonBody, Session},
-    wire::usd,
+    extract::{JsonBody, Operator, Session},
+    wire::{iso, usd},
     AppState,
 };
 
@@ -28,6 +29,82 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/billing/autopay", get(get_autopay).put(put_autopay))
         .route("/v1/billing/card", get(get_card).delete(delete_card))
         .route("/v1/billing/webhook", post(webhook))
+        .route("/admin/billing/reconcile", post(reconcile_payments))
+        .route("/admin/accounts/{id}/payment_attempts", get(payment_attempts))
+        .route("/admin/debug/payments", post(payment_fault))
+}
+
+/// Runs the payment reconciler now (it also runs every `billing.reconcile_interval_secs`).
+async fn reconcile_payments(State(state): State<AppState>, _op: Operator) -> Result<Json<Value>, ApiError> {
+    let report = state.engine.reconcile_payments().await?;
+    Ok(Json(json!({
+        "ok": true,
+        "customers": report.customers,
+        "payments_seen": report.payments_seen,
+        "credited": report.credited,
+    })))
+}
+
+async fn payment_attempts(
+    State(state): State<AppState>,
+    _op: Operator,
+    Path(account_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let data: Vec<Value> = state
+        .engine
+        .payment_attempts(&account_id)?
+        .into_iter()
+        .map(|a| {
+            json!({
+                "id": a.id,
+                "kind": a.kind,
+                "amount_usd": a.amount_cents as f64 / 100.0,
+                "status": a.status,
+                "idempotency_key": a.idempotency_key,
+                "payment_intent_id": a.payment_intent_id,
+                "error": a.error,
+                "created_at": iso(a.created_at_ms),
+                "updated_at": iso(a.updated_at_ms),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "object": "list", "data": data })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct PaymentFaultBody {
+    /// The process aborts right after the next payment credit, before its profile update.
+    crash_after_credit: bool,
+    /// The ledger's next `n` log appends fail (a full disk).
+    fail_ledger_appends: u32,
+    /// The next `n` credits are recorded but answered after `delay_ms`: their callers time out.
+    delay_credit_replies: u32,
+    delay_ms: u64,
+}
+
+/// Test-only (`debug.fault_injection`): faults of the payment path.
+async fn payment_fault(
+    State(state): State<AppState>,
+    _op: Operator,
+    JsonBody(body): JsonBody<PaymentFaultBody>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.config.debug.fault_injection {
+        return Err(ApiError::RouteNotFound { method: "POST".into(), path: "/admin/debug/payments".into() });
+    }
+    if body.crash_after_credit {
+        state.engine.payment_fault(PaymentFault::CrashAfterCredit)?;
+    }
+    if body.fail_ledger_appends > 0 {
+        state.engine.payment_fault(PaymentFault::Ledger(CreditFault::FailLogAppends(body.fail_ledger_appends)))?;
+    }
+    if body.delay_credit_replies > 0 {
+        state.engine.payment_fault(PaymentFault::Ledger(CreditFault::DelayCreditReplies {
+            count: body.delay_credit_replies,
+            delay: std::time::Duration::from_millis(body.delay_ms),
+        }))?;
+    }
+    Ok(Json(json!({ "ok": true })))
 }
 
 #[derive(Deserialize)]

@@ -38,7 +38,33 @@ pub fn admin_routes() -> Router<AppState> {
     Router::new()
         .route("/admin/usage", get(admin_usage))
         .route("/admin/ledger/reconcile", post(reconcile))
-        .route("/admin/accounts/{id}/credits", post(add_credits))
+        .route("/admin/accounts/{id}/credits", get(list_credits).post(add_credits))
+}
+
+/// An account's credits and adjustments (refunds, disputes: negative, with their reason).
+async fn list_credits(
+    State(state): State<AppState>,
+    _op: Operator,
+    Path(account_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let data: Vec<Value> = state
+        .engine
+        .credits(&account_id)
+        .await?
+        .into_iter()
+        .map(|c| {
+            json!({
+                "id": c.id,
+                "amount_usd": usd(c.amount_units),
+                "kind": if c.amount_units < 0 { "adjustment" } else { "credit" },
+                "source": c.source,
+                "reference": c.reference,
+                "note": c.note,
+                "created_at": iso_us(c.created_at_us),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "object": "list", "account_id": account_id, "data": data })))
 }
 
 /// The query parameters of every route here (each reads the ones it documents). One flat
@@ -427,6 +453,6 @@ async fn add_credits(
     Path(account_id): Path<String>,
     JsonBody(req): JsonBody<AddCredits>,
 ) -> Result<Json<Value>, ApiError> {
-    let money = state.engine.add_credit(&account_id, req.amount_usd, "manual", None, req.note).await?;
+    let money = state.engine.add_credit(&account_id, req.amount_usd, "manual", None, req.note).await?.money;
     Ok(Json(json!({ "ok": true, "account_id": account_id, "balance_usd": usd(money.balance_units()) })))
 }

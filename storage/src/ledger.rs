@@ -57,6 +57,10 @@ pub struct LedgerStore {
     usage_by_key: sled::Tree,
     /// (account_id, workspace, created_at_us, id) → the row's key.
     usage_by_workspace: sled::Tree,
+    /// A credit's id → its key in `credits`. Credit ids are unique: the key of `credits` starts
+    /// with the time it was logged, so without this index the same payment credited twice
+    /// (a retry logged a moment later) would be two keys and two credits.
+    credits_by_id: sled::Tree,
 }
 
 pub fn usage_key(row: &UsageRow) -> Vec<u8> {
@@ -129,7 +133,47 @@ impl LedgerStore {
             rollups: Collection::open(db)?,
             usage_by_key: db.open_tree("usage_by_key")?,
             usage_by_workspace: db.open_tree("usage_by_workspace")?,
+            credits_by_id: db.open_tree("credits_by_id")?,
         })
+        .and_then(|store| {
+            store.backfill_credit_index()?;
+            Ok(store)
+        })
+    }
+
+    /// Stores written before the `credits_by_id` index existed: index their credits once.
+    fn backfill_credit_index(&self) -> Result<(), StorageError> {
+        if self.credits_by_id.len() >= self.credits.len() {
+            return Ok(());
+        }
+        for entry in self.credits.tree().iter() {
+            let (key, value) = entry?;
+            let credit = decode::<Credit>(&value)?;
+            self.credits_by_id.insert(credit.id.as_bytes(), key)?;
+        }
+        Ok(())
+    }
+
+    /// The credit (or adjustment) with this id, committed.
+    pub fn credit_by_id(&self, id: &str) -> Result<Option<Credit>, StorageError> {
+        match self.credits_by_id.get(id.as_bytes())? {
+            Some(key) => match self.credits.tree().get(key)? {
+                Some(bytes) => Ok(Some(decode::<Credit>(&bytes)?)),
+                None => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// Every committed credit and adjustment, for the ledger to know at start which payments
+    /// are already credited.
+    pub fn all_credits(&self) -> Result<Vec<Credit>, StorageError> {
+        self.credits.all()
+    }
+
+    /// An account's credits and adjustments, oldest first.
+    pub fn account_credits(&self, account_id: &str) -> Result<Vec<Credit>, StorageError> {
+        self.credits.scan_prefix(&(account_id,))
     }
 
     /// Applies a batch atomically. Events already applied (same key) are skipped, so replaying
@@ -140,10 +184,11 @@ impl LedgerStore {
             &self.usage_by_key,
             &self.usage_by_workspace,
             self.credits.tree(),
+            &self.credits_by_id,
             self.balances.tree(),
             self.rollups.tree(),
         );
-        let result = trees.transaction(|(usage, by_key, by_workspace, credits, balances, rollups)| {
+        let result = trees.transaction(|(usage, by_key, by_workspace, credits, credits_by_id, balances, rollups)| {
             let mut applied = 0;
             let mut balance_deltas: HashMap<&str, Balance> = HashMap::new();
             let mut cells: HashMap<Vec<u8>, RollupCell> = HashMap::new();
@@ -179,10 +224,13 @@ impl LedgerStore {
                             .add(row);
                     }
                     LedgerEvent::Credit(credit) => {
-                        let key = credit_key(credit);
-                        if credits.get(&key)?.is_some() {
+                        // By id, not by key: the same payment logged twice (at two times) is
+                        // one credit. The index write is visible to the rest of this batch.
+                        if credits_by_id.get(credit.id.as_bytes())?.is_some() {
                             continue;
                         }
+                        let key = credit_key(credit);
+                        credits_by_id.insert(credit.id.as_bytes(), key.clone())?;
                         tx_put(credits, key, credit)?;
                         let delta = balance_deltas.entry(&credit.account_id).or_default();
                         delta.credited_units += credit.amount_units;
@@ -377,6 +425,26 @@ mod tests {
         assert_eq!(cells.len(), 2);
         assert_eq!(cells.iter().map(|c| c.charged_units).sum::<i64>(), 100);
         assert_eq!(store.ledger.rollups("a", 1, 1).unwrap().len(), 1, "days are ranges");
+    }
+
+    #[test]
+    fn a_credit_id_counts_once_whenever_and_however_often_it_is_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let at = |id: &str, amount: i64, t: i64| {
+            let LedgerEvent::Credit(mut c) = credit("a", id, amount) else { unreachable!() };
+            c.created_at_us = t;
+            LedgerEvent::Credit(c)
+        };
+        // Twice in one batch, at different times: one credit.
+        assert_eq!(store.ledger.apply(&[at("pi_1", 500, 10), at("pi_1", 500, 11)]).unwrap(), 1);
+        // Again in a later batch: none.
+        assert_eq!(store.ledger.apply(&[at("pi_1", 500, 12), at("refund:ch_1:100", -100, 13)]).unwrap(), 1);
+        let balance = store.ledger.balances.get(&"a").unwrap().unwrap();
+        assert_eq!((balance.credited_units, balance.credits), (400, 2));
+        assert_eq!(store.ledger.recompute("a").unwrap(), balance);
+        assert_eq!(store.ledger.credit_by_id("pi_1").unwrap().unwrap().created_at_us, 10);
+        assert_eq!(store.ledger.account_credits("a").unwrap().len(), 2);
     }
 
     #[test]

@@ -146,15 +146,20 @@ impl Record for UsageRow {
     const FORMAT_VERSION: u8 = 2;
 }
 
-/// Money added to an account. Key: (account_id, created_at_us, id).
+/// Money added to (or, for an adjustment, taken back from) an account. Key: (account_id,
+/// created_at_us, id); the `credits_by_id` index makes `id` unique across the ledger.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Credit {
+    /// Unique: a processor payment's credit uses the payment id, so a payment is credited
+    /// once; an adjustment uses `refund:{charge}:{cumulative cents}` or `dispute:{dispute}`.
     pub id: String,
     pub account_id: String,
+    /// Negative for adjustments (refunds, disputes).
     pub amount_units: i64,
-    /// "manual", "checkout", "top_up" or "auto_pay".
+    /// "manual", "checkout", "top_up" or "auto_pay"; adjustments: "refund" or "dispute".
     pub source: String,
-    /// The payment processor's id for the payment, when there was one (idempotency).
+    /// The payment processor's id for the payment, when there was one (idempotency). An
+    /// adjustment references the payment it takes back from.
     pub reference: Option<String>,
     pub note: Option<String>,
     pub created_at_us: i64,
@@ -284,5 +289,30 @@ pub struct BillingProfile {
 }
 impl Record for BillingProfile {
     const TREE: &'static str = "billing_profiles";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// One off-session card charge (a top-up or an auto pay), stored before Stripe is asked so
+/// that a lost answer can be resolved later: retries reuse `idempotency_key`, and the
+/// webhook or the reconciler finds the PaymentIntent by the `attempt_id` in its metadata.
+/// Key: (account_id, id).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PaymentAttempt {
+    pub id: String,
+    pub account_id: String,
+    pub amount_cents: i64,
+    /// "top_up" or "auto_pay".
+    pub kind: String,
+    pub idempotency_key: String,
+    /// "pending" (asking Stripe), "succeeded" (credited), "failed" (declined: nothing was
+    /// charged) or "unknown" (no answer: Stripe may or may not have charged).
+    pub status: String,
+    pub payment_intent_id: Option<String>,
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+impl Record for PaymentAttempt {
+    const TREE: &'static str = "payment_attempts";
     const FORMAT_VERSION: u8 = 1;
 }

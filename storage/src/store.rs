@@ -3,7 +3,7 @@ use std::{fs::File, path::Path, sync::Arc};
 use crate::{
     flusher::{Flusher, FlusherStatus},
     ledger::LedgerStore,
-    records::{Account, ApiKey, BillingProfile, LocalEndpoint, ProviderKey, Session, Workspace},
+    records::{Account, ApiKey, BillingProfile, LocalEndpoint, PaymentAttempt, ProviderKey, Session, Workspace},
     Collection, StorageError,
 };
 
@@ -25,6 +25,8 @@ pub struct Store {
     pub provider_keys: Collection<ProviderKey>,
     pub local_endpoints: Collection<LocalEndpoint>,
     pub billing: Collection<BillingProfile>,
+    /// Card charges in flight or done (see [`PaymentAttempt`]).
+    pub payment_attempts: Collection<PaymentAttempt>,
     data_dir: std::path::PathBuf,
     /// The only caller of sled's flush (see `flusher.rs`).
     flusher: Arc<Flusher>,
@@ -54,6 +56,7 @@ impl Store {
             provider_keys: Collection::open(&db)?,
             local_endpoints: Collection::open(&db)?,
             billing: Collection::open(&db)?,
+            payment_attempts: Collection::open(&db)?,
             data_dir: data_dir.to_path_buf(),
             meta,
             flusher,

@@ -31,6 +31,8 @@ pub struct Wal {
     next_seq: u64,
     bytes_in_segment: u64,
     opened_at: Instant,
+    /// Test-only fault: this many next appends fail as a full disk would, writing nothing.
+    failing_appends: u32,
 }
 
 /// A segment the writer has moved past, waiting to be applied and removed.
@@ -94,12 +96,20 @@ impl Wal {
             next_seq: next_seq + 1,
             bytes_in_segment: 0,
             opened_at: Instant::now(),
+            failing_appends: 0,
         };
         Ok((wal, leftovers))
     }
 
     /// Appends one event. When this returns, a crash of the process cannot lose it.
     pub fn append(&mut self, event: &LedgerEvent) -> Result<(), StorageError> {
+        if self.failing_appends > 0 {
+            self.failing_appends -= 1;
+            return Err(StorageError::Io {
+                path: self.current_path.display().to_string(),
+                source: std::io::Error::other("injected fault: no space left on device"),
+            });
+        }
         let payload = serde_json::to_vec(event)
             .map_err(|e| StorageError::Corrupt { tree: "ledger-wal".into(), detail: e.to_string() })?;
         let mut record = Vec::with_capacity(payload.len() + 8);
@@ -110,6 +120,11 @@ impl Wal {
         (&*self.current).write_all(&record).map_err(io(&self.current_path))?;
         self.bytes_in_segment += record.len() as u64;
         Ok(())
+    }
+
+    /// Test-only (fault injection): the next `n` appends fail and write nothing.
+    pub fn fail_next_appends(&mut self, n: u32) {
+        self.failing_appends = n;
     }
 
     /// Makes everything appended so far durable against power loss.

@@ -106,6 +106,10 @@ struct Ledger {
     methods: HashMap<String, Value>,
     idempotent: HashMap<String, Saved>,
     decline_next: Option<String>,
+    /// Responses to these paths are cut off after the request was carried out (a lost answer).
+    lose_responses: HashMap<String, u32>,
+    /// Charge id → cents refunded so far.
+    refunded: HashMap<String, i64>,
     charges: Vec<Value>,
     requests: Vec<RecordedRequest>,
 }
@@ -183,7 +187,7 @@ impl FakeStripe {
             "id": payment_intent_id, "object": "payment_intent", "amount": amount, "amount_received": amount,
             "currency": "usd", "customer": customer, "payment_method": payment_method_id, "status": "succeeded",
             "setup_future_usage": setup_future_usage, "latest_charge": charge_id, "metadata": intent_metadata,
-            "livemode": false,
+            "created": now(), "livemode": false,
         });
         st.intents.insert(payment_intent_id.clone(), intent);
         let session = st.sessions.get_mut(session_id).unwrap();
@@ -197,6 +201,69 @@ impl FakeStripe {
     /// this `decline_code` (e.g. `insufficient_funds`).
     pub fn decline_next_charge(&self, decline_code: &str) {
         self.state().decline_next = Some(decline_code.to_owned());
+    }
+
+    /// The next `n` answers to `path` (e.g. `/v1/payment_intents`) are lost: the request is
+    /// carried out (and saved under its idempotency key), then the connection breaks before
+    /// the body arrives, as when a network drops an answer.
+    pub fn lose_responses(&self, path: &str, n: u32) {
+        self.state().lose_responses.insert(path.to_owned(), n);
+    }
+
+    /// Every PaymentIntent, checkout payments included.
+    pub fn payment_intents(&self) -> Vec<Value> {
+        self.state().intents.values().cloned().collect()
+    }
+
+    fn event(st: &mut Ledger, kind: &str, object: Value) -> Vec<u8> {
+        let id = st.id("evt");
+        let event = json!({
+            "id": id, "object": "event", "type": kind, "api_version": "2024-06-20", "created": now(),
+            "livemode": false, "pending_webhooks": 1, "data": {"object": object},
+        });
+        serde_json::to_vec(&event).unwrap()
+    }
+
+    /// The `payment_intent.succeeded` event Stripe would post for a PaymentIntent.
+    pub fn payment_intent_succeeded_event(&self, payment_intent_id: &str) -> Vec<u8> {
+        let mut st = self.state();
+        let intent = st.intents.get(payment_intent_id).cloned().expect("a PaymentIntent");
+        assert_eq!(intent["status"], "succeeded");
+        Self::event(&mut st, "payment_intent.succeeded", intent)
+    }
+
+    /// Refunds `amount_cents` of a PaymentIntent's charge (as the dashboard would) and returns
+    /// the `charge.refunded` event; `amount_refunded` is the charge's running total.
+    pub fn refund(&self, payment_intent_id: &str, amount_cents: i64) -> Vec<u8> {
+        let mut st = self.state();
+        let intent = st.intents.get(payment_intent_id).cloned().expect("a PaymentIntent");
+        let charge_id = intent["latest_charge"].as_str().expect("a charge").to_owned();
+        let amount = intent["amount_received"].as_i64().unwrap();
+        let total = st.refunded.entry(charge_id.clone()).or_default();
+        *total = (*total + amount_cents).min(amount);
+        let total = *total;
+        let charge = json!({
+            "id": charge_id, "object": "charge", "amount": amount, "amount_captured": amount,
+            "amount_refunded": total, "refunded": total == amount, "captured": true, "paid": true,
+            "currency": "usd", "customer": intent["customer"], "payment_intent": payment_intent_id,
+            "payment_method": intent["payment_method"], "status": "succeeded", "metadata": {},
+            "livemode": false,
+        });
+        Self::event(&mut st, "charge.refunded", charge)
+    }
+
+    /// The cardholder disputes a PaymentIntent's charge: the `charge.dispute.created` event.
+    pub fn dispute(&self, payment_intent_id: &str, reason: &str) -> Vec<u8> {
+        let mut st = self.state();
+        let intent = st.intents.get(payment_intent_id).cloned().expect("a PaymentIntent");
+        let dispute_id = st.id("dp");
+        let dispute = json!({
+            "id": dispute_id, "object": "dispute", "amount": intent["amount_received"],
+            "charge": intent["latest_charge"], "payment_intent": payment_intent_id, "currency": "usd",
+            "reason": reason, "status": "needs_response", "is_charge_refundable": false,
+            "created": now(), "metadata": {}, "livemode": false,
+        });
+        Self::event(&mut st, "charge.dispute.created", dispute)
     }
 
     /// PaymentIntents confirmed through the API that succeeded, in order (replays are not
@@ -283,6 +350,23 @@ async fn handle(
 ) -> Response {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let (status, body, replayed) = serve(&inner, &method, &uri, &text, &body);
+    let lose = {
+        let mut st = inner.state.lock().unwrap();
+        match st.lose_responses.get_mut(uri.path()) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    };
+    if lose {
+        // Headers go out, then the body fails: the client sees a broken answer.
+        let broken = futures_util::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::other("the fake Stripe dropped this answer"))
+        });
+        return (status, axum::body::Body::from_stream(broken)).into_response();
+    }
     let mut response = (status, Json(body)).into_response();
     if replayed {
         response.headers_mut().insert("idempotent-replayed", "true".parse().unwrap());
@@ -505,6 +589,7 @@ fn route(inner: &Inner, st: &mut Ledger, method: &Method, path: &str, pairs: &[P
         ("POST", ["v1", "payment_intents"]) => {
             return create_intent(st, pairs, params).unwrap_or_else(|reply| reply);
         }
+        ("GET", ["v1", "payment_intents"]) => list_intents(st, pairs, params),
         ("GET", ["v1", "payment_intents", id]) => {
             st.intents.get(*id).cloned().ok_or_else(|| no_such("payment_intent", id, "intent"))
         }
@@ -755,6 +840,48 @@ fn create_intent(st: &mut Ledger, pairs: &[Pair], params: &Value) -> Result<Repl
     st.intents.insert(id, intent.clone());
     st.charges.push(intent.clone());
     Ok((StatusCode::OK, intent))
+}
+
+/// `GET /v1/payment_intents`: newest first, filtered by `customer` and `created[gte|gt|lte|lt]`,
+/// paged by `limit` (1..=100, default 10) and `starting_after`.
+fn list_intents(st: &Ledger, pairs: &[Pair], params: &Value) -> Result<Value, Reply> {
+    let allowed = ["customer", "created[gte]", "created[gt]", "created[lte]", "created[lt]", "limit", "starting_after"];
+    if let Some(reply) = unknown_param(pairs, &allowed) {
+        return Err(reply);
+    }
+    let limit = integer(params, "/limit", "limit")?.unwrap_or(10);
+    if !(1..=100).contains(&limit) {
+        return Err(invalid(None, Some("limit"), "limit must be between 1 and 100"));
+    }
+    let bound = |op: &str| integer(params, &format!("/created/{op}"), &format!("created[{op}]"));
+    let (gte, gt, lte, lt) = (bound("gte")?, bound("gt")?, bound("lte")?, bound("lt")?);
+    let customer = string(params, "customer");
+    let mut intents: Vec<&Value> = st
+        .intents
+        .values()
+        .filter(|i| customer.is_none_or(|c| i["customer"] == c))
+        .filter(|i| {
+            let created = i["created"].as_i64().unwrap_or(0);
+            gte.is_none_or(|t| created >= t)
+                && gt.is_none_or(|t| created > t)
+                && lte.is_none_or(|t| created <= t)
+                && lt.is_none_or(|t| created < t)
+        })
+        .collect();
+    intents.sort_by(|a, b| {
+        let key = |i: &Value| (i["created"].as_i64().unwrap_or(0), i["id"].as_str().unwrap_or("").to_owned());
+        key(b).cmp(&key(a))
+    });
+    if let Some(after) = string(params, "starting_after") {
+        let pos = intents
+            .iter()
+            .position(|i| i["id"] == after)
+            .ok_or_else(|| no_such("payment_intent", after, "starting_after"))?;
+        intents.drain(..=pos);
+    }
+    let has_more = intents.len() > limit as usize;
+    intents.truncate(limit as usize);
+    Ok(json!({ "object": "list", "url": "/v1/payment_intents", "has_more": has_more, "data": intents }))
 }
 
 fn detach(st: &mut Ledger, id: &str, pairs: &[Pair]) -> Result<Value, Reply> {

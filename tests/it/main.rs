@@ -15,6 +15,7 @@ mod foundation;
 mod hostile;
 mod keys_and_workspaces;
 mod ledger;
+mod money_once;
 mod payments;
 mod rate_limits;
 mod sdk_clients;

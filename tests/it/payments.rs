@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokaroo_actors::payments::{
     self, CardInfo, ChargeRequest, CheckoutRequest, CompletedCheckout, PaymentError, PaymentProcessor, PaymentSettings,
+    ProcessorPayment, WebhookEvent,
 };
 use tokaroo_actors::providers::http::client;
 
@@ -32,6 +33,8 @@ fn charge(customer_id: &str, payment_method_id: &str, amount_cents: i64, key: &s
         amount_cents,
         idempotency_key: key.into(),
         account_id: "acc_1".into(),
+        attempt_id: format!("att-{key}"),
+        kind: "top_up".into(),
     }
 }
 
@@ -148,6 +151,77 @@ async fn an_off_session_charge_with_a_repeated_idempotency_key_charges_once() {
     assert_eq!(stripe.charges().len(), 2);
 }
 
+/// The answer to a charge is lost after Stripe charged: a retry with the same idempotency key
+/// gets the same PaymentIntent (a replay), never a second charge; the PaymentIntent carries
+/// the attempt in its metadata and is listed for the customer.
+#[tokio::test]
+async fn a_lost_charge_answer_is_replayed_under_its_key_and_listed_with_its_attempt() {
+    let stripe = FakeStripe::start().await;
+    let payments = stripe.processor();
+    let (customer, _, paid) = customer_with_card(&stripe, &payments, TestCard::VISA).await;
+    let card = paid.payment_method_id;
+    let since = now() - 60;
+
+    stripe.lose_responses("/v1/payment_intents", 1);
+    let lost = payments.charge_saved_card(charge(&customer, &card, 2000, "topup-lost")).await.unwrap_err();
+    assert_eq!(lost.code(), "payment_processor_error", "{lost:?}");
+    assert_eq!(stripe.charges().len(), 1, "Stripe charged although the answer was lost");
+    let retried = payments.charge_saved_card(charge(&customer, &card, 2000, "topup-lost")).await.unwrap();
+    assert_eq!(retried.payment_id, stripe.charges()[0]["id"].as_str().unwrap());
+    assert_eq!(stripe.charges().len(), 1, "the retry is a replay");
+
+    let listed = payments.recent_payments(&customer, since).await.unwrap();
+    assert_eq!(listed.len(), 2, "the checkout's payment and the top-up: {listed:?}");
+    assert_eq!(
+        listed[0],
+        ProcessorPayment {
+            payment_id: retried.payment_id.clone(),
+            amount_cents: 2000,
+            succeeded: true,
+            account_id: Some("acc_1".into()),
+            attempt_id: Some("att-topup-lost".into()),
+        }
+    );
+    assert_eq!(listed[1].attempt_id, None, "checkout payments carry no attempt");
+    let request = stripe.requests().pop().unwrap();
+    assert_eq!((request.method.as_str(), request.path.as_str()), ("GET", "/v1/payment_intents"));
+    assert_eq!(request.params["customer"], customer.as_str());
+    assert_eq!(request.params["created"]["gte"], since.to_string().as_str());
+    assert!(payments.recent_payments(&customer, now() + 60).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn payment_refund_and_dispute_webhooks_read_as_events() {
+    let stripe = FakeStripe::start().await;
+    let payments = stripe.processor();
+    let (customer, _, paid) = customer_with_card(&stripe, &payments, TestCard::VISA).await;
+    let charged = payments.charge_saved_card(charge(&customer, &paid.payment_method_id, 1500, "k1")).await.unwrap();
+    let now = now();
+    let parse = |payload: Vec<u8>| {
+        payments.parse_webhook(&payload, &sign_webhook(&payload, WEBHOOK_SECRET, now), now).unwrap().unwrap()
+    };
+    let WebhookEvent::PaymentSucceeded(p) = parse(stripe.payment_intent_succeeded_event(&charged.payment_id)) else {
+        panic!("a payment")
+    };
+    assert_eq!(
+        (p.payment_id.as_str(), p.amount_cents, p.attempt_id.as_deref()),
+        (charged.payment_id.as_str(), 1500, Some("att-k1"))
+    );
+    parse(stripe.refund(&charged.payment_id, 500));
+    let WebhookEvent::Refunded { payment_id, total_refunded_cents, .. } =
+        parse(stripe.refund(&charged.payment_id, 300))
+    else {
+        panic!("a refund")
+    };
+    assert_eq!((payment_id.as_str(), total_refunded_cents), (charged.payment_id.as_str(), 800), "a running total");
+    let WebhookEvent::Disputed { payment_id, amount_cents, reason, .. } =
+        parse(stripe.dispute(&charged.payment_id, "fraudulent"))
+    else {
+        panic!("a dispute")
+    };
+    assert_eq!((payment_id.as_str(), amount_cents, reason.as_str()), (charged.payment_id.as_str(), 1500, "fraudulent"));
+}
+
 #[tokio::test]
 async fn a_declined_charge_is_card_declined_with_stripes_codes() {
     let stripe = FakeStripe::start().await;
@@ -234,14 +308,14 @@ async fn webhooks_are_accepted_only_with_a_valid_recent_signature() {
     let completed = payments.parse_webhook(&payload, &sign_webhook(&payload, WEBHOOK_SECRET, now), now).unwrap();
     assert_eq!(
         completed,
-        Some(CompletedCheckout {
+        Some(WebhookEvent::CheckoutCompleted(CompletedCheckout {
             session_id: session_id.clone(),
             payment_id: paid.payment_intent_id,
             amount_cents: 2500,
             account_id: "acc_1".into(),
             payment_method_id: None,
             card: None,
-        })
+        }))
     );
 
     let tampered = String::from_utf8(payload.clone()).unwrap().replace("2500", "250000");

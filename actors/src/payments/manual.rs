@@ -5,7 +5,7 @@ use futures_util::future::BoxFuture;
 
 use super::{
     CardInfo, Charge, ChargeRequest, CheckoutRequest, CheckoutSession, CompletedCheckout, PaymentError,
-    PaymentProcessor,
+    PaymentProcessor, ProcessorPayment, WebhookEvent,
 };
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -51,12 +51,20 @@ impl PaymentProcessor for ManualProcessor {
         refuse()
     }
 
+    fn recent_payments(
+        &self,
+        _customer_id: &str,
+        _since_unix: i64,
+    ) -> BoxFuture<'_, Result<Vec<ProcessorPayment>, PaymentError>> {
+        refuse()
+    }
+
     fn parse_webhook(
         &self,
         _payload: &[u8],
         _signature_header: &str,
         _now_unix: i64,
-    ) -> Result<Option<CompletedCheckout>, PaymentError> {
+    ) -> Result<Option<WebhookEvent>, PaymentError> {
         Err(not_supported())
     }
 }

@@ -59,6 +59,46 @@ pub struct ChargeRequest {
     /// the first attempt's result instead of charging again. At most 255 characters.
     pub idempotency_key: String,
     pub account_id: String,
+    /// Our [`PaymentAttempt`](tokaroo_storage::records::PaymentAttempt) id and kind, kept in
+    /// the payment's metadata so that a webhook or the reconciler can find the attempt whose
+    /// answer was lost.
+    pub attempt_id: String,
+    pub kind: String,
+}
+
+/// A payment as the processor lists or reports it (a PaymentIntent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessorPayment {
+    pub payment_id: String,
+    /// Received so far (the whole amount once it succeeded).
+    pub amount_cents: i64,
+    pub succeeded: bool,
+    /// From the payment's metadata: absent on payments this server did not make.
+    pub account_id: Option<String>,
+    /// Set on off-session charges ([`ChargeRequest::attempt_id`]); checkout payments have none.
+    pub attempt_id: Option<String>,
+}
+
+/// A webhook event this server acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookEvent {
+    CheckoutCompleted(CompletedCheckout),
+    /// A payment succeeded (`payment_intent.succeeded`): credits an attempt whose answer was lost.
+    PaymentSucceeded(ProcessorPayment),
+    /// Money given back (`charge.refunded`). Stripe reports the charge's running total, so
+    /// partial refunds arrive as growing totals.
+    Refunded {
+        charge_id: String,
+        payment_id: String,
+        total_refunded_cents: i64,
+    },
+    /// The cardholder disputed the payment (`charge.dispute.created`): its amount is withdrawn.
+    Disputed {
+        dispute_id: String,
+        payment_id: String,
+        amount_cents: i64,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,15 +170,23 @@ pub trait PaymentProcessor: Send + Sync {
 
     fn detach_card(&self, payment_method_id: &str) -> BoxFuture<'_, Result<(), PaymentError>>;
 
+    /// A customer's payments created at or after `since_unix`, newest first (the reconciler
+    /// looks for succeeded ones whose answer was lost).
+    fn recent_payments(
+        &self,
+        customer_id: &str,
+        since_unix: i64,
+    ) -> BoxFuture<'_, Result<Vec<ProcessorPayment>, PaymentError>>;
+
     /// Verifies a webhook's `Stripe-Signature` header against the raw body and returns the
-    /// completed checkout it reports, if any. Events of other types, and checkouts that this
-    /// server did not create, are `Ok(None)`: acknowledge them so they are not redelivered.
+    /// event it reports, if we act on it. Events of other types, and objects that this server
+    /// did not create, are `Ok(None)`: acknowledge them so they are not redelivered.
     fn parse_webhook(
         &self,
         payload: &[u8],
         signature_header: &str,
         now_unix: i64,
-    ) -> Result<Option<CompletedCheckout>, PaymentError>;
+    ) -> Result<Option<WebhookEvent>, PaymentError>;
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

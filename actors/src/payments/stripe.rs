@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 
 use super::{
     CardInfo, Charge, ChargeRequest, CheckoutRequest, CheckoutSession, CompletedCheckout, PaymentError,
-    PaymentProcessor,
+    PaymentProcessor, ProcessorPayment, WebhookEvent,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.stripe.com";
@@ -27,6 +27,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const SIGNATURE_TOLERANCE_SECS: u64 = 300;
 const CURRENCY: &str = "usd";
 const PRODUCT_NAME: &str = "Tokaroo credits";
+/// Stripe's largest page of a list.
+const LIST_PAGE: &str = "100";
+/// Pages read per listing at most: the reconciler looks at days, not years.
+const LIST_MAX_PAGES: usize = 20;
 
 pub struct StripeProcessor {
     http: reqwest::Client,
@@ -140,6 +144,8 @@ impl PaymentProcessor for StripeProcessor {
                 ("confirm", "true"),
                 ("description", PRODUCT_NAME),
                 ("metadata[account_id]", &req.account_id),
+                ("metadata[attempt_id]", &req.attempt_id),
+                ("metadata[kind]", &req.kind),
             ]);
             let intent = self.post("/v1/payment_intents", form, Some(&req.idempotency_key)).await?;
             let payment_id = text(&intent, "id", "payment")?;
@@ -176,12 +182,42 @@ impl PaymentProcessor for StripeProcessor {
         })
     }
 
+    fn recent_payments(
+        &self,
+        customer_id: &str,
+        since_unix: i64,
+    ) -> BoxFuture<'_, Result<Vec<ProcessorPayment>, PaymentError>> {
+        let customer_id = customer_id.to_owned();
+        Box::pin(async move {
+            let mut out = Vec::new();
+            let mut after: Option<String> = None;
+            for _ in 0..LIST_MAX_PAGES {
+                let since = since_unix.to_string();
+                let mut query =
+                    vec![("customer", customer_id.as_str()), ("created[gte]", since.as_str()), ("limit", LIST_PAGE)];
+                if let Some(after) = &after {
+                    query.push(("starting_after", after));
+                }
+                let page = self.get(&format!("/v1/payment_intents?{}", encode(&query))).await?;
+                let intents = page["data"].as_array().cloned().unwrap_or_default();
+                for intent in &intents {
+                    out.push(processor_payment(intent)?);
+                }
+                match (page["has_more"].as_bool(), out.last()) {
+                    (Some(true), Some(last)) => after = Some(last.payment_id.clone()),
+                    _ => break,
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn parse_webhook(
         &self,
         payload: &[u8],
         signature_header: &str,
         now_unix: i64,
-    ) -> Result<Option<CompletedCheckout>, PaymentError> {
+    ) -> Result<Option<WebhookEvent>, PaymentError> {
         let Some(secret) = &self.webhook_secret else {
             return Err(PaymentError::NotSupported(
                 "Stripe webhooks are not configured on this server (stripe_webhook_secret)".into(),
@@ -197,7 +233,37 @@ impl PaymentProcessor for StripeProcessor {
                 if session["metadata"]["account_id"].as_str().is_none() {
                     return Ok(None);
                 }
-                completed_checkout(session)
+                Ok(completed_checkout(session)?.map(WebhookEvent::CheckoutCompleted))
+            }
+            Some("payment_intent.succeeded") => {
+                let payment = processor_payment(&event["data"]["object"])?;
+                Ok(payment.account_id.is_some().then_some(WebhookEvent::PaymentSucceeded(payment)))
+            }
+            Some("charge.refunded") => {
+                // A Charge; `amount_refunded` is the running total over all its refunds.
+                let charge = &event["data"]["object"];
+                let (Some(payment_id), Some(total)) =
+                    (charge["payment_intent"].as_str(), charge["amount_refunded"].as_i64())
+                else {
+                    return Ok(None); // a charge made without a PaymentIntent is not ours
+                };
+                Ok(Some(WebhookEvent::Refunded {
+                    charge_id: text(charge, "id", "charge")?,
+                    payment_id: payment_id.to_owned(),
+                    total_refunded_cents: total,
+                }))
+            }
+            Some("charge.dispute.created") => {
+                let dispute = &event["data"]["object"];
+                let Some(payment_id) = dispute["payment_intent"].as_str() else { return Ok(None) };
+                Ok(Some(WebhookEvent::Disputed {
+                    dispute_id: text(dispute, "id", "dispute")?,
+                    payment_id: payment_id.to_owned(),
+                    amount_cents: dispute["amount"]
+                        .as_i64()
+                        .ok_or_else(|| PaymentError::Upstream("Stripe's dispute has no `amount`".into()))?,
+                    reason: dispute["reason"].as_str().unwrap_or("unspecified").to_owned(),
+                }))
             }
             _ => Ok(None),
         }
@@ -352,6 +418,19 @@ fn completed_checkout(session: &Value) -> Result<Option<CompletedCheckout>, Paym
         _ => (None, None),
     };
     Ok(Some(CompletedCheckout { session_id, payment_id, amount_cents, account_id, payment_method_id, card }))
+}
+
+/// A PaymentIntent as a [`ProcessorPayment`].
+fn processor_payment(intent: &Value) -> Result<ProcessorPayment, PaymentError> {
+    let succeeded = intent["status"] == "succeeded";
+    let metadata = |field: &str| intent["metadata"][field].as_str().map(str::to_owned);
+    Ok(ProcessorPayment {
+        payment_id: text(intent, "id", "payment")?,
+        amount_cents: intent["amount_received"].as_i64().filter(|_| succeeded).unwrap_or(0),
+        succeeded,
+        account_id: metadata("account_id"),
+        attempt_id: metadata("attempt_id"),
+    })
 }
 
 fn card_info(payment_method: &Value) -> Result<CardInfo, PaymentError> {
