@@ -58,6 +58,45 @@ pub struct ChatOutcome {
     pub latency_ms: u64,
 }
 
+/// A chat no route could serve. `owed` is set when an upstream accepted the request before
+/// failing (its answer timed out after its head arrived): it worked on the prompt and bills
+/// it, so the request still pays for that prompt. Its `earlier_attempts_usd` carries the
+/// prompts of any other such attempts.
+pub struct ChatFailure {
+    pub error: EngineError,
+    pub owed: Option<RouteRecord>,
+}
+
+impl From<EngineError> for ChatFailure {
+    fn from(error: EngineError) -> Self {
+        Self { error, owed: None }
+    }
+}
+
+/// The prompts of attempts an upstream accepted but never answered in full.
+#[derive(Default)]
+struct Owed {
+    route: Option<RouteRecord>,
+    usd: f64,
+}
+
+impl Owed {
+    fn add(&mut self, route: &Route, req: &ChatRequest, failed: &[String], baseline: &Option<CatalogModel>) {
+        let this = record(route, req, failed, baseline);
+        self.usd += this.cost_usd(Usage { prompt_tokens: req.prompt_tokens(), completion_tokens: 0 });
+        self.route.get_or_insert(this);
+    }
+
+    fn failure(self, req: &ChatRequest, error: EngineError) -> ChatFailure {
+        let owed = self.route.map(|mut route| {
+            let own = route.cost_usd(Usage { prompt_tokens: req.prompt_tokens(), completion_tokens: 0 });
+            route.earlier_attempts_usd = (self.usd - own).max(0.0);
+            route
+        });
+        ChatFailure { error, owed }
+    }
+}
+
 pub struct StreamOutcome {
     pub route: RouteRecord,
     /// Starts with the first upstream delta already received, so fallback stayed invisible.
@@ -261,9 +300,10 @@ pub(crate) fn unavailable(last: &ProviderError) -> EngineError {
 
 impl Router {
     /// Serves a request on routes from [`Router::plan`].
-    pub async fn chat(&self, req: &ChatRequest, scope: &Scope, routes: Vec<Route>) -> Result<ChatOutcome, EngineError> {
+    pub async fn chat(&self, req: &ChatRequest, scope: &Scope, routes: Vec<Route>) -> Result<ChatOutcome, ChatFailure> {
         let baseline = self.baseline_model(req);
         let mut attempts = Attempts::default();
+        let mut owed = Owed::default();
         let mut pending = routes.iter();
         while let Some(route) = attempts.next_route(&mut pending) {
             let started = Instant::now();
@@ -278,13 +318,19 @@ impl Router {
                             outcome = better;
                         }
                     }
+                    outcome.route.earlier_attempts_usd += owed.usd;
                     return Ok(outcome);
                 }
-                Err(error) if moves_on(&error) => attempts.record_failure(route, error),
-                Err(error) => return Err(upstream_error(error)),
+                Err(error) if moves_on(&error) => {
+                    if matches!(error, ProviderError::TimeoutAfterAccept) {
+                        owed.add(route, req, &attempts.failed, &baseline);
+                    }
+                    attempts.record_failure(route, error)
+                }
+                Err(error) => return Err(owed.failure(req, upstream_error(error))),
             }
         }
-        Err(attempts.exhausted())
+        Err(owed.failure(req, attempts.exhausted()))
     }
 
     fn outcome(

@@ -10,7 +10,7 @@ use tokaroo_storage::{
 use crate::{
     billing::{units_to_usd, usd_to_units, Charge},
     chat::{ChatRequest, Mode, ModelChoice, Usage},
-    gateway::{ChatOutcome, RouteRecord, StreamOutcome},
+    gateway::{ChatFailure, ChatOutcome, RouteRecord, StreamOutcome},
     ledger::{AccountMoney, HoldGuard, LedgerError, Refusal, ReserveRequest},
     router::{Route, Scope},
     Engine, EngineError, KeyEntry,
@@ -138,8 +138,17 @@ impl Engine {
         let scope = scope(key);
         let routes = self.router.plan(req, &scope)?;
         let hold = self.reserve(key, || self.worst_case_units(req, &info, &routes, &scope)).await?;
-        // On failure the hold is dropped, which releases it.
-        let outcome = self.router.chat(req, &scope, routes).await?;
+        // On failure the hold is dropped, which releases it, unless an upstream accepted the
+        // request before failing: then its prompt is settled (it was worked on and billed).
+        let outcome = match self.router.chat(req, &scope, routes).await {
+            Ok(outcome) => outcome,
+            Err(ChatFailure { error, owed: Some(route) }) => {
+                let prompt_only = Usage { prompt_tokens: req.prompt_tokens(), completion_tokens: 0 };
+                self.settle(key, &info, &route, prompt_only, None, false, hold).await?;
+                return Err(error);
+            }
+            Err(failure) => return Err(failure.error),
+        };
         let charge =
             self.settle(key, &info, &outcome.route, outcome.usage, Some(outcome.latency_ms), false, hold).await?;
         Ok(ServedChat { outcome, charge })

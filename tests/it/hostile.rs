@@ -270,3 +270,32 @@ async fn tenants_cannot_lift_their_limits_past_the_operators_caps() {
         assert!(r.text.contains(setting), "{path}: {}", r.text);
     }
 }
+
+#[tokio::test]
+async fn a_request_that_times_out_after_the_upstream_accepted_it_pays_its_prompt() {
+    let fake = Fake::start(OpenAi { models: vec![] }, "sk-fake-openai-stall").await;
+    fake.set(Behavior::StallBody);
+    let gw = Gateway::start_with(
+        Options::default()
+            .env("OPENAI_API_KEY", &fake.key)
+            .env("TOKAROO_OPENAI_BASE_URL", &format!("{}/v1", fake.root))
+            .env("TOKAROO_OPENAI_TIMEOUT_SECS", "1"),
+    )
+    .await;
+    let (account, _, key) = funded_tenant(&gw, "staller", 5.0).await;
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "A prompt the provider read"}]});
+    let r = gw.post("/v1/chat/completions", &key, body).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert!(r.text.contains("timeout_after_accept"), "{}", r.text);
+    let rows = usage_rows(&gw, &account).await;
+    assert_eq!(rows.len(), 1, "the accepted prompt is owed: {rows:?}");
+    assert!(rows[0]["input_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(rows[0]["output_tokens"], 0);
+    assert!(rows[0]["charged_usd"].as_f64().unwrap() > 0.0, "{}", rows[0]);
+
+    // A timeout before the upstream accepted anything costs nothing.
+    fake.set(Behavior::Hang);
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Never read"}]});
+    assert_eq!(gw.post("/v1/chat/completions", &key, body).await.status, 503);
+    assert_eq!(usage_rows(&gw, &account).await.len(), 1);
+}

@@ -127,7 +127,12 @@ pub async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<
         return Err(too_large("the answer", cap));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(map_reqwest_error)? {
+    // The head has arrived: a timeout from here on is one the provider billed the prompt for.
+    let after_accept = |e| match map_reqwest_error(e) {
+        ProviderError::Timeout => ProviderError::TimeoutAfterAccept,
+        other => other,
+    };
+    while let Some(chunk) = response.chunk().await.map_err(after_accept)? {
         if body.len() + chunk.len() > cap {
             return Err(too_large("the answer", cap));
         }

@@ -103,6 +103,10 @@ pub enum ProviderError {
     Connect(String),
     #[error("the provider did not answer in time")]
     Timeout,
+    /// The provider accepted the request (its answer's head arrived) but the rest did not
+    /// arrive in time: it worked on the prompt, and bills it.
+    #[error("the provider accepted the request but its answer did not arrive in time")]
+    TimeoutAfterAccept,
     #[error("the provider answered {status}: {message}")]
     Status { status: u16, message: String, retry_after: Option<Duration> },
     #[error("the provider's answer could not be read: {0}")]
@@ -115,7 +119,9 @@ impl ProviderError {
     /// Worth trying the next candidate: the failure says nothing about the request itself.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Connect(_) | Self::Timeout | Self::Protocol(_) | Self::StreamBroken(_) => true,
+            Self::Connect(_) | Self::Timeout | Self::TimeoutAfterAccept | Self::Protocol(_) | Self::StreamBroken(_) => {
+                true
+            }
             Self::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
         }
     }
@@ -125,6 +131,7 @@ impl ProviderError {
         match self {
             Self::Connect(_) => "connect_error".into(),
             Self::Timeout => "timeout".into(),
+            Self::TimeoutAfterAccept => "timeout_after_accept".into(),
             Self::Status { status, .. } => status.to_string(),
             Self::Protocol(_) => "protocol_error".into(),
             Self::StreamBroken(_) => "stream_broken".into(),

@@ -40,6 +40,9 @@ pub enum Behavior {
     Status { status: u16, retry_after: Option<u64> },
     /// Never answers: the client's timeout must fire.
     Hang,
+    /// Answers 200 and the start of a body, then never finishes it: the upstream accepted
+    /// the request, and the client's timeout fires while reading the answer.
+    StallBody,
     /// Streams: the first piece of the answer, then the connection drops.
     BreakMidStream,
     /// Streams: headers, then the connection drops before any event.
@@ -242,6 +245,15 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             json_response(StatusCode::OK, &Value::Null)
         }
         Behavior::BreakBeforeFirstChunk => sse_response(Vec::new(), Some(0)),
+        Behavior::StallBody => {
+            let start = futures_util::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"{\"id\": ")) });
+            let mut response = Response::new(Body::from_stream(futures_util::StreamExt::chain(
+                start,
+                futures_util::stream::pending(),
+            )));
+            response.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+            response
+        }
         Behavior::BreakMidStream => {
             let events = wire.stream_events(&recorded, &Behavior::Text("This answer will be cut off mid-way"));
             sse_response(events, Some(wire.mid_stream_cut()))
