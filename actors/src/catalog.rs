@@ -34,6 +34,11 @@ pub struct CatalogModel {
     pub deprecated: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit_price: Option<Value>,
+    /// How many times the provider-neutral image estimate (`tokenizer::image_tokens`) this
+    /// model may bill for an image (GPT-4o mini bills images at about 33× GPT-4o's count).
+    /// Used for the hold only; the charge follows the provider's own report.
+    #[serde(default, skip_serializing)]
+    pub image_token_multiplier: Option<f64>,
 }
 
 impl CatalogModel {

@@ -60,6 +60,7 @@ fn local_embedding_model(id: &str) -> CatalogModel {
         latency_class: "fast".into(),
         deprecated: false,
         unit_price: None,
+        image_token_multiplier: None,
     }
 }
 

@@ -73,6 +73,12 @@ impl Engine {
         let baseline = self.router.baseline_model(req);
         // A request is served by one route: the first of each of the first few upstreams, as
         // the gateway skips an upstream that already failed.
+        // Images cost some models many times the provider-neutral estimate.
+        let image_tokens = if req.needs_vision() { crate::tokenizer::request_image_tokens(req) } else { 0 };
+        let prompt_on = |model: &crate::catalog::CatalogModel| {
+            let extra = image_tokens as f64 * (model.image_token_multiplier.unwrap_or(1.0) - 1.0).max(0.0);
+            u32::try_from(u64::from(req.prompt_tokens()).saturating_add(extra as u64)).unwrap_or(u32::MAX)
+        };
         let worst_on = |routes: &[Route]| {
             let mut upstreams_seen: Vec<&str> = Vec::new();
             routes
@@ -85,8 +91,10 @@ impl Engine {
                 })
                 .take(crate::gateway::MAX_ATTEMPTS)
                 .map(|route| {
-                    let usage =
-                        Usage { prompt_tokens: req.prompt_tokens(), completion_tokens: req.output_bound(&route.model) };
+                    let usage = Usage {
+                        prompt_tokens: prompt_on(&route.model),
+                        completion_tokens: req.output_bound(&route.model),
+                    };
                     let record = crate::gateway::record(route, req, &[], &baseline);
                     self.config.pricing.charge(info.tier, &record, usage).charged_units
                 })

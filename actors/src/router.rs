@@ -138,6 +138,7 @@ impl Router {
             latency_class: "fast".into(),
             deprecated: false,
             unit_price: None,
+            image_token_multiplier: None,
         })
     }
 

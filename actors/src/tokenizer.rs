@@ -77,6 +77,18 @@ fn prompt_size(req: &ChatRequest, measure: impl Fn(&str) -> u64) -> u64 {
     messages + tools + format + u64::from(REPLY_PRIMER)
 }
 
+/// The images of a request, by [`image_tokens`] (already inside `prompt_tokens`).
+pub fn request_image_tokens(req: &ChatRequest) -> u64 {
+    req.messages
+        .iter()
+        .flat_map(|m| &m.content)
+        .map(|p| match p {
+            crate::chat::ContentPart::Image { url, detail } => image_tokens(url, detail.as_deref()),
+            crate::chat::ContentPart::Text(_) => 0,
+        })
+        .sum()
+}
+
 /// An upper bound on what one image costs in prompt tokens, whichever provider serves it:
 /// each provider's own rule, from the image's size when a data URL shows it.
 pub fn image_tokens(url: &str, detail: Option<&str>) -> u64 {

@@ -299,3 +299,36 @@ async fn a_request_that_times_out_after_the_upstream_accepted_it_pays_its_prompt
     assert_eq!(gw.post("/v1/chat/completions", &key, body).await.status, 503);
     assert_eq!(usage_rows(&gw, &account).await.len(), 1);
 }
+
+/// A PNG of the given size (its header is all the gateway reads), as a data URL.
+fn png_data_url(width: u32, height: u32) -> String {
+    use base64::Engine as _;
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+    png.extend_from_slice(&width.to_be_bytes());
+    png.extend_from_slice(&height.to_be_bytes());
+    png.extend_from_slice(&[8, 6, 0, 0, 0, 0, 0, 0, 0]);
+    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png))
+}
+
+#[tokio::test]
+async fn images_are_reserved_as_the_model_bills_them() {
+    let fake = Fake::start(OpenAi { models: vec![] }, "sk-fake-openai-images").await;
+    let gw = gateway_on(&fake).await;
+    let (_, _, key) = funded_tenant(&gw, "painter", 0.01).await;
+    let image = json!({"type": "image_url", "image_url": {"url": png_data_url(2048, 2048), "detail": "high"}});
+    let ask = |model: &str, images: usize| {
+        let mut content = vec![json!({"type": "text", "text": "What is in these?"})];
+        content.extend(std::iter::repeat_n(image.clone(), images));
+        json!({"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": content}]})
+    };
+    // GPT-4o mini bills an image at ~33× GPT-4o's count: one large image is more than $0.01 there.
+    let r = gw.post("/v1/chat/completions", &key, ask("gpt-4o-mini", 1)).await;
+    assert_eq!(r.status, 402, "{}", r.text);
+    assert!(r.body["error"]["required_usd"].as_f64().unwrap() > 0.01, "{}", r.text);
+    // The image's size counts: the same request with a tiny image fits.
+    let small = json!({"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "And this?"},
+        {"type": "image_url", "image_url": {"url": png_data_url(64, 64), "detail": "low"}},
+    ]}]});
+    assert_eq!(gw.post("/v1/chat/completions", &key, small).await.status, 200);
+}

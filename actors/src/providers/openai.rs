@@ -148,7 +148,9 @@ fn finish_reason(s: &str) -> FinishReason {
 fn usage(v: &Value) -> Option<Usage> {
     let prompt = v["prompt_tokens"].as_u64()?;
     let completion = v["completion_tokens"].as_u64().unwrap_or(0);
-    Some(Usage { prompt_tokens: prompt as u32, completion_tokens: completion as u32 })
+    // Saturating: a report past u32 (a hostile server) must not wrap into a small charge.
+    let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    Some(Usage { prompt_tokens: clamp(prompt), completion_tokens: clamp(completion) })
 }
 
 pub fn parse_response(v: &Value) -> Result<ChatResponse, ProviderError> {
@@ -459,5 +461,21 @@ mod tests {
             matches!(parse_chunk(r#"{"error":{"message":"overloaded"}}"#), Err(ProviderError::StreamBroken(m)) if m == "overloaded")
         );
         assert!(matches!(parse_chunk("not json"), Err(ProviderError::StreamBroken(_))));
+    }
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use serde_json::json;
+
+    #[test]
+    fn usage_past_u32_saturates_instead_of_wrapping_into_a_small_charge() {
+        let body = json!({
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 4_294_967_297u64, "completion_tokens": 4_294_967_301u64},
+        });
+        let usage = super::parse_response(&body).unwrap().usage.unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (u32::MAX, u32::MAX));
+        assert_eq!(usage.total(), u32::MAX);
     }
 }
