@@ -77,7 +77,7 @@ impl Engine {
             let mut upstreams_seen: Vec<&str> = Vec::new();
             routes
                 .iter()
-                .filter(|r| !r.upstream.health.is_cooling_down())
+                .filter(|r| r.upstream.usable_for(&r.model.id))
                 .filter(|r| {
                     let first = !upstreams_seen.contains(&r.upstream.name.as_str());
                     upstreams_seen.push(&r.upstream.name);
