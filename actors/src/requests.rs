@@ -200,6 +200,7 @@ impl Engine {
             // The ledger stamps the row when it logs it.
             created_at_us: 0,
             request_id: info.request_id.clone(),
+            failed_attempts: route.failed_attempts.clone(),
         };
         tracing::info!(
             provider = %row.provider, model = %row.upstream_model, source = %row.execution_source,
