@@ -163,7 +163,13 @@ impl Router {
                     });
                 }
                 Err(error) if gateway::moves_on(&error) => {
-                    gateway::note_failure(&c.upstream, &c.model.id, RequestWork::Embed(&req.inputs), &error, &mut failed);
+                    gateway::note_failure(
+                        &c.upstream,
+                        &c.model.id,
+                        RequestWork::Embed(&req.inputs),
+                        &error,
+                        &mut failed,
+                    );
                     last_error = Some(error);
                 }
                 // The same mapping as chat: the tenant learns a status or a code, never the

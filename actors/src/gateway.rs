@@ -445,3 +445,37 @@ fn record_success(route: &Route, work: RequestWork, started: Instant) {
     let typical = !work.is_large();
     route.upstream.record_success(&route.model.id, typical.then_some(latency));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::{Message, Role};
+
+    #[test]
+    fn failures_are_blamed_on_the_connection_the_model_or_the_request() {
+        let small = ChatRequest::new(ModelChoice::Mode(Mode::Auto), vec![Message::text(Role::User, "hi")]);
+        let huge =
+            ChatRequest::new(ModelChoice::Mode(Mode::Auto), vec![Message::text(Role::User, "hello ".repeat(40_000))]);
+        let status = |status| ProviderError::Status { status, message: String::new(), retry_after: None };
+        let small_work = RequestWork::Stream(&small);
+        let huge_work = RequestWork::Stream(&huge);
+        assert_eq!(blame(&status(404), small_work), Blame::Model);
+        for connection_wide in [status(500), status(429), status(401), status(403), ProviderError::Connect("x".into())]
+        {
+            assert_eq!(blame(&connection_wide, huge_work), Blame::Connection, "{connection_wide:?}");
+        }
+        assert_eq!(blame(&ProviderError::StreamBroken("reset".into()), huge_work), Blame::Connection);
+        assert_eq!(blame(&ProviderError::Timeout, small_work), Blame::Connection);
+        assert_eq!(blame(&ProviderError::Timeout, huge_work), Blame::Request, "the request's size explains it");
+        let inputs = vec!["hello ".repeat(40_000)];
+        assert_eq!(blame(&ProviderError::Timeout, RequestWork::Embed(&inputs)), Blame::Request);
+        assert_eq!(blame(&ProviderError::Timeout, RequestWork::Embed(&["hi".to_owned()])), Blame::Connection);
+    }
+
+    #[test]
+    fn failure_details_are_cut_short() {
+        let long = ProviderError::Status { status: 500, message: "x".repeat(5_000), retry_after: None };
+        let detail = failure_detail(&long);
+        assert!(detail.chars().count() <= 201 && detail.ends_with('…'), "{detail}");
+    }
+}

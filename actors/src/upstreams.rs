@@ -260,3 +260,44 @@ impl Upstreams {
         (upstreams, simulator)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream() -> Upstream {
+        let conn = Connection {
+            provider: ProviderKind::OpenAi,
+            base_url: "http://127.0.0.1:9".into(),
+            api_key: None,
+            extra_headers: Vec::new(),
+            http: crate::providers::http::client(),
+            timeout: Duration::from_secs(1),
+            chat_url: Default::default(),
+            guard: None,
+        };
+        Upstream::new("provider:openai:managed".into(), ProviderKind::OpenAi, conn, Owner::Managed)
+    }
+
+    #[test]
+    fn failures_land_on_the_breaker_they_belong_to() {
+        let u = upstream();
+        for _ in 0..5 {
+            u.record_failure("gpt-4o-mini", Blame::Model, "404".into(), None);
+            u.record_failure("gpt-4o", Blame::Request, "timeout".into(), None);
+        }
+        assert!(!u.usable_for("gpt-4o-mini"), "the missing model cools down");
+        assert!(u.usable_for("gpt-4o"), "the other models stay usable");
+        assert_eq!(u.health.snapshot().status, "healthy");
+        assert_eq!(u.health.snapshot().last_failure_code.as_deref(), Some("timeout"));
+        assert_eq!(u.model_health().keys().collect::<Vec<_>>(), ["gpt-4o-mini"]);
+
+        u.record_success("gpt-4o-mini", Some(Duration::from_millis(10)));
+        assert!(u.usable_for("gpt-4o-mini"), "a success closes the model's breaker");
+
+        for _ in 0..3 {
+            u.record_failure("gpt-4o", Blame::Connection, "500".into(), None);
+        }
+        assert!(!u.usable_for("gpt-4o") && !u.usable_for("gpt-4o-mini"), "a connection's failures cool it all");
+    }
+}
