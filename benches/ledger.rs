@@ -65,6 +65,7 @@ fn row(account: &str, first_key: &str, i: u64, created_at_us: i64) -> UsageRow {
         streamed: i.is_multiple_of(4),
         created_at_us,
         request_id: None,
+        failed_attempts: Vec::new(),
     }
 }
 

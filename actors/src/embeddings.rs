@@ -6,8 +6,8 @@ use std::{sync::Arc, time::Instant};
 
 use crate::{
     catalog::CatalogModel,
-    gateway::RouteRecord,
-    providers::{self, ProviderError},
+    gateway::{self, RequestWork, RouteRecord},
+    providers,
     router::{Router, Scope},
     upstreams::{looks_like_embedding_model, Owner, Upstream},
     EngineError,
@@ -75,7 +75,8 @@ impl Router {
             let chosen = match &req.model {
                 Some(name) => models.iter().find(|m| *m == name).cloned(),
                 None => models.iter().find(|m| looks_like_embedding_model(m)).cloned(),
-            };
+            }
+            .filter(|m| u.usable_for(m));
             if let Some(m) = chosen {
                 out.push(Candidate {
                     upstream: u.clone(),
@@ -96,9 +97,7 @@ impl Router {
             let kind = providers::ProviderKind::parse(&model.provider);
             let upstream = available
                 .iter()
-                .find(|u| {
-                    Some(u.kind) == kind && !u.health.is_cooling_down() && !matches!(u.owner, Owner::Local { .. })
-                })
+                .find(|u| Some(u.kind) == kind && u.usable_for(name) && !matches!(u.owner, Owner::Local { .. }))
                 .cloned()
                 .or_else(|| self.simulator.clone());
             if let Some(upstream) = upstream {
@@ -135,7 +134,8 @@ impl Router {
             let started = Instant::now();
             match providers::embed(&c.upstream.conn, &c.model.id, &req.inputs, c.dims).await {
                 Ok(result) => {
-                    c.upstream.health.record_success(started.elapsed());
+                    let typical = !RequestWork::Embed(&req.inputs).is_large();
+                    c.upstream.record_success(&c.model.id, typical.then(|| started.elapsed()));
                     let prompt_tokens = result
                         .prompt_tokens
                         .unwrap_or_else(|| req.inputs.iter().map(|t| crate::tokenizer::count(t)).sum());
@@ -163,23 +163,24 @@ impl Router {
                         latency_ms: started.elapsed().as_millis() as u64,
                     });
                 }
-                Err(error)
-                    if error.is_retryable()
-                        || matches!(error, ProviderError::Status { status: 401 | 403 | 404, .. }) =>
-                {
-                    c.upstream.health.record_failure(error.code(), None);
-                    failed.push(format!("{}/{}: {}", c.upstream.name, c.model.id, error.code()));
+                Err(error) if gateway::moves_on(&error) => {
+                    gateway::note_failure(
+                        &c.upstream,
+                        &c.model.id,
+                        RequestWork::Embed(&req.inputs),
+                        &error,
+                        &mut failed,
+                    );
                     last_error = Some(error);
                 }
-                Err(ProviderError::Status { status, message, .. }) => {
-                    return Err(crate::gateway::rejected(status, &message))
-                }
-                Err(other) => return Err(crate::gateway::unavailable(&other)),
+                // The same mapping as chat: the tenant learns a status or a code, never the
+                // upstream's words.
+                Err(error) => return Err(gateway::upstream_error(error)),
             }
         }
         Err(last_error.map_or_else(
             || EngineError::Unavailable("No provider could serve this request".into()),
-            |e| crate::gateway::unavailable(&e),
+            |e| gateway::unavailable(&e),
         ))
     }
 }

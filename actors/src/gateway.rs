@@ -9,8 +9,10 @@ use serde::Serialize;
 use crate::{
     catalog::CatalogModel,
     chat::{ChatRequest, ChatResponse, FinishReason, Mode, ModelChoice, ResponseFormat, Usage},
+    health::Blame,
     providers::{adapter, DeltaStream, ProviderError, ProviderKind},
     router::{Route, Router, Scope},
+    upstreams::Upstream,
     EngineError,
 };
 
@@ -26,7 +28,8 @@ pub struct RouteRecord {
     pub upstream: String,
     pub model: String,
     pub reason: String,
-    /// Earlier routes that failed, with their error codes.
+    /// Earlier routes that failed: `upstream/model: code (the upstream's words, truncated)`.
+    /// For the operator only (`/admin/usage`): the words can name the provider's account.
     pub failed_attempts: Vec<String>,
     pub escalated: bool,
     /// What earlier answers of this request cost (a weak answer before escalation): the
@@ -124,7 +127,7 @@ pub fn record(route: &Route, req: &ChatRequest, failed: &[String], baseline: &Op
 /// The routes a request has tried so far, and whether to try the next.
 #[derive(Default)]
 struct Attempts {
-    /// `upstream/model: code` of each failure, for the route record.
+    /// `upstream/model: code (detail)` of each failure, for the route record.
     failed: Vec<String>,
     tried_upstreams: Vec<String>,
     last_error: Option<ProviderError>,
@@ -138,11 +141,12 @@ enum Next {
 
 impl Attempts {
     /// At most [`MAX_ATTEMPTS`] failures; an upstream that failed is not tried again with
-    /// another model; connections cooling down are passed over.
+    /// another model (the hold priced one route per upstream); connections, and models on a
+    /// connection, that are cooling down are passed over.
     fn next(&self, route: &Route) -> Next {
         if self.failed.len() >= MAX_ATTEMPTS {
             Next::Stop
-        } else if route.upstream.health.is_cooling_down()
+        } else if !route.upstream.usable_for(&route.model.id)
             || (self.tried_upstreams.contains(&route.upstream.name) && route.upstream.kind != ProviderKind::Simulator)
         {
             Next::Skip
@@ -163,8 +167,8 @@ impl Attempts {
         }
     }
 
-    fn record_failure(&mut self, route: &Route, error: ProviderError) {
-        note_failure(route, &error, &mut self.failed);
+    fn record_failure(&mut self, route: &Route, work: RequestWork, error: ProviderError) {
+        note_failure(&route.upstream, &route.model.id, work, &error, &mut self.failed);
         self.tried_upstreams.push(route.upstream.name.clone());
         self.last_error = Some(error);
     }
@@ -175,18 +179,95 @@ impl Attempts {
 }
 
 /// Failures that move a request to its next route.
-fn moves_on(error: &ProviderError) -> bool {
+pub(crate) fn moves_on(error: &ProviderError) -> bool {
     error.is_retryable() || matches!(error, ProviderError::Status { status: 401 | 403 | 404, .. })
 }
 
-fn note_failure(route: &Route, error: &ProviderError, failed: &mut Vec<String>) {
+/// Above this many tokens of work (prompt, plus the output bound when the whole answer is
+/// awaited), a request's own size explains its timeout, and no breaker counts it.
+///
+/// Why a fixed size: providers decode some 30–150 tokens a second and prefill a few thousand,
+/// so 32k tokens of work can outlast the default 60 s timeout on a perfectly healthy
+/// connection, while below it a timeout says more about the connection than the request. A
+/// tenant that inflates `max_tokens` to pass the line only exempts its own timeouts: the
+/// connection still cools down on everyone else's, and on connect errors and 5xx. Requests
+/// past the line do not feed the latency EWMA either (`fast` routing reads it for everyone).
+pub const LARGE_REQUEST_TOKENS: u64 = 32_000;
+
+/// How much work a request asks of its upstream, measured only when a breaker needs it.
+#[derive(Clone, Copy)]
+pub(crate) enum RequestWork<'a> {
+    /// A chat answer awaited whole: prompt plus output bound.
+    Chat(&'a ChatRequest, &'a CatalogModel),
+    /// A stream's timeouts run to its first event (and between events): the prompt.
+    Stream(&'a ChatRequest),
+    /// Embedding inputs.
+    Embed(&'a [String]),
+}
+
+impl RequestWork<'_> {
+    /// Above [`LARGE_REQUEST_TOKENS`]. Asked on every success, so it tokenizes only when a
+    /// byte count cannot settle it (a token is at least one byte), like routing's size check.
+    pub(crate) fn is_large(self) -> bool {
+        match self {
+            Self::Chat(req, model) => {
+                let output = u64::from(req.output_bound(model));
+                output > LARGE_REQUEST_TOKENS || !req.prompt_fits(LARGE_REQUEST_TOKENS - output)
+            }
+            Self::Stream(req) => !req.prompt_fits(LARGE_REQUEST_TOKENS),
+            Self::Embed(inputs) => {
+                let bytes: usize = inputs.iter().map(String::len).sum();
+                bytes as u64 > LARGE_REQUEST_TOKENS
+                    && inputs.iter().map(|t| crate::tokenizer::count(t) as u64).sum::<u64>() > LARGE_REQUEST_TOKENS
+            }
+        }
+    }
+}
+
+/// Which breaker a failure counts against. Connection-wide: connect errors, 5xx, 429, 401/403
+/// (the key itself), unreadable answers and streams broken before their first chunk. One
+/// model on the connection: 404 (the provider account lacks the model). Nobody's: a timeout
+/// the request's own size explains (400/422 and other refusals of the request never move on,
+/// so never reach here).
+pub(crate) fn blame(error: &ProviderError, work: RequestWork) -> Blame {
+    match error {
+        ProviderError::Status { status: 404, .. } => Blame::Model,
+        ProviderError::Status { status: 400 | 413 | 422, .. } => Blame::Request,
+        ProviderError::Timeout | ProviderError::TimeoutAfterAccept | ProviderError::Status { status: 408, .. }
+            if work.is_large() =>
+        {
+            Blame::Request
+        }
+        _ => Blame::Connection,
+    }
+}
+
+/// The upstream's own words about a failure, cut short, for the operator's route record.
+fn failure_detail(error: &ProviderError) -> String {
+    const MAX_DETAIL_CHARS: usize = 200;
+    let words = error.to_string();
+    match words.char_indices().nth(MAX_DETAIL_CHARS) {
+        Some((cut, _)) => format!("{}…", &words[..cut]),
+        None => words,
+    }
+}
+
+/// Records a failed route on the breaker it belongs to, in the log, and in `failed`.
+pub(crate) fn note_failure(
+    upstream: &Upstream,
+    model: &str,
+    work: RequestWork,
+    error: &ProviderError,
+    failed: &mut Vec<String>,
+) {
     let retry_after = match error {
         ProviderError::Status { retry_after, .. } => *retry_after,
         _ => None,
     };
-    route.upstream.health.record_failure(error.code(), retry_after);
-    tracing::warn!(upstream = %route.upstream.name, model = %route.model.id, %error, "route failed; trying the next one");
-    failed.push(format!("{}/{}: {}", route.upstream.name, route.model.id, error.code()));
+    let blame = blame(error, work);
+    upstream.record_failure(model, blame, error.code(), retry_after);
+    tracing::warn!(upstream = %upstream.name, model, %error, ?blame, "route failed; trying the next one");
+    failed.push(format!("{}/{model}: {} ({})", upstream.name, error.code(), failure_detail(error)));
 }
 
 /// Counts tokens ourselves when the provider reports none: billing is never zero.
@@ -275,7 +356,7 @@ fn is_weak(req: &ChatRequest, r: &ChatResponse) -> bool {
     r.finish_reason == FinishReason::Length || text.is_empty() || refused || bad_json
 }
 
-fn upstream_error(error: ProviderError) -> EngineError {
+pub(crate) fn upstream_error(error: ProviderError) -> EngineError {
     match error {
         ProviderError::Status { status: status @ (400 | 422), message, .. } => rejected(status, &message),
         other => unavailable(&other),
@@ -308,9 +389,10 @@ impl Router {
         while let Some(route) = attempts.next_route(&mut pending) {
             let started = Instant::now();
             let bound = req.output_bound(&route.model);
+            let work = RequestWork::Chat(req, &route.model);
             match adapter(route.upstream.kind).chat(&route.upstream.conn, &route.model.id, req, bound).await {
                 Ok(response) => {
-                    route.upstream.health.record_success(started.elapsed());
+                    record_success(route, work, started);
                     let mut outcome = self.outcome(req, route, response, &attempts.failed, &baseline, started);
                     if req.model == ModelChoice::Mode(Mode::Auto) && is_weak(req, &outcome.response) {
                         if let Some(mut better) = self.escalate(req, scope, route, &attempts.failed, &baseline).await {
@@ -325,7 +407,7 @@ impl Router {
                     if matches!(error, ProviderError::TimeoutAfterAccept) {
                         owed.add(route, req, &attempts.failed, &baseline);
                     }
-                    attempts.record_failure(route, error)
+                    attempts.record_failure(route, work, error)
                 }
                 Err(error) => return Err(owed.failure(req, upstream_error(error))),
             }
@@ -367,7 +449,7 @@ impl Router {
         let bound = req.output_bound(&better.model);
         let response =
             adapter(better.upstream.kind).chat(&better.upstream.conn, &better.model.id, req, bound).await.ok()?;
-        better.upstream.health.record_success(started.elapsed());
+        record_success(&better, RequestWork::Chat(req, &better.model), started);
         let mut outcome = self.outcome(req, &better, response, failed, baseline, started);
         outcome.route.escalated = true;
         outcome.route.reason = format!("auto: escalated from {} after a weak answer", used.model.id);
@@ -394,15 +476,56 @@ impl Router {
             };
             match first {
                 Ok((delta, rest)) => {
-                    route.upstream.health.record_success(started.elapsed());
+                    record_success(route, RequestWork::Stream(req), started);
                     let stream = futures_util::stream::once(async move { Ok(delta) }).chain(rest).boxed();
                     let route = record(route, req, &attempts.failed, &baseline);
                     return Ok(StreamOutcome { route, stream, started });
                 }
-                Err(error) if moves_on(&error) => attempts.record_failure(route, error),
+                Err(error) if moves_on(&error) => attempts.record_failure(route, RequestWork::Stream(req), error),
                 Err(error) => return Err(upstream_error(error)),
             }
         }
         Err(attempts.exhausted())
+    }
+}
+
+/// A served route closes its breakers; a typical request also feeds the latency EWMA.
+fn record_success(route: &Route, work: RequestWork, started: Instant) {
+    let latency = started.elapsed();
+    let typical = !work.is_large();
+    route.upstream.record_success(&route.model.id, typical.then_some(latency));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::{Message, Role};
+
+    #[test]
+    fn failures_are_blamed_on_the_connection_the_model_or_the_request() {
+        let small = ChatRequest::new(ModelChoice::Mode(Mode::Auto), vec![Message::text(Role::User, "hi")]);
+        let huge =
+            ChatRequest::new(ModelChoice::Mode(Mode::Auto), vec![Message::text(Role::User, "hello ".repeat(40_000))]);
+        let status = |status| ProviderError::Status { status, message: String::new(), retry_after: None };
+        let small_work = RequestWork::Stream(&small);
+        let huge_work = RequestWork::Stream(&huge);
+        assert_eq!(blame(&status(404), small_work), Blame::Model);
+        for connection_wide in [status(500), status(429), status(401), status(403), ProviderError::Connect("x".into())]
+        {
+            assert_eq!(blame(&connection_wide, huge_work), Blame::Connection, "{connection_wide:?}");
+        }
+        assert_eq!(blame(&ProviderError::StreamBroken("reset".into()), huge_work), Blame::Connection);
+        assert_eq!(blame(&ProviderError::Timeout, small_work), Blame::Connection);
+        assert_eq!(blame(&ProviderError::Timeout, huge_work), Blame::Request, "the request's size explains it");
+        let inputs = vec!["hello ".repeat(40_000)];
+        assert_eq!(blame(&ProviderError::Timeout, RequestWork::Embed(&inputs)), Blame::Request);
+        assert_eq!(blame(&ProviderError::Timeout, RequestWork::Embed(&["hi".to_owned()])), Blame::Connection);
+    }
+
+    #[test]
+    fn failure_details_are_cut_short() {
+        let long = ProviderError::Status { status: 500, message: "x".repeat(5_000), retry_after: None };
+        let detail = failure_detail(&long);
+        assert!(detail.chars().count() <= 201 && detail.ends_with('…'), "{detail}");
     }
 }

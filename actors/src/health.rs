@@ -1,5 +1,10 @@
-//! Live health of one upstream connection: a circuit breaker with cooldown, a latency EWMA and
-//! the last success/failure, read by the router on every request without a round trip.
+//! Live health of one upstream connection (or of one model on it): a circuit breaker with
+//! cooldown, a latency EWMA and the last success/failure, read by the router on every request
+//! without a round trip.
+//!
+//! A failure is counted where it belongs ([`Blame`]): a connection's breaker opens only on
+//! failures that say the connection itself is unwell, so one tenant's requests cannot cool a
+//! shared connection down for every other tenant.
 
 use std::{sync::Mutex, time::Duration};
 
@@ -10,6 +15,20 @@ const OPEN_AFTER: u32 = 3;
 const BASE_COOLDOWN: Duration = Duration::from_secs(5);
 const MAX_COOLDOWN: Duration = Duration::from_secs(300);
 const EWMA_WEIGHT: f64 = 0.2;
+
+/// What a failed upstream call says, and so which breaker counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The connection is unwell for everyone (unreachable, 5xx, rate limited, its key refused,
+    /// an unreadable answer): its breaker counts it.
+    Connection,
+    /// One model is unusable on this connection (the provider account lacks it): only that
+    /// (connection, model) breaker counts it, other models stay routable.
+    Model,
+    /// The request explains it (a huge request that timed out): recorded for the operator,
+    /// counted by no breaker.
+    Request,
+}
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HealthSnapshot {
@@ -78,14 +97,29 @@ impl Health {
                 Some(prev) => prev * (1.0 - EWMA_WEIGHT) + ms * EWMA_WEIGHT,
                 None => ms,
             });
-            s.successes += 1;
-            s.consecutive_failures = 0;
-            s.cooldown_until_ms = None;
-            s.last_success_at_ms = Some(crate::now_ms());
+            succeeded(&mut s);
         }
     }
 
-    /// A retryable failure. A 429's `retry-after` sets the cooldown directly; otherwise the
+    /// A failure no breaker counts ([`Blame::Request`]): kept as the last failure for the
+    /// operator (and a BYOK key's owner), with no effect on routing.
+    pub fn note_failure(&self, code: String) {
+        if let Ok(mut s) = self.state.lock() {
+            s.failures += 1;
+            s.last_failure_at_ms = Some(crate::now_ms());
+            s.last_failure_code = Some(code);
+        }
+    }
+
+    /// A success that says nothing about latency (a request too large to be typical): closes
+    /// the circuit without moving the EWMA `fast` routing reads.
+    pub fn record_success_only(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            succeeded(&mut s);
+        }
+    }
+
+    /// A failure counted by this breaker. A 429's `retry-after` sets the cooldown directly; otherwise the
     /// circuit opens after a few consecutive failures, for a cooldown that doubles.
     pub fn record_failure(&self, code: String, retry_after: Option<Duration>) {
         if let Ok(mut s) = self.state.lock() {
@@ -109,6 +143,14 @@ impl Health {
     }
 }
 
+/// A success closes the circuit.
+fn succeeded(s: &mut HealthSnapshot) {
+    s.successes += 1;
+    s.consecutive_failures = 0;
+    s.cooldown_until_ms = None;
+    s.last_success_at_ms = Some(crate::now_ms());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +172,20 @@ mod tests {
         assert_eq!(h.snapshot().latency_ewma_ms, Some(120.0));
         h.record_failure("429".into(), Some(Duration::from_secs(30)));
         assert!(h.is_cooling_down(), "a 429 with retry-after cools down at once");
+    }
+
+    #[test]
+    fn noted_failures_never_open_the_circuit() {
+        let h = Health::default();
+        for _ in 0..10 {
+            h.note_failure("timeout".into());
+        }
+        assert!(!h.is_cooling_down());
+        let s = h.snapshot();
+        assert_eq!((s.status, s.failures, s.last_failure_code.as_deref()), ("healthy", 10, Some("timeout")));
+        h.record_success(Duration::from_millis(100));
+        h.record_success_only();
+        assert_eq!(h.snapshot().latency_ewma_ms, Some(100.0), "an untypical success leaves the EWMA alone");
+        assert_eq!(h.snapshot().successes, 2);
     }
 }

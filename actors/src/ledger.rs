@@ -958,6 +958,7 @@ mod tests {
             streamed: true,
             created_at_us: 0,
             request_id: None,
+            failed_attempts: Vec::new(),
         }
     }
 

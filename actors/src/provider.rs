@@ -84,6 +84,9 @@ impl Actor for UpstreamActor {
                     "owner": u.owner,
                     "base_url": u.conn.base_url,
                     "health": u.health.snapshot(),
+                    // Breakers of models that failed here on their own (a model the account
+                    // lacks): cooling one leaves the connection's other models routable.
+                    "model_health": u.model_health(),
                     "models": if matches!(u.owner, Owner::Local { .. }) { Some(models) } else { None },
                     "checks": state.checks,
                 })));

@@ -83,7 +83,7 @@ impl Engine {
             let mut upstreams_seen: Vec<&str> = Vec::new();
             routes
                 .iter()
-                .filter(|r| !r.upstream.health.is_cooling_down())
+                .filter(|r| r.upstream.usable_for(&r.model.id))
                 .filter(|r| {
                     let first = !upstreams_seen.contains(&r.upstream.name.as_str());
                     upstreams_seen.push(&r.upstream.name);
@@ -217,6 +217,7 @@ impl Engine {
             // The ledger stamps the row when it logs it.
             created_at_us: 0,
             request_id: info.request_id.clone(),
+            failed_attempts: route.failed_attempts.clone(),
         };
         tracing::info!(
             provider = %row.provider, model = %row.upstream_model, source = %row.execution_source,

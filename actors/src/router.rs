@@ -86,18 +86,22 @@ fn blended_price(m: &CatalogModel) -> f64 {
 }
 
 impl Router {
-    /// The connection for a catalog model's provider in this scope: the scope's own key
-    /// (workspace-bound first) before the managed account. The simulator (present only while
-    /// no managed provider is configured) stands in when the scope has no key for it.
-    fn upstream_for(&self, provider: &str, available: &[Arc<Upstream>]) -> Option<Arc<Upstream>> {
-        self.upstreams_for(provider, available).into_iter().next()
+    /// The connection for a catalog model in this scope: the scope's own key (workspace-bound
+    /// first) before the managed account. The simulator (present only while no managed
+    /// provider is configured) stands in when the scope has no key for it.
+    fn upstream_for(&self, model: &CatalogModel, available: &[Arc<Upstream>]) -> Option<Arc<Upstream>> {
+        self.upstreams_for(model, available).into_iter().next()
     }
 
-    /// Every usable connection for a provider, in order of preference (see `upstream_for`).
-    fn upstreams_for(&self, provider: &str, available: &[Arc<Upstream>]) -> Vec<Arc<Upstream>> {
-        let Some(kind) = ProviderKind::parse(provider) else { return self.simulator.clone().into_iter().collect() };
+    /// Every usable connection for a catalog model, in order of preference (see
+    /// `upstream_for`): its provider's connections where neither the connection nor the model
+    /// on it is cooling down.
+    fn upstreams_for(&self, model: &CatalogModel, available: &[Arc<Upstream>]) -> Vec<Arc<Upstream>> {
+        let Some(kind) = ProviderKind::parse(&model.provider) else {
+            return self.simulator.clone().into_iter().collect();
+        };
         let mut matching: Vec<Arc<Upstream>> =
-            available.iter().filter(|u| u.kind == kind && !u.health.is_cooling_down()).cloned().collect();
+            available.iter().filter(|u| u.kind == kind && u.usable_for(&model.id)).cloned().collect();
         if matching.is_empty() {
             return self.simulator.clone().into_iter().collect();
         }
@@ -159,6 +163,10 @@ impl Router {
                     ModelChoice::Native(_) => return None,
                     ModelChoice::Mode(_) => u.local_default_model()?,
                 };
+                // A model that keeps failing on its own here leaves the endpoint's others usable.
+                if !u.usable_for(&model) {
+                    return None;
+                }
                 let model = Self::local_model(&model, req)?;
                 Some(Route {
                     model,
@@ -192,7 +200,7 @@ impl Router {
                     "Unknown model {id:?}: use auto, fast or max, or a model from GET /v1/pricing"
                 )));
             };
-            let upstreams = self.upstreams_for(&model.provider, &available);
+            let upstreams = self.upstreams_for(model, &available);
             if upstreams.is_empty() {
                 return Err(EngineError::Unavailable(format!(
                     "Provider {} not configured (or cooling down) for model {id}",
@@ -214,7 +222,7 @@ impl Router {
             .models
             .iter()
             .filter(|m| Self::fits(m, req))
-            .filter_map(|m| self.upstream_for(&m.provider, &available).map(|u| (m, u)))
+            .filter_map(|m| self.upstream_for(m, &available).map(|u| (m, u)))
             .collect();
         if fits.is_empty() && locals.is_empty() {
             return Err(EngineError::Unavailable(

@@ -3,13 +3,17 @@
 //! [`Upstream`], named `provider:{provider}:{connection}` or `endpoint:{id}`, and visible only
 //! to the scope that owns it.
 
-use std::sync::{Arc, RwLock};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use dashmap::DashMap;
 use serde::Serialize;
 
 use crate::{
-    health::Health,
+    health::{Blame, Health, HealthSnapshot},
     providers::{Connection, ProviderKind},
 };
 
@@ -30,7 +34,12 @@ pub struct Upstream {
     pub name: String,
     pub kind: ProviderKind,
     pub conn: Connection,
+    /// The connection's own breaker: failures that make it unusable for every model.
     pub health: Arc<Health>,
+    /// One breaker per model that failed here on its own ([`Blame::Model`]), created on its
+    /// first failure. A managed connection is shared by every tenant: a model the operator's
+    /// account lacks must not cool the other models down with it.
+    model_health: DashMap<String, Health>,
     pub owner: Owner,
     /// Self-hosted endpoints: the models discovered at the last check, and the preferred one.
     pub local_models: RwLock<Vec<String>>,
@@ -39,7 +48,54 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(name: String, kind: ProviderKind, conn: Connection, owner: Owner) -> Self {
-        Self { name, kind, conn, health: Arc::default(), owner, local_models: RwLock::default(), default_model: None }
+        Self {
+            name,
+            kind,
+            conn,
+            health: Arc::default(),
+            model_health: DashMap::new(),
+            owner,
+            local_models: RwLock::default(),
+            default_model: None,
+        }
+    }
+
+    /// Whether `model` may be routed here now: neither the connection nor that model on it is
+    /// cooling down. Planning, the gateway's attempts and the hold all ask this.
+    pub fn usable_for(&self, model: &str) -> bool {
+        !self.health.is_cooling_down() && !self.model_health.get(model).is_some_and(|h| h.is_cooling_down())
+    }
+
+    /// A served call of `model`. `latency` is `None` for a request too large to be typical:
+    /// it closes the breakers without moving the latency `fast` routing reads.
+    pub fn record_success(&self, model: &str, latency: Option<Duration>) {
+        let record = |h: &Health| match latency {
+            Some(l) => h.record_success(l),
+            None => h.record_success_only(),
+        };
+        record(&self.health);
+        if let Some(h) = self.model_health.get(model) {
+            record(&h);
+        }
+    }
+
+    /// A failed call of `model`, counted by the breaker `blame` names. Failures no connection
+    /// breaker counts are still noted on the connection, so its last failure (shown to the
+    /// operator and to a BYOK key's owner) stays current.
+    pub fn record_failure(&self, model: &str, blame: Blame, code: String, retry_after: Option<Duration>) {
+        match blame {
+            Blame::Connection => self.health.record_failure(code, retry_after),
+            Blame::Model => {
+                self.health.note_failure(code.clone());
+                self.model_health.entry(model.to_owned()).or_default().record_failure(code, retry_after);
+            }
+            Blame::Request => self.health.note_failure(code),
+        }
+    }
+
+    /// The breakers of models that failed here on their own, by model.
+    pub fn model_health(&self) -> BTreeMap<String, HealthSnapshot> {
+        self.model_health.iter().map(|e| (e.key().clone(), e.value().snapshot())).collect()
     }
 
     /// Whether a request from this account and workspace may use this upstream.
@@ -202,5 +258,46 @@ impl Upstreams {
             upstreams.insert(sim.clone());
         }
         (upstreams, simulator)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream() -> Upstream {
+        let conn = Connection {
+            provider: ProviderKind::OpenAi,
+            base_url: "http://127.0.0.1:9".into(),
+            api_key: None,
+            extra_headers: Vec::new(),
+            http: crate::providers::http::client(),
+            timeout: Duration::from_secs(1),
+            chat_url: Default::default(),
+            guard: None,
+        };
+        Upstream::new("provider:openai:managed".into(), ProviderKind::OpenAi, conn, Owner::Managed)
+    }
+
+    #[test]
+    fn failures_land_on_the_breaker_they_belong_to() {
+        let u = upstream();
+        for _ in 0..5 {
+            u.record_failure("gpt-4o-mini", Blame::Model, "404".into(), None);
+            u.record_failure("gpt-4o", Blame::Request, "timeout".into(), None);
+        }
+        assert!(!u.usable_for("gpt-4o-mini"), "the missing model cools down");
+        assert!(u.usable_for("gpt-4o"), "the other models stay usable");
+        assert_eq!(u.health.snapshot().status, "healthy");
+        assert_eq!(u.health.snapshot().last_failure_code.as_deref(), Some("timeout"));
+        assert_eq!(u.model_health().keys().collect::<Vec<_>>(), ["gpt-4o-mini"]);
+
+        u.record_success("gpt-4o-mini", Some(Duration::from_millis(10)));
+        assert!(u.usable_for("gpt-4o-mini"), "a success closes the model's breaker");
+
+        for _ in 0..3 {
+            u.record_failure("gpt-4o", Blame::Connection, "500".into(), None);
+        }
+        assert!(!u.usable_for("gpt-4o") && !u.usable_for("gpt-4o-mini"), "a connection's failures cool it all");
     }
 }

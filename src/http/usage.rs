@@ -399,6 +399,9 @@ async fn admin_usage(
                 "streamed": r.streamed,
                 "created_at": iso_us(r.created_at_us),
                 "request_id": r.request_id,
+                // Earlier routes' failures with the upstream's own words: the operator's to
+                // read, never in a customer's `/v1/usage`.
+                "failed_attempts": r.failed_attempts,
             })
         })
         .collect();

@@ -390,6 +390,7 @@ mod tests {
             streamed: false,
             created_at_us: at,
             request_id: None,
+            failed_attempts: Vec::new(),
         }
     }
 

@@ -140,6 +140,10 @@ pub struct UsageRow {
     /// The HTTP request's `x-request-id`, to find a request's row from a client or a log.
     #[serde(default)]
     pub request_id: Option<String>,
+    /// Routes that failed before the one that served: `upstream/model: code (the upstream's
+    /// words, truncated)`. For the operator only; a customer's view never shows them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_attempts: Vec<String>,
 }
 impl Record for UsageRow {
     const TREE: &'static str = "usage";

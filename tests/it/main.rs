@@ -7,6 +7,7 @@ mod harness;
 
 mod auth_and_errors;
 mod billing;
+mod breakers;
 mod chat_simulator;
 mod conformance;
 mod connections;

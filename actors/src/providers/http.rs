@@ -238,7 +238,10 @@ pub fn sse(response: reqwest::Response, idle_timeout: Duration) -> BoxStream<'st
             Ok(Ok(event)) => Ok(event),
             Ok(Err(EventStreamError::Transport(SseError::EventTooLarge(cap)))) => Err(too_large("an SSE event", cap)),
             Ok(Err(e)) => Err(ProviderError::StreamBroken(e.to_string())),
-            Err(IdleElapsed) => Err(ProviderError::StreamBroken("no data within the idle timeout".into())),
+            // A timeout like the one on the answer's headers: how long a stream stays silent
+            // (before its first event above all) grows with the request, which the breakers
+            // weigh (`gateway::blame`), unlike a connection that broke.
+            Err(IdleElapsed) => Err(ProviderError::Timeout),
         })
         .boxed()
 }

@@ -8,7 +8,7 @@ pub mod gemini;
 pub mod openai;
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -90,6 +90,8 @@ impl Recorded {
 struct State_ {
     default: Behavior,
     queue: VecDeque<Behavior>,
+    /// Answers for requests naming one model in their body (before the queue and default).
+    per_model: HashMap<String, Behavior>,
     requests: Vec<Recorded>,
 }
 
@@ -130,6 +132,7 @@ impl Fake {
             state: Mutex::new(State_ {
                 default: Behavior::Text("Hello from the fake"),
                 queue: VecDeque::new(),
+                per_model: HashMap::new(),
                 requests: Vec::new(),
             }),
         });
@@ -148,6 +151,12 @@ impl Fake {
     /// Every later request is answered this way (after the queue is used up).
     pub fn set(&self, behavior: Behavior) {
         self.shared.state.lock().unwrap().default = behavior;
+    }
+
+    /// Every request whose body names `model` is answered this way (a provider account that
+    /// lacks one model answers 404 for it alone). Wires whose body carries the model only.
+    pub fn set_for_model(&self, model: &str, behavior: Behavior) {
+        self.shared.state.lock().unwrap().per_model.insert(model.to_owned(), behavior);
     }
 
     /// The next requests are answered in this order, one each.
@@ -228,7 +237,8 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         if let Err((status, body)) = wire.validate(&recorded, &keys) {
             return json_response(status, &body);
         }
-        st.queue.pop_front().unwrap_or_else(|| st.default.clone())
+        let for_model = recorded.body["model"].as_str().and_then(|m| st.per_model.get(m)).cloned();
+        for_model.or_else(|| st.queue.pop_front()).unwrap_or_else(|| st.default.clone())
     };
     let stream = wire.is_stream(&recorded);
     match behavior {
