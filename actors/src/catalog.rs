@@ -83,7 +83,22 @@ impl Catalog {
         for model in file.models {
             catalog.upsert(model, origin)?;
         }
+        catalog.inherit_image_multipliers();
         Ok(catalog)
+    }
+
+    /// A dated snapshot (`gpt-4o-mini-2024-07-18`) bills images as its family (`gpt-4o-mini`)
+    /// does: it takes the multiplier of the longest model id it extends, unless it has its own.
+    fn inherit_image_multipliers(&mut self) {
+        let families: Vec<(String, f64)> =
+            self.models.iter().filter_map(|m| m.image_token_multiplier.map(|x| (format!("{}-", m.id), x))).collect();
+        for model in self.models.iter_mut().filter(|m| m.image_token_multiplier.is_none()) {
+            model.image_token_multiplier = families
+                .iter()
+                .filter(|(prefix, _)| model.id.starts_with(prefix.as_str()))
+                .max_by_key(|(prefix, _)| prefix.len())
+                .map(|(_, x)| *x);
+        }
     }
 
     pub fn builtin() -> Self {
@@ -105,6 +120,7 @@ impl Catalog {
             for model in more.models {
                 catalog.upsert(model, &p.display().to_string())?;
             }
+            catalog.inherit_image_multipliers();
         }
         Ok(catalog)
     }
@@ -135,6 +151,17 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dated_snapshots_reserve_images_as_their_family_bills_them() {
+        let catalog = Catalog::builtin();
+        let multiplier = |id: &str| catalog.get(id).and_then(|m| m.image_token_multiplier);
+        assert_eq!(multiplier("gpt-4o-mini"), Some(33.4));
+        assert_eq!(multiplier("gpt-4o-mini-2024-07-18"), Some(33.4));
+        assert_eq!(multiplier("gpt-4.1-mini-2025-04-14"), Some(1.7));
+        assert_eq!(multiplier("gpt-5-nano-2025-08-07"), Some(2.5));
+        assert_eq!(multiplier("gpt-4o"), None, "GPT-4o is the reference count");
+    }
 
     #[test]
     fn shipped_catalog_has_150_real_models_from_the_four_providers() {

@@ -194,6 +194,12 @@ pub(crate) fn moves_on(error: &ProviderError) -> bool {
 /// past the line do not feed the latency EWMA either (`fast` routing reads it for everyone).
 pub const LARGE_REQUEST_TOKENS: u64 = 32_000;
 
+/// The slowest decoding we expect of a healthy provider. A whole answer whose output bound
+/// could not be produced at this rate within the connection's timeout explains its own
+/// timeout: otherwise any tenant could cool a shared connection for everyone by asking for
+/// long answers (a 60 s timeout and `max_tokens` above 1,200).
+pub const SLOW_DECODE_TOKENS_PER_SEC: u64 = 20;
+
 /// How much work a request asks of its upstream, measured only when a breaker needs it.
 #[derive(Clone, Copy)]
 pub(crate) enum RequestWork<'a> {
@@ -206,6 +212,19 @@ pub(crate) enum RequestWork<'a> {
 }
 
 impl RequestWork<'_> {
+    /// Whether a timeout of this request on a connection with `timeout` is explained by the
+    /// request itself: past [`LARGE_REQUEST_TOKENS`], or a whole answer longer than a slow
+    /// provider produces in that time.
+    fn explains_timeout(self, timeout: std::time::Duration) -> bool {
+        let slow_output = match self {
+            Self::Chat(req, model) => {
+                u64::from(req.output_bound(model)) > timeout.as_secs().max(1) * SLOW_DECODE_TOKENS_PER_SEC
+            }
+            Self::Stream(_) | Self::Embed(_) => false,
+        };
+        slow_output || self.is_large()
+    }
+
     /// Above [`LARGE_REQUEST_TOKENS`]. Asked on every success, so it tokenizes only when a
     /// byte count cannot settle it (a token is at least one byte), like routing's size check.
     pub(crate) fn is_large(self) -> bool {
@@ -229,12 +248,12 @@ impl RequestWork<'_> {
 /// model on the connection: 404 (the provider account lacks the model). Nobody's: a timeout
 /// the request's own size explains (400/422 and other refusals of the request never move on,
 /// so never reach here).
-pub(crate) fn blame(error: &ProviderError, work: RequestWork) -> Blame {
+pub(crate) fn blame(error: &ProviderError, work: RequestWork, timeout: std::time::Duration) -> Blame {
     match error {
         ProviderError::Status { status: 404, .. } => Blame::Model,
         ProviderError::Status { status: 400 | 413 | 422, .. } => Blame::Request,
         ProviderError::Timeout | ProviderError::TimeoutAfterAccept | ProviderError::Status { status: 408, .. }
-            if work.is_large() =>
+            if work.explains_timeout(timeout) =>
         {
             Blame::Request
         }
@@ -264,7 +283,7 @@ pub(crate) fn note_failure(
         ProviderError::Status { retry_after, .. } => *retry_after,
         _ => None,
     };
-    let blame = blame(error, work);
+    let blame = blame(error, work, upstream.conn.timeout);
     upstream.record_failure(model, blame, error.code(), retry_after);
     tracing::warn!(upstream = %upstream.name, model, %error, ?blame, "route failed; trying the next one");
     failed.push(format!("{}/{model}: {} ({})", upstream.name, error.code(), failure_detail(error)));
@@ -272,7 +291,30 @@ pub(crate) fn note_failure(
 
 /// Counts tokens ourselves when the provider reports none: billing is never zero.
 pub fn fallback_usage(req: &ChatRequest, completion_text: &str) -> Usage {
-    Usage { prompt_tokens: req.prompt_tokens(), completion_tokens: crate::tokenizer::count(completion_text).max(1) }
+    Usage { prompt_tokens: req.prompt_tokens(), completion_tokens: count_bounded(completion_text).max(1) }
+}
+
+/// Text past this is not tokenized (that would hold a runtime thread for seconds): it is
+/// counted at 4 bytes a token, about English's average.
+const TOKENIZE_AT_MOST_BYTES: usize = 1 << 20;
+
+fn count_bounded(text: &str) -> u32 {
+    if text.len() <= TOKENIZE_AT_MOST_BYTES {
+        return crate::tokenizer::count(text);
+    }
+    let mut cut = TOKENIZE_AT_MOST_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let rest = u32::try_from((text.len() - cut) / 4).unwrap_or(u32::MAX);
+    crate::tokenizer::count(&text[..cut]).saturating_add(rest)
+}
+
+/// The most answer text relayed for a route before the stream is cut: a token is rarely more
+/// than 16 bytes, so only an upstream ignoring the output bound gets near it (a self-hosted
+/// server streaming forever), and nothing buffers without end.
+pub fn answer_text_limit(route: &RouteRecord) -> usize {
+    (route.max_output_tokens as usize).saturating_mul(16).max(64 << 10)
 }
 
 /// The usage a served request is billed for, from what the upstream reported (if anything)
@@ -507,19 +549,29 @@ mod tests {
         let huge =
             ChatRequest::new(ModelChoice::Mode(Mode::Auto), vec![Message::text(Role::User, "hello ".repeat(40_000))]);
         let status = |status| ProviderError::Status { status, message: String::new(), retry_after: None };
+        const T: std::time::Duration = std::time::Duration::from_secs(60);
         let small_work = RequestWork::Stream(&small);
         let huge_work = RequestWork::Stream(&huge);
-        assert_eq!(blame(&status(404), small_work), Blame::Model);
+        assert_eq!(blame(&status(404), small_work, T), Blame::Model);
         for connection_wide in [status(500), status(429), status(401), status(403), ProviderError::Connect("x".into())]
         {
-            assert_eq!(blame(&connection_wide, huge_work), Blame::Connection, "{connection_wide:?}");
+            assert_eq!(blame(&connection_wide, huge_work, T), Blame::Connection, "{connection_wide:?}");
         }
-        assert_eq!(blame(&ProviderError::StreamBroken("reset".into()), huge_work), Blame::Connection);
-        assert_eq!(blame(&ProviderError::Timeout, small_work), Blame::Connection);
-        assert_eq!(blame(&ProviderError::Timeout, huge_work), Blame::Request, "the request's size explains it");
+        assert_eq!(blame(&ProviderError::StreamBroken("reset".into()), huge_work, T), Blame::Connection);
+        assert_eq!(blame(&ProviderError::Timeout, small_work, T), Blame::Connection);
+        assert_eq!(blame(&ProviderError::Timeout, huge_work, T), Blame::Request, "the request's size explains it");
         let inputs = vec!["hello ".repeat(40_000)];
-        assert_eq!(blame(&ProviderError::Timeout, RequestWork::Embed(&inputs)), Blame::Request);
-        assert_eq!(blame(&ProviderError::Timeout, RequestWork::Embed(&["hi".to_owned()])), Blame::Connection);
+        assert_eq!(blame(&ProviderError::Timeout, RequestWork::Embed(&inputs), T), Blame::Request);
+        assert_eq!(blame(&ProviderError::Timeout, RequestWork::Embed(&["hi".to_owned()]), T), Blame::Connection);
+        // A whole answer longer than a slow provider writes in the timeout explains its own
+        // timeout; a short one does not.
+        let model = crate::catalog::Catalog::builtin().models.into_iter().find(|m| m.id == "gpt-4o").unwrap();
+        let mut long = small.clone();
+        long.max_tokens = Some(16_384);
+        assert_eq!(blame(&ProviderError::Timeout, RequestWork::Chat(&long, &model), T), Blame::Request);
+        let mut short = small.clone();
+        short.max_tokens = Some(200);
+        assert_eq!(blame(&ProviderError::Timeout, RequestWork::Chat(&short, &model), T), Blame::Connection);
     }
 
     #[test]

@@ -39,6 +39,12 @@ pub enum Range {
 }
 
 impl Range {
+    /// Never opened by `allow_private_networks`, only by `allowed_cidrs`: cloud metadata and
+    /// credential services, which live at these addresses.
+    pub fn is_metadata_grade(self) -> bool {
+        matches!(self, Range::Metadata | Range::LinkLocal)
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             Self::Unspecified => "an unspecified (this host) address",
@@ -97,14 +103,21 @@ fn classify_v4(ip: Ipv4Addr) -> Option<Range> {
         [127, ..] => Range::Loopback,
         [10, ..] | [192, 168, ..] => Range::Private,
         [172, b, ..] if (16..=31).contains(&b) => Range::Private,
+        // Alibaba's metadata service sits inside CGNAT space.
+        [100, 100, 100, 200] => Range::Metadata,
         [100, b, ..] if (64..=127).contains(&b) => Range::Cgnat,
-        [169, 254, 169, 254] => Range::Metadata,
+        // AWS, GCP and Azure's instance metadata, AWS ECS task credentials, EKS pod identity.
+        [169, 254, 169, 254] | [169, 254, 170, 2] | [169, 254, 170, 23] => Range::Metadata,
+        // The rest of link-local is metadata-grade too (`NetPolicy::allows` never opens it
+        // for `allow_private_networks`): clouds keep adding services there.
         [169, 254, ..] => Range::LinkLocal,
         // Azure's wire server: a public address that answers only inside Azure.
         [168, 63, 129, 16] => Range::Metadata,
         [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _] => Range::Documentation,
         // IETF protocol assignments (Oracle's metadata service is 192.0.0.192), benchmarking,
         // the retired 6to4 relay anycast.
+        // Oracle's metadata service.
+        [192, 0, 0, 192] => Range::Metadata,
         [192, 0, 0, _] | [198, 18 | 19, ..] | [192, 88, 99, _] => Range::Reserved,
         [255, 255, 255, 255] => Range::Broadcast,
         [224..=239, ..] => Range::Multicast,
@@ -123,7 +136,7 @@ fn classify_v6(ip: Ipv6Addr) -> Option<Range> {
         // Site-local, deprecated but still routed on some networks.
         [a, ..] if a & 0xffc0 == 0xfec0 => Range::Private,
         // AWS's IPv6 metadata service, inside the unique-local range.
-        [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254] => Range::Metadata,
+        [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254 | 0x23] => Range::Metadata,
         [a, ..] if a & 0xfe00 == 0xfc00 => Range::Private,
         [0x2001, 0xdb8, ..] => Range::Documentation,
         [0x3fff, b, ..] if b < 0x1000 => Range::Documentation,
@@ -168,7 +181,7 @@ impl NetPolicy {
         }
         let Some(range) = classify(ip) else { return Ok(()) };
         let listed = self.allowed.iter().any(|net| net.contains(&ip) || net.contains(&addr.ip()));
-        if listed || (self.allow_private && range != Range::Metadata) {
+        if listed || (self.allow_private && !range.is_metadata_grade()) {
             return Ok(());
         }
         Err(Refused { addr: ip, why: Refusal::Range(range) })
@@ -255,9 +268,9 @@ impl UrlRefused {
         };
         match self.refused.why {
             Refusal::OwnAddress => format!("{reaches}, this gateway's own address"),
-            Refusal::Range(Range::Metadata) => format!(
+            Refusal::Range(range) if range.is_metadata_grade() => format!(
                 "{reaches}, {}; it is reachable only when the operator lists it in endpoints.allowed_cidrs",
-                Range::Metadata.describe()
+                range.describe()
             ),
             Refusal::Range(range) => format!(
                 "{reaches}, {}; tenants may not reach private networks unless the operator allows them \
@@ -410,12 +423,15 @@ mod tests {
             ("192.168.1.1", Some(Range::Private)),
             ("100.64.0.1", Some(Range::Cgnat)),
             ("100.127.255.255", Some(Range::Cgnat)),
-            ("100.100.100.200", Some(Range::Cgnat)),
+            ("100.100.100.200", Some(Range::Metadata)),
+            ("100.100.100.201", Some(Range::Cgnat)),
+            ("169.254.170.2", Some(Range::Metadata)),
+            ("192.0.0.192", Some(Range::Metadata)),
+            ("fd00:ec2::23", Some(Range::Metadata)),
             ("100.128.0.1", None),
             ("169.254.169.254", Some(Range::Metadata)),
             ("169.254.1.1", Some(Range::LinkLocal)),
             ("168.63.129.16", Some(Range::Metadata)),
-            ("192.0.0.192", Some(Range::Reserved)),
             ("192.0.2.5", Some(Range::Documentation)),
             ("198.51.100.5", Some(Range::Documentation)),
             ("203.0.113.5", Some(Range::Documentation)),
@@ -551,5 +567,14 @@ mod tests {
         }
         assert!(guard.check_literal(&reqwest::Url::parse("http://8.8.8.8/").unwrap()).is_ok());
         assert!(guard.check_literal(&reqwest::Url::parse("http://example.com/").unwrap()).is_ok());
+    }
+
+    #[test]
+    fn allowing_private_networks_never_opens_metadata_or_link_local() {
+        let open = NetPolicy { allow_private: true, ..NetPolicy::default() };
+        for addr in ["169.254.169.254", "169.254.170.2", "169.254.1.1", "100.100.100.200", "192.0.0.192", "fe80::1"] {
+            assert!(open.check(SocketAddr::new(ip(addr), 80)).is_err(), "{addr} must stay closed");
+        }
+        assert!(open.check(SocketAddr::new(ip("10.0.0.1"), 80)).is_ok());
     }
 }

@@ -67,6 +67,9 @@ impl From<LedgerError> for EngineError {
     }
 }
 
+/// How much more than our o200k count a provider with another tokenizer may count a prompt.
+const OTHER_TOKENIZER_HEADROOM: f64 = 1.5;
+
 impl Engine {
     /// The most a request on these routes can be charged (escalation included for `auto`).
     fn worst_case_units(&self, req: &ChatRequest, info: &RequestInfo, routes: &[Route], scope: &Scope) -> i64 {
@@ -75,9 +78,18 @@ impl Engine {
         // the gateway skips an upstream that already failed.
         // Images cost some models many times the provider-neutral estimate.
         let image_tokens = if req.needs_vision() { crate::tokenizer::request_image_tokens(req) } else { 0 };
-        let prompt_on = |model: &crate::catalog::CatalogModel| {
-            let extra = image_tokens as f64 * (model.image_token_multiplier.unwrap_or(1.0) - 1.0).max(0.0);
-            u32::try_from(u64::from(req.prompt_tokens()).saturating_add(extra as u64)).unwrap_or(u32::MAX)
+        // Our count is OpenAI's o200k; other providers' tokenizers count some text (code,
+        // CJK, crafted Unicode) higher, and their report is what is charged.
+        let prompt_on = |route: &Route| {
+            let headroom = match route.upstream.kind {
+                crate::providers::ProviderKind::Anthropic
+                | crate::providers::ProviderKind::Google
+                | crate::providers::ProviderKind::Groq => OTHER_TOKENIZER_HEADROOM,
+                _ => 1.0,
+            };
+            let images = image_tokens as f64 * (route.model.image_token_multiplier.unwrap_or(1.0) - 1.0).max(0.0);
+            let prompt = f64::from(req.prompt_tokens()) * headroom + images;
+            u32::try_from(prompt as u64).unwrap_or(u32::MAX)
         };
         let worst_on = |routes: &[Route]| {
             let mut upstreams_seen: Vec<&str> = Vec::new();
@@ -91,10 +103,8 @@ impl Engine {
                 })
                 .take(crate::gateway::MAX_ATTEMPTS)
                 .map(|route| {
-                    let usage = Usage {
-                        prompt_tokens: prompt_on(&route.model),
-                        completion_tokens: req.output_bound(&route.model),
-                    };
+                    let usage =
+                        Usage { prompt_tokens: prompt_on(route), completion_tokens: req.output_bound(&route.model) };
                     let record = crate::gateway::record(route, req, &[], &baseline);
                     self.config.pricing.charge(info.tier, &record, usage).charged_units
                 })

@@ -574,6 +574,22 @@ fn async_stream(
                     let role = (!st.sent_role).then_some("assistant");
                     st.sent_role = true;
                     let frame = match &delta {
+                        ChatDelta::Text(_) | ChatDelta::ToolCallArguments { .. }
+                            if st.text.len() > tokaroo_actors::gateway::answer_text_limit(&st.route) =>
+                        {
+                            // An upstream far past the output bound (a self-hosted server that
+                            // ignores it): stop relaying and buffering, and settle what came.
+                            tracing::warn!(upstream = %st.route.upstream, "stream exceeded its output bound; cut");
+                            st.done = true;
+                            let usage = st.usage();
+                            if let Some(settle) = st.settle.take() {
+                                if let Err(error) = settle.finish(&st.route, usage).await {
+                                    tracing::error!(%error, "could not record a cut stream's usage");
+                                }
+                            }
+                            let err = json!({ "error": { "message": "The upstream's answer exceeded its output bound and was cut", "type": "api_error", "code": "output_bound_exceeded" } });
+                            return Some((Bytes::from(format!("data: {err}\n\n")), st));
+                        }
                         ChatDelta::Text(t) => {
                             st.text.push_str(t);
                             st.chunk.delta(DeltaOut { role, content: Some(t), tool_calls: None }, None)

@@ -36,7 +36,7 @@ async fn funded_tenant(gw: &Gateway, name: &str, usd: f64) -> (String, String) {
 }
 
 fn ask(model: &str, content: &str) -> Value {
-    json!({"model": model, "max_tokens": 50, "messages": [{"role": "user", "content": content}]})
+    json!({"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": content}]})
 }
 
 /// The managed OpenAI connection's node in the actor tree.

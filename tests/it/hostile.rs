@@ -332,3 +332,25 @@ async fn images_are_reserved_as_the_model_bills_them() {
     ]}]});
     assert_eq!(gw.post("/v1/chat/completions", &key, small).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_self_hosted_stream_far_past_its_bound_is_cut_and_settled() {
+    let local = Fake::start(OpenAi { models: vec!["llama3.2"] }, "").await;
+    let endless: &'static str = Box::leak("word ".repeat(40_000).into_boxed_str());
+    local.set(Behavior::Text(endless));
+    let gw = Gateway::start_with(Options::default().env("TOKAROO_ENDPOINTS_ALLOW_PRIVATE_NETWORKS", "true")).await;
+    let (account, session, key) = funded_tenant(&gw, "flooder", 5.0).await;
+    let r = gw.post("/v1/local-endpoints", &session, json!({"url": local.root, "label": "box"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let body =
+        json!({"model": "auto", "stream": true, "max_tokens": 10, "messages": [{"role": "user", "content": "Go"}]});
+    let r = gw.post("/v1/chat/completions", &key, body).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text.contains("output_bound_exceeded"), "the stream is cut");
+    assert!(!r.text.contains("[DONE]"), "a cut answer never looks complete");
+    let relayed = r.text.matches("word").count();
+    assert!(relayed < 20_000, "relayed {relayed} of 40000 words for a 10-token bound");
+    let row = the_row(&gw, &account).await;
+    assert_eq!(row["billing_mode"], "self_hosted");
+    assert!(row["output_tokens"].as_u64().unwrap() > 10_000, "what it streamed is billed: {row}");
+}
