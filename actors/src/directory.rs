@@ -269,6 +269,17 @@ impl Engine {
             (record, entry.is_operator)
         };
         self.store().flush().await?;
+        // A revocation may have landed during the flush: the new token goes live only if the
+        // stored session still carries it, checked under the same lock revocations take.
+        let _writes = self.shared.session_writes.lock().unwrap_or_else(|p| p.into_inner());
+        let still_ours = self
+            .store()
+            .sessions
+            .get(&(account_id, session_id))?
+            .is_some_and(|stored| stored.token_sha256 == record.token_sha256);
+        if !still_ours {
+            return Err(EngineError::NotFound { what: "Session" });
+        }
         let entry = SessionEntry::new(record.id.clone(), account_id.to_owned(), is_operator, now, expires);
         self.shared.sessions_by_hash.insert(tokens::sha256(&token), Arc::new(entry));
         Ok((record, token))

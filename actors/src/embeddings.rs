@@ -136,9 +136,15 @@ impl Router {
                 Ok(result) => {
                     let typical = !RequestWork::Embed(&req.inputs).is_large();
                     c.upstream.record_success(&c.model.id, typical.then(|| started.elapsed()));
-                    let prompt_tokens = result
-                        .prompt_tokens
-                        .unwrap_or_else(|| req.inputs.iter().map(|t| crate::tokenizer::count(t)).sum());
+                    let counted =
+                        || req.inputs.iter().map(|t| crate::tokenizer::count(t)).fold(0u32, u32::saturating_add);
+                    // A self-hosted server is billed the larger of its report and our count,
+                    // as for chat: it could report nothing at all.
+                    let prompt_tokens = match result.prompt_tokens {
+                        Some(reported) if c.upstream.billing_mode() == "self_hosted" => reported.max(counted()),
+                        Some(reported) => reported,
+                        None => counted(),
+                    };
                     let route = RouteRecord {
                         provider: c.upstream.kind.as_str(),
                         execution_source: c.upstream.execution_source(),

@@ -682,7 +682,11 @@ impl Actor for LedgerActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             LedgerMsg::Reserve(req, reply) => {
-                let _ = reply.send(self.reserve(state, req)?);
+                // A caller that stopped waiting (timed out, or its client left) never gets
+                // the hold to release: give it back at once, or it would pin the balance.
+                if let Err(ractor::MessagingErr::SendErr(Ok(id))) = reply.send(self.reserve(state, req)?) {
+                    self.release(state, id);
+                }
             }
             LedgerMsg::Release(id) => self.release(state, id),
             LedgerMsg::Settle { hold, row, reply } => {

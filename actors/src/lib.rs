@@ -40,7 +40,7 @@ pub use error::EngineError;
 pub use funding::{ActivationStatus, FundingSettings, PaymentFault, PaymentsReconciled};
 pub use inspect::ActorNode;
 pub use limits::AccountLimits;
-pub use requests::{RequestInfo, ServedChat};
+pub use requests::{OpenStream, RequestInfo, ServedChat};
 pub use secrets::Secret;
 pub use supervisor::RestartPolicy;
 pub use tokaroo_storage::{records, StorageError, Store};

@@ -58,7 +58,7 @@ fn prompt_size(req: &ChatRequest, measure: impl Fn(&str) -> u64) -> u64 {
                     crate::chat::ContentPart::Image { url, detail } => image_tokens(url, detail.as_deref()),
                     crate::chat::ContentPart::Text(_) => 0,
                 })
-                .sum();
+                .fold(0u64, u64::saturating_add);
             let calls: u64 = m.tool_calls.iter().map(|c| measure(&c.name) + measure(&c.arguments)).sum();
             u64::from(PER_MESSAGE) + measure(&m.joined_text()) + calls + images
         })
@@ -86,7 +86,7 @@ pub fn request_image_tokens(req: &ChatRequest) -> u64 {
             crate::chat::ContentPart::Image { url, detail } => image_tokens(url, detail.as_deref()),
             crate::chat::ContentPart::Text(_) => 0,
         })
-        .sum()
+        .fold(0u64, u64::saturating_add)
 }
 
 /// An upper bound on what one image costs in prompt tokens, whichever provider serves it:
@@ -106,7 +106,9 @@ fn data_url_dimensions(url: &str) -> Option<(u64, u64)> {
     let prefix = &data[..data.len().min(IMAGE_HEADER_BASE64_CHARS) / 4 * 4];
     let bytes = base64::engine::general_purpose::STANDARD.decode(prefix).ok()?;
     let size = imagesize::blob_size(&bytes).ok()?;
-    Some((size.width as u64, size.height as u64)).filter(|(w, h)| *w > 0 && *h > 0)
+    // A header can claim any size; no provider takes more than a few thousand pixels a side.
+    let side = |n: usize| (n as u64).min(1 << 16);
+    Some((side(size.width), side(size.height))).filter(|(w, h)| *w > 0 && *h > 0)
 }
 
 /// OpenAI (GPT-4o family): 85 at low detail; otherwise fit in 2048×2048, shortest side to
@@ -136,7 +138,7 @@ fn gemini_image_tokens(w: u64, h: u64) -> u64 {
     if w <= 384 && h <= 384 {
         return 258;
     }
-    258 * w.div_ceil(768) * h.div_ceil(768)
+    258u64.saturating_mul(w.div_ceil(768)).saturating_mul(h.div_ceil(768))
 }
 
 #[cfg(test)]
@@ -167,6 +169,9 @@ mod tests {
         // An image whose size cannot be read is assumed large, never small.
         assert_eq!(image_tokens("https://example.com/cat.png", Some("low")), gemini_image_tokens(2048, 2048));
         assert!(image_tokens("data:image/png;base64,not-base64!", None) >= 2000);
+        // A header claiming 4 billion pixels a side is capped, not overflowed.
+        let huge = image_tokens(&png_data_url(u32::MAX, u32::MAX), None);
+        assert!(huge > 1_000_000 && huge < u64::from(u32::MAX), "{huge}");
     }
 
     #[test]

@@ -283,20 +283,13 @@ async fn stream_response(
     let engine = state.engine.clone();
     tokio::spawn(async move {
         let opened = engine.chat_stream(&key, &request, &info).await;
-        if let Err((Ok(open), key, request, info)) = opened_tx.send((opened, key, request, info)) {
-            let settle = Settle {
-                engine,
-                key,
-                info,
-                started: open.outcome.started,
-                charged: std::sync::Arc::default(),
-                hold: open.hold,
-            };
-            settle.abandoned(open.outcome.stream, open.outcome.route, request, None, String::new()).await;
+        if let Err(unread) = opened_tx.send((opened, key, request, info)) {
+            settle_unread(engine, unread).await;
         }
     });
+    let mut opened_rx = OpenedReceiver { rx: Some(opened_rx), engine: state.engine.clone() };
     let (opened, key, request, info) =
-        opened_rx.await.map_err(|_| ApiError::Internal("the stream's task ended before opening".into()))?;
+        opened_rx.recv().await.ok_or_else(|| ApiError::Internal("the stream's task ended before opening".into()))?;
     let open = opened?;
     let outcome = open.outcome;
     let model_name = info.requested_model.clone();
@@ -348,6 +341,48 @@ async fn stream_response(
 }
 
 type ApiKeyEntry = std::sync::Arc<tokaroo_actors::KeyEntry>;
+
+/// What the stream's open task hands the handler.
+type Opened = (Result<tokaroo_actors::OpenStream, tokaroo_actors::EngineError>, ApiKeyEntry, ChatRequest, RequestInfo);
+
+/// Settles a stream the handler never took (its client left while it opened).
+async fn settle_unread(engine: tokaroo_actors::Engine, (opened, key, request, info): Opened) {
+    if let Ok(open) = opened {
+        let settle = Settle {
+            engine,
+            key,
+            info,
+            started: open.outcome.started,
+            charged: std::sync::Arc::default(),
+            hold: open.hold,
+        };
+        settle.abandoned(open.outcome.stream, open.outcome.route, request, None, String::new()).await;
+    }
+}
+
+/// The handler's end of the open task's channel. Dropped before reading (the client left
+/// just as the stream opened), it settles what was sent instead of dropping it unbilled.
+struct OpenedReceiver {
+    rx: Option<tokio::sync::oneshot::Receiver<Opened>>,
+    engine: tokaroo_actors::Engine,
+}
+
+impl OpenedReceiver {
+    /// `None` when the task ended without sending (it panicked).
+    async fn recv(&mut self) -> Option<Opened> {
+        let received = self.rx.as_mut()?.await.ok();
+        self.rx = None;
+        received
+    }
+}
+
+impl Drop for OpenedReceiver {
+    fn drop(&mut self) {
+        if let Some(Ok(unread)) = self.rx.take().map(|mut rx| rx.try_recv()) {
+            tokio::spawn(settle_unread(self.engine.clone(), unread));
+        }
+    }
+}
 
 /// Counts the streamed answers in flight, for as long as this guard lives.
 struct OpenStream;

@@ -75,7 +75,12 @@ async fn embeddings(
         return Err(ApiError::BadRequest("Request body must be a JSON object".into()));
     }
     let (request, base64) = parse(&wire)?;
-    let (outcome, charge) = state.engine.embed(&key, &request, request_id).await?;
+    // In a task of its own, like chat: a client that leaves does not cancel work the upstream
+    // goes on doing and billing.
+    let engine = state.engine.clone();
+    let (outcome, charge) = tokio::spawn(async move { engine.embed(&key, &request, request_id).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("the request's task ended: {e}")))??;
     let data: Vec<Value> = outcome
         .vectors
         .iter()
