@@ -85,6 +85,11 @@ struct Owed {
 
 impl Owed {
     fn add(&mut self, route: &Route, req: &ChatRequest, failed: &[String], baseline: &Option<CatalogModel>) {
+        // Only the operator's own provider accounts bill us for it: a BYOK key bills its
+        // owner directly, and a self-hosted server bills nobody.
+        if route.upstream.billing_mode() != "managed" {
+            return;
+        }
         let this = record(route, req, failed, baseline);
         self.usd += this.cost_usd(Usage { prompt_tokens: req.prompt_tokens(), completion_tokens: 0 });
         self.route.get_or_insert(this);

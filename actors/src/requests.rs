@@ -103,13 +103,24 @@ impl Engine {
                 })
                 .take(crate::gateway::MAX_ATTEMPTS)
                 .map(|route| {
-                    let usage =
-                        Usage { prompt_tokens: prompt_on(route), completion_tokens: req.output_bound(&route.model) };
                     let record = crate::gateway::record(route, req, &[], &baseline);
-                    self.config.pricing.charge(info.tier, &record, usage).charged_units
+                    let prompt = prompt_on(route);
+                    let whole = Usage { prompt_tokens: prompt, completion_tokens: req.output_bound(&route.model) };
+                    // A managed upstream that accepts and then times out is owed its prompt
+                    // (`ChatFailure::owed`), on top of the route that finally serves.
+                    let owed = if record.billing_mode == "managed" && !req.stream {
+                        let prompt_only = Usage { prompt_tokens: prompt, completion_tokens: 0 };
+                        self.config.pricing.charge(info.tier, &record, prompt_only).charged_units
+                    } else {
+                        0
+                    };
+                    (self.config.pricing.charge(info.tier, &record, whole).charged_units, owed)
                 })
-                .max()
-                .unwrap_or(0)
+                .fold((0, 0), |(worst, owed), (whole, prompt)| (worst.max(whole), owed + prompt))
+        };
+        let worst_on = |routes: &[Route]| {
+            let (worst, owed) = worst_on(routes);
+            worst + owed
         };
         let mut worst = worst_on(routes);
         if req.model == ModelChoice::Mode(Mode::Auto) && !req.stream {
