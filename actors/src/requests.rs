@@ -54,6 +54,25 @@ impl RequestInfo {
     }
 }
 
+/// The routes a request may take, and the hold prices: the first usable route of each of
+/// the first few upstreams, as the gateway tries them. Trying only these keeps a breaker that
+/// opens after the hold from sending the request down a route the hold never priced.
+fn priced_routes(routes: Vec<Route>) -> Vec<Route> {
+    let mut upstreams_seen: Vec<String> = Vec::new();
+    routes
+        .into_iter()
+        .filter(|r| r.upstream.usable_for(&r.model.id))
+        .filter(|r| {
+            let first = !upstreams_seen.contains(&r.upstream.name);
+            if first {
+                upstreams_seen.push(r.upstream.name.clone());
+            }
+            first
+        })
+        .take(crate::gateway::MAX_ATTEMPTS)
+        .collect()
+}
+
 fn scope(key: &KeyEntry) -> Scope {
     Scope { account_id: key.account_id.clone(), workspace_slug: key.workspace_slug.clone() }
 }
@@ -165,7 +184,7 @@ impl Engine {
 
     pub async fn chat(&self, key: &KeyEntry, req: &ChatRequest, info: RequestInfo) -> Result<ServedChat, EngineError> {
         let scope = scope(key);
-        let routes = self.router.plan(req, &scope)?;
+        let routes = priced_routes(self.router.plan(req, &scope)?);
         let hold = self.reserve(key, || self.worst_case_units(req, &info, &routes, &scope)).await?;
         // On failure the hold is dropped, which releases it, unless an upstream accepted the
         // request before failing: then its prompt is settled (it was worked on and billed).
@@ -191,7 +210,7 @@ impl Engine {
         info: &RequestInfo,
     ) -> Result<OpenStream, EngineError> {
         let scope = scope(key);
-        let routes = self.router.plan(req, &scope)?;
+        let routes = priced_routes(self.router.plan(req, &scope)?);
         let hold = self.reserve(key, || self.worst_case_units(req, info, &routes, &scope)).await?;
         let outcome = self.router.chat_stream(req, routes).await?;
         Ok(OpenStream { outcome, hold })
