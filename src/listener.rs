@@ -44,6 +44,27 @@ pub struct Limits {
     pub stream_write_timeout: Duration,
 }
 
+/// The kernel's queue of connections not yet accepted (capped by `net.core.somaxconn`). It
+/// absorbs bursts and is where connections past `max_connections` wait; a full queue drops
+/// new SYNs, which clients retry only after a second or more. (The usual default is 128.)
+const ACCEPT_BACKLOG: u32 = 4096;
+
+/// Binds `listen` ("host:port", the first address that binds) with [`ACCEPT_BACKLOG`].
+pub async fn bind(listen: &str) -> io::Result<TcpListener> {
+    let mut failed = None;
+    for addr in tokio::net::lookup_host(listen).await? {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        // As std and mio do: a restarted server may bind while old connections linger in TIME_WAIT.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(ACCEPT_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(error) => failed = Some(error),
+        }
+    }
+    Err(failed.unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the address resolves to nothing")))
+}
+
 /// Serves `app` on `listener` until `signal` completes, then stops accepting (the listener is
 /// closed at once) and returns when every open connection has finished its request. The
 /// caller bounds that wait (`shutdown_grace_secs`).
@@ -139,6 +160,10 @@ struct Clock {
     active: AtomicUsize,
     header: Duration,
     idle: Duration,
+    /// The connection's task, parked on a read while a request was served. hyper may drop
+    /// the last response body after its final read of the round, and a read with no deadline
+    /// arms no timer: the connection must be polled again for the idle deadline to count.
+    reader: futures_util::task::AtomicWaker,
 }
 
 impl Clock {
@@ -152,6 +177,7 @@ impl Clock {
             active: AtomicUsize::new(0),
             header: limits.header_read_timeout,
             idle: limits.keep_alive_idle,
+            reader: futures_util::task::AtomicWaker::new(),
         };
         clock.set(WAITING_FOR_HEAD, Some(clock.header));
         clock
@@ -171,6 +197,7 @@ impl Clock {
     fn request_finished(&self) {
         if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.set(IDLE, Some(self.idle));
+            self.reader.wake();
         }
     }
 
@@ -301,7 +328,10 @@ impl AsyncRead for Guarded {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                let Some(deadline) = this.clock.deadline() else { return Poll::Pending };
+                let Some(deadline) = this.clock.deadline() else {
+                    this.clock.reader.register(cx.waker());
+                    return Poll::Pending;
+                };
                 arm(&mut this.read_timer, deadline);
                 match this.read_timer.as_mut().map(|t| t.as_mut().poll(cx)) {
                     Some(Poll::Ready(())) => {

@@ -13,7 +13,7 @@ use tokaroo_actors::{
     catalog::Catalog, providers::ProviderKind, upstreams::UpstreamSettings, BootstrapCredentials, Engine, EngineConfig,
     RestartPolicy, Store,
 };
-use tokio::{net::TcpListener, time::Instant};
+use tokio::time::Instant;
 
 use crate::{
     config::{Config, LogFormat},
@@ -109,7 +109,7 @@ fn print_bootstrap(creds: &BootstrapCredentials) {
 /// Runs the server until SIGINT/SIGTERM, then drains in-flight requests and flushes storage.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let store = Store::open(&config.server.data_dir)?;
-    let listener = TcpListener::bind(&config.server.listen)
+    let listener = listener::bind(&config.server.listen)
         .await
         .map_err(|source| ServeError::Listen { addr: config.server.listen.clone(), source })?;
     let addr = listener.local_addr()?;
