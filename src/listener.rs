@@ -13,7 +13,7 @@ use std::{
     io,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
         Arc,
     },
     task::{Context, Poll},
@@ -78,6 +78,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, signal: i
     // closes. Idle and half-open connections close within their deadlines, so the wait is
     // bounded, and a client that waits is better off than one that gets a reset.
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let draining = Arc::new(AtomicBool::new(false));
     let mut signal = std::pin::pin!(signal);
     loop {
         let permit = tokio::select! {
@@ -104,7 +105,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, signal: i
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::warn!(%error, "could not set TCP_NODELAY");
         }
-        let clock = Arc::new(Clock::new(limits));
+        let clock = Arc::new(Clock::new(limits, draining.clone()));
         let io = TokioIo::new(Guarded::new(tcp, clock.clone(), limits.stream_write_timeout));
         let app = app.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
@@ -126,6 +127,9 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, signal: i
         });
     }
     drop(listener);
+    // Before the connections are told: each one then reads once more, and one serving no
+    // request closes (hyper itself closes idle ones, but waits out a head half sent).
+    draining.store(true, Ordering::Relaxed);
     graceful.shutdown().await;
 }
 
@@ -164,12 +168,14 @@ struct Clock {
     /// the last response body after its final read of the round, and a read with no deadline
     /// arms no timer: the connection must be polled again for the idle deadline to count.
     reader: futures_util::task::AtomicWaker,
+    /// Set for every connection when shutdown begins.
+    draining: Arc<AtomicBool>,
 }
 
 impl Clock {
     /// A new connection must send a whole head within the header timeout: a half-open
     /// connection that sends nothing is cut as soon as a slow one.
-    fn new(limits: Limits) -> Self {
+    fn new(limits: Limits, draining: Arc<AtomicBool>) -> Self {
         let clock = Self {
             base: Instant::now(),
             phase: AtomicU8::new(WAITING_FOR_HEAD),
@@ -178,6 +184,7 @@ impl Clock {
             header: limits.header_read_timeout,
             idle: limits.keep_alive_idle,
             reader: futures_util::task::AtomicWaker::new(),
+            draining,
         };
         clock.set(WAITING_FOR_HEAD, Some(clock.header));
         clock
@@ -208,6 +215,11 @@ impl Clock {
         if self.phase.load(Ordering::Relaxed) == IDLE {
             self.set(WAITING_FOR_HEAD, Some(self.header));
         }
+    }
+
+    /// Shutting down, and this connection serves no request: nothing to wait for.
+    fn closing(&self) -> bool {
+        self.draining.load(Ordering::Relaxed) && self.phase.load(Ordering::Relaxed) != BUSY
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -326,6 +338,9 @@ impl AsyncRead for Guarded {
                     this.clock.bytes_read();
                 }
                 Poll::Ready(Ok(()))
+            }
+            Poll::Pending if this.clock.closing() => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "shutting down")))
             }
             Poll::Pending => {
                 let Some(deadline) = this.clock.deadline() else {

@@ -48,7 +48,9 @@ async fn read_response(tcp: &mut TcpStream) -> Option<(String, String)> {
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
     let length = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+        .find_map(|l| {
+            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())
+        })
         .unwrap_or(0);
     while buf.len() < head_end + length {
         match tcp.read(&mut chunk).await {
@@ -127,7 +129,8 @@ async fn a_head_sent_a_byte_at_a_time_is_cut_at_the_header_timeout() {
     let gw = Gateway::start_with(Options::default().env("TOKAROO_HEADER_READ_TIMEOUT_SECS", "1")).await;
     let mut tcp = TcpStream::connect(addr(&gw)).await.unwrap();
     let started = Instant::now();
-    let trickle = b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let trickle =
+        b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let mut cut = None;
     for byte in trickle {
         if tcp.write_all(&[*byte]).await.is_err() {
@@ -255,7 +258,8 @@ async fn a_streaming_client_that_stops_reading_is_cut_and_its_stream_settled_onc
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut tcp = socket.connect(addr(&gw).parse().unwrap()).await.unwrap();
-    let body = json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "Go on"}]}).to_string();
+    let body =
+        json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "Go on"}]}).to_string();
     let request = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nx-request-id: stalled-reader-1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -286,4 +290,34 @@ async fn a_streaming_client_that_stops_reading_is_cut_and_its_stream_settled_onc
 async fn rows(gw: &Gateway, account: &str) -> Vec<Value> {
     let r = gw.get(&format!("/admin/usage?account_id={account}&limit=1000"), ADMIN_TOKEN).await;
     r.body["data"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_connections_that_are_not_being_served() {
+    let gw = Gateway::start_with(
+        Options::default()
+            .env("TOKAROO_HEADER_READ_TIMEOUT_SECS", "60")
+            .env("TOKAROO_KEEP_ALIVE_IDLE_SECS", "60")
+            .env("TOKAROO_SHUTDOWN_GRACE_SECS", "10"),
+    )
+    .await;
+    let target = addr(&gw);
+    let mut open = Vec::new();
+    for i in 0..100 {
+        let mut tcp = TcpStream::connect(&target).await.unwrap();
+        match i % 3 {
+            0 => {}                                                                       // sends nothing
+            1 => tcp.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Sl").await.unwrap(), // half a head
+            _ => {
+                // A kept-alive connection, idle after one answer.
+                tcp.write_all(livez(&gw).as_bytes()).await.unwrap();
+                read_response(&mut tcp).await.expect("answered");
+            }
+        }
+        open.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    assert_eq!(gw.stop().await, Some(0), "a clean stop");
+    assert!(started.elapsed() < Duration::from_secs(5), "stopped after {:?}", started.elapsed());
 }
