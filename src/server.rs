@@ -188,13 +188,13 @@ fn raise_open_files_limit(max_connections: usize) {
     #[cfg(unix)]
     {
         // Descriptors besides connections: storage, the WAL, upstream clients, logs.
-        const RESERVE: u64 = 256;
+        const RESERVE: libc::rlim_t = 256;
         let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
         if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
             return;
         }
-        let wanted = (max_connections as u64).saturating_add(RESERVE);
+        let wanted = (max_connections as libc::rlim_t).saturating_add(RESERVE);
         if limit.rlim_cur < wanted && limit.rlim_cur < limit.rlim_max {
             let raised = libc::rlimit { rlim_cur: limit.rlim_max.min(wanted), rlim_max: limit.rlim_max };
             // SAFETY: as above.
@@ -202,9 +202,9 @@ fn raise_open_files_limit(max_connections: usize) {
                 limit = raised;
             }
         }
-        if (limit.rlim_cur as u64) < wanted {
+        if limit.rlim_cur < wanted {
             tracing::warn!(
-                open_files_limit = limit.rlim_cur as u64,
+                open_files_limit = limit.rlim_cur,
                 max_connections,
                 "the open-files limit is below max_connections; raise it (ulimit -n, LimitNOFILE)"
             );
