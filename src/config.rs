@@ -149,6 +149,17 @@ pub struct ServerConfig {
     pub admin_token: Option<Secret>,
     /// A dashboard session unused this long expires; every use pushes it out again.
     pub session_ttl_secs: u64,
+    /// A request's head (request line and headers) must arrive within this many seconds of
+    /// the connection opening, or of its first byte on a kept-alive connection.
+    pub header_read_timeout_secs: u64,
+    /// A kept-alive connection with no request for this long is closed.
+    pub keep_alive_idle_secs: u64,
+    /// A request body must arrive within this many seconds of its head (else 408).
+    pub body_read_timeout_secs: u64,
+    /// Open connections past this wait to be accepted until others close.
+    pub max_connections: usize,
+    /// A client that takes none of a response (a stream, mostly) for this long is cut off.
+    pub stream_write_timeout_secs: u64,
 }
 
 /// Shorter admin tokens are refused at start: the token is a password for the whole server.
@@ -164,6 +175,13 @@ impl Default for ServerConfig {
             worker_threads: None,
             admin_token: None,
             session_ttl_secs: tokaroo_actors::DEFAULT_SESSION_TTL.as_secs(),
+            header_read_timeout_secs: 10,
+            // Longer than the 60 s idle timeout of common load balancers (AWS ALB's default),
+            // so that one in front never reuses a connection we have just closed.
+            keep_alive_idle_secs: 75,
+            body_read_timeout_secs: 30,
+            max_connections: 10_000,
+            stream_write_timeout_secs: 30,
         }
     }
 }
@@ -306,6 +324,18 @@ impl Config {
                 "server.session_ttl_secs (TOKAROO_SESSION_TTL_SECS) must be at least 1".into(),
             ));
         }
+        let s = &self.server;
+        for (value, name) in [
+            (s.header_read_timeout_secs, "server.header_read_timeout_secs (TOKAROO_HEADER_READ_TIMEOUT_SECS)"),
+            (s.keep_alive_idle_secs, "server.keep_alive_idle_secs (TOKAROO_KEEP_ALIVE_IDLE_SECS)"),
+            (s.body_read_timeout_secs, "server.body_read_timeout_secs (TOKAROO_BODY_READ_TIMEOUT_SECS)"),
+            (s.max_connections as u64, "server.max_connections (TOKAROO_MAX_CONNECTIONS)"),
+            (s.stream_write_timeout_secs, "server.stream_write_timeout_secs (TOKAROO_STREAM_WRITE_TIMEOUT_SECS)"),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
         if !["manual", "stripe"].contains(&self.billing.processor.as_str()) {
             return Err(ConfigError::Invalid(format!(
                 "billing.processor must be manual or stripe, got {:?}",
@@ -358,6 +388,21 @@ impl Config {
         }
         if let Some(v) = get("TOKAROO_SESSION_TTL_SECS") {
             self.server.session_ttl_secs = parse("TOKAROO_SESSION_TTL_SECS", &v)?;
+        }
+        if let Some(v) = get("TOKAROO_HEADER_READ_TIMEOUT_SECS") {
+            self.server.header_read_timeout_secs = parse("TOKAROO_HEADER_READ_TIMEOUT_SECS", &v)?;
+        }
+        if let Some(v) = get("TOKAROO_KEEP_ALIVE_IDLE_SECS") {
+            self.server.keep_alive_idle_secs = parse("TOKAROO_KEEP_ALIVE_IDLE_SECS", &v)?;
+        }
+        if let Some(v) = get("TOKAROO_BODY_READ_TIMEOUT_SECS") {
+            self.server.body_read_timeout_secs = parse("TOKAROO_BODY_READ_TIMEOUT_SECS", &v)?;
+        }
+        if let Some(v) = get("TOKAROO_MAX_CONNECTIONS") {
+            self.server.max_connections = parse("TOKAROO_MAX_CONNECTIONS", &v)?;
+        }
+        if let Some(v) = get("TOKAROO_STREAM_WRITE_TIMEOUT_SECS") {
+            self.server.stream_write_timeout_secs = parse("TOKAROO_STREAM_WRITE_TIMEOUT_SECS", &v)?;
         }
         if let Some(v) = get("TOKAROO_LOG_FORMAT") {
             self.log.format = match v.as_str() {
@@ -470,6 +515,11 @@ mod tests {
         assert_eq!(shipped.server.listen, defaults.server.listen);
         assert_eq!(shipped.server.data_dir, defaults.server.data_dir);
         assert_eq!(shipped.server.session_ttl_secs, defaults.server.session_ttl_secs);
+        assert_eq!(shipped.server.header_read_timeout_secs, defaults.server.header_read_timeout_secs);
+        assert_eq!(shipped.server.keep_alive_idle_secs, defaults.server.keep_alive_idle_secs);
+        assert_eq!(shipped.server.body_read_timeout_secs, defaults.server.body_read_timeout_secs);
+        assert_eq!(shipped.server.max_connections, defaults.server.max_connections);
+        assert_eq!(shipped.server.stream_write_timeout_secs, defaults.server.stream_write_timeout_secs);
         assert_eq!(shipped.rate_limit.default_rpm, defaults.rate_limit.default_rpm);
         assert_eq!(shipped.pricing.margin_auto, defaults.pricing.margin_auto);
         assert_eq!(shipped.billing.processor, defaults.billing.processor);
@@ -517,6 +567,9 @@ mod tests {
         assert_eq!(config.server.session_ttl_secs, 2);
         config.server.session_ttl_secs = 0;
         assert!(config.validate().unwrap_err().to_string().contains("session_ttl_secs"));
+        config.server.session_ttl_secs = 2;
+        config.apply_env(|n| (n == "TOKAROO_MAX_CONNECTIONS").then(|| "0".to_owned())).unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("TOKAROO_MAX_CONNECTIONS"));
     }
 
     /// Every secret the configuration can hold, set to a recognisable value, must not show

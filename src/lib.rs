@@ -4,4 +4,5 @@
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod listener;
 pub mod server;

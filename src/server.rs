@@ -1,7 +1,6 @@
 //! Start-up and graceful shutdown of `tokaroo serve`.
 
 use std::{
-    future::IntoFuture,
     io::Write,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -10,16 +9,16 @@ use std::{
     time::Duration,
 };
 
-use axum::serve::ListenerExt;
 use tokaroo_actors::{
     catalog::Catalog, providers::ProviderKind, upstreams::UpstreamSettings, BootstrapCredentials, Engine, EngineConfig,
     RestartPolicy, Store,
 };
-use tokio::{net::TcpListener, time::Instant};
+use tokio::time::Instant;
 
 use crate::{
     config::{Config, LogFormat},
     http::{self, AppParts, AppState},
+    listener::{self, Limits},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +114,7 @@ fn print_bootstrap(creds: &BootstrapCredentials) {
 /// Runs the server until SIGINT/SIGTERM, then drains in-flight requests and flushes storage.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let store = Store::open(&config.server.data_dir)?;
-    let listener = TcpListener::bind(&config.server.listen)
+    let listener = listener::bind(&config.server.listen)
         .await
         .map_err(|source| ServeError::Listen { addr: config.server.listen.clone(), source })?;
     let addr = listener.local_addr()?;
@@ -131,9 +130,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let shutting_down = Arc::new(AtomicBool::new(false));
     let in_flight = Arc::new(AtomicUsize::new(0));
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let state_config = Arc::new(config);
     let state = AppState::new(AppParts {
         engine: engine.clone(),
-        config: Arc::new(config),
+        config: state_config.clone(),
         shutting_down: shutting_down.clone(),
         in_flight: in_flight.clone(),
     });
@@ -142,33 +142,28 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, "listening");
 
-    // Streaming answers are many small writes; Nagle's algorithm would hold each one back
-    // waiting for the client's delayed ACK (tens of milliseconds per chunk).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::warn!(%error, "could not set TCP_NODELAY");
-        }
-    });
+    let limits = limits(&state_config);
+    raise_open_files_limit(limits.max_connections);
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<Instant>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = listener::serve(listener, app, limits, async move {
         shutdown_signal().await;
         shutting_down.store(true, Ordering::Relaxed);
         let _ = signalled_tx.send(Instant::now());
         tracing::info!("shutdown requested; finishing in-flight requests");
     });
-    let mut server = std::pin::pin!(server.into_future());
+    let mut server = std::pin::pin!(server);
     // The grace period bounds everything after the signal: draining requests, then the
     // engine's shutdown. Past it the process exits whatever it was waiting on.
     let (served, deadline) = tokio::select! {
-        served = &mut server => (Some(served), Instant::now() + grace),
+        () = &mut server => (Some(()), Instant::now() + grace),
         signalled = signalled_rx => {
             let deadline = signalled.unwrap_or_else(|_| Instant::now()) + grace;
             (tokio::time::timeout_at(deadline, &mut server).await.ok(), deadline)
         }
     };
-    let Some(served) = served else {
+    if served.is_none() {
         give_up(grace, &engine, &in_flight, "in-flight requests did not finish");
-    };
+    }
     match tokio::time::timeout_at(deadline, engine.shutdown()).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => {
@@ -177,9 +172,49 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
         Err(_) => give_up(grace, &engine, &in_flight, "engine shutdown did not finish"),
     }
-    served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn limits(config: &Config) -> Limits {
+    let s = &config.server;
+    Limits {
+        max_connections: s.max_connections,
+        header_read_timeout: Duration::from_secs(s.header_read_timeout_secs),
+        keep_alive_idle: Duration::from_secs(s.keep_alive_idle_secs),
+        stream_write_timeout: Duration::from_secs(s.stream_write_timeout_secs),
+    }
+}
+
+/// Each connection is a file descriptor, and the usual soft limit (1024) is far below
+/// `max_connections`: raise it to the hard limit, as Go's runtime does, and say so when even
+/// that leaves too little room (accepting then waits for descriptors to free up).
+fn raise_open_files_limit(max_connections: usize) {
+    #[cfg(unix)]
+    {
+        // Descriptors besides connections: storage, the WAL, upstream clients, logs.
+        const RESERVE: libc::rlim_t = 256;
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return;
+        }
+        let wanted = (max_connections as libc::rlim_t).saturating_add(RESERVE);
+        if limit.rlim_cur < wanted && limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max.min(wanted), rlim_max: limit.rlim_max };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                limit = raised;
+            }
+        }
+        if limit.rlim_cur < wanted {
+            tracing::warn!(
+                open_files_limit = limit.rlim_cur,
+                max_connections,
+                "the open-files limit is below max_connections; raise it (ulimit -n, LimitNOFILE)"
+            );
+        }
+    }
 }
 
 /// Ends the process at once, saying what shutdown was still waiting on. Returning instead

@@ -447,8 +447,10 @@ impl Settle {
     ) {
         let (usage, text) = tokaroo_actors::gateway::drain_abandoned(upstream, usage, text).await;
         let usage = billable_usage(&route, &request, usage, &text);
-        if let Err(error) = self.finish(&route, usage).await {
-            tracing::error!(%error, "could not record an abandoned stream's usage");
+        let request_id = self.info.request_id.clone().unwrap_or_default();
+        match self.finish(&route, usage).await {
+            Ok(_) => tracing::info!(%request_id, "a stream its client left was drained and settled as abandoned"),
+            Err(error) => tracing::error!(%error, %request_id, "could not record an abandoned stream's usage"),
         }
     }
 }

@@ -22,6 +22,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("Missing Authorization header: send `Authorization: Bearer <credential>`")]
     MissingCredential,
     #[error("Invalid or expired credential")]
@@ -72,6 +74,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::MissingCredential | Self::InvalidCredential | Self::SessionExpired => StatusCode::UNAUTHORIZED,
             Self::SessionRequired | Self::ApiKeyRequired | Self::OperatorRequired | Self::Forbidden(_) => {
                 StatusCode::FORBIDDEN
@@ -91,6 +94,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => "invalid_request".into(),
             Self::PayloadTooLarge(_) => "payload_too_large".into(),
+            Self::RequestTimeout(_) => "request_timeout".into(),
             Self::MissingCredential => "Missing Authorization header".into(),
             Self::InvalidCredential | Self::SessionExpired => "Invalid or expired credential".into(),
             Self::SessionRequired => "Session authentication required".into(),

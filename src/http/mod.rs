@@ -99,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(refuse_control_characters_in_path))
         .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), body_deadline))
         .layer(middleware::from_fn_with_state(state.clone(), count_in_flight))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
@@ -136,6 +137,79 @@ fn path_has_control_characters(path: &str) -> bool {
         }
     }
     String::from_utf8_lossy(&decoded).chars().any(char::is_control)
+}
+
+/// A request body must arrive within `body_read_timeout_secs` of the request's head: one
+/// that trickles in would otherwise hold its connection and handler for as long as its sender
+/// likes (the connection's own deadlines stop at the head). Past the deadline the body fails
+/// to read and the answer, whatever the handler made of that, is 408 with the connection closed
+/// (the rest of the body is never read).
+async fn body_deadline(state: axum::extract::State<AppState>, request: Request, next: middleware::Next) -> Response {
+    if http_body::Body::is_end_stream(request.body()) {
+        return next.run(request).await;
+    }
+    let timeout = std::time::Duration::from_secs(state.config.server.body_read_timeout_secs);
+    let expired = Arc::new(AtomicBool::new(false));
+    let path = request.uri().path().to_owned();
+    let request = request.map(|body| {
+        axum::body::Body::new(DeadlineBody {
+            body,
+            deadline: tokio::time::Instant::now() + timeout,
+            timer: None,
+            expired: expired.clone(),
+        })
+    });
+    let response = next.run(request).await;
+    if !expired.load(Ordering::Relaxed) {
+        return response;
+    }
+    let message = format!("The request body did not arrive within {} s", timeout.as_secs());
+    let mut response = shaped_for(&path, ApiError::RequestTimeout(message));
+    response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    response
+}
+
+/// A request body that fails once its deadline passes. The timer is made only when a read
+/// has to wait: most bodies are already in hyper's buffer when the handler reads them.
+struct DeadlineBody {
+    body: axum::body::Body,
+    deadline: tokio::time::Instant,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    expired: Arc<AtomicBool>,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::{future::Future, task::Poll};
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Pending => {
+                let deadline = this.deadline;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.expired.store(true, Ordering::Relaxed);
+                let timed_out = std::io::Error::new(std::io::ErrorKind::TimedOut, "request body read timed out");
+                Poll::Ready(Some(Err(axum::Error::new(timed_out))))
+            }
+            ready => ready,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Counts a request from its arrival until its response body is done or dropped.

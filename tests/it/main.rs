@@ -14,6 +14,7 @@ mod connections;
 mod credentials;
 mod foundation;
 mod hostile;
+mod http_limits;
 mod keys_and_workspaces;
 mod ledger;
 mod money_once;
