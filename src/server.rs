@@ -164,6 +164,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     if served.is_none() {
         give_up(grace, &engine, &in_flight, "in-flight requests did not finish");
     }
+    // Requests whose clients left are still being served or settled: their rows go to the
+    // ledger before it commits for the last time. Drains of abandoned streams stop now.
+    engine.begin_shutdown();
+    if tokio::time::timeout_at(deadline, engine.work_done()).await.is_err() {
+        give_up(grace, &engine, &in_flight, "requests whose clients left did not finish settling");
+    }
     match tokio::time::timeout_at(deadline, engine.shutdown()).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => {

@@ -118,6 +118,28 @@ pub struct EngineParts {
     operator_account_id: Arc<std::sync::RwLock<Option<String>>>,
     /// What `shutdown` is doing now, for the report when it overruns its grace period.
     shutdown_stage: std::sync::Mutex<&'static str>,
+    /// Work that outlives its request (see [`Engine::track_work`]).
+    work: Arc<WorkCount>,
+    /// Set when shutdown begins: drains of abandoned streams stop early.
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct WorkCount {
+    running: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Held by work that must finish before shutdown commits the ledger (a request whose
+/// client left, still being served and settled).
+pub struct WorkGuard(Arc<WorkCount>);
+
+impl Drop for WorkGuard {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl std::ops::Deref for Engine {
@@ -178,6 +200,8 @@ impl Engine {
             payments,
             operator_account_id: Arc::new(std::sync::RwLock::new(operator)),
             shutdown_stage: std::sync::Mutex::new("not started"),
+            work: Arc::default(),
+            stopping: tokio::sync::watch::Sender::new(false),
         }));
         engine.spawn_last_used_persister();
         engine.spawn_payment_reconciler();
@@ -211,6 +235,33 @@ impl Engine {
         Ok(())
     }
 
+    /// Counts a piece of work that may outlive its request until the guard drops.
+    pub fn track_work(&self) -> WorkGuard {
+        self.work.running.fetch_add(1, Ordering::AcqRel);
+        WorkGuard(self.work.clone())
+    }
+
+    /// Says shutdown has begun: drains of abandoned streams settle with what they have.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Flips to true when shutdown begins.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    /// Resolves once no tracked work is running.
+    pub async fn work_done(&self) {
+        loop {
+            let idle = self.work.idle.notified();
+            if self.work.running.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
     fn set_shutdown_stage(&self, stage: &'static str) {
         *self.shutdown_stage.lock().unwrap_or_else(|p| p.into_inner()) = stage;
     }
@@ -224,7 +275,8 @@ impl Engine {
             None => "no flush running".to_owned(),
         };
         format!(
-            "engine shutdown stage: {stage}; storage: {flush}, {} waiter(s) queued{}",
+            "engine shutdown stage: {stage}; {} request(s) still settling; storage: {flush}, {} waiter(s) queued{}",
+            self.work.running.load(Ordering::Acquire),
             flusher.queued_waiters,
             if flusher.held { " (flushes held by fault injection)" } else { "" }
         )

@@ -315,11 +315,16 @@ fn count_bounded(text: &str) -> u32 {
     crate::tokenizer::count(&text[..cut]).saturating_add(rest)
 }
 
-/// The most answer text relayed for a route before the stream is cut: a token is rarely more
-/// than 16 bytes, so only an upstream ignoring the output bound gets near it (a self-hosted
-/// server streaming forever), and nothing buffers without end.
+/// The most answer text relayed from a self-hosted server before its stream is cut: a token
+/// is rarely more than 16 bytes, so only a server ignoring the output bound gets near it (one
+/// streaming forever), and nothing buffers without end. Managed and BYOK providers enforce
+/// the bound themselves.
 pub fn answer_text_limit(route: &RouteRecord) -> usize {
-    (route.max_output_tokens as usize).saturating_mul(16).max(64 << 10)
+    if route.billing_mode == "self_hosted" {
+        (route.max_output_tokens as usize).saturating_mul(16).max(64 << 10)
+    } else {
+        usize::MAX
+    }
 }
 
 /// The usage a served request is billed for, from what the upstream reported (if anything)
@@ -359,10 +364,12 @@ pub const ABANDONED_DRAIN_TEXT_BYTES: usize = 4 << 20;
 
 /// Reads the rest of a stream nobody is listening to, keeping the text (for our own count)
 /// and the provider's usage: the work was done and the provider bills it.
+/// Stops early, with what it has, once `stopping` turns true (the server is shutting down).
 pub async fn drain_abandoned(
     mut upstream: DeltaStream,
     mut usage: Option<Usage>,
     mut text: String,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> (Option<Usage>, String) {
     use crate::chat::ChatDelta;
     let deadline = tokio::time::sleep(ABANDONED_DRAIN_TIME);
@@ -370,6 +377,7 @@ pub async fn drain_abandoned(
     loop {
         let next = tokio::select! {
             _ = &mut deadline => break,
+            _ = stopping.wait_for(|stop| *stop) => break,
             next = upstream.next() => next,
         };
         match next {

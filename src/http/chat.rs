@@ -240,9 +240,13 @@ async fn chat_completions(
     // Served in a task of its own: a client that leaves does not cancel work the upstream
     // goes on doing and billing, so the request still settles its row.
     let engine = state.engine.clone();
-    let served = tokio::spawn(async move { engine.chat(&key, &request, info).await })
-        .await
-        .map_err(|e| ApiError::Internal(format!("the request's task ended: {e}")))??;
+    let work = engine.track_work();
+    let served = tokio::spawn(async move {
+        let _work = work;
+        engine.chat(&key, &request, info).await
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("the request's task ended: {e}")))??;
     let outcome = &served.outcome;
     let cost = served.charge.charged_usd();
     let r = &outcome.response;
@@ -281,7 +285,9 @@ async fn stream_response(
     // the upstream accepted is still drained and settled (the provider bills it).
     let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
     let engine = state.engine.clone();
+    let work = engine.track_work();
     tokio::spawn(async move {
+        let _work = work;
         let opened = engine.chat_stream(&key, &request, &info).await;
         if let Err(unread) = opened_tx.send((opened, key, request, info)) {
             settle_unread(engine, unread).await;
@@ -379,7 +385,12 @@ impl OpenedReceiver {
 impl Drop for OpenedReceiver {
     fn drop(&mut self) {
         if let Some(Ok(unread)) = self.rx.take().map(|mut rx| rx.try_recv()) {
-            tokio::spawn(settle_unread(self.engine.clone(), unread));
+            let work = self.engine.track_work();
+            let engine = self.engine.clone();
+            tokio::spawn(async move {
+                let _work = work;
+                settle_unread(engine, unread).await
+            });
         }
     }
 }
@@ -445,7 +456,8 @@ impl Settle {
         usage: Option<Usage>,
         text: String,
     ) {
-        let (usage, text) = tokaroo_actors::gateway::drain_abandoned(upstream, usage, text).await;
+        let stopping = self.engine.stopping();
+        let (usage, text) = tokaroo_actors::gateway::drain_abandoned(upstream, usage, text, stopping).await;
         let usage = billable_usage(&route, &request, usage, &text);
         let request_id = self.info.request_id.clone().unwrap_or_default();
         match self.finish(&route, usage).await {
@@ -584,7 +596,11 @@ fn async_stream(
                 let upstream = std::mem::replace(&mut self.upstream, futures_util::stream::empty().boxed());
                 let (route, request) = (self.route.clone(), self.request.clone());
                 let (usage, text) = (self.usage, std::mem::take(&mut self.text));
-                tokio::spawn(settle.abandoned(upstream, route, request, usage, text));
+                let work = settle.engine.track_work();
+                tokio::spawn(async move {
+                    let _work = work;
+                    settle.abandoned(upstream, route, request, usage, text).await
+                });
             }
         }
     }

@@ -78,9 +78,13 @@ async fn embeddings(
     // In a task of its own, like chat: a client that leaves does not cancel work the upstream
     // goes on doing and billing.
     let engine = state.engine.clone();
-    let (outcome, charge) = tokio::spawn(async move { engine.embed(&key, &request, request_id).await })
-        .await
-        .map_err(|e| ApiError::Internal(format!("the request's task ended: {e}")))??;
+    let work = engine.track_work();
+    let (outcome, charge) = tokio::spawn(async move {
+        let _work = work;
+        engine.embed(&key, &request, request_id).await
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("the request's task ended: {e}")))??;
     let data: Vec<Value> = outcome
         .vectors
         .iter()

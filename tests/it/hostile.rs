@@ -354,3 +354,28 @@ async fn a_self_hosted_stream_far_past_its_bound_is_cut_and_settled() {
     assert_eq!(row["billing_mode"], "self_hosted");
     assert!(row["output_tokens"].as_u64().unwrap() > 10_000, "what it streamed is billed: {row}");
 }
+
+#[tokio::test]
+async fn shutdown_settles_a_stream_whose_client_left_before_its_last_commit() {
+    let fake = Fake::start(OpenAi { models: vec![] }, "sk-fake-openai-shutdown").await;
+    fake.set(Behavior::Slow { text: LONG_ANSWER, completion_tokens: 777, gap_ms: 1_000 });
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::default()
+        .env("OPENAI_API_KEY", &fake.key)
+        .env("TOKAROO_OPENAI_BASE_URL", &format!("{}/v1", fake.root));
+    let gw = Gateway::start_in(dir.path(), options.clone()).await;
+    let (account, _, key) = funded_tenant(&gw, "leaver-at-shutdown", 5.0).await;
+    let body = json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "Count"}]});
+    let mut response =
+        gw.client().post(gw.url("/v1/chat/completions")).bearer_auth(&key).json(&body).send().await.unwrap();
+    response.chunk().await.unwrap().expect("a first chunk");
+    drop(response); // the upstream would go on for several more seconds
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(gw.stop().await, Some(0), "a clean stop");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "the drain was cut short: {:?}", started.elapsed());
+    let again = Gateway::start_in(dir.path(), options).await;
+    let rows = usage_rows(&again, &account).await;
+    assert_eq!(rows.len(), 1, "the abandoned stream was settled before the ledger's last commit: {rows:?}");
+    assert!(rows[0]["output_tokens"].as_u64().unwrap() > 0);
+}
