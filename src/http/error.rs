@@ -24,6 +24,8 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     RequestTimeout(String),
+    #[error("This request came from this gateway's own call to a self-hosted endpoint: the endpoint leads back to the gateway")]
+    LoopDetected,
     #[error("Missing Authorization header: send `Authorization: Bearer <credential>`")]
     MissingCredential,
     #[error("Invalid or expired credential")]
@@ -75,6 +77,7 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::LoopDetected => StatusCode::LOOP_DETECTED,
             Self::MissingCredential | Self::InvalidCredential | Self::SessionExpired => StatusCode::UNAUTHORIZED,
             Self::SessionRequired | Self::ApiKeyRequired | Self::OperatorRequired | Self::Forbidden(_) => {
                 StatusCode::FORBIDDEN
@@ -95,6 +98,7 @@ impl ApiError {
             Self::BadRequest(_) => "invalid_request".into(),
             Self::PayloadTooLarge(_) => "payload_too_large".into(),
             Self::RequestTimeout(_) => "request_timeout".into(),
+            Self::LoopDetected => "loop_detected".into(),
             Self::MissingCredential => "Missing Authorization header".into(),
             Self::InvalidCredential | Self::SessionExpired => "Invalid or expired credential".into(),
             Self::SessionRequired => "Session authentication required".into(),

@@ -379,3 +379,25 @@ async fn shutdown_settles_a_stream_whose_client_left_before_its_last_commit() {
     assert_eq!(rows.len(), 1, "the abandoned stream was settled before the ledger's last commit: {rows:?}");
     assert!(rows[0]["output_tokens"].as_u64().unwrap() > 0);
 }
+
+#[tokio::test]
+async fn an_endpoint_that_leads_back_to_the_gateway_is_refused_as_a_loop() {
+    // Our calls to a tenant's address carry the hop mark...
+    let local = Fake::start(OpenAi { models: vec!["llama3.2"] }, "").await;
+    let gw = Gateway::start_with(Options::default().env("TOKAROO_ENDPOINTS_ALLOW_PRIVATE_NETWORKS", "true")).await;
+    let (_, session, key) = funded_tenant(&gw, "looper", 5.0).await;
+    let r = gw.post("/v1/local-endpoints", &session, json!({"url": local.root, "label": "box"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let body = json!({"model": "auto", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(gw.post("/v1/chat/completions", &key, body.clone()).await.status, 200);
+    let sent = local.answer_requests();
+    assert_eq!(sent[0].header("x-tokaroo-hop"), Some("1"), "the outbound call is marked");
+    // ...and a marked request arriving at a runtime route (through whatever proxy) is refused.
+    let r = gw
+        .raw(
+            gw.client().post(gw.url("/v1/chat/completions")).bearer_auth(&key).header("x-tokaroo-hop", "1").json(&body),
+        )
+        .await;
+    assert_eq!(r.status, 508, "{}", r.text);
+    assert_eq!(r.body["error"]["code"], "loop_detected", "{}", r.text);
+}

@@ -78,11 +78,20 @@ pub async fn open_stream(
     tokio::time::timeout(conn.timeout, execute(conn, request)).await.map_err(|_| ProviderError::Timeout)?
 }
 
+/// Sent on every call to an address an account chose; runtime routes refuse a request that
+/// carries it, as it came from this gateway (a self-hosted endpoint pointing back at it).
+pub const HOP_HEADER: &str = "x-tokaroo-hop";
+
 /// Adds the connection's headers, checks the destination against the connection's guard
 /// (IP-literal hosts never reach its resolver) and sends.
 async fn execute(conn: &Connection, mut request: reqwest::RequestBuilder) -> Result<reqwest::Response, ProviderError> {
     for (name, value) in &conn.extra_headers {
         request = request.header(name, value);
+    }
+    if conn.guard.is_some() {
+        // Marks calls to addresses an account chose, so that one leading back into this
+        // gateway (through a proxy the address guard cannot see through) is refused there.
+        request = request.header(HOP_HEADER, "1");
     }
     let request = request.build().map_err(map_reqwest_error)?;
     if let Some(guard) = &conn.guard {
