@@ -258,7 +258,7 @@ impl Engine {
             return Err(EngineError::invalid("secret must not be empty"));
         }
         let workspace_name = self.check_workspace(account_id, &new.workspace_slug)?;
-        let _creating = self
+        let creating = self
             .reserve_creation(account_id, Counted::ProviderKeys, || {
                 Ok(self.store().provider_keys.scan_prefix(&(account_id,))?.len())
             })
@@ -277,6 +277,7 @@ impl Engine {
             estimated_reset_at_ms: None,
         };
         self.store().provider_keys.insert(&(account_id, record.id.as_str()), &record)?;
+        drop(creating);
         self.store().flush().await?;
         if let Some(upstream) = self.shared.byok_upstream(&record, new.secret.trim().to_owned()) {
             self.shared.upstreams.insert(upstream.clone());
@@ -342,7 +343,7 @@ impl Engine {
         self.check_workspace(account_id, &new.workspace_slug)?;
         let headers = new.headers.as_ref().map(headers_list).transpose()?.unwrap_or_default();
         self.check_endpoint_url(account_id, &parsed).await?;
-        let _creating = self
+        let creating = self
             .reserve_creation(account_id, Counted::Endpoints, || {
                 Ok(self.store().local_endpoints.scan_prefix(&(account_id,))?.len())
             })
@@ -368,6 +369,7 @@ impl Engine {
         let upstream = self.shared.endpoint_upstream(&record, headers, self.is_operator(account_id))?;
         self.apply_check(&mut record, &upstream).await;
         self.store().local_endpoints.insert(&(account_id, record.id.as_str()), &record)?;
+        drop(creating);
         self.store().flush().await?;
         self.shared.upstreams.insert(upstream.clone());
         group::start_child(group::ENDPOINTS, self.shared.upstream_spec(upstream)).await;

@@ -289,7 +289,7 @@ impl Engine {
         validate_slug(&new.slug)?;
         validate_name("name", &new.name)?;
         validate_budget(new.monthly_budget_usd)?;
-        let _creating = self
+        let creating = self
             .reserve_creation(account_id, Counted::Workspaces, || {
                 Ok(self.store().workspaces.scan_prefix(&(account_id,))?.len())
             })
@@ -309,6 +309,8 @@ impl Engine {
         if !self.store().workspaces.insert_new(&(account_id, record.slug.as_str()), &record)? {
             return Err(EngineError::Conflict(format!("Workspace {} already exists", record.slug)));
         }
+        // Counted from here on; the flush is shared with other writers, so not under the lock.
+        drop(creating);
         self.store().flush().await?;
         self.shared
             .workspaces
@@ -396,7 +398,7 @@ impl Engine {
     pub async fn create_key(&self, account_id: &str, new: NewKey) -> Result<(KeyView, String), EngineError> {
         validate_rpm(new.rate_limit_rpm)?;
         self.check_rpm_cap(account_id, new.rate_limit_rpm)?;
-        let _creating = self
+        let creating = self
             .reserve_creation(account_id, Counted::Keys, || {
                 Ok(self.store().api_keys.scan_prefix(&(account_id,))?.len())
             })
@@ -422,6 +424,7 @@ impl Engine {
             last_used_at_ms: None,
         };
         self.store().api_keys.insert(&(account_id, record.id.as_str()), &record)?;
+        drop(creating);
         self.store().flush().await?;
         let entry = Arc::new(KeyEntry {
             id: record.id.clone(),

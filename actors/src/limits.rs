@@ -58,23 +58,25 @@ impl Engine {
 
     /// Serialises one account's creations of `what`, so a burst of concurrent requests
     /// cannot all pass the count check together; then checks the count. Hold the guard
-    /// until the new record is inserted.
+    /// until the new record is inserted, and drop it before flushing (flushes are shared).
+    /// The operator's account is not capped, so not serialised either.
     pub(crate) async fn reserve_creation(
         &self,
         account_id: &str,
         what: Counted,
         count: impl FnOnce() -> Result<usize, EngineError>,
-    ) -> Result<tokio::sync::OwnedMutexGuard<()>, EngineError> {
+    ) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, EngineError> {
+        if !self.capped(account_id) {
+            return Ok(None);
+        }
         let lock = self.shared.creation_locks.entry(account_id.to_owned()).or_default().clone();
         let guard = lock.lock_owned().await;
-        if self.capped(account_id) {
-            let (cap, noun, setting) = what.describe(&self.config.limits);
-            if count()? >= cap {
-                return Err(EngineError::invalid(format!(
-                    "This account already has {cap} {noun}, the most this server allows ({setting}); delete one first"
-                )));
-            }
+        let (cap, noun, setting) = what.describe(&self.config.limits);
+        if count()? >= cap {
+            return Err(EngineError::invalid(format!(
+                "This account already has {cap} {noun}, the most this server allows ({setting}); delete one first"
+            )));
         }
-        Ok(guard)
+        Ok(Some(guard))
     }
 }
