@@ -162,7 +162,7 @@ impl Engine {
         let payments = crate::payments::processor(&config.payments, http.clone())
             .map_err(|e| EngineError::Invalid(format!("payment settings: {e}")))?;
         let shared = Arc::new(Shared {
-            funding_lock: tokio::sync::Mutex::new(()),
+            funding_locks: DashMap::new(),
             creation_locks: DashMap::new(),
             auto_pay_in_flight: DashMap::new(),
             upstreams,

@@ -191,10 +191,16 @@ impl Engine {
         Ok(id)
     }
 
+    /// Serialises one account's billing-profile changes (see `Shared::funding_locks`).
+    async fn funding_guard(&self, account_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self.shared.funding_locks.entry(account_id.to_owned()).or_default().clone();
+        lock.lock_owned().await
+    }
+
     /// `POST /v1/billing/checkout`: a hosted page to pay `amount_usd` and save the card.
     pub async fn checkout(&self, account_id: &str, amount_usd: f64) -> Result<CheckoutSession, EngineError> {
         self.check_amount(amount_usd)?;
-        let _guard = self.shared.funding_lock.lock().await;
+        let _guard = self.funding_guard(account_id).await;
         let mut profile = self.profile(account_id)?;
         let customer_id = self.customer_id(&mut profile).await?;
         let back = self.config.funding.payments_url();
@@ -215,7 +221,7 @@ impl Engine {
 
     /// Credits a paid checkout once and keeps its card. Reported by the webhook or by polling.
     pub async fn complete_checkout(&self, paid: CompletedCheckout) -> Result<(), EngineError> {
-        let _guard = self.shared.funding_lock.lock().await;
+        let _guard = self.funding_guard(&paid.account_id).await;
         self.complete_checkout_locked(paid).await
     }
 
@@ -250,7 +256,7 @@ impl Engine {
 
     /// Asks the processor about checkouts still pending (for servers without a webhook).
     async fn sync_checkouts(&self, account_id: &str) -> Result<(), EngineError> {
-        let _guard = self.shared.funding_lock.lock().await;
+        let _guard = self.funding_guard(account_id).await;
         for session_id in self.profile(account_id)?.pending_checkouts {
             if let Some(paid) = self.payments.checkout_result(&session_id).await? {
                 self.complete_checkout_locked(paid).await?;
@@ -274,7 +280,7 @@ impl Engine {
                 self.complete_checkout(paid).await?;
             }
             Some(WebhookEvent::PaymentSucceeded(payment)) => {
-                let _guard = self.shared.funding_lock.lock().await;
+                let _guard = self.funding_guard(payment.account_id.as_deref().unwrap_or_default()).await;
                 self.resolve_payment(&payment).await?;
             }
             Some(WebhookEvent::Refunded { charge_id, payment_id, total_refunded_cents }) => {
@@ -354,7 +360,7 @@ impl Engine {
                 if payment.account_id.as_deref() != Some(profile.account_id.as_str()) {
                     continue;
                 }
-                let _guard = self.shared.funding_lock.lock().await;
+                let _guard = self.funding_guard(&profile.account_id).await;
                 if self.resolve_payment(&payment).await? {
                     tracing::info!(account = %profile.account_id, payment = %payment.payment_id, "reconciler credited a payment whose answer was lost");
                     report.credited += 1;
@@ -476,7 +482,7 @@ impl Engine {
 
     pub async fn accept_terms(&self, account_id: &str) -> Result<ActivationStatus, EngineError> {
         {
-            let _guard = self.shared.funding_lock.lock().await;
+            let _guard = self.funding_guard(account_id).await;
             let mut profile = self.profile(account_id)?;
             profile.terms_accepted_at_ms = Some(crate::now_ms());
             profile.terms_version = Some(self.config.funding.terms_version.clone());
@@ -499,7 +505,7 @@ impl Engine {
         if let Some(amount) = amount_usd {
             self.check_amount(amount)?;
         }
-        let _guard = self.shared.funding_lock.lock().await;
+        let _guard = self.funding_guard(account_id).await;
         let mut profile = self.profile(account_id)?;
         if let Some(amount) = amount_usd {
             profile.auto_pay_amount_usd = Some(amount);
@@ -523,7 +529,7 @@ impl Engine {
 
     pub async fn remove_card(&self, account_id: &str) -> Result<(), EngineError> {
         self.saved_card(account_id)?;
-        let _guard = self.shared.funding_lock.lock().await;
+        let _guard = self.funding_guard(account_id).await;
         let mut profile = self.profile(account_id)?;
         let card = profile.card.take().ok_or(PaymentError::NoCard)?;
         self.payments.detach_card(&card.payment_method_id).await?;
@@ -673,7 +679,7 @@ impl Engine {
         };
         self.check_amount(amount)?;
         let money = {
-            let _guard = self.shared.funding_lock.lock().await;
+            let _guard = self.funding_guard(account_id).await;
             self.charge_card(account_id, amount, "top_up").await?
         };
         let status = self.activation(account_id).await?;
@@ -705,7 +711,7 @@ impl Engine {
         let account_id: Arc<str> = account_id.into();
         tokio::spawn(async move {
             let result = {
-                let _guard = engine.shared.funding_lock.lock().await;
+                let _guard = engine.funding_guard(&account_id).await;
                 // Checked again under the lock: another top-up may have landed meanwhile.
                 match engine.money(&account_id).await {
                     Ok(now) if now.balance_units() >= threshold => Ok(()),

@@ -85,8 +85,9 @@ impl WorkspaceEntry {
 
 pub struct Shared {
     pub store: Store,
-    /// Serialises changes to billing profiles (checkouts, top-ups, auto pay, card changes).
-    pub funding_lock: tokio::sync::Mutex<()>,
+    /// Per account: serialises changes to its billing profile (checkouts, top-ups, auto pay,
+    /// card changes). Per account, so one tenant's slow payment calls never hold another's.
+    pub funding_locks: DashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>,
     /// Per account: serialises creations checked against a count cap (`limits.rs`).
     pub creation_locks: DashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>,
     pub auto_pay_in_flight: DashMap<String, ()>,
