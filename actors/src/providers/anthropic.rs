@@ -7,11 +7,10 @@
 
 use std::collections::HashMap;
 
-use eventsource_stream::Event;
-use futures_util::{future::BoxFuture, stream::BoxStream, StreamExt};
 use serde_json::{json, Map, Value};
 
-use super::{http, ChatProvider, Connection, DeltaStream, ProviderError};
+use super::adapter::{parse_data_url, HttpAdapter, StreamDecoder};
+use super::{Connection, ProviderError};
 use crate::chat::{
     ChatDelta, ChatRequest, ChatResponse, ContentPart, FinishReason, Message, ResponseFormat, Role, ToolCall,
     ToolChoice, Usage,
@@ -21,14 +20,6 @@ pub struct AnthropicChat;
 
 /// The API version this adapter speaks.
 pub const API_VERSION: &str = "2023-06-01";
-
-/// Splits a `data:` URL into its media type and base64 payload.
-fn parse_data_url(url: &str) -> Option<(&str, &str)> {
-    let rest = url.strip_prefix("data:")?;
-    let (meta, data) = rest.split_once(',')?;
-    let media_type = meta.strip_suffix(";base64")?;
-    Some((if media_type.is_empty() { "image/png" } else { media_type }, data))
-}
 
 fn image_block(url: &str) -> Value {
     match parse_data_url(url) {
@@ -275,11 +266,6 @@ impl StreamState {
         Self::default()
     }
 
-    /// `message_stop` was seen: the answer is complete.
-    pub fn is_done(&self) -> bool {
-        self.stopped
-    }
-
     fn take_usage(&mut self) -> Option<ChatDelta> {
         if self.usage_sent || (self.prompt_tokens.is_none() && self.completion_tokens.is_none()) {
             return None;
@@ -290,10 +276,12 @@ impl StreamState {
             completion_tokens: self.completion_tokens.unwrap_or(0),
         }))
     }
+}
 
+impl StreamDecoder for StreamState {
     /// The deltas carried by one SSE event. `event_name` is the SSE `event:` field; the JSON
     /// `type` inside `data` takes precedence when present.
-    pub fn on_event(&mut self, event_name: &str, data: &str) -> Result<Vec<ChatDelta>, ProviderError> {
+    fn on_event(&mut self, event_name: &str, data: &str) -> Result<Vec<ChatDelta>, ProviderError> {
         let data = data.trim();
         if data.is_empty() {
             return Ok(Vec::new());
@@ -395,12 +383,17 @@ impl StreamState {
     }
 
     /// Called when the body ends: a stream without `message_stop` is broken.
-    pub fn finish(&mut self) -> Result<Vec<ChatDelta>, ProviderError> {
+    fn finish(&mut self) -> Result<Vec<ChatDelta>, ProviderError> {
         if self.stopped {
             Ok(self.take_usage().into_iter().collect())
         } else {
             Err(ProviderError::StreamBroken("stream ended before message_stop".into()))
         }
+    }
+
+    /// `message_stop` was seen: the answer is complete.
+    fn is_done(&self) -> bool {
+        self.stopped
     }
 }
 
@@ -421,93 +414,33 @@ fn post(conn: &Connection, body: &Value) -> reqwest::RequestBuilder {
     request
 }
 
-type Events = BoxStream<'static, Result<Event, ProviderError>>;
+impl HttpAdapter for AnthropicChat {
+    type Decoder = StreamState;
 
-fn delta_stream(events: Events) -> DeltaStream {
-    futures_util::stream::unfold((events, StreamState::new(), false), |(mut events, mut state, done)| async move {
-        if done {
-            return None;
-        }
-        loop {
-            let step = match events.next().await {
-                None => state.finish(),
-                Some(Err(e)) => Err(e),
-                Some(Ok(event)) => state.on_event(&event.event, &event.data),
-            };
-            match step {
-                Err(e) => return Some((vec![Err(e)], (events, state, true))),
-                Ok(deltas) => {
-                    let done = state.is_done();
-                    if deltas.is_empty() && !done {
-                        continue;
-                    }
-                    return Some((deltas.into_iter().map(Ok).collect::<Vec<_>>(), (events, state, done)));
-                }
-            }
-        }
-    })
-    .flat_map(futures_util::stream::iter)
-    .boxed()
-}
-
-impl ChatProvider for AnthropicChat {
-    fn chat<'a>(
-        &'a self,
-        conn: &'a Connection,
-        model: &'a str,
-        req: &'a ChatRequest,
+    fn request(
+        conn: &Connection,
+        model: &str,
+        req: &ChatRequest,
         max_output_tokens: u32,
-    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        Box::pin(async move {
-            let body = request_body(model, req, max_output_tokens, false);
-            let response = http::send(conn, post(conn, &body)).await?;
-            parse_response(&http::json_body(response).await?)
-        })
+        stream: bool,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        Ok(post(conn, &request_body(model, req, max_output_tokens, stream)))
     }
 
-    fn chat_stream<'a>(
-        &'a self,
-        conn: &'a Connection,
-        model: &'a str,
-        req: &'a ChatRequest,
-        max_output_tokens: u32,
-    ) -> BoxFuture<'a, Result<DeltaStream, ProviderError>> {
-        Box::pin(async move {
-            let body = request_body(model, req, max_output_tokens, true);
-            // Only the wait for headers and the gaps between events are bounded, not the
-            // whole (possibly long) stream.
-            let request = post(conn, &body);
-            let response = http::open_stream(conn, request).await?;
-            if !response.status().is_success() {
-                return Err(http::status_error(response).await);
-            }
-            Ok(delta_stream(http::sse(response, conn.timeout)))
-        })
+    fn parse_response(body: &Value) -> Result<ChatResponse, ProviderError> {
+        parse_response(body)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::{ModelChoice, ToolDef};
-
-    fn request(messages: Vec<Message>) -> ChatRequest {
-        ChatRequest::new(ModelChoice::Native("claude-test".into()), messages)
-    }
-
-    fn assistant_calls(calls: Vec<ToolCall>) -> Message {
-        Message { role: Role::Assistant, content: Vec::new(), tool_calls: calls, tool_call_id: None, name: None }
-    }
-
-    fn tool_result(id: &str, text: &str) -> Message {
-        Message {
-            role: Role::Tool,
-            content: vec![ContentPart::Text(text.into())],
-            tool_calls: Vec::new(),
-            tool_call_id: Some(id.into()),
-            name: None,
-        }
-    }
+    use crate::chat::ToolDef;
+    use crate::providers::adapter::delta_stream;
+    use crate::providers::adapter::testing::{
+        self, assistant_calls, connection, events, request, tool_result, user_parts,
+    };
+    use futures_util::StreamExt;
 
     #[test]
     fn system_messages_are_hoisted_and_max_tokens_defaults() {
@@ -532,17 +465,11 @@ mod tests {
 
     #[test]
     fn images_become_base64_or_url_sources() {
-        let msg = Message {
-            role: Role::User,
-            content: vec![
-                ContentPart::Text("What is this?".into()),
-                ContentPart::Image { url: "data:image/png;base64,AAAA".into(), detail: None },
-                ContentPart::Image { url: "https://example.com/cat.jpg".into(), detail: Some("high".into()) },
-            ],
-            tool_calls: Vec::new(),
-            tool_call_id: None,
-            name: None,
-        };
+        let msg = user_parts(vec![
+            ContentPart::Text("What is this?".into()),
+            ContentPart::Image { url: "data:image/png;base64,AAAA".into(), detail: None },
+            ContentPart::Image { url: "https://example.com/cat.jpg".into(), detail: Some("high".into()) },
+        ]);
         let body = request_body("m", &request(vec![msg]), 4096, false);
         assert_eq!(
             body["messages"][0]["content"],
@@ -738,15 +665,8 @@ mod tests {
         assert!(matches!(parse_response(&json!({ "id": "x" })), Err(ProviderError::Protocol(_))));
     }
 
-    /// Feeds `(event, data)` pairs and collects every delta, then the end-of-body verdict.
     fn run(events: &[(&str, &str)]) -> (Vec<ChatDelta>, Result<Vec<ChatDelta>, ProviderError>) {
-        let mut state = StreamState::new();
-        let mut out = Vec::new();
-        for (name, data) in events {
-            out.extend(state.on_event(name, data).unwrap());
-        }
-        let end = state.finish();
-        (out, end)
+        testing::run::<StreamState>(events)
     }
 
     #[test]
@@ -906,14 +826,6 @@ mod tests {
         assert!(matches!(state.on_event("message_start", "{not json"), Err(ProviderError::StreamBroken(_))));
     }
 
-    fn events(items: Vec<Result<(&str, &str), ProviderError>>) -> Events {
-        let items: Vec<Result<Event, ProviderError>> = items
-            .into_iter()
-            .map(|r| r.map(|(name, data)| Event { event: name.into(), data: data.into(), ..Event::default() }))
-            .collect();
-        futures_util::stream::iter(items).boxed()
-    }
-
     #[tokio::test]
     async fn delta_stream_stops_at_message_stop_and_flags_truncation() {
         let complete = events(vec![
@@ -933,7 +845,7 @@ mod tests {
             // Anything after message_stop is not read.
             Err(ProviderError::StreamBroken("late".into())),
         ]);
-        let out: Vec<_> = delta_stream(complete).collect().await;
+        let out: Vec<_> = delta_stream(complete, StreamState::new()).collect().await;
         assert_eq!(
             out,
             vec![
@@ -947,7 +859,7 @@ mod tests {
             "content_block_delta",
             r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
         ))]);
-        let out: Vec<_> = delta_stream(truncated).collect().await;
+        let out: Vec<_> = delta_stream(truncated, StreamState::new()).collect().await;
         assert_eq!(out.len(), 2);
         assert_eq!(out[0], Ok(ChatDelta::Text("Hi".into())));
         assert!(matches!(out[1], Err(ProviderError::StreamBroken(_))));
@@ -955,16 +867,7 @@ mod tests {
 
     #[test]
     fn endpoint_appends_v1_messages() {
-        let conn = Connection {
-            provider: super::super::ProviderKind::Anthropic,
-            base_url: "https://api.anthropic.com/".into(),
-            api_key: Some("sk-secret".into()),
-            extra_headers: Vec::new(),
-            http: crate::providers::http::client(),
-            timeout: std::time::Duration::from_secs(5),
-            chat_url: Default::default(),
-            guard: None,
-        };
+        let conn = connection(super::super::ProviderKind::Anthropic, "https://api.anthropic.com/", "sk-secret");
         assert_eq!(endpoint(&conn), "https://api.anthropic.com/v1/messages");
         let request = post(&conn, &json!({})).build().unwrap();
         assert_eq!(request.headers()["x-api-key"], "sk-secret");

@@ -4,6 +4,7 @@
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
+use super::adapter::StreamDecoder;
 use super::{anthropic, gemini, openai};
 
 /// Field names the decoders look for, so generated JSON reaches their deeper paths.
@@ -88,6 +89,9 @@ proptest! {
     #[test]
     fn openai_decoders_never_panic(data in event_data(), body in json_value()) {
         let _ = openai::parse_chunk(&data);
+        let mut state = openai::StreamState::new();
+        let _ = state.on_event("", &data);
+        let _ = state.finish();
         let _ = openai::parse_response(&body);
     }
 
@@ -108,7 +112,7 @@ proptest! {
     fn gemini_decoders_never_panic(events in proptest::collection::vec(event_data(), 0..8), body in json_value()) {
         let mut state = gemini::StreamState::new();
         for data in &events {
-            let _ = state.on_event(data);
+            let _ = state.on_event("", data);
         }
         let _ = state.finish();
         let _ = gemini::parse_response(&body);

@@ -8,11 +8,10 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use eventsource_stream::Event;
-use futures_util::{future::BoxFuture, stream::BoxStream, StreamExt};
 use serde_json::{json, Map, Value};
 
-use super::{http, ChatProvider, Connection, DeltaStream, ProviderError};
+use super::adapter::{parse_data_url, HttpAdapter, StreamDecoder};
+use super::{http, Connection, ProviderError};
 use crate::chat::{
     ChatDelta, ChatRequest, ChatResponse, ContentPart, FinishReason, Message, ResponseFormat, Role, ToolCall,
     ToolChoice, Usage,
@@ -24,14 +23,6 @@ pub struct GeminiChat;
 /// replayed from history that another provider or a client produced). Gemini 3 models refuse a
 /// replayed `functionCall` part without a signature; the neutral [`ToolCall`] cannot carry one.
 pub const SKIP_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
-
-/// Splits a `data:` URL into its media type and base64 payload.
-fn parse_data_url(url: &str) -> Option<(&str, &str)> {
-    let rest = url.strip_prefix("data:")?;
-    let (meta, data) = rest.split_once(',')?;
-    let media_type = meta.strip_suffix(";base64")?;
-    Some((if media_type.is_empty() { "image/png" } else { media_type }, data))
-}
 
 /// The image type named by a URL's extension, `image/jpeg` when it names none we know.
 fn guess_image_mime(url: &str) -> &'static str {
@@ -414,9 +405,12 @@ impl StreamState {
     pub fn new() -> Self {
         Self::default()
     }
+}
 
-    /// The deltas carried by one streamed chunk (a whole `GenerateContentResponse`).
-    pub fn on_event(&mut self, data: &str) -> Result<Vec<ChatDelta>, ProviderError> {
+impl StreamDecoder for StreamState {
+    /// The deltas carried by one streamed chunk (a whole `GenerateContentResponse`); Gemini's
+    /// events have no names.
+    fn on_event(&mut self, _event_name: &str, data: &str) -> Result<Vec<ChatDelta>, ProviderError> {
         let data = data.trim();
         if data.is_empty() {
             return Ok(Vec::new());
@@ -461,7 +455,7 @@ impl StreamState {
 
     /// Called when the body ends: the usage of the last chunk that reported any, or
     /// `StreamBroken` when the answer never finished.
-    pub fn finish(&mut self) -> Result<Vec<ChatDelta>, ProviderError> {
+    fn finish(&mut self) -> Result<Vec<ChatDelta>, ProviderError> {
         if !self.finished {
             return Err(ProviderError::StreamBroken("stream ended without a finish reason".into()));
         }
@@ -508,63 +502,26 @@ fn post(conn: &Connection, model: &str, stream: bool, body: &Value) -> reqwest::
     request
 }
 
-type Events = BoxStream<'static, Result<Event, ProviderError>>;
+impl HttpAdapter for GeminiChat {
+    type Decoder = StreamState;
 
-fn delta_stream(events: Events) -> DeltaStream {
-    futures_util::stream::unfold((events, StreamState::new(), false), |(mut events, mut state, done)| async move {
-        if done {
-            return None;
-        }
-        loop {
-            let (step, ended) = match events.next().await {
-                None => (state.finish(), true),
-                Some(Err(e)) => (Err(e), true),
-                Some(Ok(event)) => (state.on_event(&event.data), false),
-            };
-            match step {
-                Err(e) => return Some((vec![Err(e)], (events, state, true))),
-                Ok(deltas) if deltas.is_empty() && !ended => continue,
-                Ok(deltas) => return Some((deltas.into_iter().map(Ok).collect::<Vec<_>>(), (events, state, ended))),
-            }
-        }
-    })
-    .flat_map(futures_util::stream::iter)
-    .boxed()
-}
-
-impl ChatProvider for GeminiChat {
-    fn chat<'a>(
-        &'a self,
-        conn: &'a Connection,
-        model: &'a str,
-        req: &'a ChatRequest,
+    /// The body is the same for streamed and whole answers; the endpoint differs.
+    fn request(
+        conn: &Connection,
+        model: &str,
+        req: &ChatRequest,
         max_output_tokens: u32,
-    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        Box::pin(async move {
-            let body = request_body(model, req, max_output_tokens);
-            let response = http::send_with(conn, post(conn, model, false, &body), status_error).await?;
-            parse_response(&http::json_body(response).await?)
-        })
+        stream: bool,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        Ok(post(conn, model, stream, &request_body(model, req, max_output_tokens)))
     }
 
-    fn chat_stream<'a>(
-        &'a self,
-        conn: &'a Connection,
-        model: &'a str,
-        req: &'a ChatRequest,
-        max_output_tokens: u32,
-    ) -> BoxFuture<'a, Result<DeltaStream, ProviderError>> {
-        Box::pin(async move {
-            let body = request_body(model, req, max_output_tokens);
-            // Only the wait for headers and the gaps between chunks are bounded, not the
-            // whole (possibly long) stream.
-            let request = post(conn, model, true, &body);
-            let response = http::open_stream(conn, request).await?;
-            if !response.status().is_success() {
-                return Err(status_error(http::ErrorResponse::read(response).await));
-            }
-            Ok(delta_stream(http::sse(response, conn.timeout)))
-        })
+    fn parse_response(body: &Value) -> Result<ChatResponse, ProviderError> {
+        parse_response(body)
+    }
+
+    fn read_error(response: http::ErrorResponse) -> ProviderError {
+        status_error(response)
     }
 }
 
@@ -617,25 +574,10 @@ pub async fn embed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::{ModelChoice, ToolDef};
-
-    fn request(messages: Vec<Message>) -> ChatRequest {
-        ChatRequest::new(ModelChoice::Native("gemini-test".into()), messages)
-    }
-
-    fn assistant_calls(calls: Vec<ToolCall>) -> Message {
-        Message { role: Role::Assistant, content: Vec::new(), tool_calls: calls, tool_call_id: None, name: None }
-    }
-
-    fn tool_result(id: &str, text: &str) -> Message {
-        Message {
-            role: Role::Tool,
-            content: vec![ContentPart::Text(text.into())],
-            tool_calls: Vec::new(),
-            tool_call_id: Some(id.into()),
-            name: None,
-        }
-    }
+    use crate::chat::ToolDef;
+    use crate::providers::adapter::delta_stream;
+    use crate::providers::adapter::testing::{self, assistant_calls, connection, request, tool_result, user_parts};
+    use futures_util::StreamExt;
 
     #[test]
     fn gemma_gets_the_system_prompt_in_its_first_user_turn() {
@@ -672,18 +614,12 @@ mod tests {
 
     #[test]
     fn images_become_inline_or_file_data() {
-        let msg = Message {
-            role: Role::User,
-            content: vec![
-                ContentPart::Text("Compare".into()),
-                ContentPart::Image { url: "data:image/webp;base64,UklG".into(), detail: None },
-                ContentPart::Image { url: "https://example.com/a/cat.PNG?size=large".into(), detail: None },
-                ContentPart::Image { url: "https://example.com/photo".into(), detail: None },
-            ],
-            tool_calls: Vec::new(),
-            tool_call_id: None,
-            name: None,
-        };
+        let msg = user_parts(vec![
+            ContentPart::Text("Compare".into()),
+            ContentPart::Image { url: "data:image/webp;base64,UklG".into(), detail: None },
+            ContentPart::Image { url: "https://example.com/a/cat.PNG?size=large".into(), detail: None },
+            ContentPart::Image { url: "https://example.com/photo".into(), detail: None },
+        ]);
         let body = request_body("gemini-2.5-flash", &request(vec![msg]), 4096);
         assert_eq!(
             body["contents"][0]["parts"],
@@ -947,13 +883,8 @@ mod tests {
     }
 
     fn run(chunks: &[&str]) -> (Vec<ChatDelta>, Result<Vec<ChatDelta>, ProviderError>) {
-        let mut state = StreamState::new();
-        let mut out = Vec::new();
-        for chunk in chunks {
-            out.extend(state.on_event(chunk).unwrap());
-        }
-        let end = state.finish();
-        (out, end)
+        let events: Vec<(&str, &str)> = chunks.iter().map(|chunk| ("", *chunk)).collect();
+        testing::run::<StreamState>(&events)
     }
 
     #[test]
@@ -1013,16 +944,16 @@ mod tests {
     #[test]
     fn stream_error_chunk_and_bad_json_are_broken() {
         let mut state = StreamState::new();
-        let err = state
-            .on_event(r#"{"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}"#);
+        let err = state.on_event(
+            "",
+            r#"{"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}"#,
+        );
         assert_eq!(err, Err(ProviderError::StreamBroken("The model is overloaded.".into())));
-        assert!(matches!(state.on_event("{oops"), Err(ProviderError::StreamBroken(_))));
+        assert!(matches!(state.on_event("", "{oops"), Err(ProviderError::StreamBroken(_))));
     }
 
-    fn events(items: Vec<Result<&str, ProviderError>>) -> Events {
-        let items: Vec<Result<Event, ProviderError>> =
-            items.into_iter().map(|r| r.map(|data| Event { data: data.into(), ..Event::default() })).collect();
-        futures_util::stream::iter(items).boxed()
+    fn events(items: Vec<Result<&str, ProviderError>>) -> crate::providers::adapter::Events {
+        testing::events(items.into_iter().map(|r| r.map(|data| ("", data))).collect())
     }
 
     #[tokio::test]
@@ -1035,7 +966,7 @@ mod tests {
                 r#"{"candidates":[{"content":{"parts":[{"text":"!"}],"role":"model"},"finishReason":"MAX_TOKENS"}],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":2}}"#,
             ),
         ]);
-        let out: Vec<_> = delta_stream(complete).collect().await;
+        let out: Vec<_> = delta_stream(complete, StreamState::new()).collect().await;
         assert_eq!(
             out,
             vec![
@@ -1047,28 +978,20 @@ mod tests {
         );
 
         let truncated = events(vec![Ok(r#"{"candidates":[{"content":{"parts":[{"text":"Hi"}],"role":"model"}}]}"#)]);
-        let out: Vec<_> = delta_stream(truncated).collect().await;
+        let out: Vec<_> = delta_stream(truncated, StreamState::new()).collect().await;
         assert_eq!(out.len(), 2);
         assert_eq!(out[0], Ok(ChatDelta::Text("Hi".into())));
         assert!(matches!(out[1], Err(ProviderError::StreamBroken(_))));
 
         let broken = events(vec![Err(ProviderError::StreamBroken("reset".into())), Ok("{}")]);
-        let out: Vec<_> = delta_stream(broken).collect().await;
+        let out: Vec<_> = delta_stream(broken, StreamState::new()).collect().await;
         assert_eq!(out, vec![Err(ProviderError::StreamBroken("reset".into()))]);
     }
 
     #[test]
     fn endpoints_and_headers() {
-        let conn = Connection {
-            provider: super::super::ProviderKind::Google,
-            base_url: "https://generativelanguage.googleapis.com/".into(),
-            api_key: Some("AIza-secret".into()),
-            extra_headers: Vec::new(),
-            http: crate::providers::http::client(),
-            timeout: Duration::from_secs(5),
-            chat_url: Default::default(),
-            guard: None,
-        };
+        let conn =
+            connection(super::super::ProviderKind::Google, "https://generativelanguage.googleapis.com/", "AIza-secret");
         assert_eq!(
             endpoint(&conn, "gemini-2.5-flash", false),
             "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent"

@@ -78,6 +78,21 @@ pub async fn open_stream(
     tokio::time::timeout(conn.timeout, execute(conn, request)).await.map_err(|_| ProviderError::Timeout)?
 }
 
+/// Opens a streamed answer ([`open_stream`]) and checks its status (`read_error` turns a
+/// failed answer into the error): the SSE events of an accepted one, idle-bounded by the
+/// connection's timeout.
+pub async fn open_stream_checked(
+    conn: &Connection,
+    request: reqwest::RequestBuilder,
+    read_error: fn(ErrorResponse) -> ProviderError,
+) -> Result<BoxStream<'static, Result<Event, ProviderError>>, ProviderError> {
+    let response = open_stream(conn, request).await?;
+    if !response.status().is_success() {
+        return Err(read_error(ErrorResponse::read(response).await));
+    }
+    Ok(sse(response, conn.timeout))
+}
+
 /// Sent on every call to an address an account chose; runtime routes refuse a request that
 /// carries it, as it came from this gateway (a self-hosted endpoint pointing back at it).
 pub const HOP_HEADER: &str = "x-tokaroo-hop";

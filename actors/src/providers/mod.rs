@@ -1,8 +1,11 @@
 //! Provider adapters. Each file knows one provider's wire format and nothing else does:
 //! `openai.rs` (also used by Groq and self-hosted OpenAI-compatible endpoints), `anthropic.rs`,
 //! `gemini.rs`, and the offline `simulator.rs`. `http.rs` is the shared plumbing (sending,
-//! status mapping, SSE framing) that carries no provider's format.
+//! status mapping, SSE framing) and `adapter.rs` what the HTTP adapters share (the
+//! [`adapter::HttpAdapter`] shape behind their [`ChatProvider`], stream decoding, `data:`
+//! URLs); neither carries a provider's format.
 
+pub mod adapter;
 pub mod anthropic;
 #[cfg(test)]
 mod decoder_props;

@@ -4,10 +4,10 @@
 
 use std::borrow::Cow;
 
-use futures_util::{future::BoxFuture, StreamExt};
 use serde_json::{json, Map, Value};
 
-use super::{http, ChatProvider, Connection, DeltaStream, ProviderError, ProviderKind};
+use super::adapter::{HttpAdapter, StreamDecoder};
+use super::{http, Connection, ProviderError, ProviderKind};
 use crate::chat::{
     ChatDelta, ChatRequest, ChatResponse, ContentPart, FinishReason, Message, ResponseFormat, Role, ToolCall,
     ToolChoice, Usage,
@@ -280,72 +280,62 @@ fn post(conn: &Connection, body: &Value) -> Result<reqwest::RequestBuilder, Prov
     Ok(request)
 }
 
-impl ChatProvider for OpenAiChat {
-    fn chat<'a>(
-        &'a self,
-        conn: &'a Connection,
-        model: &'a str,
-        req: &'a ChatRequest,
-        max_output_tokens: u32,
-    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        Box::pin(async move {
-            let body = request_body(conn, model, req, max_output_tokens, false);
-            let response = http::send(conn, post(conn, &body)?).await?;
-            parse_response(&http::json_body(response).await?)
-        })
+/// Turns the events of one streamed answer into deltas. Pure: feed it each SSE event's data in
+/// order; `data: [DONE]` ends the answer, and a body that ends without it or a finish reason
+/// is broken.
+#[derive(Debug, Default)]
+pub struct StreamState {
+    /// A chunk carried a finish reason.
+    finished: bool,
+    /// `[DONE]` was seen.
+    done: bool,
+}
+
+impl StreamState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl StreamDecoder for StreamState {
+    fn on_event(&mut self, _event_name: &str, data: &str) -> Result<Vec<ChatDelta>, ProviderError> {
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            return Ok(Vec::new());
+        }
+        let deltas = parse_chunk(data)?;
+        self.finished = self.finished || deltas.iter().any(|d| matches!(d, ChatDelta::Finish(_)));
+        Ok(deltas)
     }
 
-    fn chat_stream<'a>(
-        &'a self,
-        conn: &'a Connection,
-        model: &'a str,
-        req: &'a ChatRequest,
+    fn finish(&mut self) -> Result<Vec<ChatDelta>, ProviderError> {
+        if self.finished {
+            Ok(Vec::new())
+        } else {
+            Err(ProviderError::StreamBroken("stream ended before the answer finished".into()))
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+impl HttpAdapter for OpenAiChat {
+    type Decoder = StreamState;
+
+    fn request(
+        conn: &Connection,
+        model: &str,
+        req: &ChatRequest,
         max_output_tokens: u32,
-    ) -> BoxFuture<'a, Result<DeltaStream, ProviderError>> {
-        Box::pin(async move {
-            let body = request_body(conn, model, req, max_output_tokens, true);
-            // The overall timeout must not cut a long stream: only the wait for headers and
-            // the gaps between events are bounded.
-            let request = post(conn, &body)?;
-            let response = http::open_stream(conn, request).await?;
-            if !response.status().is_success() {
-                return Err(http::status_error(response).await);
-            }
-            let events = http::sse(response, conn.timeout);
-            let stream =
-                futures_util::stream::unfold((events, false, false), |(mut events, finished, done)| async move {
-                    if done {
-                        return None;
-                    }
-                    loop {
-                        match events.next().await {
-                            None if finished => return None,
-                            None => {
-                                let err = ProviderError::StreamBroken("stream ended before the answer finished".into());
-                                return Some((vec![Err(err)], (events, finished, true)));
-                            }
-                            Some(Err(e)) => return Some((vec![Err(e)], (events, finished, true))),
-                            Some(Ok(event)) => {
-                                if event.data.trim() == "[DONE]" {
-                                    return None;
-                                }
-                                let parsed = parse_chunk(&event.data);
-                                match parsed {
-                                    Err(e) => return Some((vec![Err(e)], (events, finished, true))),
-                                    Ok(deltas) if deltas.is_empty() => continue,
-                                    Ok(deltas) => {
-                                        let finished =
-                                            finished || deltas.iter().any(|d| matches!(d, ChatDelta::Finish(_)));
-                                        return Some((deltas.into_iter().map(Ok).collect(), (events, finished, false)));
-                                    }
-                                }
-                            }
-                        }
-                    }
-                })
-                .flat_map(futures_util::stream::iter);
-            Ok(stream.boxed())
-        })
+        stream: bool,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        post(conn, &request_body(conn, model, req, max_output_tokens, stream))
+    }
+
+    fn parse_response(body: &Value) -> Result<ChatResponse, ProviderError> {
+        parse_response(body)
     }
 }
 

@@ -1,0 +1,199 @@
+//! What the HTTP adapters share beyond sending bytes ([`super::http`]): the [`HttpAdapter`]
+//! shape every one of them fills in (build the request, read the answer, decode the stream),
+//! the one [`ChatProvider`] implementation that drives it, the [`StreamDecoder`] trait and the
+//! [`delta_stream`] that drives any decoder, and `data:` URL parsing. Provider-neutral: the
+//! wire formats stay in the adapters' own files.
+
+use eventsource_stream::Event;
+use futures_util::{future::BoxFuture, stream::BoxStream, StreamExt};
+use serde_json::Value;
+
+use super::{http, ChatProvider, Connection, DeltaStream, ProviderError};
+use crate::chat::{ChatDelta, ChatRequest, ChatResponse};
+
+/// The SSE events of one streamed answer ([`http::sse`]).
+pub type Events = BoxStream<'static, Result<Event, ProviderError>>;
+
+/// Turns the events of one streamed answer into deltas. Pure: it is fed each SSE event's name
+/// and data in order, then [`StreamDecoder::finish`] once the body has ended.
+pub trait StreamDecoder {
+    /// The deltas carried by one SSE event (`event_name` is its `event:` field, empty when it
+    /// has none).
+    fn on_event(&mut self, event_name: &str, data: &str) -> Result<Vec<ChatDelta>, ProviderError>;
+
+    /// Called when the body ends: the deltas held back until then (usage), or `StreamBroken`
+    /// when the answer had not ended properly.
+    fn finish(&mut self) -> Result<Vec<ChatDelta>, ProviderError>;
+
+    /// The provider's end marker was seen: nothing after it is read.
+    fn is_done(&self) -> bool {
+        false
+    }
+}
+
+/// Drives `decoder` over `events`: yields its deltas (events with none are skipped), ends after
+/// its end marker or with its verdict on the body's end, and ends at the first error.
+pub fn delta_stream<D: StreamDecoder + Send + 'static>(events: Events, decoder: D) -> DeltaStream {
+    futures_util::stream::unfold((events, decoder, false), |(mut events, mut decoder, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            let (step, ended) = match events.next().await {
+                None => (decoder.finish(), true),
+                Some(Err(e)) => (Err(e), true),
+                Some(Ok(event)) => (decoder.on_event(&event.event, &event.data), false),
+            };
+            match step {
+                Err(e) => return Some((vec![Err(e)], (events, decoder, true))),
+                Ok(deltas) => {
+                    let done = ended || decoder.is_done();
+                    if deltas.is_empty() && !done {
+                        continue;
+                    }
+                    return Some((deltas.into_iter().map(Ok).collect::<Vec<_>>(), (events, decoder, done)));
+                }
+            }
+        }
+    })
+    .flat_map(futures_util::stream::iter)
+    .boxed()
+}
+
+/// One HTTP chat API: how to ask it and how to read its answers. Every `HttpAdapter` is a
+/// [`ChatProvider`]: whole answers are sent with the connection's deadline and parsed; streams
+/// are opened (only the wait for headers and the gaps between events are bounded, never the
+/// whole, possibly long, stream) and decoded by a fresh [`HttpAdapter::Decoder`].
+pub trait HttpAdapter: Send + Sync {
+    type Decoder: StreamDecoder + Default + Send + 'static;
+
+    /// The upstream request for an answer, streamed or whole. `max_output_tokens` is the bound
+    /// the request's hold assumed: always sent upstream.
+    fn request(
+        conn: &Connection,
+        model: &str,
+        req: &ChatRequest,
+        max_output_tokens: u32,
+        stream: bool,
+    ) -> Result<reqwest::RequestBuilder, ProviderError>;
+
+    /// A whole answer's JSON body.
+    fn parse_response(body: &Value) -> Result<ChatResponse, ProviderError>;
+
+    /// A failed answer as the error: by default its status and the usual message shapes.
+    fn read_error(response: http::ErrorResponse) -> ProviderError {
+        response.into_error()
+    }
+}
+
+impl<A: HttpAdapter> ChatProvider for A {
+    fn chat<'a>(
+        &'a self,
+        conn: &'a Connection,
+        model: &'a str,
+        req: &'a ChatRequest,
+        max_output_tokens: u32,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+        Box::pin(async move {
+            let request = A::request(conn, model, req, max_output_tokens, false)?;
+            let response = http::send_with(conn, request, A::read_error).await?;
+            A::parse_response(&http::json_body(response).await?)
+        })
+    }
+
+    fn chat_stream<'a>(
+        &'a self,
+        conn: &'a Connection,
+        model: &'a str,
+        req: &'a ChatRequest,
+        max_output_tokens: u32,
+    ) -> BoxFuture<'a, Result<DeltaStream, ProviderError>> {
+        Box::pin(async move {
+            let request = A::request(conn, model, req, max_output_tokens, true)?;
+            let events = http::open_stream_checked(conn, request, A::read_error).await?;
+            Ok(delta_stream(events, A::Decoder::default()))
+        })
+    }
+}
+
+/// Splits a `data:` URL into its media type and base64 payload (`image/png` when it names
+/// none); `None` for anything else.
+pub fn parse_data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    let media_type = meta.strip_suffix(";base64")?;
+    Some((if media_type.is_empty() { "image/png" } else { media_type }, data))
+}
+
+/// Helpers the adapters' unit tests share.
+#[cfg(test)]
+pub mod testing {
+    use std::time::Duration;
+
+    use eventsource_stream::Event;
+    use futures_util::StreamExt;
+
+    use super::{Events, StreamDecoder};
+    use crate::chat::{ChatDelta, ChatRequest, ContentPart, Message, ModelChoice, Role, ToolCall};
+    use crate::providers::{http, Connection, ProviderError, ProviderKind};
+
+    pub fn request(messages: Vec<Message>) -> ChatRequest {
+        ChatRequest::new(ModelChoice::Native("test-model".into()), messages)
+    }
+
+    pub fn assistant_calls(calls: Vec<ToolCall>) -> Message {
+        Message { role: Role::Assistant, content: Vec::new(), tool_calls: calls, tool_call_id: None, name: None }
+    }
+
+    pub fn tool_result(id: &str, text: &str) -> Message {
+        Message {
+            role: Role::Tool,
+            content: vec![ContentPart::Text(text.into())],
+            tool_calls: Vec::new(),
+            tool_call_id: Some(id.into()),
+            name: None,
+        }
+    }
+
+    /// A user turn of these parts.
+    pub fn user_parts(content: Vec<ContentPart>) -> Message {
+        Message { role: Role::User, content, tool_calls: Vec::new(), tool_call_id: None, name: None }
+    }
+
+    /// A connection to `base_url` with key `api_key` and no guard.
+    pub fn connection(provider: ProviderKind, base_url: &str, api_key: &str) -> Connection {
+        Connection {
+            provider,
+            base_url: base_url.into(),
+            api_key: Some(api_key.into()),
+            extra_headers: Vec::new(),
+            http: http::client(),
+            timeout: Duration::from_secs(5),
+            chat_url: Default::default(),
+            guard: None,
+        }
+    }
+
+    /// Feeds `(event, data)` pairs to a fresh decoder and collects every delta, then the
+    /// end-of-body verdict.
+    pub fn run<D: StreamDecoder + Default>(
+        events: &[(&str, &str)],
+    ) -> (Vec<ChatDelta>, Result<Vec<ChatDelta>, ProviderError>) {
+        let mut decoder = D::default();
+        let mut out = Vec::new();
+        for (name, data) in events {
+            out.extend(decoder.on_event(name, data).unwrap());
+        }
+        let end = decoder.finish();
+        (out, end)
+    }
+
+    /// A stream of `(event, data)` SSE events and transport errors.
+    pub fn events(items: Vec<Result<(&str, &str), ProviderError>>) -> Events {
+        let items: Vec<Result<Event, ProviderError>> = items
+            .into_iter()
+            .map(|r| r.map(|(name, data)| Event { event: name.into(), data: data.into(), ..Event::default() }))
+            .collect();
+        futures_util::stream::iter(items).boxed()
+    }
+}
