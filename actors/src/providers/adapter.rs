@@ -6,7 +6,7 @@
 
 use eventsource_stream::Event;
 use futures_util::{future::BoxFuture, stream::BoxStream, StreamExt};
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 
 use super::{http, ChatProvider, Connection, DeltaStream, ProviderError};
 use crate::chat::{ChatDelta, ChatRequest, ChatResponse};
@@ -60,6 +60,15 @@ pub fn delta_stream<D: StreamDecoder + Send + 'static>(events: Events, decoder: 
     .boxed()
 }
 
+/// One chat call as [`ChatProvider`] receives it. `max_output_tokens` is the bound the
+/// request's hold assumed: always sent upstream.
+pub struct ChatCall<'a> {
+    pub model: &'a str,
+    pub req: &'a ChatRequest,
+    pub max_output_tokens: u32,
+    pub stream: bool,
+}
+
 /// One HTTP chat API: how to ask it and how to read its answers. Every `HttpAdapter` is a
 /// [`ChatProvider`]: whole answers are sent with the connection's deadline and parsed; streams
 /// are opened (only the wait for headers and the gaps between events are bounded, never the
@@ -67,23 +76,14 @@ pub fn delta_stream<D: StreamDecoder + Send + 'static>(events: Events, decoder: 
 pub trait HttpAdapter: Send + Sync {
     type Decoder: StreamDecoder + Default + Send + 'static;
 
-    /// The upstream request for an answer, streamed or whole. `max_output_tokens` is the bound
-    /// the request's hold assumed: always sent upstream.
-    fn request(
-        conn: &Connection,
-        model: &str,
-        req: &ChatRequest,
-        max_output_tokens: u32,
-        stream: bool,
-    ) -> Result<reqwest::RequestBuilder, ProviderError>;
+    /// Reads a whole answer's JSON body.
+    const PARSE_RESPONSE: fn(&Value) -> Result<ChatResponse, ProviderError>;
 
-    /// A whole answer's JSON body.
-    fn parse_response(body: &Value) -> Result<ChatResponse, ProviderError>;
+    /// Turns a failed answer into the error: by default its status and the usual message shapes.
+    const READ_ERROR: fn(http::ErrorResponse) -> ProviderError = http::ErrorResponse::into_error;
 
-    /// A failed answer as the error: by default its status and the usual message shapes.
-    fn read_error(response: http::ErrorResponse) -> ProviderError {
-        response.into_error()
-    }
+    /// The upstream request for a call, streamed or whole.
+    fn request(conn: &Connection, call: &ChatCall<'_>) -> Result<reqwest::RequestBuilder, ProviderError>;
 }
 
 impl<A: HttpAdapter> ChatProvider for A {
@@ -95,9 +95,9 @@ impl<A: HttpAdapter> ChatProvider for A {
         max_output_tokens: u32,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
-            let request = A::request(conn, model, req, max_output_tokens, false)?;
-            let response = http::send_with(conn, request, A::read_error).await?;
-            A::parse_response(&http::json_body(response).await?)
+            let request = A::request(conn, &ChatCall { model, req, max_output_tokens, stream: false })?;
+            let response = http::send_with(conn, request, A::READ_ERROR).await?;
+            (A::PARSE_RESPONSE)(&http::json_body(response).await?)
         })
     }
 
@@ -109,10 +109,54 @@ impl<A: HttpAdapter> ChatProvider for A {
         max_output_tokens: u32,
     ) -> BoxFuture<'a, Result<DeltaStream, ProviderError>> {
         Box::pin(async move {
-            let request = A::request(conn, model, req, max_output_tokens, true)?;
-            let events = http::open_stream_checked(conn, request, A::read_error).await?;
+            let request = A::request(conn, &ChatCall { model, req, max_output_tokens, stream: true })?;
+            let events = http::open_stream_checked(conn, request, A::READ_ERROR).await?;
             Ok(delta_stream(events, A::Decoder::default()))
         })
+    }
+}
+
+/// Where an API takes the account's key.
+#[derive(Debug, Clone, Copy)]
+pub enum KeyIn {
+    /// `Authorization: Bearer {key}`.
+    Bearer,
+    /// A header of this name.
+    Header(&'static str),
+}
+
+/// `request` with the connection's key, when it has one, where `key_in` says.
+pub fn with_key(request: reqwest::RequestBuilder, conn: &Connection, key_in: KeyIn) -> reqwest::RequestBuilder {
+    match (&conn.api_key, key_in) {
+        (None, _) => request,
+        (Some(key), KeyIn::Bearer) => request.bearer_auth(key),
+        (Some(key), KeyIn::Header(name)) => request.header(name, key),
+    }
+}
+
+/// One embeddings call: `inputs` with a provider's `model`; `dims` asks for shortened vectors.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbedCall<'a> {
+    pub model: &'a str,
+    pub inputs: &'a [String],
+    pub dims: Option<u32>,
+}
+
+/// Sets the sampling parameters `req` gives (temperature, top-p, stop sequences, seed: in that
+/// order) in `fields`, under the names `names` one API gives them in the same order.
+pub fn insert_sampling(fields: &mut Map<String, Value>, req: &ChatRequest, names: [&str; 4]) {
+    let [temperature, top_p, stop, seed] = names;
+    if let Some(t) = req.temperature {
+        fields.insert(temperature.into(), json!(t));
+    }
+    if let Some(p) = req.top_p {
+        fields.insert(top_p.into(), json!(p));
+    }
+    if !req.stop.is_empty() {
+        fields.insert(stop.into(), json!(req.stop));
+    }
+    if let Some(s) = req.seed {
+        fields.insert(seed.into(), json!(s));
     }
 }
 

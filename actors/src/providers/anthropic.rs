@@ -9,11 +9,11 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
-use super::adapter::{parse_data_url, HttpAdapter, StreamDecoder};
+use super::adapter::{parse_data_url, with_key, ChatCall, HttpAdapter, KeyIn, StreamDecoder};
 use super::{Connection, ProviderError};
 use crate::chat::{
     ChatDelta, ChatRequest, ChatResponse, ContentPart, FinishReason, Message, ResponseFormat, Role, ToolCall,
-    ToolChoice, Usage,
+    ToolChoice, ToolDef, Usage,
 };
 
 pub struct AnthropicChat;
@@ -122,6 +122,17 @@ fn json_instruction(format: &ResponseFormat) -> Option<String> {
     }
 }
 
+fn tool_json(tool: &ToolDef) -> Value {
+    let mut json = json!({ "name": tool.name, "input_schema": tool.parameters });
+    if !tool.parameters.is_object() {
+        json["input_schema"] = json!({ "type": "object", "properties": {} });
+    }
+    if let Some(d) = &tool.description {
+        json["description"] = json!(d);
+    }
+    json
+}
+
 /// The upstream request body.
 pub fn request_body(model: &str, req: &ChatRequest, max_output_tokens: u32, stream: bool) -> Value {
     let mut body = Map::new();
@@ -157,21 +168,7 @@ pub fn request_body(model: &str, req: &ChatRequest, max_output_tokens: u32, stre
         body.insert("metadata".into(), json!({ "user_id": user }));
     }
     if !req.tools.is_empty() {
-        let tools: Vec<Value> = req
-            .tools
-            .iter()
-            .map(|t| {
-                let mut tool = json!({ "name": t.name, "input_schema": t.parameters });
-                if !t.parameters.is_object() {
-                    tool["input_schema"] = json!({ "type": "object", "properties": {} });
-                }
-                if let Some(d) = &t.description {
-                    tool["description"] = json!(d);
-                }
-                tool
-            })
-            .collect();
-        body.insert("tools".into(), Value::Array(tools));
+        body.insert("tools".into(), Value::Array(req.tools.iter().map(tool_json).collect()));
         if let Some(choice) = &req.tool_choice {
             let v = match choice {
                 ToolChoice::Auto => json!({ "type": "auto" }),
@@ -407,28 +404,17 @@ fn endpoint(conn: &Connection) -> String {
 }
 
 fn post(conn: &Connection, body: &Value) -> reqwest::RequestBuilder {
-    let mut request = conn.http.post(endpoint(conn)).header("anthropic-version", API_VERSION).json(body);
-    if let Some(key) = &conn.api_key {
-        request = request.header("x-api-key", key);
-    }
-    request
+    let request = conn.http.post(endpoint(conn)).header("anthropic-version", API_VERSION).json(body);
+    with_key(request, conn, KeyIn::Header("x-api-key"))
 }
 
 impl HttpAdapter for AnthropicChat {
     type Decoder = StreamState;
 
-    fn request(
-        conn: &Connection,
-        model: &str,
-        req: &ChatRequest,
-        max_output_tokens: u32,
-        stream: bool,
-    ) -> Result<reqwest::RequestBuilder, ProviderError> {
-        Ok(post(conn, &request_body(model, req, max_output_tokens, stream)))
-    }
+    const PARSE_RESPONSE: fn(&Value) -> Result<ChatResponse, ProviderError> = parse_response;
 
-    fn parse_response(body: &Value) -> Result<ChatResponse, ProviderError> {
-        parse_response(body)
+    fn request(conn: &Connection, call: &ChatCall<'_>) -> Result<reqwest::RequestBuilder, ProviderError> {
+        Ok(post(conn, &request_body(call.model, call.req, call.max_output_tokens, call.stream)))
     }
 }
 

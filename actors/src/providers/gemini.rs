@@ -10,8 +10,10 @@ use std::{collections::HashMap, time::Duration};
 
 use serde_json::{json, Map, Value};
 
-use super::adapter::{parse_data_url, HttpAdapter, StreamDecoder};
-use super::{http, Connection, ProviderError};
+use super::adapter::{
+    insert_sampling, parse_data_url, with_key, ChatCall, EmbedCall, HttpAdapter, KeyIn, StreamDecoder,
+};
+use super::{http, Connection, Embeddings, ProviderError};
 use crate::chat::{
     ChatDelta, ChatRequest, ChatResponse, ContentPart, FinishReason, Message, ResponseFormat, Role, ToolCall,
     ToolChoice, Usage,
@@ -290,18 +292,7 @@ pub fn request_body(model: &str, req: &ChatRequest, max_output_tokens: u32) -> V
     }
     let mut config = Map::new();
     config.insert("maxOutputTokens".into(), json!(max_output_tokens));
-    if let Some(t) = req.temperature {
-        config.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = req.top_p {
-        config.insert("topP".into(), json!(p));
-    }
-    if !req.stop.is_empty() {
-        config.insert("stopSequences".into(), json!(req.stop));
-    }
-    if let Some(seed) = req.seed {
-        config.insert("seed".into(), json!(seed));
-    }
+    insert_sampling(&mut config, req, ["temperature", "topP", "stopSequences", "seed"]);
     match &req.response_format {
         None | Some(ResponseFormat::Text) => {}
         Some(ResponseFormat::JsonObject) => {
@@ -494,44 +485,28 @@ fn endpoint(conn: &Connection, model: &str, stream: bool) -> String {
     }
 }
 
+/// Google takes the key in a header, never in the URL (where logs would keep it).
+const KEY: KeyIn = KeyIn::Header("x-goog-api-key");
+
 fn post(conn: &Connection, model: &str, stream: bool, body: &Value) -> reqwest::RequestBuilder {
-    let mut request = conn.http.post(endpoint(conn, model, stream)).json(body);
-    if let Some(key) = &conn.api_key {
-        request = request.header("x-goog-api-key", key);
-    }
-    request
+    with_key(conn.http.post(endpoint(conn, model, stream)).json(body), conn, KEY)
 }
 
 impl HttpAdapter for GeminiChat {
     type Decoder = StreamState;
 
+    const PARSE_RESPONSE: fn(&Value) -> Result<ChatResponse, ProviderError> = parse_response;
+    const READ_ERROR: fn(http::ErrorResponse) -> ProviderError = status_error;
+
     /// The body is the same for streamed and whole answers; the endpoint differs.
-    fn request(
-        conn: &Connection,
-        model: &str,
-        req: &ChatRequest,
-        max_output_tokens: u32,
-        stream: bool,
-    ) -> Result<reqwest::RequestBuilder, ProviderError> {
-        Ok(post(conn, model, stream, &request_body(model, req, max_output_tokens)))
-    }
-
-    fn parse_response(body: &Value) -> Result<ChatResponse, ProviderError> {
-        parse_response(body)
-    }
-
-    fn read_error(response: http::ErrorResponse) -> ProviderError {
-        status_error(response)
+    fn request(conn: &Connection, call: &ChatCall<'_>) -> Result<reqwest::RequestBuilder, ProviderError> {
+        Ok(post(conn, call.model, call.stream, &request_body(call.model, call.req, call.max_output_tokens)))
     }
 }
 
 /// `batchEmbedContents`: one vector per input, optionally truncated to `dims`.
-pub async fn embed(
-    conn: &Connection,
-    model: &str,
-    inputs: &[String],
-    dims: Option<u32>,
-) -> Result<super::Embeddings, ProviderError> {
+pub async fn embed(conn: &Connection, call: &EmbedCall<'_>) -> Result<Embeddings, ProviderError> {
+    let EmbedCall { model, inputs, dims } = *call;
     let base = conn.base_url.trim_end_matches('/');
     let base =
         if base.ends_with("/v1beta") || base.ends_with("/v1") { base.to_owned() } else { format!("{base}/v1beta") };
@@ -546,11 +521,8 @@ pub async fn embed(
             r
         })
         .collect();
-    let mut request =
-        conn.http.post(format!("{base}/models/{model}:batchEmbedContents")).json(&json!({ "requests": requests }));
-    if let Some(key) = &conn.api_key {
-        request = request.header("x-goog-api-key", key);
-    }
+    let url = format!("{base}/models/{model}:batchEmbedContents");
+    let request = with_key(conn.http.post(url).json(&json!({ "requests": requests })), conn, KEY);
     let response = http::send_with(conn, request, status_error).await?;
     let v = http::json_body_capped(response, http::embeddings_cap(inputs.len())).await?;
     let vectors: Vec<Vec<f32>> = v["embeddings"]
@@ -568,7 +540,7 @@ pub async fn embed(
         return Err(ProviderError::Protocol(format!("{} embeddings for {} inputs", vectors.len(), inputs.len())));
     }
     // The Gemini API reports no token usage for embeddings.
-    Ok(super::Embeddings { vectors, prompt_tokens: None })
+    Ok(Embeddings { vectors, prompt_tokens: None })
 }
 
 #[cfg(test)]

@@ -158,9 +158,9 @@ pub async fn embed(
 ) -> Result<Embeddings, ProviderError> {
     match conn.provider {
         ProviderKind::OpenAi | ProviderKind::Local | ProviderKind::Groq => {
-            openai::embed(conn, model, inputs, dims).await
+            openai::embed(conn, &adapter::EmbedCall { model, inputs, dims }).await
         }
-        ProviderKind::Google => gemini::embed(conn, model, inputs, dims).await,
+        ProviderKind::Google => gemini::embed(conn, &adapter::EmbedCall { model, inputs, dims }).await,
         ProviderKind::Simulator => Ok(simulator::embed(inputs, dims.unwrap_or(1536))),
         ProviderKind::Anthropic => Err(ProviderError::Status {
             status: 400,

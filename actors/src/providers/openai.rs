@@ -6,11 +6,11 @@ use std::borrow::Cow;
 
 use serde_json::{json, Map, Value};
 
-use super::adapter::{HttpAdapter, StreamDecoder};
-use super::{http, Connection, ProviderError, ProviderKind};
+use super::adapter::{insert_sampling, with_key, ChatCall, EmbedCall, HttpAdapter, KeyIn, StreamDecoder};
+use super::{http, Connection, Embeddings, ProviderError, ProviderKind};
 use crate::chat::{
     ChatDelta, ChatRequest, ChatResponse, ContentPart, FinishReason, Message, ResponseFormat, Role, ToolCall,
-    ToolChoice, Usage,
+    ToolChoice, ToolDef, Usage,
 };
 
 pub struct OpenAiChat;
@@ -69,6 +69,14 @@ fn message_json(message: &Message) -> Value {
     Value::Object(m)
 }
 
+fn tool_json(tool: &ToolDef) -> Value {
+    let mut f = json!({ "name": tool.name, "parameters": tool.parameters });
+    if let Some(d) = &tool.description {
+        f["description"] = json!(d);
+    }
+    json!({ "type": "function", "function": f })
+}
+
 /// The upstream request body.
 pub fn request_body(conn: &Connection, model: &str, req: &ChatRequest, max_output_tokens: u32, stream: bool) -> Value {
     let mut body = Map::new();
@@ -78,34 +86,12 @@ pub fn request_body(conn: &Connection, model: &str, req: &ChatRequest, max_outpu
     // `max_tokens` (reasoning models refuse it); self-hosted servers mostly know only it.
     let field = if conn.provider == ProviderKind::Local { "max_tokens" } else { "max_completion_tokens" };
     body.insert(field.into(), json!(max_output_tokens));
-    if let Some(t) = req.temperature {
-        body.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = req.top_p {
-        body.insert("top_p".into(), json!(p));
-    }
-    if !req.stop.is_empty() {
-        body.insert("stop".into(), json!(req.stop));
-    }
-    if let Some(seed) = req.seed {
-        body.insert("seed".into(), json!(seed));
-    }
+    insert_sampling(&mut body, req, ["temperature", "top_p", "stop", "seed"]);
     if let Some(user) = &req.user {
         body.insert("user".into(), json!(user));
     }
     if !req.tools.is_empty() {
-        let tools: Vec<Value> = req
-            .tools
-            .iter()
-            .map(|t| {
-                let mut f = json!({ "name": t.name, "parameters": t.parameters });
-                if let Some(d) = &t.description {
-                    f["description"] = json!(d);
-                }
-                json!({ "type": "function", "function": f })
-            })
-            .collect();
-        body.insert("tools".into(), Value::Array(tools));
+        body.insert("tools".into(), Value::Array(req.tools.iter().map(tool_json).collect()));
     }
     if let Some(choice) = &req.tool_choice {
         let v = match choice {
@@ -273,11 +259,7 @@ fn endpoint(conn: &Connection) -> String {
 }
 
 fn post(conn: &Connection, body: &Value) -> Result<reqwest::RequestBuilder, ProviderError> {
-    let mut request = conn.http.post(conn.chat_url(|| endpoint(conn))?).json(body);
-    if let Some(key) = &conn.api_key {
-        request = request.bearer_auth(key);
-    }
-    Ok(request)
+    Ok(with_key(conn.http.post(conn.chat_url(|| endpoint(conn))?).json(body), conn, KeyIn::Bearer))
 }
 
 /// Turns the events of one streamed answer into deltas. Pure: feed it each SSE event's data in
@@ -324,18 +306,10 @@ impl StreamDecoder for StreamState {
 impl HttpAdapter for OpenAiChat {
     type Decoder = StreamState;
 
-    fn request(
-        conn: &Connection,
-        model: &str,
-        req: &ChatRequest,
-        max_output_tokens: u32,
-        stream: bool,
-    ) -> Result<reqwest::RequestBuilder, ProviderError> {
-        post(conn, &request_body(conn, model, req, max_output_tokens, stream))
-    }
+    const PARSE_RESPONSE: fn(&Value) -> Result<ChatResponse, ProviderError> = parse_response;
 
-    fn parse_response(body: &Value) -> Result<ChatResponse, ProviderError> {
-        parse_response(body)
+    fn request(conn: &Connection, call: &ChatCall<'_>) -> Result<reqwest::RequestBuilder, ProviderError> {
+        post(conn, &request_body(conn, call.model, call.req, call.max_output_tokens, call.stream))
     }
 }
 
@@ -345,13 +319,7 @@ pub async fn discover_models(conn: &Connection) -> Result<Vec<String>, ProviderE
     let base = conn.base_url.trim_end_matches('/');
     let with_v1 = if base.ends_with("/v1") { base.to_owned() } else { format!("{base}/v1") };
     let root = base.strip_suffix("/v1").unwrap_or(base);
-    let get = |url: String| {
-        let mut request = conn.http.get(url);
-        if let Some(key) = &conn.api_key {
-            request = request.bearer_auth(key);
-        }
-        request
-    };
+    let get = |url: String| with_key(conn.http.get(url), conn, KeyIn::Bearer);
     let openai_style = async {
         let response = http::send(conn, get(format!("{with_v1}/models"))).await?;
         let v = http::json_body_capped(response, http::MAX_DISCOVERY_BODY).await?;
@@ -383,20 +351,14 @@ pub async fn discover_models(conn: &Connection) -> Result<Vec<String>, ProviderE
 }
 
 /// `POST {base}/embeddings` (OpenAI and OpenAI-compatible servers).
-pub async fn embed(
-    conn: &Connection,
-    model: &str,
-    inputs: &[String],
-    dims: Option<u32>,
-) -> Result<super::Embeddings, ProviderError> {
+pub async fn embed(conn: &Connection, call: &EmbedCall<'_>) -> Result<Embeddings, ProviderError> {
+    let EmbedCall { model, inputs, dims } = *call;
     let mut body = json!({ "model": model, "input": inputs, "encoding_format": "float" });
     if let Some(d) = dims {
         body["dimensions"] = json!(d);
     }
-    let mut request = conn.http.post(format!("{}/embeddings", conn.base_url.trim_end_matches('/'))).json(&body);
-    if let Some(key) = &conn.api_key {
-        request = request.bearer_auth(key);
-    }
+    let url = format!("{}/embeddings", conn.base_url.trim_end_matches('/'));
+    let request = with_key(conn.http.post(url).json(&body), conn, KeyIn::Bearer);
     let v = http::json_body_capped(http::send(conn, request).await?, http::embeddings_cap(inputs.len())).await?;
     let mut items: Vec<(u64, Vec<f32>)> = v["data"]
         .as_array()
@@ -415,7 +377,7 @@ pub async fn embed(
     if items.len() != inputs.len() {
         return Err(ProviderError::Protocol(format!("{} embeddings for {} inputs", items.len(), inputs.len())));
     }
-    Ok(super::Embeddings {
+    Ok(Embeddings {
         vectors: items.into_iter().map(|(_, v)| v).collect(),
         prompt_tokens: v["usage"]["prompt_tokens"].as_u64().map(|t| t as u32),
     })
