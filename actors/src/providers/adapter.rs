@@ -178,11 +178,18 @@ pub mod testing {
     use futures_util::StreamExt;
 
     use super::{Events, StreamDecoder};
-    use crate::chat::{ChatDelta, ChatRequest, ContentPart, Message, ModelChoice, Role, ToolCall};
+    use crate::chat::{
+        ChatDelta, ChatRequest, ChatResponse, ContentPart, FinishReason, Message, ModelChoice, Role, ToolCall, Usage,
+    };
     use crate::providers::{http, Connection, ProviderError, ProviderKind};
 
     pub fn request(messages: Vec<Message>) -> ChatRequest {
         ChatRequest::new(ModelChoice::Native("test-model".into()), messages)
+    }
+
+    /// A request of text turns.
+    pub fn conversation(turns: &[(Role, &str)]) -> ChatRequest {
+        request(turns.iter().map(|(role, text)| Message::text(*role, *text)).collect())
     }
 
     pub fn assistant_calls(calls: Vec<ToolCall>) -> Message {
@@ -230,6 +237,19 @@ pub mod testing {
         }
         let end = decoder.finish();
         (out, end)
+    }
+
+    /// Asserts a whole answer's text, finish reason and usage, and that it calls no tool.
+    pub fn assert_text_answer(
+        answer: &ChatResponse,
+        content: Option<&str>,
+        finish_reason: FinishReason,
+        usage: Option<Usage>,
+    ) {
+        assert_eq!(answer.content.as_deref(), content);
+        assert!(answer.tool_calls.is_empty());
+        assert_eq!(answer.finish_reason, finish_reason);
+        assert_eq!(answer.usage, usage);
     }
 
     /// A stream of `(event, data)` SSE events and transport errors.

@@ -424,17 +424,13 @@ mod tests {
     use crate::chat::ToolDef;
     use crate::providers::adapter::delta_stream;
     use crate::providers::adapter::testing::{
-        self, assistant_calls, connection, events, request, tool_result, user_parts,
+        self, assistant_calls, connection, conversation, events, request, tool_result, user_parts,
     };
     use futures_util::StreamExt;
 
     #[test]
     fn system_messages_are_hoisted_and_max_tokens_defaults() {
-        let req = request(vec![
-            Message::text(Role::System, "Be brief."),
-            Message::text(Role::User, "Hi"),
-            Message::text(Role::System, "Be kind."),
-        ]);
+        let req = conversation(&[(Role::System, "Be brief."), (Role::User, "Hi"), (Role::System, "Be kind.")]);
         let body = request_body("claude-x", &req, 4096, false);
         assert_eq!(body["model"], "claude-x");
         assert_eq!(body["system"], "Be brief.\n\nBe kind.");
@@ -501,12 +497,12 @@ mod tests {
 
     #[test]
     fn consecutive_same_role_messages_merge_and_empty_ones_drop() {
-        let req = request(vec![
-            Message::text(Role::User, "one"),
-            Message::text(Role::User, "two"),
-            Message::text(Role::Assistant, ""),
-            Message::text(Role::Assistant, "three"),
-            Message::text(Role::Assistant, "four"),
+        let req = conversation(&[
+            (Role::User, "one"),
+            (Role::User, "two"),
+            (Role::Assistant, ""),
+            (Role::Assistant, "three"),
+            (Role::Assistant, "four"),
         ]);
         let body = request_body("m", &req, 4096, false);
         assert_eq!(
@@ -606,11 +602,8 @@ mod tests {
             "stop_reason": "end_turn", "stop_sequence": null,
             "usage": { "input_tokens": 12, "output_tokens": 6, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 20 }
         });
-        let r = parse_response(&v).unwrap();
-        assert_eq!(r.content.as_deref(), Some("Hello there"));
-        assert!(r.tool_calls.is_empty());
-        assert_eq!(r.finish_reason, FinishReason::Stop);
-        assert_eq!(r.usage, Some(Usage { prompt_tokens: 132, completion_tokens: 6 }));
+        let usage = Some(Usage { prompt_tokens: 132, completion_tokens: 6 });
+        testing::assert_text_answer(&parse_response(&v).unwrap(), Some("Hello there"), FinishReason::Stop, usage);
     }
 
     #[test]

@@ -548,7 +548,9 @@ mod tests {
     use super::*;
     use crate::chat::ToolDef;
     use crate::providers::adapter::delta_stream;
-    use crate::providers::adapter::testing::{self, assistant_calls, connection, request, tool_result, user_parts};
+    use crate::providers::adapter::testing::{
+        self, assistant_calls, connection, conversation, request, tool_result, user_parts,
+    };
     use futures_util::StreamExt;
 
     #[test]
@@ -562,12 +564,12 @@ mod tests {
 
     #[test]
     fn system_becomes_system_instruction_and_roles_map() {
-        let req = request(vec![
-            Message::text(Role::System, "Be brief."),
-            Message::text(Role::User, "Hi"),
-            Message::text(Role::Assistant, "Hello!"),
-            Message::text(Role::User, "Bye"),
-            Message::text(Role::User, "Really"),
+        let req = conversation(&[
+            (Role::System, "Be brief."),
+            (Role::User, "Hi"),
+            (Role::Assistant, "Hello!"),
+            (Role::User, "Bye"),
+            (Role::User, "Really"),
         ]);
         let body = request_body("gemini-2.5-flash", &req, 4096);
         assert_eq!(body["systemInstruction"], json!({ "parts": [{ "text": "Be brief." }] }));
@@ -795,11 +797,8 @@ mod tests {
             "usageMetadata": { "promptTokenCount": 10, "candidatesTokenCount": 5, "thoughtsTokenCount": 7, "totalTokenCount": 22 },
             "modelVersion": "gemini-2.5-flash"
         });
-        let r = parse_response(&v).unwrap();
-        assert_eq!(r.content.as_deref(), Some("Hello world"));
-        assert!(r.tool_calls.is_empty());
-        assert_eq!(r.finish_reason, FinishReason::Stop);
-        assert_eq!(r.usage, Some(Usage { prompt_tokens: 10, completion_tokens: 12 }));
+        let usage = Some(Usage { prompt_tokens: 10, completion_tokens: 12 });
+        testing::assert_text_answer(&parse_response(&v).unwrap(), Some("Hello world"), FinishReason::Stop, usage);
     }
 
     #[test]

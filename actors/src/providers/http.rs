@@ -234,11 +234,6 @@ pub fn parse_retry_after(value: &str, now: time::OffsetDateTime) -> Option<Durat
     Duration::try_from(wait).ok()
 }
 
-/// Reads an error response: status, `retry-after`, and the message.
-pub async fn status_error(response: reqwest::Response) -> ProviderError {
-    ErrorResponse::read(response).await.into_error()
-}
-
 /// Parses a JSON body of at most [`MAX_BODY`], naming the provider's mistake when it is not
 /// what we expect.
 pub async fn json_body(response: reqwest::Response) -> Result<Value, ProviderError> {

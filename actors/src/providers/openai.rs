@@ -417,6 +417,40 @@ mod tests {
 }
 
 #[cfg(test)]
+mod stream_tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::providers::adapter::{delta_stream, testing::events};
+
+    #[tokio::test]
+    async fn delta_stream_ends_at_done_and_flags_truncation() {
+        let text = r#"{"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}"#;
+        let end = r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#;
+        let usage = r#"{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":1}}"#;
+        let late = Err(ProviderError::StreamBroken("late".into()));
+        let complete = events(vec![Ok(("", text)), Ok(("", end)), Ok(("", usage)), Ok(("", " [DONE]")), late]);
+        let out: Vec<_> = delta_stream(complete, StreamState::new()).collect().await;
+        assert_eq!(
+            out,
+            vec![
+                Ok(ChatDelta::Text("Hi".into())),
+                Ok(ChatDelta::Finish(FinishReason::Stop)),
+                Ok(ChatDelta::Usage(Usage { prompt_tokens: 2, completion_tokens: 1 })),
+            ]
+        );
+        // A finish reason without `[DONE]` is a whole answer; neither is a broken stream.
+        let finished = events(vec![Ok(("", end))]);
+        let out: Vec<_> = delta_stream(finished, StreamState::new()).collect().await;
+        assert_eq!(out, vec![Ok(ChatDelta::Finish(FinishReason::Stop))]);
+        let truncated = events(vec![Ok(("", text))]);
+        let out: Vec<_> = delta_stream(truncated, StreamState::new()).collect().await;
+        assert_eq!(out.len(), 2);
+        assert!(matches!(out[1], Err(ProviderError::StreamBroken(_))));
+    }
+}
+
+#[cfg(test)]
 mod usage_tests {
     use serde_json::json;
 
