@@ -252,6 +252,25 @@ pub mod testing {
         assert_eq!(answer.usage, usage);
     }
 
+    /// Asserts that `stream` yields the text `text`, a `Stop` and `usage`, and nothing else.
+    pub async fn assert_text_stop_usage(stream: crate::providers::DeltaStream, text: &str, usage: Usage) {
+        let out: Vec<_> = stream.collect().await;
+        let expected = vec![
+            Ok(ChatDelta::Text(text.into())),
+            Ok(ChatDelta::Finish(FinishReason::Stop)),
+            Ok(ChatDelta::Usage(usage)),
+        ];
+        assert_eq!(out, expected);
+    }
+
+    /// Asserts that `stream` yields the text `text`, then breaks.
+    pub async fn assert_text_then_broken(stream: crate::providers::DeltaStream, text: &str) {
+        let out: Vec<_> = stream.collect().await;
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0], Ok(ChatDelta::Text(text.into())));
+        assert!(matches!(out[1], Err(ProviderError::StreamBroken(_))));
+    }
+
     /// A stream of `(event, data)` SSE events and transport errors.
     pub fn events(items: Vec<Result<(&str, &str), ProviderError>>) -> Events {
         let items: Vec<Result<Event, ProviderError>> = items

@@ -426,7 +426,6 @@ mod tests {
     use crate::providers::adapter::testing::{
         self, assistant_calls, connection, conversation, events, request, tool_result, user_parts,
     };
-    use futures_util::StreamExt;
 
     #[test]
     fn system_messages_are_hoisted_and_max_tokens_defaults() {
@@ -824,24 +823,14 @@ mod tests {
             // Anything after message_stop is not read.
             Err(ProviderError::StreamBroken("late".into())),
         ]);
-        let out: Vec<_> = delta_stream(complete, StreamState::new()).collect().await;
-        assert_eq!(
-            out,
-            vec![
-                Ok(ChatDelta::Text("Hi".into())),
-                Ok(ChatDelta::Finish(FinishReason::Stop)),
-                Ok(ChatDelta::Usage(Usage { prompt_tokens: 2, completion_tokens: 4 })),
-            ]
-        );
+        let usage = Usage { prompt_tokens: 2, completion_tokens: 4 };
+        testing::assert_text_stop_usage(delta_stream(complete, StreamState::new()), "Hi", usage).await;
 
         let truncated = events(vec![Ok((
             "content_block_delta",
             r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
         ))]);
-        let out: Vec<_> = delta_stream(truncated, StreamState::new()).collect().await;
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[0], Ok(ChatDelta::Text("Hi".into())));
-        assert!(matches!(out[1], Err(ProviderError::StreamBroken(_))));
+        testing::assert_text_then_broken(delta_stream(truncated, StreamState::new()), "Hi").await;
     }
 
     #[test]

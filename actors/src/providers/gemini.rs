@@ -949,10 +949,7 @@ mod tests {
         );
 
         let truncated = events(vec![Ok(r#"{"candidates":[{"content":{"parts":[{"text":"Hi"}],"role":"model"}}]}"#)]);
-        let out: Vec<_> = delta_stream(truncated, StreamState::new()).collect().await;
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[0], Ok(ChatDelta::Text("Hi".into())));
-        assert!(matches!(out[1], Err(ProviderError::StreamBroken(_))));
+        testing::assert_text_then_broken(delta_stream(truncated, StreamState::new()), "Hi").await;
 
         let broken = events(vec![Err(ProviderError::StreamBroken("reset".into())), Ok("{}")]);
         let out: Vec<_> = delta_stream(broken, StreamState::new()).collect().await;

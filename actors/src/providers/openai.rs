@@ -421,7 +421,8 @@ mod stream_tests {
     use futures_util::StreamExt;
 
     use super::*;
-    use crate::providers::adapter::{delta_stream, testing::events};
+    use crate::providers::adapter::delta_stream;
+    use crate::providers::adapter::testing::{self, events};
 
     #[tokio::test]
     async fn delta_stream_ends_at_done_and_flags_truncation() {
@@ -430,23 +431,14 @@ mod stream_tests {
         let usage = r#"{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":1}}"#;
         let late = Err(ProviderError::StreamBroken("late".into()));
         let complete = events(vec![Ok(("", text)), Ok(("", end)), Ok(("", usage)), Ok(("", " [DONE]")), late]);
-        let out: Vec<_> = delta_stream(complete, StreamState::new()).collect().await;
-        assert_eq!(
-            out,
-            vec![
-                Ok(ChatDelta::Text("Hi".into())),
-                Ok(ChatDelta::Finish(FinishReason::Stop)),
-                Ok(ChatDelta::Usage(Usage { prompt_tokens: 2, completion_tokens: 1 })),
-            ]
-        );
+        let usage = Usage { prompt_tokens: 2, completion_tokens: 1 };
+        testing::assert_text_stop_usage(delta_stream(complete, StreamState::new()), "Hi", usage).await;
         // A finish reason without `[DONE]` is a whole answer; neither is a broken stream.
         let finished = events(vec![Ok(("", end))]);
         let out: Vec<_> = delta_stream(finished, StreamState::new()).collect().await;
         assert_eq!(out, vec![Ok(ChatDelta::Finish(FinishReason::Stop))]);
         let truncated = events(vec![Ok(("", text))]);
-        let out: Vec<_> = delta_stream(truncated, StreamState::new()).collect().await;
-        assert_eq!(out.len(), 2);
-        assert!(matches!(out[1], Err(ProviderError::StreamBroken(_))));
+        testing::assert_text_then_broken(delta_stream(truncated, StreamState::new()), "Hi").await;
     }
 }
 
