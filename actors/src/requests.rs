@@ -110,17 +110,10 @@ impl Engine {
             let prompt = f64::from(req.prompt_tokens()) * headroom + images;
             u32::try_from(prompt as u64).unwrap_or(u32::MAX)
         };
+        // `routes` are `priced_routes`: exactly the ones the gateway may try.
         let worst_on = |routes: &[Route]| {
-            let mut upstreams_seen: Vec<&str> = Vec::new();
-            routes
+            let (worst, owed) = routes
                 .iter()
-                .filter(|r| r.upstream.usable_for(&r.model.id))
-                .filter(|r| {
-                    let first = !upstreams_seen.contains(&r.upstream.name.as_str());
-                    upstreams_seen.push(&r.upstream.name);
-                    first
-                })
-                .take(crate::gateway::MAX_ATTEMPTS)
                 .map(|route| {
                     let record = crate::gateway::record(route, req, &[], &baseline);
                     let prompt = prompt_on(route);
@@ -135,10 +128,7 @@ impl Engine {
                     };
                     (self.config.pricing.charge(info.tier, &record, whole).charged_units, owed)
                 })
-                .fold((0, 0), |(worst, owed), (whole, prompt)| (worst.max(whole), owed + prompt))
-        };
-        let worst_on = |routes: &[Route]| {
-            let (worst, owed) = worst_on(routes);
+                .fold((0, 0), |(worst, owed), (whole, prompt)| (worst.max(whole), owed + prompt));
             worst + owed
         };
         let mut worst = worst_on(routes);
@@ -146,7 +136,7 @@ impl Engine {
             let mut max_req = req.clone();
             max_req.model = ModelChoice::Mode(Mode::Max);
             if let Ok(max_routes) = self.router.plan(&max_req, scope) {
-                worst += worst_on(&max_routes);
+                worst += worst_on(&priced_routes(max_routes));
             }
         }
         worst

@@ -113,7 +113,7 @@ async fn storage_fault(
 }
 
 /// Test-only routes do not exist unless `debug.fault_injection` is on.
-fn require_fault_injection(state: &AppState, path: &str) -> Result<(), ApiError> {
+pub(super) fn require_fault_injection(state: &AppState, path: &str) -> Result<(), ApiError> {
     if state.config.debug.fault_injection {
         Ok(())
     } else {

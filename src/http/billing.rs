@@ -89,9 +89,7 @@ async fn payment_fault(
     _op: Operator,
     JsonBody(body): JsonBody<PaymentFaultBody>,
 ) -> Result<Json<Value>, ApiError> {
-    if !state.config.debug.fault_injection {
-        return Err(ApiError::RouteNotFound { method: "POST".into(), path: "/admin/debug/payments".into() });
-    }
+    super::admin::require_fault_injection(&state, "/admin/debug/payments")?;
     if body.crash_after_credit {
         state.engine.payment_fault(PaymentFault::CrashAfterCredit)?;
     }

@@ -214,20 +214,46 @@ impl http_body::Body for DeadlineBody {
 
 /// Counts a request from its arrival until its response body is done or dropped.
 async fn count_in_flight(state: axum::extract::State<AppState>, request: Request, next: middleware::Next) -> Response {
-    struct Done(Arc<AtomicUsize>);
-    impl Drop for Done {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
     state.in_flight.fetch_add(1, Ordering::Relaxed);
     let done = Done(state.in_flight.clone());
-    let (parts, body) = next.run(request).await.into_parts();
-    let body = http_body_util::BodyExt::map_frame(body, move |frame| {
-        let _ = &done;
-        frame
-    });
-    Response::from_parts(parts, axum::body::Body::new(body))
+    let (parts, inner) = next.run(request).await.into_parts();
+    Response::from_parts(parts, axum::body::Body::new(CountedBody { inner, _done: done }))
+}
+
+/// Takes one off `AppParts::in_flight` when dropped.
+struct Done(Arc<AtomicUsize>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that counts as in flight until it is done or dropped. It forwards the
+/// inner body's size hint, so a body of known length still goes out with `Content-Length`.
+struct CountedBody {
+    inner: axum::body::Body,
+    _done: Done,
+}
+
+impl http_body::Body for CountedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn shaped_for(path: &str, error: ApiError) -> Response {
