@@ -28,6 +28,8 @@ pub mod router;
 pub mod secrets;
 mod shared;
 pub mod supervisor;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 pub mod tokenizer;
 pub mod tokens;
 pub mod upstreams;

@@ -145,15 +145,7 @@ fn gemini_image_tokens(w: u64, h: u64) -> u64 {
 mod tests {
     use super::*;
 
-    fn png_data_url(width: u32, height: u32) -> String {
-        use base64::Engine as _;
-        // A PNG signature and IHDR chunk carry the size; nothing after them is needed.
-        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
-        png.extend_from_slice(&width.to_be_bytes());
-        png.extend_from_slice(&height.to_be_bytes());
-        png.extend_from_slice(&[8, 6, 0, 0, 0, 0, 0, 0, 0]);
-        format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png))
-    }
+    use crate::test_support::png_data_url;
 
     #[test]
     fn images_cost_what_the_dearest_provider_counts_for_their_size() {

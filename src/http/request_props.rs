@@ -3,7 +3,7 @@
 
 use axum::response::IntoResponse;
 use proptest::prelude::*;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{chat, embeddings, error::ApiError, extract::parse_json_object};
 
@@ -56,23 +56,7 @@ const NAMES: &[&str] = &[
 ];
 
 fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
-        proptest::sample::select(NAMES).prop_map(Value::from),
-        ".{0,20}".prop_map(Value::from),
-    ];
-    leaf.prop_recursive(5, 64, 6, |inner| {
-        prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            proptest::collection::vec((proptest::sample::select(NAMES), inner), 0..6).prop_map(|fields| Value::Object(
-                fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect::<Map<_, _>>()
-            )),
-        ]
-    })
+    tokaroo_actors::test_support::json_value(NAMES)
 }
 
 fn assert_client_error(error: ApiError) {

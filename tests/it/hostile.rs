@@ -4,6 +4,8 @@
 use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};
 
+use tokaroo_actors::test_support::png_data_url;
+
 use crate::{
     fakes::{openai::OpenAi, Behavior, Fake},
     harness::*,
@@ -298,16 +300,6 @@ async fn a_request_that_times_out_after_the_upstream_accepted_it_pays_its_prompt
     let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Never read"}]});
     assert_eq!(gw.post("/v1/chat/completions", &key, body).await.status, 503);
     assert_eq!(usage_rows(&gw, &account).await.len(), 1);
-}
-
-/// A PNG of the given size (its header is all the gateway reads), as a data URL.
-fn png_data_url(width: u32, height: u32) -> String {
-    use base64::Engine as _;
-    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
-    png.extend_from_slice(&width.to_be_bytes());
-    png.extend_from_slice(&height.to_be_bytes());
-    png.extend_from_slice(&[8, 6, 0, 0, 0, 0, 0, 0, 0]);
-    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png))
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! deltas or a clear error, never a panic.
 
 use proptest::prelude::*;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::adapter::StreamDecoder;
 use super::{anthropic, gemini, openai};
@@ -54,23 +54,7 @@ const NAMES: &[&str] = &[
 ];
 
 fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
-        proptest::sample::select(NAMES).prop_map(Value::from),
-        ".{0,20}".prop_map(Value::from),
-    ];
-    leaf.prop_recursive(5, 64, 6, |inner| {
-        prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            proptest::collection::vec((proptest::sample::select(NAMES), inner), 0..6).prop_map(|fields| Value::Object(
-                fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect::<Map<_, _>>()
-            )),
-        ]
-    })
+    crate::test_support::json_value(NAMES)
 }
 
 /// Raw text, JSON text, and JSON with a stray byte cut off.

@@ -1,0 +1,38 @@
+//! Test helpers shared with other crates' tests (the `test-support` feature): property-test
+//! strategies and fixtures. Never part of a release build.
+
+use proptest::prelude::*;
+use serde_json::{Map, Value};
+
+/// Arbitrary JSON whose strings and object keys are often one of `names`, so that generated
+/// bodies reach the deeper paths of a parser that looks for those fields.
+pub fn json_value(names: &'static [&'static str]) -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        proptest::sample::select(names).prop_map(Value::from),
+        ".{0,20}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(5, 64, 6, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::vec((proptest::sample::select(names), inner), 0..6).prop_map(|fields| {
+                Value::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect::<Map<_, _>>())
+            }),
+        ]
+    })
+}
+
+/// A PNG of the given size as a data URL: its signature and IHDR chunk only, which is all a
+/// size reader looks at.
+pub fn png_data_url(width: u32, height: u32) -> String {
+    use base64::Engine as _;
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+    png.extend_from_slice(&width.to_be_bytes());
+    png.extend_from_slice(&height.to_be_bytes());
+    png.extend_from_slice(&[8, 6, 0, 0, 0, 0, 0, 0, 0]);
+    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png))
+}
