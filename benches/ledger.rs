@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
-use tokaroo_actors::ledger::LedgerClient;
+use tokaroo_actors::money::ledger::LedgerClient;
 use tokaroo_storage::ledger::{LedgerEvent, MICROS_PER_DAY};
 use tokaroo_storage::records::{Credit, UsageRow};
 use tokaroo_storage::Store;
@@ -116,7 +116,7 @@ fn verdict(ok: bool) -> &'static str {
 
 async fn reads(rows: u64) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let client = tokaroo_actors::providers::http::client();
+    let client = tokaroo_actors::routing::providers::http::client();
     // Bootstrap the operator account, then stop to write straight into the store.
     let server = Server::start(dir.path());
     let accounts = get(&client, &format!("{}/admin/accounts", server.base)).await;
@@ -155,7 +155,7 @@ async fn reads(rows: u64) {
     let base = &server.base;
     let page = get(&client, &format!("{base}/v1/usage?limit=100")).await;
     assert_eq!(page["data"].as_array().map(Vec::len), Some(100));
-    let deep_cursor = tokaroo_actors::iso8601((first + (rows / 10) as i64 * step) / 1_000);
+    let deep_cursor = tokaroo_actors::clock::iso8601((first + (rows / 10) as i64 * step) / 1_000);
     let deep = format!("{base}/v1/usage?limit=100&before={deep_cursor}");
     assert_eq!(get(&client, &deep).await["data"].as_array().map(Vec::len), Some(100));
     let stats = get(&client, &format!("{base}/v1/stats?days=30")).await;
@@ -180,7 +180,7 @@ async fn reads(rows: u64) {
 async fn settles(secs: f64, concurrency: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path()).expect("open the store");
-    let ledger = tokaroo_actors::ledger::spawn_standalone(store.clone()).await.expect("start the ledger");
+    let ledger = tokaroo_actors::money::ledger::spawn_standalone(store.clone()).await.expect("start the ledger");
     let client = LedgerClient;
     client
         .credit(
@@ -193,7 +193,7 @@ async fn settles(secs: f64, concurrency: usize) {
                 note: None,
                 created_at_us: 0,
             },
-            tokaroo_actors::ledger::DEFAULT_CREDIT_TIMEOUT,
+            tokaroo_actors::money::ledger::DEFAULT_CREDIT_TIMEOUT,
         )
         .await
         .expect("credit");

@@ -20,7 +20,7 @@ pub struct Config {
     pub providers: ProvidersConfig,
     pub endpoints: EndpointsConfig,
     pub catalog: CatalogConfig,
-    pub pricing: tokaroo_actors::billing::PricingPolicy,
+    pub pricing: tokaroo_actors::money::billing::PricingPolicy,
     pub billing: BillingConfig,
 }
 
@@ -342,7 +342,7 @@ impl Config {
                 self.billing.processor
             )));
         }
-        tokaroo_actors::netguard::parse_cidrs(&self.endpoints.allowed_cidrs)
+        tokaroo_actors::routing::netguard::parse_cidrs(&self.endpoints.allowed_cidrs)
             .map_err(|e| ConfigError::Invalid(format!("endpoints.allowed_cidrs: {e}")))?;
         if self.billing.processor == "stripe" && self.billing.stripe_secret_key.is_none() {
             return Err(ConfigError::Invalid(

@@ -10,8 +10,8 @@ use std::{
 };
 
 use tokaroo_actors::{
-    catalog::Catalog, providers::ProviderKind, upstreams::UpstreamSettings, BootstrapCredentials, Engine, EngineConfig,
-    RestartPolicy, Store,
+    routing::catalog::Catalog, routing::providers::ProviderKind, routing::upstreams::UpstreamSettings,
+    BootstrapCredentials, Engine, EngineConfig, RestartPolicy, Store,
 };
 use tokio::time::Instant;
 
@@ -65,7 +65,7 @@ fn engine_config(config: &Config, listen: std::net::SocketAddr) -> Result<Engine
         catalog,
         managed_upstreams: managed_upstreams(config),
         pricing: config.pricing.clone(),
-        payments: tokaroo_actors::payments::PaymentSettings {
+        payments: tokaroo_actors::money::payments::PaymentSettings {
             processor: config.billing.processor.parse().map_err(ServeError::Config)?,
             stripe_secret_key: config.billing.stripe_secret_key.as_ref().map(|k| k.expose().to_owned()),
             stripe_base_url: config.billing.stripe_base_url.clone(),
@@ -89,9 +89,9 @@ fn engine_config(config: &Config, listen: std::net::SocketAddr) -> Result<Engine
         endpoint_recheck: Duration::from_secs(config.endpoints.recheck_secs.max(1)),
         master_key: std::env::var("TOKAROO_MASTER_KEY").ok().map(tokaroo_actors::Secret::from),
         provider_base_urls: provider_base_urls(config),
-        net: tokaroo_actors::netguard::NetSettings {
+        net: tokaroo_actors::routing::netguard::NetSettings {
             allow_private_networks: config.endpoints.allow_private_networks,
-            allowed_cidrs: tokaroo_actors::netguard::parse_cidrs(&config.endpoints.allowed_cidrs)
+            allowed_cidrs: tokaroo_actors::routing::netguard::parse_cidrs(&config.endpoints.allowed_cidrs)
                 .map_err(|e| ServeError::Config(format!("endpoints.allowed_cidrs: {e}")))?,
             listen: vec![listen],
         },
@@ -247,7 +247,7 @@ pub const SHUTDOWN_TIMED_OUT_EXIT_CODE: i32 = 3;
 /// Where each provider's API lives: config/env overrides over the public defaults.
 fn provider_base_urls(config: &Config) -> Vec<(ProviderKind, String)> {
     let p = &config.providers;
-    tokaroo_actors::providers::default_base_urls()
+    tokaroo_actors::routing::providers::default_base_urls()
         .into_iter()
         .map(|(kind, default)| {
             let configured = match kind {

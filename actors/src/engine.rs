@@ -11,16 +11,16 @@ use subtle::ConstantTimeEq;
 use tokaroo_storage::Store;
 
 use crate::{
-    apikey::{ApiKeyMsg, KeyEntry},
-    billing::PricingPolicy,
-    catalog::Catalog,
-    inspect::{self, ActorNode},
-    root::{RootActor, RootMsg},
-    router::Router,
+    directory::apikey::{ApiKeyMsg, KeyEntry},
+    money::billing::PricingPolicy,
+    routing::catalog::Catalog,
+    routing::router::Router,
+    routing::upstreams::{UpstreamSettings, Upstreams},
+    security::tokens,
     shared::{SessionEntry, Shared, WorkspaceEntry},
-    supervisor::{ChildHandle, ChildStatus, RestartPolicy},
-    tokens,
-    upstreams::{UpstreamSettings, Upstreams},
+    tree::inspect::{self, ActorNode},
+    tree::root::{RootActor, RootMsg},
+    tree::supervisor::{ChildHandle, ChildStatus, RestartPolicy},
     Admission, EngineError,
 };
 
@@ -29,7 +29,7 @@ pub struct EngineConfig {
     pub default_rpm: u32,
     pub restart_policy: RestartPolicy,
     /// Accepted as the operator's dashboard session token (automation).
-    pub admin_token: Option<crate::secrets::Secret>,
+    pub admin_token: Option<crate::security::secrets::Secret>,
     /// A dashboard session unused for this long expires; each use pushes it out again.
     pub session_ttl: Duration,
     pub admission_timeout: Duration,
@@ -38,14 +38,14 @@ pub struct EngineConfig {
     pub catalog: Catalog,
     pub managed_upstreams: Vec<UpstreamSettings>,
     pub pricing: PricingPolicy,
-    pub payments: crate::payments::PaymentSettings,
-    pub funding: crate::funding::FundingSettings,
+    pub payments: crate::money::payments::PaymentSettings,
+    pub funding: crate::money::funding::FundingSettings,
     pub endpoint_recheck: Duration,
     /// Hex master key for sealed secrets; else `<data_dir>/master.key`.
-    pub master_key: Option<crate::secrets::Secret>,
-    pub provider_base_urls: Vec<(crate::providers::ProviderKind, String)>,
+    pub master_key: Option<crate::security::secrets::Secret>,
+    pub provider_base_urls: Vec<(crate::routing::providers::ProviderKind, String)>,
     /// What tenants' endpoints may reach, and this server's listen addresses.
-    pub net: crate::netguard::NetSettings,
+    pub net: crate::routing::netguard::NetSettings,
     /// The operator's caps on tenants (rate limits, record counts).
     pub limits: crate::AccountLimits,
 }
@@ -65,12 +65,12 @@ impl Default for EngineConfig {
             catalog: Catalog::builtin(),
             managed_upstreams: Vec::new(),
             pricing: PricingPolicy::default(),
-            payments: crate::payments::PaymentSettings::default(),
-            funding: crate::funding::FundingSettings::default(),
+            payments: crate::money::payments::PaymentSettings::default(),
+            funding: crate::money::funding::FundingSettings::default(),
             endpoint_recheck: Duration::from_secs(30),
             master_key: None,
-            provider_base_urls: crate::providers::default_base_urls(),
-            net: crate::netguard::NetSettings::default(),
+            provider_base_urls: crate::routing::providers::default_base_urls(),
+            net: crate::routing::netguard::NetSettings::default(),
             limits: crate::AccountLimits::default(),
         }
     }
@@ -113,8 +113,8 @@ pub struct EngineParts {
     pub(crate) config: Arc<EngineConfig>,
     pub(crate) router: Arc<Router>,
     root: ActorRef<RootMsg>,
-    pub(crate) ledger: crate::ledger::LedgerClient,
-    pub(crate) payments: Arc<dyn crate::payments::PaymentProcessor>,
+    pub(crate) ledger: crate::money::ledger::LedgerClient,
+    pub(crate) payments: Arc<dyn crate::money::payments::PaymentProcessor>,
     operator_account_id: Arc<std::sync::RwLock<Option<String>>>,
     /// What `shutdown` is doing now, for the report when it overruns its grace period.
     shutdown_stage: std::sync::Mutex<&'static str>,
@@ -153,13 +153,13 @@ impl std::ops::Deref for Engine {
 impl Engine {
     /// Loads the indices from storage and starts the actor tree.
     pub async fn start(store: Store, config: EngineConfig) -> Result<Self, EngineError> {
-        crate::tokenizer::warm_up();
-        let http = crate::providers::http::client();
+        crate::runtime::tokenizer::warm_up();
+        let http = crate::routing::providers::http::client();
         let (upstreams, simulator) = Upstreams::managed(&config.managed_upstreams, &http);
         let upstreams = Arc::new(upstreams);
         let router =
             Arc::new(Router { catalog: Arc::new(config.catalog.clone()), upstreams: upstreams.clone(), simulator });
-        let payments = crate::payments::processor(&config.payments, http.clone())
+        let payments = crate::money::payments::processor(&config.payments, http.clone())
             .map_err(|e| EngineError::Invalid(format!("payment settings: {e}")))?;
         let shared = Arc::new(Shared {
             funding_locks: DashMap::new(),
@@ -168,11 +168,14 @@ impl Engine {
             upstreams,
             endpoint_recheck: config.endpoint_recheck,
             http,
-            endpoint_guards: crate::netguard::EndpointGuards::new(
+            endpoint_guards: crate::routing::netguard::EndpointGuards::new(
                 &config.net,
-                std::sync::Arc::new(crate::netguard::SystemLookup),
+                std::sync::Arc::new(crate::routing::netguard::SystemLookup),
             ),
-            secrets: crate::secrets::SecretBox::load(config.master_key.as_ref().map(|k| k.expose()), store.data_dir())?,
+            secrets: crate::security::secrets::SecretBox::load(
+                config.master_key.as_ref().map(|k| k.expose()),
+                store.data_dir(),
+            )?,
             provider_base_urls: config.provider_base_urls.clone(),
             restart_policy: config.restart_policy,
             default_rpm: config.default_rpm,
@@ -187,8 +190,8 @@ impl Engine {
         load_indices(&shared)?;
         let operator = shared.store.meta_get(OPERATOR_ACCOUNT_META)?;
         shared.load_connections(operator.as_deref())?;
-        let root_actor = RootActor { shared: shared.clone(), started_at_ms: crate::now_ms() };
-        let (root, _) = Actor::spawn(Some(crate::root::NAME.to_owned()), root_actor, ())
+        let root_actor = RootActor { shared: shared.clone(), started_at_ms: crate::clock::now_ms() };
+        let (root, _) = Actor::spawn(Some(crate::tree::root::NAME.to_owned()), root_actor, ())
             .await
             .map_err(|e| EngineError::Internal(format!("actor tree failed to start: {e}")))?;
         let engine = Self(Arc::new(EngineParts {
@@ -196,7 +199,7 @@ impl Engine {
             shared,
             config: Arc::new(config),
             root,
-            ledger: crate::ledger::LedgerClient,
+            ledger: crate::money::ledger::LedgerClient,
             payments,
             operator_account_id: Arc::new(std::sync::RwLock::new(operator)),
             shutdown_stage: std::sync::Mutex::new("not started"),
@@ -325,7 +328,7 @@ impl Engine {
         let hash = tokens::sha256(token);
         let entry =
             self.shared.sessions_by_hash.get(&hash).map(|e| e.value().clone()).ok_or(SessionRejection::Unknown)?;
-        let now = crate::now_ms();
+        let now = crate::clock::now_ms();
         if entry.is_expired(now) {
             self.expire_session(&hash, &entry);
             return Err(SessionRejection::Expired);
@@ -374,7 +377,7 @@ impl Engine {
     /// The live actor tree, from the root down.
     pub async fn actor_tree(&self) -> ActorNode {
         let root = ChildHandle {
-            name: crate::root::NAME.to_owned(),
+            name: crate::tree::root::NAME.to_owned(),
             kind: "root",
             status: ChildStatus::Running,
             restarts: 0,
@@ -451,7 +454,7 @@ impl Engine {
     /// Writes the use times of sessions used since the last write, and sweeps out expired
     /// sessions nobody presented again. Runs every few seconds, off the request path.
     fn persist_session_use(&self) -> Result<(), EngineError> {
-        let now = crate::now_ms();
+        let now = crate::clock::now_ms();
         let entries: Vec<([u8; 32], Arc<SessionEntry>)> =
             self.shared.sessions_by_hash.iter().map(|e| (*e.key(), e.value().clone())).collect();
         for (hash, entry) in entries {
@@ -485,7 +488,7 @@ fn load_indices(shared: &Shared) -> Result<(), EngineError> {
     for key in shared.store.api_keys.all()? {
         let hash = decode_hash(&key.secret_sha256)?;
         let entry = Arc::new(KeyEntry {
-            actor_name: crate::apikey::actor_name(&key.id),
+            actor_name: crate::directory::apikey::actor_name(&key.id),
             last_used_ms: key.last_used_at_ms.unwrap_or(0).into(),
             id: key.id,
             account_id: key.account_id,
@@ -496,7 +499,7 @@ fn load_indices(shared: &Shared) -> Result<(), EngineError> {
     }
     let operators: std::collections::HashSet<String> =
         shared.store.accounts.all()?.into_iter().filter(|a| a.is_operator).map(|a| a.id).collect();
-    let now = crate::now_ms();
+    let now = crate::clock::now_ms();
     for session in shared.store.sessions.all()? {
         // Sessions from before expiry existed have no use time: they count as used now.
         let last_used = session.last_used_at_ms.unwrap_or(now);
@@ -534,12 +537,12 @@ mod tests {
             admin_token: Some("SECRET-admin-token-0123456789abcdef".into()),
             master_key: Some("SECRET-master".into()),
             managed_upstreams: vec![UpstreamSettings {
-                kind: crate::providers::ProviderKind::OpenAi,
+                kind: crate::routing::providers::ProviderKind::OpenAi,
                 base_url: "http://127.0.0.1:1".into(),
                 api_key: Some("SECRET-openai".into()),
                 timeout: Duration::from_secs(1),
             }],
-            payments: crate::payments::PaymentSettings {
+            payments: crate::money::payments::PaymentSettings {
                 stripe_secret_key: Some("SECRET-stripe".into()),
                 stripe_webhook_secret: Some("SECRET-whsec".into()),
                 ..Default::default()

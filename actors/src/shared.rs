@@ -10,10 +10,10 @@ use dashmap::DashMap;
 use tokaroo_storage::Store;
 
 use crate::{
-    apikey::{ApiKeySpec, KeyEntry},
-    provider::UpstreamSpec,
-    supervisor::{ChildSpec, RestartPolicy},
-    upstreams::{Owner, Upstreams},
+    directory::apikey::{ApiKeySpec, KeyEntry},
+    routing::provider::UpstreamSpec,
+    routing::upstreams::{Owner, Upstreams},
+    tree::supervisor::{ChildSpec, RestartPolicy},
 };
 
 /// A live dashboard session. Its use times are atomics so authentication never takes a lock;
@@ -69,7 +69,7 @@ impl WorkspaceEntry {
     }
 
     fn budget_units_of(record: &tokaroo_storage::records::Workspace) -> i64 {
-        record.monthly_budget_usd.map_or(NO_BUDGET, crate::billing::usd_to_units)
+        record.monthly_budget_usd.map_or(NO_BUDGET, crate::money::billing::usd_to_units)
     }
 
     /// Applies a changed record (status, budget).
@@ -110,10 +110,10 @@ pub struct Shared {
     /// The pooled HTTP client for upstreams the operator configured (managed, BYOK).
     pub http: reqwest::Client,
     /// Clients and checks for addresses accounts chose (self-hosted endpoints).
-    pub endpoint_guards: crate::netguard::EndpointGuards,
-    pub secrets: crate::secrets::SecretBox,
+    pub endpoint_guards: crate::routing::netguard::EndpointGuards,
+    pub secrets: crate::security::secrets::SecretBox,
     /// Where each provider's API lives (managed connections and BYOK keys alike).
-    pub provider_base_urls: Vec<(crate::providers::ProviderKind, String)>,
+    pub provider_base_urls: Vec<(crate::routing::providers::ProviderKind, String)>,
 }
 
 impl Shared {
@@ -144,7 +144,7 @@ impl Shared {
             .collect()
     }
 
-    pub fn upstream_spec(&self, upstream: Arc<crate::upstreams::Upstream>) -> Arc<dyn ChildSpec> {
+    pub fn upstream_spec(&self, upstream: Arc<crate::routing::upstreams::Upstream>) -> Arc<dyn ChildSpec> {
         let recheck_every = matches!(upstream.owner, Owner::Local { .. }).then_some(self.endpoint_recheck);
         Arc::new(UpstreamSpec { upstream, recheck_every })
     }

@@ -17,7 +17,7 @@ use super::{
 
 pub async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    if parts.headers.contains_key(tokaroo_actors::providers::http::HOP_HEADER) {
+    if parts.headers.contains_key(tokaroo_actors::routing::providers::http::HOP_HEADER) {
         return ApiError::LoopDetected.into_response();
     }
     let key = match runtime_key(&parts, &state) {

@@ -11,7 +11,7 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokaroo_actors::{ledger::CreditFault, PaymentFault};
+use tokaroo_actors::{money::ledger::CreditFault, PaymentFault};
 
 use super::{
     error::ApiError,

@@ -13,11 +13,11 @@ use axum::{
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokaroo_actors::{
-    chat::{
+    routing::gateway::billable_usage,
+    runtime::chat::{
         ChatDelta, ChatRequest, ContentPart, Message, Mode, ModelChoice, ResponseFormat, Role, ToolCall, ToolChoice,
         ToolDef, Usage,
     },
-    gateway::billable_usage,
     RequestInfo,
 };
 
@@ -425,16 +425,16 @@ struct Settle {
     info: RequestInfo,
     started: std::time::Instant,
     charged: std::sync::Arc<std::sync::Mutex<Option<f64>>>,
-    hold: Option<tokaroo_actors::ledger::HoldGuard>,
+    hold: Option<tokaroo_actors::money::ledger::HoldGuard>,
 }
 
 impl Settle {
     /// Records the usage; only after this returns may the client be told the answer is complete.
     async fn finish(
         mut self,
-        route: &tokaroo_actors::gateway::RouteRecord,
+        route: &tokaroo_actors::routing::gateway::RouteRecord,
         usage: Usage,
-    ) -> Result<tokaroo_actors::billing::Charge, tokaroo_actors::EngineError> {
+    ) -> Result<tokaroo_actors::money::billing::Charge, tokaroo_actors::EngineError> {
         let latency = self.started.elapsed().as_millis() as u64;
         let hold = self.hold.take();
         let charge = self.engine.settle(&self.key, &self.info, route, usage, Some(latency), true, hold).await?;
@@ -450,14 +450,14 @@ impl Settle {
     /// carries the provider's final usage rather than what had been relayed so far.
     async fn abandoned(
         self,
-        upstream: tokaroo_actors::providers::DeltaStream,
-        route: tokaroo_actors::gateway::RouteRecord,
+        upstream: tokaroo_actors::routing::providers::DeltaStream,
+        route: tokaroo_actors::routing::gateway::RouteRecord,
         request: ChatRequest,
         usage: Option<Usage>,
         text: String,
     ) {
         let stopping = self.engine.stopping();
-        let (usage, text) = tokaroo_actors::gateway::drain_abandoned(upstream, usage, text, stopping).await;
+        let (usage, text) = tokaroo_actors::routing::gateway::drain_abandoned(upstream, usage, text, stopping).await;
         let usage = billable_usage(&route, &request, usage, &text);
         let request_id = self.info.request_id.clone().unwrap_or_default();
         match self.finish(&route, usage).await {
@@ -563,22 +563,22 @@ impl ChunkWriter {
 
 /// Turns upstream deltas into OpenAI chunks; counts usage for billing as it goes.
 fn async_stream(
-    upstream: tokaroo_actors::providers::DeltaStream,
+    upstream: tokaroo_actors::routing::providers::DeltaStream,
     chunk: ChunkWriter,
     request: ChatRequest,
-    route: tokaroo_actors::gateway::RouteRecord,
+    route: tokaroo_actors::routing::gateway::RouteRecord,
     include_usage: bool,
     settle: Settle,
 ) -> impl futures_util::Stream<Item = Bytes> + Send {
     struct St {
-        upstream: tokaroo_actors::providers::DeltaStream,
+        upstream: tokaroo_actors::routing::providers::DeltaStream,
         chunk: ChunkWriter,
         sent_role: bool,
         usage: Option<Usage>,
         text: String,
         done: bool,
         request: ChatRequest,
-        route: tokaroo_actors::gateway::RouteRecord,
+        route: tokaroo_actors::routing::gateway::RouteRecord,
         include_usage: bool,
         /// Taken when the stream is settled.
         settle: Option<Settle>,
@@ -628,7 +628,7 @@ fn async_stream(
                     st.sent_role = true;
                     let frame = match &delta {
                         ChatDelta::Text(_) | ChatDelta::ToolCallArguments { .. }
-                            if st.text.len() > tokaroo_actors::gateway::answer_text_limit(&st.route) =>
+                            if st.text.len() > tokaroo_actors::routing::gateway::answer_text_limit(&st.route) =>
                         {
                             // An upstream far past the output bound (a self-hosted server that
                             // ignores it): stop relaying and buffering, and settle what came.

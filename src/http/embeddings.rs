@@ -10,7 +10,7 @@ use axum::{
 };
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use serde_json::{json, Value};
-use tokaroo_actors::embeddings::EmbeddingRequest;
+use tokaroo_actors::runtime::embeddings::EmbeddingRequest;
 
 use super::{
     error::ApiError,

@@ -91,7 +91,7 @@ pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
 }
 
 pub fn is_api_key(token: &str) -> bool {
-    token.starts_with(tokaroo_actors::tokens::API_KEY_PREFIX)
+    token.starts_with(tokaroo_actors::security::tokens::API_KEY_PREFIX)
 }
 
 /// A dashboard session token's identity, or the 401 that says why not.

@@ -9,7 +9,7 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokaroo_actors::connections::{EndpointPatch, EndpointView, NewEndpoint};
+use tokaroo_actors::routing::connections::{EndpointPatch, EndpointView, NewEndpoint};
 
 use super::{
     error::ApiError,

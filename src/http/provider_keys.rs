@@ -8,7 +8,7 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokaroo_actors::connections::{NewProviderKey, ProviderKeyView};
+use tokaroo_actors::routing::connections::{NewProviderKey, ProviderKeyView};
 
 use super::{
     error::ApiError,

@@ -12,7 +12,7 @@ where
 }
 
 pub fn iso(ms: i64) -> String {
-    tokaroo_actors::iso8601(ms)
+    tokaroo_actors::clock::iso8601(ms)
 }
 
 /// `x-tokaroo-cost`: USD at the ledger's precision, so it equals the usage row's `charged_usd`.
@@ -37,7 +37,7 @@ pub fn parse_iso_us(s: &str) -> Option<i64> {
 
 /// USD from the ledger's integer units.
 pub fn usd(units: i64) -> f64 {
-    tokaroo_actors::billing::units_to_usd(units)
+    tokaroo_actors::money::billing::units_to_usd(units)
 }
 
 #[cfg(test)]

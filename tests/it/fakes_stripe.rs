@@ -27,7 +27,7 @@ use axum::{
 use hmac::{Hmac, Mac};
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
-use tokaroo_actors::payments::{self, PaymentProcessor, PaymentSettings, ProcessorKind};
+use tokaroo_actors::money::payments::{self, PaymentProcessor, PaymentSettings, ProcessorKind};
 
 /// The endpoint secret that [`FakeStripe::settings`] configures for webhooks.
 pub const WEBHOOK_SECRET: &str = "whsec_fake_endpoint_secret";
@@ -150,7 +150,8 @@ impl FakeStripe {
     }
 
     pub fn processor(&self) -> Arc<dyn PaymentProcessor> {
-        payments::processor(&self.settings(), tokaroo_actors::providers::http::client()).expect("a stripe processor")
+        payments::processor(&self.settings(), tokaroo_actors::routing::providers::http::client())
+            .expect("a stripe processor")
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, Ledger> {

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokaroo_actors::payments::{
+use tokaroo_actors::money::payments::{
     self, CardInfo, ChargeRequest, CheckoutRequest, CompletedCheckout, PaymentError, PaymentProcessor, PaymentSettings,
     ProcessorPayment, WebhookEvent,
 };
-use tokaroo_actors::providers::http::client;
+use tokaroo_actors::routing::providers::http::client;
 
 use crate::fakes_stripe::{sign_webhook, FakeStripe, PaidCheckout, TestCard, WEBHOOK_SECRET};
 

@@ -1,0 +1,727 @@
+//! How accounts get money: Checkout, direct top-ups on the saved card, auto pay, and the
+//! first-key activation checklist of self-serve accounts. The processor ([`PaymentProcessor`])
+//! moves the money; the ledger credits it, keyed by the processor's payment id so one payment
+//! is never credited twice (a webhook, a poll, a retry and the reconciler may all report it).
+//!
+//! A card charge is a stored [`PaymentAttempt`] before Stripe is asked. When the answer is
+//! lost (a timeout, a dropped connection) the attempt is `unknown`: it is retried with its
+//! idempotency key (here, and when the account asks for the same top-up again), and the
+//! `payment_intent.succeeded` webhook or the periodic reconciler credits it if Stripe charged.
+//! Refunds and disputes take money back through ledger adjustments, once per refund total
+//! or dispute.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokaroo_storage::records::{BillingProfile, PaymentAttempt, SavedCard, UNITS_PER_USD};
+
+use crate::{
+    money::billing::{units_to_usd, usd_to_units},
+    money::ledger::{AccountMoney, AdjustAmount, AdjustOutcome, Adjustment, CreditFault, CreditOutcome},
+    money::payments::{
+        ChargeRequest, CheckoutRequest, CheckoutSession, CompletedCheckout, PaymentError, ProcessorPayment,
+        WebhookEvent,
+    },
+    Engine, EngineError, KeyView, NewKey,
+};
+
+/// Retries of a charge whose answer was lost, with the same idempotency key, before the
+/// caller is told the outcome is unknown.
+const CHARGE_RETRIES: u32 = 2;
+const CHARGE_RETRY_BACKOFF: Duration = Duration::from_millis(200);
+/// Stripe keeps an idempotency key for 24 hours: an older unknown attempt is not retried
+/// with its key (that could charge again); the reconciler still credits it if it succeeded.
+const ATTEMPT_KEY_LIFETIME_MS: i64 = 23 * 3600 * 1000;
+
+/// Test-only fault (`Engine::payment_fault`): the process dies right after a payment is
+/// credited and before the billing profile or attempt records it, as `kill -9` would.
+static CRASH_AFTER_CREDIT: AtomicBool = AtomicBool::new(false);
+
+/// Test-only faults of the payment path (`debug.fault_injection`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PaymentFault {
+    CrashAfterCredit,
+    Ledger(CreditFault),
+}
+
+/// What one reconciliation pass found.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PaymentsReconciled {
+    pub customers: usize,
+    pub payments_seen: usize,
+    pub credited: usize,
+}
+
+/// The `[billing]` settings the engine needs.
+#[derive(Debug, Clone)]
+pub struct FundingSettings {
+    /// Smallest checkout or top-up, in USD.
+    pub min_payment_usd: f64,
+    pub terms_version: String,
+    /// Where clients reach this server (links in answers).
+    pub public_url: String,
+    pub terms_url: String,
+    /// Auto pay tops an account up when its balance falls below this.
+    pub auto_pay_threshold_usd: f64,
+    /// How long a payment's credit waits for the ledger; past it the caller fails (a webhook
+    /// answers 503 and is retried) and the credit is not sent again.
+    pub credit_timeout: Duration,
+    /// How often the reconciler lists recent PaymentIntents; `None`: only on demand.
+    pub reconcile_interval: Option<Duration>,
+    /// How far back the reconciler looks (Stripe retries a webhook for up to 3 days).
+    pub reconcile_lookback: Duration,
+}
+
+impl Default for FundingSettings {
+    fn default() -> Self {
+        Self {
+            min_payment_usd: 5.0,
+            terms_version: "2026-11".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            terms_url: "http://127.0.0.1:8080/v1/billing/activation".into(),
+            auto_pay_threshold_usd: 5.0,
+            credit_timeout: crate::money::ledger::DEFAULT_CREDIT_TIMEOUT,
+            reconcile_interval: Some(Duration::from_secs(300)),
+            reconcile_lookback: Duration::from_secs(3 * 24 * 3600),
+        }
+    }
+}
+
+impl FundingSettings {
+    pub fn payments_url(&self) -> String {
+        format!("{}/v1/billing/activation", self.public_url)
+    }
+}
+
+/// The spec's `ActivationStatus`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActivationStatus {
+    pub key_count: usize,
+    pub has_api_key: bool,
+    pub requires_first_key_activation: bool,
+    pub balance_usd: f64,
+    pub funded: bool,
+    pub has_saved_card: bool,
+    pub auto_pay_enabled: bool,
+    pub auto_pay_amount_usd: Option<f64>,
+    pub activation_terms_accepted: bool,
+    pub activation_terms_accepted_at: Option<String>,
+    pub activation_terms_version: String,
+    pub missing_requirements: Vec<&'static str>,
+    pub ready_for_activation_payment: bool,
+    pub ready_for_first_key: bool,
+    pub payments_url: String,
+    pub terms_url: String,
+}
+
+impl From<PaymentError> for EngineError {
+    fn from(error: PaymentError) -> Self {
+        match error {
+            PaymentError::NotSupported(message) | PaymentError::InvalidRequest(message) => {
+                EngineError::Invalid(message)
+            }
+            PaymentError::CardDeclined { .. } => {
+                EngineError::Payment { code: "payment_failed", message: error.to_string() }
+            }
+            PaymentError::NoCard => EngineError::Payment { code: "no_card", message: error.to_string() },
+            PaymentError::BadSignature => EngineError::Invalid(error.to_string()),
+            PaymentError::Misconfigured(detail) => {
+                tracing::error!(%detail, "payments are misconfigured");
+                EngineError::Unavailable("Payments are misconfigured on this server; the operator has been told".into())
+            }
+            PaymentError::Upstream(detail) => EngineError::Unavailable(format!(
+                "The payment processor could not be reached; retry shortly ({detail})"
+            )),
+        }
+    }
+}
+
+fn cents(usd: f64) -> i64 {
+    (usd * 100.0).round() as i64
+}
+
+fn cents_to_units(cents: i64) -> i64 {
+    cents * (UNITS_PER_USD / 100)
+}
+
+fn crash_point() {
+    if CRASH_AFTER_CREDIT.load(Ordering::SeqCst) {
+        eprintln!("fault injection: the process dies between the credit and the profile update");
+        std::process::abort();
+    }
+}
+
+impl Engine {
+    fn profile(&self, account_id: &str) -> Result<BillingProfile, EngineError> {
+        Ok(self
+            .store()
+            .billing
+            .get(&account_id)?
+            .unwrap_or_else(|| BillingProfile { account_id: account_id.to_owned(), ..BillingProfile::default() }))
+    }
+
+    async fn save_profile(&self, profile: &BillingProfile) -> Result<(), EngineError> {
+        self.store().billing.insert(&profile.account_id.as_str(), profile)?;
+        self.store().flush().await?;
+        Ok(())
+    }
+
+    fn check_amount(&self, amount_usd: f64) -> Result<(), EngineError> {
+        let min = self.config.funding.min_payment_usd;
+        if !(amount_usd.is_finite() && amount_usd >= min && amount_usd <= 100_000.0) {
+            return Err(EngineError::invalid(format!("amount_usd must be between {min} and 100000")));
+        }
+        Ok(())
+    }
+
+    async fn customer_id(&self, profile: &mut BillingProfile) -> Result<String, EngineError> {
+        if let Some(id) = &profile.customer_id {
+            return Ok(id.clone());
+        }
+        let name = self.store().accounts.get(&profile.account_id.as_str())?.map(|a| a.name).unwrap_or_default();
+        let id = self.payments.create_customer(&profile.account_id, &name).await?;
+        profile.customer_id = Some(id.clone());
+        self.save_profile(profile).await?;
+        Ok(id)
+    }
+
+    /// Serialises one account's billing-profile changes (see `Shared::funding_locks`).
+    async fn funding_guard(&self, account_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self.shared.funding_locks.entry(account_id.to_owned()).or_default().clone();
+        lock.lock_owned().await
+    }
+
+    /// `POST /v1/billing/checkout`: a hosted page to pay `amount_usd` and save the card.
+    pub async fn checkout(&self, account_id: &str, amount_usd: f64) -> Result<CheckoutSession, EngineError> {
+        self.check_amount(amount_usd)?;
+        let _guard = self.funding_guard(account_id).await;
+        let mut profile = self.profile(account_id)?;
+        let customer_id = self.customer_id(&mut profile).await?;
+        let back = self.config.funding.payments_url();
+        let session = self
+            .payments
+            .create_checkout(CheckoutRequest {
+                customer_id,
+                account_id: account_id.to_owned(),
+                amount_cents: cents(amount_usd),
+                success_url: format!("{back}?checkout={{CHECKOUT_SESSION_ID}}"),
+                cancel_url: back,
+            })
+            .await?;
+        profile.pending_checkouts.push(session.id.clone());
+        self.save_profile(&profile).await?;
+        Ok(session)
+    }
+
+    /// Credits a paid checkout once and keeps its card. Reported by the webhook or by polling.
+    pub async fn complete_checkout(&self, paid: CompletedCheckout) -> Result<(), EngineError> {
+        let _guard = self.funding_guard(&paid.account_id).await;
+        self.complete_checkout_locked(paid).await
+    }
+
+    async fn complete_checkout_locked(&self, paid: CompletedCheckout) -> Result<(), EngineError> {
+        let mut profile = self.profile(&paid.account_id)?;
+        let Some(pos) = profile.pending_checkouts.iter().position(|s| *s == paid.session_id) else {
+            return Ok(()); // already credited (or never ours)
+        };
+        let amount_usd = paid.amount_cents as f64 / 100.0;
+        // Already credited when an earlier delivery died after the credit and before the
+        // profile was saved: the ledger answers idempotently and the profile is completed now.
+        self.add_credit(&paid.account_id, amount_usd, "checkout", Some(paid.payment_id.clone()), None).await?;
+        crash_point();
+        profile.pending_checkouts.remove(pos);
+        profile.successful_payments += 1;
+        let card = match (paid.card, &paid.payment_method_id) {
+            (Some(card), _) => Some(card),
+            (None, Some(pm)) => self.payments.card_details(pm).await.ok(),
+            (None, None) => None,
+        };
+        if let (Some(card), Some(pm)) = (card, paid.payment_method_id) {
+            profile.card = Some(SavedCard {
+                payment_method_id: pm,
+                brand: card.brand,
+                last4: card.last4,
+                exp_month: card.exp_month,
+                exp_year: card.exp_year,
+            });
+        }
+        self.save_profile(&profile).await
+    }
+
+    /// Asks the processor about checkouts still pending (for servers without a webhook).
+    async fn sync_checkouts(&self, account_id: &str) -> Result<(), EngineError> {
+        let _guard = self.funding_guard(account_id).await;
+        for session_id in self.profile(account_id)?.pending_checkouts {
+            if let Some(paid) = self.payments.checkout_result(&session_id).await? {
+                self.complete_checkout_locked(paid).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/billing/webhook`: a signed processor event. An error answer makes Stripe
+    /// deliver it again; every event is idempotent here.
+    pub async fn payment_webhook(&self, payload: &[u8], signature: &str) -> Result<(), EngineError> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        match self.payments.parse_webhook(payload, signature, now)? {
+            None => {}
+            Some(WebhookEvent::CheckoutCompleted(paid)) => {
+                // The event carries no card; the session does.
+                let paid = match self.payments.checkout_result(&paid.session_id).await {
+                    Ok(Some(full)) => full,
+                    _ => paid,
+                };
+                self.complete_checkout(paid).await?;
+            }
+            Some(WebhookEvent::PaymentSucceeded(payment)) => {
+                let _guard = self.funding_guard(payment.account_id.as_deref().unwrap_or_default()).await;
+                self.resolve_payment(&payment).await?;
+            }
+            Some(WebhookEvent::Refunded { charge_id, payment_id, total_refunded_cents }) => {
+                self.take_back(Adjustment {
+                    id: format!("refund:{charge_id}:{total_refunded_cents}"),
+                    payment_id,
+                    reason: "refund".into(),
+                    amount: AdjustAmount::TotalUnits(cents_to_units(total_refunded_cents)),
+                    note: Some(format!(
+                        "Stripe refunded charge {charge_id} (total refunded: {total_refunded_cents} cents)"
+                    )),
+                })
+                .await?;
+            }
+            Some(WebhookEvent::Disputed { dispute_id, payment_id, amount_cents, reason }) => {
+                self.take_back(Adjustment {
+                    id: format!("dispute:{dispute_id}"),
+                    payment_id,
+                    reason: "dispute".into(),
+                    amount: AdjustAmount::Units(cents_to_units(amount_cents)),
+                    note: Some(format!("Stripe dispute {dispute_id}: {reason}")),
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn take_back(&self, adjustment: Adjustment) -> Result<(), EngineError> {
+        let (id, payment) = (adjustment.id.clone(), adjustment.payment_id.clone());
+        match self.ledger.adjust(adjustment).await? {
+            AdjustOutcome::Applied { account_id, units, .. } => {
+                tracing::info!(account = %account_id, %id, %payment, usd = units_to_usd(units), "took money back")
+            }
+            AdjustOutcome::Duplicate | AdjustOutcome::Nothing => {}
+            // Not credited here (another integration's payment, or one not credited yet,
+            // which the reconciler will credit; see ARCHITECTURE).
+            AdjustOutcome::UnknownPayment => {
+                tracing::warn!(%id, %payment, "an adjustment for a payment not credited here")
+            }
+        }
+        Ok(())
+    }
+
+    /// Credits a succeeded payment of one of our attempts (webhook, reconciler), once.
+    /// Checkout payments carry no attempt: their session credits them. Call under the funding lock.
+    async fn resolve_payment(&self, payment: &ProcessorPayment) -> Result<bool, EngineError> {
+        let (Some(account_id), Some(attempt_id), true) = (&payment.account_id, &payment.attempt_id, payment.succeeded)
+        else {
+            return Ok(false);
+        };
+        let Some(mut attempt) = self.store().payment_attempts.get(&(account_id.as_str(), attempt_id.as_str()))? else {
+            tracing::warn!(account = %account_id, attempt = %attempt_id, "a payment names an attempt this server does not have");
+            return Ok(false);
+        };
+        if attempt.status == "succeeded" {
+            return Ok(false);
+        }
+        let outcome = self.finish_attempt(&mut attempt, &payment.payment_id, payment.amount_cents).await?;
+        Ok(outcome.applied)
+    }
+
+    /// One reconciliation pass: every customer's PaymentIntents of the lookback window;
+    /// succeeded ones of our attempts that are not credited yet are credited.
+    pub async fn reconcile_payments(&self) -> Result<PaymentsReconciled, EngineError> {
+        let mut report = PaymentsReconciled::default();
+        if self.payments.kind() == "manual" {
+            return Ok(report);
+        }
+        let since =
+            time::OffsetDateTime::now_utc().unix_timestamp() - self.config.funding.reconcile_lookback.as_secs() as i64;
+        for profile in self.store().billing.all()? {
+            let Some(customer_id) = &profile.customer_id else { continue };
+            report.customers += 1;
+            for payment in self.payments.recent_payments(customer_id, since).await? {
+                report.payments_seen += 1;
+                if payment.account_id.as_deref() != Some(profile.account_id.as_str()) {
+                    continue;
+                }
+                let _guard = self.funding_guard(&profile.account_id).await;
+                if self.resolve_payment(&payment).await? {
+                    tracing::info!(account = %profile.account_id, payment = %payment.payment_id, "reconciler credited a payment whose answer was lost");
+                    report.credited += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Runs [`Engine::reconcile_payments`] every `reconcile_interval`.
+    pub(crate) fn spawn_payment_reconciler(&self) {
+        let Some(every) = self.config.funding.reconcile_interval else { return };
+        if self.payments.kind() == "manual" {
+            return;
+        }
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if engine.root_stopped() {
+                    break;
+                }
+                if let Err(error) = engine.reconcile_payments().await {
+                    tracing::warn!(%error, "payment reconciliation failed; retried at the next interval");
+                }
+            }
+        });
+    }
+
+    /// Test-only (`fault_injection`): see [`PaymentFault`].
+    pub fn payment_fault(&self, fault: PaymentFault) -> Result<(), EngineError> {
+        if !self.config.fault_injection {
+            return Err(EngineError::Forbidden("fault injection is disabled".into()));
+        }
+        match fault {
+            PaymentFault::CrashAfterCredit => CRASH_AFTER_CREDIT.store(true, Ordering::SeqCst),
+            PaymentFault::Ledger(fault) => self.ledger.credit_fault(fault)?,
+        }
+        Ok(())
+    }
+
+    /// An account's credits and adjustments, oldest first (everything logged so far).
+    pub async fn credits(&self, account_id: &str) -> Result<Vec<tokaroo_storage::records::Credit>, EngineError> {
+        self.ledger.commit().await?;
+        Ok(self.store().ledger.account_credits(account_id)?)
+    }
+
+    /// An account's attempts, newest first.
+    pub fn payment_attempts(&self, account_id: &str) -> Result<Vec<PaymentAttempt>, EngineError> {
+        let mut attempts = self.store().payment_attempts.scan_prefix(&(account_id,))?;
+        attempts.sort_by_key(|a| std::cmp::Reverse(a.created_at_ms));
+        Ok(attempts)
+    }
+
+    pub async fn activation(&self, account_id: &str) -> Result<ActivationStatus, EngineError> {
+        if !self.profile(account_id)?.pending_checkouts.is_empty() {
+            if let Err(error) = self.sync_checkouts(account_id).await {
+                tracing::warn!(%error, "could not check pending checkouts");
+            }
+        }
+        let profile = self.profile(account_id)?;
+        let account = self.store().accounts.get(&account_id)?.ok_or(EngineError::NotFound { what: "Account" })?;
+        let key_count = self.list_keys(account_id)?.len();
+        let money = self.money(account_id).await?;
+        let funded = profile.successful_payments > 0;
+        let terms_accepted = profile.terms_accepted_at_ms.is_some();
+        let mut missing = Vec::new();
+        if !funded {
+            missing.push("payment");
+        }
+        if profile.card.is_none() {
+            missing.push("saved_card");
+        }
+        if !profile.auto_pay_enabled {
+            missing.push("auto_pay");
+        }
+        if !terms_accepted {
+            missing.push("terms_acceptance");
+        }
+        let requires = account.self_serve && key_count == 0;
+        Ok(ActivationStatus {
+            key_count,
+            has_api_key: key_count > 0,
+            requires_first_key_activation: requires,
+            balance_usd: units_to_usd(money.balance_units()),
+            funded,
+            has_saved_card: profile.card.is_some(),
+            auto_pay_enabled: profile.auto_pay_enabled,
+            auto_pay_amount_usd: profile.auto_pay_amount_usd,
+            activation_terms_accepted: terms_accepted,
+            activation_terms_accepted_at: profile.terms_accepted_at_ms.map(crate::clock::iso8601),
+            activation_terms_version: profile
+                .terms_version
+                .clone()
+                .unwrap_or(self.config.funding.terms_version.clone()),
+            ready_for_activation_payment: terms_accepted && profile.auto_pay_enabled,
+            ready_for_first_key: !requires || missing.is_empty(),
+            missing_requirements: missing,
+            payments_url: self.config.funding.payments_url(),
+            terms_url: self.config.funding.terms_url.clone(),
+        })
+    }
+
+    /// Refuses the first key of a self-serve account until its checklist is complete.
+    pub(crate) async fn check_first_key_allowed(&self, account_id: &str) -> Result<(), EngineError> {
+        let status = self.activation(account_id).await?;
+        if status.ready_for_first_key {
+            return Ok(());
+        }
+        Err(EngineError::ActivationRequired {
+            missing: status.missing_requirements,
+            payment_url: status.payments_url,
+            balance_usd: status.balance_usd,
+        })
+    }
+
+    pub async fn accept_terms(&self, account_id: &str) -> Result<ActivationStatus, EngineError> {
+        {
+            let _guard = self.funding_guard(account_id).await;
+            let mut profile = self.profile(account_id)?;
+            profile.terms_accepted_at_ms = Some(crate::clock::now_ms());
+            profile.terms_version = Some(self.config.funding.terms_version.clone());
+            self.save_profile(&profile).await?;
+        }
+        self.activation(account_id).await
+    }
+
+    pub fn auto_pay(&self, account_id: &str) -> Result<(bool, f64), EngineError> {
+        let p = self.profile(account_id)?;
+        Ok((p.auto_pay_enabled, p.auto_pay_amount_usd.unwrap_or(self.config.funding.min_payment_usd)))
+    }
+
+    pub async fn set_auto_pay(
+        &self,
+        account_id: &str,
+        enabled: Option<bool>,
+        amount_usd: Option<f64>,
+    ) -> Result<(bool, f64), EngineError> {
+        if let Some(amount) = amount_usd {
+            self.check_amount(amount)?;
+        }
+        let _guard = self.funding_guard(account_id).await;
+        let mut profile = self.profile(account_id)?;
+        if let Some(amount) = amount_usd {
+            profile.auto_pay_amount_usd = Some(amount);
+        }
+        if let Some(enabled) = enabled {
+            profile.auto_pay_enabled = enabled;
+            if enabled && profile.auto_pay_amount_usd.is_none() {
+                profile.auto_pay_amount_usd = Some(self.config.funding.min_payment_usd);
+            }
+        }
+        self.save_profile(&profile).await?;
+        Ok((profile.auto_pay_enabled, profile.auto_pay_amount_usd.unwrap_or(self.config.funding.min_payment_usd)))
+    }
+
+    pub fn saved_card(&self, account_id: &str) -> Result<Option<SavedCard>, EngineError> {
+        if self.payments.kind() == "manual" {
+            return Err(PaymentError::NotSupported(crate::money::payments::manual::NOT_SUPPORTED.into()).into());
+        }
+        Ok(self.profile(account_id)?.card)
+    }
+
+    pub async fn remove_card(&self, account_id: &str) -> Result<(), EngineError> {
+        self.saved_card(account_id)?;
+        let _guard = self.funding_guard(account_id).await;
+        let mut profile = self.profile(account_id)?;
+        let card = profile.card.take().ok_or(PaymentError::NoCard)?;
+        self.payments.detach_card(&card.payment_method_id).await?;
+        self.save_profile(&profile).await
+    }
+
+    async fn save_attempt(&self, attempt: &mut PaymentAttempt) -> Result<(), EngineError> {
+        attempt.updated_at_ms = crate::clock::now_ms();
+        self.store().payment_attempts.insert(&(attempt.account_id.as_str(), attempt.id.as_str()), attempt)?;
+        self.store().flush().await?;
+        Ok(())
+    }
+
+    /// The account's attempt of this kind and amount whose answer was lost (or whose process
+    /// died while asking), recent enough for Stripe to still know its idempotency key: asking
+    /// for the same top-up again is that attempt's retry, not a second charge.
+    fn unresolved_attempt(
+        &self,
+        account_id: &str,
+        amount_cents: i64,
+        kind: &str,
+    ) -> Result<Option<PaymentAttempt>, EngineError> {
+        let now = crate::clock::now_ms();
+        Ok(self.payment_attempts(account_id)?.into_iter().find(|a| {
+            matches!(a.status.as_str(), "pending" | "unknown")
+                && a.amount_cents == amount_cents
+                && a.kind == kind
+                && now - a.created_at_ms < ATTEMPT_KEY_LIFETIME_MS
+        }))
+    }
+
+    /// Credits an attempt's payment (idempotently, by payment id) and marks it succeeded.
+    async fn finish_attempt(
+        &self,
+        attempt: &mut PaymentAttempt,
+        payment_id: &str,
+        amount_cents: i64,
+    ) -> Result<CreditOutcome, EngineError> {
+        let outcome = self
+            .add_credit(
+                &attempt.account_id,
+                amount_cents as f64 / 100.0,
+                &attempt.kind,
+                Some(payment_id.to_owned()),
+                None,
+            )
+            .await?;
+        crash_point();
+        if attempt.status != "succeeded" {
+            attempt.status = "succeeded".into();
+            attempt.payment_intent_id = Some(payment_id.to_owned());
+            attempt.error = None;
+            // The attempt first: it is what decides whether this payment is counted again.
+            self.save_attempt(attempt).await?;
+            let mut profile = self.profile(&attempt.account_id)?;
+            profile.successful_payments += 1;
+            self.save_profile(&profile).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Charges the saved card `amount_usd` now and credits it, through a stored attempt whose
+    /// idempotency key every retry reuses. Call under the funding lock.
+    async fn charge_card(&self, account_id: &str, amount_usd: f64, kind: &str) -> Result<AccountMoney, EngineError> {
+        let mut profile = self.profile(account_id)?;
+        let card = profile.card.clone().ok_or(PaymentError::NoCard)?;
+        let customer_id = self.customer_id(&mut profile).await?;
+        let amount_cents = cents(amount_usd);
+        let mut attempt = match self.unresolved_attempt(account_id, amount_cents, kind)? {
+            Some(attempt) => attempt,
+            None => {
+                let id = crate::clock::new_id();
+                let now = crate::clock::now_ms();
+                let mut attempt = PaymentAttempt {
+                    idempotency_key: format!("tokaroo-attempt-{id}"),
+                    id,
+                    account_id: account_id.to_owned(),
+                    amount_cents,
+                    kind: kind.to_owned(),
+                    status: "pending".into(),
+                    payment_intent_id: None,
+                    error: None,
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                };
+                // Stored (flushed) before Stripe is asked: a crash mid-call leaves a pending
+                // attempt that the webhook or the reconciler resolves.
+                self.save_attempt(&mut attempt).await?;
+                attempt
+            }
+        };
+        let request = ChargeRequest {
+            customer_id,
+            payment_method_id: card.payment_method_id,
+            amount_cents,
+            idempotency_key: attempt.idempotency_key.clone(),
+            account_id: account_id.to_owned(),
+            attempt_id: attempt.id.clone(),
+            kind: kind.to_owned(),
+        };
+        let mut tries = 0;
+        loop {
+            match self.payments.charge_saved_card(request.clone()).await {
+                Ok(charge) => {
+                    return Ok(self.finish_attempt(&mut attempt, &charge.payment_id, charge.amount_cents).await?.money)
+                }
+                // Nothing was charged: the attempt is over.
+                Err(error @ (PaymentError::CardDeclined { .. } | PaymentError::NoCard)) => {
+                    attempt.status = "failed".into();
+                    attempt.error = Some(error.to_string());
+                    self.save_attempt(&mut attempt).await?;
+                    return Err(error.into());
+                }
+                // No answer, or one we cannot read: Stripe may have charged. Same key again.
+                Err(error) => {
+                    attempt.status = "unknown".into();
+                    attempt.error = Some(error.to_string());
+                    self.save_attempt(&mut attempt).await?;
+                    tries += 1;
+                    if tries > CHARGE_RETRIES || !matches!(error, PaymentError::Upstream(_)) {
+                        tracing::warn!(account = %account_id, attempt = %attempt.id, %error, "a card charge's outcome is unknown");
+                        return Err(match error {
+                            PaymentError::Upstream(detail) => EngineError::Unavailable(format!(
+                                "The payment processor did not confirm this charge ({detail}). It is credited once if \
+                                 it went through; asking again for the same amount retries it without charging twice"
+                            )),
+                            other => other.into(),
+                        });
+                    }
+                    tokio::time::sleep(CHARGE_RETRY_BACKOFF * tries).await;
+                }
+            }
+        }
+    }
+
+    /// `POST /v1/billing/add`: a top-up on the saved card; the first activation payment of a
+    /// self-serve account also returns its first key when the checklist is then complete.
+    pub async fn top_up(
+        &self,
+        account_id: &str,
+        amount_usd: Option<f64>,
+        activate_key_name: Option<String>,
+    ) -> Result<(AccountMoney, Option<(KeyView, String)>), EngineError> {
+        let amount = match amount_usd {
+            Some(a) => a,
+            None => self.auto_pay(account_id)?.1,
+        };
+        self.check_amount(amount)?;
+        let money = {
+            let _guard = self.funding_guard(account_id).await;
+            self.charge_card(account_id, amount, "top_up").await?
+        };
+        let status = self.activation(account_id).await?;
+        let activated = if status.requires_first_key_activation && status.ready_for_first_key {
+            let name = activate_key_name.unwrap_or_else(|| "first key".into());
+            Some(self.create_key(account_id, NewKey { name: Some(name), ..NewKey::default() }).await?)
+        } else {
+            None
+        };
+        Ok((money, activated))
+    }
+
+    /// After a charge: when auto pay is on and the balance fell under the threshold, top up in
+    /// the background (one attempt at a time per account).
+    pub(crate) fn maybe_auto_pay(&self, account_id: &str, money: AccountMoney) {
+        let threshold = usd_to_units(self.config.funding.auto_pay_threshold_usd);
+        if money.balance_units() >= threshold || self.payments.kind() == "manual" {
+            return;
+        }
+        let Ok(profile) = self.profile(account_id) else { return };
+        let (Some(amount), true, Some(_)) = (profile.auto_pay_amount_usd, profile.auto_pay_enabled, &profile.card)
+        else {
+            return;
+        };
+        if self.shared.auto_pay_in_flight.insert(account_id.to_owned(), ()).is_some() {
+            return;
+        }
+        let engine = self.clone();
+        let account_id: Arc<str> = account_id.into();
+        tokio::spawn(async move {
+            let result = {
+                let _guard = engine.funding_guard(&account_id).await;
+                // Checked again under the lock: another top-up may have landed meanwhile.
+                match engine.money(&account_id).await {
+                    Ok(now) if now.balance_units() >= threshold => Ok(()),
+                    _ => engine.charge_card(&account_id, amount, "auto_pay").await.map(|_| ()),
+                }
+            };
+            if let Err(error) = result {
+                tracing::warn!(account = %account_id, %error, "auto pay failed");
+            }
+            engine.shared.auto_pay_in_flight.remove(&*account_id);
+        });
+    }
+}

@@ -1,0 +1,4 @@
+pub mod billing;
+pub mod funding;
+pub mod ledger;
+pub mod payments;

@@ -1,0 +1,9 @@
+pub mod catalog;
+pub mod connections;
+pub mod gateway;
+pub mod health;
+pub mod netguard;
+pub mod provider;
+pub mod providers;
+pub mod router;
+pub mod upstreams;

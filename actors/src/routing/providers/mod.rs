@@ -1,0 +1,217 @@
+//! Provider adapters. Each file knows one provider's wire format and nothing else does:
+//! `openai.rs` (also used by Groq and self-hosted OpenAI-compatible endpoints), `anthropic.rs`,
+//! `gemini.rs`, and the offline `simulator.rs`. `http.rs` is the shared plumbing (sending,
+//! status mapping, SSE framing) and `adapter.rs` what the HTTP adapters share (the
+//! [`adapter::HttpAdapter`] shape behind their [`ChatProvider`], stream decoding, `data:`
+//! URLs); neither carries a provider's format.
+
+pub mod adapter;
+pub mod anthropic;
+#[cfg(test)]
+mod decoder_props;
+pub mod gemini;
+pub mod http;
+pub mod openai;
+pub mod simulator;
+
+use std::time::Duration;
+
+use futures_util::{future::BoxFuture, stream::BoxStream};
+use serde::Serialize;
+
+use crate::runtime::chat::{ChatDelta, ChatRequest, ChatResponse};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    #[serde(rename = "openai")]
+    OpenAi,
+    Anthropic,
+    Google,
+    Groq,
+    /// A self-hosted OpenAI-compatible endpoint (Ollama, vLLM, LocalAI).
+    Local,
+    /// The built-in offline provider, on only while no real provider is configured.
+    Simulator,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Google => "google",
+            Self::Groq => "groq",
+            Self::Local => "local",
+            Self::Simulator => "simulator",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "openai" => Some(Self::OpenAi),
+            "anthropic" => Some(Self::Anthropic),
+            "google" | "gemini" => Some(Self::Google),
+            "groq" => Some(Self::Groq),
+            "local" => Some(Self::Local),
+            "simulator" => Some(Self::Simulator),
+            _ => None,
+        }
+    }
+}
+
+/// Everything an adapter needs to reach one upstream account.
+#[derive(Clone)]
+pub struct Connection {
+    pub provider: ProviderKind,
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub extra_headers: Vec<(String, String)>,
+    pub http: reqwest::Client,
+    /// Upper bound on one upstream call (for streams: until the first event).
+    pub timeout: Duration,
+    /// The parsed chat URL of an adapter whose URL does not depend on the model; parsing it
+    /// for every request is a measurable share of a request's cost.
+    pub chat_url: std::sync::OnceLock<reqwest::Url>,
+    /// For addresses a tenant chose: checks IP-literal destinations before sending (`http`'s
+    /// resolver checks names). `None` for addresses the operator configured.
+    pub guard: Option<crate::routing::netguard::NetGuard>,
+}
+
+impl Connection {
+    /// The URL `build` makes, parsed on first use and reused after.
+    pub fn chat_url(&self, build: impl FnOnce() -> String) -> Result<reqwest::Url, ProviderError> {
+        if let Some(url) = self.chat_url.get() {
+            return Ok(url.clone());
+        }
+        let url = reqwest::Url::parse(&build())
+            .map_err(|e| ProviderError::Connect(format!("the provider's base URL is not a valid URL: {e}")))?;
+        Ok(self.chat_url.get_or_init(|| url).clone())
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    // Hand-written so that the key can never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("provider", &self.provider)
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum ProviderError {
+    #[error("could not connect to the provider: {0}")]
+    Connect(String),
+    #[error("the provider did not answer in time")]
+    Timeout,
+    /// The provider accepted the request (its answer's head arrived) but the rest did not
+    /// arrive in time: it worked on the prompt, and bills it.
+    #[error("the provider accepted the request but its answer did not arrive in time")]
+    TimeoutAfterAccept,
+    #[error("the provider answered {status}: {message}")]
+    Status { status: u16, message: String, retry_after: Option<Duration> },
+    #[error("the provider's answer could not be read: {0}")]
+    Protocol(String),
+    #[error("the provider's stream broke: {0}")]
+    StreamBroken(String),
+}
+
+impl ProviderError {
+    /// Worth trying the next candidate: the failure says nothing about the request itself.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::Timeout | Self::TimeoutAfterAccept | Self::Protocol(_) | Self::StreamBroken(_) => {
+                true
+            }
+            Self::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
+        }
+    }
+
+    /// A short code for health records (`last_failure_code`).
+    pub fn code(&self) -> String {
+        match self {
+            Self::Connect(_) => "connect_error".into(),
+            Self::Timeout => "timeout".into(),
+            Self::TimeoutAfterAccept => "timeout_after_accept".into(),
+            Self::Status { status, .. } => status.to_string(),
+            Self::Protocol(_) => "protocol_error".into(),
+            Self::StreamBroken(_) => "stream_broken".into(),
+        }
+    }
+}
+
+/// Vectors in input order, and the provider's token count when it gives one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub prompt_tokens: Option<u32>,
+}
+
+/// Embeds `inputs` with a provider's `model`; `dims` asks for shortened vectors.
+pub async fn embed(
+    conn: &Connection,
+    model: &str,
+    inputs: &[String],
+    dims: Option<u32>,
+) -> Result<Embeddings, ProviderError> {
+    match conn.provider {
+        ProviderKind::OpenAi | ProviderKind::Local | ProviderKind::Groq => {
+            openai::embed(conn, &adapter::EmbedCall { model, inputs, dims }).await
+        }
+        ProviderKind::Google => gemini::embed(conn, &adapter::EmbedCall { model, inputs, dims }).await,
+        ProviderKind::Simulator => Ok(simulator::embed(inputs, dims.unwrap_or(1536))),
+        ProviderKind::Anthropic => Err(ProviderError::Status {
+            status: 400,
+            message: "Anthropic has no embeddings API".into(),
+            retry_after: None,
+        }),
+    }
+}
+
+pub type DeltaStream = BoxStream<'static, Result<ChatDelta, ProviderError>>;
+
+/// One provider's chat API. `model` is the provider's native model id.
+pub trait ChatProvider: Send + Sync {
+    /// `max_output_tokens` is the bound the request's hold assumed: always sent upstream.
+    fn chat<'a>(
+        &'a self,
+        conn: &'a Connection,
+        model: &'a str,
+        req: &'a ChatRequest,
+        max_output_tokens: u32,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
+
+    /// Resolves once the upstream has accepted the request (status checked); the stream then
+    /// yields deltas until the answer ends.
+    fn chat_stream<'a>(
+        &'a self,
+        conn: &'a Connection,
+        model: &'a str,
+        req: &'a ChatRequest,
+        max_output_tokens: u32,
+    ) -> BoxFuture<'a, Result<DeltaStream, ProviderError>>;
+}
+
+static SIMULATOR: simulator::SimulatorChat = simulator::SimulatorChat { latency: Duration::from_millis(120) };
+
+/// The adapter for a provider kind.
+pub fn adapter(kind: ProviderKind) -> &'static dyn ChatProvider {
+    match kind {
+        ProviderKind::OpenAi | ProviderKind::Groq | ProviderKind::Local => &openai::OpenAiChat,
+        ProviderKind::Anthropic => &anthropic::AnthropicChat,
+        ProviderKind::Google => &gemini::GeminiChat,
+        ProviderKind::Simulator => &SIMULATOR,
+    }
+}
+
+/// The public API base URL of each provider.
+pub fn default_base_urls() -> Vec<(ProviderKind, String)> {
+    vec![
+        (ProviderKind::OpenAi, "https://api.openai.com/v1".into()),
+        (ProviderKind::Anthropic, "https://api.anthropic.com".into()),
+        (ProviderKind::Google, "https://generativelanguage.googleapis.com".into()),
+        (ProviderKind::Groq, "https://api.groq.com/openai/v1".into()),
+    ]
+}

@@ -1,0 +1,4 @@
+pub mod chat;
+pub mod embeddings;
+pub mod requests;
+pub mod tokenizer;

@@ -1,0 +1,2 @@
+pub mod secrets;
+pub mod tokens;

@@ -1,0 +1,4 @@
+pub mod group;
+pub mod inspect;
+pub mod root;
+pub mod supervisor;
