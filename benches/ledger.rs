@@ -180,8 +180,10 @@ async fn reads(rows: u64) {
 async fn settles(secs: f64, concurrency: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path()).expect("open the store");
-    let ledger = tokaroo_actors::money::ledger::spawn_standalone(store.clone()).await.expect("start the ledger");
-    let client = LedgerClient;
+    let registry = tokaroo_actors::tree::registry::Registry::default();
+    let ledger =
+        tokaroo_actors::money::ledger::spawn_standalone(store.clone(), &registry).await.expect("start the ledger");
+    let client = LedgerClient::new(registry);
     client
         .credit(
             Credit {
@@ -203,12 +205,13 @@ async fn settles(secs: f64, concurrency: usize) {
     let tasks: Vec<_> = (0..concurrency)
         .map(|t| {
             let settled = settled.clone();
+            let client = client.clone();
             tokio::spawn(async move {
                 let mut i = 0u64;
                 while Instant::now() < deadline {
                     let mut r = row("bench", "key", t as u64 * 1_000_000_000 + i, 0);
                     r.id = format!("settle-{t}-{i}");
-                    LedgerClient.settle(None, r).await.expect("settle");
+                    client.settle(None, r).await.expect("settle");
                     settled.fetch_add(1, Ordering::Relaxed);
                     i += 1;
                 }

@@ -6,7 +6,7 @@ use std::{
 };
 
 use dashmap::DashMap;
-use ractor::{rpc::CallResult, Actor, ActorRef};
+use ractor::rpc::CallResult;
 use subtle::ConstantTimeEq;
 use tokaroo_storage::Store;
 
@@ -19,8 +19,9 @@ use crate::{
     security::tokens,
     shared::{SessionEntry, Shared, WorkspaceEntry},
     tree::inspect::{self, ActorNode},
-    tree::root::{RootActor, RootMsg},
-    tree::supervisor::{ChildHandle, ChildStatus, RestartPolicy},
+    tree::registry::{ChildRef, Registry},
+    tree::supervisor::{ChildHandle, ChildSpec, ChildStatus, Restart, RestartPolicy, SupervisorSpec},
+    tree::task::TaskSpec,
     Admission, EngineError,
 };
 
@@ -112,7 +113,7 @@ pub struct EngineParts {
     pub(crate) shared: Arc<Shared>,
     pub(crate) config: Arc<EngineConfig>,
     pub(crate) router: Arc<Router>,
-    root: ActorRef<RootMsg>,
+    root: ChildRef,
     pub(crate) ledger: crate::money::ledger::LedgerClient,
     pub(crate) payments: Arc<dyn crate::money::payments::PaymentProcessor>,
     operator_account_id: Arc<std::sync::RwLock<Option<String>>>,
@@ -178,6 +179,7 @@ impl Engine {
             )?,
             provider_base_urls: config.provider_base_urls.clone(),
             restart_policy: config.restart_policy,
+            registry: Registry::default(),
             default_rpm: config.default_rpm,
             keys_by_hash: DashMap::new(),
             keys_by_id: DashMap::new(),
@@ -190,24 +192,25 @@ impl Engine {
         load_indices(&shared)?;
         let operator = shared.store.meta_get(OPERATOR_ACCOUNT_META)?;
         shared.load_connections(operator.as_deref())?;
-        let root_actor = RootActor { shared: shared.clone(), started_at_ms: crate::clock::now_ms() };
-        let (root, _) = Actor::spawn(Some(crate::tree::root::NAME.to_owned()), root_actor, ())
+        let slot = EngineSlot::default();
+        let reconcile_every = config.funding.reconcile_interval.filter(|_| payments.kind() != "manual");
+        let root = root_spec(&shared, reconcile_every, &slot)
+            .spawn_root()
             .await
             .map_err(|e| EngineError::Internal(format!("actor tree failed to start: {e}")))?;
         let engine = Self(Arc::new(EngineParts {
             router,
+            ledger: crate::money::ledger::LedgerClient::new(shared.registry.clone()),
             shared,
             config: Arc::new(config),
             root,
-            ledger: crate::money::ledger::LedgerClient,
             payments,
             operator_account_id: Arc::new(std::sync::RwLock::new(operator)),
             shutdown_stage: std::sync::Mutex::new("not started"),
             work: Arc::default(),
             stopping: tokio::sync::watch::Sender::new(false),
         }));
-        engine.spawn_last_used_persister();
-        engine.spawn_payment_reconciler();
+        let _ = slot.set(Arc::downgrade(&engine.0));
         Ok(engine)
     }
 
@@ -219,9 +222,9 @@ impl Engine {
             tracing::error!(%error, "the ledger could not commit before shutdown; its log is applied at the next start");
         }
         self.set_shutdown_stage("stopping the actor tree");
-        let _ = self.root.get_cell().stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10))).await;
+        let _ = self.root.cell().stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10))).await;
         self.set_shutdown_stage("persisting keys' last_used_at");
-        self.persist_last_used()?;
+        self.shared.persist_last_used()?;
         self.set_shutdown_stage("flushing storage");
         self.shared.store.flush().await?;
         // Closing stops the flusher thread, so the flushes sled runs when its trees are
@@ -330,7 +333,7 @@ impl Engine {
             self.shared.sessions_by_hash.get(&hash).map(|e| e.value().clone()).ok_or(SessionRejection::Unknown)?;
         let now = crate::clock::now_ms();
         if entry.is_expired(now) {
-            self.expire_session(&hash, &entry);
+            self.shared.expire_session(&hash, &entry);
             return Err(SessionRejection::Expired);
         }
         entry.touch(now, self.shared.session_ttl_ms);
@@ -341,29 +344,18 @@ impl Engine {
         })
     }
 
-    /// Drops an expired session from the index and storage. No flush: were the removal
-    /// lost, the stored use times would still make it expired at the next start.
-    pub(crate) fn expire_session(&self, hash: &[u8; 32], entry: &Arc<SessionEntry>) {
-        let _writes = self.shared.session_writes.lock().unwrap_or_else(|p| p.into_inner());
-        if self.shared.sessions_by_hash.remove_if(hash, |_, e| Arc::ptr_eq(e, entry)).is_some() {
-            if let Err(error) = self.shared.store.sessions.remove(&(entry.account_id.as_str(), entry.id.as_str())) {
-                tracing::warn!(%error, session = %entry.id, "could not remove an expired session");
-            }
-            tracing::info!(session = %entry.id, account = %entry.account_id, "dashboard session expired");
-        }
-    }
-
     /// Admission of one runtime request: the key's workspace must be active and the key's
     /// actor must grant a rate-limit permit.
     pub async fn admit(&self, key: &KeyEntry) -> Result<Admission, EngineError> {
         if let Some(slug) = &key.workspace_slug {
             match self.shared.workspace_entry(&key.account_id, slug) {
-                Some(ws) if ws.active.load(Ordering::Relaxed) => {}
+                Some(ws) if ws.is_active() => {}
                 Some(_) => return Err(EngineError::Forbidden(format!("Workspace {slug} is disabled"))),
                 None => return Err(EngineError::NotFound { what: "Workspace" }),
             }
         }
-        let actor = ActorRef::<ApiKeyMsg>::where_is(key.actor_name.as_str())
+        let actor = (self.shared.registry)
+            .actor::<ApiKeyMsg>(&key.actor_name)
             .ok_or_else(|| EngineError::Unavailable("this API key's actor is restarting; retry shortly".into()))?;
         match actor.call(ApiKeyMsg::Admit, Some(self.config.admission_timeout)).await {
             Ok(CallResult::Success(admission)) => Ok(admission),
@@ -377,12 +369,12 @@ impl Engine {
     /// The live actor tree, from the root down.
     pub async fn actor_tree(&self) -> ActorNode {
         let root = ChildHandle {
-            name: crate::tree::root::NAME.to_owned(),
-            kind: "root",
+            name: ROOT.to_owned(),
+            kind: ROOT,
             status: ChildStatus::Running,
             restarts: 0,
             last_error: None,
-            cell: Some(self.root.get_cell()),
+            child: Some(self.root.clone()),
         };
         inspect::walk(root).await
     }
@@ -392,95 +384,89 @@ impl Engine {
         if !self.config.fault_injection {
             return Err(EngineError::Forbidden("fault injection is disabled".into()));
         }
-        let kind = name.split(':').next().unwrap_or_default();
-        let cell = ractor::registry::where_is(name).ok_or(EngineError::NotFound { what: "Actor" })?;
-        if inspect::inject_failure(kind, &cell, format!("injected failure in {name}")) {
+        if name == ROOT {
+            // The root has no supervisor: failing it would end the tree.
+            return Err(EngineError::invalid("the root actor does not accept injected failures"));
+        }
+        let child = self.shared.registry.get(name).ok_or(EngineError::NotFound { what: "Actor" })?;
+        if child.inject_failure(format!("injected failure in {name}")) {
             Ok(())
         } else {
             Err(EngineError::invalid(format!("actor {name} does not accept injected failures")))
         }
     }
+}
 
-    /// True once the actor tree is stopping (background tasks end then).
-    pub(crate) fn root_stopped(&self) -> bool {
-        self.root.get_status() != ractor::ActorStatus::Running
-    }
+pub(crate) const ROOT: &str = "root";
+/// The supervisor of background jobs: periodic tasks and one-off jobs such as auto pay.
+pub(crate) const TASKS: &str = "tasks";
 
-    fn spawn_last_used_persister(&self) {
-        let engine = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                if engine.root.get_status() != ractor::ActorStatus::Running {
-                    break;
-                }
-                if let Err(error) = engine.persist_last_used() {
-                    tracing::warn!(%error, "could not persist keys' last_used_at");
-                }
-                if let Err(error) = engine.persist_session_use() {
-                    tracing::warn!(%error, "could not persist sessions' last use");
-                }
-            }
-        });
-    }
+/// Filled once the engine exists. Background jobs reach the engine through it, weakly, so the
+/// tree never keeps a stopped engine alive.
+type EngineSlot = Arc<std::sync::OnceLock<std::sync::Weak<EngineParts>>>;
 
-    /// Writes `last_used_at` of keys used since the last write (kept off the request path).
-    fn persist_last_used(&self) -> Result<(), EngineError> {
-        // Collected first: holding a DashMap shard guard while waiting for `session_writes`
-        // would deadlock with a revocation holding the lock and waiting for the shard.
-        let entries: Vec<Arc<KeyEntry>> = self.shared.keys_by_id.iter().map(|e| e.value().clone()).collect();
-        for entry in entries {
-            let Some(used) = entry.last_used_ms() else { continue };
-            let key = (entry.account_id.as_str(), entry.id.as_str());
-            // Under the lock revocation takes, and only while the key is still indexed: a
-            // read-modify-write racing `revoke_key` would otherwise write the key back.
-            let _writes = self.shared.session_writes.lock().unwrap_or_else(|p| p.into_inner());
-            if !self.shared.keys_by_id.contains_key(&entry.id) {
-                continue;
-            }
-            if let Some(mut record) = self.shared.store.api_keys.get(&key)? {
-                if record.last_used_at_ms.is_none_or(|prev| prev < used) {
-                    record.last_used_at_ms = Some(used);
-                    self.shared.store.api_keys.insert(&key, &record)?;
-                }
-            }
-        }
-        Ok(())
+fn engine_in(slot: &EngineSlot) -> Option<Engine> {
+    slot.get().and_then(std::sync::Weak::upgrade).map(Engine)
+}
+
+/// The tree: `root` over the ledger, the directory (`accounts`), the upstream connections
+/// (`providers`, `endpoints`) and the background `tasks`.
+fn root_spec(shared: &Arc<Shared>, reconcile_every: Option<Duration>, slot: &EngineSlot) -> SupervisorSpec {
+    let children: Vec<Arc<dyn ChildSpec>> = vec![
+        Arc::new(crate::money::ledger::LedgerSpec { store: shared.store.clone() }),
+        Arc::new(crate::directory::accounts::spec(shared)),
+        Arc::new(crate::routing::provider::group_spec(shared, false)),
+        Arc::new(crate::routing::provider::group_spec(shared, true)),
+        Arc::new(tasks_spec(shared, reconcile_every, slot)),
+    ];
+    let started_at = crate::clock::iso8601(crate::clock::now_ms());
+    SupervisorSpec {
+        name: ROOT.to_owned(),
+        kind: ROOT,
+        restart: Restart::Permanent,
+        policy: shared.restart_policy,
+        registry: shared.registry.clone(),
+        escalates: false,
+        loader: Arc::new(move || children.clone()),
+        describe: Arc::new(move |_| serde_json::json!({ "started_at": started_at })),
     }
 }
 
-impl Engine {
-    /// Writes the use times of sessions used since the last write, and sweeps out expired
-    /// sessions nobody presented again. Runs every few seconds, off the request path.
-    fn persist_session_use(&self) -> Result<(), EngineError> {
-        let now = crate::clock::now_ms();
-        let entries: Vec<([u8; 32], Arc<SessionEntry>)> =
-            self.shared.sessions_by_hash.iter().map(|e| (*e.key(), e.value().clone())).collect();
-        for (hash, entry) in entries {
-            if entry.is_expired(now) {
-                self.expire_session(&hash, &entry);
-                continue;
-            }
-            let used = entry.last_used_ms.load(Ordering::Relaxed);
-            if used <= entry.persisted_ms.load(Ordering::Relaxed) {
-                continue;
-            }
-            let key = (entry.account_id.as_str(), entry.id.as_str());
-            // A rotation or revocation changes the index and the record under this lock; a
-            // write here after it would bring a revoked session back.
-            let _writes = self.shared.session_writes.lock().unwrap_or_else(|p| p.into_inner());
-            if !self.shared.sessions_by_hash.get(&hash).is_some_and(|e| Arc::ptr_eq(e.value(), &entry)) {
-                continue;
-            }
-            if let Some(mut record) = self.shared.store.sessions.get(&key)? {
-                record.last_used_at_ms = Some(used);
-                record.expires_at_ms = Some(entry.expires_at_ms.load(Ordering::Relaxed));
-                self.shared.store.sessions.insert(&key, &record)?;
-            }
-            entry.persisted_ms.store(used, Ordering::Relaxed);
-        }
-        Ok(())
+/// How often keys' and sessions' use times are written.
+const PERSIST_USE_EVERY: Duration = Duration::from_secs(5);
+
+fn tasks_spec(shared: &Arc<Shared>, reconcile_every: Option<Duration>, slot: &EngineSlot) -> SupervisorSpec {
+    let persisted = shared.clone();
+    let persist_use: crate::tree::task::Job = Arc::new(move || {
+        let shared = persisted.clone();
+        Box::pin(async move {
+            let keys = shared.persist_last_used().map_err(|e| format!("keys' last_used_at: {e}"));
+            let sessions = shared.persist_session_use().map_err(|e| format!("sessions' last use: {e}"));
+            keys.and(sessions)
+        })
+    });
+    let mut tasks: Vec<Arc<dyn ChildSpec>> =
+        vec![Arc::new(TaskSpec::every("task:last-used", PERSIST_USE_EVERY, persist_use))];
+    if let Some(every) = reconcile_every {
+        let slot = slot.clone();
+        let reconcile: crate::tree::task::Job = Arc::new(move || {
+            let engine = engine_in(&slot);
+            Box::pin(async move {
+                let Some(engine) = engine else { return Ok(()) };
+                engine.reconcile_payments().await.map(|_| ()).map_err(|e| e.to_string())
+            })
+        });
+        tasks.push(Arc::new(TaskSpec::every("task:payment-reconciler", every, reconcile)));
+    }
+    SupervisorSpec {
+        name: TASKS.to_owned(),
+        kind: TASKS,
+        restart: Restart::Permanent,
+        policy: shared.restart_policy,
+        registry: shared.registry.clone(),
+        escalates: true,
+        loader: Arc::new(move || tasks.clone()),
+        describe: Arc::new(|children| serde_json::json!({ "children": children.len() })),
     }
 }
 
@@ -555,5 +541,48 @@ mod tests {
             assert!(!dump.contains("SECRET-"), "a secret leaked into Debug: {dump}");
             assert!(dump.contains("<redacted>"), "{dump}");
         }
+    }
+
+    fn names(node: &ActorNode, into: &mut Vec<String>) {
+        into.push(node.name.clone());
+        node.children.iter().for_each(|c| names(c, into));
+    }
+
+    async fn started(dir: &std::path::Path) -> (Engine, BootstrapCredentials) {
+        let config = EngineConfig { fault_injection: true, ..EngineConfig::default() };
+        let engine = Engine::start(Store::open(dir).unwrap(), config).await.unwrap();
+        let credentials = engine.bootstrap().await.unwrap().expect("a fresh store bootstraps");
+        (engine, credentials)
+    }
+
+    /// Actor names are per engine: two engines in one process each see only their own.
+    #[tokio::test]
+    async fn two_engines_run_side_by_side_without_seeing_each_others_actors() {
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, creds_a) = started(dir_a.path()).await;
+        let (b, creds_b) = started(dir_b.path()).await;
+        let (key_a, key_b) =
+            (a.authenticate_key(&creds_a.api_key).unwrap(), b.authenticate_key(&creds_b.api_key).unwrap());
+        assert!(a.authenticate_key(&creds_b.api_key).is_none(), "b's key is unknown to a");
+        let (mut in_a, mut in_b) = (Vec::new(), Vec::new());
+        names(&a.actor_tree().await, &mut in_a);
+        names(&b.actor_tree().await, &mut in_b);
+        assert!(in_a.contains(&key_a.actor_name) && !in_a.contains(&key_b.actor_name), "{in_a:?}");
+        assert!(in_b.contains(&key_b.actor_name) && !in_b.contains(&key_a.actor_name), "{in_b:?}");
+        for name in ["root", "ledger", "accounts", "providers", "endpoints", "tasks", "task:last-used"] {
+            assert!(in_a.contains(&name.to_owned()) && in_b.contains(&name.to_owned()), "{name} in both trees");
+        }
+        // Each admits through its own key actor.
+        assert!(matches!(a.admit(&key_a).await.unwrap(), Admission::Admitted { .. }));
+        assert!(matches!(b.admit(&key_b).await.unwrap(), Admission::Admitted { .. }));
+        // A failure injected into one engine's ledger leaves the other's running.
+        assert!(matches!(a.inject_failure(&key_b.actor_name), Err(EngineError::NotFound { .. })));
+        a.inject_failure("ledger").unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let ledger_of = |tree: &ActorNode| tree.children.iter().find(|c| c.name == "ledger").map(|l| l.restarts);
+        assert_eq!(ledger_of(&b.actor_tree().await), Some(0));
+        assert_eq!(b.ledger.money(&creds_b.account_id).await.unwrap().balance_units(), 0);
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
     }
 }

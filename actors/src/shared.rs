@@ -50,11 +50,14 @@ impl SessionEntry {
     }
 }
 
+/// A workspace's live state, its one home: the record as last written, plus the two fields
+/// every request reads kept as atomics so admission takes no lock.
 pub struct WorkspaceEntry {
     pub uuid: String,
-    pub active: AtomicBool,
+    record: std::sync::RwLock<Arc<tokaroo_storage::records::Workspace>>,
+    active: AtomicBool,
     /// The monthly budget in ledger units, or [`NO_BUDGET`].
-    pub budget_units: AtomicI64,
+    budget_units: AtomicI64,
 }
 
 pub const NO_BUDGET: i64 = -1;
@@ -65,6 +68,7 @@ impl WorkspaceEntry {
             uuid: record.id.clone(),
             active: (record.status == "active").into(),
             budget_units: Self::budget_units_of(record).into(),
+            record: std::sync::RwLock::new(Arc::new(record.clone())),
         }
     }
 
@@ -72,10 +76,19 @@ impl WorkspaceEntry {
         record.monthly_budget_usd.map_or(NO_BUDGET, crate::money::billing::usd_to_units)
     }
 
-    /// Applies a changed record (status, budget).
+    /// Applies a changed record (status, budget, name).
     pub fn update(&self, record: &tokaroo_storage::records::Workspace) {
         self.active.store(record.status == "active", Ordering::Relaxed);
         self.budget_units.store(Self::budget_units_of(record), Ordering::Relaxed);
+        *self.record.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(record.clone());
+    }
+
+    pub fn record(&self) -> Arc<tokaroo_storage::records::Workspace> {
+        self.record.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
     }
 
     pub fn monthly_budget_units(&self) -> Option<i64> {
@@ -92,6 +105,8 @@ pub struct Shared {
     pub creation_locks: DashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>,
     pub auto_pay_in_flight: DashMap<String, ()>,
     pub restart_policy: RestartPolicy,
+    /// This engine's actor names.
+    pub registry: crate::tree::registry::Registry,
     pub default_rpm: u32,
     pub keys_by_hash: DashMap<[u8; 32], Arc<KeyEntry>>,
     pub keys_by_id: DashMap<String, Arc<KeyEntry>>,

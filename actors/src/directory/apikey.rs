@@ -20,9 +20,10 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, Spawn
 use serde_json::json;
 use tokaroo_storage::Store;
 
-use crate::{
-    tree::inspect::Inspection,
-    tree::supervisor::{BoxFuture, ChildSpec},
+use crate::tree::{
+    inspect::Inspection,
+    registry::{ChildRef, TreeMsg},
+    supervisor::{spawn_linked, BoxFuture, ChildSpec},
 };
 
 /// The in-memory view of a key used by authentication; shared by the index and the actor.
@@ -56,6 +57,15 @@ pub enum ApiKeyMsg {
     Inspect(RpcReplyPort<Inspection>),
     /// Test-only fault injection: the handler fails, as a bug would.
     InjectFailure(String),
+}
+
+impl TreeMsg for ApiKeyMsg {
+    fn inspect(reply: RpcReplyPort<Inspection>) -> Self {
+        Self::Inspect(reply)
+    }
+    fn inject_failure(reason: String) -> Self {
+        Self::InjectFailure(reason)
+    }
 }
 
 pub fn actor_name(key_id: &str) -> String {
@@ -158,13 +168,8 @@ impl ChildSpec for ApiKeySpec {
     fn kind(&self) -> &'static str {
         "apikey"
     }
-    fn spawn(&self, supervisor: ActorCell) -> BoxFuture<Result<ActorCell, SpawnErr>> {
+    fn spawn(&self, supervisor: ActorCell) -> BoxFuture<Result<ChildRef, SpawnErr>> {
         let actor = ApiKeyActor { store: self.store.clone(), default_rpm: self.default_rpm };
-        let entry = self.entry.clone();
-        Box::pin(async move {
-            let name = entry.actor_name.clone();
-            let (actor_ref, _) = Actor::spawn_linked(Some(name), actor, entry, supervisor).await?;
-            Ok(actor_ref.get_cell())
-        })
+        Box::pin(spawn_linked(actor, self.entry.clone(), supervisor))
     }
 }

@@ -5,26 +5,21 @@
 pub mod accounts;
 pub mod apikey;
 pub mod limits;
+mod persist;
 pub mod workspace;
 
-use std::{
-    sync::{atomic::Ordering, Arc},
-    time::Duration,
-};
+use std::sync::{atomic::Ordering, Arc};
 
-use ractor::{rpc::CallResult, ActorRef};
 use serde_json::{Map, Value};
 use tokaroo_storage::records::{Account, ApiKey, Session, Workspace};
 
 use crate::{
-    directory::accounts::AccountsMsg,
     directory::apikey::{ApiKeyMsg, KeyEntry},
     directory::limits::Counted,
-    directory::workspace::{WorkspaceMsg, WorkspaceSpec},
     engine::{decode_hash, BootstrapCredentials, Engine, OPERATOR_ACCOUNT_META},
     security::tokens,
     shared::{SessionEntry, WorkspaceEntry},
-    tree::supervisor::ChildSpec,
+    tree::supervisor::{self, ChildSpec},
     EngineError,
 };
 
@@ -106,8 +101,6 @@ fn validate_rpm(rpm: Option<u32>) -> Result<(), EngineError> {
         _ => Ok(()),
     }
 }
-
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Engine {
     /// First start: creates the operator account, its `default` workspace, a dashboard
@@ -317,15 +310,9 @@ impl Engine {
         // Counted from here on; the flush is shared with other writers, so not under the lock.
         drop(creating);
         self.store().flush().await?;
-        self.shared
-            .workspaces
-            .insert((account_id.to_owned(), record.slug.clone()), Arc::new(WorkspaceEntry::new(&record)));
-        let spec: Arc<dyn ChildSpec> = Arc::new(WorkspaceSpec {
-            shared: self.shared.clone(),
-            workspace_uuid: record.id.clone(),
-            account_id: account_id.to_owned(),
-            slug: record.slug.clone(),
-        });
+        let entry = Arc::new(WorkspaceEntry::new(&record));
+        self.shared.workspaces.insert((account_id.to_owned(), record.slug.clone()), entry.clone());
+        let spec: Arc<dyn ChildSpec> = Arc::new(workspace::spec(&self.shared, entry));
         self.start_child(accounts::NAME, spec).await;
         Ok(record)
     }
@@ -367,9 +354,6 @@ impl Engine {
         self.store().flush().await?;
         if let Some(entry) = self.shared.workspace_entry(account_id, slug) {
             entry.update(&record);
-        }
-        if let Some(actor) = ActorRef::<WorkspaceMsg>::where_is(workspace::actor_name(&record.id)) {
-            let _ = actor.cast(WorkspaceMsg::Updated(Box::new(record.clone())));
         }
         Ok(record)
     }
@@ -480,7 +464,7 @@ impl Engine {
         }
         self.store().api_keys.insert(&(account_id, key_id), &record)?;
         self.store().flush().await?;
-        if let Some(actor) = ActorRef::<ApiKeyMsg>::where_is(apikey::actor_name(key_id)) {
+        if let Some(actor) = self.shared.registry.actor::<ApiKeyMsg>(&apikey::actor_name(key_id)) {
             let _ = actor.cast(ApiKeyMsg::SetRateLimit(record.rate_limit_rpm.unwrap_or(self.config.default_rpm)));
         }
         let workspace_name = match &record.workspace_slug {
@@ -523,36 +507,10 @@ impl Engine {
     /// Asks a supervisor to start a child. If the supervisor is itself restarting, the child
     /// is started from storage when it comes back, so a failure here is only logged.
     async fn start_child(&self, parent: &str, spec: Arc<dyn ChildSpec>) {
-        let name = spec.name();
-        let result = if parent == accounts::NAME {
-            match ActorRef::<AccountsMsg>::where_is(parent) {
-                Some(a) => a.call(|r| AccountsMsg::StartChild(spec, r), Some(CALL_TIMEOUT)).await.ok(),
-                None => None,
-            }
-        } else {
-            match ActorRef::<WorkspaceMsg>::where_is(parent) {
-                Some(a) => a.call(|r| WorkspaceMsg::StartChild(spec, r), Some(CALL_TIMEOUT)).await.ok(),
-                None => None,
-            }
-        };
-        match result {
-            Some(CallResult::Success(Ok(()))) => {}
-            Some(CallResult::Success(Err(error))) => {
-                tracing::warn!(child = %name, %parent, %error, "could not start actor")
-            }
-            _ => tracing::warn!(child = %name, %parent, "supervisor unavailable; child starts when it restarts"),
-        }
+        supervisor::start_child(&self.shared.registry, parent, spec).await;
     }
 
     fn stop_child(&self, parent: &str, name: String) {
-        if parent == accounts::NAME {
-            if let Some(a) = ActorRef::<AccountsMsg>::where_is(parent) {
-                let _ = a.cast(AccountsMsg::StopChild(name));
-            }
-        } else if let Some(a) = ActorRef::<WorkspaceMsg>::where_is(parent) {
-            let _ = a.cast(WorkspaceMsg::StopChild(name));
-        } else if let Some(cell) = ractor::registry::where_is(name) {
-            cell.stop(Some("revoked".into()));
-        }
+        supervisor::stop_child(&self.shared.registry, parent, name);
     }
 }

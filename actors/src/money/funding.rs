@@ -28,6 +28,10 @@ use crate::{
         ChargeRequest, CheckoutRequest, CheckoutSession, CompletedCheckout, PaymentError, ProcessorPayment,
         WebhookEvent,
     },
+    tree::{
+        supervisor::{self, Restart},
+        task::TaskSpec,
+    },
     Engine, EngineError, KeyView, NewKey,
 };
 
@@ -370,29 +374,6 @@ impl Engine {
         Ok(report)
     }
 
-    /// Runs [`Engine::reconcile_payments`] every `reconcile_interval`.
-    pub(crate) fn spawn_payment_reconciler(&self) {
-        let Some(every) = self.config.funding.reconcile_interval else { return };
-        if self.payments.kind() == "manual" {
-            return;
-        }
-        let engine = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if engine.root_stopped() {
-                    break;
-                }
-                if let Err(error) = engine.reconcile_payments().await {
-                    tracing::warn!(%error, "payment reconciliation failed; retried at the next interval");
-                }
-            }
-        });
-    }
-
     /// Test-only (`fault_injection`): see [`PaymentFault`].
     pub fn payment_fault(&self, fault: PaymentFault) -> Result<(), EngineError> {
         if !self.config.fault_injection {
@@ -708,20 +689,27 @@ impl Engine {
             return;
         }
         let engine = self.clone();
-        let account_id: Arc<str> = account_id.into();
-        tokio::spawn(async move {
-            let result = {
-                let _guard = engine.funding_guard(&account_id).await;
-                // Checked again under the lock: another top-up may have landed meanwhile.
-                match engine.money(&account_id).await {
-                    Ok(now) if now.balance_units() >= threshold => Ok(()),
-                    _ => engine.charge_card(&account_id, amount, "auto_pay").await.map(|_| ()),
-                }
-            };
-            if let Err(error) = result {
-                tracing::warn!(account = %account_id, %error, "auto pay failed");
-            }
-            engine.shared.auto_pay_in_flight.remove(&*account_id);
+        let account: Arc<str> = account_id.into();
+        let job: crate::tree::task::Job = Arc::new(move || {
+            let (engine, account_id) = (engine.clone(), account.clone());
+            Box::pin(async move {
+                let result = {
+                    let _guard = engine.funding_guard(&account_id).await;
+                    // Checked again under the lock: another top-up may have landed meanwhile.
+                    match engine.money(&account_id).await {
+                        Ok(now) if now.balance_units() >= threshold => Ok(()),
+                        _ => engine.charge_card(&account_id, amount, "auto_pay").await.map(|_| ()),
+                    }
+                };
+                engine.shared.auto_pay_in_flight.remove(&*account_id);
+                result.map_err(|error| format!("auto pay failed: {error}"))
+            })
         });
+        // Temporary: a failed attempt is recorded, and the next charge under the threshold
+        // tries again.
+        let spec = TaskSpec::once(format!("autopay:{account_id}"), "autopay", Restart::Temporary, job);
+        if !supervisor::adopt(&self.shared.registry, crate::engine::TASKS, Arc::new(spec)) {
+            self.shared.auto_pay_in_flight.remove(account_id);
+        }
     }
 }

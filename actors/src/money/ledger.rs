@@ -29,9 +29,10 @@ use tokaroo_storage::{
     StorageError, Store,
 };
 
-use crate::{
-    tree::inspect::Inspection,
-    tree::supervisor::{BoxFuture, ChildSpec},
+use crate::tree::{
+    inspect::Inspection,
+    registry::{ChildRef, Registry, TreeMsg},
+    supervisor::{spawn_linked, BoxFuture, ChildSpec},
 };
 
 pub const NAME: &str = "ledger";
@@ -183,6 +184,15 @@ pub enum LedgerMsg {
     Reconcile(RpcReplyPort<Result<Vec<ReconcileLine>, String>>),
     Inspect(RpcReplyPort<Inspection>),
     InjectFailure(String),
+}
+
+impl TreeMsg for LedgerMsg {
+    fn inspect(reply: RpcReplyPort<Inspection>) -> Self {
+        Self::Inspect(reply)
+    }
+    fn inject_failure(reason: String) -> Self {
+        Self::InjectFailure(reason)
+    }
 }
 
 /// One batch for the committer thread, applied in order.
@@ -524,7 +534,11 @@ impl LedgerActor {
         Ok(())
     }
 
-    async fn reconcile(&self, state: &mut LedgerState) -> Result<Vec<ReconcileLine>, StorageError> {
+    async fn reconcile(
+        &self,
+        me: &ActorRef<LedgerMsg>,
+        state: &mut LedgerState,
+    ) -> Result<Vec<ReconcileLine>, StorageError> {
         // Drain the committer so sled holds everything the ledger knows.
         self.commit(state, None, true)?;
         if let Some((tx, handle)) = state.committer.take() {
@@ -532,7 +546,7 @@ impl LedgerActor {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
         state.jobs_in_flight = 0;
-        state.committer = Some(spawn_committer(self.store.clone(), ActorRef::<LedgerMsg>::where_is(NAME)));
+        state.committer = Some(spawn_committer(self.store.clone(), Some(me.clone())));
         let store = self.store.clone();
         let live: HashMap<String, i64> =
             state.accounts.iter().map(|(id, a)| (id.clone(), a.money.balance_units())).collect();
@@ -742,7 +756,7 @@ impl Actor for LedgerActor {
                 }
             }
             LedgerMsg::Reconcile(reply) => {
-                let result = self.reconcile(state).await;
+                let result = self.reconcile(&me, state).await;
                 let _ = reply.send(result.map_err(|e| e.to_string()));
             }
             LedgerMsg::Inspect(reply) => {
@@ -775,19 +789,16 @@ impl ChildSpec for LedgerSpec {
     fn kind(&self) -> &'static str {
         "ledger"
     }
-    fn spawn(&self, supervisor: ActorCell) -> BoxFuture<Result<ActorCell, SpawnErr>> {
-        let actor = LedgerActor { store: self.store.clone() };
-        Box::pin(async move {
-            let (actor_ref, _) = Actor::spawn_linked(Some(NAME.to_owned()), actor, (), supervisor).await?;
-            Ok(actor_ref.get_cell())
-        })
+    fn spawn(&self, supervisor: ActorCell) -> BoxFuture<Result<ChildRef, SpawnErr>> {
+        Box::pin(spawn_linked(LedgerActor { store: self.store.clone() }, (), supervisor))
     }
 }
 
-/// Starts a ledger on its own, outside the actor tree (benches and tools). Stop it with
-/// `stop_and_wait` to commit what it logged.
-pub async fn spawn_standalone(store: Store) -> Result<ActorRef<LedgerMsg>, SpawnErr> {
-    let (actor, _) = Actor::spawn(Some(NAME.to_owned()), LedgerActor { store }, ()).await?;
+/// Starts a ledger on its own, outside the actor tree (benches and tools), found through
+/// `registry`. Stop it with `stop_and_wait` to commit what it logged.
+pub async fn spawn_standalone(store: Store, registry: &Registry) -> Result<ActorRef<LedgerMsg>, SpawnErr> {
+    let (actor, _) = Actor::spawn(None, LedgerActor { store }, ()).await?;
+    registry.register(NAME.to_owned(), ChildRef::of(&actor));
     Ok(actor)
 }
 
@@ -800,11 +811,22 @@ pub enum LedgerError {
     Failed(String),
 }
 
-/// A client of the `ledger` actor, resolved by name so it survives restarts.
-#[derive(Clone, Default)]
-pub struct LedgerClient;
+/// A client of the `ledger` actor, resolved by name in its engine's registry on each call,
+/// so it survives restarts.
+#[derive(Clone)]
+pub struct LedgerClient {
+    registry: Registry,
+}
 
 impl LedgerClient {
+    pub fn new(registry: Registry) -> Self {
+        Self { registry }
+    }
+
+    fn actor(&self) -> Option<ActorRef<LedgerMsg>> {
+        self.registry.actor::<LedgerMsg>(NAME)
+    }
+
     async fn call<T: Send + 'static>(
         &self,
         msg: impl Fn(RpcReplyPort<T>) -> LedgerMsg + Send + Clone,
@@ -819,7 +841,7 @@ impl LedgerClient {
     ) -> Result<T, LedgerError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(ledger) = ActorRef::<LedgerMsg>::where_is(NAME) {
+            if let Some(ledger) = self.actor() {
                 match ledger.call(msg.clone(), Some(timeout)).await {
                     Ok(ractor::rpc::CallResult::Success(v)) => return Ok(v),
                     // It may still act on the message: asking again could charge twice.
@@ -838,7 +860,7 @@ impl LedgerClient {
 
     pub async fn reserve(&self, req: ReserveRequest) -> Result<Result<HoldGuard, Refusal>, LedgerError> {
         let id = self.call(move |r| LedgerMsg::Reserve(req.clone(), r)).await?;
-        Ok(id.map(|id| HoldGuard { id: Some(id) }))
+        Ok(id.map(|id| HoldGuard { id: Some(id), ledger: self.clone() }))
     }
 
     /// Records a served request. When this returns Ok, the row survives a crash. Returns the
@@ -851,7 +873,7 @@ impl LedgerClient {
         let hold = hold.and_then(|mut h| h.id.take());
         let row = Arc::new(row);
         let msg = move |reply| LedgerMsg::Settle { hold, row: Box::new((*row).clone()), reply };
-        if let Some(ledger) = ActorRef::<LedgerMsg>::where_is(NAME) {
+        if let Some(ledger) = self.actor() {
             // The message is in the mailbox once this is first polled; a caller that stops
             // waiting after that cannot cancel the settle.
             match ledger.call(msg.clone(), Some(CALL_TIMEOUT)).await {
@@ -886,7 +908,7 @@ impl LedgerClient {
 
     /// Test-only: see [`CreditFault`].
     pub fn credit_fault(&self, fault: CreditFault) -> Result<(), LedgerError> {
-        let ledger = ActorRef::<LedgerMsg>::where_is(NAME).ok_or(LedgerError::Unavailable)?;
+        let ledger = self.actor().ok_or(LedgerError::Unavailable)?;
         ledger.cast(LedgerMsg::CreditFault(fault)).map_err(|_| LedgerError::Unavailable)
     }
 
@@ -919,12 +941,13 @@ impl LedgerClient {
 /// gives the money back.
 pub struct HoldGuard {
     id: Option<HoldId>,
+    ledger: LedgerClient,
 }
 
 impl Drop for HoldGuard {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
-            if let Some(ledger) = ActorRef::<LedgerMsg>::where_is(NAME) {
+            if let Some(ledger) = self.ledger.actor() {
                 let _ = ledger.cast(LedgerMsg::Release(id));
             }
         }
@@ -968,18 +991,22 @@ mod tests {
 
     #[tokio::test]
     async fn a_settle_whose_caller_gives_up_during_a_restart_is_still_recorded() {
-        let _one = ONE_LEDGER.lock().await;
+        let registry = Registry::default();
+        let client = LedgerClient::new(registry.clone());
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         // No ledger yet, as while it restarts: the settle waits for it.
-        let waiting = tokio::spawn(LedgerClient.settle(None, usage_row("abandoned")));
+        let waiting = tokio::spawn({
+            let client = client.clone();
+            async move { client.settle(None, usage_row("abandoned")).await }
+        });
         tokio::time::sleep(Duration::from_millis(60)).await;
         waiting.abort();
         let _ = waiting.await;
-        let ledger = spawn_standalone(store.clone()).await.unwrap();
+        let ledger = spawn_standalone(store.clone(), &registry).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
-            LedgerClient.commit().await.unwrap();
+            client.commit().await.unwrap();
             let recorded = store.ledger.balances.get(&"acct").unwrap().map(|b| b.usage_rows);
             if recorded == Some(1) {
                 break;
@@ -989,9 +1016,6 @@ mod tests {
         }
         ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
     }
-
-    /// The ledger registers under one global name: tests that start one take turns.
-    static ONE_LEDGER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
     fn payment(id: &str, amount_units: i64) -> Credit {
         Credit {
@@ -1005,19 +1029,24 @@ mod tests {
         }
     }
 
-    async fn money_now() -> AccountMoney {
-        LedgerClient.money("acct").await.unwrap()
+    async fn money_now(client: &LedgerClient) -> AccountMoney {
+        client.money("acct").await.unwrap()
     }
 
     #[tokio::test]
     async fn one_payment_credited_concurrently_and_again_counts_once_across_a_restart() {
-        let _one = ONE_LEDGER.lock().await;
+        let registry = Registry::default();
+        let client = LedgerClient::new(registry.clone());
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let ledger = spawn_standalone(store.clone()).await.unwrap();
+        let ledger = spawn_standalone(store.clone(), &registry).await.unwrap();
         let within = DEFAULT_CREDIT_TIMEOUT;
-        let calls: Vec<_> =
-            (0..8).map(|_| tokio::spawn(LedgerClient.credit(payment("pi_same", 1_000), within))).collect();
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { client.credit(payment("pi_same", 1_000), within).await })
+            })
+            .collect();
         let mut applied = 0;
         for call in calls {
             let outcome = call.await.unwrap().unwrap();
@@ -1026,16 +1055,16 @@ mod tests {
             assert_eq!(outcome.money.credited_units, 1_000);
         }
         assert_eq!(applied, 1, "one of eight concurrent credits of one payment applies");
-        let again = LedgerClient.credit(payment("pi_same", 1_000), within).await.unwrap();
+        let again = client.credit(payment("pi_same", 1_000), within).await.unwrap();
         assert_eq!((again.applied, again.money.balance_units()), (false, 1_000));
-        LedgerClient.commit().await.unwrap();
+        client.commit().await.unwrap();
         assert_eq!(store.ledger.balances.get(&"acct").unwrap().unwrap().credited_units, 1_000);
         assert_eq!(store.ledger.recompute("acct").unwrap().credits, 1);
         ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
 
         // A new incarnation knows the payment from storage.
-        let ledger = spawn_standalone(store.clone()).await.unwrap();
-        let after = LedgerClient.credit(payment("pi_same", 1_000), within).await.unwrap();
+        let ledger = spawn_standalone(store.clone(), &registry).await.unwrap();
+        let after = client.credit(payment("pi_same", 1_000), within).await.unwrap();
         assert_eq!((after.applied, after.money.balance_units()), (false, 1_000));
         ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
         assert_eq!(store.ledger.recompute("acct").unwrap().credited_units, 1_000);
@@ -1043,15 +1072,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_credit_whose_log_append_fails_changes_nothing_and_can_be_retried() {
-        let _one = ONE_LEDGER.lock().await;
+        let registry = Registry::default();
+        let client = LedgerClient::new(registry.clone());
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let ledger = spawn_standalone(store.clone()).await.unwrap();
-        LedgerClient.credit_fault(CreditFault::FailLogAppends(1)).unwrap();
-        let err = LedgerClient.credit(payment("pi_disk_full", 700), DEFAULT_CREDIT_TIMEOUT).await.unwrap_err();
+        let ledger = spawn_standalone(store.clone(), &registry).await.unwrap();
+        client.credit_fault(CreditFault::FailLogAppends(1)).unwrap();
+        let err = client.credit(payment("pi_disk_full", 700), DEFAULT_CREDIT_TIMEOUT).await.unwrap_err();
         assert!(err.to_string().contains("no space left"), "{err}");
-        assert_eq!(money_now().await.credited_units, 0, "no phantom credit in memory");
-        let retried = LedgerClient.credit(payment("pi_disk_full", 700), DEFAULT_CREDIT_TIMEOUT).await.unwrap();
+        assert_eq!(money_now(&client).await.credited_units, 0, "no phantom credit in memory");
+        let retried = client.credit(payment("pi_disk_full", 700), DEFAULT_CREDIT_TIMEOUT).await.unwrap();
         assert_eq!((retried.applied, retried.money.credited_units), (true, 700));
         ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
         assert_eq!(store.ledger.recompute("acct").unwrap().credited_units, 700);
@@ -1059,11 +1089,12 @@ mod tests {
 
     #[tokio::test]
     async fn adjustments_take_back_running_totals_once_and_never_more_than_was_paid() {
-        let _one = ONE_LEDGER.lock().await;
+        let registry = Registry::default();
+        let client = LedgerClient::new(registry.clone());
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let ledger = spawn_standalone(store.clone()).await.unwrap();
-        LedgerClient.credit(payment("pi_1", 1_000), DEFAULT_CREDIT_TIMEOUT).await.unwrap();
+        let ledger = spawn_standalone(store.clone(), &registry).await.unwrap();
+        client.credit(payment("pi_1", 1_000), DEFAULT_CREDIT_TIMEOUT).await.unwrap();
         let refund = |total: i64| Adjustment {
             id: format!("refund:ch_1:{total}"),
             payment_id: "pi_1".into(),
@@ -1075,9 +1106,9 @@ mod tests {
             AdjustOutcome::Applied { units, .. } => units,
             other => panic!("{other:?}"),
         };
-        assert_eq!(taken(LedgerClient.adjust(refund(300)).await.unwrap()), 300);
-        assert_eq!(LedgerClient.adjust(refund(300)).await.unwrap(), AdjustOutcome::Duplicate);
-        assert_eq!(taken(LedgerClient.adjust(refund(500)).await.unwrap()), 200, "the running total grew by 200");
+        assert_eq!(taken(client.adjust(refund(300)).await.unwrap()), 300);
+        assert_eq!(client.adjust(refund(300)).await.unwrap(), AdjustOutcome::Duplicate);
+        assert_eq!(taken(client.adjust(refund(500)).await.unwrap()), 200, "the running total grew by 200");
         // A dispute of the whole payment takes only what is left.
         let dispute = Adjustment {
             id: "dispute:dp_1".into(),
@@ -1086,11 +1117,11 @@ mod tests {
             amount: AdjustAmount::Units(1_000),
             note: Some("fraudulent".into()),
         };
-        assert_eq!(taken(LedgerClient.adjust(dispute).await.unwrap()), 500);
-        assert_eq!(LedgerClient.adjust(refund(900)).await.unwrap(), AdjustOutcome::Nothing);
+        assert_eq!(taken(client.adjust(dispute).await.unwrap()), 500);
+        assert_eq!(client.adjust(refund(900)).await.unwrap(), AdjustOutcome::Nothing);
         let unknown = Adjustment { payment_id: "pi_other".into(), ..refund(100) };
-        assert_eq!(LedgerClient.adjust(unknown).await.unwrap(), AdjustOutcome::UnknownPayment);
-        assert_eq!(money_now().await.credited_units, 0);
+        assert_eq!(client.adjust(unknown).await.unwrap(), AdjustOutcome::UnknownPayment);
+        assert_eq!(money_now(&client).await.credited_units, 0);
         ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
         let recomputed = store.ledger.recompute("acct").unwrap();
         assert_eq!((recomputed.credited_units, recomputed.credits), (0, 4));

@@ -12,10 +12,11 @@ use crate::{
     directory::limits::Counted,
     routing::health::HealthSnapshot,
     routing::provider::check_endpoint,
+    routing::provider::{ENDPOINTS, PROVIDERS},
     routing::providers::{Connection, ProviderKind},
     routing::upstreams::{Owner, Upstream},
     shared::Shared,
-    tree::group,
+    tree::supervisor,
     Engine, EngineError,
 };
 
@@ -281,7 +282,7 @@ impl Engine {
         self.store().flush().await?;
         if let Some(upstream) = self.shared.byok_upstream(&record, new.secret.trim().to_owned()) {
             self.shared.upstreams.insert(upstream.clone());
-            group::start_child(group::PROVIDERS, self.shared.upstream_spec(upstream)).await;
+            supervisor::start_child(&self.shared.registry, PROVIDERS, self.shared.upstream_spec(upstream)).await;
         }
         Ok(ProviderKeyView { record, workspace_name, health: None })
     }
@@ -317,7 +318,7 @@ impl Engine {
         if let Some(kind) = ProviderKind::parse(&record.provider) {
             let name = byok_name(kind, id);
             self.shared.upstreams.remove(&name);
-            group::stop_child(group::PROVIDERS, name);
+            supervisor::stop_child(&self.shared.registry, PROVIDERS, name);
         }
         Ok(())
     }
@@ -372,7 +373,7 @@ impl Engine {
         drop(creating);
         self.store().flush().await?;
         self.shared.upstreams.insert(upstream.clone());
-        group::start_child(group::ENDPOINTS, self.shared.upstream_spec(upstream)).await;
+        supervisor::start_child(&self.shared.registry, ENDPOINTS, self.shared.upstream_spec(upstream)).await;
         Ok(EndpointView { has_headers: record.sealed_headers.is_some(), record })
     }
 
@@ -452,9 +453,9 @@ impl Engine {
         self.store().flush().await?;
         // Replace the live connection and its actor.
         let name = endpoint_name(id);
-        group::stop_child(group::ENDPOINTS, name);
+        supervisor::stop_child(&self.shared.registry, ENDPOINTS, name);
         self.shared.upstreams.insert(upstream.clone());
-        group::start_child(group::ENDPOINTS, self.shared.upstream_spec(upstream)).await;
+        supervisor::start_child(&self.shared.registry, ENDPOINTS, self.shared.upstream_spec(upstream)).await;
         Ok(EndpointView { has_headers: record.sealed_headers.is_some(), record })
     }
 
@@ -466,7 +467,7 @@ impl Engine {
         self.store().flush().await?;
         let name = endpoint_name(id);
         self.shared.upstreams.remove(&name);
-        group::stop_child(group::ENDPOINTS, name);
+        supervisor::stop_child(&self.shared.registry, ENDPOINTS, name);
         Ok(())
     }
 

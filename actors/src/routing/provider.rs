@@ -13,14 +13,44 @@ use crate::{
     routing::providers::openai,
     routing::upstreams::{Owner, Upstream},
     tree::inspect::Inspection,
-    tree::supervisor::{BoxFuture, ChildSpec},
+    tree::registry::{ChildRef, TreeMsg},
+    tree::supervisor::{spawn_linked, BoxFuture, ChildSpec, Restart, SupervisorSpec},
 };
+
+/// The supervisors of provider connections and of self-hosted endpoints.
+pub const PROVIDERS: &str = "providers";
+pub const ENDPOINTS: &str = "endpoints";
+
+/// The `providers` (or, with `endpoints`, the `endpoints`) supervisor: one child per
+/// connection of that owner class, reloaded from the live upstream set when it restarts.
+pub fn group_spec(shared: &Arc<crate::shared::Shared>, endpoints: bool) -> SupervisorSpec {
+    let loader_shared = shared.clone();
+    SupervisorSpec {
+        name: if endpoints { ENDPOINTS } else { PROVIDERS }.to_owned(),
+        kind: if endpoints { ENDPOINTS } else { PROVIDERS },
+        restart: Restart::Permanent,
+        policy: shared.restart_policy,
+        registry: shared.registry.clone(),
+        escalates: true,
+        loader: Arc::new(move || loader_shared.upstream_specs(endpoints)),
+        describe: Arc::new(|children| json!({ "children": children.len() })),
+    }
+}
 
 pub enum UpstreamMsg {
     /// Self-hosted endpoints: check reachability and discover models now.
     Recheck(Option<RpcReplyPort<HealthSnapshot>>),
     Inspect(RpcReplyPort<Inspection>),
     InjectFailure(String),
+}
+
+impl TreeMsg for UpstreamMsg {
+    fn inspect(reply: RpcReplyPort<Inspection>) -> Self {
+        Self::Inspect(reply)
+    }
+    fn inject_failure(reason: String) -> Self {
+        Self::InjectFailure(reason)
+    }
 }
 
 pub struct UpstreamActor {
@@ -113,12 +143,8 @@ impl ChildSpec for UpstreamSpec {
             "provider"
         }
     }
-    fn spawn(&self, supervisor: ActorCell) -> BoxFuture<Result<ActorCell, SpawnErr>> {
+    fn spawn(&self, supervisor: ActorCell) -> BoxFuture<Result<ChildRef, SpawnErr>> {
         let actor = UpstreamActor { upstream: self.upstream.clone(), recheck_every: self.recheck_every };
-        let name = self.name();
-        Box::pin(async move {
-            let (actor_ref, _) = Actor::spawn_linked(Some(name), actor, (), supervisor).await?;
-            Ok(actor_ref.get_cell())
-        })
+        Box::pin(spawn_linked(actor, (), supervisor))
     }
 }
