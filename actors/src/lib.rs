@@ -16,7 +16,7 @@ pub mod tree;
 
 pub use directory::apikey::{Admission, KeyEntry};
 pub use directory::limits::AccountLimits;
-pub use directory::{KeyPatch, KeyView, NewKey, NewWorkspace, WorkspacePatch, WORKSPACE_STATUSES};
+pub use directory::{KeyPatch, KeyView, NewKey, NewWorkspace, WorkspacePatch};
 pub use engine::{BootstrapCredentials, Engine, EngineConfig, Identity, SessionRejection, DEFAULT_SESSION_TTL};
 pub use error::EngineError;
 pub use money::funding::{ActivationStatus, FundingSettings, PaymentFault, PaymentsReconciled};

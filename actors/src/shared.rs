@@ -66,7 +66,7 @@ impl WorkspaceEntry {
     pub fn new(record: &tokaroo_storage::records::Workspace) -> Self {
         Self {
             uuid: record.id.clone(),
-            active: (record.status == "active").into(),
+            active: (record.status == tokaroo_storage::records::WorkspaceStatus::Active).into(),
             budget_units: Self::budget_units_of(record).into(),
             record: std::sync::RwLock::new(Arc::new(record.clone())),
         }
@@ -78,7 +78,7 @@ impl WorkspaceEntry {
 
     /// Applies a changed record (status, budget, name).
     pub fn update(&self, record: &tokaroo_storage::records::Workspace) {
-        self.active.store(record.status == "active", Ordering::Relaxed);
+        self.active.store(record.status == tokaroo_storage::records::WorkspaceStatus::Active, Ordering::Relaxed);
         self.budget_units.store(Self::budget_units_of(record), Ordering::Relaxed);
         *self.record.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(record.clone());
     }

@@ -10,7 +10,7 @@ use axum::{
 };
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use serde_json::{json, Value};
-use tokaroo_actors::runtime::embeddings::EmbeddingRequest;
+use tokaroo_actors::runtime::{chat::Mode, embeddings::EmbeddingRequest};
 
 use super::{
     error::ApiError,
@@ -44,7 +44,7 @@ pub(super) fn parse(v: &Value) -> Result<(EmbeddingRequest, bool), ApiError> {
     }
     let (model, requested) = match &v["model"] {
         Value::Null => (None, None),
-        Value::String(s) if s.is_empty() || matches!(s.as_str(), "auto" | "fast" | "max") => (None, Some(s.clone())),
+        Value::String(s) if s.is_empty() || Mode::parse(s).is_some() => (None, Some(s.clone())),
         Value::String(s) => (Some(s.clone()), Some(s.clone())),
         _ => return Err(bad("model must be a string")),
     };

@@ -12,7 +12,11 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokaroo_actors::usage::{RollupCell, UsageFilter, UsageRow, MICROS_PER_DAY};
+use tokaroo_actors::{
+    routing::upstreams::BillingMode,
+    runtime::chat::Mode,
+    usage::{RollupCell, UsageFilter, UsageRow, MICROS_PER_DAY},
+};
 
 use super::{
     error::ApiError,
@@ -131,9 +135,9 @@ fn workspace_names(state: &AppState, account_id: &str) -> BTreeMap<String, Strin
 /// What a customer sees of a row: never the upstream model, and the provider only when the
 /// connection is their own.
 fn customer_row(row: &UsageRow, names: &BTreeMap<String, String>) -> Value {
-    let provider = match row.billing_mode.as_str() {
-        "byok" => row.provider.as_str(),
-        "self_hosted" => "self_hosted",
+    let provider = match BillingMode::parse(&row.billing_mode) {
+        Some(BillingMode::Byok) => row.provider.as_str(),
+        Some(BillingMode::SelfHosted) => "self_hosted",
         _ => "tokaroo",
     };
     json!({
@@ -252,7 +256,7 @@ async fn stats(
     let window_start = today - i64::from(days) + 1;
     let daily_start = today - i64::from(daily_days) + 1;
     let mut totals = Totals::default();
-    let mut tiers: BTreeMap<String, u64> = ["auto", "fast", "max"].iter().map(|t| (t.to_string(), 0)).collect();
+    let mut tiers: BTreeMap<String, u64> = Mode::ALL.iter().map(|t| (t.as_str().to_owned(), 0)).collect();
     let mut types: BTreeMap<String, u64> = BTreeMap::new();
     let mut daily: BTreeMap<i64, Totals> = (daily_start..=today).map(|d| (d, Totals::default())).collect();
     for cell in cells.iter().filter(|c| filter.matches_cell(c)) {

@@ -45,7 +45,7 @@ fn workspace_json(w: &Workspace) -> Value {
         "id": w.id,
         "workspace_id": w.slug,
         "name": w.name,
-        "status": w.status,
+        "status": w.status.as_str(),
         "metadata": w.metadata,
         "monthly_budget_usd": w.monthly_budget_usd,
         "created_at": iso(w.created_at_ms),

@@ -29,7 +29,7 @@ pub struct Workspace {
     /// The caller-chosen identifier (`workspace_id` on the wire), unique per account.
     pub slug: String,
     pub name: String,
-    pub status: String,
+    pub status: WorkspaceStatus,
     pub metadata: Map<String, Value>,
     pub monthly_budget_usd: Option<f64>,
     pub created_at_ms: i64,
@@ -38,6 +38,31 @@ pub struct Workspace {
 impl Record for Workspace {
     const TREE: &'static str = "workspaces";
     const FORMAT_VERSION: u8 = 1;
+}
+
+/// Stored as its string (`"active"`), as when it was a plain string field.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceStatus {
+    /// Its keys are admitted.
+    Active,
+    /// Its keys are refused (403) until it is active again.
+    Disabled,
+}
+
+impl WorkspaceStatus {
+    pub const ALL: [Self; 2] = [Self::Active, Self::Disabled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
 }
 
 /// Key: (account_id, key_id). The secret itself is never stored, only its SHA-256.
@@ -96,6 +121,25 @@ mod tests {
         let s: Session = crate::collection::decode(&old).unwrap();
         assert_eq!((s.last_used_at_ms, s.expires_at_ms), (None, None));
         assert_eq!(s.created_at_ms, 5);
+    }
+
+    /// Workspaces stored while `status` was a string field load, and are written back the same.
+    #[test]
+    fn a_workspace_status_is_stored_as_its_string() {
+        for (stored, status) in [("active", WorkspaceStatus::Active), ("disabled", WorkspaceStatus::Disabled)] {
+            let mut old = vec![Workspace::FORMAT_VERSION];
+            old.extend_from_slice(
+                format!(
+                    r#"{{"id":"w1","account_id":"a1","slug":"s","name":"S","status":"{stored}","metadata":{{}},"monthly_budget_usd":null,"created_at_ms":1,"updated_at_ms":2}}"#
+                )
+                .as_bytes(),
+            );
+            let w: Workspace = crate::collection::decode(&old).unwrap();
+            assert_eq!(w.status, status);
+            assert_eq!(crate::collection::encode(&w).unwrap(), old);
+            assert_eq!((status.as_str(), WorkspaceStatus::parse(stored)), (stored, Some(status)));
+        }
+        assert_eq!(WorkspaceStatus::parse("Active"), None);
     }
 }
 

@@ -99,7 +99,9 @@ async fn workspaces_create_list_patch_and_disable() {
     assert_eq!(p.body["monthly_budget_usd"], 250.0, "absent field is left alone");
     let p = gw.patch("/v1/workspaces/acme-support", ADMIN_TOKEN, json!({"monthly_budget_usd": null})).await;
     assert_eq!(p.body["monthly_budget_usd"], serde_json::Value::Null, "null clears the budget");
-    assert_eq!(gw.patch("/v1/workspaces/acme-support", ADMIN_TOKEN, json!({"status": "sleepy"})).await.status, 400);
+    let sleepy = gw.patch("/v1/workspaces/acme-support", ADMIN_TOKEN, json!({"status": "sleepy"})).await;
+    assert_eq!(sleepy.status, 400);
+    assert_eq!(sleepy.body["message"], "status must be one of: active, disabled");
     let missing = gw.patch("/v1/workspaces/nope", ADMIN_TOKEN, json!({"name": "x"})).await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.body["error"], "Workspace not found");
@@ -107,7 +109,8 @@ async fn workspaces_create_list_patch_and_disable() {
     // A disabled workspace's keys are refused until it is active again.
     let (_, key) = gw.create_key(json!({"workspace_id": "acme-support"})).await;
     assert_eq!(gw.get("/v1/models", &key).await.status, 200);
-    gw.patch("/v1/workspaces/acme-support", ADMIN_TOKEN, json!({"status": "disabled"})).await;
+    let disabled = gw.patch("/v1/workspaces/acme-support", ADMIN_TOKEN, json!({"status": "disabled"})).await;
+    assert_eq!(disabled.body["status"], "disabled");
     let r = gw.get("/v1/models", &key).await;
     assert_eq!(r.status, 403, "{}", r.text);
     gw.patch("/v1/workspaces/acme-support", ADMIN_TOKEN, json!({"status": "active"})).await;

@@ -11,7 +11,7 @@ pub mod workspace;
 use std::sync::{atomic::Ordering, Arc};
 
 use serde_json::{Map, Value};
-use tokaroo_storage::records::{Account, ApiKey, Session, Workspace};
+use tokaroo_storage::records::{Account, ApiKey, Session, Workspace, WorkspaceStatus};
 
 use crate::{
     directory::apikey::{ApiKeyMsg, KeyEntry},
@@ -23,7 +23,6 @@ use crate::{
     EngineError,
 };
 
-pub const WORKSPACE_STATUSES: &[&str] = &["active", "disabled"];
 const MAX_RPM: u32 = 1_000_000;
 const DEFAULT_WORKSPACE: &str = "default";
 
@@ -298,7 +297,7 @@ impl Engine {
             account_id: account_id.to_owned(),
             slug: new.slug,
             name: new.name,
-            status: "active".into(),
+            status: WorkspaceStatus::Active,
             metadata: new.metadata,
             monthly_budget_usd: new.monthly_budget_usd,
             created_at_ms: now,
@@ -337,10 +336,10 @@ impl Engine {
             record.name = name;
         }
         if let Some(status) = patch.status {
-            if !WORKSPACE_STATUSES.contains(&status.as_str()) {
-                return Err(EngineError::invalid(format!("status must be one of: {}", WORKSPACE_STATUSES.join(", "))));
-            }
-            record.status = status;
+            record.status = WorkspaceStatus::parse(&status).ok_or_else(|| {
+                let allowed = WorkspaceStatus::ALL.map(WorkspaceStatus::as_str);
+                EngineError::invalid(format!("status must be one of: {}", allowed.join(", ")))
+            })?;
         }
         if let Some(metadata) = patch.metadata {
             record.metadata = metadata;

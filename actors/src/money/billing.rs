@@ -4,7 +4,10 @@ use serde::Serialize;
 
 pub use tokaroo_storage::records::UNITS_PER_USD;
 
-use crate::{routing::gateway::RouteRecord, runtime::chat::Usage};
+use crate::{
+    routing::{gateway::RouteRecord, upstreams::BillingMode},
+    runtime::chat::{Mode, Usage},
+};
 
 /// Customer charge from provider cost. See `[pricing]` in `config/tokaroo.toml`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -53,22 +56,22 @@ impl Charge {
 }
 
 impl PricingPolicy {
-    pub fn margin(&self, tier: &str) -> f64 {
+    pub fn margin(&self, tier: Mode) -> f64 {
         match tier {
-            "fast" => self.margin_fast,
-            "max" => self.margin_max,
-            _ => self.margin_auto,
+            Mode::Auto => self.margin_auto,
+            Mode::Fast => self.margin_fast,
+            Mode::Max => self.margin_max,
         }
     }
 
-    pub fn charge(&self, tier: &str, route: &RouteRecord, usage: Usage) -> Charge {
+    pub fn charge(&self, tier: Mode, route: &RouteRecord, usage: Usage) -> Charge {
         let list = route.cost_usd(usage) + route.earlier_attempts_usd;
         let baseline = route.baseline_usd(usage).max(list);
         let (actual, charged) = match route.billing_mode {
-            "byok" => (0.0, list * self.byok_fee_share),
-            "self_hosted" => (0.0, baseline * self.self_hosted_share_of_baseline),
+            BillingMode::Byok => (0.0, list * self.byok_fee_share),
+            BillingMode::SelfHosted => (0.0, baseline * self.self_hosted_share_of_baseline),
             // Managed and simulated traffic are priced alike so the quickstart shows real figures.
-            _ => (list, list * (1.0 + self.margin(tier))),
+            BillingMode::Managed | BillingMode::Simulator => (list, list * (1.0 + self.margin(tier))),
         };
         Charge {
             actual_cost_units: usd_to_units(actual),

@@ -159,12 +159,12 @@ pub enum LedgerMsg {
     Settle {
         hold: Option<HoldId>,
         row: Box<UsageRow>,
-        reply: RpcReplyPort<Result<(UsageRow, AccountMoney), String>>,
+        reply: RpcReplyPort<Result<(UsageRow, AccountMoney), LedgerError>>,
     },
     /// Adds money once per credit id; replies once the credit is fsynced (see [`CreditOutcome`]).
-    Credit(Box<Credit>, RpcReplyPort<Result<CreditOutcome, String>>),
+    Credit(Box<Credit>, RpcReplyPort<Result<CreditOutcome, LedgerError>>),
     /// Takes back part of a credited payment (a refund or a dispute), at most once per id.
-    Adjust(Box<Adjustment>, RpcReplyPort<Result<AdjustOutcome, String>>),
+    Adjust(Box<Adjustment>, RpcReplyPort<Result<AdjustOutcome, LedgerError>>),
     /// Test-only faults of the credit path (`Engine::ledger_fault`).
     CreditFault(CreditFault),
     Money(String, RpcReplyPort<AccountMoney>),
@@ -179,9 +179,9 @@ pub enum LedgerMsg {
     /// From the committer thread.
     Committed {
         events: usize,
-        result: Result<(), String>,
+        result: Result<(), StorageError>,
     },
-    Reconcile(RpcReplyPort<Result<Vec<ReconcileLine>, String>>),
+    Reconcile(RpcReplyPort<Result<Vec<ReconcileLine>, LedgerError>>),
     Inspect(RpcReplyPort<Inspection>),
     InjectFailure(String),
 }
@@ -527,9 +527,7 @@ impl LedgerActor {
         match unsent {
             None => state.jobs_in_flight += 1,
             // No committer thread: apply here rather than lose the batch.
-            Some(job) => {
-                run_job(&self.store, job).map_err(|e| StorageError::Corrupt { tree: "ledger".into(), detail: e })?
-            }
+            Some(job) => run_job(&self.store, job)?,
         }
         Ok(())
     }
@@ -575,7 +573,7 @@ impl LedgerActor {
 }
 
 /// Fsyncs the batch's segment, applies the batch, and retires a finished segment.
-fn run_job(store: &Store, job: CommitJob) -> Result<(), String> {
+fn run_job(store: &Store, job: CommitJob) -> Result<(), StorageError> {
     let result = (|| -> Result<(), StorageError> {
         if let Some(sync) = &job.sync {
             sync.sync()?;
@@ -593,7 +591,7 @@ fn run_job(store: &Store, job: CommitJob) -> Result<(), String> {
     if let Some(done) = job.done {
         let _ = done.send(());
     }
-    result.map_err(|e| e.to_string())
+    result
 }
 
 fn spawn_committer(store: Store, ledger: Option<ActorRef<LedgerMsg>>) -> (mpsc::Sender<CommitJob>, JoinHandle<()>) {
@@ -706,14 +704,14 @@ impl Actor for LedgerActor {
             LedgerMsg::Settle { hold, row, reply } => {
                 let result = self.settle(state, &me, hold, *row);
                 let failed = result.as_ref().err().map(|e| e.to_string());
-                let _ = reply.send(result.map_err(|e| e.to_string()));
+                let _ = reply.send(result.map_err(LedgerError::from));
                 if let Some(error) = failed {
                     state.last_error = Some(error.clone());
                     return Err(error.into());
                 }
             }
             LedgerMsg::Credit(credit, reply) => {
-                let result = self.credit(state, &me, *credit).map_err(|e| e.to_string());
+                let result = self.credit(state, &me, *credit).map_err(LedgerError::from);
                 match &mut state.credit_replies_to_delay {
                     Some((count, delay)) if *count > 0 => {
                         *count -= 1;
@@ -729,7 +727,7 @@ impl Actor for LedgerActor {
                 }
             }
             LedgerMsg::Adjust(adj, reply) => {
-                let _ = reply.send(self.adjust(state, &me, *adj).map_err(|e| e.to_string()));
+                let _ = reply.send(self.adjust(state, &me, *adj).map_err(LedgerError::from));
             }
             LedgerMsg::CreditFault(CreditFault::FailLogAppends(n)) => state.wal.fail_next_appends(n),
             LedgerMsg::CreditFault(CreditFault::DelayCreditReplies { count, delay }) => {
@@ -752,12 +750,12 @@ impl Actor for LedgerActor {
                         state.events_committed += events as u64;
                         state.batches += u64::from(events > 0);
                     }
-                    Err(error) => state.last_error = Some(error),
+                    Err(error) => state.last_error = Some(error.to_string()),
                 }
             }
             LedgerMsg::Reconcile(reply) => {
                 let result = self.reconcile(&me, state).await;
-                let _ = reply.send(result.map_err(|e| e.to_string()));
+                let _ = reply.send(result.map_err(LedgerError::from));
             }
             LedgerMsg::Inspect(reply) => {
                 let _ = reply.send(Inspection::leaf(json!({
@@ -802,13 +800,21 @@ pub async fn spawn_standalone(store: Store, registry: &Registry) -> Result<Actor
     Ok(actor)
 }
 
-/// Why the ledger could not be asked.
+/// Why a call to the ledger failed. Refusing a reservation is an answer, not a failure
+/// ([`Refusal`]), and so is a credit id the ledger already holds ([`CreditOutcome::applied`]).
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
+    /// Restarting, or no answer in time. A call that was delivered may still be recorded, so
+    /// it is never resent.
     #[error("the ledger is restarting; retry shortly")]
     Unavailable,
+    /// The log or the store failed (a full disk, say). A credit whose log append succeeded
+    /// still counts even if the fsync after it failed.
     #[error("the ledger could not record this: {0}")]
-    Failed(String),
+    Storage(#[from] StorageError),
+    /// The task that waits out a restart on a settle's behalf ended without an answer.
+    #[error("the ledger could not record this: the settle task failed: {0}")]
+    SettleTask(#[from] tokio::task::JoinError),
 }
 
 /// A client of the `ledger` actor, resolved by name in its engine's registry on each call,
@@ -877,7 +883,7 @@ impl LedgerClient {
             // The message is in the mailbox once this is first polled; a caller that stops
             // waiting after that cannot cancel the settle.
             match ledger.call(msg.clone(), Some(CALL_TIMEOUT)).await {
-                Ok(ractor::rpc::CallResult::Success(v)) => return v.map_err(LedgerError::Failed),
+                Ok(ractor::rpc::CallResult::Success(v)) => return v,
                 Ok(ractor::rpc::CallResult::Timeout) => return Err(LedgerError::Unavailable),
                 Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {}
             }
@@ -885,10 +891,7 @@ impl LedgerClient {
         // Restarting: wait for it in a task of its own, so that a caller that stops waiting
         // (its client went away) cannot cancel the settle. The answer was served either way.
         let client = self.clone();
-        tokio::spawn(async move { client.call(msg).await })
-            .await
-            .map_err(|e| LedgerError::Failed(format!("the settle task failed: {e}")))??
-            .map_err(LedgerError::Failed)
+        tokio::spawn(async move { client.call(msg).await }).await??
     }
 
     /// Credits once per `credit.id`. A call that times out is not sent again (the ledger may
@@ -896,14 +899,12 @@ impl LedgerClient {
     /// webhook retry, the reconciler) is answered idempotently. `within` bounds the wait.
     pub async fn credit(&self, credit: Credit, within: Duration) -> Result<CreditOutcome, LedgerError> {
         let credit = Arc::new(credit);
-        self.call_within(move |r| LedgerMsg::Credit(Box::new((*credit).clone()), r), within)
-            .await?
-            .map_err(LedgerError::Failed)
+        self.call_within(move |r| LedgerMsg::Credit(Box::new((*credit).clone()), r), within).await?
     }
 
     pub async fn adjust(&self, adjustment: Adjustment) -> Result<AdjustOutcome, LedgerError> {
         let adjustment = Arc::new(adjustment);
-        self.call(move |r| LedgerMsg::Adjust(Box::new((*adjustment).clone()), r)).await?.map_err(LedgerError::Failed)
+        self.call(move |r| LedgerMsg::Adjust(Box::new((*adjustment).clone()), r)).await?
     }
 
     /// Test-only: see [`CreditFault`].
@@ -933,7 +934,7 @@ impl LedgerClient {
     }
 
     pub async fn reconcile(&self) -> Result<Vec<ReconcileLine>, LedgerError> {
-        self.call(LedgerMsg::Reconcile).await?.map_err(LedgerError::Failed)
+        self.call(LedgerMsg::Reconcile).await?
     }
 }
 
@@ -1079,6 +1080,7 @@ mod tests {
         let ledger = spawn_standalone(store.clone(), &registry).await.unwrap();
         client.credit_fault(CreditFault::FailLogAppends(1)).unwrap();
         let err = client.credit(payment("pi_disk_full", 700), DEFAULT_CREDIT_TIMEOUT).await.unwrap_err();
+        assert!(matches!(err, LedgerError::Storage(_)), "{err:?}");
         assert!(err.to_string().contains("no space left"), "{err}");
         assert_eq!(money_now(&client).await.credited_units, 0, "no phantom credit in memory");
         let retried = client.credit(payment("pi_disk_full", 700), DEFAULT_CREDIT_TIMEOUT).await.unwrap();
@@ -1125,6 +1127,60 @@ mod tests {
         ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
         let recomputed = store.ledger.recompute("acct").unwrap();
         assert_eq!((recomputed.credited_units, recomputed.credits), (0, 4));
+    }
+
+    #[tokio::test]
+    async fn reservations_are_refused_on_the_balance_and_on_the_workspace_budget() {
+        let registry = Registry::default();
+        let client = LedgerClient::new(registry.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ledger = spawn_standalone(store.clone(), &registry).await.unwrap();
+        let reserve = |amount_units: i64, budget: Option<i64>| {
+            client.reserve(ReserveRequest {
+                account_id: "acct".into(),
+                metered: true,
+                amount_units,
+                budget: budget.map(|units| ("ws".to_owned(), units)),
+            })
+        };
+        let refusal = |answer: Result<HoldGuard, Refusal>| answer.err();
+        assert_eq!(
+            refusal(reserve(1, None).await.unwrap()),
+            Some(Refusal::BillingRequired { balance_units: 0, required_units: 1 }),
+            "an empty balance covers nothing"
+        );
+        client.credit(payment("pi_1", 1_000), DEFAULT_CREDIT_TIMEOUT).await.unwrap();
+        let held = reserve(600, None).await.unwrap().unwrap();
+        assert_eq!(
+            refusal(reserve(600, None).await.unwrap()),
+            Some(Refusal::BillingRequired { balance_units: 1_000, required_units: 600 }),
+            "what other requests hold is not available"
+        );
+        drop(held);
+        assert_eq!(
+            refusal(reserve(600, Some(500)).await.unwrap()),
+            Some(Refusal::BudgetExceeded { budget_units: 500, spent_units: 0 })
+        );
+        assert!(reserve(400, Some(500)).await.unwrap().is_ok());
+        ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_ledger_that_is_not_running_is_unavailable_and_errors_map_to_engine_errors() {
+        let registry = Registry::default();
+        let client = LedgerClient::new(registry.clone());
+        let err = client.credit(payment("pi_1", 1_000), Duration::from_millis(50)).await.unwrap_err();
+        assert!(matches!(err, LedgerError::Unavailable), "{err:?}");
+        match crate::EngineError::from(err) {
+            crate::EngineError::Unavailable(message) => assert_eq!(message, "the ledger is restarting; retry shortly"),
+            other => panic!("{other:?}"),
+        }
+        let storage = LedgerError::from(StorageError::Conflict);
+        match crate::EngineError::from(storage) {
+            crate::EngineError::Internal(detail) => assert_eq!(detail, StorageError::Conflict.to_string()),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

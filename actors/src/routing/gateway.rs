@@ -11,7 +11,7 @@ use crate::{
     routing::health::Blame,
     routing::providers::{adapter, DeltaStream, ProviderError, ProviderKind},
     routing::router::{Route, Router, Scope},
-    routing::upstreams::Upstream,
+    routing::upstreams::{BillingMode, Upstream},
     runtime::chat::{ChatRequest, ChatResponse, FinishReason, Mode, ModelChoice, ResponseFormat, Usage},
     EngineError,
 };
@@ -24,7 +24,7 @@ pub const MAX_ATTEMPTS: usize = 3;
 pub struct RouteRecord {
     pub provider: &'static str,
     pub execution_source: &'static str,
-    pub billing_mode: &'static str,
+    pub billing_mode: BillingMode,
     pub upstream: String,
     pub model: String,
     pub reason: String,
@@ -87,7 +87,7 @@ impl Owed {
     fn add(&mut self, route: &Route, req: &ChatRequest, failed: &[String], baseline: &Option<CatalogModel>) {
         // Only the operator's own provider accounts bill us for it: a BYOK key bills its
         // owner directly, and a self-hosted server bills nobody.
-        if route.upstream.billing_mode() != "managed" {
+        if route.upstream.billing_mode() != BillingMode::Managed {
             return;
         }
         let this = record(route, req, failed, baseline);
@@ -321,7 +321,7 @@ fn count_bounded(text: &str) -> u32 {
 /// streaming forever), and nothing buffers without end. Managed and BYOK providers enforce
 /// the bound themselves.
 pub fn answer_text_limit(route: &RouteRecord) -> usize {
-    if route.billing_mode == "self_hosted" {
+    if route.billing_mode == BillingMode::SelfHosted {
         (route.max_output_tokens as usize).saturating_mul(16).max(64 << 10)
     } else {
         usize::MAX
@@ -336,7 +336,7 @@ pub fn answer_text_limit(route: &RouteRecord) -> usize {
 ///   its report and our own count, overage included (the ledger then refuses the account's
 ///   new requests while its balance is below zero).
 pub fn billable_usage(route: &RouteRecord, req: &ChatRequest, reported: Option<Usage>, text: &str) -> Usage {
-    let self_hosted = route.billing_mode == "self_hosted";
+    let self_hosted = route.billing_mode == BillingMode::SelfHosted;
     let mut usage = match reported {
         None => fallback_usage(req, text),
         Some(reported) if self_hosted => {

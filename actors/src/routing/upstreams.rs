@@ -30,6 +30,39 @@ pub enum Owner {
     Local { account_id: String, workspace_slug: Option<String>, endpoint_id: String },
 }
 
+/// Who pays the provider for a route, which decides how the request is priced. Its string is
+/// a usage row's `billing_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BillingMode {
+    /// We pay the provider and charge cost plus margin.
+    Managed,
+    /// Nobody pays; priced like managed traffic so the quickstart shows real figures.
+    Simulator,
+    /// The account's own provider key: the provider bills the account, we charge a fee.
+    Byok,
+    /// The account's own endpoint: we charge a share of the baseline.
+    SelfHosted,
+}
+
+impl BillingMode {
+    pub const ALL: [Self; 4] = [Self::Managed, Self::Simulator, Self::Byok, Self::SelfHosted];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Managed => "managed",
+            Self::Simulator => "simulator",
+            Self::Byok => "byok",
+            Self::SelfHosted => "self_hosted",
+        }
+    }
+
+    /// Reads a stored usage row's `billing_mode`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|mode| mode.as_str() == s)
+    }
+}
+
 pub struct Upstream {
     pub name: String,
     pub kind: ProviderKind,
@@ -126,12 +159,12 @@ impl Upstream {
         }
     }
 
-    pub fn billing_mode(&self) -> &'static str {
+    pub fn billing_mode(&self) -> BillingMode {
         match self.owner {
-            Owner::Managed => "managed",
-            Owner::Simulator => "simulator",
-            Owner::Byok { .. } => "byok",
-            Owner::Local { .. } => "self_hosted",
+            Owner::Managed => BillingMode::Managed,
+            Owner::Simulator => BillingMode::Simulator,
+            Owner::Byok { .. } => BillingMode::Byok,
+            Owner::Local { .. } => BillingMode::SelfHosted,
         }
     }
 
@@ -277,6 +310,17 @@ mod tests {
             guard: None,
         };
         Upstream::new("provider:openai:managed".into(), ProviderKind::OpenAi, conn, Owner::Managed)
+    }
+
+    /// The strings are on stored usage rows and in `/v1/usage` answers.
+    #[test]
+    fn billing_modes_parse_what_they_print() {
+        assert_eq!(BillingMode::ALL.map(BillingMode::as_str), ["managed", "simulator", "byok", "self_hosted"]);
+        for mode in BillingMode::ALL {
+            assert_eq!(BillingMode::parse(mode.as_str()), Some(mode));
+            assert_eq!(serde_json::to_value(mode).unwrap(), mode.as_str());
+        }
+        assert_eq!(BillingMode::parse("local"), None);
     }
 
     #[test]

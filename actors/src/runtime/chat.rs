@@ -5,7 +5,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
-/// The three routing modes of the managed surface.
+/// The three routing modes of the managed surface. A request is also priced at a mode (its
+/// tier, on usage rows): the one it asked for, or `auto` when it named a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -15,6 +16,8 @@ pub enum Mode {
 }
 
 impl Mode {
+    pub const ALL: [Self; 3] = [Self::Auto, Self::Fast, Self::Max];
+
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "auto" => Some(Self::Auto),
@@ -288,4 +291,21 @@ pub enum ChatDelta {
     },
     Finish(FinishReason),
     Usage(Usage),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The strings are on the wire (`model`) and on stored usage rows (`tier`).
+    #[test]
+    fn modes_parse_what_they_print() {
+        assert_eq!(Mode::ALL.map(Mode::as_str), ["auto", "fast", "max"]);
+        for mode in Mode::ALL {
+            assert_eq!(Mode::parse(mode.as_str()), Some(mode));
+            assert_eq!(serde_json::to_value(mode).unwrap(), mode.as_str());
+        }
+        assert_eq!(Mode::parse("Auto"), None);
+        assert_eq!(Mode::parse("gpt-4o-mini"), None);
+    }
 }

@@ -9,7 +9,7 @@ use crate::{
     routing::gateway::{self, RequestWork, RouteRecord},
     routing::providers,
     routing::router::{Router, Scope},
-    routing::upstreams::{looks_like_embedding_model, Owner, Upstream},
+    routing::upstreams::{looks_like_embedding_model, BillingMode, Owner, Upstream},
     EngineError,
 };
 
@@ -142,7 +142,9 @@ impl Router {
                     // A self-hosted server is billed the larger of its report and our count,
                     // as for chat: it could report nothing at all.
                     let prompt_tokens = match result.prompt_tokens {
-                        Some(reported) if c.upstream.billing_mode() == "self_hosted" => reported.max(counted()),
+                        Some(reported) if c.upstream.billing_mode() == BillingMode::SelfHosted => {
+                            reported.max(counted())
+                        }
                         Some(reported) => reported,
                         None => counted(),
                     };

@@ -12,6 +12,7 @@ use crate::{
     money::ledger::{AccountMoney, HoldGuard, LedgerError, Refusal, ReserveRequest},
     routing::gateway::{ChatFailure, ChatOutcome, RouteRecord, StreamOutcome},
     routing::router::{Route, Scope},
+    routing::upstreams::BillingMode,
     runtime::chat::{ChatRequest, Mode, ModelChoice, Usage},
     Engine, EngineError, KeyEntry,
 };
@@ -32,7 +33,8 @@ pub struct OpenStream {
 #[derive(Clone)]
 pub struct RequestInfo {
     pub requested_model: String,
-    pub tier: &'static str,
+    /// The mode the request is priced at (see [`Mode`]).
+    pub tier: Mode,
     pub request_type: &'static str,
     pub metadata: Map<String, Value>,
     pub request_id: Option<String>,
@@ -41,8 +43,8 @@ pub struct RequestInfo {
 impl RequestInfo {
     pub fn chat(req: &ChatRequest, requested_model: &str) -> Self {
         let tier = match req.model {
-            ModelChoice::Mode(mode) => mode.as_str(),
-            ModelChoice::Native(_) => "auto",
+            ModelChoice::Mode(mode) => mode,
+            ModelChoice::Native(_) => Mode::Auto,
         };
         Self {
             requested_model: requested_model.to_owned(),
@@ -81,7 +83,8 @@ impl From<LedgerError> for EngineError {
     fn from(error: LedgerError) -> Self {
         match error {
             LedgerError::Unavailable => EngineError::Unavailable(error.to_string()),
-            LedgerError::Failed(detail) => EngineError::Internal(detail),
+            LedgerError::Storage(error) => EngineError::Internal(error.to_string()),
+            LedgerError::SettleTask(error) => EngineError::Internal(format!("the settle task failed: {error}")),
         }
     }
 }
@@ -120,7 +123,7 @@ impl Engine {
                     let whole = Usage { prompt_tokens: prompt, completion_tokens: req.output_bound(&route.model) };
                     // A managed upstream that accepts and then times out is owed its prompt
                     // (`ChatFailure::owed`), on top of the route that finally serves.
-                    let owed = if record.billing_mode == "managed" && !req.stream {
+                    let owed = if record.billing_mode == BillingMode::Managed && !req.stream {
                         let prompt_only = Usage { prompt_tokens: prompt, completion_tokens: 0 };
                         self.config.pricing.charge(info.tier, &record, prompt_only).charged_units
                     } else {
@@ -226,15 +229,15 @@ impl Engine {
             api_key_id: Some(key.id.clone()),
             workspace_slug: key.workspace_slug.clone(),
             metadata: info.metadata.clone(),
-            tier: info.tier.to_owned(),
+            tier: info.tier.as_str().to_owned(),
             requested_model: info.requested_model.clone(),
             provider: route.provider.to_owned(),
             upstream_model: route.model.clone(),
             upstream: route.upstream.clone(),
-            routing_method: if route.escalated { "escalated".into() } else { info.tier.to_owned() },
+            routing_method: if route.escalated { "escalated".into() } else { info.tier.as_str().to_owned() },
             routing_reason: route.reason.clone(),
             execution_source: route.execution_source.to_owned(),
-            billing_mode: route.billing_mode.to_owned(),
+            billing_mode: route.billing_mode.as_str().to_owned(),
             request_type: info.request_type.to_owned(),
             input_tokens: u64::from(usage.prompt_tokens),
             output_tokens: u64::from(usage.completion_tokens),
@@ -333,7 +336,7 @@ impl Engine {
         let outcome = self.router.embed(req, &scope(key)).await?;
         let info = RequestInfo {
             requested_model: outcome.model.clone(),
-            tier: "auto",
+            tier: Mode::Auto,
             request_type: "embeddings",
             metadata: Map::new(),
             request_id,
@@ -354,7 +357,7 @@ impl Engine {
             .filter(|m| m.has("embeddings") && req.model.as_ref().is_none_or(|name| *name == m.id))
             .map(|m| m.input_per_1m)
             .fold(0.0, f64::max);
-        let margin = 1.0 + self.config.pricing.margin("auto");
+        let margin = 1.0 + self.config.pricing.margin(Mode::Auto);
         usd_to_units(tokens as f64 * 1.5 / 1e6 * price_per_1m * margin)
     }
 }
