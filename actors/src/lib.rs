@@ -20,7 +20,8 @@ pub use directory::{KeyPatch, KeyView, NewKey, NewWorkspace, WorkspacePatch, WOR
 pub use engine::{BootstrapCredentials, Engine, EngineConfig, Identity, SessionRejection, DEFAULT_SESSION_TTL};
 pub use error::EngineError;
 pub use money::funding::{ActivationStatus, FundingSettings, PaymentFault, PaymentsReconciled};
-pub use runtime::requests::{OpenStream, RequestInfo, ServedChat};
+pub use runtime::requests::{RequestInfo, ServedChat};
+pub use runtime::stream::{ChatStream, StreamEnd, StreamEvent};
 pub use security::secrets::Secret;
 pub use tokaroo_storage::{records, StorageError, Store};
 pub use tree::inspect::ActorNode;
