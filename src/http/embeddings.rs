@@ -75,16 +75,7 @@ async fn embeddings(
         return Err(ApiError::BadRequest("Request body must be a JSON object".into()));
     }
     let (request, base64) = parse(&wire)?;
-    // In a task of its own, like chat: a client that leaves does not cancel work the upstream
-    // goes on doing and billing.
-    let engine = state.engine.clone();
-    let work = engine.track_work();
-    let (outcome, charge) = tokio::spawn(async move {
-        let _work = work;
-        engine.embed(&key, &request, request_id).await
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("the request's task ended: {e}")))??;
+    let (outcome, charge) = state.engine.serve_embeddings(key, request, request_id).await?;
     let data: Vec<Value> = outcome
         .vectors
         .iter()

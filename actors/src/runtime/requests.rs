@@ -23,8 +23,9 @@ pub struct ServedChat {
     pub charge: Charge,
 }
 
-/// An open stream and its reservation; settle it with [`Engine::settle`] when it ends.
-pub struct OpenStream {
+/// An open stream and its reservation, until a [`crate::runtime::stream::ChatStream`] takes
+/// charge of settling them.
+pub(crate) struct OpenStream {
     pub outcome: StreamOutcome,
     pub hold: Option<HoldGuard>,
 }
@@ -175,7 +176,13 @@ impl Engine {
         }
     }
 
-    pub async fn chat(&self, key: &KeyEntry, req: &ChatRequest, info: RequestInfo) -> Result<ServedChat, EngineError> {
+    /// Run in a task of its own (`Engine::serve_chat`): a client leaving must not cancel it.
+    pub(crate) async fn chat(
+        &self,
+        key: &KeyEntry,
+        req: &ChatRequest,
+        info: RequestInfo,
+    ) -> Result<ServedChat, EngineError> {
         let scope = scope(key);
         let routes = priced_routes(self.router.plan(req, &scope)?);
         let hold = self.reserve(key, || self.worst_case_units(req, &info, &routes, &scope)).await?;
@@ -196,7 +203,7 @@ impl Engine {
     }
 
     /// Opens a stream on the first route that answers.
-    pub async fn chat_stream(
+    pub(crate) async fn chat_stream(
         &self,
         key: &KeyEntry,
         req: &ChatRequest,
@@ -212,7 +219,7 @@ impl Engine {
     /// Prices a served request and has the ledger record it. When this returns, the usage row
     /// survives a crash, so the caller may now tell the client.
     #[allow(clippy::too_many_arguments)]
-    pub async fn settle(
+    pub(crate) async fn settle(
         &self,
         key: &KeyEntry,
         info: &RequestInfo,
@@ -325,7 +332,8 @@ impl Engine {
 }
 
 impl Engine {
-    pub async fn embed(
+    /// Run in a task of its own (`Engine::serve_embeddings`), like chat.
+    pub(crate) async fn embed(
         &self,
         key: &KeyEntry,
         req: &crate::runtime::embeddings::EmbeddingRequest,

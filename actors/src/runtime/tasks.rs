@@ -1,0 +1,63 @@
+//! Request work that runs in a task of its own, so that a client leaving cannot cancel it:
+//! the upstream goes on doing (and billing) the work, so the request must still settle its row.
+
+use std::{future::Future, sync::Arc};
+
+use crate::{
+    money::billing::Charge,
+    runtime::{
+        chat::ChatRequest,
+        embeddings::{EmbeddingOutcome, EmbeddingRequest},
+        requests::{RequestInfo, ServedChat},
+    },
+    Engine, EngineError, KeyEntry,
+};
+
+/// Runs request work in a task of its own, tracked (`Engine::track_work`) so that shutdown
+/// waits for it before the ledger's last commit.
+///
+/// The one place request work may call `tokio::spawn`: every detached request goes through
+/// here, so none can escape shutdown's wait.
+pub(crate) fn spawn_request_task<F>(engine: &Engine, work: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let tracked = engine.track_work();
+    tokio::spawn(async move {
+        let _tracked = tracked;
+        work.await
+    })
+}
+
+/// The request's task panicked or was aborted: its answer is lost, not its client's fault.
+fn task_ended(error: tokio::task::JoinError) -> EngineError {
+    EngineError::Internal(format!("the request's task ended: {error}"))
+}
+
+impl Engine {
+    /// Serves a non-streamed chat and settles its usage row, whether or not the caller still
+    /// waits for the answer.
+    pub async fn serve_chat(
+        &self,
+        key: Arc<KeyEntry>,
+        request: ChatRequest,
+        info: RequestInfo,
+    ) -> Result<ServedChat, EngineError> {
+        let engine = self.clone();
+        spawn_request_task(self, async move { engine.chat(&key, &request, info).await }).await.map_err(task_ended)?
+    }
+
+    /// Serves embeddings and settles their usage row, whether or not the caller still waits.
+    pub async fn serve_embeddings(
+        &self,
+        key: Arc<KeyEntry>,
+        request: EmbeddingRequest,
+        request_id: Option<String>,
+    ) -> Result<(EmbeddingOutcome, Charge), EngineError> {
+        let engine = self.clone();
+        spawn_request_task(self, async move { engine.embed(&key, &request, request_id).await })
+            .await
+            .map_err(task_ended)?
+    }
+}
