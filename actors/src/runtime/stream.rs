@@ -275,6 +275,7 @@ mod tests {
         routing::{
             catalog::Catalog,
             gateway::{fallback_usage, StreamOutcome},
+            upstreams::BillingMode,
         },
         runtime::chat::{FinishReason, Message, Mode, ModelChoice, Role},
     };
@@ -343,7 +344,7 @@ mod tests {
         ChatRequest::new(ModelChoice::Mode(Mode::Auto), vec![Message::text(Role::User, "hi")])
     }
 
-    fn route(billing_mode: &'static str) -> RouteRecord {
+    fn route(billing_mode: BillingMode) -> RouteRecord {
         let model = Catalog::builtin().models.into_iter().find(|m| m.id == "gpt-4o").unwrap();
         RouteRecord {
             provider: "openai",
@@ -361,7 +362,7 @@ mod tests {
         }
     }
 
-    fn stream(upstream: DeltaStream, billing_mode: &'static str, ledger: &Arc<Recorder>) -> ChatStream {
+    fn stream(upstream: DeltaStream, billing_mode: BillingMode, ledger: &Arc<Recorder>) -> ChatStream {
         let outcome = StreamOutcome { route: route(billing_mode), stream: upstream, started: Instant::now() };
         ChatStream::new(OpenStream { outcome, hold: None }, request(), ledger.clone())
     }
@@ -394,7 +395,7 @@ mod tests {
         let reported = Usage { prompt_tokens: 3, completion_tokens: 2 };
         let deltas =
             vec![text("Hel"), text("lo"), Ok(ChatDelta::Finish(FinishReason::Stop)), Ok(ChatDelta::Usage(reported))];
-        let mut answer = stream(upstream(deltas), "managed", &ledger);
+        let mut answer = stream(upstream(deltas), BillingMode::Managed, &ledger);
         assert_eq!(delta(&mut answer).await, ChatDelta::Text("Hel".into()));
         assert_eq!(delta(&mut answer).await, ChatDelta::Text("lo".into()));
         assert_eq!(delta(&mut answer).await, ChatDelta::Finish(FinishReason::Stop), "usage is never relayed");
@@ -413,7 +414,7 @@ mod tests {
         let ledger = Recorder::new(false);
         let reported = Usage { prompt_tokens: 3, completion_tokens: 40 };
         let deltas = vec![text("a"), text("b"), Ok(ChatDelta::Usage(reported))];
-        let mut answer = stream(upstream(deltas), "managed", &ledger);
+        let mut answer = stream(upstream(deltas), BillingMode::Managed, &ledger);
         delta(&mut answer).await;
         drop(answer);
         assert!(ledger.settled().is_empty(), "settled by the detached task, not in drop");
@@ -425,7 +426,7 @@ mod tests {
     async fn a_stream_dropped_midway_settles_once_with_what_was_delivered_when_shutdown_stops_its_drain() {
         let ledger = Recorder::new(false);
         let endless = upstream(vec![text("one two")]).chain(futures_util::stream::pending()).boxed();
-        let mut answer = stream(endless, "managed", &ledger);
+        let mut answer = stream(endless, BillingMode::Managed, &ledger);
         delta(&mut answer).await;
         drop(answer);
         ledger.stopping.send_replace(true);
@@ -437,7 +438,7 @@ mod tests {
     async fn a_broken_stream_settles_once_with_what_was_delivered() {
         let ledger = Recorder::new(false);
         let deltas = vec![text("partial"), Err(ProviderError::StreamBroken("reset".into())), text("never")];
-        let mut answer = stream(upstream(deltas), "managed", &ledger);
+        let mut answer = stream(upstream(deltas), BillingMode::Managed, &ledger);
         delta(&mut answer).await;
         assert!(matches!(end(&mut answer).await, StreamEnd::Broken { charge: Some(_) }));
         assert!(answer.next().await.is_none());
@@ -449,7 +450,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_whose_row_cannot_be_recorded_ends_unrecorded_and_is_not_settled_again() {
         let ledger = Recorder::new(true);
-        let mut answer = stream(upstream(vec![text("x")]), "managed", &ledger);
+        let mut answer = stream(upstream(vec![text("x")]), BillingMode::Managed, &ledger);
         delta(&mut answer).await;
         assert!(matches!(end(&mut answer).await, StreamEnd::Unrecorded));
         drop(answer);
@@ -461,7 +462,7 @@ mod tests {
     async fn a_self_hosted_stream_past_its_bound_is_cut_and_settled_once() {
         let ledger = Recorder::new(false);
         let flood = "word ".repeat(14_000);
-        let mut answer = stream(upstream(vec![text(&flood), text("more")]), "self_hosted", &ledger);
+        let mut answer = stream(upstream(vec![text(&flood), text("more")]), BillingMode::SelfHosted, &ledger);
         delta(&mut answer).await;
         assert!(matches!(end(&mut answer).await, StreamEnd::OverBound { charge: Some(_) }));
         drop(answer);
