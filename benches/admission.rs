@@ -1,5 +1,6 @@
 //! The admission path of a runtime request: credential lookup (hash + index), then the
 //! `apikey:{id}` actor round trip that checks the rate limit. Run: `cargo bench --bench admission`.
+#![allow(clippy::disallowed_methods)] // a test harness spawns its own clients and servers
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use tokaroo_actors::{Admission, Engine, EngineConfig, NewKey, Store};

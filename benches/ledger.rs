@@ -10,6 +10,7 @@
 //!    (each waits for its row to be logged, as a request does) for `LEDGER_SECS` (5) seconds.
 //!
 //! Targets (printed, not asserted): each read under 50 ms; at least 20,000 settles a second.
+#![allow(clippy::disallowed_methods)] // a test harness spawns its own clients and servers
 
 mod support;
 

@@ -14,6 +14,7 @@
 //!
 //! The gateway binary is `$CARGO_TARGET_DIR/release/tokaroo` (or `target/release/tokaroo`);
 //! `cargo bench` builds it along with the bench, and it is built here if it is missing.
+#![allow(clippy::disallowed_methods)] // a test harness spawns its own clients and servers
 
 mod support;
 

@@ -6,6 +6,7 @@
 //! request has a watchdog (`MGMT_TIMEOUT_SECS`, 30): a request that does not answer in time
 //! is reported as a hang and the run stops. Finally SIGTERM, and the time the server takes to
 //! exit. Nothing here is asserted; the figures are printed.
+#![allow(clippy::disallowed_methods)] // a test harness spawns its own clients and servers
 
 mod support;
 

@@ -118,6 +118,8 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, signal: i
             }
         });
         let connection = graceful.watch(http.serve_connection(io, service));
+        // Allow-list: one task per accepted connection, watched by the graceful shutdown.
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 // Timeouts, resets and malformed requests: the client's business, not ours.
@@ -276,7 +278,7 @@ impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for Tracked<B> {
 /// The socket with the connection's deadlines applied: a read that waits past the
 /// [`Clock`]'s deadline, or a write that waits `write_timeout` for the client to take data,
 /// fails with `TimedOut`. hyper then drops the connection, and with it the response body: a
-/// streamed answer is settled as abandoned (`http::chat`), exactly as if the client had left.
+/// streamed answer is settled as abandoned (`ChatStream`'s drop, in the runtime), exactly as if the client had left.
 struct Guarded {
     tcp: TcpStream,
     clock: Arc<Clock>,

@@ -86,6 +86,8 @@ pub struct Flusher {
 impl Flusher {
     pub fn start(db: sled::Db) -> Result<Self, StorageError> {
         let shared = Arc::new(Shared { state: Mutex::new(State::default()), changed: Condvar::new() });
+        // Allow-list: the flusher thread is owned by `Store` and joined by `Store::close`.
+        #[allow(clippy::disallowed_methods)]
         let thread = std::thread::Builder::new()
             .name("sled-flusher".into())
             .spawn({

@@ -1,5 +1,6 @@
 //! Integration tests: each test starts the real `tokaroo` binary on a random loopback port
 //! with a temporary data directory and talks to it over HTTP.
+#![allow(clippy::disallowed_methods)] // a test harness spawns its own clients and servers
 
 mod fakes;
 mod fakes_stripe;

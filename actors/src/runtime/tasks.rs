@@ -24,6 +24,7 @@ where
     F::Output: Send + 'static,
 {
     let tracked = engine.track_work();
+    #[allow(clippy::disallowed_methods)] // allow-list: request work that outlives its client
     tokio::spawn(async move {
         let _tracked = tracked;
         work.await

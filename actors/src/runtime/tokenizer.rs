@@ -23,6 +23,8 @@ fn bpe() -> &'static CoreBPE {
 
 /// Builds the encoder off the request path (it takes a few hundred milliseconds once).
 pub fn warm_up() {
+    // Allow-list: a one-off thread that ends when the encoder is built.
+    #[allow(clippy::disallowed_methods)]
     let _ = std::thread::Builder::new().name("tokenizer-warm-up".into()).spawn(|| count(""));
 }
 
