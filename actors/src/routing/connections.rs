@@ -210,7 +210,11 @@ impl Shared {
         if let Ok(mut models) = upstream.local_models.write() {
             *models = ep.models.clone();
         }
-        upstream.health.set_reachable(ep.status == "healthy");
+        // Seeds the published health from the stored check, before the endpoint's actor (its
+        // one writer from then on) starts.
+        let mut seed = crate::routing::health::Breakers::default();
+        seed.connection.set_reachable(ep.status == "healthy");
+        upstream.publish(&seed, None);
         Ok(Arc::new(upstream))
     }
 

@@ -172,8 +172,8 @@ impl Attempts {
         }
     }
 
-    fn record_failure(&mut self, route: &Route, work: RequestWork, error: ProviderError) {
-        note_failure(&route.upstream, &route.model.id, work, &error, &mut self.failed);
+    async fn record_failure(&mut self, route: &Route, work: RequestWork<'_>, error: ProviderError) {
+        note_failure(&route.upstream, &route.model.id, work, &error, &mut self.failed).await;
         self.tried_upstreams.push(route.upstream.name.clone());
         self.last_error = Some(error);
     }
@@ -278,10 +278,10 @@ fn failure_detail(error: &ProviderError) -> String {
 }
 
 /// Records a failed route on the breaker it belongs to, in the log, and in `failed`.
-pub(crate) fn note_failure(
+pub(crate) async fn note_failure(
     upstream: &Upstream,
     model: &str,
-    work: RequestWork,
+    work: RequestWork<'_>,
     error: &ProviderError,
     failed: &mut Vec<String>,
 ) {
@@ -290,7 +290,7 @@ pub(crate) fn note_failure(
         _ => None,
     };
     let blame = blame(error, work, upstream.conn.timeout);
-    upstream.record_failure(model, blame, error.code(), retry_after);
+    crate::routing::provider::record_failure(upstream, model, blame, error.code(), retry_after).await;
     tracing::warn!(upstream = %upstream.name, model, %error, ?blame, "route failed; trying the next one");
     failed.push(format!("{}/{model}: {} ({})", upstream.name, error.code(), failure_detail(error)));
 }
@@ -463,7 +463,7 @@ impl Router {
                     if matches!(error, ProviderError::TimeoutAfterAccept) {
                         owed.add(route, req, &attempts.failed, &baseline);
                     }
-                    attempts.record_failure(route, work, error)
+                    attempts.record_failure(route, work, error).await
                 }
                 Err(error) => return Err(owed.failure(req, upstream_error(error))),
             }
@@ -537,7 +537,7 @@ impl Router {
                     let route = record(route, req, &attempts.failed, &baseline);
                     return Ok(StreamOutcome { route, stream, started });
                 }
-                Err(error) if moves_on(&error) => attempts.record_failure(route, RequestWork::Stream(req), error),
+                Err(error) if moves_on(&error) => attempts.record_failure(route, RequestWork::Stream(req), error).await,
                 Err(error) => return Err(upstream_error(error)),
             }
         }
@@ -549,7 +549,7 @@ impl Router {
 fn record_success(route: &Route, work: RequestWork, started: Instant) {
     let latency = started.elapsed();
     let typical = !work.is_large();
-    route.upstream.record_success(&route.model.id, typical.then_some(latency));
+    crate::routing::provider::record_success(&route.upstream, &route.model.id, typical.then_some(latency));
 }
 
 #[cfg(test)]

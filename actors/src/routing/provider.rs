@@ -1,7 +1,11 @@
 //! `provider:{provider}:{connection}` and `endpoint:{id}`: one actor per upstream connection.
-//! It owns the connection's live health (circuit breaker, cooldown, latency EWMA, last
-//! success/failure) — the router reads it through the shared [`Health`] without a round
-//! trip — and for self-hosted endpoints it rechecks reachability and models on a schedule.
+//! It owns the connection's breakers (circuit, cooldown, latency EWMA, last success/failure):
+//! requests report what happened ([`record_success`], [`record_failure`]) and the actor
+//! publishes the result on the upstream's [`HealthView`]s, which the router reads on every
+//! request without a lock or a round trip. For self-hosted endpoints it also rechecks
+//! reachability and models on a schedule.
+//!
+//! [`HealthView`]: crate::routing::health::HealthView
 
 use std::{sync::Arc, time::Duration};
 
@@ -9,7 +13,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, Spawn
 use serde_json::json;
 
 use crate::{
-    routing::health::HealthSnapshot,
+    routing::health::{Blame, Breakers, HealthEvent, HealthSnapshot},
     routing::providers::openai,
     routing::upstreams::{Owner, Upstream},
     tree::inspect::Inspection,
@@ -40,6 +44,8 @@ pub fn group_spec(shared: &Arc<crate::shared::Shared>, endpoints: bool) -> Super
 pub enum UpstreamMsg {
     /// Self-hosted endpoints: check reachability and discover models now.
     Recheck(Option<RpcReplyPort<HealthSnapshot>>),
+    /// What a request saw; with a reply port, answered once published.
+    Health(HealthEvent, Option<RpcReplyPort<()>>),
     Inspect(RpcReplyPort<Inspection>),
     InjectFailure(String),
 }
@@ -60,24 +66,88 @@ pub struct UpstreamActor {
 
 pub struct UpstreamState {
     checks: u64,
+    breakers: Breakers,
 }
 
-/// Checks a self-hosted endpoint and records the result on its health and model list.
+/// How long a failing request waits for its failure to be published (so the next request
+/// routes around an opened breaker) before going on without.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A served call of `model`; `latency` is `None` for a request too large to be typical.
+/// Not awaited: a success only closes breakers and moves the latency EWMA.
+pub fn record_success(upstream: &Upstream, model: &str, latency: Option<Duration>) {
+    report(upstream, HealthEvent::Served { model: model.to_owned(), latency });
+}
+
+/// A failed call of `model`, counted by the breaker `blame` names; returns once published.
+pub async fn record_failure(
+    upstream: &Upstream,
+    model: &str,
+    blame: Blame,
+    code: String,
+    retry_after: Option<Duration>,
+) {
+    report_published(upstream, HealthEvent::Failed { model: model.to_owned(), blame, code, retry_after }).await;
+}
+
+/// Checks a self-hosted endpoint now: its model list, and its reachability as published.
 pub async fn check_endpoint(upstream: &Upstream) -> HealthSnapshot {
+    let event = probe(upstream).await;
+    report_published(upstream, event).await;
+    upstream.health.snapshot()
+}
+
+/// Asks the endpoint for its models; records the list, returns the health event.
+async fn probe(upstream: &Upstream) -> HealthEvent {
     match openai::discover_models(&upstream.conn).await {
         Ok(models) => {
             if let Ok(mut list) = upstream.local_models.write() {
                 *list = models;
             }
-            upstream.health.set_reachable(true);
+            HealthEvent::Checked { unreachable_code: None }
         }
         Err(error) => {
             tracing::info!(endpoint = %upstream.name, %error, "self-hosted endpoint unreachable");
-            upstream.health.set_reachable(false);
-            upstream.health.record_failure(error.code(), None);
+            HealthEvent::Checked { unreachable_code: Some(error.code()) }
         }
     }
-    upstream.health.snapshot()
+}
+
+fn actor_of(upstream: &Upstream) -> Option<ActorRef<UpstreamMsg>> {
+    upstream.actor.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|cell| cell.clone().into())
+}
+
+fn report(upstream: &Upstream, event: HealthEvent) {
+    match actor_of(upstream) {
+        Some(actor) => {
+            if let Err(ractor::MessagingErr::SendErr(UpstreamMsg::Health(event, _))) =
+                actor.cast(UpstreamMsg::Health(event, None))
+            {
+                apply_unowned(upstream, event);
+            }
+        }
+        None => apply_unowned(upstream, event),
+    }
+}
+
+async fn report_published(upstream: &Upstream, event: HealthEvent) {
+    let Some(actor) = actor_of(upstream) else { return apply_unowned(upstream, event) };
+    let sent = event.clone();
+    match actor.call(|reply| UpstreamMsg::Health(sent, Some(reply)), Some(REPORT_TIMEOUT)).await {
+        Ok(ractor::rpc::CallResult::Success(())) => {}
+        // Stopped before it took the event: nobody else writes, so publish it here.
+        Err(_) => apply_unowned(upstream, event),
+        // Taken but not yet answered (a busy actor): it publishes it when it gets there.
+        Ok(_) => {}
+    }
+}
+
+/// With no actor (before it starts, or while it restarts) nothing else writes the breakers:
+/// the event is applied to what was last published.
+fn apply_unowned(upstream: &Upstream, event: HealthEvent) {
+    let mut breakers = upstream.resume_breakers();
+    let changed = breakers.apply(event);
+    upstream.publish(&breakers, changed.as_deref());
 }
 
 impl Actor for UpstreamActor {
@@ -89,7 +159,17 @@ impl Actor for UpstreamActor {
         if let Some(every) = self.recheck_every {
             me.send_interval(every, || UpstreamMsg::Recheck(None));
         }
-        Ok(UpstreamState { checks: 0 })
+        let breakers = self.upstream.resume_breakers();
+        *self.upstream.actor.write().unwrap_or_else(|p| p.into_inner()) = Some(me.get_cell());
+        Ok(UpstreamState { checks: 0, breakers })
+    }
+
+    async fn post_stop(&self, me: ActorRef<UpstreamMsg>, _: &mut UpstreamState) -> Result<(), ActorProcessingErr> {
+        let mut slot = self.upstream.actor.write().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|cell| cell.get_id() == me.get_id()) {
+            *slot = None;
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -100,10 +180,19 @@ impl Actor for UpstreamActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             UpstreamMsg::Recheck(reply) => {
-                let snapshot = check_endpoint(&self.upstream).await;
+                let event = probe(&self.upstream).await;
+                let changed = state.breakers.apply(event);
+                self.upstream.publish(&state.breakers, changed.as_deref());
                 state.checks += 1;
                 if let Some(reply) = reply {
-                    let _ = reply.send(snapshot);
+                    let _ = reply.send(self.upstream.health.snapshot());
+                }
+            }
+            UpstreamMsg::Health(event, reply) => {
+                let changed = state.breakers.apply(event);
+                self.upstream.publish(&state.breakers, changed.as_deref());
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
                 }
             }
             UpstreamMsg::Inspect(reply) => {
@@ -146,5 +235,63 @@ impl ChildSpec for UpstreamSpec {
     fn spawn(&self, supervisor: ActorCell) -> BoxFuture<Result<ChildRef, SpawnErr>> {
         let actor = UpstreamActor { upstream: self.upstream.clone(), recheck_every: self.recheck_every };
         Box::pin(spawn_linked(actor, (), supervisor))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn owned(upstream: &Arc<Upstream>) -> ActorRef<UpstreamMsg> {
+        let actor = UpstreamActor { upstream: upstream.clone(), recheck_every: None };
+        Actor::spawn(None, actor, ()).await.unwrap().0
+    }
+
+    #[tokio::test]
+    async fn failures_land_on_the_breaker_they_belong_to_through_the_connections_actor() {
+        let u = Arc::new(crate::routing::upstreams::tests::upstream());
+        let actor = owned(&u).await;
+        for _ in 0..5 {
+            record_failure(&u, "gpt-4o-mini", Blame::Model, "404".into(), None).await;
+            record_failure(&u, "gpt-4o", Blame::Request, "timeout".into(), None).await;
+        }
+        // Published by the time each report returned: the next request routes around it.
+        assert!(!u.usable_for("gpt-4o-mini"), "the missing model cools down");
+        assert!(u.usable_for("gpt-4o"), "the other models stay usable");
+        assert_eq!(u.health.snapshot().status, "healthy");
+        assert_eq!(u.health.snapshot().last_failure_code.as_deref(), Some("timeout"));
+        assert_eq!(u.model_health().keys().collect::<Vec<_>>(), ["gpt-4o-mini"]);
+
+        record_success(&u, "gpt-4o-mini", Some(Duration::from_millis(10)));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !u.usable_for("gpt-4o-mini") {
+            assert!(std::time::Instant::now() < deadline, "a success closes the model's breaker");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        for _ in 0..2 {
+            record_failure(&u, "gpt-4o", Blame::Connection, "500".into(), None).await;
+        }
+        // A restarted actor resumes from what was published: the third failure still opens.
+        actor.stop_and_wait(None, None).await.unwrap();
+        assert!(u.actor.read().unwrap().is_none(), "a stopped actor leaves its slot");
+        let actor = owned(&u).await;
+        record_failure(&u, "gpt-4o", Blame::Connection, "500".into(), None).await;
+        assert!(!u.usable_for("gpt-4o") && !u.usable_for("gpt-4o-mini"), "a connection's failures cool it all");
+        let inspected = match actor.call(UpstreamMsg::Inspect, None).await.unwrap() {
+            ractor::rpc::CallResult::Success(i) => i.snapshot,
+            _ => panic!("no inspection"),
+        };
+        assert_eq!(inspected["health"]["status"], "cooling_down");
+        actor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn with_no_actor_a_report_is_still_published() {
+        let u = crate::routing::upstreams::tests::upstream();
+        for _ in 0..3 {
+            record_failure(&u, "gpt-4o", Blame::Connection, "500".into(), None).await;
+        }
+        assert!(!u.usable_for("gpt-4o"), "reports while the actor restarts are not lost");
     }
 }

@@ -6,14 +6,13 @@
 use std::{
     collections::BTreeMap,
     sync::{Arc, RwLock},
-    time::Duration,
 };
 
 use dashmap::DashMap;
 use serde::Serialize;
 
 use crate::{
-    routing::health::{Blame, Health, HealthSnapshot},
+    routing::health::{Breaker, Breakers, HealthSnapshot, HealthView},
     routing::providers::{Connection, ProviderKind},
 };
 
@@ -67,12 +66,18 @@ pub struct Upstream {
     pub name: String,
     pub kind: ProviderKind,
     pub conn: Connection,
-    /// The connection's own breaker: failures that make it unusable for every model.
-    pub health: Arc<Health>,
+    /// The connection's own breaker as its actor last published it: failures that make it
+    /// unusable for every model.
+    pub health: HealthView,
     /// One breaker per model that failed here on its own ([`Blame::Model`]), created on its
     /// first failure. A managed connection is shared by every tenant: a model the operator's
     /// account lacks must not cool the other models down with it.
-    model_health: DashMap<String, Health>,
+    ///
+    /// [`Blame::Model`]: crate::routing::health::Blame::Model
+    model_health: DashMap<String, Arc<HealthView>>,
+    /// The connection's actor (`routing::provider`), the one writer of its health; `None`
+    /// before it starts and while it restarts.
+    pub(crate) actor: RwLock<Option<ractor::ActorCell>>,
     pub owner: Owner,
     /// Self-hosted endpoints: the models discovered at the last check, and the preferred one.
     pub local_models: RwLock<Vec<String>>,
@@ -85,8 +90,9 @@ impl Upstream {
             name,
             kind,
             conn,
-            health: Arc::default(),
+            health: HealthView::default(),
             model_health: DashMap::new(),
+            actor: RwLock::new(None),
             owner,
             local_models: RwLock::default(),
             default_model: None,
@@ -99,30 +105,19 @@ impl Upstream {
         !self.health.is_cooling_down() && !self.model_health.get(model).is_some_and(|h| h.is_cooling_down())
     }
 
-    /// A served call of `model`. `latency` is `None` for a request too large to be typical:
-    /// it closes the breakers without moving the latency `fast` routing reads.
-    pub fn record_success(&self, model: &str, latency: Option<Duration>) {
-        let record = |h: &Health| match latency {
-            Some(l) => h.record_success(l),
-            None => h.record_success_only(),
-        };
-        record(&self.health);
-        if let Some(h) = self.model_health.get(model) {
-            record(&h);
+    /// The breakers as last published, to resume from (a restarted actor keeps the counts).
+    pub(crate) fn resume_breakers(&self) -> Breakers {
+        Breakers {
+            connection: Breaker::resume(&self.health),
+            models: self.model_health.iter().map(|e| (e.key().clone(), Breaker::resume(e.value()))).collect(),
         }
     }
 
-    /// A failed call of `model`, counted by the breaker `blame` names. Failures no connection
-    /// breaker counts are still noted on the connection, so its last failure (shown to the
-    /// operator and to a BYOK key's owner) stays current.
-    pub fn record_failure(&self, model: &str, blame: Blame, code: String, retry_after: Option<Duration>) {
-        match blame {
-            Blame::Connection => self.health.record_failure(code, retry_after),
-            Blame::Model => {
-                self.health.note_failure(code.clone());
-                self.model_health.entry(model.to_owned()).or_default().record_failure(code, retry_after);
-            }
-            Blame::Request => self.health.note_failure(code),
+    /// Publishes `breakers` for routing to read.
+    pub(crate) fn publish(&self, breakers: &Breakers, changed_model: Option<&str>) {
+        self.health.publish(breakers.connection.state());
+        if let Some((model, breaker)) = changed_model.and_then(|m| breakers.models.get_key_value(m)) {
+            self.model_health.entry(model.clone()).or_default().publish(breaker.state());
         }
     }
 
@@ -295,17 +290,17 @@ impl Upstreams {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn upstream() -> Upstream {
+    pub(crate) fn upstream() -> Upstream {
         let conn = Connection {
             provider: ProviderKind::OpenAi,
             base_url: "http://127.0.0.1:9".into(),
             api_key: None,
             extra_headers: Vec::new(),
             http: crate::routing::providers::http::client(),
-            timeout: Duration::from_secs(1),
+            timeout: std::time::Duration::from_secs(1),
             chat_url: Default::default(),
             guard: None,
         };
@@ -321,27 +316,5 @@ mod tests {
             assert_eq!(serde_json::to_value(mode).unwrap(), mode.as_str());
         }
         assert_eq!(BillingMode::parse("local"), None);
-    }
-
-    #[test]
-    fn failures_land_on_the_breaker_they_belong_to() {
-        let u = upstream();
-        for _ in 0..5 {
-            u.record_failure("gpt-4o-mini", Blame::Model, "404".into(), None);
-            u.record_failure("gpt-4o", Blame::Request, "timeout".into(), None);
-        }
-        assert!(!u.usable_for("gpt-4o-mini"), "the missing model cools down");
-        assert!(u.usable_for("gpt-4o"), "the other models stay usable");
-        assert_eq!(u.health.snapshot().status, "healthy");
-        assert_eq!(u.health.snapshot().last_failure_code.as_deref(), Some("timeout"));
-        assert_eq!(u.model_health().keys().collect::<Vec<_>>(), ["gpt-4o-mini"]);
-
-        u.record_success("gpt-4o-mini", Some(Duration::from_millis(10)));
-        assert!(u.usable_for("gpt-4o-mini"), "a success closes the model's breaker");
-
-        for _ in 0..3 {
-            u.record_failure("gpt-4o", Blame::Connection, "500".into(), None);
-        }
-        assert!(!u.usable_for("gpt-4o") && !u.usable_for("gpt-4o-mini"), "a connection's failures cool it all");
     }
 }

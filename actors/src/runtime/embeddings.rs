@@ -135,7 +135,11 @@ impl Router {
             match providers::embed(&c.upstream.conn, &c.model.id, &req.inputs, c.dims).await {
                 Ok(result) => {
                     let typical = !RequestWork::Embed(&req.inputs).is_large();
-                    c.upstream.record_success(&c.model.id, typical.then(|| started.elapsed()));
+                    crate::routing::provider::record_success(
+                        &c.upstream,
+                        &c.model.id,
+                        typical.then(|| started.elapsed()),
+                    );
                     let counted = || {
                         req.inputs.iter().map(|t| crate::runtime::tokenizer::count(t)).fold(0u32, u32::saturating_add)
                     };
@@ -179,7 +183,8 @@ impl Router {
                         RequestWork::Embed(&req.inputs),
                         &error,
                         &mut failed,
-                    );
+                    )
+                    .await;
                     last_error = Some(error);
                 }
                 // The same mapping as chat: the tenant learns a status or a code, never the
