@@ -11,19 +11,19 @@ fn admission(c: &mut Criterion) {
     let (engine, secret) = runtime.block_on(async {
         let store = Store::open(dir.path()).unwrap();
         let engine = Engine::start(store, EngineConfig::default()).await.unwrap();
-        let creds = engine.bootstrap().await.unwrap().expect("fresh data dir bootstraps");
+        let creds = engine.directory().bootstrap().await.unwrap().expect("fresh data dir bootstraps");
         let new = NewKey { rate_limit_rpm: Some(1_000_000), ..NewKey::default() };
-        let (_, secret) = engine.create_key(&creds.account_id, new).await.unwrap();
+        let (_, secret) = engine.directory().create_key(&creds.account_id, new).await.unwrap();
         (engine, secret)
     });
 
     c.bench_function("credential_lookup", |b| {
-        b.iter(|| engine.authenticate_key(std::hint::black_box(&secret)).expect("known key"))
+        b.iter(|| engine.directory().authenticate_key(std::hint::black_box(&secret)).expect("known key"))
     });
     c.bench_function("admission_full", |b| {
         b.to_async(&runtime).iter(|| async {
-            let key = engine.authenticate_key(&secret).expect("known key");
-            match engine.admit(&key).await.expect("admitted") {
+            let key = engine.directory().authenticate_key(&secret).expect("known key");
+            match engine.directory().admit(&key).await.expect("admitted") {
                 Admission::Admitted { remaining, .. } => remaining,
                 Admission::Limited { .. } => panic!("limit is set far above the bench's rate"),
             }
@@ -38,8 +38,8 @@ fn admission(c: &mut Criterion) {
                 tokio::spawn(async move {
                     let start = std::time::Instant::now();
                     for _ in 0..iters {
-                        let key = engine.authenticate_key(&secret).expect("known key");
-                        std::hint::black_box(engine.admit(&key).await.expect("admitted"));
+                        let key = engine.directory().authenticate_key(&secret).expect("known key");
+                        std::hint::black_box(engine.directory().admit(&key).await.expect("admitted"));
                     }
                     start.elapsed()
                 })

@@ -124,7 +124,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         config.billing.public_url = Some(format!("http://{addr}"));
     }
     let engine = Engine::start(store, engine_config(&config, addr)?).await?;
-    if let Some(creds) = engine.bootstrap().await? {
+    if let Some(creds) = engine.directory().bootstrap().await? {
         print_bootstrap(&creds);
     }
     let shutting_down = Arc::new(AtomicBool::new(false));

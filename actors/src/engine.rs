@@ -1,28 +1,25 @@
 //! [`Engine`]: the facade the HTTP layer calls. Owns the shared indices and the root actor.
 
-use std::{
-    sync::{atomic::Ordering, Arc},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use dashmap::DashMap;
-use ractor::rpc::CallResult;
-use subtle::ConstantTimeEq;
 use tokaroo_storage::Store;
 
 use crate::{
-    directory::apikey::{ApiKeyMsg, KeyEntry},
+    directory::{apikey::KeyEntry, Directory},
     money::billing::PricingPolicy,
+    money::funding::Funding,
     routing::catalog::Catalog,
+    routing::connections::Connections,
     routing::router::Router,
     routing::upstreams::{UpstreamSettings, Upstreams},
-    security::tokens,
+    runtime::Runtime,
     shared::{SessionEntry, Shared, WorkspaceEntry},
     tree::inspect::{self, ActorNode},
     tree::registry::{ChildRef, Registry},
     tree::supervisor::{ChildHandle, ChildSpec, ChildStatus, Restart, RestartPolicy, SupervisorSpec},
     tree::task::TaskSpec,
-    Admission, EngineError,
+    EngineError,
 };
 
 #[derive(Debug, Clone)]
@@ -105,50 +102,22 @@ pub struct BootstrapCredentials {
 
 pub(crate) const OPERATOR_ACCOUNT_META: &str = "operator_account_id";
 
-/// The handle every HTTP route holds. Cloned for each request, so it is one `Arc`.
+/// The handle every HTTP route holds: the engine's lifecycle (start, shutdown, the actor
+/// tree) and its services, each taken by the routes of its area. Cloned for each request, so
+/// it is one `Arc`.
 #[derive(Clone)]
 pub struct Engine(Arc<EngineParts>);
 
-pub struct EngineParts {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) config: Arc<EngineConfig>,
-    pub(crate) router: Arc<Router>,
+struct EngineParts {
+    shared: Arc<Shared>,
+    config: Arc<EngineConfig>,
     root: ChildRef,
-    pub(crate) ledger: crate::money::ledger::LedgerClient,
-    pub(crate) payments: Arc<dyn crate::money::payments::PaymentProcessor>,
-    operator_account_id: Arc<std::sync::RwLock<Option<String>>>,
+    directory: Directory,
+    connections: Connections,
+    funding: Funding,
+    runtime: Runtime,
     /// What `shutdown` is doing now, for the report when it overruns its grace period.
     shutdown_stage: std::sync::Mutex<&'static str>,
-    /// Work that outlives its request (see [`Engine::track_work`]).
-    work: Arc<WorkCount>,
-    /// Set when shutdown begins: drains of abandoned streams stop early.
-    stopping: tokio::sync::watch::Sender<bool>,
-}
-
-#[derive(Default)]
-struct WorkCount {
-    running: std::sync::atomic::AtomicUsize,
-    idle: tokio::sync::Notify,
-}
-
-/// Held by work that must finish before shutdown commits the ledger (a request whose
-/// client left, still being served and settled).
-pub struct WorkGuard(Arc<WorkCount>);
-
-impl Drop for WorkGuard {
-    fn drop(&mut self) {
-        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-impl std::ops::Deref for Engine {
-    type Target = EngineParts;
-
-    fn deref(&self) -> &EngineParts {
-        &self.0
-    }
 }
 
 impl Engine {
@@ -187,50 +156,75 @@ impl Engine {
             session_ttl_ms: i64::try_from(config.session_ttl.as_millis()).unwrap_or(i64::MAX).max(1),
             session_writes: std::sync::Mutex::new(()),
             workspaces: DashMap::new(),
+            operator_account_id: std::sync::RwLock::new(None),
             store,
         });
         load_indices(&shared)?;
         let operator = shared.store.meta_get(OPERATOR_ACCOUNT_META)?;
         shared.load_connections(operator.as_deref())?;
-        let slot = EngineSlot::default();
+        if let Some(operator) = operator {
+            shared.set_operator_account_id(operator);
+        }
+        let config = Arc::new(config);
+        let ledger = crate::money::ledger::LedgerClient::new(shared.registry.clone());
         let reconcile_every = config.funding.reconcile_interval.filter(|_| payments.kind() != "manual");
-        let root = root_spec(&shared, reconcile_every, &slot)
+        let directory = Directory::new(shared.clone(), config.clone());
+        let connections = Connections::new(shared.clone(), directory.clone());
+        let funding = Funding::new(shared.clone(), config.clone(), ledger.clone(), payments, directory.clone());
+        let runtime = Runtime::new(shared.clone(), config.clone(), router, ledger, funding.clone());
+        let root = root_spec(&shared, reconcile_every, &funding)
             .spawn_root()
             .await
             .map_err(|e| EngineError::Internal(format!("actor tree failed to start: {e}")))?;
-        let engine = Self(Arc::new(EngineParts {
-            router,
-            ledger: crate::money::ledger::LedgerClient::new(shared.registry.clone()),
+        Ok(Self(Arc::new(EngineParts {
             shared,
-            config: Arc::new(config),
+            config,
             root,
-            payments,
-            operator_account_id: Arc::new(std::sync::RwLock::new(operator)),
+            directory,
+            connections,
+            funding,
+            runtime,
             shutdown_stage: std::sync::Mutex::new("not started"),
-            work: Arc::default(),
-            stopping: tokio::sync::watch::Sender::new(false),
-        }));
-        let _ = slot.set(Arc::downgrade(&engine.0));
-        Ok(engine)
+        })))
+    }
+
+    /// Accounts, workspaces, keys and sessions; authentication and admission.
+    pub fn directory(&self) -> &Directory {
+        &self.0.directory
+    }
+
+    /// Accounts' provider keys (BYOK) and self-hosted endpoints.
+    pub fn connections(&self) -> &Connections {
+        &self.0.connections
+    }
+
+    /// Balances, credits, payments, auto pay, usage history and reconciliation.
+    pub fn funding(&self) -> &Funding {
+        &self.0.funding
+    }
+
+    /// Chat and embeddings: plan, execute, settle.
+    pub fn runtime(&self) -> &Runtime {
+        &self.0.runtime
     }
 
     /// Stops the actor tree, makes everything durable and closes storage. Callers bound it
     /// in time; `shutdown_report` says where it is when it overruns.
     pub async fn shutdown(&self) -> Result<(), EngineError> {
         self.set_shutdown_stage("committing the ledger");
-        if let Err(error) = self.ledger.commit().await {
+        if let Err(error) = self.0.funding.commit_ledger().await {
             tracing::error!(%error, "the ledger could not commit before shutdown; its log is applied at the next start");
         }
         self.set_shutdown_stage("stopping the actor tree");
-        let _ = self.root.cell().stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10))).await;
+        let _ = self.0.root.cell().stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10))).await;
         self.set_shutdown_stage("persisting keys' last_used_at");
-        self.shared.persist_last_used()?;
+        self.0.shared.persist_last_used()?;
         self.set_shutdown_stage("flushing storage");
-        self.shared.store.flush().await?;
+        self.0.shared.store.flush().await?;
         // Closing stops the flusher thread, so the flushes sled runs when its trees are
         // dropped cannot overlap one of ours.
         self.set_shutdown_stage("closing storage");
-        let store = self.shared.store.clone();
+        let store = self.0.shared.store.clone();
         let closed = tokio::task::spawn_blocking(move || store.close(Duration::from_secs(10)))
             .await
             .map_err(|e| EngineError::Internal(format!("closing storage: {e}")))?;
@@ -241,48 +235,31 @@ impl Engine {
         Ok(())
     }
 
-    /// Counts a piece of work that may outlive its request until the guard drops.
-    pub fn track_work(&self) -> WorkGuard {
-        self.work.running.fetch_add(1, Ordering::AcqRel);
-        WorkGuard(self.work.clone())
-    }
-
     /// Says shutdown has begun: drains of abandoned streams settle with what they have.
     pub fn begin_shutdown(&self) {
-        self.stopping.send_replace(true);
+        self.0.runtime.work().begin_shutdown();
     }
 
-    /// Flips to true when shutdown begins.
-    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.stopping.subscribe()
-    }
-
-    /// Resolves once no tracked work is running.
+    /// Resolves once no request work that outlived its client is running.
     pub async fn work_done(&self) {
-        loop {
-            let idle = self.work.idle.notified();
-            if self.work.running.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            idle.await;
-        }
+        self.0.runtime.work().done().await;
     }
 
     fn set_shutdown_stage(&self, stage: &'static str) {
-        *self.shutdown_stage.lock().unwrap_or_else(|p| p.into_inner()) = stage;
+        *self.0.shutdown_stage.lock().unwrap_or_else(|p| p.into_inner()) = stage;
     }
 
     /// Where shutdown is, and what storage's flusher is doing: logged when shutdown overruns.
     pub fn shutdown_report(&self) -> String {
-        let stage = *self.shutdown_stage.lock().unwrap_or_else(|p| p.into_inner());
-        let flusher = self.shared.store.flusher_status();
+        let stage = *self.0.shutdown_stage.lock().unwrap_or_else(|p| p.into_inner());
+        let flusher = self.0.shared.store.flusher_status();
         let flush = match flusher.flush_in_flight_ms {
             Some(ms) => format!("a flush has been running for {ms} ms for {} waiter(s)", flusher.in_flight_waiters),
             None => "no flush running".to_owned(),
         };
         format!(
             "engine shutdown stage: {stage}; {} request(s) still settling; storage: {flush}, {} waiter(s) queued{}",
-            self.work.running.load(Ordering::Acquire),
+            self.0.runtime.work().running(),
             flusher.queued_waiters,
             if flusher.held { " (flushes held by fault injection)" } else { "" }
         )
@@ -290,80 +267,15 @@ impl Engine {
 
     /// Test-only (`fault_injection`): hold or release every storage flush (a hung disk).
     pub fn hold_storage_flushes(&self, held: bool) -> Result<(), EngineError> {
-        if !self.config.fault_injection {
+        if !self.0.config.fault_injection {
             return Err(EngineError::Forbidden("fault injection is disabled".into()));
         }
-        self.shared.store.hold_flushes(held);
+        self.0.shared.store.hold_flushes(held);
         Ok(())
     }
 
     pub fn store(&self) -> &Store {
-        &self.shared.store
-    }
-
-    pub fn operator_account_id(&self) -> Option<String> {
-        self.operator_account_id.read().ok().and_then(|g| g.clone())
-    }
-
-    pub(crate) fn set_operator_account_id(&self, id: String) {
-        if let Ok(mut guard) = self.operator_account_id.write() {
-            *guard = Some(id);
-        }
-    }
-
-    /// Looks a runtime key up by its hash. Revoked keys are gone from the index at once.
-    pub fn authenticate_key(&self, secret: &str) -> Option<Arc<KeyEntry>> {
-        self.shared.keys_by_hash.get(&tokens::sha256(secret)).map(|e| e.value().clone())
-    }
-
-    /// A dashboard session token's identity. A use slides the session's expiry (in memory;
-    /// the persister writes it every few seconds); an expired session is removed here.
-    pub fn authenticate_session(&self, token: &str) -> Result<Identity, SessionRejection> {
-        if let Some(admin) = &self.config.admin_token {
-            let admin = admin.expose();
-            if !admin.is_empty() && bool::from(admin.as_bytes().ct_eq(token.as_bytes())) {
-                return self
-                    .operator_account_id()
-                    .map(|account_id| Identity { account_id, is_operator: true, session_id: None })
-                    .ok_or(SessionRejection::Unknown);
-            }
-        }
-        let hash = tokens::sha256(token);
-        let entry =
-            self.shared.sessions_by_hash.get(&hash).map(|e| e.value().clone()).ok_or(SessionRejection::Unknown)?;
-        let now = crate::clock::now_ms();
-        if entry.is_expired(now) {
-            self.shared.expire_session(&hash, &entry);
-            return Err(SessionRejection::Expired);
-        }
-        entry.touch(now, self.shared.session_ttl_ms);
-        Ok(Identity {
-            account_id: entry.account_id.clone(),
-            is_operator: entry.is_operator,
-            session_id: Some(entry.id.clone()),
-        })
-    }
-
-    /// Admission of one runtime request: the key's workspace must be active and the key's
-    /// actor must grant a rate-limit permit.
-    pub async fn admit(&self, key: &KeyEntry) -> Result<Admission, EngineError> {
-        if let Some(slug) = &key.workspace_slug {
-            match self.shared.workspace_entry(&key.account_id, slug) {
-                Some(ws) if ws.is_active() => {}
-                Some(_) => return Err(EngineError::Forbidden(format!("Workspace {slug} is disabled"))),
-                None => return Err(EngineError::NotFound { what: "Workspace" }),
-            }
-        }
-        let actor = (self.shared.registry)
-            .actor::<ApiKeyMsg>(&key.actor_name)
-            .ok_or_else(|| EngineError::Unavailable("this API key's actor is restarting; retry shortly".into()))?;
-        match actor.call(ApiKeyMsg::Admit, Some(self.config.admission_timeout)).await {
-            Ok(CallResult::Success(admission)) => Ok(admission),
-            Ok(CallResult::Timeout) => Err(EngineError::Unavailable("admission timed out".into())),
-            Ok(CallResult::SenderError) | Err(_) => {
-                Err(EngineError::Unavailable("this API key's actor is restarting; retry shortly".into()))
-            }
-        }
+        &self.0.shared.store
     }
 
     /// The live actor tree, from the root down.
@@ -374,21 +286,21 @@ impl Engine {
             status: ChildStatus::Running,
             restarts: 0,
             last_error: None,
-            child: Some(self.root.clone()),
+            child: Some(self.0.root.clone()),
         };
         inspect::walk(root).await
     }
 
     /// Test-only: makes the named actor's handler fail so supervision can be exercised.
     pub fn inject_failure(&self, name: &str) -> Result<(), EngineError> {
-        if !self.config.fault_injection {
+        if !self.0.config.fault_injection {
             return Err(EngineError::Forbidden("fault injection is disabled".into()));
         }
         if name == ROOT {
             // The root has no supervisor: failing it would end the tree.
             return Err(EngineError::invalid("the root actor does not accept injected failures"));
         }
-        let child = self.shared.registry.get(name).ok_or(EngineError::NotFound { what: "Actor" })?;
+        let child = self.0.shared.registry.get(name).ok_or(EngineError::NotFound { what: "Actor" })?;
         if child.inject_failure(format!("injected failure in {name}")) {
             Ok(())
         } else {
@@ -401,23 +313,15 @@ pub(crate) const ROOT: &str = "root";
 /// The supervisor of background jobs: periodic tasks and one-off jobs such as auto pay.
 pub(crate) const TASKS: &str = "tasks";
 
-/// Filled once the engine exists. Background jobs reach the engine through it, weakly, so the
-/// tree never keeps a stopped engine alive.
-type EngineSlot = Arc<std::sync::OnceLock<std::sync::Weak<EngineParts>>>;
-
-fn engine_in(slot: &EngineSlot) -> Option<Engine> {
-    slot.get().and_then(std::sync::Weak::upgrade).map(Engine)
-}
-
 /// The tree: `root` over the ledger, the directory (`accounts`), the upstream connections
 /// (`providers`, `endpoints`) and the background `tasks`.
-fn root_spec(shared: &Arc<Shared>, reconcile_every: Option<Duration>, slot: &EngineSlot) -> SupervisorSpec {
+fn root_spec(shared: &Arc<Shared>, reconcile_every: Option<Duration>, funding: &Funding) -> SupervisorSpec {
     let children: Vec<Arc<dyn ChildSpec>> = vec![
         Arc::new(crate::money::ledger::LedgerSpec { store: shared.store.clone() }),
         Arc::new(crate::directory::accounts::spec(shared)),
         Arc::new(crate::routing::provider::group_spec(shared, false)),
         Arc::new(crate::routing::provider::group_spec(shared, true)),
-        Arc::new(tasks_spec(shared, reconcile_every, slot)),
+        Arc::new(tasks_spec(shared, reconcile_every, funding)),
     ];
     let started_at = crate::clock::iso8601(crate::clock::now_ms());
     SupervisorSpec {
@@ -435,7 +339,7 @@ fn root_spec(shared: &Arc<Shared>, reconcile_every: Option<Duration>, slot: &Eng
 /// How often keys' and sessions' use times are written.
 const PERSIST_USE_EVERY: Duration = Duration::from_secs(5);
 
-fn tasks_spec(shared: &Arc<Shared>, reconcile_every: Option<Duration>, slot: &EngineSlot) -> SupervisorSpec {
+fn tasks_spec(shared: &Arc<Shared>, reconcile_every: Option<Duration>, funding: &Funding) -> SupervisorSpec {
     let persisted = shared.clone();
     let persist_use: crate::tree::task::Job = Arc::new(move || {
         let shared = persisted.clone();
@@ -448,13 +352,10 @@ fn tasks_spec(shared: &Arc<Shared>, reconcile_every: Option<Duration>, slot: &En
     let mut tasks: Vec<Arc<dyn ChildSpec>> =
         vec![Arc::new(TaskSpec::every("task:last-used", PERSIST_USE_EVERY, persist_use))];
     if let Some(every) = reconcile_every {
-        let slot = slot.clone();
+        let funding = funding.clone();
         let reconcile: crate::tree::task::Job = Arc::new(move || {
-            let engine = engine_in(&slot);
-            Box::pin(async move {
-                let Some(engine) = engine else { return Ok(()) };
-                engine.reconcile_payments().await.map(|_| ()).map_err(|e| e.to_string())
-            })
+            let funding = funding.clone();
+            Box::pin(async move { funding.reconcile_payments().await.map(|_| ()).map_err(|e| e.to_string()) })
         });
         tasks.push(Arc::new(TaskSpec::every("task:payment-reconciler", every, reconcile)));
     }
@@ -551,7 +452,7 @@ mod tests {
     async fn started(dir: &std::path::Path) -> (Engine, BootstrapCredentials) {
         let config = EngineConfig { fault_injection: true, ..EngineConfig::default() };
         let engine = Engine::start(Store::open(dir).unwrap(), config).await.unwrap();
-        let credentials = engine.bootstrap().await.unwrap().expect("a fresh store bootstraps");
+        let credentials = engine.directory().bootstrap().await.unwrap().expect("a fresh store bootstraps");
         (engine, credentials)
     }
 
@@ -561,9 +462,11 @@ mod tests {
         let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (a, creds_a) = started(dir_a.path()).await;
         let (b, creds_b) = started(dir_b.path()).await;
-        let (key_a, key_b) =
-            (a.authenticate_key(&creds_a.api_key).unwrap(), b.authenticate_key(&creds_b.api_key).unwrap());
-        assert!(a.authenticate_key(&creds_b.api_key).is_none(), "b's key is unknown to a");
+        let (key_a, key_b) = (
+            a.directory().authenticate_key(&creds_a.api_key).unwrap(),
+            b.directory().authenticate_key(&creds_b.api_key).unwrap(),
+        );
+        assert!(a.directory().authenticate_key(&creds_b.api_key).is_none(), "b's key is unknown to a");
         let (mut in_a, mut in_b) = (Vec::new(), Vec::new());
         names(&a.actor_tree().await, &mut in_a);
         names(&b.actor_tree().await, &mut in_b);
@@ -573,15 +476,15 @@ mod tests {
             assert!(in_a.contains(&name.to_owned()) && in_b.contains(&name.to_owned()), "{name} in both trees");
         }
         // Each admits through its own key actor.
-        assert!(matches!(a.admit(&key_a).await.unwrap(), Admission::Admitted { .. }));
-        assert!(matches!(b.admit(&key_b).await.unwrap(), Admission::Admitted { .. }));
+        assert!(matches!(a.directory().admit(&key_a).await.unwrap(), crate::Admission::Admitted { .. }));
+        assert!(matches!(b.directory().admit(&key_b).await.unwrap(), crate::Admission::Admitted { .. }));
         // A failure injected into one engine's ledger leaves the other's running.
         assert!(matches!(a.inject_failure(&key_b.actor_name), Err(EngineError::NotFound { .. })));
         a.inject_failure("ledger").unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         let ledger_of = |tree: &ActorNode| tree.children.iter().find(|c| c.name == "ledger").map(|l| l.restarts);
         assert_eq!(ledger_of(&b.actor_tree().await), Some(0));
-        assert_eq!(b.ledger.money(&creds_b.account_id).await.unwrap().balance_units(), 0);
+        assert_eq!(b.funding().money(&creds_b.account_id).await.unwrap().balance_units(), 0);
         a.shutdown().await.unwrap();
         b.shutdown().await.unwrap();
     }

@@ -105,6 +105,8 @@ pub struct Shared {
     pub creation_locks: DashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>,
     pub auto_pay_in_flight: DashMap<String, ()>,
     pub restart_policy: RestartPolicy,
+    /// The operator's account, once bootstrapped: it is not metered or capped.
+    pub operator_account_id: std::sync::RwLock<Option<String>>,
     /// This engine's actor names.
     pub registry: crate::tree::registry::Registry,
     pub default_rpm: u32,
@@ -132,6 +134,14 @@ pub struct Shared {
 }
 
 impl Shared {
+    pub fn operator_account_id(&self) -> Option<String> {
+        self.operator_account_id.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set_operator_account_id(&self, id: String) {
+        *self.operator_account_id.write().unwrap_or_else(|p| p.into_inner()) = Some(id);
+    }
+
     pub fn keys_in_workspace(&self, account_id: &str, slug: Option<&str>) -> Vec<Arc<KeyEntry>> {
         self.keys_by_id
             .iter()

@@ -37,7 +37,7 @@ async fn create_account(
     _op: Operator,
     JsonBody(req): JsonBody<CreateAccountRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let (account, session_token) = state.engine.create_account(&req.name, req.self_serve).await?;
+    let (account, session_token) = state.engine.directory().create_account(&req.name, req.self_serve).await?;
     Ok(Json(json!({
         "id": account.id,
         "name": account.name,
@@ -49,6 +49,7 @@ async fn create_account(
 async fn list_accounts(State(state): State<AppState>, _op: Operator) -> Result<Json<Value>, ApiError> {
     let data: Vec<Value> = state
         .engine
+        .directory()
         .list_accounts()?
         .into_iter()
         .map(

@@ -50,7 +50,7 @@ async fn admit_key(
     body: axum::body::Body,
     next: Next,
 ) -> Response {
-    let (limit, remaining) = match state.engine.admit(&key).await {
+    let (limit, remaining) = match state.engine.directory().admit(&key).await {
         Ok(Admission::Admitted { limit, remaining }) => (limit, remaining),
         Ok(Admission::Limited { limit, retry_after }) => {
             return ApiError::rate_limited(limit, retry_after).into_response()

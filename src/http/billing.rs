@@ -36,7 +36,7 @@ pub fn routes() -> Router<AppState> {
 
 /// Runs the payment reconciler now (it also runs every `billing.reconcile_interval_secs`).
 async fn reconcile_payments(State(state): State<AppState>, _op: Operator) -> Result<Json<Value>, ApiError> {
-    let report = state.engine.reconcile_payments().await?;
+    let report = state.engine.funding().reconcile_payments().await?;
     Ok(Json(json!({
         "ok": true,
         "customers": report.customers,
@@ -52,6 +52,7 @@ async fn payment_attempts(
 ) -> Result<Json<Value>, ApiError> {
     let data: Vec<Value> = state
         .engine
+        .funding()
         .payment_attempts(&account_id)?
         .into_iter()
         .map(|a| {
@@ -91,13 +92,16 @@ async fn payment_fault(
 ) -> Result<Json<Value>, ApiError> {
     super::admin::require_fault_injection(&state, "/admin/debug/payments")?;
     if body.crash_after_credit {
-        state.engine.payment_fault(PaymentFault::CrashAfterCredit)?;
+        state.engine.funding().payment_fault(PaymentFault::CrashAfterCredit)?;
     }
     if body.fail_ledger_appends > 0 {
-        state.engine.payment_fault(PaymentFault::Ledger(CreditFault::FailLogAppends(body.fail_ledger_appends)))?;
+        state
+            .engine
+            .funding()
+            .payment_fault(PaymentFault::Ledger(CreditFault::FailLogAppends(body.fail_ledger_appends)))?;
     }
     if body.delay_credit_replies > 0 {
-        state.engine.payment_fault(PaymentFault::Ledger(CreditFault::DelayCreditReplies {
+        state.engine.funding().payment_fault(PaymentFault::Ledger(CreditFault::DelayCreditReplies {
             count: body.delay_credit_replies,
             delay: std::time::Duration::from_millis(body.delay_ms),
         }))?;
@@ -116,7 +120,7 @@ async fn checkout(
     Session(who): Session,
     JsonBody(body): JsonBody<CheckoutBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let session = state.engine.checkout(&who.account_id, body.amount_usd).await?;
+    let session = state.engine.funding().checkout(&who.account_id, body.amount_usd).await?;
     Ok(Json(json!({ "url": session.url, "session_id": session.id })))
 }
 
@@ -132,14 +136,15 @@ async fn add(
     Session(who): Session,
     JsonBody(body): JsonBody<AddBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let (money, activated) = state.engine.top_up(&who.account_id, body.amount_usd, body.activate_key_name).await?;
+    let (money, activated) =
+        state.engine.funding().top_up(&who.account_id, body.amount_usd, body.activate_key_name).await?;
     let activated_key = activated
         .map(|(view, secret)| json!({ "key": secret, "name": view.record.name, "prefix": view.record.prefix }));
     Ok(Json(json!({ "ok": true, "balance_usd": usd(money.balance_units()), "activated_key": activated_key })))
 }
 
 async fn activation(State(state): State<AppState>, Session(who): Session) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(state.engine.activation(&who.account_id).await?)))
+    Ok(Json(json!(state.engine.funding().activation(&who.account_id).await?)))
 }
 
 #[derive(Deserialize)]
@@ -156,12 +161,12 @@ async fn accept(
     if !body.accepted {
         return Err(ApiError::BadRequest("accepted must be true to accept the activation terms".into()));
     }
-    let activation = state.engine.accept_terms(&who.account_id).await?;
+    let activation = state.engine.funding().accept_terms(&who.account_id).await?;
     Ok(Json(json!({ "ok": true, "activation": activation })))
 }
 
 async fn get_autopay(State(state): State<AppState>, Session(who): Session) -> Result<Json<Value>, ApiError> {
-    let (enabled, amount) = state.engine.auto_pay(&who.account_id)?;
+    let (enabled, amount) = state.engine.funding().auto_pay(&who.account_id)?;
     Ok(Json(json!({ "enabled": enabled, "amount_usd": amount })))
 }
 
@@ -177,20 +182,21 @@ async fn put_autopay(
     Session(who): Session,
     JsonBody(body): JsonBody<AutopayBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let (enabled, amount) = state.engine.set_auto_pay(&who.account_id, body.enabled, body.amount_usd).await?;
+    let (enabled, amount) = state.engine.funding().set_auto_pay(&who.account_id, body.enabled, body.amount_usd).await?;
     Ok(Json(json!({ "enabled": enabled, "amount_usd": amount })))
 }
 
 async fn get_card(State(state): State<AppState>, Session(who): Session) -> Result<Json<Value>, ApiError> {
     let card = state
         .engine
+        .funding()
         .saved_card(&who.account_id)?
         .map(|c| json!({ "brand": c.brand, "last4": c.last4, "exp_month": c.exp_month, "exp_year": c.exp_year }));
     Ok(Json(json!({ "card": card })))
 }
 
 async fn delete_card(State(state): State<AppState>, Session(who): Session) -> Result<Json<Value>, ApiError> {
-    state.engine.remove_card(&who.account_id).await?;
+    state.engine.funding().remove_card(&who.account_id).await?;
     Ok(Json(json!({ "ok": true })))
 }
 
@@ -199,6 +205,6 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
         .get("stripe-signature")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ApiError::BadRequest("Missing Stripe-Signature header".into()))?;
-    state.engine.payment_webhook(&body, signature).await?;
+    state.engine.funding().payment_webhook(&body, signature).await?;
     Ok(Json(json!({ "received": true })))
 }

@@ -75,7 +75,7 @@ async fn embeddings(
         return Err(ApiError::BadRequest("Request body must be a JSON object".into()));
     }
     let (request, base64) = parse(&wire)?;
-    let (outcome, charge) = state.engine.serve_embeddings(key, request, request_id).await?;
+    let (outcome, charge) = state.engine.runtime().serve_embeddings(key, request, request_id).await?;
     let data: Vec<Value> = outcome
         .vectors
         .iter()

@@ -96,7 +96,7 @@ pub fn is_api_key(token: &str) -> bool {
 
 /// A dashboard session token's identity, or the 401 that says why not.
 fn session_identity(state: &AppState, token: &str) -> Result<Identity, ApiError> {
-    state.engine.authenticate_session(token).map_err(|rejection| match rejection {
+    state.engine.directory().authenticate_session(token).map_err(|rejection| match rejection {
         SessionRejection::Unknown => ApiError::InvalidCredential,
         SessionRejection::Expired => ApiError::SessionExpired,
     })
@@ -112,7 +112,7 @@ impl FromRequestParts<AppState> for Session {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts)?;
         if is_api_key(token) {
-            return Err(match state.engine.authenticate_key(token) {
+            return Err(match state.engine.directory().authenticate_key(token) {
                 Some(_) => ApiError::SessionRequired,
                 None => ApiError::InvalidCredential,
             });
@@ -146,7 +146,7 @@ pub fn runtime_key(parts: &Parts, state: &AppState) -> Result<Arc<KeyEntry>, Api
             Err(error) => error,
         });
     }
-    state.engine.authenticate_key(token).ok_or(ApiError::InvalidCredential)
+    state.engine.directory().authenticate_key(token).ok_or(ApiError::InvalidCredential)
 }
 
 /// A runtime API key that has been admitted (authenticated and under its rate limit) by

@@ -68,7 +68,7 @@ async fn create_key(
         workspace_name: req.workspace_name,
         rate_limit_rpm: req.rate_limit_rpm,
     };
-    let (view, secret) = state.engine.create_key(&who.account_id, new).await?;
+    let (view, secret) = state.engine.directory().create_key(&who.account_id, new).await?;
     let k = &view.record;
     Ok(Json(json!({
         "id": k.id,
@@ -83,7 +83,7 @@ async fn create_key(
 }
 
 async fn list_keys(State(state): State<AppState>, Session(who): Session) -> Result<Json<Value>, ApiError> {
-    let keys = state.engine.list_keys(&who.account_id)?;
+    let keys = state.engine.directory().list_keys(&who.account_id)?;
     Ok(Json(json!({ "object": "list", "data": keys.iter().map(key_json).collect::<Vec<_>>() })))
 }
 
@@ -94,7 +94,7 @@ async fn update_key(
     JsonBody(req): JsonBody<UpdateKeyRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let patch = KeyPatch { name: req.name, metadata: req.metadata, rate_limit_rpm: req.rate_limit_rpm };
-    let view = state.engine.update_key(&who.account_id, &id, patch).await?;
+    let view = state.engine.directory().update_key(&who.account_id, &id, patch).await?;
     Ok(Json(key_json(&view)))
 }
 
@@ -103,6 +103,6 @@ async fn revoke_key(
     Session(who): Session,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    state.engine.revoke_key(&who.account_id, &id).await?;
+    state.engine.directory().revoke_key(&who.account_id, &id).await?;
     Ok(Json(json!({ "deleted": true, "id": id })))
 }

@@ -79,7 +79,7 @@ async fn create(
         headers: req.headers,
         workspace_slug: req.workspace_id,
     };
-    Ok(Json(endpoint_json(&state.engine.create_endpoint(&who.account_id, new).await?)))
+    Ok(Json(endpoint_json(&state.engine.connections().create_endpoint(&who.account_id, new).await?)))
 }
 
 async fn list(
@@ -87,7 +87,7 @@ async fn list(
     Session(who): Session,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let list = state.engine.list_endpoints(&who.account_id, q.workspace_id.as_deref())?;
+    let list = state.engine.connections().list_endpoints(&who.account_id, q.workspace_id.as_deref())?;
     Ok(Json(json!({ "object": "list", "data": list.iter().map(endpoint_json).collect::<Vec<_>>() })))
 }
 
@@ -96,7 +96,7 @@ async fn show(
     Session(who): Session,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(endpoint_json(&state.engine.get_endpoint(&who.account_id, &id)?)))
+    Ok(Json(endpoint_json(&state.engine.connections().get_endpoint(&who.account_id, &id)?)))
 }
 
 async fn update(
@@ -107,7 +107,7 @@ async fn update(
 ) -> Result<Json<Value>, ApiError> {
     let patch =
         EndpointPatch { url: req.url, label: req.label, default_model: req.default_model, headers: req.headers };
-    Ok(Json(endpoint_json(&state.engine.update_endpoint(&who.account_id, &id, patch).await?)))
+    Ok(Json(endpoint_json(&state.engine.connections().update_endpoint(&who.account_id, &id, patch).await?)))
 }
 
 async fn remove(
@@ -115,7 +115,7 @@ async fn remove(
     Session(who): Session,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    state.engine.delete_endpoint(&who.account_id, &id).await?;
+    state.engine.connections().delete_endpoint(&who.account_id, &id).await?;
     Ok(Json(json!({ "deleted": true, "id": id })))
 }
 
@@ -124,7 +124,7 @@ async fn recheck(
     Session(who): Session,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(endpoint_json(&state.engine.recheck_endpoint(&who.account_id, &id).await?)))
+    Ok(Json(endpoint_json(&state.engine.connections().recheck_endpoint(&who.account_id, &id).await?)))
 }
 
 async fn models(
@@ -132,7 +132,7 @@ async fn models(
     Session(who): Session,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let view = state.engine.get_endpoint(&who.account_id, &id)?;
+    let view = state.engine.connections().get_endpoint(&who.account_id, &id)?;
     let data: Vec<Value> =
         view.record.models.iter().map(|m| json!({ "id": m, "object": "model", "owned_by": "local" })).collect();
     Ok(Json(json!({ "object": "list", "data": data })))

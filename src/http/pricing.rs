@@ -10,7 +10,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn pricing(State(state): State<AppState>) -> Json<Value> {
-    let catalog = state.engine.catalog();
+    let catalog = state.engine.runtime().catalog();
     let data: Vec<Value> = catalog
         .models
         .iter()

@@ -64,7 +64,7 @@ async fn create(
         secret: req.secret,
         workspace_slug: req.workspace_id,
     };
-    let view = state.engine.create_provider_key(&who.account_id, new).await?;
+    let view = state.engine.connections().create_provider_key(&who.account_id, new).await?;
     let k = &view.record;
     Ok(Json(
         json!({ "created": true, "id": k.id, "provider": k.provider, "label": k.label, "workspace_id": k.workspace_slug }),
@@ -76,7 +76,7 @@ async fn list(
     Session(who): Session,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let keys = state.engine.list_provider_keys(&who.account_id, q.workspace_id.as_deref())?;
+    let keys = state.engine.connections().list_provider_keys(&who.account_id, q.workspace_id.as_deref())?;
     Ok(Json(json!({ "object": "list", "data": keys.iter().map(key_json).collect::<Vec<_>>() })))
 }
 
@@ -85,6 +85,6 @@ async fn remove(
     Session(who): Session,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    state.engine.delete_provider_key(&who.account_id, &id).await?;
+    state.engine.connections().delete_provider_key(&who.account_id, &id).await?;
     Ok(Json(json!({ "deleted": true, "id": id })))
 }

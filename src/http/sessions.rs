@@ -55,7 +55,7 @@ fn checked_id(id: &str) -> Result<&str, ApiError> {
 }
 
 async fn list_sessions(State(state): State<AppState>, Session(who): Session) -> Result<Json<Value>, ApiError> {
-    let sessions = state.engine.list_sessions(&who.account_id)?;
+    let sessions = state.engine.directory().list_sessions(&who.account_id)?;
     let mut data: Vec<Value> =
         sessions.iter().map(|s| session_json(s, who.session_id.as_deref() == Some(s.id.as_str()))).collect();
     if who.is_operator && state.config.server.admin_token.is_some() {
@@ -82,7 +82,7 @@ async fn revoke_session(
     if id == ADMIN_TOKEN_ID && who.is_operator {
         return Err(ApiError::BadRequest(ADMIN_TOKEN_FIXED.into()));
     }
-    state.engine.revoke_session(&who.account_id, id).await?;
+    state.engine.directory().revoke_session(&who.account_id, id).await?;
     Ok(Json(json!({ "revoked": true, "id": id, "current": who.session_id.as_deref() == Some(id) })))
 }
 
@@ -110,7 +110,7 @@ async fn rotate_session(
     if id == ADMIN_TOKEN_ID && who.is_operator {
         return Err(ApiError::BadRequest(ADMIN_TOKEN_FIXED.into()));
     }
-    let (session, token) = state.engine.rotate_session(&who.account_id, id).await?;
+    let (session, token) = state.engine.directory().rotate_session(&who.account_id, id).await?;
     let mut body = session_json(&session, who.session_id.as_deref() == Some(id));
     body["session_token"] = json!(token);
     Ok(Json(body))

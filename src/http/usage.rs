@@ -53,6 +53,7 @@ async fn list_credits(
 ) -> Result<Json<Value>, ApiError> {
     let data: Vec<Value> = state
         .engine
+        .funding()
         .credits(&account_id)
         .await?
         .into_iter()
@@ -112,10 +113,10 @@ fn scoped_filter(state: &AppState, caller: &Caller, f: &UsageQuery) -> Result<Us
         }
         Caller::Session(identity) => {
             if let Some(slug) = &f.workspace_id {
-                state.engine.get_workspace(&identity.account_id, slug)?;
+                state.engine.directory().get_workspace(&identity.account_id, slug)?;
             }
             if let Some(id) = &f.api_key_id {
-                if !state.engine.list_keys(&identity.account_id)?.iter().any(|k| k.record.id == *id) {
+                if !state.engine.directory().list_keys(&identity.account_id)?.iter().any(|k| k.record.id == *id) {
                     return Err(ApiError::NotFound { what: "API key" });
                 }
             }
@@ -127,6 +128,7 @@ fn scoped_filter(state: &AppState, caller: &Caller, f: &UsageQuery) -> Result<Us
 fn workspace_names(state: &AppState, account_id: &str) -> BTreeMap<String, String> {
     state
         .engine
+        .directory()
         .list_workspaces(account_id)
         .map(|list| list.into_iter().map(|w| (w.slug, w.name)).collect())
         .unwrap_or_default()
@@ -187,7 +189,7 @@ async fn usage(
     let (limit, before) = page_params(&q, 100)?;
     let filter = scoped_filter(&state, &caller, &q)?;
     let account = caller.account_id();
-    let (rows, has_more) = state.engine.usage_page(account, &filter, before, limit).await?;
+    let (rows, has_more) = state.engine.funding().usage_page(account, &filter, before, limit).await?;
     let names = workspace_names(&state, account);
     let data: Vec<Value> = rows.iter().map(|r| customer_row(r, &names)).collect();
     Ok(Json(json!({ "object": "list", "data": data, "has_more": has_more })))
@@ -252,7 +254,7 @@ async fn stats(
     let filter = scoped_filter(&state, &caller, &q)?;
     let today = today();
     let first_day = today - i64::from(days.max(daily_days)) + 1;
-    let cells = state.engine.rollups(caller.account_id(), first_day, today).await?;
+    let cells = state.engine.funding().rollups(caller.account_id(), first_day, today).await?;
     let window_start = today - i64::from(days) + 1;
     let daily_start = today - i64::from(daily_days) + 1;
     let mut totals = Totals::default();
@@ -315,7 +317,7 @@ async fn breakdown(
     let filter = scoped_filter(&state, &caller, &q)?;
     let account = caller.account_id();
     let today = today();
-    let cells = state.engine.rollups(account, today - i64::from(days) + 1, today).await?;
+    let cells = state.engine.funding().rollups(account, today - i64::from(days) + 1, today).await?;
     let mut groups: BTreeMap<Option<String>, Totals> = BTreeMap::new();
     for cell in cells.iter().filter(|c| filter.matches_cell(c)) {
         let key = if group_by == "api_key" { cell.api_key_id.clone() } else { cell.workspace_slug.clone() };
@@ -324,6 +326,7 @@ async fn breakdown(
     let names = workspace_names(&state, account);
     let key_names: BTreeMap<String, (String, Option<String>)> = state
         .engine
+        .directory()
         .list_keys(account)?
         .into_iter()
         .map(|k| (k.record.id, (k.record.name, k.record.workspace_slug)))
@@ -351,7 +354,7 @@ async fn breakdown(
 }
 
 async fn balance(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
-    let money = state.engine.money(caller.account_id()).await?;
+    let money = state.engine.funding().money(caller.account_id()).await?;
     Ok(Json(json!({ "balance_usd": usd(money.balance_units()), "currency": "usd" })))
 }
 
@@ -367,7 +370,7 @@ async fn admin_usage(
     let caller =
         Caller::Session(tokaroo_actors::Identity { account_id: account.clone(), is_operator: false, session_id: None });
     let filter = scoped_filter(&state, &caller, &q)?;
-    let (rows, has_more) = state.engine.usage_page(&account, &filter, before, limit).await?;
+    let (rows, has_more) = state.engine.funding().usage_page(&account, &filter, before, limit).await?;
     let mut sum = (0i64, 0i64, 0i64, 0u64, 0u64);
     let data: Vec<Value> = rows
         .iter()
@@ -428,7 +431,7 @@ async fn admin_usage(
 
 /// Recomputes every balance from the ledger's rows and credits and reports any drift.
 async fn reconcile(State(state): State<AppState>, _op: Operator) -> Result<Json<Value>, ApiError> {
-    let lines = state.engine.reconcile().await?;
+    let lines = state.engine.funding().reconcile().await?;
     let drift: i64 = lines.iter().map(|l| l.drift_units).sum();
     let accounts: Vec<Value> = lines
         .iter()
@@ -460,6 +463,6 @@ async fn add_credits(
     Path(account_id): Path<String>,
     JsonBody(req): JsonBody<AddCredits>,
 ) -> Result<Json<Value>, ApiError> {
-    let money = state.engine.add_credit(&account_id, req.amount_usd, "manual", None, req.note).await?.money;
+    let money = state.engine.funding().add_credit(&account_id, req.amount_usd, "manual", None, req.note).await?.money;
     Ok(Json(json!({ "ok": true, "account_id": account_id, "balance_usd": usd(money.balance_units()) })))
 }

@@ -64,12 +64,12 @@ async fn create_workspace(
         metadata: req.metadata.unwrap_or_default(),
         monthly_budget_usd: req.monthly_budget_usd,
     };
-    let ws = state.engine.create_workspace(&who.account_id, new).await?;
+    let ws = state.engine.directory().create_workspace(&who.account_id, new).await?;
     Ok(Json(workspace_json(&ws)))
 }
 
 async fn list_workspaces(State(state): State<AppState>, Session(who): Session) -> Result<Json<Value>, ApiError> {
-    let list = state.engine.list_workspaces(&who.account_id)?;
+    let list = state.engine.directory().list_workspaces(&who.account_id)?;
     Ok(Json(json!({ "object": "list", "data": list.iter().map(workspace_json).collect::<Vec<_>>() })))
 }
 
@@ -78,9 +78,9 @@ async fn get_workspace(
     Session(who): Session,
     Path(slug): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut body = workspace_json(&state.engine.get_workspace(&who.account_id, &slug)?);
+    let mut body = workspace_json(&state.engine.directory().get_workspace(&who.account_id, &slug)?);
     // Beyond the spec: what the workspace has spent this calendar month (UTC), against its budget.
-    body["month_to_date_usd"] = json!(state.engine.workspace_month_spend_usd(&who.account_id, &slug).await?);
+    body["month_to_date_usd"] = json!(state.engine.funding().workspace_month_spend_usd(&who.account_id, &slug).await?);
     Ok(Json(body))
 }
 
@@ -96,6 +96,6 @@ async fn update_workspace(
         metadata: req.metadata,
         monthly_budget_usd: req.monthly_budget_usd,
     };
-    let ws = state.engine.update_workspace(&who.account_id, &slug, patch).await?;
+    let ws = state.engine.directory().update_workspace(&who.account_id, &slug, patch).await?;
     Ok(Json(workspace_json(&ws)))
 }

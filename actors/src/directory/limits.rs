@@ -2,7 +2,7 @@
 //! limit, and how many keys, workspaces, provider keys and endpoints it may hold. The
 //! operator's own account is not capped (it sets the caps).
 
-use crate::{Engine, EngineError};
+use crate::{directory::Directory, EngineError};
 
 #[derive(Debug, Clone)]
 pub struct AccountLimits {
@@ -40,7 +40,7 @@ impl Counted {
     }
 }
 
-impl Engine {
+impl Directory {
     fn capped(&self, account_id: &str) -> bool {
         self.operator_account_id().as_deref() != Some(account_id)
     }

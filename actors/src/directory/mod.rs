@@ -13,12 +13,15 @@ use std::sync::{atomic::Ordering, Arc};
 use serde_json::{Map, Value};
 use tokaroo_storage::records::{Account, ApiKey, Session, Workspace, WorkspaceStatus};
 
+use ractor::rpc::CallResult;
+use subtle::ConstantTimeEq;
+
 use crate::{
-    directory::apikey::{ApiKeyMsg, KeyEntry},
+    directory::apikey::{Admission, ApiKeyMsg, KeyEntry},
     directory::limits::Counted,
-    engine::{decode_hash, BootstrapCredentials, Engine, OPERATOR_ACCOUNT_META},
+    engine::{decode_hash, BootstrapCredentials, EngineConfig, Identity, SessionRejection, OPERATOR_ACCOUNT_META},
     security::tokens,
-    shared::{SessionEntry, WorkspaceEntry},
+    shared::{SessionEntry, Shared, WorkspaceEntry},
     tree::supervisor::{self, ChildSpec},
     EngineError,
 };
@@ -101,7 +104,100 @@ fn validate_rpm(rpm: Option<u32>) -> Result<(), EngineError> {
     }
 }
 
-impl Engine {
+/// Accounts, workspaces, API keys and sessions: the management operations behind the
+/// dashboard routes, and the authentication and admission of every request.
+#[derive(Clone)]
+pub struct Directory {
+    shared: Arc<Shared>,
+    config: Arc<EngineConfig>,
+    /// Funding's activation checklist, which a self-serve account's first key waits for. Set
+    /// once funding exists (funding also creates keys, so the two cannot own each other).
+    first_key_gate: Arc<std::sync::OnceLock<FirstKeyGate>>,
+}
+
+/// Refuses an account's first key until its activation checklist is complete.
+pub(crate) type FirstKeyGate =
+    Arc<dyn Fn(String) -> crate::tree::supervisor::BoxFuture<Result<(), EngineError>> + Send + Sync>;
+
+impl Directory {
+    pub(crate) fn new(shared: Arc<Shared>, config: Arc<EngineConfig>) -> Self {
+        Self { shared, config, first_key_gate: Arc::default() }
+    }
+
+    pub(crate) fn set_first_key_gate(&self, gate: FirstKeyGate) {
+        let _ = self.first_key_gate.set(gate);
+    }
+
+    async fn check_first_key_allowed(&self, account_id: &str) -> Result<(), EngineError> {
+        match self.first_key_gate.get() {
+            Some(gate) => gate(account_id.to_owned()).await,
+            None => Err(EngineError::Unavailable("funding is not running".into())),
+        }
+    }
+
+    fn store(&self) -> &tokaroo_storage::Store {
+        &self.shared.store
+    }
+
+    pub fn operator_account_id(&self) -> Option<String> {
+        self.shared.operator_account_id()
+    }
+
+    /// Looks a runtime key up by its hash. Revoked keys are gone from the index at once.
+    pub fn authenticate_key(&self, secret: &str) -> Option<Arc<KeyEntry>> {
+        self.shared.keys_by_hash.get(&tokens::sha256(secret)).map(|e| e.value().clone())
+    }
+
+    /// A dashboard session token's identity. A use slides the session's expiry (in memory;
+    /// the persister writes it every few seconds); an expired session is removed here.
+    pub fn authenticate_session(&self, token: &str) -> Result<Identity, SessionRejection> {
+        if let Some(admin) = &self.config.admin_token {
+            let admin = admin.expose();
+            if !admin.is_empty() && bool::from(admin.as_bytes().ct_eq(token.as_bytes())) {
+                return self
+                    .operator_account_id()
+                    .map(|account_id| Identity { account_id, is_operator: true, session_id: None })
+                    .ok_or(SessionRejection::Unknown);
+            }
+        }
+        let hash = tokens::sha256(token);
+        let entry =
+            self.shared.sessions_by_hash.get(&hash).map(|e| e.value().clone()).ok_or(SessionRejection::Unknown)?;
+        let now = crate::clock::now_ms();
+        if entry.is_expired(now) {
+            self.shared.expire_session(&hash, &entry);
+            return Err(SessionRejection::Expired);
+        }
+        entry.touch(now, self.shared.session_ttl_ms);
+        Ok(Identity {
+            account_id: entry.account_id.clone(),
+            is_operator: entry.is_operator,
+            session_id: Some(entry.id.clone()),
+        })
+    }
+
+    /// Admission of one runtime request: the key's workspace must be active and the key's
+    /// actor must grant a rate-limit permit.
+    pub async fn admit(&self, key: &KeyEntry) -> Result<Admission, EngineError> {
+        if let Some(slug) = &key.workspace_slug {
+            match self.shared.workspace_entry(&key.account_id, slug) {
+                Some(ws) if ws.is_active() => {}
+                Some(_) => return Err(EngineError::Forbidden(format!("Workspace {slug} is disabled"))),
+                None => return Err(EngineError::NotFound { what: "Workspace" }),
+            }
+        }
+        let actor = (self.shared.registry)
+            .actor::<ApiKeyMsg>(&key.actor_name)
+            .ok_or_else(|| EngineError::Unavailable("this API key's actor is restarting; retry shortly".into()))?;
+        match actor.call(ApiKeyMsg::Admit, Some(self.config.admission_timeout)).await {
+            Ok(CallResult::Success(admission)) => Ok(admission),
+            Ok(CallResult::Timeout) => Err(EngineError::Unavailable("admission timed out".into())),
+            Ok(CallResult::SenderError) | Err(_) => {
+                Err(EngineError::Unavailable("this API key's actor is restarting; retry shortly".into()))
+            }
+        }
+    }
+
     /// First start: creates the operator account, its `default` workspace, a dashboard
     /// session and a first API key. Later starts return `None`.
     pub async fn bootstrap(&self) -> Result<Option<BootstrapCredentials>, EngineError> {
@@ -131,7 +227,7 @@ impl Engine {
             .await?;
         self.store().meta_set(OPERATOR_ACCOUNT_META, &account.id)?;
         self.store().flush().await?;
-        self.set_operator_account_id(account.id.clone());
+        self.shared.set_operator_account_id(account.id.clone());
         Ok(Some(BootstrapCredentials { account_id: account.id, session_token, api_key }))
     }
 

@@ -22,17 +22,25 @@ use serde::Serialize;
 use tokaroo_storage::records::{BillingProfile, PaymentAttempt, SavedCard, UNITS_PER_USD};
 
 use crate::{
+    directory::Directory,
+    engine::EngineConfig,
     money::billing::{units_to_usd, usd_to_units},
     money::ledger::{AccountMoney, AdjustAmount, AdjustOutcome, Adjustment, CreditFault, CreditOutcome},
     money::payments::{
         ChargeRequest, CheckoutRequest, CheckoutSession, CompletedCheckout, PaymentError, ProcessorPayment,
         WebhookEvent,
     },
+    money::{ledger::LedgerClient, payments::PaymentProcessor},
+    shared::Shared,
     tree::{
         supervisor::{self, Restart},
         task::TaskSpec,
     },
-    Engine, EngineError, KeyView, NewKey,
+    EngineError, KeyView, NewKey,
+};
+use tokaroo_storage::{
+    ledger::UsageFilter,
+    records::{Credit, UsageRow},
 };
 
 /// Retries of a charge whose answer was lost, with the same idempotency key, before the
@@ -161,23 +169,61 @@ fn crash_point() {
     }
 }
 
-impl Engine {
+/// Balances, credits and payments: checkout, webhooks, saved cards, auto pay, activation,
+/// usage history and reconciliation. One `Arc`: background jobs hold clones.
+#[derive(Clone)]
+pub struct Funding(Arc<FundingParts>);
+
+pub(crate) struct FundingParts {
+    shared: Arc<Shared>,
+    config: Arc<EngineConfig>,
+    ledger: LedgerClient,
+    payments: Arc<dyn PaymentProcessor>,
+    /// Creates the first key when an account's activation payment lands.
+    directory: Directory,
+}
+
+impl Funding {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        config: Arc<EngineConfig>,
+        ledger: LedgerClient,
+        payments: Arc<dyn PaymentProcessor>,
+        directory: Directory,
+    ) -> Self {
+        let funding = Self(Arc::new(FundingParts { shared, config, ledger, payments, directory: directory.clone() }));
+        // Weak: the directory must not keep funding (which holds the directory) alive.
+        let weak = Arc::downgrade(&funding.0);
+        directory.set_first_key_gate(Arc::new(move |account_id| {
+            let funding = weak.upgrade().map(Funding);
+            Box::pin(async move {
+                match funding {
+                    Some(funding) => funding.check_first_key_allowed(&account_id).await,
+                    None => Err(EngineError::Unavailable("the server is stopping".into())),
+                }
+            })
+        }));
+        funding
+    }
+
     fn profile(&self, account_id: &str) -> Result<BillingProfile, EngineError> {
         Ok(self
-            .store()
+            .0
+            .shared
+            .store
             .billing
             .get(&account_id)?
             .unwrap_or_else(|| BillingProfile { account_id: account_id.to_owned(), ..BillingProfile::default() }))
     }
 
     async fn save_profile(&self, profile: &BillingProfile) -> Result<(), EngineError> {
-        self.store().billing.insert(&profile.account_id.as_str(), profile)?;
-        self.store().flush().await?;
+        self.0.shared.store.billing.insert(&profile.account_id.as_str(), profile)?;
+        self.0.shared.store.flush().await?;
         Ok(())
     }
 
     fn check_amount(&self, amount_usd: f64) -> Result<(), EngineError> {
-        let min = self.config.funding.min_payment_usd;
+        let min = self.0.config.funding.min_payment_usd;
         if !(amount_usd.is_finite() && amount_usd >= min && amount_usd <= 100_000.0) {
             return Err(EngineError::invalid(format!("amount_usd must be between {min} and 100000")));
         }
@@ -188,8 +234,8 @@ impl Engine {
         if let Some(id) = &profile.customer_id {
             return Ok(id.clone());
         }
-        let name = self.store().accounts.get(&profile.account_id.as_str())?.map(|a| a.name).unwrap_or_default();
-        let id = self.payments.create_customer(&profile.account_id, &name).await?;
+        let name = self.0.shared.store.accounts.get(&profile.account_id.as_str())?.map(|a| a.name).unwrap_or_default();
+        let id = self.0.payments.create_customer(&profile.account_id, &name).await?;
         profile.customer_id = Some(id.clone());
         self.save_profile(profile).await?;
         Ok(id)
@@ -197,7 +243,7 @@ impl Engine {
 
     /// Serialises one account's billing-profile changes (see `Shared::funding_locks`).
     async fn funding_guard(&self, account_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = self.shared.funding_locks.entry(account_id.to_owned()).or_default().clone();
+        let lock = self.0.shared.funding_locks.entry(account_id.to_owned()).or_default().clone();
         lock.lock_owned().await
     }
 
@@ -207,8 +253,9 @@ impl Engine {
         let _guard = self.funding_guard(account_id).await;
         let mut profile = self.profile(account_id)?;
         let customer_id = self.customer_id(&mut profile).await?;
-        let back = self.config.funding.payments_url();
+        let back = self.0.config.funding.payments_url();
         let session = self
+            .0
             .payments
             .create_checkout(CheckoutRequest {
                 customer_id,
@@ -243,7 +290,7 @@ impl Engine {
         profile.successful_payments += 1;
         let card = match (paid.card, &paid.payment_method_id) {
             (Some(card), _) => Some(card),
-            (None, Some(pm)) => self.payments.card_details(pm).await.ok(),
+            (None, Some(pm)) => self.0.payments.card_details(pm).await.ok(),
             (None, None) => None,
         };
         if let (Some(card), Some(pm)) = (card, paid.payment_method_id) {
@@ -262,7 +309,7 @@ impl Engine {
     async fn sync_checkouts(&self, account_id: &str) -> Result<(), EngineError> {
         let _guard = self.funding_guard(account_id).await;
         for session_id in self.profile(account_id)?.pending_checkouts {
-            if let Some(paid) = self.payments.checkout_result(&session_id).await? {
+            if let Some(paid) = self.0.payments.checkout_result(&session_id).await? {
                 self.complete_checkout_locked(paid).await?;
             }
         }
@@ -273,11 +320,11 @@ impl Engine {
     /// deliver it again; every event is idempotent here.
     pub async fn payment_webhook(&self, payload: &[u8], signature: &str) -> Result<(), EngineError> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        match self.payments.parse_webhook(payload, signature, now)? {
+        match self.0.payments.parse_webhook(payload, signature, now)? {
             None => {}
             Some(WebhookEvent::CheckoutCompleted(paid)) => {
                 // The event carries no card; the session does.
-                let paid = match self.payments.checkout_result(&paid.session_id).await {
+                let paid = match self.0.payments.checkout_result(&paid.session_id).await {
                     Ok(Some(full)) => full,
                     _ => paid,
                 };
@@ -315,7 +362,7 @@ impl Engine {
 
     async fn take_back(&self, adjustment: Adjustment) -> Result<(), EngineError> {
         let (id, payment) = (adjustment.id.clone(), adjustment.payment_id.clone());
-        match self.ledger.adjust(adjustment).await? {
+        match self.0.ledger.adjust(adjustment).await? {
             AdjustOutcome::Applied { account_id, units, .. } => {
                 tracing::info!(account = %account_id, %id, %payment, usd = units_to_usd(units), "took money back")
             }
@@ -336,7 +383,9 @@ impl Engine {
         else {
             return Ok(false);
         };
-        let Some(mut attempt) = self.store().payment_attempts.get(&(account_id.as_str(), attempt_id.as_str()))? else {
+        let Some(mut attempt) =
+            self.0.shared.store.payment_attempts.get(&(account_id.as_str(), attempt_id.as_str()))?
+        else {
             tracing::warn!(account = %account_id, attempt = %attempt_id, "a payment names an attempt this server does not have");
             return Ok(false);
         };
@@ -351,15 +400,15 @@ impl Engine {
     /// succeeded ones of our attempts that are not credited yet are credited.
     pub async fn reconcile_payments(&self) -> Result<PaymentsReconciled, EngineError> {
         let mut report = PaymentsReconciled::default();
-        if self.payments.kind() == "manual" {
+        if self.0.payments.kind() == "manual" {
             return Ok(report);
         }
-        let since =
-            time::OffsetDateTime::now_utc().unix_timestamp() - self.config.funding.reconcile_lookback.as_secs() as i64;
-        for profile in self.store().billing.all()? {
+        let since = time::OffsetDateTime::now_utc().unix_timestamp()
+            - self.0.config.funding.reconcile_lookback.as_secs() as i64;
+        for profile in self.0.shared.store.billing.all()? {
             let Some(customer_id) = &profile.customer_id else { continue };
             report.customers += 1;
-            for payment in self.payments.recent_payments(customer_id, since).await? {
+            for payment in self.0.payments.recent_payments(customer_id, since).await? {
                 report.payments_seen += 1;
                 if payment.account_id.as_deref() != Some(profile.account_id.as_str()) {
                     continue;
@@ -376,25 +425,25 @@ impl Engine {
 
     /// Test-only (`fault_injection`): see [`PaymentFault`].
     pub fn payment_fault(&self, fault: PaymentFault) -> Result<(), EngineError> {
-        if !self.config.fault_injection {
+        if !self.0.config.fault_injection {
             return Err(EngineError::Forbidden("fault injection is disabled".into()));
         }
         match fault {
             PaymentFault::CrashAfterCredit => CRASH_AFTER_CREDIT.store(true, Ordering::SeqCst),
-            PaymentFault::Ledger(fault) => self.ledger.credit_fault(fault)?,
+            PaymentFault::Ledger(fault) => self.0.ledger.credit_fault(fault)?,
         }
         Ok(())
     }
 
     /// An account's credits and adjustments, oldest first (everything logged so far).
     pub async fn credits(&self, account_id: &str) -> Result<Vec<tokaroo_storage::records::Credit>, EngineError> {
-        self.ledger.commit().await?;
-        Ok(self.store().ledger.account_credits(account_id)?)
+        self.0.ledger.commit().await?;
+        Ok(self.0.shared.store.ledger.account_credits(account_id)?)
     }
 
     /// An account's attempts, newest first.
     pub fn payment_attempts(&self, account_id: &str) -> Result<Vec<PaymentAttempt>, EngineError> {
-        let mut attempts = self.store().payment_attempts.scan_prefix(&(account_id,))?;
+        let mut attempts = self.0.shared.store.payment_attempts.scan_prefix(&(account_id,))?;
         attempts.sort_by_key(|a| std::cmp::Reverse(a.created_at_ms));
         Ok(attempts)
     }
@@ -406,8 +455,9 @@ impl Engine {
             }
         }
         let profile = self.profile(account_id)?;
-        let account = self.store().accounts.get(&account_id)?.ok_or(EngineError::NotFound { what: "Account" })?;
-        let key_count = self.list_keys(account_id)?.len();
+        let account =
+            self.0.shared.store.accounts.get(&account_id)?.ok_or(EngineError::NotFound { what: "Account" })?;
+        let key_count = self.0.directory.list_keys(account_id)?.len();
         let money = self.money(account_id).await?;
         let funded = profile.successful_payments > 0;
         let terms_accepted = profile.terms_accepted_at_ms.is_some();
@@ -439,12 +489,12 @@ impl Engine {
             activation_terms_version: profile
                 .terms_version
                 .clone()
-                .unwrap_or(self.config.funding.terms_version.clone()),
+                .unwrap_or(self.0.config.funding.terms_version.clone()),
             ready_for_activation_payment: terms_accepted && profile.auto_pay_enabled,
             ready_for_first_key: !requires || missing.is_empty(),
             missing_requirements: missing,
-            payments_url: self.config.funding.payments_url(),
-            terms_url: self.config.funding.terms_url.clone(),
+            payments_url: self.0.config.funding.payments_url(),
+            terms_url: self.0.config.funding.terms_url.clone(),
         })
     }
 
@@ -466,7 +516,7 @@ impl Engine {
             let _guard = self.funding_guard(account_id).await;
             let mut profile = self.profile(account_id)?;
             profile.terms_accepted_at_ms = Some(crate::clock::now_ms());
-            profile.terms_version = Some(self.config.funding.terms_version.clone());
+            profile.terms_version = Some(self.0.config.funding.terms_version.clone());
             self.save_profile(&profile).await?;
         }
         self.activation(account_id).await
@@ -474,7 +524,7 @@ impl Engine {
 
     pub fn auto_pay(&self, account_id: &str) -> Result<(bool, f64), EngineError> {
         let p = self.profile(account_id)?;
-        Ok((p.auto_pay_enabled, p.auto_pay_amount_usd.unwrap_or(self.config.funding.min_payment_usd)))
+        Ok((p.auto_pay_enabled, p.auto_pay_amount_usd.unwrap_or(self.0.config.funding.min_payment_usd)))
     }
 
     pub async fn set_auto_pay(
@@ -494,15 +544,15 @@ impl Engine {
         if let Some(enabled) = enabled {
             profile.auto_pay_enabled = enabled;
             if enabled && profile.auto_pay_amount_usd.is_none() {
-                profile.auto_pay_amount_usd = Some(self.config.funding.min_payment_usd);
+                profile.auto_pay_amount_usd = Some(self.0.config.funding.min_payment_usd);
             }
         }
         self.save_profile(&profile).await?;
-        Ok((profile.auto_pay_enabled, profile.auto_pay_amount_usd.unwrap_or(self.config.funding.min_payment_usd)))
+        Ok((profile.auto_pay_enabled, profile.auto_pay_amount_usd.unwrap_or(self.0.config.funding.min_payment_usd)))
     }
 
     pub fn saved_card(&self, account_id: &str) -> Result<Option<SavedCard>, EngineError> {
-        if self.payments.kind() == "manual" {
+        if self.0.payments.kind() == "manual" {
             return Err(PaymentError::NotSupported(crate::money::payments::manual::NOT_SUPPORTED.into()).into());
         }
         Ok(self.profile(account_id)?.card)
@@ -513,14 +563,14 @@ impl Engine {
         let _guard = self.funding_guard(account_id).await;
         let mut profile = self.profile(account_id)?;
         let card = profile.card.take().ok_or(PaymentError::NoCard)?;
-        self.payments.detach_card(&card.payment_method_id).await?;
+        self.0.payments.detach_card(&card.payment_method_id).await?;
         self.save_profile(&profile).await
     }
 
     async fn save_attempt(&self, attempt: &mut PaymentAttempt) -> Result<(), EngineError> {
         attempt.updated_at_ms = crate::clock::now_ms();
-        self.store().payment_attempts.insert(&(attempt.account_id.as_str(), attempt.id.as_str()), attempt)?;
-        self.store().flush().await?;
+        self.0.shared.store.payment_attempts.insert(&(attempt.account_id.as_str(), attempt.id.as_str()), attempt)?;
+        self.0.shared.store.flush().await?;
         Ok(())
     }
 
@@ -613,7 +663,7 @@ impl Engine {
         };
         let mut tries = 0;
         loop {
-            match self.payments.charge_saved_card(request.clone()).await {
+            match self.0.payments.charge_saved_card(request.clone()).await {
                 Ok(charge) => {
                     return Ok(self.finish_attempt(&mut attempt, &charge.payment_id, charge.amount_cents).await?.money)
                 }
@@ -666,7 +716,7 @@ impl Engine {
         let status = self.activation(account_id).await?;
         let activated = if status.requires_first_key_activation && status.ready_for_first_key {
             let name = activate_key_name.unwrap_or_else(|| "first key".into());
-            Some(self.create_key(account_id, NewKey { name: Some(name), ..NewKey::default() }).await?)
+            Some(self.0.directory.create_key(account_id, NewKey { name: Some(name), ..NewKey::default() }).await?)
         } else {
             None
         };
@@ -676,8 +726,8 @@ impl Engine {
     /// After a charge: when auto pay is on and the balance fell under the threshold, top up in
     /// the background (one attempt at a time per account).
     pub(crate) fn maybe_auto_pay(&self, account_id: &str, money: AccountMoney) {
-        let threshold = usd_to_units(self.config.funding.auto_pay_threshold_usd);
-        if money.balance_units() >= threshold || self.payments.kind() == "manual" {
+        let threshold = usd_to_units(self.0.config.funding.auto_pay_threshold_usd);
+        if money.balance_units() >= threshold || self.0.payments.kind() == "manual" {
             return;
         }
         let Ok(profile) = self.profile(account_id) else { return };
@@ -685,13 +735,13 @@ impl Engine {
         else {
             return;
         };
-        if self.shared.auto_pay_in_flight.insert(account_id.to_owned(), ()).is_some() {
+        if self.0.shared.auto_pay_in_flight.insert(account_id.to_owned(), ()).is_some() {
             return;
         }
-        let engine = self.clone();
+        let funding = self.clone();
         let account: Arc<str> = account_id.into();
         let job: crate::tree::task::Job = Arc::new(move || {
-            let (engine, account_id) = (engine.clone(), account.clone());
+            let (engine, account_id) = (funding.clone(), account.clone());
             Box::pin(async move {
                 let result = {
                     let _guard = engine.funding_guard(&account_id).await;
@@ -701,15 +751,85 @@ impl Engine {
                         _ => engine.charge_card(&account_id, amount, "auto_pay").await.map(|_| ()),
                     }
                 };
-                engine.shared.auto_pay_in_flight.remove(&*account_id);
+                engine.0.shared.auto_pay_in_flight.remove(&*account_id);
                 result.map_err(|error| format!("auto pay failed: {error}"))
             })
         });
         // Temporary: a failed attempt is recorded, and the next charge under the threshold
         // tries again.
         let spec = TaskSpec::once(format!("autopay:{account_id}"), "autopay", Restart::Temporary, job);
-        if !supervisor::adopt(&self.shared.registry, crate::engine::TASKS, Arc::new(spec)) {
-            self.shared.auto_pay_in_flight.remove(account_id);
+        if !supervisor::adopt(&self.0.shared.registry, crate::engine::TASKS, Arc::new(spec)) {
+            self.0.shared.auto_pay_in_flight.remove(account_id);
         }
+    }
+    /// Usage rows of an account, newest first, strictly before `before_us`. Waits for the
+    /// ledger to commit first, so a client sees the rows of every answer it has received.
+    pub async fn usage_page(
+        &self,
+        account_id: &str,
+        filter: &UsageFilter,
+        before_us: Option<i64>,
+        limit: usize,
+    ) -> Result<(Vec<UsageRow>, bool), EngineError> {
+        self.0.ledger.commit().await?;
+        Ok(self.0.shared.store.ledger.usage_page(account_id, filter, before_us, limit)?)
+    }
+
+    /// An account's daily usage rollups for days `from_day..=to_day` (after a commit, as above).
+    pub async fn rollups(
+        &self,
+        account_id: &str,
+        from_day: i64,
+        to_day: i64,
+    ) -> Result<Vec<tokaroo_storage::records::RollupCell>, EngineError> {
+        self.0.ledger.commit().await?;
+        Ok(self.0.shared.store.ledger.rollups(account_id, from_day, to_day)?)
+    }
+
+    pub async fn money(&self, account_id: &str) -> Result<AccountMoney, EngineError> {
+        Ok(self.0.ledger.money(account_id).await?)
+    }
+
+    /// Adds credits to an account (operator top-ups and completed payments).
+    pub async fn add_credit(
+        &self,
+        account_id: &str,
+        amount_usd: f64,
+        source: &str,
+        reference: Option<String>,
+        note: Option<String>,
+    ) -> Result<crate::money::ledger::CreditOutcome, EngineError> {
+        if !(amount_usd.is_finite() && amount_usd > 0.0 && amount_usd <= 1_000_000.0) {
+            return Err(EngineError::invalid("amount_usd must be a positive number of dollars, at most 1000000"));
+        }
+        if self.0.shared.store.accounts.get(&account_id)?.is_none() {
+            return Err(EngineError::NotFound { what: "Account" });
+        }
+        let credit = Credit {
+            // A processor's payment id makes the credit idempotent: the same payment twice is one credit.
+            id: reference.clone().unwrap_or_else(crate::clock::new_id),
+            account_id: account_id.to_owned(),
+            amount_units: usd_to_units(amount_usd),
+            source: source.to_owned(),
+            reference,
+            note,
+            created_at_us: 0,
+        };
+        Ok(self.0.ledger.credit(credit, self.0.config.funding.credit_timeout).await?)
+    }
+
+    /// A workspace's charges this calendar month (UTC).
+    pub async fn workspace_month_spend_usd(&self, account_id: &str, slug: &str) -> Result<f64, EngineError> {
+        Ok(units_to_usd(self.0.ledger.month_spend(account_id, slug).await?))
+    }
+
+    /// Recomputes balances from the ledger's rows and credits; lines with drift are errors.
+    pub async fn reconcile(&self) -> Result<Vec<crate::money::ledger::ReconcileLine>, EngineError> {
+        Ok(self.0.ledger.reconcile().await?)
+    }
+
+    /// Waits until everything the ledger logged is applied to storage (shutdown).
+    pub(crate) async fn commit_ledger(&self) -> Result<(), EngineError> {
+        Ok(self.0.ledger.commit().await?)
     }
 }

@@ -10,6 +10,7 @@ use tokaroo_storage::records::{LocalEndpoint, ProviderKey};
 
 use crate::{
     directory::limits::Counted,
+    directory::Directory,
     routing::health::HealthSnapshot,
     routing::provider::check_endpoint,
     routing::provider::{ENDPOINTS, PROVIDERS},
@@ -17,7 +18,7 @@ use crate::{
     routing::upstreams::{Owner, Upstream},
     shared::Shared,
     tree::supervisor,
-    Engine, EngineError,
+    EngineError,
 };
 
 pub struct NewProviderKey {
@@ -243,10 +244,26 @@ impl Shared {
     }
 }
 
-impl Engine {
+/// Accounts' provider keys (BYOK) and self-hosted endpoints, each an upstream with an actor.
+#[derive(Clone)]
+pub struct Connections {
+    shared: Arc<Shared>,
+    /// Workspaces to bind to, and the per-account creation caps.
+    directory: Directory,
+}
+
+impl Connections {
+    pub(crate) fn new(shared: Arc<Shared>, directory: Directory) -> Self {
+        Self { shared, directory }
+    }
+
+    fn store(&self) -> &tokaroo_storage::Store {
+        &self.shared.store
+    }
+
     fn check_workspace(&self, account_id: &str, slug: &Option<String>) -> Result<Option<String>, EngineError> {
         match slug {
-            Some(slug) => Ok(Some(self.get_workspace(account_id, slug)?.name)),
+            Some(slug) => Ok(Some(self.directory.get_workspace(account_id, slug)?.name)),
             None => Ok(None),
         }
     }
@@ -264,6 +281,7 @@ impl Engine {
         }
         let workspace_name = self.check_workspace(account_id, &new.workspace_slug)?;
         let creating = self
+            .directory
             .reserve_creation(account_id, Counted::ProviderKeys, || {
                 Ok(self.store().provider_keys.scan_prefix(&(account_id,))?.len())
             })
@@ -297,7 +315,7 @@ impl Engine {
         workspace: Option<&str>,
     ) -> Result<Vec<ProviderKeyView>, EngineError> {
         let names: std::collections::HashMap<String, String> =
-            self.list_workspaces(account_id)?.into_iter().map(|w| (w.slug, w.name)).collect();
+            self.directory.list_workspaces(account_id)?.into_iter().map(|w| (w.slug, w.name)).collect();
         let keys = self.store().provider_keys.scan_prefix(&(account_id,))?;
         Ok(keys
             .into_iter()
@@ -328,7 +346,7 @@ impl Engine {
     }
 
     fn is_operator(&self, account_id: &str) -> bool {
-        self.operator_account_id().as_deref() == Some(account_id)
+        self.shared.operator_account_id().as_deref() == Some(account_id)
     }
 
     /// Refuses a URL whose address the account may not reach, saying why.
@@ -349,6 +367,7 @@ impl Engine {
         let headers = new.headers.as_ref().map(headers_list).transpose()?.unwrap_or_default();
         self.check_endpoint_url(account_id, &parsed).await?;
         let creating = self
+            .directory
             .reserve_creation(account_id, Counted::Endpoints, || {
                 Ok(self.store().local_endpoints.scan_prefix(&(account_id,))?.len())
             })

@@ -2,19 +2,17 @@
 //! and settle one usage row per request.
 
 use serde_json::{Map, Value};
-use tokaroo_storage::{
-    ledger::UsageFilter,
-    records::{Credit, UsageRow},
-};
+use tokaroo_storage::records::UsageRow;
 
 use crate::{
     money::billing::{units_to_usd, usd_to_units, Charge},
-    money::ledger::{AccountMoney, HoldGuard, LedgerError, Refusal, ReserveRequest},
+    money::ledger::{HoldGuard, LedgerError, Refusal, ReserveRequest},
     routing::gateway::{ChatFailure, ChatOutcome, RouteRecord, StreamOutcome},
     routing::router::{Route, Scope},
     routing::upstreams::BillingMode,
     runtime::chat::{ChatRequest, Mode, ModelChoice, Usage},
-    Engine, EngineError, KeyEntry,
+    runtime::Runtime,
+    EngineError, KeyEntry,
 };
 
 /// A non-streamed chat answer and what it was charged.
@@ -93,10 +91,10 @@ impl From<LedgerError> for EngineError {
 /// How much more than our o200k count a provider with another tokenizer may count a prompt.
 const OTHER_TOKENIZER_HEADROOM: f64 = 1.5;
 
-impl Engine {
+impl Runtime {
     /// The most a request on these routes can be charged (escalation included for `auto`).
     fn worst_case_units(&self, req: &ChatRequest, info: &RequestInfo, routes: &[Route], scope: &Scope) -> i64 {
-        let baseline = self.router.baseline_model(req);
+        let baseline = self.0.router.baseline_model(req);
         // A request is served by one route: the first of each of the first few upstreams, as
         // the gateway skips an upstream that already failed.
         // Images cost some models many times the provider-neutral estimate.
@@ -126,11 +124,11 @@ impl Engine {
                     // (`ChatFailure::owed`), on top of the route that finally serves.
                     let owed = if record.billing_mode == BillingMode::Managed && !req.stream {
                         let prompt_only = Usage { prompt_tokens: prompt, completion_tokens: 0 };
-                        self.config.pricing.charge(info.tier, &record, prompt_only).charged_units
+                        self.0.config.pricing.charge(info.tier, &record, prompt_only).charged_units
                     } else {
                         0
                     };
-                    (self.config.pricing.charge(info.tier, &record, whole).charged_units, owed)
+                    (self.0.config.pricing.charge(info.tier, &record, whole).charged_units, owed)
                 })
                 .fold((0, 0), |(worst, owed), (whole, prompt)| (worst.max(whole), owed + prompt));
             worst + owed
@@ -139,7 +137,7 @@ impl Engine {
         if req.model == ModelChoice::Mode(Mode::Auto) && !req.stream {
             let mut max_req = req.clone();
             max_req.model = ModelChoice::Mode(Mode::Max);
-            if let Ok(max_routes) = self.router.plan(&max_req, scope) {
+            if let Ok(max_routes) = self.0.router.plan(&max_req, scope) {
                 worst += worst_on(&priced_routes(max_routes));
             }
         }
@@ -153,21 +151,21 @@ impl Engine {
         key: &KeyEntry,
         amount_units: impl FnOnce() -> i64,
     ) -> Result<Option<HoldGuard>, EngineError> {
-        let metered = self.operator_account_id().as_deref() != Some(key.account_id.as_str());
+        let metered = self.0.shared.operator_account_id().as_deref() != Some(key.account_id.as_str());
         let budget = key.workspace_slug.as_ref().and_then(|slug| {
-            let entry = self.shared.workspace_entry(&key.account_id, slug)?;
+            let entry = self.0.shared.workspace_entry(&key.account_id, slug)?;
             entry.monthly_budget_units().map(|units| (slug.clone(), units))
         });
         if !metered && budget.is_none() {
             return Ok(None);
         }
         let req = ReserveRequest { account_id: key.account_id.clone(), metered, amount_units: amount_units(), budget };
-        match self.ledger.reserve(req).await? {
+        match self.0.ledger.reserve(req).await? {
             Ok(hold) => Ok(Some(hold)),
             Err(Refusal::BillingRequired { balance_units, required_units }) => Err(EngineError::BillingRequired {
                 balance_usd: units_to_usd(balance_units),
                 required_usd: units_to_usd(required_units),
-                payment_url: self.config.funding.payments_url(),
+                payment_url: self.0.config.funding.payments_url(),
             }),
             Err(Refusal::BudgetExceeded { budget_units, spent_units }) => Err(EngineError::BudgetExceeded {
                 budget_usd: units_to_usd(budget_units),
@@ -184,11 +182,11 @@ impl Engine {
         info: RequestInfo,
     ) -> Result<ServedChat, EngineError> {
         let scope = scope(key);
-        let routes = priced_routes(self.router.plan(req, &scope)?);
+        let routes = priced_routes(self.0.router.plan(req, &scope)?);
         let hold = self.reserve(key, || self.worst_case_units(req, &info, &routes, &scope)).await?;
         // On failure the hold is dropped, which releases it, unless an upstream accepted the
         // request before failing: then its prompt is settled (it was worked on and billed).
-        let outcome = match self.router.chat(req, &scope, routes).await {
+        let outcome = match self.0.router.chat(req, &scope, routes).await {
             Ok(outcome) => outcome,
             Err(ChatFailure { error, owed: Some(route) }) => {
                 let prompt_only = Usage { prompt_tokens: req.prompt_tokens(), completion_tokens: 0 };
@@ -210,9 +208,9 @@ impl Engine {
         info: &RequestInfo,
     ) -> Result<OpenStream, EngineError> {
         let scope = scope(key);
-        let routes = priced_routes(self.router.plan(req, &scope)?);
+        let routes = priced_routes(self.0.router.plan(req, &scope)?);
         let hold = self.reserve(key, || self.worst_case_units(req, info, &routes, &scope)).await?;
-        let outcome = self.router.chat_stream(req, routes).await?;
+        let outcome = self.0.router.chat_stream(req, routes).await?;
         Ok(OpenStream { outcome, hold })
     }
 
@@ -229,7 +227,7 @@ impl Engine {
         streamed: bool,
         hold: Option<HoldGuard>,
     ) -> Result<Charge, EngineError> {
-        let charge = self.config.pricing.charge(info.tier, route, usage);
+        let charge = self.0.config.pricing.charge(info.tier, route, usage);
         let row = UsageRow {
             id: crate::clock::new_id(),
             account_id: key.account_id.clone(),
@@ -263,75 +261,15 @@ impl Engine {
             provider = %row.provider, model = %row.upstream_model, source = %row.execution_source,
             reason = %row.routing_reason, charged_usd = charge.charged_usd(), "request served"
         );
-        let (_, money) = self.ledger.settle(hold, row).await?;
-        if self.operator_account_id().as_deref() != Some(key.account_id.as_str()) {
-            self.maybe_auto_pay(&key.account_id, money);
+        let (_, money) = self.0.ledger.settle(hold, row).await?;
+        if self.0.shared.operator_account_id().as_deref() != Some(key.account_id.as_str()) {
+            self.0.funding.maybe_auto_pay(&key.account_id, money);
         }
         Ok(charge)
     }
-
-    /// Usage rows of an account, newest first, strictly before `before_us`. Waits for the
-    /// ledger to commit first, so a client sees the rows of every answer it has received.
-    pub async fn usage_page(
-        &self,
-        account_id: &str,
-        filter: &UsageFilter,
-        before_us: Option<i64>,
-        limit: usize,
-    ) -> Result<(Vec<UsageRow>, bool), EngineError> {
-        self.ledger.commit().await?;
-        Ok(self.shared.store.ledger.usage_page(account_id, filter, before_us, limit)?)
-    }
-
-    /// An account's daily usage rollups for days `from_day..=to_day` (after a commit, as above).
-    pub async fn rollups(
-        &self,
-        account_id: &str,
-        from_day: i64,
-        to_day: i64,
-    ) -> Result<Vec<tokaroo_storage::records::RollupCell>, EngineError> {
-        self.ledger.commit().await?;
-        Ok(self.shared.store.ledger.rollups(account_id, from_day, to_day)?)
-    }
-
-    pub async fn money(&self, account_id: &str) -> Result<AccountMoney, EngineError> {
-        Ok(self.ledger.money(account_id).await?)
-    }
-
-    /// Adds credits to an account (operator top-ups and completed payments).
-    pub async fn add_credit(
-        &self,
-        account_id: &str,
-        amount_usd: f64,
-        source: &str,
-        reference: Option<String>,
-        note: Option<String>,
-    ) -> Result<crate::money::ledger::CreditOutcome, EngineError> {
-        if !(amount_usd.is_finite() && amount_usd > 0.0 && amount_usd <= 1_000_000.0) {
-            return Err(EngineError::invalid("amount_usd must be a positive number of dollars, at most 1000000"));
-        }
-        if self.store().accounts.get(&account_id)?.is_none() {
-            return Err(EngineError::NotFound { what: "Account" });
-        }
-        let credit = Credit {
-            // A processor's payment id makes the credit idempotent: the same payment twice is one credit.
-            id: reference.clone().unwrap_or_else(crate::clock::new_id),
-            account_id: account_id.to_owned(),
-            amount_units: usd_to_units(amount_usd),
-            source: source.to_owned(),
-            reference,
-            note,
-            created_at_us: 0,
-        };
-        Ok(self.ledger.credit(credit, self.config.funding.credit_timeout).await?)
-    }
-
-    pub fn catalog(&self) -> &crate::routing::catalog::Catalog {
-        &self.router.catalog
-    }
 }
 
-impl Engine {
+impl Runtime {
     /// Run in a task of its own (`Engine::serve_embeddings`), like chat.
     pub(crate) async fn embed(
         &self,
@@ -341,7 +279,7 @@ impl Engine {
     ) -> Result<(crate::runtime::embeddings::EmbeddingOutcome, Charge), EngineError> {
         let tokens: u64 = req.inputs.iter().map(|t| u64::from(crate::runtime::tokenizer::count(t))).sum();
         let hold = self.reserve(key, || self.embedding_worst_case_units(req, tokens)).await?;
-        let outcome = self.router.embed(req, &scope(key)).await?;
+        let outcome = self.0.router.embed(req, &scope(key)).await?;
         let info = RequestInfo {
             requested_model: outcome.model.clone(),
             tier: Mode::Auto,
@@ -358,6 +296,7 @@ impl Engine {
     /// differences between providers.
     fn embedding_worst_case_units(&self, req: &crate::runtime::embeddings::EmbeddingRequest, tokens: u64) -> i64 {
         let price_per_1m = self
+            .0
             .router
             .catalog
             .models
@@ -365,19 +304,7 @@ impl Engine {
             .filter(|m| m.has("embeddings") && req.model.as_ref().is_none_or(|name| *name == m.id))
             .map(|m| m.input_per_1m)
             .fold(0.0, f64::max);
-        let margin = 1.0 + self.config.pricing.margin(Mode::Auto);
+        let margin = 1.0 + self.0.config.pricing.margin(Mode::Auto);
         usd_to_units(tokens as f64 * 1.5 / 1e6 * price_per_1m * margin)
-    }
-}
-
-impl Engine {
-    /// A workspace's charges this calendar month (UTC).
-    pub async fn workspace_month_spend_usd(&self, account_id: &str, slug: &str) -> Result<f64, EngineError> {
-        Ok(units_to_usd(self.ledger.month_spend(account_id, slug).await?))
-    }
-
-    /// Recomputes balances from the ledger's rows and credits; lines with drift are errors.
-    pub async fn reconcile(&self) -> Result<Vec<crate::money::ledger::ReconcileLine>, EngineError> {
-        Ok(self.ledger.reconcile().await?)
     }
 }

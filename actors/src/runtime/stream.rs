@@ -11,12 +11,13 @@ use crate::{
         gateway::{answer_text_limit, billable_usage, drain_abandoned, RouteRecord},
         providers::{DeltaStream, ProviderError},
     },
+    runtime::Runtime,
     runtime::{
         chat::{ChatDelta, ChatRequest, Usage},
         requests::{OpenStream, RequestInfo},
         tasks::spawn_request_task,
     },
-    Engine, EngineError, KeyEntry,
+    EngineError, KeyEntry,
 };
 
 /// What a [`ChatStream`] yields.
@@ -213,13 +214,13 @@ impl Live {
 }
 
 /// A stream's row with the engine: recorded for this key and request.
-struct EngineLedger {
-    engine: Engine,
+struct RuntimeLedger {
+    runtime: Runtime,
     key: Arc<KeyEntry>,
     info: RequestInfo,
 }
 
-impl StreamLedger for EngineLedger {
+impl StreamLedger for RuntimeLedger {
     fn settle<'a>(
         &'a self,
         route: &'a RouteRecord,
@@ -227,15 +228,15 @@ impl StreamLedger for EngineLedger {
         latency_ms: u64,
         hold: Option<HoldGuard>,
     ) -> BoxFuture<'a, Result<Charge, EngineError>> {
-        Box::pin(self.engine.settle(&self.key, &self.info, route, usage, Some(latency_ms), true, hold))
+        Box::pin(self.runtime.settle(&self.key, &self.info, route, usage, Some(latency_ms), true, hold))
     }
 
     fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.engine.stopping()
+        self.runtime.work().stopping()
     }
 
     fn run_detached(&self, settlement: BoxFuture<'static, ()>) {
-        spawn_request_task(&self.engine, settlement);
+        spawn_request_task(&self.runtime, settlement);
     }
 
     fn request_id(&self) -> &str {
@@ -243,7 +244,7 @@ impl StreamLedger for EngineLedger {
     }
 }
 
-impl Engine {
+impl Runtime {
     /// Opens a streamed answer on the first route that answers; the stream settles its own row.
     /// Opened in a task of its own: if the caller leaves before the first chunk, the stream the
     /// upstream accepted is still drained and settled (the provider bills it).
@@ -254,11 +255,11 @@ impl Engine {
         info: RequestInfo,
     ) -> Result<ChatStream, EngineError> {
         let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
-        let engine = self.clone();
+        let runtime = self.clone();
         spawn_request_task(self, async move {
-            let opened = engine.chat_stream(&key, &request, &info).await;
+            let opened = runtime.chat_stream(&key, &request, &info).await;
             let opened =
-                opened.map(|open| ChatStream::new(open, request, Arc::new(EngineLedger { engine, key, info })));
+                opened.map(|open| ChatStream::new(open, request, Arc::new(RuntimeLedger { runtime, key, info })));
             // Unsent (the caller left), the stream is dropped here, which settles it.
             let _ = opened_tx.send(opened);
         });

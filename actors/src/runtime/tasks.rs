@@ -5,25 +5,26 @@ use std::{future::Future, sync::Arc};
 
 use crate::{
     money::billing::Charge,
+    runtime::Runtime,
     runtime::{
         chat::ChatRequest,
         embeddings::{EmbeddingOutcome, EmbeddingRequest},
         requests::{RequestInfo, ServedChat},
     },
-    Engine, EngineError, KeyEntry,
+    EngineError, KeyEntry,
 };
 
-/// Runs request work in a task of its own, tracked (`Engine::track_work`) so that shutdown
+/// Runs request work in a task of its own, tracked (`Work::track`) so that shutdown
 /// waits for it before the ledger's last commit.
 ///
 /// The one place request work may call `tokio::spawn`: every detached request goes through
 /// here, so none can escape shutdown's wait.
-pub(crate) fn spawn_request_task<F>(engine: &Engine, work: F) -> tokio::task::JoinHandle<F::Output>
+pub(crate) fn spawn_request_task<F>(runtime: &Runtime, work: F) -> tokio::task::JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let tracked = engine.track_work();
+    let tracked = runtime.work().track();
     #[allow(clippy::disallowed_methods)] // allow-list: request work that outlives its client
     tokio::spawn(async move {
         let _tracked = tracked;
@@ -36,7 +37,7 @@ fn task_ended(error: tokio::task::JoinError) -> EngineError {
     EngineError::Internal(format!("the request's task ended: {error}"))
 }
 
-impl Engine {
+impl Runtime {
     /// Serves a non-streamed chat and settles its usage row, whether or not the caller still
     /// waits for the answer.
     pub async fn serve_chat(
@@ -45,8 +46,8 @@ impl Engine {
         request: ChatRequest,
         info: RequestInfo,
     ) -> Result<ServedChat, EngineError> {
-        let engine = self.clone();
-        spawn_request_task(self, async move { engine.chat(&key, &request, info).await }).await.map_err(task_ended)?
+        let runtime = self.clone();
+        spawn_request_task(self, async move { runtime.chat(&key, &request, info).await }).await.map_err(task_ended)?
     }
 
     /// Serves embeddings and settles their usage row, whether or not the caller still waits.
@@ -56,8 +57,8 @@ impl Engine {
         request: EmbeddingRequest,
         request_id: Option<String>,
     ) -> Result<(EmbeddingOutcome, Charge), EngineError> {
-        let engine = self.clone();
-        spawn_request_task(self, async move { engine.embed(&key, &request, request_id).await })
+        let runtime = self.clone();
+        spawn_request_task(self, async move { runtime.embed(&key, &request, request_id).await })
             .await
             .map_err(task_ended)?
     }

@@ -32,6 +32,6 @@ async fn chat_completions(
     if request.stream {
         return stream::stream_response(&state, key, request, info, created).await;
     }
-    let served = state.engine.serve_chat(key, request, info).await?;
+    let served = state.engine.runtime().serve_chat(key, request, info).await?;
     Ok(render::completion(&served, &model_name, created))
 }

@@ -27,7 +27,7 @@ pub(super) async fn stream_response(
 ) -> Result<Response, ApiError> {
     let include_usage = request.include_usage;
     let model_name = info.requested_model.clone();
-    let answer = state.engine.open_chat_stream(key, request, info).await?;
+    let answer = state.engine.runtime().open_chat_stream(key, request, info).await?;
     let charged = Arc::new(Mutex::new(None));
     let chunk = ChunkWriter::new(created, model_name);
     let frames = sse_events(answer, chunk, include_usage, charged.clone());
