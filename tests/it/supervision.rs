@@ -54,6 +54,25 @@ async fn the_tree_has_root_accounts_workspaces_and_keys_with_snapshots() {
     assert_eq!(key_node["snapshot"]["rate_limit_rpm"], 5);
     assert_eq!(key_node["snapshot"]["admitted"], 1);
     assert!(!serde_json::to_string(&tree).unwrap().contains(&key), "no secret in the tree");
+    // Background work is in the tree too, every node answering its inspection.
+    let tasks = find_actor(&tree, "tasks").expect("the tasks supervisor");
+    let persister = find_actor(tasks, "task:last-used").expect("the use-time persister under tasks");
+    assert_eq!((persister["kind"].as_str(), persister["status"].as_str()), (Some("task"), Some("running")));
+    assert!(persister["snapshot"]["schedule"].as_str().unwrap().starts_with("every"), "{persister}");
+    for group in ["ledger", "providers", "endpoints"] {
+        assert_eq!(find_actor(&tree, group).expect(group)["status"], "running", "{group}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_background_task_is_restarted_by_its_supervisor() {
+    let gw = Gateway::start().await;
+    let r = gw.post("/admin/actors/fail", ADMIN_TOKEN, json!({"name": "task:last-used"})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let node = wait_running_with_restarts(&gw, "task:last-used", 1).await;
+    assert!(node["last_error"].as_str().unwrap().contains("injected"), "{node}");
+    let root = gw.post("/admin/actors/fail", ADMIN_TOKEN, json!({"name": "root"})).await;
+    assert_eq!(root.status, 400, "the root has no supervisor: {}", root.body);
 }
 
 #[tokio::test]
