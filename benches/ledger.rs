@@ -117,7 +117,7 @@ fn verdict(ok: bool) -> &'static str {
 
 async fn reads(rows: u64) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let client = tokaroo_actors::routing::providers::http::client();
+    let client = tokaroo_actors::routing::client::client();
     // Bootstrap the operator account, then stop to write straight into the store.
     let server = Server::start(dir.path());
     let accounts = get(&client, &format!("{}/admin/accounts", server.base)).await;

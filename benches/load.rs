@@ -574,7 +574,7 @@ fn main() {
         .build()
         .expect("load generator runtime");
     // Installs the ring provider that reqwest's `rustls-no-provider` build needs; plain HTTP here.
-    let _ = tokaroo_actors::routing::providers::http::client();
+    let _ = tokaroo_actors::routing::client::client();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(settings.conc.max(64) * 2)
         .pool_idle_timeout(Duration::from_secs(90))

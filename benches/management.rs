@@ -144,7 +144,7 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let server = start_server();
-        let client = tokaroo_actors::routing::providers::http::client();
+        let client = tokaroo_actors::routing::client::client();
         println!("management writes: {workspaces} workspaces, {rounds} rounds of one key per workspace");
         let bodies = (0..workspaces)
             .map(|i| json!({ "workspace_id": format!("ws-{i}"), "name": format!("Workspace {i}") }))

@@ -294,7 +294,7 @@ async fn client_request(
         .or_else(|| std::env::var("TOKAROO_ADMIN_TOKEN").ok())
         .ok_or("no operator token: pass --token or set TOKAROO_ADMIN_TOKEN")?;
     let mut request =
-        tokaroo_actors::routing::providers::http::client().request(method, format!("{base}{path}")).bearer_auth(token);
+        tokaroo_actors::routing::client::client().request(method, format!("{base}{path}")).bearer_auth(token);
     if let Some(body) = body {
         request = request.json(&body);
     }

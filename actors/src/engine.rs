@@ -6,101 +6,22 @@ use dashmap::DashMap;
 use tokaroo_storage::Store;
 
 use crate::{
-    directory::{apikey::KeyEntry, Directory},
-    money::billing::PricingPolicy,
+    config::EngineConfig,
+    directory::{apikey::KeyEntry, Directory, OPERATOR_ACCOUNT_META},
+    error::EngineError,
     money::funding::Funding,
-    routing::catalog::Catalog,
     routing::connections::Connections,
+    routing::provider::group_spec,
     routing::router::Router,
-    routing::upstreams::{UpstreamSettings, Upstreams},
+    routing::upstreams::Upstreams,
     runtime::Runtime,
+    security::tokens::decode_hash,
     shared::{SessionEntry, Shared, WorkspaceEntry},
     tree::inspect::{self, ActorNode},
     tree::registry::{ChildRef, Registry},
-    tree::supervisor::{ChildHandle, ChildSpec, ChildStatus, Restart, RestartPolicy, SupervisorSpec},
+    tree::supervisor::{ChildHandle, ChildSpec, ChildStatus, Restart, SupervisorSpec},
     tree::task::TaskSpec,
-    EngineError,
 };
-
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    pub default_rpm: u32,
-    pub restart_policy: RestartPolicy,
-    /// Accepted as the operator's dashboard session token (automation).
-    pub admin_token: Option<crate::security::secrets::Secret>,
-    /// A dashboard session unused for this long expires; each use pushes it out again.
-    pub session_ttl: Duration,
-    pub admission_timeout: Duration,
-    /// Enables `Engine::inject_failure` (tests only).
-    pub fault_injection: bool,
-    pub catalog: Catalog,
-    pub managed_upstreams: Vec<UpstreamSettings>,
-    pub pricing: PricingPolicy,
-    pub payments: crate::money::payments::PaymentSettings,
-    pub funding: crate::money::funding::FundingSettings,
-    pub endpoint_recheck: Duration,
-    /// Hex master key for sealed secrets; else `<data_dir>/master.key`.
-    pub master_key: Option<crate::security::secrets::Secret>,
-    pub provider_base_urls: Vec<(crate::routing::providers::ProviderKind, String)>,
-    /// What tenants' endpoints may reach, and this server's listen addresses.
-    pub net: crate::routing::netguard::NetSettings,
-    /// The operator's caps on tenants (rate limits, record counts).
-    pub limits: crate::AccountLimits,
-}
-
-/// 30 days: a dashboard left alone for a month signs in again.
-pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            default_rpm: 60,
-            restart_policy: RestartPolicy::default(),
-            admin_token: None,
-            session_ttl: DEFAULT_SESSION_TTL,
-            admission_timeout: Duration::from_secs(5),
-            fault_injection: false,
-            catalog: Catalog::builtin(),
-            managed_upstreams: Vec::new(),
-            pricing: PricingPolicy::default(),
-            payments: crate::money::payments::PaymentSettings::default(),
-            funding: crate::money::funding::FundingSettings::default(),
-            endpoint_recheck: Duration::from_secs(30),
-            master_key: None,
-            provider_base_urls: crate::routing::providers::default_base_urls(),
-            net: crate::routing::netguard::NetSettings::default(),
-            limits: crate::AccountLimits::default(),
-        }
-    }
-}
-
-/// Who a dashboard session token belongs to.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub account_id: String,
-    pub is_operator: bool,
-    /// The stored session the token is; `None` for `TOKAROO_ADMIN_TOKEN`, which is
-    /// configuration rather than a session and so cannot be listed, rotated or revoked.
-    pub session_id: Option<String>,
-}
-
-/// Why a dashboard session token was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionRejection {
-    /// Not a token we issued, or one since revoked or rotated.
-    Unknown,
-    /// A real session left unused longer than the session TTL; it is now removed.
-    Expired,
-}
-
-/// Printed once, at the first start.
-pub struct BootstrapCredentials {
-    pub account_id: String,
-    pub session_token: String,
-    pub api_key: String,
-}
-
-pub(crate) const OPERATOR_ACCOUNT_META: &str = "operator_account_id";
 
 /// The handle every HTTP route holds: the engine's lifecycle (start, shutdown, the actor
 /// tree) and its services, each taken by the routes of its area. Cloned for each request, so
@@ -124,7 +45,7 @@ impl Engine {
     /// Loads the indices from storage and starts the actor tree.
     pub async fn start(store: Store, config: EngineConfig) -> Result<Self, EngineError> {
         crate::runtime::tokenizer::warm_up();
-        let http = crate::routing::providers::http::client();
+        let http = crate::routing::client::client();
         let (upstreams, simulator) = Upstreams::managed(&config.managed_upstreams, &http);
         let upstreams = Arc::new(upstreams);
         let router =
@@ -170,7 +91,7 @@ impl Engine {
         let reconcile_every = config.funding.reconcile_interval.filter(|_| payments.kind() != "manual");
         let directory = Directory::new(shared.clone(), config.clone());
         let connections = Connections::new(shared.clone(), directory.clone());
-        let funding = Funding::new(shared.clone(), config.clone(), ledger.clone(), payments, directory.clone());
+        let funding = Funding::new(shared.clone(), &config, ledger.clone(), payments, directory.clone());
         let runtime = Runtime::new(shared.clone(), config.clone(), router, ledger, funding.clone());
         let root = root_spec(&shared, reconcile_every, &funding)
             .spawn_root()
@@ -310,8 +231,6 @@ impl Engine {
 }
 
 pub(crate) const ROOT: &str = "root";
-/// The supervisor of background jobs: periodic tasks and one-off jobs such as auto pay.
-pub(crate) const TASKS: &str = "tasks";
 
 /// The tree: `root` over the ledger, the directory (`accounts`), the upstream connections
 /// (`providers`, `endpoints`) and the background `tasks`.
@@ -319,8 +238,20 @@ fn root_spec(shared: &Arc<Shared>, reconcile_every: Option<Duration>, funding: &
     let children: Vec<Arc<dyn ChildSpec>> = vec![
         Arc::new(crate::money::ledger::LedgerSpec { store: shared.store.clone() }),
         Arc::new(crate::directory::accounts::spec(shared)),
-        Arc::new(crate::routing::provider::group_spec(shared, false)),
-        Arc::new(crate::routing::provider::group_spec(shared, true)),
+        Arc::new(group_spec(
+            false,
+            shared.upstreams.clone(),
+            shared.endpoint_recheck,
+            shared.restart_policy,
+            shared.registry.clone(),
+        )),
+        Arc::new(group_spec(
+            true,
+            shared.upstreams.clone(),
+            shared.endpoint_recheck,
+            shared.restart_policy,
+            shared.registry.clone(),
+        )),
         Arc::new(tasks_spec(shared, reconcile_every, funding)),
     ];
     let started_at = crate::clock::iso8601(crate::clock::now_ms());
@@ -360,8 +291,8 @@ fn tasks_spec(shared: &Arc<Shared>, reconcile_every: Option<Duration>, funding: 
         tasks.push(Arc::new(TaskSpec::every("task:payment-reconciler", every, reconcile)));
     }
     SupervisorSpec {
-        name: TASKS.to_owned(),
-        kind: TASKS,
+        name: crate::tree::task::TASKS.to_owned(),
+        kind: crate::tree::task::TASKS,
         restart: Restart::Permanent,
         policy: shared.restart_policy,
         registry: shared.registry.clone(),
@@ -408,48 +339,16 @@ fn load_indices(shared: &Shared) -> Result<(), EngineError> {
     Ok(())
 }
 
-pub(crate) fn decode_hash(hex_digest: &str) -> Result<[u8; 32], EngineError> {
-    let bytes = hex::decode(hex_digest).map_err(|e| EngineError::Internal(format!("stored hash is not hex: {e}")))?;
-    bytes.try_into().map_err(|_| EngineError::Internal("stored hash is not 32 bytes".into()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every secret an engine is configured with stays out of `Debug`.
-    #[test]
-    fn engine_config_debug_redacts_secrets() {
-        let config = EngineConfig {
-            admin_token: Some("SECRET-admin-token-0123456789abcdef".into()),
-            master_key: Some("SECRET-master".into()),
-            managed_upstreams: vec![UpstreamSettings {
-                kind: crate::routing::providers::ProviderKind::OpenAi,
-                base_url: "http://127.0.0.1:1".into(),
-                api_key: Some("SECRET-openai".into()),
-                timeout: Duration::from_secs(1),
-            }],
-            payments: crate::money::payments::PaymentSettings {
-                stripe_secret_key: Some("SECRET-stripe".into()),
-                stripe_webhook_secret: Some("SECRET-whsec".into()),
-                ..Default::default()
-            },
-            ..EngineConfig::default()
-        };
-        for dump in
-            [format!("{config:?}"), format!("{:?}", config.managed_upstreams[0]), format!("{:?}", config.payments)]
-        {
-            assert!(!dump.contains("SECRET-"), "a secret leaked into Debug: {dump}");
-            assert!(dump.contains("<redacted>"), "{dump}");
-        }
-    }
 
     fn names(node: &ActorNode, into: &mut Vec<String>) {
         into.push(node.name.clone());
         node.children.iter().for_each(|c| names(c, into));
     }
 
-    async fn started(dir: &std::path::Path) -> (Engine, BootstrapCredentials) {
+    async fn started(dir: &std::path::Path) -> (Engine, crate::BootstrapCredentials) {
         let config = EngineConfig { fault_injection: true, ..EngineConfig::default() };
         let engine = Engine::start(Store::open(dir).unwrap(), config).await.unwrap();
         let credentials = engine.directory().bootstrap().await.unwrap().expect("a fresh store bootstraps");
@@ -476,8 +375,14 @@ mod tests {
             assert!(in_a.contains(&name.to_owned()) && in_b.contains(&name.to_owned()), "{name} in both trees");
         }
         // Each admits through its own key actor.
-        assert!(matches!(a.directory().admit(&key_a).await.unwrap(), crate::Admission::Admitted { .. }));
-        assert!(matches!(b.directory().admit(&key_b).await.unwrap(), crate::Admission::Admitted { .. }));
+        assert!(matches!(
+            a.directory().admit(&key_a).await.unwrap(),
+            crate::directory::apikey::Admission::Admitted { .. }
+        ));
+        assert!(matches!(
+            b.directory().admit(&key_b).await.unwrap(),
+            crate::directory::apikey::Admission::Admitted { .. }
+        ));
         // A failure injected into one engine's ledger leaves the other's running.
         assert!(matches!(a.inject_failure(&key_b.actor_name), Err(EngineError::NotFound { .. })));
         a.inject_failure("ledger").unwrap();

@@ -4,6 +4,7 @@
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
 pub mod clock;
+mod config;
 pub mod directory;
 mod engine;
 mod error;
@@ -16,12 +17,13 @@ mod shared;
 pub mod test_support;
 pub mod tree;
 
+pub use config::{AccountLimits, EngineConfig, FundingSettings, DEFAULT_SESSION_TTL};
 pub use directory::apikey::{Admission, KeyEntry};
-pub use directory::limits::AccountLimits;
+pub use directory::{BootstrapCredentials, Identity, SessionRejection};
 pub use directory::{KeyPatch, KeyView, NewKey, NewWorkspace, WorkspacePatch};
-pub use engine::{BootstrapCredentials, Engine, EngineConfig, Identity, SessionRejection, DEFAULT_SESSION_TTL};
+pub use engine::Engine;
 pub use error::EngineError;
-pub use money::funding::{ActivationStatus, FundingSettings, PaymentFault, PaymentsReconciled};
+pub use money::funding::{ActivationStatus, PaymentFault, PaymentsReconciled};
 pub use runtime::requests::{RequestInfo, ServedChat};
 pub use runtime::stream::{ChatStream, StreamEnd, StreamEvent};
 pub use security::secrets::Secret;

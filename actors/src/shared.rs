@@ -11,8 +11,7 @@ use tokaroo_storage::Store;
 
 use crate::{
     directory::apikey::{ApiKeySpec, KeyEntry},
-    routing::provider::UpstreamSpec,
-    routing::upstreams::{Owner, Upstreams},
+    routing::upstreams::Upstreams,
     tree::supervisor::{ChildSpec, RestartPolicy},
 };
 
@@ -157,21 +156,6 @@ impl Shared {
 
     pub fn key_spec(&self, entry: Arc<KeyEntry>) -> Arc<dyn ChildSpec> {
         Arc::new(ApiKeySpec { entry, store: self.store.clone(), default_rpm: self.default_rpm })
-    }
-
-    /// Actor specs for the upstream connections: self-hosted endpoints or provider connections.
-    pub fn upstream_specs(&self, endpoints: bool) -> Vec<Arc<dyn ChildSpec>> {
-        self.upstreams
-            .all()
-            .into_iter()
-            .filter(|u| matches!(u.owner, Owner::Local { .. }) == endpoints)
-            .map(|u| self.upstream_spec(u))
-            .collect()
-    }
-
-    pub fn upstream_spec(&self, upstream: Arc<crate::routing::upstreams::Upstream>) -> Arc<dyn ChildSpec> {
-        let recheck_every = matches!(upstream.owner, Owner::Local { .. }).then_some(self.endpoint_recheck);
-        Arc::new(UpstreamSpec { upstream, recheck_every })
     }
 
     pub fn workspace_entry(&self, account_id: &str, slug: &str) -> Option<Arc<WorkspaceEntry>> {

@@ -150,8 +150,7 @@ impl FakeStripe {
     }
 
     pub fn processor(&self) -> Arc<dyn PaymentProcessor> {
-        payments::processor(&self.settings(), tokaroo_actors::routing::providers::http::client())
-            .expect("a stripe processor")
+        payments::processor(&self.settings(), tokaroo_actors::routing::client::client()).expect("a stripe processor")
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, Ledger> {

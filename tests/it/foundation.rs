@@ -157,7 +157,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_cleanly() {
     let gw = Gateway::start().await;
     let url = gw.url("/admin/debug/sleep");
     let in_flight = tokio::spawn(async move {
-        let r = tokaroo_actors::routing::providers::http::client()
+        let r = tokaroo_actors::routing::client::client()
             .post(url)
             .bearer_auth(ADMIN_TOKEN)
             .json(&json!({"ms": 800}))
@@ -173,7 +173,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_cleanly() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     // New connections are no longer accepted while the old request drains.
     assert!(
-        tokaroo_actors::routing::providers::http::client().get(format!("{base}/livez")).send().await.is_err(),
+        tokaroo_actors::routing::client::client().get(format!("{base}/livez")).send().await.is_err(),
         "listener closed after SIGTERM (pid {pid})"
     );
     let (status, body) = in_flight.await.unwrap();

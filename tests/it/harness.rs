@@ -134,7 +134,7 @@ impl Gateway {
             base,
             data_dir: data_dir.to_path_buf(),
             stdout: lines,
-            client: tokaroo_actors::routing::providers::http::client(),
+            client: tokaroo_actors::routing::client::client(),
             _temp: None,
         }
     }

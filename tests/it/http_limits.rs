@@ -105,7 +105,7 @@ async fn thousands_of_half_open_connections_do_not_stop_a_new_client_and_are_cut
     assert_eq!(idle.len(), 2000);
     let opened = Instant::now();
     // A new client, on a connection of its own, is served at once.
-    let fresh = tokaroo_actors::routing::providers::http::client();
+    let fresh = tokaroo_actors::routing::client::client();
     let started = Instant::now();
     let r = fresh.get(gw.url("/livez")).send().await.expect("the new client is served");
     assert_eq!(r.status(), 200);

@@ -8,7 +8,7 @@ use tokaroo_actors::money::payments::{
     self, CardInfo, ChargeRequest, CheckoutRequest, CompletedCheckout, PaymentError, PaymentProcessor, PaymentSettings,
     ProcessorPayment, WebhookEvent,
 };
-use tokaroo_actors::routing::providers::http::client;
+use tokaroo_actors::routing::client::client;
 
 use crate::fakes_stripe::{sign_webhook, FakeStripe, PaidCheckout, TestCard, WEBHOOK_SECRET};
 

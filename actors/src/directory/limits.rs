@@ -2,23 +2,7 @@
 //! limit, and how many keys, workspaces, provider keys and endpoints it may hold. The
 //! operator's own account is not capped (it sets the caps).
 
-use crate::{directory::Directory, EngineError};
-
-#[derive(Debug, Clone)]
-pub struct AccountLimits {
-    /// The highest `rate_limit_rpm` a tenant may give a key (`rate_limit.max_rpm`).
-    pub max_rpm: u32,
-    pub keys: usize,
-    pub workspaces: usize,
-    pub provider_keys: usize,
-    pub endpoints: usize,
-}
-
-impl Default for AccountLimits {
-    fn default() -> Self {
-        Self { max_rpm: 100_000, keys: 1_000, workspaces: 1_000, provider_keys: 100, endpoints: 100 }
-    }
-}
+use crate::{config::AccountLimits, directory::Directory, error::EngineError};
 
 /// Which count a creation is checked against, and the setting that caps it.
 #[derive(Debug, Clone, Copy)]

@@ -17,17 +17,46 @@ use ractor::rpc::CallResult;
 use subtle::ConstantTimeEq;
 
 use crate::{
+    config::EngineConfig,
     directory::apikey::{Admission, ApiKeyMsg, KeyEntry},
     directory::limits::Counted,
-    engine::{decode_hash, BootstrapCredentials, EngineConfig, Identity, SessionRejection, OPERATOR_ACCOUNT_META},
+    error::EngineError,
     security::tokens,
+    security::tokens::decode_hash,
     shared::{SessionEntry, Shared, WorkspaceEntry},
     tree::supervisor::{self, ChildSpec},
-    EngineError,
 };
 
 const MAX_RPM: u32 = 1_000_000;
 const DEFAULT_WORKSPACE: &str = "default";
+
+/// Who a dashboard session token belongs to.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub account_id: String,
+    pub is_operator: bool,
+    /// The stored session the token is; `None` for `TOKAROO_ADMIN_TOKEN`, which is
+    /// configuration rather than a session and so cannot be listed, rotated or revoked.
+    pub session_id: Option<String>,
+}
+
+/// Why a dashboard session token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionRejection {
+    /// Not a token we issued, or one since revoked or rotated.
+    Unknown,
+    /// A real session left unused longer than the session TTL; it is now removed.
+    Expired,
+}
+
+/// Printed once, at the first start.
+pub struct BootstrapCredentials {
+    pub account_id: String,
+    pub session_token: String,
+    pub api_key: String,
+}
+
+pub(crate) const OPERATOR_ACCOUNT_META: &str = "operator_account_id";
 
 pub struct NewWorkspace {
     pub slug: String,

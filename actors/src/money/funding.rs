@@ -22,8 +22,10 @@ use serde::Serialize;
 use tokaroo_storage::records::{BillingProfile, PaymentAttempt, SavedCard, UNITS_PER_USD};
 
 use crate::{
+    config::{EngineConfig, FundingSettings},
     directory::Directory,
-    engine::EngineConfig,
+    directory::{KeyView, NewKey},
+    error::EngineError,
     money::billing::{units_to_usd, usd_to_units},
     money::ledger::{AccountMoney, AdjustAmount, AdjustOutcome, Adjustment, CreditFault, CreditOutcome},
     money::payments::{
@@ -36,7 +38,6 @@ use crate::{
         supervisor::{self, Restart},
         task::TaskSpec,
     },
-    EngineError, KeyView, NewKey,
 };
 use tokaroo_storage::{
     ledger::UsageFilter,
@@ -68,47 +69,6 @@ pub struct PaymentsReconciled {
     pub customers: usize,
     pub payments_seen: usize,
     pub credited: usize,
-}
-
-/// The `[billing]` settings the engine needs.
-#[derive(Debug, Clone)]
-pub struct FundingSettings {
-    /// Smallest checkout or top-up, in USD.
-    pub min_payment_usd: f64,
-    pub terms_version: String,
-    /// Where clients reach this server (links in answers).
-    pub public_url: String,
-    pub terms_url: String,
-    /// Auto pay tops an account up when its balance falls below this.
-    pub auto_pay_threshold_usd: f64,
-    /// How long a payment's credit waits for the ledger; past it the caller fails (a webhook
-    /// answers 503 and is retried) and the credit is not sent again.
-    pub credit_timeout: Duration,
-    /// How often the reconciler lists recent PaymentIntents; `None`: only on demand.
-    pub reconcile_interval: Option<Duration>,
-    /// How far back the reconciler looks (Stripe retries a webhook for up to 3 days).
-    pub reconcile_lookback: Duration,
-}
-
-impl Default for FundingSettings {
-    fn default() -> Self {
-        Self {
-            min_payment_usd: 5.0,
-            terms_version: "2026-11".into(),
-            public_url: "http://127.0.0.1:8080".into(),
-            terms_url: "http://127.0.0.1:8080/v1/billing/activation".into(),
-            auto_pay_threshold_usd: 5.0,
-            credit_timeout: crate::money::ledger::DEFAULT_CREDIT_TIMEOUT,
-            reconcile_interval: Some(Duration::from_secs(300)),
-            reconcile_lookback: Duration::from_secs(3 * 24 * 3600),
-        }
-    }
-}
-
-impl FundingSettings {
-    pub fn payments_url(&self) -> String {
-        format!("{}/v1/billing/activation", self.public_url)
-    }
 }
 
 /// The spec's `ActivationStatus`.
@@ -176,7 +136,9 @@ pub struct Funding(Arc<FundingParts>);
 
 pub(crate) struct FundingParts {
     shared: Arc<Shared>,
-    config: Arc<EngineConfig>,
+    settings: FundingSettings,
+    /// Enables the test-only payment faults.
+    fault_injection: bool,
     ledger: LedgerClient,
     payments: Arc<dyn PaymentProcessor>,
     /// Creates the first key when an account's activation payment lands.
@@ -186,12 +148,14 @@ pub(crate) struct FundingParts {
 impl Funding {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        config: Arc<EngineConfig>,
+        config: &EngineConfig,
         ledger: LedgerClient,
         payments: Arc<dyn PaymentProcessor>,
         directory: Directory,
     ) -> Self {
-        let funding = Self(Arc::new(FundingParts { shared, config, ledger, payments, directory: directory.clone() }));
+        let (settings, fault_injection) = (config.funding.clone(), config.fault_injection);
+        let parts = FundingParts { shared, settings, fault_injection, ledger, payments, directory: directory.clone() };
+        let funding = Self(Arc::new(parts));
         // Weak: the directory must not keep funding (which holds the directory) alive.
         let weak = Arc::downgrade(&funding.0);
         directory.set_first_key_gate(Arc::new(move |account_id| {
@@ -223,7 +187,7 @@ impl Funding {
     }
 
     fn check_amount(&self, amount_usd: f64) -> Result<(), EngineError> {
-        let min = self.0.config.funding.min_payment_usd;
+        let min = self.0.settings.min_payment_usd;
         if !(amount_usd.is_finite() && amount_usd >= min && amount_usd <= 100_000.0) {
             return Err(EngineError::invalid(format!("amount_usd must be between {min} and 100000")));
         }
@@ -253,7 +217,7 @@ impl Funding {
         let _guard = self.funding_guard(account_id).await;
         let mut profile = self.profile(account_id)?;
         let customer_id = self.customer_id(&mut profile).await?;
-        let back = self.0.config.funding.payments_url();
+        let back = self.0.settings.payments_url();
         let session = self
             .0
             .payments
@@ -403,8 +367,8 @@ impl Funding {
         if self.0.payments.kind() == "manual" {
             return Ok(report);
         }
-        let since = time::OffsetDateTime::now_utc().unix_timestamp()
-            - self.0.config.funding.reconcile_lookback.as_secs() as i64;
+        let since =
+            time::OffsetDateTime::now_utc().unix_timestamp() - self.0.settings.reconcile_lookback.as_secs() as i64;
         for profile in self.0.shared.store.billing.all()? {
             let Some(customer_id) = &profile.customer_id else { continue };
             report.customers += 1;
@@ -425,7 +389,7 @@ impl Funding {
 
     /// Test-only (`fault_injection`): see [`PaymentFault`].
     pub fn payment_fault(&self, fault: PaymentFault) -> Result<(), EngineError> {
-        if !self.0.config.fault_injection {
+        if !self.0.fault_injection {
             return Err(EngineError::Forbidden("fault injection is disabled".into()));
         }
         match fault {
@@ -486,15 +450,12 @@ impl Funding {
             auto_pay_amount_usd: profile.auto_pay_amount_usd,
             activation_terms_accepted: terms_accepted,
             activation_terms_accepted_at: profile.terms_accepted_at_ms.map(crate::clock::iso8601),
-            activation_terms_version: profile
-                .terms_version
-                .clone()
-                .unwrap_or(self.0.config.funding.terms_version.clone()),
+            activation_terms_version: profile.terms_version.clone().unwrap_or(self.0.settings.terms_version.clone()),
             ready_for_activation_payment: terms_accepted && profile.auto_pay_enabled,
             ready_for_first_key: !requires || missing.is_empty(),
             missing_requirements: missing,
-            payments_url: self.0.config.funding.payments_url(),
-            terms_url: self.0.config.funding.terms_url.clone(),
+            payments_url: self.0.settings.payments_url(),
+            terms_url: self.0.settings.terms_url.clone(),
         })
     }
 
@@ -516,7 +477,7 @@ impl Funding {
             let _guard = self.funding_guard(account_id).await;
             let mut profile = self.profile(account_id)?;
             profile.terms_accepted_at_ms = Some(crate::clock::now_ms());
-            profile.terms_version = Some(self.0.config.funding.terms_version.clone());
+            profile.terms_version = Some(self.0.settings.terms_version.clone());
             self.save_profile(&profile).await?;
         }
         self.activation(account_id).await
@@ -524,7 +485,7 @@ impl Funding {
 
     pub fn auto_pay(&self, account_id: &str) -> Result<(bool, f64), EngineError> {
         let p = self.profile(account_id)?;
-        Ok((p.auto_pay_enabled, p.auto_pay_amount_usd.unwrap_or(self.0.config.funding.min_payment_usd)))
+        Ok((p.auto_pay_enabled, p.auto_pay_amount_usd.unwrap_or(self.0.settings.min_payment_usd)))
     }
 
     pub async fn set_auto_pay(
@@ -544,11 +505,11 @@ impl Funding {
         if let Some(enabled) = enabled {
             profile.auto_pay_enabled = enabled;
             if enabled && profile.auto_pay_amount_usd.is_none() {
-                profile.auto_pay_amount_usd = Some(self.0.config.funding.min_payment_usd);
+                profile.auto_pay_amount_usd = Some(self.0.settings.min_payment_usd);
             }
         }
         self.save_profile(&profile).await?;
-        Ok((profile.auto_pay_enabled, profile.auto_pay_amount_usd.unwrap_or(self.0.config.funding.min_payment_usd)))
+        Ok((profile.auto_pay_enabled, profile.auto_pay_amount_usd.unwrap_or(self.0.settings.min_payment_usd)))
     }
 
     pub fn saved_card(&self, account_id: &str) -> Result<Option<SavedCard>, EngineError> {
@@ -726,7 +687,7 @@ impl Funding {
     /// After a charge: when auto pay is on and the balance fell under the threshold, top up in
     /// the background (one attempt at a time per account).
     pub(crate) fn maybe_auto_pay(&self, account_id: &str, money: AccountMoney) {
-        let threshold = usd_to_units(self.0.config.funding.auto_pay_threshold_usd);
+        let threshold = usd_to_units(self.0.settings.auto_pay_threshold_usd);
         if money.balance_units() >= threshold || self.0.payments.kind() == "manual" {
             return;
         }
@@ -758,7 +719,7 @@ impl Funding {
         // Temporary: a failed attempt is recorded, and the next charge under the threshold
         // tries again.
         let spec = TaskSpec::once(format!("autopay:{account_id}"), "autopay", Restart::Temporary, job);
-        if !supervisor::adopt(&self.0.shared.registry, crate::engine::TASKS, Arc::new(spec)) {
+        if !supervisor::adopt(&self.0.shared.registry, crate::tree::task::TASKS, Arc::new(spec)) {
             self.0.shared.auto_pay_in_flight.remove(account_id);
         }
     }
@@ -815,7 +776,7 @@ impl Funding {
             note,
             created_at_us: 0,
         };
-        Ok(self.0.ledger.credit(credit, self.0.config.funding.credit_timeout).await?)
+        Ok(self.0.ledger.credit(credit, self.0.settings.credit_timeout).await?)
     }
 
     /// A workspace's charges this calendar month (UTC).

@@ -1180,13 +1180,15 @@ mod tests {
         let client = LedgerClient::new(registry.clone());
         let err = client.credit(payment("pi_1", 1_000), Duration::from_millis(50)).await.unwrap_err();
         assert!(matches!(err, LedgerError::Unavailable), "{err:?}");
-        match crate::EngineError::from(err) {
-            crate::EngineError::Unavailable(message) => assert_eq!(message, "the ledger is restarting; retry shortly"),
+        match crate::error::EngineError::from(err) {
+            crate::error::EngineError::Unavailable(message) => {
+                assert_eq!(message, "the ledger is restarting; retry shortly")
+            }
             other => panic!("{other:?}"),
         }
         let storage = LedgerError::from(StorageError::Conflict);
-        match crate::EngineError::from(storage) {
-            crate::EngineError::Internal(detail) => assert_eq!(detail, StorageError::Conflict.to_string()),
+        match crate::error::EngineError::from(storage) {
+            crate::error::EngineError::Internal(detail) => assert_eq!(detail, StorageError::Conflict.to_string()),
             other => panic!("{other:?}"),
         }
     }

@@ -7,7 +7,7 @@ use std::{collections::HashMap, path::Path};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{runtime::chat::Usage, EngineError};
+use crate::error::EngineError;
 
 /// Shipped inside the binary so the server works from any directory; an operator's file
 /// (`catalog.path`) replaces it and `catalog.extra_path` adds models to it.
@@ -46,10 +46,9 @@ impl CatalogModel {
         self.capabilities.iter().any(|c| c == capability)
     }
 
-    /// USD for this usage at list price.
-    pub fn cost(&self, usage: Usage) -> f64 {
-        (usage.prompt_tokens as f64 * self.input_per_1m + usage.completion_tokens as f64 * self.output_per_1m)
-            / 1_000_000.0
+    /// USD for these tokens at list price.
+    pub fn cost(&self, prompt_tokens: u32, completion_tokens: u32) -> f64 {
+        (f64::from(prompt_tokens) * self.input_per_1m + f64::from(completion_tokens) * self.output_per_1m) / 1_000_000.0
     }
 
     /// Expected latency from the catalog's class, used until measurements exist.
@@ -183,7 +182,7 @@ mod tests {
             "test",
         )
         .unwrap();
-        let cost = c.get("m").unwrap().cost(Usage { prompt_tokens: 1000, completion_tokens: 500 });
+        let cost = c.get("m").unwrap().cost(1000, 500);
         assert!((cost - 0.0075).abs() < 1e-12, "{cost}");
         assert!(Catalog::parse(r#"{"models":[{"id":"x"}]}"#, "bad").is_err());
     }

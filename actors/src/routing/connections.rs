@@ -11,14 +11,14 @@ use tokaroo_storage::records::{LocalEndpoint, ProviderKey};
 use crate::{
     directory::limits::Counted,
     directory::Directory,
+    error::EngineError,
     routing::health::HealthSnapshot,
     routing::provider::check_endpoint,
-    routing::provider::{ENDPOINTS, PROVIDERS},
+    routing::provider::{upstream_spec, ENDPOINTS, PROVIDERS},
     routing::providers::{Connection, ProviderKind},
     routing::upstreams::{Owner, Upstream},
     shared::Shared,
     tree::supervisor,
-    EngineError,
 };
 
 pub struct NewProviderKey {
@@ -304,7 +304,12 @@ impl Connections {
         self.store().flush().await?;
         if let Some(upstream) = self.shared.byok_upstream(&record, new.secret.trim().to_owned()) {
             self.shared.upstreams.insert(upstream.clone());
-            supervisor::start_child(&self.shared.registry, PROVIDERS, self.shared.upstream_spec(upstream)).await;
+            supervisor::start_child(
+                &self.shared.registry,
+                PROVIDERS,
+                upstream_spec(upstream, self.shared.endpoint_recheck),
+            )
+            .await;
         }
         Ok(ProviderKeyView { record, workspace_name, health: None })
     }
@@ -396,7 +401,12 @@ impl Connections {
         drop(creating);
         self.store().flush().await?;
         self.shared.upstreams.insert(upstream.clone());
-        supervisor::start_child(&self.shared.registry, ENDPOINTS, self.shared.upstream_spec(upstream)).await;
+        supervisor::start_child(
+            &self.shared.registry,
+            ENDPOINTS,
+            upstream_spec(upstream, self.shared.endpoint_recheck),
+        )
+        .await;
         Ok(EndpointView { has_headers: record.sealed_headers.is_some(), record })
     }
 
@@ -478,7 +488,12 @@ impl Connections {
         let name = endpoint_name(id);
         supervisor::stop_child(&self.shared.registry, ENDPOINTS, name);
         self.shared.upstreams.insert(upstream.clone());
-        supervisor::start_child(&self.shared.registry, ENDPOINTS, self.shared.upstream_spec(upstream)).await;
+        supervisor::start_child(
+            &self.shared.registry,
+            ENDPOINTS,
+            upstream_spec(upstream, self.shared.endpoint_recheck),
+        )
+        .await;
         Ok(EndpointView { has_headers: record.sealed_headers.is_some(), record })
     }
 

@@ -7,13 +7,13 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::{
+    error::EngineError,
     routing::catalog::CatalogModel,
     routing::health::Blame,
     routing::providers::{adapter, DeltaStream, ProviderError, ProviderKind},
     routing::router::{Route, Router, Scope},
     routing::upstreams::{BillingMode, Upstream},
     runtime::chat::{ChatRequest, ChatResponse, FinishReason, Mode, ModelChoice, ResponseFormat, Usage},
-    EngineError,
 };
 
 /// Routes tried for one request before it fails.
@@ -45,11 +45,13 @@ pub struct RouteRecord {
 
 impl RouteRecord {
     pub fn cost_usd(&self, usage: Usage) -> f64 {
-        self.priced_as.cost(usage)
+        self.priced_as.cost(usage.prompt_tokens, usage.completion_tokens)
     }
 
     pub fn baseline_usd(&self, usage: Usage) -> f64 {
-        self.baseline.as_ref().map_or_else(|| self.cost_usd(usage), |b| b.cost(usage))
+        self.baseline
+            .as_ref()
+            .map_or_else(|| self.cost_usd(usage), |b| b.cost(usage.prompt_tokens, usage.completion_tokens))
     }
 }
 
@@ -123,7 +125,7 @@ pub fn record(route: &Route, req: &ChatRequest, failed: &[String], baseline: &Op
         failed_attempts: failed.to_vec(),
         escalated: false,
         earlier_attempts_usd: 0.0,
-        max_output_tokens: req.output_bound(&route.model),
+        max_output_tokens: req.output_bound(route.model.max_output_tokens),
         priced_as: route.model.clone(),
         baseline: baseline.clone(),
     }
@@ -223,7 +225,8 @@ impl RequestWork<'_> {
     fn explains_timeout(self, timeout: std::time::Duration) -> bool {
         let slow_output = match self {
             Self::Chat(req, model) => {
-                u64::from(req.output_bound(model)) > timeout.as_secs().max(1) * SLOW_DECODE_TOKENS_PER_SEC
+                u64::from(req.output_bound(model.max_output_tokens))
+                    > timeout.as_secs().max(1) * SLOW_DECODE_TOKENS_PER_SEC
             }
             Self::Stream(_) | Self::Embed(_) => false,
         };
@@ -235,7 +238,7 @@ impl RequestWork<'_> {
     pub(crate) fn is_large(self) -> bool {
         match self {
             Self::Chat(req, model) => {
-                let output = u64::from(req.output_bound(model));
+                let output = u64::from(req.output_bound(model.max_output_tokens));
                 output > LARGE_REQUEST_TOKENS || !req.prompt_fits(LARGE_REQUEST_TOKENS - output)
             }
             Self::Stream(req) => !req.prompt_fits(LARGE_REQUEST_TOKENS),
@@ -444,7 +447,7 @@ impl Router {
         let mut pending = routes.iter();
         while let Some(route) = attempts.next_route(&mut pending) {
             let started = Instant::now();
-            let bound = req.output_bound(&route.model);
+            let bound = req.output_bound(route.model.max_output_tokens);
             let work = RequestWork::Chat(req, &route.model);
             match adapter(route.upstream.kind).chat(&route.upstream.conn, &route.model.id, req, bound).await {
                 Ok(response) => {
@@ -502,7 +505,7 @@ impl Router {
         max_req.model = ModelChoice::Mode(Mode::Max);
         let better = self.plan(&max_req, scope).ok()?.into_iter().find(|r| r.model.quality > used.model.quality)?;
         let started = Instant::now();
-        let bound = req.output_bound(&better.model);
+        let bound = req.output_bound(better.model.max_output_tokens);
         let response =
             adapter(better.upstream.kind).chat(&better.upstream.conn, &better.model.id, req, bound).await.ok()?;
         record_success(&better, RequestWork::Chat(req, &better.model), started);
@@ -519,7 +522,7 @@ impl Router {
         let mut pending = routes.iter();
         while let Some(route) = attempts.next_route(&mut pending) {
             let started = Instant::now();
-            let bound = req.output_bound(&route.model);
+            let bound = req.output_bound(route.model.max_output_tokens);
             let opened =
                 adapter(route.upstream.kind).chat_stream(&route.upstream.conn, &route.model.id, req, bound).await;
             let first = match opened {

@@ -1,4 +1,5 @@
 pub mod catalog;
+pub mod client;
 pub mod connections;
 pub mod gateway;
 pub mod health;

@@ -328,7 +328,7 @@ impl NetGuard {
             return client.clone();
         }
         let resolver = GuardedResolver { guard: self.clone(), port };
-        let client = crate::routing::providers::http::builder()
+        let client = crate::routing::client::builder()
             // A proxy would resolve and connect for us, out of the resolver's sight.
             .no_proxy()
             .dns_resolver(resolver)

@@ -15,10 +15,10 @@ use serde_json::json;
 use crate::{
     routing::health::{Blame, Breakers, HealthEvent, HealthSnapshot},
     routing::providers::openai,
-    routing::upstreams::{Owner, Upstream},
+    routing::upstreams::{Owner, Upstream, Upstreams},
     tree::inspect::Inspection,
-    tree::registry::{ChildRef, TreeMsg},
-    tree::supervisor::{spawn_linked, BoxFuture, ChildSpec, Restart, SupervisorSpec},
+    tree::registry::{ChildRef, Registry, TreeMsg},
+    tree::supervisor::{spawn_linked, BoxFuture, ChildSpec, Restart, RestartPolicy, SupervisorSpec},
 };
 
 /// The supervisors of provider connections and of self-hosted endpoints.
@@ -27,18 +27,33 @@ pub const ENDPOINTS: &str = "endpoints";
 
 /// The `providers` (or, with `endpoints`, the `endpoints`) supervisor: one child per
 /// connection of that owner class, reloaded from the live upstream set when it restarts.
-pub fn group_spec(shared: &Arc<crate::shared::Shared>, endpoints: bool) -> SupervisorSpec {
-    let loader_shared = shared.clone();
+pub fn group_spec(
+    endpoints: bool,
+    upstreams: Arc<Upstreams>,
+    recheck_every: Duration,
+    policy: RestartPolicy,
+    registry: Registry,
+) -> SupervisorSpec {
     SupervisorSpec {
         name: if endpoints { ENDPOINTS } else { PROVIDERS }.to_owned(),
         kind: if endpoints { ENDPOINTS } else { PROVIDERS },
         restart: Restart::Permanent,
-        policy: shared.restart_policy,
-        registry: shared.registry.clone(),
+        policy,
+        registry,
         escalates: true,
-        loader: Arc::new(move || loader_shared.upstream_specs(endpoints)),
+        loader: Arc::new(move || {
+            let of_group = upstreams.all().into_iter().filter(|u| matches!(u.owner, Owner::Local { .. }) == endpoints);
+            of_group.map(|u| upstream_spec(u, recheck_every)).collect()
+        }),
         describe: Arc::new(|children| json!({ "children": children.len() })),
     }
+}
+
+/// The actor spec of one upstream connection; self-hosted endpoints are rechecked every
+/// `endpoint_recheck`.
+pub fn upstream_spec(upstream: Arc<Upstream>, endpoint_recheck: Duration) -> Arc<dyn ChildSpec> {
+    let recheck_every = matches!(upstream.owner, Owner::Local { .. }).then_some(endpoint_recheck);
+    Arc::new(UpstreamSpec { upstream, recheck_every })
 }
 
 pub enum UpstreamMsg {

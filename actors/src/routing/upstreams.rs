@@ -299,7 +299,7 @@ pub(crate) mod tests {
             base_url: "http://127.0.0.1:9".into(),
             api_key: None,
             extra_headers: Vec::new(),
-            http: crate::routing::providers::http::client(),
+            http: crate::routing::client::client(),
             timeout: std::time::Duration::from_secs(1),
             chat_url: Default::default(),
             guard: None,

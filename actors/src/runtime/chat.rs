@@ -3,6 +3,8 @@
 //! [`ChatResponse`] or a stream of [`ChatDelta`]s.
 
 use serde::Serialize;
+
+use crate::runtime::tokenizer;
 use serde_json::Value;
 
 /// The three routing modes of the managed surface. A request is also priced at a mode (its
@@ -175,9 +177,9 @@ impl ChatRequest {
     /// The output tokens this request may produce on `model`: the client's `max_tokens`, or
     /// [`DEFAULT_OUTPUT_RESERVE`], within the model's own limit. Adapters send it upstream
     /// and the hold reserves it.
-    pub fn output_bound(&self, model: &crate::routing::catalog::CatalogModel) -> u32 {
+    pub fn output_bound(&self, model_max_output_tokens: Option<u64>) -> u32 {
         let wanted = self.max_tokens.map_or(DEFAULT_OUTPUT_RESERVE, u64::from);
-        let bound = wanted.min(model.max_output_tokens.unwrap_or(u64::MAX)).max(1);
+        let bound = wanted.min(model_max_output_tokens.unwrap_or(u64::MAX)).max(1);
         u32::try_from(bound).unwrap_or(u32::MAX)
     }
 
@@ -203,14 +205,13 @@ impl ChatRequest {
 
     /// The prompt's token count, counted once per request (routing asks several times).
     pub fn prompt_tokens(&self) -> u32 {
-        *self.prompt_size.exact.get_or_init(|| crate::runtime::tokenizer::prompt_tokens(self))
+        *self.prompt_size.exact.get_or_init(|| prompt_tokens(self))
     }
 
     /// Whether the prompt has at most `budget` tokens. Tokenizing is the dearest step of
     /// routing, and most prompts are far below the limit; their byte count settles it.
     pub fn prompt_fits(&self, budget: u64) -> bool {
-        let upper_bound =
-            *self.prompt_size.upper_bound.get_or_init(|| crate::runtime::tokenizer::prompt_tokens_upper_bound(self));
+        let upper_bound = *self.prompt_size.upper_bound.get_or_init(|| prompt_tokens_upper_bound(self));
         upper_bound <= budget || u64::from(self.prompt_tokens()) <= budget
     }
 
@@ -291,6 +292,63 @@ pub enum ChatDelta {
     },
     Finish(FinishReason),
     Usage(Usage),
+}
+
+/// Tokens OpenAI adds per message for its role and separators, and once to prime the reply.
+const PER_MESSAGE: u32 = 3;
+const REPLY_PRIMER: u32 = 3;
+
+/// The prompt tokens of a chat request: message text, tool definitions and images.
+pub(crate) fn prompt_tokens(req: &ChatRequest) -> u32 {
+    u32::try_from(prompt_size(req, |text| u64::from(tokenizer::count(text)))).unwrap_or(u32::MAX)
+}
+
+/// At least [`prompt_tokens`], without tokenizing: a token covers at least one byte, so the
+/// same sum over bytes bounds it.
+pub(crate) fn prompt_tokens_upper_bound(req: &ChatRequest) -> u64 {
+    prompt_size(req, |text| text.len() as u64)
+}
+
+/// The prompt's size with each piece of text measured by `measure`.
+fn prompt_size(req: &ChatRequest, measure: impl Fn(&str) -> u64) -> u64 {
+    let messages: u64 = req
+        .messages
+        .iter()
+        .map(|m| {
+            let images: u64 = m
+                .content
+                .iter()
+                .map(|p| match p {
+                    ContentPart::Image { url, detail } => tokenizer::image_tokens(url, detail.as_deref()),
+                    ContentPart::Text(_) => 0,
+                })
+                .fold(0u64, u64::saturating_add);
+            let calls: u64 = m.tool_calls.iter().map(|c| measure(&c.name) + measure(&c.arguments)).sum();
+            u64::from(PER_MESSAGE) + measure(&m.joined_text()) + calls + images
+        })
+        .sum();
+    let tools: u64 = req
+        .tools
+        .iter()
+        .map(|t| measure(&t.name) + t.description.as_deref().map_or(0, &measure) + measure(&t.parameters.to_string()))
+        .sum();
+    let format = match &req.response_format {
+        Some(ResponseFormat::JsonSchema { name, schema, .. }) => measure(name) + measure(&schema.to_string()),
+        _ => 0,
+    };
+    messages + tools + format + u64::from(REPLY_PRIMER)
+}
+
+/// The images of a request, by [`tokenizer::image_tokens`] (already inside `prompt_tokens`).
+pub fn request_image_tokens(req: &ChatRequest) -> u64 {
+    req.messages
+        .iter()
+        .flat_map(|m| &m.content)
+        .map(|p| match p {
+            ContentPart::Image { url, detail } => tokenizer::image_tokens(url, detail.as_deref()),
+            ContentPart::Text(_) => 0,
+        })
+        .fold(0u64, u64::saturating_add)
 }
 
 #[cfg(test)]

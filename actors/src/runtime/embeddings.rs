@@ -5,12 +5,12 @@
 use std::{sync::Arc, time::Instant};
 
 use crate::{
+    error::EngineError,
     routing::catalog::CatalogModel,
     routing::gateway::{self, RequestWork, RouteRecord},
     routing::providers,
     routing::router::{Router, Scope},
     routing::upstreams::{looks_like_embedding_model, BillingMode, Owner, Upstream},
-    EngineError,
 };
 
 pub const DEFAULT_MODEL: &str = "text-embedding-3-small";

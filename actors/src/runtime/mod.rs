@@ -13,7 +13,7 @@ pub mod work;
 use std::sync::Arc;
 
 use crate::{
-    engine::EngineConfig, money::funding::Funding, money::ledger::LedgerClient, routing::router::Router, shared::Shared,
+    config::EngineConfig, money::funding::Funding, money::ledger::LedgerClient, routing::router::Router, shared::Shared,
 };
 
 /// Chat and embeddings: plan, reserve, execute, price, settle. One `Arc`: cloned into each

@@ -5,6 +5,8 @@ use serde_json::{Map, Value};
 use tokaroo_storage::records::UsageRow;
 
 use crate::{
+    directory::apikey::KeyEntry,
+    error::EngineError,
     money::billing::{units_to_usd, usd_to_units, Charge},
     money::ledger::{HoldGuard, LedgerError, Refusal, ReserveRequest},
     routing::gateway::{ChatFailure, ChatOutcome, RouteRecord, StreamOutcome},
@@ -12,7 +14,6 @@ use crate::{
     routing::upstreams::BillingMode,
     runtime::chat::{ChatRequest, Mode, ModelChoice, Usage},
     runtime::Runtime,
-    EngineError, KeyEntry,
 };
 
 /// A non-streamed chat answer and what it was charged.
@@ -98,7 +99,7 @@ impl Runtime {
         // A request is served by one route: the first of each of the first few upstreams, as
         // the gateway skips an upstream that already failed.
         // Images cost some models many times the provider-neutral estimate.
-        let image_tokens = if req.needs_vision() { crate::runtime::tokenizer::request_image_tokens(req) } else { 0 };
+        let image_tokens = if req.needs_vision() { crate::runtime::chat::request_image_tokens(req) } else { 0 };
         // Our count is OpenAI's o200k; other providers' tokenizers count some text (code,
         // CJK, crafted Unicode) higher, and their report is what is charged.
         let prompt_on = |route: &Route| {
@@ -119,7 +120,10 @@ impl Runtime {
                 .map(|route| {
                     let record = crate::routing::gateway::record(route, req, &[], &baseline);
                     let prompt = prompt_on(route);
-                    let whole = Usage { prompt_tokens: prompt, completion_tokens: req.output_bound(&route.model) };
+                    let whole = Usage {
+                        prompt_tokens: prompt,
+                        completion_tokens: req.output_bound(route.model.max_output_tokens),
+                    };
                     // A managed upstream that accepts and then times out is owed its prompt
                     // (`ChatFailure::owed`), on top of the route that finally serves.
                     let owed = if record.billing_mode == BillingMode::Managed && !req.stream {

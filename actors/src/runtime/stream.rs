@@ -6,6 +6,8 @@ use std::{sync::Arc, time::Instant};
 use futures_util::{future::BoxFuture, StreamExt};
 
 use crate::{
+    directory::apikey::KeyEntry,
+    error::EngineError,
     money::{billing::Charge, ledger::HoldGuard},
     routing::{
         gateway::{answer_text_limit, billable_usage, drain_abandoned, RouteRecord},
@@ -17,7 +19,6 @@ use crate::{
         requests::{OpenStream, RequestInfo},
         tasks::spawn_request_task,
     },
-    EngineError, KeyEntry,
 };
 
 /// What a [`ChatStream`] yields.

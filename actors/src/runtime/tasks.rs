@@ -4,6 +4,8 @@
 use std::{future::Future, sync::Arc};
 
 use crate::{
+    directory::apikey::KeyEntry,
+    error::EngineError,
     money::billing::Charge,
     runtime::Runtime,
     runtime::{
@@ -11,7 +13,6 @@ use crate::{
         embeddings::{EmbeddingOutcome, EmbeddingRequest},
         requests::{RequestInfo, ServedChat},
     },
-    EngineError, KeyEntry,
 };
 
 /// Runs request work in a task of its own, tracked (`Work::track`) so that shutdown

@@ -5,11 +5,6 @@
 
 use tiktoken_rs::{o200k_base_singleton, CoreBPE};
 
-use crate::runtime::chat::ChatRequest;
-
-/// Tokens OpenAI adds per message for its role and separators, and once to prime the reply.
-const PER_MESSAGE: u32 = 3;
-const REPLY_PRIMER: u32 = 3;
 /// Assumed for an image whose size cannot be read (an https URL): providers scale larger
 /// images down to about this before counting.
 const UNKNOWN_IMAGE_SIDE: u64 = 2048;
@@ -34,61 +29,6 @@ pub fn count(text: &str) -> u32 {
         return 0;
     }
     u32::try_from(bpe().encode_ordinary(text).len()).unwrap_or(u32::MAX)
-}
-
-/// The prompt tokens of a chat request: message text, tool definitions and images.
-pub fn prompt_tokens(req: &ChatRequest) -> u32 {
-    u32::try_from(prompt_size(req, |text| u64::from(count(text)))).unwrap_or(u32::MAX)
-}
-
-/// At least [`prompt_tokens`], without tokenizing: a token covers at least one byte, so the
-/// same sum over bytes bounds it.
-pub fn prompt_tokens_upper_bound(req: &ChatRequest) -> u64 {
-    prompt_size(req, |text| text.len() as u64)
-}
-
-/// The prompt's size with each piece of text measured by `measure`.
-fn prompt_size(req: &ChatRequest, measure: impl Fn(&str) -> u64) -> u64 {
-    let messages: u64 = req
-        .messages
-        .iter()
-        .map(|m| {
-            let images: u64 = m
-                .content
-                .iter()
-                .map(|p| match p {
-                    crate::runtime::chat::ContentPart::Image { url, detail } => image_tokens(url, detail.as_deref()),
-                    crate::runtime::chat::ContentPart::Text(_) => 0,
-                })
-                .fold(0u64, u64::saturating_add);
-            let calls: u64 = m.tool_calls.iter().map(|c| measure(&c.name) + measure(&c.arguments)).sum();
-            u64::from(PER_MESSAGE) + measure(&m.joined_text()) + calls + images
-        })
-        .sum();
-    let tools: u64 = req
-        .tools
-        .iter()
-        .map(|t| measure(&t.name) + t.description.as_deref().map_or(0, &measure) + measure(&t.parameters.to_string()))
-        .sum();
-    let format = match &req.response_format {
-        Some(crate::runtime::chat::ResponseFormat::JsonSchema { name, schema, .. }) => {
-            measure(name) + measure(&schema.to_string())
-        }
-        _ => 0,
-    };
-    messages + tools + format + u64::from(REPLY_PRIMER)
-}
-
-/// The images of a request, by [`image_tokens`] (already inside `prompt_tokens`).
-pub fn request_image_tokens(req: &ChatRequest) -> u64 {
-    req.messages
-        .iter()
-        .flat_map(|m| &m.content)
-        .map(|p| match p {
-            crate::runtime::chat::ContentPart::Image { url, detail } => image_tokens(url, detail.as_deref()),
-            crate::runtime::chat::ContentPart::Text(_) => 0,
-        })
-        .fold(0u64, u64::saturating_add)
 }
 
 /// An upper bound on what one image costs in prompt tokens, whichever provider serves it:
@@ -147,6 +87,7 @@ fn gemini_image_tokens(w: u64, h: u64) -> u64 {
 mod tests {
     use super::*;
 
+    use crate::runtime::chat::{prompt_tokens, prompt_tokens_upper_bound, ChatRequest};
     use crate::test_support::png_data_url;
 
     #[test]

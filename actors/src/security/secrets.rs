@@ -11,7 +11,7 @@ use aes_gcm::{
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use rand::RngCore;
 
-use crate::EngineError;
+use crate::error::EngineError;
 
 const PREFIX: &str = "v1:";
 

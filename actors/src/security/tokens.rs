@@ -35,6 +35,12 @@ pub fn sha256_hex(secret: &str) -> String {
     hex::encode(sha256(secret))
 }
 
+pub(crate) fn decode_hash(hex_digest: &str) -> Result<[u8; 32], crate::error::EngineError> {
+    let bytes = hex::decode(hex_digest)
+        .map_err(|e| crate::error::EngineError::Internal(format!("stored hash is not hex: {e}")))?;
+    bytes.try_into().map_err(|_| crate::error::EngineError::Internal("stored hash is not 32 bytes".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,9 @@ use crate::tree::{
     supervisor::{spawn_linked, BoxFuture, ChildSpec, Restart},
 };
 
+/// The supervisor of background jobs: periodic tasks and one-off jobs such as auto pay.
+pub const TASKS: &str = "tasks";
+
 /// The work: returns an error to record (a periodic task keeps running; a failed one-off
 /// job fails its actor, so a transient job is restarted).
 pub type Job = Arc<dyn Fn() -> BoxFuture<Result<(), String>> + Send + Sync>;

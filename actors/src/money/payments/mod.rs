@@ -277,7 +277,7 @@ mod tests {
     use super::*;
 
     fn http() -> reqwest::Client {
-        crate::routing::providers::http::client()
+        crate::routing::client::client()
     }
 
     #[test]

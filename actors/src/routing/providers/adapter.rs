@@ -178,7 +178,7 @@ pub mod testing {
     use futures_util::StreamExt;
 
     use super::{Events, StreamDecoder};
-    use crate::routing::providers::{http, Connection, ProviderError, ProviderKind};
+    use crate::routing::providers::{Connection, ProviderError, ProviderKind};
     use crate::runtime::chat::{
         ChatDelta, ChatRequest, ChatResponse, ContentPart, FinishReason, Message, ModelChoice, Role, ToolCall, Usage,
     };
@@ -218,7 +218,7 @@ pub mod testing {
             base_url: base_url.into(),
             api_key: Some(api_key.into()),
             extra_headers: Vec::new(),
-            http: http::client(),
+            http: crate::routing::client::client(),
             timeout: Duration::from_secs(5),
             chat_url: Default::default(),
             guard: None,
