@@ -44,7 +44,7 @@ struct EngineParts {
 impl Engine {
     /// Loads the indices from storage and starts the actor tree.
     pub async fn start(store: Store, config: EngineConfig) -> Result<Self, EngineError> {
-        crate::runtime::tokenizer::warm_up();
+        crate::chat::tokenizer::warm_up();
         let http = crate::routing::client::client();
         let (upstreams, simulator) = Upstreams::managed(&config.managed_upstreams, &http);
         let upstreams = Arc::new(upstreams);

@@ -10,7 +10,7 @@ use axum::{
 };
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use serde_json::{json, Value};
-use tokaroo_actors::runtime::{chat::Mode, embeddings::EmbeddingRequest};
+use tokaroo_actors::{chat::Mode, runtime::embeddings::EmbeddingRequest};
 
 use super::{
     error::ApiError,

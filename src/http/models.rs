@@ -2,7 +2,7 @@
 
 use axum::{routing::get, Json, Router};
 use serde_json::{json, Value};
-use tokaroo_actors::runtime::chat::Mode;
+use tokaroo_actors::chat::Mode;
 
 use super::{extract::ApiKey, AppState};
 

@@ -13,8 +13,8 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokaroo_actors::{
+    chat::Mode,
     routing::upstreams::BillingMode,
-    runtime::chat::Mode,
     usage::{RollupCell, UsageFilter, UsageRow, MICROS_PER_DAY},
 };
 

@@ -5,8 +5,8 @@ use serde::Serialize;
 pub use tokaroo_storage::records::UNITS_PER_USD;
 
 use crate::{
+    chat::{Mode, Usage},
     routing::{gateway::RouteRecord, upstreams::BillingMode},
-    runtime::chat::{Mode, Usage},
 };
 
 /// Customer charge from provider cost. See `[pricing]` in `config/tokaroo.toml`.

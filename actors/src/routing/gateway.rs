@@ -7,13 +7,13 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::{
+    chat::{ChatRequest, ChatResponse, FinishReason, Mode, ModelChoice, ResponseFormat, Usage},
     error::EngineError,
     routing::catalog::CatalogModel,
     routing::health::Blame,
     routing::providers::{adapter, DeltaStream, ProviderError, ProviderKind},
     routing::router::{Route, Router, Scope},
     routing::upstreams::{BillingMode, Upstream},
-    runtime::chat::{ChatRequest, ChatResponse, FinishReason, Mode, ModelChoice, ResponseFormat, Usage},
 };
 
 /// Routes tried for one request before it fails.
@@ -245,7 +245,7 @@ impl RequestWork<'_> {
             Self::Embed(inputs) => {
                 let bytes: usize = inputs.iter().map(String::len).sum();
                 bytes as u64 > LARGE_REQUEST_TOKENS
-                    && inputs.iter().map(|t| crate::runtime::tokenizer::count(t) as u64).sum::<u64>()
+                    && inputs.iter().map(|t| crate::chat::tokenizer::count(t) as u64).sum::<u64>()
                         > LARGE_REQUEST_TOKENS
             }
         }
@@ -309,14 +309,14 @@ const TOKENIZE_AT_MOST_BYTES: usize = 1 << 20;
 
 fn count_bounded(text: &str) -> u32 {
     if text.len() <= TOKENIZE_AT_MOST_BYTES {
-        return crate::runtime::tokenizer::count(text);
+        return crate::chat::tokenizer::count(text);
     }
     let mut cut = TOKENIZE_AT_MOST_BYTES;
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
     let rest = u32::try_from((text.len() - cut) / 4).unwrap_or(u32::MAX);
-    crate::runtime::tokenizer::count(&text[..cut]).saturating_add(rest)
+    crate::chat::tokenizer::count(&text[..cut]).saturating_add(rest)
 }
 
 /// The most answer text relayed from a self-hosted server before its stream is cut: a token
@@ -375,7 +375,7 @@ pub async fn drain_abandoned(
     mut text: String,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> (Option<Usage>, String) {
-    use crate::runtime::chat::ChatDelta;
+    use crate::chat::ChatDelta;
     let deadline = tokio::time::sleep(ABANDONED_DRAIN_TIME);
     tokio::pin!(deadline);
     loop {
@@ -558,7 +558,7 @@ fn record_success(route: &Route, work: RequestWork, started: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::chat::{Message, Role};
+    use crate::chat::{Message, Role};
 
     #[test]
     fn failures_are_blamed_on_the_connection_the_model_or_the_request() {

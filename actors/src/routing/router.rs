@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use crate::{
+    chat::{ChatRequest, Mode, ModelChoice, Role},
     error::EngineError,
     routing::catalog::{Catalog, CatalogModel},
     routing::providers::ProviderKind,
     routing::upstreams::{Owner, Upstreams},
-    runtime::chat::{ChatRequest, Mode, ModelChoice, Role},
 };
 
 pub use crate::routing::upstreams::Upstream;

@@ -140,9 +140,8 @@ impl Router {
                         &c.model.id,
                         typical.then(|| started.elapsed()),
                     );
-                    let counted = || {
-                        req.inputs.iter().map(|t| crate::runtime::tokenizer::count(t)).fold(0u32, u32::saturating_add)
-                    };
+                    let counted =
+                        || req.inputs.iter().map(|t| crate::chat::tokenizer::count(t)).fold(0u32, u32::saturating_add);
                     // A self-hosted server is billed the larger of its report and our count,
                     // as for chat: it could report nothing at all.
                     let prompt_tokens = match result.prompt_tokens {

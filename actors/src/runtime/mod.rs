@@ -2,12 +2,10 @@
 //! settled with the ledger, executed by the gateway. Every request settles exactly one usage
 //! row, whether its client stays or leaves (`requests`, `stream`, `tasks`).
 
-pub mod chat;
 pub mod embeddings;
 pub mod requests;
 pub mod stream;
 pub(crate) mod tasks;
-pub mod tokenizer;
 pub mod work;
 
 use std::sync::Arc;

@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 use tokaroo_storage::records::UsageRow;
 
 use crate::{
+    chat::{ChatRequest, Mode, ModelChoice, Usage},
     directory::apikey::KeyEntry,
     error::EngineError,
     money::billing::{units_to_usd, usd_to_units, Charge},
@@ -12,7 +13,6 @@ use crate::{
     routing::gateway::{ChatFailure, ChatOutcome, RouteRecord, StreamOutcome},
     routing::router::{Route, Scope},
     routing::upstreams::BillingMode,
-    runtime::chat::{ChatRequest, Mode, ModelChoice, Usage},
     runtime::Runtime,
 };
 
@@ -99,7 +99,7 @@ impl Runtime {
         // A request is served by one route: the first of each of the first few upstreams, as
         // the gateway skips an upstream that already failed.
         // Images cost some models many times the provider-neutral estimate.
-        let image_tokens = if req.needs_vision() { crate::runtime::chat::request_image_tokens(req) } else { 0 };
+        let image_tokens = if req.needs_vision() { crate::chat::request_image_tokens(req) } else { 0 };
         // Our count is OpenAI's o200k; other providers' tokenizers count some text (code,
         // CJK, crafted Unicode) higher, and their report is what is charged.
         let prompt_on = |route: &Route| {
@@ -281,7 +281,7 @@ impl Runtime {
         req: &crate::runtime::embeddings::EmbeddingRequest,
         request_id: Option<String>,
     ) -> Result<(crate::runtime::embeddings::EmbeddingOutcome, Charge), EngineError> {
-        let tokens: u64 = req.inputs.iter().map(|t| u64::from(crate::runtime::tokenizer::count(t))).sum();
+        let tokens: u64 = req.inputs.iter().map(|t| u64::from(crate::chat::tokenizer::count(t))).sum();
         let hold = self.reserve(key, || self.embedding_worst_case_units(req, tokens)).await?;
         let outcome = self.0.router.embed(req, &scope(key)).await?;
         let info = RequestInfo {

@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Instant};
 use futures_util::{future::BoxFuture, StreamExt};
 
 use crate::{
+    chat::{ChatDelta, ChatRequest, Usage},
     directory::apikey::KeyEntry,
     error::EngineError,
     money::{billing::Charge, ledger::HoldGuard},
@@ -15,7 +16,6 @@ use crate::{
     },
     runtime::Runtime,
     runtime::{
-        chat::{ChatDelta, ChatRequest, Usage},
         requests::{OpenStream, RequestInfo},
         tasks::spawn_request_task,
     },
@@ -274,12 +274,12 @@ mod tests {
 
     use super::*;
     use crate::{
+        chat::{FinishReason, Message, Mode, ModelChoice, Role},
         routing::{
             catalog::Catalog,
             gateway::{fallback_usage, StreamOutcome},
             upstreams::BillingMode,
         },
-        runtime::chat::{FinishReason, Message, Mode, ModelChoice, Role},
     };
 
     /// Records rows instead of settling them, and keeps detached settlements for the test to run.

@@ -4,12 +4,12 @@
 use std::{future::Future, sync::Arc};
 
 use crate::{
+    chat::ChatRequest,
     directory::apikey::KeyEntry,
     error::EngineError,
     money::billing::Charge,
     runtime::Runtime,
     runtime::{
-        chat::ChatRequest,
         embeddings::{EmbeddingOutcome, EmbeddingRequest},
         requests::{RequestInfo, ServedChat},
     },

@@ -1,7 +1,7 @@
 //! Reading OpenAI's chat request JSON into the engine's [`ChatRequest`].
 
 use serde_json::{json, Value};
-use tokaroo_actors::runtime::chat::{
+use tokaroo_actors::chat::{
     ChatRequest, ContentPart, Message, Mode, ModelChoice, ResponseFormat, Role, ToolCall, ToolChoice, ToolDef,
 };
 

@@ -8,7 +8,7 @@ use axum::{
 };
 use serde_json::{json, Value};
 use tokaroo_actors::{
-    runtime::chat::{ChatDelta, Usage},
+    chat::{ChatDelta, Usage},
     ServedChat, StreamEnd,
 };
 

@@ -13,7 +13,7 @@ use axum::{
     response::Response,
 };
 use futures_util::StreamExt;
-use tokaroo_actors::{runtime::chat::ChatRequest, ChatStream, KeyEntry, RequestInfo, StreamEvent};
+use tokaroo_actors::{chat::ChatRequest, ChatStream, KeyEntry, RequestInfo, StreamEvent};
 
 use super::render::ChunkWriter;
 use crate::http::{coalesce::Coalesce, error::ApiError, wire::cost_header, AppState};

@@ -9,7 +9,7 @@ use futures_util::{future::BoxFuture, stream::BoxStream, StreamExt};
 use serde_json::{json, Map, Value};
 
 use super::{http, ChatProvider, Connection, DeltaStream, ProviderError};
-use crate::runtime::chat::{ChatDelta, ChatRequest, ChatResponse};
+use crate::chat::{ChatDelta, ChatRequest, ChatResponse};
 
 /// The SSE events of one streamed answer ([`http::sse`]).
 pub type Events = BoxStream<'static, Result<Event, ProviderError>>;
@@ -178,10 +178,10 @@ pub mod testing {
     use futures_util::StreamExt;
 
     use super::{Events, StreamDecoder};
-    use crate::routing::providers::{Connection, ProviderError, ProviderKind};
-    use crate::runtime::chat::{
+    use crate::chat::{
         ChatDelta, ChatRequest, ChatResponse, ContentPart, FinishReason, Message, ModelChoice, Role, ToolCall, Usage,
     };
+    use crate::routing::providers::{Connection, ProviderError, ProviderKind};
 
     pub fn request(messages: Vec<Message>) -> ChatRequest {
         ChatRequest::new(ModelChoice::Native("test-model".into()), messages)

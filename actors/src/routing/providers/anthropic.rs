@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::adapter::{parse_data_url, with_key, ChatCall, HttpAdapter, KeyIn, StreamDecoder};
 use super::{Connection, ProviderError};
-use crate::runtime::chat::{
+use crate::chat::{
     ChatDelta, ChatRequest, ChatResponse, ContentPart, FinishReason, Message, ResponseFormat, Role, ToolCall,
     ToolChoice, ToolDef, Usage,
 };
@@ -421,11 +421,11 @@ impl HttpAdapter for AnthropicChat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::ToolDef;
     use crate::routing::providers::adapter::delta_stream;
     use crate::routing::providers::adapter::testing::{
         self, assistant_calls, connection, conversation, events, request, tool_result, user_parts,
     };
-    use crate::runtime::chat::ToolDef;
 
     #[test]
     fn system_messages_are_hoisted_and_max_tokens_defaults() {

@@ -14,7 +14,7 @@ use super::adapter::{
     insert_sampling, parse_data_url, with_key, ChatCall, EmbedCall, HttpAdapter, KeyIn, StreamDecoder,
 };
 use super::{http, Connection, Embeddings, ProviderError};
-use crate::runtime::chat::{
+use crate::chat::{
     ChatDelta, ChatRequest, ChatResponse, ContentPart, FinishReason, Message, ResponseFormat, Role, ToolCall,
     ToolChoice, Usage,
 };
@@ -237,7 +237,7 @@ fn contents_json(model: &str, messages: &[Message]) -> Vec<Value> {
     turns.into_iter().map(|(role, parts)| json!({ "role": role, "parts": parts })).collect()
 }
 
-fn function_declaration(tool: &crate::runtime::chat::ToolDef) -> Value {
+fn function_declaration(tool: &crate::chat::ToolDef) -> Value {
     let mut f = json!({ "name": tool.name });
     if let Some(d) = &tool.description {
         f["description"] = json!(d);
@@ -546,11 +546,11 @@ pub async fn embed(conn: &Connection, call: &EmbedCall<'_>) -> Result<Embeddings
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::ToolDef;
     use crate::routing::providers::adapter::delta_stream;
     use crate::routing::providers::adapter::testing::{
         self, assistant_calls, connection, conversation, request, tool_result, user_parts,
     };
-    use crate::runtime::chat::ToolDef;
     use futures_util::StreamExt;
 
     #[test]

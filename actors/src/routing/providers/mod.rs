@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures_util::{future::BoxFuture, stream::BoxStream};
 use serde::Serialize;
 
-use crate::runtime::chat::{ChatDelta, ChatRequest, ChatResponse};
+use crate::chat::{ChatDelta, ChatRequest, ChatResponse};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]

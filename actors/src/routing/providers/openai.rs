@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::adapter::{insert_sampling, with_key, ChatCall, EmbedCall, HttpAdapter, KeyIn, StreamDecoder};
 use super::{http, Connection, Embeddings, ProviderError, ProviderKind};
-use crate::runtime::chat::{
+use crate::chat::{
     ChatDelta, ChatRequest, ChatResponse, ContentPart, FinishReason, Message, ResponseFormat, Role, ToolCall,
     ToolChoice, ToolDef, Usage,
 };

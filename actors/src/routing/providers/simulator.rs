@@ -9,7 +9,7 @@ use futures_util::{future::BoxFuture, StreamExt};
 use serde_json::{Map, Value};
 
 use super::{ChatProvider, Connection, DeltaStream, ProviderError};
-use crate::runtime::chat::{ChatDelta, ChatRequest, ChatResponse, FinishReason, ResponseFormat, Role, ToolCall, Usage};
+use crate::chat::{ChatDelta, ChatRequest, ChatResponse, FinishReason, ResponseFormat, Role, ToolCall, Usage};
 
 pub struct SimulatorChat {
     pub latency: Duration,
@@ -40,8 +40,8 @@ fn answer(req: &ChatRequest, max_output_tokens: u32) -> ChatResponse {
         );
         (Some(text), Vec::new(), FinishReason::Stop)
     };
-    let mut completion = crate::runtime::tokenizer::count(content.as_deref().unwrap_or_default());
-    completion += tool_calls.iter().map(|c| crate::runtime::tokenizer::count(&c.arguments) + 5).sum::<u32>();
+    let mut completion = crate::chat::tokenizer::count(content.as_deref().unwrap_or_default());
+    completion += tool_calls.iter().map(|c| crate::chat::tokenizer::count(&c.arguments) + 5).sum::<u32>();
     let (content, finish) = match (content, max_output_tokens) {
         (Some(text), max) if completion > max => {
             completion = max;
@@ -127,5 +127,5 @@ pub fn embed(inputs: &[String], dims: u32) -> super::Embeddings {
             v
         })
         .collect();
-    super::Embeddings { vectors, prompt_tokens: Some(inputs.iter().map(|t| crate::runtime::tokenizer::count(t)).sum()) }
+    super::Embeddings { vectors, prompt_tokens: Some(inputs.iter().map(|t| crate::chat::tokenizer::count(t)).sum()) }
 }

@@ -87,7 +87,7 @@ fn gemini_image_tokens(w: u64, h: u64) -> u64 {
 mod tests {
     use super::*;
 
-    use crate::runtime::chat::{prompt_tokens, prompt_tokens_upper_bound, ChatRequest};
+    use crate::chat::{prompt_tokens, prompt_tokens_upper_bound, ChatRequest};
     use crate::test_support::png_data_url;
 
     #[test]
@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn response_format_schemas_and_tools_count_toward_the_prompt() {
-        use crate::runtime::chat::{Message, ModelChoice, ResponseFormat, Role};
+        use crate::chat::{Message, ModelChoice, ResponseFormat, Role};
         let plain = ChatRequest::new(ModelChoice::Native("m".into()), vec![Message::text(Role::User, "hi")]);
         let mut with_schema = plain.clone();
         let schema = serde_json::json!({"type": "object", "properties": {"answer": {"type": "string", "description": "x".repeat(400)}}});
@@ -132,15 +132,14 @@ mod tests {
 
     #[test]
     fn the_upper_bound_is_never_below_the_count_and_settles_the_context_check() {
-        let text = |t: &str| crate::runtime::chat::Message {
-            role: crate::runtime::chat::Role::User,
-            content: vec![crate::runtime::chat::ContentPart::Text(t.to_owned())],
+        let text = |t: &str| crate::chat::Message {
+            role: crate::chat::Role::User,
+            content: vec![crate::chat::ContentPart::Text(t.to_owned())],
             tool_calls: Vec::new(),
             tool_call_id: None,
             name: None,
         };
-        let request =
-            |messages| ChatRequest::new(crate::runtime::chat::ModelChoice::Native("gpt-4o-mini".into()), messages);
+        let request = |messages| ChatRequest::new(crate::chat::ModelChoice::Native("gpt-4o-mini".into()), messages);
         for messages in [
             vec![text("Say hello.")],
             vec![text("ünïcödé 日本語のテキスト 🎉🎉🎉"), text(&"x".repeat(5000))],

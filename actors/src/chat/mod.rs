@@ -2,9 +2,10 @@
 //! JSON; each provider adapter turns it into its own wire format and its answer back into a
 //! [`ChatResponse`] or a stream of [`ChatDelta`]s.
 
+pub mod tokenizer;
+
 use serde::Serialize;
 
-use crate::runtime::tokenizer;
 use serde_json::Value;
 
 /// The three routing modes of the managed surface. A request is also priced at a mode (its
