@@ -667,7 +667,7 @@ pub(crate) mod tests {
         // Nothing listens on port 9: a connect error, which moves on.
         let closed = managed(ProviderKind::OpenAi, "http://127.0.0.1:9");
         let sim = simulator();
-        let r = router(&[closed.clone()], None);
+        let r = router(std::slice::from_ref(&closed), None);
         let req = ask(ModelChoice::Mode(Mode::Auto), "hi");
         let routes = vec![route(&r, "good", &closed), route(&r, "good", &sim)];
         let outcome = r.chat(&req, &scope("acct", None), routes).await.ok().expect("the simulator serves");
@@ -707,7 +707,8 @@ pub(crate) mod tests {
         let (a, b) = (upstream_at("provider:openai:a", &rejecting.url), upstream_at("provider:openai:b", &other.url));
         let r = router(&[a.clone(), b.clone()], None);
         let req = ask(ModelChoice::Mode(Mode::Auto), "hi");
-        let failure = failed_chat(r.chat(&req, &scope("acct", None), vec![route(&r, "good", &a), route(&r, "good", &b)]).await);
+        let failure =
+            failed_chat(r.chat(&req, &scope("acct", None), vec![route(&r, "good", &a), route(&r, "good", &b)]).await);
         match failure.error {
             EngineError::Invalid(m) => {
                 assert_eq!(m, "The upstream rejected the request as invalid (HTTP 400); check its fields and sizes")
@@ -717,7 +718,11 @@ pub(crate) mod tests {
         assert!(failure.owed.is_none());
         assert_eq!(rejecting.models(), ["good"]);
         assert!(other.models().is_empty(), "the request itself was refused: no other route is tried");
-        assert_eq!(a.health.snapshot().consecutive_failures, 0, "a refused request does not count against the connection");
+        assert_eq!(
+            a.health.snapshot().consecutive_failures,
+            0,
+            "a refused request does not count against the connection"
+        );
     }
 
     #[tokio::test]
@@ -732,14 +737,19 @@ pub(crate) mod tests {
             servers.iter().enumerate().map(|(i, s)| upstream_at(&format!("provider:openai:{i}"), &s.url)).collect();
         let r = router(&upstreams, None);
         let routes = upstreams.iter().map(|u| route(&r, "good", u)).collect();
-        let failure = failed_chat(r.chat(&ask(ModelChoice::Mode(Mode::Fast), "hi"), &scope("acct", None), routes).await);
+        let failure =
+            failed_chat(r.chat(&ask(ModelChoice::Mode(Mode::Fast), "hi"), &scope("acct", None), routes).await);
         match failure.error {
             EngineError::Unavailable(m) => {
                 assert_eq!(m, "No provider could serve this request (last upstream failure: 503)")
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(servers.iter().map(|s| s.models().len()).collect::<Vec<_>>(), [1, 1, 1, 0], "MAX_ATTEMPTS is {MAX_ATTEMPTS}");
+        assert_eq!(
+            servers.iter().map(|s| s.models().len()).collect::<Vec<_>>(),
+            [1, 1, 1, 0],
+            "MAX_ATTEMPTS is {MAX_ATTEMPTS}"
+        );
     }
 
     #[tokio::test]
@@ -759,7 +769,11 @@ pub(crate) mod tests {
         assert_eq!(outcome.route.reason, "auto: escalated from tiny-ctx after a weak answer");
         assert_eq!(outcome.response.content.as_deref(), Some("a strong answer"));
         let weak_cost = r.catalog.get("tiny-ctx").unwrap().cost(Usage { prompt_tokens: 10, completion_tokens: 5 });
-        assert!((outcome.route.earlier_attempts_usd - weak_cost).abs() < 1e-15, "{}", outcome.route.earlier_attempts_usd);
+        assert!(
+            (outcome.route.earlier_attempts_usd - weak_cost).abs() < 1e-15,
+            "{}",
+            outcome.route.earlier_attempts_usd
+        );
     }
 
     #[tokio::test]
@@ -799,7 +813,8 @@ pub(crate) mod tests {
         assert!(is_weak(&json_req, &answer("{\"a\": ", FinishReason::Stop)));
         assert!(!is_weak(&json_req, &answer("{\"a\": 1}", FinishReason::Stop)));
         let call = crate::runtime::chat::ToolCall { id: "c".into(), name: "f".into(), arguments: "{}".into() };
-        let tool_only = ChatResponse { content: None, tool_calls: vec![call], finish_reason: FinishReason::ToolCalls, usage: None };
+        let tool_only =
+            ChatResponse { content: None, tool_calls: vec![call], finish_reason: FinishReason::ToolCalls, usage: None };
         assert!(!is_weak(&req, &tool_only), "a tool call is an answer");
     }
 

@@ -364,7 +364,12 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn managed(kind: ProviderKind, base_url: &str) -> Arc<Upstream> {
-        Arc::new(Upstream::new(format!("provider:{}:managed", kind.as_str()), kind, connection(kind, base_url), Owner::Managed))
+        Arc::new(Upstream::new(
+            format!("provider:{}:managed", kind.as_str()),
+            kind,
+            connection(kind, base_url),
+            Owner::Managed,
+        ))
     }
 
     pub(crate) fn simulator() -> Arc<Upstream> {
@@ -373,8 +378,11 @@ pub(crate) mod tests {
     }
 
     fn byok(account: &str, workspace: Option<&str>, key_id: &str) -> Arc<Upstream> {
-        let owner =
-            Owner::Byok { account_id: account.into(), workspace_slug: workspace.map(Into::into), key_id: key_id.into() };
+        let owner = Owner::Byok {
+            account_id: account.into(),
+            workspace_slug: workspace.map(Into::into),
+            key_id: key_id.into(),
+        };
         let conn = connection(ProviderKind::OpenAi, "http://127.0.0.1:9");
         Arc::new(Upstream::new(format!("provider:openai:{key_id}"), ProviderKind::OpenAi, conn, owner))
     }
@@ -385,7 +393,12 @@ pub(crate) mod tests {
             workspace_slug: workspace.map(Into::into),
             endpoint_id: id.into(),
         };
-        let u = Upstream::new(format!("endpoint:{id}"), ProviderKind::Local, connection(ProviderKind::Local, "http://127.0.0.1:9"), owner);
+        let u = Upstream::new(
+            format!("endpoint:{id}"),
+            ProviderKind::Local,
+            connection(ProviderKind::Local, "http://127.0.0.1:9"),
+            owner,
+        );
         *u.local_models.write().unwrap() = models.iter().map(|m| m.to_string()).collect();
         Arc::new(u)
     }
@@ -439,7 +452,11 @@ pub(crate) mod tests {
         // Bar 55: okay (60), tiny-ctx, plain, good, top clear it, cheapest first; then cheap
         // (40) below. Deprecated, embedding-only and unconnected providers' models are left out.
         assert_eq!(ids(&routes), ["tiny-ctx", "okay", "plain", "good", "top", "cheap"]);
-        assert!(routes[0].reason.starts_with("auto: cheapest route clearing estimated difficulty 55"), "{}", routes[0].reason);
+        assert!(
+            routes[0].reason.starts_with("auto: cheapest route clearing estimated difficulty 55"),
+            "{}",
+            routes[0].reason
+        );
         assert!(routes[5].reason.starts_with("auto: no route clears difficulty 55"), "{}", routes[5].reason);
         assert!(routes.iter().all(|r| r.upstream.name == "provider:openai:managed"));
     }
@@ -514,7 +531,9 @@ pub(crate) mod tests {
         json.response_format = Some(ResponseFormat::JsonObject);
         assert!(!max(json).contains(&"plain".to_owned()), "plain has no JSON mode");
         let mut image = ask(ModelChoice::Mode(Mode::Max), "what is this?");
-        image.messages[0].content.push(ContentPart::Image { url: crate::test_support::png_data_url(8, 8), detail: None });
+        image.messages[0]
+            .content
+            .push(ContentPart::Image { url: crate::test_support::png_data_url(8, 8), detail: None });
         assert_eq!(max(image.clone()), ["top"], "only top sees images");
 
         // Nothing fits: an image and no vision model connected.
@@ -522,7 +541,9 @@ pub(crate) mod tests {
         only_text.models.retain(|m| m.id != "top");
         let without_top = Router { catalog: Arc::new(only_text), upstreams: r.upstreams.clone(), simulator: None };
         match without_top.plan(&image, &s) {
-            Err(EngineError::Unavailable(m)) => assert!(m.starts_with("No provider configured that can serve this request"), "{m}"),
+            Err(EngineError::Unavailable(m)) => {
+                assert!(m.starts_with("No provider configured that can serve this request"), "{m}")
+            }
             other => panic!("{:?}", other.map(|r| ids(&r).join(","))),
         }
     }
@@ -553,10 +574,9 @@ pub(crate) mod tests {
             other => panic!("{:?}", other.map(|r| ids(&r).join(","))),
         }
         match r.plan(&ask(ModelChoice::Native("no-such-model".into()), "hi"), &s) {
-            Err(EngineError::Invalid(m)) => assert_eq!(
-                m,
-                "Unknown model \"no-such-model\": use auto, fast or max, or a model from GET /v1/pricing"
-            ),
+            Err(EngineError::Invalid(m)) => {
+                assert_eq!(m, "Unknown model \"no-such-model\": use auto, fast or max, or a model from GET /v1/pricing")
+            }
             other => panic!("{:?}", other.map(|r| ids(&r).join(","))),
         }
     }
@@ -564,10 +584,13 @@ pub(crate) mod tests {
     #[test]
     fn with_nothing_configured_the_simulator_serves_every_model_and_without_it_nothing_is_planned() {
         let sim = simulator();
-        let r = router(&[sim.clone()], Some(sim));
+        let r = router(std::slice::from_ref(&sim), Some(sim.clone()));
         let s = scope("acct", None);
         let routes = r.plan(&ask(ModelChoice::Native("claude".into()), "hi"), &s).unwrap();
-        assert_eq!((routes[0].model.id.as_str(), routes[0].upstream.name.as_str()), ("claude", "provider:simulator:builtin"));
+        assert_eq!(
+            (routes[0].model.id.as_str(), routes[0].upstream.name.as_str()),
+            ("claude", "provider:simulator:builtin")
+        );
         let routes = r.plan(&ask(ModelChoice::Mode(Mode::Max), "hi"), &s).unwrap();
         assert_eq!(routes[0].model.id, "top");
         assert!(routes.iter().any(|r| r.model.id == "claude") && routes.iter().any(|r| r.model.id == "groq-fast"));
@@ -596,7 +619,7 @@ pub(crate) mod tests {
     #[test]
     fn a_model_cooling_down_on_a_connection_leaves_its_other_models_planned() {
         let openai = managed(ProviderKind::OpenAi, "http://127.0.0.1:9");
-        let r = router(&[openai.clone()], None);
+        let r = router(std::slice::from_ref(&openai), None);
         cool_down(&openai, Some("top"));
         assert!(!openai.health.is_cooling_down());
         let routes = r.plan(&ask(ModelChoice::Mode(Mode::Max), "hi"), &scope("acct", None)).unwrap();
@@ -620,14 +643,20 @@ pub(crate) mod tests {
 
         // Workspace b sees the account-wide key before the managed connection; never ws-a's
         // key, the other account's key or either endpoint.
-        assert_eq!(names(r.plan(&named, &scope("me", Some("ws-b"))).unwrap()), ["provider:openai:mine", "provider:openai:managed"]);
+        assert_eq!(
+            names(r.plan(&named, &scope("me", Some("ws-b"))).unwrap()),
+            ["provider:openai:mine", "provider:openai:managed"]
+        );
         // Workspace a: its self-hosted endpoint can't serve `good`; its own key comes first.
         assert_eq!(
             names(r.plan(&named, &scope("me", Some("ws-a"))).unwrap()),
             ["provider:openai:mine-a", "provider:openai:mine", "provider:openai:managed"]
         );
         // Another account sees only its own key, then managed.
-        assert_eq!(names(r.plan(&named, &scope("other", Some("ws-a"))).unwrap()), ["provider:openai:theirs", "provider:openai:managed"]);
+        assert_eq!(
+            names(r.plan(&named, &scope("other", Some("ws-a"))).unwrap()),
+            ["provider:openai:theirs", "provider:openai:managed"]
+        );
         // A stranger sees only the managed connection, and nobody else's endpoint models.
         assert_eq!(names(r.plan(&named, &scope("stranger", None)).unwrap()), ["provider:openai:managed"]);
         assert!(matches!(

@@ -328,7 +328,8 @@ mod tests {
     async fn tenant_key(engine: &Engine) -> Arc<KeyEntry> {
         let directory = engine.directory();
         let (account, _) = directory.create_account("acme", false).await.unwrap();
-        let team = NewWorkspace { slug: "team".into(), name: "Team".into(), metadata: Map::new(), monthly_budget_usd: None };
+        let team =
+            NewWorkspace { slug: "team".into(), name: "Team".into(), metadata: Map::new(), monthly_budget_usd: None };
         directory.create_workspace(&account.id, team).await.unwrap();
         let new = NewKey { workspace_slug: Some("team".into()), ..NewKey::default() };
         let (_, secret) = directory.create_key(&account.id, new).await.unwrap();
@@ -355,7 +356,9 @@ mod tests {
         match chat(&engine, &key).await {
             Err(error @ EngineError::BillingRequired { .. }) => {
                 let message = error.to_string();
-                let EngineError::BillingRequired { balance_usd, required_usd, payment_url } = error else { unreachable!() };
+                let EngineError::BillingRequired { balance_usd, required_usd, payment_url } = error else {
+                    unreachable!()
+                };
                 assert_eq!(balance_usd, 0.0);
                 assert!(required_usd > 0.0, "the worst case is reserved: {required_usd}");
                 assert_eq!(payment_url, "http://127.0.0.1:8080/v1/billing/activation");
@@ -387,7 +390,10 @@ mod tests {
         assert_eq!(row.charged_units, served.charge.charged_units);
         assert_eq!(row.api_key_id.as_deref(), Some(key.id.as_str()));
         assert_eq!(row.workspace_slug.as_deref(), Some("team"));
-        assert_eq!((row.tier.as_str(), row.requested_model.as_str(), row.billing_mode.as_str()), ("auto", "gpt-4o", "simulator"));
+        assert_eq!(
+            (row.tier.as_str(), row.requested_model.as_str(), row.billing_mode.as_str()),
+            ("auto", "gpt-4o", "simulator")
+        );
         assert_eq!(row.upstream_model, "gpt-4o");
         assert_eq!(
             (row.input_tokens, row.output_tokens),
@@ -427,7 +433,11 @@ mod tests {
         assert_eq!(usage_rows(&engine, &key.account_id).await.len(), 1, "the refused request settled nothing");
         let money = engine.funding().money(&key.account_id).await.unwrap();
         assert_eq!(money.held_units, 0);
-        assert_eq!(money.balance_units(), usd_to_units(5.0) - first.charge.charged_units, "the balance was not the reason");
+        assert_eq!(
+            money.balance_units(),
+            usd_to_units(5.0) - first.charge.charged_units,
+            "the balance was not the reason"
+        );
         engine.shutdown().await.unwrap();
     }
 
