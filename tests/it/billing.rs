@@ -12,9 +12,12 @@ use crate::{
 async fn the_manual_processor_refuses_card_routes_clearly_and_operator_accounts_skip_activation() {
     let gw = Gateway::start().await;
     let (_, session) = gw.create_account("manual-co").await;
-    for (method, path) in
-        [("POST", "/v1/billing/checkout"), ("GET", "/v1/billing/card"), ("DELETE", "/v1/billing/card")]
-    {
+    for (method, path) in [
+        ("POST", "/v1/billing/checkout"),
+        ("POST", "/v1/billing/add"),
+        ("GET", "/v1/billing/card"),
+        ("DELETE", "/v1/billing/card"),
+    ] {
         let body = (method == "POST").then(|| json!({"amount_usd": 25}));
         let r = gw.request(HttpMethod::from_bytes(method.as_bytes()).unwrap(), path, Some(&session), body).await;
         assert_eq!(r.status, 400, "{method} {path}: {}", r.text);

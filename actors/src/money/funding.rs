@@ -665,6 +665,11 @@ impl Funding {
         amount_usd: Option<f64>,
         activate_key_name: Option<String>,
     ) -> Result<(AccountMoney, Option<(KeyView, String)>), EngineError> {
+        // No card can be saved on a server without a card processor: say so, rather than
+        // "no saved card: add one with a checkout first" (checkout is refused there too).
+        if self.0.payments.kind() == "manual" {
+            return Err(PaymentError::NotSupported(crate::money::payments::manual::NOT_SUPPORTED.into()).into());
+        }
         let amount = match amount_usd {
             Some(a) => a,
             None => self.auto_pay(account_id)?.1,
@@ -792,5 +797,140 @@ impl Funding {
     /// Waits until everything the ledger logged is applied to storage (shutdown).
     pub(crate) async fn commit_ledger(&self) -> Result<(), EngineError> {
         Ok(self.0.ledger.commit().await?)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::engine::Engine;
+
+    /// A whole engine on a temporary directory, bootstrapped, with the default settings: no
+    /// provider (the simulator answers) and the manual payment processor.
+    pub(crate) async fn engine() -> (Engine, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = tokaroo_storage::Store::open(dir.path()).unwrap();
+        let engine = Engine::start(store, EngineConfig::default()).await.unwrap();
+        engine.directory().bootstrap().await.unwrap().expect("a fresh store bootstraps");
+        (engine, dir)
+    }
+
+    fn invalid(result: Result<impl std::fmt::Debug, EngineError>) -> String {
+        match result {
+            Err(EngineError::Invalid(message)) => message,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn credits_of_bad_amounts_and_for_unknown_accounts_are_refused() {
+        let (engine, _dir) = engine().await;
+        let funding = engine.funding();
+        let (account, _) = engine.directory().create_account("acme", false).await.unwrap();
+        for bad in [0.0, -5.0, f64::NAN, f64::INFINITY, 1_000_000.01] {
+            assert_eq!(
+                invalid(funding.add_credit(&account.id, bad, "operator", None, None).await),
+                "amount_usd must be a positive number of dollars, at most 1000000",
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            funding.add_credit("no-such-account", 5.0, "operator", None, None).await,
+            Err(EngineError::NotFound { what: "Account" })
+        ));
+        assert_eq!(funding.money(&account.id).await.unwrap(), Default::default(), "nothing was credited");
+        let most = funding.add_credit(&account.id, 1_000_000.0, "operator", None, None).await.unwrap();
+        assert_eq!(most.money.credited_units, usd_to_units(1_000_000.0), "the upper bound itself is allowed");
+        engine.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_same_payment_credited_twice_counts_once() {
+        let (engine, _dir) = engine().await;
+        let funding = engine.funding();
+        let (account, _) = engine.directory().create_account("acme", false).await.unwrap();
+        let pay = || funding.add_credit(&account.id, 12.5, "checkout", Some("pi_123".into()), None);
+        let first = pay().await.unwrap();
+        let again = pay().await.unwrap();
+        assert!(first.applied && !again.applied);
+        assert_eq!(again.money.balance_units(), usd_to_units(12.5));
+        // Credits without a reference are distinct operator top-ups.
+        funding.add_credit(&account.id, 1.0, "operator", None, None).await.unwrap();
+        funding.add_credit(&account.id, 1.0, "operator", None, None).await.unwrap();
+        assert_eq!(funding.money(&account.id).await.unwrap().balance_units(), usd_to_units(14.5));
+        let credits = funding.credits(&account.id).await.unwrap();
+        assert_eq!(credits.len(), 3);
+        assert_eq!(credits.iter().filter(|c| c.reference.as_deref() == Some("pi_123")).count(), 1);
+        engine.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_fresh_self_serve_account_misses_every_activation_requirement_until_it_meets_them() {
+        let (engine, _dir) = engine().await;
+        let funding = engine.funding();
+        let (account, _) = engine.directory().create_account("signup", true).await.unwrap();
+        let status = funding.activation(&account.id).await.unwrap();
+        assert_eq!(status.missing_requirements, ["payment", "saved_card", "auto_pay", "terms_acceptance"]);
+        assert!(status.requires_first_key_activation && !status.ready_for_first_key && !status.has_api_key);
+        assert!(!status.ready_for_activation_payment && !status.funded && status.balance_usd == 0.0);
+        assert_eq!(status.payments_url, "http://127.0.0.1:8080/v1/billing/activation");
+
+        // The first key waits for the checklist.
+        match engine.directory().create_key(&account.id, crate::NewKey::default()).await {
+            Err(EngineError::ActivationRequired { missing, .. }) => {
+                assert_eq!(missing, ["payment", "saved_card", "auto_pay", "terms_acceptance"])
+            }
+            other => panic!("{:?}", other.map(|(k, _)| k.record.id)),
+        }
+
+        let accepted = funding.accept_terms(&account.id).await.unwrap();
+        assert_eq!(accepted.missing_requirements, ["payment", "saved_card", "auto_pay"]);
+        assert!(accepted.activation_terms_accepted && accepted.activation_terms_accepted_at.is_some());
+        assert_eq!(accepted.activation_terms_version, "2026-11");
+        assert_eq!(funding.set_auto_pay(&account.id, Some(true), None).await.unwrap(), (true, 5.0));
+        let status = funding.activation(&account.id).await.unwrap();
+        assert_eq!(status.missing_requirements, ["payment", "saved_card"]);
+        assert!(status.ready_for_activation_payment, "terms and auto pay come before the activation payment");
+        // An operator's credit is not a payment: the checklist still asks for one.
+        funding.add_credit(&account.id, 10.0, "operator", None, None).await.unwrap();
+        let status = funding.activation(&account.id).await.unwrap();
+        assert_eq!((status.balance_usd, status.missing_requirements.len()), (10.0, 2));
+        engine.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_account_the_operator_creates_needs_no_activation() {
+        let (engine, _dir) = engine().await;
+        let (account, _) = engine.directory().create_account("managed tenant", false).await.unwrap();
+        let status = engine.funding().activation(&account.id).await.unwrap();
+        assert!(!status.requires_first_key_activation && status.ready_for_first_key);
+        engine.directory().create_key(&account.id, crate::NewKey::default()).await.unwrap();
+        assert!(matches!(
+            engine.funding().activation("no-such-account").await,
+            Err(EngineError::NotFound { what: "Account" })
+        ));
+        engine.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_a_card_processor_checkouts_top_ups_and_cards_are_refused() {
+        let (engine, _dir) = engine().await;
+        let funding = engine.funding();
+        let (account, _) = engine.directory().create_account("acme", false).await.unwrap();
+        let manual = crate::money::payments::manual::NOT_SUPPORTED;
+        assert_eq!(invalid(funding.checkout(&account.id, 20.0).await), manual);
+        assert_eq!(invalid(funding.checkout(&account.id, 1.0).await), "amount_usd must be between 5 and 100000");
+        assert_eq!(invalid(funding.saved_card(&account.id)), manual);
+        assert_eq!(invalid(funding.remove_card(&account.id).await), manual);
+        // No card can ever be saved here: a top-up says card payments are off (not "add a
+        // card with a checkout", which is refused too).
+        for amount in [Some(20.0), Some(0.5), None] {
+            assert_eq!(invalid(funding.top_up(&account.id, amount, None).await.map(|(m, _)| m)), manual, "{amount:?}");
+        }
+        assert_eq!(funding.money(&account.id).await.unwrap().balance_units(), 0);
+        assert!(funding.payment_attempts(&account.id).unwrap().is_empty(), "no attempt is recorded");
+        let reconciled = funding.reconcile_payments().await.unwrap();
+        assert_eq!(reconciled.customers, 0, "the manual processor has nothing to reconcile");
+        engine.shutdown().await.unwrap();
     }
 }

@@ -396,11 +396,9 @@ impl LedgerActor {
         account.last_usage_us = Some(row.created_at_us);
         account.money.charged_units += row.charged_units;
         if let Some(slug) = &row.workspace_slug {
-            if let Some(ws) = account.workspaces.get_mut(slug) {
-                if ws.month == month {
-                    ws.spent_units += row.charged_units;
-                }
-            }
+            // Tracked from the workspace's first row this month, budget or not: a month loaded
+            // later, from the rollups, would miss the rows logged and not yet committed.
+            account.workspace(&self.store, &row.account_id, slug, month).spent_units += row.charged_units;
         }
         let money = account.money;
         state.rows_logged += 1;
@@ -1171,6 +1169,34 @@ mod tests {
             Some(Refusal::BudgetExceeded { budget_units: 500, spent_units: 0 })
         );
         assert!(reserve(400, Some(500)).await.unwrap().is_ok());
+        ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
+    }
+
+    /// A workspace's spend is counted from its first row, not from when a budget first asks:
+    /// the rollups a month is loaded from lack the rows not yet committed.
+    #[tokio::test]
+    async fn a_budget_set_right_after_spending_counts_the_rows_not_yet_committed() {
+        let registry = Registry::default();
+        let client = LedgerClient::new(registry.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ledger = spawn_standalone(store.clone(), &registry).await.unwrap();
+        client.credit(payment("pi_1", 10_000), DEFAULT_CREDIT_TIMEOUT).await.unwrap();
+        let row = UsageRow { workspace_slug: Some("ws".into()), ..usage_row("spent") };
+        client.settle(None, row).await.unwrap();
+        // At once, within the group commit window: the row is logged, not in the rollups.
+        let refused = client
+            .reserve(ReserveRequest {
+                account_id: "acct".into(),
+                metered: true,
+                amount_units: 1,
+                budget: Some(("ws".into(), 110)),
+            })
+            .await
+            .unwrap()
+            .err();
+        assert_eq!(refused, Some(Refusal::BudgetExceeded { budget_units: 110, spent_units: 110 }));
+        assert_eq!(client.month_spend("acct", "ws").await.unwrap(), 110);
         ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
     }
 

@@ -556,9 +556,270 @@ fn record_success(route: &Route, work: RequestWork, started: Instant) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::{json, Value};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
     use crate::chat::{Message, Role};
+    use crate::routing::router::tests::{ask, managed, router, scope, simulator};
+
+    /// A loopback server speaking OpenAI's chat completions: `answer` gets the requested
+    /// model and returns the status and JSON body. Remembers the model of every request.
+    pub(crate) struct FakeUpstream {
+        pub(crate) url: String,
+        models: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl FakeUpstream {
+        pub(crate) fn models(&self) -> Vec<String> {
+            self.models.lock().unwrap().clone()
+        }
+    }
+
+    pub(crate) async fn fake_openai(answer: impl Fn(&str) -> (u16, Value) + Send + Sync + 'static) -> FakeUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let models = Arc::new(Mutex::new(Vec::new()));
+        let (answer, seen) = (Arc::new(answer), models.clone());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (answer, seen) = (answer.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let body = read_request_body(&mut socket).await;
+                    let model = serde_json::from_slice::<Value>(&body)
+                        .ok()
+                        .and_then(|v| v["model"].as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    seen.lock().unwrap().push(model.clone());
+                    let (status, json) = answer(&model);
+                    let text = json.to_string();
+                    let head = format!(
+                        "HTTP/1.1 {status} Fake\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        text.len()
+                    );
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    let _ = socket.write_all(text.as_bytes()).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        FakeUpstream { url, models }
+    }
+
+    async fn read_request_body(socket: &mut tokio::net::TcpStream) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                while buf.len() < end + 4 + len {
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return Vec::new(),
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                return buf[end + 4..end + 4 + len].to_vec();
+            }
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return Vec::new(),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// A served chat completion with `content` and a usage of 10 + 5 tokens.
+    pub(crate) fn completion(content: &str) -> (u16, Value) {
+        let body = json!({
+            "id": "chatcmpl-fake",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        });
+        (200, body)
+    }
+
+    fn refusal(status: u16) -> (u16, Value) {
+        (status, json!({"error": {"message": format!("fake refusal {status}"), "type": "invalid_request_error"}}))
+    }
+
+    fn upstream_at(name: &str, url: &str) -> Arc<Upstream> {
+        let conn = crate::routing::router::tests::connection(ProviderKind::OpenAi, url);
+        Arc::new(Upstream::new(name.into(), ProviderKind::OpenAi, conn, crate::routing::upstreams::Owner::Managed))
+    }
+
+    fn route(r: &Router, model: &str, upstream: &Arc<Upstream>) -> Route {
+        Route { model: r.catalog.get(model).unwrap().clone(), upstream: upstream.clone(), reason: "test".into() }
+    }
+
+    fn failed_chat(result: Result<ChatOutcome, ChatFailure>) -> ChatFailure {
+        match result {
+            Ok(outcome) => panic!("served by {} on {}", outcome.route.model, outcome.route.upstream),
+            Err(failure) => failure,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retryable_failure_falls_back_to_the_next_route_and_is_recorded() {
+        // Nothing listens on port 9: a connect error, which moves on.
+        let closed = managed(ProviderKind::OpenAi, "http://127.0.0.1:9");
+        let sim = simulator();
+        let r = router(std::slice::from_ref(&closed), None);
+        let req = ask(ModelChoice::Mode(Mode::Auto), "hi");
+        let routes = vec![route(&r, "good", &closed), route(&r, "good", &sim)];
+        let outcome = r.chat(&req, &scope("acct", None), routes).await.ok().expect("the simulator serves");
+        assert_eq!(outcome.route.upstream, "provider:simulator:builtin");
+        assert_eq!(outcome.route.failed_attempts.len(), 1);
+        assert!(
+            outcome.route.failed_attempts[0].starts_with("provider:openai:managed/good: connect_error ("),
+            "{:?}",
+            outcome.route.failed_attempts
+        );
+        assert!(!outcome.route.escalated);
+        // The failure is on the connection's breaker (published before the request moved on).
+        let health = closed.health.snapshot();
+        assert_eq!((health.consecutive_failures, health.last_failure_code.as_deref()), (1, Some("connect_error")));
+    }
+
+    #[tokio::test]
+    async fn a_server_error_moves_on_but_an_upstream_that_failed_is_not_tried_again_with_another_model() {
+        let failing = fake_openai(|_| refusal(500)).await;
+        let healthy = fake_openai(|_| completion("fine")).await;
+        let (a, b) = (upstream_at("provider:openai:a", &failing.url), upstream_at("provider:openai:b", &healthy.url));
+        let r = router(&[a.clone(), b.clone()], None);
+        let req = ask(ModelChoice::Native("good".into()), "hi");
+        let routes = vec![route(&r, "good", &a), route(&r, "top", &a), route(&r, "top", &b)];
+        let outcome = r.chat(&req, &scope("acct", None), routes).await.ok().expect("b serves");
+        assert_eq!((outcome.route.upstream.as_str(), outcome.route.model.as_str()), ("provider:openai:b", "top"));
+        assert_eq!(failing.models(), ["good"], "a is not asked again for top");
+        assert_eq!(outcome.route.failed_attempts.len(), 1);
+        assert!(outcome.route.failed_attempts[0].starts_with("provider:openai:a/good: 500 ("));
+        assert_eq!(outcome.usage, Usage { prompt_tokens: 10, completion_tokens: 5 }, "the provider's own report");
+    }
+
+    #[tokio::test]
+    async fn a_non_retryable_error_stops_without_trying_other_routes() {
+        let rejecting = fake_openai(|_| refusal(400)).await;
+        let other = fake_openai(|_| completion("never asked")).await;
+        let (a, b) = (upstream_at("provider:openai:a", &rejecting.url), upstream_at("provider:openai:b", &other.url));
+        let r = router(&[a.clone(), b.clone()], None);
+        let req = ask(ModelChoice::Mode(Mode::Auto), "hi");
+        let failure =
+            failed_chat(r.chat(&req, &scope("acct", None), vec![route(&r, "good", &a), route(&r, "good", &b)]).await);
+        match failure.error {
+            EngineError::Invalid(m) => {
+                assert_eq!(m, "The upstream rejected the request as invalid (HTTP 400); check its fields and sizes")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(failure.owed.is_none());
+        assert_eq!(rejecting.models(), ["good"]);
+        assert!(other.models().is_empty(), "the request itself was refused: no other route is tried");
+        assert_eq!(
+            a.health.snapshot().consecutive_failures,
+            0,
+            "a refused request does not count against the connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_stops_after_max_attempts_failures_with_the_last_failure_code() {
+        let servers = [
+            fake_openai(|_| refusal(500)).await,
+            fake_openai(|_| refusal(502)).await,
+            fake_openai(|_| refusal(503)).await,
+            fake_openai(|_| completion("too late")).await,
+        ];
+        let upstreams: Vec<_> =
+            servers.iter().enumerate().map(|(i, s)| upstream_at(&format!("provider:openai:{i}"), &s.url)).collect();
+        let r = router(&upstreams, None);
+        let routes = upstreams.iter().map(|u| route(&r, "good", u)).collect();
+        let failure =
+            failed_chat(r.chat(&ask(ModelChoice::Mode(Mode::Fast), "hi"), &scope("acct", None), routes).await);
+        match failure.error {
+            EngineError::Unavailable(m) => {
+                assert_eq!(m, "No provider could serve this request (last upstream failure: 503)")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            servers.iter().map(|s| s.models().len()).collect::<Vec<_>>(),
+            [1, 1, 1, 0],
+            "MAX_ATTEMPTS is {MAX_ATTEMPTS}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_weak_auto_answer_escalates_to_a_better_route_and_pays_for_the_weak_one() {
+        // tiny-ctx (85) answers nothing; the escalation asks the best model above it.
+        let server = fake_openai(|model| completion(if model == "tiny-ctx" { "" } else { "a strong answer" })).await;
+        let openai = managed(ProviderKind::OpenAi, &server.url);
+        let r = router(&[openai], None);
+        let req = ask(ModelChoice::Mode(Mode::Auto), "hi");
+        let s = scope("acct", None);
+        let routes = r.plan(&req, &s).unwrap();
+        assert_eq!(routes[0].model.id, "tiny-ctx");
+        let outcome = r.chat(&req, &s, routes).await.ok().expect("served");
+        assert_eq!(server.models(), ["tiny-ctx", "top"]);
+        assert_eq!(outcome.route.model, "top");
+        assert!(outcome.route.escalated);
+        assert_eq!(outcome.route.reason, "auto: escalated from tiny-ctx after a weak answer");
+        assert_eq!(outcome.response.content.as_deref(), Some("a strong answer"));
+        let weak_cost = r.catalog.get("tiny-ctx").unwrap().cost(10, 5);
+        assert!(
+            (outcome.route.earlier_attempts_usd - weak_cost).abs() < 1e-15,
+            "{}",
+            outcome.route.earlier_attempts_usd
+        );
+    }
+
+    #[tokio::test]
+    async fn only_auto_escalates_and_only_on_a_weak_answer() {
+        let server = fake_openai(|model| completion(if model == "tiny-ctx" { "" } else { "fine" })).await;
+        let r = router(&[managed(ProviderKind::OpenAi, &server.url)], None);
+        let s = scope("acct", None);
+        // A named model's weak answer is the answer.
+        let named = ask(ModelChoice::Native("tiny-ctx".into()), "hi");
+        let outcome = r.chat(&named, &s, r.plan(&named, &s).unwrap()).await.ok().unwrap();
+        assert_eq!((outcome.route.model.as_str(), outcome.route.escalated), ("tiny-ctx", false));
+        // A strong auto answer is kept.
+        let strong = fake_openai(|_| completion("fine")).await;
+        let r = router(&[managed(ProviderKind::OpenAi, &strong.url)], None);
+        let req = ask(ModelChoice::Mode(Mode::Auto), "hi");
+        let outcome = r.chat(&req, &s, r.plan(&req, &s).unwrap()).await.ok().unwrap();
+        assert_eq!((outcome.route.model.as_str(), outcome.route.escalated), ("tiny-ctx", false));
+        assert_eq!(strong.models(), ["tiny-ctx"]);
+        assert_eq!(outcome.route.earlier_attempts_usd, 0.0);
+    }
+
+    #[test]
+    fn weak_answers_are_empty_cut_short_refused_or_broken_json() {
+        let req = ask(ModelChoice::Mode(Mode::Auto), "hi");
+        let answer = |text: &str, finish| ChatResponse {
+            content: Some(text.into()),
+            tool_calls: Vec::new(),
+            finish_reason: finish,
+            usage: None,
+        };
+        assert!(!is_weak(&req, &answer("Hello!", FinishReason::Stop)));
+        assert!(is_weak(&req, &answer("  ", FinishReason::Stop)));
+        assert!(is_weak(&req, &answer("Hello, I was about to", FinishReason::Length)));
+        assert!(is_weak(&req, &answer("I can't help with that.", FinishReason::Stop)));
+        let mut json_req = req.clone();
+        json_req.response_format = Some(ResponseFormat::JsonObject);
+        assert!(is_weak(&json_req, &answer("{\"a\": ", FinishReason::Stop)));
+        assert!(!is_weak(&json_req, &answer("{\"a\": 1}", FinishReason::Stop)));
+        let call = crate::chat::ToolCall { id: "c".into(), name: "f".into(), arguments: "{}".into() };
+        let tool_only =
+            ChatResponse { content: None, tool_calls: vec![call], finish_reason: FinishReason::ToolCalls, usage: None };
+        assert!(!is_weak(&req, &tool_only), "a tool call is an answer");
+    }
 
     #[test]
     fn failures_are_blamed_on_the_connection_the_model_or_the_request() {

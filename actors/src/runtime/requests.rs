@@ -312,3 +312,162 @@ impl Runtime {
         usd_to_units(tokens as f64 * 1.5 / 1e6 * price_per_1m * margin)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokaroo_storage::ledger::UsageFilter;
+
+    use super::*;
+    use crate::{
+        chat::{Message, Role},
+        directory::{NewWorkspace, WorkspacePatch},
+        engine::Engine,
+        money::funding::tests::engine,
+        NewKey,
+    };
+
+    /// A key of a fresh tenant account (no balance), bound to a `team` workspace.
+    async fn tenant_key(engine: &Engine) -> Arc<KeyEntry> {
+        let directory = engine.directory();
+        let (account, _) = directory.create_account("acme", false).await.unwrap();
+        let team =
+            NewWorkspace { slug: "team".into(), name: "Team".into(), metadata: Map::new(), monthly_budget_usd: None };
+        directory.create_workspace(&account.id, team).await.unwrap();
+        let new = NewKey { workspace_slug: Some("team".into()), ..NewKey::default() };
+        let (_, secret) = directory.create_key(&account.id, new).await.unwrap();
+        directory.authenticate_key(&secret).unwrap()
+    }
+
+    /// A short chat naming a priced model (`auto` may pick a free one), served by the
+    /// simulator as no provider is configured.
+    async fn chat(engine: &Engine, key: &Arc<KeyEntry>) -> Result<ServedChat, EngineError> {
+        let mut req = ChatRequest::new(ModelChoice::Native("gpt-4o".into()), vec![Message::text(Role::User, "hi")]);
+        req.max_tokens = Some(50);
+        let info = RequestInfo::chat(&req, "gpt-4o");
+        engine.runtime().serve_chat(key.clone(), req, info).await
+    }
+
+    async fn usage_rows(engine: &Engine, account_id: &str) -> Vec<UsageRow> {
+        engine.funding().usage_page(account_id, &UsageFilter::default(), None, 10).await.unwrap().0
+    }
+
+    #[tokio::test]
+    async fn an_account_with_no_balance_is_refused_with_billing_required() {
+        let (engine, _dir) = engine().await;
+        let key = tenant_key(&engine).await;
+        match chat(&engine, &key).await {
+            Err(error @ EngineError::BillingRequired { .. }) => {
+                let message = error.to_string();
+                let EngineError::BillingRequired { balance_usd, required_usd, payment_url } = error else {
+                    unreachable!()
+                };
+                assert_eq!(balance_usd, 0.0);
+                assert!(required_usd > 0.0, "the worst case is reserved: {required_usd}");
+                assert_eq!(payment_url, "http://127.0.0.1:8080/v1/billing/activation");
+                assert_eq!(
+                    message,
+                    format!("Insufficient balance: this request needs up to ${required_usd:.6} and the balance is $0.000000; add credits")
+                );
+            }
+            other => panic!("{:?}", other.map(|s| s.charge)),
+        }
+        assert!(usage_rows(&engine, &key.account_id).await.is_empty(), "a refused request settles nothing");
+        let money = engine.funding().money(&key.account_id).await.unwrap();
+        assert_eq!((money.charged_units, money.held_units), (0, 0));
+        engine.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_funded_request_settles_one_usage_row_and_moves_the_balance_by_its_charge() {
+        let (engine, _dir) = engine().await;
+        let key = tenant_key(&engine).await;
+        engine.funding().add_credit(&key.account_id, 5.0, "operator", None, None).await.unwrap();
+        let served = chat(&engine, &key).await.unwrap();
+        assert_eq!(served.outcome.route.billing_mode, BillingMode::Simulator);
+        assert!(served.charge.charged_units > 0, "simulated traffic is priced like managed traffic");
+
+        let rows = usage_rows(&engine, &key.account_id).await;
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        assert_eq!(row.charged_units, served.charge.charged_units);
+        assert_eq!(row.api_key_id.as_deref(), Some(key.id.as_str()));
+        assert_eq!(row.workspace_slug.as_deref(), Some("team"));
+        assert_eq!(
+            (row.tier.as_str(), row.requested_model.as_str(), row.billing_mode.as_str()),
+            ("auto", "gpt-4o", "simulator")
+        );
+        assert_eq!(row.upstream_model, "gpt-4o");
+        assert_eq!(
+            (row.input_tokens, row.output_tokens),
+            (u64::from(served.outcome.usage.prompt_tokens), u64::from(served.outcome.usage.completion_tokens))
+        );
+
+        let money = engine.funding().money(&key.account_id).await.unwrap();
+        assert_eq!(money.balance_units(), usd_to_units(5.0) - served.charge.charged_units);
+        assert_eq!(money.held_units, 0, "the hold is released once settled");
+        let spent = engine.funding().workspace_month_spend_usd(&key.account_id, "team").await.unwrap();
+        assert_eq!(usd_to_units(spent), served.charge.charged_units, "the workspace's month counts the charge");
+        engine.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_workspace_over_its_monthly_budget_is_refused_with_budget_exceeded() {
+        let (engine, _dir) = engine().await;
+        let key = tenant_key(&engine).await;
+        engine.funding().add_credit(&key.account_id, 5.0, "operator", None, None).await.unwrap();
+        let first = chat(&engine, &key).await.unwrap();
+        let spent = units_to_usd(first.charge.charged_units);
+        assert!(spent > 0.0);
+        // The budget is what was already spent: nothing more fits this month.
+        let patch = WorkspacePatch { monthly_budget_usd: Some(Some(spent)), ..WorkspacePatch::default() };
+        engine.directory().update_workspace(&key.account_id, "team", patch).await.unwrap();
+        match chat(&engine, &key).await {
+            Err(error @ EngineError::BudgetExceeded { .. }) => {
+                assert_eq!(
+                    error.to_string(),
+                    format!("Workspace monthly budget exceeded: ${spent:.6} of ${spent:.2} spent this month")
+                );
+                let EngineError::BudgetExceeded { budget_usd, spent_usd } = error else { unreachable!() };
+                assert_eq!((budget_usd, spent_usd), (spent, spent));
+            }
+            other => panic!("{:?}", other.map(|s| s.charge)),
+        }
+        assert_eq!(usage_rows(&engine, &key.account_id).await.len(), 1, "the refused request settled nothing");
+        let money = engine.funding().money(&key.account_id).await.unwrap();
+        assert_eq!(money.held_units, 0);
+        assert_eq!(
+            money.balance_units(),
+            usd_to_units(5.0) - first.charge.charged_units,
+            "the balance was not the reason"
+        );
+        engine.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_operators_own_account_is_served_without_a_balance() {
+        let (engine, _dir) = engine().await;
+        let operator = engine.directory().operator_account_id().unwrap();
+        let (_, secret) = engine.directory().create_key(&operator, NewKey::default()).await.unwrap();
+        let key = engine.directory().authenticate_key(&secret).unwrap();
+        let served = chat(&engine, &key).await.unwrap();
+        let rows = usage_rows(&engine, &operator).await;
+        assert_eq!(rows.len(), 1, "its usage is still recorded");
+        assert_eq!(rows[0].charged_units, served.charge.charged_units);
+        engine.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unknown_model_is_refused_before_anything_is_reserved() {
+        let (engine, _dir) = engine().await;
+        let key = tenant_key(&engine).await;
+        let req = ChatRequest::new(ModelChoice::Native("no-such-model".into()), vec![Message::text(Role::User, "hi")]);
+        let info = RequestInfo::chat(&req, "no-such-model");
+        match engine.runtime().serve_chat(key.clone(), req, info).await {
+            Err(EngineError::Invalid(m)) => assert!(m.starts_with("Unknown model \"no-such-model\""), "{m}"),
+            other => panic!("{:?}", other.map(|s| s.charge)),
+        }
+        engine.shutdown().await.unwrap();
+    }
+}
