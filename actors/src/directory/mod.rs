@@ -234,16 +234,7 @@ impl Directory {
             return Ok(None);
         }
         let (account, session_token) = self.create_account_inner("operator", true, false).await?;
-        self.create_workspace(
-            &account.id,
-            NewWorkspace {
-                slug: DEFAULT_WORKSPACE.into(),
-                name: "Default".into(),
-                metadata: Map::new(),
-                monthly_budget_usd: None,
-            },
-        )
-        .await?;
+        self.create_default_workspace(&account.id).await?;
         let (_, api_key) = self
             .create_key(
                 &account.id,
@@ -260,22 +251,23 @@ impl Directory {
         Ok(Some(BootstrapCredentials { account_id: account.id, session_token, api_key }))
     }
 
+    async fn create_default_workspace(&self, account_id: &str) -> Result<Workspace, EngineError> {
+        let default = NewWorkspace {
+            slug: DEFAULT_WORKSPACE.into(),
+            name: "Default".into(),
+            metadata: Map::new(),
+            monthly_budget_usd: None,
+        };
+        self.create_workspace(account_id, default).await
+    }
+
     /// Creates a tenant account (with its `default` workspace) and a first session token
     /// for it. Accounts the operator creates skip the self-serve activation checklist.
     /// `self_serve` marks a signup that must pass the first-key activation checklist.
     pub async fn create_account(&self, name: &str, self_serve: bool) -> Result<(Account, String), EngineError> {
         validate_name("name", name)?;
         let (account, token) = self.create_account_inner(name, false, self_serve).await?;
-        self.create_workspace(
-            &account.id,
-            NewWorkspace {
-                slug: DEFAULT_WORKSPACE.into(),
-                name: "Default".into(),
-                metadata: Map::new(),
-                monthly_budget_usd: None,
-            },
-        )
-        .await?;
+        self.create_default_workspace(&account.id).await?;
         Ok((account, token))
     }
 

@@ -261,6 +261,13 @@ impl Connections {
         &self.shared.store
     }
 
+    /// Makes a connection routable and starts its actor under `group`.
+    async fn go_live(&self, group: &str, upstream: Arc<Upstream>) {
+        self.shared.upstreams.insert(upstream.clone());
+        supervisor::start_child(&self.shared.registry, group, upstream_spec(upstream, self.shared.endpoint_recheck))
+            .await;
+    }
+
     fn check_workspace(&self, account_id: &str, slug: &Option<String>) -> Result<Option<String>, EngineError> {
         match slug {
             Some(slug) => Ok(Some(self.directory.get_workspace(account_id, slug)?.name)),
@@ -303,13 +310,7 @@ impl Connections {
         drop(creating);
         self.store().flush().await?;
         if let Some(upstream) = self.shared.byok_upstream(&record, new.secret.trim().to_owned()) {
-            self.shared.upstreams.insert(upstream.clone());
-            supervisor::start_child(
-                &self.shared.registry,
-                PROVIDERS,
-                upstream_spec(upstream, self.shared.endpoint_recheck),
-            )
-            .await;
+            self.go_live(PROVIDERS, upstream).await;
         }
         Ok(ProviderKeyView { record, workspace_name, health: None })
     }
@@ -400,13 +401,7 @@ impl Connections {
         self.store().local_endpoints.insert(&(account_id, record.id.as_str()), &record)?;
         drop(creating);
         self.store().flush().await?;
-        self.shared.upstreams.insert(upstream.clone());
-        supervisor::start_child(
-            &self.shared.registry,
-            ENDPOINTS,
-            upstream_spec(upstream, self.shared.endpoint_recheck),
-        )
-        .await;
+        self.go_live(ENDPOINTS, upstream).await;
         Ok(EndpointView { has_headers: record.sealed_headers.is_some(), record })
     }
 
@@ -487,13 +482,7 @@ impl Connections {
         // Replace the live connection and its actor.
         let name = endpoint_name(id);
         supervisor::stop_child(&self.shared.registry, ENDPOINTS, name);
-        self.shared.upstreams.insert(upstream.clone());
-        supervisor::start_child(
-            &self.shared.registry,
-            ENDPOINTS,
-            upstream_spec(upstream, self.shared.endpoint_recheck),
-        )
-        .await;
+        self.go_live(ENDPOINTS, upstream).await;
         Ok(EndpointView { has_headers: record.sealed_headers.is_some(), record })
     }
 
