@@ -1,4 +1,4 @@
-//! [`Engine`]: the facade the HTTP layer calls. Owns the shared indices and the root actor.
+//! [`Engine`]: what the HTTP layer holds. Starts and stops the services and the actor tree.
 
 use std::{sync::Arc, time::Duration};
 
@@ -7,16 +7,17 @@ use tokaroo_storage::Store;
 
 use crate::{
     config::EngineConfig,
+    directory::state::{DirectoryState, SessionEntry, WorkspaceEntry},
     directory::{apikey::KeyEntry, Directory, OPERATOR_ACCOUNT_META},
     error::EngineError,
     money::funding::Funding,
     routing::connections::Connections,
+    routing::connections::ConnectionsState,
     routing::provider::group_spec,
     routing::router::Router,
     routing::upstreams::Upstreams,
     runtime::Runtime,
     security::tokens::decode_hash,
-    shared::{SessionEntry, Shared, WorkspaceEntry},
     tree::inspect::{self, ActorNode},
     tree::registry::{ChildRef, Registry},
     tree::supervisor::{ChildHandle, ChildSpec, ChildStatus, Restart, SupervisorSpec},
@@ -30,7 +31,10 @@ use crate::{
 pub struct Engine(Arc<EngineParts>);
 
 struct EngineParts {
-    shared: Arc<Shared>,
+    store: Store,
+    registry: Registry,
+    /// Keys' use times are written from it at shutdown.
+    directory_state: Arc<DirectoryState>,
     config: Arc<EngineConfig>,
     root: ChildRef,
     directory: Directory,
@@ -52,10 +56,24 @@ impl Engine {
             Arc::new(Router { catalog: Arc::new(config.catalog.clone()), upstreams: upstreams.clone(), simulator });
         let payments = crate::money::payments::processor(&config.payments, http.clone())
             .map_err(|e| EngineError::Invalid(format!("payment settings: {e}")))?;
-        let shared = Arc::new(Shared {
-            funding_locks: DashMap::new(),
+        let registry = Registry::default();
+        let directory_state = Arc::new(DirectoryState {
+            store: store.clone(),
+            registry: registry.clone(),
+            restart_policy: config.restart_policy,
+            default_rpm: config.default_rpm,
             creation_locks: DashMap::new(),
-            auto_pay_in_flight: DashMap::new(),
+            keys_by_hash: DashMap::new(),
+            keys_by_id: DashMap::new(),
+            sessions_by_hash: DashMap::new(),
+            session_ttl_ms: i64::try_from(config.session_ttl.as_millis()).unwrap_or(i64::MAX).max(1),
+            session_writes: std::sync::Mutex::new(()),
+            workspaces: DashMap::new(),
+            operator_account_id: std::sync::RwLock::new(None),
+        });
+        let connections_state = Arc::new(ConnectionsState {
+            store: store.clone(),
+            registry: registry.clone(),
             upstreams,
             endpoint_recheck: config.endpoint_recheck,
             http,
@@ -68,37 +86,29 @@ impl Engine {
                 store.data_dir(),
             )?,
             provider_base_urls: config.provider_base_urls.clone(),
-            restart_policy: config.restart_policy,
-            registry: Registry::default(),
-            default_rpm: config.default_rpm,
-            keys_by_hash: DashMap::new(),
-            keys_by_id: DashMap::new(),
-            sessions_by_hash: DashMap::new(),
-            session_ttl_ms: i64::try_from(config.session_ttl.as_millis()).unwrap_or(i64::MAX).max(1),
-            session_writes: std::sync::Mutex::new(()),
-            workspaces: DashMap::new(),
-            operator_account_id: std::sync::RwLock::new(None),
-            store,
         });
-        load_indices(&shared)?;
-        let operator = shared.store.meta_get(OPERATOR_ACCOUNT_META)?;
-        shared.load_connections(operator.as_deref())?;
+        load_indices(&directory_state)?;
+        let operator = store.meta_get(OPERATOR_ACCOUNT_META)?;
+        connections_state.load_connections(operator.as_deref())?;
         if let Some(operator) = operator {
-            shared.set_operator_account_id(operator);
+            directory_state.set_operator_account_id(operator);
         }
         let config = Arc::new(config);
-        let ledger = crate::money::ledger::LedgerClient::new(shared.registry.clone());
+        let ledger = crate::money::ledger::LedgerClient::new(registry.clone());
         let reconcile_every = config.funding.reconcile_interval.filter(|_| payments.kind() != "manual");
-        let directory = Directory::new(shared.clone(), config.clone());
-        let connections = Connections::new(shared.clone(), directory.clone());
-        let funding = Funding::new(shared.clone(), &config, ledger.clone(), payments, directory.clone());
-        let runtime = Runtime::new(shared.clone(), config.clone(), router, ledger, funding.clone());
-        let root = root_spec(&shared, reconcile_every, &funding)
+        let directory = Directory::new(directory_state.clone(), config.clone());
+        let connections = Connections::new(connections_state.clone(), directory.clone());
+        let funding =
+            Funding::new(store.clone(), registry.clone(), &config, ledger.clone(), payments, directory.clone());
+        let runtime = Runtime::new(directory_state.clone(), config.clone(), router, ledger, funding.clone());
+        let root = root_spec(&directory_state, &connections_state, reconcile_every, &funding)
             .spawn_root()
             .await
             .map_err(|e| EngineError::Internal(format!("actor tree failed to start: {e}")))?;
         Ok(Self(Arc::new(EngineParts {
-            shared,
+            store,
+            registry,
+            directory_state,
             config,
             root,
             directory,
@@ -139,13 +149,13 @@ impl Engine {
         self.set_shutdown_stage("stopping the actor tree");
         let _ = self.0.root.cell().stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10))).await;
         self.set_shutdown_stage("persisting keys' last_used_at");
-        self.0.shared.persist_last_used()?;
+        self.0.directory_state.persist_last_used()?;
         self.set_shutdown_stage("flushing storage");
-        self.0.shared.store.flush().await?;
+        self.0.store.flush().await?;
         // Closing stops the flusher thread, so the flushes sled runs when its trees are
         // dropped cannot overlap one of ours.
         self.set_shutdown_stage("closing storage");
-        let store = self.0.shared.store.clone();
+        let store = self.0.store.clone();
         let closed = tokio::task::spawn_blocking(move || store.close(Duration::from_secs(10)))
             .await
             .map_err(|e| EngineError::Internal(format!("closing storage: {e}")))?;
@@ -173,7 +183,7 @@ impl Engine {
     /// Where shutdown is, and what storage's flusher is doing: logged when shutdown overruns.
     pub fn shutdown_report(&self) -> String {
         let stage = *self.0.shutdown_stage.lock().unwrap_or_else(|p| p.into_inner());
-        let flusher = self.0.shared.store.flusher_status();
+        let flusher = self.0.store.flusher_status();
         let flush = match flusher.flush_in_flight_ms {
             Some(ms) => format!("a flush has been running for {ms} ms for {} waiter(s)", flusher.in_flight_waiters),
             None => "no flush running".to_owned(),
@@ -191,12 +201,12 @@ impl Engine {
         if !self.0.config.fault_injection {
             return Err(EngineError::Forbidden("fault injection is disabled".into()));
         }
-        self.0.shared.store.hold_flushes(held);
+        self.0.store.hold_flushes(held);
         Ok(())
     }
 
     pub fn store(&self) -> &Store {
-        &self.0.shared.store
+        &self.0.store
     }
 
     /// The live actor tree, from the root down.
@@ -221,7 +231,7 @@ impl Engine {
             // The root has no supervisor: failing it would end the tree.
             return Err(EngineError::invalid("the root actor does not accept injected failures"));
         }
-        let child = self.0.shared.registry.get(name).ok_or(EngineError::NotFound { what: "Actor" })?;
+        let child = self.0.registry.get(name).ok_or(EngineError::NotFound { what: "Actor" })?;
         if child.inject_failure(format!("injected failure in {name}")) {
             Ok(())
         } else {
@@ -234,33 +244,31 @@ pub(crate) const ROOT: &str = "root";
 
 /// The tree: `root` over the ledger, the directory (`accounts`), the upstream connections
 /// (`providers`, `endpoints`) and the background `tasks`.
-fn root_spec(shared: &Arc<Shared>, reconcile_every: Option<Duration>, funding: &Funding) -> SupervisorSpec {
+fn root_spec(
+    directory: &Arc<DirectoryState>,
+    connections: &Arc<ConnectionsState>,
+    reconcile_every: Option<Duration>,
+    funding: &Funding,
+) -> SupervisorSpec {
+    let (policy, registry) = (directory.restart_policy, directory.registry.clone());
+    let group = |endpoints| {
+        let (upstreams, recheck) = (connections.upstreams.clone(), connections.endpoint_recheck);
+        Arc::new(group_spec(endpoints, upstreams, recheck, policy, registry.clone()))
+    };
     let children: Vec<Arc<dyn ChildSpec>> = vec![
-        Arc::new(crate::money::ledger::LedgerSpec { store: shared.store.clone() }),
-        Arc::new(crate::directory::accounts::spec(shared)),
-        Arc::new(group_spec(
-            false,
-            shared.upstreams.clone(),
-            shared.endpoint_recheck,
-            shared.restart_policy,
-            shared.registry.clone(),
-        )),
-        Arc::new(group_spec(
-            true,
-            shared.upstreams.clone(),
-            shared.endpoint_recheck,
-            shared.restart_policy,
-            shared.registry.clone(),
-        )),
-        Arc::new(tasks_spec(shared, reconcile_every, funding)),
+        Arc::new(crate::money::ledger::LedgerSpec { store: directory.store.clone() }),
+        Arc::new(crate::directory::accounts::spec(directory)),
+        group(false),
+        group(true),
+        Arc::new(tasks_spec(directory, reconcile_every, funding)),
     ];
     let started_at = crate::clock::iso8601(crate::clock::now_ms());
     SupervisorSpec {
         name: ROOT.to_owned(),
         kind: ROOT,
         restart: Restart::Permanent,
-        policy: shared.restart_policy,
-        registry: shared.registry.clone(),
+        policy,
+        registry,
         escalates: false,
         loader: Arc::new(move || children.clone()),
         describe: Arc::new(move |_| serde_json::json!({ "started_at": started_at })),
@@ -270,13 +278,13 @@ fn root_spec(shared: &Arc<Shared>, reconcile_every: Option<Duration>, funding: &
 /// How often keys' and sessions' use times are written.
 const PERSIST_USE_EVERY: Duration = Duration::from_secs(5);
 
-fn tasks_spec(shared: &Arc<Shared>, reconcile_every: Option<Duration>, funding: &Funding) -> SupervisorSpec {
-    let persisted = shared.clone();
+fn tasks_spec(directory: &Arc<DirectoryState>, reconcile_every: Option<Duration>, funding: &Funding) -> SupervisorSpec {
+    let persisted = directory.clone();
     let persist_use: crate::tree::task::Job = Arc::new(move || {
-        let shared = persisted.clone();
+        let directory = persisted.clone();
         Box::pin(async move {
-            let keys = shared.persist_last_used().map_err(|e| format!("keys' last_used_at: {e}"));
-            let sessions = shared.persist_session_use().map_err(|e| format!("sessions' last use: {e}"));
+            let keys = directory.persist_last_used().map_err(|e| format!("keys' last_used_at: {e}"));
+            let sessions = directory.persist_session_use().map_err(|e| format!("sessions' last use: {e}"));
             keys.and(sessions)
         })
     });
@@ -294,16 +302,16 @@ fn tasks_spec(shared: &Arc<Shared>, reconcile_every: Option<Duration>, funding: 
         name: crate::tree::task::TASKS.to_owned(),
         kind: crate::tree::task::TASKS,
         restart: Restart::Permanent,
-        policy: shared.restart_policy,
-        registry: shared.registry.clone(),
+        policy: directory.restart_policy,
+        registry: directory.registry.clone(),
         escalates: true,
         loader: Arc::new(move || tasks.clone()),
         describe: Arc::new(|children| serde_json::json!({ "children": children.len() })),
     }
 }
 
-fn load_indices(shared: &Shared) -> Result<(), EngineError> {
-    for key in shared.store.api_keys.all()? {
+fn load_indices(directory: &DirectoryState) -> Result<(), EngineError> {
+    for key in directory.store.api_keys.all()? {
         let hash = decode_hash(&key.secret_sha256)?;
         let entry = Arc::new(KeyEntry {
             actor_name: crate::directory::apikey::actor_name(&key.id),
@@ -312,29 +320,29 @@ fn load_indices(shared: &Shared) -> Result<(), EngineError> {
             account_id: key.account_id,
             workspace_slug: key.workspace_slug,
         });
-        shared.keys_by_hash.insert(hash, entry.clone());
-        shared.keys_by_id.insert(entry.id.clone(), entry);
+        directory.keys_by_hash.insert(hash, entry.clone());
+        directory.keys_by_id.insert(entry.id.clone(), entry);
     }
     let operators: std::collections::HashSet<String> =
-        shared.store.accounts.all()?.into_iter().filter(|a| a.is_operator).map(|a| a.id).collect();
+        directory.store.accounts.all()?.into_iter().filter(|a| a.is_operator).map(|a| a.id).collect();
     let now = crate::clock::now_ms();
-    for session in shared.store.sessions.all()? {
+    for session in directory.store.sessions.all()? {
         // Sessions from before expiry existed have no use time: they count as used now.
         let last_used = session.last_used_at_ms.unwrap_or(now);
         // A shorter TTL than the one a session was stored under applies at once.
-        let expires = session.expires_at_ms.unwrap_or(i64::MAX).min(last_used.saturating_add(shared.session_ttl_ms));
+        let expires = session.expires_at_ms.unwrap_or(i64::MAX).min(last_used.saturating_add(directory.session_ttl_ms));
         if now >= expires {
-            shared.store.sessions.remove(&(session.account_id.as_str(), session.id.as_str()))?;
+            directory.store.sessions.remove(&(session.account_id.as_str(), session.id.as_str()))?;
             continue;
         }
         let hash = decode_hash(&session.token_sha256)?;
         let is_operator = operators.contains(&session.account_id);
         let entry = SessionEntry::new(session.id, session.account_id, is_operator, last_used, expires);
-        shared.sessions_by_hash.insert(hash, Arc::new(entry));
+        directory.sessions_by_hash.insert(hash, Arc::new(entry));
     }
-    for ws in shared.store.workspaces.all()? {
+    for ws in directory.store.workspaces.all()? {
         let entry = WorkspaceEntry::new(&ws);
-        shared.workspaces.insert((ws.account_id, ws.slug), Arc::new(entry));
+        directory.workspaces.insert((ws.account_id, ws.slug), Arc::new(entry));
     }
     Ok(())
 }

@@ -13,7 +13,6 @@ pub mod money;
 pub mod routing;
 pub mod runtime;
 pub mod security;
-mod shared;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 pub mod tree;

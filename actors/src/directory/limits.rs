@@ -53,7 +53,7 @@ impl Directory {
         if !self.capped(account_id) {
             return Ok(None);
         }
-        let lock = self.shared.creation_locks.entry(account_id.to_owned()).or_default().clone();
+        let lock = self.state.creation_locks.entry(account_id.to_owned()).or_default().clone();
         let guard = lock.lock_owned().await;
         let (cap, noun, setting) = what.describe(&self.config.limits);
         if count()? >= cap {

@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod apikey;
 pub mod limits;
 mod persist;
+pub(crate) mod state;
 pub mod workspace;
 
 use std::sync::{atomic::Ordering, Arc};
@@ -20,10 +21,10 @@ use crate::{
     config::EngineConfig,
     directory::apikey::{Admission, ApiKeyMsg, KeyEntry},
     directory::limits::Counted,
+    directory::state::{DirectoryState, SessionEntry, WorkspaceEntry},
     error::EngineError,
     security::tokens,
     security::tokens::decode_hash,
-    shared::{SessionEntry, Shared, WorkspaceEntry},
     tree::supervisor::{self, ChildSpec},
 };
 
@@ -137,7 +138,7 @@ fn validate_rpm(rpm: Option<u32>) -> Result<(), EngineError> {
 /// dashboard routes, and the authentication and admission of every request.
 #[derive(Clone)]
 pub struct Directory {
-    shared: Arc<Shared>,
+    state: Arc<DirectoryState>,
     config: Arc<EngineConfig>,
     /// Funding's activation checklist, which a self-serve account's first key waits for. Set
     /// once funding exists (funding also creates keys, so the two cannot own each other).
@@ -149,8 +150,8 @@ pub(crate) type FirstKeyGate =
     Arc<dyn Fn(String) -> crate::tree::supervisor::BoxFuture<Result<(), EngineError>> + Send + Sync>;
 
 impl Directory {
-    pub(crate) fn new(shared: Arc<Shared>, config: Arc<EngineConfig>) -> Self {
-        Self { shared, config, first_key_gate: Arc::default() }
+    pub(crate) fn new(state: Arc<DirectoryState>, config: Arc<EngineConfig>) -> Self {
+        Self { state, config, first_key_gate: Arc::default() }
     }
 
     pub(crate) fn set_first_key_gate(&self, gate: FirstKeyGate) {
@@ -165,16 +166,16 @@ impl Directory {
     }
 
     fn store(&self) -> &tokaroo_storage::Store {
-        &self.shared.store
+        &self.state.store
     }
 
     pub fn operator_account_id(&self) -> Option<String> {
-        self.shared.operator_account_id()
+        self.state.operator_account_id()
     }
 
     /// Looks a runtime key up by its hash. Revoked keys are gone from the index at once.
     pub fn authenticate_key(&self, secret: &str) -> Option<Arc<KeyEntry>> {
-        self.shared.keys_by_hash.get(&tokens::sha256(secret)).map(|e| e.value().clone())
+        self.state.keys_by_hash.get(&tokens::sha256(secret)).map(|e| e.value().clone())
     }
 
     /// A dashboard session token's identity. A use slides the session's expiry (in memory;
@@ -191,13 +192,13 @@ impl Directory {
         }
         let hash = tokens::sha256(token);
         let entry =
-            self.shared.sessions_by_hash.get(&hash).map(|e| e.value().clone()).ok_or(SessionRejection::Unknown)?;
+            self.state.sessions_by_hash.get(&hash).map(|e| e.value().clone()).ok_or(SessionRejection::Unknown)?;
         let now = crate::clock::now_ms();
         if entry.is_expired(now) {
-            self.shared.expire_session(&hash, &entry);
+            self.state.expire_session(&hash, &entry);
             return Err(SessionRejection::Expired);
         }
-        entry.touch(now, self.shared.session_ttl_ms);
+        entry.touch(now, self.state.session_ttl_ms);
         Ok(Identity {
             account_id: entry.account_id.clone(),
             is_operator: entry.is_operator,
@@ -209,13 +210,13 @@ impl Directory {
     /// actor must grant a rate-limit permit.
     pub async fn admit(&self, key: &KeyEntry) -> Result<Admission, EngineError> {
         if let Some(slug) = &key.workspace_slug {
-            match self.shared.workspace_entry(&key.account_id, slug) {
+            match self.state.workspace_entry(&key.account_id, slug) {
                 Some(ws) if ws.is_active() => {}
                 Some(_) => return Err(EngineError::Forbidden(format!("Workspace {slug} is disabled"))),
                 None => return Err(EngineError::NotFound { what: "Workspace" }),
             }
         }
-        let actor = (self.shared.registry)
+        let actor = (self.state.registry)
             .actor::<ApiKeyMsg>(&key.actor_name)
             .ok_or_else(|| EngineError::Unavailable("this API key's actor is restarting; retry shortly".into()))?;
         match actor.call(ApiKeyMsg::Admit, Some(self.config.admission_timeout)).await {
@@ -247,7 +248,7 @@ impl Directory {
             .await?;
         self.store().meta_set(OPERATOR_ACCOUNT_META, &account.id)?;
         self.store().flush().await?;
-        self.shared.set_operator_account_id(account.id.clone());
+        self.state.set_operator_account_id(account.id.clone());
         Ok(Some(BootstrapCredentials { account_id: account.id, session_token, api_key }))
     }
 
@@ -297,7 +298,7 @@ impl Directory {
     pub async fn create_session(&self, account: &Account, label: &str) -> Result<String, EngineError> {
         let token = tokens::new_session_token();
         let now = crate::clock::now_ms();
-        let expires = now.saturating_add(self.shared.session_ttl_ms);
+        let expires = now.saturating_add(self.state.session_ttl_ms);
         let session = Session {
             id: crate::clock::new_id(),
             account_id: account.id.clone(),
@@ -310,14 +311,14 @@ impl Directory {
         self.store().sessions.insert(&(session.account_id.as_str(), session.id.as_str()), &session)?;
         self.store().flush().await?;
         let entry = SessionEntry::new(session.id, account.id.clone(), account.is_operator, now, expires);
-        self.shared.sessions_by_hash.insert(tokens::sha256(&token), Arc::new(entry));
+        self.state.sessions_by_hash.insert(tokens::sha256(&token), Arc::new(entry));
         Ok(token)
     }
 
     /// An account's dashboard sessions, oldest first, with their live use times.
     pub fn list_sessions(&self, account_id: &str) -> Result<Vec<Session>, EngineError> {
         let live: std::collections::HashMap<String, Arc<SessionEntry>> = self
-            .shared
+            .state
             .sessions_by_hash
             .iter()
             .filter(|e| e.account_id == account_id)
@@ -345,13 +346,13 @@ impl Directory {
     /// then out of storage, flushed before this returns so a restart cannot bring it back.
     pub async fn revoke_session(&self, account_id: &str, session_id: &str) -> Result<(), EngineError> {
         {
-            let _writes = self.shared.session_writes.lock().unwrap_or_else(|p| p.into_inner());
+            let _writes = self.state.session_writes.lock().unwrap_or_else(|p| p.into_inner());
             let record = self
                 .store()
                 .sessions
                 .get(&(account_id, session_id))?
                 .ok_or(EngineError::NotFound { what: "Session" })?;
-            self.shared.sessions_by_hash.remove(&decode_hash(&record.token_sha256)?);
+            self.state.sessions_by_hash.remove(&decode_hash(&record.token_sha256)?);
             self.store().sessions.remove(&(account_id, session_id))?;
         }
         self.store().flush().await?;
@@ -365,13 +366,13 @@ impl Directory {
     pub async fn rotate_session(&self, account_id: &str, session_id: &str) -> Result<(Session, String), EngineError> {
         let token = tokens::new_session_token();
         let now = crate::clock::now_ms();
-        let expires = now.saturating_add(self.shared.session_ttl_ms);
+        let expires = now.saturating_add(self.state.session_ttl_ms);
         let (record, is_operator) = {
-            let _writes = self.shared.session_writes.lock().unwrap_or_else(|p| p.into_inner());
+            let _writes = self.state.session_writes.lock().unwrap_or_else(|p| p.into_inner());
             let not_found = || EngineError::NotFound { what: "Session" };
             let mut record = self.store().sessions.get(&(account_id, session_id))?.ok_or_else(not_found)?;
             let old = decode_hash(&record.token_sha256)?;
-            let (_, entry) = self.shared.sessions_by_hash.remove(&old).ok_or_else(not_found)?;
+            let (_, entry) = self.state.sessions_by_hash.remove(&old).ok_or_else(not_found)?;
             if entry.is_expired(now) {
                 self.store().sessions.remove(&(account_id, session_id))?;
                 return Err(not_found());
@@ -385,7 +386,7 @@ impl Directory {
         self.store().flush().await?;
         // A revocation may have landed during the flush: the new token goes live only if the
         // stored session still carries it, checked under the same lock revocations take.
-        let _writes = self.shared.session_writes.lock().unwrap_or_else(|p| p.into_inner());
+        let _writes = self.state.session_writes.lock().unwrap_or_else(|p| p.into_inner());
         let still_ours = self
             .store()
             .sessions
@@ -395,7 +396,7 @@ impl Directory {
             return Err(EngineError::NotFound { what: "Session" });
         }
         let entry = SessionEntry::new(record.id.clone(), account_id.to_owned(), is_operator, now, expires);
-        self.shared.sessions_by_hash.insert(tokens::sha256(&token), Arc::new(entry));
+        self.state.sessions_by_hash.insert(tokens::sha256(&token), Arc::new(entry));
         Ok((record, token))
     }
 
@@ -427,8 +428,8 @@ impl Directory {
         drop(creating);
         self.store().flush().await?;
         let entry = Arc::new(WorkspaceEntry::new(&record));
-        self.shared.workspaces.insert((account_id.to_owned(), record.slug.clone()), entry.clone());
-        let spec: Arc<dyn ChildSpec> = Arc::new(workspace::spec(&self.shared, entry));
+        self.state.workspaces.insert((account_id.to_owned(), record.slug.clone()), entry.clone());
+        let spec: Arc<dyn ChildSpec> = Arc::new(workspace::spec(&self.state, entry));
         self.start_child(accounts::NAME, spec).await;
         Ok(record)
     }
@@ -468,7 +469,7 @@ impl Directory {
         record.updated_at_ms = crate::clock::now_ms();
         self.store().workspaces.insert(&(account_id, slug), &record)?;
         self.store().flush().await?;
-        if let Some(entry) = self.shared.workspace_entry(account_id, slug) {
+        if let Some(entry) = self.state.workspace_entry(account_id, slug) {
             entry.update(&record);
         }
         Ok(record)
@@ -538,10 +539,10 @@ impl Directory {
             actor_name: apikey::actor_name(&record.id),
             last_used_ms: 0.into(),
         });
-        self.shared.keys_by_id.insert(record.id.clone(), entry.clone());
-        self.shared.keys_by_hash.insert(decode_hash(&record.secret_sha256)?, entry.clone());
+        self.state.keys_by_id.insert(record.id.clone(), entry.clone());
+        self.state.keys_by_hash.insert(decode_hash(&record.secret_sha256)?, entry.clone());
         let parent = self.key_parent(&entry);
-        self.start_child(&parent, self.shared.key_spec(entry)).await;
+        self.start_child(&parent, self.state.key_spec(entry)).await;
         Ok((KeyView { record, workspace_name: workspace.map(|w| w.name) }, secret))
     }
 
@@ -553,7 +554,7 @@ impl Directory {
         Ok(keys
             .into_iter()
             .map(|mut record| {
-                if let Some(live) = self.shared.keys_by_id.get(&record.id).and_then(|e| e.last_used_ms()) {
+                if let Some(live) = self.state.keys_by_id.get(&record.id).and_then(|e| e.last_used_ms()) {
                     record.last_used_at_ms = Some(record.last_used_at_ms.map_or(live, |p| p.max(live)));
                 }
                 let workspace_name = record.workspace_slug.as_ref().and_then(|s| names.get(s).cloned());
@@ -580,7 +581,7 @@ impl Directory {
         }
         self.store().api_keys.insert(&(account_id, key_id), &record)?;
         self.store().flush().await?;
-        if let Some(actor) = self.shared.registry.actor::<ApiKeyMsg>(&apikey::actor_name(key_id)) {
+        if let Some(actor) = self.state.registry.actor::<ApiKeyMsg>(&apikey::actor_name(key_id)) {
             let _ = actor.cast(ApiKeyMsg::SetRateLimit(record.rate_limit_rpm.unwrap_or(self.config.default_rpm)));
         }
         let workspace_name = match &record.workspace_slug {
@@ -598,9 +599,9 @@ impl Directory {
         let hash = decode_hash(&record.secret_sha256)?;
         let entry = {
             // Against the last-used persister writing the record back (see `session_writes`).
-            let _writes = self.shared.session_writes.lock().unwrap_or_else(|p| p.into_inner());
-            self.shared.keys_by_hash.remove(&hash);
-            let entry = self.shared.keys_by_id.remove(key_id).map(|(_, e)| e);
+            let _writes = self.state.session_writes.lock().unwrap_or_else(|p| p.into_inner());
+            self.state.keys_by_hash.remove(&hash);
+            let entry = self.state.keys_by_id.remove(key_id).map(|(_, e)| e);
             self.store().api_keys.remove(&(account_id, key_id))?;
             entry
         };
@@ -615,7 +616,7 @@ impl Directory {
     fn key_parent(&self, key: &KeyEntry) -> String {
         key.workspace_slug
             .as_ref()
-            .and_then(|slug| self.shared.workspace_entry(&key.account_id, slug))
+            .and_then(|slug| self.state.workspace_entry(&key.account_id, slug))
             .map(|ws| workspace::actor_name(&ws.uuid))
             .unwrap_or_else(|| accounts::NAME.to_owned())
     }
@@ -623,10 +624,10 @@ impl Directory {
     /// Asks a supervisor to start a child. If the supervisor is itself restarting, the child
     /// is started from storage when it comes back, so a failure here is only logged.
     async fn start_child(&self, parent: &str, spec: Arc<dyn ChildSpec>) {
-        supervisor::start_child(&self.shared.registry, parent, spec).await;
+        supervisor::start_child(&self.state.registry, parent, spec).await;
     }
 
     fn stop_child(&self, parent: &str, name: String) {
-        supervisor::stop_child(&self.shared.registry, parent, name);
+        supervisor::stop_child(&self.state.registry, parent, name);
     }
 }

@@ -8,10 +8,10 @@ use tokaroo_storage::StorageError;
 
 use crate::{
     directory::apikey::KeyEntry,
-    shared::{SessionEntry, Shared},
+    directory::state::{DirectoryState, SessionEntry},
 };
 
-impl Shared {
+impl DirectoryState {
     /// Drops an expired session from the index and storage. No flush: were the removal
     /// lost, the stored use times would still make it expired at the next start.
     pub(crate) fn expire_session(&self, hash: &[u8; 32], entry: &Arc<SessionEntry>) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::{
-    shared::{Shared, WorkspaceEntry},
+    directory::state::{DirectoryState, WorkspaceEntry},
     tree::supervisor::{Restart, SupervisorSpec},
 };
 
@@ -15,20 +15,20 @@ pub fn actor_name(workspace_uuid: &str) -> String {
     format!("workspace:{workspace_uuid}")
 }
 
-pub fn spec(shared: &Arc<Shared>, entry: Arc<WorkspaceEntry>) -> SupervisorSpec {
-    let loader_shared = shared.clone();
+pub fn spec(state: &Arc<DirectoryState>, entry: Arc<WorkspaceEntry>) -> SupervisorSpec {
+    let loader_state = state.clone();
     let loader_entry = entry.clone();
     SupervisorSpec {
         name: actor_name(&entry.uuid),
         kind: "workspace",
         restart: Restart::Permanent,
-        policy: shared.restart_policy,
-        registry: shared.registry.clone(),
+        policy: state.restart_policy,
+        registry: state.registry.clone(),
         escalates: true,
         loader: Arc::new(move || {
             let record = loader_entry.record();
-            let keys = loader_shared.keys_in_workspace(&record.account_id, Some(&record.slug));
-            keys.into_iter().map(|key| loader_shared.key_spec(key)).collect()
+            let keys = loader_state.keys_in_workspace(&record.account_id, Some(&record.slug));
+            keys.into_iter().map(|key| loader_state.key_spec(key)).collect()
         }),
         describe: Arc::new(move |children| {
             let r = entry.record();

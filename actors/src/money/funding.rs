@@ -33,7 +33,6 @@ use crate::{
         WebhookEvent,
     },
     money::{ledger::LedgerClient, payments::PaymentProcessor},
-    shared::Shared,
     tree::{
         supervisor::{self, Restart},
         task::TaskSpec,
@@ -135,7 +134,13 @@ fn crash_point() {
 pub struct Funding(Arc<FundingParts>);
 
 pub(crate) struct FundingParts {
-    shared: Arc<Shared>,
+    store: tokaroo_storage::Store,
+    registry: crate::tree::registry::Registry,
+    /// Per account: serialises changes to its billing profile (checkouts, top-ups, auto pay,
+    /// card changes). Per account, so one tenant's slow payment calls never hold another's.
+    funding_locks: dashmap::DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Accounts with an auto pay job running: one at a time each.
+    auto_pay_in_flight: dashmap::DashMap<String, ()>,
     settings: FundingSettings,
     /// Enables the test-only payment faults.
     fault_injection: bool,
@@ -147,14 +152,25 @@ pub(crate) struct FundingParts {
 
 impl Funding {
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        store: tokaroo_storage::Store,
+        registry: crate::tree::registry::Registry,
         config: &EngineConfig,
         ledger: LedgerClient,
         payments: Arc<dyn PaymentProcessor>,
         directory: Directory,
     ) -> Self {
         let (settings, fault_injection) = (config.funding.clone(), config.fault_injection);
-        let parts = FundingParts { shared, settings, fault_injection, ledger, payments, directory: directory.clone() };
+        let parts = FundingParts {
+            store,
+            registry,
+            funding_locks: Default::default(),
+            auto_pay_in_flight: Default::default(),
+            settings,
+            fault_injection,
+            ledger,
+            payments,
+            directory: directory.clone(),
+        };
         let funding = Self(Arc::new(parts));
         // Weak: the directory must not keep funding (which holds the directory) alive.
         let weak = Arc::downgrade(&funding.0);
@@ -173,7 +189,6 @@ impl Funding {
     fn profile(&self, account_id: &str) -> Result<BillingProfile, EngineError> {
         Ok(self
             .0
-            .shared
             .store
             .billing
             .get(&account_id)?
@@ -181,8 +196,8 @@ impl Funding {
     }
 
     async fn save_profile(&self, profile: &BillingProfile) -> Result<(), EngineError> {
-        self.0.shared.store.billing.insert(&profile.account_id.as_str(), profile)?;
-        self.0.shared.store.flush().await?;
+        self.0.store.billing.insert(&profile.account_id.as_str(), profile)?;
+        self.0.store.flush().await?;
         Ok(())
     }
 
@@ -198,7 +213,7 @@ impl Funding {
         if let Some(id) = &profile.customer_id {
             return Ok(id.clone());
         }
-        let name = self.0.shared.store.accounts.get(&profile.account_id.as_str())?.map(|a| a.name).unwrap_or_default();
+        let name = self.0.store.accounts.get(&profile.account_id.as_str())?.map(|a| a.name).unwrap_or_default();
         let id = self.0.payments.create_customer(&profile.account_id, &name).await?;
         profile.customer_id = Some(id.clone());
         self.save_profile(profile).await?;
@@ -207,7 +222,7 @@ impl Funding {
 
     /// Serialises one account's billing-profile changes (see `Shared::funding_locks`).
     async fn funding_guard(&self, account_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = self.0.shared.funding_locks.entry(account_id.to_owned()).or_default().clone();
+        let lock = self.0.funding_locks.entry(account_id.to_owned()).or_default().clone();
         lock.lock_owned().await
     }
 
@@ -347,9 +362,7 @@ impl Funding {
         else {
             return Ok(false);
         };
-        let Some(mut attempt) =
-            self.0.shared.store.payment_attempts.get(&(account_id.as_str(), attempt_id.as_str()))?
-        else {
+        let Some(mut attempt) = self.0.store.payment_attempts.get(&(account_id.as_str(), attempt_id.as_str()))? else {
             tracing::warn!(account = %account_id, attempt = %attempt_id, "a payment names an attempt this server does not have");
             return Ok(false);
         };
@@ -369,7 +382,7 @@ impl Funding {
         }
         let since =
             time::OffsetDateTime::now_utc().unix_timestamp() - self.0.settings.reconcile_lookback.as_secs() as i64;
-        for profile in self.0.shared.store.billing.all()? {
+        for profile in self.0.store.billing.all()? {
             let Some(customer_id) = &profile.customer_id else { continue };
             report.customers += 1;
             for payment in self.0.payments.recent_payments(customer_id, since).await? {
@@ -402,12 +415,12 @@ impl Funding {
     /// An account's credits and adjustments, oldest first (everything logged so far).
     pub async fn credits(&self, account_id: &str) -> Result<Vec<tokaroo_storage::records::Credit>, EngineError> {
         self.0.ledger.commit().await?;
-        Ok(self.0.shared.store.ledger.account_credits(account_id)?)
+        Ok(self.0.store.ledger.account_credits(account_id)?)
     }
 
     /// An account's attempts, newest first.
     pub fn payment_attempts(&self, account_id: &str) -> Result<Vec<PaymentAttempt>, EngineError> {
-        let mut attempts = self.0.shared.store.payment_attempts.scan_prefix(&(account_id,))?;
+        let mut attempts = self.0.store.payment_attempts.scan_prefix(&(account_id,))?;
         attempts.sort_by_key(|a| std::cmp::Reverse(a.created_at_ms));
         Ok(attempts)
     }
@@ -419,8 +432,7 @@ impl Funding {
             }
         }
         let profile = self.profile(account_id)?;
-        let account =
-            self.0.shared.store.accounts.get(&account_id)?.ok_or(EngineError::NotFound { what: "Account" })?;
+        let account = self.0.store.accounts.get(&account_id)?.ok_or(EngineError::NotFound { what: "Account" })?;
         let key_count = self.0.directory.list_keys(account_id)?.len();
         let money = self.money(account_id).await?;
         let funded = profile.successful_payments > 0;
@@ -530,8 +542,8 @@ impl Funding {
 
     async fn save_attempt(&self, attempt: &mut PaymentAttempt) -> Result<(), EngineError> {
         attempt.updated_at_ms = crate::clock::now_ms();
-        self.0.shared.store.payment_attempts.insert(&(attempt.account_id.as_str(), attempt.id.as_str()), attempt)?;
-        self.0.shared.store.flush().await?;
+        self.0.store.payment_attempts.insert(&(attempt.account_id.as_str(), attempt.id.as_str()), attempt)?;
+        self.0.store.flush().await?;
         Ok(())
     }
 
@@ -701,7 +713,7 @@ impl Funding {
         else {
             return;
         };
-        if self.0.shared.auto_pay_in_flight.insert(account_id.to_owned(), ()).is_some() {
+        if self.0.auto_pay_in_flight.insert(account_id.to_owned(), ()).is_some() {
             return;
         }
         let funding = self.clone();
@@ -717,15 +729,15 @@ impl Funding {
                         _ => engine.charge_card(&account_id, amount, "auto_pay").await.map(|_| ()),
                     }
                 };
-                engine.0.shared.auto_pay_in_flight.remove(&*account_id);
+                engine.0.auto_pay_in_flight.remove(&*account_id);
                 result.map_err(|error| format!("auto pay failed: {error}"))
             })
         });
         // Temporary: a failed attempt is recorded, and the next charge under the threshold
         // tries again.
         let spec = TaskSpec::once(format!("autopay:{account_id}"), "autopay", Restart::Temporary, job);
-        if !supervisor::adopt(&self.0.shared.registry, crate::tree::task::TASKS, Arc::new(spec)) {
-            self.0.shared.auto_pay_in_flight.remove(account_id);
+        if !supervisor::adopt(&self.0.registry, crate::tree::task::TASKS, Arc::new(spec)) {
+            self.0.auto_pay_in_flight.remove(account_id);
         }
     }
     /// Usage rows of an account, newest first, strictly before `before_us`. Waits for the
@@ -738,7 +750,7 @@ impl Funding {
         limit: usize,
     ) -> Result<(Vec<UsageRow>, bool), EngineError> {
         self.0.ledger.commit().await?;
-        Ok(self.0.shared.store.ledger.usage_page(account_id, filter, before_us, limit)?)
+        Ok(self.0.store.ledger.usage_page(account_id, filter, before_us, limit)?)
     }
 
     /// An account's daily usage rollups for days `from_day..=to_day` (after a commit, as above).
@@ -749,7 +761,7 @@ impl Funding {
         to_day: i64,
     ) -> Result<Vec<tokaroo_storage::records::RollupCell>, EngineError> {
         self.0.ledger.commit().await?;
-        Ok(self.0.shared.store.ledger.rollups(account_id, from_day, to_day)?)
+        Ok(self.0.store.ledger.rollups(account_id, from_day, to_day)?)
     }
 
     pub async fn money(&self, account_id: &str) -> Result<AccountMoney, EngineError> {
@@ -768,7 +780,7 @@ impl Funding {
         if !(amount_usd.is_finite() && amount_usd > 0.0 && amount_usd <= 1_000_000.0) {
             return Err(EngineError::invalid("amount_usd must be a positive number of dollars, at most 1000000"));
         }
-        if self.0.shared.store.accounts.get(&account_id)?.is_none() {
+        if self.0.store.accounts.get(&account_id)?.is_none() {
             return Err(EngineError::NotFound { what: "Account" });
         }
         let credit = Credit {

@@ -17,7 +17,6 @@ use crate::{
     routing::provider::{upstream_spec, ENDPOINTS, PROVIDERS},
     routing::providers::{Connection, ProviderKind},
     routing::upstreams::{Owner, Upstream},
-    shared::Shared,
     tree::supervisor,
 };
 
@@ -144,7 +143,24 @@ fn headers_list(headers: &Map<String, Value>) -> Result<Vec<(String, String)>, E
         .collect()
 }
 
-impl Shared {
+/// What connections work with: the live upstream set, how to reach providers, and the
+/// sealing and guarding of what accounts hand us.
+pub struct ConnectionsState {
+    pub store: tokaroo_storage::Store,
+    pub registry: crate::tree::registry::Registry,
+    pub upstreams: Arc<crate::routing::upstreams::Upstreams>,
+    /// How often self-hosted endpoints are rechecked.
+    pub endpoint_recheck: std::time::Duration,
+    /// The pooled HTTP client for upstreams the operator configured (managed, BYOK).
+    pub http: reqwest::Client,
+    /// Clients and checks for addresses accounts chose (self-hosted endpoints).
+    pub endpoint_guards: crate::routing::netguard::EndpointGuards,
+    pub secrets: crate::security::secrets::SecretBox,
+    /// Where each provider's API lives (managed connections and BYOK keys alike).
+    pub provider_base_urls: Vec<(ProviderKind, String)>,
+}
+
+impl ConnectionsState {
     pub(crate) fn byok_upstream(&self, key: &ProviderKey, secret: String) -> Option<Arc<Upstream>> {
         let kind = ProviderKind::parse(&key.provider)?;
         let base_url = self.provider_base_urls.iter().find(|(k, _)| *k == kind).map(|(_, u)| u.clone())?;
@@ -247,24 +263,24 @@ impl Shared {
 /// Accounts' provider keys (BYOK) and self-hosted endpoints, each an upstream with an actor.
 #[derive(Clone)]
 pub struct Connections {
-    shared: Arc<Shared>,
+    state: Arc<ConnectionsState>,
     /// Workspaces to bind to, and the per-account creation caps.
     directory: Directory,
 }
 
 impl Connections {
-    pub(crate) fn new(shared: Arc<Shared>, directory: Directory) -> Self {
-        Self { shared, directory }
+    pub(crate) fn new(state: Arc<ConnectionsState>, directory: Directory) -> Self {
+        Self { state, directory }
     }
 
     fn store(&self) -> &tokaroo_storage::Store {
-        &self.shared.store
+        &self.state.store
     }
 
     /// Makes a connection routable and starts its actor under `group`.
     async fn go_live(&self, group: &str, upstream: Arc<Upstream>) {
-        self.shared.upstreams.insert(upstream.clone());
-        supervisor::start_child(&self.shared.registry, group, upstream_spec(upstream, self.shared.endpoint_recheck))
+        self.state.upstreams.insert(upstream.clone());
+        supervisor::start_child(&self.state.registry, group, upstream_spec(upstream, self.state.endpoint_recheck))
             .await;
     }
 
@@ -299,7 +315,7 @@ impl Connections {
             label: new.label.unwrap_or_else(|| format!("{} key", new.provider)),
             provider: new.provider,
             workspace_slug: new.workspace_slug,
-            sealed_secret: self.shared.secrets.seal(new.secret.trim()),
+            sealed_secret: self.state.secrets.seal(new.secret.trim()),
             created_at_ms: crate::clock::now_ms(),
             last_success_at_ms: None,
             last_failure_at_ms: None,
@@ -309,7 +325,7 @@ impl Connections {
         self.store().provider_keys.insert(&(account_id, record.id.as_str()), &record)?;
         drop(creating);
         self.store().flush().await?;
-        if let Some(upstream) = self.shared.byok_upstream(&record, new.secret.trim().to_owned()) {
+        if let Some(upstream) = self.state.byok_upstream(&record, new.secret.trim().to_owned()) {
             self.go_live(PROVIDERS, upstream).await;
         }
         Ok(ProviderKeyView { record, workspace_name, health: None })
@@ -328,7 +344,7 @@ impl Connections {
             .filter(|k| workspace.is_none() || k.workspace_slug.as_deref() == workspace)
             .map(|record| {
                 let health = ProviderKind::parse(&record.provider)
-                    .and_then(|kind| self.shared.upstreams.get(&byok_name(kind, &record.id)))
+                    .and_then(|kind| self.state.upstreams.get(&byok_name(kind, &record.id)))
                     .map(|u| u.health.snapshot());
                 let workspace_name = record.workspace_slug.as_ref().and_then(|s| names.get(s).cloned());
                 ProviderKeyView { record, workspace_name, health }
@@ -345,25 +361,25 @@ impl Connections {
         self.store().flush().await?;
         if let Some(kind) = ProviderKind::parse(&record.provider) {
             let name = byok_name(kind, id);
-            self.shared.upstreams.remove(&name);
-            supervisor::stop_child(&self.shared.registry, PROVIDERS, name);
+            self.state.upstreams.remove(&name);
+            supervisor::stop_child(&self.state.registry, PROVIDERS, name);
         }
         Ok(())
     }
 
     fn is_operator(&self, account_id: &str) -> bool {
-        self.shared.operator_account_id().as_deref() == Some(account_id)
+        self.directory.operator_account_id().as_deref() == Some(account_id)
     }
 
     /// Refuses a URL whose address the account may not reach, saying why.
     async fn check_endpoint_url(&self, account_id: &str, url: &reqwest::Url) -> Result<(), EngineError> {
-        let guard = self.shared.endpoint_guards.for_account(self.is_operator(account_id));
+        let guard = self.state.endpoint_guards.for_account(self.is_operator(account_id));
         guard.check_url(url).await.map_err(|refused| EngineError::Invalid(refused.explain()))
     }
 
     /// The URL to store in the clear, and the whole one sealed when it carries credentials.
     fn seal_url(&self, given: &str, url: &reqwest::Url) -> (String, Option<String>) {
-        let sealed = has_credentials(url).then(|| self.shared.secrets.seal(given));
+        let sealed = has_credentials(url).then(|| self.state.secrets.seal(given));
         (shown_url(given, url), sealed)
     }
 
@@ -388,7 +404,7 @@ impl Connections {
             sealed_url,
             default_model: new.default_model,
             sealed_headers: (!headers.is_empty())
-                .then(|| self.shared.secrets.seal(&serde_json::to_string(&headers).unwrap_or_default())),
+                .then(|| self.state.secrets.seal(&serde_json::to_string(&headers).unwrap_or_default())),
             workspace_slug: new.workspace_slug,
             status: "unknown".into(),
             models: Vec::new(),
@@ -396,7 +412,7 @@ impl Connections {
             created_at_ms: now,
             updated_at_ms: now,
         };
-        let upstream = self.shared.endpoint_upstream(&record, headers, self.is_operator(account_id))?;
+        let upstream = self.state.endpoint_upstream(&record, headers, self.is_operator(account_id))?;
         self.apply_check(&mut record, &upstream).await;
         self.store().local_endpoints.insert(&(account_id, record.id.as_str()), &record)?;
         drop(creating);
@@ -413,7 +429,7 @@ impl Connections {
     }
 
     fn live_endpoint(&self, mut record: LocalEndpoint) -> EndpointView {
-        if let Some(u) = self.shared.upstreams.get(&endpoint_name(&record.id)) {
+        if let Some(u) = self.state.upstreams.get(&endpoint_name(&record.id)) {
             let snapshot = u.health.snapshot();
             record.status = if snapshot.unreachable { "unreachable".into() } else { "healthy".into() };
             record.models = u.local_models.read().map(|m| m.clone()).unwrap_or(record.models);
@@ -462,7 +478,7 @@ impl Connections {
             Some(Some(h)) => {
                 let list = headers_list(&h)?;
                 record.sealed_headers = (!list.is_empty())
-                    .then(|| self.shared.secrets.seal(&serde_json::to_string(&list).unwrap_or_default()));
+                    .then(|| self.state.secrets.seal(&serde_json::to_string(&list).unwrap_or_default()));
                 list
             }
             Some(None) => {
@@ -470,18 +486,18 @@ impl Connections {
                 Vec::new()
             }
             None => match &record.sealed_headers {
-                Some(sealed) => serde_json::from_str(&self.shared.secrets.open(sealed)?).unwrap_or_default(),
+                Some(sealed) => serde_json::from_str(&self.state.secrets.open(sealed)?).unwrap_or_default(),
                 None => Vec::new(),
             },
         };
         record.updated_at_ms = crate::clock::now_ms();
-        let upstream = self.shared.endpoint_upstream(&record, headers, self.is_operator(account_id))?;
+        let upstream = self.state.endpoint_upstream(&record, headers, self.is_operator(account_id))?;
         self.apply_check(&mut record, &upstream).await;
         self.store().local_endpoints.insert(&(account_id, id), &record)?;
         self.store().flush().await?;
         // Replace the live connection and its actor.
         let name = endpoint_name(id);
-        supervisor::stop_child(&self.shared.registry, ENDPOINTS, name);
+        supervisor::stop_child(&self.state.registry, ENDPOINTS, name);
         self.go_live(ENDPOINTS, upstream).await;
         Ok(EndpointView { has_headers: record.sealed_headers.is_some(), record })
     }
@@ -493,15 +509,15 @@ impl Connections {
             .ok_or(EngineError::NotFound { what: "Local endpoint" })?;
         self.store().flush().await?;
         let name = endpoint_name(id);
-        self.shared.upstreams.remove(&name);
-        supervisor::stop_child(&self.shared.registry, ENDPOINTS, name);
+        self.state.upstreams.remove(&name);
+        supervisor::stop_child(&self.state.registry, ENDPOINTS, name);
         Ok(())
     }
 
     pub async fn recheck_endpoint(&self, account_id: &str, id: &str) -> Result<EndpointView, EngineError> {
         let mut record = self.endpoint_record(account_id, id)?;
         let upstream =
-            self.shared.upstreams.get(&endpoint_name(id)).ok_or(EngineError::NotFound { what: "Local endpoint" })?;
+            self.state.upstreams.get(&endpoint_name(id)).ok_or(EngineError::NotFound { what: "Local endpoint" })?;
         self.apply_check(&mut record, &upstream).await;
         self.store().local_endpoints.insert(&(account_id, id), &record)?;
         Ok(EndpointView { has_headers: record.sealed_headers.is_some(), record })

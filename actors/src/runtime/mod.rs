@@ -11,7 +11,8 @@ pub mod work;
 use std::sync::Arc;
 
 use crate::{
-    config::EngineConfig, money::funding::Funding, money::ledger::LedgerClient, routing::router::Router, shared::Shared,
+    config::EngineConfig, directory::state::DirectoryState, money::funding::Funding, money::ledger::LedgerClient,
+    routing::router::Router,
 };
 
 /// Chat and embeddings: plan, reserve, execute, price, settle. One `Arc`: cloned into each
@@ -20,7 +21,8 @@ use crate::{
 pub struct Runtime(Arc<RuntimeParts>);
 
 pub(crate) struct RuntimeParts {
-    pub(crate) shared: Arc<Shared>,
+    /// Workspaces' budgets and the operator's account (not metered).
+    pub(crate) directory: Arc<DirectoryState>,
     pub(crate) config: Arc<EngineConfig>,
     pub(crate) router: Arc<Router>,
     pub(crate) ledger: LedgerClient,
@@ -31,13 +33,13 @@ pub(crate) struct RuntimeParts {
 
 impl Runtime {
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        directory: Arc<DirectoryState>,
         config: Arc<EngineConfig>,
         router: Arc<Router>,
         ledger: LedgerClient,
         funding: Funding,
     ) -> Self {
-        Self(Arc::new(RuntimeParts { shared, config, router, ledger, funding, work: work::Work::default() }))
+        Self(Arc::new(RuntimeParts { directory, config, router, ledger, funding, work: work::Work::default() }))
     }
 
     /// Request work that outlives its client, which shutdown waits for.

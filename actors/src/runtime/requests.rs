@@ -155,10 +155,10 @@ impl Runtime {
         key: &KeyEntry,
         amount_units: impl FnOnce() -> i64,
     ) -> Result<Option<HoldGuard>, EngineError> {
-        let metered = self.0.shared.operator_account_id().as_deref() != Some(key.account_id.as_str());
+        let metered = self.0.directory.operator_account_id().as_deref() != Some(key.account_id.as_str());
         let budget = key.workspace_slug.as_ref().and_then(|slug| {
-            let entry = self.0.shared.workspace_entry(&key.account_id, slug)?;
-            entry.monthly_budget_units().map(|units| (slug.clone(), units))
+            let entry = self.0.directory.workspace_entry(&key.account_id, slug)?;
+            entry.monthly_budget_usd().map(|usd| (slug.clone(), usd_to_units(usd)))
         });
         if !metered && budget.is_none() {
             return Ok(None);
@@ -266,7 +266,7 @@ impl Runtime {
             reason = %row.routing_reason, charged_usd = charge.charged_usd(), "request served"
         );
         let (_, money) = self.0.ledger.settle(hold, row).await?;
-        if self.0.shared.operator_account_id().as_deref() != Some(key.account_id.as_str()) {
+        if self.0.directory.operator_account_id().as_deref() != Some(key.account_id.as_str()) {
             self.0.funding.maybe_auto_pay(&key.account_id, money);
         }
         Ok(charge)

@@ -1,8 +1,8 @@
-//! State shared by the engine facade and its actors: the store and the in-memory indices
-//! that authentication reads on every request (rebuilt from storage at start).
+//! The directory's live state: the indices authentication and admission read on every
+//! request (rebuilt from storage at start), and each workspace's one home.
 
 use std::sync::{
-    atomic::{AtomicBool, AtomicI64, Ordering},
+    atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     Arc,
 };
 
@@ -11,7 +11,6 @@ use tokaroo_storage::Store;
 
 use crate::{
     directory::apikey::{ApiKeySpec, KeyEntry},
-    routing::upstreams::Upstreams,
     tree::supervisor::{ChildSpec, RestartPolicy},
 };
 
@@ -55,30 +54,31 @@ pub struct WorkspaceEntry {
     pub uuid: String,
     record: std::sync::RwLock<Arc<tokaroo_storage::records::Workspace>>,
     active: AtomicBool,
-    /// The monthly budget in ledger units, or [`NO_BUDGET`].
-    budget_units: AtomicI64,
+    /// The monthly budget in USD as `f64` bits, or [`NO_BUDGET`].
+    budget_usd_bits: AtomicU64,
 }
 
-pub const NO_BUDGET: i64 = -1;
+/// No budget: a NaN payload no real budget has.
+pub const NO_BUDGET: u64 = u64::MAX;
 
 impl WorkspaceEntry {
     pub fn new(record: &tokaroo_storage::records::Workspace) -> Self {
         Self {
             uuid: record.id.clone(),
             active: (record.status == tokaroo_storage::records::WorkspaceStatus::Active).into(),
-            budget_units: Self::budget_units_of(record).into(),
+            budget_usd_bits: Self::budget_bits_of(record).into(),
             record: std::sync::RwLock::new(Arc::new(record.clone())),
         }
     }
 
-    fn budget_units_of(record: &tokaroo_storage::records::Workspace) -> i64 {
-        record.monthly_budget_usd.map_or(NO_BUDGET, crate::money::billing::usd_to_units)
+    fn budget_bits_of(record: &tokaroo_storage::records::Workspace) -> u64 {
+        record.monthly_budget_usd.map_or(NO_BUDGET, f64::to_bits)
     }
 
     /// Applies a changed record (status, budget, name).
     pub fn update(&self, record: &tokaroo_storage::records::Workspace) {
         self.active.store(record.status == tokaroo_storage::records::WorkspaceStatus::Active, Ordering::Relaxed);
-        self.budget_units.store(Self::budget_units_of(record), Ordering::Relaxed);
+        self.budget_usd_bits.store(Self::budget_bits_of(record), Ordering::Relaxed);
         *self.record.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(record.clone());
     }
 
@@ -90,19 +90,15 @@ impl WorkspaceEntry {
         self.active.load(Ordering::Relaxed)
     }
 
-    pub fn monthly_budget_units(&self) -> Option<i64> {
-        Some(self.budget_units.load(Ordering::Relaxed)).filter(|u| *u != NO_BUDGET)
+    pub fn monthly_budget_usd(&self) -> Option<f64> {
+        Some(self.budget_usd_bits.load(Ordering::Relaxed)).filter(|b| *b != NO_BUDGET).map(f64::from_bits)
     }
 }
 
-pub struct Shared {
+pub struct DirectoryState {
     pub store: Store,
-    /// Per account: serialises changes to its billing profile (checkouts, top-ups, auto pay,
-    /// card changes). Per account, so one tenant's slow payment calls never hold another's.
-    pub funding_locks: DashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>,
     /// Per account: serialises creations checked against a count cap (`limits.rs`).
     pub creation_locks: DashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>,
-    pub auto_pay_in_flight: DashMap<String, ()>,
     pub restart_policy: RestartPolicy,
     /// The operator's account, once bootstrapped: it is not metered or capped.
     pub operator_account_id: std::sync::RwLock<Option<String>>,
@@ -120,19 +116,9 @@ pub struct Shared {
     pub session_writes: std::sync::Mutex<()>,
     /// (account_id, slug) → live workspace state.
     pub workspaces: DashMap<(String, String), Arc<WorkspaceEntry>>,
-    pub upstreams: Arc<Upstreams>,
-    /// How often self-hosted endpoints are rechecked.
-    pub endpoint_recheck: std::time::Duration,
-    /// The pooled HTTP client for upstreams the operator configured (managed, BYOK).
-    pub http: reqwest::Client,
-    /// Clients and checks for addresses accounts chose (self-hosted endpoints).
-    pub endpoint_guards: crate::routing::netguard::EndpointGuards,
-    pub secrets: crate::security::secrets::SecretBox,
-    /// Where each provider's API lives (managed connections and BYOK keys alike).
-    pub provider_base_urls: Vec<(crate::routing::providers::ProviderKind, String)>,
 }
 
-impl Shared {
+impl DirectoryState {
     pub fn operator_account_id(&self) -> Option<String> {
         self.operator_account_id.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
