@@ -157,6 +157,9 @@ async fn an_unreachable_endpoint_is_saved_as_unreachable_with_headers_sealed() {
     assert_eq!(p.body["has_headers"], false);
     let tree = gw.actor_tree().await;
     assert!(find_actor(&tree, &format!("endpoint:{id}")).is_some(), "{tree:#}\n{}", gw.log());
+    // Its recheck runs as a task beside it (a slow probe never holds up the endpoint's actor).
+    let recheck = find_actor(&tree, &format!("recheck:{id}")).expect("the endpoint's recheck task");
+    assert_eq!((recheck["kind"].as_str(), recheck["status"].as_str()), (Some("recheck"), Some("running")), "{recheck}");
 
     // Requests still work: they fall back to managed routing while the endpoint is down.
     let key = gw.first_key.clone().unwrap();
@@ -170,7 +173,9 @@ async fn an_unreachable_endpoint_is_saved_as_unreachable_with_headers_sealed() {
     assert_eq!(gw.delete(&format!("/v1/local-endpoints/{id}"), &other).await.status, 404);
     assert_eq!(gw.delete(&format!("/v1/local-endpoints/{id}"), ADMIN_TOKEN).await.status, 200);
     assert_eq!(gw.get(&format!("/v1/local-endpoints/{id}"), ADMIN_TOKEN).await.status, 404);
-    assert!(find_actor(&gw.actor_tree().await, &format!("endpoint:{id}")).is_none());
+    let tree = gw.actor_tree().await;
+    assert!(find_actor(&tree, &format!("endpoint:{id}")).is_none());
+    assert!(find_actor(&tree, &format!("recheck:{id}")).is_none(), "the recheck stops with its endpoint");
 
     for bad in [
         json!({"url": "ftp://x"}),

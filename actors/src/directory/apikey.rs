@@ -16,14 +16,14 @@ use governor::{
     state::{InMemoryState, NotKeyed},
     Quota, RateLimiter,
 };
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use serde_json::json;
 use tokaroo_storage::Store;
 
 use crate::tree::{
     inspect::Inspection,
     registry::{ChildRef, TreeMsg},
-    supervisor::{spawn_linked, BoxFuture, ChildSpec},
+    supervisor::{spawn_linked, BoxFuture, ChildSpec, SpawnAt},
 };
 
 /// The in-memory view of a key used by authentication; shared by the index and the actor.
@@ -168,8 +168,8 @@ impl ChildSpec for ApiKeySpec {
     fn kind(&self) -> &'static str {
         "apikey"
     }
-    fn spawn(&self, supervisor: ActorCell) -> BoxFuture<Result<ChildRef, SpawnErr>> {
+    fn spawn(&self, at: SpawnAt) -> BoxFuture<Result<ChildRef, SpawnErr>> {
         let actor = ApiKeyActor { store: self.store.clone(), default_rpm: self.default_rpm };
-        Box::pin(spawn_linked(actor, self.entry.clone(), supervisor))
+        Box::pin(spawn_linked(actor, self.entry.clone(), at))
     }
 }

@@ -128,6 +128,18 @@ fn crash_point() {
     }
 }
 
+/// Marks an account's auto pay as running until dropped.
+struct AutoPayInFlight {
+    funding: Funding,
+    account_id: String,
+}
+
+impl Drop for AutoPayInFlight {
+    fn drop(&mut self) {
+        self.funding.0.auto_pay_in_flight.remove(&self.account_id);
+    }
+}
+
 /// Balances, credits and payments: checkout, webhooks, saved cards, auto pay, activation,
 /// usage history and reconciliation. One `Arc`: background jobs hold clones.
 #[derive(Clone)]
@@ -716,29 +728,26 @@ impl Funding {
         if self.0.auto_pay_in_flight.insert(account_id.to_owned(), ()).is_some() {
             return;
         }
-        let funding = self.clone();
-        let account: Arc<str> = account_id.into();
+        // The flag clears when the job's spec is dropped: once the supervisor forgets the
+        // finished job, or at once if the job never starts. Never while one may still run.
+        let in_flight = Arc::new(AutoPayInFlight { funding: self.clone(), account_id: account_id.into() });
         let job: crate::tree::task::Job = Arc::new(move || {
-            let (engine, account_id) = (funding.clone(), account.clone());
+            let in_flight = in_flight.clone();
             Box::pin(async move {
-                let result = {
-                    let _guard = engine.funding_guard(&account_id).await;
-                    // Checked again under the lock: another top-up may have landed meanwhile.
-                    match engine.money(&account_id).await {
-                        Ok(now) if now.balance_units() >= threshold => Ok(()),
-                        _ => engine.charge_card(&account_id, amount, "auto_pay").await.map(|_| ()),
-                    }
+                let (engine, account_id) = (&in_flight.funding, &in_flight.account_id);
+                let _guard = engine.funding_guard(account_id).await;
+                // Checked again under the lock: another top-up may have landed meanwhile.
+                let result = match engine.money(account_id).await {
+                    Ok(now) if now.balance_units() >= threshold => Ok(()),
+                    _ => engine.charge_card(account_id, amount, "auto_pay").await.map(|_| ()),
                 };
-                engine.0.auto_pay_in_flight.remove(&*account_id);
                 result.map_err(|error| format!("auto pay failed: {error}"))
             })
         });
         // Temporary: a failed attempt is recorded, and the next charge under the threshold
         // tries again.
         let spec = TaskSpec::once(format!("autopay:{account_id}"), "autopay", Restart::Temporary, job);
-        if !supervisor::adopt(&self.0.registry, crate::tree::task::TASKS, Arc::new(spec)) {
-            self.0.auto_pay_in_flight.remove(account_id);
-        }
+        supervisor::adopt(&self.0.registry, crate::tree::task::TASKS, Arc::new(spec));
     }
     /// Usage rows of an account, newest first, strictly before `before_us`. Waits for the
     /// ledger to commit first, so a client sees the rows of every answer it has received.

@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use serde::Serialize;
 use serde_json::json;
 use tokaroo_storage::{
@@ -32,7 +32,7 @@ use tokaroo_storage::{
 use crate::tree::{
     inspect::Inspection,
     registry::{ChildRef, Registry, TreeMsg},
-    supervisor::{spawn_linked, BoxFuture, ChildSpec},
+    supervisor::{spawn_linked, BoxFuture, ChildSpec, SpawnAt},
 };
 
 pub const NAME: &str = "ledger";
@@ -790,8 +790,8 @@ impl ChildSpec for LedgerSpec {
     fn kind(&self) -> &'static str {
         "ledger"
     }
-    fn spawn(&self, supervisor: ActorCell) -> BoxFuture<Result<ChildRef, SpawnErr>> {
-        Box::pin(spawn_linked(LedgerActor { store: self.store.clone() }, (), supervisor))
+    fn spawn(&self, at: SpawnAt) -> BoxFuture<Result<ChildRef, SpawnErr>> {
+        Box::pin(spawn_linked(LedgerActor { store: self.store.clone() }, (), at))
     }
 }
 

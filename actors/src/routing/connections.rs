@@ -14,7 +14,7 @@ use crate::{
     error::EngineError,
     routing::health::HealthSnapshot,
     routing::provider::check_endpoint,
-    routing::provider::{upstream_spec, ENDPOINTS, PROVIDERS},
+    routing::provider::{recheck_name, upstream_specs, ENDPOINTS, PROVIDERS},
     routing::providers::{Connection, ProviderKind},
     routing::upstreams::{Owner, Upstream},
     tree::supervisor,
@@ -277,11 +277,19 @@ impl Connections {
         &self.state.store
     }
 
-    /// Makes a connection routable and starts its actor under `group`.
+    /// Makes a connection routable and starts its actor (and an endpoint's recheck) under
+    /// `group`.
     async fn go_live(&self, group: &str, upstream: Arc<Upstream>) {
         self.state.upstreams.insert(upstream.clone());
-        supervisor::start_child(&self.state.registry, group, upstream_spec(upstream, self.state.endpoint_recheck))
-            .await;
+        for spec in upstream_specs(upstream, self.state.endpoint_recheck) {
+            supervisor::start_child(&self.state.registry, group, spec).await;
+        }
+    }
+
+    /// Stops an endpoint's actor and its recheck.
+    fn take_endpoint_offline(&self, name: String) {
+        supervisor::stop_child(&self.state.registry, ENDPOINTS, recheck_name(&name));
+        supervisor::stop_child(&self.state.registry, ENDPOINTS, name);
     }
 
     fn check_workspace(&self, account_id: &str, slug: &Option<String>) -> Result<Option<String>, EngineError> {
@@ -497,7 +505,7 @@ impl Connections {
         self.store().flush().await?;
         // Replace the live connection and its actor.
         let name = endpoint_name(id);
-        supervisor::stop_child(&self.state.registry, ENDPOINTS, name);
+        self.take_endpoint_offline(name);
         self.go_live(ENDPOINTS, upstream).await;
         Ok(EndpointView { has_headers: record.sealed_headers.is_some(), record })
     }
@@ -510,7 +518,7 @@ impl Connections {
         self.store().flush().await?;
         let name = endpoint_name(id);
         self.state.upstreams.remove(&name);
-        supervisor::stop_child(&self.state.registry, ENDPOINTS, name);
+        self.take_endpoint_offline(name);
         Ok(())
     }
 

@@ -2,14 +2,15 @@
 //! It owns the connection's breakers (circuit, cooldown, latency EWMA, last success/failure):
 //! requests report what happened ([`record_success`], [`record_failure`]) and the actor
 //! publishes the result on the upstream's [`HealthView`]s, which the router reads on every
-//! request without a lock or a round trip. For self-hosted endpoints it also rechecks
-//! reachability and models on a schedule.
+//! request without a lock or a round trip. A self-hosted endpoint also has a `recheck:{id}`
+//! task beside it that checks reachability and models on a schedule, so a slow probe never
+//! holds up the failure reports requests wait for.
 //!
 //! [`HealthView`]: crate::routing::health::HealthView
 
 use std::{sync::Arc, time::Duration};
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use serde_json::json;
 
 use crate::{
@@ -18,7 +19,8 @@ use crate::{
     routing::upstreams::{Owner, Upstream, Upstreams},
     tree::inspect::Inspection,
     tree::registry::{ChildRef, Registry, TreeMsg},
-    tree::supervisor::{spawn_linked, BoxFuture, ChildSpec, Restart, RestartPolicy, SupervisorSpec},
+    tree::supervisor::{spawn_linked, BoxFuture, ChildSpec, Restart, RestartPolicy, SpawnAt, SupervisorSpec},
+    tree::task::{Job, TaskSpec},
 };
 
 /// The supervisors of provider connections and of self-hosted endpoints.
@@ -43,22 +45,38 @@ pub fn group_spec(
         escalates: true,
         loader: Arc::new(move || {
             let of_group = upstreams.all().into_iter().filter(|u| matches!(u.owner, Owner::Local { .. }) == endpoints);
-            of_group.map(|u| upstream_spec(u, recheck_every)).collect()
+            of_group.flat_map(|u| upstream_specs(u, recheck_every)).collect()
         }),
         describe: Arc::new(|children| json!({ "children": children.len() })),
     }
 }
 
-/// The actor spec of one upstream connection; self-hosted endpoints are rechecked every
-/// `endpoint_recheck`.
-pub fn upstream_spec(upstream: Arc<Upstream>, endpoint_recheck: Duration) -> Arc<dyn ChildSpec> {
-    let recheck_every = matches!(upstream.owner, Owner::Local { .. }).then_some(endpoint_recheck);
-    Arc::new(UpstreamSpec { upstream, recheck_every })
+/// The children of one upstream connection: its actor and, for a self-hosted endpoint, the
+/// task that rechecks it every `endpoint_recheck`.
+pub fn upstream_specs(upstream: Arc<Upstream>, endpoint_recheck: Duration) -> Vec<Arc<dyn ChildSpec>> {
+    let mut specs: Vec<Arc<dyn ChildSpec>> = vec![Arc::new(UpstreamSpec { upstream: upstream.clone() })];
+    if matches!(upstream.owner, Owner::Local { .. }) {
+        let name = recheck_name(&upstream.name);
+        let job: Job = Arc::new(move || {
+            let upstream = upstream.clone();
+            Box::pin(async move {
+                let event = probe(&upstream).await;
+                report_published(&upstream, event).await;
+                Ok(())
+            })
+        });
+        let every = TaskSpec::every(name, endpoint_recheck, job);
+        specs.push(Arc::new(TaskSpec { kind: "recheck", ..every }));
+    }
+    specs
+}
+
+/// The recheck task of the upstream named `upstream_name`.
+pub fn recheck_name(upstream_name: &str) -> String {
+    format!("recheck:{}", upstream_name.strip_prefix("endpoint:").unwrap_or(upstream_name))
 }
 
 pub enum UpstreamMsg {
-    /// Self-hosted endpoints: check reachability and discover models now.
-    Recheck(Option<RpcReplyPort<HealthSnapshot>>),
     /// What a request saw; with a reply port, answered once published.
     Health(HealthEvent, Option<RpcReplyPort<()>>),
     Inspect(RpcReplyPort<Inspection>),
@@ -76,7 +94,6 @@ impl TreeMsg for UpstreamMsg {
 
 pub struct UpstreamActor {
     upstream: Arc<Upstream>,
-    recheck_every: Option<Duration>,
 }
 
 pub struct UpstreamState {
@@ -128,8 +145,14 @@ async fn probe(upstream: &Upstream) -> HealthEvent {
     }
 }
 
+/// The connection's actor, while one runs.
 fn actor_of(upstream: &Upstream) -> Option<ActorRef<UpstreamMsg>> {
-    upstream.actor.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|cell| cell.clone().into())
+    let slot = upstream.actor.read().unwrap_or_else(|p| p.into_inner());
+    // A starting actor counts: what is sent to it waits in its mailbox until it runs.
+    let alive = |cell: &&ractor::ActorCell| {
+        matches!(cell.get_status(), ractor::ActorStatus::Starting | ractor::ActorStatus::Running)
+    };
+    slot.as_ref().filter(alive).map(|cell| cell.clone().into())
 }
 
 fn report(upstream: &Upstream, event: HealthEvent) {
@@ -150,16 +173,24 @@ async fn report_published(upstream: &Upstream, event: HealthEvent) {
     let sent = event.clone();
     match actor.call(|reply| UpstreamMsg::Health(sent, Some(reply)), Some(REPORT_TIMEOUT)).await {
         Ok(ractor::rpc::CallResult::Success(())) => {}
-        // Stopped before it took the event: nobody else writes, so publish it here.
-        Err(_) => apply_unowned(upstream, event),
-        // Taken but not yet answered (a busy actor): it publishes it when it gets there.
-        Ok(_) => {}
+        // Not delivered, or the actor stopped with it still queued: nobody else writes, so
+        // publish it here.
+        Err(_) | Ok(ractor::rpc::CallResult::SenderError) => apply_unowned(upstream, event),
+        // Queued behind a busy actor: it publishes it when it gets there.
+        Ok(ractor::rpc::CallResult::Timeout) => {}
     }
 }
 
-/// With no actor (before it starts, or while it restarts) nothing else writes the breakers:
-/// the event is applied to what was last published.
+/// With no actor (before it starts, or while it restarts) the event is applied to what was
+/// last published, under `unowned_writes`, which an actor taking over also holds while it
+/// resumes: a write is either seen by the actor or handed to it, never overwritten.
 fn apply_unowned(upstream: &Upstream, event: HealthEvent) {
+    let _writes = upstream.unowned_writes.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(actor) = actor_of(upstream) {
+        if actor.cast(UpstreamMsg::Health(event.clone(), None)).is_ok() {
+            return;
+        }
+    }
     let mut breakers = upstream.resume_breakers();
     let changed = breakers.apply(event);
     upstream.publish(&breakers, changed.as_deref());
@@ -171,9 +202,7 @@ impl Actor for UpstreamActor {
     type Arguments = ();
 
     async fn pre_start(&self, me: ActorRef<UpstreamMsg>, _: ()) -> Result<UpstreamState, ActorProcessingErr> {
-        if let Some(every) = self.recheck_every {
-            me.send_interval(every, || UpstreamMsg::Recheck(None));
-        }
+        let _writes = self.upstream.unowned_writes.lock().unwrap_or_else(|p| p.into_inner());
         let breakers = self.upstream.resume_breakers();
         *self.upstream.actor.write().unwrap_or_else(|p| p.into_inner()) = Some(me.get_cell());
         Ok(UpstreamState { checks: 0, breakers })
@@ -194,16 +223,8 @@ impl Actor for UpstreamActor {
         state: &mut UpstreamState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            UpstreamMsg::Recheck(reply) => {
-                let event = probe(&self.upstream).await;
-                let changed = state.breakers.apply(event);
-                self.upstream.publish(&state.breakers, changed.as_deref());
-                state.checks += 1;
-                if let Some(reply) = reply {
-                    let _ = reply.send(self.upstream.health.snapshot());
-                }
-            }
             UpstreamMsg::Health(event, reply) => {
+                state.checks += u64::from(matches!(event, HealthEvent::Checked { .. }));
                 let changed = state.breakers.apply(event);
                 self.upstream.publish(&state.breakers, changed.as_deref());
                 if let Some(reply) = reply {
@@ -233,7 +254,6 @@ impl Actor for UpstreamActor {
 
 pub struct UpstreamSpec {
     pub upstream: Arc<Upstream>,
-    pub recheck_every: Option<Duration>,
 }
 
 impl ChildSpec for UpstreamSpec {
@@ -247,9 +267,9 @@ impl ChildSpec for UpstreamSpec {
             "provider"
         }
     }
-    fn spawn(&self, supervisor: ActorCell) -> BoxFuture<Result<ChildRef, SpawnErr>> {
-        let actor = UpstreamActor { upstream: self.upstream.clone(), recheck_every: self.recheck_every };
-        Box::pin(spawn_linked(actor, (), supervisor))
+    fn spawn(&self, at: SpawnAt) -> BoxFuture<Result<ChildRef, SpawnErr>> {
+        let actor = UpstreamActor { upstream: self.upstream.clone() };
+        Box::pin(spawn_linked(actor, (), at))
     }
 }
 
@@ -258,7 +278,7 @@ mod tests {
     use super::*;
 
     async fn owned(upstream: &Arc<Upstream>) -> ActorRef<UpstreamMsg> {
-        let actor = UpstreamActor { upstream: upstream.clone(), recheck_every: None };
+        let actor = UpstreamActor { upstream: upstream.clone() };
         Actor::spawn(None, actor, ()).await.unwrap().0
     }
 

@@ -78,6 +78,9 @@ pub struct Upstream {
     /// The connection's actor (`routing::provider`), the one writer of its health; `None`
     /// before it starts and while it restarts.
     pub(crate) actor: RwLock<Option<ractor::ActorCell>>,
+    /// Serialises the writes made while no actor owns the breakers with an actor taking them
+    /// over (see `provider::apply_unowned`).
+    pub(crate) unowned_writes: std::sync::Mutex<()>,
     pub owner: Owner,
     /// Self-hosted endpoints: the models discovered at the last check, and the preferred one.
     pub local_models: RwLock<Vec<String>>,
@@ -93,6 +96,7 @@ impl Upstream {
             health: HealthView::default(),
             model_health: DashMap::new(),
             actor: RwLock::new(None),
+            unowned_writes: std::sync::Mutex::new(()),
             owner,
             local_models: RwLock::default(),
             default_model: None,

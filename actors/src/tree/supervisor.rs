@@ -45,19 +45,72 @@ pub trait ChildSpec: Send + Sync + 'static {
     fn restart(&self) -> Restart {
         Restart::Permanent
     }
-    /// Spawns the actor linked to `supervisor`; see [`spawn_linked`].
-    fn spawn(&self, supervisor: ActorCell) -> BoxFuture<Result<ChildRef, SpawnErr>>;
+    /// Spawns the actor; see [`spawn_linked`].
+    fn spawn(&self, at: SpawnAt) -> BoxFuture<Result<ChildRef, SpawnErr>>;
 }
 
-/// Spawns `actor` under `supervisor`, unnamed in ractor (names live in the engine's
-/// [`Registry`]), and returns it with its typed hooks.
-pub async fn spawn_linked<A>(actor: A, args: A::Arguments, supervisor: ActorCell) -> Result<ChildRef, SpawnErr>
+/// Where a child is spawned: under which supervisor, and under which name in which registry.
+pub struct SpawnAt {
+    pub supervisor: ActorCell,
+    name: String,
+    registry: Registry,
+}
+
+/// Spawns `actor` under its supervisor, unnamed in ractor (names live in the engine's
+/// [`Registry`]), and returns it with its typed hooks. The name is registered before the
+/// actor's `pre_start` runs, as ractor does for its own names: messages sent while it starts
+/// (a key created while its workspace restarts) wait in its mailbox instead of being lost.
+pub async fn spawn_linked<A>(actor: A, args: A::Arguments, at: SpawnAt) -> Result<ChildRef, SpawnErr>
 where
     A: Actor,
     A::Msg: TreeMsg,
 {
-    let (actor_ref, _) = Actor::spawn_linked(None, actor, args, supervisor).await?;
+    let registered = Registered { inner: actor, name: at.name, registry: at.registry };
+    let (actor_ref, _) = Actor::spawn_linked(None, registered, args, at.supervisor).await?;
     Ok(ChildRef::of(&actor_ref))
+}
+
+/// An actor that registers its name as it starts, then behaves exactly as `inner`.
+struct Registered<A> {
+    inner: A,
+    name: String,
+    registry: Registry,
+}
+
+impl<A> Actor for Registered<A>
+where
+    A: Actor,
+    A::Msg: TreeMsg,
+{
+    type Msg = A::Msg;
+    type State = A::State;
+    type Arguments = A::Arguments;
+
+    async fn pre_start(&self, me: ActorRef<A::Msg>, args: A::Arguments) -> Result<A::State, ActorProcessingErr> {
+        self.registry.register(self.name.clone(), ChildRef::of(&me));
+        self.inner.pre_start(me, args).await
+    }
+
+    async fn post_start(&self, me: ActorRef<A::Msg>, state: &mut A::State) -> Result<(), ActorProcessingErr> {
+        self.inner.post_start(me, state).await
+    }
+
+    async fn post_stop(&self, me: ActorRef<A::Msg>, state: &mut A::State) -> Result<(), ActorProcessingErr> {
+        self.inner.post_stop(me, state).await
+    }
+
+    async fn handle(&self, me: ActorRef<A::Msg>, msg: A::Msg, state: &mut A::State) -> Result<(), ActorProcessingErr> {
+        self.inner.handle(me, msg, state).await
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<A::Msg>,
+        event: SupervisionEvent,
+        state: &mut A::State,
+    ) -> Result<(), ActorProcessingErr> {
+        self.inner.handle_supervisor_evt(me, event, state).await
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +146,8 @@ pub enum ChildStatus {
 
 struct ChildEntry {
     spec: Arc<dyn ChildSpec>,
+    /// Start order: children stop in reverse (the ledger, started first, stops last).
+    order: u64,
     child: Option<ChildRef>,
     status: ChildStatus,
     restarts: u32,
@@ -136,11 +191,22 @@ pub struct Children {
     exits: VecDeque<ChildHandle>,
     policy: RestartPolicy,
     registry: Registry,
+    started: u64,
 }
+
+/// How long a stopping supervisor waits for each child to finish its `post_stop`.
+const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Children {
     pub fn new(policy: RestartPolicy, registry: Registry) -> Self {
-        Self { entries: BTreeMap::new(), by_actor: HashMap::new(), exits: VecDeque::new(), policy, registry }
+        Self {
+            entries: BTreeMap::new(),
+            by_actor: HashMap::new(),
+            exits: VecDeque::new(),
+            policy,
+            registry,
+            started: 0,
+        }
     }
 
     /// Starts a child unless one of that name is already supervised here.
@@ -150,10 +216,12 @@ impl Children {
             return Ok(());
         }
         let child = self.spawn_fresh(&*spec, supervisor).await?;
+        self.started += 1;
         self.entries.insert(
             name,
             ChildEntry {
                 spec,
+                order: self.started,
                 child: Some(child),
                 status: ChildStatus::Running,
                 restarts: 0,
@@ -175,6 +243,21 @@ impl Children {
     pub fn stop_all(&mut self) {
         for (name, entry) in std::mem::take(&mut self.entries) {
             self.stop_entry(&name, entry, "supervisor stopping");
+        }
+    }
+
+    /// Stops every child, newest first, each finishing its `post_stop` (the ledger commits,
+    /// an upstream leaves its slot) before the next is asked: a supervisor that is stopping
+    /// normally (shutdown) leaves nothing half-stopped behind it.
+    pub async fn stop_all_in_order(&mut self) {
+        let mut entries: Vec<(String, ChildEntry)> = std::mem::take(&mut self.entries).into_iter().collect();
+        entries.sort_by_key(|(_, e)| std::cmp::Reverse(e.order));
+        for (name, entry) in entries {
+            if let Some(child) = entry.child {
+                self.by_actor.remove(&child.cell().get_id());
+                self.registry.unregister(&name, child.cell());
+                let _ = child.cell().stop_and_wait(Some("supervisor stopping".into()), Some(CHILD_STOP_TIMEOUT)).await;
+            }
         }
     }
 
@@ -312,7 +395,8 @@ impl Children {
             stale.cell().unlink(supervisor.clone());
             let _ = stale.cell().stop_and_wait(Some("replaced".into()), Some(Duration::from_secs(5))).await;
         }
-        let child = spec.spawn(supervisor).await?;
+        let at = SpawnAt { supervisor, name: name.clone(), registry: self.registry.clone() };
+        let child = spec.spawn(at).await?;
         self.by_actor.insert(child.cell().get_id(), name.clone());
         self.registry.register(name, child.clone());
         Ok(child)
@@ -367,10 +451,9 @@ impl SupervisorSpec {
     pub async fn spawn_root(self) -> Result<ChildRef, SpawnErr> {
         let name = self.name.clone();
         let registry = self.registry.clone();
-        let (actor, _) = Actor::spawn(None, SupervisorActor { spec: self }, ()).await?;
-        let child = ChildRef::of(&actor);
-        registry.register(name, child.clone());
-        Ok(child)
+        let registered = Registered { inner: SupervisorActor { spec: self }, name, registry };
+        let (actor, _) = Actor::spawn(None, registered, ()).await?;
+        Ok(ChildRef::of(&actor))
     }
 }
 
@@ -384,9 +467,9 @@ impl ChildSpec for SupervisorSpec {
     fn restart(&self) -> Restart {
         self.restart
     }
-    fn spawn(&self, supervisor: ActorCell) -> BoxFuture<Result<ChildRef, SpawnErr>> {
+    fn spawn(&self, at: SpawnAt) -> BoxFuture<Result<ChildRef, SpawnErr>> {
         let actor = SupervisorActor { spec: self.clone() };
-        Box::pin(spawn_linked(actor, (), supervisor))
+        Box::pin(spawn_linked(actor, (), at))
     }
 }
 
@@ -404,7 +487,7 @@ impl Actor for SupervisorActor {
     }
 
     async fn post_stop(&self, _me: ActorRef<SupervisorMsg>, children: &mut Children) -> Result<(), ActorProcessingErr> {
-        children.stop_all();
+        children.stop_all_in_order().await;
         Ok(())
     }
 
@@ -484,8 +567,8 @@ pub async fn start_child(registry: &Registry, parent: &str, spec: Arc<dyn ChildS
     }
 }
 
-/// Hands `spec` to the supervisor `parent` without waiting. False when it is not running
-/// (the caller still owns whatever the child was to do).
+/// Hands `spec` to the supervisor `parent` without waiting. False when it is not running;
+/// the spec is dropped then, as it is when a supervisor stops with it still queued.
 pub fn adopt(registry: &Registry, parent: &str, spec: Arc<dyn ChildSpec>) -> bool {
     registry.actor::<SupervisorMsg>(parent).is_some_and(|actor| actor.cast(SupervisorMsg::Adopt(spec)).is_ok())
 }
@@ -654,6 +737,105 @@ mod tests {
         let root = group("root", &registry, false, vec![Arc::new(job)]).spawn_root().await.unwrap();
         let seen = eventually(&registry, "root", |i| i.children[0].restarts >= 2).await;
         assert!(only_child(&seen).last_error.as_deref().unwrap_or_default().contains("terminated: finished"));
+        root.cell().stop(None);
+    }
+
+    /// A child whose `post_stop` raises a flag (a ledger committing, say).
+    struct Flagging(Arc<std::sync::atomic::AtomicBool>);
+
+    enum FlaggingMsg {
+        Inspect(RpcReplyPort<Inspection>),
+        InjectFailure(String),
+    }
+
+    impl TreeMsg for FlaggingMsg {
+        fn inspect(reply: RpcReplyPort<Inspection>) -> Self {
+            Self::Inspect(reply)
+        }
+        fn inject_failure(reason: String) -> Self {
+            Self::InjectFailure(reason)
+        }
+    }
+
+    impl Actor for Flagging {
+        type Msg = FlaggingMsg;
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(&self, _: ActorRef<FlaggingMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+        async fn post_stop(&self, _: ActorRef<FlaggingMsg>, _: &mut ()) -> Result<(), ActorProcessingErr> {
+            // Slow, as a final commit is: the supervisor must wait for it.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.0.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn handle(
+            &self,
+            _: ActorRef<FlaggingMsg>,
+            msg: FlaggingMsg,
+            _: &mut (),
+        ) -> Result<(), ActorProcessingErr> {
+            match msg {
+                FlaggingMsg::Inspect(reply) => {
+                    let _ = reply.send(Inspection::leaf(serde_json::Value::Null));
+                }
+                FlaggingMsg::InjectFailure(reason) => return Err(reason.into()),
+            }
+            Ok(())
+        }
+    }
+
+    struct FlaggingSpec(Arc<std::sync::atomic::AtomicBool>);
+
+    impl ChildSpec for FlaggingSpec {
+        fn name(&self) -> String {
+            "flagging:1".into()
+        }
+        fn kind(&self) -> &'static str {
+            "flagging"
+        }
+        fn spawn(&self, at: SpawnAt) -> BoxFuture<Result<ChildRef, SpawnErr>> {
+            Box::pin(spawn_linked(Flagging(self.0.clone()), (), at))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopping_tree_waits_for_every_descendants_post_stop() {
+        let registry = Registry::default();
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let middle = group("middle", &registry, true, vec![Arc::new(FlaggingSpec(stopped.clone()))]);
+        let root = group("root", &registry, false, vec![Arc::new(middle)]).spawn_root().await.unwrap();
+        root.cell().stop_and_wait(None, Some(Duration::from_secs(5))).await.unwrap();
+        assert!(stopped.load(Ordering::SeqCst), "the grandchild's post_stop ran before the root stopped");
+        assert!(registry.get("flagging:1").is_none() && registry.get("middle").is_none(), "names are released");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_child_started_while_its_supervisor_starts_is_not_lost() {
+        let registry = Registry::default();
+        let mut slow = group("slow", &registry, true, Vec::new());
+        // A supervisor that takes a while to start (a workspace reloading many keys).
+        slow.loader = Arc::new(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            Vec::new()
+        });
+        let root_registry = registry.clone();
+        let root =
+            tokio::spawn(async move { group("root", &root_registry, false, vec![Arc::new(slow)]).spawn_root().await });
+        // While `slow` is in its pre_start: the name is already there, and the start waits.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while registry.get("slow").is_none() {
+            assert!(Instant::now() < deadline, "the supervisor registers as it starts");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let status = registry.get("slow").unwrap().cell().get_status();
+        assert_eq!(status, ractor::ActorStatus::Starting, "the start is sent while the supervisor starts");
+        let late = TaskSpec::every("task:late", Duration::from_secs(60), flaky_job(0, Arc::default()));
+        start_child(&registry, "slow", Arc::new(late)).await;
+        let root = root.await.unwrap().unwrap();
+        let seen = eventually(&registry, "slow", |i| i.children.iter().any(|c| c.name == "task:late")).await;
+        assert_eq!(only_child(&seen).status, ChildStatus::Running);
         root.cell().stop(None);
     }
 }

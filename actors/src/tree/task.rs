@@ -7,13 +7,13 @@
 
 use std::{sync::Arc, time::Duration};
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use serde_json::json;
 
 use crate::tree::{
     inspect::Inspection,
     registry::{ChildRef, TreeMsg},
-    supervisor::{spawn_linked, BoxFuture, ChildSpec, Restart},
+    supervisor::{spawn_linked, BoxFuture, ChildSpec, Restart, SpawnAt},
 };
 
 /// The supervisor of background jobs: periodic tasks and one-off jobs such as auto pay.
@@ -25,7 +25,8 @@ pub type Job = Arc<dyn Fn() -> BoxFuture<Result<(), String>> + Send + Sync>;
 
 #[derive(Clone, Copy, Debug)]
 pub enum Schedule {
-    /// Runs every period, the first time one period after start.
+    /// Runs one period after start, then one period after each run ends (a slow run delays
+    /// the next rather than piling runs up behind it).
     Every(Duration),
     /// Runs once, at start.
     Once,
@@ -77,8 +78,8 @@ impl ChildSpec for TaskSpec {
     fn restart(&self) -> Restart {
         self.restart
     }
-    fn spawn(&self, supervisor: ActorCell) -> BoxFuture<Result<ChildRef, SpawnErr>> {
-        Box::pin(spawn_linked(TaskActor { spec: self.clone() }, (), supervisor))
+    fn spawn(&self, at: SpawnAt) -> BoxFuture<Result<ChildRef, SpawnErr>> {
+        Box::pin(spawn_linked(TaskActor { spec: self.clone() }, (), at))
     }
 }
 
@@ -102,7 +103,7 @@ impl Actor for TaskActor {
     async fn pre_start(&self, me: ActorRef<TaskMsg>, _: ()) -> Result<TaskState, ActorProcessingErr> {
         match self.spec.schedule {
             Schedule::Every(period) => {
-                me.send_interval(period, || TaskMsg::Run);
+                me.send_after(period, || TaskMsg::Run);
             }
             Schedule::Once => me.cast(TaskMsg::Run)?,
         }
@@ -120,6 +121,9 @@ impl Actor for TaskActor {
                 let result = (self.spec.job)().await;
                 state.runs += 1;
                 state.last_run_at_ms = Some(crate::clock::now_ms());
+                if let Schedule::Every(period) = self.spec.schedule {
+                    me.send_after(period, || TaskMsg::Run);
+                }
                 match (result, self.spec.schedule) {
                     (Ok(()), Schedule::Every(_)) => {}
                     (Ok(()), Schedule::Once) => me.stop(Some("finished".into())),
