@@ -113,6 +113,7 @@ fn print_bootstrap(creds: &BootstrapCredentials) {
 
 /// Runs the server until SIGINT/SIGTERM, then drains in-flight requests and flushes storage.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let signalled = shutdown_signal();
     let store = Store::open(&config.server.data_dir)?;
     let listener = listener::bind(&config.server.listen)
         .await
@@ -146,7 +147,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     raise_open_files_limit(limits.max_connections);
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<Instant>();
     let server = listener::serve(listener, app, limits, async move {
-        shutdown_signal().await;
+        signalled.await;
         shutting_down.store(true, Ordering::Relaxed);
         let _ = signalled_tx.send(Instant::now());
         tracing::info!("shutdown requested; finishing in-flight requests");
@@ -283,23 +284,34 @@ fn managed_upstreams(config: &Config) -> Vec<UpstreamSettings> {
     settings
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Registers for SIGINT and SIGTERM now and returns what resolves on the first of them.
+/// Registered before anything is served: a signal that arrives as soon as the server answers
+/// must find the handler, not the default action (which would end the process unflushed).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = wait(interrupt) => {},
+                _ = wait(terminate) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
