@@ -22,6 +22,45 @@ pub struct Config {
     pub catalog: CatalogConfig,
     pub pricing: tokaroo_actors::money::billing::PricingPolicy,
     pub billing: BillingConfig,
+    pub cache: CacheConfig,
+}
+
+/// The exact response cache. See `[cache]` in `config/tokaroo.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// Who may be served an answer another request produced: "workspace", "account" or "global".
+    pub scope: tokaroo_actors::cache::CacheScope,
+    pub ttl_secs: u64,
+    pub max_bytes: u64,
+    /// Requests with a higher `temperature` neither use nor fill the cache.
+    pub max_temperature: f64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        let d = tokaroo_actors::cache::CacheSettings::default();
+        Self {
+            enabled: d.enabled,
+            scope: d.scope,
+            ttl_secs: d.ttl.as_secs(),
+            max_bytes: d.max_bytes,
+            max_temperature: d.max_temperature,
+        }
+    }
+}
+
+impl CacheConfig {
+    pub fn settings(&self) -> tokaroo_actors::cache::CacheSettings {
+        tokaroo_actors::cache::CacheSettings {
+            enabled: self.enabled,
+            scope: self.scope,
+            ttl: std::time::Duration::from_secs(self.ttl_secs.max(1)),
+            max_bytes: self.max_bytes,
+            max_temperature: self.max_temperature,
+        }
+    }
 }
 
 /// Payments and the activation checklist. See `[billing]` in `config/tokaroo.toml`.
@@ -434,6 +473,25 @@ impl Config {
             if let Some(v) = get(var) {
                 *slot = parse(var, &v)?;
             }
+        }
+        if let Some(v) = get("TOKAROO_CACHE_ENABLED") {
+            self.cache.enabled = parse("TOKAROO_CACHE_ENABLED", &v)?;
+        }
+        if let Some(v) = get("TOKAROO_CACHE_SCOPE") {
+            self.cache.scope = match v.trim() {
+                "workspace" => tokaroo_actors::cache::CacheScope::Workspace,
+                "account" => tokaroo_actors::cache::CacheScope::Account,
+                "global" => tokaroo_actors::cache::CacheScope::Global,
+                other => {
+                    return Err(ConfigError::Env {
+                        var: "TOKAROO_CACHE_SCOPE",
+                        message: format!("{other:?} is not workspace, account or global"),
+                    })
+                }
+            };
+        }
+        if let Some(v) = get("TOKAROO_CACHE_TTL_SECS") {
+            self.cache.ttl_secs = parse("TOKAROO_CACHE_TTL_SECS", &v)?;
         }
         if let Some(v) = get("TOKAROO_SUPERVISION_INITIAL_BACKOFF_MS") {
             self.supervision.initial_backoff_ms = parse("TOKAROO_SUPERVISION_INITIAL_BACKOFF_MS", &v)?;

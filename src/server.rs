@@ -96,6 +96,7 @@ fn engine_config(config: &Config, listen: std::net::SocketAddr) -> Result<Engine
             listen: vec![listen],
         },
         limits: config.account_limits(),
+        cache: config.cache.settings(),
     })
 }
 

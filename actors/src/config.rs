@@ -25,6 +25,7 @@ pub struct EngineConfig {
     pub pricing: PricingPolicy,
     pub payments: crate::money::payments::PaymentSettings,
     pub funding: FundingSettings,
+    pub cache: crate::cache::CacheSettings,
     pub endpoint_recheck: Duration,
     /// Hex master key for sealed secrets; else `<data_dir>/master.key`.
     pub master_key: Option<crate::security::secrets::Secret>,
@@ -52,6 +53,7 @@ impl Default for EngineConfig {
             pricing: PricingPolicy::default(),
             payments: crate::money::payments::PaymentSettings::default(),
             funding: FundingSettings::default(),
+            cache: crate::cache::CacheSettings::default(),
             endpoint_recheck: Duration::from_secs(30),
             master_key: None,
             provider_base_urls: crate::routing::providers::default_base_urls(),

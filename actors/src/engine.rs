@@ -100,8 +100,10 @@ impl Engine {
         let connections = Connections::new(connections_state.clone(), directory.clone());
         let funding =
             Funding::new(store.clone(), registry.clone(), &config, ledger.clone(), payments, directory.clone());
-        let runtime = Runtime::new(directory_state.clone(), config.clone(), router, ledger, funding.clone());
-        let root = root_spec(&directory_state, &connections_state, reconcile_every, &funding)
+        let cache = crate::cache::ResponseCache::new(store.clone(), config.cache.clone());
+        let runtime =
+            Runtime::new(directory_state.clone(), config.clone(), router, ledger, funding.clone(), cache.clone());
+        let root = root_spec(&directory_state, &connections_state, reconcile_every, &funding, &cache)
             .spawn_root()
             .await
             .map_err(|e| EngineError::Internal(format!("actor tree failed to start: {e}")))?;
@@ -249,6 +251,7 @@ fn root_spec(
     connections: &Arc<ConnectionsState>,
     reconcile_every: Option<Duration>,
     funding: &Funding,
+    cache: &Arc<crate::cache::ResponseCache>,
 ) -> SupervisorSpec {
     let (policy, registry) = (directory.restart_policy, directory.registry.clone());
     let group = |endpoints| {
@@ -260,6 +263,7 @@ fn root_spec(
         Arc::new(crate::directory::accounts::spec(directory)),
         group(false),
         group(true),
+        Arc::new(crate::cache::spec(cache, policy, registry.clone())),
         Arc::new(tasks_spec(directory, reconcile_every, funding)),
     ];
     let started_at = crate::clock::iso8601(crate::clock::now_ms());

@@ -57,6 +57,8 @@ pub fn start_gateway(data_dir: &Path, cwd: &Path, envs: &[(&str, &str)], stderr:
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .current_dir(cwd)
+        // The benches measure routing and settling: identical requests must not be cache hits.
+        .env("TOKAROO_CACHE_ENABLED", "false")
         .env("TOKAROO_LOG_LEVEL", "warn")
         .env_remove("RUST_LOG")
         .env_remove("TOKAROO_CONFIG")

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::{
     error::ApiError,
-    extract::{JsonBody, Operator},
+    extract::{JsonBody, Operator, QueryParams},
     wire::iso,
     AppState,
 };
@@ -19,6 +19,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/admin/accounts", get(list_accounts).post(create_account))
         .route("/admin/actors", get(actor_tree))
+        .route("/admin/cache", axum::routing::delete(clear_cache))
         .route("/admin/actors/fail", post(inject_failure))
         .route("/admin/debug/sleep", post(sleep))
         .route("/admin/debug/storage", post(storage_fault))
@@ -120,4 +121,33 @@ pub(super) fn require_fault_injection(state: &AppState, path: &str) -> Result<()
     } else {
         Err(ApiError::RouteNotFound { method: "POST".into(), path: path.into() })
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClearCacheQuery {
+    /// Whose answers; the operator's own account when unset.
+    account_id: Option<String>,
+    workspace_id: Option<String>,
+    /// Every partition of every account.
+    all: Option<bool>,
+}
+
+/// `DELETE /admin/cache`: removes cached answers of one workspace, of one account, or (with
+/// `all=true`) all of them. Under `cache.scope = "global"` answers are shared, so any clear
+/// empties the one partition.
+async fn clear_cache(
+    State(state): State<AppState>,
+    Operator(operator): Operator,
+    QueryParams(q): QueryParams<ClearCacheQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let cache = state.engine.runtime().cache();
+    let prefix = if q.all == Some(true) {
+        String::new()
+    } else {
+        let account_id = q.account_id.unwrap_or(operator.account_id);
+        cache.partition_prefix(&account_id, q.workspace_id.as_deref())
+    };
+    let removed = cache.clear(&prefix).map_err(tokaroo_actors::EngineError::from)?;
+    Ok(Json(json!({ "ok": true, "removed": removed })))
 }

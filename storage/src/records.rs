@@ -107,6 +107,31 @@ impl Record for Session {
     const FORMAT_VERSION: u8 = 1;
 }
 
+/// Key: (partition, key). One answer of the exact response cache: a chat answer without tool
+/// calls, what it cost when it was made, and when it expires. `partition` is the scope it may
+/// be served in (a workspace, an account, or everyone, as the operator configures).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CachedAnswer {
+    pub partition: String,
+    /// Hex SHA-256 of the canonical request.
+    pub key: String,
+    pub content: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub provider: String,
+    pub upstream_model: String,
+    /// The charge of the answer when it was made: what a hit saves.
+    pub charged_units: i64,
+    pub baseline_units: i64,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+impl Record for CachedAnswer {
+    const TREE: &'static str = "answer_cache";
+    const FORMAT_VERSION: u8 = 1;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

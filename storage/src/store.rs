@@ -3,7 +3,9 @@ use std::{fs::File, path::Path, sync::Arc};
 use crate::{
     flusher::{Flusher, FlusherStatus},
     ledger::LedgerStore,
-    records::{Account, ApiKey, BillingProfile, LocalEndpoint, PaymentAttempt, ProviderKey, Session, Workspace},
+    records::{
+        Account, ApiKey, BillingProfile, CachedAnswer, LocalEndpoint, PaymentAttempt, ProviderKey, Session, Workspace,
+    },
     Collection, StorageError,
 };
 
@@ -27,6 +29,8 @@ pub struct Store {
     pub billing: Collection<BillingProfile>,
     /// Card charges in flight or done (see [`PaymentAttempt`]).
     pub payment_attempts: Collection<PaymentAttempt>,
+    /// The exact response cache (see [`CachedAnswer`]).
+    pub answers: Collection<CachedAnswer>,
     data_dir: std::path::PathBuf,
     /// The only caller of sled's flush (see `flusher.rs`).
     flusher: Arc<Flusher>,
@@ -57,6 +61,7 @@ impl Store {
             local_endpoints: Collection::open(&db)?,
             billing: Collection::open(&db)?,
             payment_attempts: Collection::open(&db)?,
+            answers: Collection::open(&db)?,
             data_dir: data_dir.to_path_buf(),
             meta,
             flusher,

@@ -56,7 +56,8 @@ impl Options {
 }
 
 /// Builds the `serve` command with the test defaults: random port, fast supervision backoff,
-/// fault injection on, logs to `<data_dir>/server.log`.
+/// fault injection on, the response cache off (so every request of the other suites reaches
+/// its route; `cache.rs` turns it on), logs to `<data_dir>/server.log`.
 pub fn serve_command(data_dir: &Path, options: &Options) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.arg("serve")
@@ -67,6 +68,7 @@ pub fn serve_command(data_dir: &Path, options: &Options) -> Command {
         .env("TOKAROO_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("TOKAROO_SUPERVISION_INITIAL_BACKOFF_MS", "50")
         .env("TOKAROO_FAULT_INJECTION", "1")
+        .env("TOKAROO_CACHE_ENABLED", "false")
         .env("TOKAROO_LOG_LEVEL", "info")
         .env_remove("RUST_LOG")
         .env_remove("TOKAROO_CONFIG")

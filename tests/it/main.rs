@@ -9,6 +9,7 @@ mod harness;
 mod auth_and_errors;
 mod billing;
 mod breakers;
+mod cache;
 mod chat_simulator;
 mod conformance;
 mod connections;

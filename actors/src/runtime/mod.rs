@@ -29,6 +29,7 @@ pub(crate) struct RuntimeParts {
     /// For auto pay after a charge.
     pub(crate) funding: Funding,
     pub(crate) work: work::Work,
+    pub(crate) cache: Arc<crate::cache::ResponseCache>,
 }
 
 impl Runtime {
@@ -38,8 +39,14 @@ impl Runtime {
         router: Arc<Router>,
         ledger: LedgerClient,
         funding: Funding,
+        cache: Arc<crate::cache::ResponseCache>,
     ) -> Self {
-        Self(Arc::new(RuntimeParts { directory, config, router, ledger, funding, work: work::Work::default() }))
+        Self(Arc::new(RuntimeParts { directory, config, router, ledger, funding, work: work::Work::default(), cache }))
+    }
+
+    /// The exact response cache.
+    pub fn cache(&self) -> &crate::cache::ResponseCache {
+        &self.0.cache
     }
 
     /// Request work that outlives its client, which shutdown waits for.

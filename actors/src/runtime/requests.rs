@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use tokaroo_storage::records::UsageRow;
 
 use crate::{
-    chat::{ChatRequest, Mode, ModelChoice, Usage},
+    chat::{ChatRequest, ChatResponse, Mode, ModelChoice, Usage},
     directory::apikey::KeyEntry,
     error::EngineError,
     money::billing::{units_to_usd, usd_to_units, Charge},
@@ -18,8 +18,14 @@ use crate::{
 
 /// A non-streamed chat answer and what it was charged.
 pub struct ServedChat {
-    pub outcome: ChatOutcome,
+    pub response: ChatResponse,
+    /// The answer's usage (for a cache hit, that of the answer it reuses).
+    pub usage: Usage,
+    /// What served it; `None` for a cache hit.
+    pub route: Option<RouteRecord>,
     pub charge: Charge,
+    /// Answered from the response cache.
+    pub cache_hit: bool,
 }
 
 /// An open stream and its reservation, until a [`crate::runtime::stream::ChatStream`] takes
@@ -38,6 +44,8 @@ pub struct RequestInfo {
     pub request_type: &'static str,
     pub metadata: Map<String, Value>,
     pub request_id: Option<String>,
+    /// The client asked not to be answered from (or stored in) the response cache.
+    pub bypass_cache: bool,
 }
 
 impl RequestInfo {
@@ -52,6 +60,7 @@ impl RequestInfo {
             request_type: "chat",
             metadata: Map::new(),
             request_id: None,
+            bypass_cache: false,
         }
     }
 }
@@ -185,6 +194,10 @@ impl Runtime {
         req: &ChatRequest,
         info: RequestInfo,
     ) -> Result<ServedChat, EngineError> {
+        let slot = self.0.cache.slot(key, req, info.bypass_cache);
+        if let Some(hit) = slot.as_ref().and_then(|slot| self.0.cache.lookup(slot)) {
+            return self.serve_hit(key, &info, hit, false).await;
+        }
         let scope = scope(key);
         let routes = priced_routes(self.0.router.plan(req, &scope)?);
         let hold = self.reserve(key, || self.worst_case_units(req, &info, &routes, &scope)).await?;
@@ -201,7 +214,68 @@ impl Runtime {
         };
         let charge =
             self.settle(key, &info, &outcome.route, outcome.usage, Some(outcome.latency_ms), false, hold).await?;
-        Ok(ServedChat { outcome, charge })
+        if let Some(slot) = &slot {
+            let r = &outcome.response;
+            self.0.cache.store(
+                slot,
+                &crate::cache::StoredAnswer {
+                    content: r.content.as_deref().unwrap_or_default(),
+                    had_tool_calls: !r.tool_calls.is_empty(),
+                    finish_reason: r.finish_reason,
+                    usage: outcome.usage,
+                    charge,
+                    provider: outcome.route.provider,
+                    upstream_model: &outcome.route.model,
+                },
+            );
+        }
+        let ChatOutcome { response, usage, route, .. } = outcome;
+        Ok(ServedChat { response, usage, route: Some(route), charge, cache_hit: false })
+    }
+
+    /// Answers from the cache: a row whose source is the cache, charged the policy's share of
+    /// what the answer cost when it was made, held first like any charge (a hit cannot
+    /// overdraw either).
+    pub(crate) async fn serve_hit(
+        &self,
+        key: &KeyEntry,
+        info: &RequestInfo,
+        hit: crate::cache::CacheHit,
+        streamed: bool,
+    ) -> Result<ServedChat, EngineError> {
+        let charge = self.0.config.pricing.cache_hit_charge(hit.saved);
+        let hold = self.reserve(key, || charge.charged_units).await?;
+        let row = UsageRow {
+            id: crate::clock::new_id(),
+            account_id: key.account_id.clone(),
+            api_key_id: Some(key.id.clone()),
+            workspace_slug: key.workspace_slug.clone(),
+            metadata: info.metadata.clone(),
+            tier: info.tier.as_str().to_owned(),
+            requested_model: info.requested_model.clone(),
+            provider: hit.provider.clone(),
+            upstream_model: hit.upstream_model.clone(),
+            upstream: "cache".into(),
+            routing_method: info.tier.as_str().to_owned(),
+            routing_reason: "exact cache hit".into(),
+            execution_source: "cache".into(),
+            billing_mode: "cache".into(),
+            request_type: info.request_type.to_owned(),
+            input_tokens: u64::from(hit.usage.prompt_tokens),
+            output_tokens: u64::from(hit.usage.completion_tokens),
+            actual_cost_units: charge.actual_cost_units,
+            charged_units: charge.charged_units,
+            baseline_units: charge.baseline_units,
+            latency_ms: Some(0),
+            cache: "hit".into(),
+            streamed,
+            created_at_us: 0,
+            request_id: info.request_id.clone(),
+            failed_attempts: Vec::new(),
+        };
+        tracing::info!(charged_usd = charge.charged_usd(), "request served from the cache");
+        self.0.ledger.settle(hold, row).await?;
+        Ok(ServedChat { response: hit.response, usage: hit.usage, route: None, charge, cache_hit: true })
     }
 
     /// Opens a stream on the first route that answers.
@@ -290,6 +364,7 @@ impl Runtime {
             request_type: "embeddings",
             metadata: Map::new(),
             request_id,
+            bypass_cache: true,
         };
         let usage = Usage { prompt_tokens: outcome.prompt_tokens, completion_tokens: 0 };
         let charge = self.settle(key, &info, &outcome.route, usage, Some(outcome.latency_ms), false, hold).await?;
@@ -385,7 +460,7 @@ mod tests {
         let key = tenant_key(&engine).await;
         engine.funding().add_credit(&key.account_id, 5.0, "operator", None, None).await.unwrap();
         let served = chat(&engine, &key).await.unwrap();
-        assert_eq!(served.outcome.route.billing_mode, BillingMode::Simulator);
+        assert_eq!(served.route.as_ref().unwrap().billing_mode, BillingMode::Simulator);
         assert!(served.charge.charged_units > 0, "simulated traffic is priced like managed traffic");
 
         let rows = usage_rows(&engine, &key.account_id).await;
@@ -401,7 +476,7 @@ mod tests {
         assert_eq!(row.upstream_model, "gpt-4o");
         assert_eq!(
             (row.input_tokens, row.output_tokens),
-            (u64::from(served.outcome.usage.prompt_tokens), u64::from(served.outcome.usage.completion_tokens))
+            (u64::from(served.usage.prompt_tokens), u64::from(served.usage.completion_tokens))
         );
 
         let money = engine.funding().money(&key.account_id).await.unwrap();

@@ -6,7 +6,8 @@ use std::{sync::Arc, time::Instant};
 use futures_util::{future::BoxFuture, StreamExt};
 
 use crate::{
-    chat::{ChatDelta, ChatRequest, Usage},
+    cache::{CacheSlot, ResponseCache, StoredAnswer},
+    chat::{ChatDelta, ChatRequest, FinishReason, Usage},
     directory::apikey::KeyEntry,
     error::EngineError,
     money::{billing::Charge, ledger::HoldGuard},
@@ -32,6 +33,9 @@ pub enum StreamEvent {
 }
 
 /// How a streamed answer ended, after its usage row was settled.
+/// Words per replayed chunk of a cached answer.
+const REPLAY_WORDS_PER_CHUNK: usize = 4;
+
 #[derive(Debug)]
 pub enum StreamEnd {
     /// The whole answer arrived and its row is logged: only now may the client be told the
@@ -66,6 +70,9 @@ impl StreamEnd {
 pub struct ChatStream {
     /// `None` once the stream is settled.
     live: Option<Live>,
+    /// A cached answer being replayed (already settled when the stream was opened).
+    replay: std::collections::VecDeque<StreamEvent>,
+    cache_hit: bool,
 }
 
 /// An unsettled stream and what its row needs.
@@ -80,6 +87,10 @@ struct Live {
     /// The answer's text and tool arguments so far, for our own count.
     text: String,
     ledger: Arc<dyn StreamLedger>,
+    /// Where the answer is stored once complete, when the request may use the cache.
+    cache: Option<(Arc<ResponseCache>, CacheSlot)>,
+    had_tool_calls: bool,
+    finish: Option<FinishReason>,
 }
 
 enum Ending {
@@ -108,7 +119,12 @@ trait StreamLedger: Send + Sync {
 }
 
 impl ChatStream {
-    fn new(open: OpenStream, request: ChatRequest, ledger: Arc<dyn StreamLedger>) -> Self {
+    fn new(
+        open: OpenStream,
+        request: ChatRequest,
+        ledger: Arc<dyn StreamLedger>,
+        cache: Option<(Arc<ResponseCache>, CacheSlot)>,
+    ) -> Self {
         let live = Live {
             upstream: open.outcome.stream,
             route: open.outcome.route,
@@ -118,13 +134,35 @@ impl ChatStream {
             reported: None,
             text: String::new(),
             ledger,
+            cache,
+            had_tool_calls: false,
+            finish: None,
         };
-        Self { live: Some(live) }
+        Self { live: Some(live), replay: Default::default(), cache_hit: false }
+    }
+
+    /// A cached answer, replayed in pieces as a live one would arrive; its row is already
+    /// settled.
+    fn replay(content: &str, usage: Usage, charge: Charge) -> Self {
+        let mut replay: std::collections::VecDeque<StreamEvent> = content
+            .split_inclusive(' ')
+            .collect::<Vec<_>>()
+            .chunks(REPLAY_WORDS_PER_CHUNK)
+            .map(|words| StreamEvent::Delta(ChatDelta::Text(words.concat())))
+            .collect();
+        replay.push_back(StreamEvent::Delta(ChatDelta::Finish(FinishReason::Stop)));
+        replay.push_back(StreamEvent::End(StreamEnd::Complete { usage, charge }));
+        Self { live: None, replay, cache_hit: true }
+    }
+
+    /// Whether this answer comes from the response cache.
+    pub fn cache_hit(&self) -> bool {
+        self.cache_hit
     }
 
     /// The next event: deltas, then one [`StreamEvent::End`], then `None`.
     pub async fn next(&mut self) -> Option<StreamEvent> {
-        let live = self.live.as_mut()?;
+        let Some(live) = self.live.as_mut() else { return self.replay.pop_front() };
         let ending = loop {
             match live.upstream.next().await {
                 Some(Ok(ChatDelta::Usage(usage))) => live.reported = Some(usage),
@@ -134,8 +172,13 @@ impl ChatStream {
                     break Ending::OverBound
                 }
                 Some(Ok(delta)) => {
-                    if let ChatDelta::Text(text) | ChatDelta::ToolCallArguments { fragment: text, .. } = &delta {
-                        live.text.push_str(text);
+                    match &delta {
+                        ChatDelta::Text(text) | ChatDelta::ToolCallArguments { fragment: text, .. } => {
+                            live.text.push_str(text)
+                        }
+                        ChatDelta::ToolCallStart { .. } => live.had_tool_calls = true,
+                        ChatDelta::Finish(reason) => live.finish = Some(*reason),
+                        ChatDelta::Usage(_) => {}
                     }
                     return Some(StreamEvent::Delta(delta));
                 }
@@ -168,7 +211,7 @@ impl Live {
         self.ledger.settle(&self.route, usage, latency_ms, self.hold).await
     }
 
-    async fn end(self, ending: Ending) -> StreamEnd {
+    async fn end(mut self, ending: Ending) -> StreamEnd {
         match ending {
             Ending::OverBound => {
                 tracing::warn!(upstream = %self.route.upstream, "stream exceeded its output bound; cut");
@@ -188,8 +231,33 @@ impl Live {
             }
             Ending::Complete => {
                 let usage = self.usage();
+                let stored = self.cache.take().map(|cache| {
+                    let (provider, model) = (self.route.provider, self.route.model.clone());
+                    (
+                        cache,
+                        self.text.clone(),
+                        self.had_tool_calls,
+                        self.finish.unwrap_or(FinishReason::Stop),
+                        provider,
+                        model,
+                    )
+                });
                 match self.settle(usage).await {
-                    Ok(charge) => StreamEnd::Complete { usage, charge },
+                    Ok(charge) => {
+                        if let Some(((cache, slot), content, had_tool_calls, finish_reason, provider, model)) = stored {
+                            let answer = StoredAnswer {
+                                content: &content,
+                                had_tool_calls,
+                                finish_reason,
+                                usage,
+                                charge,
+                                provider,
+                                upstream_model: &model,
+                            };
+                            cache.store(&slot, &answer);
+                        }
+                        StreamEnd::Complete { usage, charge }
+                    }
                     Err(error) => {
                         tracing::error!(%error, "could not record a stream's usage");
                         StreamEnd::Unrecorded
@@ -255,12 +323,19 @@ impl Runtime {
         request: ChatRequest,
         info: RequestInfo,
     ) -> Result<ChatStream, EngineError> {
+        let slot = self.0.cache.slot(&key, &request, info.bypass_cache);
+        if let Some(hit) = slot.as_ref().and_then(|slot| self.0.cache.lookup(slot)) {
+            let content = hit.response.content.clone().unwrap_or_default();
+            let served = self.serve_hit(&key, &info, hit, true).await?;
+            return Ok(ChatStream::replay(&content, served.usage, served.charge));
+        }
+        let cache = slot.map(|slot| (self.0.cache.clone(), slot));
         let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
         let runtime = self.clone();
         spawn_request_task(self, async move {
             let opened = runtime.chat_stream(&key, &request, &info).await;
-            let opened =
-                opened.map(|open| ChatStream::new(open, request, Arc::new(RuntimeLedger { runtime, key, info })));
+            let opened = opened
+                .map(|open| ChatStream::new(open, request, Arc::new(RuntimeLedger { runtime, key, info }), cache));
             // Unsent (the caller left), the stream is dropped here, which settles it.
             let _ = opened_tx.send(opened);
         });
@@ -366,7 +441,7 @@ mod tests {
 
     fn stream(upstream: DeltaStream, billing_mode: BillingMode, ledger: &Arc<Recorder>) -> ChatStream {
         let outcome = StreamOutcome { route: route(billing_mode), stream: upstream, started: Instant::now() };
-        ChatStream::new(OpenStream { outcome, hold: None }, request(), ledger.clone())
+        ChatStream::new(OpenStream { outcome, hold: None }, request(), ledger.clone(), None)
     }
 
     fn upstream(deltas: Vec<Result<ChatDelta, ProviderError>>) -> DeltaStream {

@@ -4,7 +4,14 @@ mod parse;
 mod render;
 mod stream;
 
-use axum::{body::Bytes, extract::State, response::Response, routing::post, Router};
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{header, HeaderMap},
+    response::Response,
+    routing::post,
+    Router,
+};
 use tokaroo_actors::RequestInfo;
 
 pub use parse::parse_request;
@@ -23,15 +30,31 @@ async fn chat_completions(
     State(state): State<AppState>,
     ApiKey(key): ApiKey,
     RequestId(request_id): RequestId,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let wire = parse_json_object(&body)?;
     let (request, model_name) = parse_request(&wire)?;
     let created = time::OffsetDateTime::now_utc().unix_timestamp();
-    let info = RequestInfo { request_id, ..RequestInfo::chat(&request, &model_name) };
+    let bypass_cache = bypasses_cache(&headers);
+    let info = RequestInfo { request_id, bypass_cache, ..RequestInfo::chat(&request, &model_name) };
     if request.stream {
         return stream::stream_response(&state, key, request, info, created).await;
     }
     let served = state.engine.runtime().serve_chat(key, request, info).await?;
     Ok(render::completion(&served, &model_name, created))
+}
+
+/// `Cache-Control: no-cache` (or `no-store`) or `x-tokaroo-cache: skip`: neither answered from
+/// the response cache nor stored in it.
+fn bypasses_cache(headers: &HeaderMap) -> bool {
+    let cache_control = headers.get_all(header::CACHE_CONTROL).iter().filter_map(|v| v.to_str().ok());
+    let no_cache = cache_control
+        .flat_map(|v| v.split(','))
+        .any(|d| matches!(d.trim().to_ascii_lowercase().as_str(), "no-cache" | "no-store"));
+    let skip = headers
+        .get("x-tokaroo-cache")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("skip"));
+    no_cache || skip
 }

@@ -24,9 +24,8 @@ fn completion_id() -> String {
 
 /// A non-streamed answer as `chat.completion`, its charge in `x-tokaroo-cost`.
 pub(super) fn completion(served: &ServedChat, model_name: &str, created: i64) -> Response {
-    let outcome = &served.outcome;
     let cost = served.charge.charged_usd();
-    let r = &outcome.response;
+    let r = &served.response;
     let mut message = json!({ "role": "assistant", "content": r.content, "refusal": null });
     if !r.tool_calls.is_empty() {
         message["tool_calls"] = r
@@ -43,12 +42,17 @@ pub(super) fn completion(served: &ServedChat, model_name: &str, created: i64) ->
         "created": created,
         "model": model_name,
         "choices": [{ "index": 0, "message": message, "finish_reason": r.finish_reason.as_str(), "logprobs": null }],
-        "usage": usage_json(outcome.usage),
+        "usage": usage_json(served.usage),
     });
     let mut response = Json(body).into_response();
     response.headers_mut().insert("x-tokaroo-cost", cost_header(cost));
-    response.headers_mut().insert("x-tokaroo-cache", HeaderValue::from_static("miss"));
+    response.headers_mut().insert("x-tokaroo-cache", cache_header(served.cache_hit));
     response
+}
+
+/// `x-tokaroo-cache`: whether the answer came from the response cache.
+pub(super) fn cache_header(hit: bool) -> HeaderValue {
+    HeaderValue::from_static(if hit { "hit" } else { "miss" })
 }
 
 /// Writes `chat.completion.chunk` events for one streamed answer. Typed rather than built as

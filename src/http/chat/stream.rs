@@ -28,6 +28,7 @@ pub(super) async fn stream_response(
     let include_usage = request.include_usage;
     let model_name = info.requested_model.clone();
     let answer = state.engine.runtime().open_chat_stream(key, request, info).await?;
+    let cache = super::render::cache_header(answer.cache_hit());
     let charged = Arc::new(Mutex::new(None));
     let chunk = ChunkWriter::new(created, model_name);
     let frames = sse_events(answer, chunk, include_usage, charged.clone());
@@ -60,7 +61,7 @@ pub(super) async fn stream_response(
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-tokaroo-cache", HeaderValue::from_static("miss"));
+    headers.insert("x-tokaroo-cache", cache);
     headers.insert(header::TRAILER, HeaderValue::from_static("x-tokaroo-cost"));
     Ok(response)
 }
