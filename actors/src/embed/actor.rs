@@ -29,7 +29,10 @@ type Vectors = Result<Vec<Vec<f32>>, String>;
 pub enum EmbedderMsg {
     Embed(Vec<String>, RpcReplyPort<Vectors>),
     /// From the blocking thread: a batch has been answered.
-    BatchDone { sentences: usize, error: Option<String> },
+    BatchDone {
+        sentences: usize,
+        error: Option<String>,
+    },
     Inspect(RpcReplyPort<Inspection>),
     /// Test-only fault injection: the handler fails, as a bug would.
     InjectFailure(String),

@@ -181,7 +181,10 @@ pub(crate) async fn prepare(
                 }
                 Ok(Err(error)) => (
                     Arc::new(lexical::Lexical),
-                    Some(format!("the neural model in {} was refused: {error}; run `tokaroo models pull`", dir.display())),
+                    Some(format!(
+                        "the neural model in {} was refused: {error}; run `tokaroo models pull`",
+                        dir.display()
+                    )),
                 ),
                 Err(error) => (Arc::new(lexical::Lexical), Some(format!("loading the neural model: {error}"))),
             }

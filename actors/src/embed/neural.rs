@@ -52,10 +52,11 @@ impl Neural {
             .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..TruncationParams::default() }))
             .map_err(|e| format!("tokenizer truncation: {e}"))?;
         // Padding to the batch's longest; the attention mask keeps the padding out of the mean.
-        tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..PaddingParams::default() }));
+        tokenizer
+            .with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..PaddingParams::default() }));
         let device = Device::Cpu;
-        let weights =
-            VarBuilder::from_buffered_safetensors(weights, DTYPE, &device).map_err(|e| format!("model.safetensors: {e}"))?;
+        let weights = VarBuilder::from_buffered_safetensors(weights, DTYPE, &device)
+            .map_err(|e| format!("model.safetensors: {e}"))?;
         let model = BertModel::load(weights, &config).map_err(|e| format!("loading the BERT weights: {e}"))?;
         Ok(Self { model, tokenizer, dims: config.hidden_size })
     }

@@ -33,7 +33,8 @@ impl Routed {
     }
 
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EngineError> {
-        let scope = Scope { account_id: self.directory.operator_account_id().unwrap_or_default(), workspace_slug: None };
+        let scope =
+            Scope { account_id: self.directory.operator_account_id().unwrap_or_default(), workspace_slug: None };
         let request = EmbeddingRequest {
             model: Some(self.model.clone()),
             requested: Some(self.model.clone()),
