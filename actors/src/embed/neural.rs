@@ -136,6 +136,35 @@ mod tests {
         assert!((norm - 1.0).abs() < 1e-5, "unit length, got {norm}");
     }
 
+    /// Checked against an independent implementation: BERT's forward pass written in numpy
+    /// (float64) over the same files with sentence-transformers' pooling and normalisation
+    /// (`tests/data/minilm_reference.py`). sentence-transformers itself needs torch, whose
+    /// PyPI wheel brings gigabytes of CUDA libraries, so it was not run here.
+    #[tokio::test]
+    async fn a_vector_matches_an_independent_reference() {
+        let model = model().await;
+        let cases: [(&str, [f32; 8]); 3] = [
+            (
+                "How do I reset my password?",
+                [0.006903, -0.063023, -0.072044, -0.032496, -0.042709, 0.070429, 0.009074, 0.015408],
+            ),
+            (
+                "I forgot my password, how can I change it?",
+                [-0.023783, -0.016202, -0.070469, -0.008919, -0.010652, 0.106891, 0.00338, 0.035869],
+            ),
+            (
+                "What's the weather in Paris?",
+                [0.040237, 0.012741, 0.081245, 0.015445, 0.026367, -0.026271, 0.01371, -0.047629],
+            ),
+        ];
+        for (text, head) in cases {
+            let vector = one(model, text);
+            for (i, (got, want)) in vector.iter().zip(head).enumerate() {
+                assert!((got - want).abs() < 1e-4, "{text:?} dim {i}: {got} vs reference {want}");
+            }
+        }
+    }
+
     #[tokio::test]
     async fn the_same_text_gives_the_same_vector() {
         let model = model().await;
