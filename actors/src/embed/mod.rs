@@ -40,9 +40,20 @@ pub struct EmbedderId {
     pub dims: usize,
 }
 
+impl EmbedderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Neural => "neural",
+            Self::Routed => "routed",
+            Self::Lexical => "lexical",
+        }
+    }
+}
+
+/// `kind:model:dims`, e.g. `neural:all-MiniLM-L6-v2:384`.
 impl std::fmt::Display for EmbedderId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}:{}:{}", self.kind, self.model, self.dims)
+        write!(f, "{}:{}:{}", self.kind.as_str(), self.model, self.dims)
     }
 }
 
@@ -290,6 +301,26 @@ mod tests {
         assert_eq!(a.embedder.dims, a.vectors[0].len());
         let node = embedder_node(&engine).await;
         assert!(node.snapshot["fallback_reason"].as_str().unwrap().contains("missing"));
+        engine.shutdown().await.unwrap();
+    }
+
+    /// Routed: the router's embeddings path (here the offline simulator, as no provider is
+    /// configured), with no actor and no usage row: internal use is not charged.
+    #[tokio::test]
+    async fn routed_embeddings_go_through_the_router_uncharged() {
+        let data = tempfile::tempdir().unwrap();
+        let settings = EmbedderSettings::Routed { model: "text-embedding-3-small".into() };
+        let engine = engine_with(settings, data.path()).await;
+        let credentials = engine.directory().bootstrap().await.unwrap().unwrap();
+        let id = engine.embedder().id();
+        assert_eq!((id.kind, id.model.as_str(), id.dims), (EmbedderKind::Routed, "text-embedding-3-small", 1536));
+        let out = engine.embedder().embed(vec!["hello".into(), "world".into()]).await.unwrap();
+        assert_eq!(out.vectors.len(), 2);
+        assert_eq!(out.embedder.dims, out.vectors[0].len());
+        assert!(engine.actor_tree().await.children.iter().all(|c| c.name != actor::EMBEDDER));
+        let (usage, _) =
+            engine.store().ledger.usage_page(&credentials.account_id, &Default::default(), None, 10).unwrap();
+        assert!(usage.is_empty(), "no usage row for internal embeddings");
         engine.shutdown().await.unwrap();
     }
 
