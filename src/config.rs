@@ -596,6 +596,10 @@ mod tests {
         assert_eq!(shipped.rate_limit.default_rpm, defaults.rate_limit.default_rpm);
         assert_eq!(shipped.pricing.margin_auto, defaults.pricing.margin_auto);
         assert_eq!(shipped.billing.processor, defaults.billing.processor);
+        assert_eq!(shipped.embedder.kind, defaults.embedder.kind);
+        assert_eq!(shipped.embedder.model_source, defaults.embedder.model_source);
+        assert_eq!(shipped.embedder.auto_pull, defaults.embedder.auto_pull);
+        assert_eq!(shipped.embedder.routed_model, defaults.embedder.routed_model);
         assert!(shipped.validate().is_ok());
     }
 
@@ -678,6 +682,33 @@ mod tests {
         }
         assert!(format!("{:?}", config.server).contains("<redacted>"));
         assert_eq!(config.providers.groq.api_key.as_ref().unwrap().expose(), "SECRET-groq");
+    }
+
+    #[test]
+    fn the_embedder_defaults_to_neural_under_the_data_dir_and_env_overrides_it() {
+        let config = Config::default();
+        assert_eq!(config.embed_model_dir(), PathBuf::from("./data/models/all-MiniLM-L6-v2"));
+        assert!(matches!(
+            config.embedder_settings(),
+            tokaroo_actors::EmbedderSettings::Neural { model_dir: Some(ref d) } if d == &config.embed_model_dir()
+        ));
+        let mut config = Config::default();
+        let env = |name: &str| match name {
+            "TOKAROO_EMBED_MODEL_DIR" => Some("/opt/minilm".to_owned()),
+            "TOKAROO_EMBED_AUTO_PULL" => Some("false".to_owned()),
+            "TOKAROO_EMBEDDER" => Some("routed".to_owned()),
+            "TOKAROO_EMBED_ROUTED_MODEL" => Some("nomic-embed-text".to_owned()),
+            _ => None,
+        };
+        config.apply_env(env).unwrap();
+        assert_eq!(config.embed_model_dir(), PathBuf::from("/opt/minilm"));
+        assert!(!config.embedder.auto_pull);
+        assert!(matches!(
+            config.embedder_settings(),
+            tokaroo_actors::EmbedderSettings::Routed { ref model } if model == "nomic-embed-text"
+        ));
+        config.embedder.kind = "magic".into();
+        assert!(config.validate().unwrap_err().to_string().contains("embedder.kind"));
     }
 
     #[test]
