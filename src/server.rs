@@ -97,6 +97,7 @@ fn engine_config(config: &Config, listen: std::net::SocketAddr) -> Result<Engine
         },
         limits: config.account_limits(),
         cache: config.cache.settings(),
+        embedder: config.embedder_settings(),
     })
 }
 
@@ -125,6 +126,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     if config.billing.public_url.is_none() {
         config.billing.public_url = Some(format!("http://{addr}"));
     }
+    crate::models::ensure_for_serve(&config).await;
     let engine = Engine::start(store, engine_config(&config, addr)?).await?;
     if let Some(creds) = engine.directory().bootstrap().await? {
         print_bootstrap(&creds);

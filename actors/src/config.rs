@@ -34,6 +34,8 @@ pub struct EngineConfig {
     pub net: crate::routing::netguard::NetSettings,
     /// The operator's caps on tenants (rate limits, record counts).
     pub limits: AccountLimits,
+    /// Which embedder `Engine::embedder` runs (neural by default).
+    pub embedder: crate::embed::EmbedderSettings,
 }
 
 /// 30 days: a dashboard left alone for a month signs in again.
@@ -59,6 +61,7 @@ impl Default for EngineConfig {
             provider_base_urls: crate::routing::providers::default_base_urls(),
             net: crate::routing::netguard::NetSettings::default(),
             limits: AccountLimits::default(),
+            embedder: crate::embed::EmbedderSettings::default(),
         }
     }
 }

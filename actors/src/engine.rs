@@ -9,6 +9,7 @@ use crate::{
     config::EngineConfig,
     directory::state::{DirectoryState, SessionEntry, WorkspaceEntry},
     directory::{apikey::KeyEntry, Directory, OPERATOR_ACCOUNT_META},
+    embed::{actor::EmbedderSpec, Embedder},
     error::EngineError,
     money::funding::Funding,
     routing::connections::Connections,
@@ -41,6 +42,7 @@ struct EngineParts {
     connections: Connections,
     funding: Funding,
     runtime: Runtime,
+    embedder: Embedder,
     /// What `shutdown` is doing now, for the report when it overruns its grace period.
     shutdown_stage: std::sync::Mutex<&'static str>,
 }
@@ -101,9 +103,19 @@ impl Engine {
         let funding =
             Funding::new(store.clone(), registry.clone(), &config, ledger.clone(), payments, directory.clone());
         let cache = crate::cache::ResponseCache::new(store.clone(), config.cache.clone());
-        let runtime =
-            Runtime::new(directory_state.clone(), config.clone(), router, ledger, funding.clone(), cache.clone());
-        let root = root_spec(&directory_state, &connections_state, reconcile_every, &funding, &cache)
+        let runtime = Runtime::new(
+            directory_state.clone(),
+            config.clone(),
+            router.clone(),
+            ledger,
+            funding.clone(),
+            cache.clone(),
+        );
+        let (embedder, local_model) =
+            crate::embed::prepare(&config.embedder, registry.clone(), router, directory_state.clone()).await;
+        let embedder_spec = local_model
+            .map(|model| EmbedderSpec { model, fallback_reason: embedder.fallback_reason().map(str::to_owned) });
+        let root = root_spec(&directory_state, &connections_state, reconcile_every, &funding, &cache, embedder_spec)
             .spawn_root()
             .await
             .map_err(|e| EngineError::Internal(format!("actor tree failed to start: {e}")))?;
@@ -117,6 +129,7 @@ impl Engine {
             connections,
             funding,
             runtime,
+            embedder,
             shutdown_stage: std::sync::Mutex::new("not started"),
         })))
     }
@@ -139,6 +152,12 @@ impl Engine {
     /// Chat and embeddings: plan, execute, settle.
     pub fn runtime(&self) -> &Runtime {
         &self.0.runtime
+    }
+
+    /// Sentences to vectors (the neural model, routed, or the lexical fallback), each answer
+    /// saying which embedder made it.
+    pub fn embedder(&self) -> &Embedder {
+        &self.0.embedder
     }
 
     /// Stops the actor tree, makes everything durable and closes storage. Callers bound it
@@ -245,20 +264,22 @@ impl Engine {
 pub(crate) const ROOT: &str = "root";
 
 /// The tree: `root` over the ledger, the directory (`accounts`), the upstream connections
-/// (`providers`, `endpoints`) and the background `tasks`.
+/// (`providers`, `endpoints`), the background `tasks` and, for the in-process kinds, the
+/// `embedder`.
 fn root_spec(
     directory: &Arc<DirectoryState>,
     connections: &Arc<ConnectionsState>,
     reconcile_every: Option<Duration>,
     funding: &Funding,
     cache: &Arc<crate::cache::ResponseCache>,
+    embedder: Option<EmbedderSpec>,
 ) -> SupervisorSpec {
     let (policy, registry) = (directory.restart_policy, directory.registry.clone());
     let group = |endpoints| {
         let (upstreams, recheck) = (connections.upstreams.clone(), connections.endpoint_recheck);
         Arc::new(group_spec(endpoints, upstreams, recheck, policy, registry.clone()))
     };
-    let children: Vec<Arc<dyn ChildSpec>> = vec![
+    let mut children: Vec<Arc<dyn ChildSpec>> = vec![
         Arc::new(crate::money::ledger::LedgerSpec { store: directory.store.clone() }),
         Arc::new(crate::directory::accounts::spec(directory)),
         group(false),
@@ -266,6 +287,9 @@ fn root_spec(
         Arc::new(crate::cache::spec(cache, policy, registry.clone())),
         Arc::new(tasks_spec(directory, reconcile_every, funding)),
     ];
+    if let Some(embedder) = embedder {
+        children.push(Arc::new(embedder));
+    }
     let started_at = crate::clock::iso8601(crate::clock::now_ms());
     SupervisorSpec {
         name: ROOT.to_owned(),

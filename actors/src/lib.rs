@@ -8,6 +8,7 @@ pub mod chat;
 pub mod clock;
 mod config;
 pub mod directory;
+pub mod embed;
 mod engine;
 mod error;
 pub mod money;
@@ -22,6 +23,7 @@ pub use config::{AccountLimits, EngineConfig, FundingSettings, DEFAULT_SESSION_T
 pub use directory::apikey::{Admission, KeyEntry};
 pub use directory::{BootstrapCredentials, Identity, SessionRejection};
 pub use directory::{KeyPatch, KeyView, NewKey, NewWorkspace, WorkspacePatch};
+pub use embed::{EmbedderId, EmbedderKind, EmbedderSettings, Embeddings};
 pub use engine::Engine;
 pub use error::EngineError;
 pub use money::funding::{ActivationStatus, PaymentFault, PaymentsReconciled};

@@ -1,5 +1,6 @@
 //! `/livez` (the process answers) and `/readyz` (it can take traffic: storage answers and it
-//! is not shutting down).
+//! is not shutting down). `/readyz` also names the embedder, and says when the lexical
+//! fallback stands in for the neural model (degraded, not unready: it still answers).
 
 use std::sync::atomic::Ordering;
 
@@ -21,10 +22,25 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "shutting_down" })));
     }
     match state.engine.store().meta_get("schema_version_probe") {
-        Ok(_) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Ok(_) => (StatusCode::OK, Json(json!({ "status": "ready", "embedder": embedder(&state) }))),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "storage_unavailable", "message": e.to_string() })),
         ),
+    }
+}
+
+fn embedder(state: &AppState) -> Value {
+    let embedder = state.engine.embedder();
+    match embedder.fallback_reason() {
+        None => json!({ "id": embedder.id(), "status": "ok" }),
+        Some(reason) => json!({
+            "id": embedder.id(),
+            "status": "degraded",
+            "detail": format!(
+                "the neural embedding model is not active ({reason}); the lexical fallback is in use. \
+                 Get the model with `tokaroo models pull` (or set TOKAROO_EMBED_MODEL_DIR) and restart."
+            ),
+        }),
     }
 }

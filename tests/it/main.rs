@@ -14,6 +14,7 @@ mod chat_simulator;
 mod conformance;
 mod connections;
 mod credentials;
+mod embedder;
 mod foundation;
 mod hostile;
 mod http_limits;
