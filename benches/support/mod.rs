@@ -59,6 +59,8 @@ pub fn start_gateway(data_dir: &Path, cwd: &Path, envs: &[(&str, &str)], stderr:
         .current_dir(cwd)
         // The benches measure routing and settling: identical requests must not be cache hits.
         .env("TOKAROO_CACHE_ENABLED", "false")
+        // One copy of the embedding model for every bench's server (pulled by the first).
+        .env("TOKAROO_EMBED_MODEL_DIR", tokaroo_actors::test_support::test_model_path())
         .env("TOKAROO_LOG_LEVEL", "warn")
         .env_remove("RUST_LOG")
         .env_remove("TOKAROO_CONFIG")
