@@ -101,6 +101,60 @@ impl From<LedgerError> for EngineError {
 /// How much more than our o200k count a provider with another tokenizer may count a prompt.
 const OTHER_TOKENIZER_HEADROOM: f64 = 1.5;
 
+/// What served a request, for its usage row.
+struct ServedBy {
+    provider: String,
+    upstream_model: String,
+    upstream: String,
+    routing_method: String,
+    routing_reason: String,
+    execution_source: String,
+    billing_mode: String,
+    latency_ms: Option<u64>,
+    cache: &'static str,
+    failed_attempts: Vec<String>,
+}
+
+/// The one usage row of a request of `key`.
+fn usage_row(
+    key: &KeyEntry,
+    info: &RequestInfo,
+    usage: Usage,
+    charge: Charge,
+    streamed: bool,
+    by: ServedBy,
+) -> UsageRow {
+    UsageRow {
+        id: crate::clock::new_id(),
+        account_id: key.account_id.clone(),
+        api_key_id: Some(key.id.clone()),
+        workspace_slug: key.workspace_slug.clone(),
+        metadata: info.metadata.clone(),
+        tier: info.tier.as_str().to_owned(),
+        requested_model: info.requested_model.clone(),
+        provider: by.provider,
+        upstream_model: by.upstream_model,
+        upstream: by.upstream,
+        routing_method: by.routing_method,
+        routing_reason: by.routing_reason,
+        execution_source: by.execution_source,
+        billing_mode: by.billing_mode,
+        request_type: info.request_type.to_owned(),
+        input_tokens: u64::from(usage.prompt_tokens),
+        output_tokens: u64::from(usage.completion_tokens),
+        actual_cost_units: charge.actual_cost_units,
+        charged_units: charge.charged_units,
+        baseline_units: charge.baseline_units,
+        latency_ms: by.latency_ms,
+        cache: by.cache.into(),
+        streamed,
+        // The ledger stamps the row when it logs it.
+        created_at_us: 0,
+        request_id: info.request_id.clone(),
+        failed_attempts: by.failed_attempts,
+    }
+}
+
 impl Runtime {
     /// The most a request on these routes can be charged (escalation included for `auto`).
     fn worst_case_units(&self, req: &ChatRequest, info: &RequestInfo, routes: &[Route], scope: &Scope) -> i64 {
@@ -245,14 +299,7 @@ impl Runtime {
     ) -> Result<ServedChat, EngineError> {
         let charge = self.0.config.pricing.cache_hit_charge(hit.saved);
         let hold = self.reserve(key, || charge.charged_units).await?;
-        let row = UsageRow {
-            id: crate::clock::new_id(),
-            account_id: key.account_id.clone(),
-            api_key_id: Some(key.id.clone()),
-            workspace_slug: key.workspace_slug.clone(),
-            metadata: info.metadata.clone(),
-            tier: info.tier.as_str().to_owned(),
-            requested_model: info.requested_model.clone(),
+        let served_by = ServedBy {
             provider: hit.provider.clone(),
             upstream_model: hit.upstream_model.clone(),
             upstream: "cache".into(),
@@ -260,19 +307,11 @@ impl Runtime {
             routing_reason: "exact cache hit".into(),
             execution_source: "cache".into(),
             billing_mode: "cache".into(),
-            request_type: info.request_type.to_owned(),
-            input_tokens: u64::from(hit.usage.prompt_tokens),
-            output_tokens: u64::from(hit.usage.completion_tokens),
-            actual_cost_units: charge.actual_cost_units,
-            charged_units: charge.charged_units,
-            baseline_units: charge.baseline_units,
             latency_ms: Some(0),
-            cache: "hit".into(),
-            streamed,
-            created_at_us: 0,
-            request_id: info.request_id.clone(),
+            cache: "hit",
             failed_attempts: Vec::new(),
         };
+        let row = usage_row(key, info, hit.usage, charge, streamed, served_by);
         tracing::info!(charged_usd = charge.charged_usd(), "request served from the cache");
         self.0.ledger.settle(hold, row).await?;
         Ok(ServedChat { response: hit.response, usage: hit.usage, route: None, charge, cache_hit: true })
@@ -306,14 +345,7 @@ impl Runtime {
         hold: Option<HoldGuard>,
     ) -> Result<Charge, EngineError> {
         let charge = self.0.config.pricing.charge(info.tier, route, usage);
-        let row = UsageRow {
-            id: crate::clock::new_id(),
-            account_id: key.account_id.clone(),
-            api_key_id: Some(key.id.clone()),
-            workspace_slug: key.workspace_slug.clone(),
-            metadata: info.metadata.clone(),
-            tier: info.tier.as_str().to_owned(),
-            requested_model: info.requested_model.clone(),
+        let served_by = ServedBy {
             provider: route.provider.to_owned(),
             upstream_model: route.model.clone(),
             upstream: route.upstream.clone(),
@@ -321,20 +353,11 @@ impl Runtime {
             routing_reason: route.reason.clone(),
             execution_source: route.execution_source.to_owned(),
             billing_mode: route.billing_mode.as_str().to_owned(),
-            request_type: info.request_type.to_owned(),
-            input_tokens: u64::from(usage.prompt_tokens),
-            output_tokens: u64::from(usage.completion_tokens),
-            actual_cost_units: charge.actual_cost_units,
-            charged_units: charge.charged_units,
-            baseline_units: charge.baseline_units,
             latency_ms,
-            cache: "miss".into(),
-            streamed,
-            // The ledger stamps the row when it logs it.
-            created_at_us: 0,
-            request_id: info.request_id.clone(),
+            cache: "miss",
             failed_attempts: route.failed_attempts.clone(),
         };
+        let row = usage_row(key, info, usage, charge, streamed, served_by);
         tracing::info!(
             provider = %row.provider, model = %row.upstream_model, source = %row.execution_source,
             reason = %row.routing_reason, charged_usd = charge.charged_usd(), "request served"
