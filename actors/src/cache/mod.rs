@@ -202,10 +202,12 @@ impl ResponseCache {
         for entry in self.store.answers.all()? {
             if entry.partition.starts_with(prefix) {
                 self.store.answers.remove(&(entry.partition.as_str(), entry.key.as_str()))?;
+                let bytes = entry_bytes(&entry);
+                let _ =
+                    self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(bytes)));
                 removed += 1;
             }
         }
-        self.sweep()?;
         Ok(removed)
     }
 

@@ -46,6 +46,28 @@ impl CatalogModel {
         self.capabilities.iter().any(|c| c == capability)
     }
 
+    /// A model a self-hosted endpoint serves: not in the catalog, free at list price (its
+    /// billing is the self-hosted share of the baseline), with what it was found able to do.
+    pub fn self_hosted(id: &str, capabilities: Vec<String>) -> Self {
+        Self {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            provider: "local".into(),
+            input_per_1m: 0.0,
+            output_per_1m: 0.0,
+            cached_input_per_1m: None,
+            capabilities,
+            context_window: u64::MAX,
+            max_output_tokens: None,
+            embedding_dims: None,
+            quality: 0.0,
+            latency_class: "fast".into(),
+            deprecated: false,
+            unit_price: None,
+            image_token_multiplier: None,
+        }
+    }
+
     /// USD for these tokens at list price.
     pub fn cost(&self, prompt_tokens: u32, completion_tokens: u32) -> f64 {
         (f64::from(prompt_tokens) * self.input_per_1m + f64::from(completion_tokens) * self.output_per_1m) / 1_000_000.0

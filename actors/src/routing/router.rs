@@ -127,23 +127,7 @@ impl Router {
         if vision {
             capabilities.push("vision".into());
         }
-        Some(CatalogModel {
-            id: id.to_owned(),
-            name: id.to_owned(),
-            provider: "local".into(),
-            input_per_1m: 0.0,
-            output_per_1m: 0.0,
-            cached_input_per_1m: None,
-            capabilities,
-            context_window: u64::MAX,
-            max_output_tokens: None,
-            embedding_dims: None,
-            quality: 0.0,
-            latency_class: "fast".into(),
-            deprecated: false,
-            unit_price: None,
-            image_token_multiplier: None,
-        })
+        Some(CatalogModel::self_hosted(id, capabilities))
     }
 
     /// Healthy self-hosted endpoints of the scope that can serve the request, first.

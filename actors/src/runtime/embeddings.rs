@@ -45,23 +45,7 @@ struct Candidate {
 }
 
 fn local_embedding_model(id: &str) -> CatalogModel {
-    CatalogModel {
-        id: id.to_owned(),
-        name: id.to_owned(),
-        provider: "local".into(),
-        input_per_1m: 0.0,
-        output_per_1m: 0.0,
-        cached_input_per_1m: None,
-        capabilities: vec!["embeddings".into()],
-        context_window: u64::MAX,
-        max_output_tokens: None,
-        embedding_dims: None,
-        quality: 0.0,
-        latency_class: "fast".into(),
-        deprecated: false,
-        unit_price: None,
-        image_token_multiplier: None,
-    }
+    CatalogModel::self_hosted(id, vec!["embeddings".into()])
 }
 
 impl Router {
