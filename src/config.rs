@@ -26,7 +26,7 @@ pub struct Config {
     pub embedder: EmbedderConfig,
 }
 
-/// The exact response cache. See `[cache]` in `config/tokaroo.toml`.
+/// The exact and semantic response caches. See `[cache]` in `config/tokaroo.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
@@ -37,6 +37,10 @@ pub struct CacheConfig {
     pub max_bytes: u64,
     /// Requests with a higher `temperature` neither use nor fill the cache.
     pub max_temperature: f64,
+    /// Similar requests too (the last user message compared by the embedder).
+    pub semantic: bool,
+    /// The cosine similarity from which a cached prompt may answer, in (0, 1].
+    pub semantic_threshold: f32,
 }
 
 impl Default for CacheConfig {
@@ -48,6 +52,8 @@ impl Default for CacheConfig {
             ttl_secs: d.ttl.as_secs(),
             max_bytes: d.max_bytes,
             max_temperature: d.max_temperature,
+            semantic: d.semantic,
+            semantic_threshold: d.semantic_threshold,
         }
     }
 }
@@ -93,6 +99,8 @@ impl CacheConfig {
             ttl: std::time::Duration::from_secs(self.ttl_secs.max(1)),
             max_bytes: self.max_bytes,
             max_temperature: self.max_temperature,
+            semantic: self.semantic,
+            semantic_threshold: self.semantic_threshold,
         }
     }
 }
@@ -413,6 +421,12 @@ impl Config {
                 )));
             }
         }
+        let threshold = self.cache.semantic_threshold;
+        if !(threshold > 0.0 && threshold <= 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "cache.semantic_threshold is {threshold}; it must be in (0, 1] (a cosine similarity)"
+            )));
+        }
         if self.rate_limit.max_rpm == 0 {
             return Err(ConfigError::Invalid("rate_limit.max_rpm (TOKAROO_MAX_RPM) must be at least 1".into()));
         }
@@ -547,6 +561,9 @@ impl Config {
                     })
                 }
             };
+        }
+        if let Some(v) = get("TOKAROO_CACHE_SEMANTIC") {
+            self.cache.semantic = parse("TOKAROO_CACHE_SEMANTIC", &v)?;
         }
         if let Some(v) = get("TOKAROO_CACHE_TTL_SECS") {
             self.cache.ttl_secs = parse("TOKAROO_CACHE_TTL_SECS", &v)?;

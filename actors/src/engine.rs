@@ -102,17 +102,11 @@ impl Engine {
         let connections = Connections::new(connections_state.clone(), directory.clone());
         let funding =
             Funding::new(store.clone(), registry.clone(), &config, ledger.clone(), payments, directory.clone());
-        let cache = crate::cache::ResponseCache::new(store.clone(), config.cache.clone());
-        let runtime = Runtime::new(
-            directory_state.clone(),
-            config.clone(),
-            router.clone(),
-            ledger,
-            funding.clone(),
-            cache.clone(),
-        );
         let (embedder, local_model) =
-            crate::embed::prepare(&config.embedder, registry.clone(), router, directory_state.clone()).await;
+            crate::embed::prepare(&config.embedder, registry.clone(), router.clone(), directory_state.clone()).await;
+        let cache = crate::cache::ResponseCache::new(store.clone(), config.cache.clone(), &embedder);
+        let runtime =
+            Runtime::new(directory_state.clone(), config.clone(), router, ledger, funding.clone(), cache.clone());
         let embedder_spec = local_model
             .map(|model| EmbedderSpec { model, fallback_reason: embedder.fallback_reason().map(str::to_owned) });
         let root = root_spec(&directory_state, &connections_state, reconcile_every, &funding, &cache, embedder_spec)

@@ -132,6 +132,49 @@ impl Record for CachedAnswer {
     const FORMAT_VERSION: u8 = 1;
 }
 
+/// Key: (partition, key). The semantic cache's entry for the [`CachedAnswer`] with the same
+/// partition and key: the request's last user message, its vector, and the hash of
+/// everything else in the request, which a later request must match exactly.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SemanticEntry {
+    pub partition: String,
+    pub key: String,
+    /// Hex SHA-256 of the request without its last user message.
+    pub context: String,
+    /// The last user message, which the similarity and the near-miss guards compare.
+    pub prompt: String,
+    /// Which embedder made `vector` (`kind:model:dims`): vectors of others are never compared.
+    pub embedder: String,
+    #[serde(with = "f32_base64")]
+    pub vector: Vec<f32>,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+impl Record for SemanticEntry {
+    const TREE: &'static str = "semantic_cache";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// A vector as base64 of its little-endian `f32`s: a quarter of its size as JSON numbers.
+mod f32_base64 {
+    use base64::{engine::general_purpose::STANDARD, Engine as _};
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(vector: &[f32], serializer: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f32>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let bytes = STANDARD.decode(text).map_err(D::Error::custom)?;
+        if bytes.len() % 4 != 0 {
+            return Err(D::Error::custom("a vector's byte length is not a multiple of 4"));
+        }
+        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

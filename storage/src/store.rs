@@ -4,7 +4,8 @@ use crate::{
     flusher::{Flusher, FlusherStatus},
     ledger::LedgerStore,
     records::{
-        Account, ApiKey, BillingProfile, CachedAnswer, LocalEndpoint, PaymentAttempt, ProviderKey, Session, Workspace,
+        Account, ApiKey, BillingProfile, CachedAnswer, LocalEndpoint, PaymentAttempt, ProviderKey, SemanticEntry,
+        Session, Workspace,
     },
     Collection, StorageError,
 };
@@ -31,6 +32,8 @@ pub struct Store {
     pub payment_attempts: Collection<PaymentAttempt>,
     /// The exact response cache (see [`CachedAnswer`]).
     pub answers: Collection<CachedAnswer>,
+    /// The semantic cache's prompts and vectors (see [`SemanticEntry`]).
+    pub semantic: Collection<SemanticEntry>,
     data_dir: std::path::PathBuf,
     /// The only caller of sled's flush (see `flusher.rs`).
     flusher: Arc<Flusher>,
@@ -62,6 +65,7 @@ impl Store {
             billing: Collection::open(&db)?,
             payment_attempts: Collection::open(&db)?,
             answers: Collection::open(&db)?,
+            semantic: Collection::open(&db)?,
             data_dir: data_dir.to_path_buf(),
             meta,
             flusher,

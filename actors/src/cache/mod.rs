@@ -1,15 +1,26 @@
-//! The exact response cache: an answer is reused for a request identical to the one that
-//! produced it (same mode or model, messages, tools, response format and sampling
-//! parameters), inside one partition — a workspace by default, so one tenant's answers never
-//! reach another.
+//! The response cache, inside one partition (a workspace by default, so one tenant's answers
+//! never reach another):
+//! - exact: an answer is reused for a request identical to the one that produced it (same
+//!   mode or model, messages, tools, response format and sampling parameters);
+//! - semantic (`semantic.rs`): for a request whose last user message is similar enough to a
+//!   cached one's, whose everything else (system prompt, earlier turns, tools, format,
+//!   sampling) is identical, and which the near-miss guards (`guards.rs`) find asking the same
+//!   question.
 //!
 //! What is cached, and what is not (the documented rules):
 //! - only answers that finished normally (`stop`) without tool calls: a tool call depends on
 //!   the world it was made in, and a cut answer is not an answer;
 //! - not requests that ask to bypass it (`Cache-Control: no-cache`, `x-tokaroo-cache: skip`),
 //!   nor requests with a `temperature` above `cache.max_temperature` (they ask for variety);
-//! - a `seed` is part of the key, so different seeds never share an answer;
+//! - a `seed` is part of the key, so different seeds never share an answer; `n` above 1 is
+//!   refused by the chat route, so an entry is always one answer;
+//! - the semantic cache looks only at a last user message of plain text up to
+//!   `SEMANTIC_MAX_PROMPT_CHARS` (the model reads 256 tokens; past that, differences would
+//!   go unseen), and only with a neural or routed embedder (never the lexical fallback);
 //! - entries expire after `cache.ttl_secs`; past `cache.max_bytes` the oldest go first.
+
+pub mod guards;
+pub mod semantic;
 
 use std::{
     sync::{
@@ -21,11 +32,16 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokaroo_storage::{records::CachedAnswer, StorageError, Store};
+use tokaroo_storage::{
+    records::{CachedAnswer, SemanticEntry},
+    StorageError, Store,
+};
 
+use self::semantic::{Found, Probe, SemanticIndex};
 use crate::{
-    chat::{ChatRequest, ChatResponse, FinishReason, Usage},
+    chat::{ChatRequest, ChatResponse, ContentPart, FinishReason, Role, Usage},
     directory::apikey::KeyEntry,
+    embed::{Embedder, EmbedderKind},
     money::billing::Charge,
     tree::{
         registry::Registry,
@@ -57,7 +73,17 @@ pub struct CacheSettings {
     /// Requests asking for more randomness than this are neither served from nor stored in
     /// the cache.
     pub max_temperature: f64,
+    /// Whether similar (not only identical) requests are answered from the cache.
+    pub semantic: bool,
+    /// The cosine similarity from which a cached prompt may answer (the guards decide after).
+    pub semantic_threshold: f32,
 }
+
+/// Chosen on the labelled pairs of `tests/data/semantic_cache_pairs.jsonl` (the curve is in
+/// `tests/it/semantic_cache.rs`'s report).
+pub const DEFAULT_SEMANTIC_THRESHOLD: f32 = 0.80;
+/// Longer last messages are not looked up by similarity (see the module's rules).
+pub const SEMANTIC_MAX_PROMPT_CHARS: usize = 1000;
 
 impl Default for CacheSettings {
     fn default() -> Self {
@@ -67,6 +93,8 @@ impl Default for CacheSettings {
             ttl: Duration::from_secs(3600),
             max_bytes: 256 << 20,
             max_temperature: 1.0,
+            semantic: true,
+            semantic_threshold: DEFAULT_SEMANTIC_THRESHOLD,
         }
     }
 }
@@ -76,6 +104,25 @@ impl Default for CacheSettings {
 pub struct CacheSlot {
     pub partition: String,
     pub key: String,
+    /// For the semantic cache: the last user message, the hash of the rest, and the
+    /// message's vector once a lookup has made it.
+    pub semantic: Option<SemanticSlot>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SemanticSlot {
+    pub context: String,
+    pub prompt: String,
+    pub vector: Option<Vec<f32>>,
+}
+
+impl Eq for SemanticSlot {}
+
+/// How a hit was found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HitKind {
+    Exact,
+    Semantic { similarity: f32 },
 }
 
 /// A cached answer found for a request.
@@ -86,6 +133,7 @@ pub struct CacheHit {
     pub saved: Charge,
     pub provider: String,
     pub upstream_model: String,
+    pub kind: HitKind,
 }
 
 /// Bytes counted per entry beyond its text: the record's other fields and the tree's keys.
@@ -96,7 +144,13 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 pub struct ResponseCache {
     store: Store,
     settings: CacheSettings,
+    /// With the embedder that makes its vectors; `None` when the semantic cache is off (by
+    /// configuration, or because only the lexical fallback could embed).
+    semantic: Option<(SemanticIndex, Embedder)>,
     hits: AtomicU64,
+    semantic_hits: AtomicU64,
+    /// Lookups whose nearest similar entry the guards refused.
+    refused: AtomicU64,
     misses: AtomicU64,
     stored: AtomicU64,
     /// Approximate bytes held; exact again after each sweep.
@@ -104,11 +158,19 @@ pub struct ResponseCache {
 }
 
 impl ResponseCache {
-    pub fn new(store: Store, settings: CacheSettings) -> Arc<Self> {
+    /// The cache over `store`. Its semantic entries are indexed by the `task:semantic-load`
+    /// child of its tree node (a restart's rebuild runs off the request path).
+    pub fn new(store: Store, settings: CacheSettings, embedder: &Embedder) -> Arc<Self> {
+        let id = embedder.id();
+        let semantic = (settings.enabled && settings.semantic && id.kind != EmbedderKind::Lexical && id.dims > 0)
+            .then(|| (SemanticIndex::new(id.to_string(), id.dims, settings.semantic_threshold), embedder.clone()));
         let cache = Arc::new(Self {
             store,
             settings,
+            semantic,
             hits: AtomicU64::new(0),
+            semantic_hits: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             stored: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -129,12 +191,63 @@ impl ResponseCache {
             return None;
         }
         let partition = self.partition_prefix(&key.account_id, Some(key.workspace_slug.as_deref().unwrap_or("")));
-        Some(CacheSlot { partition, key: request_key(req) })
+        let semantic = self.semantic.as_ref().and_then(|_| semantic_slot(req));
+        Some(CacheSlot { partition, key: request_key(req), semantic })
     }
 
-    /// The answer stored for `slot`, if it has not expired.
-    pub fn lookup(&self, slot: &CacheSlot) -> Option<CacheHit> {
-        let found = self.store.answers.get(&(slot.partition.as_str(), slot.key.as_str()));
+    /// The answer for `slot`: the exact one, else the semantic cache's (the slot keeps the
+    /// vector it made, for storing the answer later).
+    pub async fn lookup(&self, slot: &mut CacheSlot) -> Option<CacheHit> {
+        if let Some(hit) = self.answer(&slot.partition, &slot.key, HitKind::Exact) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Some(hit);
+        }
+        if let Some(hit) = self.lookup_similar(slot).await {
+            self.semantic_hits.fetch_add(1, Ordering::Relaxed);
+            return Some(hit);
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    async fn lookup_similar(&self, slot: &mut CacheSlot) -> Option<CacheHit> {
+        let ((index, embedder), wanted) = (self.semantic.as_ref()?, slot.semantic.as_mut()?);
+        let embedded = embedder.embed(vec![wanted.prompt.clone()]).await;
+        let mut vector = match embedded {
+            Ok(mut out) if out.embedder.to_string() == index.embedder() => out.vectors.pop()?,
+            Ok(out) => {
+                tracing::warn!(embedder = %out.embedder, "the embedder changed under the semantic cache; skipping it");
+                return None;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "could not embed a prompt for the semantic cache; looking up exact only");
+                return None;
+            }
+        };
+        crate::embed::l2_normalise(&mut vector);
+        let probe = Probe { context: wanted.context.clone(), prompt: wanted.prompt.clone(), vector };
+        let found = index.search(&slot.partition, &probe, crate::clock::now_ms());
+        wanted.vector = Some(probe.vector);
+        match found {
+            Found::Hit { key, similarity } => {
+                let hit = self.answer(&slot.partition, &key, HitKind::Semantic { similarity });
+                if hit.is_none() {
+                    index.remove(&slot.partition, &key);
+                }
+                hit
+            }
+            Found::Refused { similarity, why } => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(similarity, ?why, "a similar cached prompt asks a different question");
+                None
+            }
+            Found::Nothing => None,
+        }
+    }
+
+    /// The stored answer of `key`, if it has not expired.
+    fn answer(&self, partition: &str, key: &str, kind: HitKind) -> Option<CacheHit> {
+        let found = self.store.answers.get(&(partition, key));
         let entry = match found {
             Ok(Some(entry)) if entry.expires_at_ms > crate::clock::now_ms() => Some(entry),
             Ok(_) => None,
@@ -143,11 +256,7 @@ impl ResponseCache {
                 None
             }
         };
-        let Some(entry) = entry else {
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            return None;
-        };
-        self.hits.fetch_add(1, Ordering::Relaxed);
+        let entry = entry?;
         let usage = Usage { prompt_tokens: entry.prompt_tokens, completion_tokens: entry.completion_tokens };
         Some(CacheHit {
             response: ChatResponse {
@@ -164,6 +273,7 @@ impl ResponseCache {
             },
             provider: entry.provider,
             upstream_model: entry.upstream_model,
+            kind,
         })
     }
 
@@ -191,8 +301,50 @@ impl ResponseCache {
                 self.stored.fetch_add(1, Ordering::Relaxed);
                 self.bytes.fetch_add(entry_bytes(&entry), Ordering::Relaxed);
             }
-            Err(error) => tracing::warn!(%error, "could not store an answer in the response cache"),
+            Err(error) => {
+                tracing::warn!(%error, "could not store an answer in the response cache");
+                return;
+            }
         }
+        let (Some((index, _)), Some(SemanticSlot { context, prompt, vector: Some(vector) })) =
+            (&self.semantic, &slot.semantic)
+        else {
+            return;
+        };
+        let semantic = SemanticEntry {
+            partition: slot.partition.clone(),
+            key: slot.key.clone(),
+            context: context.clone(),
+            prompt: prompt.clone(),
+            embedder: index.embedder().to_owned(),
+            vector: vector.clone(),
+            created_at_ms: entry.created_at_ms,
+            expires_at_ms: entry.expires_at_ms,
+        };
+        match self.store.semantic.insert(&(slot.partition.as_str(), slot.key.as_str()), &semantic) {
+            Ok(()) => {
+                index.insert(&semantic);
+                self.bytes.fetch_add(semantic_bytes(&semantic), Ordering::Relaxed);
+            }
+            Err(error) => tracing::warn!(%error, "could not store a prompt in the semantic cache"),
+        }
+    }
+
+    /// Indexes the semantic entries on disk (at start, so a restart keeps them); entries of
+    /// another embedder are dropped. Slow for many entries: a blocking thread's work.
+    pub fn load_semantic(&self) -> Result<usize, StorageError> {
+        let Some((index, _)) = &self.semantic else { return Ok(0) };
+        let now = crate::clock::now_ms();
+        let mut loaded = 0;
+        for entry in self.store.semantic.all()? {
+            if entry.embedder != index.embedder() || entry.expires_at_ms <= now {
+                self.store.semantic.remove(&(entry.partition.as_str(), entry.key.as_str()))?;
+                continue;
+            }
+            index.insert(&entry);
+            loaded += 1;
+        }
+        Ok(loaded)
     }
 
     /// Removes every entry of the partitions starting with `prefix` (all of them for `""`).
@@ -207,6 +359,17 @@ impl ResponseCache {
                     self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(bytes)));
                 removed += 1;
             }
+        }
+        for entry in self.store.semantic.all()? {
+            if entry.partition.starts_with(prefix) {
+                self.store.semantic.remove(&(entry.partition.as_str(), entry.key.as_str()))?;
+                let bytes = semantic_bytes(&entry);
+                let _ =
+                    self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(bytes)));
+            }
+        }
+        if let Some((index, _)) = &self.semantic {
+            index.clear(prefix);
         }
         Ok(removed)
     }
@@ -223,34 +386,81 @@ impl ResponseCache {
         }
     }
 
-    /// Removes expired entries, then the oldest until the cache is within `max_bytes`.
+    /// Removes expired entries, then the oldest until the cache is within `max_bytes`; a
+    /// semantic entry goes with its answer. Then rebuilds the semantic graphs that are mostly
+    /// tombstones.
     pub fn sweep(&self) -> Result<(), StorageError> {
         let now = crate::clock::now_ms();
+        let mut semantic: std::collections::HashMap<(String, String), u64> = self
+            .store
+            .semantic
+            .all()?
+            .into_iter()
+            .map(|e| ((e.partition.clone(), e.key.clone()), semantic_bytes(&e)))
+            .collect();
         let mut live = Vec::new();
         for entry in self.store.answers.all()? {
             if entry.expires_at_ms <= now {
-                self.store.answers.remove(&(entry.partition.as_str(), entry.key.as_str()))?;
+                self.evict(&entry.partition, &entry.key)?;
+                semantic.remove(&(entry.partition, entry.key));
             } else {
                 live.push(entry);
             }
         }
-        let mut total: u64 = live.iter().map(entry_bytes).sum();
+        let size = |e: &CachedAnswer| {
+            entry_bytes(e) + semantic.get(&(e.partition.clone(), e.key.clone())).copied().unwrap_or(0)
+        };
+        let mut total: u64 = live.iter().map(size).sum();
         if total > self.settings.max_bytes {
             live.sort_by_key(|e| e.created_at_ms);
             for entry in &live {
                 if total <= self.settings.max_bytes {
                     break;
                 }
-                self.store.answers.remove(&(entry.partition.as_str(), entry.key.as_str()))?;
-                total -= entry_bytes(entry);
+                total -= size(entry);
+                self.evict(&entry.partition, &entry.key)?;
+            }
+        }
+        // Semantic entries whose answer is gone (written before a crash, say) go too.
+        let answered: std::collections::HashSet<(String, String)> =
+            live.into_iter().map(|e| (e.partition, e.key)).collect();
+        for (slot, _) in semantic {
+            if !answered.contains(&slot) {
+                self.evict(&slot.0, &slot.1)?;
             }
         }
         self.bytes.store(total, Ordering::Relaxed);
+        if let Some((index, _)) = &self.semantic {
+            index.expire(now);
+            index.compact();
+        }
+        Ok(())
+    }
+
+    fn evict(&self, partition: &str, key: &str) -> Result<(), StorageError> {
+        self.store.answers.remove(&(partition, key))?;
+        self.store.semantic.remove(&(partition, key))?;
+        if let Some((index, _)) = &self.semantic {
+            index.remove(partition, key);
+        }
         Ok(())
     }
 
     fn snapshot(&self) -> serde_json::Value {
-        let (hits, misses) = (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed));
+        let (exact, similar) = (self.hits.load(Ordering::Relaxed), self.semantic_hits.load(Ordering::Relaxed));
+        let (hits, misses) = (exact + similar, self.misses.load(Ordering::Relaxed));
+        let semantic = self.semantic.as_ref().map(|(index, _)| {
+            let (entries, tombstones, partitions) = index.counts();
+            json!({
+                "embedder": index.embedder(),
+                "threshold": index.threshold(),
+                "entries": entries,
+                "tombstones": tombstones,
+                "partitions": partitions,
+                "hits": similar,
+                "refused_by_guards": self.refused.load(Ordering::Relaxed),
+            })
+        });
         json!({
             "enabled": self.settings.enabled,
             "scope": self.settings.scope,
@@ -258,7 +468,9 @@ impl ResponseCache {
             "bytes": self.bytes.load(Ordering::Relaxed),
             "max_bytes": self.settings.max_bytes,
             "hits": hits,
+            "exact_hits": exact,
             "misses": misses,
+            "semantic": semantic,
             "hit_rate": if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 },
             "stored": self.stored.load(Ordering::Relaxed),
         })
@@ -278,6 +490,35 @@ pub struct StoredAnswer<'a> {
 
 fn entry_bytes(entry: &CachedAnswer) -> u64 {
     entry.content.len() as u64 + ENTRY_OVERHEAD
+}
+
+fn semantic_bytes(entry: &SemanticEntry) -> u64 {
+    (entry.prompt.len() + entry.context.len() + entry.vector.len() * 4) as u64 + ENTRY_OVERHEAD
+}
+
+/// The semantic side of a request's slot: its last message when that is a user's plain text
+/// short enough to embed whole, and the hash of everything else that decides the answer.
+fn semantic_slot(req: &ChatRequest) -> Option<SemanticSlot> {
+    let (last, earlier) = req.messages.split_last()?;
+    let plain_text = last.content.iter().all(|part| matches!(part, ContentPart::Text(_)));
+    if last.role != Role::User || !plain_text || !last.tool_calls.is_empty() {
+        return None;
+    }
+    let prompt = last.joined_text();
+    if prompt.trim().is_empty() || prompt.chars().count() > SEMANTIC_MAX_PROMPT_CHARS {
+        return None;
+    }
+    let context = (
+        "semantic-context",
+        &req.model,
+        earlier,
+        &last.name,
+        &req.tools,
+        &req.tool_choice,
+        &req.response_format,
+        (req.max_tokens, req.temperature, req.top_p, &req.stop, req.seed),
+    );
+    Some(SemanticSlot { context: crate::security::tokens::sha256_hex(&format!("{context:?}")), prompt, vector: None })
 }
 
 /// Hex SHA-256 of what decides the answer: mode or model, messages, tools, tool choice,
@@ -301,10 +542,30 @@ pub fn spec(cache: &Arc<ResponseCache>, policy: RestartPolicy, registry: Registr
     let swept = cache.clone();
     let sweep: Job = Arc::new(move || {
         let cache = swept.clone();
-        Box::pin(async move { cache.sweep().map_err(|e| e.to_string()) })
+        // Rebuilding a graph is seconds of CPU at 100k entries: not on an async worker.
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || cache.sweep())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        })
     });
     let sweeper: Arc<dyn crate::tree::supervisor::ChildSpec> =
         Arc::new(TaskSpec::every("task:cache-sweep", SWEEP_EVERY, sweep));
+    let loaded = cache.clone();
+    let load: Job = Arc::new(move || {
+        let cache = loaded.clone();
+        Box::pin(async move {
+            let count = tokio::task::spawn_blocking(move || cache.load_semantic())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            tracing::info!(entries = count, "semantic cache indexed");
+            Ok(())
+        })
+    });
+    let loader: Arc<dyn crate::tree::supervisor::ChildSpec> =
+        Arc::new(TaskSpec::once("task:semantic-load", "task", Restart::Transient, load));
     let described = cache.clone();
     SupervisorSpec {
         name: "cache".to_owned(),
@@ -313,7 +574,7 @@ pub fn spec(cache: &Arc<ResponseCache>, policy: RestartPolicy, registry: Registr
         policy,
         registry,
         escalates: true,
-        loader: Arc::new(move || vec![sweeper.clone()]),
+        loader: Arc::new(move || vec![loader.clone(), sweeper.clone()]),
         describe: Arc::new(move |_| described.snapshot()),
     }
 }

@@ -248,9 +248,11 @@ impl Runtime {
         req: &ChatRequest,
         info: RequestInfo,
     ) -> Result<ServedChat, EngineError> {
-        let slot = self.0.cache.slot(key, req, info.bypass_cache);
-        if let Some(hit) = slot.as_ref().and_then(|slot| self.0.cache.lookup(slot)) {
-            return self.serve_hit(key, &info, hit, false).await;
+        let mut slot = self.0.cache.slot(key, req, info.bypass_cache);
+        if let Some(slot) = slot.as_mut() {
+            if let Some(hit) = self.0.cache.lookup(slot).await {
+                return self.serve_hit(key, &info, hit, false).await;
+            }
         }
         let scope = scope(key);
         let routes = priced_routes(self.0.router.plan(req, &scope)?);

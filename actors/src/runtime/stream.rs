@@ -323,11 +323,13 @@ impl Runtime {
         request: ChatRequest,
         info: RequestInfo,
     ) -> Result<ChatStream, EngineError> {
-        let slot = self.0.cache.slot(&key, &request, info.bypass_cache);
-        if let Some(hit) = slot.as_ref().and_then(|slot| self.0.cache.lookup(slot)) {
-            let content = hit.response.content.clone().unwrap_or_default();
-            let served = self.serve_hit(&key, &info, hit, true).await?;
-            return Ok(ChatStream::replay(&content, served.usage, served.charge));
+        let mut slot = self.0.cache.slot(&key, &request, info.bypass_cache);
+        if let Some(slot) = slot.as_mut() {
+            if let Some(hit) = self.0.cache.lookup(slot).await {
+                let content = hit.response.content.clone().unwrap_or_default();
+                let served = self.serve_hit(&key, &info, hit, true).await?;
+                return Ok(ChatStream::replay(&content, served.usage, served.charge));
+            }
         }
         let cache = slot.map(|slot| (self.0.cache.clone(), slot));
         let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
