@@ -80,6 +80,9 @@ async fn tools_are_called_and_bad_requests_get_openai_shaped_400s() {
         (json!({"model": "auto", "messages": [{"role": "tool", "content": "x"}]}), "tool_call_id"),
         (json!({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}), "Unknown model"),
         (json!({"model": "auto", "stream": "yes", "messages": [{"role": "user", "content": "x"}]}), "stream"),
+        (json!({"model": "auto", "n": 2, "messages": [{"role": "user", "content": "x"}]}), "n must be 1"),
+        (json!({"model": "auto", "n": -1, "messages": [{"role": "user", "content": "x"}]}), "n must be 1"),
+        (json!({"model": "auto", "n": "1", "messages": [{"role": "user", "content": "x"}]}), "n must be 1"),
     ];
     for (body, needle) in cases {
         let r = gw.post("/v1/chat/completions", &key, body.clone()).await;

@@ -10,6 +10,7 @@ mod auth_and_errors;
 mod billing;
 mod breakers;
 mod cache;
+mod semantic_cache;
 mod chat_simulator;
 mod conformance;
 mod connections;

@@ -84,6 +84,12 @@ pub struct CacheSettings {
 pub const DEFAULT_SEMANTIC_THRESHOLD: f32 = 0.80;
 /// Longer last messages are not looked up by similarity (see the module's rules).
 pub const SEMANTIC_MAX_PROMPT_CHARS: usize = 1000;
+/// A semantic lookup waits this long for its vector (a few ms normally), and at most this
+/// many wait at once: past either, the request goes on with the exact cache alone. A tenant
+/// flooding the embedder thus costs others their semantic hits for a moment, and at most
+/// this much latency.
+const SEMANTIC_EMBED_BUDGET: Duration = Duration::from_secs(1);
+const SEMANTIC_MAX_WAITING: usize = 64;
 
 impl Default for CacheSettings {
     fn default() -> Self {
@@ -147,6 +153,9 @@ pub struct ResponseCache {
     /// With the embedder that makes its vectors; `None` when the semantic cache is off (by
     /// configuration, or because only the lexical fallback could embed).
     semantic: Option<(SemanticIndex, Embedder)>,
+    embedding: tokio::sync::Semaphore,
+    /// Semantic lookups skipped because the embedder was busy or slow.
+    skipped: AtomicU64,
     hits: AtomicU64,
     semantic_hits: AtomicU64,
     /// Lookups whose nearest similar entry the guards refused.
@@ -168,6 +177,8 @@ impl ResponseCache {
             store,
             settings,
             semantic,
+            embedding: tokio::sync::Semaphore::new(SEMANTIC_MAX_WAITING),
+            skipped: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             semantic_hits: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -212,7 +223,15 @@ impl ResponseCache {
 
     async fn lookup_similar(&self, slot: &mut CacheSlot) -> Option<CacheHit> {
         let ((index, embedder), wanted) = (self.semantic.as_ref()?, slot.semantic.as_mut()?);
-        let embedded = embedder.embed(vec![wanted.prompt.clone()]).await;
+        let Ok(_waiting) = self.embedding.try_acquire() else {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let embedded = tokio::time::timeout(SEMANTIC_EMBED_BUDGET, embedder.embed(vec![wanted.prompt.clone()])).await;
+        let Ok(embedded) = embedded else {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
         let mut vector = match embedded {
             Ok(mut out) if out.embedder.to_string() == index.embedder() => out.vectors.pop()?,
             Ok(out) => {
@@ -335,15 +354,16 @@ impl ResponseCache {
     pub fn load_semantic(&self) -> Result<usize, StorageError> {
         let Some((index, _)) = &self.semantic else { return Ok(0) };
         let now = crate::clock::now_ms();
-        let mut loaded = 0;
+        let mut live = Vec::new();
         for entry in self.store.semantic.all()? {
             if entry.embedder != index.embedder() || entry.expires_at_ms <= now {
                 self.store.semantic.remove(&(entry.partition.as_str(), entry.key.as_str()))?;
-                continue;
+            } else {
+                live.push(entry);
             }
-            index.insert(&entry);
-            loaded += 1;
         }
+        let loaded = live.len();
+        index.insert_many(live);
         Ok(loaded)
     }
 
@@ -459,6 +479,7 @@ impl ResponseCache {
                 "partitions": partitions,
                 "hits": similar,
                 "refused_by_guards": self.refused.load(Ordering::Relaxed),
+                "skipped_embedder_busy": self.skipped.load(Ordering::Relaxed),
             })
         });
         json!({

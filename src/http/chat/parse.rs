@@ -154,10 +154,11 @@ pub fn parse_request(v: &Value) -> Result<(ChatRequest, String), ApiError> {
             Some(_) => return Err(bad("max_tokens must be a whole number")),
             None => None,
         };
-    if let Some(n) = v["n"].as_u64() {
-        if n != 1 {
-            return Err(bad("n must be 1"));
-        }
+    // One answer per request: the ledger charges one completion and the cache stores one.
+    match &v["n"] {
+        Value::Null => {}
+        n if n.as_u64() == Some(1) => {}
+        _ => return Err(bad("n must be 1 (one choice per request; send the request again for another answer)")),
     }
     let stop = match &v["stop"] {
         Value::Null => Vec::new(),
