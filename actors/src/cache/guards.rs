@@ -139,7 +139,7 @@ impl PromptFeatures {
     /// Extracts the features of one prompt (normally its last user message).
     pub fn of(text: &str) -> Self {
         let (text, overflow) = match text.char_indices().nth(MAX_CHARS) {
-            Some((cut, _)) => (&text[..cut], Some(fnv(text[cut..].as_bytes()))),
+            Some((cut, _)) => (&text[..cut], Some(fnv(&text.as_bytes()[cut..]))),
             None => (text, None),
         };
         let mut f = PromptFeatures { overflow, ..Default::default() };
@@ -489,9 +489,7 @@ fn contraction(w: &str, toks: &mut Vec<Tok>, glued: bool) {
     ];
     if let Some((_, exp)) = bare.iter().find(|(k, _)| *k == lower) {
         for (n, part) in exp.split(' ').enumerate() {
-            let raw = if n == 0 { &norm[..norm.len().min(part.len())] } else { part };
-            let raw = if raw.eq_ignore_ascii_case(part) { raw } else { part };
-            push(toks, raw, Kind::Word, glued && n == 0);
+            push(toks, part, Kind::Word, glued && n == 0);
         }
         return;
     }
@@ -499,8 +497,8 @@ fn contraction(w: &str, toks: &mut Vec<Tok>, glued: bool) {
         push(toks, &norm, Kind::Word, glued);
         return;
     };
-    let (base, suffix) = (&norm[..ap], lower[ap..].to_string());
-    if suffix == "'t" && base.to_lowercase().ends_with('n') {
+    let (base, suffix) = (&norm[..ap], norm[ap..].to_lowercase());
+    if suffix == "'t" && (base.ends_with('n') || base.ends_with('N')) {
         let stem = &base[..base.len() - 1];
         let stem = match stem.to_lowercase().as_str() {
             "ca" => "can".to_string(),
@@ -623,9 +621,9 @@ fn cardinal(w: &str) -> Option<u64> {
 fn scale(w: &str) -> Option<u64> {
     Some(match w {
         "hundred" => 100,
-        "thousand" | "k" => 1_000,
-        "million" | "m" | "mn" => 1_000_000,
-        "billion" | "bn" => 1_000_000_000,
+        "thousand" => 1_000,
+        "million" => 1_000_000,
+        "billion" => 1_000_000_000,
         _ => return None,
     })
 }
@@ -643,7 +641,7 @@ fn number_word(t: &Tok, prev: Option<&Tok>) -> Option<String> {
             "2"
         }
         "third" | "thirds" | "triple" | "thrice" => "3",
-        "twice" | "double" | "both" | "pair" => "2",
+        "twice" | "double" => "2",
         "half" | "halves" => "0.5",
         "quarter" => "0.25",
         "fourth" => "4",
@@ -671,11 +669,6 @@ fn number_word(t: &Tok, prev: Option<&Tok>) -> Option<String> {
             return None;
         }
     };
-    if w == "both" {
-        // "both" counts two only when it stands for a pair ("both show six"), which is how it
-        // compares to "two"; elsewhere it is a quantifier and left alone.
-        return None;
-    }
     Some(v.to_string())
 }
 
@@ -722,13 +715,11 @@ fn numbers(toks: &[Tok]) -> Vec<String> {
         let t = &toks[i];
         if t.kind == Kind::Number {
             let mut n = canonical_number(&t.raw);
-            // "10k", "2 million"
+            // "2 million" is 2000000, as "two million" is.
             if let Some(next) = toks.get(i + 1).filter(|n| n.kind == Kind::Word) {
                 if let (Some(m), Ok(v)) = (scale(&next.low), n.parse::<u64>()) {
-                    if next.glued || next.low.len() > 2 {
-                        n = v.saturating_mul(m).to_string();
-                        i += 1;
-                    }
+                    n = v.saturating_mul(m).to_string();
+                    i += 1;
                 }
             }
             out.push(n);
@@ -739,7 +730,7 @@ fn numbers(toks: &[Tok]) -> Vec<String> {
             i += 1;
             continue;
         }
-        if cardinal(&t.low).is_some() || (scale(&t.low).is_some() && t.low.len() > 2) {
+        if cardinal(&t.low).is_some() || scale(&t.low).is_some() {
             // Number words compose: "twenty-one", "three hundred", "two thousand five hundred".
             let (mut total, mut cur, mut j, mut words) = (0u64, 0u64, i, 0);
             while j < toks.len() {
@@ -753,7 +744,7 @@ fn numbers(toks: &[Tok]) -> Vec<String> {
                 }
                 if let Some(v) = cardinal(&w.low) {
                     cur = cur.saturating_add(v);
-                } else if let Some(m) = scale(&w.low).filter(|_| w.low.len() > 2) {
+                } else if let Some(m) = scale(&w.low) {
                     let base = if cur == 0 { 1 } else { cur };
                     if m >= 1000 {
                         total = total.saturating_add(base.saturating_mul(m));
@@ -936,9 +927,8 @@ fn units(toks: &[Tok]) -> (Vec<&'static str>, Vec<&'static str>) {
         }
         let Some((u, strong)) = unit(w) else { continue };
         let after_number = prev.is_some_and(|p| p.raw == "°")
-            || prev_word.is_some_and(|p| {
-                p.kind == Kind::Number || cardinal(&p.low).is_some() || scale(&p.low).is_some() && p.low.len() > 2
-            })
+            || prev_word
+                .is_some_and(|p| p.kind == Kind::Number || cardinal(&p.low).is_some() || scale(&p.low).is_some())
             || prev.is_some_and(|p| p.kind == Kind::Number && t.glued);
         let target = prev_word.is_some_and(|p| matches!(p.low.as_str(), "in" | "to" | "into" | "per"));
         // A symbol sits before its number: "$85".
@@ -1173,7 +1163,7 @@ fn is_acronym_of(e: &str, words: &[String]) -> bool {
     words.windows(letters.len()).any(|win| win.iter().zip(&letters).all(|(w, l)| w.starts_with(*l)))
         || words.iter().any(|w| {
             let p: Vec<char> = w.chars().collect();
-            p.len() > letters.len() && p.starts_with(&letters[..1]) && abbreviates(e, &[w.clone()])
+            p.len() > letters.len() && p.starts_with(&letters[..1]) && abbreviates(e, std::slice::from_ref(w))
         })
 }
 
@@ -1188,7 +1178,7 @@ struct Group {
     one_sided: bool,
 }
 
-const FORMAT: u8 = 25;
+const FORMAT: u8 = 24;
 const TABLE: u8 = 6;
 
 const GROUPS: &[Group] = &[
@@ -1200,28 +1190,27 @@ const GROUPS: &[Group] = &[
     Group { kind: Disagreement::Comparative, one_sided: false }, // 5 change
     Group { kind: Disagreement::Comparative, one_sided: false }, // 6 weight
     Group { kind: Disagreement::Comparative, one_sided: false }, // 7 shade
-    Group { kind: Disagreement::Quantifier, one_sided: false },  // 8 (unused)
-    Group { kind: Disagreement::Quantifier, one_sided: false },  // 9 extreme
-    Group { kind: Disagreement::Quantifier, one_sided: false },  // 10 quantity
-    Group { kind: Disagreement::Quantifier, one_sided: false },  // 11 top/bottom
-    Group { kind: Disagreement::Comparative, one_sided: false }, // 12 age
-    Group { kind: Disagreement::Direction, one_sided: false },   // 13 direction words
-    Group { kind: Disagreement::Aspect, one_sided: false },      // 14 create/delete
-    Group { kind: Disagreement::Aspect, one_sided: false },      // 15 install/uninstall
-    Group { kind: Disagreement::Aspect, one_sided: false },      // 16 open/close
-    Group { kind: Disagreement::Aspect, one_sided: false },      // 17 start/stop
-    Group { kind: Disagreement::Aspect, one_sided: false },      // 18 enable/disable
-    Group { kind: Disagreement::Aspect, one_sided: false },      // 19 pros/cons
-    Group { kind: Disagreement::Aspect, one_sided: false },      // 20 cause/effect/symptom/...
-    Group { kind: Disagreement::Scope, one_sided: false },       // 21 expertise
-    Group { kind: Disagreement::Scope, one_sided: false },       // 22 age group
-    Group { kind: Disagreement::Scope, one_sided: false },       // 23 education level
-    Group { kind: Disagreement::Scope, one_sided: false },       // 24 platform
-    Group { kind: Disagreement::Format, one_sided: true },       // 25 output format
-    Group { kind: Disagreement::Comparative, one_sided: false }, // 26 quality
-    Group { kind: Disagreement::Aspect, one_sided: false },      // 27 lock, login, connect, allow...
-    Group { kind: Disagreement::Aspect, one_sided: false },      // 28 merge/split
-    Group { kind: Disagreement::Aspect, one_sided: false },      // 29 buy/sell, win/lose, pass/fail
+    Group { kind: Disagreement::Quantifier, one_sided: false },  // 8 extreme
+    Group { kind: Disagreement::Quantifier, one_sided: false },  // 9 quantity
+    Group { kind: Disagreement::Quantifier, one_sided: false },  // 10 top/bottom
+    Group { kind: Disagreement::Comparative, one_sided: false }, // 11 age
+    Group { kind: Disagreement::Direction, one_sided: false },   // 12 direction words
+    Group { kind: Disagreement::Aspect, one_sided: false },      // 13 create/delete
+    Group { kind: Disagreement::Aspect, one_sided: false },      // 14 install/uninstall
+    Group { kind: Disagreement::Aspect, one_sided: false },      // 15 open/close
+    Group { kind: Disagreement::Aspect, one_sided: false },      // 16 start/stop
+    Group { kind: Disagreement::Aspect, one_sided: false },      // 17 enable/disable
+    Group { kind: Disagreement::Aspect, one_sided: false },      // 18 pros/cons
+    Group { kind: Disagreement::Aspect, one_sided: false },      // 19 cause/effect/symptom/...
+    Group { kind: Disagreement::Scope, one_sided: false },       // 20 expertise
+    Group { kind: Disagreement::Scope, one_sided: false },       // 21 age group
+    Group { kind: Disagreement::Scope, one_sided: false },       // 22 education level
+    Group { kind: Disagreement::Scope, one_sided: false },       // 23 platform
+    Group { kind: Disagreement::Format, one_sided: true },       // 24 output format
+    Group { kind: Disagreement::Comparative, one_sided: false }, // 25 quality
+    Group { kind: Disagreement::Aspect, one_sided: false },      // 26 lock, login, connect, allow...
+    Group { kind: Disagreement::Aspect, one_sided: false },      // 27 merge/split
+    Group { kind: Disagreement::Aspect, one_sided: false },      // 28 buy/sell, win/lose, pass/fail
 ];
 
 /// (phrase, group, pole). Words of one group and pole are interchangeable; poles of one group
@@ -1333,310 +1322,310 @@ const POLES: &[(&str, u8, u8)] = &[
     ("bright", 7, 1),
     ("brighter", 7, 1),
     // order (in the quantity group: "all" / "the first" / "the last" exclude each other)
-    ("first", 10, 7),
-    ("earliest", 10, 7),
-    ("oldest", 10, 7),
-    ("initial", 10, 7),
-    ("last", 10, 8),
-    ("latest", 10, 8),
-    ("final", 10, 8),
-    ("newest", 10, 8),
-    ("most recent", 10, 8),
-    ("most recently", 10, 8),
-    // 9 extreme
-    ("minimum", 9, 0),
-    ("min", 9, 0),
-    ("minimal", 9, 0),
-    ("maximum", 9, 1),
-    ("max", 9, 1),
-    ("maximal", 9, 1),
-    // 10 quantity
-    ("all", 10, 0),
-    ("every", 10, 0),
-    ("any", 10, 1),
-    ("some", 10, 2),
-    ("exactly", 10, 3),
-    ("only", 10, 3),
-    ("at least", 10, 4),
-    ("at most", 10, 5),
-    ("every other", 10, 6),
-    // 11 top/bottom
-    ("top", 11, 0),
-    ("bottom", 11, 1),
-    // 12 age
-    ("old", 12, 0),
-    ("older", 12, 0),
-    ("oldest", 12, 0),
-    ("young", 12, 1),
-    ("younger", 12, 1),
-    ("youngest", 12, 1),
-    ("new", 12, 1),
-    ("newer", 12, 1),
-    // 13 direction words
-    ("ascending", 13, 0),
-    ("descending", 13, 1),
-    ("import", 13, 2),
-    ("export", 13, 3),
-    ("upload", 13, 4),
-    ("download", 13, 5),
-    ("encrypt", 13, 6),
-    ("decrypt", 13, 7),
-    ("encode", 13, 8),
-    ("decode", 13, 9),
-    ("serialize", 13, 10),
-    ("deserialize", 13, 11),
-    ("compress", 13, 12),
-    ("decompress", 13, 13),
-    ("send", 13, 14),
-    ("receive", 13, 15),
-    ("horizontal", 13, 16),
-    ("horizontally", 13, 16),
-    ("vertical", 13, 17),
-    ("vertically", 13, 17),
-    ("before", 13, 18),
-    ("after", 13, 19),
-    ("north", 13, 20),
-    ("south", 13, 21),
-    ("left", 13, 22),
-    ("right", 13, 23),
-    ("input", 13, 24),
-    ("output", 13, 25),
-    ("inbound", 13, 26),
-    ("outbound", 13, 27),
-    ("push", 13, 28),
-    ("pull", 13, 29),
-    // 14 create/delete
-    ("create", 14, 0),
-    ("add", 14, 0),
-    ("set up", 14, 0),
-    ("setup", 14, 0),
-    ("delete", 14, 1),
-    ("remove", 14, 1),
-    ("destroy", 14, 1),
-    ("erase", 14, 1),
-    // 15 install/uninstall
-    ("install", 15, 0),
-    ("reinstall", 15, 1),
-    ("uninstall", 15, 2),
-    ("upgrade", 15, 3),
-    ("update", 15, 3),
-    ("downgrade", 15, 4),
-    // 16 open/close
-    ("open", 16, 0),
-    ("close", 16, 1),
-    ("closed", 16, 1),
-    // 17 start/stop
-    ("start", 17, 0),
-    ("begin", 17, 0),
-    ("launch", 17, 0),
-    ("stop", 17, 1),
-    ("end", 17, 1),
-    ("finish", 17, 1),
-    ("quit", 17, 1),
-    ("exit", 17, 1),
-    ("kill", 17, 1),
-    ("terminate", 17, 1),
-    ("pause", 17, 2),
-    ("resume", 17, 3),
-    ("restart", 17, 4),
-    // 18 enable/disable
-    ("enable", 18, 0),
-    ("turn on", 18, 0),
-    ("activate", 18, 0),
-    ("disable", 18, 1),
-    ("turn off", 18, 1),
-    ("deactivate", 18, 1),
-    // 19 pros/cons
-    ("pro", 19, 0),
-    ("advantage", 19, 0),
-    ("benefit", 19, 0),
-    ("strength", 19, 0),
-    ("upside", 19, 0),
-    ("merit", 19, 0),
-    ("con", 19, 1),
-    ("disadvantage", 19, 1),
-    ("drawback", 19, 1),
-    ("downside", 19, 1),
-    ("risk", 19, 1),
-    ("weakness", 19, 1),
-    ("limitation", 19, 1),
-    ("danger", 19, 1),
-    ("side effect", 19, 1),
-    // 20 cause/effect/symptom/treatment
-    ("cause", 20, 0),
-    ("caused", 20, 0),
-    ("reason", 20, 0),
-    ("effect", 20, 1),
-    ("consequence", 20, 1),
-    ("impact", 20, 1),
-    ("symptom", 20, 2),
-    ("sign", 20, 2),
-    ("treat", 20, 3),
-    ("treatment", 20, 3),
-    ("cure", 20, 3),
-    ("remedy", 20, 3),
-    ("prevent", 20, 4),
-    ("prevention", 20, 4),
-    ("diagnose", 20, 5),
-    ("diagnosis", 20, 5),
-    ("dose", 20, 6),
-    ("dosage", 20, 6),
-    ("side effect", 20, 7),
-    // 21 expertise
-    ("beginner", 21, 0),
-    ("novice", 21, 0),
-    ("newbie", 21, 0),
-    ("new to", 21, 0),
-    ("intermediate", 21, 1),
-    ("expert", 21, 2),
-    ("experienced", 21, 2),
-    ("advanced", 21, 2),
-    ("professional", 21, 2),
-    // 22 age group
-    ("child", 22, 0),
-    ("children", 22, 0),
-    ("kid", 22, 0),
-    ("toddler", 22, 0),
-    ("teen", 22, 1),
-    ("teenager", 22, 1),
-    ("adolescent", 22, 1),
-    ("baby", 22, 2),
-    ("newborn", 22, 2),
-    ("infant", 22, 2),
-    ("adult", 22, 3),
-    ("senior", 22, 4),
-    ("elderly", 22, 4),
-    ("retiree", 22, 4),
-    // 23 education level
-    ("high school", 23, 0),
-    ("middle school", 23, 0),
-    ("elementary school", 23, 0),
-    ("university", 23, 1),
-    ("college", 23, 1),
-    ("undergraduate", 23, 1),
-    ("graduate", 23, 2),
-    ("phd", 23, 2),
-    // 24 platform
-    ("windows", 24, 0),
-    ("linux", 24, 1),
-    ("ubuntu", 24, 1),
-    ("debian", 24, 1),
-    ("macos", 24, 2),
-    ("mac", 24, 2),
-    ("osx", 24, 2),
-    ("android", 24, 3),
-    ("ios", 24, 4),
-    ("iphone", 24, 4),
-    ("desktop", 24, 5),
-    ("mobile", 24, 6),
-    ("bash", 24, 7),
-    ("zsh", 24, 8),
-    ("powershell", 24, 9),
-    ("cmd", 24, 10),
-    // 25 output format
-    ("json", 25, 0),
-    ("yaml", 25, 1),
-    ("yml", 25, 1),
-    ("csv", 25, 2),
-    ("xml", 25, 3),
-    ("toml", 25, 4),
-    ("markdown", 25, 5),
-    ("as a table", 25, 6),
-    ("in a table", 25, 6),
-    ("as table", 25, 6),
-    ("markdown table", 25, 6),
-    ("tabular", 25, 6),
-    ("bullet point", 25, 7),
-    ("bulleted list", 25, 7),
-    ("bullet list", 25, 7),
-    ("bullet", 25, 7),
-    ("numbered list", 25, 8),
-    ("one sentence", 25, 9),
-    ("single sentence", 25, 9),
-    ("a sentence", 25, 9),
-    ("one paragraph", 25, 10),
-    ("a paragraph", 25, 10),
-    ("short paragraph", 25, 10),
-    ("single paragraph", 25, 10),
-    ("in detail", 25, 11),
-    ("detailed", 25, 11),
-    ("in depth", 25, 11),
-    ("step by step", 25, 12),
-    ("show your working", 25, 12),
-    ("show your work", 25, 12),
-    ("yes or no", 25, 13),
-    ("answer only", 25, 14),
-    ("just the answer", 25, 14),
-    ("only the answer", 25, 14),
-    ("tweet", 25, 15),
-    ("essay", 25, 16),
-    ("diagram", 25, 17),
-    ("outline", 25, 18),
-    ("analogy", 25, 19),
-    ("blog post", 25, 20),
-    ("html", 25, 21),
-    ("few sentences", 25, 22),
-    ("summarize", 25, 23),
-    ("summarise", 25, 23),
-    ("summary", 25, 23),
-    ("tl dr", 25, 23),
-    // 26 quality
-    ("best", 26, 0),
-    ("better", 26, 0),
-    ("good", 26, 0),
-    ("worst", 26, 1),
-    ("worse", 26, 1),
-    ("bad", 26, 1),
-    // 27 binary actions
-    ("lock", 27, 0),
-    ("unlock", 27, 1),
-    ("log in", 27, 2),
-    ("login", 27, 2),
-    ("sign in", 27, 2),
-    ("log out", 27, 3),
-    ("logout", 27, 3),
-    ("sign out", 27, 3),
-    ("connect", 27, 4),
-    ("disconnect", 27, 5),
-    ("allow", 27, 6),
-    ("permit", 27, 6),
-    ("block", 27, 7),
-    ("deny", 27, 7),
-    ("forbid", 27, 7),
-    ("include", 27, 8),
-    ("exclude", 27, 9),
-    ("subscribe", 27, 10),
-    ("unsubscribe", 27, 11),
-    ("mount", 27, 12),
-    ("unmount", 27, 13),
-    ("show", 27, 14),
-    ("hide", 27, 15),
-    ("attach", 27, 16),
-    ("detach", 27, 17),
-    ("accept", 27, 18),
-    ("reject", 27, 19),
-    ("follow", 27, 20),
-    ("unfollow", 27, 21),
-    // 28 merge/split
-    ("merge", 28, 0),
-    ("combine", 28, 0),
-    ("join", 28, 0),
-    ("concatenate", 28, 0),
-    ("split", 28, 1),
-    ("separate", 28, 1),
-    // 29 opposed outcomes
-    ("buy", 29, 0),
-    ("sell", 29, 1),
-    ("borrow", 29, 2),
-    ("lend", 29, 3),
-    ("win", 29, 4),
-    ("won", 29, 4),
-    ("lose", 29, 5),
-    ("lost", 29, 5),
-    ("pass", 29, 6),
-    ("fail", 29, 7),
-    ("hire", 29, 8),
-    ("fire", 29, 9),
+    ("first", 9, 7),
+    ("earliest", 9, 7),
+    ("oldest", 9, 7),
+    ("initial", 9, 7),
+    ("last", 9, 8),
+    ("latest", 9, 8),
+    ("final", 9, 8),
+    ("newest", 9, 8),
+    ("most recent", 9, 8),
+    ("most recently", 9, 8),
+    // 8 extreme
+    ("minimum", 8, 0),
+    ("min", 8, 0),
+    ("minimal", 8, 0),
+    ("maximum", 8, 1),
+    ("max", 8, 1),
+    ("maximal", 8, 1),
+    // 9 quantity
+    ("all", 9, 0),
+    ("every", 9, 0),
+    ("any", 9, 1),
+    ("some", 9, 2),
+    ("exactly", 9, 3),
+    ("only", 9, 3),
+    ("at least", 9, 4),
+    ("at most", 9, 5),
+    ("every other", 9, 6),
+    // 10 top/bottom
+    ("top", 10, 0),
+    ("bottom", 10, 1),
+    // 11 age
+    ("old", 11, 0),
+    ("older", 11, 0),
+    ("oldest", 11, 0),
+    ("young", 11, 1),
+    ("younger", 11, 1),
+    ("youngest", 11, 1),
+    ("new", 11, 1),
+    ("newer", 11, 1),
+    // 12 direction words
+    ("ascending", 12, 0),
+    ("descending", 12, 1),
+    ("import", 12, 2),
+    ("export", 12, 3),
+    ("upload", 12, 4),
+    ("download", 12, 5),
+    ("encrypt", 12, 6),
+    ("decrypt", 12, 7),
+    ("encode", 12, 8),
+    ("decode", 12, 9),
+    ("serialize", 12, 10),
+    ("deserialize", 12, 11),
+    ("compress", 12, 12),
+    ("decompress", 12, 13),
+    ("send", 12, 14),
+    ("receive", 12, 15),
+    ("horizontal", 12, 16),
+    ("horizontally", 12, 16),
+    ("vertical", 12, 17),
+    ("vertically", 12, 17),
+    ("before", 12, 18),
+    ("after", 12, 19),
+    ("north", 12, 20),
+    ("south", 12, 21),
+    ("left", 12, 22),
+    ("right", 12, 23),
+    ("input", 12, 24),
+    ("output", 12, 25),
+    ("inbound", 12, 26),
+    ("outbound", 12, 27),
+    ("push", 12, 28),
+    ("pull", 12, 29),
+    // 13 create/delete
+    ("create", 13, 0),
+    ("add", 13, 0),
+    ("set up", 13, 0),
+    ("setup", 13, 0),
+    ("delete", 13, 1),
+    ("remove", 13, 1),
+    ("destroy", 13, 1),
+    ("erase", 13, 1),
+    // 14 install/uninstall
+    ("install", 14, 0),
+    ("reinstall", 14, 1),
+    ("uninstall", 14, 2),
+    ("upgrade", 14, 3),
+    ("update", 14, 3),
+    ("downgrade", 14, 4),
+    // 15 open/close
+    ("open", 15, 0),
+    ("close", 15, 1),
+    ("closed", 15, 1),
+    // 16 start/stop
+    ("start", 16, 0),
+    ("begin", 16, 0),
+    ("launch", 16, 0),
+    ("stop", 16, 1),
+    ("end", 16, 1),
+    ("finish", 16, 1),
+    ("quit", 16, 1),
+    ("exit", 16, 1),
+    ("kill", 16, 1),
+    ("terminate", 16, 1),
+    ("pause", 16, 2),
+    ("resume", 16, 3),
+    ("restart", 16, 4),
+    // 17 enable/disable
+    ("enable", 17, 0),
+    ("turn on", 17, 0),
+    ("activate", 17, 0),
+    ("disable", 17, 1),
+    ("turn off", 17, 1),
+    ("deactivate", 17, 1),
+    // 18 pros/cons
+    ("pro", 18, 0),
+    ("advantage", 18, 0),
+    ("benefit", 18, 0),
+    ("strength", 18, 0),
+    ("upside", 18, 0),
+    ("merit", 18, 0),
+    ("con", 18, 1),
+    ("disadvantage", 18, 1),
+    ("drawback", 18, 1),
+    ("downside", 18, 1),
+    ("risk", 18, 1),
+    ("weakness", 18, 1),
+    ("limitation", 18, 1),
+    ("danger", 18, 1),
+    ("side effect", 18, 1),
+    // 19 cause/effect/symptom/treatment
+    ("cause", 19, 0),
+    ("caused", 19, 0),
+    ("reason", 19, 0),
+    ("effect", 19, 1),
+    ("consequence", 19, 1),
+    ("impact", 19, 1),
+    ("symptom", 19, 2),
+    ("sign", 19, 2),
+    ("treat", 19, 3),
+    ("treatment", 19, 3),
+    ("cure", 19, 3),
+    ("remedy", 19, 3),
+    ("prevent", 19, 4),
+    ("prevention", 19, 4),
+    ("diagnose", 19, 5),
+    ("diagnosis", 19, 5),
+    ("dose", 19, 6),
+    ("dosage", 19, 6),
+    ("side effect", 19, 7),
+    // 20 expertise
+    ("beginner", 20, 0),
+    ("novice", 20, 0),
+    ("newbie", 20, 0),
+    ("new to", 20, 0),
+    ("intermediate", 20, 1),
+    ("expert", 20, 2),
+    ("experienced", 20, 2),
+    ("advanced", 20, 2),
+    ("professional", 20, 2),
+    // 21 age group
+    ("child", 21, 0),
+    ("children", 21, 0),
+    ("kid", 21, 0),
+    ("toddler", 21, 0),
+    ("teen", 21, 1),
+    ("teenager", 21, 1),
+    ("adolescent", 21, 1),
+    ("baby", 21, 2),
+    ("newborn", 21, 2),
+    ("infant", 21, 2),
+    ("adult", 21, 3),
+    ("senior", 21, 4),
+    ("elderly", 21, 4),
+    ("retiree", 21, 4),
+    // 22 education level
+    ("high school", 22, 0),
+    ("middle school", 22, 0),
+    ("elementary school", 22, 0),
+    ("university", 22, 1),
+    ("college", 22, 1),
+    ("undergraduate", 22, 1),
+    ("graduate", 22, 2),
+    ("phd", 22, 2),
+    // 23 platform
+    ("windows", 23, 0),
+    ("linux", 23, 1),
+    ("ubuntu", 23, 1),
+    ("debian", 23, 1),
+    ("macos", 23, 2),
+    ("mac", 23, 2),
+    ("osx", 23, 2),
+    ("android", 23, 3),
+    ("ios", 23, 4),
+    ("iphone", 23, 4),
+    ("desktop", 23, 5),
+    ("mobile", 23, 6),
+    ("bash", 23, 7),
+    ("zsh", 23, 8),
+    ("powershell", 23, 9),
+    ("cmd", 23, 10),
+    // 24 output format
+    ("json", 24, 0),
+    ("yaml", 24, 1),
+    ("yml", 24, 1),
+    ("csv", 24, 2),
+    ("xml", 24, 3),
+    ("toml", 24, 4),
+    ("markdown", 24, 5),
+    ("as a table", 24, 6),
+    ("in a table", 24, 6),
+    ("as table", 24, 6),
+    ("markdown table", 24, 6),
+    ("tabular", 24, 6),
+    ("bullet point", 24, 7),
+    ("bulleted list", 24, 7),
+    ("bullet list", 24, 7),
+    ("bullet", 24, 7),
+    ("numbered list", 24, 8),
+    ("one sentence", 24, 9),
+    ("single sentence", 24, 9),
+    ("a sentence", 24, 9),
+    ("one paragraph", 24, 10),
+    ("a paragraph", 24, 10),
+    ("short paragraph", 24, 10),
+    ("single paragraph", 24, 10),
+    ("in detail", 24, 11),
+    ("detailed", 24, 11),
+    ("in depth", 24, 11),
+    ("step by step", 24, 12),
+    ("show your working", 24, 12),
+    ("show your work", 24, 12),
+    ("yes or no", 24, 13),
+    ("answer only", 24, 14),
+    ("just the answer", 24, 14),
+    ("only the answer", 24, 14),
+    ("tweet", 24, 15),
+    ("essay", 24, 16),
+    ("diagram", 24, 17),
+    ("outline", 24, 18),
+    ("analogy", 24, 19),
+    ("blog post", 24, 20),
+    ("html", 24, 21),
+    ("few sentences", 24, 22),
+    ("summarize", 24, 23),
+    ("summarise", 24, 23),
+    ("summary", 24, 23),
+    ("tl dr", 24, 23),
+    // 25 quality
+    ("best", 25, 0),
+    ("better", 25, 0),
+    ("good", 25, 0),
+    ("worst", 25, 1),
+    ("worse", 25, 1),
+    ("bad", 25, 1),
+    // 26 binary actions
+    ("lock", 26, 0),
+    ("unlock", 26, 1),
+    ("log in", 26, 2),
+    ("login", 26, 2),
+    ("sign in", 26, 2),
+    ("log out", 26, 3),
+    ("logout", 26, 3),
+    ("sign out", 26, 3),
+    ("connect", 26, 4),
+    ("disconnect", 26, 5),
+    ("allow", 26, 6),
+    ("permit", 26, 6),
+    ("block", 26, 7),
+    ("deny", 26, 7),
+    ("forbid", 26, 7),
+    ("include", 26, 8),
+    ("exclude", 26, 9),
+    ("subscribe", 26, 10),
+    ("unsubscribe", 26, 11),
+    ("mount", 26, 12),
+    ("unmount", 26, 13),
+    ("show", 26, 14),
+    ("hide", 26, 15),
+    ("attach", 26, 16),
+    ("detach", 26, 17),
+    ("accept", 26, 18),
+    ("reject", 26, 19),
+    ("follow", 26, 20),
+    ("unfollow", 26, 21),
+    // 27 merge/split
+    ("merge", 27, 0),
+    ("combine", 27, 0),
+    ("join", 27, 0),
+    ("concatenate", 27, 0),
+    ("split", 27, 1),
+    ("separate", 27, 1),
+    // 28 opposed outcomes
+    ("buy", 28, 0),
+    ("sell", 28, 1),
+    ("borrow", 28, 2),
+    ("lend", 28, 3),
+    ("win", 28, 4),
+    ("won", 28, 4),
+    ("lose", 28, 5),
+    ("lost", 28, 5),
+    ("pass", 28, 6),
+    ("fail", 28, 7),
+    ("hire", 28, 8),
+    ("fire", 28, 9),
 ];
 
 type PoleIndex = std::collections::HashMap<&'static str, Vec<(Vec<&'static str>, u8, u8)>>;
@@ -1954,7 +1943,7 @@ fn guess_language(text: &str) -> Option<&'static str> {
         }
     }
     let mut scores: Vec<(usize, &'static str)> = counts.iter().zip(STOP).map(|(c, (lang, _))| (*c, *lang)).collect();
-    scores.sort_by(|x, y| y.0.cmp(&x.0));
+    scores.sort_by_key(|x| std::cmp::Reverse(x.0));
     let (top, lang) = scores[0];
     let second = scores[1].0;
     (top >= 2 && top >= second + 2 && top * 2 > second * 3).then_some(lang)

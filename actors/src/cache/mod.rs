@@ -11,6 +11,8 @@
 //! - a `seed` is part of the key, so different seeds never share an answer;
 //! - entries expire after `cache.ttl_secs`; past `cache.max_bytes` the oldest go first.
 
+pub mod guards;
+
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
