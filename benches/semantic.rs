@@ -52,8 +52,18 @@ const TASKS: [&str; 20] = [
     "budget every month",
     "renew a passport",
 ];
-const PLACES: [&str; 10] =
-    ["in Python", "in Rust", "on Linux", "on Windows", "at home", "in Go", "for beginners", "in SQL", "on a Mac", "today"];
+const PLACES: [&str; 10] = [
+    "in Python",
+    "in Rust",
+    "on Linux",
+    "on Windows",
+    "at home",
+    "in Go",
+    "for beginners",
+    "in SQL",
+    "on a Mac",
+    "today",
+];
 
 fn questions() -> Vec<String> {
     let mut out = Vec::new();

@@ -77,27 +77,38 @@ async fn a_paraphrase_is_answered_from_the_cache_and_near_misses_are_not() {
     assert!(semantic["refused_by_guards"].as_u64().unwrap() >= 1, "{semantic}");
 }
 
-#[tokio::test]
-async fn a_semantic_hit_never_crosses_a_workspace_or_an_account_streamed_or_not() {
-    let gw = cached_gateway().await;
-    let a = gw.first_key.clone().unwrap();
-    let ws = gw.post("/v1/workspaces", ADMIN_TOKEN, json!({"workspace_id": "other", "name": "Other"})).await;
-    assert!(ws.status.is_success(), "{}", ws.text);
-    let (_, b) = gw.create_key(json!({"workspace_id": "other"})).await;
-    let (tenant_id, tenant) = gw.create_account("tenant").await;
+/// A key of a new funded tenant account, so its request is served (and would show a leak).
+async fn tenant_key(gw: &Gateway, name: &str) -> String {
+    let (tenant_id, tenant) = gw.create_account(name).await;
     let credit = gw.post(&format!("/admin/accounts/{tenant_id}/credits"), ADMIN_TOKEN, json!({"amount_usd": 5})).await;
     assert!(credit.status.is_success(), "{}", credit.text);
     let r = gw.post("/v1/keys", &tenant, json!({"name": "k"})).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let tenant_key = r.body["key"].as_str().unwrap().to_owned();
+    r.body["key"].as_str().unwrap().to_owned()
+}
 
+async fn workspace_key(gw: &Gateway, slug: &str) -> String {
+    let ws = gw.post("/v1/workspaces", ADMIN_TOKEN, json!({"workspace_id": slug, "name": slug})).await;
+    assert!(ws.status.is_success(), "{}", ws.text);
+    gw.create_key(json!({"workspace_id": slug})).await.1
+}
+
+#[tokio::test]
+async fn a_semantic_hit_never_crosses_a_workspace_or_an_account_streamed_or_not() {
+    let gw = cached_gateway().await;
+    let a = gw.first_key.clone().unwrap();
     let cached = gw.post("/v1/chat/completions", &a, ask("How do I check disk usage in Linux?", false)).await;
     assert_eq!(cached.header("x-tokaroo-cache"), Some("miss"));
     let paraphrase = "What command shows disk usage on Linux?";
-    for streamed in [false, true] {
-        for (who, key) in [("another workspace", &b), ("another account", &tenant_key)] {
-            assert_eq!(cache_header(&gw, key, ask(paraphrase, streamed)).await, "miss", "{who}, streamed {streamed}");
-        }
+    // Each asker is fresh: a miss stores the asker's own answer, which it may then reuse.
+    let askers = [
+        ("another workspace", workspace_key(&gw, "other").await, false),
+        ("another workspace, streamed", workspace_key(&gw, "third").await, true),
+        ("another account", tenant_key(&gw, "tenant-1").await, false),
+        ("another account, streamed", tenant_key(&gw, "tenant-2").await, true),
+    ];
+    for (who, key, streamed) in &askers {
+        assert_eq!(cache_header(&gw, key, ask(paraphrase, *streamed)).await, "miss", "{who}");
     }
     // In its own workspace the paraphrase hits, replayed as SSE when streamed.
     let streamed = send(&gw, &a, ask(paraphrase, true)).await;
