@@ -350,14 +350,18 @@ impl ResponseCache {
     }
 
     /// Indexes the semantic entries on disk (at start, so a restart keeps them); entries of
-    /// another embedder are dropped. Slow for many entries: a blocking thread's work.
+    /// another embedder, expired, or without their answer are dropped. Slow for many entries: a blocking thread's work.
     pub fn load_semantic(&self) -> Result<usize, StorageError> {
         let Some((index, _)) = &self.semantic else { return Ok(0) };
         let now = crate::clock::now_ms();
         let mut live = Vec::new();
         for entry in self.store.semantic.all()? {
-            if entry.embedder != index.embedder() || entry.expires_at_ms <= now {
-                self.store.semantic.remove(&(entry.partition.as_str(), entry.key.as_str()))?;
+            let slot = (entry.partition.as_str(), entry.key.as_str());
+            // Another embedder's vectors mean nothing here; an entry without its answer (a
+            // crash between the two writes, say) can never be served.
+            let answered = self.store.answers.get(&slot)?.is_some_and(|answer| answer.expires_at_ms > now);
+            if entry.embedder != index.embedder() || entry.expires_at_ms <= now || !answered {
+                self.store.semantic.remove(&slot)?;
             } else {
                 live.push(entry);
             }
@@ -411,24 +415,19 @@ impl ResponseCache {
     /// tombstones.
     pub fn sweep(&self) -> Result<(), StorageError> {
         let now = crate::clock::now_ms();
-        let mut semantic: std::collections::HashMap<(String, String), u64> = self
-            .store
-            .semantic
-            .all()?
-            .into_iter()
-            .map(|e| ((e.partition.clone(), e.key.clone()), semantic_bytes(&e)))
-            .collect();
         let mut live = Vec::new();
         for entry in self.store.answers.all()? {
             if entry.expires_at_ms <= now {
                 self.evict(&entry.partition, &entry.key)?;
-                semantic.remove(&(entry.partition, entry.key));
             } else {
                 live.push(entry);
             }
         }
+        // A semantic entry's size comes from the index in memory: reading every vector back
+        // from disk twice a minute would cost more than the sweep saves.
         let size = |e: &CachedAnswer| {
-            entry_bytes(e) + semantic.get(&(e.partition.clone(), e.key.clone())).copied().unwrap_or(0)
+            let semantic = self.semantic.as_ref().and_then(|(index, _)| index.entry_bytes(&e.partition, &e.key));
+            entry_bytes(e) + semantic.unwrap_or(0)
         };
         let mut total: u64 = live.iter().map(size).sum();
         if total > self.settings.max_bytes {
@@ -439,14 +438,6 @@ impl ResponseCache {
                 }
                 total -= size(entry);
                 self.evict(&entry.partition, &entry.key)?;
-            }
-        }
-        // Semantic entries whose answer is gone (written before a crash, say) go too.
-        let answered: std::collections::HashSet<(String, String)> =
-            live.into_iter().map(|e| (e.partition, e.key)).collect();
-        for (slot, _) in semantic {
-            if !answered.contains(&slot) {
-                self.evict(&slot.0, &slot.1)?;
             }
         }
         self.bytes.store(total, Ordering::Relaxed);
@@ -514,7 +505,7 @@ fn entry_bytes(entry: &CachedAnswer) -> u64 {
 }
 
 fn semantic_bytes(entry: &SemanticEntry) -> u64 {
-    (entry.prompt.len() + entry.context.len() + entry.vector.len() * 4) as u64 + ENTRY_OVERHEAD
+    (entry.prompt.len() + entry.context.len() + entry.vector.len() * 4 + entry.key.len()) as u64 + ENTRY_OVERHEAD
 }
 
 /// The semantic side of a request's slot: its last message when that is a user's plain text

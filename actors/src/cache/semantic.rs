@@ -72,6 +72,7 @@ pub enum Found {
 struct Indexed {
     key: String,
     context: String,
+    prompt_bytes: usize,
     features: PromptFeatures,
     vector: Vec<f32>,
     expires_at_ms: i64,
@@ -170,6 +171,7 @@ impl SemanticIndex {
         let indexed = Indexed {
             key: entry.key.clone(),
             context: entry.context.clone(),
+            prompt_bytes: entry.prompt.len(),
             features: PromptFeatures::of(&entry.prompt),
             vector: entry.vector.clone(),
             expires_at_ms: entry.expires_at_ms,
@@ -189,6 +191,7 @@ impl SemanticIndex {
             by_partition.entry(entry.partition).or_default().push(Indexed {
                 key: entry.key,
                 context: entry.context,
+                prompt_bytes: entry.prompt.len(),
                 features,
                 vector: entry.vector,
                 expires_at_ms: entry.expires_at_ms,
@@ -240,6 +243,14 @@ impl SemanticIndex {
             }
         }
         refused.unwrap_or(Found::Nothing)
+    }
+
+    /// What the live entry of `key` holds, in bytes (as the cache's size bound counts it).
+    pub fn entry_bytes(&self, partition: &str, key: &str) -> Option<u64> {
+        let partition = self.partitions.get(partition).map(|p| p.clone())?;
+        let generation = read(&partition);
+        let entry = generation.entries.get(*generation.by_key.get(key)?)?;
+        Some((entry.prompt_bytes + entry.context.len() + entry.vector.len() * 4 + entry.key.len()) as u64 + 256)
     }
 
     /// Turns the entry of `key` into a tombstone (its answer is gone).
@@ -452,27 +463,21 @@ mod tests {
         tools_b: Vec<String>,
     }
 
-    /// The proof the issue asks for: on the labelled pairs (paraphrases that should hit, near
-    /// misses that must not), the semantic cache with the real model, its guards and the
-    /// default threshold serves at most 1% of near misses and at least 70% of paraphrases.
-    /// Prints the curve the threshold was chosen from (`--nocapture`).
-    #[tokio::test]
-    async fn labelled_pairs_false_hits_at_most_one_percent_and_paraphrase_hits_at_least_seventy() {
-        let text = include_str!("../../../tests/data/semantic_cache_pairs.jsonl");
+    /// Per pair: the pair, its cosine, and the similarity the guards let through (`None`
+    /// when they refused), measured through a `SemanticIndex` with a threshold of 0 so one
+    /// pass gives the whole curve. Each pair has a partition of its own.
+    async fn measure(jsonl: &str) -> Vec<(Pair, f32, Option<f32>)> {
         let pairs: Vec<Pair> =
-            text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert!(pairs.len() >= 400, "{} pairs", pairs.len());
+            jsonl.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
         let model = crate::embed::neural::Neural::load(&crate::test_support::test_model_dir().await).unwrap();
         let texts: Vec<String> = pairs.iter().flat_map(|p| [p.a.clone(), p.b.clone()]).collect();
         let vectors: Vec<Vec<f32>> = texts.chunks(32).flat_map(|batch| model.embed_batch(batch).unwrap()).collect();
         let embedder = model.id().to_string();
-        // Threshold 0: every pair reports the similarity its guards let through, so one pass
-        // gives the whole curve. Each pair has a partition of its own.
         let index = SemanticIndex::new(embedder.clone(), model.id().dims, f32::MIN_POSITIVE);
         let context = |system: &Option<String>, tools: &[String]| format!("{system:?}{tools:?}");
         let mut outcomes = Vec::new();
-        for (i, pair) in pairs.iter().enumerate() {
-            let cached = SemanticEntry {
+        for (i, pair) in pairs.into_iter().enumerate() {
+            index.insert(&SemanticEntry {
                 partition: pair.id.clone(),
                 key: pair.id.clone(),
                 context: context(&pair.system_a, &pair.tools_a),
@@ -481,8 +486,7 @@ mod tests {
                 vector: vectors[2 * i].clone(),
                 created_at_ms: 0,
                 expires_at_ms: i64::MAX,
-            };
-            index.insert(&cached);
+            });
             let asked = Probe {
                 context: context(&pair.system_b, &pair.tools_b),
                 prompt: pair.b.clone(),
@@ -495,42 +499,73 @@ mod tests {
             };
             outcomes.push((pair, cosine, passed));
         }
-        let paraphrases = outcomes.iter().filter(|(p, ..)| p.label == "hit").count();
-        let near_misses = outcomes.iter().filter(|(p, ..)| p.label == "miss").count();
-        let served = |label: &str, t: f32| {
-            outcomes.iter().filter(|(p, _, s)| p.label == label && s.is_some_and(|s| s >= t)).count()
-        };
-        println!("threshold  paraphrases hit  near misses served (guards on)  | similarity alone: hit, false");
-        for step in 0..=30 {
-            let t = 0.65 + step as f32 * 0.01;
-            let alone = |label: &str| outcomes.iter().filter(|(p, c, _)| p.label == label && *c >= t).count();
-            println!(
-                "{t:.2}       {:>5.1}% ({:>3}/{paraphrases})  {:>4.1}% ({:>2}/{near_misses})  | {:>5.1}%  {:>5.1}%",
-                100.0 * served("hit", t) as f32 / paraphrases as f32,
-                served("hit", t),
-                100.0 * served("miss", t) as f32 / near_misses as f32,
-                served("miss", t),
-                100.0 * alone("hit") as f32 / paraphrases as f32,
-                100.0 * alone("miss") as f32 / near_misses as f32,
-            );
-        }
-        let t = crate::cache::DEFAULT_SEMANTIC_THRESHOLD;
-        let (hits, false_hits) = (served("hit", t), served("miss", t));
-        for (pair, cosine, passed) in &outcomes {
+        outcomes
+    }
+
+    /// (paraphrases, near misses, paraphrases served, near misses served) at threshold `t`.
+    fn served_at(outcomes: &[(Pair, f32, Option<f32>)], t: f32) -> (usize, usize, usize, usize) {
+        let count = |label: &str| outcomes.iter().filter(|(p, ..)| p.label == label).count();
+        let served =
+            |label: &str| outcomes.iter().filter(|(p, _, s)| p.label == label && s.is_some_and(|s| s >= t)).count();
+        (count("hit"), count("miss"), served("hit"), served("miss"))
+    }
+
+    fn report(name: &str, outcomes: &[(Pair, f32, Option<f32>)], t: f32) -> (f32, f32) {
+        let (paraphrases, near_misses, hits, false_hits) = served_at(outcomes, t);
+        for (pair, cosine, passed) in outcomes {
             if pair.label == "miss" && passed.is_some_and(|s| s >= t) {
-                println!("FALSE HIT {} ({}) cos {cosine:.3}: {:?} / {:?}", pair.id, pair.category, pair.a, pair.b);
+                println!(
+                    "{name}: FALSE HIT {} ({}) cos {cosine:.3}: {:?} / {:?}",
+                    pair.id, pair.category, pair.a, pair.b
+                );
             }
         }
         let precision = hits as f32 / (hits + false_hits).max(1) as f32;
         let recall = hits as f32 / paraphrases as f32;
         let false_hit_rate = false_hits as f32 / near_misses as f32;
         println!(
-            "at {t:.2}: precision {:.1}%, recall {:.1}%, false hits {false_hits}/{near_misses} ({:.2}%)",
+            "{name} at {t:.2}: precision {:.1}%, recall {:.1}% ({hits}/{paraphrases}), false hits \
+             {false_hits}/{near_misses} ({:.2}%)",
             100.0 * precision,
             100.0 * recall,
             100.0 * false_hit_rate
         );
-        assert!(false_hit_rate <= 0.01, "false hits {false_hits}/{near_misses}");
-        assert!(recall >= 0.70, "paraphrases hit {hits}/{paraphrases}");
+        (false_hit_rate, recall)
+    }
+
+    /// The proof the issue asks for: on the labelled pairs (paraphrases that should hit, near
+    /// misses that must not), the semantic cache with the real model, its guards and the
+    /// default threshold serves at most 1% of near misses and at least 70% of paraphrases.
+    /// Prints the curve the threshold was chosen from (`--nocapture`).
+    ///
+    /// The guards were written while looking at this set, so it also reports a held-out set
+    /// written afterwards by someone who had not seen them (`semantic_cache_holdout.jsonl`):
+    /// what to expect on prompts nobody tuned for.
+    #[tokio::test]
+    async fn labelled_pairs_false_hits_at_most_one_percent_and_paraphrase_hits_at_least_seventy() {
+        let outcomes = measure(include_str!("../../../tests/data/semantic_cache_pairs.jsonl")).await;
+        assert!(outcomes.len() >= 400, "{} pairs", outcomes.len());
+        println!("threshold  paraphrases hit  near misses served (guards on)  | similarity alone: hit, false");
+        for step in 0..=30 {
+            let t = 0.65 + step as f32 * 0.01;
+            let (paraphrases, near_misses, hits, false_hits) = served_at(&outcomes, t);
+            let alone = |label: &str| outcomes.iter().filter(|(p, c, _)| p.label == label && *c >= t).count();
+            println!(
+                "{t:.2}       {:>5.1}% ({hits:>3}/{paraphrases})  {:>4.1}% ({false_hits:>2}/{near_misses})  | {:>5.1}%  \
+                 {:>5.1}%",
+                100.0 * hits as f32 / paraphrases as f32,
+                100.0 * false_hits as f32 / near_misses as f32,
+                100.0 * alone("hit") as f32 / paraphrases as f32,
+                100.0 * alone("miss") as f32 / near_misses as f32,
+            );
+        }
+        let t = crate::cache::DEFAULT_SEMANTIC_THRESHOLD;
+        let (false_hit_rate, recall) = report("labelled", &outcomes, t);
+        let holdout = measure(include_str!("../../../tests/data/semantic_cache_holdout.jsonl")).await;
+        let (holdout_false, holdout_recall) = report("held-out", &holdout, t);
+        assert!(false_hit_rate <= 0.01, "false hits {:.2}%", 100.0 * false_hit_rate);
+        assert!(recall >= 0.70, "paraphrases hit {:.1}%", 100.0 * recall);
+        // Looser on prompts nobody tuned for, but still a cache that is mostly right.
+        assert!(holdout_false <= 0.05 && holdout_recall >= 0.50, "held-out: {holdout_false} false, {holdout_recall}");
     }
 }
