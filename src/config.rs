@@ -41,6 +41,9 @@ pub struct CacheConfig {
     pub semantic: bool,
     /// The cosine similarity from which a cached prompt may answer, in (0, 1].
     pub semantic_threshold: f32,
+    /// How long a lookup waits for its prompt's vector before going on without the semantic
+    /// cache (a busy embedder costs hits, not latency).
+    pub semantic_wait_ms: u64,
 }
 
 impl Default for CacheConfig {
@@ -54,6 +57,7 @@ impl Default for CacheConfig {
             max_temperature: d.max_temperature,
             semantic: d.semantic,
             semantic_threshold: d.semantic_threshold,
+            semantic_wait_ms: d.semantic_wait.as_millis() as u64,
         }
     }
 }
@@ -101,6 +105,7 @@ impl CacheConfig {
             max_temperature: self.max_temperature,
             semantic: self.semantic,
             semantic_threshold: self.semantic_threshold,
+            semantic_wait: std::time::Duration::from_millis(self.semantic_wait_ms),
         }
     }
 }
@@ -564,6 +569,9 @@ impl Config {
         }
         if let Some(v) = get("TOKAROO_CACHE_SEMANTIC") {
             self.cache.semantic = parse("TOKAROO_CACHE_SEMANTIC", &v)?;
+        }
+        if let Some(v) = get("TOKAROO_CACHE_SEMANTIC_WAIT_MS") {
+            self.cache.semantic_wait_ms = parse("TOKAROO_CACHE_SEMANTIC_WAIT_MS", &v)?;
         }
         if let Some(v) = get("TOKAROO_CACHE_TTL_SECS") {
             self.cache.ttl_secs = parse("TOKAROO_CACHE_TTL_SECS", &v)?;

@@ -68,6 +68,25 @@ impl<R: Record> Collection<R> {
         self.tree.scan_prefix(prefix.encode_key()).values().map(|v| decode::<R>(&v?)).collect()
     }
 
+    /// Every record that decodes, in key order, deleting those that do not (another format
+    /// version, corruption): only for collections whose records can be lost and rebuilt,
+    /// such as caches. Returns the records and how many were deleted.
+    pub fn all_dropping_undecodable(&self) -> Result<(Vec<R>, usize), StorageError> {
+        let mut records = Vec::new();
+        let mut dropped = 0;
+        for item in self.tree.iter() {
+            let (key, value) = item?;
+            match decode::<R>(&value) {
+                Ok(record) => records.push(record),
+                Err(_) => {
+                    self.tree.remove(key)?;
+                    dropped += 1;
+                }
+            }
+        }
+        Ok((records, dropped))
+    }
+
     /// Every record in the collection, in key order.
     pub fn all(&self) -> Result<Vec<R>, StorageError> {
         self.tree.iter().values().map(|v| decode::<R>(&v?)).collect()

@@ -147,6 +147,28 @@ mod tests {
         Account { id: id.into(), name: id.into(), is_operator: false, self_serve: false, created_at_ms: 1 }
     }
 
+    /// Cache records that no longer decode are dropped, not fatal; vectors round-trip exactly.
+    #[test]
+    fn a_cache_scan_drops_what_does_not_decode_and_keeps_vectors_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let entry = SemanticEntry {
+            partition: "ws:a/".into(),
+            key: "k".into(),
+            context: "c".into(),
+            prompt: "p".into(),
+            embedder: "neural:m:3".into(),
+            vector: vec![0.1, -2.5e-7, f32::MAX],
+            created_at_ms: 1,
+            expires_at_ms: 2,
+        };
+        store.semantic.insert(&("ws:a/", "k"), &entry).unwrap();
+        store.semantic.tree().insert(b"garbage", b"\x01{\"vector\": \"AAA\"}".to_vec()).unwrap();
+        let (records, dropped) = store.semantic.all_dropping_undecodable().unwrap();
+        assert_eq!((records, dropped), (vec![entry], 1));
+        assert_eq!(store.semantic.len(), 1);
+    }
+
     #[test]
     fn records_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();

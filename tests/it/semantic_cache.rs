@@ -6,8 +6,14 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
+/// The cache on, and a patient wait for vectors: a debug build on a busy 2-core machine may
+/// take longer than the default 200 ms to embed, which would turn a hit into a miss.
+fn cached() -> Options {
+    Options::default().env("TOKAROO_CACHE_ENABLED", "true").env("TOKAROO_CACHE_SEMANTIC_WAIT_MS", "20000")
+}
+
 async fn cached_gateway() -> Gateway {
-    Gateway::start_with(Options::default().env("TOKAROO_CACHE_ENABLED", "true")).await
+    Gateway::start_with(cached()).await
 }
 
 fn ask(text: &str, stream: bool) -> Value {
@@ -55,6 +61,8 @@ async fn a_paraphrase_is_answered_from_the_cache_and_near_misses_are_not() {
     assert_eq!(paraphrase.body["choices"][0]["message"], first.body["choices"][0]["message"]);
     let rows = gw.get("/admin/usage?limit=5", ADMIN_TOKEN).await.body["data"].as_array().unwrap().clone();
     assert_eq!(rows[0]["execution_source"], "cache", "{:#?}", rows[0]);
+    let reason = rows[0]["routing_reason"].as_str().unwrap();
+    assert!(reason.starts_with("semantic cache hit (similarity 0."), "{reason}");
 
     gw.post("/v1/chat/completions", &key, ask("Convert 30 USD to EUR.", false)).await;
     for near_miss in [
@@ -120,7 +128,7 @@ async fn a_semantic_hit_never_crosses_a_workspace_or_an_account_streamed_or_not(
 #[tokio::test]
 async fn semantic_entries_survive_a_restart_and_an_operator_can_clear_them() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options::default().env("TOKAROO_CACHE_ENABLED", "true");
+    let options = cached();
     let gw = Gateway::start_in(dir.path(), options.clone()).await;
     let key = gw.first_key.clone().unwrap();
     let cached = gw.post("/v1/chat/completions", &key, ask("What is the capital of Canada?", true)).await;

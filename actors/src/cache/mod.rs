@@ -15,8 +15,9 @@
 //! - a `seed` is part of the key, so different seeds never share an answer; `n` above 1 is
 //!   refused by the chat route, so an entry is always one answer;
 //! - the semantic cache looks only at a last user message of plain text up to
-//!   `SEMANTIC_MAX_PROMPT_CHARS` (the model reads 256 tokens; past that, differences would
-//!   go unseen), and only with a neural or routed embedder (never the lexical fallback);
+//!   `SEMANTIC_MAX_PROMPT_CHARS` and an estimated `SEMANTIC_MAX_TOKENS` (the model reads 256
+//!   tokens; past that, differences would go unseen), and only with a neural or routed
+//!   embedder (never the lexical fallback);
 //! - entries expire after `cache.ttl_secs`; past `cache.max_bytes` the oldest go first.
 
 pub mod guards;
@@ -77,6 +78,8 @@ pub struct CacheSettings {
     pub semantic: bool,
     /// The cosine similarity from which a cached prompt may answer (the guards decide after).
     pub semantic_threshold: f32,
+    /// How long a lookup waits for its prompt's vector before going on without.
+    pub semantic_wait: Duration,
 }
 
 /// Chosen on the labelled pairs of `tests/data/semantic_cache_pairs.jsonl` (the curve is in
@@ -84,12 +87,16 @@ pub struct CacheSettings {
 pub const DEFAULT_SEMANTIC_THRESHOLD: f32 = 0.80;
 /// Longer last messages are not looked up by similarity (see the module's rules).
 pub const SEMANTIC_MAX_PROMPT_CHARS: usize = 1000;
-/// A semantic lookup waits this long for its vector (a few ms normally), and at most this
-/// many wait at once: past either, the request goes on with the exact cache alone. A tenant
-/// flooding the embedder thus costs others their semantic hits for a moment, and at most
-/// this much latency.
-const SEMANTIC_EMBED_BUDGET: Duration = Duration::from_secs(1);
+/// At most this many semantic lookups wait for the embedder at once, and at most
+/// `SEMANTIC_MAX_WAITING_PER_PARTITION` of one partition; each waits `cache.semantic_wait`
+/// at most (the embedder drops the work of callers that gave up). Past any of these the
+/// request goes on with the exact cache alone: a tenant flooding the embedder costs others
+/// a few semantic hits, never more than `semantic_wait` of latency.
 const SEMANTIC_MAX_WAITING: usize = 64;
+const SEMANTIC_MAX_WAITING_PER_PARTITION: usize = 8;
+/// The model reads 256 WordPiece tokens; a prompt estimated past this many (see
+/// `wordpiece_estimate`) would be compared on its beginning alone.
+const SEMANTIC_MAX_TOKENS: usize = 240;
 
 impl Default for CacheSettings {
     fn default() -> Self {
@@ -101,6 +108,7 @@ impl Default for CacheSettings {
             max_temperature: 1.0,
             semantic: true,
             semantic_threshold: DEFAULT_SEMANTIC_THRESHOLD,
+            semantic_wait: Duration::from_millis(200),
         }
     }
 }
@@ -154,6 +162,9 @@ pub struct ResponseCache {
     /// configuration, or because only the lexical fallback could embed).
     semantic: Option<(SemanticIndex, Embedder)>,
     embedding: tokio::sync::Semaphore,
+    waiting_by_partition: dashmap::DashMap<String, usize>,
+    /// Set by the first `load_semantic`: a restarted loader must not index the disk twice.
+    loaded: std::sync::atomic::AtomicBool,
     /// Semantic lookups skipped because the embedder was busy or slow.
     skipped: AtomicU64,
     hits: AtomicU64,
@@ -178,6 +189,8 @@ impl ResponseCache {
             settings,
             semantic,
             embedding: tokio::sync::Semaphore::new(SEMANTIC_MAX_WAITING),
+            waiting_by_partition: dashmap::DashMap::new(),
+            loaded: std::sync::atomic::AtomicBool::new(false),
             skipped: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             semantic_hits: AtomicU64::new(0),
@@ -223,11 +236,14 @@ impl ResponseCache {
 
     async fn lookup_similar(&self, slot: &mut CacheSlot) -> Option<CacheHit> {
         let ((index, embedder), wanted) = (self.semantic.as_ref()?, slot.semantic.as_mut()?);
-        let Ok(_waiting) = self.embedding.try_acquire() else {
+        let (Ok(_waiting), Some(_in_partition)) =
+            (self.embedding.try_acquire(), PartitionTurn::take(&self.waiting_by_partition, &slot.partition))
+        else {
             self.skipped.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        let embedded = tokio::time::timeout(SEMANTIC_EMBED_BUDGET, embedder.embed(vec![wanted.prompt.clone()])).await;
+        let wait = self.settings.semantic_wait;
+        let embedded = tokio::time::timeout(wait, embedder.embed(vec![wanted.prompt.clone()])).await;
         let Ok(embedded) = embedded else {
             self.skipped.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -248,13 +264,8 @@ impl ResponseCache {
         let found = index.search(&slot.partition, &probe, crate::clock::now_ms());
         wanted.vector = Some(probe.vector);
         match found {
-            Found::Hit { key, similarity } => {
-                let hit = self.answer(&slot.partition, &key, HitKind::Semantic { similarity });
-                if hit.is_none() {
-                    index.remove(&slot.partition, &key);
-                }
-                hit
-            }
+            // An answer gone meanwhile is a miss; the sweep tombstones its entry.
+            Found::Hit { key, similarity } => self.answer(&slot.partition, &key, HitKind::Semantic { similarity }),
             Found::Refused { similarity, why } => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(similarity, ?why, "a similar cached prompt asks a different question");
@@ -353,9 +364,16 @@ impl ResponseCache {
     /// another embedder, expired, or without their answer are dropped. Slow for many entries: a blocking thread's work.
     pub fn load_semantic(&self) -> Result<usize, StorageError> {
         let Some((index, _)) = &self.semantic else { return Ok(0) };
+        if self.loaded.swap(true, Ordering::SeqCst) {
+            return Ok(0);
+        }
         let now = crate::clock::now_ms();
         let mut live = Vec::new();
-        for entry in self.store.semantic.all()? {
+        let (entries, undecodable) = self.store.semantic.all_dropping_undecodable()?;
+        if undecodable > 0 {
+            tracing::warn!(undecodable, "dropped semantic cache entries that no longer decode");
+        }
+        for entry in entries {
             let slot = (entry.partition.as_str(), entry.key.as_str());
             // Another embedder's vectors mean nothing here; an entry without its answer (a
             // crash between the two writes, say) can never be served.
@@ -384,7 +402,7 @@ impl ResponseCache {
                 removed += 1;
             }
         }
-        for entry in self.store.semantic.all()? {
+        for entry in self.store.semantic.all_dropping_undecodable()?.0 {
             if entry.partition.starts_with(prefix) {
                 self.store.semantic.remove(&(entry.partition.as_str(), entry.key.as_str()))?;
                 let bytes = semantic_bytes(&entry);
@@ -504,8 +522,54 @@ fn entry_bytes(entry: &CachedAnswer) -> u64 {
     entry.content.len() as u64 + ENTRY_OVERHEAD
 }
 
+/// What a semantic entry costs against `max_bytes` until the sweep measures it in memory.
 fn semantic_bytes(entry: &SemanticEntry) -> u64 {
-    (entry.prompt.len() + entry.context.len() + entry.vector.len() * 4 + entry.key.len()) as u64 + ENTRY_OVERHEAD
+    (entry.prompt.len() + entry.context.len() + entry.vector.len() * 8 + entry.key.len()) as u64 + 4 * ENTRY_OVERHEAD
+}
+
+/// One of a partition's places in the queue for the embedder, given back on drop.
+struct PartitionTurn<'a> {
+    waiting: &'a dashmap::DashMap<String, usize>,
+    partition: String,
+}
+
+impl<'a> PartitionTurn<'a> {
+    fn take(waiting: &'a dashmap::DashMap<String, usize>, partition: &str) -> Option<Self> {
+        let mut count = waiting.entry(partition.to_owned()).or_insert(0);
+        if *count >= SEMANTIC_MAX_WAITING_PER_PARTITION {
+            return None;
+        }
+        *count += 1;
+        Some(Self { waiting, partition: partition.to_owned() })
+    }
+}
+
+impl Drop for PartitionTurn<'_> {
+    fn drop(&mut self) {
+        self.waiting.remove_if_mut(&self.partition, |_, count| {
+            *count -= 1;
+            *count == 0
+        });
+    }
+}
+
+/// An upper estimate of the WordPiece tokens the model sees: an ASCII word is one token per
+/// four characters (rare words split), punctuation one each, other scripts (CJK, accented
+/// text the vocabulary splits per character) one per character.
+fn wordpiece_estimate(text: &str) -> usize {
+    let (mut tokens, mut run) = (0usize, 0usize);
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() {
+            run += 1;
+            continue;
+        }
+        tokens += run.div_ceil(4);
+        run = 0;
+        if !c.is_whitespace() {
+            tokens += 1;
+        }
+    }
+    tokens + run.div_ceil(4)
 }
 
 /// The semantic side of a request's slot: its last message when that is a user's plain text
@@ -517,7 +581,10 @@ fn semantic_slot(req: &ChatRequest) -> Option<SemanticSlot> {
         return None;
     }
     let prompt = last.joined_text();
-    if prompt.trim().is_empty() || prompt.chars().count() > SEMANTIC_MAX_PROMPT_CHARS {
+    if prompt.trim().is_empty()
+        || prompt.chars().count() > SEMANTIC_MAX_PROMPT_CHARS
+        || wordpiece_estimate(&prompt) > SEMANTIC_MAX_TOKENS
+    {
         return None;
     }
     let context = (
@@ -568,11 +635,13 @@ pub fn spec(cache: &Arc<ResponseCache>, policy: RestartPolicy, registry: Registr
     let load: Job = Arc::new(move || {
         let cache = loaded.clone();
         Box::pin(async move {
-            let count = tokio::task::spawn_blocking(move || cache.load_semantic())
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            tracing::info!(entries = count, "semantic cache indexed");
+            // A failure is logged and not retried: the cache works without its old entries,
+            // and a loader that fails again and again would take the cache node down.
+            match tokio::task::spawn_blocking(move || cache.load_semantic()).await {
+                Ok(Ok(count)) => tracing::info!(entries = count, "semantic cache indexed"),
+                Ok(Err(error)) => tracing::error!(%error, "could not index the semantic cache's entries"),
+                Err(error) => tracing::error!(%error, "indexing the semantic cache's entries panicked"),
+            }
             Ok(())
         })
     });
@@ -598,6 +667,34 @@ mod tests {
 
     fn ask(text: &str) -> ChatRequest {
         ChatRequest::new(ModelChoice::Mode(Mode::Auto), vec![Message::text(Role::User, text)])
+    }
+
+    #[test]
+    fn only_a_short_plain_last_user_message_is_looked_up_by_similarity() {
+        let base = ask("How do I reverse a list in Python?");
+        let slot = semantic_slot(&base).expect("a plain user question");
+        assert_eq!(slot.prompt, "How do I reverse a list in Python?");
+        let long = ask(&"word ".repeat(SEMANTIC_MAX_PROMPT_CHARS));
+        let mut image = base.clone();
+        image.messages[0].content.push(ContentPart::Image { url: "https://example.com/a.png".into(), detail: None });
+        let mut assistant_last = base.clone();
+        assistant_last.messages.push(Message::text(Role::Assistant, "Use reversed()."));
+        for (why, req) in [("too long", long), ("an image", image), ("not a user's turn", assistant_last)] {
+            assert!(semantic_slot(&req).is_none(), "{why}");
+        }
+        assert!(semantic_slot(&ask("   ")).is_none(), "blank");
+        // 300 characters of Japanese are ~300 tokens: past what the model reads.
+        assert!(semantic_slot(&ask(&"日本語の質問".repeat(50))).is_none(), "truncated by the model");
+        assert!(semantic_slot(&ask(&"How do I reverse a list? ".repeat(20))).is_some(), "500 ASCII characters");
+        // The context is everything but the last user message: it must match exactly.
+        let mut with_system = base.clone();
+        with_system.messages.insert(0, Message::text(Role::System, "Answer like a pirate."));
+        let paraphrase = ask("How can I reverse a Python list?");
+        let context = |req: &ChatRequest| semantic_slot(req).unwrap().context;
+        assert_eq!(context(&base), context(&paraphrase), "only the last message differs");
+        assert_ne!(context(&base), context(&with_system));
+        assert_ne!(context(&base), context(&ChatRequest { seed: Some(1), ..base.clone() }));
+        assert_ne!(context(&base), context(&ChatRequest { model: ModelChoice::Mode(Mode::Max), ..base.clone() }));
     }
 
     #[test]

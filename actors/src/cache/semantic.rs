@@ -2,15 +2,20 @@
 //! cached prompts' last user messages, with what each entry must match beyond similarity (the
 //! hash of the rest of its request, its expiry, its guard features).
 //!
+//! A lookup only ever compares entries of its own context (system prompt, earlier turns,
+//! tools, sampling). A context with few entries — every multi-turn conversation — is compared
+//! directly; only a context with many goes through the graph, filtered to that context.
+//!
 //! hnsw_rs cannot delete: a removed or expired entry stays in the graph as a tombstone that
 //! searches filter out, and a partition whose tombstones outnumber its live entries is rebuilt
-//! from the live ones by the cache's sweep (off the request path; lookups keep using the old
-//! graph until the new one is swapped in). The entries themselves live in sled
-//! (`Store::semantic`), so a restart rebuilds every graph from disk.
+//! from the live ones by the cache's sweep. Graphs are built outside the partition's lock
+//! (start-up load, rebuilds) and swapped in with what changed meanwhile, so lookups and
+//! inserts never wait for a build. The entries themselves live in sled (`Store::semantic`),
+//! so a restart rebuilds every graph from disk.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use dashmap::DashMap;
@@ -20,7 +25,8 @@ use tokaroo_storage::records::SemanticEntry;
 use super::guards::{disagreement, Disagreement, PromptFeatures};
 
 /// Graph parameters: 16 links per node and a 64-wide beam at build and search keep recall
-/// near 1 on 384-dim sentence vectors at 100k entries while a search stays sub-millisecond.
+/// near 1 on 384-dim sentence vectors at 100k entries while a search stays around a
+/// millisecond.
 const LINKS: usize = 16;
 const MAX_LAYERS: usize = 16;
 const EF_CONSTRUCTION: usize = 64;
@@ -28,19 +34,34 @@ const EF_SEARCH: usize = 64;
 /// How many nearest neighbours a lookup considers: the nearest may fail the guards while
 /// the next one is the same question.
 const CANDIDATES: usize = 8;
+/// A context with at most this many entries is compared entry by entry: exact, and cheaper
+/// than a filtered graph search, which visits the whole graph when few entries pass.
+const DIRECT_MAX: usize = 512;
 /// Rebuild a partition once it holds this many tombstones and more than live entries.
 const REBUILD_MIN_TOMBSTONES: usize = 64;
+/// Entries inserted one by one into an empty graph before the rest go in parallel: hnsw_rs
+/// links concurrent first inserts to nothing.
+const SERIAL_PREFIX: usize = 256;
 
 /// Cosine distance for unit vectors (1 − dot). hnsw_rs's own `DistDot` asserts the result is
-/// not negative, which rounding breaks for a vector against itself.
+/// not negative, which rounding breaks for a vector against itself; a non-finite product is
+/// as far as can be.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UnitCosine;
 
 impl Distance<f32> for UnitCosine {
     fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-        (1.0 - dot).max(0.0)
+        let dot = dot(a, b);
+        if dot.is_finite() {
+            (1.0 - dot).max(0.0)
+        } else {
+            2.0
+        }
     }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// What a lookup asks: the request's last user message, its vector, and the hash of the
@@ -79,47 +100,72 @@ struct Indexed {
     live: bool,
 }
 
+impl Indexed {
+    fn of(entry: &SemanticEntry) -> Self {
+        Self {
+            key: entry.key.clone(),
+            context: entry.context.clone(),
+            prompt_bytes: entry.prompt.len(),
+            features: PromptFeatures::of(&entry.prompt),
+            vector: entry.vector.clone(),
+            expires_at_ms: entry.expires_at_ms,
+            live: true,
+        }
+    }
+}
+
 /// One graph and its entries, by the graph's data id (the entry's position).
 struct Generation {
     graph: Hnsw<'static, f32, UnitCosine>,
     entries: Vec<Indexed>,
     /// The live entry of each answer key.
     by_key: HashMap<String, usize>,
+    /// The entries (live or not) of each context.
+    by_context: HashMap<String, Vec<usize>>,
     tombstones: usize,
 }
 
 impl Generation {
     fn new(capacity: usize) -> Self {
         Self {
-            graph: Hnsw::new(LINKS, capacity.max(1024), MAX_LAYERS, EF_CONSTRUCTION, UnitCosine),
+            graph: Hnsw::new(LINKS, capacity.max(16), MAX_LAYERS, EF_CONSTRUCTION, UnitCosine),
             entries: Vec::with_capacity(capacity),
             by_key: HashMap::with_capacity(capacity),
+            by_context: HashMap::new(),
             tombstones: 0,
         }
     }
 
-    fn add(&mut self, entry: Indexed) {
-        if let Some(old) = self.by_key.remove(&entry.key) {
+    /// Files an entry without putting it in the graph; returns its id.
+    fn file(&mut self, entry: Indexed) -> usize {
+        let id = self.entries.len();
+        if let Some(old) = self.by_key.insert(entry.key.clone(), id) {
             self.kill(old);
         }
-        let id = self.entries.len();
-        self.graph.insert((&entry.vector, id));
-        self.by_key.insert(entry.key.clone(), id);
+        self.by_context.entry(entry.context.clone()).or_default().push(id);
         self.entries.push(entry);
+        id
     }
 
-    /// Adds many entries at once, building the graph on all cores (start and rebuilds).
+    fn add(&mut self, entry: Indexed) {
+        let id = self.file(entry);
+        self.graph.insert((&self.entries[id].vector, id));
+    }
+
+    /// Adds many entries at once, building the graph on all cores (start-up and rebuilds).
     fn add_many(&mut self, entries: Vec<Indexed>) {
         let first = self.entries.len();
         for entry in entries {
-            if let Some(old) = self.by_key.insert(entry.key.clone(), self.entries.len()) {
-                self.kill(old);
-            }
-            self.entries.push(entry);
+            self.file(entry);
         }
+        let serial = if self.graph.get_nb_point() == 0 { SERIAL_PREFIX } else { 0 };
         let batch: Vec<(&Vec<f32>, usize)> =
             self.entries[first..].iter().enumerate().map(|(i, e)| (&e.vector, first + i)).collect();
-        self.graph.parallel_insert(&batch);
+        let (one_by_one, together) = batch.split_at(serial.min(batch.len()));
+        for (vector, id) in one_by_one {
+            self.graph.insert((vector.as_slice(), *id));
+        }
+        self.graph.parallel_insert(together);
     }
 
     fn kill(&mut self, id: usize) {
@@ -132,6 +178,39 @@ impl Generation {
     fn live(&self) -> usize {
         self.entries.len() - self.tombstones
     }
+
+    fn eligible(&self, id: usize, context: &str, now_ms: i64) -> bool {
+        self.entries.get(id).is_some_and(|e| e.live && e.expires_at_ms > now_ms && e.context == context)
+    }
+
+    /// The nearest eligible entries of the probe's context, nearest first, with similarity.
+    fn nearest(&self, probe: &Probe, now_ms: i64) -> Vec<(usize, f32)> {
+        let Some(ids) = self.by_context.get(&probe.context) else { return Vec::new() };
+        let mut found: Vec<(usize, f32)> = if ids.len() <= DIRECT_MAX {
+            ids.iter()
+                .filter(|id| self.eligible(**id, &probe.context, now_ms))
+                .map(|id| (*id, dot(&self.entries[*id].vector, &probe.vector)))
+                .collect()
+        } else {
+            let eligible = |id: &usize| self.eligible(*id, &probe.context, now_ms);
+            self.graph
+                .search_filter(&probe.vector, CANDIDATES, EF_SEARCH, Some(&eligible))
+                .into_iter()
+                .filter(|n| eligible(&n.d_id))
+                .map(|n| (n.d_id, 1.0 - n.distance))
+                .collect()
+        };
+        found.retain(|(_, similarity)| similarity.is_finite());
+        found.sort_by(|a, b| b.1.total_cmp(&a.1));
+        found.truncate(CANDIDATES);
+        found
+    }
+
+    /// Approximate bytes in memory: the entry, its copy in the graph and the graph's links.
+    fn bytes_of(entry: &Indexed) -> u64 {
+        (entry.prompt_bytes + entry.context.len() + entry.key.len() + entry.vector.len() * 8 + 2 * LINKS * 8 + 512)
+            as u64
+    }
 }
 
 /// Every partition's index, and the embedder whose vectors it holds.
@@ -140,13 +219,15 @@ pub struct SemanticIndex {
     dims: usize,
     threshold: f32,
     partitions: DashMap<String, Arc<RwLock<Generation>>>,
+    /// Held by the one compaction running (a restarted sweep may overlap the last one).
+    compacting: Mutex<()>,
 }
 
 impl SemanticIndex {
     /// An empty index for vectors of `embedder` (`kind:model:dims`) of length `dims`, serving
     /// entries at least `threshold` similar.
     pub fn new(embedder: String, dims: usize, threshold: f32) -> Self {
-        Self { embedder, dims, threshold, partitions: DashMap::new() }
+        Self { embedder, dims, threshold, partitions: DashMap::new(), compacting: Mutex::new(()) }
     }
 
     pub fn embedder(&self) -> &str {
@@ -157,84 +238,74 @@ impl SemanticIndex {
         self.threshold
     }
 
+    /// Whether a vector belongs in this index: this embedder's length, all finite.
+    fn fits(&self, vector: &[f32]) -> bool {
+        self.dims > 0 && vector.len() == self.dims && vector.iter().all(|x| x.is_finite())
+    }
+
+    fn partition(&self, name: &str) -> Option<Arc<RwLock<Generation>>> {
+        self.partitions.get(name).map(|p| p.clone())
+    }
+
     /// Adds an entry (replacing the one of the same answer key). Entries of another embedder
-    /// or dimension are ignored: their vectors mean nothing in this space.
+    /// or dimension, or with non-finite values, are ignored: they mean nothing in this space.
     pub fn insert(&self, entry: &SemanticEntry) {
-        if entry.embedder != self.embedder || entry.vector.len() != self.dims || self.dims == 0 {
+        if entry.embedder != self.embedder || !self.fits(&entry.vector) {
             return;
         }
+        let indexed = Indexed::of(entry);
         let partition = self
             .partitions
             .entry(entry.partition.clone())
             .or_insert_with(|| Arc::new(RwLock::new(Generation::new(0))))
             .clone();
-        let indexed = Indexed {
-            key: entry.key.clone(),
-            context: entry.context.clone(),
-            prompt_bytes: entry.prompt.len(),
-            features: PromptFeatures::of(&entry.prompt),
-            vector: entry.vector.clone(),
-            expires_at_ms: entry.expires_at_ms,
-            live: true,
-        };
         write(&partition).add(indexed);
     }
 
-    /// Adds many entries (at start, from disk): each partition's graph is built on all cores.
+    /// Adds many entries (at start, from disk). Each partition's graph is built on all cores
+    /// outside its lock, then swapped in; an entry already indexed (stored since the start)
+    /// is newer than its copy on disk and stays.
     pub fn insert_many(&self, entries: Vec<SemanticEntry>) {
         let mut by_partition: HashMap<String, Vec<Indexed>> = HashMap::new();
         for entry in entries {
-            if entry.embedder != self.embedder || entry.vector.len() != self.dims || self.dims == 0 {
-                continue;
+            if entry.embedder == self.embedder && self.fits(&entry.vector) {
+                by_partition.entry(entry.partition.clone()).or_default().push(Indexed::of(&entry));
             }
-            let features = PromptFeatures::of(&entry.prompt);
-            by_partition.entry(entry.partition).or_default().push(Indexed {
-                key: entry.key,
-                context: entry.context,
-                prompt_bytes: entry.prompt.len(),
-                features,
-                vector: entry.vector,
-                expires_at_ms: entry.expires_at_ms,
-                live: true,
-            });
         }
-        for (name, batch) in by_partition {
-            let partition = self
-                .partitions
-                .entry(name)
-                .or_insert_with(|| Arc::new(RwLock::new(Generation::new(batch.len()))))
-                .clone();
-            write(&partition).add_many(batch);
+        for (name, mut batch) in by_partition {
+            let partition =
+                self.partitions.entry(name).or_insert_with(|| Arc::new(RwLock::new(Generation::new(0)))).clone();
+            {
+                let current = read(&partition);
+                batch.retain(|entry| !current.by_key.contains_key(&entry.key));
+            }
+            let mut fresh = Generation::new(batch.len());
+            fresh.add_many(batch);
+            let mut current = write(&partition);
+            for entry in current.entries.iter().filter(|e| e.live).cloned() {
+                fresh.add(entry);
+            }
+            let old = std::mem::replace(&mut *current, fresh);
+            drop(current);
+            // Dropping a graph is work too: not under the lock.
+            drop(old);
         }
     }
 
     /// The most similar live entry with the same context that the guards accept.
     pub fn search(&self, partition: &str, probe: &Probe, now_ms: i64) -> Found {
-        if probe.vector.len() != self.dims {
+        if !self.fits(&probe.vector) {
             return Found::Nothing;
         }
-        let Some(partition) = self.partitions.get(partition).map(|p| p.clone()) else {
-            return Found::Nothing;
-        };
-        let generation = read(&partition);
-        let eligible = |id: &usize| {
-            generation
-                .entries
-                .get(*id)
-                .is_some_and(|e| e.live && e.expires_at_ms > now_ms && e.context == probe.context)
-        };
-        let mut neighbours = generation.graph.search_filter(&probe.vector, CANDIDATES, EF_SEARCH, Some(&eligible));
-        neighbours.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+        let Some(partition) = self.partition(partition) else { return Found::Nothing };
         let features = PromptFeatures::of(&probe.prompt);
+        let generation = read(&partition);
         let mut refused = None;
-        for neighbour in neighbours {
-            let similarity = 1.0 - neighbour.distance;
+        for (id, similarity) in generation.nearest(probe, now_ms) {
             if similarity < self.threshold {
                 break;
             }
-            let Some(entry) = generation.entries.get(neighbour.d_id).filter(|_| eligible(&neighbour.d_id)) else {
-                continue;
-            };
+            let entry = &generation.entries[id];
             match disagreement(&features, &entry.features) {
                 None => return Found::Hit { key: entry.key.clone(), similarity },
                 Some(why) => {
@@ -245,17 +316,9 @@ impl SemanticIndex {
         refused.unwrap_or(Found::Nothing)
     }
 
-    /// What the live entry of `key` holds, in bytes (as the cache's size bound counts it).
-    pub fn entry_bytes(&self, partition: &str, key: &str) -> Option<u64> {
-        let partition = self.partitions.get(partition).map(|p| p.clone())?;
-        let generation = read(&partition);
-        let entry = generation.entries.get(*generation.by_key.get(key)?)?;
-        Some((entry.prompt_bytes + entry.context.len() + entry.vector.len() * 4 + entry.key.len()) as u64 + 256)
-    }
-
     /// Turns the entry of `key` into a tombstone (its answer is gone).
     pub fn remove(&self, partition: &str, key: &str) {
-        if let Some(partition) = self.partitions.get(partition).map(|p| p.clone()) {
+        if let Some(partition) = self.partition(partition) {
             let mut generation = write(&partition);
             if let Some(id) = generation.by_key.remove(key) {
                 generation.kill(id);
@@ -263,9 +326,22 @@ impl SemanticIndex {
         }
     }
 
+    /// Approximate bytes the live entry of `key` takes in memory (counted against the cache's
+    /// size bound).
+    pub fn entry_bytes(&self, partition: &str, key: &str) -> Option<u64> {
+        let partition = self.partition(partition)?;
+        let generation = read(&partition);
+        let id = *generation.by_key.get(key)?;
+        generation.entries.get(id).map(Generation::bytes_of)
+    }
+
     /// Forgets every partition starting with `prefix`.
     pub fn clear(&self, prefix: &str) {
-        self.partitions.retain(|name, _| !name.starts_with(prefix));
+        let cleared: Vec<_> =
+            self.partitions.iter().filter(|p| p.key().starts_with(prefix)).map(|p| p.key().clone()).collect();
+        // Removed from the map first, dropped after: graphs are dropped outside the map's shards.
+        let graphs: Vec<_> = cleared.iter().filter_map(|name| self.partitions.remove(name)).collect();
+        drop(graphs);
     }
 
     /// Tombstones every expired entry; returns how many.
@@ -294,15 +370,17 @@ impl SemanticIndex {
     /// ones are dropped. Slow (it builds graphs): run it on a blocking thread. Returns how
     /// many partitions were rebuilt.
     pub fn compact(&self) -> usize {
+        let Ok(_only_one) = self.compacting.try_lock() else { return 0 };
         let mut rebuilt = 0;
         let names: Vec<String> = self.partitions.iter().map(|p| p.key().clone()).collect();
         for name in names {
-            let Some(partition) = self.partitions.get(&name).map(|p| p.clone()) else { continue };
+            let Some(partition) = self.partition(&name) else { continue };
             let (snapshot, seen) = {
                 let generation = read(&partition);
                 if generation.live() == 0 {
                     drop(generation);
-                    self.partitions.remove_if(&name, |_, p| read(p).live() == 0);
+                    let emptied = self.partitions.remove_if(&name, |_, p| read(p).live() == 0);
+                    drop(emptied);
                     continue;
                 }
                 if generation.tombstones < REBUILD_MIN_TOMBSTONES || generation.tombstones <= generation.live() {
@@ -317,7 +395,9 @@ impl SemanticIndex {
             // What changed meanwhile: entries added after the snapshot join the new graph,
             // entries removed or replaced since become tombstones in it.
             let mut current = write(&partition);
-            for entry in current.entries[seen..].iter().filter(|e| e.live).cloned() {
+            let added: Vec<Indexed> =
+                current.entries.get(seen..).unwrap_or_default().iter().filter(|e| e.live).cloned().collect();
+            for entry in added {
                 fresh.add(entry);
             }
             let gone: Vec<usize> = fresh
@@ -334,7 +414,9 @@ impl SemanticIndex {
                 fresh.by_key.remove(&key);
                 fresh.kill(id);
             }
-            *current = fresh;
+            let old = std::mem::replace(&mut *current, fresh);
+            drop(current);
+            drop(old);
             rebuilt += 1;
         }
         rebuilt
@@ -408,8 +490,16 @@ mod tests {
         // Vectors of another embedder or length are never indexed.
         index.insert(&SemanticEntry { embedder: "other:model:4".into(), ..entry("ws:c/", "k", "x", v.clone(), 1_000) });
         index.insert(&entry("ws:c/", "k", "x", vec![1.0; 3], 1_000));
+        index.insert(&entry("ws:c/", "k", "x", vec![f32::NAN, 0.0, 0.0, 0.0], 1_000));
         assert_eq!(index.counts(), (1, 0, 1));
         assert_eq!(index.search("ws:a/", &probe("x", vec![1.0; 3]), 10), Found::Nothing);
+        assert_eq!(index.search("ws:a/", &probe("x", vec![f32::NAN; 4]), 10), Found::Nothing);
+        // Loading from disk next to what was stored since: the stored entry is newer and stays.
+        let newer = entry("ws:a/", "k1", "How do I reset my password?", v.clone(), 9_000);
+        index.insert(&newer);
+        index.insert_many(vec![entry("ws:a/", "k1", "How do I reset my password?", v.clone(), 1_000)]);
+        assert_eq!(index.counts(), (1, 0, 1), "one live entry, rebuilt");
+        assert!(matches!(index.search("ws:a/", &ask, 5_000), Found::Hit { .. }), "the newer expiry is kept");
     }
 
     #[test]

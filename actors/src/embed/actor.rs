@@ -59,6 +59,8 @@ pub struct EmbedderState {
     batches: u64,
     sentences: u64,
     requests: u64,
+    /// Requests dropped unrun because their caller stopped waiting.
+    abandoned: u64,
     largest_batch: usize,
     last_error: Option<String>,
 }
@@ -74,6 +76,13 @@ impl EmbedderActor {
     /// one request, however large: it is split into passes of `MAX_BATCH` on the thread).
     fn start_batch(&self, me: &ActorRef<EmbedderMsg>, state: &mut EmbedderState) {
         if state.busy || state.queue.is_empty() {
+            return;
+        }
+        // A caller that gave up (the semantic cache's wait ran out) is not worth a forward pass.
+        let queued = state.queue.len();
+        state.queue.retain(|job| !job.reply.is_closed());
+        state.abandoned += (queued - state.queue.len()) as u64;
+        if state.queue.is_empty() {
             return;
         }
         let mut jobs = Vec::new();
@@ -134,6 +143,7 @@ impl Actor for EmbedderActor {
             batches: 0,
             sentences: 0,
             requests: 0,
+            abandoned: 0,
             largest_batch: 0,
             last_error: None,
         })
@@ -174,6 +184,7 @@ impl Actor for EmbedderActor {
                     "batches": state.batches,
                     "sentences": state.sentences,
                     "requests": state.requests,
+                    "abandoned": state.abandoned,
                     "mean_batch_size": mean,
                     "largest_batch": state.largest_batch,
                     "queued_requests": state.queue.len(),

@@ -306,7 +306,12 @@ impl Runtime {
             upstream_model: hit.upstream_model.clone(),
             upstream: "cache".into(),
             routing_method: info.tier.as_str().to_owned(),
-            routing_reason: "exact cache hit".into(),
+            routing_reason: match hit.kind {
+                crate::cache::HitKind::Exact => "exact cache hit".into(),
+                crate::cache::HitKind::Semantic { similarity } => {
+                    format!("semantic cache hit (similarity {similarity:.3}, guards agree)")
+                }
+            },
             execution_source: "cache".into(),
             billing_mode: "cache".into(),
             latency_ms: Some(0),
