@@ -54,10 +54,20 @@ async fn semantic_snapshot(gw: &Gateway) -> Value {
 async fn a_paraphrase_is_answered_from_the_cache_and_near_misses_are_not() {
     let gw = cached_gateway().await;
     let key = gw.first_key.clone().unwrap();
-    let first = gw.post("/v1/chat/completions", &key, ask("How do I reverse a list in Python?", false)).await;
+    // A priced model, so the hit's charge and saving are not zero.
+    let priced = |text: &str| json!({"model": "gpt-4o", "messages": [{"role": "user", "content": text}]});
+    let first = gw.post("/v1/chat/completions", &key, priced("How do I reverse a list in Python?")).await;
     assert_eq!(first.header("x-tokaroo-cache"), Some("miss"), "{}", first.text);
-    let paraphrase = gw.post("/v1/chat/completions", &key, ask("How can I reverse a Python list?", false)).await;
+    let savings = |stats: &Value| stats["savings_usd"].as_f64().expect("savings_usd");
+    let before = gw.get("/v1/stats", &key).await.body;
+    let paraphrase = gw.post("/v1/chat/completions", &key, priced("How can I reverse a Python list?")).await;
     assert_eq!(paraphrase.header("x-tokaroo-cache"), Some("hit"), "{}", paraphrase.text);
+    // The hit is charged a share of the answer's cost; the rest of its baseline is saved.
+    let paid: f64 = first.header("x-tokaroo-cost").unwrap().parse().unwrap();
+    let hit_paid: f64 = paraphrase.header("x-tokaroo-cost").unwrap().parse().unwrap();
+    assert!(hit_paid > 0.0 && hit_paid < paid, "first {paid}, hit {hit_paid}");
+    let after = gw.get("/v1/stats", &key).await.body;
+    assert!(savings(&after) - savings(&before) >= paid - hit_paid - 1e-9, "{before}\n{after}");
     assert_eq!(paraphrase.body["choices"][0]["message"], first.body["choices"][0]["message"]);
     let rows = gw.get("/admin/usage?limit=5", ADMIN_TOKEN).await.body["data"].as_array().unwrap().clone();
     assert_eq!(rows[0]["execution_source"], "cache", "{:#?}", rows[0]);
@@ -75,7 +85,7 @@ async fn a_paraphrase_is_answered_from_the_cache_and_near_misses_are_not() {
         assert_eq!(cache_header(&gw, &key, ask(near_miss, false)).await, "miss", "{near_miss}");
     }
     // Everything but the last user message must be identical: another system prompt misses.
-    let with_system = json!({"model": "auto", "messages": [
+    let with_system = json!({"model": "gpt-4o", "messages": [
         {"role": "system", "content": "Answer like a pirate."},
         {"role": "user", "content": "How can I reverse a Python list?"}]});
     assert_eq!(cache_header(&gw, &key, with_system).await, "miss");
