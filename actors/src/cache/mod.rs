@@ -4,7 +4,7 @@
 //!   mode or model, messages, tools, response format and sampling parameters);
 //! - semantic (`semantic.rs`): for a request whose last user message is similar enough to a
 //!   cached one's, whose everything else (system prompt, earlier turns, tools, format,
-//!   sampling) is identical, and which the near-miss guards (`guards.rs`) find asking the same
+//!   sampling) is identical, and which the near-miss guards (`guards/`) find asking the same
 //!   question.
 //!
 //! What is cached, and what is not (the documented rules):
