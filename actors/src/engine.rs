@@ -43,6 +43,7 @@ struct EngineParts {
     funding: Funding,
     runtime: Runtime,
     embedder: Embedder,
+    knowledge: crate::knowledge::Knowledge,
     /// What `shutdown` is doing now, for the report when it overruns its grace period.
     shutdown_stage: std::sync::Mutex<&'static str>,
 }
@@ -109,10 +110,19 @@ impl Engine {
             Runtime::new(directory_state.clone(), config.clone(), router, ledger, funding.clone(), cache.clone());
         let embedder_spec = local_model
             .map(|model| EmbedderSpec { model, fallback_reason: embedder.fallback_reason().map(str::to_owned) });
-        let root = root_spec(&directory_state, &connections_state, reconcile_every, &funding, &cache, embedder_spec)
-            .spawn_root()
-            .await
-            .map_err(|e| EngineError::Internal(format!("actor tree failed to start: {e}")))?;
+        let knowledge = crate::knowledge::Knowledge::open(store.clone(), embedder.clone(), registry.clone())?;
+        let root = root_spec(
+            &directory_state,
+            &connections_state,
+            reconcile_every,
+            &funding,
+            &cache,
+            embedder_spec,
+            &knowledge,
+        )
+        .spawn_root()
+        .await
+        .map_err(|e| EngineError::Internal(format!("actor tree failed to start: {e}")))?;
         Ok(Self(Arc::new(EngineParts {
             store,
             registry,
@@ -124,6 +134,7 @@ impl Engine {
             funding,
             runtime,
             embedder,
+            knowledge,
             shutdown_stage: std::sync::Mutex::new("not started"),
         })))
     }
@@ -150,6 +161,10 @@ impl Engine {
 
     /// Sentences to vectors (the neural model, routed, or the lexical fallback), each answer
     /// saying which embedder made it.
+    pub fn knowledge(&self) -> &crate::knowledge::Knowledge {
+        &self.0.knowledge
+    }
+
     pub fn embedder(&self) -> &Embedder {
         &self.0.embedder
     }
@@ -267,6 +282,7 @@ fn root_spec(
     funding: &Funding,
     cache: &Arc<crate::cache::ResponseCache>,
     embedder: Option<EmbedderSpec>,
+    knowledge: &crate::knowledge::Knowledge,
 ) -> SupervisorSpec {
     let (policy, registry) = (directory.restart_policy, directory.registry.clone());
     let group = |endpoints| {
@@ -284,6 +300,8 @@ fn root_spec(
     if let Some(embedder) = embedder {
         children.push(Arc::new(embedder));
     }
+    // After the embedder: catching up at start may embed notes.
+    children.push(Arc::new(crate::knowledge::indexer::IndexerSpec { parts: knowledge.parts().clone() }));
     let started_at = crate::clock::iso8601(crate::clock::now_ms());
     SupervisorSpec {
         name: ROOT.to_owned(),

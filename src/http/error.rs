@@ -52,6 +52,9 @@ pub enum ApiError {
     RateLimited { limit: u32, retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// 501: a part of a route this build does not have yet, saying which.
+    #[error("{0}")]
+    NotImplemented(String),
     /// 402: `billing_required`, `budget_exceeded`, `payment_failed`, `no_card`, with the
     /// fields the spec's ErrorResponse shows (balance, required amount, payment URL, ...).
     #[error("{message}")]
@@ -87,6 +90,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -111,6 +115,7 @@ impl ApiError {
             Self::Conflict(_) => "conflict".into(),
             Self::RateLimited { .. } => "Rate limit exceeded".into(),
             Self::Unavailable(_) => "service_unavailable".into(),
+            Self::NotImplemented(_) => "not_implemented".into(),
             Self::PaymentRequired { code, .. } => (*code).into(),
             Self::Internal(_) => "internal_error".into(),
         }

@@ -11,6 +11,7 @@ pub mod extract;
 mod health;
 mod keys;
 mod local_endpoints;
+mod memory;
 mod models;
 mod pricing;
 mod provider_keys;
@@ -81,6 +82,8 @@ pub fn router(state: AppState) -> Router {
     // Runtime keys reading usage pass the same admission; sessions go through unmetered.
     let usage_reads =
         usage::read_routes().route_layer(middleware::from_fn_with_state(state.clone(), admission::admit_runtime_keys));
+    let knowledge =
+        memory::routes().route_layer(middleware::from_fn_with_state(state.clone(), admission::admit_runtime_keys));
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(health::routes())
@@ -92,6 +95,7 @@ pub fn router(state: AppState) -> Router {
         .merge(local_endpoints::routes())
         .merge(sessions::routes())
         .merge(usage_reads)
+        .merge(knowledge)
         .merge(usage::admin_routes())
         .merge(billing::routes())
         .merge(runtime_openai)

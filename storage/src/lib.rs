@@ -8,9 +8,11 @@ mod collection;
 mod error;
 mod flusher;
 mod key;
+pub mod knowledge;
 pub mod ledger;
 pub mod records;
 mod store;
+pub mod text_index;
 pub mod wal;
 
 pub use collection::{Collection, Record};

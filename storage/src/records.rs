@@ -156,7 +156,7 @@ impl Record for SemanticEntry {
 }
 
 /// A vector as base64 of its little-endian `f32`s: a quarter of its size as JSON numbers.
-mod f32_base64 {
+pub(crate) mod f32_base64 {
     use base64::{engine::general_purpose::STANDARD, Engine as _};
     use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
 

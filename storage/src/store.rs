@@ -2,6 +2,7 @@ use std::{fs::File, path::Path, sync::Arc};
 
 use crate::{
     flusher::{Flusher, FlusherStatus},
+    knowledge::{ForgottenNote, KnowledgeVector, MemoryNote, NoteExternalRef},
     ledger::LedgerStore,
     records::{
         Account, ApiKey, BillingProfile, CachedAnswer, LocalEndpoint, PaymentAttempt, ProviderKey, SemanticEntry,
@@ -34,6 +35,13 @@ pub struct Store {
     pub answers: Collection<CachedAnswer>,
     /// The semantic cache's prompts and vectors (see [`SemanticEntry`]).
     pub semantic: Collection<SemanticEntry>,
+    /// The knowledge base (see `knowledge.rs`).
+    pub notes: Collection<MemoryNote>,
+    pub note_refs: Collection<NoteExternalRef>,
+    pub forgotten_notes: Collection<ForgottenNote>,
+    pub knowledge_vectors: Collection<KnowledgeVector>,
+    /// The knowledge base's write sequence (see `knowledge.rs`).
+    kb_seq: sled::Tree,
     data_dir: std::path::PathBuf,
     /// The only caller of sled's flush (see `flusher.rs`).
     flusher: Arc<Flusher>,
@@ -66,6 +74,11 @@ impl Store {
             payment_attempts: Collection::open(&db)?,
             answers: Collection::open(&db)?,
             semantic: Collection::open(&db)?,
+            notes: Collection::open(&db)?,
+            note_refs: Collection::open(&db)?,
+            forgotten_notes: Collection::open(&db)?,
+            knowledge_vectors: Collection::open(&db)?,
+            kb_seq: db.open_tree("knowledge_seq")?,
             data_dir: data_dir.to_path_buf(),
             meta,
             flusher,
@@ -75,6 +88,20 @@ impl Store {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// Where the knowledge base's text index lives.
+    pub fn text_index_dir(&self) -> std::path::PathBuf {
+        self.data_dir.join("index").join("text")
+    }
+
+    /// The next knowledge-base write sequence: strictly increasing, across restarts too.
+    pub fn next_kb_seq(&self) -> Result<u64, StorageError> {
+        let next = self.kb_seq.update_and_fetch("seq", |old| {
+            let n = old.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+            Some((n + 1).to_be_bytes().to_vec())
+        })?;
+        Ok(next.and_then(|b| b.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(1))
     }
 
     /// Where the ledger's write-ahead log lives.

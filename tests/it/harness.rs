@@ -220,6 +220,12 @@ impl Gateway {
         status.code()
     }
 
+    /// `kill -9`: no shutdown, as a crash; waits for the process to be gone.
+    pub async fn kill(mut self) {
+        signal(self.pid(), "-KILL");
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.expect("server dies").unwrap();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
     }

@@ -20,6 +20,7 @@ mod hostile;
 mod http_limits;
 mod keys_and_workspaces;
 mod ledger;
+mod memory;
 mod money_once;
 mod payments;
 mod rate_limits;

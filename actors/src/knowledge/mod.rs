@@ -1,0 +1,325 @@
+//! The Knowledge Base: Memory Vault notes, ranked into budgeted context packs.
+//!
+//! - `Knowledge` (this file), the service `engine.knowledge()`: validates, reads, and sends
+//!   every write to the indexer;
+//! - `indexer.rs`: the `indexer` actor, the only writer of knowledge records, of the text
+//!   index (tantivy, `storage::text_index`) and of the vectors (`vectors.rs`); it batches
+//!   concurrent writes into one embedding pass and one commit, and after a crash indexes again
+//!   what was written past the last commit;
+//! - `pack.rs`: context packs: candidates from BM25 and vectors, fused, scored, and packed
+//!   within a token budget counted with the real tokenizer.
+//!
+//! Scope: every record belongs to an account and a workspace (`""` is the account's own
+//! memory). A request reads its workspace and the account's own memory; nothing crosses
+//! accounts.
+
+pub mod indexer;
+pub mod pack;
+pub mod vectors;
+
+use std::{sync::Arc, time::Duration};
+
+use ractor::rpc::CallResult;
+use serde_json::{Map, Value};
+use tokaroo_storage::{text_index::TextIndex, Store};
+
+pub use tokaroo_storage::knowledge::{ForgottenNote, MemoryNote};
+
+use self::{
+    indexer::{IndexerMsg, KbWrite, INDEXER},
+    vectors::VectorSets,
+};
+use crate::{embed::Embedder, error::EngineError, tree::registry::Registry};
+
+/// Note statuses: only `active` notes are indexed and used in packs.
+pub const STATUSES: [&str; 4] = ["active", "pending", "inferred", "archived"];
+const MAX_CONTENT_BYTES: usize = 64 * 1024;
+const MAX_TITLE_CHARS: usize = 500;
+const MAX_SHORT_CHARS: usize = 256;
+const MAX_TAGS: usize = 32;
+const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// How long a write waits for the indexer (embedding and a commit included).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whose records a request reads and writes: an account and one of its workspaces (`""`
+/// for the account's own memory). Built by the HTTP layer from the caller and checked there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KbScope {
+    pub account_id: String,
+    pub workspace: String,
+}
+
+impl KbScope {
+    /// The workspaces a read may see: its own and the account's own memory.
+    pub fn readable(&self) -> Vec<&str> {
+        if self.workspace.is_empty() {
+            vec![""]
+        } else {
+            vec![self.workspace.as_str(), ""]
+        }
+    }
+}
+
+/// A note to create, or to upsert when it names an external id already written.
+#[derive(Debug, Clone, Default)]
+pub struct NoteInput {
+    pub title: Option<String>,
+    pub content: String,
+    pub kind: Option<String>,
+    pub tags: Vec<String>,
+    pub importance: Option<f64>,
+    pub confidence: Option<f64>,
+    pub metadata: Map<String, Value>,
+    pub status: Option<String>,
+    pub external_source: Option<String>,
+    pub external_id: Option<String>,
+}
+
+/// A change to a note; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct NotePatch {
+    pub title: Option<String>,
+    pub content: Option<String>,
+    pub kind: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub importance: Option<f64>,
+    pub confidence: Option<f64>,
+    pub metadata: Option<Map<String, Value>>,
+    pub status: Option<String>,
+    pub external_source: Option<Option<String>>,
+    pub external_id: Option<Option<String>>,
+}
+
+/// `GET /v1/memory/notes` filters.
+#[derive(Debug, Clone, Default)]
+pub struct NoteFilter {
+    pub status: Option<String>,
+    pub kind: Option<String>,
+    pub limit: usize,
+}
+
+/// The service: `engine.knowledge()`.
+#[derive(Clone)]
+pub struct Knowledge(Arc<KnowledgeParts>);
+
+pub(crate) struct KnowledgeParts {
+    pub(crate) store: Store,
+    pub(crate) text: Arc<TextIndex>,
+    pub(crate) vectors: Arc<VectorSets>,
+    pub(crate) embedder: Embedder,
+    registry: Registry,
+}
+
+impl Knowledge {
+    pub(crate) fn open(store: Store, embedder: Embedder, registry: Registry) -> Result<Self, EngineError> {
+        let text = Arc::new(TextIndex::open(&store.text_index_dir())?);
+        Ok(Self(Arc::new(KnowledgeParts { store, text, vectors: Arc::default(), embedder, registry })))
+    }
+
+    pub(crate) fn parts(&self) -> &Arc<KnowledgeParts> {
+        &self.0
+    }
+
+    /// Creates a note, or updates the one its external id names. Returns it and whether it
+    /// was created.
+    pub async fn upsert_note(&self, scope: &KbScope, input: NoteInput) -> Result<(MemoryNote, bool), EngineError> {
+        validate_input(&input)?;
+        match self.write(KbWrite::Upsert(scope.clone(), input)).await? {
+            indexer::Written::Note(note, created) => Ok((note, created)),
+            indexer::Written::Forgotten(_) => Err(EngineError::Internal("the indexer answered another write".into())),
+        }
+    }
+
+    pub async fn patch_note(&self, scope: &KbScope, id: &str, patch: NotePatch) -> Result<MemoryNote, EngineError> {
+        validate_patch(&patch)?;
+        self.note_write(KbWrite::Patch(scope.clone(), id.to_owned(), patch)).await
+    }
+
+    /// Makes a pending or inferred note active (used in packs from now on).
+    pub async fn approve_note(&self, scope: &KbScope, id: &str) -> Result<MemoryNote, EngineError> {
+        let patch = NotePatch { status: Some("active".into()), ..NotePatch::default() };
+        self.note_write(KbWrite::Patch(scope.clone(), id.to_owned(), patch)).await
+    }
+
+    /// Forgets a note: gone from every index and pack at once; an audit record stays.
+    pub async fn forget_note(&self, scope: &KbScope, id: &str, by: &str) -> Result<ForgottenNote, EngineError> {
+        match self.write(KbWrite::Forget(scope.clone(), id.to_owned(), by.to_owned())).await? {
+            indexer::Written::Forgotten(audit) => Ok(audit),
+            indexer::Written::Note(..) => Err(EngineError::Internal("the indexer answered another write".into())),
+        }
+    }
+
+    /// A note of this scope (its workspace only).
+    pub fn note(&self, scope: &KbScope, id: &str) -> Result<MemoryNote, EngineError> {
+        match self.0.store.notes.get(&(scope.account_id.as_str(), id))? {
+            Some(note) if note.workspace == scope.workspace => Ok(note),
+            _ => Err(EngineError::NotFound { what: "memory note" }),
+        }
+    }
+
+    /// The scope's notes, newest first.
+    pub fn list_notes(&self, scope: &KbScope, filter: &NoteFilter) -> Result<Vec<MemoryNote>, EngineError> {
+        let mut notes: Vec<MemoryNote> = self
+            .0
+            .store
+            .notes
+            .scan_prefix(&(scope.account_id.as_str(),))?
+            .into_iter()
+            .filter(|n| n.workspace == scope.workspace)
+            .filter(|n| filter.status.as_ref().is_none_or(|s| &n.status == s))
+            .filter(|n| filter.kind.as_ref().is_none_or(|k| &n.kind == k))
+            .collect();
+        notes.sort_by(|a, b| b.updated_at_ms.cmp(&a.updated_at_ms).then_with(|| b.id.cmp(&a.id)));
+        notes.truncate(filter.limit);
+        Ok(notes)
+    }
+
+    /// The audit records of the scope's forgotten notes.
+    pub fn forgotten_notes(&self, scope: &KbScope) -> Result<Vec<ForgottenNote>, EngineError> {
+        let all = self.0.store.forgotten_notes.scan_prefix(&(scope.account_id.as_str(),))?;
+        Ok(all.into_iter().filter(|f| f.workspace == scope.workspace).collect())
+    }
+
+    async fn note_write(&self, write: KbWrite) -> Result<MemoryNote, EngineError> {
+        match self.write(write).await? {
+            indexer::Written::Note(note, _) => Ok(note),
+            indexer::Written::Forgotten(_) => Err(EngineError::Internal("the indexer answered another write".into())),
+        }
+    }
+
+    async fn write(&self, write: KbWrite) -> Result<indexer::Written, EngineError> {
+        let actor = self.indexer().await?;
+        match actor.call(|reply| IndexerMsg::Write(Box::new(write), reply), Some(WRITE_TIMEOUT)).await {
+            Ok(CallResult::Success(result)) => result,
+            Ok(CallResult::Timeout) => Err(EngineError::Unavailable("the knowledge base indexer timed out".into())),
+            Ok(CallResult::SenderError) | Err(_) => {
+                Err(EngineError::Unavailable("the knowledge base indexer is restarting; retry shortly".into()))
+            }
+        }
+    }
+
+    async fn indexer(&self) -> Result<ractor::ActorRef<IndexerMsg>, EngineError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(actor) = self.0.registry.actor::<IndexerMsg>(INDEXER) {
+                return Ok(actor);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(EngineError::Unavailable("the knowledge base indexer is restarting; retry shortly".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>) -> EngineError {
+    EngineError::Invalid(message.into())
+}
+
+fn check_short(name: &str, value: &str, max: usize) -> Result<(), EngineError> {
+    if value.chars().count() > max {
+        return Err(invalid(format!("{name} is longer than {max} characters")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(format!("{name} must not contain control characters")));
+    }
+    Ok(())
+}
+
+fn check_unit(name: &str, value: Option<f64>) -> Result<(), EngineError> {
+    match value {
+        Some(v) if !(0.0..=1.0).contains(&v) => Err(invalid(format!("{name} must be between 0 and 1"))),
+        _ => Ok(()),
+    }
+}
+
+fn check_content(content: &str) -> Result<(), EngineError> {
+    if content.trim().is_empty() {
+        return Err(invalid("content must not be empty"));
+    }
+    if content.len() > MAX_CONTENT_BYTES {
+        return Err(invalid(format!(
+            "content is larger than {MAX_CONTENT_BYTES} bytes; split it into notes or add it as a source"
+        )));
+    }
+    Ok(())
+}
+
+fn check_common(
+    title: Option<&str>,
+    kind: Option<&str>,
+    tags: Option<&[String]>,
+    status: Option<&str>,
+    metadata: Option<&Map<String, Value>>,
+    external: [Option<&str>; 2],
+) -> Result<(), EngineError> {
+    if let Some(title) = title {
+        check_short("title", &title.replace(['\n', '\t'], " "), MAX_TITLE_CHARS)?;
+    }
+    if let Some(kind) = kind {
+        check_short("kind", kind, 64)?;
+        if kind.trim().is_empty() {
+            return Err(invalid("kind must not be empty"));
+        }
+    }
+    if let Some(tags) = tags {
+        if tags.len() > MAX_TAGS {
+            return Err(invalid(format!("at most {MAX_TAGS} tags")));
+        }
+        for tag in tags {
+            check_short("a tag", tag, 64)?;
+        }
+    }
+    if let Some(status) = status {
+        if !STATUSES.contains(&status) {
+            return Err(invalid(format!("status must be one of {}", STATUSES.join(", "))));
+        }
+    }
+    if let Some(metadata) = metadata {
+        if serde_json::to_vec(metadata).map(|b| b.len()).unwrap_or(usize::MAX) > MAX_METADATA_BYTES {
+            return Err(invalid(format!("metadata is larger than {MAX_METADATA_BYTES} bytes")));
+        }
+    }
+    for (name, value) in ["external_source", "external_id"].into_iter().zip(external) {
+        if let Some(value) = value {
+            check_short(name, value, MAX_SHORT_CHARS)?;
+            if value.is_empty() {
+                return Err(invalid(format!("{name} must not be empty")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_input(input: &NoteInput) -> Result<(), EngineError> {
+    check_content(&input.content)?;
+    check_unit("importance", input.importance)?;
+    check_unit("confidence", input.confidence)?;
+    if input.external_id.is_some() != input.external_source.is_some() {
+        return Err(invalid("external_source and external_id go together"));
+    }
+    check_common(
+        input.title.as_deref(),
+        input.kind.as_deref(),
+        Some(&input.tags),
+        input.status.as_deref(),
+        Some(&input.metadata),
+        [input.external_source.as_deref(), input.external_id.as_deref()],
+    )
+}
+
+fn validate_patch(patch: &NotePatch) -> Result<(), EngineError> {
+    if let Some(content) = &patch.content {
+        check_content(content)?;
+    }
+    check_unit("importance", patch.importance)?;
+    check_unit("confidence", patch.confidence)?;
+    check_common(
+        patch.title.as_deref(),
+        patch.kind.as_deref(),
+        patch.tags.as_deref(),
+        patch.status.as_deref(),
+        patch.metadata.as_ref(),
+        [patch.external_source.clone().flatten().as_deref(), patch.external_id.clone().flatten().as_deref()],
+    )
+}
