@@ -47,8 +47,11 @@ async fn notes_are_written_upserted_approved_and_forgotten_and_packs_follow() {
     assert!(found["trace_id"].as_str().unwrap().starts_with("ctx_"));
     let included = &found["telemetry"]["included"][0];
     assert_eq!(included["id"], dog["id"]);
-    for component in ["bm25", "vector", "relevance", "importance", "confidence", "recency"] {
+    for component in ["relevance", "importance", "confidence", "recency"] {
         assert!(included["components"][component].is_number(), "{component}: {included}");
+    }
+    for component in ["bm25", "cosine", "bm25_norm", "cosine_norm", "base", "neighbour", "thread", "author"] {
+        assert!(!included["components"]["fusion"][component].is_null(), "{component}: {included}");
     }
 
     // Upsert by external id: the same note, changed.
@@ -236,7 +239,8 @@ async fn a_crash_between_the_record_write_and_the_index_commit_loses_nothing() {
     let key = gw.first_key.clone().unwrap_or(key);
     let found = pack(&gw, &key, json!({"query": "Which port does the staging database use?"})).await;
     assert_eq!(ids(&found).first().map(String::as_str), kept["id"].as_str(), "{found:#}");
-    assert!(found["telemetry"]["included"][0]["components"]["bm25"].as_f64().unwrap() > 0.0, "text index rebuilt");
+    let fusion = &found["telemetry"]["included"][0]["components"]["fusion"];
+    assert!(fusion["bm25"].as_f64().unwrap() > 0.0, "text index rebuilt: {fusion}");
     let tree = gw.actor_tree().await;
     let indexer = find_actor(&tree, "indexer").expect("the indexer in the tree");
     assert_eq!(indexer["snapshot"]["recovered_at_start"], 1, "{indexer}");

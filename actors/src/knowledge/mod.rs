@@ -15,6 +15,7 @@
 
 pub mod indexer;
 pub mod pack;
+pub mod rank;
 pub mod vectors;
 
 use std::{sync::Arc, time::Duration};

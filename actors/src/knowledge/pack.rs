@@ -5,8 +5,9 @@
 //! Ranking (weights in [`RankWeights`], documented in the README):
 //! 1. candidates: the best `CANDIDATES` of BM25 (text index) and of cosine similarity
 //!    (vectors) among the notes the scope may read;
-//! 2. relevance: each retriever's scores normalised to [0, 1] by the best candidate's, then
-//!    `relevance = w_text · bm25 + w_vector · cosine`;
+//! 2. relevance: `rank::rank`, the fusion measured on LoCoMo (normalised weighted scores,
+//!    neighbour and thread terms for notes that say `thread`/`position` in their metadata,
+//!    an author cue for `author`);
 //! 3. score: `relevance · (1 − w_meta + w_meta · (importance + confidence) / 2) ·
 //!    (1 − w_recency + w_recency · 0.5^(age / half_life))`.
 //!
@@ -19,7 +20,11 @@ use std::collections::HashMap;
 use serde::Serialize;
 use tokaroo_storage::knowledge::MemoryNote;
 
-use super::{indexer::NOTE, KbScope, Knowledge};
+use super::{
+    indexer::NOTE,
+    rank::{self, Candidate, FusionParams},
+    KbScope, Knowledge,
+};
 use crate::{chat::tokenizer, error::EngineError};
 
 /// Candidates taken from each retriever.
@@ -30,8 +35,7 @@ const MAX_QUERY_CHARS: usize = 8000;
 
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct RankWeights {
-    pub text: f64,
-    pub vector: f64,
+    pub fusion: FusionParams,
     /// How much importance and confidence move the score.
     pub meta: f64,
     /// How much recency moves the score, and its half-life.
@@ -41,7 +45,7 @@ pub struct RankWeights {
 
 impl Default for RankWeights {
     fn default() -> Self {
-        Self { text: 0.5, vector: 0.5, meta: 0.3, recency: 0.2, half_life_days: 90.0 }
+        Self { fusion: FusionParams::default(), meta: 0.3, recency: 0.2, half_life_days: 90.0 }
     }
 }
 
@@ -54,10 +58,10 @@ pub struct PackItem {
     pub components: Components,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Default)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct Components {
-    pub bm25: f64,
-    pub vector: f64,
+    /// The fusion's parts (raw and normalised retriever scores, neighbour, thread, author).
+    pub fusion: rank::Components,
     pub relevance: f64,
     pub importance: f64,
     pub confidence: f64,
@@ -122,32 +126,50 @@ impl Knowledge {
         crate::embed::l2_normalise(&mut query_vector);
         let vector_hits = parts.vectors.search(&scope.account_id, &readable, &[NOTE], &query_vector, CANDIDATES);
 
-        let best_bm25 = text_hits.iter().map(|(_, s)| f64::from(*s)).fold(0.0, f64::max);
-        let best_cosine = vector_hits.iter().map(|(_, s)| f64::from(*s)).fold(0.0, f64::max);
-        let mut candidates: HashMap<String, Components> = HashMap::new();
-        for (key, score) in &text_hits {
-            candidates.entry(key.clone()).or_default().bm25 =
-                if best_bm25 > 0.0 { f64::from(*score) / best_bm25 } else { 0.0 };
-        }
-        for (key, cosine) in &vector_hits {
-            candidates.entry(key.clone()).or_default().vector =
-                if best_cosine > 0.0 { (f64::from(*cosine) / best_cosine).max(0.0) } else { 0.0 };
-        }
-        let now = crate::clock::now_ms();
-        let mut ranked = Vec::with_capacity(candidates.len());
-        let candidate_count = candidates.len();
-        for (key, mut c) in candidates {
+        // The notes behind both candidate lists, as the fusion needs them.
+        let mut notes: HashMap<String, MemoryNote> = HashMap::new();
+        for key in text_hits.iter().chain(&vector_hits).map(|(key, _)| key) {
             let Some(id) = key.strip_prefix("note:") else { continue };
-            // The indexes may lag a forget by a commit; the record is the truth.
-            let Some(note) = parts.store.notes.get(&(scope.account_id.as_str(), id))? else { continue };
-            if note.status != "active" || !readable.contains(&note.workspace.as_str()) {
+            if notes.contains_key(id) {
                 continue;
             }
-            c.relevance = weights.text * c.bm25 + weights.vector * c.vector;
-            c.importance = note.importance;
-            c.confidence = note.confidence;
+            // The indexes may lag a forget by a commit; the record is the truth.
+            let Some(note) = parts.store.notes.get(&(scope.account_id.as_str(), id))? else { continue };
+            if note.status == "active" && readable.contains(&note.workspace.as_str()) {
+                notes.insert(note.id.clone(), note);
+            }
+        }
+        let candidate = |key: &str, bm25: Option<f32>, cosine: Option<f32>| {
+            let note = notes.get(key.strip_prefix("note:")?)?;
+            Some(Candidate {
+                id: note.id.clone(),
+                bm25,
+                cosine,
+                thread: note.metadata.get("thread").and_then(|v| v.as_str()).map(str::to_owned),
+                position: note.metadata.get("position").and_then(|v| v.as_i64()),
+                created_at_ms: note.created_at_ms,
+                author: note.metadata.get("author").and_then(|v| v.as_str()).map(str::to_owned),
+            })
+        };
+        let candidates: Vec<Candidate> = text_hits
+            .iter()
+            .filter_map(|(key, score)| candidate(key, Some(*score), None))
+            .chain(vector_hits.iter().filter_map(|(key, cosine)| candidate(key, None, Some(*cosine))))
+            .collect();
+        let now = crate::clock::now_ms();
+        let fused = rank::rank(query, candidates, &weights.fusion);
+        let candidate_count = fused.len();
+        let mut ranked = Vec::with_capacity(fused.len());
+        for r in fused {
+            let Some(note) = notes.remove(&r.id) else { continue };
             let age_days = ((now - note.updated_at_ms).max(0) as f64) / 86_400_000.0;
-            c.recency = 0.5f64.powf(age_days / weights.half_life_days);
+            let c = Components {
+                fusion: r.components,
+                relevance: r.score,
+                importance: note.importance,
+                confidence: note.confidence,
+                recency: 0.5f64.powf(age_days / weights.half_life_days),
+            };
             let score = c.relevance
                 * (1.0 - weights.meta + weights.meta * (c.importance + c.confidence) / 2.0)
                 * (1.0 - weights.recency + weights.recency * c.recency);
