@@ -333,6 +333,7 @@ pub struct LimitsConfig {
     pub workspaces_per_account: usize,
     pub provider_keys_per_account: usize,
     pub endpoints_per_account: usize,
+    pub memory_notes_per_account: usize,
 }
 
 impl Default for LimitsConfig {
@@ -343,6 +344,7 @@ impl Default for LimitsConfig {
             workspaces_per_account: d.workspaces,
             provider_keys_per_account: d.provider_keys,
             endpoints_per_account: d.endpoints,
+            memory_notes_per_account: d.memory_notes,
         }
     }
 }
@@ -356,6 +358,7 @@ impl Config {
             workspaces: self.limits.workspaces_per_account,
             provider_keys: self.limits.provider_keys_per_account,
             endpoints: self.limits.endpoints_per_account,
+            memory_notes: self.limits.memory_notes_per_account,
         }
     }
 }
@@ -546,6 +549,7 @@ impl Config {
             ("TOKAROO_MAX_WORKSPACES_PER_ACCOUNT", &mut self.limits.workspaces_per_account),
             ("TOKAROO_MAX_PROVIDER_KEYS_PER_ACCOUNT", &mut self.limits.provider_keys_per_account),
             ("TOKAROO_MAX_ENDPOINTS_PER_ACCOUNT", &mut self.limits.endpoints_per_account),
+            ("TOKAROO_MAX_MEMORY_NOTES_PER_ACCOUNT", &mut self.limits.memory_notes_per_account),
         ] {
             if let Some(v) = get(var) {
                 *slot = parse(var, &v)?;

@@ -74,11 +74,20 @@ pub struct AccountLimits {
     pub workspaces: usize,
     pub provider_keys: usize,
     pub endpoints: usize,
+    /// Memory notes a tenant account may hold (all its workspaces together).
+    pub memory_notes: usize,
 }
 
 impl Default for AccountLimits {
     fn default() -> Self {
-        Self { max_rpm: 100_000, keys: 1_000, workspaces: 1_000, provider_keys: 100, endpoints: 100 }
+        Self {
+            max_rpm: 100_000,
+            keys: 1_000,
+            workspaces: 1_000,
+            provider_keys: 100,
+            endpoints: 100,
+            memory_notes: 100_000,
+        }
     }
 }
 

@@ -110,7 +110,13 @@ impl Engine {
             Runtime::new(directory_state.clone(), config.clone(), router, ledger, funding.clone(), cache.clone());
         let embedder_spec = local_model
             .map(|model| EmbedderSpec { model, fallback_reason: embedder.fallback_reason().map(str::to_owned) });
-        let knowledge = crate::knowledge::Knowledge::open(store.clone(), embedder.clone(), registry.clone())?;
+        let knowledge = crate::knowledge::Knowledge::open(
+            store.clone(),
+            embedder.clone(),
+            registry.clone(),
+            directory_state.clone(),
+            config.limits.memory_notes,
+        )?;
         let root = root_spec(
             &directory_state,
             &connections_state,

@@ -246,3 +246,34 @@ async fn a_crash_between_the_record_write_and_the_index_commit_loses_nothing() {
     assert_eq!(indexer["snapshot"]["recovered_at_start"], 1, "{indexer}");
     assert_eq!(indexer["snapshot"]["backlog"], 0);
 }
+
+#[tokio::test]
+async fn a_tenant_holds_at_most_its_cap_of_notes_and_the_operator_is_not_capped() {
+    let gw = Gateway::start_with(Options::default().env("TOKAROO_MAX_MEMORY_NOTES_PER_ACCOUNT", "3")).await;
+    let (tenant_id, tenant) = gw.create_account("tenant").await;
+    let credit = gw.post(&format!("/admin/accounts/{tenant_id}/credits"), ADMIN_TOKEN, json!({"amount_usd": 5})).await;
+    assert!(credit.status.is_success(), "{}", credit.text);
+    let key = gw.post("/v1/keys", &tenant, json!({"name": "k"})).await.body["key"].as_str().unwrap().to_owned();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let n = note(
+            &gw,
+            &key,
+            json!({"content": format!("note {i}"), "external_source": "s", "external_id": format!("{i}")}),
+        )
+        .await;
+        ids.push(n["id"].as_str().unwrap().to_owned());
+    }
+    let over = gw.post("/v1/memory/notes", &key, json!({"content": "one too many"})).await;
+    assert_eq!(over.status, 400, "{}", over.text);
+    assert!(over.text.contains("limits.memory_notes_per_account"), "{}", over.text);
+    // Updating a note it holds is not a new one.
+    note(&gw, &key, json!({"content": "note 0, edited", "external_source": "s", "external_id": "0"})).await;
+    assert_eq!(gw.delete(&format!("/v1/memory/notes/{}", ids[1]), &key).await.status, 200);
+    note(&gw, &key, json!({"content": "room again"})).await;
+    // The operator's account is not capped.
+    let operator = gw.first_key.clone().unwrap();
+    for i in 0..4 {
+        note(&gw, &operator, json!({"content": format!("operator note {i}")})).await;
+    }
+}

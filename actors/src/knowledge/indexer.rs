@@ -11,7 +11,10 @@
 //! deleted from it, and every active note's vector is loaded into memory. A crash between a
 //! record write and the commit thus loses nothing.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use serde_json::json;
@@ -79,6 +82,8 @@ pub struct IndexerState {
     writes: u64,
     /// Notes indexed again at start (written past the last commit).
     recovered: u64,
+    /// Notes per account, for the tenant cap (`limits.memory_notes_per_account`).
+    notes_per_account: HashMap<String, usize>,
     last_error: Option<String>,
 }
 
@@ -107,7 +112,7 @@ struct Change {
 
 impl IndexerActor {
     /// Applies one write to the records; returns its answer and what the indexes must do.
-    fn write_record(&self, write: KbWrite) -> Result<(Written, Change), EngineError> {
+    fn write_record(&self, write: KbWrite, state: &mut IndexerState) -> Result<(Written, Change), EngineError> {
         let store = &self.parts.store;
         let now = crate::clock::now_ms();
         match write {
@@ -126,6 +131,14 @@ impl IndexerActor {
                     None => None,
                 };
                 let created = existing.is_none();
+                let held = state.notes_per_account.get(&scope.account_id).copied().unwrap_or(0);
+                let operator = self.parts.directory.operator_account_id();
+                if created && held >= self.parts.note_cap && operator.as_deref() != Some(scope.account_id.as_str()) {
+                    return Err(EngineError::Invalid(format!(
+                        "this account holds {held} memory notes, the most this server allows \
+                         (limits.memory_notes_per_account); forget some first"
+                    )));
+                }
                 let mut note = existing.unwrap_or_else(|| MemoryNote {
                     id: uuid::Uuid::new_v4().to_string(),
                     account_id: scope.account_id.clone(),
@@ -155,6 +168,9 @@ impl IndexerActor {
                 note.external_source = input.external_source;
                 note.external_id = input.external_id;
                 let change = self.save(note, now)?;
+                if created {
+                    *state.notes_per_account.entry(scope.account_id.clone()).or_default() += 1;
+                }
                 Ok((Written::Note(change.0, created), change.1))
             }
             KbWrite::Patch(scope, id, patch) => {
@@ -249,6 +265,9 @@ impl IndexerActor {
                 let key = note_key(&note.id);
                 store.knowledge_vectors.remove(&(note.account_id.as_str(), key.as_str()))?;
                 store.notes.remove(&(note.account_id.as_str(), note.id.as_str()))?;
+                if let Some(count) = state.notes_per_account.get_mut(&note.account_id) {
+                    *count = count.saturating_sub(1);
+                }
                 let unindex = Some((note.account_id, note.workspace, key));
                 Ok((Written::Forgotten(audit), Change { index: None, unindex }))
             }
@@ -321,11 +340,15 @@ impl IndexerActor {
     }
 
     /// At start: the indexes catch up with the records (see the module's doc).
-    async fn recover(&self) -> Result<(u64, u64), EngineError> {
+    async fn recover(&self) -> Result<(u64, u64, HashMap<String, usize>), EngineError> {
         let parts = &self.parts;
         let committed = parts.text.committed_seq()?;
         let notes = parts.store.notes.all()?;
         let forgotten = parts.store.forgotten_notes.all()?;
+        let mut per_account: HashMap<String, usize> = HashMap::new();
+        for note in &notes {
+            *per_account.entry(note.account_id.clone()).or_default() += 1;
+        }
         let mut behind = Vec::new();
         let mut deletes = Vec::new();
         let embedder = parts.embedder.id().to_string();
@@ -368,7 +391,7 @@ impl IndexerActor {
             .await
             .map_err(|e| EngineError::Internal(format!("text index commit: {e}")))??;
         }
-        Ok((parts.text.committed_seq()?, recovered))
+        Ok((parts.text.committed_seq()?, recovered, per_account))
     }
 }
 
@@ -382,6 +405,7 @@ impl IndexerState {
             batches: 0,
             writes: 0,
             recovered: 0,
+            notes_per_account: HashMap::new(),
             last_error: None,
         }
     }
@@ -393,12 +417,13 @@ impl Actor for IndexerActor {
     type Arguments = ();
 
     async fn pre_start(&self, _me: ActorRef<IndexerMsg>, _: ()) -> Result<IndexerState, ActorProcessingErr> {
-        let (committed, recovered) = self.recover().await?;
+        let (committed, recovered, per_account) = self.recover().await?;
         if recovered > 0 {
             tracing::info!(recovered, "knowledge base: indexed again the notes written past the last commit");
         }
         let mut state = IndexerState::new(committed);
         state.recovered = recovered;
+        state.notes_per_account = per_account;
         Ok(state)
     }
 
@@ -425,7 +450,7 @@ impl Actor for IndexerActor {
                 let mut answers = Vec::with_capacity(batch.len());
                 let mut changes = Vec::new();
                 for (write, reply) in batch {
-                    match self.write_record(*write) {
+                    match self.write_record(*write, state) {
                         Ok((written, change)) => {
                             changes.push(change);
                             answers.push((reply, Ok(written)));

@@ -109,12 +109,22 @@ pub(crate) struct KnowledgeParts {
     pub(crate) vectors: Arc<VectorSets>,
     pub(crate) embedder: Embedder,
     registry: Registry,
+    /// Whose account is not capped (the operator's), and the cap on the others' notes.
+    pub(crate) directory: Arc<crate::directory::state::DirectoryState>,
+    pub(crate) note_cap: usize,
 }
 
 impl Knowledge {
-    pub(crate) fn open(store: Store, embedder: Embedder, registry: Registry) -> Result<Self, EngineError> {
+    pub(crate) fn open(
+        store: Store,
+        embedder: Embedder,
+        registry: Registry,
+        directory: Arc<crate::directory::state::DirectoryState>,
+        note_cap: usize,
+    ) -> Result<Self, EngineError> {
         let text = Arc::new(TextIndex::open(&store.text_index_dir())?);
-        Ok(Self(Arc::new(KnowledgeParts { store, text, vectors: Arc::default(), embedder, registry })))
+        let vectors = Arc::default();
+        Ok(Self(Arc::new(KnowledgeParts { store, text, vectors, embedder, registry, directory, note_cap })))
     }
 
     pub(crate) fn parts(&self) -> &Arc<KnowledgeParts> {
