@@ -16,6 +16,7 @@
 pub mod indexer;
 pub mod pack;
 pub mod rank;
+pub mod sources;
 pub mod vectors;
 
 use std::{sync::Arc, time::Duration};
