@@ -40,6 +40,11 @@ pub fn routes() -> Router<AppState> {
 
 /// The scope a request works in (see the module's doc).
 pub(super) fn scope(state: &AppState, caller: &Caller, workspace_id: Option<&str>) -> Result<KbScope, ApiError> {
+    if workspace_id.is_some_and(|w| w.is_empty() || w.len() > 128 || w.chars().any(char::is_control)) {
+        return Err(ApiError::BadRequest(
+            "workspace_id must be a workspace's id: 1 to 128 characters, no control characters".into(),
+        ));
+    }
     let account_id = caller.account_id().to_owned();
     let workspace = match (caller, workspace_id) {
         (Caller::Key(key), asked) => match (&key.workspace_slug, asked) {
@@ -309,7 +314,15 @@ async fn context_pack(
     let included: Vec<Value> = pack
         .items
         .iter()
-        .map(|item| json!({ "type": "memory", "id": item.note.id, "score": item.score, "tokens": item.tokens, "components": item.components }))
+        .map(|item| {
+            // Raw BM25 and cosine scores are left out: BM25's statistics span every tenant's
+            // documents, so raw scores would tell one tenant about the others' text.
+            let mut components = json!(item.components);
+            for raw in ["bm25", "cosine"] {
+                components["fusion"].as_object_mut().map(|f| f.remove(raw));
+            }
+            json!({ "type": "memory", "id": item.note.id, "score": item.score, "tokens": item.tokens, "components": components })
+        })
         .collect();
     Ok(Json(json!({
         "object": "memory.context_pack",

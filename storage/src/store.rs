@@ -104,6 +104,15 @@ impl Store {
         Ok(next.and_then(|b| b.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(1))
     }
 
+    /// Raises the knowledge-base write sequence to at least `floor` (never lowers it).
+    pub fn raise_kb_seq(&self, floor: u64) -> Result<(), StorageError> {
+        self.kb_seq.update_and_fetch("seq", |old| {
+            let n = old.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+            Some(n.max(floor).to_be_bytes().to_vec())
+        })?;
+        Ok(())
+    }
+
     /// Where the ledger's write-ahead log lives.
     pub fn wal_dir(&self) -> std::path::PathBuf {
         self.data_dir.join("ledger-wal")

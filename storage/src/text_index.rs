@@ -64,7 +64,11 @@ impl TextIndex {
         match Self::try_open(dir) {
             Ok(index) => Ok(index),
             Err(first) => {
-                let aside = dir.with_extension(format!("unreadable-{}", std::process::id()));
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default();
+                let aside = dir.with_extension(format!("unreadable-{nanos}-{}", std::process::id()));
                 std::fs::rename(dir, &aside)
                     .map_err(|e| StorageError::Io { path: dir.display().to_string(), source: e })?;
                 Self::try_open(dir).map_err(|again| error(format!("{first}; then, fresh: {again}")))

@@ -84,6 +84,8 @@ pub struct IndexerState {
     recovered: u64,
     /// Notes per account, for the tenant cap (`limits.memory_notes_per_account`).
     notes_per_account: HashMap<String, usize>,
+    /// Changes of a batch that could not commit, indexed with the next one.
+    retry: Vec<Change>,
     last_error: Option<String>,
 }
 
@@ -292,20 +294,51 @@ impl IndexerActor {
         Ok((note, change))
     }
 
-    /// Embeds, indexes and commits the changes of a batch (records already written).
-    async fn index(&self, changes: Vec<Change>, state: &mut IndexerState) -> Result<(), EngineError> {
+    /// Embeds, indexes and commits the changes of a batch (records already written), after
+    /// any left over from a batch that could not commit: the index never records a sequence
+    /// past a change it does not hold. `commit_seq` overrides the sequence recorded (catching
+    /// up at start commits its intermediate chunks at the old one).
+    async fn index(
+        &self,
+        changes: Vec<Change>,
+        state: &mut IndexerState,
+        commit_seq: Option<u64>,
+    ) -> Result<(), EngineError> {
         let parts = &self.parts;
+        // The last change of each note wins (a note patched then forgotten in one batch is
+        // forgotten); left-over changes go first, so this batch's win over them.
+        let mut last: HashMap<String, Change> = HashMap::new();
+        let mut order = Vec::new();
+        for change in state.retry.drain(..).chain(changes) {
+            let key = change.key();
+            if last.insert(key.clone(), change).is_none() {
+                order.push(key);
+            }
+        }
+        let changes: Vec<Change> = order.into_iter().filter_map(|k| last.remove(&k)).collect();
+        if changes.is_empty() {
+            return Ok(());
+        }
         let notes: Vec<&MemoryNote> = changes.iter().filter_map(|c| c.index.as_ref()).collect();
+        // Without vectors (the embedder failing) a note is still found by its text, and
+        // embedded again at the next start (its vector is missing).
         let embedded = if notes.is_empty() {
             None
         } else {
-            Some(parts.embedder.embed(notes.iter().map(|n| note_text(n)).collect()).await?)
+            match parts.embedder.embed(notes.iter().map(|n| note_text(n)).collect()).await {
+                Ok(embedded) if embedded.vectors.len() == notes.len() => Some(embedded),
+                Ok(_) => None,
+                Err(error) => {
+                    tracing::warn!(%error, "knowledge base: embedding failed; these notes are searchable by text only until the next start");
+                    None
+                }
+            }
         };
         let mut docs = Vec::new();
         for (i, note) in notes.iter().enumerate() {
             let key = note_key(&note.id);
             if let Some(embedded) = &embedded {
-                let mut vector = embedded.vectors.get(i).cloned().unwrap_or_default();
+                let mut vector = embedded.vectors[i].clone();
                 crate::embed::l2_normalise(&mut vector);
                 let record =
                     KnowledgeVector { embedder: embedded.embedder.to_string(), vector: vector.clone(), seq: note.seq };
@@ -325,73 +358,128 @@ impl IndexerActor {
             parts.vectors.remove(account, workspace, key);
             deletes.push(key.clone());
         }
+        let committed = async {
+            let seq = match commit_seq {
+                Some(seq) => seq,
+                None => parts.store.next_kb_seq()?,
+            };
+            parts.store.flush().await?;
+            let text = parts.text.clone();
+            tokio::task::spawn_blocking(move || {
+                text.apply(&docs, &deletes)?;
+                text.commit(seq)
+            })
+            .await
+            .map_err(|e| EngineError::Internal(format!("text index commit: {e}")))??;
+            Ok::<u64, EngineError>(seq)
+        }
+        .await;
+        match committed {
+            Ok(seq) => {
+                state.committed_seq = seq;
+                state.last_commit_ms = Some(crate::clock::now_ms());
+                Ok(())
+            }
+            Err(error) => {
+                // Kept for the next batch: its commit includes them, or fails too.
+                state.retry = changes;
+                Err(error)
+            }
+        }
+    }
+
+    /// At start: the indexes catch up with the records (see the module's doc). Best effort:
+    /// what fails is logged and retried at the next start, and the actor starts anyway, so a
+    /// broken knowledge base never keeps the gateway from serving.
+    async fn recover(&self, state: &mut IndexerState) -> Result<(), EngineError> {
+        let parts = &self.parts;
+        let committed = parts.text.committed_seq()?;
+        state.committed_seq = committed;
+        // A sled restored from an older backup, or a crash before its counter was flushed,
+        // must not hand out sequences the index already claims to hold.
+        parts.store.raise_kb_seq(committed)?;
+        let forgotten = parts.store.forgotten_notes.all()?;
+        // A forget is its audit record first; one cut short by a crash is finished here.
+        for audit in &forgotten {
+            let slot = (audit.account_id.as_str(), audit.note_id.as_str());
+            if parts.store.notes.get(&slot)?.is_some_and(|note| note.seq < audit.seq) {
+                if let Some((source, external)) = audit.external_source.as_deref().zip(audit.external_id.as_deref()) {
+                    let reference = (audit.account_id.as_str(), audit.workspace.as_str(), source, external);
+                    if parts.store.note_refs.get(&reference)?.is_some_and(|r| r.note_id == audit.note_id) {
+                        parts.store.note_refs.remove(&reference)?;
+                    }
+                }
+                let key = note_key(&audit.note_id);
+                parts.store.knowledge_vectors.remove(&(audit.account_id.as_str(), key.as_str()))?;
+                parts.store.notes.remove(&slot)?;
+            }
+        }
+        let notes = parts.store.notes.all()?;
+        let embedder = parts.embedder.id();
+        let mut behind = Vec::new();
+        let mut deletes: Vec<String> =
+            forgotten.iter().filter(|f| f.seq > committed).map(|f| note_key(&f.note_id)).collect();
+        for note in notes {
+            *state.notes_per_account.entry(note.account_id.clone()).or_default() += 1;
+            // A note and its external reference are two writes: the reference is restored.
+            if let Some((source, external)) = note.external_source.as_deref().zip(note.external_id.as_deref()) {
+                let reference = (note.account_id.as_str(), note.workspace.as_str(), source, external);
+                if parts.store.note_refs.get(&reference)?.is_none() {
+                    parts.store.note_refs.insert(&reference, &NoteExternalRef { note_id: note.id.clone() })?;
+                }
+            }
+            let key = note_key(&note.id);
+            if note.status != "active" {
+                if note.seq > committed {
+                    deletes.push(key);
+                }
+                continue;
+            }
+            let stored = parts.store.knowledge_vectors.get(&(note.account_id.as_str(), key.as_str()))?;
+            let current = stored.filter(|v| same_embedder(&v.embedder, &embedder) && v.seq >= note.seq);
+            match current {
+                Some(v) if note.seq <= committed => {
+                    parts.vectors.upsert(&note.account_id, &note.workspace, &key, NOTE, v.vector);
+                }
+                _ => behind.push(note),
+            }
+        }
+        state.recovered = behind.len() as u64;
+        // Intermediate chunks commit at the old sequence: a crash midway leaves the rest
+        // still behind it, so the next start catches up with them too.
+        let chunks: Vec<Vec<MemoryNote>> = behind.chunks(64).map(<[MemoryNote]>::to_vec).collect();
+        for chunk in chunks {
+            let changes = chunk.into_iter().map(|n| Change { index: Some(n), unindex: None }).collect();
+            self.index(changes, state, Some(committed)).await?;
+        }
+        let text = parts.text.clone();
         let seq = parts.store.next_kb_seq()?;
         parts.store.flush().await?;
-        let text = parts.text.clone();
         tokio::task::spawn_blocking(move || {
-            text.apply(&docs, &deletes)?;
+            text.apply(&[], &deletes)?;
             text.commit(seq)
         })
         .await
         .map_err(|e| EngineError::Internal(format!("text index commit: {e}")))??;
         state.committed_seq = seq;
-        state.last_commit_ms = Some(crate::clock::now_ms());
         Ok(())
     }
+}
 
-    /// At start: the indexes catch up with the records (see the module's doc).
-    async fn recover(&self) -> Result<(u64, u64, HashMap<String, usize>), EngineError> {
-        let parts = &self.parts;
-        let committed = parts.text.committed_seq()?;
-        let notes = parts.store.notes.all()?;
-        let forgotten = parts.store.forgotten_notes.all()?;
-        let mut per_account: HashMap<String, usize> = HashMap::new();
-        for note in &notes {
-            *per_account.entry(note.account_id.clone()).or_default() += 1;
+/// Whether a stored vector's embedder (`kind:model:dims`) is `current`: kind and model only,
+/// as a routed model's dims are known only once it has answered.
+fn same_embedder(stored: &str, current: &crate::embed::EmbedderId) -> bool {
+    stored.rsplit_once(':').map(|(kind_model, _)| kind_model)
+        == Some(format!("{}:{}", current.kind.as_str(), current.model).as_str())
+}
+
+impl Change {
+    fn key(&self) -> String {
+        match (&self.index, &self.unindex) {
+            (Some(note), _) => note_key(&note.id),
+            (None, Some((_, _, key))) => key.clone(),
+            (None, None) => String::new(),
         }
-        let mut behind = Vec::new();
-        let mut deletes = Vec::new();
-        let embedder = parts.embedder.id().to_string();
-        for note in &notes {
-            let key = note_key(&note.id);
-            if note.seq > committed {
-                if note.status == "active" {
-                    behind.push(note);
-                } else {
-                    deletes.push(key.clone());
-                }
-            }
-            if note.status != "active" {
-                continue;
-            }
-            let stored = parts.store.knowledge_vectors.get(&(note.account_id.as_str(), key.as_str()))?;
-            match stored {
-                Some(v) if v.embedder == embedder && v.seq >= note.seq => {
-                    parts.vectors.upsert(&note.account_id, &note.workspace, &key, NOTE, v.vector);
-                }
-                // Missing, stale, or another embedder's: made again below.
-                _ if note.seq <= committed => behind.push(note),
-                _ => {}
-            }
-        }
-        deletes.extend(forgotten.iter().filter(|f| f.seq > committed).map(|f| note_key(&f.note_id)));
-        let recovered = behind.len() as u64;
-        let mut state = IndexerState::new(committed);
-        for chunk in behind.chunks(256) {
-            let changes = chunk.iter().map(|n| Change { index: Some((*n).clone()), unindex: None }).collect();
-            self.index(changes, &mut state).await?;
-        }
-        if !deletes.is_empty() {
-            let text = parts.text.clone();
-            let seq = parts.store.next_kb_seq()?;
-            tokio::task::spawn_blocking(move || {
-                text.apply(&[], &deletes)?;
-                text.commit(seq)
-            })
-            .await
-            .map_err(|e| EngineError::Internal(format!("text index commit: {e}")))??;
-        }
-        Ok((parts.text.committed_seq()?, recovered, per_account))
     }
 }
 
@@ -406,6 +494,7 @@ impl IndexerState {
             writes: 0,
             recovered: 0,
             notes_per_account: HashMap::new(),
+            retry: Vec::new(),
             last_error: None,
         }
     }
@@ -417,13 +506,20 @@ impl Actor for IndexerActor {
     type Arguments = ();
 
     async fn pre_start(&self, _me: ActorRef<IndexerMsg>, _: ()) -> Result<IndexerState, ActorProcessingErr> {
-        let (committed, recovered, per_account) = self.recover().await?;
-        if recovered > 0 {
-            tracing::info!(recovered, "knowledge base: indexed again the notes written past the last commit");
+        let mut state = IndexerState::new(0);
+        match self.recover(&mut state).await {
+            Ok(()) if state.recovered > 0 => {
+                tracing::info!(
+                    recovered = state.recovered,
+                    "knowledge base: indexed again the notes written past the last commit"
+                );
+            }
+            Ok(()) => {}
+            Err(error) => {
+                tracing::error!(%error, "knowledge base: catching up at start failed; retried at the next start");
+                state.last_error = Some(error.to_string());
+            }
         }
-        let mut state = IndexerState::new(committed);
-        state.recovered = recovered;
-        state.notes_per_account = per_account;
         Ok(state)
     }
 
@@ -460,7 +556,7 @@ impl Actor for IndexerActor {
                 }
                 state.writes += answers.len() as u64;
                 state.batches += 1;
-                let indexed = self.index(changes, state).await;
+                let indexed = self.index(changes, state, None).await;
                 if let Err(error) = &indexed {
                     tracing::error!(%error, "knowledge base: a batch's records were written but not indexed");
                     state.last_error = Some(error.to_string());
@@ -468,7 +564,8 @@ impl Actor for IndexerActor {
                 for (reply, answer) in answers {
                     let answer = match (&indexed, answer) {
                         (Err(error), Ok(_)) => Err(EngineError::Unavailable(format!(
-                            "written, but not yet searchable ({error}); it will be indexed at the next start"
+                            "written, but not yet searchable ({error}); it is indexed with the next write or at \
+                             the next start"
                         ))),
                         (_, answer) => answer,
                     };
@@ -483,6 +580,7 @@ impl Actor for IndexerActor {
                     "batches": state.batches,
                     "writes": state.writes,
                     "recovered_at_start": state.recovered,
+                    "waiting_for_a_commit": state.retry.len(),
                     "text_documents": self.parts.text.len(),
                     "vectors": self.parts.vectors.len(),
                     "embedder": self.parts.embedder.id().to_string(),

@@ -147,8 +147,19 @@ impl Knowledge {
         self.note_write(KbWrite::Patch(scope.clone(), id.to_owned(), patch)).await
     }
 
-    /// Makes a pending or inferred note active (used in packs from now on).
+    /// Makes a pending or inferred note active (used in packs from now on). An active note
+    /// is answered as it is; an archived one is restored with a patch, not approved.
     pub async fn approve_note(&self, scope: &KbScope, id: &str) -> Result<MemoryNote, EngineError> {
+        let note = self.note(scope, id)?;
+        match note.status.as_str() {
+            "active" => return Ok(note),
+            "archived" => {
+                return Err(EngineError::Conflict(
+                    "this note is archived; restore it with PATCH {\"status\": \"active\"}".into(),
+                ))
+            }
+            _ => {}
+        }
         let patch = NotePatch { status: Some("active".into()), ..NotePatch::default() };
         self.note_write(KbWrite::Patch(scope.clone(), id.to_owned(), patch)).await
     }

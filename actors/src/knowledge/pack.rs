@@ -32,6 +32,8 @@ const CANDIDATES: usize = 100;
 pub const DEFAULT_MAX_TOKENS: u32 = 2000;
 pub const MAX_MAX_TOKENS: u32 = 100_000;
 const MAX_QUERY_CHARS: usize = 8000;
+/// Ranked items whose tokens are counted before the rest are dropped.
+const MAX_ITEMS_LOOKED_AT: usize = 64;
 
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct RankWeights {
@@ -173,11 +175,18 @@ impl Knowledge {
             let score = c.relevance
                 * (1.0 - weights.meta + weights.meta * (c.importance + c.confidence) / 2.0)
                 * (1.0 - weights.recency + weights.recency * c.recency);
-            ranked.push(PackItem { tokens: tokenizer::count(&render(&note)), note, score, components: c });
+            ranked.push(PackItem { tokens: 0, note, score, components: c });
         }
         ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.note.id.cmp(&b.note.id)));
         let (mut items, mut used, mut dropped) = (Vec::new(), 0u32, 0usize);
-        for item in ranked {
+        for (looked_at, mut item) in ranked.into_iter().enumerate() {
+            // Counting is the costly part (notes run to 64 KB): once the budget is nearly
+            // spent or many items were looked at, the rest are dropped uncounted.
+            if used >= max_tokens || looked_at >= MAX_ITEMS_LOOKED_AT {
+                dropped += 1;
+                continue;
+            }
+            item.tokens = tokenizer::count(&render(&item.note));
             if used + item.tokens <= max_tokens {
                 used += item.tokens;
                 items.push(item);
