@@ -13,8 +13,10 @@ use tantivy::{
     collector::TopDocs,
     directory::MmapDirectory,
     query::{BooleanQuery, ConstScoreQuery, Occur, Query, TermQuery},
-    schema::{Field, IndexRecordOption, Schema, Value, STORED, STRING, TEXT},
-    tokenizer::TokenStream,
+    schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING},
+    tokenizer::{
+        Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer, TokenStream,
+    },
     Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term,
 };
 
@@ -24,6 +26,18 @@ use crate::StorageError;
 const WRITER_HEAP_BYTES: usize = 32 << 20;
 /// Query terms past this many are ignored (a pasted essay is not a better query).
 const MAX_QUERY_TERMS: usize = 64;
+/// The text field's analyser: words lower-cased, English stop words out, stemmed. Stop words
+/// and stemming each measured better on LoCoMo (docs/research/locomo/REPORT.md).
+const ANALYZER: &str = "kb_en";
+
+fn analyzer() -> TextAnalyzer {
+    let builder =
+        TextAnalyzer::builder(SimpleTokenizer::default()).filter(RemoveLongFilter::limit(40)).filter(LowerCaser);
+    match StopWordFilter::new(Language::English) {
+        Some(stop_words) => builder.filter(stop_words).filter(Stemmer::new(Language::English)).build(),
+        None => builder.filter(Stemmer::new(Language::English)).build(),
+    }
+}
 
 /// One document of the index.
 #[derive(Debug, Clone)]
@@ -84,10 +98,19 @@ impl TextIndex {
             account: schema.add_text_field("account", STRING),
             workspace: schema.add_text_field("workspace", STRING),
             kind: schema.add_text_field("kind", STRING),
-            text: schema.add_text_field("text", TEXT),
+            text: schema.add_text_field(
+                "text",
+                TextOptions::default().set_indexing_options(
+                    TextFieldIndexing::default()
+                        .set_tokenizer(ANALYZER)
+                        .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+                ),
+            ),
         };
         let directory = MmapDirectory::open(dir).map_err(error)?;
         let index = Index::open_or_create(directory, schema.build()).map_err(error)?;
+        // Analysers are not stored with the index: registered at every open.
+        index.tokenizers().register(ANALYZER, analyzer());
         let writer = index.writer_with_num_threads(1, WRITER_HEAP_BYTES).map_err(error)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(error)?;
         Ok(Self { index, reader, writer: Mutex::new(writer), fields })
@@ -243,8 +266,11 @@ mod tests {
                 )
                 .unwrap();
             index.commit(7).unwrap();
+            // "the" and "to" are stop words: the question finds only the note it is about.
             let found = index.search("a", &[""], &["note"], "When did Caroline go to the support group?", 10).unwrap();
             assert_eq!(found.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["n1"], "{found:?}");
+            let stemmed = index.search("a", &[""], &["note"], "paintings", 10).unwrap();
+            assert_eq!(stemmed.first().map(|(k, _)| k.as_str()), Some("n2"), "stemmed: {stemmed:?}");
             let both = index.search("a", &["", "ws"], &["note"], "support group", 10).unwrap();
             assert_eq!(both.len(), 2);
             assert!(index.search("a", &[""], &["chunk"], "support", 10).unwrap().is_empty(), "another kind");
