@@ -34,6 +34,12 @@ use crate::{
 };
 
 pub const INDEXER: &str = "indexer";
+/// Writes per batch: a burst is cut into batches, and each batch takes the accounts in turn,
+/// so one tenant's burst does not hold another's single write for long.
+const MAX_BATCH_WRITES: usize = 128;
+/// Queued writes past these answer 503: the queue stays bounded whoever floods it.
+const MAX_BACKLOG: usize = 10_000;
+const MAX_BACKLOG_PER_ACCOUNT: usize = 1_000;
 /// The kind of a note's documents in the text index and the vectors.
 pub const NOTE: &str = "note";
 
@@ -46,6 +52,46 @@ pub enum KbWrite {
     Forget(KbScope, String, String),
 }
 
+impl KbWrite {
+    fn account_id(&self) -> &str {
+        match self {
+            Self::Upsert(scope, _) | Self::Patch(scope, _, _) | Self::Forget(scope, _, _) => &scope.account_id,
+        }
+    }
+}
+
+/// Up to `max` queued writes, one per account in turn (each account's in order). Writes
+/// whose caller stopped waiting are dropped unapplied: the caller was told it failed, and
+/// may send it again.
+fn take_fairly(queue: &mut VecDeque<Queued>, max: usize) -> Vec<Queued> {
+    queue.retain(|(_, reply)| !reply.is_closed());
+    let mut by_account: Vec<(String, VecDeque<Queued>)> = Vec::new();
+    for (write, reply) in queue.drain(..) {
+        let account = write.account_id().to_owned();
+        match by_account.iter_mut().find(|(a, _)| *a == account) {
+            Some((_, writes)) => writes.push_back((write, reply)),
+            None => by_account.push((account, VecDeque::from([(write, reply)]))),
+        }
+    }
+    let mut batch = Vec::new();
+    while batch.len() < max && by_account.iter().any(|(_, w)| !w.is_empty()) {
+        for (_, writes) in by_account.iter_mut() {
+            if batch.len() < max {
+                batch.extend(writes.pop_front());
+            }
+        }
+    }
+    // The rest go back in their arrival order within each account.
+    let mut rest: VecDeque<_> = VecDeque::new();
+    while by_account.iter().any(|(_, w)| !w.is_empty()) {
+        for (_, writes) in by_account.iter_mut() {
+            rest.extend(writes.pop_front());
+        }
+    }
+    *queue = rest;
+    batch
+}
+
 /// What a write produced.
 #[derive(Debug)]
 pub enum Written {
@@ -55,6 +101,8 @@ pub enum Written {
 }
 
 type Reply = RpcReplyPort<Result<Written, EngineError>>;
+/// A write waiting for its batch, and who waits for its answer.
+type Queued = (Box<KbWrite>, Reply);
 
 pub enum IndexerMsg {
     Write(Box<KbWrite>, Reply),
@@ -74,7 +122,7 @@ impl TreeMsg for IndexerMsg {
 }
 
 pub struct IndexerState {
-    queue: VecDeque<(Box<KbWrite>, Reply)>,
+    queue: VecDeque<Queued>,
     scheduled: bool,
     committed_seq: u64,
     last_commit_ms: Option<i64>,
@@ -531,6 +579,14 @@ impl Actor for IndexerActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             IndexerMsg::Write(write, reply) => {
+                let account = write.account_id();
+                let queued = state.queue.iter().filter(|(w, _)| w.account_id() == account).count();
+                if state.queue.len() >= MAX_BACKLOG || queued >= MAX_BACKLOG_PER_ACCOUNT {
+                    let _ = reply.send(Err(EngineError::Unavailable(
+                        "the knowledge base has too many writes queued; retry shortly".into(),
+                    )));
+                    return Ok(());
+                }
                 state.queue.push_back((write, reply));
                 if !state.scheduled {
                     state.scheduled = true;
@@ -539,7 +595,11 @@ impl Actor for IndexerActor {
             }
             IndexerMsg::RunBatch => {
                 state.scheduled = false;
-                let batch: Vec<(Box<KbWrite>, Reply)> = state.queue.drain(..).collect();
+                let batch = take_fairly(&mut state.queue, MAX_BATCH_WRITES);
+                if !state.queue.is_empty() {
+                    state.scheduled = true;
+                    me.cast(IndexerMsg::RunBatch)?;
+                }
                 if batch.is_empty() {
                     return Ok(());
                 }
@@ -606,5 +666,47 @@ impl ChildSpec for IndexerSpec {
     }
     fn spawn(&self, at: SpawnAt) -> BoxFuture<Result<ChildRef, SpawnErr>> {
         Box::pin(spawn_linked(IndexerActor { parts: self.parts.clone() }, (), at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(account: &str, n: usize) -> (Queued, tokio::sync::oneshot::Receiver<Result<Written, EngineError>>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let scope = KbScope { account_id: account.into(), workspace: String::new() };
+        let input = NoteInput { content: format!("{account} {n}"), ..NoteInput::default() };
+        ((Box::new(KbWrite::Upsert(scope, input)), RpcReplyPort::from(tx)), rx)
+    }
+
+    fn label(queued: &Queued) -> String {
+        match &*queued.0 {
+            KbWrite::Upsert(_, input) => input.content.clone(),
+            _ => unreachable!(),
+        }
+    }
+
+    /// One tenant's burst and another's single write: the single write goes in the first
+    /// batch, each tenant's writes stay in order, and abandoned writes are dropped.
+    #[test]
+    fn batches_take_accounts_in_turn_and_drop_abandoned_writes() {
+        let mut queue = VecDeque::new();
+        let mut waiting = Vec::new();
+        for n in 0..5 {
+            let (queued, rx) = write("flood", n);
+            queue.push_back(queued);
+            waiting.push(rx);
+        }
+        let (queued, rx) = write("quiet", 0);
+        queue.push_back(queued);
+        drop(rx); // its caller gave up
+        let (queued, _quiet) = write("quiet", 1);
+        queue.push_back(queued);
+        let first: Vec<String> = take_fairly(&mut queue, 3).iter().map(label).collect();
+        assert_eq!(first, ["flood 0", "quiet 1", "flood 1"]);
+        let rest: Vec<String> = take_fairly(&mut queue, 10).iter().map(label).collect();
+        assert_eq!(rest, ["flood 2", "flood 3", "flood 4"]);
+        assert!(queue.is_empty());
     }
 }
