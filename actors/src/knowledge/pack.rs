@@ -101,6 +101,17 @@ impl Knowledge {
         query: &str,
         max_tokens: u32,
     ) -> Result<ContextPack, EngineError> {
+        self.context_pack_with(scope, query, max_tokens, RankWeights::default()).await
+    }
+
+    /// The same with other weights (the LoCoMo evaluation compares the retrievers alone).
+    pub async fn context_pack_with(
+        &self,
+        scope: &KbScope,
+        query: &str,
+        max_tokens: u32,
+        weights: RankWeights,
+    ) -> Result<ContextPack, EngineError> {
         if query.trim().is_empty() {
             return Err(EngineError::Invalid("query must not be empty".into()));
         }
@@ -111,7 +122,6 @@ impl Knowledge {
             return Err(EngineError::Invalid(format!("max_tokens must be between 1 and {MAX_MAX_TOKENS}")));
         }
         let parts = self.parts();
-        let weights = RankWeights::default();
         let readable = scope.readable();
         let text_hits = {
             let (text, account, query) = (parts.text.clone(), scope.account_id.clone(), query.to_owned());
