@@ -23,6 +23,7 @@ use hnsw_rs::prelude::{Distance, Hnsw};
 use tokaroo_storage::records::SemanticEntry;
 
 use super::guards::{disagreement, Disagreement, PromptFeatures};
+use crate::embed::dot;
 
 /// Graph parameters: 16 links per node and a 64-wide beam at build and search keep recall
 /// near 1 on 384-dim sentence vectors at 100k entries while a search stays around a
@@ -58,10 +59,6 @@ impl Distance<f32> for UnitCosine {
             2.0
         }
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// What a lookup asks: the request's last user message, its vector, and the hash of the

@@ -146,16 +146,10 @@ impl Embedder {
 }
 
 async fn find_actor(registry: &Registry) -> Result<ractor::ActorRef<actor::EmbedderMsg>, EngineError> {
-    let deadline = tokio::time::Instant::now() + RESTART_WAIT;
-    loop {
-        if let Some(actor) = registry.actor::<actor::EmbedderMsg>(actor::EMBEDDER) {
-            return Ok(actor);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(EngineError::Unavailable("the embedder is restarting; retry shortly".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    registry
+        .wait_for(actor::EMBEDDER, RESTART_WAIT)
+        .await
+        .ok_or_else(|| EngineError::Unavailable("the embedder is restarting; retry shortly".into()))
 }
 
 /// Chooses and loads the embedder: the neural model on a blocking thread (reading and
@@ -219,9 +213,14 @@ pub(crate) fn l2_normalise(vector: &mut [f32]) {
     }
 }
 
+/// The dot product: for unit vectors (what the local kinds make), their cosine similarity.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
 /// Cosine similarity; for unit vectors, their dot product.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let dot = dot(a, b);
     let norms = a.iter().map(|x| x * x).sum::<f32>().sqrt() * b.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norms == 0.0 {
         0.0

@@ -222,16 +222,11 @@ impl Knowledge {
     }
 
     async fn indexer(&self) -> Result<ractor::ActorRef<IndexerMsg>, EngineError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(actor) = self.0.registry.actor::<IndexerMsg>(INDEXER) {
-                return Ok(actor);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(EngineError::Unavailable("the knowledge base indexer is restarting; retry shortly".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.0
+            .registry
+            .wait_for(INDEXER, Duration::from_secs(5))
+            .await
+            .ok_or_else(|| EngineError::Unavailable("the knowledge base indexer is restarting; retry shortly".into()))
     }
 }
 

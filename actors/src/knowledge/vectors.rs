@@ -77,7 +77,7 @@ impl VectorSets {
             let Some(scope) = self.scopes.get(&(account.to_owned(), (*workspace).to_owned())) else { continue };
             let scope = scope.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             for s in scope.stored.iter().filter(|s| kinds.contains(&s.kind.as_str()) && s.vector.len() == query.len()) {
-                let cosine: f32 = s.vector.iter().zip(query).map(|(a, b)| a * b).sum();
+                let cosine = crate::embed::dot(&s.vector, query);
                 if cosine.is_finite() {
                     found.push((s.key.clone(), cosine));
                 }

@@ -84,6 +84,21 @@ impl Registry {
         self.0.get(name).and_then(|e| e.value().actor::<M>())
     }
 
+    /// The actor named `name`, waiting up to `within` for it to be back if it is
+    /// restarting; `None` if it is not back by then.
+    pub async fn wait_for<M: TreeMsg>(&self, name: &str, within: std::time::Duration) -> Option<ActorRef<M>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(actor) = self.actor::<M>(name) {
+                return Some(actor);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub(crate) fn register(&self, name: String, child: ChildRef) {
         self.0.insert(name, child);
     }
