@@ -21,6 +21,7 @@ use tokaroo_actors::knowledge::{
 use super::{
     error::ApiError,
     extract::{Caller, JsonBody, QueryParams},
+    memory_graph::{entity_json, event_json, link_json},
     wire::{double_option, iso},
     AppState,
 };
@@ -68,7 +69,7 @@ fn known_workspace(state: &AppState, account_id: &str, slug: &str) -> Result<Str
     Ok(slug.to_owned())
 }
 
-fn who(caller: &Caller) -> String {
+pub(super) fn who(caller: &Caller) -> String {
     match caller {
         Caller::Key(key) => format!("key:{}", key.id),
         Caller::Session(identity) => format!("session:{}", identity.account_id),
@@ -111,8 +112,8 @@ fn forgotten_json(f: &ForgottenNote) -> Value {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateNote {
-    workspace_id: Option<String>,
+pub(super) struct CreateNote {
+    pub(super) workspace_id: Option<String>,
     title: Option<String>,
     content: String,
     kind: Option<String>,
@@ -125,25 +126,30 @@ struct CreateNote {
     external_id: Option<String>,
 }
 
+impl From<CreateNote> for NoteInput {
+    fn from(req: CreateNote) -> Self {
+        NoteInput {
+            title: req.title,
+            content: req.content,
+            kind: req.kind,
+            tags: req.tags.unwrap_or_default(),
+            importance: req.importance,
+            confidence: req.confidence,
+            metadata: req.metadata.unwrap_or_default(),
+            status: req.status,
+            external_source: req.external_source,
+            external_id: req.external_id,
+        }
+    }
+}
+
 async fn create_note(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<CreateNote>,
 ) -> Result<Json<Value>, ApiError> {
     let scope = scope(&state, &caller, req.workspace_id.as_deref())?;
-    let input = NoteInput {
-        title: req.title,
-        content: req.content,
-        kind: req.kind,
-        tags: req.tags.unwrap_or_default(),
-        importance: req.importance,
-        confidence: req.confidence,
-        metadata: req.metadata.unwrap_or_default(),
-        status: req.status,
-        external_source: req.external_source,
-        external_id: req.external_id,
-    };
-    let (note, created) = state.engine.knowledge().upsert_note(&scope, input).await?;
+    let (note, created) = state.engine.knowledge().upsert_note(&scope, req.into()).await?;
     let mut body = note_json(&note);
     body["created"] = json!(created);
     Ok(Json(body))
@@ -311,7 +317,7 @@ async fn context_pack(
     JsonBody(req): JsonBody<PackRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let (scope, pack) = build_pack(&state, &caller, &req).await?;
-    let included: Vec<Value> = pack
+    let mut included: Vec<Value> = pack
         .items
         .iter()
         .map(|item| {
@@ -324,6 +330,20 @@ async fn context_pack(
             json!({ "type": "memory", "id": item.note.id, "score": item.score, "tokens": item.tokens, "components": components })
         })
         .collect();
+    included.extend(
+        pack.entities.iter().map(
+            |e| json!({ "type": "entity", "id": e.entity.id, "score": e.score, "tokens": e.tokens, "via": e.via }),
+        ),
+    );
+    included.extend(pack.links.iter().map(|l| json!({ "type": "link", "id": l.link.id, "tokens": l.tokens })));
+    included.extend(
+        pack.events.iter().map(|e| json!({ "type": "event", "id": e.event.id, "score": e.score, "tokens": e.tokens })),
+    );
+    let scored = |mut body: Value, score: f64, tokens: u32| {
+        body["score"] = json!(score);
+        body["tokens"] = json!(tokens);
+        body
+    };
     Ok(Json(json!({
         "object": "memory.context_pack",
         "trace_id": pack.trace_id,
@@ -333,9 +353,13 @@ async fn context_pack(
         "used_tokens": pack.used_tokens,
         "context": pack.context,
         "memories": memories_json(&pack),
-        "entities": [],
-        "links": [],
-        "events": [],
+        "entities": pack.entities.iter().map(|e| scored(entity_json(&e.entity), e.score, e.tokens)).collect::<Vec<_>>(),
+        "links": pack.links.iter().map(|l| {
+            let mut body = link_json(&l.link);
+            body["tokens"] = json!(l.tokens);
+            body
+        }).collect::<Vec<_>>(),
+        "events": pack.events.iter().map(|e| scored(event_json(&e.event), e.score, e.tokens)).collect::<Vec<_>>(),
         "sources": [],
         "citations": [],
         "metadata": req.metadata,

@@ -12,6 +12,7 @@ mod health;
 mod keys;
 mod local_endpoints;
 mod memory;
+mod memory_graph;
 mod models;
 mod pricing;
 mod provider_keys;
@@ -82,8 +83,9 @@ pub fn router(state: AppState) -> Router {
     // Runtime keys reading usage pass the same admission; sessions go through unmetered.
     let usage_reads =
         usage::read_routes().route_layer(middleware::from_fn_with_state(state.clone(), admission::admit_runtime_keys));
-    let knowledge =
-        memory::routes().route_layer(middleware::from_fn_with_state(state.clone(), admission::admit_runtime_keys));
+    let knowledge = memory::routes()
+        .merge(memory_graph::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit_runtime_keys));
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(health::routes())

@@ -83,3 +83,167 @@ impl Record for KnowledgeVector {
     const TREE: &'static str = "knowledge_vectors";
     const FORMAT_VERSION: u8 = 1;
 }
+
+/// A note or an entity: what a link joins, or what feedback is about.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct NodeRef {
+    /// `note` or `entity`.
+    pub kind: String,
+    pub id: String,
+}
+
+impl NodeRef {
+    /// `note:<id>` or `entity:<id>`: the node's key in the link-end index and the text index.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.kind, self.id)
+    }
+}
+
+/// Key: (account_id, entity_id). Something memories are about: a user, a project, a tool, a
+/// company, a mission.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemoryEntity {
+    pub id: String,
+    pub account_id: String,
+    pub workspace: String,
+    pub name: String,
+    /// `user`, `workspace`, `project`, `tool`, `company`, `mission`, or the caller's own.
+    pub entity_type: String,
+    pub description: String,
+    pub aliases: Vec<String>,
+    pub metadata: Map<String, Value>,
+    pub external_source: Option<String>,
+    pub external_id: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub seq: u64,
+}
+impl Record for MemoryEntity {
+    const TREE: &'static str = "memory_entities";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// Key: (account_id, link_id). A relationship between two nodes of one workspace.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemoryLink {
+    pub id: String,
+    pub account_id: String,
+    pub workspace: String,
+    pub from: NodeRef,
+    pub to: NodeRef,
+    /// What the link says, e.g. `works_on`, `about`, `prefers`.
+    pub relation: String,
+    pub weight: f64,
+    pub metadata: Map<String, Value>,
+    pub external_source: Option<String>,
+    pub external_id: Option<String>,
+    pub created_at_ms: i64,
+    pub seq: u64,
+}
+impl Record for MemoryLink {
+    const TREE: &'static str = "memory_links";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// Key: (account_id, node key (`NodeRef::key`), link_id). The links at a node, so a pack
+/// follows them from the notes it includes without scanning every link.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LinkEnd {
+    pub link_id: String,
+}
+impl Record for LinkEnd {
+    const TREE: &'static str = "memory_link_ends";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// Key: (account_id, workspace, occurred_at_ms, event_id): a workspace's events in time
+/// order. Summarised history: onboarding turns, mission lifecycle, tool outcomes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemoryEvent {
+    pub id: String,
+    pub account_id: String,
+    pub workspace: String,
+    pub event_type: String,
+    pub summary: String,
+    pub occurred_at_ms: i64,
+    /// The notes and entities the event is about.
+    pub subjects: Vec<NodeRef>,
+    pub metadata: Map<String, Value>,
+    pub external_source: Option<String>,
+    pub external_id: Option<String>,
+    pub created_at_ms: i64,
+    pub seq: u64,
+}
+impl Record for MemoryEvent {
+    const TREE: &'static str = "memory_events";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// Key: (account_id, workspace, record kind (`entity`, `link`, `event`, `feedback`),
+/// external_source, external_id). Which record an external id names, so writing it again
+/// updates that record; `at_ms` is an event's time (part of its key).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KbExternalRef {
+    pub id: String,
+    pub at_ms: i64,
+    /// Feedback's item (`NodeRef::key`), part of its key.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+impl Record for KbExternalRef {
+    const TREE: &'static str = "memory_refs";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// Key: (account_id, node key, feedback_id). A signal on an item of a pack: `helpful`,
+/// `unhelpful`, `remember` or `forget`, with the query it answered (and that query's vector)
+/// so it moves the item for similar queries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemoryFeedback {
+    pub id: String,
+    pub account_id: String,
+    pub workspace: String,
+    pub item: NodeRef,
+    pub signal: String,
+    pub query: Option<String>,
+    pub trace_id: Option<String>,
+    pub embedder: String,
+    #[serde(with = "crate::records::f32_base64")]
+    pub query_vector: Vec<f32>,
+    pub external_source: Option<String>,
+    pub external_id: Option<String>,
+    pub created_at_ms: i64,
+}
+impl Record for MemoryFeedback {
+    const TREE: &'static str = "memory_feedback";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// Writes to the knowledge base's trees applied together (`Store::apply_kb`): all of them or,
+/// after any failure or crash, none.
+#[derive(Default)]
+pub struct KbWriteSet {
+    pub(crate) ops: Vec<KbOp>,
+}
+
+/// One write of a set: (tree, key, the encoded value or `None` to remove).
+pub(crate) type KbOp = (&'static str, Vec<u8>, Option<Vec<u8>>);
+
+impl KbWriteSet {
+    pub fn put<R: Record>(&mut self, key: &impl crate::KeyTuple, value: &R) -> Result<(), crate::StorageError> {
+        self.ops.push((R::TREE, key.encode_key(), Some(crate::collection::encode(value)?)));
+        Ok(())
+    }
+
+    pub fn remove<R: Record>(&mut self, key: &impl crate::KeyTuple) {
+        self.ops.push((R::TREE, key.encode_key(), None));
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}

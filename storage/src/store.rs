@@ -2,13 +2,16 @@ use std::{fs::File, path::Path, sync::Arc};
 
 use crate::{
     flusher::{Flusher, FlusherStatus},
-    knowledge::{ForgottenNote, KnowledgeVector, MemoryNote, NoteExternalRef},
+    knowledge::{
+        ForgottenNote, KbExternalRef, KbWriteSet, KnowledgeVector, LinkEnd, MemoryEntity, MemoryEvent, MemoryFeedback,
+        MemoryLink, MemoryNote, NoteExternalRef,
+    },
     ledger::LedgerStore,
     records::{
         Account, ApiKey, BillingProfile, CachedAnswer, LocalEndpoint, PaymentAttempt, ProviderKey, SemanticEntry,
         Session, Workspace,
     },
-    Collection, StorageError,
+    Collection, Record, StorageError,
 };
 
 /// Bumped whenever a record layout changes incompatibly; checked at every open.
@@ -40,6 +43,14 @@ pub struct Store {
     pub note_refs: Collection<NoteExternalRef>,
     pub forgotten_notes: Collection<ForgottenNote>,
     pub knowledge_vectors: Collection<KnowledgeVector>,
+    pub entities: Collection<MemoryEntity>,
+    pub links: Collection<MemoryLink>,
+    pub link_ends: Collection<LinkEnd>,
+    pub events: Collection<MemoryEvent>,
+    pub kb_refs: Collection<KbExternalRef>,
+    pub feedback: Collection<MemoryFeedback>,
+    /// Every knowledge-base tree by name, for `apply_kb`'s transactions.
+    kb_trees: Arc<(Vec<&'static str>, Vec<sled::Tree>)>,
     /// The knowledge base's write sequence (see `knowledge.rs`).
     kb_seq: sled::Tree,
     data_dir: std::path::PathBuf,
@@ -61,6 +72,19 @@ impl Store {
         let meta = db.open_tree("meta")?;
         check_schema(&meta)?;
         let flusher = Arc::new(Flusher::start(db.clone())?);
+        let kb_tree_names = vec![
+            MemoryNote::TREE,
+            NoteExternalRef::TREE,
+            ForgottenNote::TREE,
+            KnowledgeVector::TREE,
+            MemoryEntity::TREE,
+            MemoryLink::TREE,
+            LinkEnd::TREE,
+            MemoryEvent::TREE,
+            KbExternalRef::TREE,
+            MemoryFeedback::TREE,
+        ];
+        let kb_trees = kb_tree_names.iter().map(|name| db.open_tree(name)).collect::<Result<Vec<_>, _>>()?;
         // `db` itself is kept only by the flusher: every tree holds what it needs.
         Ok(Self {
             accounts: Collection::open(&db)?,
@@ -78,6 +102,13 @@ impl Store {
             note_refs: Collection::open(&db)?,
             forgotten_notes: Collection::open(&db)?,
             knowledge_vectors: Collection::open(&db)?,
+            entities: Collection::open(&db)?,
+            links: Collection::open(&db)?,
+            link_ends: Collection::open(&db)?,
+            events: Collection::open(&db)?,
+            kb_refs: Collection::open(&db)?,
+            feedback: Collection::open(&db)?,
+            kb_trees: Arc::new((kb_tree_names, kb_trees)),
             kb_seq: db.open_tree("knowledge_seq")?,
             data_dir: data_dir.to_path_buf(),
             meta,
@@ -102,6 +133,38 @@ impl Store {
             Some((n + 1).to_be_bytes().to_vec())
         })?;
         Ok(next.and_then(|b| b.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(1))
+    }
+
+    /// Applies a knowledge-base write set in one sled transaction: every write or none, even
+    /// across a crash. Not durable until the next `flush`.
+    pub fn apply_kb(&self, set: &KbWriteSet) -> Result<(), StorageError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
+        let (names, trees) = &*self.kb_trees;
+        let mut slots = Vec::with_capacity(set.ops.len());
+        for (tree, _, _) in &set.ops {
+            let slot = names.iter().position(|n| n == tree).ok_or_else(|| StorageError::Corrupt {
+                tree: (*tree).into(),
+                detail: "not a knowledge-base tree".into(),
+            })?;
+            slots.push(slot);
+        }
+        let result = trees[..].transaction(|views| {
+            for ((_, key, value), &slot) in set.ops.iter().zip(&slots) {
+                match value {
+                    Some(value) => views[slot].insert(key.as_slice(), value.as_slice())?,
+                    None => views[slot].remove(key.as_slice())?,
+                };
+            }
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => {
+                Err(StorageError::Corrupt { tree: "knowledge".into(), detail: "transaction aborted".into() })
+            }
+        }
     }
 
     /// Raises the knowledge-base write sequence to at least `floor` (never lowers it).

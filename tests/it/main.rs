@@ -21,6 +21,7 @@ mod http_limits;
 mod keys_and_workspaces;
 mod ledger;
 mod memory;
+mod memory_graph;
 mod money_once;
 mod payments;
 mod rate_limits;

@@ -19,11 +19,15 @@ use std::{
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use serde_json::json;
 use tokaroo_storage::{
-    knowledge::{ForgottenNote, KnowledgeVector, MemoryNote, NoteExternalRef},
+    knowledge::{ForgottenNote, KnowledgeVector, MemoryEntity, MemoryNote, NoteExternalRef},
     text_index::TextDoc,
 };
 
-use super::{KbScope, KnowledgeParts, NoteInput, NotePatch};
+use super::{
+    batch::{entity_text, Staging},
+    graph::{BatchWritten, MemoryBatch},
+    KbScope, KnowledgeParts, NoteInput, NotePatch,
+};
 use crate::{
     error::EngineError,
     tree::{
@@ -42,6 +46,8 @@ const MAX_BACKLOG: usize = 10_000;
 const MAX_BACKLOG_PER_ACCOUNT: usize = 1_000;
 /// The kind of a note's documents in the text index and the vectors.
 pub const NOTE: &str = "note";
+/// The kind of an entity's document in the text index.
+pub const ENTITY: &str = "entity";
 
 /// A write to the knowledge base.
 #[derive(Debug)]
@@ -50,12 +56,17 @@ pub enum KbWrite {
     Patch(KbScope, String, NotePatch),
     /// (scope, note id, who forgets it)
     Forget(KbScope, String, String),
+    /// (scope, writes applied together, who writes them)
+    Batch(KbScope, MemoryBatch, String),
 }
 
 impl KbWrite {
     fn account_id(&self) -> &str {
         match self {
-            Self::Upsert(scope, _) | Self::Patch(scope, _, _) | Self::Forget(scope, _, _) => &scope.account_id,
+            Self::Upsert(scope, _)
+            | Self::Patch(scope, _, _)
+            | Self::Forget(scope, _, _)
+            | Self::Batch(scope, _, _) => &scope.account_id,
         }
     }
 }
@@ -98,6 +109,7 @@ pub enum Written {
     /// The note as written, and whether it was created (not updated).
     Note(MemoryNote, bool),
     Forgotten(ForgottenNote),
+    Batch(Box<BatchWritten>),
 }
 
 type Reply = RpcReplyPort<Result<Written, EngineError>>;
@@ -145,6 +157,44 @@ pub fn note_key(id: &str) -> String {
     format!("{NOTE}:{id}")
 }
 
+pub fn entity_key(id: &str) -> String {
+    format!("{ENTITY}:{id}")
+}
+
+/// A note as `input` makes it: `existing` updated, or a new one in `scope`.
+pub(super) fn merged_note(existing: Option<MemoryNote>, scope: &KbScope, input: NoteInput, now: i64) -> MemoryNote {
+    let mut note = existing.unwrap_or_else(|| MemoryNote {
+        id: uuid::Uuid::new_v4().to_string(),
+        account_id: scope.account_id.clone(),
+        workspace: scope.workspace.clone(),
+        title: String::new(),
+        content: String::new(),
+        kind: "fact".into(),
+        tags: Vec::new(),
+        importance: 0.5,
+        confidence: 1.0,
+        metadata: Default::default(),
+        status: "active".into(),
+        external_source: None,
+        external_id: None,
+        created_at_ms: now,
+        updated_at_ms: now,
+        seq: 0,
+    });
+    note.title = input.title.unwrap_or_default();
+    note.content = input.content;
+    note.kind = input.kind.unwrap_or(note.kind);
+    note.tags = input.tags;
+    note.importance = input.importance.unwrap_or(note.importance);
+    note.confidence = input.confidence.unwrap_or(note.confidence);
+    note.metadata = input.metadata;
+    note.status = input.status.unwrap_or(note.status);
+    note.external_source = input.external_source;
+    note.external_id = input.external_id;
+    note.updated_at_ms = now;
+    note
+}
+
 /// The text a note is found by.
 fn note_text(note: &MemoryNote) -> String {
     if note.title.is_empty() {
@@ -154,15 +204,42 @@ fn note_text(note: &MemoryNote) -> String {
     }
 }
 
+/// What a record's text index and vector must show.
+pub(super) enum Indexed {
+    /// Found by text and by vector.
+    Note(MemoryNote),
+    /// Found by text (its name, aliases and description).
+    Entity(MemoryEntity),
+}
+
 /// One record write of a batch, before its index work.
-struct Change {
-    index: Option<MemoryNote>,
+pub(super) struct Change {
+    index: Option<Indexed>,
     unindex: Option<(String, String, String)>,
+}
+
+impl Change {
+    /// An active note is indexed; any other status takes it out of the indexes.
+    pub(super) fn for_note(note: &MemoryNote) -> Self {
+        if note.status == "active" {
+            Self { index: Some(Indexed::Note(note.clone())), unindex: None }
+        } else {
+            Self::unindex(&note.account_id, &note.workspace, note_key(&note.id))
+        }
+    }
+
+    pub(super) fn for_entity(entity: &MemoryEntity) -> Self {
+        Self { index: Some(Indexed::Entity(entity.clone())), unindex: None }
+    }
+
+    pub(super) fn unindex(account: &str, workspace: &str, key: String) -> Self {
+        Self { index: None, unindex: Some((account.into(), workspace.into(), key)) }
+    }
 }
 
 impl IndexerActor {
     /// Applies one write to the records; returns its answer and what the indexes must do.
-    fn write_record(&self, write: KbWrite, state: &mut IndexerState) -> Result<(Written, Change), EngineError> {
+    fn write_record(&self, write: KbWrite, state: &mut IndexerState) -> Result<(Written, Vec<Change>), EngineError> {
         let store = &self.parts.store;
         let now = crate::clock::now_ms();
         match write {
@@ -189,39 +266,12 @@ impl IndexerActor {
                          (limits.memory_notes_per_account); forget some first"
                     )));
                 }
-                let mut note = existing.unwrap_or_else(|| MemoryNote {
-                    id: uuid::Uuid::new_v4().to_string(),
-                    account_id: scope.account_id.clone(),
-                    workspace: scope.workspace.clone(),
-                    title: String::new(),
-                    content: String::new(),
-                    kind: "fact".into(),
-                    tags: Vec::new(),
-                    importance: 0.5,
-                    confidence: 1.0,
-                    metadata: Default::default(),
-                    status: "active".into(),
-                    external_source: None,
-                    external_id: None,
-                    created_at_ms: now,
-                    updated_at_ms: now,
-                    seq: 0,
-                });
-                note.title = input.title.unwrap_or_default();
-                note.content = input.content;
-                note.kind = input.kind.unwrap_or(note.kind);
-                note.tags = input.tags;
-                note.importance = input.importance.unwrap_or(note.importance);
-                note.confidence = input.confidence.unwrap_or(note.confidence);
-                note.metadata = input.metadata;
-                note.status = input.status.unwrap_or(note.status);
-                note.external_source = input.external_source;
-                note.external_id = input.external_id;
+                let note = merged_note(existing, &scope, input, now);
                 let change = self.save(note, now)?;
                 if created {
                     *state.notes_per_account.entry(scope.account_id.clone()).or_default() += 1;
                 }
-                Ok((Written::Note(change.0, created), change.1))
+                Ok((Written::Note(change.0, created), vec![change.1]))
             }
             KbWrite::Patch(scope, id, patch) => {
                 let Some(mut note) = store.notes.get(&(scope.account_id.as_str(), id.as_str()))? else {
@@ -285,41 +335,28 @@ impl IndexerActor {
                     }
                 }
                 let (note, change) = self.save(note, now)?;
-                Ok((Written::Note(note, false), change))
+                Ok((Written::Note(note, false), vec![change]))
             }
             KbWrite::Forget(scope, id, by) => {
-                let Some(note) = store.notes.get(&(scope.account_id.as_str(), id.as_str()))? else {
-                    return Err(EngineError::NotFound { what: "memory note" });
-                };
-                if note.workspace != scope.workspace {
-                    return Err(EngineError::NotFound { what: "memory note" });
-                }
-                let audit = ForgottenNote {
-                    note_id: note.id.clone(),
-                    account_id: note.account_id.clone(),
-                    workspace: note.workspace.clone(),
-                    kind: note.kind.clone(),
-                    external_source: note.external_source.clone(),
-                    external_id: note.external_id.clone(),
-                    created_at_ms: note.created_at_ms,
-                    forgotten_at_ms: now,
-                    forgotten_by: by,
-                    seq: store.next_kb_seq()?,
-                };
-                // The audit record first: a crash after it and before the removals is
-                // finished at the next start (a forgotten note is never served again).
-                store.forgotten_notes.insert(&(audit.account_id.as_str(), audit.note_id.as_str()), &audit)?;
-                if let Some((source, external)) = note.external_source.as_deref().zip(note.external_id.as_deref()) {
-                    store.note_refs.remove(&(note.account_id.as_str(), note.workspace.as_str(), source, external))?;
-                }
-                let key = note_key(&note.id);
-                store.knowledge_vectors.remove(&(note.account_id.as_str(), key.as_str()))?;
-                store.notes.remove(&(note.account_id.as_str(), note.id.as_str()))?;
-                if let Some(count) = state.notes_per_account.get_mut(&note.account_id) {
+                let mut staging = Staging::new(store, &scope);
+                let audit = staging.forget(&id, &by)?;
+                store.apply_kb(&staging.set)?;
+                if let Some(count) = state.notes_per_account.get_mut(&scope.account_id) {
                     *count = count.saturating_sub(1);
                 }
-                let unindex = Some((note.account_id, note.workspace, key));
-                Ok((Written::Forgotten(audit), Change { index: None, unindex }))
+                let change = staging.changes.pop().unwrap_or(Change { index: None, unindex: None });
+                Ok((Written::Forgotten(audit), vec![change]))
+            }
+            KbWrite::Batch(scope, batch, by) => {
+                let held = state.notes_per_account.get(&scope.account_id).copied().unwrap_or(0);
+                let operator = self.parts.directory.operator_account_id();
+                let cap = (operator.as_deref() != Some(scope.account_id.as_str())).then_some(self.parts.note_cap);
+                let mut staging = Staging::new(store, &scope);
+                let written = staging.batch(batch, &by, held, cap)?;
+                store.apply_kb(&staging.set)?;
+                let count = state.notes_per_account.entry(scope.account_id.clone()).or_default();
+                *count = (*count + staging.created_notes).saturating_sub(written.forgotten.len());
+                Ok((Written::Batch(Box::new(written)), staging.changes))
             }
         }
     }
@@ -334,11 +371,7 @@ impl IndexerActor {
             let key = (note.account_id.as_str(), note.workspace.as_str(), source, external);
             store.note_refs.insert(&key, &NoteExternalRef { note_id: note.id.clone() })?;
         }
-        let change = if note.status == "active" {
-            Change { index: Some(note.clone()), unindex: None }
-        } else {
-            Change { index: None, unindex: Some((note.account_id.clone(), note.workspace.clone(), note_key(&note.id))) }
-        };
+        let change = Change::for_note(&note);
         Ok((note, change))
     }
 
@@ -367,7 +400,13 @@ impl IndexerActor {
         if changes.is_empty() {
             return Ok(());
         }
-        let notes: Vec<&MemoryNote> = changes.iter().filter_map(|c| c.index.as_ref()).collect();
+        let notes: Vec<&MemoryNote> = changes
+            .iter()
+            .filter_map(|c| match &c.index {
+                Some(Indexed::Note(note)) => Some(note),
+                _ => None,
+            })
+            .collect();
         // Without vectors (the embedder failing) a note is still found by its text, and
         // embedded again at the next start (its vector is missing).
         let embedded = if notes.is_empty() {
@@ -400,6 +439,17 @@ impl IndexerActor {
                 kind: NOTE.into(),
                 text: note_text(note),
             });
+        }
+        for change in &changes {
+            if let Some(Indexed::Entity(entity)) = &change.index {
+                docs.push(TextDoc {
+                    key: entity_key(&entity.id),
+                    account: entity.account_id.clone(),
+                    workspace: entity.workspace.clone(),
+                    kind: ENTITY.into(),
+                    text: entity_text(entity),
+                });
+            }
         }
         let mut deletes = Vec::new();
         for (account, workspace, key) in changes.iter().filter_map(|c| c.unindex.as_ref()) {
@@ -497,9 +547,19 @@ impl IndexerActor {
         // still behind it, so the next start catches up with them too.
         let chunks: Vec<Vec<MemoryNote>> = behind.chunks(64).map(<[MemoryNote]>::to_vec).collect();
         for chunk in chunks {
-            let changes = chunk.into_iter().map(|n| Change { index: Some(n), unindex: None }).collect();
+            let changes = chunk.into_iter().map(|n| Change { index: Some(Indexed::Note(n)), unindex: None }).collect();
             self.index(changes, state, Some(committed)).await?;
         }
+        // Entities are found by text only: those written past the commit are indexed again.
+        let entities: Vec<Change> = parts
+            .store
+            .entities
+            .all()?
+            .into_iter()
+            .filter(|e| e.seq > committed)
+            .map(|e| Change::for_entity(&e))
+            .collect();
+        self.index(entities, state, Some(committed)).await?;
         let text = parts.text.clone();
         let seq = parts.store.next_kb_seq()?;
         parts.store.flush().await?;
@@ -524,7 +584,8 @@ fn same_embedder(stored: &str, current: &crate::embed::EmbedderId) -> bool {
 impl Change {
     fn key(&self) -> String {
         match (&self.index, &self.unindex) {
-            (Some(note), _) => note_key(&note.id),
+            (Some(Indexed::Note(note)), _) => note_key(&note.id),
+            (Some(Indexed::Entity(entity)), _) => entity_key(&entity.id),
             (None, Some((_, _, key))) => key.clone(),
             (None, None) => String::new(),
         }
@@ -607,8 +668,8 @@ impl Actor for IndexerActor {
                 let mut changes = Vec::new();
                 for (write, reply) in batch {
                     match self.write_record(*write, state) {
-                        Ok((written, change)) => {
-                            changes.push(change);
+                        Ok((written, written_changes)) => {
+                            changes.extend(written_changes);
                             answers.push((reply, Ok(written)));
                         }
                         Err(error) => answers.push((reply, Err(error))),

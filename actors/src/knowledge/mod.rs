@@ -13,6 +13,8 @@
 //! memory). A request reads its workspace and the account's own memory; nothing crosses
 //! accounts.
 
+mod batch;
+pub mod graph;
 pub mod indexer;
 pub mod pack;
 pub mod rank;
@@ -25,7 +27,9 @@ use ractor::rpc::CallResult;
 use serde_json::{Map, Value};
 use tokaroo_storage::{text_index::TextIndex, Store};
 
-pub use tokaroo_storage::knowledge::{ForgottenNote, MemoryNote};
+pub use tokaroo_storage::knowledge::{
+    ForgottenNote, MemoryEntity, MemoryEvent, MemoryFeedback, MemoryLink, MemoryNote, NodeRef,
+};
 
 use self::{
     indexer::{IndexerMsg, KbWrite, INDEXER},
@@ -113,6 +117,8 @@ pub(crate) struct KnowledgeParts {
     /// Whose account is not capped (the operator's), and the cap on the others' notes.
     pub(crate) directory: Arc<crate::directory::state::DirectoryState>,
     pub(crate) note_cap: usize,
+    /// Recent packs' queries, for feedback that names a trace.
+    pub(crate) traces: std::sync::Mutex<graph::PackTraces>,
 }
 
 impl Knowledge {
@@ -125,7 +131,8 @@ impl Knowledge {
     ) -> Result<Self, EngineError> {
         let text = Arc::new(TextIndex::open(&store.text_index_dir())?);
         let vectors = Arc::default();
-        Ok(Self(Arc::new(KnowledgeParts { store, text, vectors, embedder, registry, directory, note_cap })))
+        let traces = Default::default();
+        Ok(Self(Arc::new(KnowledgeParts { store, text, vectors, embedder, registry, directory, note_cap, traces })))
     }
 
     pub(crate) fn parts(&self) -> &Arc<KnowledgeParts> {
@@ -138,7 +145,7 @@ impl Knowledge {
         validate_input(&input)?;
         match self.write(KbWrite::Upsert(scope.clone(), input)).await? {
             indexer::Written::Note(note, created) => Ok((note, created)),
-            indexer::Written::Forgotten(_) => Err(EngineError::Internal("the indexer answered another write".into())),
+            _ => Err(another_answer()),
         }
     }
 
@@ -168,7 +175,7 @@ impl Knowledge {
     pub async fn forget_note(&self, scope: &KbScope, id: &str, by: &str) -> Result<ForgottenNote, EngineError> {
         match self.write(KbWrite::Forget(scope.clone(), id.to_owned(), by.to_owned())).await? {
             indexer::Written::Forgotten(audit) => Ok(audit),
-            indexer::Written::Note(..) => Err(EngineError::Internal("the indexer answered another write".into())),
+            _ => Err(another_answer()),
         }
     }
 
@@ -206,7 +213,7 @@ impl Knowledge {
     async fn note_write(&self, write: KbWrite) -> Result<MemoryNote, EngineError> {
         match self.write(write).await? {
             indexer::Written::Note(note, _) => Ok(note),
-            indexer::Written::Forgotten(_) => Err(EngineError::Internal("the indexer answered another write".into())),
+            _ => Err(another_answer()),
         }
     }
 
@@ -228,6 +235,10 @@ impl Knowledge {
             .await
             .ok_or_else(|| EngineError::Unavailable("the knowledge base indexer is restarting; retry shortly".into()))
     }
+}
+
+fn another_answer() -> EngineError {
+    EngineError::Internal("the indexer answered another write".into())
 }
 
 fn invalid(message: impl Into<String>) -> EngineError {

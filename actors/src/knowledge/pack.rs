@@ -1,6 +1,6 @@
-//! Context packs: the memories that best answer a query, ranked and packed within a token
-//! budget counted with the real tokenizer (cl100k, `chat::tokenizer`), with telemetry saying
-//! why each item is in.
+//! Context packs: the memories, entities, links and recent events that best answer a query,
+//! ranked and packed within a token budget counted with the real tokenizer (cl100k,
+//! `chat::tokenizer`), with telemetry saying why each item is in.
 //!
 //! Ranking (weights in [`RankWeights`], documented in the README):
 //! 1. candidates: the best `CANDIDATES` of BM25 (text index) and of cosine similarity
@@ -9,19 +9,26 @@
 //!    neighbour and thread terms for notes that say `thread`/`position` in their metadata,
 //!    an author cue for `author`);
 //! 3. score: `relevance · (1 − w_meta + w_meta · (importance + confidence) / 2) ·
-//!    (1 − w_recency + w_recency · 0.5^(age / half_life))`.
+//!    (1 − w_recency + w_recency · 0.5^(age / half_life)) · feedback`, feedback being
+//!    `1 + w_feedback · tanh(Σ signal · alike)` over the signals on the note, each weighted by
+//!    how alike its query is to this one;
+//! 4. links from the best `LINKED_FROM` notes pull in the notes and entities they join
+//!    (`w_link · link weight · the note's score`); entities the query names come from the
+//!    text index (`w_entity · bm25 / best bm25`); the scope's latest events score
+//!    `w_event · 0.5^(age / event_half_life)`.
 //!
-//! Packing takes items best first and skips one that does not fit; the rendered context is
-//! counted whole at the end and trimmed if joining the items cost tokens, so `used_tokens`
-//! never exceeds `max_tokens`.
+//! Packing takes entries best first and skips one that does not fit; links between included
+//! items follow while they fit. The rendered block (sections: memories, entities, links,
+//! recent events) is counted whole at the end and trimmed from the lowest score, so
+//! `used_tokens` never exceeds `max_tokens`.
 
 use std::collections::HashMap;
 
 use serde::Serialize;
-use tokaroo_storage::knowledge::MemoryNote;
+use tokaroo_storage::knowledge::{MemoryEntity, MemoryEvent, MemoryFeedback, MemoryLink, MemoryNote, NodeRef};
 
 use super::{
-    indexer::NOTE,
+    indexer::{ENTITY, NOTE},
     rank::{self, Candidate, FusionParams},
     KbScope, Knowledge,
 };
@@ -34,6 +41,11 @@ pub const MAX_MAX_TOKENS: u32 = 100_000;
 const MAX_QUERY_CHARS: usize = 8000;
 /// Ranked items whose tokens are counted before the rest are dropped.
 const MAX_ITEMS_LOOKED_AT: usize = 64;
+/// The best notes whose links are followed, and the links followed from each node.
+const LINKED_FROM: usize = 10;
+const MAX_LINKS_FOLLOWED: usize = 32;
+/// Entities taken from the text index per query.
+const ENTITY_CANDIDATES: usize = 10;
 
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct RankWeights {
@@ -43,15 +55,38 @@ pub struct RankWeights {
     /// How much recency moves the score, and its half-life.
     pub recency: f64,
     pub half_life_days: f64,
+    /// How far feedback moves an item: its score is multiplied by `1 + feedback · tanh(f)`,
+    /// `f` the signals on it (helpful +1, unhelpful −1, remember +2), each weighted by how
+    /// alike its query and this one are.
+    pub feedback: f64,
+    /// A node reached by a link from an included note scores `link · weight` of that note.
+    pub link: f64,
+    /// An entity the query names scores at most this (its BM25 over the best entity's).
+    pub entity: f64,
+    /// The most recent events (at most `max_events`) score `event · 0.5^(age / event_half_life)`.
+    pub event: f64,
+    pub event_half_life_days: f64,
+    pub max_events: usize,
 }
 
 impl Default for RankWeights {
     fn default() -> Self {
-        Self { fusion: FusionParams::default(), meta: 0.3, recency: 0.2, half_life_days: 90.0 }
+        Self {
+            fusion: FusionParams::default(),
+            meta: 0.3,
+            recency: 0.2,
+            half_life_days: 90.0,
+            feedback: 0.5,
+            link: 0.5,
+            entity: 0.6,
+            event: 0.25,
+            event_half_life_days: 7.0,
+            max_events: 5,
+        }
     }
 }
 
-/// One item of a pack, with the components of its score.
+/// One memory of a pack, with the components of its score.
 #[derive(Debug, Clone, Serialize)]
 pub struct PackItem {
     pub note: MemoryNote,
@@ -68,12 +103,41 @@ pub struct Components {
     pub importance: f64,
     pub confidence: f64,
     pub recency: f64,
+    /// The feedback multiplier (1 without feedback).
+    pub feedback: f64,
+}
+
+/// An entity of a pack: named by the query, or linked from an included note.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntityItem {
+    pub entity: MemoryEntity,
+    pub score: f64,
+    pub tokens: u32,
+    /// `query`, or the id of the link that pulled it in.
+    pub via: String,
+}
+
+/// A link between two items of the pack.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkItem {
+    pub link: MemoryLink,
+    pub tokens: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventItem {
+    pub event: MemoryEvent,
+    pub score: f64,
+    pub tokens: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ContextPack {
     pub trace_id: String,
     pub items: Vec<PackItem>,
+    pub entities: Vec<EntityItem>,
+    pub links: Vec<LinkItem>,
+    pub events: Vec<EventItem>,
     /// The items rendered as one block for a prompt.
     pub context: String,
     pub used_tokens: u32,
@@ -85,12 +149,159 @@ pub struct ContextPack {
     pub weights: RankWeights,
 }
 
-fn render(note: &MemoryNote) -> String {
+fn render_note(note: &MemoryNote) -> String {
     if note.title.is_empty() {
         format!("- {}\n", note.content.trim())
     } else {
         format!("- {}: {}\n", note.title.trim(), note.content.trim())
     }
+}
+
+fn render_entity(entity: &MemoryEntity) -> String {
+    if entity.description.is_empty() {
+        format!("- {} ({})\n", entity.name.trim(), entity.entity_type)
+    } else {
+        format!("- {} ({}): {}\n", entity.name.trim(), entity.entity_type, entity.description.trim())
+    }
+}
+
+fn render_event(event: &MemoryEvent) -> String {
+    let iso = crate::clock::iso8601(event.occurred_at_ms);
+    let day = iso.get(..10).unwrap_or(&iso);
+    format!("- [{day}] {}: {}\n", event.event_type, event.summary.trim())
+}
+
+/// A link as a line, its ends named as the pack shows them.
+fn render_link(link: &MemoryLink, names: &HashMap<String, String>) -> String {
+    let name = |node: &NodeRef| names.get(&node.key()).cloned().unwrap_or_else(|| node.key());
+    format!("- {} —{}→ {}\n", name(&link.from), link.relation, name(&link.to))
+}
+
+/// A short name for a node in link lines.
+fn node_name(text: &str) -> String {
+    let text = text.trim();
+    match text.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+impl ContextPack {
+    /// The items as one block, in sections.
+    fn render(&self) -> String {
+        let mut out = String::new();
+        let mut section = |title: &str, lines: Vec<String>| {
+            if !lines.is_empty() {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(title);
+                out.push('\n');
+                lines.iter().for_each(|l| out.push_str(l));
+            }
+        };
+        section("Memories:", self.items.iter().map(|i| render_note(&i.note)).collect());
+        section("Entities:", self.entities.iter().map(|e| render_entity(&e.entity)).collect());
+        let names = self.names();
+        section("Links:", self.links.iter().map(|l| render_link(&l.link, &names)).collect());
+        section("Recent events:", self.events.iter().map(|e| render_event(&e.event)).collect());
+        out
+    }
+
+    fn names(&self) -> HashMap<String, String> {
+        let notes = self.items.iter().map(|i| {
+            let text = if i.note.title.is_empty() { &i.note.content } else { &i.note.title };
+            (format!("note:{}", i.note.id), node_name(text))
+        });
+        let entities = self.entities.iter().map(|e| (format!("entity:{}", e.entity.id), node_name(&e.entity.name)));
+        notes.chain(entities).collect()
+    }
+
+    /// Drops the lowest-scored item (links first: they only say how the others relate).
+    fn drop_lowest(&mut self) -> bool {
+        if self.links.pop().is_some() {
+            return true;
+        }
+        let lowest = [
+            self.items.last().map(|i| i.score),
+            self.entities.iter().map(|e| e.score).reduce(f64::min),
+            self.events.iter().map(|e| e.score).reduce(f64::min),
+        ];
+        let Some(min) = lowest.iter().flatten().copied().reduce(f64::min) else { return false };
+        if lowest[0] == Some(min) {
+            self.items.pop();
+        } else if lowest[1] == Some(min) {
+            let at = self.entities.iter().position(|e| e.score == min).unwrap_or(0);
+            self.entities.remove(at);
+        } else {
+            let at = self.events.iter().position(|e| e.score == min).unwrap_or(0);
+            self.events.remove(at);
+        }
+        true
+    }
+}
+
+/// A pack entry before packing.
+enum Entry {
+    Memory(PackItem),
+    Entity(EntityItem),
+    Event(EventItem),
+}
+
+impl Entry {
+    fn score(&self) -> f64 {
+        match self {
+            Self::Memory(i) => i.score,
+            Self::Entity(e) => e.score,
+            Self::Event(e) => e.score,
+        }
+    }
+
+    fn id(&self) -> &str {
+        match self {
+            Self::Memory(i) => &i.note.id,
+            Self::Entity(e) => &e.entity.id,
+            Self::Event(e) => &e.event.id,
+        }
+    }
+
+    fn line(&self) -> String {
+        match self {
+            Self::Memory(i) => render_note(&i.note),
+            Self::Entity(e) => render_entity(&e.entity),
+            Self::Event(e) => render_event(&e.event),
+        }
+    }
+
+    fn set_tokens(&mut self, tokens: u32) {
+        match self {
+            Self::Memory(i) => i.tokens = tokens,
+            Self::Entity(e) => e.tokens = tokens,
+            Self::Event(e) => e.tokens = tokens,
+        }
+    }
+}
+
+/// How much feedback moves an item for `query` (see [`RankWeights::feedback`]).
+fn feedback_factor(signals: &[MemoryFeedback], query_vector: &[f32], embedder: &str, weight: f64) -> f64 {
+    let mut sum = 0.0;
+    for f in signals {
+        let sign = match f.signal.as_str() {
+            "helpful" => 1.0,
+            "remember" => 2.0,
+            "unhelpful" | "forget" => -1.0,
+            _ => 0.0,
+        };
+        // Alike queries (cosine ≥ 0.5) count, the more alike the more; a signal without a
+        // query counts half for every query.
+        let alike = if f.query_vector.is_empty() || f.embedder != embedder {
+            0.5
+        } else {
+            ((f64::from(crate::embed::dot(&f.query_vector, query_vector)) - 0.5) / 0.5).clamp(0.0, 1.0)
+        };
+        sum += sign * alike;
+    }
+    1.0 + weight * sum.tanh()
 }
 
 impl Knowledge {
@@ -169,59 +380,226 @@ impl Knowledge {
             .chain(vector_hits.iter().filter_map(|(key, cosine)| candidate(key, None, Some(*cosine))))
             .collect();
         let now = crate::clock::now_ms();
+        let embedder_id = embedded.embedder.to_string();
+        let account = scope.account_id.as_str();
+        let store = &parts.store;
         let fused = rank::rank(query, candidates, &weights.fusion);
-        let candidate_count = fused.len();
+        let mut candidate_count = fused.len();
         let mut ranked = Vec::with_capacity(fused.len());
         for r in fused {
             let Some(note) = notes.remove(&r.id) else { continue };
-            let age_days = ((now - note.updated_at_ms).max(0) as f64) / 86_400_000.0;
-            let c = Components {
-                fusion: r.components,
-                relevance: r.score,
-                importance: note.importance,
-                confidence: note.confidence,
-                recency: 0.5f64.powf(age_days / weights.half_life_days),
-            };
-            let score = c.relevance
-                * (1.0 - weights.meta + weights.meta * (c.importance + c.confidence) / 2.0)
-                * (1.0 - weights.recency + weights.recency * c.recency);
-            ranked.push(PackItem { tokens: 0, note, score, components: c });
+            let signals = store.feedback.scan_prefix(&(account, format!("note:{}", note.id).as_str()))?;
+            let item =
+                self.memory_item(note, r.components, r.score, &signals, &query_vector, &embedder_id, &weights, now);
+            ranked.push(item);
         }
         ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.note.id.cmp(&b.note.id)));
-        let (mut items, mut used, mut dropped) = (Vec::new(), 0u32, 0usize);
-        for (looked_at, mut item) in ranked.into_iter().enumerate() {
+
+        // Links from the best notes pull in the notes and entities they name.
+        let mut entities: HashMap<String, EntityItem> = HashMap::new();
+        let mut linked_notes = Vec::new();
+        let mut seen: std::collections::HashSet<String> = ranked.iter().map(|i| i.note.id.clone()).collect();
+        for item in ranked.iter().take(LINKED_FROM) {
+            let here = NodeRef { kind: NOTE.into(), id: item.note.id.clone() };
+            for end in
+                store.link_ends.scan_prefix(&(account, here.key().as_str()))?.into_iter().take(MAX_LINKS_FOLLOWED)
+            {
+                let Some(link) = store.links.get(&(account, end.link_id.as_str()))? else { continue };
+                let other = if link.from == here { &link.to } else { &link.from };
+                let score = item.score * weights.link * link.weight;
+                match other.kind.as_str() {
+                    NOTE if !seen.contains(&other.id) => {
+                        let Some(note) = store.notes.get(&(account, other.id.as_str()))? else { continue };
+                        if note.status != "active" || !readable.contains(&note.workspace.as_str()) {
+                            continue;
+                        }
+                        seen.insert(note.id.clone());
+                        let mut components = Components::none();
+                        components.relevance = score;
+                        linked_notes.push(PackItem { note, score, tokens: 0, components });
+                    }
+                    ENTITY => {
+                        let Some(entity) = store.entities.get(&(account, other.id.as_str()))? else { continue };
+                        if !readable.contains(&entity.workspace.as_str()) {
+                            continue;
+                        }
+                        let better = entities.get(&entity.id).is_none_or(|e| e.score < score);
+                        if better {
+                            let via = link.id.clone();
+                            entities.insert(entity.id.clone(), EntityItem { entity, score, tokens: 0, via });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        ranked.extend(linked_notes);
+        // Entities the query names (by name, alias or description).
+        let entity_hits = {
+            let (text, account, query) = (parts.text.clone(), scope.account_id.clone(), query.to_owned());
+            let readable: Vec<String> = readable.iter().map(|w| (*w).to_owned()).collect();
+            tokio::task::spawn_blocking(move || {
+                let readable: Vec<&str> = readable.iter().map(String::as_str).collect();
+                text.search(&account, &readable, &[ENTITY], &query, ENTITY_CANDIDATES)
+            })
+            .await
+            .map_err(|e| EngineError::Internal(format!("text search: {e}")))??
+        };
+        let best = entity_hits.iter().map(|(_, s)| *s).fold(0.0f32, f32::max);
+        for (key, bm25) in &entity_hits {
+            let Some(id) = key.strip_prefix("entity:") else { continue };
+            let Some(entity) = store.entities.get(&(account, id))? else { continue };
+            if !readable.contains(&entity.workspace.as_str()) {
+                continue;
+            }
+            let score = weights.entity * f64::from(bm25 / best.max(f32::MIN_POSITIVE));
+            if entities.get(id).is_none_or(|e| e.score < score) {
+                entities.insert(id.to_owned(), EntityItem { entity, score, tokens: 0, via: "query".into() });
+            }
+        }
+        // The most recent events of the scope.
+        let mut events = Vec::new();
+        for workspace in &readable {
+            events.extend(store.events.scan_prefix_rev(&(account, *workspace), weights.max_events)?);
+        }
+        events.sort_by_key(|e| std::cmp::Reverse(e.occurred_at_ms));
+        events.truncate(weights.max_events);
+        candidate_count += entities.len() + events.len();
+
+        let mut entries: Vec<Entry> = ranked.into_iter().map(Entry::Memory).collect();
+        entries.extend(entities.into_values().map(Entry::Entity));
+        entries.extend(events.into_iter().map(|event| {
+            let age_days = ((now - event.occurred_at_ms).max(0) as f64) / 86_400_000.0;
+            let score = weights.event * 0.5f64.powf(age_days / weights.event_half_life_days);
+            Entry::Event(EventItem { event, score, tokens: 0 })
+        }));
+        entries.sort_by(|a, b| b.score().total_cmp(&a.score()).then_with(|| a.id().cmp(b.id())));
+
+        let mut pack = ContextPack {
+            trace_id: format!("ctx_{}", uuid::Uuid::new_v4().simple()),
+            items: Vec::new(),
+            entities: Vec::new(),
+            links: Vec::new(),
+            events: Vec::new(),
+            context: String::new(),
+            used_tokens: 0,
+            max_tokens,
+            candidates: candidate_count,
+            dropped_for_budget: 0,
+            embedder: embedder_id,
+            weights,
+        };
+        let mut used = 0u32;
+        for (looked_at, mut entry) in entries.into_iter().enumerate() {
             // Counting is the costly part (notes run to 64 KB): once the budget is nearly
             // spent or many items were looked at, the rest are dropped uncounted.
             if used >= max_tokens || looked_at >= MAX_ITEMS_LOOKED_AT {
-                dropped += 1;
+                pack.dropped_for_budget += 1;
                 continue;
             }
-            item.tokens = tokenizer::count(&render(&item.note));
-            if used + item.tokens <= max_tokens {
-                used += item.tokens;
-                items.push(item);
-            } else {
-                dropped += 1;
+            let tokens = tokenizer::count(&entry.line());
+            if used + tokens > max_tokens {
+                pack.dropped_for_budget += 1;
+                continue;
+            }
+            used += tokens;
+            entry.set_tokens(tokens);
+            match entry {
+                Entry::Memory(item) => pack.items.push(item),
+                Entry::Entity(item) => pack.entities.push(item),
+                Entry::Event(item) => pack.events.push(item),
             }
         }
-        let mut context: String = items.iter().map(|i| render(&i.note)).collect();
-        let mut used_tokens = tokenizer::count(&context);
-        while used_tokens > max_tokens {
-            items.pop();
-            dropped += 1;
-            context = items.iter().map(|i| render(&i.note)).collect();
-            used_tokens = tokenizer::count(&context);
+        // Links between included items, strongest first, while they fit.
+        let included: std::collections::HashSet<String> = pack
+            .items
+            .iter()
+            .map(|i| format!("note:{}", i.note.id))
+            .chain(pack.entities.iter().map(|e| format!("entity:{}", e.entity.id)))
+            .collect();
+        let mut links: HashMap<String, MemoryLink> = HashMap::new();
+        for node in &included {
+            for end in store.link_ends.scan_prefix(&(account, node.as_str()))?.into_iter().take(MAX_LINKS_FOLLOWED) {
+                if links.contains_key(&end.link_id) {
+                    continue;
+                }
+                let Some(link) = store.links.get(&(account, end.link_id.as_str()))? else { continue };
+                if included.contains(&link.from.key()) && included.contains(&link.to.key()) {
+                    links.insert(link.id.clone(), link);
+                }
+            }
         }
-        Ok(ContextPack {
-            trace_id: format!("ctx_{}", uuid::Uuid::new_v4().simple()),
-            items,
-            context,
-            used_tokens,
-            max_tokens,
-            candidates: candidate_count,
-            dropped_for_budget: dropped,
-            embedder: embedded.embedder.to_string(),
-            weights,
-        })
+        let mut links: Vec<MemoryLink> = links.into_values().collect();
+        links.sort_by(|a, b| b.weight.total_cmp(&a.weight).then_with(|| a.id.cmp(&b.id)));
+        let names = pack.names();
+        for link in links.into_iter().take(MAX_ITEMS_LOOKED_AT) {
+            let tokens = tokenizer::count(&render_link(&link, &names));
+            if used + tokens <= max_tokens {
+                used += tokens;
+                pack.links.push(LinkItem { link, tokens });
+            }
+        }
+        pack.items.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.note.id.cmp(&b.note.id)));
+        pack.entities.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.entity.id.cmp(&b.entity.id)));
+        // Section titles and joins cost tokens too: the whole block is counted, and trimmed
+        // until it fits.
+        loop {
+            pack.context = pack.render();
+            pack.used_tokens = tokenizer::count(&pack.context);
+            if pack.used_tokens <= max_tokens || !pack.drop_lowest() {
+                break;
+            }
+            pack.dropped_for_budget += 1;
+        }
+        if pack.used_tokens > max_tokens {
+            pack.context.clear();
+            pack.used_tokens = 0;
+        }
+        parts.traces.lock().unwrap_or_else(|p| p.into_inner()).remember(&pack.trace_id, account, query);
+        Ok(pack)
+    }
+
+    /// A ranked note as a pack item: relevance scaled by importance, confidence, recency and
+    /// feedback (see the module's doc).
+    #[allow(clippy::too_many_arguments)]
+    fn memory_item(
+        &self,
+        note: MemoryNote,
+        fusion: rank::Components,
+        relevance: f64,
+        signals: &[MemoryFeedback],
+        query_vector: &[f32],
+        embedder: &str,
+        weights: &RankWeights,
+        now: i64,
+    ) -> PackItem {
+        let age_days = ((now - note.updated_at_ms).max(0) as f64) / 86_400_000.0;
+        let c = Components {
+            fusion,
+            relevance,
+            importance: note.importance,
+            confidence: note.confidence,
+            recency: 0.5f64.powf(age_days / weights.half_life_days),
+            feedback: feedback_factor(signals, query_vector, embedder, weights.feedback),
+        };
+        let score = c.relevance
+            * (1.0 - weights.meta + weights.meta * (c.importance + c.confidence) / 2.0)
+            * (1.0 - weights.recency + weights.recency * c.recency)
+            * c.feedback;
+        PackItem { tokens: 0, note, score, components: c }
+    }
+}
+
+impl Components {
+    /// A note reached by a link: its relevance is set by the caller.
+    fn none() -> Self {
+        Self {
+            fusion: rank::Components::default(),
+            relevance: 0.0,
+            importance: 0.0,
+            confidence: 0.0,
+            recency: 0.0,
+            feedback: 1.0,
+        }
     }
 }

@@ -102,7 +102,7 @@ impl Default for FusionParams {
 
 /// The parts of a fused score, for telemetry and debugging: `score = base + neighbour + thread
 /// + author` (each already weighted).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Components {
     pub bm25: Option<f32>,
     pub cosine: Option<f32>,
