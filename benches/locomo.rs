@@ -144,8 +144,11 @@ fn main() {
             for question in &questions {
                 for (i, (_, fusion)) in variants.iter().enumerate() {
                     let weights = RankWeights { fusion: *fusion, meta: 0.0, recency: 0.0, ..RankWeights::default() };
-                    let pack =
-                        engine.knowledge().context_pack_with(&scope, &question.text, 100_000, weights).await.unwrap();
+                    let pack = engine
+                        .knowledge()
+                        .context_pack_with(&scope, &question.text, 100_000, false, weights)
+                        .await
+                        .unwrap();
                     let ranked: Vec<String> = pack
                         .items
                         .iter()

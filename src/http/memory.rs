@@ -22,6 +22,7 @@ use super::{
     error::ApiError,
     extract::{Caller, JsonBody, QueryParams},
     memory_graph::{entity_json, event_json, link_json},
+    sources::{citation_json, hit_json},
     wire::{double_option, iso},
     AppState,
 };
@@ -290,12 +291,8 @@ impl PackRequest {
 
 async fn build_pack(state: &AppState, caller: &Caller, req: &PackRequest) -> Result<(KbScope, ContextPack), ApiError> {
     let scope = scope(state, caller, req.workspace_id.as_deref())?;
-    if req.include_sources == Some(true) {
-        return Err(ApiError::NotImplemented(
-            "include_sources: Sources (documents and chunks) are not in this build yet; ask without it".into(),
-        ));
-    }
-    let pack = state.engine.knowledge().context_pack(&scope, &req.query, req.max_tokens()?).await?;
+    let include_sources = req.include_sources.unwrap_or(false);
+    let pack = state.engine.knowledge().context_pack(&scope, &req.query, req.max_tokens()?, include_sources).await?;
     Ok((scope, pack))
 }
 
@@ -339,6 +336,11 @@ async fn context_pack(
     included.extend(
         pack.events.iter().map(|e| json!({ "type": "event", "id": e.event.id, "score": e.score, "tokens": e.tokens })),
     );
+    included.extend(
+        pack.chunks
+            .iter()
+            .map(|c| json!({ "type": "source_chunk", "id": c.hit.chunk.id, "score": c.score, "tokens": c.tokens })),
+    );
     let scored = |mut body: Value, score: f64, tokens: u32| {
         body["score"] = json!(score);
         body["tokens"] = json!(tokens);
@@ -360,8 +362,13 @@ async fn context_pack(
             body
         }).collect::<Vec<_>>(),
         "events": pack.events.iter().map(|e| scored(event_json(&e.event), e.score, e.tokens)).collect::<Vec<_>>(),
-        "sources": [],
-        "citations": [],
+        "sources": pack.chunks.iter().map(|c| {
+            let mut body = hit_json(&c.hit);
+            body["score"] = json!(c.score);
+            body["tokens"] = json!(c.tokens);
+            body
+        }).collect::<Vec<_>>(),
+        "citations": citations(&pack),
         "metadata": req.metadata,
         "telemetry": {
             "trace_id": pack.trace_id,
@@ -373,6 +380,19 @@ async fn context_pack(
             "weights": pack.weights,
         },
     })))
+}
+
+/// The pack's citations, numbered as `[n]` in its context.
+pub(super) fn citations(pack: &ContextPack) -> Vec<Value> {
+    pack.chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut citation = citation_json(&c.hit);
+            citation["index"] = json!(i + 1);
+            citation
+        })
+        .collect()
 }
 
 async fn context(
@@ -387,5 +407,6 @@ async fn context(
         "context": pack.context,
         "used_tokens": pack.used_tokens,
         "memories": memories_json(&pack),
+        "citations": citations(&pack),
     })))
 }

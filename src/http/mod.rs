@@ -19,6 +19,7 @@ mod provider_keys;
 #[cfg(test)]
 mod request_props;
 mod sessions;
+mod sources;
 mod usage;
 mod wire;
 mod workspaces;
@@ -85,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         usage::read_routes().route_layer(middleware::from_fn_with_state(state.clone(), admission::admit_runtime_keys));
     let knowledge = memory::routes()
         .merge(memory_graph::routes())
+        .merge(sources::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit_runtime_keys));
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()

@@ -247,3 +247,85 @@ impl KbWriteSet {
         self.ops.is_empty()
     }
 }
+
+/// Key: (account_id, source_id). Where knowledge came from: an upload, a page, a spec. Its
+/// documents and chunks are what is indexed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Source {
+    pub id: String,
+    pub account_id: String,
+    pub workspace: String,
+    pub name: String,
+    pub url: Option<String>,
+    pub metadata: Map<String, Value>,
+    pub external_source: Option<String>,
+    pub external_id: Option<String>,
+    /// Its documents' ids, in order.
+    pub documents: Vec<String>,
+    pub chunk_count: u32,
+    pub bytes: u64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub seq: u64,
+}
+impl Record for Source {
+    const TREE: &'static str = "sources";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// Key: (account_id, document_id). A source's file or text as indexed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SourceDocument {
+    pub id: String,
+    pub account_id: String,
+    pub workspace: String,
+    pub source_id: String,
+    pub title: String,
+    /// `text`, `markdown`, `html` or `pdf`.
+    pub kind: String,
+    pub url: Option<String>,
+    pub bytes: u64,
+    pub chunk_count: u32,
+    pub pages: Option<u32>,
+    pub created_at_ms: i64,
+}
+impl Record for SourceDocument {
+    const TREE: &'static str = "source_documents";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// Key: (account_id, document_id, ordinal). A searchable piece of a document, with what a
+/// citation needs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SourceChunk {
+    /// `chk_<document id>_<ordinal>`.
+    pub id: String,
+    pub account_id: String,
+    pub workspace: String,
+    pub source_id: String,
+    pub document_id: String,
+    pub ordinal: u32,
+    pub text: String,
+    pub tokens: u32,
+    /// Heading path, outermost first.
+    pub section: Vec<String>,
+    /// First and last PDF page.
+    pub pages: Option<(u32, u32)>,
+    pub seq: u64,
+}
+impl Record for SourceChunk {
+    const TREE: &'static str = "source_chunks";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+impl SourceChunk {
+    pub fn id_for(document_id: &str, ordinal: u32) -> String {
+        format!("chk_{document_id}_{ordinal}")
+    }
+
+    /// The (document id, ordinal) a chunk id names.
+    pub fn parse_id(id: &str) -> Option<(&str, u32)> {
+        let (document, ordinal) = id.strip_prefix("chk_")?.rsplit_once('_')?;
+        Some((document, ordinal.parse().ok()?))
+    }
+}

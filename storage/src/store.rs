@@ -4,7 +4,7 @@ use crate::{
     flusher::{Flusher, FlusherStatus},
     knowledge::{
         ForgottenNote, KbExternalRef, KbWriteSet, KnowledgeVector, LinkEnd, MemoryEntity, MemoryEvent, MemoryFeedback,
-        MemoryLink, MemoryNote, NoteExternalRef,
+        MemoryLink, MemoryNote, NoteExternalRef, Source, SourceChunk, SourceDocument,
     },
     ledger::LedgerStore,
     records::{
@@ -49,6 +49,9 @@ pub struct Store {
     pub events: Collection<MemoryEvent>,
     pub kb_refs: Collection<KbExternalRef>,
     pub feedback: Collection<MemoryFeedback>,
+    pub sources: Collection<Source>,
+    pub source_documents: Collection<SourceDocument>,
+    pub source_chunks: Collection<SourceChunk>,
     /// Every knowledge-base tree by name, for `apply_kb`'s transactions.
     kb_trees: Arc<(Vec<&'static str>, Vec<sled::Tree>)>,
     /// The knowledge base's write sequence (see `knowledge.rs`).
@@ -83,6 +86,9 @@ impl Store {
             MemoryEvent::TREE,
             KbExternalRef::TREE,
             MemoryFeedback::TREE,
+            Source::TREE,
+            SourceDocument::TREE,
+            SourceChunk::TREE,
         ];
         let kb_trees = kb_tree_names.iter().map(|name| db.open_tree(name)).collect::<Result<Vec<_>, _>>()?;
         // `db` itself is kept only by the flusher: every tree holds what it needs.
@@ -108,6 +114,9 @@ impl Store {
             events: Collection::open(&db)?,
             kb_refs: Collection::open(&db)?,
             feedback: Collection::open(&db)?,
+            sources: Collection::open(&db)?,
+            source_documents: Collection::open(&db)?,
+            source_chunks: Collection::open(&db)?,
             kb_trees: Arc::new((kb_tree_names, kb_trees)),
             kb_seq: db.open_tree("knowledge_seq")?,
             data_dir: data_dir.to_path_buf(),

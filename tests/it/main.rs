@@ -27,5 +27,6 @@ mod payments;
 mod rate_limits;
 mod sdk_clients;
 mod semantic_cache;
+mod sources;
 mod storage_stress;
 mod supervision;

@@ -208,7 +208,6 @@ async fn bad_memory_input_gets_a_clear_4xx() {
         ("/v1/memory/context-pack", json!({"query": "x", "max_tokens": -5}), 400, "max_tokens"),
         ("/v1/memory/context-pack", json!({"query": "x", "max_tokens": 0}), 400, "max_tokens"),
         ("/v1/memory/context-pack", json!({"query": "x", "max_tokens": 10_000_000}), 400, "max_tokens"),
-        ("/v1/memory/context-pack", json!({"query": "x", "include_sources": true}), 501, "Sources"),
         ("/v1/memory/context", json!({"max_tokens": 10}), 400, "query"),
     ];
     for (path, body, status, needle) in cases {

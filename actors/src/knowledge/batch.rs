@@ -7,14 +7,15 @@ use std::collections::{HashMap, HashSet};
 use tokaroo_storage::{
     knowledge::{
         ForgottenNote, KbExternalRef, KbWriteSet, KnowledgeVector, LinkEnd, MemoryEntity, MemoryEvent, MemoryFeedback,
-        MemoryLink, MemoryNote, NodeRef, NoteExternalRef,
+        MemoryLink, MemoryNote, NodeRef, NoteExternalRef, Source, SourceChunk, SourceDocument,
     },
     Store,
 };
 
 use super::{
     graph::{at, BatchWritten, EntityInput, EventInput, FeedbackInput, LinkInput, MemoryBatch, NodeSpec},
-    indexer::{note_key, Change},
+    indexer::{chunk_key, note_key, Change},
+    sources::ingest::{IngestedSource, PreparedSource, MAX_CHUNKS_PER_ACCOUNT},
     KbScope, NoteInput,
 };
 use crate::error::EngineError;
@@ -536,4 +537,134 @@ pub(super) fn entity_text(entity: &MemoryEntity) -> String {
         text.push_str(&entity.description);
     }
     text
+}
+
+impl Staging<'_> {
+    /// Writes a prepared source, replacing the documents and chunks of the one its external
+    /// id names.
+    pub(super) fn source(&mut self, prepared: PreparedSource) -> Result<IngestedSource, EngineError> {
+        let scope = self.scope;
+        let account = scope.account_id.as_str();
+        let existing = match prepared.external_source.as_deref().zip(prepared.external_id.as_deref()) {
+            Some((source, external)) => match self.external("source", source, external)? {
+                Some(found) => self.store.sources.get(&(account, found.id.as_str()))?,
+                None => None,
+            },
+            None => None,
+        };
+        let new_chunks: usize = prepared.documents.iter().map(|d| d.chunks.len()).sum();
+        let held: u64 = self
+            .store
+            .sources
+            .scan_prefix(&(account,))?
+            .iter()
+            .filter(|s| existing.as_ref().is_none_or(|e| e.id != s.id))
+            .map(|s| u64::from(s.chunk_count))
+            .sum();
+        if held + new_chunks as u64 > MAX_CHUNKS_PER_ACCOUNT {
+            return Err(EngineError::Invalid(format!(
+                "this account's sources hold {held} chunks; with this one they would be over \
+                 {MAX_CHUNKS_PER_ACCOUNT}; delete some sources first"
+            )));
+        }
+        let mut replaced_chunks = 0;
+        if let Some(old) = &existing {
+            replaced_chunks = self.remove_documents(old)?;
+        }
+        let seq = next_seq(self.store)?;
+        let source_id =
+            existing.as_ref().map_or_else(|| format!("src_{}", uuid::Uuid::new_v4().simple()), |s| s.id.clone());
+        let mut documents = Vec::with_capacity(prepared.documents.len());
+        let embedder = prepared.embedder.clone();
+        for doc in prepared.documents {
+            let document = SourceDocument {
+                id: format!("doc_{}", uuid::Uuid::new_v4().simple()),
+                account_id: account.to_owned(),
+                workspace: scope.workspace.clone(),
+                source_id: source_id.clone(),
+                title: doc.title,
+                kind: doc.kind.to_owned(),
+                url: doc.url,
+                bytes: doc.bytes,
+                chunk_count: u32::try_from(doc.chunks.len()).unwrap_or(u32::MAX),
+                pages: doc.pages,
+                created_at_ms: self.now,
+            };
+            for (ordinal, prepared_chunk) in doc.chunks.into_iter().enumerate() {
+                let ordinal = u32::try_from(ordinal).unwrap_or(u32::MAX);
+                let chunk = SourceChunk {
+                    id: SourceChunk::id_for(&document.id, ordinal),
+                    account_id: account.to_owned(),
+                    workspace: scope.workspace.clone(),
+                    source_id: source_id.clone(),
+                    document_id: document.id.clone(),
+                    ordinal,
+                    text: prepared_chunk.text,
+                    tokens: prepared_chunk.tokens,
+                    section: prepared_chunk.section,
+                    pages: prepared_chunk.pages,
+                    seq,
+                };
+                self.set.put(&(account, document.id.as_str(), u64::from(ordinal)), &chunk)?;
+                let vector = embedder.clone().zip(prepared_chunk.vector);
+                self.changes.push(Change::for_chunk(chunk, document.title.clone(), vector));
+            }
+            self.set.put(&(account, document.id.as_str()), &document)?;
+            documents.push(document);
+        }
+        let source = Source {
+            id: source_id.clone(),
+            account_id: account.to_owned(),
+            workspace: scope.workspace.clone(),
+            name: prepared.name,
+            url: prepared.url,
+            metadata: prepared.metadata,
+            external_source: prepared.external_source,
+            external_id: prepared.external_id,
+            documents: documents.iter().map(|d| d.id.clone()).collect(),
+            chunk_count: u32::try_from(new_chunks).unwrap_or(u32::MAX),
+            bytes: documents.iter().map(|d| d.bytes).sum(),
+            created_at_ms: existing.as_ref().map_or(self.now, |s| s.created_at_ms),
+            updated_at_ms: self.now,
+            seq,
+        };
+        if let Some((ext_source, external)) = source.external_source.clone().zip(source.external_id.clone()) {
+            self.put_ref("source", &ext_source, &external, reference(&source_id, 0))?;
+        }
+        self.set.put(&(account, source_id.as_str()), &source)?;
+        Ok(IngestedSource { source, documents, created: existing.is_none(), replaced_chunks })
+    }
+
+    /// Removes a source's documents and chunks (records, vectors, and from the text index);
+    /// returns how many chunks went.
+    fn remove_documents(&mut self, source: &Source) -> Result<u32, EngineError> {
+        let account = source.account_id.as_str();
+        let mut removed = 0;
+        for document in &source.documents {
+            for chunk in self.store.source_chunks.scan_prefix(&(account, document.as_str()))? {
+                let key = chunk_key(&chunk.id);
+                self.set.remove::<SourceChunk>(&(account, document.as_str(), u64::from(chunk.ordinal)));
+                self.set.remove::<KnowledgeVector>(&(account, key.as_str()));
+                self.changes.push(Change::unindex(account, &chunk.workspace, key));
+                removed += 1;
+            }
+            self.set.remove::<SourceDocument>(&(account, document.as_str()));
+        }
+        Ok(removed)
+    }
+
+    pub(super) fn delete_source(&mut self, id: &str) -> Result<Source, EngineError> {
+        let scope = self.scope;
+        let source = match self.store.sources.get(&(scope.account_id.as_str(), id))? {
+            Some(source) if source.workspace == scope.workspace => source,
+            _ => return Err(EngineError::NotFound { what: "source" }),
+        };
+        self.remove_documents(&source)?;
+        self.set.remove::<Source>(&(scope.account_id.as_str(), id));
+        if let Some((ext_source, external)) = source.external_source.as_deref().zip(source.external_id.as_deref()) {
+            let key = (scope.account_id.as_str(), source.workspace.as_str(), "source", ext_source, external);
+            self.set.remove::<KbExternalRef>(&key);
+        }
+        Ok(source)
+    }
 }

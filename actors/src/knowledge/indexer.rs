@@ -19,13 +19,14 @@ use std::{
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use serde_json::json;
 use tokaroo_storage::{
-    knowledge::{ForgottenNote, KnowledgeVector, MemoryEntity, MemoryNote, NoteExternalRef},
+    knowledge::{ForgottenNote, KnowledgeVector, MemoryEntity, MemoryNote, NoteExternalRef, Source, SourceChunk},
     text_index::TextDoc,
 };
 
 use super::{
     batch::{entity_text, Staging},
     graph::{BatchWritten, MemoryBatch},
+    sources::ingest::{chunk_text, IngestedSource, PreparedSource},
     KbScope, KnowledgeParts, NoteInput, NotePatch,
 };
 use crate::{
@@ -48,6 +49,8 @@ const MAX_BACKLOG_PER_ACCOUNT: usize = 1_000;
 pub const NOTE: &str = "note";
 /// The kind of an entity's document in the text index.
 pub const ENTITY: &str = "entity";
+/// The kind of a source chunk's documents in the text index and the vectors.
+pub const CHUNK: &str = "chunk";
 
 /// A write to the knowledge base.
 #[derive(Debug)]
@@ -58,6 +61,11 @@ pub enum KbWrite {
     Forget(KbScope, String, String),
     /// (scope, writes applied together, who writes them)
     Batch(KbScope, MemoryBatch, String),
+    /// A source extracted, chunked and embedded: written, or replacing the one of its
+    /// external id.
+    Source(KbScope, Box<PreparedSource>),
+    /// (scope, source id)
+    DeleteSource(KbScope, String),
 }
 
 impl KbWrite {
@@ -66,7 +74,9 @@ impl KbWrite {
             Self::Upsert(scope, _)
             | Self::Patch(scope, _, _)
             | Self::Forget(scope, _, _)
-            | Self::Batch(scope, _, _) => &scope.account_id,
+            | Self::Batch(scope, _, _)
+            | Self::Source(scope, _)
+            | Self::DeleteSource(scope, _) => &scope.account_id,
         }
     }
 }
@@ -110,6 +120,8 @@ pub enum Written {
     Note(MemoryNote, bool),
     Forgotten(ForgottenNote),
     Batch(Box<BatchWritten>),
+    Source(Box<IngestedSource>),
+    SourceDeleted(Box<Source>),
 }
 
 type Reply = RpcReplyPort<Result<Written, EngineError>>;
@@ -161,6 +173,10 @@ pub fn entity_key(id: &str) -> String {
     format!("{ENTITY}:{id}")
 }
 
+pub fn chunk_key(id: &str) -> String {
+    format!("{CHUNK}:{id}")
+}
+
 /// A note as `input` makes it: `existing` updated, or a new one in `scope`.
 pub(super) fn merged_note(existing: Option<MemoryNote>, scope: &KbScope, input: NoteInput, now: i64) -> MemoryNote {
     let mut note = existing.unwrap_or_else(|| MemoryNote {
@@ -210,6 +226,9 @@ pub(super) enum Indexed {
     Note(MemoryNote),
     /// Found by text (its name, aliases and description).
     Entity(MemoryEntity),
+    /// Found by text and by vector: the chunk, its document's title, and its vector when the
+    /// ingestion embedded it (with the embedder's id).
+    Chunk(Box<SourceChunk>, String, Option<(String, Vec<f32>)>),
 }
 
 /// One record write of a batch, before its index work.
@@ -230,6 +249,10 @@ impl Change {
 
     pub(super) fn for_entity(entity: &MemoryEntity) -> Self {
         Self { index: Some(Indexed::Entity(entity.clone())), unindex: None }
+    }
+
+    pub(super) fn for_chunk(chunk: SourceChunk, title: String, vector: Option<(String, Vec<f32>)>) -> Self {
+        Self { index: Some(Indexed::Chunk(Box::new(chunk), title, vector)), unindex: None }
     }
 
     pub(super) fn unindex(account: &str, workspace: &str, key: String) -> Self {
@@ -358,6 +381,18 @@ impl IndexerActor {
                 *count = (*count + staging.created_notes).saturating_sub(written.forgotten.len());
                 Ok((Written::Batch(Box::new(written)), staging.changes))
             }
+            KbWrite::Source(scope, prepared) => {
+                let mut staging = Staging::new(store, &scope);
+                let ingested = staging.source(*prepared)?;
+                store.apply_kb(&staging.set)?;
+                Ok((Written::Source(Box::new(ingested)), staging.changes))
+            }
+            KbWrite::DeleteSource(scope, id) => {
+                let mut staging = Staging::new(store, &scope);
+                let source = staging.delete_source(&id)?;
+                store.apply_kb(&staging.set)?;
+                Ok((Written::SourceDeleted(Box::new(source)), staging.changes))
+            }
         }
     }
 
@@ -400,45 +435,84 @@ impl IndexerActor {
         if changes.is_empty() {
             return Ok(());
         }
-        let notes: Vec<&MemoryNote> = changes
-            .iter()
-            .filter_map(|c| match &c.index {
-                Some(Indexed::Note(note)) => Some(note),
-                _ => None,
-            })
-            .collect();
-        // Without vectors (the embedder failing) a note is still found by its text, and
+        // What to embed: notes, and chunks whose ingestion could not embed them.
+        let mut to_embed: Vec<(String, String, String, &str, u64, String)> = Vec::new();
+        let mut docs = Vec::new();
+        for change in &changes {
+            match &change.index {
+                Some(Indexed::Note(note)) => {
+                    let text = note_text(note);
+                    let key = note_key(&note.id);
+                    to_embed.push((
+                        note.account_id.clone(),
+                        note.workspace.clone(),
+                        key.clone(),
+                        NOTE,
+                        note.seq,
+                        text.clone(),
+                    ));
+                    docs.push(TextDoc {
+                        key,
+                        account: note.account_id.clone(),
+                        workspace: note.workspace.clone(),
+                        kind: NOTE.into(),
+                        text,
+                    });
+                }
+                Some(Indexed::Chunk(chunk, title, vector)) => {
+                    let text = chunk_text(title, &chunk.section, &chunk.text);
+                    let key = chunk_key(&chunk.id);
+                    match vector {
+                        Some((embedder, vector)) => {
+                            let record =
+                                KnowledgeVector { embedder: embedder.clone(), vector: vector.clone(), seq: chunk.seq };
+                            parts
+                                .store
+                                .knowledge_vectors
+                                .insert(&(chunk.account_id.as_str(), key.as_str()), &record)?;
+                            parts.vectors.upsert(&chunk.account_id, &chunk.workspace, &key, CHUNK, vector.clone());
+                        }
+                        None => to_embed.push((
+                            chunk.account_id.clone(),
+                            chunk.workspace.clone(),
+                            key.clone(),
+                            CHUNK,
+                            chunk.seq,
+                            text.clone(),
+                        )),
+                    }
+                    docs.push(TextDoc {
+                        key,
+                        account: chunk.account_id.clone(),
+                        workspace: chunk.workspace.clone(),
+                        kind: CHUNK.into(),
+                        text,
+                    });
+                }
+                _ => {}
+            }
+        }
+        // Without vectors (the embedder failing) a record is still found by its text, and
         // embedded again at the next start (its vector is missing).
-        let embedded = if notes.is_empty() {
-            None
-        } else {
-            match parts.embedder.embed(notes.iter().map(|n| note_text(n)).collect()).await {
-                Ok(embedded) if embedded.vectors.len() == notes.len() => Some(embedded),
-                Ok(_) => None,
+        if !to_embed.is_empty() {
+            let texts = to_embed.iter().map(|e| e.5.clone()).collect();
+            match parts.embedder.embed(texts).await {
+                Ok(embedded) if embedded.vectors.len() == to_embed.len() => {
+                    for ((account, workspace, key, kind, seq, _), mut vector) in
+                        to_embed.into_iter().zip(embedded.vectors)
+                    {
+                        crate::embed::l2_normalise(&mut vector);
+                        let record =
+                            KnowledgeVector { embedder: embedded.embedder.to_string(), vector: vector.clone(), seq };
+                        parts.store.knowledge_vectors.insert(&(account.as_str(), key.as_str()), &record)?;
+                        parts.vectors.upsert(&account, &workspace, &key, kind, vector);
+                    }
+                }
+                Ok(_) => {}
                 Err(error) => {
-                    tracing::warn!(%error, "knowledge base: embedding failed; these notes are searchable by text only until the next start");
-                    None
+                    tracing::warn!(%error, "knowledge base: embedding failed; these records are searchable by text only until the next start");
                 }
             }
-        };
-        let mut docs = Vec::new();
-        for (i, note) in notes.iter().enumerate() {
-            let key = note_key(&note.id);
-            if let Some(embedded) = &embedded {
-                let mut vector = embedded.vectors[i].clone();
-                crate::embed::l2_normalise(&mut vector);
-                let record =
-                    KnowledgeVector { embedder: embedded.embedder.to_string(), vector: vector.clone(), seq: note.seq };
-                parts.store.knowledge_vectors.insert(&(note.account_id.as_str(), key.as_str()), &record)?;
-                parts.vectors.upsert(&note.account_id, &note.workspace, &key, NOTE, vector);
-            }
-            docs.push(TextDoc {
-                key,
-                account: note.account_id.clone(),
-                workspace: note.workspace.clone(),
-                kind: NOTE.into(),
-                text: note_text(note),
-            });
         }
         for change in &changes {
             if let Some(Indexed::Entity(entity)) = &change.index {
@@ -560,6 +634,29 @@ impl IndexerActor {
             .map(|e| Change::for_entity(&e))
             .collect();
         self.index(entities, state, Some(committed)).await?;
+        // Source chunks as notes: vectors loaded, those behind indexed (and embedded) again.
+        let mut behind_chunks = Vec::new();
+        for chunk in parts.store.source_chunks.all()? {
+            let key = chunk_key(&chunk.id);
+            let stored = parts.store.knowledge_vectors.get(&(chunk.account_id.as_str(), key.as_str()))?;
+            match stored.filter(|v| same_embedder(&v.embedder, &embedder) && v.seq >= chunk.seq) {
+                Some(v) if chunk.seq <= committed => {
+                    parts.vectors.upsert(&chunk.account_id, &chunk.workspace, &key, CHUNK, v.vector);
+                }
+                _ => behind_chunks.push(chunk),
+            }
+        }
+        state.recovered += behind_chunks.len() as u64;
+        for slice in behind_chunks.chunks(64) {
+            let mut changes = Vec::with_capacity(slice.len());
+            for chunk in slice {
+                let document =
+                    parts.store.source_documents.get(&(chunk.account_id.as_str(), chunk.document_id.as_str()))?;
+                let title = document.map(|d| d.title).unwrap_or_default();
+                changes.push(Change::for_chunk(chunk.clone(), title, None));
+            }
+            self.index(changes, state, Some(committed)).await?;
+        }
         let text = parts.text.clone();
         let seq = parts.store.next_kb_seq()?;
         parts.store.flush().await?;
@@ -586,6 +683,7 @@ impl Change {
         match (&self.index, &self.unindex) {
             (Some(Indexed::Note(note)), _) => note_key(&note.id),
             (Some(Indexed::Entity(entity)), _) => entity_key(&entity.id),
+            (Some(Indexed::Chunk(chunk, ..)), _) => chunk_key(&chunk.id),
             (None, Some((_, _, key))) => key.clone(),
             (None, None) => String::new(),
         }

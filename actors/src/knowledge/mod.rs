@@ -28,7 +28,8 @@ use serde_json::{Map, Value};
 use tokaroo_storage::{text_index::TextIndex, Store};
 
 pub use tokaroo_storage::knowledge::{
-    ForgottenNote, MemoryEntity, MemoryEvent, MemoryFeedback, MemoryLink, MemoryNote, NodeRef,
+    ForgottenNote, MemoryEntity, MemoryEvent, MemoryFeedback, MemoryLink, MemoryNote, NodeRef, Source, SourceChunk,
+    SourceDocument,
 };
 
 use self::{

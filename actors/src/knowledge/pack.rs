@@ -28,8 +28,9 @@ use serde::Serialize;
 use tokaroo_storage::knowledge::{MemoryEntity, MemoryEvent, MemoryFeedback, MemoryLink, MemoryNote, NodeRef};
 
 use super::{
-    indexer::{ENTITY, NOTE},
+    indexer::{CHUNK, ENTITY, NOTE},
     rank::{self, Candidate, FusionParams},
+    sources::ingest::ChunkHit,
     KbScope, Knowledge,
 };
 use crate::{chat::tokenizer, error::EngineError};
@@ -46,6 +47,8 @@ const LINKED_FROM: usize = 10;
 const MAX_LINKS_FOLLOWED: usize = 32;
 /// Entities taken from the text index per query.
 const ENTITY_CANDIDATES: usize = 10;
+/// Source chunks ranked for a pack.
+const MAX_CHUNKS: usize = 20;
 
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct RankWeights {
@@ -67,6 +70,8 @@ pub struct RankWeights {
     pub event: f64,
     pub event_half_life_days: f64,
     pub max_events: usize,
+    /// With `include_sources`, a chunk scores `source ·` its fused relevance.
+    pub source: f64,
 }
 
 impl Default for RankWeights {
@@ -82,6 +87,7 @@ impl Default for RankWeights {
             event: 0.25,
             event_half_life_days: 7.0,
             max_events: 5,
+            source: 1.0,
         }
     }
 }
@@ -131,6 +137,14 @@ pub struct EventItem {
     pub tokens: u32,
 }
 
+/// A source chunk of a pack, with its citation.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChunkItem {
+    pub hit: ChunkHit,
+    pub score: f64,
+    pub tokens: u32,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ContextPack {
     pub trace_id: String,
@@ -138,6 +152,8 @@ pub struct ContextPack {
     pub entities: Vec<EntityItem>,
     pub links: Vec<LinkItem>,
     pub events: Vec<EventItem>,
+    /// Source chunks (with `include_sources`), best first; `[n]` in the context is the n-th.
+    pub chunks: Vec<ChunkItem>,
     /// The items rendered as one block for a prompt.
     pub context: String,
     pub used_tokens: u32,
@@ -163,6 +179,23 @@ fn render_entity(entity: &MemoryEntity) -> String {
     } else {
         format!("- {} ({}): {}\n", entity.name.trim(), entity.entity_type, entity.description.trim())
     }
+}
+
+/// A chunk as a cited passage; `n` is its citation number.
+fn render_chunk(n: usize, hit: &ChunkHit) -> String {
+    let mut cite = hit.document_title.trim().to_owned();
+    if !hit.chunk.section.is_empty() {
+        cite.push_str(" › ");
+        cite.push_str(&hit.chunk.section.join(" › "));
+    }
+    if let Some((first, last)) = hit.chunk.pages {
+        if first == last {
+            cite.push_str(&format!(", p. {first}"));
+        } else {
+            cite.push_str(&format!(", pp. {first}–{last}"));
+        }
+    }
+    format!("[{n}] ({cite})\n{}\n", hit.chunk.text.trim())
 }
 
 fn render_event(event: &MemoryEvent) -> String {
@@ -205,6 +238,7 @@ impl ContextPack {
         let names = self.names();
         section("Links:", self.links.iter().map(|l| render_link(&l.link, &names)).collect());
         section("Recent events:", self.events.iter().map(|e| render_event(&e.event)).collect());
+        section("Sources:", self.chunks.iter().enumerate().map(|(i, c)| render_chunk(i + 1, &c.hit)).collect());
         out
     }
 
@@ -226,6 +260,7 @@ impl ContextPack {
             self.items.last().map(|i| i.score),
             self.entities.iter().map(|e| e.score).reduce(f64::min),
             self.events.iter().map(|e| e.score).reduce(f64::min),
+            self.chunks.last().map(|c| c.score),
         ];
         let Some(min) = lowest.iter().flatten().copied().reduce(f64::min) else { return false };
         if lowest[0] == Some(min) {
@@ -233,9 +268,11 @@ impl ContextPack {
         } else if lowest[1] == Some(min) {
             let at = self.entities.iter().position(|e| e.score == min).unwrap_or(0);
             self.entities.remove(at);
-        } else {
+        } else if lowest[2] == Some(min) {
             let at = self.events.iter().position(|e| e.score == min).unwrap_or(0);
             self.events.remove(at);
+        } else {
+            self.chunks.pop();
         }
         true
     }
@@ -246,6 +283,7 @@ enum Entry {
     Memory(PackItem),
     Entity(EntityItem),
     Event(EventItem),
+    Chunk(ChunkItem),
 }
 
 impl Entry {
@@ -254,6 +292,7 @@ impl Entry {
             Self::Memory(i) => i.score,
             Self::Entity(e) => e.score,
             Self::Event(e) => e.score,
+            Self::Chunk(c) => c.score,
         }
     }
 
@@ -262,6 +301,7 @@ impl Entry {
             Self::Memory(i) => &i.note.id,
             Self::Entity(e) => &e.entity.id,
             Self::Event(e) => &e.event.id,
+            Self::Chunk(c) => &c.hit.chunk.id,
         }
     }
 
@@ -270,6 +310,8 @@ impl Entry {
             Self::Memory(i) => render_note(&i.note),
             Self::Entity(e) => render_entity(&e.entity),
             Self::Event(e) => render_event(&e.event),
+            // Numbered once packed; a two-digit number costs what any other does.
+            Self::Chunk(c) => render_chunk(99, &c.hit),
         }
     }
 
@@ -278,6 +320,7 @@ impl Entry {
             Self::Memory(i) => i.tokens = tokens,
             Self::Entity(e) => e.tokens = tokens,
             Self::Event(e) => e.tokens = tokens,
+            Self::Chunk(c) => c.tokens = tokens,
         }
     }
 }
@@ -311,8 +354,9 @@ impl Knowledge {
         scope: &KbScope,
         query: &str,
         max_tokens: u32,
+        include_sources: bool,
     ) -> Result<ContextPack, EngineError> {
-        self.context_pack_with(scope, query, max_tokens, RankWeights::default()).await
+        self.context_pack_with(scope, query, max_tokens, include_sources, RankWeights::default()).await
     }
 
     /// The same with other weights (the LoCoMo evaluation compares the retrievers alone).
@@ -321,6 +365,7 @@ impl Knowledge {
         scope: &KbScope,
         query: &str,
         max_tokens: u32,
+        include_sources: bool,
         weights: RankWeights,
     ) -> Result<ContextPack, EngineError> {
         if query.trim().is_empty() {
@@ -465,6 +510,24 @@ impl Knowledge {
         events.sort_by_key(|e| std::cmp::Reverse(e.occurred_at_ms));
         events.truncate(weights.max_events);
         candidate_count += entities.len() + events.len();
+        let mut chunks = Vec::new();
+        if include_sources {
+            let text_hits = {
+                let (text, account, query) = (parts.text.clone(), scope.account_id.clone(), query.to_owned());
+                let readable: Vec<String> = readable.iter().map(|w| (*w).to_owned()).collect();
+                tokio::task::spawn_blocking(move || {
+                    let readable: Vec<&str> = readable.iter().map(String::as_str).collect();
+                    text.search(&account, &readable, &[CHUNK], &query, CANDIDATES)
+                })
+                .await
+                .map_err(|e| EngineError::Internal(format!("text search: {e}")))??
+            };
+            let vector_hits = parts.vectors.search(account, &readable, &[CHUNK], &query_vector, CANDIDATES);
+            let hits = self.rank_chunks(scope, query, &text_hits, &vector_hits, MAX_CHUNKS, None)?;
+            candidate_count += hits.len();
+            chunks =
+                hits.into_iter().map(|hit| ChunkItem { score: weights.source * hit.score, hit, tokens: 0 }).collect();
+        }
 
         let mut entries: Vec<Entry> = ranked.into_iter().map(Entry::Memory).collect();
         entries.extend(entities.into_values().map(Entry::Entity));
@@ -473,6 +536,7 @@ impl Knowledge {
             let score = weights.event * 0.5f64.powf(age_days / weights.event_half_life_days);
             Entry::Event(EventItem { event, score, tokens: 0 })
         }));
+        entries.extend(chunks.into_iter().map(Entry::Chunk));
         entries.sort_by(|a, b| b.score().total_cmp(&a.score()).then_with(|| a.id().cmp(b.id())));
 
         let mut pack = ContextPack {
@@ -481,6 +545,7 @@ impl Knowledge {
             entities: Vec::new(),
             links: Vec::new(),
             events: Vec::new(),
+            chunks: Vec::new(),
             context: String::new(),
             used_tokens: 0,
             max_tokens,
@@ -508,6 +573,7 @@ impl Knowledge {
                 Entry::Memory(item) => pack.items.push(item),
                 Entry::Entity(item) => pack.entities.push(item),
                 Entry::Event(item) => pack.events.push(item),
+                Entry::Chunk(item) => pack.chunks.push(item),
             }
         }
         // Links between included items, strongest first, while they fit.
@@ -541,6 +607,7 @@ impl Knowledge {
         }
         pack.items.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.note.id.cmp(&b.note.id)));
         pack.entities.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.entity.id.cmp(&b.entity.id)));
+        pack.chunks.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.hit.chunk.id.cmp(&b.hit.chunk.id)));
         // Section titles and joins cost tokens too: the whole block is counted, and trimmed
         // until it fits.
         loop {

@@ -1,0 +1,428 @@
+//! Ingesting, reading, deleting and searching sources.
+//!
+//! Ingestion does its heavy work before the indexer sees it: each document's bytes are
+//! extracted (`extract.rs`) and chunked (`chunk.rs`) on a blocking thread, and the chunks are
+//! embedded by the embedder, so the indexer (shared by every tenant) only writes records and
+//! commits. Re-ingesting a source with the same `external_source`/`external_id` replaces its
+//! documents and chunks in one transaction.
+
+use serde_json::{Map, Value};
+use tokaroo_storage::knowledge::{Source, SourceChunk, SourceDocument};
+
+use super::{
+    chunk::{chunk, ChunkOptions},
+    extract::{extract, Limits, SourceKind},
+};
+use crate::{
+    error::EngineError,
+    knowledge::{
+        check_common, check_short,
+        indexer::{KbWrite, Written, CHUNK},
+        rank::{self, Candidate},
+        KbScope, Knowledge,
+    },
+};
+
+/// Documents per source, and chunks per source.
+pub const MAX_DOCUMENTS: usize = 100;
+pub const MAX_CHUNKS_PER_SOURCE: usize = 10_000;
+/// Chunks one account's sources may hold together.
+pub const MAX_CHUNKS_PER_ACCOUNT: u64 = 200_000;
+/// Texts per embedding call while ingesting: other callers get the embedder in between.
+const EMBED_SLICE: usize = 64;
+const MAX_URL_CHARS: usize = 2048;
+const MAX_QUERY_CHARS: usize = 8000;
+/// Candidates per retriever in a search.
+const CANDIDATES: usize = 100;
+
+/// One file or text of a source.
+#[derive(Debug, Clone, Default)]
+pub struct DocumentInput {
+    pub title: Option<String>,
+    pub content: Vec<u8>,
+    pub content_type: Option<String>,
+    pub filename: Option<String>,
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SourceInput {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub metadata: Map<String, Value>,
+    pub external_source: Option<String>,
+    pub external_id: Option<String>,
+    pub documents: Vec<DocumentInput>,
+}
+
+/// A chunk ready to write: its text, citation parts and vector.
+#[derive(Debug, Clone)]
+pub struct PreparedChunk {
+    pub text: String,
+    pub tokens: u32,
+    pub section: Vec<String>,
+    pub pages: Option<(u32, u32)>,
+    pub vector: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PreparedDocument {
+    pub title: String,
+    pub kind: &'static str,
+    pub url: Option<String>,
+    pub bytes: u64,
+    pub pages: Option<u32>,
+    pub chunks: Vec<PreparedChunk>,
+}
+
+/// A source extracted, chunked and embedded, for the indexer to write.
+#[derive(Debug, Clone)]
+pub struct PreparedSource {
+    pub name: String,
+    pub url: Option<String>,
+    pub metadata: Map<String, Value>,
+    pub external_source: Option<String>,
+    pub external_id: Option<String>,
+    pub documents: Vec<PreparedDocument>,
+    /// The embedder that made the chunks' vectors.
+    pub embedder: Option<String>,
+}
+
+/// What an ingestion wrote.
+#[derive(Debug, Clone)]
+pub struct IngestedSource {
+    pub source: Source,
+    pub documents: Vec<SourceDocument>,
+    pub created: bool,
+    /// Chunks of the documents it replaced.
+    pub replaced_chunks: u32,
+}
+
+/// A search hit: a chunk with what citing it needs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChunkHit {
+    pub chunk: SourceChunk,
+    pub score: f64,
+    pub source_name: String,
+    pub source_url: Option<String>,
+    pub document_title: String,
+    pub document_url: Option<String>,
+}
+
+fn invalid(message: impl Into<String>) -> EngineError {
+    EngineError::Invalid(message.into())
+}
+
+fn check_url(name: &str, url: &str) -> Result<(), EngineError> {
+    check_short(name, url, MAX_URL_CHARS)?;
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(invalid(format!("{name} must be an http(s) URL")));
+    }
+    Ok(())
+}
+
+fn kind_name(kind: SourceKind) -> &'static str {
+    match kind {
+        SourceKind::Text => "text",
+        SourceKind::Markdown => "markdown",
+        SourceKind::Html => "html",
+        SourceKind::Pdf => "pdf",
+    }
+}
+
+/// The text a chunk is found by (its document's title and section lead it).
+pub(crate) fn chunk_text(document_title: &str, section: &[String], body: &str) -> String {
+    let mut text = String::with_capacity(body.len() + 64);
+    if !document_title.is_empty() {
+        text.push_str(document_title);
+        text.push('\n');
+    }
+    if !section.is_empty() {
+        text.push_str(&section.join(" > "));
+        text.push('\n');
+    }
+    text.push_str(body);
+    text
+}
+
+fn validate(input: &SourceInput) -> Result<(), EngineError> {
+    if input.documents.is_empty() {
+        return Err(invalid("a source needs content, or documents with content"));
+    }
+    if input.documents.len() > MAX_DOCUMENTS {
+        return Err(invalid(format!("a source holds at most {MAX_DOCUMENTS} documents")));
+    }
+    if input.external_id.is_some() != input.external_source.is_some() {
+        return Err(invalid("external_source and external_id go together"));
+    }
+    check_common(
+        input.name.as_deref(),
+        None,
+        None,
+        None,
+        Some(&input.metadata),
+        [input.external_source.as_deref(), input.external_id.as_deref()],
+    )?;
+    if let Some(url) = &input.url {
+        check_url("url", url)?;
+    }
+    for (i, doc) in input.documents.iter().enumerate() {
+        let at = |e: EngineError| super::super::graph::at("documents", i, e);
+        if let Some(title) = &doc.title {
+            check_short("title", title, 500).map_err(at)?;
+        }
+        if let Some(url) = &doc.url {
+            check_url("url", url).map_err(at)?;
+        }
+        if doc.content.is_empty() {
+            return Err(at(invalid("content must not be empty")));
+        }
+    }
+    Ok(())
+}
+
+/// Extracts and chunks every document (CPU work, on the caller's blocking thread).
+fn prepare(input: SourceInput) -> Result<PreparedSource, EngineError> {
+    let limits = Limits::default();
+    let options = ChunkOptions::default();
+    let mut documents = Vec::with_capacity(input.documents.len());
+    let mut total_chunks = 0;
+    for (i, doc) in input.documents.into_iter().enumerate() {
+        let at = |e: String| invalid(format!("documents[{i}]: {e}"));
+        let extracted = extract(&doc.content, doc.content_type.as_deref(), doc.filename.as_deref(), &limits)
+            .map_err(|e| at(e.to_string()))?;
+        let chunks = chunk(&extracted.text, extracted.pages.as_deref(), &options).map_err(|e| at(e.to_string()))?;
+        total_chunks += chunks.len();
+        if total_chunks > MAX_CHUNKS_PER_SOURCE {
+            return Err(invalid(format!(
+                "the source would be over {MAX_CHUNKS_PER_SOURCE} chunks; split it into several sources"
+            )));
+        }
+        let title = doc
+            .title
+            .or(extracted.title)
+            .or(doc.filename)
+            .unwrap_or_else(|| input.name.clone().unwrap_or_else(|| "Untitled".into()));
+        documents.push(PreparedDocument {
+            title,
+            kind: kind_name(extracted.kind),
+            url: doc.url,
+            bytes: doc.content.len() as u64,
+            pages: extracted.pages.as_ref().and_then(|p| p.last()).map(|p| p.page),
+            chunks: chunks
+                .into_iter()
+                .map(|c| PreparedChunk {
+                    text: c.text,
+                    tokens: u32::try_from(c.tokens).unwrap_or(u32::MAX),
+                    section: c.section,
+                    pages: c.pages.map(|p| (*p.start(), *p.end())),
+                    vector: None,
+                })
+                .collect(),
+        });
+    }
+    let name = input.name.or_else(|| documents.first().map(|d| d.title.clone())).unwrap_or_else(|| "Untitled".into());
+    Ok(PreparedSource {
+        name,
+        url: input.url,
+        metadata: input.metadata,
+        external_source: input.external_source,
+        external_id: input.external_id,
+        documents,
+        embedder: None,
+    })
+}
+
+impl Knowledge {
+    /// Ingests a source (see the module's doc).
+    pub async fn ingest_source(&self, scope: &KbScope, input: SourceInput) -> Result<IngestedSource, EngineError> {
+        validate(&input)?;
+        let mut prepared = tokio::task::spawn_blocking(move || prepare(input))
+            .await
+            .map_err(|e| EngineError::Internal(format!("preparing a source: {e}")))??;
+        // Without vectors (the embedder failing) chunks are still found by text, and embedded
+        // at the next start.
+        let texts: Vec<String> = prepared
+            .documents
+            .iter()
+            .flat_map(|d| d.chunks.iter().map(|c| chunk_text(&d.title, &c.section, &c.text)))
+            .collect();
+        let mut vectors = Vec::with_capacity(texts.len());
+        let mut embedder = None;
+        for slice in texts.chunks(EMBED_SLICE) {
+            match self.parts().embedder.embed(slice.to_vec()).await {
+                Ok(embedded) if embedded.vectors.len() == slice.len() => {
+                    embedder = Some(embedded.embedder.to_string());
+                    vectors.extend(embedded.vectors.into_iter().map(|mut v| {
+                        crate::embed::l2_normalise(&mut v);
+                        Some(v)
+                    }));
+                }
+                _ => {
+                    tracing::warn!(
+                        "knowledge base: embedding a source's chunks failed; searchable by text until the next start"
+                    );
+                    vectors = Vec::new();
+                    embedder = None;
+                    break;
+                }
+            }
+        }
+        if vectors.len() == texts.len() {
+            let mut vectors = vectors.into_iter();
+            for chunk in prepared.documents.iter_mut().flat_map(|d| d.chunks.iter_mut()) {
+                chunk.vector = vectors.next().flatten();
+            }
+            prepared.embedder = embedder;
+        }
+        match self.write(KbWrite::Source(scope.clone(), Box::new(prepared))).await? {
+            Written::Source(ingested) => Ok(*ingested),
+            _ => Err(crate::knowledge::another_answer()),
+        }
+    }
+
+    /// Deletes a source with its documents and chunks.
+    pub async fn delete_source(&self, scope: &KbScope, id: &str) -> Result<Source, EngineError> {
+        self.source(scope, id)?;
+        match self.write(KbWrite::DeleteSource(scope.clone(), id.to_owned())).await? {
+            Written::SourceDeleted(source) => Ok(*source),
+            _ => Err(crate::knowledge::another_answer()),
+        }
+    }
+
+    pub fn source(&self, scope: &KbScope, id: &str) -> Result<Source, EngineError> {
+        match self.parts().store.sources.get(&(scope.account_id.as_str(), id))? {
+            Some(source) if source.workspace == scope.workspace => Ok(source),
+            _ => Err(EngineError::NotFound { what: "source" }),
+        }
+    }
+
+    /// A source's documents and their chunks, in order.
+    pub fn source_contents(
+        &self,
+        scope: &KbScope,
+        source: &Source,
+    ) -> Result<Vec<(SourceDocument, Vec<SourceChunk>)>, EngineError> {
+        let store = &self.parts().store;
+        let mut out = Vec::new();
+        for id in &source.documents {
+            let account = scope.account_id.as_str();
+            let Some(document) = store.source_documents.get(&(account, id.as_str()))? else { continue };
+            let chunks = store.source_chunks.scan_prefix(&(account, id.as_str()))?;
+            out.push((document, chunks));
+        }
+        Ok(out)
+    }
+
+    /// The scope's sources, newest first.
+    pub fn list_sources(&self, scope: &KbScope, limit: usize) -> Result<Vec<Source>, EngineError> {
+        let mut sources: Vec<Source> = self
+            .parts()
+            .store
+            .sources
+            .scan_prefix(&(scope.account_id.as_str(),))?
+            .into_iter()
+            .filter(|s| s.workspace == scope.workspace)
+            .collect();
+        sources.sort_by(|a, b| b.updated_at_ms.cmp(&a.updated_at_ms).then_with(|| a.id.cmp(&b.id)));
+        sources.truncate(limit);
+        Ok(sources)
+    }
+
+    /// Chunks of the scope's sources (and the account's own) ranked for `query`: BM25 and
+    /// vectors fused as for notes, chunks of one document being neighbours by position.
+    pub async fn search_sources(
+        &self,
+        scope: &KbScope,
+        query: &str,
+        limit: usize,
+        source_ids: Option<&[String]>,
+    ) -> Result<Vec<ChunkHit>, EngineError> {
+        if query.trim().is_empty() {
+            return Err(invalid("query must not be empty"));
+        }
+        if query.chars().count() > MAX_QUERY_CHARS {
+            return Err(invalid(format!("query is longer than {MAX_QUERY_CHARS} characters")));
+        }
+        let parts = self.parts();
+        let readable = scope.readable();
+        let text_hits = {
+            let (text, account, query) = (parts.text.clone(), scope.account_id.clone(), query.to_owned());
+            let readable: Vec<String> = readable.iter().map(|w| (*w).to_owned()).collect();
+            tokio::task::spawn_blocking(move || {
+                let readable: Vec<&str> = readable.iter().map(String::as_str).collect();
+                text.search(&account, &readable, &[CHUNK], &query, CANDIDATES)
+            })
+            .await
+            .map_err(|e| EngineError::Internal(format!("text search: {e}")))??
+        };
+        let embedded = parts.embedder.embed(vec![query.to_owned()]).await?;
+        let mut query_vector = embedded.vectors.into_iter().next().unwrap_or_default();
+        crate::embed::l2_normalise(&mut query_vector);
+        let vector_hits = parts.vectors.search(&scope.account_id, &readable, &[CHUNK], &query_vector, CANDIDATES);
+        self.rank_chunks(scope, query, &text_hits, &vector_hits, limit, source_ids)
+    }
+
+    /// Fuses the retrievers' chunk hits and looks up what citing them needs.
+    pub(crate) fn rank_chunks(
+        &self,
+        scope: &KbScope,
+        query: &str,
+        text_hits: &[(String, f32)],
+        vector_hits: &[(String, f32)],
+        limit: usize,
+        source_ids: Option<&[String]>,
+    ) -> Result<Vec<ChunkHit>, EngineError> {
+        let store = &self.parts().store;
+        let account = scope.account_id.as_str();
+        let readable = scope.readable();
+        let mut chunks = std::collections::HashMap::new();
+        for key in text_hits.iter().chain(vector_hits).map(|(key, _)| key) {
+            let Some(id) = key.strip_prefix("chunk:") else { continue };
+            if chunks.contains_key(id) {
+                continue;
+            }
+            let Some((document, ordinal)) = SourceChunk::parse_id(id) else { continue };
+            // The indexes may lag a delete by a commit; the record is the truth.
+            let Some(chunk) = store.source_chunks.get(&(account, document, u64::from(ordinal)))? else { continue };
+            if !readable.contains(&chunk.workspace.as_str())
+                || source_ids.is_some_and(|ids| !ids.contains(&chunk.source_id))
+            {
+                continue;
+            }
+            chunks.insert(id.to_owned(), chunk);
+        }
+        let candidate = |key: &str, bm25: Option<f32>, cosine: Option<f32>| {
+            let chunk = chunks.get(key.strip_prefix("chunk:")?)?;
+            Some(Candidate {
+                id: chunk.id.clone(),
+                bm25,
+                cosine,
+                thread: Some(chunk.document_id.clone()),
+                position: Some(i64::from(chunk.ordinal)),
+                created_at_ms: 0,
+                author: None,
+            })
+        };
+        let candidates: Vec<Candidate> = text_hits
+            .iter()
+            .filter_map(|(key, score)| candidate(key, Some(*score), None))
+            .chain(vector_hits.iter().filter_map(|(key, cosine)| candidate(key, None, Some(*cosine))))
+            .collect();
+        let mut hits = Vec::new();
+        for ranked in rank::rank(query, candidates, &rank::FusionParams::default()).into_iter().take(limit) {
+            let Some(chunk) = chunks.remove(&ranked.id) else { continue };
+            let Some(document) = store.source_documents.get(&(account, chunk.document_id.as_str()))? else { continue };
+            let Some(source) = store.sources.get(&(account, chunk.source_id.as_str()))? else { continue };
+            hits.push(ChunkHit {
+                chunk,
+                score: ranked.score,
+                source_name: source.name,
+                source_url: source.url,
+                document_title: document.title,
+                document_url: document.url,
+            });
+        }
+        Ok(hits)
+    }
+}
