@@ -409,6 +409,13 @@ async fn list_links(
     QueryParams(q): QueryParams<LinkQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let scope = scope(&state, &caller, q.workspace_id.as_deref())?;
+    for id in q.note_id.iter().chain(&q.entity_id) {
+        if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+            return Err(ApiError::BadRequest(
+                "note_id and entity_id are ids: 1 to 128 characters, no control characters".into(),
+            ));
+        }
+    }
     let node = match (q.note_id, q.entity_id) {
         (Some(_), Some(_)) => return Err(ApiError::BadRequest("give note_id or entity_id, not both".into())),
         (Some(id), None) => Some(NodeRef { kind: "note".into(), id }),

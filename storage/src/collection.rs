@@ -68,6 +68,11 @@ impl<R: Record> Collection<R> {
         self.tree.scan_prefix(prefix.encode_key()).values().map(|v| decode::<R>(&v?)).collect()
     }
 
+    /// At most `limit` records whose key starts with `prefix`, in key order: reads no more.
+    pub fn scan_prefix_limit(&self, prefix: &impl KeyTuple, limit: usize) -> Result<Vec<R>, StorageError> {
+        self.tree.scan_prefix(prefix.encode_key()).values().take(limit).map(|v| decode::<R>(&v?)).collect()
+    }
+
     /// At most `limit` records whose key starts with `prefix`, last key first.
     pub fn scan_prefix_rev(&self, prefix: &impl KeyTuple, limit: usize) -> Result<Vec<R>, StorageError> {
         self.tree.scan_prefix(prefix.encode_key()).values().rev().take(limit).map(|v| decode::<R>(&v?)).collect()

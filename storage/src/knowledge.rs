@@ -145,8 +145,8 @@ impl Record for MemoryLink {
     const FORMAT_VERSION: u8 = 1;
 }
 
-/// Key: (account_id, node key (`NodeRef::key`), link_id). The links at a node, so a pack
-/// follows them from the notes it includes without scanning every link.
+/// Key: (account_id, node key (`NodeRef::key`), the link's workspace, link_id). The links at a
+/// node, so a pack follows those of its own workspaces without scanning every link.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LinkEnd {
     pub link_id: String,
@@ -195,7 +195,8 @@ impl Record for KbExternalRef {
     const FORMAT_VERSION: u8 = 1;
 }
 
-/// Key: (account_id, node key, feedback_id). A signal on an item of a pack: `helpful`,
+/// Key: (account_id, node key, workspace, feedback_id). A signal on an item of a pack, given
+/// in a workspace and counted in that workspace's packs only: `helpful`,
 /// `unhelpful`, `remember` or `forget`, with the query it answered (and that query's vector)
 /// so it moves the item for similar queries.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -328,4 +329,18 @@ impl SourceChunk {
         let (document, ordinal) = id.strip_prefix("chk_")?.rsplit_once('_')?;
         Some((document, ordinal.parse().ok()?))
     }
+}
+
+/// Key: (account_id). How many graph records an account holds, for its caps; written in the
+/// same transaction as the records.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KbCounts {
+    pub entities: u64,
+    pub links: u64,
+    pub events: u64,
+    pub feedback: u64,
+}
+impl Record for KbCounts {
+    const TREE: &'static str = "memory_counts";
+    const FORMAT_VERSION: u8 = 1;
 }

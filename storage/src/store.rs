@@ -3,8 +3,8 @@ use std::{fs::File, path::Path, sync::Arc};
 use crate::{
     flusher::{Flusher, FlusherStatus},
     knowledge::{
-        ForgottenNote, KbExternalRef, KbWriteSet, KnowledgeVector, LinkEnd, MemoryEntity, MemoryEvent, MemoryFeedback,
-        MemoryLink, MemoryNote, NoteExternalRef, Source, SourceChunk, SourceDocument,
+        ForgottenNote, KbCounts, KbExternalRef, KbWriteSet, KnowledgeVector, LinkEnd, MemoryEntity, MemoryEvent,
+        MemoryFeedback, MemoryLink, MemoryNote, NoteExternalRef, Source, SourceChunk, SourceDocument,
     },
     ledger::LedgerStore,
     records::{
@@ -49,6 +49,7 @@ pub struct Store {
     pub events: Collection<MemoryEvent>,
     pub kb_refs: Collection<KbExternalRef>,
     pub feedback: Collection<MemoryFeedback>,
+    pub kb_counts: Collection<KbCounts>,
     pub sources: Collection<Source>,
     pub source_documents: Collection<SourceDocument>,
     pub source_chunks: Collection<SourceChunk>,
@@ -86,6 +87,7 @@ impl Store {
             MemoryEvent::TREE,
             KbExternalRef::TREE,
             MemoryFeedback::TREE,
+            KbCounts::TREE,
             Source::TREE,
             SourceDocument::TREE,
             SourceChunk::TREE,
@@ -114,6 +116,7 @@ impl Store {
             events: Collection::open(&db)?,
             kb_refs: Collection::open(&db)?,
             feedback: Collection::open(&db)?,
+            kb_counts: Collection::open(&db)?,
             sources: Collection::open(&db)?,
             source_documents: Collection::open(&db)?,
             source_chunks: Collection::open(&db)?,

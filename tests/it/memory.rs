@@ -284,11 +284,22 @@ async fn a_tenant_holds_at_most_its_cap_of_notes_and_the_operator_is_not_capped(
     note(&gw, &key, json!({"content": "note 0, edited", "external_source": "s", "external_id": "0"})).await;
     assert_eq!(gw.delete(&format!("/v1/memory/notes/{}", ids[1]), &key).await.status, 200);
     note(&gw, &key, json!({"content": "room again"})).await;
+    // The same cap holds each kind of graph record: entities, links, events, feedback.
+    let entities: Vec<Value> = (0..4).map(|i| json!({"name": format!("e{i}")})).collect();
+    let over = gw.post("/v1/memory/batch", &key, json!({"entities": entities})).await;
+    assert_eq!(over.status, 400, "{}", over.text);
+    assert!(over.text.contains("entities") && over.text.contains("limits.memory_notes_per_account"), "{}", over.text);
+    let events: Vec<Value> = (0..3).map(|i| json!({"type": "t", "summary": format!("event {i}")})).collect();
+    assert_eq!(gw.post("/v1/memory/batch", &key, json!({"events": events})).await.status, 200);
+    let over = gw.post("/v1/memory/events", &key, json!({"type": "t", "summary": "one too many"})).await;
+    assert_eq!(over.status, 400, "{}", over.text);
     // The operator's account is not capped.
     let operator = gw.first_key.clone().unwrap();
     for i in 0..4 {
         note(&gw, &operator, json!({"content": format!("operator note {i}")})).await;
     }
+    let entities: Vec<Value> = (0..4).map(|i| json!({"name": format!("e{i}")})).collect();
+    assert_eq!(gw.post("/v1/memory/batch", &operator, json!({"entities": entities})).await.status, 200);
 }
 
 /// A forget is its audit record first, then the removals. A crash between the two is

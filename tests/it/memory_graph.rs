@@ -345,3 +345,73 @@ async fn entities_are_indexed_again_after_a_crash() {
     let pack = ok(&gw, "/v1/memory/context-pack", &key, json!({"query": "Who is Zephyr Labs?"})).await;
     assert!(pack["context"].as_str().unwrap().contains("hosting vendor"), "{pack:#}");
 }
+
+/// The account's own memory is shared with its workspaces, but what one workspace says about
+/// it (feedback, links) stays in that workspace.
+#[tokio::test]
+async fn one_workspaces_feedback_and_links_stay_in_it() {
+    let gw = Gateway::start().await;
+    let default_ws = gw.first_key.clone().unwrap();
+    let ws = gw.post("/v1/workspaces", ADMIN_TOKEN, json!({"workspace_id": "research", "name": "Research"})).await;
+    assert!(ws.status.is_success(), "{}", ws.text);
+    let (_, research) = gw.create_key(json!({"workspace_id": "research"})).await;
+    // Account-level notes and an entity, written by the operator's session (no workspace).
+    let shared = ok(
+        &gw,
+        "/v1/memory/batch",
+        ADMIN_TOKEN,
+        json!({
+            "notes": [{"content": "Expense reports are due on the fifth of each month."},
+                      {"content": "Expense reports over 500 dollars need a manager's approval."}],
+            "entities": [{"name": "Finance team", "type": "team"}],
+        }),
+    )
+    .await;
+    let (first, entity) = (shared["notes"][0]["id"].as_str().unwrap(), shared["entities"][0]["id"].as_str().unwrap());
+    let query = "When are expense reports due?";
+    let before = ok(&gw, "/v1/memory/context-pack", &default_ws, json!({"query": query})).await;
+
+    // The research workspace marks a shared note unhelpful and links it to the entity.
+    ok(
+        &gw,
+        "/v1/memory/feedback",
+        &research,
+        json!({"query": query, "item": {"type": "note", "id": first}, "signal": "unhelpful"}),
+    )
+    .await;
+    ok(
+        &gw,
+        "/v1/memory/links",
+        &research,
+        json!({"from": {"type": "note", "id": first}, "to": {"type": "entity", "id": entity}, "relation": "INJECTED"}),
+    )
+    .await;
+    let in_research = ok(&gw, "/v1/memory/context-pack", &research, json!({"query": query})).await;
+    assert!(in_research["context"].as_str().unwrap().contains("INJECTED"), "{in_research:#}");
+
+    // The default workspace's pack is as it was: same scores, no link, no entity via it.
+    let after = ok(&gw, "/v1/memory/context-pack", &default_ws, json!({"query": query})).await;
+    // Scores as before (recency moves them by a hair in between).
+    let scores =
+        |p: &Value| p["memories"].as_array().unwrap().iter().map(|m| m["score"].as_f64().unwrap()).collect::<Vec<_>>();
+    for (a, b) in scores(&after).iter().zip(scores(&before)) {
+        assert!((a - b).abs() < 1e-6, "{after:#}");
+    }
+    assert_eq!(scores(&after).len(), scores(&before).len());
+    assert!(!after["context"].as_str().unwrap().contains("INJECTED"), "{after:#}");
+    assert!(after["links"].as_array().unwrap().is_empty(), "{after:#}");
+    // Nor can a workspace forget the account's note through feedback.
+    let r = gw
+        .post("/v1/memory/feedback", &research, json!({"item": {"type": "note", "id": first}, "signal": "forget"}))
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert!(r.text.contains("account level"), "{}", r.text);
+    let r = gw
+        .post(
+            "/v1/memory/events",
+            &research,
+            json!({"type": "t", "summary": "s", "occurred_at": "2999-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+}

@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use tokaroo_storage::{
     knowledge::{
-        ForgottenNote, KbExternalRef, KbWriteSet, KnowledgeVector, LinkEnd, MemoryEntity, MemoryEvent, MemoryFeedback,
-        MemoryLink, MemoryNote, NodeRef, NoteExternalRef, Source, SourceChunk, SourceDocument,
+        ForgottenNote, KbCounts, KbExternalRef, KbWriteSet, KnowledgeVector, LinkEnd, MemoryEntity, MemoryEvent,
+        MemoryFeedback, MemoryLink, MemoryNote, NodeRef, NoteExternalRef, Source, SourceChunk, SourceDocument,
     },
     Store,
 };
@@ -36,7 +36,16 @@ pub(super) struct Staging<'a> {
     pub(super) changes: Vec<Change>,
     /// Notes this batch created, for the per-account cap.
     pub(super) created_notes: usize,
+    /// The account's graph counts as this batch leaves them (loaded at first use).
+    counts: Option<KbCounts>,
+    /// The cap on each kind of graph record (`None` for the operator).
+    cap: Option<usize>,
 }
+
+/// Links one node may have: forgetting a note removes its links in one transaction.
+pub(super) const MAX_LINKS_PER_NODE: usize = 1000;
+/// Feedback read (and removed with a forgotten note) per node.
+pub(super) const MAX_FEEDBACK_PER_NODE: usize = 1000;
 
 fn next_seq(store: &Store) -> Result<u64, EngineError> {
     Ok(store.next_kb_seq()?)
@@ -67,7 +76,40 @@ impl<'a> Staging<'a> {
             forgotten: HashSet::new(),
             changes: Vec::new(),
             created_notes: 0,
+            counts: None,
+            cap: None,
         }
+    }
+
+    /// Counts a graph record in (`delta` 1) or out (−1), refusing one past the cap.
+    fn count(&mut self, kind: &'static str, delta: i64) -> Result<(), EngineError> {
+        if self.counts.is_none() {
+            self.counts = Some(self.store.kb_counts.get(&self.scope.account_id.as_str())?.unwrap_or_default());
+        }
+        let cap = self.cap;
+        let counts = self.counts.as_mut().expect("loaded above");
+        let slot = match kind {
+            "entities" => &mut counts.entities,
+            "links" => &mut counts.links,
+            "events" => &mut counts.events,
+            _ => &mut counts.feedback,
+        };
+        if delta > 0 && cap.is_some_and(|cap| *slot >= cap as u64) {
+            return Err(EngineError::Invalid(format!(
+                "this account holds {slot} {kind}, the most this server allows \
+                 (limits.memory_notes_per_account caps each kind); remove some first"
+            )));
+        }
+        *slot = slot.saturating_add_signed(delta);
+        Ok(())
+    }
+
+    /// Stages the counts with the batch's other writes.
+    pub(super) fn finish(&mut self) -> Result<(), EngineError> {
+        if let Some(counts) = &self.counts {
+            self.set.put(&self.scope.account_id.as_str(), counts)?;
+        }
+        Ok(())
     }
 
     fn account(&self) -> &str {
@@ -198,6 +240,9 @@ impl<'a> Staging<'a> {
             (None, None) => None,
         };
         let created = existing.is_none();
+        if created {
+            self.count("entities", 1)?;
+        }
         let mut entity = existing.unwrap_or_else(|| MemoryEntity {
             id: format!("ent_{}", uuid::Uuid::new_v4().simple()),
             account_id: self.scope.account_id.clone(),
@@ -277,6 +322,17 @@ impl<'a> Staging<'a> {
             self.unstage_link_ends(old);
         }
         let created = existing.is_none();
+        if created {
+            self.count("links", 1)?;
+            for end in [&from, &to] {
+                if self.links_at(end)?.len() >= MAX_LINKS_PER_NODE {
+                    return Err(EngineError::Invalid(format!(
+                        "{} already has {MAX_LINKS_PER_NODE} links, the most one node may have",
+                        end.key()
+                    )));
+                }
+            }
+        }
         let link = MemoryLink {
             id: id.clone(),
             account_id: account.clone(),
@@ -296,7 +352,8 @@ impl<'a> Staging<'a> {
         }
         self.set.put(&(account.as_str(), id.as_str()), &link)?;
         for end in [&link.from, &link.to] {
-            self.set.put(&(account.as_str(), end.key().as_str(), id.as_str()), &LinkEnd { link_id: id.clone() })?;
+            let key = (account.as_str(), end.key(), link.workspace.as_str(), id.as_str());
+            self.set.put(&key, &LinkEnd { link_id: id.clone() })?;
         }
         self.links.insert(id, Some(link.clone()));
         Ok((link, created))
@@ -304,7 +361,8 @@ impl<'a> Staging<'a> {
 
     fn unstage_link_ends(&mut self, link: &MemoryLink) {
         for end in [&link.from, &link.to] {
-            self.set.remove::<LinkEnd>(&(link.account_id.as_str(), end.key().as_str(), link.id.as_str()));
+            let key = (link.account_id.as_str(), end.key(), link.workspace.as_str(), link.id.as_str());
+            self.set.remove::<LinkEnd>(&key);
         }
     }
 
@@ -314,21 +372,23 @@ impl<'a> Staging<'a> {
             Some(link) if link.workspace == self.scope.workspace => link,
             _ => return Err(EngineError::NotFound { what: "link" }),
         };
-        self.unstage_link_ends(&link);
-        self.set.remove::<MemoryLink>(&(link.account_id.as_str(), link.id.as_str()));
-        if let Some((source, ext)) = link.external_source.as_deref().zip(link.external_id.as_deref()) {
-            self.set.remove::<KbExternalRef>(&(link.account_id.as_str(), link.workspace.as_str(), "link", source, ext));
-        }
-        self.links.insert(link.id.clone(), None);
+        self.unlink_any(&link.id)?;
         Ok(link)
     }
 
     /// The links at a node, as written before this batch and by it.
     fn links_at(&self, node: &NodeRef) -> Result<Vec<String>, EngineError> {
-        let stored = self.store.link_ends.scan_prefix(&(self.account(), node.key().as_str()))?;
-        let mut ids: Vec<String> = stored.into_iter().map(|end| end.link_id).collect();
+        let at = |l: &MemoryLink| &l.from == node || &l.to == node;
+        let stored =
+            self.store.link_ends.scan_prefix_limit(&(self.account(), node.key().as_str()), MAX_LINKS_PER_NODE + 1)?;
+        // A stored link this batch moved or removed is no longer at the node.
+        let mut ids: Vec<String> = stored
+            .into_iter()
+            .map(|end| end.link_id)
+            .filter(|id| self.links.get(id).is_none_or(|staged| staged.as_ref().is_some_and(at)))
+            .collect();
         for (id, staged) in &self.links {
-            if staged.as_ref().is_some_and(|l| &l.from == node || &l.to == node) && !ids.contains(id) {
+            if staged.as_ref().is_some_and(at) && !ids.contains(id) {
                 ids.push(id.clone());
             }
         }
@@ -340,6 +400,12 @@ impl<'a> Staging<'a> {
     pub(super) fn forget(&mut self, id: &str, by: &str) -> Result<ForgottenNote, EngineError> {
         let note = match self.note(id)? {
             Some(note) if note.workspace == self.scope.workspace => note,
+            Some(note) if note.workspace.is_empty() => {
+                return Err(EngineError::Conflict(
+                    "this note is the account's own memory; forget it at the account level, not from a workspace"
+                        .into(),
+                ))
+            }
             _ => return Err(EngineError::NotFound { what: "memory note" }),
         };
         let audit = ForgottenNote {
@@ -363,8 +429,19 @@ impl<'a> Staging<'a> {
         let key = note_key(&note.id);
         self.set.remove::<KnowledgeVector>(&(account, key.as_str()));
         self.set.remove::<MemoryNote>(&(account, note.id.as_str()));
-        for link in self.links_at(&NodeRef { kind: "note".into(), id: note.id.clone() })? {
+        let node = NodeRef { kind: "note".into(), id: note.id.clone() };
+        for link in self.links_at(&node)? {
             self.unlink_any(&link)?;
+        }
+        // The signals on it go too (what they said of it was about it).
+        for signal in self.store.feedback.scan_prefix_limit(&(account, node.key().as_str()), MAX_FEEDBACK_PER_NODE)? {
+            self.set.remove::<MemoryFeedback>(&(
+                account,
+                node.key().as_str(),
+                signal.workspace.as_str(),
+                signal.id.as_str(),
+            ));
+            self.count("feedback", -1)?;
         }
         self.notes.remove(&note.id);
         self.forgotten.insert(note.id.clone());
@@ -375,6 +452,7 @@ impl<'a> Staging<'a> {
     /// `unlink` for a link of any workspace (a forgotten note's links all go).
     fn unlink_any(&mut self, id: &str) -> Result<(), EngineError> {
         if let Some(link) = self.link(id)? {
+            self.count("links", -1)?;
             self.unstage_link_ends(&link);
             self.set.remove::<MemoryLink>(&(link.account_id.as_str(), link.id.as_str()));
             if let Some((source, ext)) = link.external_source.as_deref().zip(link.external_id.as_deref()) {
@@ -399,6 +477,9 @@ impl<'a> Staging<'a> {
             Some((source, ext)) => self.external("event", source, ext)?,
             None => None,
         };
+        if existing.is_none() {
+            self.count("events", 1)?;
+        }
         let occurred_at_ms = input.occurred_at_ms.unwrap_or(self.now);
         let (id, created_at_ms) = match &existing {
             Some(found) => {
@@ -478,13 +559,16 @@ impl<'a> Staging<'a> {
                 // Sent again: the earlier signal is replaced (its item may differ).
                 if let Some(node) = &old.node {
                     let scope = self.scope;
-                    self.set.remove::<MemoryFeedback>(&(scope.account_id.as_str(), node.as_str(), old.id.as_str()));
+                    let key = (scope.account_id.as_str(), node.as_str(), scope.workspace.as_str(), old.id.as_str());
+                    self.set.remove::<MemoryFeedback>(&key);
+                    self.count("feedback", -1)?;
                 }
             }
             let found = KbExternalRef { id: feedback.id.clone(), at_ms: 0, node: Some(item.key()) };
             self.put_ref("feedback", &source, &ext, found)?;
         }
-        let key = (feedback.account_id.as_str(), item.key(), feedback.id.as_str());
+        self.count("feedback", 1)?;
+        let key = (feedback.account_id.as_str(), item.key(), feedback.workspace.as_str(), feedback.id.as_str());
         self.set.put(&key, &feedback)?;
         Ok(Some(feedback))
     }
@@ -498,6 +582,7 @@ impl<'a> Staging<'a> {
         held: usize,
         cap: Option<usize>,
     ) -> Result<BatchWritten, EngineError> {
+        self.cap = cap;
         let mut written = BatchWritten::default();
         for (i, entity) in batch.entities.into_iter().enumerate() {
             written.entities.push(self.entity_input(entity).map_err(|e| at("entities", i, e))?);
@@ -521,6 +606,7 @@ impl<'a> Staging<'a> {
                 written.feedback.push(f);
             }
         }
+        self.finish()?;
         Ok(written)
     }
 }

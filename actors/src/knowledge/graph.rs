@@ -44,7 +44,8 @@ pub struct EntityInput {
     pub external_id: Option<String>,
 }
 
-/// A link; written again (same ends and relation, or same external id) it is updated.
+/// A link. Without an external id, the same ends and relation are the same link (written
+/// again, it is updated); with one, the external id names it.
 #[derive(Debug, Clone)]
 pub struct LinkInput {
     pub from: NodeSpec,
@@ -242,6 +243,11 @@ fn validate_event(e: &EventInput) -> Result<(), EngineError> {
         return Err(invalid("type must not be empty"));
     }
     check_text("summary", &e.summary, true)?;
+    // History: an event may be dated up to a day ahead (clocks differ), not into the future.
+    let latest = crate::clock::now_ms() + 86_400_000;
+    if e.occurred_at_ms.is_some_and(|at| !(0..=latest).contains(&at)) {
+        return Err(invalid("occurred_at must be after 1970 and not more than a day in the future"));
+    }
     if e.subjects.len() > MAX_SUBJECTS {
         return Err(invalid(format!("at most {MAX_SUBJECTS} subjects")));
     }
@@ -278,29 +284,28 @@ fn validate_feedback(f: &FeedbackInput) -> Result<(), EngineError> {
 }
 
 /// The queries of recent packs by trace id, so feedback naming only a trace still knows which
-/// query it answered. Bounded: the oldest are forgotten first.
+/// query it answered. Bounded per account (the oldest are forgotten first), so one tenant's
+/// packs never push out another's.
 #[derive(Default)]
 pub(crate) struct PackTraces {
-    order: std::collections::VecDeque<String>,
-    queries: std::collections::HashMap<String, (String, String)>,
+    by_account: std::collections::HashMap<String, std::collections::VecDeque<(String, String)>>,
 }
 
-/// Packs remembered for feedback.
-const MAX_PACK_TRACES: usize = 10_000;
+/// Packs remembered per account for feedback.
+const MAX_PACK_TRACES_PER_ACCOUNT: usize = 1_000;
 
 impl PackTraces {
     pub(crate) fn remember(&mut self, trace_id: &str, account_id: &str, query: &str) {
-        if self.order.len() >= MAX_PACK_TRACES {
-            if let Some(old) = self.order.pop_front() {
-                self.queries.remove(&old);
-            }
+        let traces = self.by_account.entry(account_id.to_owned()).or_default();
+        if traces.len() >= MAX_PACK_TRACES_PER_ACCOUNT {
+            traces.pop_front();
         }
-        self.order.push_back(trace_id.to_owned());
-        self.queries.insert(trace_id.to_owned(), (account_id.to_owned(), query.to_owned()));
+        traces.push_back((trace_id.to_owned(), query.to_owned()));
     }
 
     fn query(&self, trace_id: &str, account_id: &str) -> Option<String> {
-        self.queries.get(trace_id).filter(|(a, _)| a == account_id).map(|(_, q)| q.clone())
+        let traces = self.by_account.get(account_id)?;
+        traces.iter().rev().find(|(t, _)| t == trace_id).map(|(_, q)| q.clone())
     }
 }
 

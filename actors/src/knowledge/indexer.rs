@@ -39,12 +39,13 @@ use crate::{
 };
 
 pub const INDEXER: &str = "indexer";
-/// Writes per batch: a burst is cut into batches, and each batch takes the accounts in turn,
-/// so one tenant's burst does not hold another's single write for long.
-const MAX_BATCH_WRITES: usize = 128;
-/// Queued writes past these answer 503: the queue stays bounded whoever floods it.
-const MAX_BACKLOG: usize = 10_000;
-const MAX_BACKLOG_PER_ACCOUNT: usize = 1_000;
+/// Work per batch, in records written (`KbWrite::weight`): a burst is cut into batches, and
+/// each batch takes the accounts in turn, so one tenant's burst does not hold another's
+/// single write for long.
+const MAX_BATCH_WEIGHT: usize = 1024;
+/// Queued work past these answers 503: the queue stays bounded whoever floods it.
+const MAX_BACKLOG: usize = 50_000;
+const MAX_BACKLOG_PER_ACCOUNT: usize = 5_000;
 /// The kind of a note's documents in the text index and the vectors.
 pub const NOTE: &str = "note";
 /// The kind of an entity's document in the text index.
@@ -69,6 +70,16 @@ pub enum KbWrite {
 }
 
 impl KbWrite {
+    /// About how many records the write touches: a batch its items, a source one per 16
+    /// chunks (they come embedded), anything else one.
+    fn weight(&self) -> usize {
+        match self {
+            Self::Batch(_, batch, _) => batch.len().max(1),
+            Self::Source(_, source) => 1 + source.documents.iter().map(|d| d.chunks.len()).sum::<usize>() / 16,
+            _ => 1,
+        }
+    }
+
     fn account_id(&self) -> &str {
         match self {
             Self::Upsert(scope, _)
@@ -81,7 +92,7 @@ impl KbWrite {
     }
 }
 
-/// Up to `max` queued writes, one per account in turn (each account's in order). Writes
+/// Queued writes up to `max` weight, one per account in turn (each account's in order). Writes
 /// whose caller stopped waiting are dropped unapplied: the caller was told it failed, and
 /// may send it again.
 fn take_fairly(queue: &mut VecDeque<Queued>, max: usize) -> Vec<Queued> {
@@ -94,11 +105,16 @@ fn take_fairly(queue: &mut VecDeque<Queued>, max: usize) -> Vec<Queued> {
             None => by_account.push((account, VecDeque::from([(write, reply)]))),
         }
     }
-    let mut batch = Vec::new();
-    while batch.len() < max && by_account.iter().any(|(_, w)| !w.is_empty()) {
+    let mut batch: Vec<Queued> = Vec::new();
+    let mut weight = 0;
+    // The first write always goes, however heavy.
+    while (batch.is_empty() || weight < max) && by_account.iter().any(|(_, w)| !w.is_empty()) {
         for (_, writes) in by_account.iter_mut() {
-            if batch.len() < max {
-                batch.extend(writes.pop_front());
+            if batch.is_empty() || weight < max {
+                if let Some(write) = writes.pop_front() {
+                    weight += write.0.weight();
+                    batch.push(write);
+                }
             }
         }
     }
@@ -363,6 +379,7 @@ impl IndexerActor {
             KbWrite::Forget(scope, id, by) => {
                 let mut staging = Staging::new(store, &scope);
                 let audit = staging.forget(&id, &by)?;
+                staging.finish()?;
                 store.apply_kb(&staging.set)?;
                 if let Some(count) = state.notes_per_account.get_mut(&scope.account_id) {
                     *count = count.saturating_sub(1);
@@ -739,8 +756,10 @@ impl Actor for IndexerActor {
         match msg {
             IndexerMsg::Write(write, reply) => {
                 let account = write.account_id();
-                let queued = state.queue.iter().filter(|(w, _)| w.account_id() == account).count();
-                if state.queue.len() >= MAX_BACKLOG || queued >= MAX_BACKLOG_PER_ACCOUNT {
+                let total: usize = state.queue.iter().map(|(w, _)| w.weight()).sum();
+                let queued: usize =
+                    state.queue.iter().filter(|(w, _)| w.account_id() == account).map(|(w, _)| w.weight()).sum();
+                if total >= MAX_BACKLOG || queued >= MAX_BACKLOG_PER_ACCOUNT {
                     let _ = reply.send(Err(EngineError::Unavailable(
                         "the knowledge base has too many writes queued; retry shortly".into(),
                     )));
@@ -754,7 +773,7 @@ impl Actor for IndexerActor {
             }
             IndexerMsg::RunBatch => {
                 state.scheduled = false;
-                let batch = take_fairly(&mut state.queue, MAX_BATCH_WRITES);
+                let batch = take_fairly(&mut state.queue, MAX_BATCH_WEIGHT);
                 if !state.queue.is_empty() {
                     state.scheduled = true;
                     me.cast(IndexerMsg::RunBatch)?;

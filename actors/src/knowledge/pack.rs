@@ -45,6 +45,10 @@ const MAX_ITEMS_LOOKED_AT: usize = 64;
 /// The best notes whose links are followed, and the links followed from each node.
 const LINKED_FROM: usize = 10;
 const MAX_LINKS_FOLLOWED: usize = 32;
+/// Link ends read per node and workspace (a node has at most `batch::MAX_LINKS_PER_NODE`),
+/// and feedback signals read per item: a pack's reads stay bounded whatever a tenant wrote.
+const MAX_LINK_ENDS_READ: usize = 256;
+const MAX_SIGNALS_READ: usize = 64;
 /// Entities taken from the text index per query.
 const ENTITY_CANDIDATES: usize = 10;
 /// Source chunks ranked for a pack.
@@ -433,7 +437,7 @@ impl Knowledge {
         let mut ranked = Vec::with_capacity(fused.len());
         for r in fused {
             let Some(note) = notes.remove(&r.id) else { continue };
-            let signals = store.feedback.scan_prefix(&(account, format!("note:{}", note.id).as_str()))?;
+            let signals = self.signals(scope, &format!("note:{}", note.id))?;
             let item =
                 self.memory_item(note, r.components, r.score, &signals, &query_vector, &embedder_id, &weights, now);
             ranked.push(item);
@@ -446,10 +450,7 @@ impl Knowledge {
         let mut seen: std::collections::HashSet<String> = ranked.iter().map(|i| i.note.id.clone()).collect();
         for item in ranked.iter().take(LINKED_FROM) {
             let here = NodeRef { kind: NOTE.into(), id: item.note.id.clone() };
-            for end in
-                store.link_ends.scan_prefix(&(account, here.key().as_str()))?.into_iter().take(MAX_LINKS_FOLLOWED)
-            {
-                let Some(link) = store.links.get(&(account, end.link_id.as_str()))? else { continue };
+            for link in self.links_at(scope, &here.key())? {
                 let other = if link.from == here { &link.to } else { &link.from };
                 let score = item.score * weights.link * link.weight;
                 match other.kind.as_str() {
@@ -468,6 +469,8 @@ impl Knowledge {
                         if !readable.contains(&entity.workspace.as_str()) {
                             continue;
                         }
+                        let signals = self.signals(scope, &other.key())?;
+                        let score = score * feedback_factor(&signals, &query_vector, &embedder_id, weights.feedback);
                         let better = entities.get(&entity.id).is_none_or(|e| e.score < score);
                         if better {
                             let via = link.id.clone();
@@ -497,7 +500,9 @@ impl Knowledge {
             if !readable.contains(&entity.workspace.as_str()) {
                 continue;
             }
-            let score = weights.entity * f64::from(bm25 / best.max(f32::MIN_POSITIVE));
+            let signals = self.signals(scope, &format!("entity:{id}"))?;
+            let feedback = feedback_factor(&signals, &query_vector, &embedder_id, weights.feedback);
+            let score = weights.entity * f64::from(bm25 / best.max(f32::MIN_POSITIVE)) * feedback;
             if entities.get(id).is_none_or(|e| e.score < score) {
                 entities.insert(id.to_owned(), EntityItem { entity, score, tokens: 0, via: "query".into() });
             }
@@ -585,11 +590,7 @@ impl Knowledge {
             .collect();
         let mut links: HashMap<String, MemoryLink> = HashMap::new();
         for node in &included {
-            for end in store.link_ends.scan_prefix(&(account, node.as_str()))?.into_iter().take(MAX_LINKS_FOLLOWED) {
-                if links.contains_key(&end.link_id) {
-                    continue;
-                }
-                let Some(link) = store.links.get(&(account, end.link_id.as_str()))? else { continue };
+            for link in self.links_at(scope, node)? {
                 if included.contains(&link.from.key()) && included.contains(&link.to.key()) {
                     links.insert(link.id.clone(), link);
                 }
@@ -624,6 +625,29 @@ impl Knowledge {
         }
         parts.traces.lock().unwrap_or_else(|p| p.into_inner()).remember(&pack.trace_id, account, query);
         Ok(pack)
+    }
+
+    /// The feedback on a node given in this scope's workspace (bounded).
+    fn signals(&self, scope: &KbScope, node: &str) -> Result<Vec<MemoryFeedback>, EngineError> {
+        let prefix = (scope.account_id.as_str(), node, scope.workspace.as_str());
+        Ok(self.parts().store.feedback.scan_prefix_limit(&prefix, MAX_SIGNALS_READ)?)
+    }
+
+    /// The strongest links at a node that this scope may read: a link belongs to the
+    /// workspace that wrote it, whatever the nodes it joins.
+    fn links_at(&self, scope: &KbScope, node: &str) -> Result<Vec<MemoryLink>, EngineError> {
+        let store = &self.parts().store;
+        let account = scope.account_id.as_str();
+        let readable = scope.readable();
+        let mut links = Vec::new();
+        for workspace in readable {
+            for end in store.link_ends.scan_prefix_limit(&(account, node, workspace), MAX_LINK_ENDS_READ)? {
+                links.extend(store.links.get(&(account, end.link_id.as_str()))?);
+            }
+        }
+        links.sort_by(|a, b| b.weight.total_cmp(&a.weight).then_with(|| a.id.cmp(&b.id)));
+        links.truncate(MAX_LINKS_FOLLOWED);
+        Ok(links)
     }
 
     /// A ranked note as a pack item: relevance scaled by importance, confidence, recency and
