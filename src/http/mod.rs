@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 mod health;
 mod keys;
+mod knowledge;
 mod local_endpoints;
 mod memory;
 mod memory_graph;
@@ -79,6 +80,7 @@ pub fn router(state: AppState) -> Router {
     let runtime_openai = models::routes()
         .merge(chat::routes())
         .merge(embeddings::routes())
+        .merge(knowledge::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit))
         .layer(middleware::from_fn(openai_error_shape));
     // Runtime keys reading usage pass the same admission; sessions go through unmetered.

@@ -19,6 +19,7 @@ mod foundation;
 mod hostile;
 mod http_limits;
 mod keys_and_workspaces;
+mod knowledge_reply;
 mod ledger;
 mod memory;
 mod memory_graph;

@@ -15,11 +15,12 @@ use axum::{
 use tokaroo_actors::RequestInfo;
 
 pub use parse::parse_request;
+pub(super) use stream::stream_response;
 
 use super::{
     error::ApiError,
     extract::{parse_json_object, ApiKey, RequestId},
-    AppState,
+    knowledge, AppState,
 };
 
 pub fn routes() -> Router<AppState> {
@@ -34,15 +35,24 @@ async fn chat_completions(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let wire = parse_json_object(&body)?;
-    let (request, model_name) = parse_request(&wire)?;
+    let (mut request, model_name) = parse_request(&wire)?;
+    // `tokaroo: {"context": {...}}`: grounded in the knowledge base (see `knowledge.rs`).
+    let context = match knowledge::context_ask(&wire)? {
+        Some(ask) => Some(knowledge::add_context(&state, &key, &mut request, ask, false).await?),
+        None => None,
+    };
     let created = time::OffsetDateTime::now_utc().unix_timestamp();
     let bypass_cache = bypasses_cache(&headers);
     let info = RequestInfo { request_id, bypass_cache, ..RequestInfo::chat(&request, &model_name) };
     if request.stream {
-        return stream::stream_response(&state, key, request, info, created).await;
+        return stream::stream_response(&state, key, request, info, created, context.as_ref()).await;
     }
     let served = state.engine.runtime().serve_chat(key, request, info).await?;
-    Ok(render::completion(&served, &model_name, created))
+    let mut response = render::completion(&served, &model_name, created, context.as_ref().map(|c| &c.body));
+    if let Some(trace) = context.and_then(|c| axum::http::HeaderValue::from_str(&c.trace_id).ok()) {
+        response.headers_mut().insert("x-tokaroo-context-trace", trace);
+    }
+    Ok(response)
 }
 
 /// `Cache-Control: no-cache` (or `no-store`) or `x-tokaroo-cache: skip`: neither answered from

@@ -23,7 +23,8 @@ fn completion_id() -> String {
 }
 
 /// A non-streamed answer as `chat.completion`, its charge in `x-tokaroo-cost`.
-pub(super) fn completion(served: &ServedChat, model_name: &str, created: i64) -> Response {
+/// `context`: the knowledge context the request was given, shown as `tokaroo.context`.
+pub(super) fn completion(served: &ServedChat, model_name: &str, created: i64, context: Option<&Value>) -> Response {
     let cost = served.charge.charged_usd();
     let r = &served.response;
     let mut message = json!({ "role": "assistant", "content": r.content, "refusal": null });
@@ -36,7 +37,7 @@ pub(super) fn completion(served: &ServedChat, model_name: &str, created: i64) ->
             )
             .collect();
     }
-    let body = json!({
+    let mut body = json!({
         "id": completion_id(),
         "object": "chat.completion",
         "created": created,
@@ -44,6 +45,9 @@ pub(super) fn completion(served: &ServedChat, model_name: &str, created: i64) ->
         "choices": [{ "index": 0, "message": message, "finish_reason": r.finish_reason.as_str(), "logprobs": null }],
         "usage": usage_json(served.usage),
     });
+    if let Some(context) = context {
+        body["tokaroo"] = json!({ "context": context });
+    }
     let mut response = Json(body).into_response();
     response.headers_mut().insert("x-tokaroo-cost", cost_header(cost));
     response.headers_mut().insert("x-tokaroo-cache", cache_header(served.cache_hit));
@@ -135,6 +139,20 @@ impl ChunkWriter {
             choices: &choices,
             usage: None,
             x_tokaroo: None,
+        })
+    }
+
+    /// A first event with no choices carrying the knowledge context the request was given
+    /// (`x_tokaroo.context`), so a stream shows its citations before the answer.
+    pub(super) fn context(&self, context: &Value) -> Bytes {
+        self.event(&ChunkOut {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: &[],
+            usage: None,
+            x_tokaroo: Some(json!({ "context": context })),
         })
     }
 

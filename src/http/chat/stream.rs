@@ -16,14 +16,16 @@ use futures_util::StreamExt;
 use tokaroo_actors::{chat::ChatRequest, ChatStream, KeyEntry, RequestInfo, StreamEvent};
 
 use super::render::ChunkWriter;
-use crate::http::{coalesce::Coalesce, error::ApiError, wire::cost_header, AppState};
+use crate::http::{coalesce::Coalesce, error::ApiError, knowledge::GivenContext, wire::cost_header, AppState};
 
-pub(super) async fn stream_response(
+/// Streams the answer; `context` (a knowledge context the request was given) goes first.
+pub(crate) async fn stream_response(
     state: &AppState,
     key: Arc<KeyEntry>,
     request: ChatRequest,
     info: RequestInfo,
     created: i64,
+    context: Option<&GivenContext>,
 ) -> Result<Response, ApiError> {
     let include_usage = request.include_usage;
     let model_name = info.requested_model.clone();
@@ -31,7 +33,8 @@ pub(super) async fn stream_response(
     let cache = super::render::cache_header(answer.cache_hit());
     let charged = Arc::new(Mutex::new(None));
     let chunk = ChunkWriter::new(created, model_name);
-    let frames = sse_events(answer, chunk, include_usage, charged.clone());
+    let first = context.map(|c| chunk.context(&c.body));
+    let frames = futures_util::stream::iter(first).chain(sse_events(answer, chunk, include_usage, charged.clone()));
     // The charge is known only when the stream ends: it goes out as an HTTP trailer (for
     // clients that send `TE: trailers`) as well as in the final usage chunk.
     let trailer = futures_util::stream::once(async move {
@@ -63,6 +66,9 @@ pub(super) async fn stream_response(
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-tokaroo-cache", cache);
     headers.insert(header::TRAILER, HeaderValue::from_static("x-tokaroo-cost"));
+    if let Some(trace) = context.and_then(|c| HeaderValue::from_str(&c.trace_id).ok()) {
+        headers.insert("x-tokaroo-context-trace", trace);
+    }
     Ok(response)
 }
 
