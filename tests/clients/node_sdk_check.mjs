@@ -110,3 +110,31 @@ await check("errors", async () => {
     (e) => e instanceof OpenAI.AuthenticationError && e.status === 401,
   );
 });
+
+await check("knowledge context", async () => {
+  // A memory written through Tokaroo's own route, then a chat that opts in to context with
+  // the extension field (the SDK sends fields it does not know as they are).
+  const note = await fetch(`${baseURL}/memory/notes`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${process.env.TOKAROO_KEY}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ content: "The deploy freeze starts on December 20." }),
+  });
+  assert.equal(note.status, 200);
+  const completion = await client.chat.completions.create({
+    model: "auto",
+    messages: [{ role: "user", content: "When does the deploy freeze start?" }],
+    tokaroo: { context: { max_tokens: 200 } },
+  });
+  assert.equal(completion.tokaroo.context.memories.length, 1);
+  assert.ok(completion.tokaroo.context.used_tokens <= 200);
+  const stream = await client.chat.completions.create({
+    model: "auto",
+    messages: [{ role: "user", content: "When does the deploy freeze start?" }],
+    tokaroo: { context: true },
+    stream: true,
+  });
+  const chunks = [];
+  for await (const chunk of stream) chunks.push(chunk);
+  assert.deepEqual(chunks[0].choices, []);
+  assert.ok(chunks[0].x_tokaroo.context.memories.length >= 1);
+});

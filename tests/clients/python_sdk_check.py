@@ -138,3 +138,34 @@ def _():
         raise AssertionError("a wrong key was accepted")
     except openai.AuthenticationError as e:
         assert e.status_code == 401, e
+
+
+@check("knowledge context")
+def _():
+    # A memory written through Tokaroo's own route, then a chat that opts in to context with
+    # the extension field, passed through the SDK's extra_body.
+    import urllib.request
+
+    note = urllib.request.Request(
+        BASE_URL + "/memory/notes",
+        data=json.dumps({"content": "The deploy freeze starts on December 20."}).encode(),
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(note).read()
+    completion = client.chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": "When does the deploy freeze start?"}],
+        extra_body={"tokaroo": {"context": {"max_tokens": 200}}},
+    )
+    context = completion.to_dict()["tokaroo"]["context"]
+    assert len(context["memories"]) == 1, context
+    assert context["used_tokens"] <= 200, context
+    stream = client.chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": "When does the deploy freeze start?"}],
+        extra_body={"tokaroo": {"context": True}},
+        stream=True,
+    )
+    chunks = list(stream)
+    assert chunks[0].choices == [] and chunks[0].to_dict()["x_tokaroo"]["context"]["memories"], chunks[0]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
