@@ -124,7 +124,8 @@ impl Gateway {
                 sink.lock().unwrap().push(line);
             }
         });
-        let base = match tokio::time::timeout(Duration::from_secs(30), addr_rx).await {
+        // Generous: a loaded 2-core CI machine runs many gateways (each loading the embedder) at once.
+        let base = match tokio::time::timeout(Duration::from_secs(90), addr_rx).await {
             Ok(Ok(base)) => base,
             _ => {
                 let log = std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default();

@@ -731,7 +731,11 @@ impl Actor for IndexerActor {
 
     async fn pre_start(&self, _me: ActorRef<IndexerMsg>, _: ()) -> Result<IndexerState, ActorProcessingErr> {
         let mut state = IndexerState::new(0);
-        match self.recover(&mut state).await {
+        // Vectors loaded now are graphed by one background build per large set, after.
+        self.parts.vectors.loading();
+        let recovered = self.recover(&mut state).await;
+        self.parts.vectors.loaded();
+        match recovered {
             Ok(()) if state.recovered > 0 => {
                 tracing::info!(
                     recovered = state.recovered,
@@ -821,6 +825,7 @@ impl Actor for IndexerActor {
                     "waiting_for_a_commit": state.retry.len(),
                     "text_documents": self.parts.text.len(),
                     "vectors": self.parts.vectors.len(),
+                    "vector_graphs": self.parts.vectors.graphs(),
                     "embedder": self.parts.embedder.id().to_string(),
                     "last_error": state.last_error,
                 })));

@@ -140,6 +140,11 @@ impl Knowledge {
         &self.0
     }
 
+    /// Vectors in memory, and the sets of them searched through a graph.
+    pub fn vector_index(&self) -> (usize, usize) {
+        (self.0.vectors.len(), self.0.vectors.graphs())
+    }
+
     /// Creates a note, or updates the one its external id names. Returns it and whether it
     /// was created.
     pub async fn upsert_note(&self, scope: &KbScope, input: NoteInput) -> Result<(MemoryNote, bool), EngineError> {

@@ -383,17 +383,27 @@ impl Knowledge {
         }
         let parts = self.parts();
         let readable = scope.readable();
-        let text_hits = {
+        // The text searches (notes, entities, and chunks when asked) run on a blocking thread
+        // while the query is embedded.
+        let searches = {
             let (text, account, query) = (parts.text.clone(), scope.account_id.clone(), query.to_owned());
             let readable: Vec<String> = readable.iter().map(|w| (*w).to_owned()).collect();
             tokio::task::spawn_blocking(move || {
                 let readable: Vec<&str> = readable.iter().map(String::as_str).collect();
-                text.search(&account, &readable, &[NOTE], &query, CANDIDATES)
+                let notes = text.search(&account, &readable, &[NOTE], &query, CANDIDATES)?;
+                let entities = text.search(&account, &readable, &[ENTITY], &query, ENTITY_CANDIDATES)?;
+                let chunks = if include_sources {
+                    text.search(&account, &readable, &[CHUNK], &query, CANDIDATES)?
+                } else {
+                    Vec::new()
+                };
+                Ok::<_, tokaroo_storage::StorageError>((notes, entities, chunks))
             })
-            .await
-            .map_err(|e| EngineError::Internal(format!("text search: {e}")))??
         };
-        let embedded = parts.embedder.embed(vec![query.to_owned()]).await?;
+        let (searched, embedded) = tokio::join!(searches, parts.embedder.embed(vec![query.to_owned()]));
+        let (text_hits, entity_hits, chunk_text_hits) =
+            searched.map_err(|e| EngineError::Internal(format!("text search: {e}")))??;
+        let embedded = embedded?;
         let mut query_vector = embedded.vectors.into_iter().next().unwrap_or_default();
         crate::embed::l2_normalise(&mut query_vector);
         let vector_hits = parts.vectors.search(&scope.account_id, &readable, &[NOTE], &query_vector, CANDIDATES);
@@ -483,16 +493,6 @@ impl Knowledge {
         }
         ranked.extend(linked_notes);
         // Entities the query names (by name, alias or description).
-        let entity_hits = {
-            let (text, account, query) = (parts.text.clone(), scope.account_id.clone(), query.to_owned());
-            let readable: Vec<String> = readable.iter().map(|w| (*w).to_owned()).collect();
-            tokio::task::spawn_blocking(move || {
-                let readable: Vec<&str> = readable.iter().map(String::as_str).collect();
-                text.search(&account, &readable, &[ENTITY], &query, ENTITY_CANDIDATES)
-            })
-            .await
-            .map_err(|e| EngineError::Internal(format!("text search: {e}")))??
-        };
         let best = entity_hits.iter().map(|(_, s)| *s).fold(0.0f32, f32::max);
         for (key, bm25) in &entity_hits {
             let Some(id) = key.strip_prefix("entity:") else { continue };
@@ -517,18 +517,8 @@ impl Knowledge {
         candidate_count += entities.len() + events.len();
         let mut chunks = Vec::new();
         if include_sources {
-            let text_hits = {
-                let (text, account, query) = (parts.text.clone(), scope.account_id.clone(), query.to_owned());
-                let readable: Vec<String> = readable.iter().map(|w| (*w).to_owned()).collect();
-                tokio::task::spawn_blocking(move || {
-                    let readable: Vec<&str> = readable.iter().map(String::as_str).collect();
-                    text.search(&account, &readable, &[CHUNK], &query, CANDIDATES)
-                })
-                .await
-                .map_err(|e| EngineError::Internal(format!("text search: {e}")))??
-            };
             let vector_hits = parts.vectors.search(account, &readable, &[CHUNK], &query_vector, CANDIDATES);
-            let hits = self.rank_chunks(scope, query, &text_hits, &vector_hits, MAX_CHUNKS, None)?;
+            let hits = self.rank_chunks(scope, query, &chunk_text_hits, &vector_hits, MAX_CHUNKS, None)?;
             candidate_count += hits.len();
             chunks =
                 hits.into_iter().map(|hit| ChunkItem { score: weights.source * hit.score, hit, tokens: 0 }).collect();
