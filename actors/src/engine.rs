@@ -306,7 +306,9 @@ fn root_spec(
     if let Some(embedder) = embedder {
         children.push(Arc::new(embedder));
     }
-    // After the embedder: catching up at start may embed notes.
+    // After the embedder: catching up at start may embed notes; the vectoriser first, as it
+    // takes the chunks the indexer's catching up finds without vectors.
+    children.push(Arc::new(crate::knowledge::vectoriser::VectoriserSpec { parts: knowledge.parts().clone() }));
     children.push(Arc::new(crate::knowledge::indexer::IndexerSpec { parts: knowledge.parts().clone() }));
     let started_at = crate::clock::iso8601(crate::clock::now_ms());
     SupervisorSpec {

@@ -78,7 +78,7 @@ async fn sources_become_documents_and_chunks_that_search_cites() {
     let got = gw.get(&format!("/v1/sources/{source_id}"), &key).await;
     assert_eq!(got.status, 200, "{}", got.text);
     let chunks = got.body["documents"][0]["chunks"].as_array().unwrap();
-    assert!(!chunks.is_empty() && chunks.iter().all(|c| c["tokens"].as_u64().unwrap() <= 400));
+    assert!(!chunks.is_empty() && chunks.iter().all(|c| c["tokens"].as_u64().unwrap() <= 200));
     assert_eq!(gw.get("/v1/sources", &key).await.body["data"].as_array().unwrap().len(), 3);
 
     // Re-ingesting the same external id replaces the chunks.
@@ -269,4 +269,30 @@ async fn sources_are_indexed_again_after_a_crash() {
     let key = gw.first_key.clone().unwrap_or(key);
     let found = search(&gw, &key, "canary rollout traffic").await;
     assert!(found["data"][0]["text"].as_str().unwrap().contains("5% of traffic"), "{found:#}");
+    // Its vector, lost with the crash, is made again in the background.
+    eventually("the chunk's vector", || async {
+        let tree = gw.actor_tree().await;
+        let vectoriser = find_actor(&tree, "kb-vectoriser")?;
+        (vectoriser["snapshot"]["embedded"].as_u64()? >= 1).then_some(())
+    })
+    .await;
+}
+
+/// An ingestion is answered once its chunks are written and searchable by text; their vectors
+/// follow from the vectoriser, and then a search by meaning alone (no shared words) finds them.
+#[tokio::test]
+async fn chunk_vectors_follow_in_the_background() {
+    let gw = Gateway::start().await;
+    let key = gw.first_key.clone().unwrap();
+    ok(&gw, "/v1/sources", &key, json!({"content": "The cafeteria serves vegetarian lasagna every Thursday."})).await;
+    let found = eventually("a search by meaning", || async {
+        let found = search(&gw, &key, "Which day is the meatless pasta dish on the lunch menu?").await;
+        let hit = found["data"].as_array()?.first()?.clone();
+        hit["text"].as_str()?.contains("lasagna").then_some(hit)
+    })
+    .await;
+    assert!(found["score"].as_f64().unwrap() > 0.0);
+    let tree = gw.actor_tree().await;
+    let vectoriser = find_actor(&tree, "kb-vectoriser").expect("the vectoriser in the tree");
+    assert_eq!(vectoriser["snapshot"]["queued"], 0, "{vectoriser}");
 }

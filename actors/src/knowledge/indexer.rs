@@ -27,6 +27,7 @@ use super::{
     batch::{entity_text, Staging},
     graph::{BatchWritten, MemoryBatch},
     sources::ingest::{chunk_text, IngestedSource, PreparedSource},
+    vectoriser::{MadeVector, PendingVector, VectoriserMsg, VECTORISER},
     KbScope, KnowledgeParts, NoteInput, NotePatch,
 };
 use crate::{
@@ -148,6 +149,8 @@ pub enum IndexerMsg {
     Write(Box<KbWrite>, Reply),
     /// Runs the queued writes as one batch.
     RunBatch,
+    /// Vectors the vectoriser made for chunks written without them.
+    Vectors(Vec<MadeVector>),
     Inspect(RpcReplyPort<Inspection>),
     InjectFailure(String),
 }
@@ -454,6 +457,7 @@ impl IndexerActor {
         }
         // What to embed: notes, and chunks whose ingestion could not embed them.
         let mut to_embed: Vec<(String, String, String, &str, u64, String)> = Vec::new();
+        let mut to_vectorise = Vec::new();
         let mut docs = Vec::new();
         for change in &changes {
             match &change.index {
@@ -489,14 +493,15 @@ impl IndexerActor {
                                 .insert(&(chunk.account_id.as_str(), key.as_str()), &record)?;
                             parts.vectors.upsert(&chunk.account_id, &chunk.workspace, &key, CHUNK, vector.clone());
                         }
-                        None => to_embed.push((
-                            chunk.account_id.clone(),
-                            chunk.workspace.clone(),
-                            key.clone(),
-                            CHUNK,
-                            chunk.seq,
-                            text.clone(),
-                        )),
+                        // Embedded in the background (`vectoriser.rs`) once committed.
+                        None => to_vectorise.push(PendingVector {
+                            account_id: chunk.account_id.clone(),
+                            workspace: chunk.workspace.clone(),
+                            key: key.clone(),
+                            kind: CHUNK,
+                            seq: chunk.seq,
+                            text: text.clone(),
+                        }),
                     }
                     docs.push(TextDoc {
                         key,
@@ -567,6 +572,12 @@ impl IndexerActor {
             Ok(seq) => {
                 state.committed_seq = seq;
                 state.last_commit_ms = Some(crate::clock::now_ms());
+                if !to_vectorise.is_empty() {
+                    // Not there (restarting): these are found without vectors at the next start.
+                    if let Some(vectoriser) = parts.registry.actor::<VectoriserMsg>(VECTORISER) {
+                        let _ = vectoriser.cast(VectoriserMsg::Embed(to_vectorise));
+                    }
+                }
                 Ok(())
             }
             Err(error) => {
@@ -575,6 +586,24 @@ impl IndexerActor {
                 Err(error)
             }
         }
+    }
+
+    /// Writes background vectors whose chunk is still the one embedded (not deleted or
+    /// replaced meanwhile).
+    fn write_vectors(&self, made: Vec<MadeVector>) -> Result<(), EngineError> {
+        let store = &self.parts.store;
+        for m in made {
+            let p = &m.pending;
+            let Some(id) = p.key.strip_prefix("chunk:") else { continue };
+            let Some((document, ordinal)) = SourceChunk::parse_id(id) else { continue };
+            let current = store.source_chunks.get(&(p.account_id.as_str(), document, u64::from(ordinal)))?;
+            if current.is_some_and(|c| c.seq == p.seq) {
+                let record = KnowledgeVector { embedder: m.embedder, vector: m.vector.clone(), seq: p.seq };
+                store.knowledge_vectors.insert(&(p.account_id.as_str(), p.key.as_str()), &record)?;
+                self.parts.vectors.upsert(&p.account_id, &p.workspace, &p.key, p.kind, m.vector);
+            }
+        }
+        Ok(())
     }
 
     /// At start: the indexes catch up with the records (see the module's doc). Best effort:
@@ -812,6 +841,12 @@ impl Actor for IndexerActor {
                         (_, answer) => answer,
                     };
                     let _ = reply.send(answer);
+                }
+            }
+            IndexerMsg::Vectors(made) => {
+                if let Err(error) = self.write_vectors(made) {
+                    tracing::error!(%error, "knowledge base: writing background vectors failed; retried at the next start");
+                    state.last_error = Some(error.to_string());
                 }
             }
             IndexerMsg::Inspect(reply) => {

@@ -19,6 +19,7 @@ pub mod indexer;
 pub mod pack;
 pub mod rank;
 pub mod sources;
+pub mod vectoriser;
 pub mod vectors;
 
 use std::{sync::Arc, time::Duration};
@@ -114,7 +115,7 @@ pub(crate) struct KnowledgeParts {
     pub(crate) text: Arc<TextIndex>,
     pub(crate) vectors: Arc<VectorSets>,
     pub(crate) embedder: Embedder,
-    registry: Registry,
+    pub(crate) registry: Registry,
     /// Whose account is not capped (the operator's), and the cap on the others' notes.
     pub(crate) directory: Arc<crate::directory::state::DirectoryState>,
     pub(crate) note_cap: usize,

@@ -1,9 +1,10 @@
 //! Ingesting, reading, deleting and searching sources.
 //!
-//! Ingestion does its heavy work before the indexer sees it: each document's bytes are
-//! extracted (`extract.rs`) and chunked (`chunk.rs`) on a blocking thread, and the chunks are
-//! embedded by the embedder, so the indexer (shared by every tenant) only writes records and
-//! commits. Re-ingesting a source with the same `external_source`/`external_id` replaces its
+//! Ingestion does its heavy work away from the indexer (shared by every tenant): each
+//! document's bytes are extracted (`extract.rs`) and chunked (`chunk.rs`) on a blocking
+//! thread; the indexer writes the records and commits the text index, and the source is
+//! answered, searchable by text; the vectoriser (`../vectoriser.rs`) embeds the chunks in the
+//! background, and vector search finds them as their vectors arrive. Re-ingesting a source with the same `external_source`/`external_id` replaces its
 //! documents and chunks in one transaction.
 
 use serde_json::{Map, Value};
@@ -28,8 +29,6 @@ pub const MAX_DOCUMENTS: usize = 100;
 pub const MAX_CHUNKS_PER_SOURCE: usize = 10_000;
 /// Chunks one account's sources may hold together.
 pub const MAX_CHUNKS_PER_ACCOUNT: u64 = 200_000;
-/// Texts per embedding call while ingesting: other callers get the embedder in between.
-const EMBED_SLICE: usize = 64;
 const MAX_URL_CHARS: usize = 2048;
 const MAX_QUERY_CHARS: usize = 8000;
 /// Candidates per retriever in a search.
@@ -237,44 +236,11 @@ impl Knowledge {
     /// Ingests a source (see the module's doc).
     pub async fn ingest_source(&self, scope: &KbScope, input: SourceInput) -> Result<IngestedSource, EngineError> {
         validate(&input)?;
-        let mut prepared = tokio::task::spawn_blocking(move || prepare(input))
+        // Embedding is left to the vectoriser: the source is answered once written and
+        // searchable by text, its vectors follow.
+        let prepared = tokio::task::spawn_blocking(move || prepare(input))
             .await
             .map_err(|e| EngineError::Internal(format!("preparing a source: {e}")))??;
-        // Without vectors (the embedder failing) chunks are still found by text, and embedded
-        // at the next start.
-        let texts: Vec<String> = prepared
-            .documents
-            .iter()
-            .flat_map(|d| d.chunks.iter().map(|c| chunk_text(&d.title, &c.section, &c.text)))
-            .collect();
-        let mut vectors = Vec::with_capacity(texts.len());
-        let mut embedder = None;
-        for slice in texts.chunks(EMBED_SLICE) {
-            match self.parts().embedder.embed(slice.to_vec()).await {
-                Ok(embedded) if embedded.vectors.len() == slice.len() => {
-                    embedder = Some(embedded.embedder.to_string());
-                    vectors.extend(embedded.vectors.into_iter().map(|mut v| {
-                        crate::embed::l2_normalise(&mut v);
-                        Some(v)
-                    }));
-                }
-                _ => {
-                    tracing::warn!(
-                        "knowledge base: embedding a source's chunks failed; searchable by text until the next start"
-                    );
-                    vectors = Vec::new();
-                    embedder = None;
-                    break;
-                }
-            }
-        }
-        if vectors.len() == texts.len() {
-            let mut vectors = vectors.into_iter();
-            for chunk in prepared.documents.iter_mut().flat_map(|d| d.chunks.iter_mut()) {
-                chunk.vector = vectors.next().flatten();
-            }
-            prepared.embedder = embedder;
-        }
         match self.write(KbWrite::Source(scope.clone(), Box::new(prepared))).await? {
             Written::Source(ingested) => Ok(*ingested),
             _ => Err(crate::knowledge::another_answer()),
