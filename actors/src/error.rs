@@ -19,6 +19,12 @@ pub enum EngineError {
     RateLimited { limit: u32, retry_after: Duration },
     #[error("{0}")]
     Unavailable(String),
+    /// Input larger than the server takes (a document past the extraction limits).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Input of a kind the server does not read (a document's content type).
+    #[error("{0}")]
+    UnsupportedType(String),
     /// The prepaid balance cannot cover the request's worst case.
     #[error("Insufficient balance: this request needs up to ${required_usd:.6} and the balance is ${balance_usd:.6}; add credits")]
     BillingRequired { balance_usd: f64, required_usd: f64, payment_url: String },

@@ -23,6 +23,8 @@ pub enum ApiError {
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
     RequestTimeout(String),
     #[error("This request came from this gateway's own call to a self-hosted endpoint: the endpoint leads back to the gateway")]
     LoopDetected,
@@ -79,6 +81,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::LoopDetected => StatusCode::LOOP_DETECTED,
             Self::MissingCredential | Self::InvalidCredential | Self::SessionExpired => StatusCode::UNAUTHORIZED,
@@ -101,6 +104,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => "invalid_request".into(),
             Self::PayloadTooLarge(_) => "payload_too_large".into(),
+            Self::UnsupportedMediaType(_) => "unsupported_media_type".into(),
             Self::RequestTimeout(_) => "request_timeout".into(),
             Self::LoopDetected => "loop_detected".into(),
             Self::MissingCredential => "Missing Authorization header".into(),
@@ -137,6 +141,8 @@ impl From<EngineError> for ApiError {
             EngineError::Forbidden(msg) => Self::Forbidden(msg),
             EngineError::RateLimited { limit, retry_after } => Self::rate_limited(limit, retry_after),
             EngineError::Unavailable(msg) => Self::Unavailable(msg),
+            EngineError::TooLarge(msg) => Self::PayloadTooLarge(msg),
+            EngineError::UnsupportedType(msg) => Self::UnsupportedMediaType(msg),
             EngineError::BillingRequired { balance_usd, required_usd, ref payment_url } => Self::PaymentRequired {
                 code: "billing_required",
                 message: error.to_string(),

@@ -363,23 +363,23 @@ async fn get_source(
     let scope: KbScope = scope(&state, &caller, q.workspace_id.as_deref())?;
     let knowledge = state.engine.knowledge();
     let source = knowledge.source(&scope, &id)?;
+    let with_chunks = q.chunks != Some(false);
     let mut shown = 0;
     let documents: Vec<Value> = knowledge
-        .source_contents(&scope, &source)?
+        .source_contents(&scope, &source, if with_chunks { MAX_CHUNKS_SHOWN } else { 0 })?
         .iter()
         .map(|(document, chunks)| {
             let mut body = document_json(document);
-            if q.chunks != Some(false) {
-                let room = MAX_CHUNKS_SHOWN.saturating_sub(shown);
-                body["chunks"] = json!(chunks.iter().take(room).map(chunk_json).collect::<Vec<_>>());
-                shown += chunks.len().min(room);
+            if with_chunks {
+                body["chunks"] = json!(chunks.iter().map(chunk_json).collect::<Vec<_>>());
+                shown += chunks.len();
             }
             body
         })
         .collect();
     let mut body = source_json(&source);
     body["documents"] = json!(documents);
-    body["chunks_truncated"] = json!(q.chunks != Some(false) && (source.chunk_count as usize) > shown);
+    body["chunks_truncated"] = json!(with_chunks && (source.chunk_count as usize) > shown);
     Ok(Json(body))
 }
 

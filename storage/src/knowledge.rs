@@ -344,3 +344,16 @@ impl Record for KbCounts {
     const TREE: &'static str = "memory_counts";
     const FORMAT_VERSION: u8 = 1;
 }
+
+/// Key: (seq). Text-index documents a write removed (a source's chunks, deleted or replaced),
+/// kept until a text-index commit covers `seq`: after a crash before that commit, the next
+/// start deletes them from the index.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RemovedFromIndex {
+    pub seq: u64,
+    pub keys: Vec<String>,
+}
+impl Record for RemovedFromIndex {
+    const TREE: &'static str = "kb_removed";
+    const FORMAT_VERSION: u8 = 1;
+}

@@ -4,7 +4,7 @@ use crate::{
     flusher::{Flusher, FlusherStatus},
     knowledge::{
         ForgottenNote, KbCounts, KbExternalRef, KbWriteSet, KnowledgeVector, LinkEnd, MemoryEntity, MemoryEvent,
-        MemoryFeedback, MemoryLink, MemoryNote, NoteExternalRef, Source, SourceChunk, SourceDocument,
+        MemoryFeedback, MemoryLink, MemoryNote, NoteExternalRef, RemovedFromIndex, Source, SourceChunk, SourceDocument,
     },
     ledger::LedgerStore,
     records::{
@@ -53,6 +53,7 @@ pub struct Store {
     pub sources: Collection<Source>,
     pub source_documents: Collection<SourceDocument>,
     pub source_chunks: Collection<SourceChunk>,
+    pub removed_from_index: Collection<RemovedFromIndex>,
     /// Every knowledge-base tree by name, for `apply_kb`'s transactions.
     kb_trees: Arc<(Vec<&'static str>, Vec<sled::Tree>)>,
     /// The knowledge base's write sequence (see `knowledge.rs`).
@@ -91,6 +92,7 @@ impl Store {
             Source::TREE,
             SourceDocument::TREE,
             SourceChunk::TREE,
+            RemovedFromIndex::TREE,
         ];
         let kb_trees = kb_tree_names.iter().map(|name| db.open_tree(name)).collect::<Result<Vec<_>, _>>()?;
         // `db` itself is kept only by the flusher: every tree holds what it needs.
@@ -120,6 +122,7 @@ impl Store {
             sources: Collection::open(&db)?,
             source_documents: Collection::open(&db)?,
             source_chunks: Collection::open(&db)?,
+            removed_from_index: Collection::open(&db)?,
             kb_trees: Arc::new((kb_tree_names, kb_trees)),
             kb_seq: db.open_tree("knowledge_seq")?,
             data_dir: data_dir.to_path_buf(),

@@ -219,7 +219,7 @@ async fn bad_source_input_gets_a_clear_4xx() {
         (json!({"content_base64": "!!!"}), "base64"),
         (json!({"content": "a", "content_base64": "YQ=="}), "not both"),
         (json!({"content_base64": "JVBERi0xLjQKZ2FyYmFnZQ=="}), "PDF"),
-        (json!({"content": "x", "content_type": "image/png"}), "not supported"),
+        (json!({"content": "x", "filename": "f".repeat(300)}), "filename"),
         (json!({"content": "x", "url": "file:///etc/passwd"}), "http(s)"),
         (json!({"content": "x", "external_id": "only"}), "together"),
         (json!({"documents": []}), "content"),
@@ -240,6 +240,18 @@ async fn bad_source_input_gets_a_clear_4xx() {
         let r = gw.post("/v1/sources/search", &key, body.clone()).await;
         assert_eq!(r.status, 400, "{body}: {}", r.text);
         assert!(r.text.contains(needle), "{needle}: {}", r.text);
+    }
+    let r = gw.post("/v1/sources", &key, json!({"content": "x", "content_type": "image/png"})).await;
+    assert_eq!(r.status, 415, "{}", r.text);
+    assert!(r.text.contains("not supported"), "{}", r.text);
+    // A one-line "heading" of 1 MB is cut to a title's length in every chunk it heads.
+    let huge_heading = format!("# {}\n\nThe body text.\n", "h".repeat(1 << 20));
+    let r = gw.post("/v1/sources", &key, json!({"content": huge_heading, "content_type": "text/markdown"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body["documents"][0]["title"].as_str().unwrap().chars().count() <= 201);
+    let got = gw.get(&format!("/v1/sources/{}", r.body["id"].as_str().unwrap()), &key).await;
+    for chunk in got.body["documents"][0]["chunks"].as_array().unwrap() {
+        assert!(chunk["section"].as_str().unwrap().chars().count() <= 201, "{chunk}");
     }
     assert_eq!(gw.get("/v1/sources/src_nope", &key).await.status, 404);
     assert_eq!(gw.delete("/v1/sources/src_nope", &key).await.status, 404);

@@ -7,7 +7,8 @@ use std::collections::{HashMap, HashSet};
 use tokaroo_storage::{
     knowledge::{
         ForgottenNote, KbCounts, KbExternalRef, KbWriteSet, KnowledgeVector, LinkEnd, MemoryEntity, MemoryEvent,
-        MemoryFeedback, MemoryLink, MemoryNote, NodeRef, NoteExternalRef, Source, SourceChunk, SourceDocument,
+        MemoryFeedback, MemoryLink, MemoryNote, NodeRef, NoteExternalRef, RemovedFromIndex, Source, SourceChunk,
+        SourceDocument,
     },
     Store,
 };
@@ -15,7 +16,7 @@ use tokaroo_storage::{
 use super::{
     graph::{at, BatchWritten, EntityInput, EventInput, FeedbackInput, LinkInput, MemoryBatch, NodeSpec},
     indexer::{chunk_key, note_key, Change},
-    sources::ingest::{IngestedSource, PreparedSource, MAX_CHUNKS_PER_ACCOUNT},
+    sources::ingest::{IngestedSource, PreparedSource, MAX_CHUNKS_PER_ACCOUNT, MAX_SOURCES_PER_ACCOUNT},
     KbScope, NoteInput,
 };
 use crate::error::EngineError;
@@ -639,14 +640,20 @@ impl Staging<'_> {
             None => None,
         };
         let new_chunks: usize = prepared.documents.iter().map(|d| d.chunks.len()).sum();
-        let held: u64 = self
+        let others: Vec<Source> = self
             .store
             .sources
             .scan_prefix(&(account,))?
-            .iter()
+            .into_iter()
             .filter(|s| existing.as_ref().is_none_or(|e| e.id != s.id))
-            .map(|s| u64::from(s.chunk_count))
-            .sum();
+            .collect();
+        if others.len() >= MAX_SOURCES_PER_ACCOUNT {
+            return Err(EngineError::Invalid(format!(
+                "this account holds {} sources, the most this server allows; delete some first",
+                others.len()
+            )));
+        }
+        let held: u64 = others.iter().map(|s| u64::from(s.chunk_count)).sum();
         if held + new_chunks as u64 > MAX_CHUNKS_PER_ACCOUNT {
             return Err(EngineError::Invalid(format!(
                 "this account's sources hold {held} chunks; with this one they would be over \
@@ -657,6 +664,7 @@ impl Staging<'_> {
         if let Some(old) = &existing {
             replaced_chunks = self.remove_documents(old)?;
         }
+        self.note_removed_keys()?;
         let seq = next_seq(self.store)?;
         let source_id =
             existing.as_ref().map_or_else(|| format!("src_{}", uuid::Uuid::new_v4().simple()), |s| s.id.clone());
@@ -721,6 +729,17 @@ impl Staging<'_> {
         Ok(IngestedSource { source, documents, created: existing.is_none(), replaced_chunks })
     }
 
+    /// Records the text-index documents this write removes, for a crash before the commit
+    /// (`RemovedFromIndex`).
+    fn note_removed_keys(&mut self) -> Result<(), EngineError> {
+        let keys: Vec<String> = self.changes.iter().filter_map(|c| c.unindexed_key()).collect();
+        if !keys.is_empty() {
+            let seq = next_seq(self.store)?;
+            self.set.put(&seq, &RemovedFromIndex { seq, keys })?;
+        }
+        Ok(())
+    }
+
     /// Removes a source's documents and chunks (records, vectors, and from the text index);
     /// returns how many chunks went.
     fn remove_documents(&mut self, source: &Source) -> Result<u32, EngineError> {
@@ -746,6 +765,7 @@ impl Staging<'_> {
             _ => return Err(EngineError::NotFound { what: "source" }),
         };
         self.remove_documents(&source)?;
+        self.note_removed_keys()?;
         self.set.remove::<Source>(&(scope.account_id.as_str(), id));
         if let Some((ext_source, external)) = source.external_source.as_deref().zip(source.external_id.as_deref()) {
             let key = (scope.account_id.as_str(), source.workspace.as_str(), "source", ext_source, external);

@@ -274,6 +274,14 @@ impl Change {
         Self { index: Some(Indexed::Chunk(Box::new(chunk), title, vector)), unindex: None }
     }
 
+    /// The text-index key this change removes, if it removes one.
+    pub(super) fn unindexed_key(&self) -> Option<String> {
+        match (&self.index, &self.unindex) {
+            (None, Some((_, _, key))) => Some(key.clone()),
+            _ => None,
+        }
+    }
+
     pub(super) fn unindex(account: &str, workspace: &str, key: String) -> Self {
         Self { index: None, unindex: Some((account.into(), workspace.into(), key)) }
     }
@@ -572,6 +580,7 @@ impl IndexerActor {
             Ok(seq) => {
                 state.committed_seq = seq;
                 state.last_commit_ms = Some(crate::clock::now_ms());
+                self.prune_removed(seq);
                 if !to_vectorise.is_empty() {
                     // Not there (restarting): these are found without vectors at the next start.
                     if let Some(vectoriser) = parts.registry.actor::<VectoriserMsg>(VECTORISER) {
@@ -637,6 +646,12 @@ impl IndexerActor {
         let mut behind = Vec::new();
         let mut deletes: Vec<String> =
             forgotten.iter().filter(|f| f.seq > committed).map(|f| note_key(&f.note_id)).collect();
+        // Chunks removed by writes the index never committed.
+        for removed in parts.store.removed_from_index.all()? {
+            if removed.seq > committed {
+                deletes.extend(removed.keys);
+            }
+        }
         for note in notes {
             *state.notes_per_account.entry(note.account_id.clone()).or_default() += 1;
             // A note and its external reference are two writes: the reference is restored.
@@ -713,7 +728,24 @@ impl IndexerActor {
         .await
         .map_err(|e| EngineError::Internal(format!("text index commit: {e}")))??;
         state.committed_seq = seq;
+        self.prune_removed(seq);
         Ok(())
+    }
+
+    /// Forgets the removal records a commit at `seq` covers.
+    fn prune_removed(&self, seq: u64) {
+        let removed = &self.parts.store.removed_from_index;
+        if removed.is_empty() {
+            return;
+        }
+        match removed.all() {
+            Ok(all) => {
+                for r in all.into_iter().filter(|r| r.seq <= seq) {
+                    let _ = removed.remove(&r.seq);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "knowledge base: could not prune removal records"),
+        }
     }
 }
 

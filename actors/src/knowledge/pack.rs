@@ -275,8 +275,10 @@ impl ContextPack {
         } else if lowest[2] == Some(min) {
             let at = self.events.iter().position(|e| e.score == min).unwrap_or(0);
             self.events.remove(at);
-        } else {
+        } else if lowest[3] == Some(min) {
             self.chunks.pop();
+        } else {
+            return false;
         }
         true
     }

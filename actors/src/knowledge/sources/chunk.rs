@@ -248,6 +248,18 @@ fn is_blank(line: &str) -> bool {
 
 /// Reads the text as Markdown blocks, each tagged with its section; section 0 is the text
 /// before the first heading.
+///
+/// A heading in a section path is at most this many characters.
+pub const MAX_TITLE_CHARS: usize = 200;
+
+/// `title` cut to [`MAX_TITLE_CHARS`] characters (an ellipsis marks a cut).
+pub fn short_title(title: &str) -> String {
+    match title.char_indices().nth(MAX_TITLE_CHARS) {
+        Some((cut, _)) => format!("{}…", &title[..cut]),
+        None => title.to_owned(),
+    }
+}
+
 fn parse_blocks(text: &str) -> (Vec<Block>, Vec<Section>) {
     let lines = lines(text);
     let line = |i: usize| &text[lines[i].clone()];
@@ -259,7 +271,9 @@ fn parse_blocks(text: &str) -> (Vec<Block>, Vec<Section>) {
         while open.last().is_some_and(|(l, _)| *l >= level) {
             open.pop();
         }
-        open.push((level, title.to_owned()));
+        // Every chunk of the section carries its path: a heading is cut to a title's length,
+        // so a huge one-line "heading" is not copied into every chunk.
+        open.push((level, short_title(title)));
         sections.push(Section { path: open.iter().map(|(_, t)| t.clone()).collect() });
         sections.len() - 1
     };

@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 use tokaroo_storage::knowledge::{Source, SourceChunk, SourceDocument};
 
 use super::{
-    chunk::{chunk, ChunkOptions},
-    extract::{extract, Limits, SourceKind},
+    chunk::{chunk, short_title, ChunkOptions},
+    extract::{extract, ExtractError, Limits, SourceKind},
 };
 use crate::{
     error::EngineError,
@@ -31,8 +31,11 @@ pub const MAX_CHUNKS_PER_SOURCE: usize = 10_000;
 pub const MAX_CHUNKS_PER_ACCOUNT: u64 = 200_000;
 const MAX_URL_CHARS: usize = 2048;
 const MAX_QUERY_CHARS: usize = 8000;
-/// Candidates per retriever in a search.
+/// Candidates per retriever in a search, and when narrowed to some sources.
 const CANDIDATES: usize = 100;
+const FILTERED_CANDIDATES: usize = 1000;
+/// Sources one account may hold.
+pub const MAX_SOURCES_PER_ACCOUNT: usize = 10_000;
 
 /// One file or text of a source.
 #[derive(Debug, Clone, Default)]
@@ -154,8 +157,11 @@ fn validate(input: &SourceInput) -> Result<(), EngineError> {
     if input.external_id.is_some() != input.external_source.is_some() {
         return Err(invalid("external_source and external_id go together"));
     }
+    if let Some(name) = &input.name {
+        check_short("name", name, 500)?;
+    }
     check_common(
-        input.name.as_deref(),
+        None,
         None,
         None,
         None,
@@ -169,6 +175,12 @@ fn validate(input: &SourceInput) -> Result<(), EngineError> {
         let at = |e: EngineError| super::super::graph::at("documents", i, e);
         if let Some(title) = &doc.title {
             check_short("title", title, 500).map_err(at)?;
+        }
+        if let Some(filename) = &doc.filename {
+            check_short("filename", filename, 255).map_err(at)?;
+        }
+        if let Some(content_type) = &doc.content_type {
+            check_short("content_type", content_type, 255).map_err(at)?;
         }
         if let Some(url) = &doc.url {
             check_url("url", url).map_err(at)?;
@@ -188,8 +200,15 @@ fn prepare(input: SourceInput) -> Result<PreparedSource, EngineError> {
     let mut total_chunks = 0;
     for (i, doc) in input.documents.into_iter().enumerate() {
         let at = |e: String| invalid(format!("documents[{i}]: {e}"));
-        let extracted = extract(&doc.content, doc.content_type.as_deref(), doc.filename.as_deref(), &limits)
-            .map_err(|e| at(e.to_string()))?;
+        let extracted = extract(&doc.content, doc.content_type.as_deref(), doc.filename.as_deref(), &limits).map_err(
+            |e| match e {
+                ExtractError::Unsupported(_) => EngineError::UnsupportedType(format!("documents[{i}]: {e}")),
+                ExtractError::TooLarge { .. } | ExtractError::OutputTooLarge { .. } => {
+                    EngineError::TooLarge(format!("documents[{i}]: {e}"))
+                }
+                other => at(other.to_string()),
+            },
+        )?;
         let chunks = chunk(&extracted.text, extracted.pages.as_deref(), &options).map_err(|e| at(e.to_string()))?;
         total_chunks += chunks.len();
         if total_chunks > MAX_CHUNKS_PER_SOURCE {
@@ -201,6 +220,7 @@ fn prepare(input: SourceInput) -> Result<PreparedSource, EngineError> {
             .title
             .or(extracted.title)
             .or(doc.filename)
+            .map(|t| short_title(&t.replace(|c: char| c.is_control(), " ")))
             .unwrap_or_else(|| input.name.clone().unwrap_or_else(|| "Untitled".into()));
         documents.push(PreparedDocument {
             title,
@@ -263,18 +283,25 @@ impl Knowledge {
         }
     }
 
-    /// A source's documents and their chunks, in order.
+    /// A source's documents and (up to `max_chunks` in all) their chunks, in order.
     pub fn source_contents(
         &self,
         scope: &KbScope,
         source: &Source,
+        max_chunks: usize,
     ) -> Result<Vec<(SourceDocument, Vec<SourceChunk>)>, EngineError> {
         let store = &self.parts().store;
         let mut out = Vec::new();
+        let mut room = max_chunks;
         for id in &source.documents {
             let account = scope.account_id.as_str();
             let Some(document) = store.source_documents.get(&(account, id.as_str()))? else { continue };
-            let chunks = store.source_chunks.scan_prefix(&(account, id.as_str()))?;
+            let chunks = if room == 0 {
+                Vec::new()
+            } else {
+                store.source_chunks.scan_prefix_limit(&(account, id.as_str()), room)?
+            };
+            room -= chunks.len();
             out.push((document, chunks));
         }
         Ok(out)
@@ -312,12 +339,14 @@ impl Knowledge {
         }
         let parts = self.parts();
         let readable = scope.readable();
+        // Narrowed to some sources, the filter comes after retrieval: retrieve more.
+        let candidates = if source_ids.is_some() { FILTERED_CANDIDATES } else { CANDIDATES };
         let text_hits = {
             let (text, account, query) = (parts.text.clone(), scope.account_id.clone(), query.to_owned());
             let readable: Vec<String> = readable.iter().map(|w| (*w).to_owned()).collect();
             tokio::task::spawn_blocking(move || {
                 let readable: Vec<&str> = readable.iter().map(String::as_str).collect();
-                text.search(&account, &readable, &[CHUNK], &query, CANDIDATES)
+                text.search(&account, &readable, &[CHUNK], &query, candidates)
             })
             .await
             .map_err(|e| EngineError::Internal(format!("text search: {e}")))??
@@ -325,7 +354,7 @@ impl Knowledge {
         let embedded = parts.embedder.embed(vec![query.to_owned()]).await?;
         let mut query_vector = embedded.vectors.into_iter().next().unwrap_or_default();
         crate::embed::l2_normalise(&mut query_vector);
-        let vector_hits = parts.vectors.search(&scope.account_id, &readable, &[CHUNK], &query_vector, CANDIDATES);
+        let vector_hits = parts.vectors.search(&scope.account_id, &readable, &[CHUNK], &query_vector, candidates);
         self.rank_chunks(scope, query, &text_hits, &vector_hits, limit, source_ids)
     }
 
