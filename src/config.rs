@@ -24,6 +24,15 @@ pub struct Config {
     pub billing: BillingConfig,
     pub cache: CacheConfig,
     pub embedder: EmbedderConfig,
+    pub knowledge: KnowledgeConfig,
+}
+
+/// The knowledge base. See `[knowledge]` in `config/tokaroo.toml`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct KnowledgeConfig {
+    /// The context packs' ranking weights (README: "Knowledge Base").
+    pub ranking: tokaroo_actors::knowledge::pack::RankWeights,
 }
 
 /// The exact and semantic response caches. See `[cache]` in `config/tokaroo.toml`.
@@ -429,6 +438,7 @@ impl Config {
                 )));
             }
         }
+        self.knowledge.ranking.check().map_err(ConfigError::Invalid)?;
         let threshold = self.cache.semantic_threshold;
         if !(threshold > 0.0 && threshold <= 1.0) {
             return Err(ConfigError::Invalid(format!(
@@ -687,7 +697,20 @@ mod tests {
         assert_eq!(shipped.embedder.model_source, defaults.embedder.model_source);
         assert_eq!(shipped.embedder.auto_pull, defaults.embedder.auto_pull);
         assert_eq!(shipped.embedder.routed_model, defaults.embedder.routed_model);
+        assert_eq!(shipped.knowledge.ranking, defaults.knowledge.ranking);
         assert!(shipped.validate().is_ok());
+    }
+
+    #[test]
+    fn ranking_weights_are_read_and_checked() {
+        let config: Config =
+            toml::from_str("[knowledge.ranking]\nrecency = 0.5\n[knowledge.ranking.fusion]\nlexical_weight = 0.6\n")
+                .unwrap();
+        assert_eq!((config.knowledge.ranking.recency, config.knowledge.ranking.fusion.lexical_weight), (0.5, 0.6));
+        assert_eq!(config.knowledge.ranking.meta, 0.3, "the others keep their defaults");
+        let bad: Config = toml::from_str("[knowledge.ranking]\nfeedback = 2\n").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("knowledge.ranking.feedback"));
+        assert!(toml::from_str::<Config>("[knowledge.ranking]\nrecncy = 0.5\n").is_err(), "typos are refused");
     }
 
     #[test]

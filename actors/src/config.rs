@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub limits: AccountLimits,
     /// Which embedder `Engine::embedder` runs (neural by default).
     pub embedder: crate::embed::EmbedderSettings,
+    /// The knowledge base's ranking weights.
+    pub ranking: crate::knowledge::pack::RankWeights,
 }
 
 /// 30 days: a dashboard left alone for a month signs in again.
@@ -62,6 +64,7 @@ impl Default for EngineConfig {
             net: crate::routing::netguard::NetSettings::default(),
             limits: AccountLimits::default(),
             embedder: crate::embed::EmbedderSettings::default(),
+            ranking: crate::knowledge::pack::RankWeights::default(),
         }
     }
 }

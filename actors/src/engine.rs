@@ -116,6 +116,7 @@ impl Engine {
             registry.clone(),
             directory_state.clone(),
             config.limits.memory_notes,
+            config.ranking,
         )?;
         let root = root_spec(
             &directory_state,

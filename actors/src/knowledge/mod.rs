@@ -119,6 +119,8 @@ pub(crate) struct KnowledgeParts {
     /// Whose account is not capped (the operator's), and the cap on the others' notes.
     pub(crate) directory: Arc<crate::directory::state::DirectoryState>,
     pub(crate) note_cap: usize,
+    /// The ranking's weights (`[knowledge.ranking]`).
+    pub(crate) weights: pack::RankWeights,
     /// Recent packs' queries, for feedback that names a trace.
     pub(crate) traces: std::sync::Mutex<graph::PackTraces>,
 }
@@ -130,11 +132,22 @@ impl Knowledge {
         registry: Registry,
         directory: Arc<crate::directory::state::DirectoryState>,
         note_cap: usize,
+        weights: pack::RankWeights,
     ) -> Result<Self, EngineError> {
         let text = Arc::new(TextIndex::open(&store.text_index_dir())?);
         let vectors = Arc::default();
         let traces = Default::default();
-        Ok(Self(Arc::new(KnowledgeParts { store, text, vectors, embedder, registry, directory, note_cap, traces })))
+        Ok(Self(Arc::new(KnowledgeParts {
+            store,
+            text,
+            vectors,
+            embedder,
+            registry,
+            directory,
+            note_cap,
+            weights,
+            traces,
+        })))
     }
 
     pub(crate) fn parts(&self) -> &Arc<KnowledgeParts> {

@@ -54,7 +54,9 @@ const ENTITY_CANDIDATES: usize = 10;
 /// Source chunks ranked for a pack.
 const MAX_CHUNKS: usize = 20;
 
-#[derive(Debug, Clone, Copy, Serialize)]
+/// The ranking's weights (`[knowledge.ranking]` in the config; see the module's doc).
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct RankWeights {
     pub fusion: FusionParams,
     /// How much importance and confidence move the score.
@@ -76,6 +78,48 @@ pub struct RankWeights {
     pub max_events: usize,
     /// With `include_sources`, a chunk scores `source ·` its fused relevance.
     pub source: f64,
+}
+
+impl RankWeights {
+    /// Names the first weight out of its range.
+    pub fn check(&self) -> Result<(), String> {
+        let unit = [
+            ("fusion.lexical_weight", self.fusion.lexical_weight),
+            ("meta", self.meta),
+            ("recency", self.recency),
+            ("feedback", self.feedback),
+            ("link", self.link),
+            ("entity", self.entity),
+            ("event", self.event),
+        ];
+        for (name, value) in unit {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(format!("knowledge.ranking.{name} must be between 0 and 1"));
+            }
+        }
+        let non_negative = [
+            ("fusion.neighbour_weight", self.fusion.neighbour_weight),
+            ("fusion.thread_weight", self.fusion.thread_weight),
+            ("fusion.author_boost", self.fusion.author_boost),
+            ("source", self.source),
+        ];
+        for (name, value) in non_negative {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(format!("knowledge.ranking.{name} must be a number of at least 0"));
+            }
+        }
+        for (name, days) in
+            [("half_life_days", self.half_life_days), ("event_half_life_days", self.event_half_life_days)]
+        {
+            if !(days.is_finite() && days > 0.0) {
+                return Err(format!("knowledge.ranking.{name} must be more than 0"));
+            }
+        }
+        if self.max_events > 100 {
+            return Err("knowledge.ranking.max_events must be at most 100".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for RankWeights {
@@ -362,7 +406,7 @@ impl Knowledge {
         max_tokens: u32,
         include_sources: bool,
     ) -> Result<ContextPack, EngineError> {
-        self.context_pack_with(scope, query, max_tokens, include_sources, RankWeights::default()).await
+        self.context_pack_with(scope, query, max_tokens, include_sources, self.parts().weights).await
     }
 
     /// The same with other weights (the LoCoMo evaluation compares the retrievers alone).
