@@ -1,5 +1,5 @@
 //! Context packs: the memories, entities, links and recent events that best answer a query,
-//! ranked and packed within a token budget counted with the real tokenizer (cl100k,
+//! ranked and packed within a token budget counted with the real tokenizer (o200k,
 //! `chat::tokenizer`), with telemetry saying why each item is in.
 //!
 //! Ranking (weights in [`RankWeights`], documented in the README):
