@@ -68,6 +68,17 @@ fn last_user_text(request: &ChatRequest) -> Option<String> {
     (!text.trim().is_empty()).then_some(text)
 }
 
+/// A query taken from a message is at most this long (a pack's query limit is 8,000).
+const MAX_DERIVED_QUERY_CHARS: usize = 4000;
+
+fn last_chars(text: String, max: usize) -> String {
+    let count = text.chars().count();
+    if count <= max {
+        return text;
+    }
+    text.chars().skip(count - max).collect()
+}
+
 fn context_message(pack: &ContextPack) -> Message {
     let text = format!(
         "Use the context below when it helps to answer. It comes from the knowledge base \
@@ -96,11 +107,15 @@ pub(super) async fn add_context(
     let scope = scope(state, &Caller::Key(key.clone()), ask.workspace_id.as_deref())?;
     let query = match ask.query {
         Some(query) => query,
-        None => last_user_text(request).ok_or_else(|| {
-            ApiError::BadRequest(
-                "the context needs a question: a user message with text, or tokaroo.context.query".into(),
-            )
-        })?,
+        // A long message is retrieved for by its end (the question usually closes it).
+        None => last_chars(
+            last_user_text(request).ok_or_else(|| {
+                ApiError::BadRequest(
+                    "the context needs a question: a user message with text, or tokaroo.context.query".into(),
+                )
+            })?,
+            MAX_DERIVED_QUERY_CHARS,
+        ),
     };
     let max_tokens = match ask.max_tokens {
         None => DEFAULT_MAX_TOKENS,
@@ -133,7 +148,7 @@ pub(super) fn context_ask(wire: &Value) -> Result<Option<ContextAsk>, ApiError> 
                 return Err(ApiError::BadRequest(format!("tokaroo.{other} is not a known extension (context)")));
             }
             match extension.get("context") {
-                None | Some(Value::Null) => Ok(None),
+                None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(None),
                 Some(Value::Bool(true)) => Ok(Some(ContextAsk::default())),
                 Some(context @ Value::Object(_)) => serde_json::from_value(context.clone())
                     .map(Some)
@@ -168,6 +183,7 @@ async fn reply(
     State(state): State<AppState>,
     ApiKey(key): ApiKey,
     RequestId(request_id): RequestId,
+    headers: axum::http::HeaderMap,
     JsonBody(req): JsonBody<ReplyRequest>,
 ) -> Result<Response, ApiError> {
     let model = match (&req.mode, &req.model) {
@@ -198,7 +214,8 @@ async fn reply(
         query: None,
     };
     let given = add_context(&state, &key, &mut request, ask, true).await?;
-    let info = RequestInfo { request_id, ..RequestInfo::chat(&request, &model_name) };
+    let bypass_cache = super::chat::bypasses_cache(&headers);
+    let info = RequestInfo { request_id, bypass_cache, ..RequestInfo::chat(&request, &model_name) };
     let created = time::OffsetDateTime::now_utc().unix_timestamp();
     if request.stream {
         return super::chat::stream_response(&state, key, request, info, created, Some(&given)).await;

@@ -449,8 +449,15 @@ impl Knowledge {
         let (searched, embedded) = tokio::join!(searches, parts.embedder.embed(vec![query.to_owned()]));
         let (text_hits, entity_hits, chunk_text_hits) =
             searched.map_err(|e| EngineError::Internal(format!("text search: {e}")))??;
-        let embedded = embedded?;
-        let mut query_vector = embedded.vectors.into_iter().next().unwrap_or_default();
+        // Without the query's vector (the embedder failing) the pack is made from text alone:
+        // an empty vector matches nothing, and the fusion weighs what there is.
+        let (mut query_vector, embedder_id) = match embedded {
+            Ok(embedded) => (embedded.vectors.into_iter().next().unwrap_or_default(), embedded.embedder.to_string()),
+            Err(error) => {
+                tracing::warn!(%error, "knowledge base: the query could not be embedded; this pack uses text search only");
+                (Vec::new(), "none".to_owned())
+            }
+        };
         crate::embed::l2_normalise(&mut query_vector);
         let vector_hits = parts.vectors.search(&scope.account_id, &readable, &[NOTE], &query_vector, CANDIDATES);
 
@@ -485,7 +492,6 @@ impl Knowledge {
             .chain(vector_hits.iter().filter_map(|(key, cosine)| candidate(key, None, Some(*cosine))))
             .collect();
         let now = crate::clock::now_ms();
-        let embedder_id = embedded.embedder.to_string();
         let account = scope.account_id.as_str();
         let store = &parts.store;
         let fused = rank::rank(query, candidates, &weights.fusion);
@@ -564,7 +570,8 @@ impl Knowledge {
         let mut chunks = Vec::new();
         if include_sources {
             let vector_hits = parts.vectors.search(account, &readable, &[CHUNK], &query_vector, CANDIDATES);
-            let hits = self.rank_chunks(scope, query, &chunk_text_hits, &vector_hits, MAX_CHUNKS, None)?;
+            let hits =
+                self.rank_chunks(scope, query, (&chunk_text_hits, &vector_hits), MAX_CHUNKS, None, &weights.fusion)?;
             candidate_count += hits.len();
             chunks =
                 hits.into_iter().map(|hit| ChunkItem { score: weights.source * hit.score, hit, tokens: 0 }).collect();

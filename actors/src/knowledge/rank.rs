@@ -73,7 +73,7 @@ pub enum NeighbourMode {
 /// The fusion's parameters. The defaults are the values chosen on LoCoMo with all-MiniLM-L6-v2
 /// and tantivy-style BM25 (see REPORT.md for how each was chosen).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct FusionParams {
     /// `w`: the BM25 share of the base score; the cosine gets `1 − w`.
     pub lexical_weight: f64,

@@ -6,13 +6,18 @@
 //! The indexer hands it the chunks it wrote without vectors; it embeds them a few at a time,
 //! taking accounts in turn, and sends the vectors back to the indexer, which writes them
 //! (it is the only writer) if the chunk is still the one embedded. Small slices keep the
-//! embedder free for the queries of context packs in between. The queue is in memory: what a
-//! restart loses is found again at the next start (a chunk without a current vector).
+//! embedder free for the queries of context packs in between. Entries a later write
+//! superseded, or whose chunk is gone, are skipped before embedding; a failed pass goes back
+//! to the front and is retried after a pause that grows while it fails. The queue is bounded
+//! per account and in memory: what a restart loses is found again at the next start (a chunk
+//! without a current vector).
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use serde_json::json;
+
+use tokaroo_storage::knowledge::SourceChunk;
 
 use super::{
     indexer::{IndexerMsg, INDEXER},
@@ -28,8 +33,13 @@ pub const VECTORISER: &str = "kb-vectoriser";
 /// Chunks embedded per pass: about a second of the embedder on two cores at most, so a pack's
 /// query waits at most that long behind it.
 const SLICE: usize = 8;
-/// Queued chunks past this are dropped (embedded at the next start instead).
+/// Queued chunks past these are dropped (embedded at the next start instead): one tenant's
+/// flood never holds the others' chunks out.
 const MAX_QUEUE: usize = 500_000;
+const MAX_QUEUE_PER_ACCOUNT: usize = 50_000;
+/// After a failed pass, the next waits this long, doubling up to the most.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// A chunk to embed: where its vector goes, and the sequence of the record it was made for.
 #[derive(Debug, Clone)]
@@ -69,6 +79,11 @@ impl TreeMsg for VectoriserMsg {
 
 pub struct VectoriserState {
     queue: VecDeque<PendingVector>,
+    /// The latest sequence queued for each key: an older entry of the key is skipped.
+    latest: std::collections::HashMap<String, u64>,
+    per_account: std::collections::HashMap<String, usize>,
+    /// Consecutive failed passes (the backoff grows with them).
+    failing: u32,
     scheduled: bool,
     embedded: u64,
     dropped: u64,
@@ -109,6 +124,46 @@ fn take_fairly(queue: &mut VecDeque<PendingVector>, max: usize) -> Vec<PendingVe
     taken
 }
 
+impl VectoriserActor {
+    /// The next slice to embed, skipping entries a later write of their key superseded and
+    /// chunks no longer there as queued (deleted, or replaced by a re-ingestion).
+    fn next_slice(&self, state: &mut VectoriserState) -> Vec<PendingVector> {
+        let mut slice = Vec::new();
+        while slice.len() < SLICE && !state.queue.is_empty() {
+            for p in take_fairly(&mut state.queue, SLICE - slice.len()) {
+                let latest = state.latest.get(&p.key).copied() == Some(p.seq);
+                if latest && self.still_current(&p) {
+                    slice.push(p);
+                } else {
+                    self.forget(state, &p);
+                }
+            }
+        }
+        slice
+    }
+
+    fn still_current(&self, p: &PendingVector) -> bool {
+        let Some((document, ordinal)) = p.key.strip_prefix("chunk:").and_then(SourceChunk::parse_id) else {
+            return false;
+        };
+        let chunk = self.parts.store.source_chunks.get(&(p.account_id.as_str(), document, u64::from(ordinal)));
+        matches!(chunk, Ok(Some(c)) if c.seq == p.seq)
+    }
+
+    /// Drops an entry's bookkeeping once it is done with.
+    fn forget(&self, state: &mut VectoriserState, p: &PendingVector) {
+        if state.latest.get(&p.key) == Some(&p.seq) {
+            state.latest.remove(&p.key);
+        }
+        if let Some(held) = state.per_account.get_mut(&p.account_id) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                state.per_account.remove(&p.account_id);
+            }
+        }
+    }
+}
+
 impl Actor for VectoriserActor {
     type Msg = VectoriserMsg;
     type State = VectoriserState;
@@ -117,6 +172,9 @@ impl Actor for VectoriserActor {
     async fn pre_start(&self, _me: ActorRef<VectoriserMsg>, _: ()) -> Result<VectoriserState, ActorProcessingErr> {
         Ok(VectoriserState {
             queue: VecDeque::new(),
+            latest: Default::default(),
+            per_account: Default::default(),
+            failing: 0,
             scheduled: false,
             embedded: 0,
             dropped: 0,
@@ -133,9 +191,19 @@ impl Actor for VectoriserActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             VectoriserMsg::Embed(pending) => {
-                let room = MAX_QUEUE.saturating_sub(state.queue.len());
-                state.dropped += pending.len().saturating_sub(room) as u64;
-                state.queue.extend(pending.into_iter().take(room));
+                for p in pending {
+                    let held = state.per_account.get(&p.account_id).copied().unwrap_or(0);
+                    if state.queue.len() >= MAX_QUEUE || held >= MAX_QUEUE_PER_ACCOUNT {
+                        state.dropped += 1;
+                        continue;
+                    }
+                    if state.latest.get(&p.key).is_some_and(|&seq| seq >= p.seq) {
+                        continue;
+                    }
+                    state.latest.insert(p.key.clone(), p.seq);
+                    *state.per_account.entry(p.account_id.clone()).or_default() += 1;
+                    state.queue.push_back(p);
+                }
                 if !state.scheduled && !state.queue.is_empty() {
                     state.scheduled = true;
                     me.cast(VectoriserMsg::Work)?;
@@ -143,32 +211,58 @@ impl Actor for VectoriserActor {
             }
             VectoriserMsg::Work => {
                 state.scheduled = false;
-                let slice = take_fairly(&mut state.queue, SLICE);
+                let slice = self.next_slice(state);
                 if !slice.is_empty() {
                     let texts = slice.iter().map(|p| p.text.clone()).collect();
-                    match self.parts.embedder.embed(texts).await {
+                    let made = match self.parts.embedder.embed(texts).await {
                         Ok(embedded) if embedded.vectors.len() == slice.len() => {
                             let embedder = embedded.embedder.to_string();
-                            let made: Vec<MadeVector> = slice
-                                .into_iter()
+                            Ok(slice
+                                .iter()
+                                .cloned()
                                 .zip(embedded.vectors)
                                 .map(|(pending, mut vector)| {
                                     crate::embed::l2_normalise(&mut vector);
                                     MadeVector { pending, embedder: embedder.clone(), vector }
                                 })
-                                .collect();
-                            state.embedded += made.len() as u64;
+                                .collect::<Vec<_>>())
+                        }
+                        Ok(_) => Err("the embedder answered another number of vectors".to_owned()),
+                        Err(error) => Err(error.to_string()),
+                    };
+                    let sent = match made {
+                        Ok(made) => {
                             match self.parts.registry.wait_for::<IndexerMsg>(INDEXER, Duration::from_secs(5)).await {
-                                Some(indexer) => indexer.cast(IndexerMsg::Vectors(made))?,
-                                None => state.last_error = Some("the indexer was not there to write vectors".into()),
+                                Some(indexer) => {
+                                    let count = made.len() as u64;
+                                    indexer.cast(IndexerMsg::Vectors(made)).map(|()| count).map_err(|e| e.to_string())
+                                }
+                                None => Err("the indexer was not there to write the vectors".to_owned()),
                             }
                         }
-                        Ok(_) => state.failures += 1,
+                        Err(error) => Err(error),
+                    };
+                    match sent {
+                        Ok(count) => {
+                            state.embedded += count;
+                            state.failing = 0;
+                            for p in &slice {
+                                self.forget(state, p);
+                            }
+                        }
                         Err(error) => {
-                            // Left for the next start, which finds these chunks without vectors.
-                            tracing::warn!(%error, chunks = slice.len(), "knowledge base: embedding chunks failed; retried at the next start");
+                            // Back at the front, tried again after a pause that grows while it fails.
+                            tracing::warn!(%error, chunks = slice.len(), "knowledge base: embedding chunks failed; retrying later");
                             state.failures += 1;
-                            state.last_error = Some(error.to_string());
+                            state.failing = state.failing.saturating_add(1);
+                            state.last_error = Some(error);
+                            for p in slice.into_iter().rev() {
+                                state.queue.push_front(p);
+                            }
+                            let pause = FIRST_BACKOFF.saturating_mul(1 << state.failing.min(6)).min(MAX_BACKOFF);
+                            state.scheduled = true;
+                            me.send_after(pause, || VectoriserMsg::Work);
+                            return Ok(());
                         }
                     }
                 }
@@ -180,6 +274,8 @@ impl Actor for VectoriserActor {
             VectoriserMsg::Inspect(reply) => {
                 let _ = reply.send(Inspection::leaf(json!({
                     "queued": state.queue.len(),
+                    "accounts_queued": state.per_account.len(),
+                    "failing": state.failing,
                     "embedded": state.embedded,
                     "dropped_for_next_start": state.dropped,
                     "failures": state.failures,

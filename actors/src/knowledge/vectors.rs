@@ -2,8 +2,8 @@
 //! sled at start and kept current by the indexer.
 //!
 //! A small set is compared vector by vector (exact). A set of [`GRAPH_MIN`] or more gets an
-//! HNSW graph (hnsw_rs), built on one of tokio's blocking threads from a snapshot (on one
-//! core: the others stay with requests) while searches go on exactly; once swapped in, later
+//! HNSW graph (hnsw_rs), built on one of tokio's blocking threads from a snapshot (one build
+//! at a time, on one core: the others stay with requests) while searches go on exactly; once swapped in, later
 //! vectors go into it as they are written. hnsw_rs cannot delete: a replaced or removed vector is a tombstone the search filters out, and a set whose
 //! tombstones outnumber its live vectors is rebuilt the same way. Vectors written while a
 //! graph is built (its "tail") are compared exactly until they join it.
@@ -24,6 +24,9 @@ pub const GRAPH_MIN: usize = 4096;
 const LINKS: usize = 16;
 const MAX_LAYERS: usize = 16;
 const EF_CONSTRUCTION: usize = 64;
+/// A set below [`GRAPH_MIN`] drops its tombstones once it has this many, and more than live
+/// vectors.
+const COMPACT_MIN_TOMBSTONES: usize = 64;
 /// The search beam: at least this wide, and wider than the hits asked for.
 const EF_SEARCH: usize = 128;
 
@@ -61,6 +64,10 @@ impl Set {
 
     /// Adds or replaces `key`'s vector; into the graph too when it has no tail and `grow`.
     fn upsert(&mut self, key: &str, vector: Vector, grow: bool) {
+        // The same vector again (a restarted indexer loading what it holds) changes nothing.
+        if self.by_key.get(key).is_some_and(|&id| self.entries[id].vector[..] == vector[..]) {
+            return;
+        }
         if let Some(old) = self.by_key.remove(key) {
             self.kill(old);
         }
@@ -78,6 +85,21 @@ impl Set {
             entry.live = false;
             self.tombstones += 1;
         }
+        if self.tombstones > self.live().max(COMPACT_MIN_TOMBSTONES) && self.live() < GRAPH_MIN {
+            self.compact();
+        }
+    }
+
+    /// Drops the tombstones of a set too small for a graph: its live vectors, in order, and
+    /// no graph (a build in flight is discarded when it finishes).
+    fn compact(&mut self) {
+        let entries: Vec<Entry> = std::mem::take(&mut self.entries).into_iter().filter(|e| e.live).collect();
+        self.by_key = entries.iter().enumerate().map(|(id, e)| (e.key.clone(), id)).collect();
+        self.entries = entries;
+        self.tombstones = 0;
+        self.graph = None;
+        self.building = None;
+        self.generation += 1;
     }
 
     fn remove(&mut self, key: &str) {
@@ -114,7 +136,7 @@ impl Set {
                 let live = |id: &usize| self.entries.get(*id).is_some_and(|e| e.live);
                 let wanted = limit.min(self.live());
                 for n in graph.hnsw.search_filter(query, wanted, EF_SEARCH.max(wanted), Some(&live)) {
-                    if n.d_id < graph.covers {
+                    if n.d_id < graph.covers && self.entries[n.d_id].vector.len() == query.len() {
                         offer(n.d_id, crate::embed::dot(&self.entries[n.d_id].vector, query));
                     }
                 }
@@ -123,8 +145,9 @@ impl Set {
             None => 0,
         };
         for id in exact_from..self.entries.len() {
-            if self.entries[id].vector.len() == query.len() {
-                offer(id, crate::embed::dot(&self.entries[id].vector, query));
+            let entry = &self.entries[id];
+            if entry.live && entry.vector.len() == query.len() {
+                offer(id, crate::embed::dot(&entry.vector, query));
             }
         }
     }
@@ -218,70 +241,9 @@ impl VectorSets {
         }
     }
 
-    /// Builds a graph for `set` on a background thread from a snapshot of its live vectors;
-    /// swaps it in (with the vectors written meanwhile) when done.
+    /// Queues a graph build for `set` (see [`build_graph`]).
     fn build(&self, set: Arc<RwLock<Set>>) {
-        let (generation, snapshot) = {
-            let mut guard = write(&set);
-            if !guard.wants_build() {
-                return;
-            }
-            guard.generation += 1;
-            let generation = guard.generation;
-            guard.building = Some(generation);
-            let live: Vec<(String, Vector)> =
-                guard.entries.iter().filter(|e| e.live).map(|e| (e.key.clone(), e.vector.clone())).collect();
-            (generation, live)
-        };
-        let building = set.clone();
-        let work = move || {
-            let set = building;
-            let hnsw = Hnsw::new(LINKS, snapshot.len().max(16), MAX_LAYERS, EF_CONSTRUCTION, UnitCosine);
-            // One thread: the build must leave the other cores to the requests being served.
-            for (id, (_, vector)) in snapshot.iter().enumerate() {
-                hnsw.insert((vector, id));
-            }
-            let mut guard = write(&set);
-            if guard.building != Some(generation) {
-                return;
-            }
-            // The snapshot's entries take ids 0..n in the new generation; what was written
-            // since (the tail, and any removals) is replayed on top.
-            let old = std::mem::take(&mut guard.entries);
-            let snapshot_keys: HashMap<&str, usize> =
-                snapshot.iter().enumerate().map(|(id, (key, _))| (key.as_str(), id)).collect();
-            let mut entries: Vec<Entry> = snapshot
-                .iter()
-                .map(|(key, vector)| Entry { key: key.clone(), vector: vector.clone(), live: false })
-                .collect();
-            let mut by_key = HashMap::with_capacity(guard.by_key.len());
-            let mut tail = Vec::new();
-            for (key, id) in guard.by_key.drain() {
-                let current = &old[id];
-                match snapshot_keys.get(key.as_str()) {
-                    Some(&at) if Arc::ptr_eq(&entries[at].vector, &current.vector) => {
-                        entries[at].live = true;
-                        by_key.insert(key, at);
-                    }
-                    _ => tail.push((key, current.vector.clone())),
-                }
-            }
-            let tombstones = entries.iter().filter(|e| !e.live).count();
-            let covers = entries.len();
-            guard.entries = entries;
-            guard.by_key = by_key;
-            guard.tombstones = tombstones;
-            guard.graph = Some(Graph { hnsw, covers });
-            guard.building = None;
-            for (key, vector) in tail {
-                guard.upsert(&key, vector, true);
-            }
-        };
-        // A blocking thread of tokio's bounded pool; outside a runtime (unit tests), here.
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(work)),
-            Err(_) => work(),
-        }
+        request_build(set);
     }
 
     /// The `limit` most similar texts of these scopes and kinds: (key, cosine), best first.
@@ -325,6 +287,112 @@ impl VectorSets {
     }
 }
 
+/// Sets waiting for a graph build, and whether a builder is running: one build at a time,
+/// whatever the number of tenants, so builds take one core and their memory peaks do not add.
+#[derive(Default)]
+struct Builds {
+    running: bool,
+    queue: std::collections::VecDeque<Arc<RwLock<Set>>>,
+}
+
+static BUILDS: std::sync::Mutex<Builds> =
+    std::sync::Mutex::new(Builds { running: false, queue: std::collections::VecDeque::new() });
+
+fn request_build(set: Arc<RwLock<Set>>) {
+    {
+        let mut builds = BUILDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if builds.queue.iter().any(|queued| Arc::ptr_eq(queued, &set)) {
+            return;
+        }
+        builds.queue.push_back(set);
+        if builds.running {
+            return;
+        }
+        builds.running = true;
+    }
+    // A blocking thread of tokio's bounded pool; outside a runtime (unit tests), here.
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(run_builds)),
+        Err(_) => run_builds(),
+    }
+}
+
+/// Builds queued sets one after the other until none is left.
+fn run_builds() {
+    loop {
+        let next = {
+            let mut builds = BUILDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match builds.queue.pop_front() {
+                Some(set) => set,
+                None => {
+                    builds.running = false;
+                    return;
+                }
+            }
+        };
+        // A build that panics leaves the set as it was, free to be built again.
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| build_graph(&next)));
+        if built.is_err() {
+            write(&next).building = None;
+            tracing::error!("knowledge base: building a vector graph panicked; the set stays on exact search");
+        }
+    }
+}
+
+/// Builds a graph over a snapshot of `set`'s live vectors, outside its lock, and swaps it in:
+/// the snapshot's vectors take ids `0..n`; those written since (the tail) follow, compared
+/// exactly until the next build takes them.
+fn build_graph(set: &Arc<RwLock<Set>>) {
+    let (generation, snapshot) = {
+        let mut guard = write(set);
+        if !guard.wants_build() {
+            return;
+        }
+        guard.generation += 1;
+        let generation = guard.generation;
+        guard.building = Some(generation);
+        let live: Vec<(String, Vector)> =
+            guard.entries.iter().filter(|e| e.live).map(|e| (e.key.clone(), e.vector.clone())).collect();
+        (generation, live)
+    };
+    let hnsw = Hnsw::new(LINKS, snapshot.len().max(16), MAX_LAYERS, EF_CONSTRUCTION, UnitCosine);
+    for (id, (_, vector)) in snapshot.iter().enumerate() {
+        hnsw.insert((vector, id));
+    }
+    let mut guard = write(set);
+    if guard.building != Some(generation) {
+        return; // compacted meanwhile: this graph is of vectors that no longer count
+    }
+    let old = std::mem::take(&mut guard.entries);
+    let snapshot_keys: HashMap<&str, usize> =
+        snapshot.iter().enumerate().map(|(id, (key, _))| (key.as_str(), id)).collect();
+    let mut entries: Vec<Entry> =
+        snapshot.iter().map(|(key, vector)| Entry { key: key.clone(), vector: vector.clone(), live: false }).collect();
+    let mut by_key = HashMap::with_capacity(guard.by_key.len());
+    let mut tail = Vec::new();
+    for (key, id) in guard.by_key.drain() {
+        let current = &old[id];
+        match snapshot_keys.get(key.as_str()) {
+            Some(&at) if Arc::ptr_eq(&entries[at].vector, &current.vector) => {
+                entries[at].live = true;
+                by_key.insert(key, at);
+            }
+            _ => tail.push((key, current.vector.clone())),
+        }
+    }
+    guard.tombstones = entries.iter().filter(|e| !e.live).count();
+    let covers = entries.len();
+    guard.entries = entries;
+    guard.by_key = by_key;
+    let previous = guard.graph.replace(Graph { hnsw, covers });
+    guard.building = None;
+    for (key, vector) in tail {
+        guard.upsert(&key, vector, false);
+    }
+    drop(guard);
+    drop(previous); // freed outside the lock
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +415,23 @@ mod tests {
         assert_eq!(keys, ["note:a", "note:c"]);
         assert!(sets.search("acct", &["ws"], &["note"], &[1.0, 0.0], 9).is_empty());
         assert!(sets.search("acct", &[""], &["chunk"], &[1.0, 0.0], 9).is_empty());
+    }
+
+    /// Rewriting a key over and over (patching a note, re-ingesting a source) keeps a small
+    /// set small; writing the same vector again changes nothing.
+    #[test]
+    fn rewrites_do_not_grow_a_set() {
+        let sets = VectorSets::default();
+        for i in 0..1000u64 {
+            sets.upsert("a", "w", "note:x", "note", unit(i, 8));
+            sets.upsert("a", "w", "note:y", "note", unit(7, 8));
+        }
+        let set = sets.set("a", "w", "note");
+        let guard = read(&set);
+        assert!(guard.entries.len() <= 2 * COMPACT_MIN_TOMBSTONES + 2, "{} entries", guard.entries.len());
+        assert_eq!(guard.live(), 2);
+        drop(guard);
+        assert_eq!(sets.search("a", &["w"], &["note"], &unit(999, 8), 1)[0].0, "note:x");
     }
 
     fn unit(seed: u64, dims: usize) -> Vec<f32> {

@@ -57,7 +57,7 @@ async fn chat_completions(
 
 /// `Cache-Control: no-cache` (or `no-store`) or `x-tokaroo-cache: skip`: neither answered from
 /// the response cache nor stored in it.
-fn bypasses_cache(headers: &HeaderMap) -> bool {
+pub(super) fn bypasses_cache(headers: &HeaderMap) -> bool {
     let cache_control = headers.get_all(header::CACHE_CONTROL).iter().filter_map(|v| v.to_str().ok());
     let no_cache = cache_control
         .flat_map(|v| v.split(','))

@@ -90,6 +90,9 @@ pub struct PreparedSource {
     pub embedder: Option<String>,
 }
 
+/// A retriever's hit: an index key and its raw score.
+type Hit = (String, f32);
+
 /// What an ingestion wrote.
 #[derive(Debug, Clone)]
 pub struct IngestedSource {
@@ -355,18 +358,19 @@ impl Knowledge {
         let mut query_vector = embedded.vectors.into_iter().next().unwrap_or_default();
         crate::embed::l2_normalise(&mut query_vector);
         let vector_hits = parts.vectors.search(&scope.account_id, &readable, &[CHUNK], &query_vector, candidates);
-        self.rank_chunks(scope, query, &text_hits, &vector_hits, limit, source_ids)
+        self.rank_chunks(scope, query, (&text_hits, &vector_hits), limit, source_ids, &self.parts().weights.fusion)
     }
 
-    /// Fuses the retrievers' chunk hits and looks up what citing them needs.
+    /// Fuses the retrievers' chunk hits (BM25's, then the vectors') and looks up what citing
+    /// them needs.
     pub(crate) fn rank_chunks(
         &self,
         scope: &KbScope,
         query: &str,
-        text_hits: &[(String, f32)],
-        vector_hits: &[(String, f32)],
+        (text_hits, vector_hits): (&[Hit], &[Hit]),
         limit: usize,
         source_ids: Option<&[String]>,
+        fusion: &rank::FusionParams,
     ) -> Result<Vec<ChunkHit>, EngineError> {
         let store = &self.parts().store;
         let account = scope.account_id.as_str();
@@ -405,7 +409,7 @@ impl Knowledge {
             .chain(vector_hits.iter().filter_map(|(key, cosine)| candidate(key, None, Some(*cosine))))
             .collect();
         let mut hits = Vec::new();
-        for ranked in rank::rank(query, candidates, &rank::FusionParams::default()).into_iter().take(limit) {
+        for ranked in rank::rank(query, candidates, fusion).into_iter().take(limit) {
             let Some(chunk) = chunks.remove(&ranked.id) else { continue };
             let Some(document) = store.source_documents.get(&(account, chunk.document_id.as_str()))? else { continue };
             let Some(source) = store.sources.get(&(account, chunk.source_id.as_str()))? else { continue };
