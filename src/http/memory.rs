@@ -30,6 +30,20 @@ use super::{
 const DEFAULT_LIST_LIMIT: usize = 50;
 const MAX_LIST_LIMIT: usize = 500;
 
+/// A list's `limit`: 50 by default, 1 to 500 (every knowledge-base list).
+pub(super) fn list_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if limit == 0 || limit > MAX_LIST_LIMIT {
+        return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LIST_LIMIT}")));
+    }
+    Ok(limit)
+}
+
+/// A record's workspace as answers show it: `null` for the account's own memory.
+pub(super) fn workspace_json(workspace: &str) -> Option<&str> {
+    (!workspace.is_empty()).then_some(workspace)
+}
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/memory/notes", get(list_notes).post(create_note))
@@ -81,7 +95,7 @@ pub(super) fn note_json(note: &MemoryNote) -> Value {
     json!({
         "object": "memory.note",
         "id": note.id,
-        "workspace_id": (!note.workspace.is_empty()).then_some(&note.workspace),
+        "workspace_id": workspace_json(&note.workspace),
         "title": note.title,
         "content": note.content,
         "kind": note.kind,
@@ -101,7 +115,7 @@ fn forgotten_json(f: &ForgottenNote) -> Value {
     json!({
         "object": "memory.forgotten",
         "note_id": f.note_id,
-        "workspace_id": (!f.workspace.is_empty()).then_some(&f.workspace),
+        "workspace_id": workspace_json(&f.workspace),
         "kind": f.kind,
         "external_source": f.external_source,
         "external_id": f.external_id,
@@ -171,10 +185,7 @@ async fn list_notes(
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let scope = scope(&state, &caller, q.workspace_id.as_deref())?;
-    let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
-    if limit == 0 || limit > MAX_LIST_LIMIT {
-        return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LIST_LIMIT}")));
-    }
+    let limit = list_limit(q.limit)?;
     let filter = NoteFilter { status: q.status, kind: q.kind, limit };
     let notes = state.engine.knowledge().list_notes(&scope, &filter)?;
     Ok(Json(json!({ "object": "list", "data": notes.iter().map(note_json).collect::<Vec<_>>() })))
@@ -182,8 +193,8 @@ async fn list_notes(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ScopeQuery {
-    workspace_id: Option<String>,
+pub(super) struct ScopeQuery {
+    pub(super) workspace_id: Option<String>,
 }
 
 async fn get_note(
@@ -350,7 +361,7 @@ async fn context_pack(
         "object": "memory.context_pack",
         "trace_id": pack.trace_id,
         "query": req.query,
-        "workspace_id": (!scope.workspace.is_empty()).then_some(&scope.workspace),
+        "workspace_id": workspace_json(&scope.workspace),
         "max_tokens": pack.max_tokens,
         "used_tokens": pack.used_tokens,
         "context": pack.context,

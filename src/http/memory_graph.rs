@@ -20,13 +20,10 @@ use tokaroo_actors::knowledge::{
 use super::{
     error::ApiError,
     extract::{Caller, JsonBody, QueryParams},
-    memory::{note_json, scope, who, CreateNote},
+    memory::{list_limit, note_json, scope, who, workspace_json, CreateNote, ScopeQuery},
     wire::{iso, parse_iso_us},
     AppState,
 };
-
-const DEFAULT_LIST_LIMIT: usize = 50;
-const MAX_LIST_LIMIT: usize = 500;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -37,10 +34,6 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/memory/events", get(list_events).post(create_event))
         .route("/v1/memory/feedback", post(feedback))
         .route("/v1/memory/batch", post(batch))
-}
-
-fn workspace_json(workspace: &str) -> Option<&str> {
-    (!workspace.is_empty()).then_some(workspace)
 }
 
 fn node_json(node: &NodeRef) -> Value {
@@ -114,14 +107,6 @@ fn feedback_json(f: &MemoryFeedback) -> Value {
 fn with_created(mut body: Value, created: bool) -> Value {
     body["created"] = json!(created);
     body
-}
-
-fn list_limit(limit: Option<usize>) -> Result<usize, ApiError> {
-    let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT);
-    if limit == 0 || limit > MAX_LIST_LIMIT {
-        return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LIST_LIMIT}")));
-    }
-    Ok(limit)
 }
 
 /// A node as requests name it: `{"type": "note" | "entity", "id": ...}` or with
@@ -344,12 +329,6 @@ async fn update_entity(state: AppState, caller: Caller, id: String, body: Entity
     let written = write(&state, &caller, &scope, batch).await?;
     let (entity, _) = written.entities.into_iter().next().ok_or_else(missing)?;
     Ok(Json(entity_json(&entity)))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScopeQuery {
-    workspace_id: Option<String>,
 }
 
 async fn get_entity(

@@ -25,13 +25,11 @@ use tokaroo_actors::knowledge::{
 use super::{
     error::ApiError,
     extract::{parse_json, Caller, JsonBody, QueryParams},
-    memory::scope,
+    memory::{list_limit, scope, workspace_json},
     wire::iso,
     AppState,
 };
 
-const DEFAULT_LIST_LIMIT: usize = 50;
-const MAX_LIST_LIMIT: usize = 500;
 const DEFAULT_SEARCH_LIMIT: usize = 10;
 const MAX_SEARCH_LIMIT: usize = 100;
 /// Chunks `GET /v1/sources/:id` shows at most (a source holds up to 10,000).
@@ -42,10 +40,6 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/sources", get(list_sources).post(create_source))
         .route("/v1/sources/search", post(search))
         .route("/v1/sources/{id}", get(get_source).delete(delete_source))
-}
-
-fn workspace_json(workspace: &str) -> Option<&str> {
-    (!workspace.is_empty()).then_some(workspace)
 }
 
 fn document_json(d: &SourceDocument) -> Value {
@@ -338,10 +332,7 @@ async fn list_sources(
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let scope = scope(&state, &caller, q.workspace_id.as_deref())?;
-    let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
-    if limit == 0 || limit > MAX_LIST_LIMIT {
-        return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LIST_LIMIT}")));
-    }
+    let limit = list_limit(q.limit)?;
     let sources = state.engine.knowledge().list_sources(&scope, limit)?;
     Ok(Json(json!({ "object": "list", "data": sources.iter().map(source_json).collect::<Vec<_>>() })))
 }

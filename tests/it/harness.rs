@@ -8,7 +8,7 @@ use std::{
 };
 
 use reqwest::{header::HeaderMap, Method, StatusCode};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
@@ -207,6 +207,26 @@ impl Gateway {
         (r.body["id"].as_str().unwrap().to_owned(), r.body["session_token"].as_str().unwrap().to_owned())
     }
 
+    /// Keys for isolation tests: the first key (workspace `default`), a key of a new workspace
+    /// `research` of the same account, and a key of another, funded account.
+    pub async fn neighbours(&self) -> Neighbours {
+        let ws =
+            self.post("/v1/workspaces", ADMIN_TOKEN, json!({"workspace_id": "research", "name": "Research"})).await;
+        assert!(ws.status.is_success(), "{}", ws.text);
+        let (_, research) = self.create_key(json!({"workspace_id": "research"})).await;
+        let (tenant_id, tenant) = self.create_account("tenant").await;
+        let credit =
+            self.post(&format!("/admin/accounts/{tenant_id}/credits"), ADMIN_TOKEN, json!({"amount_usd": 5})).await;
+        assert!(credit.status.is_success(), "{}", credit.text);
+        let other = self.post("/v1/keys", &tenant, json!({"name": "k"})).await;
+        assert!(other.status.is_success(), "{}", other.text);
+        Neighbours {
+            default_ws: self.first_key.clone().expect("the first key"),
+            research,
+            other_account: other.body["key"].as_str().expect("a key").to_owned(),
+        }
+    }
+
     pub async fn actor_tree(&self) -> Value {
         let r = self.get("/admin/actors", ADMIN_TOKEN).await;
         assert_eq!(r.status, 200, "{}", r.text);
@@ -246,6 +266,13 @@ async fn into_resp(response: reqwest::Response) -> Resp {
 }
 
 /// Finds a node by name anywhere in an actor tree.
+/// See [`Gateway::neighbours`].
+pub struct Neighbours {
+    pub default_ws: String,
+    pub research: String,
+    pub other_account: String,
+}
+
 pub fn find_actor<'a>(node: &'a Value, name: &str) -> Option<&'a Value> {
     if node["name"] == name {
         return Some(node);

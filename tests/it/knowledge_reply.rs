@@ -170,10 +170,7 @@ async fn grounded_replies_refuse_bad_input_and_stay_in_their_scope() {
     }
     assert!(fake.answer_requests().is_empty(), "nothing bad reached the provider");
     // Another account's memory never reaches this one's prompt.
-    let (tenant_id, tenant) = gw.create_account("tenant").await;
-    let credit = gw.post(&format!("/admin/accounts/{tenant_id}/credits"), ADMIN_TOKEN, json!({"amount_usd": 5})).await;
-    assert!(credit.status.is_success(), "{}", credit.text);
-    let tenant_key = gw.post("/v1/keys", &tenant, json!({"name": "k"})).await.body["key"].as_str().unwrap().to_owned();
+    let tenant_key = gw.neighbours().await.other_account;
     ok(&gw, "/v1/memory/notes", &key, json!({"content": "The vault combination is 31-7-22."})).await;
     let r = gw.post("/v1/knowledge/reply", &tenant_key, json!({"query": "What is the vault combination?"})).await;
     assert_eq!(r.status, 200, "{}", r.text);

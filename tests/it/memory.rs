@@ -143,14 +143,8 @@ async fn memory_never_crosses_accounts_or_workspaces() {
     let gw = Gateway::start().await;
     // The first key works in the "default" workspace; the operator's session, bound to none,
     // writes the account's own memory.
-    let (default_ws, account) = (gw.first_key.clone().unwrap(), ADMIN_TOKEN.to_owned());
-    let ws = gw.post("/v1/workspaces", ADMIN_TOKEN, json!({"workspace_id": "research", "name": "Research"})).await;
-    assert!(ws.status.is_success(), "{}", ws.text);
-    let (_, research) = gw.create_key(json!({"workspace_id": "research"})).await;
-    let (tenant_id, tenant) = gw.create_account("tenant").await;
-    let credit = gw.post(&format!("/admin/accounts/{tenant_id}/credits"), ADMIN_TOKEN, json!({"amount_usd": 5})).await;
-    assert!(credit.status.is_success(), "{}", credit.text);
-    let tenant_key = gw.post("/v1/keys", &tenant, json!({"name": "k"})).await.body["key"].as_str().unwrap().to_owned();
+    let account = ADMIN_TOKEN.to_owned();
+    let Neighbours { default_ws, research, other_account: tenant_key } = gw.neighbours().await;
 
     let secret = note(&gw, &research, json!({"content": "The launch code name is BLUEHERON."})).await;
     let secret_id = secret["id"].as_str().unwrap();

@@ -214,14 +214,7 @@ async fn feedback_moves_items_in_later_packs_for_similar_queries() {
 #[tokio::test]
 async fn the_graph_never_crosses_accounts_or_workspaces() {
     let gw = Gateway::start().await;
-    let default_ws = gw.first_key.clone().unwrap();
-    let ws = gw.post("/v1/workspaces", ADMIN_TOKEN, json!({"workspace_id": "research", "name": "Research"})).await;
-    assert!(ws.status.is_success(), "{}", ws.text);
-    let (_, research) = gw.create_key(json!({"workspace_id": "research"})).await;
-    let (tenant_id, tenant) = gw.create_account("tenant").await;
-    let credit = gw.post(&format!("/admin/accounts/{tenant_id}/credits"), ADMIN_TOKEN, json!({"amount_usd": 5})).await;
-    assert!(credit.status.is_success(), "{}", credit.text);
-    let tenant_key = gw.post("/v1/keys", &tenant, json!({"name": "k"})).await.body["key"].as_str().unwrap().to_owned();
+    let Neighbours { default_ws, research, other_account: tenant_key } = gw.neighbours().await;
 
     let written = ok(
         &gw,
@@ -351,10 +344,7 @@ async fn entities_are_indexed_again_after_a_crash() {
 #[tokio::test]
 async fn one_workspaces_feedback_and_links_stay_in_it() {
     let gw = Gateway::start().await;
-    let default_ws = gw.first_key.clone().unwrap();
-    let ws = gw.post("/v1/workspaces", ADMIN_TOKEN, json!({"workspace_id": "research", "name": "Research"})).await;
-    assert!(ws.status.is_success(), "{}", ws.text);
-    let (_, research) = gw.create_key(json!({"workspace_id": "research"})).await;
+    let Neighbours { default_ws, research, .. } = gw.neighbours().await;
     // Account-level notes and an entity, written by the operator's session (no workspace).
     let shared = ok(
         &gw,

@@ -177,14 +177,7 @@ async fn files_are_uploaded_as_multipart_or_as_the_body() {
 #[tokio::test]
 async fn sources_never_cross_accounts_or_workspaces() {
     let gw = Gateway::start().await;
-    let default_ws = gw.first_key.clone().unwrap();
-    let ws = gw.post("/v1/workspaces", ADMIN_TOKEN, json!({"workspace_id": "research", "name": "Research"})).await;
-    assert!(ws.status.is_success(), "{}", ws.text);
-    let (_, research) = gw.create_key(json!({"workspace_id": "research"})).await;
-    let (tenant_id, tenant) = gw.create_account("tenant").await;
-    let credit = gw.post(&format!("/admin/accounts/{tenant_id}/credits"), ADMIN_TOKEN, json!({"amount_usd": 5})).await;
-    assert!(credit.status.is_success(), "{}", credit.text);
-    let tenant_key = gw.post("/v1/keys", &tenant, json!({"name": "k"})).await.body["key"].as_str().unwrap().to_owned();
+    let Neighbours { default_ws, research, other_account: tenant_key } = gw.neighbours().await;
     let secret =
         ok(&gw, "/v1/sources", &research, json!({"content": "The merger partner is codenamed KESTREL."})).await;
     let id = secret["id"].as_str().unwrap();
