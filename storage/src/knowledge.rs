@@ -357,3 +357,15 @@ impl Record for RemovedFromIndex {
     const TREE: &'static str = "kb_removed";
     const FORMAT_VERSION: u8 = 1;
 }
+
+/// Key: (account_id, workspace, thread, position). The note at a position of a thread (a
+/// conversation's turns, say), from the note's `metadata.thread` and `metadata.position`:
+/// packs fetch the neighbours of what they found. Readers check the note still says so.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NotePosition {
+    pub note_id: String,
+}
+impl Record for NotePosition {
+    const TREE: &'static str = "memory_note_positions";
+    const FORMAT_VERSION: u8 = 1;
+}

@@ -4,7 +4,8 @@ use crate::{
     flusher::{Flusher, FlusherStatus},
     knowledge::{
         ForgottenNote, KbCounts, KbExternalRef, KbWriteSet, KnowledgeVector, LinkEnd, MemoryEntity, MemoryEvent,
-        MemoryFeedback, MemoryLink, MemoryNote, NoteExternalRef, RemovedFromIndex, Source, SourceChunk, SourceDocument,
+        MemoryFeedback, MemoryLink, MemoryNote, NoteExternalRef, NotePosition, RemovedFromIndex, Source, SourceChunk,
+        SourceDocument,
     },
     ledger::LedgerStore,
     records::{
@@ -41,6 +42,7 @@ pub struct Store {
     /// The knowledge base (see `knowledge.rs`).
     pub notes: Collection<MemoryNote>,
     pub note_refs: Collection<NoteExternalRef>,
+    pub note_positions: Collection<NotePosition>,
     pub forgotten_notes: Collection<ForgottenNote>,
     pub knowledge_vectors: Collection<KnowledgeVector>,
     pub entities: Collection<MemoryEntity>,
@@ -80,6 +82,7 @@ impl Store {
         let kb_tree_names = vec![
             MemoryNote::TREE,
             NoteExternalRef::TREE,
+            NotePosition::TREE,
             ForgottenNote::TREE,
             KnowledgeVector::TREE,
             MemoryEntity::TREE,
@@ -110,6 +113,7 @@ impl Store {
             semantic: Collection::open(&db)?,
             notes: Collection::open(&db)?,
             note_refs: Collection::open(&db)?,
+            note_positions: Collection::open(&db)?,
             forgotten_notes: Collection::open(&db)?,
             knowledge_vectors: Collection::open(&db)?,
             entities: Collection::open(&db)?,

@@ -340,3 +340,31 @@ async fn a_forget_cut_short_by_a_crash_is_finished_at_the_next_start() {
         note(&gw, &key, json!({"content": "New VPN host.", "external_source": "wiki", "external_id": "vpn"})).await;
     assert_eq!(again["created"], true);
 }
+
+/// The turn after the one that matches a question joins the candidates though neither
+/// retriever found it: its neighbour's score carries it (notes with `thread`/`position`).
+#[tokio::test]
+async fn a_hit_brings_its_neighbouring_turns() {
+    let gw = Gateway::start().await;
+    let key = gw.first_key.clone().unwrap();
+    let mut notes: Vec<Value> = (0..300)
+        .map(|i| {
+            json!({"content": format!("Alice: the climbing gym in district {i} has new routes on the bouldering wall."),
+                   "metadata": {"thread": format!("other-{i}"), "position": 0}})
+        })
+        .collect();
+    notes.push(json!({"content": "Bob: Do you still go climbing at the gym on Fridays?",
+                      "metadata": {"thread": "chat-1", "position": 7}}));
+    notes.push(json!({"content": "Alice: Yes, twice a week now.", "metadata": {"thread": "chat-1", "position": 8}}));
+    let written = gw.post("/v1/memory/batch", &key, json!({"notes": notes})).await;
+    assert_eq!(written.status, 200, "{}", written.text);
+    let answer = written.body["notes"][301]["id"].as_str().unwrap().to_owned();
+    let found =
+        pack(&gw, &key, json!({"query": "Does Bob still go climbing at the gym on Fridays?", "max_tokens": 100_000}))
+            .await;
+    let item = found["telemetry"]["included"].as_array().unwrap().iter().find(|i| i["id"] == answer.as_str());
+    let item = item.unwrap_or_else(|| panic!("the answer turn is in the pack: {found:#}"));
+    let fusion = &item["components"]["fusion"];
+    assert!(fusion["neighbour"].as_f64().unwrap() > 0.0, "{item}");
+    assert_eq!(fusion["bm25_norm"].as_f64().unwrap(), 0.0, "BM25 did not find it: {item}");
+}

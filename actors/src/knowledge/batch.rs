@@ -7,15 +7,15 @@ use std::collections::{HashMap, HashSet};
 use tokaroo_storage::{
     knowledge::{
         ForgottenNote, KbCounts, KbExternalRef, KbWriteSet, KnowledgeVector, LinkEnd, MemoryEntity, MemoryEvent,
-        MemoryFeedback, MemoryLink, MemoryNote, NodeRef, NoteExternalRef, RemovedFromIndex, Source, SourceChunk,
-        SourceDocument,
+        MemoryFeedback, MemoryLink, MemoryNote, NodeRef, NoteExternalRef, NotePosition, RemovedFromIndex, Source,
+        SourceChunk, SourceDocument,
     },
     Store,
 };
 
 use super::{
     graph::{at, BatchWritten, EntityInput, EventInput, FeedbackInput, LinkInput, MemoryBatch, NodeSpec},
-    indexer::{chunk_key, note_key, Change},
+    indexer::{chunk_key, note_key, note_position, Change},
     sources::ingest::{IngestedSource, PreparedSource, MAX_CHUNKS_PER_ACCOUNT, MAX_SOURCES_PER_ACCOUNT},
     KbScope, NoteInput,
 };
@@ -219,6 +219,10 @@ impl<'a> Staging<'a> {
         self.set.put(&(note.account_id.as_str(), note.id.as_str()), &note)?;
         if let Some((source, external)) = note.external_source.clone().zip(note.external_id.clone()) {
             self.put_ref("note", &source, &external, reference(&note.id, 0))?;
+        }
+        if let Some((thread, position)) = note_position(&note) {
+            let key = (note.account_id.as_str(), note.workspace.as_str(), thread, position);
+            self.set.put(&key, &NotePosition { note_id: note.id.clone() })?;
         }
         self.changes.push(Change::for_note(&note));
         self.notes.insert(note.id.clone(), note.clone());
@@ -426,6 +430,12 @@ impl<'a> Staging<'a> {
         if let Some((source, external)) = note.external_source.as_deref().zip(note.external_id.as_deref()) {
             self.set.remove::<NoteExternalRef>(&(account, note.workspace.as_str(), source, external));
             self.refs.remove(&("note".to_owned(), source.to_owned(), external.to_owned()));
+        }
+        if let Some((thread, position)) = note_position(&note) {
+            let key = (account, note.workspace.as_str(), thread, position);
+            if self.store.note_positions.get(&key)?.is_some_and(|p| p.note_id == note.id) {
+                self.set.remove::<NotePosition>(&key);
+            }
         }
         let key = note_key(&note.id);
         self.set.remove::<KnowledgeVector>(&(account, key.as_str()));

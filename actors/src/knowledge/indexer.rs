@@ -19,7 +19,9 @@ use std::{
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use serde_json::json;
 use tokaroo_storage::{
-    knowledge::{ForgottenNote, KnowledgeVector, MemoryEntity, MemoryNote, NoteExternalRef, Source, SourceChunk},
+    knowledge::{
+        ForgottenNote, KnowledgeVector, MemoryEntity, MemoryNote, NoteExternalRef, NotePosition, Source, SourceChunk,
+    },
     text_index::TextDoc,
 };
 
@@ -194,6 +196,13 @@ pub fn entity_key(id: &str) -> String {
 
 pub fn chunk_key(id: &str) -> String {
     format!("{CHUNK}:{id}")
+}
+
+/// Where a note sits in a thread, from its metadata (`thread`, `position`).
+pub fn note_position(note: &MemoryNote) -> Option<(&str, i64)> {
+    let thread = note.metadata.get("thread")?.as_str()?;
+    let position = note.metadata.get("position")?.as_i64()?;
+    (!thread.is_empty() && thread.len() <= 256 && !thread.contains('\0')).then_some((thread, position))
 }
 
 /// A note as `input` makes it: `existing` updated, or a new one in `scope`.
@@ -434,6 +443,10 @@ impl IndexerActor {
             let key = (note.account_id.as_str(), note.workspace.as_str(), source, external);
             store.note_refs.insert(&key, &NoteExternalRef { note_id: note.id.clone() })?;
         }
+        if let Some((thread, position)) = note_position(&note) {
+            let key = (note.account_id.as_str(), note.workspace.as_str(), thread, position);
+            store.note_positions.insert(&key, &NotePosition { note_id: note.id.clone() })?;
+        }
         let change = Change::for_note(&note);
         Ok((note, change))
     }
@@ -654,6 +667,13 @@ impl IndexerActor {
         }
         for note in notes {
             *state.notes_per_account.entry(note.account_id.clone()).or_default() += 1;
+            // The note's place in its thread, for packs' neighbours (written after the note).
+            if let Some((thread, position)) = note_position(&note) {
+                let key = (note.account_id.as_str(), note.workspace.as_str(), thread, position);
+                if parts.store.note_positions.get(&key)?.is_none() {
+                    parts.store.note_positions.insert(&key, &NotePosition { note_id: note.id.clone() })?;
+                }
+            }
             // A note and its external reference are two writes: the reference is restored.
             if let Some((source, external)) = note.external_source.as_deref().zip(note.external_id.as_deref()) {
                 let reference = (note.account_id.as_str(), note.workspace.as_str(), source, external);

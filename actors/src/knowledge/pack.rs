@@ -4,7 +4,8 @@
 //!
 //! Ranking (weights in [`RankWeights`], documented in the README):
 //! 1. candidates: the best `CANDIDATES` of BM25 (text index) and of cosine similarity
-//!    (vectors) among the notes the scope may read;
+//!    (vectors) among the notes the scope may read, and the ±1 neighbours in their thread of
+//!    each retriever's `NEIGHBOURS_OF` best (`NotePosition`);
 //! 2. relevance: `rank::rank`, the fusion measured on LoCoMo (normalised weighted scores,
 //!    neighbour and thread terms for notes that say `thread`/`position` in their metadata,
 //!    an author cue for `author`);
@@ -51,6 +52,8 @@ const MAX_LINK_ENDS_READ: usize = 256;
 const MAX_SIGNALS_READ: usize = 64;
 /// Entities taken from the text index per query.
 const ENTITY_CANDIDATES: usize = 10;
+/// The best hits of each retriever whose ±1 neighbours in their thread are fetched.
+const NEIGHBOURS_OF: usize = 20;
 /// Source chunks ranked for a pack.
 const MAX_CHUNKS: usize = 20;
 
@@ -474,6 +477,39 @@ impl Knowledge {
                 notes.insert(note.id.clone(), note);
             }
         }
+        // The turns next to the best hits of each retriever join as candidates with no score
+        // of their own: the fusion's neighbour term scores them (an answer is often the turn
+        // after the one that matches the question).
+        let mut neighbours = Vec::new();
+        if weights.fusion.neighbour_weight > 0.0 {
+            let best = text_hits.iter().take(NEIGHBOURS_OF).chain(vector_hits.iter().take(NEIGHBOURS_OF));
+            let mut around = Vec::new();
+            for (key, _) in best {
+                if let Some(note) = key.strip_prefix("note:").and_then(|id| notes.get(id)) {
+                    if let Some((thread, position)) = super::indexer::note_position(note) {
+                        for at in [position.saturating_sub(1), position.saturating_add(1)] {
+                            around.push((note.workspace.clone(), thread.to_owned(), at));
+                        }
+                    }
+                }
+            }
+            for (workspace, thread, position) in around {
+                let key = (scope.account_id.as_str(), workspace.as_str(), thread.as_str(), position);
+                let Some(found) = parts.store.note_positions.get(&key)? else { continue };
+                if notes.contains_key(&found.note_id) {
+                    continue;
+                }
+                let Some(note) = parts.store.notes.get(&(scope.account_id.as_str(), found.note_id.as_str()))? else {
+                    continue;
+                };
+                // The position index may be stale; the note must still say it is there.
+                let there = super::indexer::note_position(&note) == Some((thread.as_str(), position));
+                if there && note.status == "active" && note.workspace == workspace {
+                    neighbours.push(format!("note:{}", note.id));
+                    notes.insert(note.id.clone(), note);
+                }
+            }
+        }
         let candidate = |key: &str, bm25: Option<f32>, cosine: Option<f32>| {
             let note = notes.get(key.strip_prefix("note:")?)?;
             Some(Candidate {
@@ -490,6 +526,7 @@ impl Knowledge {
             .iter()
             .filter_map(|(key, score)| candidate(key, Some(*score), None))
             .chain(vector_hits.iter().filter_map(|(key, cosine)| candidate(key, None, Some(*cosine))))
+            .chain(neighbours.iter().filter_map(|key| candidate(key, None, None)))
             .collect();
         let now = crate::clock::now_ms();
         let account = scope.account_id.as_str();
