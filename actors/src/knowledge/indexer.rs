@@ -179,6 +179,8 @@ pub struct IndexerState {
     notes_per_account: HashMap<String, usize>,
     /// Changes of a batch that could not commit, indexed with the next one.
     retry: Vec<Change>,
+    /// The sequence commits stay at after a start that could not catch up.
+    pinned_seq: Option<u64>,
     last_error: Option<String>,
 }
 
@@ -461,7 +463,6 @@ impl IndexerActor {
         state: &mut IndexerState,
         commit_seq: Option<u64>,
     ) -> Result<(), EngineError> {
-        let parts = &self.parts;
         // The last change of each note wins (a note patched then forgotten in one batch is
         // forgotten); left-over changes go first, so this batch's win over them.
         let mut last: HashMap<String, Change> = HashMap::new();
@@ -476,11 +477,44 @@ impl IndexerActor {
         if changes.is_empty() {
             return Ok(());
         }
+        // After a start that could not catch up, commits stay at the sequence it found, so
+        // the next start catches up with everything since (see `pre_start`).
+        let commit_seq = commit_seq.or(state.pinned_seq);
+        match self.apply_changes(&changes, commit_seq).await {
+            Ok((seq, to_vectorise)) => {
+                state.committed_seq = seq;
+                state.last_commit_ms = Some(crate::clock::now_ms());
+                self.prune_removed(seq);
+                if !to_vectorise.is_empty() {
+                    // Not there (restarting): these are found without vectors at the next start.
+                    if let Some(vectoriser) = self.parts.registry.actor::<VectoriserMsg>(VECTORISER) {
+                        let _ = vectoriser.cast(VectoriserMsg::Embed(to_vectorise));
+                    }
+                }
+                Ok(())
+            }
+            Err(error) => {
+                // Kept for the next batch, whatever step failed: its commit includes them, or
+                // fails too.
+                state.retry = changes;
+                Err(error)
+            }
+        }
+    }
+
+    /// Embeds, writes the vectors of and commits `changes`; answers the sequence committed
+    /// and the chunks left for the vectoriser.
+    async fn apply_changes(
+        &self,
+        changes: &[Change],
+        commit_seq: Option<u64>,
+    ) -> Result<(u64, Vec<PendingVector>), EngineError> {
+        let parts = &self.parts;
         // What to embed: notes, and chunks whose ingestion could not embed them.
         let mut to_embed: Vec<(String, String, String, &str, u64, String)> = Vec::new();
         let mut to_vectorise = Vec::new();
         let mut docs = Vec::new();
-        for change in &changes {
+        for change in changes {
             match &change.index {
                 Some(Indexed::Note(note)) => {
                     let text = note_text(note);
@@ -557,7 +591,7 @@ impl IndexerActor {
                 }
             }
         }
-        for change in &changes {
+        for change in changes {
             if let Some(Indexed::Entity(entity)) = &change.index {
                 docs.push(TextDoc {
                     key: entity_key(&entity.id),
@@ -573,41 +607,19 @@ impl IndexerActor {
             parts.vectors.remove(account, workspace, key);
             deletes.push(key.clone());
         }
-        let committed = async {
-            let seq = match commit_seq {
-                Some(seq) => seq,
-                None => parts.store.next_kb_seq()?,
-            };
-            parts.store.flush().await?;
-            let text = parts.text.clone();
-            tokio::task::spawn_blocking(move || {
-                text.apply(&docs, &deletes)?;
-                text.commit(seq)
-            })
-            .await
-            .map_err(|e| EngineError::Internal(format!("text index commit: {e}")))??;
-            Ok::<u64, EngineError>(seq)
-        }
-        .await;
-        match committed {
-            Ok(seq) => {
-                state.committed_seq = seq;
-                state.last_commit_ms = Some(crate::clock::now_ms());
-                self.prune_removed(seq);
-                if !to_vectorise.is_empty() {
-                    // Not there (restarting): these are found without vectors at the next start.
-                    if let Some(vectoriser) = parts.registry.actor::<VectoriserMsg>(VECTORISER) {
-                        let _ = vectoriser.cast(VectoriserMsg::Embed(to_vectorise));
-                    }
-                }
-                Ok(())
-            }
-            Err(error) => {
-                // Kept for the next batch: its commit includes them, or fails too.
-                state.retry = changes;
-                Err(error)
-            }
-        }
+        let seq = match commit_seq {
+            Some(seq) => seq,
+            None => parts.store.next_kb_seq()?,
+        };
+        parts.store.flush().await?;
+        let text = parts.text.clone();
+        tokio::task::spawn_blocking(move || {
+            text.apply(&docs, &deletes)?;
+            text.commit(seq)
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("text index commit: {e}")))??;
+        Ok((seq, to_vectorise))
     }
 
     /// Writes background vectors whose chunk is still the one embedded (not deleted or
@@ -800,6 +812,7 @@ impl IndexerState {
             recovered: 0,
             notes_per_account: HashMap::new(),
             retry: Vec::new(),
+            pinned_seq: None,
             last_error: None,
         }
     }
@@ -827,6 +840,8 @@ impl Actor for IndexerActor {
             Err(error) => {
                 tracing::error!(%error, "knowledge base: catching up at start failed; retried at the next start");
                 state.last_error = Some(error.to_string());
+                // Commits from now on claim no more than what was caught up with.
+                state.pinned_seq = Some(state.committed_seq);
             }
         }
         Ok(state)
@@ -910,6 +925,7 @@ impl Actor for IndexerActor {
                     "writes": state.writes,
                     "recovered_at_start": state.recovered,
                     "waiting_for_a_commit": state.retry.len(),
+                    "commits_pinned_at": state.pinned_seq,
                     "text_documents": self.parts.text.len(),
                     "vectors": self.parts.vectors.len(),
                     "vector_graphs": self.parts.vectors.graphs(),
