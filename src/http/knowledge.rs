@@ -5,8 +5,8 @@
 //! source chunks with citations), put it in a system message ahead of the conversation, and
 //! send the request through routing like any chat: `auto`/`fast`/`max`, fallback, caching,
 //! billing and `x-tokaroo-cost` apply unchanged. The answer carries the pack's trace id and
-//! the citations it was given (`tokaroo.context` on a completion; a first chunk with
-//! `x_tokaroo.context` on a stream).
+//! the citations it was given (`tokaroo.context` on a completion; on a stream, its first
+//! chunk (which has a choice, like any other) carries `x_tokaroo.context`).
 
 use std::sync::Arc;
 

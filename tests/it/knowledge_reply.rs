@@ -92,6 +92,10 @@ async fn a_knowledge_reply_grounds_the_answer_and_cites_its_sources() {
     let first: Value =
         serde_json::from_str(r.text.split("\n\n").next().unwrap().strip_prefix("data: ").unwrap()).unwrap();
     assert_eq!(first["x_tokaroo"]["context"]["citations"][0]["source_id"], source["id"], "{first}");
+    assert_eq!(
+        first["choices"][0]["delta"]["role"], "assistant",
+        "the context rides on a chunk with a choice: {first}"
+    );
     assert!(r.text.contains("Hello") && r.text.trim_end().ends_with("data: [DONE]"), "{}", r.text);
 }
 

@@ -65,6 +65,8 @@ pub(super) struct ChunkWriter {
     id: String,
     created: i64,
     model: String,
+    /// Not yet sent: goes on the next chunk with a choice.
+    context: Option<Value>,
 }
 
 #[derive(serde::Serialize)]
@@ -117,7 +119,7 @@ struct FunctionDeltaOut<'a> {
 
 impl ChunkWriter {
     pub(super) fn new(created: i64, model: String) -> Self {
-        Self { id: completion_id(), created, model }
+        Self { id: completion_id(), created, model, context: None }
     }
 
     fn event(&self, out: &ChunkOut<'_>) -> Bytes {
@@ -129,8 +131,16 @@ impl ChunkWriter {
         Bytes::from(buf)
     }
 
-    fn delta(&self, delta: DeltaOut<'_>, finish_reason: Option<&str>) -> Bytes {
+    /// The knowledge context the request was given, shown as `x_tokaroo.context` on the
+    /// answer's first chunk (one with a choice, as clients reading `choices[0]` expect).
+    pub(super) fn with_context(mut self, context: Option<Value>) -> Self {
+        self.context = context;
+        self
+    }
+
+    fn delta(&mut self, delta: DeltaOut<'_>, finish_reason: Option<&str>) -> Bytes {
         let choices = [ChunkChoice { index: 0, delta, finish_reason, logprobs: None }];
+        let x_tokaroo = self.context.take().map(|context| json!({ "context": context }));
         self.event(&ChunkOut {
             id: &self.id,
             object: "chat.completion.chunk",
@@ -138,21 +148,7 @@ impl ChunkWriter {
             model: &self.model,
             choices: &choices,
             usage: None,
-            x_tokaroo: None,
-        })
-    }
-
-    /// A first event with no choices carrying the knowledge context the request was given
-    /// (`x_tokaroo.context`), so a stream shows its citations before the answer.
-    pub(super) fn context(&self, context: &Value) -> Bytes {
-        self.event(&ChunkOut {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: &[],
-            usage: None,
-            x_tokaroo: Some(json!({ "context": context })),
+            x_tokaroo,
         })
     }
 
@@ -172,7 +168,7 @@ impl ChunkWriter {
 
     /// The chunk for one delta of the answer; `None` for what is not relayed (usage, which
     /// the runtime bills). `role` goes on the answer's first chunk.
-    pub(super) fn delta_chunk(&self, delta: &ChatDelta, role: Option<&'static str>) -> Option<Bytes> {
+    pub(super) fn delta_chunk(&mut self, delta: &ChatDelta, role: Option<&'static str>) -> Option<Bytes> {
         let chunk = match delta {
             ChatDelta::Text(t) => self.delta(DeltaOut { role, content: Some(t), tool_calls: None }, None),
             ChatDelta::ToolCallStart { index, id, name } => {

@@ -18,7 +18,8 @@ use tokaroo_actors::{chat::ChatRequest, ChatStream, KeyEntry, RequestInfo, Strea
 use super::render::ChunkWriter;
 use crate::http::{coalesce::Coalesce, error::ApiError, knowledge::GivenContext, wire::cost_header, AppState};
 
-/// Streams the answer; `context` (a knowledge context the request was given) goes first.
+/// Streams the answer; `context` (a knowledge context the request was given) goes on its
+/// first chunk.
 pub(crate) async fn stream_response(
     state: &AppState,
     key: Arc<KeyEntry>,
@@ -32,9 +33,8 @@ pub(crate) async fn stream_response(
     let answer = state.engine.runtime().open_chat_stream(key, request, info).await?;
     let cache = super::render::cache_header(answer.cache_hit());
     let charged = Arc::new(Mutex::new(None));
-    let chunk = ChunkWriter::new(created, model_name);
-    let first = context.map(|c| chunk.context(&c.body));
-    let frames = futures_util::stream::iter(first).chain(sse_events(answer, chunk, include_usage, charged.clone()));
+    let chunk = ChunkWriter::new(created, model_name).with_context(context.map(|c| c.body.clone()));
+    let frames = sse_events(answer, chunk, include_usage, charged.clone());
     // The charge is known only when the stream ends: it goes out as an HTTP trailer (for
     // clients that send `TE: trailers`) as well as in the final usage chunk.
     let trailer = futures_util::stream::once(async move {
