@@ -307,16 +307,15 @@ async fn build_pack(state: &AppState, caller: &Caller, req: &PackRequest) -> Res
     Ok((scope, pack))
 }
 
+/// A pack item's record with its score and the tokens it took.
+fn scored(mut body: Value, score: f64, tokens: u32) -> Value {
+    body["score"] = json!(score);
+    body["tokens"] = json!(tokens);
+    body
+}
+
 fn memories_json(pack: &ContextPack) -> Vec<Value> {
-    pack.items
-        .iter()
-        .map(|item| {
-            let mut note = note_json(&item.note);
-            note["score"] = json!(item.score);
-            note["tokens"] = json!(item.tokens);
-            note
-        })
-        .collect()
+    pack.items.iter().map(|item| scored(note_json(&item.note), item.score, item.tokens)).collect()
 }
 
 async fn context_pack(
@@ -352,11 +351,6 @@ async fn context_pack(
             .iter()
             .map(|c| json!({ "type": "source_chunk", "id": c.hit.chunk.id, "score": c.score, "tokens": c.tokens })),
     );
-    let scored = |mut body: Value, score: f64, tokens: u32| {
-        body["score"] = json!(score);
-        body["tokens"] = json!(tokens);
-        body
-    };
     Ok(Json(json!({
         "object": "memory.context_pack",
         "trace_id": pack.trace_id,
@@ -373,12 +367,7 @@ async fn context_pack(
             body
         }).collect::<Vec<_>>(),
         "events": pack.events.iter().map(|e| scored(event_json(&e.event), e.score, e.tokens)).collect::<Vec<_>>(),
-        "sources": pack.chunks.iter().map(|c| {
-            let mut body = hit_json(&c.hit);
-            body["score"] = json!(c.score);
-            body["tokens"] = json!(c.tokens);
-            body
-        }).collect::<Vec<_>>(),
+        "sources": pack.chunks.iter().map(|c| scored(hit_json(&c.hit), c.score, c.tokens)).collect::<Vec<_>>(),
         "citations": citations(&pack),
         "metadata": req.metadata,
         "telemetry": {

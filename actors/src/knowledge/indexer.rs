@@ -611,15 +611,22 @@ impl IndexerActor {
             Some(seq) => seq,
             None => parts.store.next_kb_seq()?,
         };
-        parts.store.flush().await?;
-        let text = parts.text.clone();
+        self.commit_text(docs, deletes, seq).await?;
+        Ok((seq, to_vectorise))
+    }
+
+    /// Flushes sled (the records the commit speaks for are durable first), then applies
+    /// `docs` and `deletes` to the text index and commits it at `seq`.
+    async fn commit_text(&self, docs: Vec<TextDoc>, deletes: Vec<String>, seq: u64) -> Result<(), EngineError> {
+        self.parts.store.flush().await?;
+        let text = self.parts.text.clone();
         tokio::task::spawn_blocking(move || {
             text.apply(&docs, &deletes)?;
             text.commit(seq)
         })
         .await
         .map_err(|e| EngineError::Internal(format!("text index commit: {e}")))??;
-        Ok((seq, to_vectorise))
+        Ok(())
     }
 
     /// Writes background vectors whose chunk is still the one embedded (not deleted or
@@ -750,15 +757,8 @@ impl IndexerActor {
             }
             self.index(changes, state, Some(committed)).await?;
         }
-        let text = parts.text.clone();
         let seq = parts.store.next_kb_seq()?;
-        parts.store.flush().await?;
-        tokio::task::spawn_blocking(move || {
-            text.apply(&[], &deletes)?;
-            text.commit(seq)
-        })
-        .await
-        .map_err(|e| EngineError::Internal(format!("text index commit: {e}")))??;
+        self.commit_text(Vec::new(), deletes, seq).await?;
         state.committed_seq = seq;
         self.prune_removed(seq);
         Ok(())

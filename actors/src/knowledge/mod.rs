@@ -154,6 +154,28 @@ impl Knowledge {
         &self.0
     }
 
+    /// BM25 searches of the text index over what `scope` may read, on a blocking thread: one
+    /// per `(kinds, limit)`, in order.
+    pub(crate) async fn text_search(
+        &self,
+        scope: &KbScope,
+        query: &str,
+        searches: Vec<(&'static [&'static str], usize)>,
+    ) -> Result<Vec<Vec<(String, f32)>>, EngineError> {
+        let (text, account, query) = (self.0.text.clone(), scope.account_id.clone(), query.to_owned());
+        let readable: Vec<String> = scope.readable().iter().map(|w| (*w).to_owned()).collect();
+        tokio::task::spawn_blocking(move || {
+            let readable: Vec<&str> = readable.iter().map(String::as_str).collect();
+            searches
+                .into_iter()
+                .map(|(kinds, limit)| text.search(&account, &readable, kinds, &query, limit))
+                .collect::<Result<Vec<_>, tokaroo_storage::StorageError>>()
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("text search: {e}")))?
+        .map_err(EngineError::from)
+    }
+
     /// Vectors in memory, and the sets of them searched through a graph.
     pub fn vector_index(&self) -> (usize, usize) {
         (self.0.vectors.len(), self.0.vectors.graphs())

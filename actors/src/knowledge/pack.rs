@@ -434,24 +434,19 @@ impl Knowledge {
         let readable = scope.readable();
         // The text searches (notes, entities, and chunks when asked) run on a blocking thread
         // while the query is embedded.
-        let searches = {
-            let (text, account, query) = (parts.text.clone(), scope.account_id.clone(), query.to_owned());
-            let readable: Vec<String> = readable.iter().map(|w| (*w).to_owned()).collect();
-            tokio::task::spawn_blocking(move || {
-                let readable: Vec<&str> = readable.iter().map(String::as_str).collect();
-                let notes = text.search(&account, &readable, &[NOTE], &query, CANDIDATES)?;
-                let entities = text.search(&account, &readable, &[ENTITY], &query, ENTITY_CANDIDATES)?;
-                let chunks = if include_sources {
-                    text.search(&account, &readable, &[CHUNK], &query, CANDIDATES)?
-                } else {
-                    Vec::new()
-                };
-                Ok::<_, tokaroo_storage::StorageError>((notes, entities, chunks))
-            })
-        };
-        let (searched, embedded) = tokio::join!(searches, parts.embedder.embed(vec![query.to_owned()]));
-        let (text_hits, entity_hits, chunk_text_hits) =
-            searched.map_err(|e| EngineError::Internal(format!("text search: {e}")))??;
+        let mut searches: Vec<(&'static [&'static str], usize)> =
+            vec![(&[NOTE], CANDIDATES), (&[ENTITY], ENTITY_CANDIDATES)];
+        if include_sources {
+            searches.push((&[CHUNK], CANDIDATES));
+        }
+        let (searched, embedded) =
+            tokio::join!(self.text_search(scope, query, searches), parts.embedder.embed(vec![query.to_owned()]));
+        let mut searched = searched?.into_iter();
+        let (text_hits, entity_hits, chunk_text_hits) = (
+            searched.next().unwrap_or_default(),
+            searched.next().unwrap_or_default(),
+            searched.next().unwrap_or_default(),
+        );
         // Without the query's vector (the embedder failing) the pack is made from text alone:
         // an empty vector matches nothing, and the fusion weighs what there is.
         let (mut query_vector, embedder_id) = match embedded {

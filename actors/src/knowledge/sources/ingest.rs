@@ -344,16 +344,8 @@ impl Knowledge {
         let readable = scope.readable();
         // Narrowed to some sources, the filter comes after retrieval: retrieve more.
         let candidates = if source_ids.is_some() { FILTERED_CANDIDATES } else { CANDIDATES };
-        let text_hits = {
-            let (text, account, query) = (parts.text.clone(), scope.account_id.clone(), query.to_owned());
-            let readable: Vec<String> = readable.iter().map(|w| (*w).to_owned()).collect();
-            tokio::task::spawn_blocking(move || {
-                let readable: Vec<&str> = readable.iter().map(String::as_str).collect();
-                text.search(&account, &readable, &[CHUNK], &query, candidates)
-            })
-            .await
-            .map_err(|e| EngineError::Internal(format!("text search: {e}")))??
-        };
+        let text_hits =
+            self.text_search(scope, query, vec![(&[CHUNK], candidates)]).await?.into_iter().next().unwrap_or_default();
         let embedded = parts.embedder.embed(vec![query.to_owned()]).await?;
         let mut query_vector = embedded.vectors.into_iter().next().unwrap_or_default();
         crate::embed::l2_normalise(&mut query_vector);
