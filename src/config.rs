@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tokaroo_actors::Secret;
+use tokaroo_actors::{
+    embed::model_files::{MINILM, WORDLLAMA},
+    Secret,
+};
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/tokaroo.toml";
 
@@ -28,11 +31,31 @@ pub struct Config {
 }
 
 /// The knowledge base. See `[knowledge]` in `config/tokaroo.toml`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KnowledgeConfig {
     /// The context packs' ranking weights (README: "Knowledge Base").
     pub ranking: tokaroo_actors::knowledge::pack::RankWeights,
+    /// Which embedder makes source chunks' vectors: "static" (WordLlama's token table, the
+    /// default: as fast as ingestion) or "main" (the `[embedder]`, as notes use).
+    pub chunk_embedder: String,
+    /// Where the static model's files are; default `<data_dir>/models/wordllama-l2-supercat-256`.
+    pub static_model_dir: Option<PathBuf>,
+    /// Where `tokaroo models pull` fetches the static model from: "pypi" (the `wordllama`
+    /// wheel), a PyPI simple index URL, a Hugging Face URL the files sit under, or a local
+    /// directory. Checked against the same pinned SHA-256s whatever the source.
+    pub static_model_source: String,
+}
+
+impl Default for KnowledgeConfig {
+    fn default() -> Self {
+        Self {
+            ranking: Default::default(),
+            chunk_embedder: "static".into(),
+            static_model_dir: None,
+            static_model_source: "pypi".into(),
+        }
+    }
 }
 
 /// The exact and semantic response caches. See `[cache]` in `config/tokaroo.toml`.
@@ -122,10 +145,24 @@ impl CacheConfig {
 impl Config {
     /// The neural model's directory: `embedder.model_dir`, else under the data directory.
     pub fn embed_model_dir(&self) -> PathBuf {
-        self.embedder
-            .model_dir
-            .clone()
-            .unwrap_or_else(|| tokaroo_actors::embed::model_files::model_dir_in(&self.server.data_dir.join("models")))
+        self.embedder.model_dir.clone().unwrap_or_else(|| MINILM.dir_in(&self.models_dir()))
+    }
+
+    /// The static model's directory: `knowledge.static_model_dir`, else under the data directory.
+    pub fn static_model_dir(&self) -> PathBuf {
+        self.knowledge.static_model_dir.clone().unwrap_or_else(|| WORDLLAMA.dir_in(&self.models_dir()))
+    }
+
+    fn models_dir(&self) -> PathBuf {
+        self.server.data_dir.join("models")
+    }
+
+    /// What makes source chunks' vectors.
+    pub fn chunk_embedder_settings(&self) -> tokaroo_actors::embed::ChunkEmbedderSettings {
+        match self.knowledge.chunk_embedder.as_str() {
+            "main" => tokaroo_actors::embed::ChunkEmbedderSettings::Main,
+            _ => tokaroo_actors::embed::ChunkEmbedderSettings::Static { model_dir: Some(self.static_model_dir()) },
+        }
     }
 
     /// What the engine runs.
@@ -429,6 +466,12 @@ impl Config {
                 self.embedder.kind
             )));
         }
+        if !matches!(self.knowledge.chunk_embedder.as_str(), "static" | "main") {
+            return Err(ConfigError::Invalid(format!(
+                "knowledge.chunk_embedder (TOKAROO_KB_CHUNK_EMBEDDER) is {:?}; it must be static or main",
+                self.knowledge.chunk_embedder
+            )));
+        }
         if let Some(token) = &self.server.admin_token {
             let chars = token.expose().chars().count();
             if chars < MIN_ADMIN_TOKEN_CHARS {
@@ -663,6 +706,15 @@ impl Config {
         if let Some(v) = get("TOKAROO_EMBED_AUTO_PULL") {
             self.embedder.auto_pull = parse("TOKAROO_EMBED_AUTO_PULL", &v)?;
         }
+        if let Some(v) = get("TOKAROO_KB_CHUNK_EMBEDDER").filter(|v| !v.is_empty()) {
+            self.knowledge.chunk_embedder = v;
+        }
+        if let Some(v) = get("TOKAROO_STATIC_MODEL_DIR").filter(|v| !v.is_empty()) {
+            self.knowledge.static_model_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("TOKAROO_STATIC_MODEL_SOURCE").filter(|v| !v.is_empty()) {
+            self.knowledge.static_model_source = v;
+        }
         if let Some(v) = get("TOKAROO_EMBED_ROUTED_MODEL").filter(|v| !v.is_empty()) {
             self.embedder.routed_model = v;
         }
@@ -819,6 +871,26 @@ mod tests {
         ));
         config.embedder.kind = "magic".into();
         assert!(config.validate().unwrap_err().to_string().contains("embedder.kind"));
+    }
+
+    #[test]
+    fn the_chunk_embedder_is_static_unless_told_otherwise() {
+        let mut config = Config::default();
+        assert_eq!(config.static_model_dir(), PathBuf::from("./data/models/wordllama-l2-supercat-256"));
+        assert!(matches!(
+            config.chunk_embedder_settings(),
+            tokaroo_actors::embed::ChunkEmbedderSettings::Static { model_dir: Some(ref d) } if d == &config.static_model_dir()
+        ));
+        let env = |key: &str| match key {
+            "TOKAROO_KB_CHUNK_EMBEDDER" => Some("main".to_owned()),
+            "TOKAROO_STATIC_MODEL_DIR" => Some("/opt/wordllama".to_owned()),
+            _ => None,
+        };
+        config.apply_env(env).unwrap();
+        assert_eq!(config.static_model_dir(), PathBuf::from("/opt/wordllama"));
+        assert!(matches!(config.chunk_embedder_settings(), tokaroo_actors::embed::ChunkEmbedderSettings::Main));
+        config.knowledge.chunk_embedder = "fast".into();
+        assert!(config.validate().unwrap_err().to_string().contains("knowledge.chunk_embedder"));
     }
 
     #[test]

@@ -98,6 +98,7 @@ fn engine_config(config: &Config, listen: std::net::SocketAddr) -> Result<Engine
         limits: config.account_limits(),
         cache: config.cache.settings(),
         embedder: config.embedder_settings(),
+        chunk_embedder: config.chunk_embedder_settings(),
         ranking: config.knowledge.ranking,
     })
 }

@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub limits: AccountLimits,
     /// Which embedder `Engine::embedder` runs (neural by default).
     pub embedder: crate::embed::EmbedderSettings,
+    /// Which embedder makes source chunks' vectors (the static model by default).
+    pub chunk_embedder: crate::embed::ChunkEmbedderSettings,
     /// The knowledge base's ranking weights.
     pub ranking: crate::knowledge::pack::RankWeights,
 }
@@ -64,6 +66,7 @@ impl Default for EngineConfig {
             net: crate::routing::netguard::NetSettings::default(),
             limits: AccountLimits::default(),
             embedder: crate::embed::EmbedderSettings::default(),
+            chunk_embedder: crate::embed::ChunkEmbedderSettings::default(),
             ranking: crate::knowledge::pack::RankWeights::default(),
         }
     }

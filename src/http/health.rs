@@ -1,6 +1,6 @@
 //! `/livez` (the process answers) and `/readyz` (it can take traffic: storage answers and it
-//! is not shutting down). `/readyz` also names the embedder, and says when the lexical
-//! fallback stands in for the neural model (degraded, not unready: it still answers).
+//! is not shutting down). `/readyz` also names the embedder and the chunk embedder, and says
+//! when a fallback stands in for a model (degraded, not unready: it still answers).
 
 use std::sync::atomic::Ordering;
 
@@ -22,11 +22,27 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "shutting_down" })));
     }
     match state.engine.store().meta_get("schema_version_probe") {
-        Ok(_) => (StatusCode::OK, Json(json!({ "status": "ready", "embedder": embedder(&state) }))),
+        Ok(_) => (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "embedder": embedder(&state), "chunk_embedder": chunk_embedder(&state) })),
+        ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "storage_unavailable", "message": e.to_string() })),
         ),
+    }
+}
+
+/// What makes source chunks' vectors: degraded when the static model is configured but not
+/// loaded (chunks then use the embedder, and a large source's vectors trail its ingestion).
+fn chunk_embedder(state: &AppState) -> Value {
+    match state.engine.knowledge().chunk_embedder() {
+        (id, None) => json!({ "id": id, "status": "ok" }),
+        (id, Some(reason)) => json!({
+            "id": id,
+            "status": "degraded",
+            "detail": format!("{reason}; source chunks use the embedder. Get it with `tokaroo models pull` and restart."),
+        }),
     }
 }
 

@@ -70,8 +70,9 @@ pub fn serve_command(data_dir: &Path, options: &Options) -> Command {
         .env("TOKAROO_FAULT_INJECTION", "1")
         .env("TOKAROO_CACHE_ENABLED", "false")
         .env("TOKAROO_LOG_LEVEL", "info")
-        // One copy of the embedding model for every server the tests start.
+        // One copy of each model for every server the tests start.
         .env("TOKAROO_EMBED_MODEL_DIR", tokaroo_actors::test_support::test_model_path())
+        .env("TOKAROO_STATIC_MODEL_DIR", tokaroo_actors::test_support::test_static_model_path())
         .env_remove("RUST_LOG")
         .env_remove("TOKAROO_CONFIG")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -107,6 +108,7 @@ impl Gateway {
         std::fs::create_dir_all(data_dir).unwrap();
         // Pulled once before the first server, so no start waits on a download.
         tokaroo_actors::test_support::test_model_dir().await;
+        tokaroo_actors::test_support::test_static_model_dir().await;
         let mut child = serve_command(data_dir, &options).spawn().expect("spawn tokaroo");
         let stdout = child.stdout.take().expect("piped stdout");
         let lines = Arc::new(Mutex::new(Vec::new()));

@@ -283,11 +283,37 @@ async fn sources_are_indexed_again_after_a_crash() {
     .await;
 }
 
-/// An ingestion is answered once its chunks are written and searchable by text; their vectors
-/// follow from the vectoriser, and then a search by meaning alone (no shared words) finds them.
+/// With the static chunk embedder (the default) an ingestion embeds its own chunks: once it
+/// is answered, a search by meaning alone (no word in common) finds the right chunk.
 #[tokio::test]
-async fn chunk_vectors_follow_in_the_background() {
+async fn chunk_vectors_are_written_with_the_source() {
     let gw = Gateway::start().await;
+    let key = gw.first_key.clone().unwrap();
+    let documents = json!({"documents": [
+        {"title": "Parking", "content": "Parking permits are renewed at the front desk each January."},
+        {"title": "Canteen", "content": "The cafeteria serves vegetarian lasagna every Thursday."},
+        {"title": "Taxes", "content": "Quarterly tax filings go to the finance team before the deadline."},
+    ]});
+    ok(&gw, "/v1/sources", &key, documents).await;
+    let found = search(&gw, &key, "Which day is the meatless pasta dish on the lunch menu?").await;
+    let hit = &found["data"][0];
+    assert!(hit["text"].as_str().unwrap().contains("lasagna"), "{found:#}");
+    assert!(hit["score"].as_f64().unwrap() > 0.0);
+    let tree = gw.actor_tree().await;
+    let indexer = find_actor(&tree, "indexer").expect("the indexer in the tree");
+    let chunk_embedder = indexer["snapshot"]["chunk_embedder"].as_str().unwrap();
+    assert_eq!(chunk_embedder, "static:wordllama-l2-supercat-256:256", "{indexer}");
+    let vectoriser = find_actor(&tree, "kb-vectoriser").expect("the vectoriser in the tree");
+    assert_eq!(vectoriser["snapshot"]["embedded"], 0, "nothing was left for the background: {vectoriser}");
+}
+
+/// With `knowledge.chunk_embedder = "main"` an ingestion is answered once its chunks are
+/// written and searchable by text; MiniLM's vectors follow from the vectoriser, and then a
+/// search by meaning alone finds them.
+#[tokio::test]
+async fn with_the_main_chunk_embedder_vectors_follow_in_the_background() {
+    let options = Options::default().env("TOKAROO_KB_CHUNK_EMBEDDER", "main");
+    let gw = Gateway::start_with(options).await;
     let key = gw.first_key.clone().unwrap();
     ok(&gw, "/v1/sources", &key, json!({"content": "The cafeteria serves vegetarian lasagna every Thursday."})).await;
     let found = eventually("a search by meaning", || async {
@@ -300,4 +326,7 @@ async fn chunk_vectors_follow_in_the_background() {
     let tree = gw.actor_tree().await;
     let vectoriser = find_actor(&tree, "kb-vectoriser").expect("the vectoriser in the tree");
     assert_eq!(vectoriser["snapshot"]["queued"], 0, "{vectoriser}");
+    assert_eq!(vectoriser["snapshot"]["embedded"], 1, "{vectoriser}");
+    let indexer = find_actor(&tree, "indexer").expect("the indexer in the tree");
+    assert_eq!(indexer["snapshot"]["chunk_embedder"], "neural:all-MiniLM-L6-v2:384", "{indexer}");
 }

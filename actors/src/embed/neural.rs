@@ -14,9 +14,12 @@ use candle_transformers::models::bert::{BertModel, Config, DTYPE};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use super::{
-    model_files::{self, MODEL_FILES, MODEL_NAME},
+    model_files::{PinnedModel, MINILM},
     EmbedderId, EmbedderKind, LocalModel,
 };
+
+const MODEL: &PinnedModel = &MINILM;
+const MODEL_NAME: &str = MINILM.name;
 
 /// sentence-transformers' `max_seq_length` for this model.
 pub const MAX_TOKENS: usize = 256;
@@ -31,20 +34,7 @@ pub struct Neural {
 impl Neural {
     /// Loads the model from `dir`, refusing any file whose SHA-256 is not the pinned one.
     pub fn load(dir: &Path) -> Result<Self, String> {
-        let read = |name: &str| -> Result<Vec<u8>, String> {
-            let path = dir.join(name);
-            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let pinned = MODEL_FILES.iter().find(|f| f.name == name).map(|f| f.sha256).unwrap_or_default();
-            let actual = model_files::sha256_hex(&bytes);
-            if actual != pinned {
-                return Err(format!(
-                    "{} has SHA-256 {actual}, expected {pinned}: refusing it (tampered, truncated or another \
-                     revision)",
-                    path.display()
-                ));
-            }
-            Ok(bytes)
-        };
+        let read = |name: &str| MODEL.read_checked(dir, name);
         let (config, tokenizer, weights) = (read("config.json")?, read("tokenizer.json")?, read("model.safetensors")?);
         let config: Config = serde_json::from_slice(&config).map_err(|e| format!("config.json: {e}"))?;
         let mut tokenizer = Tokenizer::from_bytes(&tokenizer).map_err(|e| format!("tokenizer.json: {e}"))?;
@@ -208,7 +198,7 @@ mod tests {
     async fn a_tampered_weights_file_is_refused() {
         let real = crate::test_support::test_model_dir().await;
         let copy = tempfile::tempdir().unwrap();
-        for file in &MODEL_FILES {
+        for file in MODEL.files {
             std::fs::copy(real.join(file.name), copy.path().join(file.name)).unwrap();
         }
         let weights = copy.path().join("model.safetensors");

@@ -674,7 +674,7 @@ impl IndexerActor {
             }
         }
         let notes = parts.store.notes.all()?;
-        let embedder = parts.embedder.id();
+        let (embedder, chunk_embedder) = (parts.embedder.id(), parts.chunk_embedder.id());
         let mut behind = Vec::new();
         let mut deletes: Vec<String> =
             forgotten.iter().filter(|f| f.seq > committed).map(|f| note_key(&f.note_id)).collect();
@@ -739,7 +739,7 @@ impl IndexerActor {
         for chunk in parts.store.source_chunks.all()? {
             let key = chunk_key(&chunk.id);
             let stored = parts.store.knowledge_vectors.get(&(chunk.account_id.as_str(), key.as_str()))?;
-            match stored.filter(|v| same_embedder(&v.embedder, &embedder) && v.seq >= chunk.seq) {
+            match stored.filter(|v| same_embedder(&v.embedder, &chunk_embedder) && v.seq >= chunk.seq) {
                 Some(v) if chunk.seq <= committed => {
                     parts.vectors.upsert(&chunk.account_id, &chunk.workspace, &key, CHUNK, v.vector);
                 }
@@ -930,6 +930,7 @@ impl Actor for IndexerActor {
                     "vectors": self.parts.vectors.len(),
                     "vector_graphs": self.parts.vectors.graphs(),
                     "embedder": self.parts.embedder.id().to_string(),
+                    "chunk_embedder": self.parts.chunk_embedder.id().to_string(),
                     "last_error": state.last_error,
                 })));
             }

@@ -114,7 +114,12 @@ pub(crate) struct KnowledgeParts {
     pub(crate) store: Store,
     pub(crate) text: Arc<TextIndex>,
     pub(crate) vectors: Arc<VectorSets>,
+    /// Notes', entities' and queries' vectors (and the cache's): MiniLM by default.
     pub(crate) embedder: Embedder,
+    /// Source chunks' vectors: the static model by default (see `embed/static_model.rs`).
+    pub(crate) chunk_embedder: Embedder,
+    /// Why the configured static model is not the chunk embedder, when it is not.
+    pub(crate) chunk_fallback: Option<String>,
     pub(crate) registry: Registry,
     /// Whose account is not capped (the operator's), and the cap on the others' notes.
     pub(crate) directory: Arc<crate::directory::state::DirectoryState>,
@@ -129,6 +134,7 @@ impl Knowledge {
     pub(crate) fn open(
         store: Store,
         embedder: Embedder,
+        (chunk_embedder, chunk_fallback): (Embedder, Option<String>),
         registry: Registry,
         directory: Arc<crate::directory::state::DirectoryState>,
         note_cap: usize,
@@ -142,6 +148,8 @@ impl Knowledge {
             text,
             vectors,
             embedder,
+            chunk_embedder,
+            chunk_fallback,
             registry,
             directory,
             note_cap,
@@ -152,6 +160,33 @@ impl Knowledge {
 
     pub(crate) fn parts(&self) -> &Arc<KnowledgeParts> {
         &self.0
+    }
+
+    /// Which embedder makes source chunks' vectors, and why it is not the configured static
+    /// model when it is not.
+    pub fn chunk_embedder(&self) -> (crate::embed::EmbedderId, Option<&str>) {
+        (self.0.chunk_embedder.id(), self.0.chunk_fallback.as_deref())
+    }
+
+    /// The query's vector for source chunks, by the chunk embedder (`notes_vector`, the main
+    /// embedder's, when the two are one). Empty when embedding fails: the chunks are then
+    /// found by text alone.
+    pub(crate) async fn chunk_query_vector(&self, query: &str, notes_vector: &[f32]) -> Vec<f32> {
+        let parts = self.parts();
+        if parts.chunk_embedder.id() == parts.embedder.id() {
+            return notes_vector.to_vec();
+        }
+        match parts.chunk_embedder.embed(vec![query.to_owned()]).await {
+            Ok(embedded) => {
+                let mut vector = embedded.vectors.into_iter().next().unwrap_or_default();
+                crate::embed::l2_normalise(&mut vector);
+                vector
+            }
+            Err(error) => {
+                tracing::warn!(%error, "knowledge base: the query could not be embedded for chunks; text search only");
+                Vec::new()
+            }
+        }
     }
 
     /// BM25 searches of the text index over what `scope` may read, on a blocking thread: one

@@ -601,7 +601,8 @@ impl Knowledge {
         candidate_count += entities.len() + events.len();
         let mut chunks = Vec::new();
         if include_sources {
-            let vector_hits = parts.vectors.search(account, &readable, &[CHUNK], &query_vector, CANDIDATES);
+            let chunk_vector = self.chunk_query_vector(query, &query_vector).await;
+            let vector_hits = parts.vectors.search(account, &readable, &[CHUNK], &chunk_vector, CANDIDATES);
             let hits =
                 self.rank_chunks(scope, query, (&chunk_text_hits, &vector_hits), MAX_CHUNKS, None, &weights.fusion)?;
             candidate_count += hits.len();

@@ -1,7 +1,9 @@
 //! `kb-vectoriser`: embeds source chunks in the background, so an ingestion is answered as
 //! soon as its records are written and searchable by text, and the shared indexer never waits
-//! for the embedding of a large source (the built-in model does a few dozen chunks a second
-//! on two cores; a source can have thousands).
+//! for the embedding of a large source (MiniLM does about a dozen chunks a second on two
+//! cores; a source can have thousands). With the static chunk embedder (the default) an
+//! ingestion embeds its own chunks, and this actor only catches up at start, after a failed
+//! embedding, and after the chunk embedder changed.
 //!
 //! The indexer hands it the chunks it wrote without vectors; it embeds them a few at a time,
 //! taking accounts in turn, and sends the vectors back to the indexer, which writes them
@@ -30,9 +32,11 @@ use crate::tree::{
 };
 
 pub const VECTORISER: &str = "kb-vectoriser";
-/// Chunks embedded per pass: about a second of the embedder on two cores at most, so a pack's
-/// query waits at most that long behind it.
+/// Chunks embedded per pass by MiniLM: about a second of the embedder on two cores at most,
+/// so a pack's query waits at most that long behind it.
 const SLICE: usize = 8;
+/// Per pass by the static model (a few milliseconds; it has no queue for queries to wait in).
+const INLINE_SLICE: usize = 512;
 /// Queued chunks past these are dropped (embedded at the next start instead): one tenant's
 /// flood never holds the others' chunks out.
 const MAX_QUEUE: usize = 500_000;
@@ -128,9 +132,10 @@ impl VectoriserActor {
     /// The next slice to embed, skipping entries a later write of their key superseded and
     /// chunks no longer there as queued (deleted, or replaced by a re-ingestion).
     fn next_slice(&self, state: &mut VectoriserState) -> Vec<PendingVector> {
+        let size = if self.parts.chunk_embedder.is_inline() { INLINE_SLICE } else { SLICE };
         let mut slice = Vec::new();
-        while slice.len() < SLICE && !state.queue.is_empty() {
-            for p in take_fairly(&mut state.queue, SLICE - slice.len()) {
+        while slice.len() < size && !state.queue.is_empty() {
+            for p in take_fairly(&mut state.queue, size - slice.len()) {
                 let latest = state.latest.get(&p.key).copied() == Some(p.seq);
                 if latest && self.still_current(&p) {
                     slice.push(p);
@@ -214,7 +219,7 @@ impl Actor for VectoriserActor {
                 let slice = self.next_slice(state);
                 if !slice.is_empty() {
                     let texts = slice.iter().map(|p| p.text.clone()).collect();
-                    let made = match self.parts.embedder.embed(texts).await {
+                    let made = match self.parts.chunk_embedder.embed(texts).await {
                         Ok(embedded) if embedded.vectors.len() == slice.len() => {
                             let embedder = embedded.embedder.to_string();
                             Ok(slice

@@ -259,11 +259,29 @@ impl Knowledge {
     /// Ingests a source (see the module's doc).
     pub async fn ingest_source(&self, scope: &KbScope, input: SourceInput) -> Result<IngestedSource, EngineError> {
         validate(&input)?;
-        // Embedding is left to the vectoriser: the source is answered once written and
-        // searchable by text, its vectors follow.
-        let prepared = tokio::task::spawn_blocking(move || prepare(input))
+        let mut prepared = tokio::task::spawn_blocking(move || prepare(input))
             .await
             .map_err(|e| EngineError::Internal(format!("preparing a source: {e}")))??;
+        // A chunk embedder as cheap as the static model embeds the chunks here, so they are
+        // written with their vectors; a slower one (MiniLM) is left to the vectoriser: the
+        // source is answered once written and searchable by text, its vectors follow.
+        let embedder = &self.parts().chunk_embedder;
+        if embedder.is_inline() {
+            let texts = prepared
+                .documents
+                .iter()
+                .flat_map(|d| d.chunks.iter().map(|c| chunk_text(&d.title, &c.section, &c.text)))
+                .collect::<Vec<_>>();
+            let embedded = embedder.embed(texts).await?;
+            let mut vectors = embedded.vectors.into_iter();
+            for chunk in prepared.documents.iter_mut().flat_map(|d| d.chunks.iter_mut()) {
+                chunk.vector = vectors.next().map(|mut v| {
+                    crate::embed::l2_normalise(&mut v);
+                    v
+                });
+            }
+            prepared.embedder = Some(embedded.embedder.to_string());
+        }
         match self.write(KbWrite::Source(scope.clone(), Box::new(prepared))).await? {
             Written::Source(ingested) => Ok(*ingested),
             _ => Err(crate::knowledge::another_answer()),
@@ -346,7 +364,7 @@ impl Knowledge {
         let candidates = if source_ids.is_some() { FILTERED_CANDIDATES } else { CANDIDATES };
         let text_hits =
             self.text_search(scope, query, vec![(&[CHUNK], candidates)]).await?.into_iter().next().unwrap_or_default();
-        let embedded = parts.embedder.embed(vec![query.to_owned()]).await?;
+        let embedded = parts.chunk_embedder.embed(vec![query.to_owned()]).await?;
         let mut query_vector = embedded.vectors.into_iter().next().unwrap_or_default();
         crate::embed::l2_normalise(&mut query_vector);
         let vector_hits = parts.vectors.search(&scope.account_id, &readable, &[CHUNK], &query_vector, candidates);
