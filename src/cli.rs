@@ -62,7 +62,7 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
-    /// The built-in embedding model (all-MiniLM-L6-v2) on disk.
+    /// The built-in embedding models (all-MiniLM-L6-v2, WordLlama) on disk.
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
@@ -198,30 +198,35 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 config.server.data_dir = data_dir;
             }
             crate::server::init_logging(&config);
-            let mut wanted = crate::models::wanted(&config);
-            if let Some(name) = model {
-                let known =
-                    [&tokaroo_actors::embed::model_files::MINILM, &tokaroo_actors::embed::model_files::WORDLLAMA];
-                let model = known.into_iter().find(|m| m.name == name).ok_or_else(|| {
-                    format!("--model {name:?}: the models are all-MiniLM-L6-v2 and wordllama-l2-supercat-256")
-                })?;
-                let configured = wanted.into_iter().find(|w| w.model.name == model.name);
-                let dir = dir.or_else(|| configured.as_ref().map(|w| w.dir.clone())).unwrap_or_else(|| {
-                    if model.name == tokaroo_actors::embed::model_files::MINILM.name {
-                        config.embed_model_dir()
-                    } else {
-                        config.static_model_dir()
-                    }
-                });
-                let source = source.or_else(|| configured.map(|w| w.source)).unwrap_or_else(|| "pypi".into());
-                wanted = vec![crate::models::Wanted { model, dir, source }];
-            }
-            client_runtime()?.block_on(async {
-                for w in &wanted {
-                    crate::models::pull(w.model, &w.dir, &w.source).await?;
+            let wanted = match model {
+                Some(name) => {
+                    let mut one = crate::models::configured(&config)
+                        .into_iter()
+                        .find(|w| w.model.name == name)
+                        .ok_or_else(|| {
+                            format!("--model {name:?}: the models are all-MiniLM-L6-v2 and wordllama-l2-supercat-256")
+                        })?;
+                    one.dir = dir.unwrap_or(one.dir);
+                    one.source = source.unwrap_or(one.source);
+                    vec![one]
                 }
-                Ok::<_, String>(())
-            })?;
+                None => crate::models::wanted(&config),
+            };
+            if wanted.is_empty() {
+                println!("nothing to pull: this configuration uses neither built-in model (`--model NAME` pulls one)");
+            }
+            let failures: Vec<String> = client_runtime()?.block_on(async {
+                let mut failures = Vec::new();
+                for w in &wanted {
+                    if let Err(error) = crate::models::pull(w.model, &w.dir, &w.source).await {
+                        failures.push(format!("{}: {error}", w.model.name));
+                    }
+                }
+                failures
+            });
+            if !failures.is_empty() {
+                return Err(failures.join("; ").into());
+            }
         }
         Command::Accounts { command: AccountsCommand::Create { name, client } } => {
             let body = serde_json::json!({ "name": name });

@@ -19,24 +19,28 @@ pub struct Wanted {
     pub source: String,
 }
 
-/// The models `config` runs on: MiniLM for the neural embedder, WordLlama for static chunks.
-pub fn wanted(config: &Config) -> Vec<Wanted> {
-    let mut models = Vec::new();
-    if config.embedder.kind == "neural" {
-        models.push(Wanted {
-            model: &MINILM,
-            dir: config.embed_model_dir(),
-            source: config.embedder.model_source.clone(),
-        });
-    }
-    if config.knowledge.chunk_embedder == "static" {
-        models.push(Wanted {
+/// Both built-in models, each with its configured directory and source.
+pub fn configured(config: &Config) -> [Wanted; 2] {
+    [
+        Wanted { model: &MINILM, dir: config.embed_model_dir(), source: config.embedder.model_source.clone() },
+        Wanted {
             model: &WORDLLAMA,
             dir: config.static_model_dir(),
             source: config.knowledge.static_model_source.clone(),
-        });
-    }
-    models
+        },
+    ]
+}
+
+/// The models `config` runs on: MiniLM for the neural embedder, WordLlama for static chunks.
+pub fn wanted(config: &Config) -> Vec<Wanted> {
+    let uses = |model: &PinnedModel| {
+        if model.name == MINILM.name {
+            config.embedder.kind == "neural"
+        } else {
+            config.knowledge.chunk_embedder == "static"
+        }
+    };
+    configured(config).into_iter().filter(|w| uses(w.model)).collect()
 }
 
 /// `tokaroo models pull`: fetches and verifies a model into `dir`. Prints what it did.

@@ -36,7 +36,8 @@ pub struct EngineConfig {
     pub limits: AccountLimits,
     /// Which embedder `Engine::embedder` runs (neural by default).
     pub embedder: crate::embed::EmbedderSettings,
-    /// Which embedder makes source chunks' vectors (the static model by default).
+    /// Which embedder makes source chunks' vectors: the static model from the directory given
+    /// (`serve` gives it one), the main embedder without one.
     pub chunk_embedder: crate::embed::ChunkEmbedderSettings,
     /// The knowledge base's ranking weights.
     pub ranking: crate::knowledge::pack::RankWeights,

@@ -97,6 +97,15 @@ impl<R: Record> Collection<R> {
         Ok((records, dropped))
     }
 
+    /// Calls `visit` with every record in key order, one decoded at a time (a scan of a large
+    /// collection that keeps few of its records).
+    pub fn for_each<E: From<StorageError>>(&self, mut visit: impl FnMut(R) -> Result<(), E>) -> Result<(), E> {
+        for value in self.tree.iter().values() {
+            visit(decode::<R>(&value.map_err(StorageError::from)?)?)?;
+        }
+        Ok(())
+    }
+
     /// Every record in the collection, in key order.
     pub fn all(&self) -> Result<Vec<R>, StorageError> {
         self.tree.iter().values().map(|v| decode::<R>(&v?)).collect()

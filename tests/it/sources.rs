@@ -330,3 +330,83 @@ async fn with_the_main_chunk_embedder_vectors_follow_in_the_background() {
     let indexer = find_actor(&tree, "indexer").expect("the indexer in the tree");
     assert_eq!(indexer["snapshot"]["chunk_embedder"], "neural:all-MiniLM-L6-v2:384", "{indexer}");
 }
+
+const THREE_DOCUMENTS: &str = r#"{"documents": [
+    {"title": "Parking", "content": "Parking permits are renewed at the front desk each January."},
+    {"title": "Canteen", "content": "The cafeteria serves vegetarian lasagna every Thursday."},
+    {"title": "Taxes", "content": "Quarterly tax filings go to the finance team before the deadline."}
+]}"#;
+
+async fn vectoriser_snapshot(gw: &Gateway) -> Value {
+    let tree = gw.actor_tree().await;
+    find_actor(&tree, "kb-vectoriser").expect("the vectoriser in the tree")["snapshot"].clone()
+}
+
+/// Switching the chunk embedder remakes the chunks' vectors once (at the next start, in the
+/// background), never again after; a stand-in for a static model that failed to load leaves
+/// the static vectors alone (the chunks are found by text meanwhile), and they serve again
+/// once the model is back.
+#[tokio::test]
+async fn switching_the_chunk_embedder_remakes_vectors_once_and_a_stand_in_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = || Options::default().env("TOKAROO_KB_CHUNK_EMBEDDER", "main");
+    let gw = Gateway::start_in(dir.path(), main()).await;
+    let key = gw.first_key.clone().unwrap();
+    ok(&gw, "/v1/sources", &key, serde_json::from_str(THREE_DOCUMENTS).unwrap()).await;
+    eventually("MiniLM's three vectors", || async { (vectoriser_snapshot(&gw).await["embedded"] == 3).then_some(()) })
+        .await;
+    gw.stop().await;
+
+    let by_meaning = "Which day is the meatless pasta dish on the lunch menu?";
+    let gw = Gateway::start_in(dir.path(), Options::default()).await;
+    eventually("the static model's three vectors", || async {
+        (vectoriser_snapshot(&gw).await["embedded"] == 3).then_some(())
+    })
+    .await;
+    let found = search(&gw, &key, by_meaning).await;
+    assert!(found["data"][0]["text"].as_str().unwrap().contains("lasagna"), "{found:#}");
+    gw.stop().await;
+
+    let missing = dir.path().join("no-static-model");
+    let stand_in = Options::default()
+        .env("TOKAROO_STATIC_MODEL_DIR", missing.to_str().unwrap())
+        .env("TOKAROO_EMBED_AUTO_PULL", "false");
+    let gw = Gateway::start_in(dir.path(), stand_in).await;
+    let found = search(&gw, &key, "vegetarian lasagna").await;
+    assert!(found["data"][0]["text"].as_str().unwrap().contains("lasagna"), "found by text: {found:#}");
+    let snapshot = vectoriser_snapshot(&gw).await;
+    assert_eq!((snapshot["queued"].as_u64(), snapshot["embedded"].as_u64()), (Some(0), Some(0)), "{snapshot}");
+    gw.stop().await;
+
+    let gw = Gateway::start_in(dir.path(), Options::default()).await;
+    let found = search(&gw, &key, by_meaning).await;
+    assert!(found["data"][0]["text"].as_str().unwrap().contains("lasagna"), "{found:#}");
+    let snapshot = vectoriser_snapshot(&gw).await;
+    assert_eq!((snapshot["queued"].as_u64(), snapshot["embedded"].as_u64()), (Some(0), Some(0)), "kept: {snapshot}");
+}
+
+/// A vectoriser that fails loses its queue; back, it has the indexer find those chunks again,
+/// and every chunk gets its vector without a restart of the server.
+#[tokio::test]
+async fn a_restarted_vectoriser_gets_back_what_it_lost() {
+    let gw = Gateway::start_with(Options::default().env("TOKAROO_KB_CHUNK_EMBEDDER", "main")).await;
+    let key = gw.first_key.clone().unwrap();
+    let sections: String = (0..30)
+        .map(|i| format!("## Procedure {i}\n\nStep {i} of the runbook: restart the worker pool number {i} and check its queue.\n\n"))
+        .collect();
+    let source = ok(&gw, "/v1/sources", &key, json!({"content": sections, "content_type": "text/markdown"})).await;
+    let chunks = source["chunk_count"].as_u64().unwrap();
+    assert!(chunks >= 10, "{source:#}");
+    let r = gw.post("/admin/actors/fail", ADMIN_TOKEN, json!({"name": "kb-vectoriser"})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually("every chunk's vector", || async {
+        let tree = gw.actor_tree().await;
+        let indexer = find_actor(&tree, "indexer")?;
+        (indexer["snapshot"]["vectors"].as_u64()? == chunks).then_some(())
+    })
+    .await;
+    let tree = gw.actor_tree().await;
+    let vectoriser = find_actor(&tree, "kb-vectoriser").unwrap();
+    assert!(vectoriser["restarts"].as_u64().unwrap() >= 1, "{vectoriser}");
+    assert!(vectoriser["snapshot"]["embedded"].as_u64().unwrap() > 0, "embedded after its restart: {vectoriser}");
+}

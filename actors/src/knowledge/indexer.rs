@@ -153,6 +153,9 @@ pub enum IndexerMsg {
     RunBatch,
     /// Vectors the vectoriser made for chunks written without them.
     Vectors(Vec<MadeVector>),
+    /// Sends the vectoriser the chunks without a current vector (it lost its queue, or
+    /// dropped entries past its bound).
+    FindUnvectored,
     Inspect(RpcReplyPort<Inspection>),
     InjectFailure(String),
 }
@@ -647,6 +650,71 @@ impl IndexerActor {
         Ok(())
     }
 
+    /// What a chunk's stored vector is worth to the chunk embedder now.
+    fn stored_chunk_vector(&self, chunk: &SourceChunk) -> Result<StoredVector, EngineError> {
+        let key = chunk_key(&chunk.id);
+        let stored = self.parts.store.knowledge_vectors.get(&(chunk.account_id.as_str(), key.as_str()))?;
+        Ok(match stored {
+            Some(v) if v.seq >= chunk.seq && same_embedder(&v.embedder, &self.parts.chunk_embedder.id()) => {
+                StoredVector::Current(v.vector)
+            }
+            // Another embedder's while a stand-in runs for the configured static model (it
+            // failed to load): kept for its return, rather than replaced by vectors that would
+            // be thrown away then; the chunk is found by text meanwhile.
+            Some(v) if v.seq >= chunk.seq && self.parts.chunk_fallback.is_some() => StoredVector::LeaveToText,
+            _ => StoredVector::Make,
+        })
+    }
+
+    /// Every chunk without a current vector, for the vectoriser (as many as it takes).
+    fn find_unvectored(&self) -> Result<(), EngineError> {
+        let mut unvectored = Unvectored::default();
+        self.parts.store.source_chunks.for_each(|chunk| {
+            if let StoredVector::Make = self.stored_chunk_vector(&chunk)? {
+                unvectored.offer(chunk);
+            }
+            Ok::<_, EngineError>(())
+        })?;
+        self.send_unvectored(unvectored)
+    }
+
+    fn send_unvectored(&self, unvectored: Unvectored) -> Result<(), EngineError> {
+        if unvectored.chunks.is_empty() {
+            return Ok(());
+        }
+        let Some(vectoriser) = self.parts.registry.actor::<VectoriserMsg>(VECTORISER) else {
+            // Restarting: it asks for them again when it is back.
+            return Ok(());
+        };
+        let mut titles: HashMap<(String, String), String> = HashMap::new();
+        let mut pending = Vec::with_capacity(unvectored.chunks.len());
+        for chunk in unvectored.chunks {
+            let document = (chunk.account_id.clone(), chunk.document_id.clone());
+            let title = match titles.get(&document) {
+                Some(title) => title.clone(),
+                None => {
+                    let found = self.parts.store.source_documents.get(&(document.0.as_str(), document.1.as_str()))?;
+                    let title = found.map(|d| d.title).unwrap_or_default();
+                    titles.insert(document, title.clone());
+                    title
+                }
+            };
+            pending.push(PendingVector {
+                account_id: chunk.account_id.clone(),
+                workspace: chunk.workspace.clone(),
+                key: chunk_key(&chunk.id),
+                kind: CHUNK,
+                seq: chunk.seq,
+                text: crate::knowledge::sources::ingest::chunk_text(&title, &chunk.section, &chunk.text),
+            });
+        }
+        let _ = vectoriser.cast(VectoriserMsg::Embed(pending));
+        if unvectored.more {
+            let _ = vectoriser.cast(VectoriserMsg::MoreToFind);
+        }
+        Ok(())
+    }
+
     /// At start: the indexes catch up with the records (see the module's doc). Best effort:
     /// what fails is logged and retried at the next start, and the actor starts anyway, so a
     /// broken knowledge base never keeps the gateway from serving.
@@ -674,7 +742,7 @@ impl IndexerActor {
             }
         }
         let notes = parts.store.notes.all()?;
-        let (embedder, chunk_embedder) = (parts.embedder.id(), parts.chunk_embedder.id());
+        let embedder = parts.embedder.id();
         let mut behind = Vec::new();
         let mut deletes: Vec<String> =
             forgotten.iter().filter(|f| f.seq > committed).map(|f| note_key(&f.note_id)).collect();
@@ -734,18 +802,24 @@ impl IndexerActor {
             .map(|e| Change::for_entity(&e))
             .collect();
         self.index(entities, state, Some(committed)).await?;
-        // Source chunks as notes: vectors loaded, those behind indexed (and embedded) again.
+        // Source chunks: those past the commit are indexed (and embedded) again; the others'
+        // vectors are loaded, and those missing or another embedder's made in the background.
         let mut behind_chunks = Vec::new();
-        for chunk in parts.store.source_chunks.all()? {
-            let key = chunk_key(&chunk.id);
-            let stored = parts.store.knowledge_vectors.get(&(chunk.account_id.as_str(), key.as_str()))?;
-            match stored.filter(|v| same_embedder(&v.embedder, &chunk_embedder) && v.seq >= chunk.seq) {
-                Some(v) if chunk.seq <= committed => {
-                    parts.vectors.upsert(&chunk.account_id, &chunk.workspace, &key, CHUNK, v.vector);
-                }
-                _ => behind_chunks.push(chunk),
+        let mut unvectored = Unvectored::default();
+        parts.store.source_chunks.for_each(|chunk| {
+            if chunk.seq > committed {
+                behind_chunks.push(chunk);
+                return Ok::<_, EngineError>(());
             }
-        }
+            match self.stored_chunk_vector(&chunk)? {
+                StoredVector::Current(vector) => {
+                    parts.vectors.upsert(&chunk.account_id, &chunk.workspace, &chunk_key(&chunk.id), CHUNK, vector)
+                }
+                StoredVector::Make => unvectored.offer(chunk),
+                StoredVector::LeaveToText => {}
+            }
+            Ok(())
+        })?;
         state.recovered += behind_chunks.len() as u64;
         for slice in behind_chunks.chunks(64) {
             let mut changes = Vec::with_capacity(slice.len());
@@ -757,6 +831,7 @@ impl IndexerActor {
             }
             self.index(changes, state, Some(committed)).await?;
         }
+        self.send_unvectored(unvectored)?;
         let seq = parts.store.next_kb_seq()?;
         self.commit_text(Vec::new(), deletes, seq).await?;
         state.committed_seq = seq;
@@ -778,6 +853,33 @@ impl IndexerActor {
             }
             Err(error) => tracing::warn!(%error, "knowledge base: could not prune removal records"),
         }
+    }
+}
+
+enum StoredVector {
+    Current(Vec<f32>),
+    Make,
+    LeaveToText,
+}
+
+/// Chunks for the vectoriser, at most as many as its queue takes (per account and in all);
+/// `more` when some were left for a later search.
+#[derive(Default)]
+struct Unvectored {
+    chunks: Vec<SourceChunk>,
+    per_account: HashMap<String, usize>,
+    more: bool,
+}
+
+impl Unvectored {
+    fn offer(&mut self, chunk: SourceChunk) {
+        let held = self.per_account.entry(chunk.account_id.clone()).or_default();
+        if self.chunks.len() >= super::vectoriser::MAX_QUEUE || *held >= super::vectoriser::MAX_QUEUE_PER_ACCOUNT {
+            self.more = true;
+            return;
+        }
+        *held += 1;
+        self.chunks.push(chunk);
     }
 }
 
@@ -913,6 +1015,12 @@ impl Actor for IndexerActor {
             IndexerMsg::Vectors(made) => {
                 if let Err(error) = self.write_vectors(made) {
                     tracing::error!(%error, "knowledge base: writing background vectors failed; retried at the next start");
+                    state.last_error = Some(error.to_string());
+                }
+            }
+            IndexerMsg::FindUnvectored => {
+                if let Err(error) = self.find_unvectored() {
+                    tracing::error!(%error, "knowledge base: looking for chunks without a vector failed; retried at the next start");
                     state.last_error = Some(error.to_string());
                 }
             }

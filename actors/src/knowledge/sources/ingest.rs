@@ -2,10 +2,12 @@
 //!
 //! Ingestion does its heavy work away from the indexer (shared by every tenant): each
 //! document's bytes are extracted (`extract.rs`) and chunked (`chunk.rs`) on a blocking
-//! thread; the indexer writes the records and commits the text index, and the source is
-//! answered, searchable by text; the vectoriser (`../vectoriser.rs`) embeds the chunks in the
-//! background, and vector search finds them as their vectors arrive. Re-ingesting a source with the same `external_source`/`external_id` replaces its
-//! documents and chunks in one transaction.
+//! thread, and the chunks embedded there by the static chunk embedder; the indexer writes the
+//! records and vectors and commits the text index, and the source is answered, searchable by
+//! text and by meaning. With MiniLM as the chunk embedder (`chunk_embedder = "main"`) the
+//! source is answered searchable by text, and the vectoriser (`../vectoriser.rs`) embeds its
+//! chunks in the background. Re-ingesting a source with the same
+//! `external_source`/`external_id` replaces its documents and chunks in one transaction.
 
 use serde_json::{Map, Value};
 use tokaroo_storage::knowledge::{Source, SourceChunk, SourceDocument};
@@ -272,15 +274,22 @@ impl Knowledge {
                 .iter()
                 .flat_map(|d| d.chunks.iter().map(|c| chunk_text(&d.title, &c.section, &c.text)))
                 .collect::<Vec<_>>();
-            let embedded = embedder.embed(texts).await?;
-            let mut vectors = embedded.vectors.into_iter();
-            for chunk in prepared.documents.iter_mut().flat_map(|d| d.chunks.iter_mut()) {
-                chunk.vector = vectors.next().map(|mut v| {
-                    crate::embed::l2_normalise(&mut v);
-                    v
-                });
+            // Should it fail, the chunks are written without vectors, for the vectoriser.
+            match embedder.embed(texts).await {
+                Ok(embedded) => {
+                    let mut vectors = embedded.vectors.into_iter();
+                    for chunk in prepared.documents.iter_mut().flat_map(|d| d.chunks.iter_mut()) {
+                        chunk.vector = vectors.next().map(|mut v| {
+                            crate::embed::l2_normalise(&mut v);
+                            v
+                        });
+                    }
+                    prepared.embedder = Some(embedded.embedder.to_string());
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "knowledge base: embedding a source's chunks failed; left to the vectoriser")
+                }
             }
-            prepared.embedder = Some(embedded.embedder.to_string());
         }
         match self.write(KbWrite::Source(scope.clone(), Box::new(prepared))).await? {
             Written::Source(ingested) => Ok(*ingested),
