@@ -168,15 +168,15 @@ impl Knowledge {
         (self.0.chunk_embedder.id(), self.0.chunk_fallback.as_deref())
     }
 
-    /// The query's vector for source chunks, by the chunk embedder (`notes_vector`, the main
-    /// embedder's, when the two are one). Empty when embedding fails: the chunks are then
-    /// found by text alone.
-    pub(crate) async fn chunk_query_vector(&self, query: &str, notes_vector: &[f32]) -> Vec<f32> {
+    /// The query's vector for source chunks by the chunk embedder, or `None` when that is the
+    /// main embedder (whose vector of the query serves both). Empty when embedding fails: the
+    /// chunks are then found by text alone.
+    pub(crate) async fn chunk_query_vector(&self, query: &str) -> Option<Vec<f32>> {
         let parts = self.parts();
         if parts.chunk_embedder.id() == parts.embedder.id() {
-            return notes_vector.to_vec();
+            return None;
         }
-        match parts.chunk_embedder.embed(vec![query.to_owned()]).await {
+        Some(match parts.chunk_embedder.embed(vec![query.to_owned()]).await {
             Ok(embedded) => {
                 let mut vector = embedded.vectors.into_iter().next().unwrap_or_default();
                 crate::embed::l2_normalise(&mut vector);
@@ -186,7 +186,7 @@ impl Knowledge {
                 tracing::warn!(%error, "knowledge base: the query could not be embedded for chunks; text search only");
                 Vec::new()
             }
-        }
+        })
     }
 
     /// BM25 searches of the text index over what `scope` may read, on a blocking thread: one

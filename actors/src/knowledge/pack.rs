@@ -433,14 +433,24 @@ impl Knowledge {
         let parts = self.parts();
         let readable = scope.readable();
         // The text searches (notes, entities, and chunks when asked) run on a blocking thread
-        // while the query is embedded.
+        // while the query is embedded (for chunks too, when their embedder is another).
         let mut searches: Vec<(&'static [&'static str], usize)> =
             vec![(&[NOTE], CANDIDATES), (&[ENTITY], ENTITY_CANDIDATES)];
         if include_sources {
             searches.push((&[CHUNK], CANDIDATES));
         }
-        let (searched, embedded) =
-            tokio::join!(self.text_search(scope, query, searches), parts.embedder.embed(vec![query.to_owned()]));
+        let chunk_embedded = async {
+            if include_sources {
+                self.chunk_query_vector(query).await
+            } else {
+                None
+            }
+        };
+        let (searched, embedded, chunk_vector) = tokio::join!(
+            self.text_search(scope, query, searches),
+            parts.embedder.embed(vec![query.to_owned()]),
+            chunk_embedded
+        );
         let mut searched = searched?.into_iter();
         let (text_hits, entity_hits, chunk_text_hits) = (
             searched.next().unwrap_or_default(),
@@ -601,8 +611,8 @@ impl Knowledge {
         candidate_count += entities.len() + events.len();
         let mut chunks = Vec::new();
         if include_sources {
-            let chunk_vector = self.chunk_query_vector(query, &query_vector).await;
-            let vector_hits = parts.vectors.search(account, &readable, &[CHUNK], &chunk_vector, CANDIDATES);
+            let chunk_vector = chunk_vector.as_deref().unwrap_or(&query_vector);
+            let vector_hits = parts.vectors.search(account, &readable, &[CHUNK], chunk_vector, CANDIDATES);
             let hits =
                 self.rank_chunks(scope, query, (&chunk_text_hits, &vector_hits), MAX_CHUNKS, None, &weights.fusion)?;
             candidate_count += hits.len();
