@@ -380,17 +380,30 @@ pub struct LimitsConfig {
     pub provider_keys_per_account: usize,
     pub endpoints_per_account: usize,
     pub memory_notes_per_account: usize,
+    pub missions_per_account: usize,
+    /// Unfinished missions (each a live actor) a tenant account may have at once.
+    pub live_missions_per_account: usize,
+    pub steps_per_mission: usize,
+    pub artifacts_per_mission: usize,
+    /// A mission with no update for this long is stale, unless it sets its own timeout.
+    pub mission_heartbeat_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         let d = tokaroo_actors::AccountLimits::default();
+        let m = tokaroo_actors::harness::MissionLimits::default();
         Self {
             keys_per_account: d.keys,
             workspaces_per_account: d.workspaces,
             provider_keys_per_account: d.provider_keys,
             endpoints_per_account: d.endpoints,
             memory_notes_per_account: d.memory_notes,
+            missions_per_account: m.missions_per_account,
+            live_missions_per_account: m.live_missions_per_account,
+            steps_per_mission: m.steps_per_mission,
+            artifacts_per_mission: m.artifacts_per_mission,
+            mission_heartbeat_timeout_secs: m.default_heartbeat_secs,
         }
     }
 }
@@ -405,6 +418,17 @@ impl Config {
             provider_keys: self.limits.provider_keys_per_account,
             endpoints: self.limits.endpoints_per_account,
             memory_notes: self.limits.memory_notes_per_account,
+        }
+    }
+
+    /// The mission harness's caps and default heartbeat timeout.
+    pub fn mission_limits(&self) -> tokaroo_actors::harness::MissionLimits {
+        tokaroo_actors::harness::MissionLimits {
+            missions_per_account: self.limits.missions_per_account,
+            live_missions_per_account: self.limits.live_missions_per_account,
+            steps_per_mission: self.limits.steps_per_mission,
+            artifacts_per_mission: self.limits.artifacts_per_mission,
+            default_heartbeat_secs: self.limits.mission_heartbeat_timeout_secs,
         }
     }
 }
@@ -603,10 +627,15 @@ impl Config {
             ("TOKAROO_MAX_PROVIDER_KEYS_PER_ACCOUNT", &mut self.limits.provider_keys_per_account),
             ("TOKAROO_MAX_ENDPOINTS_PER_ACCOUNT", &mut self.limits.endpoints_per_account),
             ("TOKAROO_MAX_MEMORY_NOTES_PER_ACCOUNT", &mut self.limits.memory_notes_per_account),
+            ("TOKAROO_MAX_MISSIONS_PER_ACCOUNT", &mut self.limits.missions_per_account),
+            ("TOKAROO_MAX_LIVE_MISSIONS_PER_ACCOUNT", &mut self.limits.live_missions_per_account),
         ] {
             if let Some(v) = get(var) {
                 *slot = parse(var, &v)?;
             }
+        }
+        if let Some(v) = get("TOKAROO_MISSION_HEARTBEAT_TIMEOUT_SECS") {
+            self.limits.mission_heartbeat_timeout_secs = parse("TOKAROO_MISSION_HEARTBEAT_TIMEOUT_SECS", &v)?;
         }
         if let Some(v) = get("TOKAROO_CACHE_ENABLED") {
             self.cache.enabled = parse("TOKAROO_CACHE_ENABLED", &v)?;

@@ -100,6 +100,7 @@ fn engine_config(config: &Config, listen: std::net::SocketAddr) -> Result<Engine
         embedder: config.embedder_settings(),
         chunk_embedder: config.chunk_embedder_settings(),
         ranking: config.knowledge.ranking,
+        missions: config.mission_limits(),
     })
 }
 

@@ -41,6 +41,8 @@ pub struct EngineConfig {
     pub chunk_embedder: crate::embed::ChunkEmbedderSettings,
     /// The knowledge base's ranking weights.
     pub ranking: crate::knowledge::pack::RankWeights,
+    /// Caps and defaults of the mission harness.
+    pub missions: crate::harness::MissionLimits,
 }
 
 /// 30 days: a dashboard left alone for a month signs in again.
@@ -69,6 +71,7 @@ impl Default for EngineConfig {
             embedder: crate::embed::EmbedderSettings::default(),
             chunk_embedder: crate::embed::ChunkEmbedderSettings::default(),
             ranking: crate::knowledge::pack::RankWeights::default(),
+            missions: crate::harness::MissionLimits::default(),
         }
     }
 }

@@ -44,6 +44,7 @@ struct EngineParts {
     runtime: Runtime,
     embedder: Embedder,
     knowledge: crate::knowledge::Knowledge,
+    missions: crate::harness::Missions,
     /// What `shutdown` is doing now, for the report when it overruns its grace period.
     shutdown_stage: std::sync::Mutex<&'static str>,
 }
@@ -106,8 +107,6 @@ impl Engine {
         let (embedder, local_model) =
             crate::embed::prepare(&config.embedder, registry.clone(), router.clone(), directory_state.clone()).await;
         let cache = crate::cache::ResponseCache::new(store.clone(), config.cache.clone(), &embedder);
-        let runtime =
-            Runtime::new(directory_state.clone(), config.clone(), router, ledger, funding.clone(), cache.clone());
         let embedder_spec = local_model
             .map(|model| EmbedderSpec { model, fallback_reason: embedder.fallback_reason().map(str::to_owned) });
         let chunk_embedder = crate::embed::prepare_chunk_embedder(&config.chunk_embedder, &embedder).await;
@@ -120,6 +119,23 @@ impl Engine {
             config.limits.memory_notes,
             config.ranking,
         )?;
+        let missions = crate::harness::Missions::new(
+            store.clone(),
+            registry.clone(),
+            knowledge.clone(),
+            directory_state.clone(),
+            config.missions,
+            config.restart_policy,
+        );
+        let runtime = Runtime::new(
+            directory_state.clone(),
+            config.clone(),
+            router,
+            ledger,
+            funding.clone(),
+            cache.clone(),
+            missions.clone(),
+        );
         let root = root_spec(
             &directory_state,
             &connections_state,
@@ -127,7 +143,14 @@ impl Engine {
             &funding,
             &cache,
             embedder_spec,
-            &knowledge,
+            vec![
+                // After the embedder: catching up at start may embed notes; the vectoriser
+                // first, as it takes the chunks the indexer's catching up finds without vectors.
+                Arc::new(crate::knowledge::vectoriser::VectoriserSpec { parts: knowledge.parts().clone() }),
+                Arc::new(crate::knowledge::indexer::IndexerSpec { parts: knowledge.parts().clone() }),
+                // After the indexer: a mission writes its lifecycle events through it.
+                Arc::new(missions.supervisor_spec()),
+            ],
         )
         .spawn_root()
         .await
@@ -144,8 +167,14 @@ impl Engine {
             runtime,
             embedder,
             knowledge,
+            missions,
             shutdown_stage: std::sync::Mutex::new("not started"),
         })))
+    }
+
+    /// Missions, their steps and artifacts (the mission harness).
+    pub fn missions(&self) -> &crate::harness::Missions {
+        &self.0.missions
     }
 
     /// Accounts, workspaces, keys and sessions; authentication and admission.
@@ -282,8 +311,8 @@ impl Engine {
 pub(crate) const ROOT: &str = "root";
 
 /// The tree: `root` over the ledger, the directory (`accounts`), the upstream connections
-/// (`providers`, `endpoints`), the background `tasks` and, for the in-process kinds, the
-/// `embedder`.
+/// (`providers`, `endpoints`), the background `tasks`, for the in-process kinds the
+/// `embedder`, and then the children that use it (the knowledge base's, the `missions`).
 fn root_spec(
     directory: &Arc<DirectoryState>,
     connections: &Arc<ConnectionsState>,
@@ -291,7 +320,7 @@ fn root_spec(
     funding: &Funding,
     cache: &Arc<crate::cache::ResponseCache>,
     embedder: Option<EmbedderSpec>,
-    knowledge: &crate::knowledge::Knowledge,
+    after_embedder: Vec<Arc<dyn ChildSpec>>,
 ) -> SupervisorSpec {
     let (policy, registry) = (directory.restart_policy, directory.registry.clone());
     let group = |endpoints| {
@@ -309,10 +338,7 @@ fn root_spec(
     if let Some(embedder) = embedder {
         children.push(Arc::new(embedder));
     }
-    // After the embedder: catching up at start may embed notes; the vectoriser first, as it
-    // takes the chunks the indexer's catching up finds without vectors.
-    children.push(Arc::new(crate::knowledge::vectoriser::VectoriserSpec { parts: knowledge.parts().clone() }));
-    children.push(Arc::new(crate::knowledge::indexer::IndexerSpec { parts: knowledge.parts().clone() }));
+    children.extend(after_embedder);
     let started_at = crate::clock::iso8601(crate::clock::now_ms());
     SupervisorSpec {
         name: ROOT.to_owned(),

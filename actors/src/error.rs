@@ -13,6 +13,9 @@ pub enum EngineError {
     Invalid(String),
     #[error("{0}")]
     Conflict(String),
+    /// A status change its state machine does not allow; `allowed` are the ones it does.
+    #[error("a {what} cannot go from {from} to {to}; allowed from {from}: {}", if allowed.is_empty() { "none (it is finished)".to_owned() } else { allowed.join(", ") })]
+    IllegalTransition { what: &'static str, from: String, to: String, allowed: Vec<&'static str> },
     #[error("{0}")]
     Forbidden(String),
     #[error("rate limit exceeded")]
@@ -31,6 +34,9 @@ pub enum EngineError {
     /// The workspace's monthly budget would be exceeded.
     #[error("Workspace monthly budget exceeded: ${spent_usd:.6} of ${budget_usd:.2} spent this month")]
     BudgetExceeded { budget_usd: f64, spent_usd: f64 },
+    /// A request would take a mission past its budget.
+    #[error("Mission budget exceeded: ${spent_usd:.6} of ${budget_usd:.6} spent, and this request needs up to ${required_usd:.6}")]
+    MissionBudgetExceeded { budget_usd: f64, spent_usd: f64, required_usd: f64 },
     /// A self-serve account's first key waits for its activation checklist.
     #[error("First API key activation is incomplete: missing {}", missing.join(", "))]
     ActivationRequired { missing: Vec<&'static str>, payment_url: String, balance_usd: f64 },

@@ -11,6 +11,7 @@ pub mod directory;
 pub mod embed;
 mod engine;
 mod error;
+pub mod harness;
 pub mod knowledge;
 pub mod money;
 pub mod routing;

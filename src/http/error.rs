@@ -50,6 +50,9 @@ pub enum ApiError {
     MethodNotAllowed { method: String, path: String },
     #[error("{0}")]
     Conflict(String),
+    /// 409 with a code and fields of its own (an illegal status transition and what is allowed).
+    #[error("{message}")]
+    ConflictWith { code: &'static str, message: String, extra: serde_json::Map<String, serde_json::Value> },
     #[error("Rate limit exceeded: {limit} requests per minute for this API key; retry after {retry_after_secs} s")]
     RateLimited { limit: u32, retry_after_secs: u64 },
     #[error("{0}")]
@@ -90,7 +93,7 @@ impl ApiError {
             }
             Self::NotFound { .. } | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::ConflictWith { .. } => StatusCode::CONFLICT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
@@ -117,6 +120,7 @@ impl ApiError {
             Self::RouteNotFound { .. } => "not_found".into(),
             Self::MethodNotAllowed { .. } => "method_not_allowed".into(),
             Self::Conflict(_) => "conflict".into(),
+            Self::ConflictWith { code, .. } => (*code).into(),
             Self::RateLimited { .. } => "Rate limit exceeded".into(),
             Self::Unavailable(_) => "service_unavailable".into(),
             Self::NotImplemented(_) => "not_implemented".into(),
@@ -138,6 +142,22 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound { what } => Self::NotFound { what },
             EngineError::Invalid(msg) => Self::BadRequest(msg),
             EngineError::Conflict(msg) => Self::Conflict(msg),
+            EngineError::IllegalTransition { ref from, ref to, ref allowed, .. } => Self::ConflictWith {
+                code: "illegal_transition",
+                message: error.to_string(),
+                extra: json!({ "status": from, "requested": to, "allowed": allowed })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            },
+            EngineError::MissionBudgetExceeded { budget_usd, spent_usd, required_usd } => Self::PaymentRequired {
+                code: "mission_budget_exceeded",
+                message: error.to_string(),
+                extra: json!({ "budget_usd": budget_usd, "spent_usd": spent_usd, "required_usd": required_usd })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            },
             EngineError::Forbidden(msg) => Self::Forbidden(msg),
             EngineError::RateLimited { limit, retry_after } => Self::rate_limited(limit, retry_after),
             EngineError::Unavailable(msg) => Self::Unavailable(msg),
@@ -186,7 +206,7 @@ impl IntoResponse for ApiError {
             tracing::error!(%detail, "internal error");
         }
         let extra = match &self {
-            Self::PaymentRequired { extra, .. } => extra.clone(),
+            Self::PaymentRequired { extra, .. } | Self::ConflictWith { extra, .. } => extra.clone(),
             _ => serde_json::Map::new(),
         };
         let parts = ErrorParts { status: self.status(), error: self.error_code(), message: self.to_string(), extra };

@@ -177,6 +177,8 @@ struct ReplyRequest {
     stream: Option<bool>,
     max_tokens: Option<Value>,
     temperature: Option<Value>,
+    /// `mission_id` (or `tokaroo_mission_uuid`) charges the reply to that mission as well.
+    metadata: Option<serde_json::Map<String, Value>>,
 }
 
 async fn reply(
@@ -215,7 +217,9 @@ async fn reply(
     };
     let given = add_context(&state, &key, &mut request, ask, true).await?;
     let bypass_cache = super::chat::bypasses_cache(&headers);
-    let info = RequestInfo { request_id, bypass_cache, ..RequestInfo::chat(&request, &model_name) };
+    let body = json!({ "metadata": req.metadata });
+    let mission = super::harness::mission_of(&headers, &body)?;
+    let info = RequestInfo { request_id, bypass_cache, mission, ..RequestInfo::chat(&request, &model_name) };
     let created = time::OffsetDateTime::now_utc().unix_timestamp();
     if request.stream {
         return super::chat::stream_response(&state, key, request, info, created, Some(&given)).await;

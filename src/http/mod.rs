@@ -8,6 +8,7 @@ mod coalesce;
 mod embeddings;
 pub mod error;
 pub mod extract;
+mod harness;
 mod health;
 mod keys;
 mod knowledge;
@@ -89,6 +90,7 @@ pub fn router(state: AppState) -> Router {
     let knowledge = memory::routes()
         .merge(memory_graph::routes())
         .merge(sources::routes())
+        .merge(harness::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit_runtime_keys));
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()

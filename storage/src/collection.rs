@@ -106,6 +106,18 @@ impl<R: Record> Collection<R> {
         Ok(())
     }
 
+    /// Calls `visit` with every record whose key starts with `prefix`, one decoded at a time.
+    pub fn for_each_prefix<E: From<StorageError>>(
+        &self,
+        prefix: &impl KeyTuple,
+        mut visit: impl FnMut(R) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for value in self.tree.scan_prefix(prefix.encode_key()).values() {
+            visit(decode::<R>(&value.map_err(StorageError::from)?)?)?;
+        }
+        Ok(())
+    }
+
     /// Every record in the collection, in key order.
     pub fn all(&self) -> Result<Vec<R>, StorageError> {
         self.tree.iter().values().map(|v| decode::<R>(&v?)).collect()

@@ -7,6 +7,7 @@
 mod collection;
 mod error;
 mod flusher;
+pub mod harness;
 mod key;
 pub mod knowledge;
 pub mod ledger;

@@ -2,6 +2,7 @@ use std::{fs::File, path::Path, sync::Arc};
 
 use crate::{
     flusher::{Flusher, FlusherStatus},
+    harness::{Mission, MissionArtifact, MissionRef, MissionStep, StepRef},
     knowledge::{
         ForgottenNote, KbCounts, KbExternalRef, KbWriteSet, KnowledgeVector, LinkEnd, MemoryEntity, MemoryEvent,
         MemoryFeedback, MemoryLink, MemoryNote, NoteExternalRef, NotePosition, RemovedFromIndex, Source, SourceChunk,
@@ -56,6 +57,12 @@ pub struct Store {
     pub source_documents: Collection<SourceDocument>,
     pub source_chunks: Collection<SourceChunk>,
     pub removed_from_index: Collection<RemovedFromIndex>,
+    /// The mission harness (see `harness.rs`).
+    pub missions: Collection<Mission>,
+    pub mission_refs: Collection<MissionRef>,
+    pub mission_steps: Collection<MissionStep>,
+    pub step_refs: Collection<StepRef>,
+    pub mission_artifacts: Collection<MissionArtifact>,
     /// Every knowledge-base tree by name, for `apply_kb`'s transactions.
     kb_trees: Arc<(Vec<&'static str>, Vec<sled::Tree>)>,
     /// The knowledge base's write sequence (see `knowledge.rs`).
@@ -127,6 +134,11 @@ impl Store {
             source_documents: Collection::open(&db)?,
             source_chunks: Collection::open(&db)?,
             removed_from_index: Collection::open(&db)?,
+            missions: Collection::open(&db)?,
+            mission_refs: Collection::open(&db)?,
+            mission_steps: Collection::open(&db)?,
+            step_refs: Collection::open(&db)?,
+            mission_artifacts: Collection::open(&db)?,
             kb_trees: Arc::new((kb_tree_names, kb_trees)),
             kb_seq: db.open_tree("knowledge_seq")?,
             data_dir: data_dir.to_path_buf(),

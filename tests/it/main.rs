@@ -23,6 +23,7 @@ mod knowledge_reply;
 mod ledger;
 mod memory;
 mod memory_graph;
+mod missions;
 mod money_once;
 mod payments;
 mod rate_limits;

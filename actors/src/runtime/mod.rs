@@ -30,6 +30,8 @@ pub(crate) struct RuntimeParts {
     pub(crate) funding: Funding,
     pub(crate) work: work::Work,
     pub(crate) cache: Arc<crate::cache::ResponseCache>,
+    /// Requests that name a mission are charged to its budget as well.
+    pub(crate) missions: crate::harness::Missions,
 }
 
 impl Runtime {
@@ -40,8 +42,18 @@ impl Runtime {
         ledger: LedgerClient,
         funding: Funding,
         cache: Arc<crate::cache::ResponseCache>,
+        missions: crate::harness::Missions,
     ) -> Self {
-        Self(Arc::new(RuntimeParts { directory, config, router, ledger, funding, work: work::Work::default(), cache }))
+        Self(Arc::new(RuntimeParts {
+            directory,
+            config,
+            router,
+            ledger,
+            funding,
+            work: work::Work::default(),
+            cache,
+            missions,
+        }))
     }
 
     /// The exact response cache.

@@ -32,7 +32,16 @@ pub struct ServedChat {
 /// charge of settling them.
 pub(crate) struct OpenStream {
     pub outcome: StreamOutcome,
-    pub hold: Option<HoldGuard>,
+    pub hold: Holds,
+}
+
+/// What a request holds until it is settled: the ledger's hold on the balance (and
+/// workspace budget), and the hold on the budget of the mission it names. Dropped unsettled
+/// (the request failed), both are released.
+#[derive(Default)]
+pub(crate) struct Holds {
+    pub ledger: Option<HoldGuard>,
+    pub mission: Option<crate::harness::MissionHold>,
 }
 
 /// What is known about a request before it is served, for its usage row.
@@ -46,6 +55,9 @@ pub struct RequestInfo {
     pub request_id: Option<String>,
     /// The client asked not to be answered from (or stored in) the response cache.
     pub bypass_cache: bool,
+    /// The mission the request is charged to as well (`x-tokaroo-mission`, or
+    /// `metadata.mission_id`): its Tokaroo UUID or its `mission_id`.
+    pub mission: Option<String>,
 }
 
 impl RequestInfo {
@@ -61,6 +73,7 @@ impl RequestInfo {
             metadata: Map::new(),
             request_id: None,
             bypass_cache: false,
+            mission: None,
         }
     }
 }
@@ -212,23 +225,36 @@ impl Runtime {
     }
 
     /// Reserves the request's worst case (`amount_units`, computed only when a hold is needed)
-    /// for a request of this key: balance and workspace budget.
+    /// for a request of this key: balance and workspace budget, and the budget of the mission
+    /// the request names.
     async fn reserve(
         &self,
         key: &KeyEntry,
+        info: &RequestInfo,
         amount_units: impl FnOnce() -> i64,
-    ) -> Result<Option<HoldGuard>, EngineError> {
+    ) -> Result<Holds, EngineError> {
         let metered = self.0.directory.operator_account_id().as_deref() != Some(key.account_id.as_str());
         let budget = key.workspace_slug.as_ref().and_then(|slug| {
             let entry = self.0.directory.workspace_entry(&key.account_id, slug)?;
             entry.monthly_budget_usd().map(|usd| (slug.clone(), usd_to_units(usd)))
         });
-        if !metered && budget.is_none() {
-            return Ok(None);
+        if !metered && budget.is_none() && info.mission.is_none() {
+            return Ok(Holds::default());
         }
-        let req = ReserveRequest { account_id: key.account_id.clone(), metered, amount_units: amount_units(), budget };
+        let amount = amount_units();
+        let mission = match &info.mission {
+            Some(reference) => {
+                let workspace = key.workspace_slug.as_deref().unwrap_or_default();
+                self.0.missions.hold(&key.account_id, workspace, reference, amount).await?
+            }
+            None => None,
+        };
+        if !metered && budget.is_none() {
+            return Ok(Holds { ledger: None, mission });
+        }
+        let req = ReserveRequest { account_id: key.account_id.clone(), metered, amount_units: amount, budget };
         match self.0.ledger.reserve(req).await? {
-            Ok(hold) => Ok(Some(hold)),
+            Ok(hold) => Ok(Holds { ledger: Some(hold), mission }),
             Err(Refusal::BillingRequired { balance_units, required_units }) => Err(EngineError::BillingRequired {
                 balance_usd: units_to_usd(balance_units),
                 required_usd: units_to_usd(required_units),
@@ -256,7 +282,7 @@ impl Runtime {
         }
         let scope = scope(key);
         let routes = priced_routes(self.0.router.plan(req, &scope)?);
-        let hold = self.reserve(key, || self.worst_case_units(req, &info, &routes, &scope)).await?;
+        let hold = self.reserve(key, &info, || self.worst_case_units(req, &info, &routes, &scope)).await?;
         // On failure the hold is dropped, which releases it, unless an upstream accepted the
         // request before failing: then its prompt is settled (it was worked on and billed).
         let outcome = match self.0.router.chat(req, &scope, routes).await {
@@ -300,7 +326,7 @@ impl Runtime {
         streamed: bool,
     ) -> Result<ServedChat, EngineError> {
         let charge = self.0.config.pricing.cache_hit_charge(hit.saved);
-        let hold = self.reserve(key, || charge.charged_units).await?;
+        let hold = self.reserve(key, info, || charge.charged_units).await?;
         let served_by = ServedBy {
             provider: hit.provider.clone(),
             upstream_model: hit.upstream_model.clone(),
@@ -320,7 +346,10 @@ impl Runtime {
         };
         let row = usage_row(key, info, hit.usage, charge, streamed, served_by);
         tracing::info!(charged_usd = charge.charged_usd(), "request served from the cache");
-        self.0.ledger.settle(hold, row).await?;
+        self.0.ledger.settle(hold.ledger, row).await?;
+        if let Some(mission) = hold.mission {
+            mission.settle(charge.charged_units);
+        }
         Ok(ServedChat { response: hit.response, usage: hit.usage, route: None, charge, cache_hit: true })
     }
 
@@ -333,7 +362,7 @@ impl Runtime {
     ) -> Result<OpenStream, EngineError> {
         let scope = scope(key);
         let routes = priced_routes(self.0.router.plan(req, &scope)?);
-        let hold = self.reserve(key, || self.worst_case_units(req, info, &routes, &scope)).await?;
+        let hold = self.reserve(key, info, || self.worst_case_units(req, info, &routes, &scope)).await?;
         let outcome = self.0.router.chat_stream(req, routes).await?;
         Ok(OpenStream { outcome, hold })
     }
@@ -349,7 +378,7 @@ impl Runtime {
         usage: Usage,
         latency_ms: Option<u64>,
         streamed: bool,
-        hold: Option<HoldGuard>,
+        hold: Holds,
     ) -> Result<Charge, EngineError> {
         let charge = self.0.config.pricing.charge(info.tier, route, usage);
         let served_by = ServedBy {
@@ -369,7 +398,10 @@ impl Runtime {
             provider = %row.provider, model = %row.upstream_model, source = %row.execution_source,
             reason = %row.routing_reason, charged_usd = charge.charged_usd(), "request served"
         );
-        let (_, money) = self.0.ledger.settle(hold, row).await?;
+        let (_, money) = self.0.ledger.settle(hold.ledger, row).await?;
+        if let Some(mission) = hold.mission {
+            mission.settle(charge.charged_units);
+        }
         if self.0.directory.operator_account_id().as_deref() != Some(key.account_id.as_str()) {
             self.0.funding.maybe_auto_pay(&key.account_id, money);
         }
@@ -386,16 +418,18 @@ impl Runtime {
         request_id: Option<String>,
     ) -> Result<(crate::runtime::embeddings::EmbeddingOutcome, Charge), EngineError> {
         let tokens: u64 = req.inputs.iter().map(|t| u64::from(crate::chat::tokenizer::count(t))).sum();
-        let hold = self.reserve(key, || self.embedding_worst_case_units(req, tokens)).await?;
-        let outcome = self.0.router.embed(req, &scope(key)).await?;
-        let info = RequestInfo {
-            requested_model: outcome.model.clone(),
+        let mut info = RequestInfo {
+            requested_model: String::new(),
             tier: Mode::Auto,
             request_type: "embeddings",
             metadata: Map::new(),
             request_id,
             bypass_cache: true,
+            mission: None,
         };
+        let hold = self.reserve(key, &info, || self.embedding_worst_case_units(req, tokens)).await?;
+        let outcome = self.0.router.embed(req, &scope(key)).await?;
+        info.requested_model = outcome.model.clone();
         let usage = Usage { prompt_tokens: outcome.prompt_tokens, completion_tokens: 0 };
         let charge = self.settle(key, &info, &outcome.route, usage, Some(outcome.latency_ms), false, hold).await?;
         Ok((outcome, charge))

@@ -10,14 +10,14 @@ use crate::{
     chat::{ChatDelta, ChatRequest, FinishReason, Usage},
     directory::apikey::KeyEntry,
     error::EngineError,
-    money::{billing::Charge, ledger::HoldGuard},
+    money::billing::Charge,
     routing::{
         gateway::{answer_text_limit, billable_usage, drain_abandoned, RouteRecord},
         providers::{DeltaStream, ProviderError},
     },
     runtime::Runtime,
     runtime::{
-        requests::{OpenStream, RequestInfo},
+        requests::{Holds, OpenStream, RequestInfo},
         tasks::spawn_request_task,
     },
 };
@@ -81,7 +81,7 @@ struct Live {
     route: RouteRecord,
     request: ChatRequest,
     started: Instant,
-    hold: Option<HoldGuard>,
+    hold: Holds,
     /// The provider's usage, once it reports it.
     reported: Option<Usage>,
     /// The answer's text and tool arguments so far, for our own count.
@@ -106,7 +106,7 @@ trait StreamLedger: Send + Sync {
         route: &'a RouteRecord,
         usage: Usage,
         latency_ms: u64,
-        hold: Option<HoldGuard>,
+        hold: Holds,
     ) -> BoxFuture<'a, Result<Charge, EngineError>>;
 
     /// Turns true when shutdown begins: a drain then settles with what it has.
@@ -295,7 +295,7 @@ impl StreamLedger for RuntimeLedger {
         route: &'a RouteRecord,
         usage: Usage,
         latency_ms: u64,
-        hold: Option<HoldGuard>,
+        hold: Holds,
     ) -> BoxFuture<'a, Result<Charge, EngineError>> {
         Box::pin(self.runtime.settle(&self.key, &self.info, route, usage, Some(latency_ms), true, hold))
     }
@@ -395,7 +395,7 @@ mod tests {
             _route: &'a RouteRecord,
             usage: Usage,
             _latency_ms: u64,
-            _hold: Option<HoldGuard>,
+            _hold: Holds,
         ) -> BoxFuture<'a, Result<Charge, EngineError>> {
             self.settled.lock().unwrap().push(usage);
             let settled = if self.refuses {
@@ -443,7 +443,7 @@ mod tests {
 
     fn stream(upstream: DeltaStream, billing_mode: BillingMode, ledger: &Arc<Recorder>) -> ChatStream {
         let outcome = StreamOutcome { route: route(billing_mode), stream: upstream, started: Instant::now() };
-        ChatStream::new(OpenStream { outcome, hold: None }, request(), ledger.clone(), None)
+        ChatStream::new(OpenStream { outcome, hold: Holds::default() }, request(), ledger.clone(), None)
     }
 
     fn upstream(deltas: Vec<Result<ChatDelta, ProviderError>>) -> DeltaStream {

@@ -43,7 +43,8 @@ async fn chat_completions(
     };
     let created = time::OffsetDateTime::now_utc().unix_timestamp();
     let bypass_cache = bypasses_cache(&headers);
-    let info = RequestInfo { request_id, bypass_cache, ..RequestInfo::chat(&request, &model_name) };
+    let mission = super::harness::mission_of(&headers, &wire)?;
+    let info = RequestInfo { request_id, bypass_cache, mission, ..RequestInfo::chat(&request, &model_name) };
     if request.stream {
         return stream::stream_response(&state, key, request, info, created, context.as_ref()).await;
     }

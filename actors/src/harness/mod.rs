@@ -1,0 +1,577 @@
+//! The mission harness: missions (an agent's parent goal) with their steps and artifacts,
+//! each unfinished one a `mission:{uuid}` actor under the `missions` supervisor
+//! (`mission.rs`), and the budget a mission's requests are charged against.
+//!
+//! `Missions` is the service (`engine.missions()`). Creation goes through one lock, so two
+//! concurrent creations of one identity (`mission_id`, or `external_source` + `external_id`)
+//! agree on one mission; every later change goes through the mission's actor, which is the
+//! only writer of its record while it runs. A finished mission has no actor: its record
+//! stays, and takes changes of its outcome and metadata (never of its status) directly.
+
+pub mod inputs;
+pub mod mission;
+
+pub use tokaroo_storage::harness::{Mission, MissionArtifact, MissionStep};
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use std::sync::Mutex;
+
+use ractor::rpc::CallResult;
+use serde_json::{json, Map};
+use tokaroo_storage::{harness::MissionRef, Store};
+
+use self::{
+    inputs::{ArtifactInput, MissionPatch, StepInput},
+    mission::{actor_name, is_finished, MissionMsg, MissionSpec},
+};
+use crate::{
+    directory::state::DirectoryState,
+    error::EngineError,
+    knowledge::{
+        graph::{EventInput, MemoryBatch},
+        KbScope, Knowledge,
+    },
+    tree::{
+        registry::Registry,
+        supervisor::{ChildSpec, Restart, RestartPolicy, SupervisorSpec},
+    },
+};
+
+pub const MISSIONS: &str = "missions";
+/// How long a caller waits for a mission's actor to answer (it flushes each change).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a caller waits for a mission's actor that is (re)starting.
+const START_WAIT: Duration = Duration::from_secs(5);
+
+/// The operator's caps on missions (`[limits]`); the operator's own account is not capped.
+#[derive(Debug, Clone, Copy)]
+pub struct MissionLimits {
+    pub missions_per_account: usize,
+    pub live_missions_per_account: usize,
+    pub steps_per_mission: usize,
+    pub artifacts_per_mission: usize,
+    /// A mission's heartbeat timeout unless it sets its own.
+    pub default_heartbeat_secs: u64,
+}
+
+impl Default for MissionLimits {
+    fn default() -> Self {
+        Self {
+            missions_per_account: 100_000,
+            live_missions_per_account: 10_000,
+            steps_per_mission: 10_000,
+            artifacts_per_mission: 1_000,
+            default_heartbeat_secs: 15 * 60,
+        }
+    }
+}
+
+/// Who may read or change missions: an account, narrowed to one workspace for a key bound
+/// to it (`None`: every workspace of the account).
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub account_id: String,
+    pub workspace: Option<String>,
+}
+
+impl Access {
+    fn allows(&self, mission: &Mission) -> bool {
+        mission.account_id == self.account_id && self.workspace.as_ref().is_none_or(|w| *w == mission.workspace)
+    }
+}
+
+/// `GET /v1/harness/missions` filters.
+#[derive(Debug, Clone, Default)]
+pub struct MissionFilter {
+    pub workspace: Option<String>,
+    pub status: Option<String>,
+    pub app: Option<String>,
+    pub stale: Option<bool>,
+    pub limit: usize,
+}
+
+pub(crate) struct MissionsParts {
+    pub(crate) store: Store,
+    registry: Registry,
+    knowledge: Knowledge,
+    directory: Arc<DirectoryState>,
+    pub(crate) limits: MissionLimits,
+    policy: RestartPolicy,
+    /// Creations, one at a time (identity and caps are decided under it).
+    creating: tokio::sync::Mutex<()>,
+    /// Per account: (missions, unfinished missions), counted at its first creation since start.
+    counts: Mutex<HashMap<String, (usize, usize)>>,
+}
+
+#[derive(Clone)]
+pub struct Missions(Arc<MissionsParts>);
+
+impl Missions {
+    pub(crate) fn new(
+        store: Store,
+        registry: Registry,
+        knowledge: Knowledge,
+        directory: Arc<DirectoryState>,
+        limits: MissionLimits,
+        policy: RestartPolicy,
+    ) -> Self {
+        Self(Arc::new(MissionsParts {
+            store,
+            registry,
+            knowledge,
+            directory,
+            limits,
+            policy,
+            creating: tokio::sync::Mutex::new(()),
+            counts: Mutex::default(),
+        }))
+    }
+
+    /// Creates a mission, or updates the one its identity names (`created` says which).
+    pub async fn upsert(&self, scope: &KbScope, patch: MissionPatch) -> Result<(Mission, bool), EngineError> {
+        patch.validate()?;
+        let parts = &self.0;
+        let account = scope.account_id.as_str();
+        let identities = identities(&patch);
+        let guard = parts.creating.lock().await;
+        let mut existing = None;
+        for (namespace, value) in &identities {
+            let key = (account, scope.workspace.as_str(), namespace.as_str(), value.as_str());
+            if let Some(found) = parts.store.mission_refs.get(&key)? {
+                existing = Some(found.mission);
+                break;
+            }
+        }
+        if let Some(id) = existing {
+            // A record lost to a crash between its reference and itself is written now.
+            if parts.store.missions.get(&(account, id.as_str()))?.is_some() {
+                self.add_refs(scope, &id, &identities)?;
+                drop(guard);
+                let access = Access { account_id: scope.account_id.clone(), workspace: Some(scope.workspace.clone()) };
+                return Ok((self.update(&access, &id, patch).await?, false));
+            }
+            return self.create(scope, id, patch, &identities).await.map(|m| (m, true));
+        }
+        self.check_caps(account)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let mission = self.create(scope, id, patch, &identities).await?;
+        drop(guard);
+        Ok((mission, true))
+    }
+
+    /// Writes a new mission (its references first), starts its actor and records its creation.
+    async fn create(
+        &self,
+        scope: &KbScope,
+        id: String,
+        patch: MissionPatch,
+        identities: &[(String, String)],
+    ) -> Result<Mission, EngineError> {
+        let parts = &self.0;
+        let status = patch.status.clone().unwrap_or_else(|| "pending".into());
+        if !matches!(status.as_str(), "pending" | "running") {
+            return Err(EngineError::Invalid(format!(
+                "a new mission starts pending or running; got status {status:?} (update it afterwards)"
+            )));
+        }
+        let now = crate::clock::now_ms();
+        let mut mission = Mission {
+            id: id.clone(),
+            account_id: scope.account_id.clone(),
+            workspace: scope.workspace.clone(),
+            mission_id: patch.mission_id.clone(),
+            external_source: patch.external_source.clone(),
+            external_id: patch.external_id.clone(),
+            app: None,
+            title: None,
+            goal: None,
+            status: status.clone(),
+            progress: 0.0,
+            outcome: None,
+            success: None,
+            risk: None,
+            metadata: Map::new(),
+            budget_units: None,
+            spent_units: 0,
+            requests: 0,
+            step_count: 0,
+            artifact_count: 0,
+            heartbeat_timeout_secs: parts.limits.default_heartbeat_secs,
+            last_update_ms: now,
+            stale_since_ms: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            finished_at_ms: None,
+        };
+        inputs::apply_patch(&mut mission, &MissionPatch { status: Some(status), ..patch })?;
+        self.add_refs(scope, &id, identities)?;
+        parts.store.missions.insert(&(mission.account_id.as_str(), id.as_str()), &mission)?;
+        parts.store.flush().await?;
+        crate::tree::supervisor::start_child(&parts.registry, MISSIONS, self.spec(&mission)).await;
+        parts.lifecycle_event(&mission, None).await;
+        Ok(mission)
+    }
+
+    fn add_refs(&self, scope: &KbScope, id: &str, identities: &[(String, String)]) -> Result<(), EngineError> {
+        for (namespace, value) in identities {
+            let key = (scope.account_id.as_str(), scope.workspace.as_str(), namespace.as_str(), value.as_str());
+            self.0.store.mission_refs.insert_new(&key, &MissionRef { mission: id.to_owned() })?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a tenant's creation past its caps; counts it otherwise. Called under the
+    /// creation lock.
+    fn check_caps(&self, account: &str) -> Result<(), EngineError> {
+        let parts = &self.0;
+        if parts.directory.operator_account_id().as_deref() == Some(account) {
+            return Ok(());
+        }
+        let known = parts.counts.lock().unwrap_or_else(|p| p.into_inner()).get(account).copied();
+        let (total, live) = match known {
+            Some(counts) => counts,
+            None => {
+                let (mut total, mut live) = (0usize, 0usize);
+                parts.store.missions.for_each_prefix(&(account,), |m: Mission| {
+                    total += 1;
+                    live += usize::from(!is_finished(&m.status));
+                    Ok::<_, EngineError>(())
+                })?;
+                (total, live)
+            }
+        };
+        if total >= parts.limits.missions_per_account {
+            return Err(EngineError::Invalid(format!(
+                "this account has {total} missions, the most it may have (limits.missions_per_account)"
+            )));
+        }
+        if live >= parts.limits.live_missions_per_account {
+            return Err(EngineError::Invalid(format!(
+                "this account has {live} unfinished missions, the most it may have (limits.live_missions_per_account); \
+                 finish some first"
+            )));
+        }
+        parts.counts.lock().unwrap_or_else(|p| p.into_inner()).insert(account.to_owned(), (total + 1, live + 1));
+        Ok(())
+    }
+
+    fn spec(&self, mission: &Mission) -> Arc<dyn ChildSpec> {
+        Arc::new(MissionSpec { parts: self.0.clone(), account_id: mission.account_id.clone(), id: mission.id.clone() })
+    }
+
+    /// A mission the caller may see.
+    pub fn get(&self, access: &Access, id: &str) -> Result<Mission, EngineError> {
+        if inputs::check_id("id", id).is_err() {
+            return Err(EngineError::NotFound { what: "mission" });
+        }
+        match self.0.store.missions.get(&(access.account_id.as_str(), id))? {
+            Some(mission) if access.allows(&mission) => Ok(mission),
+            _ => Err(EngineError::NotFound { what: "mission" }),
+        }
+    }
+
+    /// The caller's missions, newest first.
+    pub fn list(&self, access: &Access, filter: &MissionFilter) -> Result<Vec<Mission>, EngineError> {
+        let mut missions: Vec<Mission> = self
+            .0
+            .store
+            .missions
+            .scan_prefix(&(access.account_id.as_str(),))?
+            .into_iter()
+            .filter(|m| access.allows(m))
+            .filter(|m| filter.workspace.as_ref().is_none_or(|w| *w == m.workspace))
+            .filter(|m| filter.status.as_ref().is_none_or(|s| *s == m.status))
+            .filter(|m| filter.app.as_ref().is_none_or(|a| m.app.as_ref() == Some(a)))
+            .filter(|m| filter.stale.is_none_or(|stale| stale == m.stale_since_ms.is_some()))
+            .collect();
+        missions.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then_with(|| a.id.cmp(&b.id)));
+        missions.truncate(filter.limit);
+        Ok(missions)
+    }
+
+    /// A mission's steps (in creation order) and artifacts, at most `max` of each.
+    pub fn contents(
+        &self,
+        mission: &Mission,
+        max: usize,
+    ) -> Result<(Vec<MissionStep>, Vec<MissionArtifact>), EngineError> {
+        let store = &self.0.store;
+        let prefix = (mission.account_id.as_str(), mission.id.as_str());
+        let mut steps = store.mission_steps.scan_prefix(&prefix)?;
+        steps.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then_with(|| a.id.cmp(&b.id)));
+        steps.truncate(max);
+        let mut artifacts = store.mission_artifacts.scan_prefix_limit(&prefix, max)?;
+        artifacts.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then_with(|| a.id.cmp(&b.id)));
+        Ok((steps, artifacts))
+    }
+
+    /// Updates a mission through its actor (a finished one directly: outcome and metadata).
+    pub async fn update(&self, access: &Access, id: &str, patch: MissionPatch) -> Result<Mission, EngineError> {
+        patch.validate()?;
+        let mission = self.get(access, id)?;
+        if is_finished(&mission.status) {
+            return self.update_finished(mission, patch).await;
+        }
+        let result = self.call(&mission, |reply| MissionMsg::Update(Box::new(patch), reply)).await;
+        match result {
+            // It finished between the read and the call: the record says so.
+            Err(EngineError::Unavailable(_)) => {
+                let again = self.get(access, id)?;
+                if is_finished(&again.status) {
+                    return Err(finished_error(&again));
+                }
+                Err(EngineError::Unavailable("the mission's actor is restarting; retry shortly".into()))
+            }
+            other => other,
+        }
+    }
+
+    async fn update_finished(&self, mut mission: Mission, patch: MissionPatch) -> Result<Mission, EngineError> {
+        if patch.status.as_ref().is_some_and(|s| *s != mission.status) {
+            return Err(finished_error(&mission));
+        }
+        // Finished missions change only under the creation lock (no actor writes them).
+        let _guard = self.0.creating.lock().await;
+        if let Some(current) = self.0.store.missions.get(&(mission.account_id.as_str(), mission.id.as_str()))? {
+            mission = current;
+        }
+        let patch = MissionPatch { budget_usd: None, heartbeat_timeout_secs: None, progress: None, ..patch };
+        inputs::apply_patch(&mut mission, &patch)?;
+        mission.updated_at_ms = crate::clock::now_ms();
+        self.0.store.missions.insert(&(mission.account_id.as_str(), mission.id.as_str()), &mission)?;
+        self.0.store.flush().await?;
+        Ok(mission)
+    }
+
+    pub async fn upsert_step(
+        &self,
+        access: &Access,
+        id: &str,
+        input: StepInput,
+    ) -> Result<(MissionStep, bool), EngineError> {
+        input.validate()?;
+        let mission = self.live(access, id)?;
+        self.call(&mission, |reply| MissionMsg::UpsertStep(Box::new(input), reply)).await
+    }
+
+    pub async fn patch_step(
+        &self,
+        access: &Access,
+        id: &str,
+        step_id: &str,
+        input: StepInput,
+    ) -> Result<MissionStep, EngineError> {
+        input.validate()?;
+        inputs::check_id("step_id", step_id).map_err(|_| EngineError::NotFound { what: "step" })?;
+        let mission = self.live(access, id)?;
+        let step_id = step_id.to_owned();
+        self.call(&mission, |reply| MissionMsg::PatchStep(step_id, Box::new(input), reply)).await
+    }
+
+    pub async fn add_artifact(
+        &self,
+        access: &Access,
+        id: &str,
+        input: ArtifactInput,
+    ) -> Result<MissionArtifact, EngineError> {
+        input.validate()?;
+        let mission = self.live(access, id)?;
+        self.call(&mission, |reply| MissionMsg::Artifact(Box::new(input), reply)).await
+    }
+
+    /// A mission that is not finished (steps and artifacts belong to the work in progress).
+    fn live(&self, access: &Access, id: &str) -> Result<Mission, EngineError> {
+        let mission = self.get(access, id)?;
+        if is_finished(&mission.status) {
+            return Err(finished_error(&mission));
+        }
+        Ok(mission)
+    }
+
+    /// Asks a mission's actor, waiting for it while it (re)starts.
+    async fn call<T: Send + 'static>(
+        &self,
+        mission: &Mission,
+        msg: impl FnOnce(ractor::RpcReplyPort<Result<T, EngineError>>) -> MissionMsg,
+    ) -> Result<T, EngineError> {
+        let name = actor_name(&mission.id);
+        let actor = self
+            .0
+            .registry
+            .wait_for::<MissionMsg>(&name, START_WAIT)
+            .await
+            .ok_or_else(|| EngineError::Unavailable("the mission's actor is not running; retry shortly".into()))?;
+        match actor.call(msg, Some(CALL_TIMEOUT)).await {
+            Ok(CallResult::Success(result)) => result,
+            Ok(CallResult::Timeout) => {
+                Err(EngineError::Unavailable("the mission's actor did not answer in time".into()))
+            }
+            _ => Err(EngineError::Unavailable("the mission's actor stopped; retry shortly".into())),
+        }
+    }
+
+    /// Holds `units` of the budget of the mission `reference` names (its Tokaroo UUID, or its
+    /// `mission_id` in `workspace`) for a request. `None` when no unfinished mission is
+    /// named: the request is the account's alone.
+    pub(crate) async fn hold(
+        &self,
+        account_id: &str,
+        workspace: &str,
+        reference: &str,
+        units: i64,
+    ) -> Result<Option<MissionHold>, EngineError> {
+        let Some(mission) = self.resolve(account_id, workspace, reference)? else { return Ok(None) };
+        if is_finished(&mission.status) {
+            return Ok(None);
+        }
+        let name = actor_name(&mission.id);
+        match self.call(&mission, |reply| MissionMsg::Reserve(units, reply)).await {
+            Ok(()) => Ok(Some(MissionHold { registry: self.0.registry.clone(), name, units, settled: false })),
+            Err(EngineError::Unavailable(why)) => {
+                // Finished meanwhile: the request is not the mission's any more.
+                let now = self.resolve(account_id, workspace, reference)?;
+                match now {
+                    Some(m) if !is_finished(&m.status) => Err(EngineError::Unavailable(why)),
+                    _ => Ok(None),
+                }
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn resolve(&self, account_id: &str, workspace: &str, reference: &str) -> Result<Option<Mission>, EngineError> {
+        if inputs::check_id("mission", reference).is_err() {
+            return Ok(None);
+        }
+        let store = &self.0.store;
+        let access = Access { account_id: account_id.to_owned(), workspace: Some(workspace.to_owned()) };
+        if let Some(mission) = store.missions.get(&(account_id, reference))? {
+            return Ok(access.allows(&mission).then_some(mission));
+        }
+        match store.mission_refs.get(&(account_id, workspace, "mission_id", reference))? {
+            Some(found) => Ok(store.missions.get(&(account_id, found.mission.as_str()))?),
+            None => Ok(None),
+        }
+    }
+
+    /// The `missions` supervisor: its loader starts an actor for every unfinished mission
+    /// (at the engine's start, and again if the supervisor restarts).
+    pub(crate) fn supervisor_spec(&self) -> SupervisorSpec {
+        let missions = self.clone();
+        SupervisorSpec {
+            name: MISSIONS.to_owned(),
+            kind: MISSIONS,
+            restart: Restart::Permanent,
+            policy: self.0.policy,
+            registry: self.0.registry.clone(),
+            escalates: true,
+            loader: Arc::new(move || {
+                let mut specs = Vec::new();
+                let found = missions.0.store.missions.for_each(|m: Mission| {
+                    if !is_finished(&m.status) {
+                        specs.push(missions.spec(&m));
+                    }
+                    Ok::<_, EngineError>(())
+                });
+                if let Err(error) = found {
+                    tracing::error!(%error, "reading unfinished missions failed; their actors start at the next restart");
+                }
+                specs
+            }),
+            describe: Arc::new(|children| json!({ "live_missions": children.len() })),
+        }
+    }
+}
+
+fn finished_error(mission: &Mission) -> EngineError {
+    EngineError::IllegalTransition {
+        what: "mission",
+        from: mission.status.clone(),
+        to: "(any change to a finished mission's steps, artifacts or status)".into(),
+        allowed: Vec::new(),
+    }
+}
+
+/// The identities a mission input names: `(namespace, value)` as [`MissionRef`] keys them.
+fn identities(patch: &MissionPatch) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(id) = &patch.mission_id {
+        out.push(("mission_id".to_owned(), id.clone()));
+    }
+    if let (Some(source), Some(external)) = (&patch.external_source, &patch.external_id) {
+        out.push((format!("external:{source}"), external.clone()));
+    }
+    out
+}
+
+impl MissionsParts {
+    /// A mission finished: one fewer unfinished mission for its account's cap.
+    pub(crate) fn finished(&self, account: &str) {
+        if let Some((_, live)) = self.counts.lock().unwrap_or_else(|p| p.into_inner()).get_mut(account) {
+            *live = live.saturating_sub(1);
+        }
+    }
+
+    /// A mission's creation or change of status, as a memory event of its workspace, so
+    /// context packs can show recent mission history. Best effort: a failure is logged.
+    pub(crate) async fn lifecycle_event(&self, mission: &Mission, from: Option<&str>) {
+        let name = mission.title.clone().or_else(|| mission.mission_id.clone()).unwrap_or_else(|| mission.id.clone());
+        let summary = match from {
+            None => format!("Mission {name:?} created ({})", mission.status),
+            Some(from) => format!("Mission {name:?}: {from} → {}", mission.status),
+        };
+        let mut metadata = Map::new();
+        metadata.insert("tokaroo_mission_uuid".into(), json!(mission.id));
+        metadata.insert("status".into(), json!(mission.status));
+        if let Some(id) = &mission.mission_id {
+            metadata.insert("mission_id".into(), json!(id));
+        }
+        if let Some(from) = from {
+            metadata.insert("from".into(), json!(from));
+        }
+        if let Some(outcome) = &mission.outcome {
+            metadata.insert("outcome".into(), json!(outcome));
+        }
+        let event = EventInput {
+            event_type: "mission_lifecycle".into(),
+            summary,
+            occurred_at_ms: Some(mission.updated_at_ms),
+            metadata,
+            ..EventInput::default()
+        };
+        let scope = KbScope { account_id: mission.account_id.clone(), workspace: mission.workspace.clone() };
+        let batch = MemoryBatch { events: vec![event], ..MemoryBatch::default() };
+        if let Err(error) = self.knowledge.write_batch(&scope, batch, &actor_name(&mission.id)).await {
+            tracing::warn!(mission = %mission.id, %error, "writing a mission's lifecycle event failed");
+        }
+    }
+}
+
+/// Units of a mission's budget held for one request: settled with what it was charged, or
+/// released when dropped unsettled (the request failed).
+pub struct MissionHold {
+    registry: Registry,
+    name: String,
+    units: i64,
+    settled: bool,
+}
+
+impl MissionHold {
+    pub fn settle(mut self, charged_units: i64) {
+        self.settled = true;
+        if let Some(actor) = self.registry.actor::<MissionMsg>(&self.name) {
+            let _ = actor.cast(MissionMsg::Settle { reserved: self.units, charged: charged_units });
+        }
+    }
+}
+
+impl Drop for MissionHold {
+    fn drop(&mut self) {
+        if !self.settled {
+            if let Some(actor) = self.registry.actor::<MissionMsg>(&self.name) {
+                let _ = actor.cast(MissionMsg::Release(self.units));
+            }
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! The mission harness: `GET/POST /v1/harness/missions`, `GET/PATCH /v1/harness/missions/:id`,
+//! `POST /v1/harness/missions/:id/steps`, `PATCH /v1/harness/missions/:id/steps/:step_id` and
+//! `POST /v1/harness/missions/:id/artifacts`.
+//!
+//! Runtime keys (agents) and dashboard sessions both reach them. A key bound to a workspace
+//! reads and writes that workspace's missions only; an unbound key or a session, every
+//! workspace of its account (`workspace_id` narrows a list, and places a new mission).
+
+use axum::{
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    routing::{get, patch, post},
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokaroo_actors::harness::{
+    inputs::{ArtifactInput, MissionPatch, StepInput},
+    mission::{allowed_next, is_finished},
+    Access, Mission, MissionArtifact, MissionFilter, MissionStep,
+};
+
+use super::{
+    error::ApiError,
+    extract::{Caller, JsonBody, QueryParams},
+    memory::{list_limit, scope, workspace_json},
+    wire::{double_option, iso, parse_iso_us, usd},
+    AppState,
+};
+
+/// Steps and artifacts a mission's detail shows at most (each).
+const DETAIL_ITEMS: usize = 1_000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/harness/missions", get(list_missions).post(upsert_mission))
+        .route("/v1/harness/missions/{id}", get(get_mission).patch(update_mission))
+        .route("/v1/harness/missions/{id}/steps", post(upsert_step))
+        .route("/v1/harness/missions/{id}/steps/{step_id}", patch(update_step))
+        .route("/v1/harness/missions/{id}/artifacts", post(add_artifact))
+}
+
+/// What a caller may reach (see the module's doc).
+pub(super) fn access(caller: &Caller) -> Access {
+    match caller {
+        Caller::Key(key) => Access { account_id: key.account_id.clone(), workspace: key.workspace_slug.clone() },
+        Caller::Session(identity) => Access { account_id: identity.account_id.clone(), workspace: None },
+    }
+}
+
+/// The mission a runtime request is charged to as well: `x-tokaroo-mission`, else the body's
+/// `metadata.tokaroo_mission_uuid` or `metadata.mission_id`.
+pub(super) fn mission_of(headers: &HeaderMap, body: &Value) -> Result<Option<String>, ApiError> {
+    if let Some(value) = headers.get("x-tokaroo-mission") {
+        let value = value
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.len() <= 256 && !v.chars().any(char::is_control))
+            .ok_or_else(|| {
+                ApiError::BadRequest(
+                    "x-tokaroo-mission must name a mission: its id or mission_id, 1 to 256 characters".into(),
+                )
+            })?;
+        return Ok(Some(value.to_owned()));
+    }
+    let metadata = body.get("metadata").and_then(Value::as_object);
+    let named = ["tokaroo_mission_uuid", "mission_id"]
+        .iter()
+        .find_map(|field| metadata.and_then(|m| m.get(*field)).and_then(Value::as_str));
+    Ok(named.map(str::to_owned))
+}
+
+fn mission_json(mission: &Mission) -> Value {
+    let finished = is_finished(&mission.status);
+    let deadline = mission.last_update_ms.saturating_add((mission.heartbeat_timeout_secs as i64).saturating_mul(1000));
+    json!({
+        "object": "harness.mission",
+        "id": mission.id,
+        "mission_id": mission.mission_id,
+        "external_source": mission.external_source,
+        "external_id": mission.external_id,
+        "workspace_id": workspace_json(&mission.workspace),
+        "app": mission.app,
+        "title": mission.title,
+        "goal": mission.goal,
+        "status": mission.status,
+        "allowed_transitions": allowed_next(&mission.status),
+        "progress": mission.progress,
+        "outcome": mission.outcome,
+        "success": mission.success,
+        "risk": mission.risk,
+        "metadata": mission.metadata,
+        "budget_usd": mission.budget_units.map(usd),
+        "spent_usd": usd(mission.spent_units),
+        "requests": mission.requests,
+        "step_count": mission.step_count,
+        "artifact_count": mission.artifact_count,
+        "heartbeat_timeout_secs": mission.heartbeat_timeout_secs,
+        "heartbeat_deadline": (!finished).then(|| iso(deadline)),
+        "stale": mission.stale_since_ms.is_some(),
+        "stale_since": mission.stale_since_ms.map(iso),
+        "created_at": iso(mission.created_at_ms),
+        "updated_at": iso(mission.updated_at_ms),
+        "finished_at": mission.finished_at_ms.map(iso),
+    })
+}
+
+fn step_json(step: &MissionStep) -> Value {
+    json!({
+        "object": "harness.step",
+        "id": step.id,
+        "mission": step.mission,
+        "step_ref": step.step_ref,
+        "task_id": step.task_id,
+        "title": step.title,
+        "status": step.status,
+        "output_summary": step.output_summary,
+        "cost_usd": usd(step.cost_units),
+        "started_at": step.started_at_ms.map(iso),
+        "finished_at": step.finished_at_ms.map(iso),
+        "metadata": step.metadata,
+        "created_at": iso(step.created_at_ms),
+        "updated_at": iso(step.updated_at_ms),
+    })
+}
+
+fn artifact_json(artifact: &MissionArtifact) -> Value {
+    json!({
+        "object": "harness.artifact",
+        "id": artifact.id,
+        "mission": artifact.mission,
+        "step_id": artifact.step,
+        "kind": artifact.kind,
+        "title": artifact.title,
+        "url": artifact.url,
+        "content": artifact.content,
+        "metadata": artifact.metadata,
+        "created_at": iso(artifact.created_at_ms),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MissionBody {
+    workspace_id: Option<String>,
+    mission_id: Option<String>,
+    external_source: Option<String>,
+    external_id: Option<String>,
+    app: Option<String>,
+    title: Option<String>,
+    goal: Option<String>,
+    status: Option<String>,
+    progress: Option<f64>,
+    outcome: Option<String>,
+    success: Option<bool>,
+    risk: Option<String>,
+    metadata: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "double_option")]
+    budget_usd: Option<Option<f64>>,
+    heartbeat_timeout_secs: Option<u64>,
+}
+
+impl From<MissionBody> for MissionPatch {
+    fn from(b: MissionBody) -> Self {
+        MissionPatch {
+            mission_id: b.mission_id,
+            external_source: b.external_source,
+            external_id: b.external_id,
+            app: b.app,
+            title: b.title,
+            goal: b.goal,
+            status: b.status,
+            progress: b.progress,
+            outcome: b.outcome,
+            success: b.success,
+            risk: b.risk,
+            metadata: b.metadata,
+            budget_usd: b.budget_usd,
+            heartbeat_timeout_secs: b.heartbeat_timeout_secs,
+        }
+    }
+}
+
+async fn upsert_mission(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<MissionBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let scope = scope(&state, &caller, body.workspace_id.as_deref())?;
+    let (mission, created) = state.engine.missions().upsert(&scope, body.into()).await?;
+    let mut answer = mission_json(&mission);
+    answer["created"] = json!(created);
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(answer)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    workspace_id: Option<String>,
+    status: Option<String>,
+    app: Option<String>,
+    stale: Option<bool>,
+    limit: Option<usize>,
+}
+
+async fn list_missions(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let workspace = match &q.workspace_id {
+        Some(asked) => Some(scope(&state, &caller, Some(asked))?.workspace),
+        None => None,
+    };
+    if let Some(status) = &q.status {
+        if !tokaroo_actors::harness::inputs::MISSION_STATUSES.contains(&status.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "status must be one of {}",
+                tokaroo_actors::harness::inputs::MISSION_STATUSES.join(", ")
+            )));
+        }
+    }
+    let filter = MissionFilter { workspace, status: q.status, app: q.app, stale: q.stale, limit: list_limit(q.limit)? };
+    let missions = state.engine.missions().list(&access(&caller), &filter)?;
+    Ok(Json(json!({ "object": "list", "data": missions.iter().map(mission_json).collect::<Vec<_>>() })))
+}
+
+async fn get_mission(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let missions = state.engine.missions();
+    let mission = missions.get(&access(&caller), &id)?;
+    let (steps, artifacts) = missions.contents(&mission, DETAIL_ITEMS)?;
+    let steps_cost: i64 = steps.iter().map(|s| s.cost_units).sum();
+    let mut body = mission_json(&mission);
+    body["steps"] = json!(steps.iter().map(step_json).collect::<Vec<_>>());
+    body["artifacts"] = json!(artifacts.iter().map(artifact_json).collect::<Vec<_>>());
+    body["usage"] = json!({
+        "requests": mission.requests,
+        "charged_usd": usd(mission.spent_units),
+        "budget_usd": mission.budget_units.map(usd),
+        "remaining_usd": mission.budget_units.map(|b| usd((b - mission.spent_units).max(0))),
+        "steps_cost_usd": usd(steps_cost),
+    });
+    // Filled by the action guardrails and the trace stream as they land.
+    body["approvals"] = json!([]);
+    body["action_audit"] = json!([]);
+    body["traces"] = json!([]);
+    Ok(Json(body))
+}
+
+async fn update_mission(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<MissionBody>,
+) -> Result<Json<Value>, ApiError> {
+    if body.workspace_id.is_some()
+        || body.mission_id.is_some()
+        || body.external_source.is_some()
+        || body.external_id.is_some()
+    {
+        return Err(ApiError::BadRequest(
+            "workspace_id, mission_id, external_source and external_id name a mission; they are not changed by PATCH"
+                .into(),
+        ));
+    }
+    let mission = state.engine.missions().update(&access(&caller), &id, body.into()).await?;
+    Ok(Json(mission_json(&mission)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepBody {
+    step_ref: Option<String>,
+    task_id: Option<String>,
+    title: Option<String>,
+    status: Option<String>,
+    output_summary: Option<String>,
+    cost_usd: Option<f64>,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    metadata: Option<Map<String, Value>>,
+}
+
+impl TryFrom<StepBody> for StepInput {
+    type Error = ApiError;
+
+    fn try_from(b: StepBody) -> Result<Self, ApiError> {
+        let time = |field: &str, value: Option<String>| match value {
+            None => Ok(None),
+            Some(text) => parse_iso_us(&text).map(|us| Some(us / 1_000)).ok_or_else(|| {
+                ApiError::BadRequest(format!("{field} must be an RFC 3339 time such as 2026-11-30T09:00:00Z"))
+            }),
+        };
+        Ok(StepInput {
+            started_at_ms: time("started_at", b.started_at)?,
+            finished_at_ms: time("finished_at", b.finished_at)?,
+            step_ref: b.step_ref,
+            task_id: b.task_id,
+            title: b.title,
+            status: b.status,
+            output_summary: b.output_summary,
+            cost_usd: b.cost_usd,
+            metadata: b.metadata,
+        })
+    }
+}
+
+async fn upsert_step(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<StepBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let input = StepInput::try_from(body)?;
+    let (step, created) = state.engine.missions().upsert_step(&access(&caller), &id, input).await?;
+    let mut answer = step_json(&step);
+    answer["created"] = json!(created);
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(answer)))
+}
+
+async fn update_step(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, step_id)): Path<(String, String)>,
+    JsonBody(body): JsonBody<StepBody>,
+) -> Result<Json<Value>, ApiError> {
+    if body.step_ref.is_some() {
+        return Err(ApiError::BadRequest("step_ref names a step; it is not changed by PATCH".into()));
+    }
+    let input = StepInput::try_from(body)?;
+    let step = state.engine.missions().patch_step(&access(&caller), &id, &step_id, input).await?;
+    Ok(Json(step_json(&step)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArtifactBody {
+    kind: String,
+    step_id: Option<String>,
+    title: Option<String>,
+    url: Option<String>,
+    content: Option<String>,
+    metadata: Option<Map<String, Value>>,
+}
+
+async fn add_artifact(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ArtifactBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let input = ArtifactInput {
+        kind: body.kind,
+        step_id: body.step_id,
+        title: body.title,
+        url: body.url,
+        content: body.content,
+        metadata: body.metadata.unwrap_or_default(),
+    };
+    let artifact = state.engine.missions().add_artifact(&access(&caller), &id, input).await?;
+    Ok((StatusCode::CREATED, Json(artifact_json(&artifact))))
+}
