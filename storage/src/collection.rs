@@ -78,6 +78,44 @@ impl<R: Record> Collection<R> {
         self.tree.scan_prefix(prefix.encode_key()).values().rev().take(limit).map(|v| decode::<R>(&v?)).collect()
     }
 
+    /// How many records have a key starting with `prefix` (keys only: nothing is decoded).
+    pub fn count_prefix(&self, prefix: &impl KeyTuple) -> usize {
+        self.tree.scan_prefix(prefix.encode_key()).keys().filter(Result::is_ok).count()
+    }
+
+    /// A page of records whose key starts with `prefix`, last key first, starting below
+    /// `before` (a whole key) when given; at most `limit` that `keep` accepts, reading at most
+    /// `max_read` records (a filter that matches little cannot make one page scan everything).
+    pub fn page_rev(
+        &self,
+        prefix: &impl KeyTuple,
+        before: Option<&dyn KeyTuple>,
+        limit: usize,
+        max_read: usize,
+        mut keep: impl FnMut(&R) -> bool,
+    ) -> Result<Vec<R>, StorageError> {
+        let start = prefix.encode_key();
+        let end = match before {
+            Some(key) => Some(key.encode_key()),
+            None => prefix_end(&start),
+        };
+        let mut out = Vec::new();
+        let range = match end {
+            Some(end) => self.tree.range(start..end),
+            None => self.tree.range(start..),
+        };
+        for item in range.values().rev().take(max_read) {
+            let record = decode::<R>(&item?)?;
+            if keep(&record) {
+                out.push(record);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Every record that decodes, in key order, deleting those that do not (another format
     /// version, corruption): only for collections whose records can be lost and rebuilt,
     /// such as caches. Returns the records and how many were deleted.
@@ -134,6 +172,18 @@ impl<R: Record> Collection<R> {
     pub fn is_empty(&self) -> bool {
         self.tree.is_empty()
     }
+}
+
+/// The first key after every key that starts with `prefix` (`None`: there is none).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 pub(crate) fn encode<R: Record>(value: &R) -> Result<Vec<u8>, StorageError> {

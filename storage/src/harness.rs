@@ -119,3 +119,66 @@ impl Record for MissionArtifact {
     const TREE: &'static str = "mission_artifacts";
     const FORMAT_VERSION: u8 = 1;
 }
+
+/// A source chunk a traced pack included.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TraceDocument {
+    pub id: String,
+    pub score: f64,
+}
+
+/// A memory note a traced pack included, with the parts of its score.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TraceMemory {
+    pub id: String,
+    pub score: f64,
+    pub relevance_score: f64,
+    pub recency_score: f64,
+    pub importance_score: f64,
+    pub confidence_score: f64,
+}
+
+/// Key: (account_id, id). An observation of the harness: a context pack, a knowledge reply
+/// (the pack it was grounded in, with what the answer cost) or an agent's own observation.
+/// `id` is `tr_` and a UUIDv7, so the key order is the time order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HarnessTrace {
+    pub id: String,
+    pub account_id: String,
+    pub workspace: String,
+    /// `context_pack`, `knowledge_reply`, `external_observation` or the caller's own.
+    pub trace_type: String,
+    pub harness_version_id: Option<String>,
+    /// The Tokaroo UUID of the mission it belongs to.
+    pub mission: Option<String>,
+    pub task_id: Option<String>,
+    pub assistant_id: Option<String>,
+    pub thread_id: Option<String>,
+    pub input_summary: Option<String>,
+    pub output_summary: Option<String>,
+    pub context_strategy: String,
+    pub documents: Vec<TraceDocument>,
+    pub memories: Vec<TraceMemory>,
+    pub charged_units: i64,
+    /// `unknown`, `success`, `failure` or the caller's own.
+    pub outcome: String,
+    pub feedback_score: Option<f64>,
+    pub correction: Option<String>,
+    pub metadata: Map<String, Value>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+impl Record for HarnessTrace {
+    const TREE: &'static str = "harness_traces";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// Key: (account_id, mission, trace id): the traces of a mission, for its detail.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MissionTrace {
+    pub trace: String,
+}
+impl Record for MissionTrace {
+    const TREE: &'static str = "mission_traces";
+    const FORMAT_VERSION: u8 = 1;
+}

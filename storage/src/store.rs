@@ -2,7 +2,7 @@ use std::{fs::File, path::Path, sync::Arc};
 
 use crate::{
     flusher::{Flusher, FlusherStatus},
-    harness::{Mission, MissionArtifact, MissionRef, MissionStep, StepRef},
+    harness::{HarnessTrace, Mission, MissionArtifact, MissionRef, MissionStep, MissionTrace, StepRef},
     knowledge::{
         ForgottenNote, KbCounts, KbExternalRef, KbWriteSet, KnowledgeVector, LinkEnd, MemoryEntity, MemoryEvent,
         MemoryFeedback, MemoryLink, MemoryNote, NoteExternalRef, NotePosition, RemovedFromIndex, Source, SourceChunk,
@@ -63,6 +63,8 @@ pub struct Store {
     pub mission_steps: Collection<MissionStep>,
     pub step_refs: Collection<StepRef>,
     pub mission_artifacts: Collection<MissionArtifact>,
+    pub traces: Collection<HarnessTrace>,
+    pub mission_traces: Collection<MissionTrace>,
     /// Every knowledge-base tree by name, for `apply_kb`'s transactions.
     kb_trees: Arc<(Vec<&'static str>, Vec<sled::Tree>)>,
     /// The knowledge base's write sequence (see `knowledge.rs`).
@@ -139,6 +141,8 @@ impl Store {
             mission_steps: Collection::open(&db)?,
             step_refs: Collection::open(&db)?,
             mission_artifacts: Collection::open(&db)?,
+            traces: Collection::open(&db)?,
+            mission_traces: Collection::open(&db)?,
             kb_trees: Arc::new((kb_tree_names, kb_trees)),
             kb_seq: db.open_tree("knowledge_seq")?,
             data_dir: data_dir.to_path_buf(),

@@ -67,7 +67,7 @@ async fn a_knowledge_reply_grounds_the_answer_and_cites_its_sources() {
         r.body
     );
     assert_eq!(citation["url"], "https://help.example.com/refunds");
-    assert!(r.body["context"]["trace_id"].as_str().unwrap().starts_with("ctx_"));
+    assert!(r.body["context"]["trace_id"].as_str().unwrap().starts_with("tr_"));
     assert_eq!(r.header("x-tokaroo-context-trace"), r.body["context"]["trace_id"].as_str());
     let cost: f64 = r.header("x-tokaroo-cost").expect("billed like chat").parse().unwrap();
     assert!(cost > 0.0 && (r.body["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-9);

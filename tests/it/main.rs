@@ -32,3 +32,4 @@ mod semantic_cache;
 mod sources;
 mod storage_stress;
 mod supervision;
+mod traces;

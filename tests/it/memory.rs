@@ -44,7 +44,7 @@ async fn notes_are_written_upserted_approved_and_forgotten_and_packs_follow() {
     assert!(!ids(&found).contains(&pending["id"].as_str().unwrap().to_owned()), "inferred notes wait for approval");
     assert!(found["used_tokens"].as_u64().unwrap() <= 200);
     assert!(found["context"].as_str().unwrap().contains("golden retriever"));
-    assert!(found["trace_id"].as_str().unwrap().starts_with("ctx_"));
+    assert!(found["trace_id"].as_str().unwrap().starts_with("tr_"));
     let included = &found["telemetry"]["included"][0];
     assert_eq!(included["id"], dog["id"]);
     for component in ["relevance", "importance", "confidence", "recency"] {

@@ -10,8 +10,9 @@
 
 pub mod inputs;
 pub mod mission;
+pub mod traces;
 
-pub use tokaroo_storage::harness::{Mission, MissionArtifact, MissionStep};
+pub use tokaroo_storage::harness::{HarnessTrace, Mission, MissionArtifact, MissionStep, TraceDocument, TraceMemory};
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -53,6 +54,9 @@ pub struct MissionLimits {
     pub artifacts_per_mission: usize,
     /// A mission's heartbeat timeout unless it sets its own.
     pub default_heartbeat_secs: u64,
+    /// The status of a note written from feedback's `remember_text`: `pending` (used in
+    /// packs once approved) or `active`.
+    pub remember_status: &'static str,
 }
 
 impl Default for MissionLimits {
@@ -63,6 +67,7 @@ impl Default for MissionLimits {
             steps_per_mission: 10_000,
             artifacts_per_mission: 1_000,
             default_heartbeat_secs: 15 * 60,
+            remember_status: "pending",
         }
     }
 }
@@ -81,6 +86,30 @@ impl Access {
     }
 }
 
+/// `POST /v1/harness/feedback`: signals on a trace.
+#[derive(Debug, Clone, Default)]
+pub struct TraceFeedback {
+    pub trace_id: String,
+    /// -1 (unhelpful) to 1 (helpful); its sign moves the trace's memories in later packs.
+    pub rating: Option<f64>,
+    pub outcome: Option<String>,
+    pub correction: Option<String>,
+    /// Written as a memory note (`remember_status`).
+    pub remember_text: Option<String>,
+    /// Notes to forget (among the trace's memories).
+    pub forget: Vec<String>,
+    /// The memories the rating is about (default: all the trace's memories).
+    pub items: Option<Vec<String>>,
+}
+
+/// What feedback did besides scoring the trace.
+#[derive(Debug, Clone, Default)]
+pub struct FeedbackApplied {
+    pub signals: usize,
+    pub remembered: Option<String>,
+    pub forgotten: Vec<String>,
+}
+
 /// `GET /v1/harness/missions` filters.
 #[derive(Debug, Clone, Default)]
 pub struct MissionFilter {
@@ -95,6 +124,7 @@ pub(crate) struct MissionsParts {
     pub(crate) store: Store,
     registry: Registry,
     knowledge: Knowledge,
+    traces: traces::Traces,
     directory: Arc<DirectoryState>,
     pub(crate) limits: MissionLimits,
     policy: RestartPolicy,
@@ -112,6 +142,7 @@ impl Missions {
         store: Store,
         registry: Registry,
         knowledge: Knowledge,
+        traces: traces::Traces,
         directory: Arc<DirectoryState>,
         limits: MissionLimits,
         policy: RestartPolicy,
@@ -120,6 +151,7 @@ impl Missions {
             store,
             registry,
             knowledge,
+            traces,
             directory,
             limits,
             policy,
@@ -258,6 +290,99 @@ impl Missions {
 
     fn spec(&self, mission: &Mission) -> Arc<dyn ChildSpec> {
         Arc::new(MissionSpec { parts: self.0.clone(), account_id: mission.account_id.clone(), id: mission.id.clone() })
+    }
+
+    /// The observation stream (context packs, knowledge replies, agents' traces).
+    pub fn traces(&self) -> &traces::Traces {
+        &self.0.traces
+    }
+
+    /// Feedback on a trace: its score, outcome and correction; helpful or unhelpful signals
+    /// on the memories it included (through the knowledge base's feedback path, so they move
+    /// in later packs for similar queries); a note to remember; notes to forget. The
+    /// knowledge-base writes are one batch: all or nothing.
+    pub async fn feedback(
+        &self,
+        access: &Access,
+        input: TraceFeedback,
+    ) -> Result<(HarnessTrace, FeedbackApplied), EngineError> {
+        use crate::knowledge::{graph::FeedbackInput, graph::NodeSpec, NoteInput};
+        let parts = &self.0;
+        let trace = parts.traces.get(access, &input.trace_id)?;
+        if let Some(rating) = input.rating {
+            if !rating.is_finite() || !(-1.0..=1.0).contains(&rating) {
+                return Err(EngineError::Invalid("rating must be a number from -1 (unhelpful) to 1 (helpful)".into()));
+            }
+        }
+        if let Some(outcome) = &input.outcome {
+            inputs::check_id("outcome", outcome)?;
+        }
+        let included: Vec<&str> = trace.memories.iter().map(|m| m.id.as_str()).collect();
+        for id in input.items.iter().flatten().chain(&input.forget) {
+            if !included.contains(&id.as_str()) {
+                return Err(EngineError::Invalid(format!("{id:?} is not a memory this trace included")));
+            }
+        }
+        let note = |id: &str| NodeSpec {
+            kind: "note".into(),
+            id: Some(id.to_owned()),
+            external_source: None,
+            external_id: None,
+        };
+        let mut batch = MemoryBatch::default();
+        let signal = match input.rating {
+            Some(r) if r > 0.0 => Some("helpful"),
+            Some(r) if r < 0.0 => Some("unhelpful"),
+            _ => None,
+        };
+        if let Some(signal) = signal {
+            let rated: Vec<&str> = match &input.items {
+                Some(items) => items.iter().map(String::as_str).collect(),
+                None => included.clone(),
+            };
+            for id in rated.into_iter().filter(|id| !input.forget.iter().any(|f| f == id)) {
+                batch.feedback.push(FeedbackInput {
+                    item: Some(note(id)),
+                    signal: signal.into(),
+                    query: trace.input_summary.clone(),
+                    trace_id: Some(trace.id.clone()),
+                    ..FeedbackInput::default()
+                });
+            }
+        }
+        for id in &input.forget {
+            batch.feedback.push(FeedbackInput {
+                item: Some(note(id)),
+                signal: "forget".into(),
+                trace_id: Some(trace.id.clone()),
+                ..FeedbackInput::default()
+            });
+        }
+        if let Some(text) = &input.remember_text {
+            let mut metadata = Map::new();
+            metadata.insert("trace_id".into(), json!(trace.id));
+            if let Some(mission) = &trace.mission {
+                metadata.insert("tokaroo_mission_uuid".into(), json!(mission));
+            }
+            batch.notes.push(NoteInput {
+                content: text.clone(),
+                kind: Some("feedback".into()),
+                status: Some(parts.limits.remember_status.to_owned()),
+                metadata,
+                ..NoteInput::default()
+            });
+        }
+        let signals = batch.feedback.iter().filter(|f| f.signal != "forget").count();
+        let mut applied = FeedbackApplied { signals, remembered: None, forgotten: input.forget.clone() };
+        if !batch.is_empty() {
+            let scope = KbScope { account_id: trace.account_id.clone(), workspace: trace.workspace.clone() };
+            let written = parts.knowledge.write_batch(&scope, batch, &format!("trace:{}", trace.id)).await?;
+            applied.remembered = written.notes.first().map(|(n, _)| n.id.clone());
+        }
+        let score = input.rating;
+        let trace = parts.traces.set_feedback(&trace, score, input.outcome.as_deref(), input.correction.as_deref())?;
+        parts.store.flush().await?;
+        Ok((trace, applied))
     }
 
     /// A mission the caller may see.
@@ -437,6 +562,40 @@ impl Missions {
                 }
             }
             Err(error) => Err(error),
+        }
+    }
+
+    /// What a trace made in `workspace` belongs to, from a request's mission reference and
+    /// metadata (`task_id` or `gwen_task_id`, `harness_version_id`, `assistant_id`,
+    /// `thread_id`). A reference naming no mission of the workspace links none.
+    pub fn trace_links(
+        &self,
+        account_id: &str,
+        workspace: &str,
+        mission: Option<&str>,
+        metadata: Option<&Map<String, serde_json::Value>>,
+    ) -> traces::TraceLinks {
+        let text = |field: &str| {
+            metadata
+                .and_then(|m| m.get(field))
+                .and_then(serde_json::Value::as_str)
+                .filter(|v| inputs::check_id(field, v).is_ok())
+                .map(str::to_owned)
+        };
+        let mission = mission.and_then(|reference| match self.resolve(account_id, workspace, reference) {
+            Ok(found) => found.map(|m| m.id),
+            Err(error) => {
+                tracing::warn!(%error, "resolving a trace's mission failed");
+                None
+            }
+        });
+        traces::TraceLinks {
+            mission,
+            task_id: text("task_id").or_else(|| text("gwen_task_id")),
+            harness_version_id: text("harness_version_id"),
+            assistant_id: text("assistant_id"),
+            thread_id: text("thread_id"),
+            metadata: Map::new(),
         }
     }
 

@@ -128,13 +128,23 @@ pub(crate) struct KnowledgeParts {
     pub(crate) weights: pack::RankWeights,
     /// Recent packs' queries, for feedback that names a trace.
     pub(crate) traces: std::sync::Mutex<graph::PackTraces>,
+    /// Where every pack's trace is written (the harness's observation stream).
+    pub(crate) trace_log: crate::harness::traces::Traces,
+}
+
+/// The embedders the knowledge base uses: the main one (notes, entities, queries) and the
+/// one of source chunks, with why the configured static model is not it, when it is not.
+pub(crate) struct Embedders {
+    pub main: Embedder,
+    pub chunks: Embedder,
+    pub chunk_fallback: Option<String>,
 }
 
 impl Knowledge {
     pub(crate) fn open(
         store: Store,
-        embedder: Embedder,
-        (chunk_embedder, chunk_fallback): (Embedder, Option<String>),
+        embedders: Embedders,
+        trace_log: crate::harness::traces::Traces,
         registry: Registry,
         directory: Arc<crate::directory::state::DirectoryState>,
         note_cap: usize,
@@ -147,14 +157,15 @@ impl Knowledge {
             store,
             text,
             vectors,
-            embedder,
-            chunk_embedder,
-            chunk_fallback,
+            embedder: embedders.main,
+            chunk_embedder: embedders.chunks,
+            chunk_fallback: embedders.chunk_fallback,
             registry,
             directory,
             note_cap,
             weights,
             traces,
+            trace_log,
         })))
     }
 

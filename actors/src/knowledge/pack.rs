@@ -26,7 +26,10 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use tokaroo_storage::knowledge::{MemoryEntity, MemoryEvent, MemoryFeedback, MemoryLink, MemoryNote, NodeRef};
+use tokaroo_storage::{
+    harness::{HarnessTrace, TraceDocument, TraceMemory},
+    knowledge::{MemoryEntity, MemoryEvent, MemoryFeedback, MemoryLink, MemoryNote, NodeRef},
+};
 
 use super::{
     indexer::{CHUNK, ENTITY, NOTE},
@@ -34,7 +37,7 @@ use super::{
     sources::ingest::ChunkHit,
     KbScope, Knowledge,
 };
-use crate::{chat::tokenizer, error::EngineError};
+use crate::{chat::tokenizer, error::EngineError, harness::traces::TraceLinks};
 
 /// Candidates taken from each retriever.
 const CANDIDATES: usize = 100;
@@ -214,6 +217,58 @@ pub struct ContextPack {
     pub dropped_for_budget: usize,
     pub embedder: String,
     pub weights: RankWeights,
+}
+
+impl ContextPack {
+    /// The pack as a harness trace: what it included, with the parts of each score.
+    fn trace(&self, scope: &KbScope, query: &str, include_sources: bool, links: TraceLinks) -> HarnessTrace {
+        let now = crate::clock::now_ms();
+        let memories = self
+            .items
+            .iter()
+            .map(|item| TraceMemory {
+                id: item.note.id.clone(),
+                score: item.score,
+                relevance_score: item.components.relevance,
+                recency_score: item.components.recency,
+                importance_score: item.components.importance,
+                confidence_score: item.components.confidence,
+            })
+            .collect();
+        let documents =
+            self.chunks.iter().map(|c| TraceDocument { id: c.hit.chunk.id.clone(), score: c.score }).collect();
+        HarnessTrace {
+            id: self.trace_id.clone(),
+            account_id: scope.account_id.clone(),
+            workspace: scope.workspace.clone(),
+            trace_type: "context_pack".into(),
+            harness_version_id: links.harness_version_id,
+            mission: links.mission,
+            task_id: links.task_id,
+            assistant_id: links.assistant_id,
+            thread_id: links.thread_id,
+            input_summary: Some(crate::harness::traces::summary(query)),
+            output_summary: Some(format!(
+                "{} memories, {} entities, {} events, {} documents; {} of {} tokens",
+                self.items.len(),
+                self.entities.len(),
+                self.events.len(),
+                self.chunks.len(),
+                self.used_tokens,
+                self.max_tokens
+            )),
+            context_strategy: if include_sources { "hybrid_pack+sources" } else { "hybrid_pack" }.into(),
+            documents,
+            memories,
+            charged_units: 0,
+            outcome: "unknown".into(),
+            feedback_score: None,
+            correction: None,
+            metadata: links.metadata,
+            created_at_ms: now,
+            updated_at_ms: now,
+        }
+    }
 }
 
 fn render_note(note: &MemoryNote) -> String {
@@ -412,6 +467,18 @@ impl Knowledge {
         self.context_pack_with(scope, query, max_tokens, include_sources, self.parts().weights).await
     }
 
+    /// A pack whose trace is linked to a mission, task or harness version.
+    pub async fn context_pack_linked(
+        &self,
+        scope: &KbScope,
+        query: &str,
+        max_tokens: u32,
+        include_sources: bool,
+        links: TraceLinks,
+    ) -> Result<ContextPack, EngineError> {
+        self.context_pack_traced(scope, query, max_tokens, include_sources, self.parts().weights, links).await
+    }
+
     /// The same with other weights (the LoCoMo evaluation compares the retrievers alone).
     pub async fn context_pack_with(
         &self,
@@ -420,6 +487,19 @@ impl Knowledge {
         max_tokens: u32,
         include_sources: bool,
         weights: RankWeights,
+    ) -> Result<ContextPack, EngineError> {
+        self.context_pack_traced(scope, query, max_tokens, include_sources, weights, TraceLinks::default()).await
+    }
+
+    /// A pack with these weights, its trace linked to a mission, task or harness version.
+    pub async fn context_pack_traced(
+        &self,
+        scope: &KbScope,
+        query: &str,
+        max_tokens: u32,
+        include_sources: bool,
+        weights: RankWeights,
+        trace_links: TraceLinks,
     ) -> Result<ContextPack, EngineError> {
         if query.trim().is_empty() {
             return Err(EngineError::Invalid("query must not be empty".into()));
@@ -631,7 +711,7 @@ impl Knowledge {
         entries.sort_by(|a, b| b.score().total_cmp(&a.score()).then_with(|| a.id().cmp(b.id())));
 
         let mut pack = ContextPack {
-            trace_id: format!("ctx_{}", uuid::Uuid::new_v4().simple()),
+            trace_id: crate::harness::traces::new_id(),
             items: Vec::new(),
             entities: Vec::new(),
             links: Vec::new(),
@@ -710,6 +790,9 @@ impl Knowledge {
             pack.used_tokens = 0;
         }
         parts.traces.lock().unwrap_or_else(|p| p.into_inner()).remember(&pack.trace_id, account, query);
+        if let Err(error) = parts.trace_log.record(&pack.trace(scope, query, include_sources, trace_links)) {
+            tracing::warn!(trace = %pack.trace_id, %error, "writing a context pack's trace failed");
+        }
         Ok(pack)
     }
 

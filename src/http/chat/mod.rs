@@ -36,19 +36,27 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let wire = parse_json_object(&body)?;
     let (mut request, model_name) = parse_request(&wire)?;
+    let mission = super::harness::mission_of(&headers, &wire)?;
     // `tokaroo: {"context": {...}}`: grounded in the knowledge base (see `knowledge.rs`).
     let context = match knowledge::context_ask(&wire)? {
-        Some(ask) => Some(knowledge::add_context(&state, &key, &mut request, ask, false).await?),
+        Some(ask) => {
+            let linked = (mission.as_deref(), wire.get("metadata").and_then(serde_json::Value::as_object));
+            Some(knowledge::add_context(&state, &key, &mut request, ask, false, linked).await?)
+        }
         None => None,
     };
     let created = time::OffsetDateTime::now_utc().unix_timestamp();
     let bypass_cache = bypasses_cache(&headers);
-    let mission = super::harness::mission_of(&headers, &wire)?;
     let info = RequestInfo { request_id, bypass_cache, mission, ..RequestInfo::chat(&request, &model_name) };
     if request.stream {
         return stream::stream_response(&state, key, request, info, created, context.as_ref()).await;
     }
+    let account = key.account_id.clone();
     let served = state.engine.runtime().serve_chat(key, request, info).await?;
+    if let Some(context) = &context {
+        let answer = served.response.content.as_deref().unwrap_or_default();
+        state.engine.traces().complete_reply(&account, &context.trace_id, answer, served.charge.charged_units);
+    }
     let mut response = render::completion(&served, &model_name, created, context.as_ref().map(|c| &c.body));
     if let Some(trace) = context.and_then(|c| axum::http::HeaderValue::from_str(&c.trace_id).ok()) {
         response.headers_mut().insert("x-tokaroo-context-trace", trace);

@@ -30,11 +30,16 @@ pub(crate) async fn stream_response(
 ) -> Result<Response, ApiError> {
     let include_usage = request.include_usage;
     let model_name = info.requested_model.clone();
+    // A grounded answer completes its pack's trace when it ends (its text and charge).
+    let on_end: Option<OnEnd> = context.map(|c| {
+        let (traces, account, trace) = (state.engine.traces().clone(), key.account_id.clone(), c.trace_id.clone());
+        Box::new(move |units: i64, text: &str| traces.complete_reply(&account, &trace, text, units)) as OnEnd
+    });
     let answer = state.engine.runtime().open_chat_stream(key, request, info).await?;
     let cache = super::render::cache_header(answer.cache_hit());
     let charged = Arc::new(Mutex::new(None));
     let chunk = ChunkWriter::new(created, model_name).with_context(context.map(|c| c.body.clone()));
-    let frames = sse_events(answer, chunk, include_usage, charged.clone());
+    let frames = sse_events(answer, chunk, include_usage, charged.clone(), on_end);
     // The charge is known only when the stream ends: it goes out as an HTTP trailer (for
     // clients that send `TE: trailers`) as well as in the final usage chunk.
     let trailer = futures_util::stream::once(async move {
@@ -97,11 +102,15 @@ impl Drop for OpenStream {
 
 /// Renders the answer's events as SSE frames, keeping its charge for the trailer. Dropping
 /// the frames (the client left) drops the answer, which then settles itself as abandoned.
+/// Called once a stream ends, with its charge (ledger units) and text.
+type OnEnd = Box<dyn FnOnce(i64, &str) + Send>;
+
 fn sse_events(
     answer: ChatStream,
     chunk: ChunkWriter,
     include_usage: bool,
     charged: Arc<Mutex<Option<f64>>>,
+    on_end: Option<OnEnd>,
 ) -> impl futures_util::Stream<Item = Bytes> + Send {
     struct Relay {
         answer: ChatStream,
@@ -109,12 +118,18 @@ fn sse_events(
         include_usage: bool,
         sent_role: bool,
         charged: Arc<Mutex<Option<f64>>>,
+        on_end: Option<OnEnd>,
+        /// The answer's text, kept only for `on_end`.
+        text: String,
     }
-    let relay = Relay { answer, chunk, include_usage, sent_role: false, charged };
+    let relay = Relay { answer, chunk, include_usage, sent_role: false, charged, on_end, text: String::new() };
     futures_util::stream::unfold(relay, |mut relay| async move {
         loop {
             let frame = match relay.answer.next().await? {
                 StreamEvent::Delta(delta) => {
+                    if let (Some(_), tokaroo_actors::chat::ChatDelta::Text(text)) = (&relay.on_end, &delta) {
+                        relay.text.push_str(text);
+                    }
                     let role = (!relay.sent_role).then_some("assistant");
                     let Some(frame) = relay.chunk.delta_chunk(&delta, role) else { continue };
                     relay.sent_role = true;
@@ -123,6 +138,9 @@ fn sse_events(
                 StreamEvent::End(end) => {
                     if let (Some(charge), Ok(mut slot)) = (end.charge(), relay.charged.lock()) {
                         *slot = Some(charge.charged_usd());
+                    }
+                    if let Some(on_end) = relay.on_end.take() {
+                        on_end(end.charge().map_or(0, |c| c.charged_units), &relay.text);
                     }
                     relay.chunk.end(&end, relay.include_usage)
                 }
