@@ -16,13 +16,7 @@ const UPSTREAM_WORDS: &str = "The fake was told to fail";
 
 /// A gateway whose only provider is a fake OpenAI, with a short provider timeout.
 async fn gateway_on(fake: &Fake) -> Gateway {
-    Gateway::start_with(
-        Options::default()
-            .env("OPENAI_API_KEY", &fake.key)
-            .env("TOKAROO_OPENAI_BASE_URL", &format!("{}/v1", fake.root))
-            .env("TOKAROO_OPENAI_TIMEOUT_SECS", "1"),
-    )
-    .await
+    Gateway::start_with(Options::default().openai(fake).env("TOKAROO_OPENAI_TIMEOUT_SECS", "1")).await
 }
 
 /// A tenant funded with `usd`, and its key (rate limit out of the way).

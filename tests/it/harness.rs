@@ -53,6 +53,11 @@ impl Options {
         self.env.push((key.to_owned(), value.to_owned()));
         self
     }
+
+    /// A fake OpenAI as the only provider.
+    pub fn openai(self, fake: &crate::fakes::Fake) -> Self {
+        self.env("OPENAI_API_KEY", &fake.key).env("TOKAROO_OPENAI_BASE_URL", &format!("{}/v1", fake.root))
+    }
 }
 
 /// Builds the `serve` command with the test defaults: random port, fast supervision backoff,

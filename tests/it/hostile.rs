@@ -13,12 +13,7 @@ use crate::{
 
 /// A gateway whose only provider is a fake OpenAI.
 async fn gateway_on(fake: &Fake) -> Gateway {
-    Gateway::start_with(
-        Options::default()
-            .env("OPENAI_API_KEY", &fake.key)
-            .env("TOKAROO_OPENAI_BASE_URL", &format!("{}/v1", fake.root)),
-    )
-    .await
+    Gateway::start_with(Options::default().openai(fake)).await
 }
 
 /// A tenant funded with `usd`, and a key whose rate limit is out of the way.

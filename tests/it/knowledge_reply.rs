@@ -10,12 +10,7 @@ use crate::{
 };
 
 async fn gateway_on(fake: &Fake) -> Gateway {
-    Gateway::start_with(
-        Options::default()
-            .env("OPENAI_API_KEY", &fake.key)
-            .env("TOKAROO_OPENAI_BASE_URL", &format!("{}/v1", fake.root)),
-    )
-    .await
+    Gateway::start_with(Options::default().openai(fake)).await
 }
 
 async fn ok(gw: &Gateway, path: &str, key: &str, body: Value) -> Value {

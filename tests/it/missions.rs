@@ -190,12 +190,7 @@ async fn a_mission_with_no_update_within_its_timeout_is_stale_until_it_moves_aga
 #[tokio::test]
 async fn requests_naming_a_mission_are_charged_to_it_and_refused_past_its_budget() {
     let fake = Fake::start(OpenAi { models: vec![] }, "sk-fake-openai-missions").await;
-    let gw = Gateway::start_with(
-        Options::default()
-            .env("OPENAI_API_KEY", &fake.key)
-            .env("TOKAROO_OPENAI_BASE_URL", &format!("{}/v1", fake.root)),
-    )
-    .await;
+    let gw = Gateway::start_with(Options::default().openai(&fake)).await;
     let key = gw.first_key.clone().unwrap();
     let chat = |mission: Option<&str>, metadata: Value| {
         let mut req = gw

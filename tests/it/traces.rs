@@ -24,12 +24,7 @@ async fn trace(gw: &Gateway, key: &str, id: &str) -> Value {
 #[tokio::test]
 async fn packs_and_replies_write_traces_linked_to_their_mission() {
     let fake = Fake::start(OpenAi { models: vec![] }, "sk-fake-openai-traces").await;
-    let gw = Gateway::start_with(
-        Options::default()
-            .env("OPENAI_API_KEY", &fake.key)
-            .env("TOKAROO_OPENAI_BASE_URL", &format!("{}/v1", fake.root)),
-    )
-    .await;
+    let gw = Gateway::start_with(Options::default().openai(&fake)).await;
     let key = gw.first_key.clone().unwrap();
     let mission = ok(&gw, "/v1/harness/missions", &key, json!({"mission_id": "m-trace", "status": "running"})).await;
     let uuid = mission["id"].as_str().unwrap();
