@@ -19,8 +19,9 @@ use tokaroo_actors::harness::{
     inputs::{ArtifactInput, MissionPatch, StepInput},
     mission::{allowed_next, is_finished},
     traces::{ObservationInput, TraceFilter, TraceLinks},
-    Access, HarnessTrace, Mission, MissionArtifact, MissionFilter, MissionStep, TraceDocument, TraceFeedback,
-    TraceMemory,
+    versions::{effective_retrieval, VersionInput},
+    Access, HarnessTrace, HarnessVersion, Mission, MissionArtifact, MissionFilter, MissionStep, TraceDocument,
+    TraceFeedback, TraceMemory,
 };
 
 use super::{
@@ -44,6 +45,9 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/harness/traces", get(list_traces).post(record_trace))
         .route("/v1/harness/traces/{id}", get(get_trace))
         .route("/v1/harness/feedback", post(feedback))
+        .route("/v1/harness/versions", get(list_versions).post(create_version))
+        .route("/v1/harness/versions/{id}", get(get_version))
+        .route("/v1/harness/versions/{id}/activate", post(activate_version))
 }
 
 /// Traces a mission's detail shows (its newest).
@@ -632,4 +636,88 @@ async fn feedback(
         "remembered_note_id": applied.remembered,
         "forgotten_note_ids": applied.forgotten,
     })))
+}
+
+fn version_json(version: &HarnessVersion) -> Value {
+    json!({
+        "object": "harness.version",
+        "id": version.id,
+        "workspace_id": workspace_json(&version.workspace),
+        "name": version.name,
+        "description": version.description,
+        "status": version.status,
+        "context": version.context,
+        "retrieval": version.retrieval,
+        "effective_retrieval": effective_retrieval(version),
+        "reflection": version.reflection,
+        "created_at": iso(version.created_at_ms),
+        "updated_at": iso(version.updated_at_ms),
+        "activated_at": version.activated_at_ms.map(iso),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionBody {
+    workspace_id: Option<String>,
+    name: String,
+    description: Option<String>,
+    status: Option<String>,
+    context: Option<Map<String, Value>>,
+    retrieval: Option<Map<String, Value>>,
+    reflection: Option<Map<String, Value>>,
+}
+
+async fn create_version(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<VersionBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let scope = scope(&state, &caller, body.workspace_id.as_deref())?;
+    let input = VersionInput {
+        name: body.name,
+        description: body.description,
+        status: body.status,
+        context: body.context.unwrap_or_default(),
+        retrieval: body.retrieval.unwrap_or_default(),
+        reflection: body.reflection.unwrap_or_default(),
+    };
+    let version = state.engine.missions().create_version(&scope, input).await?;
+    Ok((StatusCode::CREATED, Json(version_json(&version))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionQuery {
+    workspace_id: Option<String>,
+    status: Option<String>,
+}
+
+async fn list_versions(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<VersionQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let workspace = match &q.workspace_id {
+        Some(asked) => Some(scope(&state, &caller, Some(asked))?.workspace),
+        None => None,
+    };
+    let versions = state.engine.missions().versions(&access(&caller), workspace.as_deref(), q.status.as_deref())?;
+    Ok(Json(json!({ "object": "list", "data": versions.iter().map(version_json).collect::<Vec<_>>() })))
+}
+
+async fn get_version(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(version_json(&state.engine.missions().version(&access(&caller), &id)?)))
+}
+
+async fn activate_version(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(version_json(&state.engine.missions().activate_version(&access(&caller), &id).await?)))
 }

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokaroo_actors::{
     chat::{ChatRequest, ContentPart, Message, Role},
-    knowledge::pack::{ContextPack, DEFAULT_MAX_TOKENS},
+    knowledge::pack::ContextPack,
     KeyEntry, RequestInfo,
 };
 
@@ -120,14 +120,14 @@ pub(super) async fn add_context(
         ),
     };
     let max_tokens = match ask.max_tokens {
-        None => DEFAULT_MAX_TOKENS,
-        Some(n) if n >= 1 => u32::try_from(n).unwrap_or(u32::MAX),
+        None => None,
+        Some(n) if n >= 1 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
         Some(_) => {
             return Err(ApiError::BadRequest("the context's max_tokens must be a positive number of tokens".into()))
         }
     };
-    let include_sources = ask.include_sources.unwrap_or(default_sources);
-    let pack = state.engine.knowledge().context_pack_linked(&scope, &query, max_tokens, include_sources, links).await?;
+    let missions = state.engine.missions();
+    let pack = missions.context_pack(&scope, &query, max_tokens, ask.include_sources, default_sources, links).await?;
     let at = request.messages.iter().take_while(|m| m.role == Role::System).count();
     request.messages.insert(at, context_message(&pack));
     let body = json!({

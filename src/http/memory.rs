@@ -14,8 +14,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokaroo_actors::knowledge::{
-    pack::{ContextPack, DEFAULT_MAX_TOKENS},
-    ForgottenNote, KbScope, MemoryNote, NoteFilter, NoteInput, NotePatch,
+    pack::ContextPack, ForgottenNote, KbScope, MemoryNote, NoteFilter, NoteInput, NotePatch,
 };
 
 use super::{
@@ -291,10 +290,11 @@ struct PackRequest {
 }
 
 impl PackRequest {
-    fn max_tokens(&self) -> Result<u32, ApiError> {
+    /// The budget asked for; `None` takes the active harness version's, then the default.
+    fn max_tokens(&self) -> Result<Option<u32>, ApiError> {
         match self.max_tokens {
-            None => Ok(DEFAULT_MAX_TOKENS),
-            Some(n) if n >= 1 => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
+            None => Ok(None),
+            Some(n) if n >= 1 => Ok(Some(u32::try_from(n).unwrap_or(u32::MAX))),
             Some(_) => Err(ApiError::BadRequest("max_tokens must be a positive number of tokens".into())),
         }
     }
@@ -302,18 +302,12 @@ impl PackRequest {
 
 async fn build_pack(state: &AppState, caller: &Caller, req: &PackRequest) -> Result<(KbScope, ContextPack), ApiError> {
     let scope = scope(state, caller, req.workspace_id.as_deref())?;
-    let include_sources = req.include_sources.unwrap_or(false);
     let metadata = json!({ "metadata": req.metadata });
     let mission = super::harness::mission_of(&axum::http::HeaderMap::new(), &metadata)?;
-    let links = state.engine.missions().trace_links(
-        &scope.account_id,
-        &scope.workspace,
-        mission.as_deref(),
-        req.metadata.as_ref(),
-    );
+    let missions = state.engine.missions();
+    let links = missions.trace_links(&scope.account_id, &scope.workspace, mission.as_deref(), req.metadata.as_ref());
     let max_tokens = req.max_tokens()?;
-    let pack =
-        state.engine.knowledge().context_pack_linked(&scope, &req.query, max_tokens, include_sources, links).await?;
+    let pack = missions.context_pack(&scope, &req.query, max_tokens, req.include_sources, false, links).await?;
     Ok((scope, pack))
 }
 

@@ -182,3 +182,62 @@ impl Record for MissionTrace {
     const TREE: &'static str = "mission_traces";
     const FORMAT_VERSION: u8 = 1;
 }
+
+/// Key: (account_id, id). A harness configuration: how context is assembled and ranked, and
+/// how reflections are made. `status` is `draft` or `active` (one active per workspace) or
+/// `retired` (active once, replaced).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HarnessVersion {
+    pub id: String,
+    pub account_id: String,
+    pub workspace: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub status: String,
+    /// `{max_tokens, include_sources}`: a pack's defaults when its request does not say.
+    pub context: Map<String, Value>,
+    /// The ranking's weights (`RankWeights`), as JSON.
+    pub retrieval: Map<String, Value>,
+    /// `{mode, max_traces, store_as_memory}`: a reflection's defaults.
+    pub reflection: Map<String, Value>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub activated_at_ms: Option<i64>,
+}
+impl Record for HarnessVersion {
+    const TREE: &'static str = "harness_versions";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// Key: (account_id, workspace): the workspace's active harness version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ActiveVersion {
+    pub version: String,
+}
+impl Record for ActiveVersion {
+    const TREE: &'static str = "harness_active_versions";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// Key: (account_id, id): insights a model synthesized from traces.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Reflection {
+    pub id: String,
+    pub account_id: String,
+    pub workspace: String,
+    pub title: Option<String>,
+    pub content: String,
+    pub trace_ids: Vec<String>,
+    pub mission: Option<String>,
+    pub harness_version_id: Option<String>,
+    /// The model that wrote it, and what that was charged (ledger units).
+    pub model: String,
+    pub charged_units: i64,
+    /// The memory note it was stored as, when asked.
+    pub note_id: Option<String>,
+    pub created_at_ms: i64,
+}
+impl Record for Reflection {
+    const TREE: &'static str = "harness_reflections";
+    const FORMAT_VERSION: u8 = 1;
+}

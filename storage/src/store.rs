@@ -2,7 +2,10 @@ use std::{fs::File, path::Path, sync::Arc};
 
 use crate::{
     flusher::{Flusher, FlusherStatus},
-    harness::{HarnessTrace, Mission, MissionArtifact, MissionRef, MissionStep, MissionTrace, StepRef},
+    harness::{
+        ActiveVersion, HarnessTrace, HarnessVersion, Mission, MissionArtifact, MissionRef, MissionStep, MissionTrace,
+        Reflection, StepRef,
+    },
     knowledge::{
         ForgottenNote, KbCounts, KbExternalRef, KbWriteSet, KnowledgeVector, LinkEnd, MemoryEntity, MemoryEvent,
         MemoryFeedback, MemoryLink, MemoryNote, NoteExternalRef, NotePosition, RemovedFromIndex, Source, SourceChunk,
@@ -65,6 +68,9 @@ pub struct Store {
     pub mission_artifacts: Collection<MissionArtifact>,
     pub traces: Collection<HarnessTrace>,
     pub mission_traces: Collection<MissionTrace>,
+    pub harness_versions: Collection<HarnessVersion>,
+    pub active_versions: Collection<ActiveVersion>,
+    pub reflections: Collection<Reflection>,
     /// Every knowledge-base tree by name, for `apply_kb`'s transactions.
     kb_trees: Arc<(Vec<&'static str>, Vec<sled::Tree>)>,
     /// The knowledge base's write sequence (see `knowledge.rs`).
@@ -143,6 +149,9 @@ impl Store {
             mission_artifacts: Collection::open(&db)?,
             traces: Collection::open(&db)?,
             mission_traces: Collection::open(&db)?,
+            harness_versions: Collection::open(&db)?,
+            active_versions: Collection::open(&db)?,
+            reflections: Collection::open(&db)?,
             kb_trees: Arc::new((kb_tree_names, kb_trees)),
             kb_seq: db.open_tree("knowledge_seq")?,
             data_dir: data_dir.to_path_buf(),

@@ -236,3 +236,100 @@ async fn feedback_on_a_trace_moves_its_memories_in_later_packs() {
         assert!(r.text.contains(field), "{field}: {}", r.text);
     }
 }
+
+/// Harness versions: a draft changes nothing; activating one changes the next pack (its
+/// weights and default budget), its trace records the version, and the version it replaced
+/// is retired.
+#[tokio::test]
+async fn activating_a_harness_version_changes_the_next_pack() {
+    let gw = Gateway::start().await;
+    let key = gw.first_key.clone().unwrap();
+    let sure = ok(
+        &gw,
+        "/v1/memory/notes",
+        &key,
+        json!({"content": "The quarterly report is due on Friday.",
+                                                       "importance": 1.0, "confidence": 1.0}),
+    )
+    .await;
+    let unsure = ok(
+        &gw,
+        "/v1/memory/notes",
+        &key,
+        json!({"content": "The quarterly report might be due on Friday.",
+                                                         "importance": 0.0, "confidence": 0.0}),
+    )
+    .await;
+    let ratio = |pack: &Value| {
+        let score = |id: &Value| {
+            pack["memories"].as_array().unwrap().iter().find(|m| m["id"] == *id).unwrap()["score"].as_f64().unwrap()
+        };
+        score(&unsure["id"]) / score(&sure["id"])
+    };
+    let query = json!({"query": "When is the quarterly report due?"});
+    let before = ok(&gw, "/v1/memory/context-pack", &key, query.clone()).await;
+    assert_eq!(before["max_tokens"], 2000);
+
+    let body = json!({"name": "meta-heavy", "retrieval": {"meta": 1.0}, "context": {"max_tokens": 300}});
+    let draft = gw.post("/v1/harness/versions", &key, body).await;
+    assert_eq!(draft.status, 201, "{}", draft.text);
+    assert_eq!(
+        (draft.body["status"].as_str(), draft.body["effective_retrieval"]["meta"].as_f64()),
+        (Some("draft"), Some(1.0))
+    );
+    assert_eq!(draft.body["effective_retrieval"]["recency"], 0.2, "the rest are the built-in weights");
+    let still = ok(&gw, "/v1/memory/context-pack", &key, query.clone()).await;
+    assert!((ratio(&still) - ratio(&before)).abs() < 1e-9, "a draft changes nothing");
+
+    let id = draft.body["id"].as_str().unwrap();
+    let active = gw.post(&format!("/v1/harness/versions/{id}/activate"), &key, json!({})).await;
+    assert_eq!((active.status.as_u16(), active.body["status"].as_str()), (200, Some("active")), "{}", active.text);
+    let after = ok(&gw, "/v1/memory/context-pack", &key, query.clone()).await;
+    assert_eq!(after["max_tokens"], 300, "the version's budget");
+    assert!(
+        ratio(&after) < ratio(&before) * 0.7,
+        "importance and confidence weigh more: {} -> {}",
+        ratio(&before),
+        ratio(&after)
+    );
+    let traced = trace(&gw, &key, after["trace_id"].as_str().unwrap()).await;
+    assert_eq!(traced["harness_version_id"], id);
+    let asked = ok(
+        &gw,
+        "/v1/memory/context-pack",
+        &key,
+        json!({"query": "When is the quarterly report due?", "max_tokens": 900}),
+    )
+    .await;
+    assert_eq!(asked["max_tokens"], 900, "a request's own budget wins");
+
+    let next = gw.post("/v1/harness/versions", &key, json!({"name": "plain", "status": "active"})).await;
+    assert_eq!((next.status.as_u16(), next.body["status"].as_str()), (201, Some("active")), "{}", next.text);
+    let versions = gw.get("/v1/harness/versions", &key).await;
+    let statuses: Vec<(&str, &str)> = versions.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap(), v["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(statuses, [("plain", "active"), ("meta-heavy", "retired")]);
+    let plain = ok(&gw, "/v1/memory/context-pack", &key, query).await;
+    assert!((ratio(&plain) - ratio(&before)).abs() < 1e-6, "the built-in weights again");
+
+    for (body, field) in [
+        (json!({"name": "x", "retrieval": {"meta": 2}}), "meta"),
+        (json!({"name": "x", "retrieval": {"colour": 1}}), "colour"),
+        (json!({"name": "x", "context": {"max_tokens": 0}}), "context.max_tokens"),
+        (json!({"name": "x", "context": {"budget": 5}}), "context.budget"),
+        (json!({"name": "x", "reflection": {"mode": "slow"}}), "reflection.mode"),
+        (json!({"name": "x", "status": "live"}), "status"),
+        (json!({"retrieval": {}}), "name"),
+    ] {
+        let r = gw.post("/v1/harness/versions", &key, body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+        assert!(r.text.contains(field), "{field}: {}", r.text);
+    }
+    let keys = gw.neighbours().await;
+    assert_eq!(gw.get(&format!("/v1/harness/versions/{id}"), &keys.other_account).await.status, 404);
+    assert_eq!(gw.post(&format!("/v1/harness/versions/{id}/activate"), &keys.research, json!({})).await.status, 404);
+}

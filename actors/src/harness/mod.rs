@@ -11,8 +11,11 @@
 pub mod inputs;
 pub mod mission;
 pub mod traces;
+pub mod versions;
 
-pub use tokaroo_storage::harness::{HarnessTrace, Mission, MissionArtifact, MissionStep, TraceDocument, TraceMemory};
+pub use tokaroo_storage::harness::{
+    HarnessTrace, HarnessVersion, Mission, MissionArtifact, MissionStep, Reflection, TraceDocument, TraceMemory,
+};
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 

@@ -169,6 +169,11 @@ impl Knowledge {
         })))
     }
 
+    /// The ranking's weights the server is configured with (`[knowledge.ranking]`).
+    pub fn weights(&self) -> pack::RankWeights {
+        self.0.weights
+    }
+
     pub(crate) fn parts(&self) -> &Arc<KnowledgeParts> {
         &self.0
     }

@@ -467,18 +467,6 @@ impl Knowledge {
         self.context_pack_with(scope, query, max_tokens, include_sources, self.parts().weights).await
     }
 
-    /// A pack whose trace is linked to a mission, task or harness version.
-    pub async fn context_pack_linked(
-        &self,
-        scope: &KbScope,
-        query: &str,
-        max_tokens: u32,
-        include_sources: bool,
-        links: TraceLinks,
-    ) -> Result<ContextPack, EngineError> {
-        self.context_pack_traced(scope, query, max_tokens, include_sources, self.parts().weights, links).await
-    }
-
     /// The same with other weights (the LoCoMo evaluation compares the retrievers alone).
     pub async fn context_pack_with(
         &self,
