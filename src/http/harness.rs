@@ -18,15 +18,16 @@ use serde_json::{json, Map, Value};
 use tokaroo_actors::harness::{
     inputs::{ArtifactInput, MissionPatch, StepInput},
     mission::{allowed_next, is_finished},
+    reflections::ReflectionInput,
     traces::{ObservationInput, TraceFilter, TraceLinks},
     versions::{effective_retrieval, VersionInput},
-    Access, HarnessTrace, HarnessVersion, Mission, MissionArtifact, MissionFilter, MissionStep, TraceDocument,
-    TraceFeedback, TraceMemory,
+    Access, HarnessTrace, HarnessVersion, Mission, MissionArtifact, MissionFilter, MissionStep, Reflection,
+    TraceDocument, TraceFeedback, TraceMemory,
 };
 
 use super::{
     error::ApiError,
-    extract::{Caller, JsonBody, QueryParams},
+    extract::{Caller, JsonBody, QueryParams, RequestId},
     memory::{list_limit, scope, workspace_json},
     wire::{double_option, iso, parse_iso_us, usd},
     AppState,
@@ -48,6 +49,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/harness/versions", get(list_versions).post(create_version))
         .route("/v1/harness/versions/{id}", get(get_version))
         .route("/v1/harness/versions/{id}/activate", post(activate_version))
+        .route("/v1/harness/reflections", get(list_reflections))
+        .route("/v1/harness/reflections/generate", post(generate_reflection))
 }
 
 /// Traces a mission's detail shows (its newest).
@@ -720,4 +723,124 @@ async fn activate_version(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(version_json(&state.engine.missions().activate_version(&access(&caller), &id).await?)))
+}
+
+fn reflection_json(reflection: &Reflection) -> Value {
+    json!({
+        "object": "harness.reflection",
+        "id": reflection.id,
+        "workspace_id": workspace_json(&reflection.workspace),
+        "title": reflection.title,
+        "content": reflection.content,
+        "trace_ids": reflection.trace_ids,
+        "mission": reflection.mission,
+        "harness_version_id": reflection.harness_version_id,
+        "model": reflection.model,
+        "charged_usd": usd(reflection.charged_units),
+        "note_id": reflection.note_id,
+        "created_at": iso(reflection.created_at_ms),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReflectBody {
+    workspace_id: Option<String>,
+    #[serde(default)]
+    trace_ids: Vec<String>,
+    /// Else the traces these select, newest first: a mission's UUID or `mission_id`, a type,
+    /// an outcome, a start time, and how many (default the active version's, else 20).
+    mission: Option<String>,
+    #[serde(rename = "type")]
+    trace_type: Option<String>,
+    outcome: Option<String>,
+    since: Option<String>,
+    limit: Option<usize>,
+    /// `auto`, `fast` or `max`, or `model`: a model name.
+    mode: Option<String>,
+    model: Option<String>,
+    title: Option<String>,
+    store_as_memory: Option<bool>,
+}
+
+/// Takes a runtime key: the model call is billed to it like a chat.
+async fn generate_reflection(
+    State(state): State<AppState>,
+    caller: Caller,
+    RequestId(request_id): RequestId,
+    JsonBody(body): JsonBody<ReflectBody>,
+) -> Result<(StatusCode, axum::http::HeaderMap, Json<Value>), ApiError> {
+    let Caller::Key(key) = &caller else { return Err(ApiError::ApiKeyRequired) };
+    let key = key.clone();
+    let scope = scope(&state, &caller, body.workspace_id.as_deref())?;
+    let model = match (body.mode, body.model) {
+        (Some(_), Some(_)) => return Err(ApiError::BadRequest("give mode or model, not both".into())),
+        (Some(mode), None) if matches!(mode.as_str(), "auto" | "fast" | "max") => Some(mode),
+        (Some(mode), None) => return Err(ApiError::BadRequest(format!("mode {mode:?} is not auto, fast or max"))),
+        (None, model) => model,
+    };
+    if let Some(limit) = body.limit {
+        if limit == 0 || limit > tokaroo_actors::harness::reflections::MAX_TRACES {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be from 1 to {}",
+                tokaroo_actors::harness::reflections::MAX_TRACES
+            )));
+        }
+    }
+    let mission = body.mission.as_deref().map(|reference| {
+        let links = state.engine.missions().trace_links(&scope.account_id, &scope.workspace, Some(reference), None);
+        links.mission.unwrap_or_else(|| reference.to_owned())
+    });
+    let input = ReflectionInput {
+        trace_ids: body.trace_ids,
+        filter: TraceFilter {
+            mission,
+            trace_type: body.trace_type,
+            outcome: body.outcome,
+            since_ms: time_param("since", body.since.as_deref())?,
+            limit: body.limit.unwrap_or(0),
+            ..TraceFilter::default()
+        },
+        model,
+        title: body.title,
+        store_as_memory: body.store_as_memory,
+        request_id,
+    };
+    let engine = &state.engine;
+    let reflection =
+        tokaroo_actors::harness::reflections::generate(engine.runtime(), engine.missions(), key, &scope, input).await?;
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("x-tokaroo-cost", super::wire::cost_header(usd(reflection.charged_units)));
+    Ok((StatusCode::CREATED, headers, Json(reflection_json(&reflection))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReflectionQuery {
+    workspace_id: Option<String>,
+    mission: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_reflections(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<ReflectionQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let workspace = match &q.workspace_id {
+        Some(asked) => Some(scope(&state, &caller, Some(asked))?.workspace),
+        None => None,
+    };
+    let missions = state.engine.missions();
+    let mission = match &q.mission {
+        Some(reference) => {
+            let in_workspace = scope(&state, &caller, q.workspace_id.as_deref())?;
+            let links = missions.trace_links(&in_workspace.account_id, &in_workspace.workspace, Some(reference), None);
+            Some(links.mission.unwrap_or_else(|| reference.clone()))
+        }
+        None => None,
+    };
+    let reflections =
+        missions.reflections(&access(&caller), workspace.as_deref(), mission.as_deref(), list_limit(q.limit)?)?;
+    Ok(Json(json!({ "object": "list", "data": reflections.iter().map(reflection_json).collect::<Vec<_>>() })))
 }

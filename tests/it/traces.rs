@@ -333,3 +333,70 @@ async fn activating_a_harness_version_changes_the_next_pack() {
     assert_eq!(gw.get(&format!("/v1/harness/versions/{id}"), &keys.other_account).await.status, 404);
     assert_eq!(gw.post(&format!("/v1/harness/versions/{id}/activate"), &keys.research, json!({})).await.status, 404);
 }
+
+/// A reflection: traces selected by id or by filter, a model asked through routing (billed,
+/// with a usage row of its own type), its answer stored whole with the traces it came from,
+/// and, when asked, as a memory note that later packs use.
+#[tokio::test]
+async fn reflections_are_synthesized_from_traces_billed_and_stored() {
+    const INSIGHT: &str = "- Deploy questions are answered from the runbook; cite it.\n- Ask for approvals early.";
+    let fake = Fake::start(OpenAi { models: vec![] }, "sk-fake-openai-reflect").await;
+    fake.set(crate::fakes::Behavior::Text(INSIGHT));
+    let gw = Gateway::start_with(Options::default().openai(&fake)).await;
+    let key = gw.first_key.clone().unwrap();
+    let mission = ok(&gw, "/v1/harness/missions", &key, json!({"mission_id": "m-reflect", "status": "running"})).await;
+    let mut ids = Vec::new();
+    for (input, outcome) in [("Deploy on Friday?", "failure"), ("Who approves deploys?", "success")] {
+        let body = json!({"mission_id": "m-reflect", "input_summary": input, "output_summary": "answered", "outcome": outcome});
+        ids.push(ok(&gw, "/v1/harness/traces", &key, body).await["id"].as_str().unwrap().to_owned());
+    }
+    let r = gw
+        .post(
+            "/v1/harness/reflections/generate",
+            &key,
+            json!({"mission": "m-reflect", "mode": "fast", "title": "Deploys",
+                                                               "store_as_memory": true}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["content"], INSIGHT, "the model's answer, whole");
+    let mut got: Vec<String> =
+        r.body["trace_ids"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_owned()).collect();
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids);
+    assert_eq!(r.body["mission"], mission["id"]);
+    let cost: f64 = r.header("x-tokaroo-cost").unwrap().parse().unwrap();
+    assert!(cost > 0.0 && (r.body["charged_usd"].as_f64().unwrap() - cost).abs() < 1e-12, "{}", r.text);
+    // The model saw the traces.
+    let asked = fake.answer_requests().pop().unwrap();
+    let prompt = asked.body["messages"].to_string();
+    assert!(prompt.contains("Deploy on Friday?") && prompt.contains("failure"), "{prompt}");
+    // Billed with a row of its own type.
+    let usage = gw.get("/v1/usage?request_type=reflection", &key).await;
+    assert_eq!(usage.body["data"].as_array().map(Vec::len), Some(1), "{}", usage.text);
+    // Stored as an active note, used by later packs.
+    let note_id = r.body["note_id"].as_str().unwrap();
+    let note = gw.get(&format!("/v1/memory/notes/{note_id}"), &key).await;
+    assert_eq!((note.body["status"].as_str(), note.body["kind"].as_str()), (Some("active"), Some("reflection")));
+    let pack = ok(&gw, "/v1/memory/context-pack", &key, json!({"query": "Who should approve a deploy?"})).await;
+    assert!(pack["memories"].as_array().unwrap().iter().any(|m| m["id"] == note_id), "{pack}");
+    let listed = gw.get("/v1/harness/reflections?mission=m-reflect", &key).await;
+    assert_eq!(listed.body["data"][0]["id"], r.body["id"], "{}", listed.text);
+
+    // By ids, without storing a note.
+    let by_ids = gw.post("/v1/harness/reflections/generate", &key, json!({"trace_ids": [ids[0]]})).await;
+    assert_eq!((by_ids.status.as_u16(), by_ids.body["note_id"].clone()), (201, Value::Null), "{}", by_ids.text);
+    for (body, status) in [
+        (json!({"trace_ids": ["tr_nope"]}), 404),
+        (json!({"mission": "no-such-mission"}), 400),
+        (json!({"mode": "slow"}), 400),
+        (json!({"limit": 51}), 400),
+        (json!({"trace_ids": ids, "colour": 1}), 400),
+    ] {
+        let r = gw.post("/v1/harness/reflections/generate", &key, body.clone()).await;
+        assert_eq!(r.status, status, "{body}: {}", r.text);
+    }
+    let session = gw.post("/v1/harness/reflections/generate", ADMIN_TOKEN, json!({"trace_ids": [ids[0]]})).await;
+    assert_eq!(session.status, 403, "a reflection is billed to a runtime key: {}", session.text);
+}

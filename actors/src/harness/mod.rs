@@ -10,6 +10,7 @@
 
 pub mod inputs;
 pub mod mission;
+pub mod reflections;
 pub mod traces;
 pub mod versions;
 

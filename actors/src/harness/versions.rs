@@ -194,15 +194,7 @@ impl Missions {
 
     /// What a pack in `scope` uses: its workspace's active version, else the server's weights.
     pub fn pack_settings(&self, scope: &KbScope, server_weights: RankWeights) -> PackSettings {
-        let active = || -> Result<Option<HarnessVersion>, EngineError> {
-            let store = &self.0.store;
-            let Some(active) = store.active_versions.get(&(scope.account_id.as_str(), scope.workspace.as_str()))?
-            else {
-                return Ok(None);
-            };
-            Ok(store.harness_versions.get(&(scope.account_id.as_str(), active.version.as_str()))?)
-        };
-        let version = match active() {
+        let version = match self.active_version(scope) {
             Ok(version) => version,
             Err(error) => {
                 tracing::warn!(%error, "reading the active harness version failed; the server's weights apply");
