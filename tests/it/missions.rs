@@ -346,3 +346,89 @@ async fn unfinished_missions_are_back_after_a_kill() {
         same.text
     );
 }
+
+/// A mission from an agent's point of view, end to end: created, steps as it works, a
+/// knowledge reply charged to it (its trace and cost in the detail), a wait for approval (the
+/// seam the guardrails fill: for now the agent itself resumes it), a `kill -9` in the middle
+/// with everything back after the restart, then success and its actor leaving the tree.
+#[tokio::test]
+async fn an_agents_mission_end_to_end_across_a_kill() {
+    let fake = Fake::start(OpenAi { models: vec![] }, "sk-fake-openai-e2e").await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_in(dir.path(), Options::default().openai(&fake)).await;
+    let key = gw.first_key.clone().unwrap();
+    let mission = create(
+        &gw,
+        &key,
+        json!({"mission_id": "mission_123", "external_source": "gwendolyn", "external_id": "mission:mission_123",
+               "app": "gwendolyn", "title": "Plan the offsite", "status": "running", "budget_usd": 5}),
+    )
+    .await;
+    let path = format!("/v1/harness/missions/{}", id(&mission));
+    let steps = format!("{path}/steps");
+    let step = |step_ref: &str, status: &str| {
+        gw.post(&steps, &key, json!({"step_ref": step_ref, "task_id": "task_456", "status": status,
+                                                        "metadata": {"mission_id": "mission_123", "task_id": "task_456"}}))
+    };
+    assert_eq!(step("task_456:step_1", "running").await.status, 201);
+    let note = json!({"content": "The offsite budget is 40 EUR per person per day."});
+    assert!(gw.post("/v1/memory/notes", &key, note).await.status.is_success());
+    let reply = gw
+        .post(
+            "/v1/knowledge/reply",
+            &key,
+            json!({"query": "What is the offsite budget per person?", "mode": "fast",
+                                                   "metadata": {"mission_id": "mission_123", "task_id": "task_456"}}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let cost: f64 = reply.header("x-tokaroo-cost").unwrap().parse().unwrap();
+    assert_eq!(step("task_456:step_1", "succeeded").await.status, 200);
+    let waiting = gw.patch(&path, &key, json!({"status": "waiting_approval", "progress": 60})).await;
+    assert_eq!(waiting.status, 200, "{}", waiting.text);
+
+    gw.kill().await;
+    let gw = Gateway::start_in(dir.path(), Options::default().openai(&fake)).await;
+    let detail = eventually("the mission's spend recorded", || async {
+        let r = gw.get(&path, &key).await;
+        (r.body["usage"]["requests"] == 1).then_some(r.body)
+    })
+    .await;
+    assert_eq!((detail["status"].as_str(), detail["progress"].as_f64()), (Some("waiting_approval"), Some(60.0)));
+    assert!((detail["usage"]["charged_usd"].as_f64().unwrap() - cost).abs() < 1e-9, "{detail}");
+    assert_eq!(detail["steps"][0]["status"], "succeeded");
+    let trace = &detail["traces"][0];
+    assert_eq!((trace["trace_type"].as_str(), trace["task_id"].as_str()), (Some("knowledge_reply"), Some("task_456")));
+    assert!((trace["charged_usd"].as_f64().unwrap() - cost).abs() < 1e-9, "{trace}");
+    let actor = mission_actor(&gw, &id(&mission)).await.expect("the mission's actor is back after the kill");
+    assert_eq!(actor["snapshot"]["status"], "waiting_approval");
+
+    let resumed = gw.patch(&path, &key, json!({"status": "running"})).await;
+    assert_eq!(resumed.status, 200, "{}", resumed.text);
+    let step_2 = gw
+        .post(
+            &format!("{path}/steps"),
+            &key,
+            json!({"step_ref": "task_456:step_2", "status": "succeeded",
+                                                                 "output_summary": "Venue booked"}),
+        )
+        .await;
+    assert_eq!(step_2.status, 201);
+    let receipt = json!({"kind": "receipt", "title": "Venue deposit", "url": "https://venues.example/receipts/1"});
+    assert_eq!(gw.post(&format!("{path}/artifacts"), &key, receipt).await.status, 201);
+    let done = gw.patch(&path, &key, json!({"status": "succeeded", "outcome": "Offsite planned"})).await;
+    assert_eq!((done.status.as_u16(), done.body["success"].as_bool()), (200, Some(true)), "{}", done.text);
+    eventually("the finished mission's actor gone", || async {
+        mission_actor(&gw, &id(&mission)).await.is_none().then_some(())
+    })
+    .await;
+    let same = gw
+        .post(
+            "/v1/harness/missions",
+            &key,
+            json!({"external_source": "gwendolyn", "external_id": "mission:mission_123"}),
+        )
+        .await;
+    assert_eq!((same.status.as_u16(), same.body["id"].clone()), (200, mission["id"].clone()));
+    assert_eq!(same.body["status"], "succeeded");
+}
