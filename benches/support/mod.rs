@@ -61,6 +61,7 @@ pub fn start_gateway(data_dir: &Path, cwd: &Path, envs: &[(&str, &str)], stderr:
         .env("TOKAROO_CACHE_ENABLED", "false")
         // One copy of the embedding model for every bench's server (pulled by the first).
         .env("TOKAROO_EMBED_MODEL_DIR", tokaroo_actors::test_support::test_model_path())
+        .env("TOKAROO_STATIC_MODEL_DIR", tokaroo_actors::test_support::test_static_model_path())
         .env("TOKAROO_LOG_LEVEL", "warn")
         .env_remove("RUST_LOG")
         .env_remove("TOKAROO_CONFIG")
