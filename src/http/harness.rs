@@ -33,8 +33,10 @@ use super::{
     AppState,
 };
 
-/// Steps and artifacts a mission's detail shows at most (each).
+/// Steps and artifacts a mission's detail shows at most (each; the newest).
 const DETAIL_ITEMS: usize = 1_000;
+/// Artifact contents a mission's detail carries at most, in all.
+const DETAIL_CONTENT_BYTES: usize = 1 << 20;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -43,6 +45,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/harness/missions/{id}/steps", post(upsert_step))
         .route("/v1/harness/missions/{id}/steps/{step_id}", patch(update_step))
         .route("/v1/harness/missions/{id}/artifacts", post(add_artifact))
+        .route("/v1/harness/missions/{id}/artifacts/{artifact_id}", get(get_artifact))
         .route("/v1/harness/traces", get(list_traces).post(record_trace))
         .route("/v1/harness/traces/{id}", get(get_trace))
         .route("/v1/harness/feedback", post(feedback))
@@ -64,9 +67,10 @@ pub(super) fn access(caller: &Caller) -> Access {
     }
 }
 
-/// The mission a runtime request is charged to as well: `x-tokaroo-mission`, else the body's
-/// `metadata.tokaroo_mission_uuid` or `metadata.mission_id`.
-pub(super) fn mission_of(headers: &HeaderMap, body: &Value) -> Result<Option<String>, ApiError> {
+/// The mission a runtime request is charged to as well: `x-tokaroo-mission` (named
+/// explicitly: the second value is true), else the body's `metadata.tokaroo_mission_uuid` or
+/// `metadata.mission_id`.
+pub(super) fn mission_of(headers: &HeaderMap, body: &Value) -> Result<(Option<String>, bool), ApiError> {
     if let Some(value) = headers.get("x-tokaroo-mission") {
         let value = value
             .to_str()
@@ -78,13 +82,13 @@ pub(super) fn mission_of(headers: &HeaderMap, body: &Value) -> Result<Option<Str
                     "x-tokaroo-mission must name a mission: its id or mission_id, 1 to 256 characters".into(),
                 )
             })?;
-        return Ok(Some(value.to_owned()));
+        return Ok((Some(value.to_owned()), true));
     }
     let metadata = body.get("metadata").and_then(Value::as_object);
     let named = ["tokaroo_mission_uuid", "mission_id"]
         .iter()
         .find_map(|field| metadata.and_then(|m| m.get(*field)).and_then(Value::as_str));
-    Ok(named.map(str::to_owned))
+    Ok((named.map(str::to_owned), false))
 }
 
 fn mission_json(mission: &Mission) -> Value {
@@ -253,7 +257,23 @@ async fn get_mission(
     let steps_cost: i64 = steps.iter().map(|s| s.cost_units).sum();
     let mut body = mission_json(&mission);
     body["steps"] = json!(steps.iter().map(step_json).collect::<Vec<_>>());
-    body["artifacts"] = json!(artifacts.iter().map(artifact_json).collect::<Vec<_>>());
+    // Contents up to 1 MiB in all; past it an artifact shows its size, and is read alone.
+    let mut budget = DETAIL_CONTENT_BYTES;
+    let artifacts: Vec<Value> = artifacts
+        .iter()
+        .map(|a| {
+            let mut body = artifact_json(a);
+            let size = a.content.as_ref().map_or(0, String::len);
+            if size > budget {
+                body["content"] = Value::Null;
+                body["content_omitted_bytes"] = json!(size);
+            } else {
+                budget -= size;
+            }
+            body
+        })
+        .collect();
+    body["artifacts"] = json!(artifacts);
     body["usage"] = json!({
         "requests": mission.requests,
         "charged_usd": usd(mission.spent_units),
@@ -419,6 +439,16 @@ pub(super) fn trace_json(trace: &HarnessTrace) -> Value {
     })
 }
 
+/// An id given in a query (a cursor, a mission): 1 to 256 characters, no control characters.
+fn id_param(field: &str, value: Option<&str>) -> Result<(), ApiError> {
+    match value {
+        Some(v) if v.is_empty() || v.len() > 256 || v.chars().any(char::is_control) => {
+            Err(ApiError::BadRequest(format!("{field} must be an id: 1 to 256 characters, no control characters")))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn time_param(field: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
     value
         .map(|text| {
@@ -454,6 +484,8 @@ async fn list_traces(
         None => None,
     };
     let limit = list_limit(q.limit)?;
+    id_param("mission", q.mission.as_deref())?;
+    id_param("before", q.before.as_deref())?;
     let mission = match &q.mission {
         None => None,
         Some(reference) => {
@@ -787,6 +819,7 @@ async fn generate_reflection(
             )));
         }
     }
+    id_param("mission", body.mission.as_deref())?;
     let mission = body.mission.as_deref().map(|reference| {
         let links = state.engine.missions().trace_links(&scope.account_id, &scope.workspace, Some(reference), None);
         links.mission.unwrap_or_else(|| reference.to_owned())
@@ -832,6 +865,7 @@ async fn list_reflections(
         None => None,
     };
     let missions = state.engine.missions();
+    id_param("mission", q.mission.as_deref())?;
     let mission = match &q.mission {
         Some(reference) => {
             let in_workspace = scope(&state, &caller, q.workspace_id.as_deref())?;
@@ -843,4 +877,13 @@ async fn list_reflections(
     let reflections =
         missions.reflections(&access(&caller), workspace.as_deref(), mission.as_deref(), list_limit(q.limit)?)?;
     Ok(Json(json!({ "object": "list", "data": reflections.iter().map(reflection_json).collect::<Vec<_>>() })))
+}
+
+async fn get_artifact(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, artifact_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let artifact = state.engine.missions().artifact(&access(&caller), &id, &artifact_id)?;
+    Ok(Json(artifact_json(&artifact)))
 }

@@ -218,10 +218,11 @@ async fn reply(
         query: None,
     };
     let body = json!({ "metadata": req.metadata });
-    let mission = super::harness::mission_of(&headers, &body)?;
+    let (mission, mission_explicit) = super::harness::mission_of(&headers, &body)?;
     let given = add_context(&state, &key, &mut request, ask, true, (mission.as_deref(), req.metadata.as_ref())).await?;
     let bypass_cache = super::chat::bypasses_cache(&headers);
-    let info = RequestInfo { request_id, bypass_cache, mission, ..RequestInfo::chat(&request, &model_name) };
+    let info =
+        RequestInfo { request_id, bypass_cache, mission, mission_explicit, ..RequestInfo::chat(&request, &model_name) };
     let created = time::OffsetDateTime::now_utc().unix_timestamp();
     if request.stream {
         return super::chat::stream_response(&state, key, request, info, created, Some(&given)).await;

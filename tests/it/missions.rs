@@ -432,3 +432,75 @@ async fn an_agents_mission_end_to_end_across_a_kill() {
     assert_eq!((same.status.as_u16(), same.body["id"].clone()), (200, mission["id"].clone()));
     assert_eq!(same.body["status"], "succeeded");
 }
+
+/// What a hostile or careless tenant tries: a key of no workspace naming another workspace's
+/// mission still pays from its budget; a header naming no mission is a 404; refused creations
+/// do not use up the live-mission cap, and a finished mission frees its place; a detail does
+/// not ship unbounded artifact contents; a cursor with a NUL is refused.
+#[tokio::test]
+async fn budgets_caps_and_reads_hold_against_a_careless_or_hostile_tenant() {
+    let fake = Fake::start(OpenAi { models: vec![] }, "sk-fake-openai-hostile-missions").await;
+    let gw =
+        Gateway::start_with(Options::default().openai(&fake).env("TOKAROO_MAX_LIVE_MISSIONS_PER_ACCOUNT", "2")).await;
+    let keys = gw.neighbours().await;
+    let (_, unbound) = gw.create_key(json!({"name": "no workspace"})).await;
+    let mission =
+        create(&gw, &keys.default_ws, json!({"mission_id": "m-tight", "status": "running", "budget_usd": 0.0000001}))
+            .await;
+    let chat = |key: &str, mission: &str| {
+        gw.raw(
+            gw.client()
+                .post(gw.url("/v1/chat/completions"))
+                .bearer_auth(key)
+                .header("x-tokaroo-mission", mission)
+                .json(&json!({"model": "fast", "messages": [{"role": "user", "content": "hi"}]})),
+        )
+    };
+    let refused = chat(&unbound, &id(&mission)).await;
+    assert_eq!(refused.status, 402, "{}", refused.text);
+    let unknown = chat(&unbound, "no-such-mission").await;
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
+    let elsewhere = chat(&keys.research, &id(&mission)).await;
+    assert_eq!(elsewhere.status, 404, "a key of another workspace cannot name it: {}", elsewhere.text);
+
+    let tenant = &keys.other_account;
+    for _ in 0..5 {
+        let r = gw.post("/v1/harness/missions", tenant, json!({"status": "succeeded"})).await;
+        assert_eq!(r.status, 400, "{}", r.text);
+    }
+    let first = create(&gw, tenant, json!({"status": "running"})).await;
+    create(&gw, tenant, json!({})).await;
+    let third = gw.post("/v1/harness/missions", tenant, json!({})).await;
+    assert_eq!(third.status, 400, "{}", third.text);
+    assert!(third.text.contains("live_missions_per_account"), "{}", third.text);
+    let done = gw.patch(&format!("/v1/harness/missions/{}", id(&first)), tenant, json!({"status": "succeeded"})).await;
+    assert_eq!(done.status, 200);
+    let freed = gw.post("/v1/harness/missions", tenant, json!({})).await;
+    assert_eq!(freed.status, 201, "a finished mission frees its place: {}", freed.text);
+
+    let path = format!("/v1/harness/missions/{}", id(&mission));
+    let big = "x".repeat(250 * 1024);
+    let mut artifact_ids = Vec::new();
+    for i in 0..6 {
+        let r = gw
+            .post(
+                &format!("{path}/artifacts"),
+                &keys.default_ws,
+                json!({"kind": "doc", "title": format!("d{i}"), "content": big}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        artifact_ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    let detail = gw.get(&path, &keys.default_ws).await;
+    let artifacts = detail.body["artifacts"].as_array().unwrap();
+    assert_eq!(artifacts.len(), 6);
+    let shipped = artifacts.iter().filter(|a| a["content"].is_string()).count();
+    assert_eq!(shipped, 4, "1 MiB of contents at most in a detail");
+    assert!(artifacts.iter().any(|a| a["content_omitted_bytes"] == 250 * 1024));
+    let whole = gw.get(&format!("{path}/artifacts/{}", artifact_ids[5]), &keys.default_ws).await;
+    assert_eq!(whole.body["content"].as_str().map(str::len), Some(250 * 1024), "read alone, whole");
+    assert_eq!(gw.get(&format!("{path}/artifacts/{}", artifact_ids[5]), &keys.research).await.status, 404);
+    assert_eq!(gw.get("/v1/harness/traces?before=tr_%00x", &keys.default_ws).await.status, 400);
+    assert_eq!(gw.get("/v1/harness/traces?mission=%01", &keys.default_ws).await.status, 400);
+}

@@ -61,6 +61,8 @@ pub enum MissionMsg {
     Settle {
         reserved: i64,
         charged: i64,
+        /// Answered once recorded and flushed.
+        reply: RpcReplyPort<()>,
     },
     /// A held request was not charged.
     Release(i64),
@@ -102,19 +104,23 @@ impl MissionActor {
     }
 
     /// A change from the agent: the heartbeat is fresh again.
-    fn touch(state: &mut MissionState, now: i64) {
-        state.mission.last_update_ms = now;
-        state.mission.updated_at_ms = now;
-        state.mission.stale_since_ms = None;
+    fn touch(mission: &mut Mission, now: i64) {
+        mission.last_update_ms = now;
+        mission.updated_at_ms = now;
+        mission.stale_since_ms = None;
     }
 
-    /// Schedules the next staleness check at the heartbeat deadline, unless one is pending.
+    /// Schedules a staleness check at the heartbeat deadline, unless one is pending for it
+    /// or earlier (a later one reschedules itself when it fires).
     fn schedule_check(&self, me: &ActorRef<MissionMsg>, state: &mut MissionState) {
         let mission = &state.mission;
-        if state.check_at_ms.is_some() || mission.stale_since_ms.is_some() || !can_go_stale(&mission.status) {
+        if mission.stale_since_ms.is_some() || !can_go_stale(&mission.status) {
             return;
         }
         let deadline = mission.last_update_ms.saturating_add(timeout_ms(mission));
+        if state.check_at_ms.is_some_and(|at| at <= deadline) {
+            return;
+        }
         state.check_at_ms = Some(deadline);
         let wait = Duration::from_millis(u64::try_from(deadline - crate::clock::now_ms()).unwrap_or(0));
         me.send_after(wait, || MissionMsg::CheckStale);
@@ -145,9 +151,10 @@ impl MissionActor {
                 }
             }
         }
+        Self::touch(&mut next, now);
+        // Saved first: a change that cannot be written is not kept either.
+        self.save(&next).await?;
         state.mission = next;
-        Self::touch(state, now);
-        self.save(&state.mission).await?;
         Ok((state.mission.status != before).then_some(before))
     }
 
@@ -196,15 +203,17 @@ impl MissionActor {
             }
         };
         super::inputs::apply_step(&mut step, &input, now)?;
+        let mut next = state.mission.clone();
         if created {
             if let Some(step_ref) = &step.step_ref {
                 store.step_refs.insert(&(account, mission, step_ref.as_str()), &StepRef { step: step.id.clone() })?;
             }
-            state.mission.step_count += 1;
+            next.step_count += 1;
         }
         store.mission_steps.insert(&(account, mission, step.id.as_str()), &step)?;
-        Self::touch(state, now);
-        self.save(&state.mission).await?;
+        Self::touch(&mut next, now);
+        self.save(&next).await?;
+        state.mission = next;
         Ok((step, created))
     }
 
@@ -220,8 +229,10 @@ impl MissionActor {
         let now = crate::clock::now_ms();
         super::inputs::apply_step(&mut step, &input, now)?;
         store.mission_steps.insert(&key, &step)?;
-        Self::touch(state, now);
-        self.save(&state.mission).await?;
+        let mut next = state.mission.clone();
+        Self::touch(&mut next, now);
+        self.save(&next).await?;
+        state.mission = next;
         Ok(step)
     }
 
@@ -253,9 +264,11 @@ impl MissionActor {
             created_at_ms: now,
         };
         store.mission_artifacts.insert(&(account.as_str(), mission.as_str(), artifact.id.as_str()), &artifact)?;
-        state.mission.artifact_count += 1;
-        Self::touch(state, now);
-        self.save(&state.mission).await?;
+        let mut next = state.mission.clone();
+        next.artifact_count += 1;
+        Self::touch(&mut next, now);
+        self.save(&next).await?;
+        state.mission = next;
         Ok(artifact)
     }
 
@@ -324,11 +337,15 @@ impl Actor for MissionActor {
                     Ok(from) => from.clone(),
                     Err(_) => None,
                 };
+                let finished = changed_from.is_some() && is_finished(&state.mission.status);
+                if finished {
+                    // Before the answer: a creation the caller makes next finds the place free.
+                    self.parts.finished(&state.mission.account_id);
+                }
                 let _ = reply.send(result.map(|_| state.mission.clone()));
                 if let Some(from) = changed_from {
                     self.parts.lifecycle_event(&state.mission, Some(&from)).await;
-                    if is_finished(&state.mission.status) {
-                        self.parts.finished(&state.mission.account_id);
+                    if finished {
                         me.stop(None);
                         return Ok(());
                     }
@@ -346,12 +363,18 @@ impl Actor for MissionActor {
             MissionMsg::Reserve(units, reply) => {
                 let _ = reply.send(self.reserve(state, units));
             }
-            MissionMsg::Settle { reserved, charged } => {
+            MissionMsg::Settle { reserved, charged, reply } => {
                 state.reserved = state.reserved.saturating_sub(reserved.max(0)).max(0);
                 state.mission.spent_units = state.mission.spent_units.saturating_add(charged.max(0));
                 state.mission.requests += 1;
-                if let Err(error) = self.save(&state.mission).await {
-                    tracing::error!(mission = %state.mission.id, %error, "recording a mission's spend failed");
+                match self.save(&state.mission).await {
+                    Ok(()) => {
+                        let _ = reply.send(());
+                    }
+                    // Unanswered: the hold writes the spend on the record itself.
+                    Err(error) => {
+                        tracing::error!(mission = %state.mission.id, %error, "recording a mission's spend failed")
+                    }
                 }
             }
             MissionMsg::Release(units) => {

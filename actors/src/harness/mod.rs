@@ -179,20 +179,27 @@ impl Missions {
                 break;
             }
         }
-        if let Some(id) = existing {
-            // A record lost to a crash between its reference and itself is written now.
+        if let Some(id) = &existing {
+            // A record lost to a crash between its reference and itself is written anew.
             if parts.store.missions.get(&(account, id.as_str()))?.is_some() {
-                self.add_refs(scope, &id, &identities)?;
+                self.add_refs(scope, id, &identities)?;
                 drop(guard);
                 let access = Access { account_id: scope.account_id.clone(), workspace: Some(scope.workspace.clone()) };
-                return Ok((self.update(&access, &id, patch).await?, false));
+                return Ok((self.update(&access, id, patch).await?, false));
             }
-            return self.create(scope, id, patch, &identities).await.map(|m| (m, true));
+        }
+        let status = patch.status.as_deref().unwrap_or("pending");
+        if !matches!(status, "pending" | "running") {
+            return Err(EngineError::Invalid(format!(
+                "a new mission starts pending or running; got status {status:?} (update it afterwards)"
+            )));
         }
         self.check_caps(account)?;
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = existing.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let mission = self.create(scope, id, patch, &identities).await?;
+        self.counted(account, 1, 1);
         drop(guard);
+        parts.lifecycle_event(&mission, None).await;
         Ok((mission, true))
     }
 
@@ -206,11 +213,6 @@ impl Missions {
     ) -> Result<Mission, EngineError> {
         let parts = &self.0;
         let status = patch.status.clone().unwrap_or_else(|| "pending".into());
-        if !matches!(status.as_str(), "pending" | "running") {
-            return Err(EngineError::Invalid(format!(
-                "a new mission starts pending or running; got status {status:?} (update it afterwards)"
-            )));
-        }
         let now = crate::clock::now_ms();
         let mut mission = Mission {
             id: id.clone(),
@@ -245,7 +247,6 @@ impl Missions {
         parts.store.missions.insert(&(mission.account_id.as_str(), id.as_str()), &mission)?;
         parts.store.flush().await?;
         crate::tree::supervisor::start_child(&parts.registry, MISSIONS, self.spec(&mission)).await;
-        parts.lifecycle_event(&mission, None).await;
         Ok(mission)
     }
 
@@ -257,8 +258,9 @@ impl Missions {
         Ok(())
     }
 
-    /// Refuses a tenant's creation past its caps; counts it otherwise. Called under the
-    /// creation lock.
+    /// Refuses a tenant's creation past its caps. Called under the creation lock; the
+    /// account's counts are read from storage the first time, then kept (`counted`,
+    /// `MissionsParts::finished`).
     fn check_caps(&self, account: &str) -> Result<(), EngineError> {
         let parts = &self.0;
         if parts.directory.operator_account_id().as_deref() == Some(account) {
@@ -274,7 +276,10 @@ impl Missions {
                     live += usize::from(!is_finished(&m.status));
                     Ok::<_, EngineError>(())
                 })?;
-                (total, live)
+                // Under the same lock as `finished`, so a mission that finished meanwhile is
+                // counted once, either way.
+                let mut counts = parts.counts.lock().unwrap_or_else(|p| p.into_inner());
+                *counts.entry(account.to_owned()).or_insert((total, live))
             }
         };
         if total >= parts.limits.missions_per_account {
@@ -288,8 +293,15 @@ impl Missions {
                  finish some first"
             )));
         }
-        parts.counts.lock().unwrap_or_else(|p| p.into_inner()).insert(account.to_owned(), (total + 1, live + 1));
         Ok(())
+    }
+
+    /// A mission was created: the account's counts, when kept, go up.
+    fn counted(&self, account: &str, total: usize, live: usize) {
+        if let Some(counts) = self.0.counts.lock().unwrap_or_else(|p| p.into_inner()).get_mut(account) {
+            counts.0 += total;
+            counts.1 += live;
+        }
     }
 
     fn spec(&self, mission: &Mission) -> Arc<dyn ChildSpec> {
@@ -400,26 +412,26 @@ impl Missions {
         }
     }
 
-    /// The caller's missions, newest first.
+    /// The caller's missions, newest first. One pass over the account's missions, keeping
+    /// only the newest `limit` that match.
     pub fn list(&self, access: &Access, filter: &MissionFilter) -> Result<Vec<Mission>, EngineError> {
-        let mut missions: Vec<Mission> = self
-            .0
-            .store
-            .missions
-            .scan_prefix(&(access.account_id.as_str(),))?
-            .into_iter()
-            .filter(|m| access.allows(m))
-            .filter(|m| filter.workspace.as_ref().is_none_or(|w| *w == m.workspace))
-            .filter(|m| filter.status.as_ref().is_none_or(|s| *s == m.status))
-            .filter(|m| filter.app.as_ref().is_none_or(|a| m.app.as_ref() == Some(a)))
-            .filter(|m| filter.stale.is_none_or(|stale| stale == m.stale_since_ms.is_some()))
-            .collect();
-        missions.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then_with(|| a.id.cmp(&b.id)));
-        missions.truncate(filter.limit);
-        Ok(missions)
+        let mut newest = Newest::new(filter.limit, |m: &Mission| (m.created_at_ms, m.id.clone()));
+        self.0.store.missions.for_each_prefix(&(access.account_id.as_str(),), |m: Mission| {
+            let keep = access.allows(&m)
+                && filter.workspace.as_ref().is_none_or(|w| *w == m.workspace)
+                && filter.status.as_ref().is_none_or(|s| *s == m.status)
+                && filter.app.as_ref().is_none_or(|a| m.app.as_ref() == Some(a))
+                && filter.stale.is_none_or(|stale| stale == m.stale_since_ms.is_some());
+            if keep {
+                newest.offer(m);
+            }
+            Ok::<_, EngineError>(())
+        })?;
+        Ok(newest.into_sorted())
     }
 
-    /// A mission's steps (in creation order) and artifacts, at most `max` of each.
+    /// A mission's newest `max` steps and artifacts (each list oldest first), read in one
+    /// pass each.
     pub fn contents(
         &self,
         mission: &Mission,
@@ -427,12 +439,28 @@ impl Missions {
     ) -> Result<(Vec<MissionStep>, Vec<MissionArtifact>), EngineError> {
         let store = &self.0.store;
         let prefix = (mission.account_id.as_str(), mission.id.as_str());
-        let mut steps = store.mission_steps.scan_prefix(&prefix)?;
-        steps.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then_with(|| a.id.cmp(&b.id)));
-        steps.truncate(max);
-        let mut artifacts = store.mission_artifacts.scan_prefix_limit(&prefix, max)?;
-        artifacts.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then_with(|| a.id.cmp(&b.id)));
+        let mut steps = Newest::new(max, |s: &MissionStep| (s.created_at_ms, s.id.clone()));
+        store.mission_steps.for_each_prefix(&prefix, |s| {
+            steps.offer(s);
+            Ok::<_, EngineError>(())
+        })?;
+        let mut artifacts = Newest::new(max, |a: &MissionArtifact| (a.created_at_ms, a.id.clone()));
+        store.mission_artifacts.for_each_prefix(&prefix, |a| {
+            artifacts.offer(a);
+            Ok::<_, EngineError>(())
+        })?;
+        let (mut steps, mut artifacts) = (steps.into_sorted(), artifacts.into_sorted());
+        steps.reverse();
+        artifacts.reverse();
         Ok((steps, artifacts))
+    }
+
+    /// One artifact of a mission the caller may see.
+    pub fn artifact(&self, access: &Access, id: &str, artifact_id: &str) -> Result<MissionArtifact, EngineError> {
+        let mission = self.get(access, id)?;
+        inputs::check_id("artifact_id", artifact_id).map_err(|_| EngineError::NotFound { what: "artifact" })?;
+        let key = (mission.account_id.as_str(), mission.id.as_str(), artifact_id);
+        self.0.store.mission_artifacts.get(&key)?.ok_or(EngineError::NotFound { what: "artifact" })
     }
 
     /// Updates a mission through its actor (a finished one directly: outcome and metadata).
@@ -481,7 +509,25 @@ impl Missions {
     ) -> Result<(MissionStep, bool), EngineError> {
         input.validate()?;
         let mission = self.live(access, id)?;
-        self.call(&mission, |reply| MissionMsg::UpsertStep(Box::new(input), reply)).await
+        let answer = self.call(&mission, |reply| MissionMsg::UpsertStep(Box::new(input), reply)).await;
+        self.finished_meanwhile(access, id, answer)
+    }
+
+    /// A call to a mission's actor that found it gone: a 409 when the mission finished
+    /// meanwhile (its actor stopped), else the error as it was.
+    fn finished_meanwhile<T>(
+        &self,
+        access: &Access,
+        id: &str,
+        answer: Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        match answer {
+            Err(EngineError::Unavailable(why)) => match self.get(access, id) {
+                Ok(mission) if is_finished(&mission.status) => Err(finished_error(&mission)),
+                _ => Err(EngineError::Unavailable(why)),
+            },
+            other => other,
+        }
     }
 
     pub async fn patch_step(
@@ -495,7 +541,8 @@ impl Missions {
         inputs::check_id("step_id", step_id).map_err(|_| EngineError::NotFound { what: "step" })?;
         let mission = self.live(access, id)?;
         let step_id = step_id.to_owned();
-        self.call(&mission, |reply| MissionMsg::PatchStep(step_id, Box::new(input), reply)).await
+        let answer = self.call(&mission, |reply| MissionMsg::PatchStep(step_id, Box::new(input), reply)).await;
+        self.finished_meanwhile(access, id, answer)
     }
 
     pub async fn add_artifact(
@@ -506,7 +553,8 @@ impl Missions {
     ) -> Result<MissionArtifact, EngineError> {
         input.validate()?;
         let mission = self.live(access, id)?;
-        self.call(&mission, |reply| MissionMsg::Artifact(Box::new(input), reply)).await
+        let answer = self.call(&mission, |reply| MissionMsg::Artifact(Box::new(input), reply)).await;
+        self.finished_meanwhile(access, id, answer)
     }
 
     /// A mission that is not finished (steps and artifacts belong to the work in progress).
@@ -540,32 +588,60 @@ impl Missions {
         }
     }
 
-    /// Holds `units` of the budget of the mission `reference` names (its Tokaroo UUID, or its
-    /// `mission_id` in `workspace`) for a request. `None` when no unfinished mission is
-    /// named: the request is the account's alone.
+    /// Holds `units` of the budget of the mission a key's request names (its Tokaroo UUID,
+    /// in any workspace the key may use; or its `mission_id` in the key's workspace). A
+    /// reference that names no unfinished mission leaves the request the account's alone,
+    /// unless the client named it `explicitly` (the `x-tokaroo-mission` header): then 404.
     pub(crate) async fn hold(
         &self,
         account_id: &str,
-        workspace: &str,
+        key_workspace: Option<&str>,
         reference: &str,
+        explicitly: bool,
         units: i64,
     ) -> Result<Option<MissionHold>, EngineError> {
-        let Some(mission) = self.resolve(account_id, workspace, reference)? else { return Ok(None) };
+        let named = self.resolve_for_key(account_id, key_workspace, reference)?;
+        let mission = match named {
+            Some(mission) => mission,
+            None if explicitly => return Err(EngineError::NotFound { what: "mission" }),
+            None => return Ok(None),
+        };
         if is_finished(&mission.status) {
             return Ok(None);
         }
-        let name = actor_name(&mission.id);
         match self.call(&mission, |reply| MissionMsg::Reserve(units, reply)).await {
-            Ok(()) => Ok(Some(MissionHold { registry: self.0.registry.clone(), name, units, settled: false })),
+            Ok(()) => Ok(Some(MissionHold {
+                parts: self.0.clone(),
+                account_id: mission.account_id.clone(),
+                id: mission.id.clone(),
+                units,
+                settled: false,
+            })),
             Err(EngineError::Unavailable(why)) => {
                 // Finished meanwhile: the request is not the mission's any more.
-                let now = self.resolve(account_id, workspace, reference)?;
-                match now {
+                match self.resolve_for_key(account_id, key_workspace, reference)? {
                     Some(m) if !is_finished(&m.status) => Err(EngineError::Unavailable(why)),
                     _ => Ok(None),
                 }
             }
             Err(error) => Err(error),
+        }
+    }
+
+    /// The mission a key's request names (see [`Self::hold`]).
+    fn resolve_for_key(
+        &self,
+        account_id: &str,
+        key_workspace: Option<&str>,
+        reference: &str,
+    ) -> Result<Option<Mission>, EngineError> {
+        if inputs::check_id("mission", reference).is_err() {
+            return Ok(None);
+        }
+        let access = Access { account_id: account_id.to_owned(), workspace: key_workspace.map(str::to_owned) };
+        match self.0.store.missions.get(&(account_id, reference))? {
+            Some(mission) => Ok(access.allows(&mission).then_some(mission)),
+            None => self.resolve(account_id, key_workspace.unwrap_or_default(), reference),
         }
     }
 
@@ -647,6 +723,59 @@ impl Missions {
     }
 }
 
+/// The newest `limit` items offered, by a `(time, id)` key: a bounded heap, so a scan of many
+/// keeps few.
+struct Newest<T, F: Fn(&T) -> (i64, String)> {
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<Ranked<T>>>,
+    limit: usize,
+    key: F,
+}
+
+struct Ranked<T>((i64, String), T);
+
+impl<T> PartialEq for Ranked<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl<T> Eq for Ranked<T> {}
+impl<T> PartialOrd for Ranked<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<T> Ord for Ranked<T> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+impl<T, F: Fn(&T) -> (i64, String)> Newest<T, F> {
+    fn new(limit: usize, key: F) -> Self {
+        Self { heap: std::collections::BinaryHeap::new(), limit, key }
+    }
+
+    fn offer(&mut self, item: T) {
+        if self.limit == 0 {
+            return;
+        }
+        let ranked = Ranked((self.key)(&item), item);
+        if self.heap.len() < self.limit {
+            self.heap.push(std::cmp::Reverse(ranked));
+        } else if self.heap.peek().is_some_and(|oldest| ranked.0 > oldest.0 .0) {
+            self.heap.pop();
+            self.heap.push(std::cmp::Reverse(ranked));
+        }
+    }
+
+    /// Newest first.
+    fn into_sorted(self) -> Vec<T> {
+        let mut items: Vec<Ranked<T>> = self.heap.into_iter().map(|r| r.0).collect();
+        items.sort_by(|a, b| b.0.cmp(&a.0));
+        items.into_iter().map(|r| r.1).collect()
+    }
+}
+
 fn finished_error(mission: &Mission) -> EngineError {
     EngineError::IllegalTransition {
         what: "mission",
@@ -669,6 +798,20 @@ fn identities(patch: &MissionPatch) -> Vec<(String, String)> {
 }
 
 impl MissionsParts {
+    /// Adds a request's charge to a mission's record directly (no actor holds it: the mission
+    /// finished while the request ran). Under the creation lock, as other writes of finished
+    /// missions.
+    async fn spend_on_record(&self, account_id: &str, id: &str, charged_units: i64) -> Result<(), EngineError> {
+        let _guard = self.creating.lock().await;
+        if let Some(mut mission) = self.store.missions.get(&(account_id, id))? {
+            mission.spent_units = mission.spent_units.saturating_add(charged_units.max(0));
+            mission.requests += 1;
+            self.store.missions.insert(&(account_id, id), &mission)?;
+            self.store.flush().await?;
+        }
+        Ok(())
+    }
+
     /// A mission finished: one fewer unfinished mission for its account's cap.
     pub(crate) fn finished(&self, account: &str) {
         if let Some((_, live)) = self.counts.lock().unwrap_or_else(|p| p.into_inner()).get_mut(account) {
@@ -714,17 +857,38 @@ impl MissionsParts {
 /// Units of a mission's budget held for one request: settled with what it was charged, or
 /// released when dropped unsettled (the request failed).
 pub struct MissionHold {
-    registry: Registry,
-    name: String,
+    parts: Arc<MissionsParts>,
+    account_id: String,
+    id: String,
     units: i64,
     settled: bool,
 }
 
 impl MissionHold {
-    pub fn settle(mut self, charged_units: i64) {
+    /// Records what the request was charged, durably, before the client is answered: through
+    /// the mission's actor, or (the mission finished while the request ran) on its record.
+    pub async fn settle(mut self, charged_units: i64) {
         self.settled = true;
-        if let Some(actor) = self.registry.actor::<MissionMsg>(&self.name) {
-            let _ = actor.cast(MissionMsg::Settle { reserved: self.units, charged: charged_units });
+        let parts = &self.parts;
+        let finished = match parts.store.missions.get(&(self.account_id.as_str(), self.id.as_str())) {
+            Ok(Some(mission)) => is_finished(&mission.status),
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(mission = %self.id, %error, "reading a mission to record its spend failed");
+                return;
+            }
+        };
+        let name = actor_name(&self.id);
+        let actor = if finished { None } else { parts.registry.wait_for::<MissionMsg>(&name, START_WAIT).await };
+        let settle = |reply| MissionMsg::Settle { reserved: self.units, charged: charged_units, reply };
+        let recorded = match actor {
+            Some(actor) => matches!(actor.call(settle, Some(CALL_TIMEOUT)).await, Ok(CallResult::Success(()))),
+            None => false,
+        };
+        if !recorded {
+            if let Err(error) = parts.spend_on_record(&self.account_id, &self.id, charged_units).await {
+                tracing::error!(mission = %self.id, %error, "recording a finished mission's spend failed");
+            }
         }
     }
 }
@@ -732,7 +896,7 @@ impl MissionHold {
 impl Drop for MissionHold {
     fn drop(&mut self) {
         if !self.settled {
-            if let Some(actor) = self.registry.actor::<MissionMsg>(&self.name) {
+            if let Some(actor) = self.parts.registry.actor::<MissionMsg>(&actor_name(&self.id)) {
                 let _ = actor.cast(MissionMsg::Release(self.units));
             }
         }

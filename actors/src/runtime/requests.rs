@@ -58,6 +58,9 @@ pub struct RequestInfo {
     /// The mission the request is charged to as well (`x-tokaroo-mission`, or
     /// `metadata.mission_id`): its Tokaroo UUID or its `mission_id`.
     pub mission: Option<String>,
+    /// The mission was named by the header: one that does not exist is a 404 (a metadata
+    /// field naming none is only metadata).
+    pub mission_explicit: bool,
 }
 
 impl RequestInfo {
@@ -74,6 +77,7 @@ impl RequestInfo {
             request_id: None,
             bypass_cache: false,
             mission: None,
+            mission_explicit: false,
         }
     }
 }
@@ -244,8 +248,8 @@ impl Runtime {
         let amount = amount_units();
         let mission = match &info.mission {
             Some(reference) => {
-                let workspace = key.workspace_slug.as_deref().unwrap_or_default();
-                self.0.missions.hold(&key.account_id, workspace, reference, amount).await?
+                let workspace = key.workspace_slug.as_deref();
+                self.0.missions.hold(&key.account_id, workspace, reference, info.mission_explicit, amount).await?
             }
             None => None,
         };
@@ -348,7 +352,7 @@ impl Runtime {
         tracing::info!(charged_usd = charge.charged_usd(), "request served from the cache");
         self.0.ledger.settle(hold.ledger, row).await?;
         if let Some(mission) = hold.mission {
-            mission.settle(charge.charged_units);
+            mission.settle(charge.charged_units).await;
         }
         Ok(ServedChat { response: hit.response, usage: hit.usage, route: None, charge, cache_hit: true })
     }
@@ -400,7 +404,7 @@ impl Runtime {
         );
         let (_, money) = self.0.ledger.settle(hold.ledger, row).await?;
         if let Some(mission) = hold.mission {
-            mission.settle(charge.charged_units);
+            mission.settle(charge.charged_units).await;
         }
         if self.0.directory.operator_account_id().as_deref() != Some(key.account_id.as_str()) {
             self.0.funding.maybe_auto_pay(&key.account_id, money);
@@ -426,6 +430,7 @@ impl Runtime {
             request_id,
             bypass_cache: true,
             mission: None,
+            mission_explicit: false,
         };
         let hold = self.reserve(key, &info, || self.embedding_worst_case_units(req, tokens)).await?;
         let outcome = self.0.router.embed(req, &scope(key)).await?;

@@ -36,7 +36,7 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let wire = parse_json_object(&body)?;
     let (mut request, model_name) = parse_request(&wire)?;
-    let mission = super::harness::mission_of(&headers, &wire)?;
+    let (mission, mission_explicit) = super::harness::mission_of(&headers, &wire)?;
     // `tokaroo: {"context": {...}}`: grounded in the knowledge base (see `knowledge.rs`).
     let context = match knowledge::context_ask(&wire)? {
         Some(ask) => {
@@ -47,7 +47,8 @@ async fn chat_completions(
     };
     let created = time::OffsetDateTime::now_utc().unix_timestamp();
     let bypass_cache = bypasses_cache(&headers);
-    let info = RequestInfo { request_id, bypass_cache, mission, ..RequestInfo::chat(&request, &model_name) };
+    let info =
+        RequestInfo { request_id, bypass_cache, mission, mission_explicit, ..RequestInfo::chat(&request, &model_name) };
     if request.stream {
         return stream::stream_response(&state, key, request, info, created, context.as_ref()).await;
     }
