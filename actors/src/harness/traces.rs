@@ -74,6 +74,9 @@ struct TracesParts {
     store: Store,
     /// Writes per account since the last count.
     written: Mutex<HashMap<String, u64>>,
+    /// Held while a trace is read, changed and written back (a reply completing it, feedback
+    /// on it), so neither change overwrites the other.
+    rewriting: Mutex<()>,
     max_per_account: usize,
 }
 
@@ -99,7 +102,7 @@ impl Traces {
     }
 
     pub(crate) fn with_cap(store: Store, max_per_account: usize) -> Self {
-        Self(Arc::new(TracesParts { store, written: Mutex::default(), max_per_account }))
+        Self(Arc::new(TracesParts { store, written: Mutex::default(), rewriting: Mutex::default(), max_per_account }))
     }
 
     /// Writes a trace (and its mission's index entry). Not flushed: a trace is an
@@ -278,6 +281,7 @@ impl Traces {
     /// reply's, with its answer and charge. Best effort (the answer is already given).
     pub fn complete_reply(&self, account_id: &str, id: &str, answer: &str, charged_units: i64) {
         let store = &self.0.store;
+        let _rewriting = self.0.rewriting.lock().unwrap_or_else(|p| p.into_inner());
         let result = store.traces.get(&(account_id, id)).and_then(|found| match found {
             Some(mut trace) => {
                 trace.trace_type = "knowledge_reply".into();
@@ -301,7 +305,10 @@ impl Traces {
         outcome: Option<&str>,
         correction: Option<&str>,
     ) -> Result<HarnessTrace, EngineError> {
-        let mut trace = trace.clone();
+        let _rewriting = self.0.rewriting.lock().unwrap_or_else(|p| p.into_inner());
+        // The stored trace as it is now (a reply may have completed it since it was read).
+        let key = (trace.account_id.as_str(), trace.id.as_str());
+        let mut trace = self.0.store.traces.get(&key)?.unwrap_or_else(|| trace.clone());
         if score.is_some() {
             trace.feedback_score = score;
         }
