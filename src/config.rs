@@ -28,6 +28,33 @@ pub struct Config {
     pub cache: CacheConfig,
     pub embedder: EmbedderConfig,
     pub knowledge: KnowledgeConfig,
+    pub actions: ActionsConfig,
+}
+
+/// Action guardrails. See `[actions]` in `config/tokaroo.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActionsConfig {
+    /// The effect (`allow`, `approval` or `deny`) for a check no policy matches, by its
+    /// risk level (a check without one is medium).
+    pub default_low: String,
+    pub default_medium: String,
+    pub default_high: String,
+    pub default_critical: String,
+    /// An approval not decided within this long expires.
+    pub approval_ttl_secs: u64,
+}
+
+impl Default for ActionsConfig {
+    fn default() -> Self {
+        Self {
+            default_low: "allow".into(),
+            default_medium: "approval".into(),
+            default_high: "deny".into(),
+            default_critical: "deny".into(),
+            approval_ttl_secs: 24 * 3600,
+        }
+    }
 }
 
 /// The knowledge base. See `[knowledge]` in `config/tokaroo.toml`.
@@ -425,6 +452,21 @@ impl Config {
         }
     }
 
+    /// The action guardrails' defaults (checked by `validate`).
+    pub fn action_settings(&self) -> tokaroo_actors::actions::ActionSettings {
+        let effect = |e: &str| tokaroo_actors::actions::EFFECTS.into_iter().find(|x| *x == e).unwrap_or("approval");
+        let a = &self.actions;
+        tokaroo_actors::actions::ActionSettings {
+            defaults: [
+                ("low", effect(&a.default_low)),
+                ("medium", effect(&a.default_medium)),
+                ("high", effect(&a.default_high)),
+                ("critical", effect(&a.default_critical)),
+            ],
+            approval_ttl_secs: a.approval_ttl_secs.max(1),
+        }
+    }
+
     /// The mission harness's caps and default heartbeat timeout.
     pub fn mission_limits(&self) -> tokaroo_actors::harness::MissionLimits {
         tokaroo_actors::harness::MissionLimits {
@@ -494,6 +536,16 @@ impl Config {
                 "embedder.kind (TOKAROO_EMBEDDER) is {:?}; it must be neural or routed",
                 self.embedder.kind
             )));
+        }
+        for (key, value) in [
+            ("actions.default_low", &self.actions.default_low),
+            ("actions.default_medium", &self.actions.default_medium),
+            ("actions.default_high", &self.actions.default_high),
+            ("actions.default_critical", &self.actions.default_critical),
+        ] {
+            if !tokaroo_actors::actions::EFFECTS.contains(&value.as_str()) {
+                return Err(ConfigError::Invalid(format!("{key} is {value:?}; it must be allow, approval or deny")));
+            }
         }
         if !matches!(self.knowledge.remember_status.as_str(), "pending" | "active") {
             return Err(ConfigError::Invalid(format!(

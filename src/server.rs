@@ -101,6 +101,7 @@ fn engine_config(config: &Config, listen: std::net::SocketAddr) -> Result<Engine
         chunk_embedder: config.chunk_embedder_settings(),
         ranking: config.knowledge.ranking,
         missions: config.mission_limits(),
+        actions: config.action_settings(),
     })
 }
 

@@ -43,6 +43,8 @@ pub struct EngineConfig {
     pub ranking: crate::knowledge::pack::RankWeights,
     /// Caps and defaults of the mission harness.
     pub missions: crate::harness::MissionLimits,
+    /// Action guardrails' defaults.
+    pub actions: crate::actions::ActionSettings,
 }
 
 /// 30 days: a dashboard left alone for a month signs in again.
@@ -72,6 +74,7 @@ impl Default for EngineConfig {
             chunk_embedder: crate::embed::ChunkEmbedderSettings::default(),
             ranking: crate::knowledge::pack::RankWeights::default(),
             missions: crate::harness::MissionLimits::default(),
+            actions: crate::actions::ActionSettings::default(),
         }
     }
 }

@@ -45,6 +45,7 @@ struct EngineParts {
     embedder: Embedder,
     knowledge: crate::knowledge::Knowledge,
     missions: crate::harness::Missions,
+    actions: crate::actions::Actions,
     /// What `shutdown` is doing now, for the report when it overruns its grace period.
     shutdown_stage: std::sync::Mutex<&'static str>,
 }
@@ -130,6 +131,13 @@ impl Engine {
             config.missions,
             config.restart_policy,
         );
+        let actions = crate::actions::Actions::new(
+            store.clone(),
+            directory_state.clone(),
+            ledger.clone(),
+            missions.clone(),
+            config.actions.clone(),
+        );
         let runtime = Runtime::new(
             directory_state.clone(),
             config.clone(),
@@ -171,6 +179,7 @@ impl Engine {
             embedder,
             knowledge,
             missions,
+            actions,
             shutdown_stage: std::sync::Mutex::new("not started"),
         })))
     }
@@ -178,6 +187,11 @@ impl Engine {
     /// The harness's observation stream (context packs, knowledge replies, agents' traces).
     pub fn traces(&self) -> &crate::harness::traces::Traces {
         self.0.missions.traces()
+    }
+
+    /// Action guardrails: policies and checks.
+    pub fn actions(&self) -> &crate::actions::Actions {
+        &self.0.actions
     }
 
     /// Missions, their steps and artifacts (the mission harness).

@@ -3,6 +3,7 @@
 // Tests may spawn freely; production code is held to the allow-list (clippy.toml).
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
+pub mod actions;
 pub mod cache;
 pub mod chat;
 pub mod clock;

@@ -1,5 +1,6 @@
 //! The HTTP API: one router module per area of the spec, merged here.
 
+mod actions;
 mod admin;
 mod admission;
 mod billing;
@@ -91,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .merge(memory_graph::routes())
         .merge(sources::routes())
         .merge(harness::routes())
+        .merge(actions::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit_runtime_keys));
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()

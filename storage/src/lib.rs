@@ -4,6 +4,7 @@
 // Tests may spawn freely; production code is held to the allow-list (clippy.toml).
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
+pub mod actions;
 mod collection;
 mod error;
 mod flusher;

@@ -1,6 +1,7 @@
 use std::{fs::File, path::Path, sync::Arc};
 
 use crate::{
+    actions::{ActionApproval, ActionAudit, ActionPolicy, ApprovalRef},
     flusher::{Flusher, FlusherStatus},
     harness::{
         ActiveVersion, HarnessTrace, HarnessVersion, Mission, MissionArtifact, MissionRef, MissionStep, MissionTrace,
@@ -71,6 +72,11 @@ pub struct Store {
     pub harness_versions: Collection<HarnessVersion>,
     pub active_versions: Collection<ActiveVersion>,
     pub reflections: Collection<Reflection>,
+    /// Action guardrails (see `actions.rs`).
+    pub action_policies: Collection<ActionPolicy>,
+    pub action_approvals: Collection<ActionApproval>,
+    pub approval_refs: Collection<ApprovalRef>,
+    pub action_audit: Collection<ActionAudit>,
     /// Every knowledge-base tree by name, for `apply_kb`'s transactions.
     kb_trees: Arc<(Vec<&'static str>, Vec<sled::Tree>)>,
     /// The knowledge base's write sequence (see `knowledge.rs`).
@@ -152,6 +158,10 @@ impl Store {
             harness_versions: Collection::open(&db)?,
             active_versions: Collection::open(&db)?,
             reflections: Collection::open(&db)?,
+            action_policies: Collection::open(&db)?,
+            action_approvals: Collection::open(&db)?,
+            approval_refs: Collection::open(&db)?,
+            action_audit: Collection::open(&db)?,
             kb_trees: Arc::new((kb_tree_names, kb_trees)),
             kb_seq: db.open_tree("knowledge_seq")?,
             data_dir: data_dir.to_path_buf(),

@@ -6,6 +6,7 @@ mod fakes;
 mod fakes_stripe;
 mod harness;
 
+mod actions;
 mod auth_and_errors;
 mod billing;
 mod breakers;

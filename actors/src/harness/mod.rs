@@ -679,6 +679,11 @@ impl Missions {
         }
     }
 
+    /// The mission `reference` names in `workspace`: its Tokaroo UUID or its `mission_id`.
+    pub fn find(&self, account_id: &str, workspace: &str, reference: &str) -> Result<Option<Mission>, EngineError> {
+        self.resolve(account_id, workspace, reference)
+    }
+
     fn resolve(&self, account_id: &str, workspace: &str, reference: &str) -> Result<Option<Mission>, EngineError> {
         if inputs::check_id("mission", reference).is_err() {
             return Ok(None);

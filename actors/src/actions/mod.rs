@@ -1,0 +1,516 @@
+//! Action guardrails: policies over the actions agents describe before they run a tool, and
+//! the check that decides `allow`, `deny` or `approval_required` (`engine.actions()`).
+//!
+//! A policy matches a check when every field it constrains matches one of its glob patterns
+//! (`*` any run of characters, `?` one), the requested amount is in its range, and its
+//! metadata patterns match. Among the active policies that match, deny wins over approval
+//! over allow; among equals, the most specific (workspace over account-wide, then more
+//! constrained fields), then the higher priority. With none, the default of the action's
+//! risk level applies. A requested amount above the mission's remaining budget or the
+//! account's balance is denied whatever the policies say. Every check is an audit event; an
+//! approval decision leaves a pending approval (one per external identity).
+
+pub mod glob;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use serde_json::{json, Map, Value};
+use tokaroo_storage::{
+    actions::{ActionApproval, ActionAudit, ActionPolicy, ApprovalRef},
+    Store,
+};
+
+use crate::{
+    directory::state::DirectoryState, error::EngineError, harness::Missions, knowledge::KbScope,
+    money::billing::usd_to_units, money::ledger::LedgerClient,
+};
+
+pub use tokaroo_storage::actions;
+
+/// The check's fields a policy can constrain with patterns.
+pub const FIELDS: [&str; 9] =
+    ["app", "mission_id", "task_id", "actor_ref", "tool_ref", "action_type", "operation", "access_level", "risk_level"];
+pub const EFFECTS: [&str; 3] = ["allow", "approval", "deny"];
+pub const RISK_LEVELS: [&str; 4] = ["low", "medium", "high", "critical"];
+const MAX_PATTERNS_PER_FIELD: usize = 32;
+const MAX_PATTERN_CHARS: usize = 256;
+const MAX_POLICIES_PER_ACCOUNT: usize = 100_000;
+const MAX_AMOUNT_USD: f64 = 1_000_000_000.0;
+
+/// The operator's settings (`[actions]`).
+#[derive(Debug, Clone)]
+pub struct ActionSettings {
+    /// The effect for a check no policy matches, by risk level (a check without one is
+    /// `medium`).
+    pub defaults: [(&'static str, &'static str); 4],
+    /// How long an approval stays pending before it expires.
+    pub approval_ttl_secs: u64,
+}
+
+impl Default for ActionSettings {
+    fn default() -> Self {
+        Self {
+            defaults: [("low", "allow"), ("medium", "approval"), ("high", "deny"), ("critical", "deny")],
+            approval_ttl_secs: 24 * 3600,
+        }
+    }
+}
+
+/// A policy to create or (same name in the same scope) replace.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyInput {
+    pub name: String,
+    pub description: Option<String>,
+    pub effect: String,
+    pub priority: Option<i64>,
+    pub status: Option<String>,
+    /// `field: pattern | [patterns]`, `requested_amount_usd: {min, max}`, `metadata: {key:
+    /// pattern | [patterns]}`.
+    pub matches: Map<String, Value>,
+}
+
+/// An action to check.
+#[derive(Debug, Clone, Default)]
+pub struct CheckInput {
+    /// The values of [`FIELDS`] (absent ones match only policies that leave them free).
+    pub fields: HashMap<String, String>,
+    pub requested_amount_usd: Option<f64>,
+    pub metadata: Map<String, Value>,
+    pub external_source: Option<String>,
+    pub external_id: Option<String>,
+    /// Who asks (`key:...`, `session:...`), for the audit.
+    pub by: String,
+}
+
+/// What a check decided.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// `allow`, `deny` or `approval_required`.
+    pub decision: &'static str,
+    pub policy: Option<ActionPolicy>,
+    pub reason: String,
+    pub approval: Option<ActionApproval>,
+    pub audit_id: String,
+}
+
+#[derive(Clone)]
+pub struct Actions(Arc<ActionsParts>);
+
+struct ActionsParts {
+    store: Store,
+    directory: Arc<DirectoryState>,
+    ledger: LedgerClient,
+    missions: Missions,
+    settings: ActionSettings,
+    /// Each account's policies, read once and dropped when one of them is written.
+    policies: Mutex<HashMap<String, Arc<Vec<ActionPolicy>>>>,
+    /// Approvals by external identity are created one at a time.
+    approving: tokio::sync::Mutex<()>,
+}
+
+fn invalid(message: String) -> EngineError {
+    EngineError::Invalid(message)
+}
+
+/// A `pattern | [patterns]` value, checked.
+fn patterns(field: &str, value: &Value) -> Result<Vec<String>, EngineError> {
+    let list: Vec<&Value> = match value {
+        Value::Array(items) => items.iter().collect(),
+        single => vec![single],
+    };
+    if list.is_empty() || list.len() > MAX_PATTERNS_PER_FIELD {
+        return Err(invalid(format!("{field} must be a pattern or a list of 1 to {MAX_PATTERNS_PER_FIELD} patterns")));
+    }
+    list.into_iter()
+        .map(|p| match p.as_str() {
+            Some(p) if !p.is_empty() && p.chars().count() <= MAX_PATTERN_CHARS && !p.chars().any(char::is_control) => {
+                Ok(p.to_owned())
+            }
+            _ => Err(invalid(format!(
+                "{field} patterns must be strings of 1 to {MAX_PATTERN_CHARS} characters without control characters \
+                 (`*` matches any run of characters, `?` one)"
+            ))),
+        })
+        .collect()
+}
+
+fn amount(field: &str, value: Option<&Value>) -> Result<Option<i64>, EngineError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(usd) if usd.is_finite() && (0.0..=MAX_AMOUNT_USD).contains(&usd) => Ok(Some(usd_to_units(usd))),
+            _ => Err(invalid(format!("{field} must be a number from 0 to {MAX_AMOUNT_USD}"))),
+        },
+    }
+}
+
+impl PolicyInput {
+    /// The checked parts of a policy: field patterns, amount range, metadata patterns.
+    #[allow(clippy::type_complexity)]
+    fn compile(
+        &self,
+    ) -> Result<(Vec<(String, Vec<String>)>, Option<i64>, Option<i64>, Vec<(String, Vec<String>)>), EngineError> {
+        crate::harness::inputs::check_id("name", &self.name)?;
+        if !EFFECTS.contains(&self.effect.as_str()) {
+            return Err(invalid(format!("effect must be one of {}; got {:?}", EFFECTS.join(", "), self.effect)));
+        }
+        if let Some(status) = &self.status {
+            if !matches!(status.as_str(), "active" | "disabled") {
+                return Err(invalid(format!("status must be active or disabled; got {status:?}")));
+            }
+        }
+        let mut fields = Vec::new();
+        let (mut min, mut max) = (None, None);
+        let mut metadata = Vec::new();
+        for (field, value) in &self.matches {
+            match field.as_str() {
+                "requested_amount_usd" => {
+                    let Value::Object(range) = value else {
+                        return Err(invalid("match.requested_amount_usd must be {\"min\": n, \"max\": n}".into()));
+                    };
+                    if let Some(other) = range.keys().find(|k| !matches!(k.as_str(), "min" | "max")) {
+                        return Err(invalid(format!("match.requested_amount_usd.{other} is not min or max")));
+                    }
+                    min = amount("match.requested_amount_usd.min", range.get("min"))?;
+                    max = amount("match.requested_amount_usd.max", range.get("max"))?;
+                    if let (Some(lo), Some(hi)) = (min, max) {
+                        if lo > hi {
+                            return Err(invalid(
+                                "match.requested_amount_usd: min is above max, so nothing matches".into(),
+                            ));
+                        }
+                    }
+                }
+                "metadata" => {
+                    let Value::Object(keys) = value else {
+                        return Err(invalid("match.metadata must be an object of key: pattern".into()));
+                    };
+                    for (key, value) in keys {
+                        crate::harness::inputs::check_id("match.metadata key", key)?;
+                        metadata.push((key.clone(), patterns(&format!("match.metadata.{key}"), value)?));
+                    }
+                }
+                field if FIELDS.contains(&field) => {
+                    fields.push((field.to_owned(), patterns(&format!("match.{field}"), value)?))
+                }
+                other => {
+                    return Err(invalid(format!(
+                    "match.{other} is not a field of a check; a policy matches {}, requested_amount_usd and metadata",
+                    FIELDS.join(", ")
+                )))
+                }
+            }
+        }
+        fields.sort();
+        metadata.sort();
+        Ok((fields, min, max, metadata))
+    }
+}
+
+/// How many things a policy constrains (the more, the more specific).
+fn specificity(policy: &ActionPolicy) -> usize {
+    let workspace = if policy.workspace.is_empty() { 0 } else { 1000 };
+    workspace
+        + policy.patterns.len()
+        + policy.metadata.len()
+        + usize::from(policy.amount_min_units.is_some() || policy.amount_max_units.is_some())
+}
+
+fn effect_rank(effect: &str) -> u8 {
+    match effect {
+        "deny" => 2,
+        "approval" => 1,
+        _ => 0,
+    }
+}
+
+fn matches(policy: &ActionPolicy, input: &CheckInput, amount_units: Option<i64>) -> bool {
+    let field_ok = policy.patterns.iter().all(|(field, patterns)| {
+        input.fields.get(field).is_some_and(|value| patterns.iter().any(|p| glob::matches(p, value)))
+    });
+    if !field_ok {
+        return false;
+    }
+    let amount_ok = match (policy.amount_min_units, policy.amount_max_units) {
+        (None, None) => true,
+        (min, max) => amount_units.is_some_and(|a| min.is_none_or(|m| a >= m) && max.is_none_or(|m| a <= m)),
+    };
+    amount_ok
+        && policy.metadata.iter().all(|(key, patterns)| {
+            input
+                .metadata
+                .get(key)
+                .and_then(Value::as_str)
+                .is_some_and(|v| patterns.iter().any(|p| glob::matches(p, v)))
+        })
+}
+
+impl Actions {
+    pub(crate) fn new(
+        store: Store,
+        directory: Arc<DirectoryState>,
+        ledger: LedgerClient,
+        missions: Missions,
+        settings: ActionSettings,
+    ) -> Self {
+        Self(Arc::new(ActionsParts {
+            store,
+            directory,
+            ledger,
+            missions,
+            settings,
+            policies: Mutex::default(),
+            approving: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Creates a policy, or replaces the one of that name in the same scope.
+    pub async fn upsert_policy(
+        &self,
+        scope: &KbScope,
+        input: PolicyInput,
+    ) -> Result<(ActionPolicy, bool), EngineError> {
+        let (patterns, min, max, metadata) = input.compile()?;
+        if let Some(description) = &input.description {
+            if description.chars().count() > 4_000 {
+                return Err(invalid("description must be at most 4000 characters".into()));
+            }
+        }
+        let store = &self.0.store;
+        let key = (scope.account_id.as_str(), scope.workspace.as_str(), input.name.as_str());
+        let existing = store.action_policies.get(&key)?;
+        if existing.is_none()
+            && store.action_policies.count_prefix(&(scope.account_id.as_str(),)) >= MAX_POLICIES_PER_ACCOUNT
+        {
+            return Err(invalid(format!("this account has {MAX_POLICIES_PER_ACCOUNT} policies, the most it may have")));
+        }
+        let now = crate::clock::now_ms();
+        let policy = ActionPolicy {
+            id: existing.as_ref().map_or_else(|| format!("pol_{}", uuid::Uuid::now_v7().simple()), |p| p.id.clone()),
+            account_id: scope.account_id.clone(),
+            workspace: scope.workspace.clone(),
+            name: input.name.clone(),
+            description: input.description,
+            effect: input.effect,
+            priority: input.priority.unwrap_or(0),
+            status: input.status.unwrap_or_else(|| "active".into()),
+            patterns,
+            amount_min_units: min,
+            amount_max_units: max,
+            metadata,
+            created_at_ms: existing.as_ref().map_or(now, |p| p.created_at_ms),
+            updated_at_ms: now,
+        };
+        store.action_policies.insert(&key, &policy)?;
+        store.flush().await?;
+        self.0.policies.lock().unwrap_or_else(|p| p.into_inner()).remove(&scope.account_id);
+        Ok((policy, existing.is_none()))
+    }
+
+    /// An account's policies (from memory after the first read).
+    fn account_policies(&self, account_id: &str) -> Result<Arc<Vec<ActionPolicy>>, EngineError> {
+        if let Some(cached) = self.0.policies.lock().unwrap_or_else(|p| p.into_inner()).get(account_id) {
+            return Ok(cached.clone());
+        }
+        let read = Arc::new(self.0.store.action_policies.scan_prefix(&(account_id,))?);
+        self.0.policies.lock().unwrap_or_else(|p| p.into_inner()).insert(account_id.to_owned(), read.clone());
+        Ok(read)
+    }
+
+    /// The policies that apply in a workspace (its own and the account-wide ones); with
+    /// `None`, all of the account's.
+    pub fn policies(&self, account_id: &str, workspace: Option<&str>) -> Result<Vec<ActionPolicy>, EngineError> {
+        Ok(self
+            .account_policies(account_id)?
+            .iter()
+            .filter(|p| workspace.is_none_or(|w| p.workspace.is_empty() || p.workspace == w))
+            .cloned()
+            .collect())
+    }
+
+    /// Decides an action (see the module's doc).
+    pub async fn check(&self, scope: &KbScope, input: CheckInput) -> Result<Decision, EngineError> {
+        for (field, value) in &input.fields {
+            if !FIELDS.contains(&field.as_str()) {
+                return Err(invalid(format!("{field} is not a field of a check")));
+            }
+            crate::harness::inputs::check_id(field, value)?;
+        }
+        for required in ["app", "tool_ref", "action_type"] {
+            if !input.fields.contains_key(required) {
+                return Err(invalid(format!("{required} is required")));
+            }
+        }
+        if let Some(risk) = input.fields.get("risk_level") {
+            if !RISK_LEVELS.contains(&risk.as_str()) {
+                return Err(invalid(format!("risk_level must be one of {}", RISK_LEVELS.join(", "))));
+            }
+        }
+        crate::harness::inputs::check_metadata("metadata", &input.metadata)?;
+        let amount_units = amount("requested_amount_usd", input.requested_amount_usd.map(|v| json!(v)).as_ref())?;
+        if input.external_source.is_some() != input.external_id.is_some() {
+            return Err(invalid("external_source and external_id go together: give both or neither".into()));
+        }
+        for (field, value) in [("external_source", &input.external_source), ("external_id", &input.external_id)] {
+            if let Some(value) = value {
+                crate::harness::inputs::check_id(field, value)?;
+            }
+        }
+        let policies = self.account_policies(&scope.account_id)?;
+        let best = policies
+            .iter()
+            .filter(|p| p.status == "active" && (p.workspace.is_empty() || p.workspace == scope.workspace))
+            .filter(|p| matches(p, &input, amount_units))
+            .max_by(|a, b| {
+                effect_rank(&a.effect)
+                    .cmp(&effect_rank(&b.effect))
+                    .then(specificity(a).cmp(&specificity(b)))
+                    .then(a.priority.cmp(&b.priority))
+                    .then(b.name.cmp(&a.name))
+            })
+            .cloned();
+        let mission = match input.fields.get("mission_id") {
+            Some(reference) => self.0.missions.find(&scope.account_id, &scope.workspace, reference)?,
+            None => None,
+        };
+        let (mut effect, mut reason) = match &best {
+            Some(policy) => (policy.effect.clone(), format!("policy {:?} ({})", policy.name, policy.effect)),
+            None => {
+                let risk = input.fields.get("risk_level").map_or("medium", String::as_str);
+                let effect = self.0.settings.defaults.iter().find(|(r, _)| *r == risk).map_or("approval", |(_, e)| e);
+                (effect.to_string(), format!("no policy matches; the default for {risk} risk is {effect}"))
+            }
+        };
+        // Spend is checked whatever the policies say.
+        if let Some(units) = amount_units {
+            if let Some(m) = mission.as_ref().filter(|m| !crate::harness::mission::is_finished(&m.status)) {
+                if let Some(budget) = m.budget_units {
+                    let remaining = (budget - m.spent_units).max(0);
+                    if units > remaining {
+                        effect = "deny".into();
+                        reason = format!(
+                            "requested ${:.6} is more than the mission's remaining budget ${:.6}",
+                            crate::money::billing::units_to_usd(units),
+                            crate::money::billing::units_to_usd(remaining)
+                        );
+                    }
+                }
+            }
+            let metered = self.0.directory.operator_account_id().as_deref() != Some(scope.account_id.as_str());
+            if metered && effect != "deny" {
+                let money =
+                    self.0.ledger.money(&scope.account_id).await.map_err(|e| EngineError::Internal(e.to_string()))?;
+                let available = money.balance_units() - money.held_units;
+                if units > available {
+                    effect = "deny".into();
+                    reason = format!(
+                        "requested ${:.6} is more than the account's available balance ${:.6}",
+                        crate::money::billing::units_to_usd(units),
+                        crate::money::billing::units_to_usd(available.max(0))
+                    );
+                }
+            }
+        }
+        let mut action = Map::new();
+        for (field, value) in &input.fields {
+            action.insert(field.clone(), json!(value));
+        }
+        if let Some(usd) = input.requested_amount_usd {
+            action.insert("requested_amount_usd".into(), json!(usd));
+        }
+        if !input.metadata.is_empty() {
+            action.insert("metadata".into(), Value::Object(input.metadata.clone()));
+        }
+        let decision: &'static str = match effect.as_str() {
+            "allow" => "allow",
+            "deny" => "deny",
+            _ => "approval_required",
+        };
+        let approval = if decision == "approval_required" {
+            Some(
+                self.pending_approval(
+                    scope,
+                    &input,
+                    &action,
+                    mission.as_ref().map(|m| m.id.clone()),
+                    best.as_ref(),
+                    &reason,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        let audit = ActionAudit {
+            id: format!("au_{}", uuid::Uuid::now_v7().simple()),
+            account_id: scope.account_id.clone(),
+            workspace: scope.workspace.clone(),
+            event: "checked".into(),
+            decision: Some(decision.into()),
+            tool_ref: input.fields.get("tool_ref").cloned(),
+            mission: mission.map(|m| m.id),
+            policy_id: best.as_ref().map(|p| p.id.clone()),
+            approval_id: approval.as_ref().map(|a| a.id.clone()),
+            reason: Some(reason.clone()),
+            action,
+            by: input.by.clone(),
+            created_at_ms: crate::clock::now_ms(),
+        };
+        self.0.store.action_audit.insert(&(scope.account_id.as_str(), audit.id.as_str()), &audit)?;
+        self.0.store.flush().await?;
+        Ok(Decision { decision, policy: best, reason, approval, audit_id: audit.id })
+    }
+
+    /// The pending approval a check asks for: the one its external identity already names
+    /// (a retried check), or a new one.
+    async fn pending_approval(
+        &self,
+        scope: &KbScope,
+        input: &CheckInput,
+        action: &Map<String, Value>,
+        mission: Option<String>,
+        policy: Option<&ActionPolicy>,
+        reason: &str,
+    ) -> Result<ActionApproval, EngineError> {
+        let store = &self.0.store;
+        let _guard = self.0.approving.lock().await;
+        if let (Some(source), Some(external)) = (&input.external_source, &input.external_id) {
+            let key = (scope.account_id.as_str(), scope.workspace.as_str(), source.as_str(), external.as_str());
+            if let Some(found) = store.approval_refs.get(&key)? {
+                if let Some(approval) =
+                    store.action_approvals.get(&(scope.account_id.as_str(), found.approval.as_str()))?
+                {
+                    return Ok(approval);
+                }
+            }
+        }
+        let now = crate::clock::now_ms();
+        let ttl_ms = i64::try_from(self.0.settings.approval_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let approval = ActionApproval {
+            id: format!("apr_{}", uuid::Uuid::now_v7().simple()),
+            account_id: scope.account_id.clone(),
+            workspace: scope.workspace.clone(),
+            status: "pending".into(),
+            action: action.clone(),
+            mission,
+            policy_id: policy.map(|p| p.id.clone()),
+            reason: reason.to_owned(),
+            external_source: input.external_source.clone(),
+            external_id: input.external_id.clone(),
+            decided_by: None,
+            decision_note: None,
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(ttl_ms),
+            decided_at_ms: None,
+        };
+        if let (Some(source), Some(external)) = (&input.external_source, &input.external_id) {
+            let key = (scope.account_id.as_str(), scope.workspace.as_str(), source.as_str(), external.as_str());
+            store.approval_refs.insert(&key, &ApprovalRef { approval: approval.id.clone() })?;
+        }
+        store.action_approvals.insert(&(scope.account_id.as_str(), approval.id.as_str()), &approval)?;
+        Ok(approval)
+    }
+}

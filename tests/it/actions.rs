@@ -1,0 +1,231 @@
+//! Action guardrails through HTTP: policies (validated, sessions only), and the check's
+//! decision by precedence, specificity, wildcards, defaults per risk level and spend, with
+//! idempotent approvals and an audit id for every check.
+
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+async fn policy(gw: &Gateway, body: Value) -> Value {
+    let r = gw.post("/v1/actions/policies", ADMIN_TOKEN, body.clone()).await;
+    assert!(r.status.is_success(), "{body}: {}", r.text);
+    r.body
+}
+
+async fn check(gw: &Gateway, key: &str, body: Value) -> Value {
+    let r = gw.post("/v1/actions/check", key, body.clone()).await;
+    assert_eq!(r.status, 200, "{body}: {}", r.text);
+    r.body
+}
+
+#[tokio::test]
+async fn checks_decide_by_precedence_specificity_wildcards_defaults_and_spend() {
+    let gw = Gateway::start().await;
+    let keys = gw.neighbours().await;
+    let key = &keys.default_ws;
+    policy(&gw, json!({"name": "allow-reads", "effect": "allow", "match": {"action_type": "read"}})).await;
+    policy(
+        &gw,
+        json!({"name": "allow-doc-reads", "effect": "allow", "workspace_id": "default",
+                       "match": {"action_type": "read", "tool_ref": "docs.*"}}),
+    )
+    .await;
+    policy(&gw, json!({"name": "deny-deletes", "effect": "deny", "match": {"tool_ref": "*.delete"}})).await;
+    policy(&gw, json!({"name": "approve-email", "effect": "approval", "match": {"tool_ref": "gmail.send"}})).await;
+    policy(
+        &gw,
+        json!({"name": "allow-team-email", "effect": "allow",
+                       "match": {"tool_ref": "gmail.send", "metadata": {"to_domain": "example.com"}}}),
+    )
+    .await;
+    policy(
+        &gw,
+        json!({"name": "small-spend", "effect": "allow",
+                       "match": {"action_type": "spend", "requested_amount_usd": {"max": 50}}}),
+    )
+    .await;
+    policy(
+        &gw,
+        json!({"name": "big-spend", "effect": "approval",
+                       "match": {"action_type": "spend", "requested_amount_usd": {"min": 50.01}}}),
+    )
+    .await;
+    policy(
+        &gw,
+        json!({"name": "no-destruction-here", "effect": "deny", "workspace_id": "default",
+                       "match": {"access_level": "destructive"}}),
+    )
+    .await;
+    let mission = gw
+        .post("/v1/harness/missions", key, json!({"mission_id": "m-spend", "status": "running", "budget_usd": 5}))
+        .await;
+    assert_eq!(mission.status, 201);
+
+    let base = |tool: &str, action: &str| json!({"app": "gwendolyn", "tool_ref": tool, "action_type": action});
+    let with = |mut body: Value, extra: Value| {
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    // (what, body, decision, policy that decided or null)
+    let table = [
+        ("an allow policy", base("search.web", "read"), "allow", Some("allow-reads")),
+        ("the more specific of two allows", base("docs.fetch", "read"), "allow", Some("allow-doc-reads")),
+        ("a wildcard deny", base("github.repo.delete", "write"), "deny", Some("deny-deletes")),
+        ("deny over allow", base("docs.delete", "read"), "deny", Some("deny-deletes")),
+        ("approval", base("gmail.send", "communication"), "approval_required", Some("approve-email")),
+        (
+            "approval over a more specific allow",
+            with(base("gmail.send", "communication"), json!({"metadata": {"to_domain": "example.com"}})),
+            "approval_required",
+            Some("approve-email"),
+        ),
+        (
+            "a spend under the threshold",
+            with(base("stripe.charge", "spend"), json!({"requested_amount_usd": 10})),
+            "allow",
+            Some("small-spend"),
+        ),
+        (
+            "a spend over it",
+            with(base("stripe.charge", "spend"), json!({"requested_amount_usd": 120})),
+            "approval_required",
+            Some("big-spend"),
+        ),
+        (
+            "a workspace deny",
+            with(base("db.migrate", "write"), json!({"access_level": "destructive"})),
+            "deny",
+            Some("no-destruction-here"),
+        ),
+        ("default, low risk", with(base("calendar.read", "write"), json!({"risk_level": "low"})), "allow", None),
+        (
+            "default, medium risk",
+            with(base("calendar.read", "write"), json!({"risk_level": "medium"})),
+            "approval_required",
+            None,
+        ),
+        ("default, no risk given", base("calendar.read", "write"), "approval_required", None),
+        ("default, high risk", with(base("calendar.read", "write"), json!({"risk_level": "high"})), "deny", None),
+        (
+            "default, critical risk",
+            with(base("calendar.read", "write"), json!({"risk_level": "critical"})),
+            "deny",
+            None,
+        ),
+        (
+            "a spend over the mission's remaining budget",
+            with(base("stripe.charge", "spend"), json!({"requested_amount_usd": 10, "mission_id": "m-spend"})),
+            "deny",
+            Some("small-spend"),
+        ),
+    ];
+    for (what, body, decision, decided_by) in table {
+        let answer = check(&gw, key, body.clone()).await;
+        assert_eq!(answer["decision"], decision, "{what}: {answer}");
+        assert_eq!(answer["policy"]["name"].as_str(), decided_by, "{what}: {answer}");
+        assert!(answer["audit_id"].as_str().unwrap().starts_with("au_"), "{what}");
+        assert!(!answer["reason"].as_str().unwrap().is_empty());
+        assert_eq!(answer["approval_id"].is_string(), decision == "approval_required", "{what}: {answer}");
+    }
+    let over = check(
+        &gw,
+        key,
+        with(base("stripe.charge", "spend"), json!({"requested_amount_usd": 10, "mission_id": "m-spend"})),
+    )
+    .await;
+    assert!(over["reason"].as_str().unwrap().contains("mission's remaining budget"), "{over}");
+
+    // Another workspace's key is not under the workspace's policies; another account under none.
+    let research = check(
+        &gw,
+        &keys.research,
+        with(base("db.migrate", "write"), json!({"access_level": "destructive", "risk_level": "low"})),
+    )
+    .await;
+    assert_eq!(research["decision"], "allow", "{research}");
+    let tenant = check(&gw, &keys.other_account, base("github.repo.delete", "write")).await;
+    assert_eq!(
+        (tenant["decision"].as_str(), tenant["policy"].clone()),
+        (Some("approval_required"), Value::Null),
+        "{tenant}"
+    );
+    // A tenant cannot spend past its balance ($5), whatever its policies allow.
+    let broke = check(
+        &gw,
+        &keys.other_account,
+        with(base("stripe.charge", "spend"), json!({"requested_amount_usd": 10, "risk_level": "low"})),
+    )
+    .await;
+    assert_eq!(broke["decision"], "deny", "{broke}");
+    assert!(broke["reason"].as_str().unwrap().contains("available balance"), "{broke}");
+
+    // A retried check names the same approval.
+    let retried =
+        with(base("gmail.send", "communication"), json!({"external_source": "gwendolyn", "external_id": "act-1"}));
+    let first = check(&gw, key, retried.clone()).await;
+    let second = check(&gw, key, retried).await;
+    assert_eq!(first["approval_id"], second["approval_id"]);
+    assert_ne!(first["audit_id"], second["audit_id"], "every check is an audit event");
+}
+
+#[tokio::test]
+async fn policies_are_validated_and_written_by_sessions_only() {
+    let gw = Gateway::start().await;
+    let keys = gw.neighbours().await;
+    let created = gw
+        .post(
+            "/v1/actions/policies",
+            ADMIN_TOKEN,
+            json!({"name": "p", "effect": "deny", "match": {"tool_ref": ["a.*", "b.*"]}}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert_eq!(created.body["match"]["tool_ref"], json!(["a.*", "b.*"]));
+    let replaced =
+        gw.post("/v1/actions/policies", ADMIN_TOKEN, json!({"name": "p", "effect": "allow", "priority": 5})).await;
+    assert_eq!(
+        (replaced.status.as_u16(), replaced.body["id"].clone()),
+        (200, created.body["id"].clone()),
+        "upsert by name"
+    );
+    let by_key = gw.post("/v1/actions/policies", &keys.default_ws, json!({"name": "k", "effect": "allow"})).await;
+    assert_eq!(by_key.status, 403, "{}", by_key.text);
+    for (body, field) in [
+        (json!({"name": "x", "effect": "maybe"}), "effect"),
+        (json!({"name": "x", "effect": "deny", "match": {"tool_ref": ""}}), "match.tool_ref"),
+        (json!({"name": "x", "effect": "deny", "match": {"tool_ref": []}}), "match.tool_ref"),
+        (json!({"name": "x", "effect": "deny", "match": {"tool": "a"}}), "match.tool"),
+        (
+            json!({"name": "x", "effect": "deny", "match": {"requested_amount_usd": {"min": 10, "max": 5}}}),
+            "min is above max",
+        ),
+        (
+            json!({"name": "x", "effect": "deny", "match": {"requested_amount_usd": {"min": -1}}}),
+            "requested_amount_usd.min",
+        ),
+        (json!({"name": "x", "effect": "deny", "status": "sleeping"}), "status"),
+        (json!({"name": "", "effect": "deny"}), "name"),
+    ] {
+        let r = gw.post("/v1/actions/policies", ADMIN_TOKEN, body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+        assert!(r.text.contains(field), "{field}: {}", r.text);
+    }
+    let listed = gw.get("/v1/actions/policies", &keys.default_ws).await;
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 1, "{}", listed.text);
+    assert_eq!(gw.get("/v1/actions/policies", &keys.other_account).await.body["data"], json!([]));
+    for (body, field) in [
+        (json!({"tool_ref": "x", "action_type": "read"}), "app"),
+        (json!({"app": "a", "tool_ref": "x", "action_type": "read", "risk_level": "extreme"}), "risk_level"),
+        (
+            json!({"app": "a", "tool_ref": "x", "action_type": "read", "requested_amount_usd": -5}),
+            "requested_amount_usd",
+        ),
+        (json!({"app": "a", "tool_ref": "x", "action_type": "read", "tool": "y"}), "tool"),
+        (json!({"app": "a", "tool_ref": 5, "action_type": "read"}), "tool_ref"),
+        (json!({"app": "a", "tool_ref": "x", "action_type": "read", "external_source": "s"}), "external_id"),
+    ] {
+        let r = gw.post("/v1/actions/check", &keys.default_ws, body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+        assert!(r.text.contains(field), "{field}: {}", r.text);
+    }
+}
