@@ -697,6 +697,9 @@ impl Config {
                 *slot = parse(var, &v)?;
             }
         }
+        if let Some(v) = get("TOKAROO_APPROVAL_TTL_SECS") {
+            self.actions.approval_ttl_secs = parse("TOKAROO_APPROVAL_TTL_SECS", &v)?;
+        }
         if let Some(v) = get("TOKAROO_MISSION_HEARTBEAT_TIMEOUT_SECS") {
             self.limits.mission_heartbeat_timeout_secs = parse("TOKAROO_MISSION_HEARTBEAT_TIMEOUT_SECS", &v)?;
         }

@@ -1,22 +1,29 @@
-//! Action guardrails: `GET/POST /v1/actions/policies` and `POST /v1/actions/check`.
+//! Action guardrails: `GET/POST /v1/actions/policies`, `POST /v1/actions/check`,
+//! `GET /v1/actions/approvals`, `POST /v1/actions/approvals/:id/decide` and
+//! `GET/POST /v1/actions/audit`.
 //!
-//! Runtime keys may check; only dashboard sessions write policies. A key bound to a workspace
-//! checks in that workspace, under its policies and the account-wide ones.
+//! Runtime keys may check and report; only dashboard sessions write policies and decide
+//! approvals. A key bound to a workspace works in that workspace, under its policies and the
+//! account-wide ones.
 
 use axum::{
-    extract::State,
+    extract::{Path, State},
     http::StatusCode,
     routing::{get, post},
     Json, Router,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokaroo_actors::actions::{actions::ActionPolicy, CheckInput, PolicyInput, FIELDS};
+use tokaroo_actors::actions::{
+    actions::{ActionApproval, ActionAudit, ActionPolicy},
+    effective_status, AuditFilter, AuditInput, CheckInput, PolicyInput, FIELDS,
+};
 
 use super::{
     error::ApiError,
     extract::{Caller, JsonBody, QueryParams},
-    memory::{scope, who, workspace_json},
+    harness::access,
+    memory::{list_limit, scope, who, workspace_json},
     wire::{iso, usd},
     AppState,
 };
@@ -25,6 +32,9 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/actions/policies", get(list_policies).post(upsert_policy))
         .route("/v1/actions/check", post(check))
+        .route("/v1/actions/approvals", get(list_approvals))
+        .route("/v1/actions/approvals/{id}/decide", post(decide))
+        .route("/v1/actions/audit", get(list_audit).post(report))
 }
 
 fn policy_json(policy: &ActionPolicy) -> Value {
@@ -164,5 +174,208 @@ async fn check(
             "id": a.id, "status": a.status, "expires_at": iso(a.expires_at_ms),
         })),
         "audit_id": decision.audit_id,
+    })))
+}
+
+pub(super) fn approval_json(approval: &ActionApproval) -> Value {
+    json!({
+        "object": "action.approval",
+        "id": approval.id,
+        "workspace_id": workspace_json(&approval.workspace),
+        "status": effective_status(approval, tokaroo_actors::clock::now_ms()),
+        "action": approval.action,
+        "mission": approval.mission,
+        "policy_id": approval.policy_id,
+        "reason": approval.reason,
+        "external_source": approval.external_source,
+        "external_id": approval.external_id,
+        "decided_by": approval.decided_by,
+        "note": approval.decision_note,
+        "created_at": iso(approval.created_at_ms),
+        "expires_at": iso(approval.expires_at_ms),
+        "decided_at": approval.decided_at_ms.map(iso),
+    })
+}
+
+pub(super) fn audit_json(event: &ActionAudit) -> Value {
+    json!({
+        "object": "action.audit",
+        "id": event.id,
+        "workspace_id": workspace_json(&event.workspace),
+        "event": event.event,
+        "decision": event.decision,
+        "tool_ref": event.tool_ref,
+        "mission": event.mission,
+        "policy_id": event.policy_id,
+        "approval_id": event.approval_id,
+        "reason": event.reason,
+        "action": event.action,
+        "by": event.by,
+        "created_at": iso(event.created_at_ms),
+    })
+}
+
+/// A mission reference in a query, as the mission's UUID (a `mission_id` of the workspace is
+/// resolved; one that names nothing matches nothing).
+fn mission_param(
+    state: &AppState,
+    caller: &Caller,
+    workspace_id: Option<&str>,
+    mission: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let Some(reference) = mission else { return Ok(None) };
+    if reference.is_empty() || reference.len() > 256 || reference.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest("mission must be a mission's id or mission_id".into()));
+    }
+    let in_workspace = scope(state, caller, workspace_id)?;
+    let found = state.engine.missions().find(&in_workspace.account_id, &in_workspace.workspace, reference)?;
+    Ok(Some(found.map_or_else(|| reference.to_owned(), |m| m.id)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApprovalQuery {
+    workspace_id: Option<String>,
+    mission: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_approvals(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<ApprovalQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(status) = &q.status {
+        if !matches!(status.as_str(), "pending" | "approved" | "rejected" | "expired") {
+            return Err(ApiError::BadRequest("status must be pending, approved, rejected or expired".into()));
+        }
+    }
+    let mut access = access(&caller);
+    if let Some(asked) = &q.workspace_id {
+        access.workspace = Some(scope(&state, &caller, Some(asked))?.workspace);
+    }
+    let mission = mission_param(&state, &caller, q.workspace_id.as_deref(), q.mission.as_deref())?;
+    let approvals =
+        state.engine.actions().approvals(&access, mission.as_deref(), q.status.as_deref(), list_limit(q.limit)?)?;
+    Ok(Json(json!({ "object": "list", "data": approvals.iter().map(approval_json).collect::<Vec<_>>() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecideBody {
+    /// `approve` or `reject`.
+    decision: String,
+    note: Option<String>,
+}
+
+async fn decide(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<DecideBody>,
+) -> Result<Json<Value>, ApiError> {
+    if matches!(caller, Caller::Key(_)) {
+        return Err(ApiError::SessionRequired);
+    }
+    let approve = match body.decision.as_str() {
+        "approve" => true,
+        "reject" => false,
+        other => return Err(ApiError::BadRequest(format!("decision must be approve or reject; got {other:?}"))),
+    };
+    let approval = state.engine.actions().decide(&access(&caller), &id, approve, body.note, &who(&caller)).await?;
+    Ok(Json(approval_json(&approval)))
+}
+
+async fn report(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let mut input = AuditInput { by: who(&caller), ..AuditInput::default() };
+    let mut workspace_id = None;
+    for (field, value) in &body {
+        let text = || {
+            value.as_str().map(str::to_owned).ok_or_else(|| ApiError::BadRequest(format!("{field} must be a string")))
+        };
+        match field.as_str() {
+            "workspace_id" => workspace_id = Some(text()?),
+            "event" => input.event = text()?,
+            "approval_id" => input.approval_id = Some(text()?),
+            "reason" => input.reason = Some(text()?),
+            "metadata" => {
+                input.metadata = value
+                    .as_object()
+                    .cloned()
+                    .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?
+            }
+            f if FIELDS.contains(&f) => {
+                input.fields.insert(field.clone(), text()?);
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "Unknown field `{other}`: an audit event takes event, {}, approval_id, reason, metadata and workspace_id",
+                    FIELDS.join(", ")
+                )))
+            }
+        }
+    }
+    let scope = scope(&state, &caller, workspace_id.as_deref())?;
+    let event = state.engine.actions().report(&scope, input).await?;
+    Ok((StatusCode::CREATED, Json(audit_json(&event))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    workspace_id: Option<String>,
+    mission: Option<String>,
+    tool_ref: Option<String>,
+    decision: Option<String>,
+    event: Option<String>,
+    since: Option<String>,
+    before: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let workspace = match &q.workspace_id {
+        Some(asked) => Some(scope(&state, &caller, Some(asked))?.workspace),
+        None => None,
+    };
+    if let Some(before) = &q.before {
+        if before.is_empty() || before.len() > 256 || before.chars().any(char::is_control) {
+            return Err(ApiError::BadRequest("before must be an audit event's id".into()));
+        }
+    }
+    let since_ms = match &q.since {
+        Some(text) => Some(
+            super::wire::parse_iso_us(text)
+                .map(|us| us / 1_000)
+                .ok_or_else(|| ApiError::BadRequest("since must be an RFC 3339 time".into()))?,
+        ),
+        None => None,
+    };
+    let limit = list_limit(q.limit)?;
+    let filter = AuditFilter {
+        workspace,
+        mission: mission_param(&state, &caller, q.workspace_id.as_deref(), q.mission.as_deref())?,
+        tool_ref: q.tool_ref,
+        decision: q.decision,
+        event: q.event,
+        since_ms,
+        before: q.before,
+        limit,
+    };
+    let events = state.engine.actions().audit(&access(&caller), &filter)?;
+    let next = (events.len() == limit).then(|| events.last().map(|e| e.id.clone())).flatten();
+    Ok(Json(json!({
+        "object": "list",
+        "data": events.iter().map(audit_json).collect::<Vec<_>>(),
+        "next_before": next,
     })))
 }

@@ -284,9 +284,16 @@ async fn get_mission(
     let filter = TraceFilter { mission: Some(mission.id.clone()), limit: DETAIL_TRACES, ..TraceFilter::default() };
     let traces = state.engine.traces().page(&access(&caller), &filter)?;
     body["traces"] = json!(traces.iter().map(trace_json).collect::<Vec<_>>());
-    // Filled by the action guardrails as they land.
-    body["approvals"] = json!([]);
-    body["action_audit"] = json!([]);
+    let actions = state.engine.actions();
+    let approvals = actions.approvals(&access(&caller), Some(&mission.id), None, DETAIL_TRACES)?;
+    body["approvals"] = json!(approvals.iter().map(super::actions::approval_json).collect::<Vec<_>>());
+    let filter = tokaroo_actors::actions::AuditFilter {
+        mission: Some(mission.id.clone()),
+        limit: DETAIL_TRACES,
+        ..Default::default()
+    };
+    let audit = actions.audit(&access(&caller), &filter)?;
+    body["action_audit"] = json!(audit.iter().map(super::actions::audit_json).collect::<Vec<_>>());
     Ok(Json(body))
 }
 

@@ -12,6 +12,11 @@ async fn policy(gw: &Gateway, body: Value) -> Value {
     r.body
 }
 
+async fn decide(gw: &Gateway, id: &str, token: &str, decision: &str) -> Resp {
+    let body = json!({"decision": decision, "note": "ok by finance"});
+    gw.post(&format!("/v1/actions/approvals/{id}/decide"), token, body).await
+}
+
 async fn check(gw: &Gateway, key: &str, body: Value) -> Value {
     let r = gw.post("/v1/actions/check", key, body.clone()).await;
     assert_eq!(r.status, 200, "{body}: {}", r.text);
@@ -228,4 +233,121 @@ async fn policies_are_validated_and_written_by_sessions_only() {
         assert_eq!(r.status, 400, "{body}: {}", r.text);
         assert!(r.text.contains(field), "{field}: {}", r.text);
     }
+}
+
+/// Approvals: listed by mission and status; decided by sessions only, idempotently; the
+/// mission waiting on one moves at once (running when approved, failed when rejected), also
+/// after a restart; every check, decision and reported outcome is in the append-only audit
+/// and in the mission's detail; other tenants see none of it; an undecided approval expires.
+#[tokio::test]
+async fn approvals_wake_their_mission_and_everything_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_in(dir.path(), Options::default()).await;
+    let keys = gw.neighbours().await;
+    let key = keys.default_ws.clone();
+    policy(&gw, json!({"name": "approve-payments", "effect": "approval", "match": {"tool_ref": "stripe.*"}})).await;
+    let mission = gw.post("/v1/harness/missions", &key, json!({"mission_id": "m-pay", "status": "running"})).await.body
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/v1/harness/missions/{mission}");
+    let body = json!({"app": "gwendolyn", "tool_ref": "stripe.charge", "action_type": "spend", "mission_id": "m-pay",
+                      "requested_amount_usd": 3, "external_source": "gwendolyn", "external_id": "pay-1"});
+    let asked = check(&gw, &key, body.clone()).await;
+    let approval = asked["approval_id"].as_str().unwrap().to_owned();
+    assert_eq!(gw.patch(&path, &key, json!({"status": "waiting_approval"})).await.status, 200);
+    let pending = gw.get("/v1/actions/approvals?mission=m-pay&status=pending", &key).await;
+    assert_eq!(pending.body["data"][0]["id"], approval, "{}", pending.text);
+    assert_eq!(pending.body["data"][0]["mission"], mission);
+
+    // The decision survives a restart of the server while the mission waits.
+    gw.stop().await;
+    let gw = Gateway::start_in(dir.path(), Options::default()).await;
+    assert_eq!(decide(&gw, &approval, &key, "approve").await.status, 403, "a runtime key cannot decide");
+    let approved = decide(&gw, &approval, ADMIN_TOKEN, "approve").await;
+    assert_eq!(
+        (approved.status.as_u16(), approved.body["status"].as_str()),
+        (200, Some("approved")),
+        "{}",
+        approved.text
+    );
+    let now = gw.get(&path, &key).await;
+    assert_eq!(now.body["status"], "running", "woken at once: {}", now.text);
+    assert_eq!(decide(&gw, &approval, ADMIN_TOKEN, "approve").await.status, 200, "the same decision again is a no-op");
+    let other_way = decide(&gw, &approval, ADMIN_TOKEN, "reject").await;
+    assert_eq!(other_way.status, 409, "{}", other_way.text);
+
+    // A rejection fails the waiting mission.
+    let second = check(
+        &gw,
+        &key,
+        json!({"app": "gwendolyn", "tool_ref": "stripe.refund", "action_type": "spend",
+                                         "mission_id": "m-pay"}),
+    )
+    .await;
+    assert_eq!(gw.patch(&path, &key, json!({"status": "waiting_approval"})).await.status, 200);
+    let rejected = decide(&gw, second["approval_id"].as_str().unwrap(), ADMIN_TOKEN, "reject").await;
+    assert_eq!(rejected.status, 200, "{}", rejected.text);
+    let failed = gw.get(&path, &key).await;
+    assert_eq!(failed.body["status"], "failed", "{}", failed.text);
+
+    // The agent reports the outcome; the audit holds every check, decision and report.
+    let reported = gw
+        .post(
+            "/v1/actions/audit",
+            &key,
+            json!({"event": "executed", "tool_ref": "stripe.charge", "mission_id": "m-pay",
+                                                 "approval_id": approval}),
+        )
+        .await;
+    assert_eq!(reported.status, 201, "{}", reported.text);
+    let trail = gw.get("/v1/actions/audit?mission=m-pay", &key).await;
+    let events: Vec<&str> =
+        trail.body["data"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["executed", "rejected", "checked", "approved", "checked"], "{}", trail.text);
+    let checked = gw.get("/v1/actions/audit?decision=approval_required&tool_ref=stripe.charge", &key).await;
+    assert_eq!(checked.body["data"].as_array().unwrap().len(), 1, "{}", checked.text);
+    let page = gw.get("/v1/actions/audit?mission=m-pay&limit=2", &key).await;
+    let next = page.body["next_before"].as_str().unwrap();
+    let rest = gw.get(&format!("/v1/actions/audit?mission=m-pay&before={next}"), &key).await;
+    assert_eq!(rest.body["data"].as_array().unwrap().len(), 3);
+    let detail = gw.get(&path, &key).await;
+    assert_eq!(detail.body["approvals"].as_array().unwrap().len(), 2);
+    assert_eq!(detail.body["action_audit"].as_array().unwrap().len(), 5);
+    // Append-only: no route changes or deletes an event.
+    let id = trail.body["data"][0]["id"].as_str().unwrap();
+    assert_eq!(gw.delete(&format!("/v1/actions/audit/{id}"), ADMIN_TOKEN).await.status, 404);
+    assert_eq!(gw.delete("/v1/actions/audit", ADMIN_TOKEN).await.status, 405);
+
+    for other in [&keys.research, &keys.other_account] {
+        assert_eq!(gw.get("/v1/actions/approvals", other).await.body["data"], json!([]));
+        assert_eq!(gw.get("/v1/actions/audit", other).await.body["data"], json!([]));
+    }
+    let (_, tenant_session) = gw.create_account("stranger").await;
+    assert_eq!(decide(&gw, &approval, &tenant_session, "reject").await.status, 404);
+    for (body, field) in [
+        (json!({"event": "exploded", "tool_ref": "x"}), "event"),
+        (json!({"event": "executed", "approval_id": "apr_nope"}), "approval"),
+        (json!({"event": "executed", "colour": "red"}), "colour"),
+    ] {
+        let r = gw.post("/v1/actions/audit", &key, body.clone()).await;
+        assert!(r.status == 400 || r.status == 404, "{body}: {}", r.text);
+        assert!(r.text.contains(field), "{field}: {}", r.text);
+    }
+    assert_eq!(decide(&gw, &approval, ADMIN_TOKEN, "maybe").await.status, 400);
+}
+
+#[tokio::test]
+async fn an_undecided_approval_expires() {
+    let gw = Gateway::start_with(Options::default().env("TOKAROO_APPROVAL_TTL_SECS", "1")).await;
+    let key = gw.first_key.clone().unwrap();
+    let asked = check(&gw, &key, json!({"app": "a", "tool_ref": "x", "action_type": "write"})).await;
+    let id = asked["approval_id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let listed = gw.get("/v1/actions/approvals?status=expired", &key).await;
+    assert_eq!(listed.body["data"][0]["id"], id, "{}", listed.text);
+    let late =
+        gw.post(&format!("/v1/actions/approvals/{id}/decide"), ADMIN_TOKEN, json!({"decision": "approve"})).await;
+    assert_eq!(late.status, 409, "{}", late.text);
 }

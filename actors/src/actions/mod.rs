@@ -514,3 +514,224 @@ impl Actions {
         Ok(approval)
     }
 }
+
+/// A pending approval past its expiry shows as `expired`.
+pub fn effective_status(approval: &ActionApproval, now: i64) -> &str {
+    if approval.status == "pending" && now > approval.expires_at_ms {
+        "expired"
+    } else {
+        approval.status.as_str()
+    }
+}
+
+/// An event an agent reports (`POST /v1/actions/audit`).
+#[derive(Debug, Clone, Default)]
+pub struct AuditInput {
+    pub event: String,
+    pub fields: HashMap<String, String>,
+    pub approval_id: Option<String>,
+    pub reason: Option<String>,
+    pub metadata: Map<String, Value>,
+    pub by: String,
+}
+
+/// `GET /v1/actions/audit` filters.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub workspace: Option<String>,
+    pub mission: Option<String>,
+    pub tool_ref: Option<String>,
+    pub decision: Option<String>,
+    pub event: Option<String>,
+    pub since_ms: Option<i64>,
+    pub before: Option<String>,
+    pub limit: usize,
+}
+
+pub const AUDIT_EVENTS: [&str; 6] = ["executed", "failed", "blocked", "approved", "rejected", "cancelled"];
+
+impl Actions {
+    /// The caller's approvals, newest first (`status` is the effective one).
+    pub fn approvals(
+        &self,
+        access: &crate::harness::Access,
+        mission: Option<&str>,
+        status: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ActionApproval>, EngineError> {
+        let now = crate::clock::now_ms();
+        Ok(self.0.store.action_approvals.page_rev(&(access.account_id.as_str(),), None, limit, 50_000, |a| {
+            access.workspace.as_ref().is_none_or(|w| *w == a.workspace)
+                && mission.is_none_or(|m| a.mission.as_deref() == Some(m))
+                && status.is_none_or(|s| s == effective_status(a, now))
+        })?)
+    }
+
+    /// Approves or rejects a pending approval, as `by`. Deciding it the same way again
+    /// changes nothing; the other way, or once expired, is a 409. The mission waiting on it
+    /// moves at once (through its actor): back to `running` when approved, `failed` when
+    /// rejected.
+    pub async fn decide(
+        &self,
+        access: &crate::harness::Access,
+        id: &str,
+        approve: bool,
+        note: Option<String>,
+        by: &str,
+    ) -> Result<ActionApproval, EngineError> {
+        let store = &self.0.store;
+        if crate::harness::inputs::check_id("id", id).is_err() {
+            return Err(EngineError::NotFound { what: "approval" });
+        }
+        if let Some(note) = &note {
+            if note.chars().count() > 4_000 {
+                return Err(invalid("note must be at most 4000 characters".into()));
+            }
+        }
+        let wanted = if approve { "approved" } else { "rejected" };
+        let guard = self.0.approving.lock().await;
+        let mut approval = match store.action_approvals.get(&(access.account_id.as_str(), id))? {
+            Some(a) if access.workspace.as_ref().is_none_or(|w| *w == a.workspace) => a,
+            _ => return Err(EngineError::NotFound { what: "approval" }),
+        };
+        let now = crate::clock::now_ms();
+        match effective_status(&approval, now) {
+            "pending" => {}
+            same if same == wanted => return Ok(approval),
+            other => {
+                return Err(EngineError::IllegalTransition {
+                    what: "approval",
+                    from: other.to_owned(),
+                    to: wanted.to_owned(),
+                    allowed: Vec::new(),
+                })
+            }
+        }
+        approval.status = wanted.into();
+        approval.decided_by = Some(by.to_owned());
+        approval.decision_note = note;
+        approval.decided_at_ms = Some(now);
+        store.action_approvals.insert(&(approval.account_id.as_str(), approval.id.as_str()), &approval)?;
+        let audit = ActionAudit {
+            id: format!("au_{}", uuid::Uuid::now_v7().simple()),
+            account_id: approval.account_id.clone(),
+            workspace: approval.workspace.clone(),
+            event: wanted.into(),
+            decision: None,
+            tool_ref: approval.action.get("tool_ref").and_then(Value::as_str).map(str::to_owned),
+            mission: approval.mission.clone(),
+            policy_id: approval.policy_id.clone(),
+            approval_id: Some(approval.id.clone()),
+            reason: approval.decision_note.clone(),
+            action: approval.action.clone(),
+            by: by.to_owned(),
+            created_at_ms: now,
+        };
+        store.action_audit.insert(&(audit.account_id.as_str(), audit.id.as_str()), &audit)?;
+        store.flush().await?;
+        drop(guard);
+        if let Some(mission) = &approval.mission {
+            self.wake(&approval, mission, approve).await;
+        }
+        Ok(approval)
+    }
+
+    /// Moves a mission waiting for approval on, through its actor. Best effort: a mission no
+    /// longer waiting is left as it is.
+    async fn wake(&self, approval: &ActionApproval, mission: &str, approve: bool) {
+        let access = crate::harness::Access { account_id: approval.account_id.clone(), workspace: None };
+        let missions = &self.0.missions;
+        match missions.get(&access, mission) {
+            Ok(m) if m.status == "waiting_approval" => {
+                let patch = crate::harness::inputs::MissionPatch {
+                    status: Some(if approve { "running" } else { "failed" }.into()),
+                    outcome: (!approve).then(|| format!("approval {} was rejected", approval.id)),
+                    ..Default::default()
+                };
+                if let Err(error) = missions.update(&access, mission, patch).await {
+                    tracing::warn!(mission, %error, "moving a mission on after its approval's decision failed");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(mission, %error, "reading the mission of a decided approval failed"),
+        }
+    }
+
+    /// Records an event the agent reports.
+    pub async fn report(&self, scope: &KbScope, input: AuditInput) -> Result<ActionAudit, EngineError> {
+        if !AUDIT_EVENTS.contains(&input.event.as_str()) {
+            return Err(invalid(format!("event must be one of {}", AUDIT_EVENTS.join(", "))));
+        }
+        for (field, value) in &input.fields {
+            if !FIELDS.contains(&field.as_str()) {
+                return Err(invalid(format!("{field} is not a field of an action")));
+            }
+            crate::harness::inputs::check_id(field, value)?;
+        }
+        crate::harness::inputs::check_metadata("metadata", &input.metadata)?;
+        if let Some(reason) = &input.reason {
+            if reason.chars().count() > 4_000 {
+                return Err(invalid("reason must be at most 4000 characters".into()));
+            }
+        }
+        let store = &self.0.store;
+        if let Some(approval) = &input.approval_id {
+            crate::harness::inputs::check_id("approval_id", approval)?;
+            match store.action_approvals.get(&(scope.account_id.as_str(), approval.as_str()))? {
+                Some(a) if a.workspace == scope.workspace => {}
+                _ => return Err(EngineError::NotFound { what: "approval" }),
+            }
+        }
+        let mission = match input.fields.get("mission_id") {
+            Some(reference) => self.0.missions.find(&scope.account_id, &scope.workspace, reference)?.map(|m| m.id),
+            None => None,
+        };
+        let mut action: Map<String, Value> = input.fields.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        if !input.metadata.is_empty() {
+            action.insert("metadata".into(), Value::Object(input.metadata.clone()));
+        }
+        let audit = ActionAudit {
+            id: format!("au_{}", uuid::Uuid::now_v7().simple()),
+            account_id: scope.account_id.clone(),
+            workspace: scope.workspace.clone(),
+            event: input.event,
+            decision: None,
+            tool_ref: input.fields.get("tool_ref").cloned(),
+            mission,
+            policy_id: None,
+            approval_id: input.approval_id,
+            reason: input.reason,
+            action,
+            by: input.by,
+            created_at_ms: crate::clock::now_ms(),
+        };
+        store.action_audit.insert(&(audit.account_id.as_str(), audit.id.as_str()), &audit)?;
+        store.flush().await?;
+        Ok(audit)
+    }
+
+    /// A page of audit events, newest first.
+    pub fn audit(
+        &self,
+        access: &crate::harness::Access,
+        filter: &AuditFilter,
+    ) -> Result<Vec<ActionAudit>, EngineError> {
+        let account = access.account_id.as_str();
+        let before = filter.before.as_ref().map(|id| (account, id.as_str()));
+        Ok(self.0.store.action_audit.page_rev(
+            &(account,),
+            before.as_ref().map(|k| k as &dyn tokaroo_storage::KeyTuple),
+            filter.limit,
+            50_000,
+            |a| {
+                access.workspace.as_ref().is_none_or(|w| *w == a.workspace)
+                    && filter.workspace.as_ref().is_none_or(|w| *w == a.workspace)
+                    && filter.mission.as_ref().is_none_or(|m| a.mission.as_ref() == Some(m))
+                    && filter.tool_ref.as_ref().is_none_or(|t| a.tool_ref.as_ref() == Some(t))
+                    && filter.decision.as_ref().is_none_or(|d| a.decision.as_ref() == Some(d))
+                    && filter.event.as_ref().is_none_or(|e| *e == a.event)
+                    && filter.since_ms.is_none_or(|s| a.created_at_ms >= s)
+            },
+        )?)
+    }
+}
