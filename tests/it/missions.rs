@@ -348,8 +348,8 @@ async fn unfinished_missions_are_back_after_a_kill() {
 }
 
 /// A mission from an agent's point of view, end to end: created, steps as it works, a
-/// knowledge reply charged to it (its trace and cost in the detail), a wait for approval (the
-/// seam the guardrails fill: for now the agent itself resumes it), a `kill -9` in the middle
+/// knowledge reply charged to it (its trace and cost in the detail), a wait for approval (here
+/// the agent resumes it itself; `actions.rs` has an approval's decision do it), a `kill -9` in the middle
 /// with everything back after the restart, then success and its actor leaving the tree.
 #[tokio::test]
 async fn an_agents_mission_end_to_end_across_a_kill() {
