@@ -81,3 +81,19 @@ fn test_models_dir() -> std::path::PathBuf {
         target.join("test-models")
     })
 }
+
+/// A copy of a pulled model's directory whose `model.safetensors` has its last byte flipped,
+/// for tests that a tampered file is refused.
+#[cfg(test)]
+pub fn tampered_copy(model: &crate::embed::model_files::PinnedModel, dir: &std::path::Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().expect("temp dir");
+    for file in model.files {
+        std::fs::copy(dir.join(file.name), copy.path().join(file.name)).expect("copy a model file");
+    }
+    let weights = copy.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).expect("read the weights");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&weights, bytes).expect("write the weights");
+    copy
+}

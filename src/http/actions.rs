@@ -121,36 +121,59 @@ async fn list_policies(
     Ok(Json(json!({ "object": "list", "data": policies.iter().map(policy_json).collect::<Vec<_>>() })))
 }
 
+fn text(field: &str, value: &Value) -> Result<String, ApiError> {
+    value.as_str().map(str::to_owned).ok_or_else(|| ApiError::BadRequest(format!("{field} must be a string")))
+}
+
+/// What a check and an audit event both take: the action's fields, `metadata` and
+/// `workspace_id`.
+#[derive(Default)]
+struct ActionBody {
+    fields: std::collections::HashMap<String, String>,
+    metadata: Map<String, Value>,
+    workspace_id: Option<String>,
+}
+
+impl ActionBody {
+    /// Takes `field` when it is one of these (true), else leaves it to the caller (false).
+    fn take(&mut self, field: &str, value: &Value) -> Result<bool, ApiError> {
+        match field {
+            "workspace_id" => self.workspace_id = Some(text(field, value)?),
+            "metadata" => {
+                self.metadata = value
+                    .as_object()
+                    .cloned()
+                    .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?
+            }
+            f if FIELDS.contains(&f) => {
+                self.fields.insert(field.to_owned(), text(field, value)?);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
 async fn check(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
     let mut input = CheckInput { by: who(&caller), ..CheckInput::default() };
-    let mut workspace_id = None;
+    let mut action = ActionBody::default();
     for (field, value) in &body {
-        let text = || {
-            value.as_str().map(str::to_owned).ok_or_else(|| ApiError::BadRequest(format!("{field} must be a string")))
-        };
+        if action.take(field, value)? {
+            continue;
+        }
         match field.as_str() {
-            "workspace_id" => workspace_id = Some(text()?),
-            "external_source" => input.external_source = Some(text()?),
-            "external_id" => input.external_id = Some(text()?),
+            "external_source" => input.external_source = Some(text(field, value)?),
+            "external_id" => input.external_id = Some(text(field, value)?),
             "requested_amount_usd" => {
                 input.requested_amount_usd = Some(
                     value
                         .as_f64()
                         .ok_or_else(|| ApiError::BadRequest("requested_amount_usd must be a number".into()))?,
                 )
-            }
-            "metadata" => {
-                input.metadata = value
-                    .as_object()
-                    .cloned()
-                    .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?
-            }
-            f if FIELDS.contains(&f) => {
-                input.fields.insert(field.clone(), text()?);
             }
             other => {
                 return Err(ApiError::BadRequest(format!(
@@ -161,6 +184,9 @@ async fn check(
             }
         }
     }
+    let (fields, metadata, workspace_id) = (action.fields, action.metadata, action.workspace_id);
+    input.fields = fields;
+    input.metadata = metadata;
     let scope = scope(&state, &caller, workspace_id.as_deref())?;
     let decision = state.engine.actions().check(&scope, input).await?;
     Ok(Json(json!({
@@ -293,25 +319,15 @@ async fn report(
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let mut input = AuditInput { by: who(&caller), ..AuditInput::default() };
-    let mut workspace_id = None;
+    let mut action = ActionBody::default();
     for (field, value) in &body {
-        let text = || {
-            value.as_str().map(str::to_owned).ok_or_else(|| ApiError::BadRequest(format!("{field} must be a string")))
-        };
+        if action.take(field, value)? {
+            continue;
+        }
         match field.as_str() {
-            "workspace_id" => workspace_id = Some(text()?),
-            "event" => input.event = text()?,
-            "approval_id" => input.approval_id = Some(text()?),
-            "reason" => input.reason = Some(text()?),
-            "metadata" => {
-                input.metadata = value
-                    .as_object()
-                    .cloned()
-                    .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?
-            }
-            f if FIELDS.contains(&f) => {
-                input.fields.insert(field.clone(), text()?);
-            }
+            "event" => input.event = text(field, value)?,
+            "approval_id" => input.approval_id = Some(text(field, value)?),
+            "reason" => input.reason = Some(text(field, value)?),
             other => {
                 return Err(ApiError::BadRequest(format!(
                     "Unknown field `{other}`: an audit event takes event, {}, approval_id, reason, metadata and workspace_id",
@@ -320,6 +336,9 @@ async fn report(
             }
         }
     }
+    let (fields, metadata, workspace_id) = (action.fields, action.metadata, action.workspace_id);
+    input.fields = fields;
+    input.metadata = metadata;
     let scope = scope(&state, &caller, workspace_id.as_deref())?;
     let event = state.engine.actions().report(&scope, input).await?;
     Ok((StatusCode::CREATED, Json(audit_json(&event))))

@@ -84,11 +84,15 @@ pub(super) fn mission_of(headers: &HeaderMap, body: &Value) -> Result<(Option<St
             })?;
         return Ok((Some(value.to_owned()), true));
     }
-    let metadata = body.get("metadata").and_then(Value::as_object);
-    let named = ["tokaroo_mission_uuid", "mission_id"]
+    Ok((mission_in_metadata(body.get("metadata").and_then(Value::as_object)), false))
+}
+
+/// The mission a request's `metadata` names: `tokaroo_mission_uuid`, else `mission_id`.
+pub(super) fn mission_in_metadata(metadata: Option<&Map<String, Value>>) -> Option<String> {
+    ["tokaroo_mission_uuid", "mission_id"]
         .iter()
-        .find_map(|field| metadata.and_then(|m| m.get(*field)).and_then(Value::as_str));
-    Ok((named.map(str::to_owned), false))
+        .find_map(|field| metadata.and_then(|m| m.get(*field)).and_then(Value::as_str))
+        .map(str::to_owned)
 }
 
 fn mission_json(mission: &Mission) -> Value {

@@ -302,8 +302,7 @@ impl PackRequest {
 
 async fn build_pack(state: &AppState, caller: &Caller, req: &PackRequest) -> Result<(KbScope, ContextPack), ApiError> {
     let scope = scope(state, caller, req.workspace_id.as_deref())?;
-    let metadata = json!({ "metadata": req.metadata });
-    let (mission, _) = super::harness::mission_of(&axum::http::HeaderMap::new(), &metadata)?;
+    let mission = super::harness::mission_in_metadata(req.metadata.as_ref());
     let missions = state.engine.missions();
     let links = missions.trace_links(&scope.account_id, &scope.workspace, mission.as_deref(), req.metadata.as_ref());
     let max_tokens = req.max_tokens()?;

@@ -196,16 +196,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_tampered_weights_file_is_refused() {
-        let real = crate::test_support::test_model_dir().await;
-        let copy = tempfile::tempdir().unwrap();
-        for file in MODEL.files {
-            std::fs::copy(real.join(file.name), copy.path().join(file.name)).unwrap();
-        }
-        let weights = copy.path().join("model.safetensors");
-        let mut bytes = std::fs::read(&weights).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0x01;
-        std::fs::write(&weights, bytes).unwrap();
+        let copy = crate::test_support::tampered_copy(MODEL, &crate::test_support::test_model_dir().await);
         let error = Neural::load(copy.path()).err().expect("refused");
         assert!(error.contains("model.safetensors has SHA-256"), "{error}");
     }

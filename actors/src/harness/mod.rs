@@ -641,7 +641,7 @@ impl Missions {
         let access = Access { account_id: account_id.to_owned(), workspace: key_workspace.map(str::to_owned) };
         match self.0.store.missions.get(&(account_id, reference))? {
             Some(mission) => Ok(access.allows(&mission).then_some(mission)),
-            None => self.resolve(account_id, key_workspace.unwrap_or_default(), reference),
+            None => self.find(account_id, key_workspace.unwrap_or_default(), reference),
         }
     }
 
@@ -662,7 +662,7 @@ impl Missions {
                 .filter(|v| inputs::check_id(field, v).is_ok())
                 .map(str::to_owned)
         };
-        let mission = mission.and_then(|reference| match self.resolve(account_id, workspace, reference) {
+        let mission = mission.and_then(|reference| match self.find(account_id, workspace, reference) {
             Ok(found) => found.map(|m| m.id),
             Err(error) => {
                 tracing::warn!(%error, "resolving a trace's mission failed");
@@ -681,10 +681,6 @@ impl Missions {
 
     /// The mission `reference` names in `workspace`: its Tokaroo UUID or its `mission_id`.
     pub fn find(&self, account_id: &str, workspace: &str, reference: &str) -> Result<Option<Mission>, EngineError> {
-        self.resolve(account_id, workspace, reference)
-    }
-
-    fn resolve(&self, account_id: &str, workspace: &str, reference: &str) -> Result<Option<Mission>, EngineError> {
         if inputs::check_id("mission", reference).is_err() {
             return Ok(None);
         }

@@ -11,7 +11,7 @@ use tokaroo_storage::harness::{HarnessTrace, Reflection};
 
 use super::{traces::TraceFilter, Access, Missions};
 use crate::{
-    chat::{ChatRequest, ContentPart, Message, Mode, ModelChoice, Role},
+    chat::{ChatRequest, Message, Mode, ModelChoice, Role},
     directory::apikey::KeyEntry,
     error::EngineError,
     knowledge::{graph::MemoryBatch, KbScope, NoteInput},
@@ -71,10 +71,6 @@ fn describe(trace: &HarnessTrace) -> String {
     lines.join("\n")
 }
 
-fn text_message(role: Role, text: String) -> Message {
-    Message { role, content: vec![ContentPart::Text(text)], tool_calls: Vec::new(), tool_call_id: None, name: None }
-}
-
 /// Selects the traces, asks the model, and stores the reflection. `scope` is where it is
 /// stored (and the note written); the traces may be any the key can read.
 pub async fn generate(
@@ -101,25 +97,15 @@ pub async fn generate(
         None => ModelChoice::Native(model.clone()),
     };
     let prompt = traces.iter().map(describe).collect::<Vec<_>>().join("\n\n");
-    let request = ChatRequest {
-        model: choice,
-        messages: vec![
-            text_message(Role::System, SYSTEM.into()),
-            text_message(Role::User, format!("Reflect on these {} traces:\n\n{prompt}", traces.len())),
+    let mut request = ChatRequest::new(
+        choice,
+        vec![
+            Message::text(Role::System, SYSTEM),
+            Message::text(Role::User, format!("Reflect on these {} traces:\n\n{prompt}", traces.len())),
         ],
-        tools: Vec::new(),
-        tool_choice: None,
-        response_format: None,
-        max_tokens: Some(MAX_ANSWER_TOKENS),
-        temperature: Some(0.2),
-        top_p: None,
-        stop: Vec::new(),
-        seed: None,
-        user: None,
-        stream: false,
-        include_usage: false,
-        prompt_size: Default::default(),
-    };
+    );
+    request.max_tokens = Some(MAX_ANSWER_TOKENS);
+    request.temperature = Some(0.2);
     let info = RequestInfo {
         request_type: "reflection",
         request_id: input.request_id.clone(),

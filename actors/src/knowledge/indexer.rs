@@ -651,13 +651,15 @@ impl IndexerActor {
     }
 
     /// What a chunk's stored vector is worth to the chunk embedder now.
-    fn stored_chunk_vector(&self, chunk: &SourceChunk) -> Result<StoredVector, EngineError> {
+    fn stored_chunk_vector(
+        &self,
+        chunk: &SourceChunk,
+        current: &crate::embed::EmbedderId,
+    ) -> Result<StoredVector, EngineError> {
         let key = chunk_key(&chunk.id);
         let stored = self.parts.store.knowledge_vectors.get(&(chunk.account_id.as_str(), key.as_str()))?;
         Ok(match stored {
-            Some(v) if v.seq >= chunk.seq && same_embedder(&v.embedder, &self.parts.chunk_embedder.id()) => {
-                StoredVector::Current(v.vector)
-            }
+            Some(v) if v.seq >= chunk.seq && same_embedder(&v.embedder, current) => StoredVector::Current(v.vector),
             // Another embedder's while a stand-in runs for the configured static model (it
             // failed to load): kept for its return, rather than replaced by vectors that would
             // be thrown away then; the chunk is found by text meanwhile.
@@ -668,9 +670,10 @@ impl IndexerActor {
 
     /// Every chunk without a current vector, for the vectoriser (as many as it takes).
     fn find_unvectored(&self) -> Result<(), EngineError> {
+        let current = self.parts.chunk_embedder.id();
         let mut unvectored = Unvectored::default();
         self.parts.store.source_chunks.for_each(|chunk| {
-            if let StoredVector::Make = self.stored_chunk_vector(&chunk)? {
+            if let StoredVector::Make = self.stored_chunk_vector(&chunk, &current)? {
                 unvectored.offer(chunk);
             }
             Ok::<_, EngineError>(())
@@ -806,12 +809,13 @@ impl IndexerActor {
         // vectors are loaded, and those missing or another embedder's made in the background.
         let mut behind_chunks = Vec::new();
         let mut unvectored = Unvectored::default();
+        let current = parts.chunk_embedder.id();
         parts.store.source_chunks.for_each(|chunk| {
             if chunk.seq > committed {
                 behind_chunks.push(chunk);
                 return Ok::<_, EngineError>(());
             }
-            match self.stored_chunk_vector(&chunk)? {
+            match self.stored_chunk_vector(&chunk, &current)? {
                 StoredVector::Current(vector) => {
                     parts.vectors.upsert(&chunk.account_id, &chunk.workspace, &chunk_key(&chunk.id), CHUNK, vector)
                 }
