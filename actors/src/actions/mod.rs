@@ -11,6 +11,7 @@
 //! approval decision leaves a pending approval (one per external identity).
 
 pub mod glob;
+pub mod index;
 
 use std::{
     collections::HashMap,
@@ -23,6 +24,7 @@ use tokaroo_storage::{
     Store,
 };
 
+use self::index::PolicyIndex;
 use crate::{
     directory::state::DirectoryState, error::EngineError, harness::Missions, knowledge::KbScope,
     money::billing::usd_to_units, money::ledger::LedgerClient,
@@ -106,9 +108,22 @@ struct ActionsParts {
     missions: Missions,
     settings: ActionSettings,
     /// Each account's policies, read once and dropped when one of them is written.
-    policies: Mutex<HashMap<String, Arc<Vec<ActionPolicy>>>>,
+    policies: Mutex<PolicyCache>,
     /// Approvals by external identity are created one at a time.
     approving: tokio::sync::Mutex<()>,
+}
+
+/// An account's policies as read from the store, and compiled for checks.
+pub struct AccountPolicies {
+    pub all: Vec<ActionPolicy>,
+    pub index: PolicyIndex,
+}
+
+#[derive(Default)]
+struct PolicyCache {
+    accounts: HashMap<String, Arc<AccountPolicies>>,
+    /// Bumped by every policy write, so a read that raced a write is not kept.
+    generation: u64,
 }
 
 fn invalid(message: String) -> EngineError {
@@ -147,10 +162,42 @@ fn amount(field: &str, value: Option<&Value>) -> Result<Option<i64>, EngineError
     }
 }
 
+/// A policy as it would be stored in `workspace` (`""`: account-wide), checked: a bad
+/// pattern, effect, status or range is `Invalid` naming the field. It gets a new id.
+pub fn compile_policy(
+    account_id: &str,
+    workspace: &str,
+    input: PolicyInput,
+    now_ms: i64,
+) -> Result<ActionPolicy, EngineError> {
+    let (patterns, min, max, metadata) = input.checked_matches()?;
+    if let Some(description) = &input.description {
+        if description.chars().count() > 4_000 {
+            return Err(invalid("description must be at most 4000 characters".into()));
+        }
+    }
+    Ok(ActionPolicy {
+        id: format!("pol_{}", uuid::Uuid::now_v7().simple()),
+        account_id: account_id.to_owned(),
+        workspace: workspace.to_owned(),
+        name: input.name,
+        description: input.description,
+        effect: input.effect,
+        priority: input.priority.unwrap_or(0),
+        status: input.status.unwrap_or_else(|| "active".into()),
+        patterns,
+        amount_min_units: min,
+        amount_max_units: max,
+        metadata,
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+    })
+}
+
 impl PolicyInput {
     /// The checked parts of a policy: field patterns, amount range, metadata patterns.
     #[allow(clippy::type_complexity)]
-    fn compile(
+    fn checked_matches(
         &self,
     ) -> Result<(Vec<(String, Vec<String>)>, Option<i64>, Option<i64>, Vec<(String, Vec<String>)>), EngineError> {
         crate::harness::inputs::check_id("name", &self.name)?;
@@ -210,44 +257,6 @@ impl PolicyInput {
     }
 }
 
-/// How many things a policy constrains (the more, the more specific).
-fn specificity(policy: &ActionPolicy) -> usize {
-    let workspace = if policy.workspace.is_empty() { 0 } else { 1000 };
-    workspace
-        + policy.patterns.len()
-        + policy.metadata.len()
-        + usize::from(policy.amount_min_units.is_some() || policy.amount_max_units.is_some())
-}
-
-fn effect_rank(effect: &str) -> u8 {
-    match effect {
-        "deny" => 2,
-        "approval" => 1,
-        _ => 0,
-    }
-}
-
-fn matches(policy: &ActionPolicy, input: &CheckInput, amount_units: Option<i64>) -> bool {
-    let field_ok = policy.patterns.iter().all(|(field, patterns)| {
-        input.fields.get(field).is_some_and(|value| patterns.iter().any(|p| glob::matches(p, value)))
-    });
-    if !field_ok {
-        return false;
-    }
-    let amount_ok = match (policy.amount_min_units, policy.amount_max_units) {
-        (None, None) => true,
-        (min, max) => amount_units.is_some_and(|a| min.is_none_or(|m| a >= m) && max.is_none_or(|m| a <= m)),
-    };
-    amount_ok
-        && policy.metadata.iter().all(|(key, patterns)| {
-            input
-                .metadata
-                .get(key)
-                .and_then(Value::as_str)
-                .is_some_and(|v| patterns.iter().any(|p| glob::matches(p, v)))
-        })
-}
-
 impl Actions {
     pub(crate) fn new(
         store: Store,
@@ -273,50 +282,44 @@ impl Actions {
         scope: &KbScope,
         input: PolicyInput,
     ) -> Result<(ActionPolicy, bool), EngineError> {
-        let (patterns, min, max, metadata) = input.compile()?;
-        if let Some(description) = &input.description {
-            if description.chars().count() > 4_000 {
-                return Err(invalid("description must be at most 4000 characters".into()));
-            }
-        }
+        let now = crate::clock::now_ms();
+        let mut policy = compile_policy(&scope.account_id, &scope.workspace, input, now)?;
         let store = &self.0.store;
-        let key = (scope.account_id.as_str(), scope.workspace.as_str(), input.name.as_str());
+        let key = (scope.account_id.as_str(), scope.workspace.as_str(), policy.name.as_str());
         let existing = store.action_policies.get(&key)?;
         if existing.is_none()
             && store.action_policies.count_prefix(&(scope.account_id.as_str(),)) >= MAX_POLICIES_PER_ACCOUNT
         {
             return Err(invalid(format!("this account has {MAX_POLICIES_PER_ACCOUNT} policies, the most it may have")));
         }
-        let now = crate::clock::now_ms();
-        let policy = ActionPolicy {
-            id: existing.as_ref().map_or_else(|| format!("pol_{}", uuid::Uuid::now_v7().simple()), |p| p.id.clone()),
-            account_id: scope.account_id.clone(),
-            workspace: scope.workspace.clone(),
-            name: input.name.clone(),
-            description: input.description,
-            effect: input.effect,
-            priority: input.priority.unwrap_or(0),
-            status: input.status.unwrap_or_else(|| "active".into()),
-            patterns,
-            amount_min_units: min,
-            amount_max_units: max,
-            metadata,
-            created_at_ms: existing.as_ref().map_or(now, |p| p.created_at_ms),
-            updated_at_ms: now,
-        };
+        if let Some(existing) = &existing {
+            policy.id = existing.id.clone();
+            policy.created_at_ms = existing.created_at_ms;
+        }
         store.action_policies.insert(&key, &policy)?;
         store.flush().await?;
-        self.0.policies.lock().unwrap_or_else(|p| p.into_inner()).remove(&scope.account_id);
+        let mut cache = self.0.policies.lock().unwrap_or_else(|p| p.into_inner());
+        cache.generation += 1;
+        cache.accounts.remove(&scope.account_id);
+        drop(cache);
         Ok((policy, existing.is_none()))
     }
 
     /// An account's policies (from memory after the first read).
-    fn account_policies(&self, account_id: &str) -> Result<Arc<Vec<ActionPolicy>>, EngineError> {
-        if let Some(cached) = self.0.policies.lock().unwrap_or_else(|p| p.into_inner()).get(account_id) {
-            return Ok(cached.clone());
+    fn account_policies(&self, account_id: &str) -> Result<Arc<AccountPolicies>, EngineError> {
+        let generation = {
+            let cache = self.0.policies.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(cached) = cache.accounts.get(account_id) {
+                return Ok(cached.clone());
+            }
+            cache.generation
+        };
+        let all = self.0.store.action_policies.scan_prefix(&(account_id,))?;
+        let read = Arc::new(AccountPolicies { index: PolicyIndex::build(&all), all });
+        let mut cache = self.0.policies.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.generation == generation {
+            cache.accounts.insert(account_id.to_owned(), read.clone());
         }
-        let read = Arc::new(self.0.store.action_policies.scan_prefix(&(account_id,))?);
-        self.0.policies.lock().unwrap_or_else(|p| p.into_inner()).insert(account_id.to_owned(), read.clone());
         Ok(read)
     }
 
@@ -325,6 +328,7 @@ impl Actions {
     pub fn policies(&self, account_id: &str, workspace: Option<&str>) -> Result<Vec<ActionPolicy>, EngineError> {
         Ok(self
             .account_policies(account_id)?
+            .all
             .iter()
             .filter(|p| workspace.is_none_or(|w| p.workspace.is_empty() || p.workspace == w))
             .cloned()
@@ -360,18 +364,7 @@ impl Actions {
             }
         }
         let policies = self.account_policies(&scope.account_id)?;
-        let best = policies
-            .iter()
-            .filter(|p| p.status == "active" && (p.workspace.is_empty() || p.workspace == scope.workspace))
-            .filter(|p| matches(p, &input, amount_units))
-            .max_by(|a, b| {
-                effect_rank(&a.effect)
-                    .cmp(&effect_rank(&b.effect))
-                    .then(specificity(a).cmp(&specificity(b)))
-                    .then(a.priority.cmp(&b.priority))
-                    .then(b.name.cmp(&a.name))
-            })
-            .cloned();
+        let best = policies.index.decide(&scope.workspace, &input, amount_units).cloned();
         let mission = match input.fields.get("mission_id") {
             Some(reference) => self.0.missions.find(&scope.account_id, &scope.workspace, reference)?,
             None => None,
