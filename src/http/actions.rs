@@ -117,7 +117,7 @@ async fn list_policies(
         (_, Some(asked)) => Some(scope(&state, &caller, Some(asked))?.workspace),
         (Caller::Session(_), None) => None,
     };
-    let policies = state.engine.actions().policies(caller.account_id(), workspace.as_deref())?;
+    let policies = state.engine.actions().policies(caller.account_id(), workspace.as_deref()).await?;
     Ok(Json(json!({ "object": "list", "data": policies.iter().map(policy_json).collect::<Vec<_>>() })))
 }
 
@@ -197,7 +197,7 @@ async fn check(
         "policy": decision.policy.as_ref().map(|p| json!({"id": p.id, "name": p.name, "effect": p.effect})),
         "approval_id": decision.approval.as_ref().map(|a| a.id.clone()),
         "approval": decision.approval.as_ref().map(|a| json!({
-            "id": a.id, "status": a.status, "expires_at": iso(a.expires_at_ms),
+            "id": a.id, "status": effective_status(a, tokaroo_actors::clock::now_ms()), "expires_at": iso(a.expires_at_ms),
         })),
         "audit_id": decision.audit_id,
     })))

@@ -256,7 +256,8 @@ async fn approvals_wake_their_mission_and_everything_is_audited() {
                       "requested_amount_usd": 3, "external_source": "gwendolyn", "external_id": "pay-1"});
     let asked = check(&gw, &key, body.clone()).await;
     let approval = asked["approval_id"].as_str().unwrap().to_owned();
-    assert_eq!(gw.patch(&path, &key, json!({"status": "waiting_approval"})).await.status, 200);
+    let waiting = gw.get(&path, &key).await;
+    assert_eq!(waiting.body["status"], "waiting_approval", "the check moved the mission: {}", waiting.text);
     let pending = gw.get("/v1/actions/approvals?mission=m-pay&status=pending", &key).await;
     assert_eq!(pending.body["data"][0]["id"], approval, "{}", pending.text);
     assert_eq!(pending.body["data"][0]["mission"], mission);
@@ -277,20 +278,26 @@ async fn approvals_wake_their_mission_and_everything_is_audited() {
     assert_eq!(decide(&gw, &approval, ADMIN_TOKEN, "approve").await.status, 200, "the same decision again is a no-op");
     let other_way = decide(&gw, &approval, ADMIN_TOKEN, "reject").await;
     assert_eq!(other_way.status, 409, "{}", other_way.text);
+    // The agent retries its check: the person's decision is the answer now.
+    let retried = check(&gw, &key, body.clone()).await;
+    assert_eq!(
+        (retried["decision"].as_str(), retried["approval_id"].as_str()),
+        (Some("allow"), Some(approval.as_str()))
+    );
+    assert!(retried["reason"].as_str().unwrap().contains("approved"), "{retried}");
+    assert_eq!(gw.get(&path, &key).await.body["status"], "running", "an allowed check leaves the mission running");
 
     // A rejection fails the waiting mission.
-    let second = check(
-        &gw,
-        &key,
-        json!({"app": "gwendolyn", "tool_ref": "stripe.refund", "action_type": "spend",
-                                         "mission_id": "m-pay"}),
-    )
-    .await;
-    assert_eq!(gw.patch(&path, &key, json!({"status": "waiting_approval"})).await.status, 200);
+    let refund = json!({"app": "gwendolyn", "tool_ref": "stripe.refund", "action_type": "spend",
+                        "mission_id": "m-pay", "external_source": "gwendolyn", "external_id": "refund-1"});
+    let second = check(&gw, &key, refund.clone()).await;
+    assert_eq!(gw.get(&path, &key).await.body["status"], "waiting_approval");
     let rejected = decide(&gw, second["approval_id"].as_str().unwrap(), ADMIN_TOKEN, "reject").await;
     assert_eq!(rejected.status, 200, "{}", rejected.text);
     let failed = gw.get(&path, &key).await;
     assert_eq!(failed.body["status"], "failed", "{}", failed.text);
+    let retried = check(&gw, &key, refund).await;
+    assert_eq!(retried["decision"], "deny", "a rejected approval denies the retry: {retried}");
 
     // The agent reports the outcome; the audit holds every check, decision and report.
     let reported = gw
@@ -305,16 +312,21 @@ async fn approvals_wake_their_mission_and_everything_is_audited() {
     let trail = gw.get("/v1/actions/audit?mission=m-pay", &key).await;
     let events: Vec<&str> =
         trail.body["data"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert_eq!(events, ["executed", "rejected", "checked", "approved", "checked"], "{}", trail.text);
+    assert_eq!(
+        events,
+        ["executed", "checked", "rejected", "checked", "checked", "approved", "checked"],
+        "{}",
+        trail.text
+    );
     let checked = gw.get("/v1/actions/audit?decision=approval_required&tool_ref=stripe.charge", &key).await;
     assert_eq!(checked.body["data"].as_array().unwrap().len(), 1, "{}", checked.text);
     let page = gw.get("/v1/actions/audit?mission=m-pay&limit=2", &key).await;
     let next = page.body["next_before"].as_str().unwrap();
     let rest = gw.get(&format!("/v1/actions/audit?mission=m-pay&before={next}"), &key).await;
-    assert_eq!(rest.body["data"].as_array().unwrap().len(), 3);
+    assert_eq!(rest.body["data"].as_array().unwrap().len(), 5);
     let detail = gw.get(&path, &key).await;
     assert_eq!(detail.body["approvals"].as_array().unwrap().len(), 2);
-    assert_eq!(detail.body["action_audit"].as_array().unwrap().len(), 5);
+    assert_eq!(detail.body["action_audit"].as_array().unwrap().len(), 7);
     // Append-only: no route changes or deletes an event.
     let id = trail.body["data"][0]["id"].as_str().unwrap();
     assert_eq!(gw.delete(&format!("/v1/actions/audit/{id}"), ADMIN_TOKEN).await.status, 404);
@@ -350,4 +362,15 @@ async fn an_undecided_approval_expires() {
     let late =
         gw.post(&format!("/v1/actions/approvals/{id}/decide"), ADMIN_TOKEN, json!({"decision": "approve"})).await;
     assert_eq!(late.status, 409, "{}", late.text);
+
+    // A retried check whose approval expired asks a person again.
+    let body =
+        json!({"app": "a", "tool_ref": "x", "action_type": "write", "external_source": "s", "external_id": "e1"});
+    let first = check(&gw, &key, body.clone()).await["approval_id"].as_str().unwrap().to_owned();
+    assert_eq!(check(&gw, &key, body.clone()).await["approval_id"], first, "a retry names the same approval");
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let again = check(&gw, &key, body).await;
+    assert_eq!(again["decision"], "approval_required");
+    assert_eq!(again["approval"]["status"], "pending");
+    assert_ne!(again["approval_id"], first, "{again}");
 }

@@ -305,8 +305,9 @@ impl Actions {
         Ok((policy, existing.is_none()))
     }
 
-    /// An account's policies (from memory after the first read).
-    fn account_policies(&self, account_id: &str) -> Result<Arc<AccountPolicies>, EngineError> {
+    /// An account's policies (from memory after the first read). Reading and indexing up to
+    /// [`MAX_POLICIES_PER_ACCOUNT`] runs on a blocking thread, off the request workers.
+    async fn account_policies(&self, account_id: &str) -> Result<Arc<AccountPolicies>, EngineError> {
         let generation = {
             let cache = self.0.policies.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(cached) = cache.accounts.get(account_id) {
@@ -314,8 +315,13 @@ impl Actions {
             }
             cache.generation
         };
-        let all = self.0.store.action_policies.scan_prefix(&(account_id,))?;
-        let read = Arc::new(AccountPolicies { index: PolicyIndex::build(&all), all });
+        let (store, account) = (self.0.store.clone(), account_id.to_owned());
+        let read = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
+            let all = store.action_policies.scan_prefix(&(account.as_str(),))?;
+            Ok(Arc::new(AccountPolicies { index: PolicyIndex::build(&all), all }))
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("indexing policies: {e}")))??;
         let mut cache = self.0.policies.lock().unwrap_or_else(|p| p.into_inner());
         if cache.generation == generation {
             cache.accounts.insert(account_id.to_owned(), read.clone());
@@ -325,9 +331,10 @@ impl Actions {
 
     /// The policies that apply in a workspace (its own and the account-wide ones); with
     /// `None`, all of the account's.
-    pub fn policies(&self, account_id: &str, workspace: Option<&str>) -> Result<Vec<ActionPolicy>, EngineError> {
+    pub async fn policies(&self, account_id: &str, workspace: Option<&str>) -> Result<Vec<ActionPolicy>, EngineError> {
         Ok(self
-            .account_policies(account_id)?
+            .account_policies(account_id)
+            .await?
             .all
             .iter()
             .filter(|p| workspace.is_none_or(|w| p.workspace.is_empty() || p.workspace == w))
@@ -363,7 +370,7 @@ impl Actions {
                 crate::harness::inputs::check_id(field, value)?;
             }
         }
-        let policies = self.account_policies(&scope.account_id)?;
+        let policies = self.account_policies(&scope.account_id).await?;
         let best = policies.index.decide(&scope.workspace, &input, amount_units).cloned();
         let mission = match input.fields.get("mission_id") {
             Some(reference) => self.0.missions.find(&scope.account_id, &scope.workspace, reference)?,
@@ -417,26 +424,32 @@ impl Actions {
         if !input.metadata.is_empty() {
             action.insert("metadata".into(), Value::Object(input.metadata.clone()));
         }
-        let decision: &'static str = match effect.as_str() {
+        let mut decision: &'static str = match effect.as_str() {
             "allow" => "allow",
             "deny" => "deny",
             _ => "approval_required",
         };
         let approval = if decision == "approval_required" {
-            Some(
-                self.pending_approval(
-                    scope,
-                    &input,
-                    &action,
-                    mission.as_ref().map(|m| m.id.clone()),
-                    best.as_ref(),
-                    &reason,
-                )
-                .await?,
-            )
+            let mission_id = mission.as_ref().map(|m| m.id.clone());
+            let approval = self.pending_approval(scope, &input, &action, mission_id, best.as_ref(), &reason).await?;
+            // A retried check (same external identity) learns what a person decided.
+            let by = approval.decided_by.as_deref().unwrap_or("a person");
+            match effective_status(&approval, crate::clock::now_ms()) {
+                "approved" => {
+                    decision = "allow";
+                    reason = format!("approval {} was approved by {by}", approval.id);
+                }
+                "rejected" => {
+                    decision = "deny";
+                    reason = format!("approval {} was rejected by {by}", approval.id);
+                }
+                _ => {}
+            }
+            Some(approval)
         } else {
             None
         };
+        let waiting_mission = mission.as_ref().map(|m| m.id.clone());
         let audit = ActionAudit {
             id: format!("au_{}", uuid::Uuid::now_v7().simple()),
             account_id: scope.account_id.clone(),
@@ -454,6 +467,9 @@ impl Actions {
         };
         self.0.store.action_audit.insert(&(scope.account_id.as_str(), audit.id.as_str()), &audit)?;
         self.0.store.flush().await?;
+        if let (Some(mission), "approval_required") = (&waiting_mission, decision) {
+            self.move_mission(&scope.account_id, mission, &["pending", "running"], "waiting_approval", None).await;
+        }
         Ok(Decision { decision, policy: best, reason, approval, audit_id: audit.id })
     }
 
@@ -473,9 +489,9 @@ impl Actions {
         if let (Some(source), Some(external)) = (&input.external_source, &input.external_id) {
             let key = (scope.account_id.as_str(), scope.workspace.as_str(), source.as_str(), external.as_str());
             if let Some(found) = store.approval_refs.get(&key)? {
-                if let Some(approval) =
-                    store.action_approvals.get(&(scope.account_id.as_str(), found.approval.as_str()))?
-                {
+                let approval = store.action_approvals.get(&(scope.account_id.as_str(), found.approval.as_str()))?;
+                // An expired one is replaced: the retry asks a person again.
+                if let Some(approval) = approval.filter(|a| effective_status(a, crate::clock::now_ms()) != "expired") {
                     return Ok(approval);
                 }
             }
@@ -624,29 +640,31 @@ impl Actions {
         store.flush().await?;
         drop(guard);
         if let Some(mission) = &approval.mission {
-            self.wake(&approval, mission, approve).await;
+            let (to, outcome) = match approve {
+                true => ("running", None),
+                false => ("failed", Some(format!("approval {} was rejected", approval.id))),
+            };
+            self.move_mission(&approval.account_id, mission, &["waiting_approval"], to, outcome).await;
         }
         Ok(approval)
     }
 
-    /// Moves a mission waiting for approval on, through its actor. Best effort: a mission no
-    /// longer waiting is left as it is.
-    async fn wake(&self, approval: &ActionApproval, mission: &str, approve: bool) {
-        let access = crate::harness::Access { account_id: approval.account_id.clone(), workspace: None };
+    /// Moves a mission from one of `from` to `to`, through its actor. Best effort: a mission
+    /// in another status (the agent moved it meanwhile) is left as it is.
+    async fn move_mission(&self, account_id: &str, mission: &str, from: &[&str], to: &str, outcome: Option<String>) {
+        let access = crate::harness::Access { account_id: account_id.to_owned(), workspace: None };
         let missions = &self.0.missions;
         match missions.get(&access, mission) {
-            Ok(m) if m.status == "waiting_approval" => {
-                let patch = crate::harness::inputs::MissionPatch {
-                    status: Some(if approve { "running" } else { "failed" }.into()),
-                    outcome: (!approve).then(|| format!("approval {} was rejected", approval.id)),
-                    ..Default::default()
-                };
-                if let Err(error) = missions.update(&access, mission, patch).await {
-                    tracing::warn!(mission, %error, "moving a mission on after its approval's decision failed");
+            Ok(m) if from.contains(&m.status.as_str()) => {
+                let patch =
+                    crate::harness::inputs::MissionPatch { status: Some(to.into()), outcome, ..Default::default() };
+                match missions.update(&access, mission, patch).await {
+                    Ok(_) | Err(EngineError::IllegalTransition { .. }) => {}
+                    Err(error) => tracing::warn!(mission, to, %error, "moving a mission for an approval failed"),
                 }
             }
             Ok(_) => {}
-            Err(error) => tracing::warn!(mission, %error, "reading the mission of a decided approval failed"),
+            Err(error) => tracing::warn!(mission, %error, "reading the mission of an approval failed"),
         }
     }
 
