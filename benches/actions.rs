@@ -5,6 +5,10 @@
 //! patterns, effects and amount ranges), then times `ACTIONS_CHECKS` (2,000) checks through
 //! HTTP one at a time, and as many at concurrency 8: p50/p99. Each check also writes (and
 //! flushes) its audit event. Nothing is asserted; the figures are printed.
+//!
+//! `ACTIONS_SHAPE=unindexed` writes every tool pattern with a wildcard at both ends
+//! (`*svc3.op12*`), the shape the policy index cannot file, so every check reads every
+//! policy: the worst case.
 #![allow(clippy::disallowed_methods)] // a bench spawns its own clients and servers
 
 mod support;
@@ -45,6 +49,7 @@ fn main() {
     }
     let policies = env_num("ACTIONS_POLICIES", 10_000) as usize;
     let checks = env_num("ACTIONS_CHECKS", 2_000) as usize;
+    let unindexed = std::env::var("ACTIONS_SHAPE").is_ok_and(|s| s == "unindexed");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let data = tempfile::tempdir().expect("temp dir");
@@ -70,7 +75,11 @@ fn main() {
                     let next = queue.lock().unwrap().pop();
                     let Some(i) = next else { break };
                     let effect = ["allow", "approval", "deny"][i % 3];
-                    let tool = if i % 4 == 0 { format!("svc{}.*", i % 97) } else { format!("svc{}.op{}", i % 97, i) };
+                    let tool = match (unindexed, i % 4) {
+                        (true, _) => format!("*svc{}.op{}*", i % 97, i),
+                        (false, 0) => format!("svc{}.*", i % 97),
+                        (false, _) => format!("svc{}.op{}", i % 97, i),
+                    };
                     let body = json!({"name": format!("p{i}"), "workspace_id": "default", "effect": effect,
                                       "priority": (i % 10) as i64,
                                       "match": {"tool_ref": tool, "action_type": ACTION_TYPES[i % 3],
@@ -82,7 +91,8 @@ fn main() {
         for w in writers {
             w.await.expect("writer");
         }
-        println!("wrote {policies} policies in {:.1} s", t.elapsed().as_secs_f64());
+        let shape = if unindexed { "unindexed" } else { "mixed" };
+        println!("wrote {policies} policies ({shape}) in {:.1} s", t.elapsed().as_secs_f64());
         let url = format!("{base}/v1/actions/check");
         let body = |i: usize| {
             json!({"app": "bench", "tool_ref": format!("svc{}.op{}", i % 97, i * 7), "action_type": ACTION_TYPES[i % 3],

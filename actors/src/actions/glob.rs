@@ -13,7 +13,7 @@ pub enum Glob {
     /// Only `*`s: everything.
     Any,
     /// Anything else, as characters for the two-pointer match.
-    General { chars: Vec<char>, literal_prefix: String },
+    General { chars: Vec<char>, literal_prefix: String, literal_suffix: String },
 }
 
 impl Glob {
@@ -23,7 +23,14 @@ impl Glob {
             None => Glob::Exact(pattern.to_owned()),
             Some(0) if pattern.chars().all(|c| c == '*') => Glob::Any,
             Some(at) if pattern[at..].chars().all(|c| c == '*') => Glob::Prefix(pattern[..at].to_owned()),
-            Some(at) => Glob::General { chars: pattern.chars().collect(), literal_prefix: pattern[..at].to_owned() },
+            Some(at) => {
+                let suffix_at = pattern.rfind(wildcard).map_or(0, |last| last + 1);
+                Glob::General {
+                    chars: pattern.chars().collect(),
+                    literal_prefix: pattern[..at].to_owned(),
+                    literal_suffix: pattern[suffix_at..].to_owned(),
+                }
+            }
         }
     }
 
@@ -32,9 +39,18 @@ impl Glob {
             Glob::Exact(literal) => literal == text,
             Glob::Prefix(prefix) => text.starts_with(prefix.as_str()),
             Glob::Any => true,
-            Glob::General { chars, literal_prefix } => {
+            Glob::General { chars, literal_prefix, .. } => {
                 text.starts_with(literal_prefix.as_str()) && matches_chars(chars, text)
             }
+        }
+    }
+
+    /// The text every match ends with (empty when the pattern ends with a wildcard).
+    pub fn literal_suffix(&self) -> &str {
+        match self {
+            Glob::Exact(literal) => literal,
+            Glob::Prefix(_) | Glob::Any => "",
+            Glob::General { literal_suffix, .. } => literal_suffix,
         }
     }
 
@@ -122,6 +138,9 @@ mod tests {
         assert!(matches!(Glob::new("***"), Glob::Any));
         assert_eq!(Glob::new("svc?.op*").literal_prefix(), "svc");
         assert_eq!(Glob::new("*.delete").literal_prefix(), "");
+        assert_eq!(Glob::new("*.delete").literal_suffix(), ".delete");
+        assert_eq!(Glob::new("a*b?c").literal_suffix(), "c");
+        assert_eq!(Glob::new("a*").literal_suffix(), "");
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! Policies are grouped by workspace (`""` holds the account-wide ones); a check reads its
 //! workspace's group and the account-wide one. Within a group each policy is filed under one
 //! *key field*: the first field, in [`KEY_ORDER`], that it constrains with patterns that all
-//! start with literal text. A pattern without a wildcard is filed by its text (a hash
-//! lookup); one with a wildcard by the literal text before it (a check looks up each prefix
-//! length that some pattern has). Only policies whose every field pattern starts with a
-//! wildcard, or that constrain no field at all, are read for every check. Candidates are
+//! start with literal text, else the first whose patterns all end with literal text
+//! (`*.delete`). A pattern without a wildcard is filed by its text (a hash lookup); one with
+//! a wildcard by the literal text before it, or after it (a check looks up each prefix or
+//! suffix length that some pattern has). Only policies whose field patterns all have a
+//! wildcard at both ends somewhere (`*mail*`), or that constrain no field at all, are read
+//! for every check. Candidates are
 //! then matched in full and ranked: deny over approval over allow, then specificity, then
 //! priority, then the smaller name.
 
@@ -96,6 +98,9 @@ struct Group {
     prefixes: [HashMap<String, Vec<u32>>; FIELDS.len()],
     /// Per field: the byte lengths of those prefixes, ascending.
     prefix_lengths: [Vec<usize>; FIELDS.len()],
+    /// Per field: the literal text after the last wildcard of a pattern that starts with one.
+    suffixes: [HashMap<String, Vec<u32>>; FIELDS.len()],
+    suffix_lengths: [Vec<usize>; FIELDS.len()],
     /// Policies with no key field: read for every check.
     unkeyed: Vec<u32>,
 }
@@ -103,31 +108,38 @@ struct Group {
 impl Group {
     fn add(&mut self, compiled: Compiled) {
         let at = u32::try_from(self.policies.len()).unwrap_or(u32::MAX);
-        let key = KEY_ORDER.iter().find_map(|name| {
-            let field = FIELDS.iter().position(|f| f == name)?;
-            let (_, globs) = compiled.fields.iter().find(|(f, _)| *f == field)?;
-            globs.iter().all(|g| !g.literal_prefix().is_empty()).then_some((field, globs))
-        });
-        match key {
-            Some((field, globs)) => {
-                for glob in globs {
-                    match glob {
-                        Glob::Exact(text) => self.exact[field].entry(text.clone()).or_default().push(at),
-                        other => {
-                            let prefix = other.literal_prefix();
-                            self.prefixes[field].entry(prefix.to_owned()).or_default().push(at);
-                            self.prefix_lengths[field].push(prefix.len());
-                        }
+        let key_with = |literal: fn(&Glob) -> &str| {
+            KEY_ORDER.iter().find_map(|name| {
+                let field = FIELDS.iter().position(|f| f == name)?;
+                let (_, globs) = compiled.fields.iter().find(|(f, _)| *f == field)?;
+                globs.iter().all(|g| !literal(g).is_empty()).then_some((field, globs))
+            })
+        };
+        if let Some((field, globs)) = key_with(Glob::literal_prefix) {
+            for glob in globs {
+                match glob {
+                    Glob::Exact(text) => self.exact[field].entry(text.clone()).or_default().push(at),
+                    other => {
+                        let prefix = other.literal_prefix();
+                        self.prefixes[field].entry(prefix.to_owned()).or_default().push(at);
+                        self.prefix_lengths[field].push(prefix.len());
                     }
                 }
             }
-            None => self.unkeyed.push(at),
+        } else if let Some((field, globs)) = key_with(Glob::literal_suffix) {
+            for glob in globs {
+                let suffix = glob.literal_suffix();
+                self.suffixes[field].entry(suffix.to_owned()).or_default().push(at);
+                self.suffix_lengths[field].push(suffix.len());
+            }
+        } else {
+            self.unkeyed.push(at);
         }
         self.policies.push(compiled);
     }
 
     fn finish(&mut self) {
-        for lengths in &mut self.prefix_lengths {
+        for lengths in self.prefix_lengths.iter_mut().chain(self.suffix_lengths.iter_mut()) {
             lengths.sort_unstable();
             lengths.dedup();
         }
@@ -157,6 +169,15 @@ impl Group {
                     break;
                 }
                 if let Some(filed) = value.get(..length).and_then(|prefix| self.prefixes[field].get(prefix)) {
+                    filed.iter().copied().for_each(&mut consider);
+                }
+            }
+            for &length in &self.suffix_lengths[field] {
+                if length > value.len() {
+                    break;
+                }
+                let suffix = value.get(value.len() - length..);
+                if let Some(filed) = suffix.and_then(|suffix| self.suffixes[field].get(suffix)) {
                     filed.iter().copied().for_each(&mut consider);
                 }
             }
@@ -240,8 +261,23 @@ mod tests {
     }
 
     const VALUES: [&str; 6] = ["svc1.read", "svc1.write", "svc2.read", "mail.send", "s", "é.x"];
-    const PATTERNS: [&str; 12] =
-        ["svc1.read", "svc1.*", "svc?.read", "*", "*.read", "s*", "mail.send", "svc2.*", "é.*", "?.x", "s", "svc1.r*d"];
+    const PATTERNS: [&str; 15] = [
+        "svc1.read",
+        "svc1.*",
+        "svc?.read",
+        "*",
+        "*.read",
+        "s*",
+        "mail.send",
+        "svc2.*",
+        "é.*",
+        "?.x",
+        "s",
+        "svc1.r*d",
+        "*ite",
+        "*?",
+        "*2*",
+    ];
     const FIELDS_USED: [&str; 3] = ["tool_ref", "app", "action_type"];
 
     fn policy_strategy() -> impl Strategy<Value = ActionPolicy> {
