@@ -21,6 +21,7 @@ pub mod security;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 pub mod tree;
+pub mod url;
 
 pub use config::{AccountLimits, EngineConfig, FundingSettings, DEFAULT_SESSION_TTL};
 pub use directory::apikey::{Admission, KeyEntry};
