@@ -210,6 +210,11 @@ async fn policies_are_validated_and_written_by_sessions_only() {
         ),
         (json!({"name": "x", "effect": "deny", "status": "sleeping"}), "status"),
         (json!({"name": "", "effect": "deny"}), "name"),
+        (
+            json!({"name": "x", "effect": "deny", "match": {"metadata": (0..33).map(|i| (format!("k{i}"), json!("v")))
+                .collect::<serde_json::Map<String, Value>>()}}),
+            "match.metadata",
+        ),
     ] {
         let r = gw.post("/v1/actions/policies", ADMIN_TOKEN, body.clone()).await;
         assert_eq!(r.status, 400, "{body}: {}", r.text);
@@ -285,7 +290,18 @@ async fn approvals_wake_their_mission_and_everything_is_audited() {
         (Some("allow"), Some(approval.as_str()))
     );
     assert!(retried["reason"].as_str().unwrap().contains("approved"), "{retried}");
-    assert_eq!(gw.get(&path, &key).await.body["status"], "running", "an allowed check leaves the mission running");
+    // The same external identity for another action, or another mission, is a conflict,
+    // never the first action's approval.
+    for (field, value) in [("requested_amount_usd", json!(5000)), ("tool_ref", json!("github.repo.delete"))] {
+        let mut other = body.clone();
+        other[field] = value;
+        let r = gw.post("/v1/actions/check", &key, other).await;
+        assert_eq!(r.status, 409, "{field}: {}", r.text);
+        assert!(r.text.contains(&approval), "{}", r.text);
+    }
+    let mut unnamed = body.clone();
+    unnamed.as_object_mut().unwrap().remove("mission_id");
+    assert_eq!(gw.post("/v1/actions/check", &key, unnamed).await.status, 409, "another mission (none)");
 
     // A rejection fails the waiting mission.
     let refund = json!({"app": "gwendolyn", "tool_ref": "stripe.refund", "action_type": "spend",
@@ -352,11 +368,11 @@ async fn approvals_wake_their_mission_and_everything_is_audited() {
 
 #[tokio::test]
 async fn an_undecided_approval_expires() {
-    let gw = Gateway::start_with(Options::default().env("TOKAROO_APPROVAL_TTL_SECS", "1")).await;
+    let gw = Gateway::start_with(Options::default().env("TOKAROO_APPROVAL_TTL_SECS", "2")).await;
     let key = gw.first_key.clone().unwrap();
     let asked = check(&gw, &key, json!({"app": "a", "tool_ref": "x", "action_type": "write"})).await;
     let id = asked["approval_id"].as_str().unwrap().to_owned();
-    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2_200)).await;
     let listed = gw.get("/v1/actions/approvals?status=expired", &key).await;
     assert_eq!(listed.body["data"][0]["id"], id, "{}", listed.text);
     let late =
@@ -368,9 +384,17 @@ async fn an_undecided_approval_expires() {
         json!({"app": "a", "tool_ref": "x", "action_type": "write", "external_source": "s", "external_id": "e1"});
     let first = check(&gw, &key, body.clone()).await["approval_id"].as_str().unwrap().to_owned();
     assert_eq!(check(&gw, &key, body.clone()).await["approval_id"], first, "a retry names the same approval");
-    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2_200)).await;
     let again = check(&gw, &key, body).await;
     assert_eq!(again["decision"], "approval_required");
     assert_eq!(again["approval"]["status"], "pending");
     assert_ne!(again["approval_id"], first, "{again}");
+    let third = check(
+        &gw,
+        &key,
+        json!({"app": "a", "tool_ref": "x", "action_type": "write", "external_source": "s",
+                                        "external_id": "e1"}),
+    )
+    .await;
+    assert_eq!(third["approval_id"], again["approval_id"], "the identity now names the new approval");
 }

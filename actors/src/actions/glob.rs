@@ -76,12 +76,13 @@ fn matches_chars(pattern: &[char], text: &str) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while let Some(c) = text[ti..].chars().next() {
-        if pi < pattern.len() && (pattern[pi] == '?' || pattern[pi] == c) {
-            pi += 1;
-            ti += c.len_utf8();
-        } else if pi < pattern.len() && pattern[pi] == '*' {
+        // A `*` is a wildcard even when the text has a `*` there too.
+        if pi < pattern.len() && pattern[pi] == '*' {
             star = Some((pi, ti));
             pi += 1;
+        } else if pi < pattern.len() && (pattern[pi] == '?' || pattern[pi] == c) {
+            pi += 1;
+            ti += c.len_utf8();
         } else if let Some((star_p, star_t)) = star {
             let skipped = text[star_t..].chars().next().map_or(1, char::len_utf8);
             pi = star_p + 1;
@@ -125,6 +126,10 @@ mod tests {
             ("??", "é", false),
             ("", "", true),
             ("", "x", false),
+            ("*.delete", "*x.delete", true),
+            ("*b", "*xb", true),
+            ("a*b", "a*xb", true),
+            ("a*?", "a**", true),
         ];
         for (pattern, text, expected) in cases {
             assert_eq!(matches(pattern, text), expected, "{pattern:?} vs {text:?}");

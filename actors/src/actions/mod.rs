@@ -38,6 +38,8 @@ pub const FIELDS: [&str; 9] =
 pub const EFFECTS: [&str; 3] = ["allow", "approval", "deny"];
 pub const RISK_LEVELS: [&str; 4] = ["low", "medium", "high", "critical"];
 const MAX_PATTERNS_PER_FIELD: usize = 32;
+/// Also keeps specificity below a workspace's bonus (1000).
+const MAX_METADATA_KEYS: usize = 32;
 const MAX_PATTERN_CHARS: usize = 256;
 const MAX_POLICIES_PER_ACCOUNT: usize = 100_000;
 const MAX_AMOUNT_USD: f64 = 1_000_000_000.0;
@@ -122,8 +124,9 @@ pub struct AccountPolicies {
 #[derive(Default)]
 struct PolicyCache {
     accounts: HashMap<String, Arc<AccountPolicies>>,
-    /// Bumped by every policy write, so a read that raced a write is not kept.
-    generation: u64,
+    /// Per account, bumped by every policy write, so a read that raced a write is not kept
+    /// (and one tenant's writes never hold back another's reads).
+    generations: HashMap<String, u64>,
 }
 
 fn invalid(message: String) -> EngineError {
@@ -235,6 +238,9 @@ impl PolicyInput {
                     let Value::Object(keys) = value else {
                         return Err(invalid("match.metadata must be an object of key: pattern".into()));
                     };
+                    if keys.len() > MAX_METADATA_KEYS {
+                        return Err(invalid(format!("match.metadata may name at most {MAX_METADATA_KEYS} keys")));
+                    }
                     for (key, value) in keys {
                         crate::harness::inputs::check_id("match.metadata key", key)?;
                         metadata.push((key.clone(), patterns(&format!("match.metadata.{key}"), value)?));
@@ -297,11 +303,13 @@ impl Actions {
             policy.created_at_ms = existing.created_at_ms;
         }
         store.action_policies.insert(&key, &policy)?;
+        // Forgotten before the flush: a failed flush must not leave checks on the old set.
+        {
+            let mut cache = self.0.policies.lock().unwrap_or_else(|p| p.into_inner());
+            *cache.generations.entry(scope.account_id.clone()).or_default() += 1;
+            cache.accounts.remove(&scope.account_id);
+        }
         store.flush().await?;
-        let mut cache = self.0.policies.lock().unwrap_or_else(|p| p.into_inner());
-        cache.generation += 1;
-        cache.accounts.remove(&scope.account_id);
-        drop(cache);
         Ok((policy, existing.is_none()))
     }
 
@@ -313,7 +321,7 @@ impl Actions {
             if let Some(cached) = cache.accounts.get(account_id) {
                 return Ok(cached.clone());
             }
-            cache.generation
+            cache.generations.get(account_id).copied().unwrap_or(0)
         };
         let (store, account) = (self.0.store.clone(), account_id.to_owned());
         let read = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
@@ -323,7 +331,7 @@ impl Actions {
         .await
         .map_err(|e| EngineError::Internal(format!("indexing policies: {e}")))??;
         let mut cache = self.0.policies.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.generation == generation {
+        if cache.generations.get(account_id).copied().unwrap_or(0) == generation {
             cache.accounts.insert(account_id.to_owned(), read.clone());
         }
         Ok(read)
@@ -431,10 +439,11 @@ impl Actions {
         };
         let approval = if decision == "approval_required" {
             let mission_id = mission.as_ref().map(|m| m.id.clone());
-            let approval = self.pending_approval(scope, &input, &action, mission_id, best.as_ref(), &reason).await?;
+            let asking = Asking { scope, input: &input, action: &action, mission: mission_id, policy: best.as_ref() };
+            let (approval, status) = self.pending_approval(asking, &reason).await?;
             // A retried check (same external identity) learns what a person decided.
             let by = approval.decided_by.as_deref().unwrap_or("a person");
-            match effective_status(&approval, crate::clock::now_ms()) {
+            match status {
                 "approved" => {
                     decision = "allow";
                     reason = format!("approval {} was approved by {by}", approval.id);
@@ -449,7 +458,6 @@ impl Actions {
         } else {
             None
         };
-        let waiting_mission = mission.as_ref().map(|m| m.id.clone());
         let audit = ActionAudit {
             id: format!("au_{}", uuid::Uuid::now_v7().simple()),
             account_id: scope.account_id.clone(),
@@ -467,36 +475,49 @@ impl Actions {
         };
         self.0.store.action_audit.insert(&(scope.account_id.as_str(), audit.id.as_str()), &audit)?;
         self.0.store.flush().await?;
-        if let (Some(mission), "approval_required") = (&waiting_mission, decision) {
-            self.move_mission(&scope.account_id, mission, &["pending", "running"], "waiting_approval", None).await;
-        }
         Ok(Decision { decision, policy: best, reason, approval, audit_id: audit.id })
     }
 
-    /// The pending approval a check asks for: the one its external identity already names
-    /// (a retried check), or a new one.
+    /// The approval a check asks for, and its effective status: the one its external
+    /// identity already names (a retried check; it must be the same action and mission, or
+    /// it is a conflict), or a new pending one. The mission of a pending approval is moved
+    /// to `waiting_approval` before another decision can be taken, so a decision always
+    /// finds it waiting.
     async fn pending_approval(
         &self,
-        scope: &KbScope,
-        input: &CheckInput,
-        action: &Map<String, Value>,
-        mission: Option<String>,
-        policy: Option<&ActionPolicy>,
+        asking: Asking<'_>,
         reason: &str,
-    ) -> Result<ActionApproval, EngineError> {
+    ) -> Result<(ActionApproval, &'static str), EngineError> {
+        let Asking { scope, input, action, mission, policy } = asking;
         let store = &self.0.store;
         let _guard = self.0.approving.lock().await;
-        if let (Some(source), Some(external)) = (&input.external_source, &input.external_id) {
-            let key = (scope.account_id.as_str(), scope.workspace.as_str(), source.as_str(), external.as_str());
-            if let Some(found) = store.approval_refs.get(&key)? {
-                let approval = store.action_approvals.get(&(scope.account_id.as_str(), found.approval.as_str()))?;
-                // An expired one is replaced: the retry asks a person again.
-                if let Some(approval) = approval.filter(|a| effective_status(a, crate::clock::now_ms()) != "expired") {
-                    return Ok(approval);
+        let now = crate::clock::now_ms();
+        let identity = input.external_source.as_deref().zip(input.external_id.as_deref());
+        let known = match identity {
+            Some((source, external)) => {
+                let key = (scope.account_id.as_str(), scope.workspace.as_str(), source, external);
+                match store.approval_refs.get(&key)? {
+                    Some(found) => store.action_approvals.get(&(scope.account_id.as_str(), found.approval.as_str()))?,
+                    None => None,
                 }
             }
+            None => None,
+        };
+        // An expired one is replaced: the retry asks a person again.
+        if let Some(approval) = known.filter(|a| effective_status(a, now) != "expired") {
+            if approval.action != *action || approval.mission != mission {
+                return Err(EngineError::Conflict(format!(
+                    "external_source and external_id already name approval {} for a different action or mission;                      give this action its own external_id",
+                    approval.id
+                )));
+            }
+            let status = match effective_status(&approval, now) {
+                "approved" => "approved",
+                "rejected" => "rejected",
+                _ => "pending",
+            };
+            return Ok((approval, status));
         }
-        let now = crate::clock::now_ms();
         let ttl_ms = i64::try_from(self.0.settings.approval_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         let approval = ActionApproval {
             id: format!("apr_{}", uuid::Uuid::now_v7().simple()),
@@ -515,13 +536,25 @@ impl Actions {
             expires_at_ms: now.saturating_add(ttl_ms),
             decided_at_ms: None,
         };
-        if let (Some(source), Some(external)) = (&input.external_source, &input.external_id) {
-            let key = (scope.account_id.as_str(), scope.workspace.as_str(), source.as_str(), external.as_str());
+        if let Some((source, external)) = identity {
+            let key = (scope.account_id.as_str(), scope.workspace.as_str(), source, external);
             store.approval_refs.insert(&key, &ApprovalRef { approval: approval.id.clone() })?;
         }
         store.action_approvals.insert(&(scope.account_id.as_str(), approval.id.as_str()), &approval)?;
-        Ok(approval)
+        if let Some(mission) = &approval.mission {
+            self.move_mission(&scope.account_id, mission, &["pending", "running"], "waiting_approval", None).await;
+        }
+        Ok((approval, "pending"))
     }
+}
+
+/// A check that asks for approval, as [`Actions::pending_approval`] takes it.
+struct Asking<'a> {
+    scope: &'a KbScope,
+    input: &'a CheckInput,
+    action: &'a Map<String, Value>,
+    mission: Option<String>,
+    policy: Option<&'a ActionPolicy>,
 }
 
 /// A pending approval past its expiry shows as `expired`.
