@@ -1,6 +1,8 @@
 //! Test helpers shared with other crates' tests (the `test-support` feature): property-test
 //! strategies and fixtures. Never part of a release build.
 
+pub mod fake_dns;
+
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 

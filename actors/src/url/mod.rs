@@ -8,6 +8,7 @@
 //! and the HTTP routes are issue 15's next steps.
 
 pub mod brands;
+pub mod dns;
 pub mod normalize;
 pub mod score;
 
