@@ -11,6 +11,7 @@ pub mod brands;
 pub mod dns;
 pub mod normalize;
 pub mod score;
+pub mod tls;
 
 use std::collections::BTreeMap;
 
