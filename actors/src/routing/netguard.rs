@@ -399,6 +399,18 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
+/// The guard's refusal behind a failed request, if that is why it failed.
+pub fn refusal(error: &reqwest::Error) -> Option<&UrlRefused> {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(refused) = e.downcast_ref::<UrlRefused>() {
+            return Some(refused);
+        }
+        source = e.source();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

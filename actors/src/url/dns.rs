@@ -147,6 +147,22 @@ impl Dns {
     }
 }
 
+/// The outbound guard resolves through the same servers, so a redirect's hop is judged by
+/// the addresses URL intelligence saw.
+impl crate::routing::netguard::Lookup for Dns {
+    fn lookup(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> futures_util::future::BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> {
+        let (resolver, name) = (self.resolver.clone(), format!("{}.", host.trim_end_matches('.')));
+        Box::pin(async move {
+            let found = resolver.lookup_ip(name).await.map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok(found.iter().map(|ip| SocketAddr::new(ip, port)).collect())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{net::Ipv4Addr, time::Duration};

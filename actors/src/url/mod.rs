@@ -10,6 +10,7 @@
 pub mod brands;
 pub mod dns;
 pub mod normalize;
+pub mod redirects;
 pub mod score;
 pub mod tls;
 

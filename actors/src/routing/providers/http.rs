@@ -10,7 +10,6 @@ use futures_util::{stream::BoxStream, Stream, StreamExt};
 use serde_json::Value;
 
 use super::{Connection, ProviderError};
-use crate::routing::netguard::UrlRefused;
 
 /// The most of one non-streamed answer we hold. A chat answer is at most the model's output
 /// limit (128k tokens, about 0.5 MB of JSON); 16 MiB leaves a wide margin for tool calls and
@@ -101,17 +100,7 @@ async fn execute(conn: &Connection, mut request: reqwest::RequestBuilder) -> Res
     conn.http.execute(request).await.map_err(map_reqwest_error)
 }
 
-/// The guard's refusal behind a failed request, if that is why it failed.
-pub fn refusal(error: &reqwest::Error) -> Option<&UrlRefused> {
-    let mut source = std::error::Error::source(error);
-    while let Some(e) = source {
-        if let Some(refused) = e.downcast_ref::<UrlRefused>() {
-            return Some(refused);
-        }
-        source = e.source();
-    }
-    None
-}
+pub use crate::routing::netguard::refusal;
 
 pub fn map_reqwest_error(error: reqwest::Error) -> ProviderError {
     if let Some(refused) = refusal(&error) {
