@@ -1,15 +1,26 @@
 //! URL intelligence: a deterministic inspection of a link before an agent visits it or a
 //! customer's domain is onboarded.
 //!
-//! Today: normalisation ([`normalize`]), the signals read from the URL itself (userinfo
-//! and IP-literal tricks, internationalised and mixed-script hosts, ports, plain http),
-//! brand impersonation ([`brands`]) and the profile's score and decision ([`score`]). The
-//! network's signals (redirects, DNS, TLS, RDAP, parked pages), the signal cache, batches
-//! and the HTTP routes are issue 15's next steps.
+//! The stages, each tested on its own against local fakes:
+//! - [`normalize`]: the URL as a browser reads it, its registrable domain (public suffix
+//!   list), userinfo and IP-literal tricks;
+//! - [`brands`]: brand impersonation over the shipped brand list;
+//! - [`dns`]: A/AAAA, MX and NS through hickory-resolver (also the outbound guard's lookup);
+//! - [`redirects`]: hops followed through the outbound guard;
+//! - [`tls`]: the certificate judged by rustls's WebPKI verifier;
+//! - [`rdap`]: registration and expiry from the registry named by IANA's bootstrap;
+//! - [`parked`]: parking services' name servers, mail exchangers and page phrases;
+//! - [`score`]: profiles, weights, thresholds, the score and the decision.
+//!
+//! Still to come (issue 15): the pipeline that runs the network stages into signals, the
+//! signal cache, history and stats, profiles in storage, batches as actors with webhooks,
+//! and the HTTP routes. Today [`static_findings`] gives the signals of the URL itself.
 
 pub mod brands;
 pub mod dns;
 pub mod normalize;
+pub mod parked;
+pub mod rdap;
 pub mod redirects;
 pub mod score;
 pub mod tls;
