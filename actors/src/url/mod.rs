@@ -10,6 +10,7 @@
 //! - [`tls`]: the certificate judged by rustls's WebPKI verifier;
 //! - [`rdap`]: registration and expiry from the registry named by IANA's bootstrap;
 //! - [`parked`]: parking services' name servers, mail exchangers and page phrases;
+//! - [`signals`]: the network stages' findings as signals, one deterministic mapping;
 //! - [`score`]: profiles, weights, thresholds, the score and the decision.
 //!
 //! Still to come (issue 15): the pipeline that runs the network stages into signals, the
@@ -23,6 +24,7 @@ pub mod parked;
 pub mod rdap;
 pub mod redirects;
 pub mod score;
+pub mod signals;
 pub mod tls;
 
 use std::collections::BTreeMap;

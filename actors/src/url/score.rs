@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// Every signal the pipeline can raise, with the default profile's weight and what it
 /// means.
-pub const SIGNALS: [(&str, f64, &str); 10] = [
+pub const SIGNALS: [(&str, f64, &str); 28] = [
     ("brand_impersonation", 75.0, "the URL imitates a brand on a domain the brand does not own"),
     ("credential_keywords", 5.0, "words that ask for credentials or money (login, verify, wallet, ...)"),
     ("userinfo_in_url", 40.0, "text before an @ makes the URL read as another host"),
@@ -23,6 +23,24 @@ pub const SIGNALS: [(&str, f64, &str); 10] = [
     ("insecure_scheme", 5.0, "plain http"),
     ("official_brand_domain", -30.0, "the host is one of a listed brand's own domains"),
     ("no_registrable_domain", 10.0, "the host is a bare public suffix or has no registrable domain"),
+    ("dns_nxdomain", 60.0, "the domain does not exist (NXDOMAIN)"),
+    ("dns_servfail", 15.0, "the domain's name servers fail (SERVFAIL)"),
+    ("dns_no_address", 15.0, "the host has no A or AAAA record"),
+    ("dns_unavailable", 0.0, "DNS could not be asked from here; says nothing about the domain"),
+    ("no_mx", 3.0, "the domain receives no mail (no MX record)"),
+    ("redirect_refused", 50.0, "a redirect leads to a private, loopback or metadata address"),
+    ("redirect_loop", 15.0, "more redirects than the limit"),
+    ("many_redirects", 10.0, "three or more redirects"),
+    ("cross_domain_redirect", 5.0, "the final page is on another registrable domain"),
+    ("bad_redirect_location", 20.0, "a redirect to something that is not an http(s) URL"),
+    ("http_error_status", 5.0, "the final page answers 4xx or 5xx"),
+    ("fetch_unavailable", 0.0, "the page could not be fetched from here; says nothing about the domain"),
+    ("tls_invalid", 30.0, "the certificate is expired, not yet valid, for another name, self-signed or untrusted"),
+    ("tls_expiring_soon", 5.0, "the certificate expires within 14 days"),
+    ("tls_unavailable", 0.0, "no TLS handshake from here; says nothing about the certificate"),
+    ("young_domain", 25.0, "the domain was registered less than 30 days ago"),
+    ("domain_expiring", 5.0, "the domain's registration ends within 30 days"),
+    ("parked_domain", 30.0, "the domain is parked (for sale or ads)"),
 ];
 
 /// Thresholds of a profile.
