@@ -13,14 +13,15 @@
 //! - [`signals`]: the network stages' findings as signals, one deterministic mapping;
 //! - [`score`]: profiles, weights, thresholds, the score and the decision.
 //!
-//! Still to come (issue 15): the pipeline that runs the network stages into signals, the
-//! signal cache, history and stats, profiles in storage, batches as actors with webhooks,
-//! and the HTTP routes. Today [`static_findings`] gives the signals of the URL itself.
+//! [`pipeline`]'s `Inspector` runs them all for one URL, with the signal cache. Still to
+//! come (issue 15): `engine.url()` with its configuration, history and stats, profiles in
+//! storage, charging, batches as actors with webhooks, and the HTTP routes.
 
 pub mod brands;
 pub mod dns;
 pub mod normalize;
 pub mod parked;
+pub mod pipeline;
 pub mod rdap;
 pub mod redirects;
 pub mod score;
