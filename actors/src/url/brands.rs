@@ -238,7 +238,10 @@ impl BrandList {
             }
         }
         for brand in &mut brands {
-            if brand.name.trim().is_empty() || brand.tokens.is_empty() {
+            if brand.name.trim().is_empty()
+                || brand.tokens.is_empty()
+                || brand.tokens.iter().any(|t| t.trim().is_empty())
+            {
                 return Err(format!("brand {:?} needs a name and at least one token", brand.name));
             }
             for token in brand.tokens.iter_mut().chain(brand.weak_tokens.iter_mut()) {
@@ -259,16 +262,13 @@ impl BrandList {
         self.brands.is_empty()
     }
 
-    /// The brand whose own domain serves `url` (its registrable domain is one of the
-    /// brand's, or the host is under one that is not itself a public suffix).
+    /// The brand whose own domain serves `url`: its registrable domain is one of the
+    /// brand's. Only the registrable domain counts, so a tenant's site on a public suffix
+    /// under a brand's domain (`x.s3.amazonaws.com`, `x.web.core.windows.net`) is not the
+    /// brand's.
     pub fn official(&self, url: &NormalizedUrl) -> Option<&Brand> {
-        self.brands.iter().find(|brand| {
-            brand.domains.iter().any(|domain| {
-                url.registrable.as_deref() == Some(domain.as_str())
-                    || (url.host.ends_with(&format!(".{domain}"))
-                        && psl::domain_str(domain).is_some_and(|registrable| registrable == domain))
-            })
-        })
+        let registrable = url.registrable.as_deref()?;
+        self.brands.iter().find(|brand| brand.domains.iter().any(|domain| domain == registrable))
     }
 
     /// The brand `url` impersonates, if any (see the module's doc).
@@ -318,13 +318,14 @@ impl BrandList {
             for token in &brand.tokens {
                 let skeleton = token_skeleton(token);
                 for (reading, how) in &label_readings {
-                    // `rnicrosoft` reads as `microsoft` only through the skeleton.
-                    let technique = match (*how, *reading == *token) {
-                        ("exact", true) => "lookalike_domain",
-                        ("exact", false) => "homoglyph",
-                        (how, _) => how,
+                    // `rnicrosoft` reads as `microsoft` only through the skeleton; `amazon`
+                    // meets `amazon`'s skeleton too, but nothing was swapped.
+                    let swapped = joined.to_lowercase() != *token;
+                    let technique = match (swapped, *how) {
+                        (false, _) => "lookalike_domain",
+                        (true, "exact") => "homoglyph",
+                        (true, how) => how,
                     };
-                    let swapped = technique != "lookalike_domain";
                     if (*reading == *token || *reading == skeleton) && counts(brand, token, swapped) {
                         return Some(found(brand, technique, &label, token, 0));
                     }
@@ -336,7 +337,8 @@ impl BrandList {
                 let budget = if brand.weak_tokens.contains(token) { 0 } else { typo_budget(token) };
                 for (reading, _) in &label_readings {
                     let distance = strsim::osa_distance(reading, token);
-                    if (1..=budget).contains(&distance) || slip_of_the_eye(reading, token) {
+                    let slip = slip_of_the_eye(reading, token) && counts(brand, token, false);
+                    if (1..=budget).contains(&distance) || slip {
                         return Some(found(brand, "typosquat", &label, token, distance));
                     }
                 }
@@ -350,22 +352,16 @@ impl BrandList {
                 for brand in &self.brands {
                     for token in &brand.tokens {
                         let skeleton = token_skeleton(token);
-                        let weak = brand.weak_tokens.contains(token);
                         for (i, part) in parts.iter().enumerate() {
-                            for (reading, how) in readings(part) {
+                            for (reading, _) in readings(part) {
+                                // Misspelt parts count only as slips of the eye (not any one
+                                // edit: `finance` is one from `binance`).
                                 let distance = match misspelt {
                                     false if reading == *token || reading == skeleton => 0,
-                                    true if slip_of_the_eye(&reading, token)
-                                        || (!weak
-                                            && token.len() >= 6
-                                            && reading.len() >= token.len()
-                                            && strsim::osa_distance(&reading, token) == 1) =>
-                                    {
-                                        1
-                                    }
+                                    true if slip_of_the_eye(&reading, token) => 1,
                                     _ => continue,
                                 };
-                                let swapped = how != "exact" || distance > 0;
+                                let swapped = part.to_lowercase() != *token;
                                 if counts(brand, token, swapped) || others_have_cue(i) {
                                     return Some(found(brand, "combosquat", &label, token, distance));
                                 }
@@ -386,21 +382,19 @@ impl BrandList {
             }
         }
 
-        // 5. subdomain
+        // 5. subdomain: only the labels left of the registrable domain.
         let subdomains = url.subdomain_labels();
-        let host_lower = url.host.to_lowercase();
+        let left = subdomains.join(".").to_lowercase();
         for brand in &self.brands {
-            let in_host =
-                |d: &&String| host_lower.starts_with(&format!("{d}.")) || host_lower.contains(&format!(".{d}."));
-            if let Some(domain) = brand.domains.iter().find(in_host) {
+            if let Some(domain) = brand.domains.iter().find(|d| occurs_at_boundary(&left, d)) {
                 return Some(found(brand, "subdomain", &url.unicode_host, domain, 0));
             }
             for token in &brand.tokens {
                 for sub in &subdomains {
                     let hit = sub.split('-').any(|part| {
-                        readings(part).iter().any(|(reading, how)| {
+                        readings(part).iter().any(|(reading, _)| {
                             (reading == token || *reading == token_skeleton(token))
-                                && counts(brand, token, *how != "exact")
+                                && counts(brand, token, part.to_lowercase() != *token)
                         })
                     });
                     if hit {
@@ -410,14 +404,18 @@ impl BrandList {
             }
         }
 
-        // 6. path
+        // 6. path: a page that names a brand is not an impersonation unless it also asks
+        // for credentials (a cue word).
         let path_lower = path.to_lowercase();
         let path_words = words(&path_lower);
         for brand in &self.brands {
+            if !has_cue {
+                break;
+            }
             if let Some(domain) = brand.domains.iter().find(|d| occurs_at_boundary(&path_lower, d)) {
                 return Some(found(brand, "path", &path, domain, 0));
             }
-            if has_cue {
+            {
                 if let Some(token) = brand.tokens.iter().find(|t| path_words.iter().any(|w| w == *t)) {
                     return Some(found(brand, "path", &path, token, 0));
                 }

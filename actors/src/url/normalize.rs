@@ -123,6 +123,10 @@ pub fn normalize(input: &str) -> Result<NormalizedUrl, UrlInputError> {
     if host.is_empty() {
         return Err(UrlInputError::NoHost);
     }
+    // What DNS can carry: longer names never resolve, and only cost us matching time.
+    if ip.is_none() && (host.len() > 253 || host.split('.').any(|label| label.len() > 63)) {
+        return Err(UrlInputError::Invalid("the host is longer than DNS allows (253 bytes, 63 per label)".into()));
+    }
     if ip.is_none() && url.host_str() != Some(host.as_str()) {
         url.set_host(Some(&host)).map_err(|e| UrlInputError::Invalid(e.to_string()))?;
         host = url.host_str().unwrap_or_default().to_owned();
@@ -202,5 +206,8 @@ mod tests {
         assert!(matches!(normalize("https://exa mple.com"), Err(UrlInputError::Invalid(_))));
         assert!(matches!(normalize("https://"), Err(UrlInputError::Invalid(_) | UrlInputError::NoHost)));
         assert_eq!(normalize(&format!("https://e.com/{}", "a".repeat(5000))), Err(UrlInputError::TooLong));
+        assert!(matches!(normalize(&format!("https://{}.com/", "a".repeat(64))), Err(UrlInputError::Invalid(_))));
+        let long_host = vec!["a-a"; 70].join(".");
+        assert!(matches!(normalize(&format!("https://{long_host}.com/")), Err(UrlInputError::Invalid(_))));
     }
 }

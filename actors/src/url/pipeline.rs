@@ -44,7 +44,7 @@ impl Default for CacheTtls {
 }
 
 /// Everything the pipeline is configured with.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PipelineSettings {
     pub dns: DnsSettings,
     pub tls: TlsSettings,
@@ -53,6 +53,19 @@ pub struct PipelineSettings {
     pub ttls: CacheTtls,
     /// Entries per kind the cache holds at most.
     pub cache_capacity: usize,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        Self {
+            dns: DnsSettings::default(),
+            tls: TlsSettings::default(),
+            redirects: RedirectSettings::default(),
+            rdap_timeout: Duration::from_secs(5),
+            ttls: CacheTtls::default(),
+            cache_capacity: 10_000,
+        }
+    }
 }
 
 /// One kind's cached answers.
@@ -142,11 +155,14 @@ impl Tally {
     }
 }
 
+/// The cached answer for `key`, or `ask`'s (kept when `keep` says it is worth keeping: a
+/// transient failure is not, or one slow registry would hide a young domain for a day).
 async fn through<T: Clone>(
     shelf: &Shelf<T>,
     key: String,
     tally: &std::sync::Mutex<Tally>,
     ask: impl std::future::Future<Output = T>,
+    keep: fn(&T) -> bool,
 ) -> T {
     if let Some((value, age)) = shelf.get(&key) {
         tally.lock().unwrap_or_else(|p| p.into_inner()).cached(age);
@@ -154,8 +170,18 @@ async fn through<T: Clone>(
     }
     let value = ask.await;
     tally.lock().unwrap_or_else(|p| p.into_inner()).fresh += 1;
-    shelf.put(key, value.clone());
+    if keep(&value) {
+        shelf.put(key, value.clone());
+    }
     value
+}
+
+fn always<T>(_: &T) -> bool {
+    true
+}
+
+fn lasting_rdap(answer: &Result<RdapFindings, RdapError>) -> bool {
+    !matches!(answer, Err(RdapError::Timeout | RdapError::Network(_) | RdapError::Status(_)))
 }
 
 impl Inspector {
@@ -206,41 +232,44 @@ impl Inspector {
                 None => {
                     let (host, domain) = (url.host.clone(), registrable.clone().unwrap_or_else(|| url.host.clone()));
                     let key = format!("{host}|{domain}");
-                    Some(through(&parts.cache.dns, key, &tally, parts.dns.inspect(&host, &domain)).await)
+                    Some(through(&parts.cache.dns, key, &tally, parts.dns.inspect(&host, &domain), always).await)
                 }
             }
         };
         let rdap = async {
             let domain = registrable.clone()?;
             let ask = rdap::lookup(&parts.rdap_client, &parts.bootstrap, &domain, parts.settings.rdap_timeout);
-            Some(through(&parts.cache.rdap, domain.clone(), &tally, ask).await)
+            Some(through(&parts.cache.rdap, domain.clone(), &tally, ask, lasting_rdap).await)
         };
         let page = async {
             let key = format!("{guard_id}|{}", url.url);
-            Some(
-                through(&parts.cache.page, key, &tally, redirects::follow(guard, &url.url, &parts.settings.redirects))
-                    .await,
-            )
+            let walk = redirects::follow(guard, &url.url, &parts.settings.redirects);
+            Some(through(&parts.cache.page, key, &tally, walk, always).await)
         };
         let (dns, rdap, page) = tokio::join!(dns, rdap, page);
         let tls = match (url.url.scheme(), &dns) {
             ("https", _) => {
                 let port = url.url.port_or_known_default().unwrap_or(443);
-                let address = match (url.ip, &dns) {
-                    (Some(ip), _) => Some(std::net::SocketAddr::new(ip, port)),
-                    (None, Some(found)) => found.addresses.first().map(|ip| std::net::SocketAddr::new(*ip, port)),
-                    (None, None) => None,
+                // The first address this guard lets us reach, as the walk's resolver picks.
+                let candidates: Vec<std::net::SocketAddr> = match (url.ip, &dns) {
+                    (Some(ip), _) => vec![std::net::SocketAddr::new(ip, port)],
+                    (None, Some(found)) => {
+                        found.addresses.iter().map(|ip| std::net::SocketAddr::new(*ip, port)).collect()
+                    }
+                    (None, None) => Vec::new(),
                 };
-                match address {
+                let allowed = candidates.iter().copied().find(|a| guard.policy.check(*a).is_ok());
+                match allowed.or(candidates.first().copied()) {
                     Some(addr) => {
-                        let key = format!("{}:{port}", url.host);
+                        // Another guard may be refused where this one was not.
+                        let key = format!("{guard_id}|{}:{port}", url.host);
                         let ask = async {
                             match guard.policy.check(addr) {
                                 Ok(()) => parts.tls.inspect(addr, &url.host).await,
                                 Err(refused) => Err(TlsError::Connect(format!("refused: {refused}"))),
                             }
                         };
-                        Some(through(&parts.cache.tls, key, &tally, ask).await)
+                        Some(through(&parts.cache.tls, key, &tally, ask, always).await)
                     }
                     None => None,
                 }

@@ -147,3 +147,30 @@ fn an_operator_file_extends_the_brand_list() {
     assert!(BrandList::load(Some("[{\"name\": \"\", \"domains\": [], \"tokens\": []}]")).is_err());
     assert!(BrandList::load(Some("not json")).is_err());
 }
+
+/// Cases a review found: shared hosting under a brand's domain is not the brand's; brand
+/// words that are ordinary words, or a brand named by a page that asks for nothing, are not
+/// impersonations.
+#[test]
+fn reviewed_cases_are_decided_right() {
+    let brands = BrandList::load(None).unwrap();
+    let cases = [
+        ("https://paypal-verify.s3.amazonaws.com/signin.html", Some("PayPal")),
+        ("https://www.amazon.pl/", None),
+        ("https://amazon-rainforest.org/", None),
+        ("https://steam-engine-museum.org/", None),
+        ("https://chasse.fr/", None),
+        ("https://eu-finance.com/", None),
+        ("https://www.aim.com.au/", None),
+        ("https://news.ycombinator.com/from?site=github.com", None),
+        ("https://duckduckgo.com/?q=paypal.com", None),
+        ("https://web.archive.org/web/2024/https://www.paypal.com/", None),
+        ("https://evil.example/www.paypal.com/signin", Some("PayPal")),
+        ("https://paypal.com.evil.example/", Some("PayPal")),
+    ];
+    for (url, expected) in cases {
+        let found = brands.find(&normalize(url).unwrap()).map(|m| m.brand);
+        assert_eq!(found.as_deref(), expected, "{url}");
+    }
+    assert!(BrandList::load(Some(r#"[{"name": "X", "domains": [], "tokens": [""]}]"#)).is_err());
+}
