@@ -2,6 +2,7 @@
 //! strategies and fixtures. Never part of a release build.
 
 pub mod fake_dns;
+pub mod fake_http;
 
 use proptest::prelude::*;
 use serde_json::{Map, Value};

@@ -4,12 +4,13 @@
 
 use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use super::{Inspector, PipelineSettings};
 use crate::{
     routing::netguard::{NetGuard, NetPolicy},
-    test_support::fake_dns::{FakeDns, FakeName},
+    test_support::{
+        fake_dns::{FakeDns, FakeName},
+        fake_http,
+    },
     url::{
         brands::BrandList, dns::DnsSettings, normalize::normalize, parked::Parking, rdap::Bootstrap,
         redirects::RedirectSettings,
@@ -17,28 +18,17 @@ use crate::{
 };
 
 async fn fake_site() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buffer = vec![0u8; 8192];
-                let Ok(n) = tcp.read(&mut buffer).await else { return };
-                let request = String::from_utf8_lossy(&buffer[..n]).to_string();
-                let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                let reply = match path.strip_prefix("/go?to=") {
-                    Some(to) => format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n"),
-                    None => {
-                        let body =
-                            if path == "/forsale" { "<h1>This domain is for sale!</h1>" } else { "<h1>Shop</h1>" };
-                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
-                    }
-                };
-                let _ = tcp.write_all(reply.as_bytes()).await;
-            });
+    let addr = fake_http::serve(|path: String| async move {
+        match path.strip_prefix("/go?to=") {
+            Some(to) => fake_http::redirect(to),
+            None if path == "/forsale" => {
+                fake_http::response("200 OK", "text/html", "<h1>This domain is for sale!</h1>")
+            }
+            None => fake_http::response("200 OK", "text/html", "<h1>Shop</h1>"),
         }
-    });
-    port
+    })
+    .await;
+    addr.port()
 }
 
 fn ids(fired: &[(&'static str, serde_json::Value, String)]) -> Vec<&'static str> {

@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use super::{lookup, Bootstrap, RdapError};
+use crate::test_support::fake_http;
 
 #[test]
 fn the_shipped_bootstrap_names_the_registries() {
@@ -21,47 +20,29 @@ fn the_shipped_bootstrap_names_the_registries() {
 /// A registry that knows `young.test` (registered 10 days ago) and `old.test`, answers
 /// 404 for others, garbage for `bad.test`, and nothing in time for `slow.test`.
 async fn fake_registry() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buffer = vec![0u8; 4096];
-                let Ok(n) = tcp.read(&mut buffer).await else { return };
-                let request = String::from_utf8_lossy(&buffer[..n]).to_string();
-                let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                let now = time::OffsetDateTime::now_utc();
-                let date = |days: i64| {
-                    (now + time::Duration::days(days)).format(&time::format_description::well_known::Rfc3339).unwrap()
-                };
-                let (status, body) = match path.as_str() {
-                    "/rdap/domain/young.test" => (
-                        "200 OK",
-                        format!(
-                            r#"{{"objectClassName":"domain","ldhName":"YOUNG.TEST","status":["active"],"events":[{{"eventAction":"registration","eventDate":"{}"}},{{"eventAction":"expiration","eventDate":"{}"}}]}}"#,
-                            date(-10),
-                            date(355)
-                        ),
-                    ),
-                    "/rdap/domain/old.test" => (
-                        "200 OK",
-                        r#"{"objectClassName":"domain","events":[{"eventAction":"registration","eventDate":"1995-08-14T04:00:00Z"}]}"#.to_owned(),
-                    ),
-                    "/rdap/domain/bad.test" => ("200 OK", "<html>nope</html>".to_owned()),
-                    "/rdap/domain/slow.test" => {
-                        tokio::time::sleep(Duration::from_secs(3)).await;
-                        ("200 OK", "{}".to_owned())
-                    }
-                    _ => ("404 Not Found", "{}".to_owned()),
-                };
-                let reply = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: application/rdap+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tcp.write_all(reply.as_bytes()).await;
-            });
+    let addr = fake_http::serve(|path: String| async move {
+        let now = time::OffsetDateTime::now_utc();
+        let date =
+            |days: i64| (now + time::Duration::days(days)).format(&time::format_description::well_known::Rfc3339).unwrap();
+        let rdap = |body: &str| fake_http::response("200 OK", "application/rdap+json", body);
+        match path.as_str() {
+            "/rdap/domain/young.test" => rdap(&format!(
+                r#"{{"objectClassName":"domain","ldhName":"YOUNG.TEST","status":["active"],"events":[{{"eventAction":"registration","eventDate":"{}"}},{{"eventAction":"expiration","eventDate":"{}"}}]}}"#,
+                date(-10),
+                date(355)
+            )),
+            "/rdap/domain/old.test" => rdap(
+                r#"{"objectClassName":"domain","events":[{"eventAction":"registration","eventDate":"1995-08-14T04:00:00Z"}]}"#,
+            ),
+            "/rdap/domain/bad.test" => rdap("<html>nope</html>"),
+            "/rdap/domain/slow.test" => {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                rdap("{}")
+            }
+            _ => fake_http::response("404 Not Found", "application/rdap+json", "{}"),
         }
-    });
+    })
+    .await;
     format!("http://{addr}/rdap/")
 }
 

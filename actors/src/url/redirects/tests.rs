@@ -4,45 +4,35 @@
 
 use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use url::Url;
 
 use super::{follow, RedirectSettings, Stopped};
 use crate::{
     routing::netguard::{NetGuard, NetPolicy},
-    test_support::fake_dns::{FakeDns, FakeName},
+    test_support::{
+        fake_dns::{FakeDns, FakeName},
+        fake_http,
+    },
     url::dns::{Dns, DnsSettings},
 };
 
 /// Answers by path: `/go?to=URL` redirects there, `/slow` never answers in time, `/big`
 /// sends 1 MB, anything else is a small page.
 async fn fake_site() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buffer = vec![0u8; 8192];
-                let Ok(n) = tcp.read(&mut buffer).await else { return };
-                let request = String::from_utf8_lossy(&buffer[..n]).to_string();
-                let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                let reply = if let Some(to) = path.strip_prefix("/go?to=") {
-                    format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                } else if path == "/slow" {
-                    tokio::time::sleep(Duration::from_secs(3)).await;
-                    "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned()
-                } else if path == "/big" {
-                    let body = "x".repeat(1 << 20);
-                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
-                } else {
-                    let body = format!("page {path}");
-                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
-                };
-                let _ = tcp.write_all(reply.as_bytes()).await;
-            });
+    let addr = fake_http::serve(|path: String| async move {
+        if let Some(to) = path.strip_prefix("/go?to=") {
+            fake_http::redirect(to)
+        } else if path == "/slow" {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            fake_http::response("200 OK", "text/plain", "")
+        } else if path == "/big" {
+            fake_http::response("200 OK", "text/plain", &"x".repeat(1 << 20))
+        } else {
+            fake_http::response("200 OK", "text/html", &format!("page {path}"))
         }
-    });
-    port
+    })
+    .await;
+    addr.port()
 }
 
 #[tokio::test]
