@@ -120,6 +120,10 @@ pub struct BrandMatch {
     pub distance: usize,
     /// Cue words found in the URL.
     pub cues: Vec<String>,
+    /// The brand's name, exactly, in a domain it does not list, with nothing else pointing
+    /// to a lure (no swap, no cue): often the brand's own unlisted domain (`google.com.br`,
+    /// `paypal-community.com`), so it asks for a review rather than blocking.
+    pub name_only: bool,
 }
 
 /// The brand list, ready for matching.
@@ -292,6 +296,7 @@ impl BrandList {
             token: token.to_owned(),
             distance,
             cues: cues.clone(),
+            name_only: false,
         };
         let has_cue = !cues.is_empty();
         let counts = |brand: &Brand, token: &str, swapped: bool| {
@@ -327,7 +332,9 @@ impl BrandList {
                         (true, how) => how,
                     };
                     if (*reading == *token || *reading == skeleton) && counts(brand, token, swapped) {
-                        return Some(found(brand, technique, &label, token, 0));
+                        let mut hit = found(brand, technique, &label, token, 0);
+                        hit.name_only = !swapped && !has_cue;
+                        return Some(hit);
                     }
                 }
             }
@@ -363,7 +370,9 @@ impl BrandList {
                                 };
                                 let swapped = part.to_lowercase() != *token;
                                 if counts(brand, token, swapped) || others_have_cue(i) {
-                                    return Some(found(brand, "combosquat", &label, token, distance));
+                                    let mut hit = found(brand, "combosquat", &label, token, distance);
+                                    hit.name_only = !swapped && !has_cue;
+                                    return Some(hit);
                                 }
                             }
                         }

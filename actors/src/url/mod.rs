@@ -98,8 +98,9 @@ pub fn static_findings(url: &NormalizedUrl, brands: &BrandList) -> StaticFinding
     }
     let brand_match = brands.find(url);
     if let Some(found) = &brand_match {
+        let id = if found.name_only { "brand_name_in_domain" } else { "brand_impersonation" };
         fired.push((
-            "brand_impersonation",
+            id,
             json!(found.brand),
             format!("{} ({}: {:?} reads as {:?})", found.brand, found.technique, found.matched, found.token),
         ));

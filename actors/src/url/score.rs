@@ -12,8 +12,13 @@ use serde::{Deserialize, Serialize};
 
 /// Every signal the pipeline can raise, with the default profile's weight and what it
 /// means.
-pub const SIGNALS: [(&str, f64, &str); 28] = [
+pub const SIGNALS: [(&str, f64, &str); 29] = [
     ("brand_impersonation", 75.0, "the URL imitates a brand on a domain the brand does not own"),
+    (
+        "brand_name_in_domain",
+        40.0,
+        "a brand's exact name in a domain not on its list, with no lure: possibly the brand's own, to review",
+    ),
     ("credential_keywords", 5.0, "words that ask for credentials or money (login, verify, wallet, ...)"),
     ("userinfo_in_url", 40.0, "text before an @ makes the URL read as another host"),
     ("ip_literal_host", 25.0, "the host is a bare IP address"),

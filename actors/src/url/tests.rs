@@ -174,3 +174,22 @@ fn reviewed_cases_are_decided_right() {
     }
     assert!(BrandList::load(Some(r#"[{"name": "X", "domains": [], "tokens": [""]}]"#)).is_err());
 }
+
+/// A brand's exact name on a domain not on its list, with no lure, warns instead of
+/// blocking: it is often the brand's own (a country site, a sister domain).
+#[test]
+fn a_brand_name_alone_on_an_unlisted_domain_warns() {
+    let brands = BrandList::load(None).unwrap();
+    let profile = builtin_profiles().into_iter().find(|p| p.name == "default").unwrap();
+    let decide = |url: &str| {
+        let findings = static_findings(&normalize(url).unwrap(), &brands);
+        weigh(&findings.fired, &profile, &BTreeMap::new()).2
+    };
+    for url in ["https://www.google.com.br/", "https://www.paypal-community.com/", "https://www.google-analytics.com/"]
+    {
+        assert_eq!(decide(url), "warn", "{url}");
+    }
+    for url in ["https://paypal-community.com/login", "https://paypa1.com.br/", "https://paypal-verify.xyz/"] {
+        assert_eq!(decide(url), "block", "{url}");
+    }
+}
