@@ -21,7 +21,7 @@ use tokaroo_actors::actions::{
 
 use super::{
     error::ApiError,
-    extract::{Caller, JsonBody, QueryParams},
+    extract::{Caller, JsonBody, QueryParams, Session},
     harness::access,
     memory::{list_limit, scope, who, workspace_json},
     wire::{iso, usd},
@@ -80,12 +80,10 @@ struct PolicyBody {
 
 async fn upsert_policy(
     State(state): State<AppState>,
-    caller: Caller,
+    Session(identity): Session,
     JsonBody(body): JsonBody<PolicyBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    if matches!(caller, Caller::Key(_)) {
-        return Err(ApiError::SessionRequired);
-    }
+    let caller = Caller::Session(identity);
     let scope = scope(&state, &caller, body.workspace_id.as_deref())?;
     let input = PolicyInput {
         name: body.name,
@@ -297,13 +295,11 @@ struct DecideBody {
 
 async fn decide(
     State(state): State<AppState>,
-    caller: Caller,
+    Session(identity): Session,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<DecideBody>,
 ) -> Result<Json<Value>, ApiError> {
-    if matches!(caller, Caller::Key(_)) {
-        return Err(ApiError::SessionRequired);
-    }
+    let caller = Caller::Session(identity);
     let approve = match body.decision.as_str() {
         "approve" => true,
         "reject" => false,

@@ -129,6 +129,11 @@ struct PolicyCache {
     generations: HashMap<String, u64>,
 }
 
+/// A time-ordered audit event id (`au_` and a UUIDv7), so pages read newest first by key.
+fn new_audit_id() -> String {
+    format!("au_{}", uuid::Uuid::now_v7().simple())
+}
+
 fn invalid(message: String) -> EngineError {
     EngineError::Invalid(message)
 }
@@ -459,7 +464,7 @@ impl Actions {
             None
         };
         let audit = ActionAudit {
-            id: format!("au_{}", uuid::Uuid::now_v7().simple()),
+            id: new_audit_id(),
             account_id: scope.account_id.clone(),
             workspace: scope.workspace.clone(),
             event: "checked".into(),
@@ -655,7 +660,7 @@ impl Actions {
         approval.decided_at_ms = Some(now);
         store.action_approvals.insert(&(approval.account_id.as_str(), approval.id.as_str()), &approval)?;
         let audit = ActionAudit {
-            id: format!("au_{}", uuid::Uuid::now_v7().simple()),
+            id: new_audit_id(),
             account_id: approval.account_id.clone(),
             workspace: approval.workspace.clone(),
             event: wanted.into(),
@@ -735,7 +740,7 @@ impl Actions {
             action.insert("metadata".into(), Value::Object(input.metadata.clone()));
         }
         let audit = ActionAudit {
-            id: format!("au_{}", uuid::Uuid::now_v7().simple()),
+            id: new_audit_id(),
             account_id: scope.account_id.clone(),
             workspace: scope.workspace.clone(),
             event: input.event,
