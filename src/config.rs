@@ -9,6 +9,9 @@ use tokaroo_actors::{
     Secret,
 };
 
+mod url;
+pub use url::UrlConfig;
+
 pub const DEFAULT_CONFIG_PATH: &str = "config/tokaroo.toml";
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -29,6 +32,7 @@ pub struct Config {
     pub embedder: EmbedderConfig,
     pub knowledge: KnowledgeConfig,
     pub actions: ActionsConfig,
+    pub url: UrlConfig,
 }
 
 /// Action guardrails. See `[actions]` in `config/tokaroo.toml`.
@@ -697,6 +701,7 @@ impl Config {
                 *slot = parse(var, &v)?;
             }
         }
+        self.url.apply_env(&get)?;
         if let Some(v) = get("TOKAROO_APPROVAL_TTL_SECS") {
             self.actions.approval_ttl_secs = parse("TOKAROO_APPROVAL_TTL_SECS", &v)?;
         }

@@ -102,6 +102,7 @@ fn engine_config(config: &Config, listen: std::net::SocketAddr) -> Result<Engine
         ranking: config.knowledge.ranking,
         missions: config.mission_limits(),
         actions: config.action_settings(),
+        url: config.url.settings().map_err(|e| ServeError::Config(e.to_string()))?,
     })
 }
 

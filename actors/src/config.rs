@@ -45,6 +45,8 @@ pub struct EngineConfig {
     pub missions: crate::harness::MissionLimits,
     /// Action guardrails' defaults.
     pub actions: crate::actions::ActionSettings,
+    /// URL intelligence: its resolver, roots, registries, lists and caps.
+    pub url: crate::url::service::UrlSettings,
 }
 
 /// 30 days: a dashboard left alone for a month signs in again.
@@ -75,6 +77,7 @@ impl Default for EngineConfig {
             ranking: crate::knowledge::pack::RankWeights::default(),
             missions: crate::harness::MissionLimits::default(),
             actions: crate::actions::ActionSettings::default(),
+            url: crate::url::service::UrlSettings::default(),
         }
     }
 }

@@ -46,6 +46,7 @@ struct EngineParts {
     knowledge: crate::knowledge::Knowledge,
     missions: crate::harness::Missions,
     actions: crate::actions::Actions,
+    url: crate::url::service::UrlIntel,
     /// What `shutdown` is doing now, for the report when it overruns its grace period.
     shutdown_stage: std::sync::Mutex<&'static str>,
 }
@@ -138,6 +139,17 @@ impl Engine {
             missions.clone(),
             config.actions.clone(),
         );
+        let url = crate::url::service::UrlIntel::new(
+            config.url.clone(),
+            &config.net,
+            store.clone(),
+            ledger.clone(),
+            directory_state.clone(),
+            funding.clone(),
+            (config.pricing.clone(), config.funding.payments_url()),
+            connections_state.secrets.clone(),
+            config.restart_policy,
+        )?;
         let runtime = Runtime::new(
             directory_state.clone(),
             config.clone(),
@@ -161,6 +173,7 @@ impl Engine {
                 Arc::new(crate::knowledge::indexer::IndexerSpec { parts: knowledge.parts().clone() }),
                 // After the indexer: a mission writes its lifecycle events through it.
                 Arc::new(missions.supervisor_spec()),
+                Arc::new(url.supervisor_spec()),
             ],
         )
         .spawn_root()
@@ -180,6 +193,7 @@ impl Engine {
             knowledge,
             missions,
             actions,
+            url,
             shutdown_stage: std::sync::Mutex::new("not started"),
         })))
     }
@@ -195,6 +209,11 @@ impl Engine {
     }
 
     /// Missions, their steps and artifacts (the mission harness).
+    /// URL intelligence: analyses, history, stats, profiles, batches.
+    pub fn url(&self) -> &crate::url::service::UrlIntel {
+        &self.0.url
+    }
+
     pub fn missions(&self) -> &crate::harness::Missions {
         &self.0.missions
     }

@@ -23,6 +23,7 @@ mod provider_keys;
 mod request_props;
 mod sessions;
 mod sources;
+mod url;
 mod usage;
 mod wire;
 mod workspaces;
@@ -93,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sources::routes())
         .merge(harness::routes())
         .merge(actions::routes())
+        .merge(url::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit_runtime_keys));
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()

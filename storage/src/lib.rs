@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod records;
 mod store;
 pub mod text_index;
+pub mod url;
 pub mod wal;
 
 pub use collection::{Collection, Record};

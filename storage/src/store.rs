@@ -17,6 +17,7 @@ use crate::{
         Account, ApiKey, BillingProfile, CachedAnswer, LocalEndpoint, PaymentAttempt, ProviderKey, SemanticEntry,
         Session, Workspace,
     },
+    url::{OpenUrlBatch, UrlBatch, UrlBatchItem, UrlCheck, UrlProfile},
     Collection, Record, StorageError,
 };
 
@@ -77,6 +78,12 @@ pub struct Store {
     pub action_approvals: Collection<ActionApproval>,
     pub approval_refs: Collection<ApprovalRef>,
     pub action_audit: Collection<ActionAudit>,
+    /// URL intelligence (see `url.rs`).
+    pub url_checks: Collection<UrlCheck>,
+    pub url_profiles: Collection<UrlProfile>,
+    pub url_batches: Collection<UrlBatch>,
+    pub url_batch_items: Collection<UrlBatchItem>,
+    pub url_batches_open: Collection<OpenUrlBatch>,
     /// Every knowledge-base tree by name, for `apply_kb`'s transactions.
     kb_trees: Arc<(Vec<&'static str>, Vec<sled::Tree>)>,
     /// The knowledge base's write sequence (see `knowledge.rs`).
@@ -162,6 +169,11 @@ impl Store {
             action_approvals: Collection::open(&db)?,
             approval_refs: Collection::open(&db)?,
             action_audit: Collection::open(&db)?,
+            url_checks: Collection::open(&db)?,
+            url_profiles: Collection::open(&db)?,
+            url_batches: Collection::open(&db)?,
+            url_batch_items: Collection::open(&db)?,
+            url_batches_open: Collection::open(&db)?,
             kb_trees: Arc::new((kb_tree_names, kb_trees)),
             kb_seq: db.open_tree("knowledge_seq")?,
             data_dir: data_dir.to_path_buf(),

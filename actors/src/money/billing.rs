@@ -23,6 +23,8 @@ pub struct PricingPolicy {
     pub self_hosted_share_of_baseline: f64,
     /// A cache hit pays this share of what it saved (the charge of the answer it reuses).
     pub cache_hit_share_of_savings: f64,
+    /// What one URL analysis (`POST /v1/url/analyse`, or one URL of a batch) is charged, in USD.
+    pub url_check_usd: f64,
 }
 
 impl Default for PricingPolicy {
@@ -34,6 +36,7 @@ impl Default for PricingPolicy {
             byok_fee_share: 0.05,
             self_hosted_share_of_baseline: 0.05,
             cache_hit_share_of_savings: 0.10,
+            url_check_usd: 0.001,
         }
     }
 }
@@ -91,6 +94,7 @@ impl PricingPolicy {
             ("byok_fee_share", self.byok_fee_share, 1.0),
             ("self_hosted_share_of_baseline", self.self_hosted_share_of_baseline, 1.0),
             ("cache_hit_share_of_savings", self.cache_hit_share_of_savings, 1.0),
+            ("url_check_usd", self.url_check_usd, 1.0),
         ];
         for (name, value, max) in fields {
             if !(value.is_finite() && (0.0..=max).contains(&value)) {

@@ -66,6 +66,22 @@ pub enum Refusal {
     BudgetExceeded { budget_units: i64, spent_units: i64 },
 }
 
+/// The error a refused reservation answers; `payments_url` is where to add credits.
+pub(crate) fn refusal_error(refusal: Refusal, payments_url: &str) -> crate::error::EngineError {
+    use crate::money::billing::units_to_usd;
+    match refusal {
+        Refusal::BillingRequired { balance_units, required_units } => crate::error::EngineError::BillingRequired {
+            balance_usd: units_to_usd(balance_units),
+            required_usd: units_to_usd(required_units),
+            payment_url: payments_url.to_owned(),
+        },
+        Refusal::BudgetExceeded { budget_units, spent_units } => crate::error::EngineError::BudgetExceeded {
+            budget_usd: units_to_usd(budget_units),
+            spent_usd: units_to_usd(spent_units),
+        },
+    }
+}
+
 /// One account's money as the ledger sees it now (committed or only logged).
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
 pub struct AccountMoney {

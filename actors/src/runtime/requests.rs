@@ -8,8 +8,8 @@ use crate::{
     chat::{ChatRequest, ChatResponse, Mode, ModelChoice, Usage},
     directory::apikey::KeyEntry,
     error::EngineError,
-    money::billing::{units_to_usd, usd_to_units, Charge},
-    money::ledger::{HoldGuard, LedgerError, Refusal, ReserveRequest},
+    money::billing::{usd_to_units, Charge},
+    money::ledger::{refusal_error, HoldGuard, LedgerError, ReserveRequest},
     routing::gateway::{ChatFailure, ChatOutcome, RouteRecord, StreamOutcome},
     routing::router::{Route, Scope},
     routing::upstreams::BillingMode,
@@ -259,15 +259,7 @@ impl Runtime {
         let req = ReserveRequest { account_id: key.account_id.clone(), metered, amount_units: amount, budget };
         match self.0.ledger.reserve(req).await? {
             Ok(hold) => Ok(Holds { ledger: Some(hold), mission }),
-            Err(Refusal::BillingRequired { balance_units, required_units }) => Err(EngineError::BillingRequired {
-                balance_usd: units_to_usd(balance_units),
-                required_usd: units_to_usd(required_units),
-                payment_url: self.0.config.funding.payments_url(),
-            }),
-            Err(Refusal::BudgetExceeded { budget_units, spent_units }) => Err(EngineError::BudgetExceeded {
-                budget_usd: units_to_usd(budget_units),
-                spent_usd: units_to_usd(spent_units),
-            }),
+            Err(refusal) => Err(refusal_error(refusal, &self.0.config.funding.payments_url())),
         }
     }
 
@@ -464,6 +456,7 @@ mod tests {
     use tokaroo_storage::ledger::UsageFilter;
 
     use super::*;
+    use crate::money::billing::units_to_usd;
     use crate::{
         chat::{Message, Role},
         directory::{NewWorkspace, WorkspacePatch},

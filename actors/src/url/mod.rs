@@ -13,10 +13,12 @@
 //! - [`signals`]: the network stages' findings as signals, one deterministic mapping;
 //! - [`score`]: profiles, weights, thresholds, the score and the decision.
 //!
-//! [`pipeline`]'s `Inspector` runs them all for one URL, with the signal cache. Still to
-//! come (issue 15): `engine.url()` with its configuration, history and stats, profiles in
-//! storage, charging, batches as actors with webhooks, and the HTTP routes.
+//! [`pipeline`]'s `Inspector` runs them all for one URL, with the signal cache.
+//! [`service`]'s `UrlIntel` (`engine.url()`) analyses and charges, keeps the history and
+//! stats, and the profiles; [`batch`] runs batches as `urlbatch:{uuid}` actors and delivers
+//! their [`webhook`]s.
 
+pub mod batch;
 pub mod brands;
 pub mod dns;
 pub mod normalize;
@@ -25,8 +27,10 @@ pub mod pipeline;
 pub mod rdap;
 pub mod redirects;
 pub mod score;
+pub mod service;
 pub mod signals;
 pub mod tls;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 

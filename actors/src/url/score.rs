@@ -66,7 +66,7 @@ pub struct Profile {
     pub thresholds: Thresholds,
 }
 
-const DEFAULT_THRESHOLDS: Thresholds = Thresholds { review: 20.0, warn: 40.0, block: 70.0 };
+pub const DEFAULT_THRESHOLDS: Thresholds = Thresholds { review: 20.0, warn: 40.0, block: 70.0 };
 
 /// The built-in profiles: `default`, and three tuned for a use.
 pub fn builtin_profiles() -> Vec<Profile> {
