@@ -135,10 +135,10 @@ impl UrlConfig {
             }
         }
         if let Some(v) = get("TOKAROO_URL_BATCH_CONCURRENCY") {
-            self.batch_concurrency = v.trim().parse().map_err(|e| ConfigError::Env {
-                var: "TOKAROO_URL_BATCH_CONCURRENCY",
-                message: format!("{e}"),
-            })?;
+            self.batch_concurrency = v
+                .trim()
+                .parse()
+                .map_err(|e| ConfigError::Env { var: "TOKAROO_URL_BATCH_CONCURRENCY", message: format!("{e}") })?;
         }
         Ok(())
     }

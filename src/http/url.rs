@@ -224,8 +224,10 @@ fn profile_json(entry: &ProfileEntry) -> Value {
 
 async fn list_profiles(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     let profiles = state.engine.url().profiles(caller.account_id())?;
-    let signals: Vec<Value> =
-        SIGNALS.iter().map(|(id, weight, means)| json!({"id": id, "default_weight": weight, "description": means})).collect();
+    let signals: Vec<Value> = SIGNALS
+        .iter()
+        .map(|(id, weight, means)| json!({"id": id, "default_weight": weight, "description": means}))
+        .collect();
     Ok(Json(json!({
         "object": "list",
         "data": profiles.iter().map(profile_json).collect::<Vec<_>>(),

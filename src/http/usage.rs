@@ -25,7 +25,7 @@ use super::{
     AppState,
 };
 
-const REQUEST_TYPES: &[&str] = &["chat", "embeddings", "reflection"];
+const REQUEST_TYPES: &[&str] = &["chat", "embeddings", "reflection", "url_analysis", "url_batch"];
 const MAX_DAYS: u32 = 366;
 
 /// The read routes runtime keys may use; `http::router` mounts them behind admission.

@@ -34,3 +34,4 @@ mod sources;
 mod storage_stress;
 mod supervision;
 mod traces;
+mod url;

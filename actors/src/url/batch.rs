@@ -121,7 +121,11 @@ fn view(batch: &UrlBatch, items: &[UrlBatchItem], with_results: bool) -> BatchVi
         errors: items
             .iter()
             .filter(|i| i.state == "failed")
-            .map(|i| BatchError { input_index: i.index, url: i.url.clone(), error: i.error.clone().unwrap_or_default() })
+            .map(|i| BatchError {
+                input_index: i.index,
+                url: i.url.clone(),
+                error: i.error.clone().unwrap_or_default(),
+            })
             .collect(),
         results: with_results
             .then(|| items.iter().filter(|i| i.state == "done").filter_map(|i| i.result.clone()).collect()),
@@ -247,7 +251,9 @@ impl UrlIntel {
         store.url_batches.insert(&(account, id.as_str()), &batch)?;
         let has_work = runnable > 0 || batch.webhook_url.is_some();
         if has_work {
-            store.url_batches_open.insert(&id.as_str(), &OpenUrlBatch { account_id: account.to_owned(), batch_id: id.clone() })?;
+            store
+                .url_batches_open
+                .insert(&id.as_str(), &OpenUrlBatch { account_id: account.to_owned(), batch_id: id.clone() })?;
         }
         store.flush().await?;
         if has_work {
@@ -267,9 +273,10 @@ impl UrlIntel {
             return Err(EngineError::Invalid("webhook_url must not carry credentials; use webhook_secret".into()));
         }
         let (guard, _) = self.guard(account_id);
-        guard.check_url(&parsed).await.map_err(|refused| {
-            EngineError::Invalid(format!("webhook_{}", refused.explain()))
-        })?;
+        guard
+            .check_url(&parsed)
+            .await
+            .map_err(|refused| EngineError::Invalid(format!("webhook_{}", refused.explain())))?;
         Ok(parsed.to_string())
     }
 
@@ -391,11 +398,8 @@ impl UrlBatchActor {
 
     /// Items left `charging` by a crash: charged once, whatever happened before.
     async fn settle_in_doubt(&self, state: &BatchState, items: &mut [UrlBatchItem]) -> Result<(), EngineError> {
-        let doubtful: HashSet<String> = items
-            .iter()
-            .filter(|i| i.state == "charging")
-            .map(|i| usage_request_id(&self.id, i.index))
-            .collect();
+        let doubtful: HashSet<String> =
+            items.iter().filter(|i| i.state == "charging").map(|i| usage_request_id(&self.id, i.index)).collect();
         if doubtful.is_empty() {
             return Ok(());
         }
@@ -461,7 +465,9 @@ impl UrlBatchActor {
     /// Counts one finished item into the batch.
     fn count(batch: &mut UrlBatch, outcome: &ItemOutcome) {
         match outcome {
-            ItemOutcome::Done(_, analysis) => count_result(batch, analysis.score, analysis.decision, analysis.cache.hit),
+            ItemOutcome::Done(_, analysis) => {
+                count_result(batch, analysis.score, analysis.decision, analysis.cache.hit)
+            }
             ItemOutcome::Failed(..) => batch.failed_urls += 1,
             ItemOutcome::InDoubt(..) => {}
         }
@@ -633,8 +639,7 @@ impl Actor for UrlBatchActor {
             thresholds: Thresholds { review: batch.review, warn: batch.warn, block: batch.block },
         };
         let mut items = self.intel.items(&batch)?;
-        let mut state =
-            BatchState {
+        let mut state = BatchState {
             batch: batch.clone(),
             queue: VecDeque::new(),
             running: Default::default(),
@@ -748,5 +753,122 @@ impl ChildSpec for UrlBatchSpec {
         let actor =
             UrlBatchActor { intel: self.intel.clone(), account_id: self.account_id.clone(), id: self.id.clone() };
         Box::pin(spawn_linked(actor, (), at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods)]
+
+    use std::collections::BTreeMap;
+
+    use tokaroo_storage::{
+        ledger::UsageFilter,
+        url::{OpenUrlBatch, UrlBatch, UrlBatchItem},
+        Store,
+    };
+
+    use super::{usage_request_id, URLBATCHES};
+    use crate::{
+        config::EngineConfig,
+        engine::Engine,
+        url::service::{ChargeLine, UrlCaller},
+    };
+
+    fn item(index: u64, state: &str) -> UrlBatchItem {
+        let result = serde_json::json!({
+            "id": format!("uc_test{index}"), "domain": "example.com", "decision": "allow", "score": 0.0,
+            "signals": [], "cache": {"hit": false},
+        });
+        UrlBatchItem {
+            index,
+            url: "http://127.0.0.1:1/".into(),
+            state: state.into(),
+            result: (state == "charging").then_some(result),
+            error: None,
+        }
+    }
+
+    /// Items a crash left `charging` are charged once: the one whose row the ledger has is
+    /// not charged again, the one whose row it lacks is charged now.
+    #[tokio::test]
+    async fn a_resumed_batch_charges_each_in_doubt_item_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig { fault_injection: true, ..EngineConfig::default() };
+        let engine = Engine::start(Store::open(dir.path()).unwrap(), config).await.unwrap();
+        engine.directory().bootstrap().await.unwrap();
+        let account = engine.directory().operator_account_id().expect("the operator");
+        let intel = engine.url().clone();
+        let store = engine.store().clone();
+        let now = crate::clock::now_ms();
+        let id = "b-in-doubt".to_owned();
+        let batch = UrlBatch {
+            id: id.clone(),
+            account_id: account.clone(),
+            workspace: String::new(),
+            api_key_id: None,
+            label: None,
+            profile: "default".into(),
+            weights: BTreeMap::new(),
+            review: 20.0,
+            warn: 40.0,
+            block: 70.0,
+            total_urls: 3,
+            status: "running".into(),
+            completed_urls: 0,
+            failed_urls: 0,
+            score_sum: 0.0,
+            cache_hits: 0,
+            decisions: [0; 4],
+            webhook_url: None,
+            webhook_secret_sealed: None,
+            webhook_attempts: 0,
+            webhook_delivered_at_ms: None,
+            webhook_last_error: None,
+            webhook_next_at_ms: None,
+            request_id: None,
+            created_at_ms: now - 1000,
+            updated_at_ms: now,
+            completed_at_ms: None,
+        };
+        store.url_batches.insert(&(account.as_str(), id.as_str()), &batch).unwrap();
+        for item in [item(0, "charging"), item(1, "charging"), item(2, "pending")] {
+            store.url_batch_items.insert(&(account.as_str(), id.as_str(), item.index), &item).unwrap();
+        }
+        store
+            .url_batches_open
+            .insert(&id.as_str(), &OpenUrlBatch { account_id: account.clone(), batch_id: id.clone() })
+            .unwrap();
+        // Item 0 was charged just before the crash; item 1 was not.
+        let caller = UrlCaller {
+            account_id: account.clone(),
+            workspace: String::new(),
+            api_key_id: None,
+            request_id: None,
+            bound_to_workspace: false,
+        };
+        let result = item(0, "charging").result.unwrap();
+        let line = ChargeLine::of(&result, "url_batch", Some(usage_request_id(&id, 0)), "default", None);
+        intel.charge(&caller, None, line).await.unwrap();
+
+        crate::tree::supervisor::start_child(&intel.0.registry, URLBATCHES, intel.batch_spec(&account, &id)).await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let now = store.url_batches.get(&(account.as_str(), id.as_str())).unwrap().unwrap();
+            if now.status == "completed" && store.url_batches_open.get(&id.as_str()).unwrap().is_none() {
+                assert_eq!((now.completed_urls, now.failed_urls), (3, 0), "{now:?}");
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the batch did not finish: {now:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        engine.url().0.ledger.commit().await.unwrap();
+        let filter = UsageFilter { request_type: Some("url_batch".into()), ..Default::default() };
+        let (rows, _) = store.ledger.usage_page(&account, &filter, None, 100).unwrap();
+        let mut ids: Vec<String> = rows.into_iter().filter_map(|r| r.request_id).collect();
+        ids.sort();
+        let expected: Vec<String> = (0..3).map(|i| usage_request_id(&id, i)).collect();
+        assert_eq!(ids, expected, "one row per item");
+        engine.shutdown().await.unwrap();
     }
 }

@@ -634,11 +634,8 @@ impl UrlIntel {
         if let Some(weights) = input.weights {
             profile.weights = weights;
         }
-        let thresholds = input.thresholds.unwrap_or(Thresholds {
-            review: profile.review,
-            warn: profile.warn,
-            block: profile.block,
-        });
+        let thresholds =
+            input.thresholds.unwrap_or(Thresholds { review: profile.review, warn: profile.warn, block: profile.block });
         score::validate(&profile.weights, Some(&thresholds)).map_err(EngineError::Invalid)?;
         (profile.review, profile.warn, profile.block) = (thresholds.review, thresholds.warn, thresholds.block);
         if input.description.is_some() {
@@ -680,7 +677,9 @@ fn check_profile_name(name: &str) -> Result<(), EngineError> {
 fn check_description(description: Option<String>) -> Result<String, EngineError> {
     let description = description.unwrap_or_default();
     if description.chars().count() > 500 || description.chars().any(char::is_control) {
-        return Err(EngineError::Invalid("description must be at most 500 characters, without control characters".into()));
+        return Err(EngineError::Invalid(
+            "description must be at most 500 characters, without control characters".into(),
+        ));
     }
     Ok(description)
 }

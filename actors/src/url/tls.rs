@@ -41,7 +41,8 @@ impl Default for TlsSettings {
 /// The certificates in PEM text (an operator's `url.tls_roots_file`).
 pub fn roots_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     use rustls::pki_types::pem::PemObject;
-    let roots = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    let roots =
+        CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
     if roots.is_empty() {
         return Err("no PEM certificate in it".into());
     }

@@ -66,7 +66,10 @@ pub async fn send(
         Err(error) if error.is_timeout() => Err(format!("no answer within {timeout:?}")),
         Err(error) => Err(match refusal(&error) {
             Some(refused) => refused.explain(),
-            None => format!("could not connect: {}", std::error::Error::source(&error).map_or_else(|| error.to_string(), ToString::to_string)),
+            None => format!(
+                "could not connect: {}",
+                std::error::Error::source(&error).map_or_else(|| error.to_string(), ToString::to_string)
+            ),
         }),
     }
 }
