@@ -233,6 +233,9 @@ impl Lookup for SystemLookup {
     }
 }
 
+/// Ports whose clients a guard keeps.
+const MAX_CACHED_CLIENTS: usize = 64;
+
 /// A policy with the resolver it judges: one per kind of account (operator, tenant).
 #[derive(Clone)]
 pub struct NetGuard {
@@ -334,6 +337,11 @@ impl NetGuard {
             .dns_resolver(resolver)
             .build()
             .expect("the HTTP client builds once a crypto provider is installed");
+        // Tenants choose ports (links, webhooks): past a few, clients are not kept, so the
+        // table (each client with its pool) cannot grow without bound.
+        if self.clients.len() >= MAX_CACHED_CLIENTS {
+            return client;
+        }
         self.clients.entry(port).or_insert(client).clone()
     }
 

@@ -281,6 +281,8 @@ impl BrandList {
             return None;
         }
         let path = format!("{}{}", url.url.path(), url.url.query().map(|q| format!("?{q}")).unwrap_or_default());
+        // Decoded, as the address bar shows it: `/%70aypal/login` is `/paypal/login`.
+        let path = percent_encoding::percent_decode_str(&path).decode_utf8_lossy().into_owned();
         let mut cues: BTreeSet<String> = BTreeSet::new();
         for word in words(&url.unicode_host).into_iter().chain(words(&path)) {
             if is_cue(&word) {

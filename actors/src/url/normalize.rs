@@ -92,6 +92,27 @@ fn to_unicode(ascii: &str) -> String {
 }
 
 /// Parses and normalises `input` (a URL, or a bare host to which `https://` is added).
+/// Whether `input` starts with a scheme, as an address bar reads it: `https:` and `http:`
+/// whatever follows (a browser reads `https:\\\\evil.example` and `https:/evil.example` as
+/// evil.example), any scheme followed by `//`, and a dotless word before a colon that is
+/// not followed by a port (`javascript:`, `mailto:`; `localhost:8080` is a host and port).
+fn has_scheme(input: &str) -> bool {
+    let Some((scheme, rest)) = input.split_once(':') else { return false };
+    let is_scheme = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    if !is_scheme {
+        return false;
+    }
+    let port_follows = {
+        let digits = rest.split(['/', '?', '#', '\\']).next().unwrap_or_default();
+        !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+    };
+    scheme.eq_ignore_ascii_case("http")
+        || scheme.eq_ignore_ascii_case("https")
+        || rest.starts_with("//")
+        || (!scheme.contains('.') && !port_follows)
+}
+
 pub fn normalize(input: &str) -> Result<NormalizedUrl, UrlInputError> {
     let input = input.trim();
     if input.is_empty() {
@@ -103,9 +124,7 @@ pub fn normalize(input: &str) -> Result<NormalizedUrl, UrlInputError> {
     if input.chars().any(char::is_control) {
         return Err(UrlInputError::ControlCharacters);
     }
-    let has_scheme = input.split_once("://").is_some_and(|(scheme, _)| {
-        !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-    });
+    let has_scheme = has_scheme(input);
     let (text, scheme_assumed) =
         if has_scheme { (input.to_owned(), false) } else { (format!("https://{input}"), true) };
     let mut url = Url::parse(&text).map_err(|e| UrlInputError::Invalid(e.to_string()))?;
@@ -135,10 +154,12 @@ pub fn normalize(input: &str) -> Result<NormalizedUrl, UrlInputError> {
         Some(_) => (None, None),
         None => (psl::domain_str(&host).map(str::to_owned), psl::suffix_str(&host).map(str::to_owned)),
     };
+    // Decoded: `%70aypal.com@evil.example` reads as paypal.com to a person.
+    let decoded = |part: &str| percent_encoding::percent_decode_str(part).decode_utf8_lossy().into_owned();
     let userinfo = match (url.username(), url.password()) {
         ("", None) => None,
-        (user, None) => Some(user.to_owned()),
-        (user, Some(password)) => Some(format!("{user}:{password}")),
+        (user, None) => Some(decoded(user)),
+        (user, Some(password)) => Some(format!("{}:{}", decoded(user), decoded(password))),
     };
     Ok(NormalizedUrl {
         unicode_host: if ip.is_some() { host.clone() } else { to_unicode(&host) },
@@ -195,6 +216,28 @@ mod tests {
         assert_eq!(n.registrable_label().as_deref(), Some("pаypal"));
         let n = normalize("https://login.secure.example.co.uk/").unwrap();
         assert_eq!(n.subdomain_labels(), ["login", "secure"]);
+        let n = normalize("https://%70aypal.com@evil.example/").unwrap();
+        assert_eq!((n.userinfo.as_deref(), n.host.as_str()), (Some("paypal.com"), "evil.example"));
+    }
+
+    /// Slashes as a browser reads them (WHATWG): a backslash or a single slash after a
+    /// special scheme still starts the host.
+    #[test]
+    fn odd_slashes_name_the_host_a_browser_would_visit() {
+        for input in
+            ["https:\\\\evil.example/x", "https:/evil.example/x", "https:evil.example/x", "HTTPS://evil.example\\x"]
+        {
+            let n = normalize(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(n.host, "evil.example", "{input}");
+            assert!(!n.scheme_assumed, "{input}");
+        }
+        for (input, host) in [("localhost:8080/x", "localhost"), ("example.com:8443", "example.com")] {
+            let n = normalize(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!((n.host.as_str(), n.scheme_assumed), (host, true), "{input}");
+        }
+        for input in ["javascript:alert(1)", "mailto:a@example.com", "data:text/html,hi"] {
+            assert!(matches!(normalize(input), Err(UrlInputError::Scheme(_))), "{input}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::{
     brands::{BrandList, BrandMatch},
     dns::{Dns, DnsFindings, DnsSettings},
     normalize::{normalize, NormalizedUrl},
-    parked::Parking,
+    parked::{ParkedEvidence, Parking},
     rdap::{self, Bootstrap, RdapError, RdapFindings},
     redirects::{self, RedirectFindings, RedirectSettings},
     signals::{network_signals, Fired, NetworkFindings},
@@ -91,10 +91,16 @@ impl<T: Clone> Shelf<T> {
         if self.entries.len() >= self.capacity {
             self.entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
         }
-        // Full of fresh entries: this answer is simply not kept.
-        if self.entries.len() < self.capacity {
-            self.entries.insert(key, (Instant::now(), value));
+        // Still full of fresh entries: the oldest tenth goes, so one tenant's flood cannot
+        // keep every later answer out of the cache.
+        if self.entries.len() >= self.capacity {
+            let mut ages: Vec<Instant> = self.entries.iter().map(|e| e.value().0).collect();
+            let cut = (self.capacity / 10).max(1).min(ages.len() - 1);
+            ages.select_nth_unstable(cut);
+            let oldest_kept = ages[cut];
+            self.entries.retain(|_, (at, _)| *at >= oldest_kept);
         }
+        self.entries.insert(key, (Instant::now(), value));
     }
 }
 
@@ -103,7 +109,8 @@ struct SignalCache {
     dns: Shelf<DnsFindings>,
     tls: Shelf<Result<TlsFindings, TlsError>>,
     rdap: Shelf<Result<RdapFindings, RdapError>>,
-    page: Shelf<RedirectFindings>,
+    /// The walk without the page's body (only its parking verdict is kept).
+    page: Shelf<(RedirectFindings, Option<ParkedEvidence>)>,
 }
 
 /// Whether an inspection was answered from the cache, as the spec's `cache` block says.
@@ -243,7 +250,11 @@ impl Inspector {
         };
         let page = async {
             let key = format!("{guard_id}|{}", url.url);
-            let walk = redirects::follow(guard, &url.url, &parts.settings.redirects);
+            let walk = async {
+                let mut walk = redirects::follow(guard, &url.url, &parts.settings.redirects).await;
+                let parked = parts.parking.judge(&[], &[], walk.body.take().as_deref());
+                (walk, parked)
+            };
             Some(through(&parts.cache.page, key, &tally, walk, always).await)
         };
         let (dns, rdap, page) = tokio::join!(dns, rdap, page);
@@ -276,6 +287,7 @@ impl Inspector {
             }
             _ => None,
         };
+        let (page, page_parked) = page.map_or((None, None), |(walk, parked)| (Some(walk), parked));
         let final_domain = page
             .as_ref()
             .and_then(|walk| walk.final_url.as_deref())
@@ -284,7 +296,7 @@ impl Inspector {
             .filter(|domain| domain != url.domain());
         let parked = {
             let (ns, mx) = dns.as_ref().map_or((&[][..], &[][..]), |d| (&d.ns_hosts[..], &d.mx_hosts[..]));
-            parts.parking.judge(ns, mx, page.as_ref().and_then(|p| p.body.as_deref()))
+            parts.parking.judge(ns, mx, None).or(page_parked)
         };
         let network = NetworkFindings { dns, redirects: page, final_domain, tls, rdap, parked };
         let now = crate::clock::now_ms() / 1000;

@@ -65,6 +65,9 @@ impl RedirectFindings {
     }
 }
 
+/// A longer `Location` is refused: no browser needs it, and every hop's URL is kept.
+pub const MAX_LOCATION_BYTES: usize = 2048;
+
 /// Walks from `start` until a page that is not a redirect, or a stop.
 pub async fn follow(guard: &NetGuard, start: &Url, settings: &RedirectSettings) -> RedirectFindings {
     let mut found = RedirectFindings::default();
@@ -102,8 +105,9 @@ pub async fn follow(guard: &NetGuard, start: &Url, settings: &RedirectSettings) 
         let location = response.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok());
         if status.is_redirection() {
             if let Some(location) = location {
-                match url.join(location) {
-                    Ok(next) if matches!(next.scheme(), "http" | "https") => {
+                let joined = if location.len() > MAX_LOCATION_BYTES { None } else { url.join(location).ok() };
+                match joined {
+                    Some(next) if matches!(next.scheme(), "http" | "https") => {
                         url = next;
                         url.set_fragment(None);
                         continue;

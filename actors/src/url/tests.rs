@@ -167,6 +167,9 @@ fn reviewed_cases_are_decided_right() {
         ("https://web.archive.org/web/2024/https://www.paypal.com/", None),
         ("https://evil.example/www.paypal.com/signin", Some("PayPal")),
         ("https://paypal.com.evil.example/", Some("PayPal")),
+        // Percent-encoded as a lure shows it decoded: in the path and before the @.
+        ("https://evil.example/www.%70aypal.com/signin", Some("PayPal")),
+        ("https://%70aypal.com@evil.example/", Some("PayPal")),
     ];
     for (url, expected) in cases {
         let found = brands.find(&normalize(url).unwrap()).map(|m| m.brand);

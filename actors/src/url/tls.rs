@@ -196,7 +196,9 @@ impl Tls {
     /// Connects to `addr` (an address the caller has already checked), shakes hands for
     /// `host` and judges the certificate it was shown.
     pub async fn inspect(&self, addr: SocketAddr, host: &str) -> Result<TlsFindings, TlsError> {
-        let name = ServerName::try_from(host.to_owned()).map_err(|_| TlsError::Name(host.to_owned()))?;
+        // An IPv6 literal's brackets belong to the URL, not to the name.
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(bare.to_owned()).map_err(|_| TlsError::Name(host.to_owned()))?;
         let keep = Arc::new(KeepChain { provider: self.provider.clone(), chain: Mutex::new(None) });
         let config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
@@ -237,4 +239,4 @@ impl Tls {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

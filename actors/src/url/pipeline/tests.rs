@@ -96,3 +96,64 @@ async fn an_inspection_gathers_every_stage_and_the_cache_answers_the_next() {
     let phish = look(format!("http://paypa1-login.test:{port}/security-check")).await;
     assert_eq!(phish.brand_match.map(|m| m.brand), Some("PayPal".to_owned()));
 }
+
+/// A cache full of fresh answers makes room by dropping its oldest tenth.
+#[test]
+fn a_full_shelf_drops_its_oldest_entries_for_new_ones() {
+    let shelf = super::Shelf::new(Duration::from_secs(3600), 10);
+    for i in 0..10 {
+        shelf.put(format!("k{i}"), i);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    shelf.put("new".into(), 99);
+    assert_eq!(shelf.get("new").map(|(v, _)| v), Some(99));
+    assert!(shelf.get("k0").is_none(), "the oldest went");
+    assert!(shelf.get("k9").is_some(), "the newest stayed");
+    assert!(shelf.entries.len() <= 10);
+}
+
+/// An https URL: the certificate the site presents is judged against the configured roots
+/// at the address DNS gave, valid or not, with its days to expiry.
+#[tokio::test]
+async fn an_https_url_has_its_certificate_judged() {
+    use crate::url::tls::{tests as certs, TlsSettings};
+    let root = certs::ca("Pipeline Test Root");
+    let (good_cert, good_key) = certs::leaf("secure.test", -1, 30, Some(&root));
+    let (good, _good_task) = certs::serve(good_cert, good_key).await;
+    let (old_cert, old_key) = certs::leaf("old.test", -60, -2, Some(&root));
+    let (old, _old_task) = certs::serve(old_cert, old_key).await;
+    let dns = FakeDns::start().await;
+    dns.set("secure.test", FakeName::a(Ipv4Addr::LOCALHOST));
+    dns.set("old.test", FakeName::a(Ipv4Addr::LOCALHOST));
+    let settings = PipelineSettings {
+        dns: DnsSettings { servers: vec![dns.addr], timeout: Duration::from_millis(500) },
+        tls: TlsSettings { roots: vec![root.der().clone()], timeout: Duration::from_secs(2) },
+        redirects: RedirectSettings { max_hops: 2, hop_timeout: Duration::from_millis(500), max_body_bytes: 1024 },
+        rdap_timeout: Duration::from_millis(200),
+        ..PipelineSettings::default()
+    };
+    let inspector =
+        Inspector::new(settings, BrandList::load(None).unwrap(), Parking::load(None).unwrap(), Bootstrap::default())
+            .unwrap();
+    let policy = NetPolicy { allow_private: false, allowed: vec!["127.0.0.1/32".parse().unwrap()], own: Vec::new() };
+    let guard = NetGuard::new(policy, Arc::new(inspector.dns().clone()));
+
+    let url = normalize(&format!("https://secure.test:{}/", good.port())).unwrap();
+    let found = inspector.inspect(url, &guard, "tenant").await;
+    let tls = found.network.tls.clone().expect("https has a TLS stage").expect("a handshake");
+    assert!(tls.valid, "{tls:?}");
+    assert!((29..=30).contains(&tls.days_to_expiry.unwrap()), "{tls:?}");
+    assert!(!ids(&found.fired).contains(&"tls_invalid"), "{:?}", found.fired);
+
+    let url = normalize(&format!("https://old.test:{}/", old.port())).unwrap();
+    let found = inspector.inspect(url, &guard, "tenant").await;
+    let tls = found.network.tls.clone().unwrap().unwrap();
+    assert!(!tls.valid && tls.days_to_expiry.unwrap() < 0, "{tls:?}");
+    assert!(ids(&found.fired).contains(&"tls_invalid"), "{:?}", found.fired);
+
+    // A tenant's guard that may not reach loopback does not shake hands there.
+    let closed = NetGuard::new(NetPolicy::default(), Arc::new(inspector.dns().clone()));
+    let url = normalize(&format!("https://secure.test:{}/", good.port())).unwrap();
+    let found = inspector.inspect(url, &closed, "closed").await;
+    assert!(matches!(found.network.tls, Some(Err(_))), "{:?}", found.network.tls);
+}

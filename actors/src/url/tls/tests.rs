@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::{Tls, TlsError, TlsProblem, TlsSettings};
 
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+pub(crate) fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.distinguished_name.push(DnType::CommonName, name);
@@ -18,7 +18,7 @@ fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
 
 /// A leaf for `name`, valid from `from_days` to `to_days` (relative to now), signed by
 /// `issuer` or by itself.
-fn leaf(
+pub(crate) fn leaf(
     name: &str,
     from_days: i64,
     to_days: i64,
@@ -39,7 +39,7 @@ fn leaf(
 }
 
 /// Serves TLS with `cert` on loopback until dropped.
-async fn serve(
+pub(crate) async fn serve(
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
 ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
