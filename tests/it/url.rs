@@ -315,17 +315,20 @@ async fn profiles_are_listed_written_by_sessions_and_weigh_analyses() {
     assert_eq!(r.status, 404);
 }
 
+/// One delivery: its headers and raw body.
+type Delivery = (axum::http::HeaderMap, Vec<u8>);
+
 /// Records webhook deliveries; fails the first `fail_first` with a 500.
 #[derive(Clone)]
 struct Hook {
     port: u16,
-    received: Arc<Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>,
+    received: Arc<Mutex<Vec<Delivery>>>,
     fail_first: Arc<Mutex<usize>>,
 }
 
 impl Hook {
     async fn start() -> Self {
-        let received: Arc<Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>> = Arc::default();
+        let received: Arc<Mutex<Vec<Delivery>>> = Arc::default();
         let fail_first = Arc::new(Mutex::new(0usize));
         let (sink, failing) = (received.clone(), fail_first.clone());
         let app = axum::Router::new().route(
@@ -353,7 +356,7 @@ impl Hook {
         format!("http://127.0.0.1:{}/hook", self.port)
     }
 
-    fn deliveries(&self) -> Vec<(axum::http::HeaderMap, Vec<u8>)> {
+    fn deliveries(&self) -> Vec<Delivery> {
         self.received.lock().unwrap().clone()
     }
 }

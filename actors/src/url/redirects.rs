@@ -86,6 +86,7 @@ pub async fn follow(guard: &NetGuard, start: &Url, settings: &RedirectSettings) 
         let sent = client
             .get(url.clone())
             .header(reqwest::header::USER_AGENT, "Tokaroo-URL-Inspector/1")
+            .header(crate::routing::providers::http::HOP_HEADER, "1")
             .timeout(settings.hop_timeout)
             .send()
             .await;

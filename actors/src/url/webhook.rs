@@ -56,6 +56,7 @@ pub async fn send(
         .timeout(timeout)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header(reqwest::header::USER_AGENT, "tokaroo-webhooks/1")
+        .header(crate::routing::providers::http::HOP_HEADER, "1")
         .header(TIMESTAMP_HEADER, timestamp.to_string());
     if let Some(secret) = secret {
         request = request.header(SIGNATURE_HEADER, signature(secret, timestamp, body));
