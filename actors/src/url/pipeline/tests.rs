@@ -31,6 +31,16 @@ async fn fake_site() -> u16 {
     addr.port()
 }
 
+/// An inspector with the shipped lists, and a tenant's guard that may reach loopback only.
+fn loopback_inspector(settings: PipelineSettings) -> (Inspector, NetGuard) {
+    let inspector =
+        Inspector::new(settings, BrandList::load(None).unwrap(), Parking::load(None).unwrap(), Bootstrap::default())
+            .unwrap();
+    let policy = NetPolicy { allow_private: false, allowed: vec!["127.0.0.1/32".parse().unwrap()], own: Vec::new() };
+    let guard = NetGuard::new(policy, Arc::new(inspector.dns().clone()));
+    (inspector, guard)
+}
+
 fn ids(fired: &[(&'static str, serde_json::Value, String)]) -> Vec<&'static str> {
     let mut ids: Vec<&'static str> = fired.iter().map(|(id, _, _)| *id).collect();
     ids.sort_unstable();
@@ -65,11 +75,7 @@ async fn an_inspection_gathers_every_stage_and_the_cache_answers_the_next() {
         cache_capacity: 100,
         ..PipelineSettings::default()
     };
-    let inspector =
-        Inspector::new(settings, BrandList::load(None).unwrap(), Parking::load(None).unwrap(), Bootstrap::default())
-            .unwrap();
-    let policy = NetPolicy { allow_private: false, allowed: vec!["127.0.0.1/32".parse().unwrap()], own: Vec::new() };
-    let guard = NetGuard::new(policy, Arc::new(inspector.dns().clone()));
+    let (inspector, guard) = loopback_inspector(settings);
     let port = fake_site().await;
     let look = |url: String| {
         let (inspector, guard) = (inspector.clone(), guard.clone());
@@ -132,11 +138,7 @@ async fn an_https_url_has_its_certificate_judged() {
         rdap_timeout: Duration::from_millis(200),
         ..PipelineSettings::default()
     };
-    let inspector =
-        Inspector::new(settings, BrandList::load(None).unwrap(), Parking::load(None).unwrap(), Bootstrap::default())
-            .unwrap();
-    let policy = NetPolicy { allow_private: false, allowed: vec!["127.0.0.1/32".parse().unwrap()], own: Vec::new() };
-    let guard = NetGuard::new(policy, Arc::new(inspector.dns().clone()));
+    let (inspector, guard) = loopback_inspector(settings);
 
     let url = normalize(&format!("https://secure.test:{}/", good.port())).unwrap();
     let found = inspector.inspect(url, &guard, "tenant").await;
