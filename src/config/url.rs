@@ -44,6 +44,7 @@ pub struct UrlConfig {
     pub profiles_per_account: usize,
     pub open_batches_per_account: usize,
     pub batch_concurrency: usize,
+    pub account_concurrency: usize,
     pub global_concurrency: usize,
     pub webhook_attempts: u32,
     pub webhook_backoff_ms: u64,
@@ -78,6 +79,7 @@ impl Default for UrlConfig {
             profiles_per_account: s.profiles_per_account,
             open_batches_per_account: s.open_batches_per_account,
             batch_concurrency: s.batch_concurrency,
+            account_concurrency: s.account_concurrency,
             global_concurrency: s.global_concurrency,
             webhook_attempts: s.webhook.attempts,
             webhook_backoff_ms: ms(s.webhook.backoff),
@@ -166,9 +168,12 @@ impl UrlConfig {
                 Err(ConfigError::Invalid(format!("url.rdap_servers.{tld}: {base:?} is not an http(s) URL")))
             }
         };
-        if self.batch_concurrency == 0 || self.global_concurrency == 0 || self.max_redirects == 0 {
+        if [self.batch_concurrency, self.account_concurrency, self.global_concurrency, self.max_redirects].contains(&0)
+        {
             return Err(ConfigError::Invalid(
-                "url.batch_concurrency, url.global_concurrency and url.max_redirects must be at least 1".into(),
+                "url.batch_concurrency, url.account_concurrency, url.global_concurrency and url.max_redirects must \
+                 be at least 1"
+                    .into(),
             ));
         }
         let ms = Duration::from_millis;
@@ -199,6 +204,7 @@ impl UrlConfig {
             profiles_per_account: self.profiles_per_account,
             open_batches_per_account: self.open_batches_per_account.max(1),
             batch_concurrency: self.batch_concurrency,
+            account_concurrency: self.account_concurrency,
             global_concurrency: self.global_concurrency,
             webhook: WebhookSettings {
                 attempts: self.webhook_attempts.max(1),

@@ -164,11 +164,14 @@ async fn history(
     if let Some(decision) = q.decision.as_deref().filter(|d| !DECISIONS.contains(d)) {
         return Err(ApiError::BadRequest(format!("decision {decision:?} is not allow, review, warn or block")));
     }
-    if q.before.as_deref().is_some_and(|b| !b.starts_with("uc_") || b.len() > 64) {
+    let is_check_id = |b: &str| {
+        b.strip_prefix("uc_").is_some_and(|hex| hex.len() <= 64 && hex.bytes().all(|c| c.is_ascii_hexdigit()))
+    };
+    if q.before.as_deref().is_some_and(|b| !is_check_id(b)) {
         return Err(ApiError::BadRequest("before must be a check's id (uc_...) from an earlier page".into()));
     }
     let filter = HistoryFilter { decision: q.decision, domain: q.domain, before: q.before, limit: limit + 1 };
-    let mut checks = state.engine.url().history(&url_caller(&caller, None), &filter)?;
+    let mut checks = state.engine.url().history(&url_caller(&caller, None), filter).await?;
     let has_more = checks.len() > limit;
     checks.truncate(limit);
     let data: Vec<Value> = checks
@@ -201,7 +204,7 @@ async fn stats(
     if !(1..=365).contains(&days) {
         return Err(ApiError::BadRequest("days must be from 1 to 365".into()));
     }
-    let stats = state.engine.url().stats(&url_caller(&caller, None), days)?;
+    let stats = state.engine.url().stats(&url_caller(&caller, None), days).await?;
     let mut answer = json!(stats);
     answer["object"] = json!("url.stats");
     Ok(Json(answer))

@@ -322,6 +322,27 @@ impl LedgerStore {
         Ok((rows, has_more))
     }
 
+    /// An account's rows logged at or after `since_us` that name one of `request_ids`:
+    /// reads only that time window, for a job that must know whether it was charged.
+    pub fn request_ids_since(
+        &self,
+        account_id: &str,
+        since_us: i64,
+        request_ids: &std::collections::HashSet<String>,
+    ) -> Result<std::collections::HashSet<String>, StorageError> {
+        let start = (account_id, since_us).encode_key();
+        let end = (account_id, i64::MAX).encode_key();
+        let mut found = std::collections::HashSet::new();
+        for entry in self.usage.tree().range(start..end) {
+            let (_, bytes) = entry?;
+            let row = decode::<UsageRow>(&bytes)?;
+            if let Some(id) = row.request_id.filter(|id| request_ids.contains(id)) {
+                found.insert(id);
+            }
+        }
+        Ok(found)
+    }
+
     /// An account's rollup cells for days `from_day..=to_day`.
     pub fn rollups(&self, account_id: &str, from_day: i64, to_day: i64) -> Result<Vec<RollupCell>, StorageError> {
         let start = (account_id, from_day).encode_key();

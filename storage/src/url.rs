@@ -52,7 +52,8 @@ impl Record for UrlProfile {
     const FORMAT_VERSION: u8 = 1;
 }
 
-/// Key: (account_id, id). A batch and its progress; its items are [`UrlBatchItem`]s.
+/// Key: (account_id, id), `id` a UUIDv7 (so keys follow time). A batch and its progress;
+/// its items are [`UrlBatchItem`]s.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UrlBatch {
     pub id: String,
@@ -76,6 +77,9 @@ pub struct UrlBatch {
     pub cache_hits: u64,
     /// allow, review, warn, block.
     pub decisions: [u64; 4],
+    /// The failed items: (index, url, why), so a listing reads no items.
+    #[serde(default)]
+    pub errors: Vec<(u64, String, String)>,
     pub webhook_url: Option<String>,
     /// Sealed with the server's master key.
     pub webhook_secret_sealed: Option<String>,
@@ -104,6 +108,9 @@ pub struct UrlBatchItem {
     pub state: String,
     pub result: Option<Value>,
     pub error: Option<String>,
+    /// When it was saved `charging`: a settle started then is final a bounded time later.
+    #[serde(default)]
+    pub charging_at_ms: Option<i64>,
 }
 impl Record for UrlBatchItem {
     const TREE: &'static str = "url_batch_items";

@@ -233,7 +233,7 @@ impl Lookup for SystemLookup {
     }
 }
 
-/// Ports whose clients a guard keeps.
+/// Ports whose clients a guard keeps (80 and 443 always are).
 const MAX_CACHED_CLIENTS: usize = 64;
 
 /// A policy with the resolver it judges: one per kind of account (operator, tenant).
@@ -339,7 +339,7 @@ impl NetGuard {
             .expect("the HTTP client builds once a crypto provider is installed");
         // Tenants choose ports (links, webhooks): past a few, clients are not kept, so the
         // table (each client with its pool) cannot grow without bound.
-        if self.clients.len() >= MAX_CACHED_CLIENTS {
+        if self.clients.len() >= MAX_CACHED_CLIENTS && !matches!(port, 80 | 443) {
             return client;
         }
         self.clients.entry(port).or_insert(client).clone()

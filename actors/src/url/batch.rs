@@ -7,21 +7,22 @@
 //! work left (`OpenUrlBatch`), which recounts from its items and picks up the pending ones.
 //! An item is charged once: it is saved `charging` (with its result) before its usage row
 //! is settled, so a resumed batch looks for that row (by its request id,
-//! `urlbatch:{batch}:{index}`) before charging again.
+//! `urlbatch:{batch}:{index}`) before charging again, once any settle sent before the
+//! crash has landed or given up (`SETTLE_FINAL_AFTER`); and a batch's new actor waits for
+//! its old one's analyses to end before it starts.
 
 use std::{
     collections::{BTreeMap, HashSet, VecDeque},
+    panic::AssertUnwindSafe,
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use futures_util::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokaroo_storage::{
-    ledger::UsageFilter,
-    url::{OpenUrlBatch, UrlBatch, UrlBatchItem},
-};
+use tokaroo_storage::url::{OpenUrlBatch, UrlBatch, UrlBatchItem};
 
 use super::{
     normalize::normalize,
@@ -48,6 +49,16 @@ pub fn actor_name(id: &str) -> String {
 fn usage_request_id(batch: &str, index: u64) -> String {
     format!("urlbatch:{batch}:{index}")
 }
+
+/// A settle sent this long ago has landed or given up: `LedgerClient::settle` waits at most
+/// its call timeout (10 s) for the ledger, then as long again in a task of its own.
+pub(crate) const SETTLE_FINAL_AFTER: Duration = Duration::from_secs(25);
+
+/// Batches an account keeps; past it, creating one drops the oldest finished ones.
+const KEPT_BATCHES: usize = 1_000;
+
+/// What a failed URL shows of what was sent.
+const SHOWN_URL_CHARS: usize = 2_048;
 
 /// What `POST /v1/url/batch` asks.
 #[derive(Debug, Clone, Default)]
@@ -101,7 +112,7 @@ pub struct WebhookView {
     pub last_error: Option<String>,
 }
 
-fn view(batch: &UrlBatch, items: &[UrlBatchItem], with_results: bool) -> BatchView {
+fn view(batch: &UrlBatch, results: Option<Vec<Value>>) -> BatchView {
     let done = batch.completed_urls;
     let ratio = |n: f64| if done == 0 { 0.0 } else { (n / done as f64 * 1000.0).round() / 1000.0 };
     BatchView {
@@ -118,17 +129,12 @@ fn view(batch: &UrlBatch, items: &[UrlBatchItem], with_results: bool) -> BatchVi
             cache_hit_rate: ratio(batch.cache_hits as f64),
             decisions: DECISIONS.iter().copied().zip(batch.decisions).collect(),
         },
-        errors: items
+        errors: batch
+            .errors
             .iter()
-            .filter(|i| i.state == "failed")
-            .map(|i| BatchError {
-                input_index: i.index,
-                url: i.url.clone(),
-                error: i.error.clone().unwrap_or_default(),
-            })
+            .map(|(index, url, error)| BatchError { input_index: *index, url: url.clone(), error: error.clone() })
             .collect(),
-        results: with_results
-            .then(|| items.iter().filter(|i| i.state == "done").filter_map(|i| i.result.clone()).collect()),
+        results,
         webhook: WebhookView {
             url: batch.webhook_url.clone(),
             delivered_at: batch.webhook_delivered_at_ms.map(crate::clock::iso8601),
@@ -151,6 +157,30 @@ fn check_label(label: &Option<String>) -> Result<(), EngineError> {
 impl UrlIntel {
     fn items(&self, batch: &UrlBatch) -> Result<Vec<UrlBatchItem>, EngineError> {
         Ok(self.0.store.url_batch_items.scan_prefix(&(batch.account_id.as_str(), batch.id.as_str()))?)
+    }
+
+    /// The results of a batch's done items, in input order.
+    fn results(&self, batch: &UrlBatch) -> Result<Vec<Value>, EngineError> {
+        Ok(self.items(batch)?.into_iter().filter(|i| i.state == "done").filter_map(|i| i.result).collect())
+    }
+
+    /// Drops the account's oldest finished batches (and their items) past `KEPT_BATCHES`.
+    fn prune_batches(&self, account_id: &str) -> Result<(), EngineError> {
+        let store = &self.0.store;
+        let over = store.url_batches.count_prefix(&(account_id,)).saturating_sub(KEPT_BATCHES - 1);
+        if over == 0 {
+            return Ok(());
+        }
+        for old in store.url_batches.scan_prefix_limit(&(account_id,), over)? {
+            if store.url_batches_open.get(&old.id.as_str())?.is_some() {
+                continue;
+            }
+            for item in self.items(&old)? {
+                store.url_batch_items.remove(&(account_id, old.id.as_str(), item.index))?;
+            }
+            store.url_batches.remove(&(account_id, old.id.as_str()))?;
+        }
+        Ok(())
     }
 
     /// Checks a batch, stores it with its items, starts its actor, and answers its record.
@@ -187,11 +217,13 @@ impl UrlIntel {
                 let refused = normalize(url).err().map(|e| e.to_string());
                 UrlBatchItem {
                     index: index as u64,
-                    // What a tenant sent is kept only this long.
-                    url: url.chars().take(2048).collect(),
+                    // A URL that parses is within normalize's cap, and kept whole; of one
+                    // that does not, only what a person needs to find it.
+                    url: if refused.is_some() { url.chars().take(SHOWN_URL_CHARS).collect() } else { url.clone() },
                     state: if refused.is_some() { "failed" } else { "pending" }.into(),
                     result: None,
                     error: refused,
+                    charging_at_ms: None,
                 }
             })
             .collect();
@@ -211,8 +243,9 @@ impl UrlIntel {
         }
         // The whole batch must be affordable now; each URL is charged as it is done.
         drop(self.reserve(caller, runnable).await?);
+        self.prune_batches(&caller.account_id)?;
         let now = crate::clock::now_ms();
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = uuid::Uuid::now_v7().to_string();
         let failed = (items.len() - runnable) as u64;
         let batch = UrlBatch {
             id: id.clone(),
@@ -232,6 +265,11 @@ impl UrlIntel {
             score_sum: 0.0,
             cache_hits: 0,
             decisions: [0; 4],
+            errors: items
+                .iter()
+                .filter(|i| i.state == "failed")
+                .map(|i| (i.index, i.url.clone(), i.error.clone().unwrap_or_default()))
+                .collect(),
             webhook_url,
             webhook_secret_sealed: secret,
             webhook_attempts: 0,
@@ -259,7 +297,7 @@ impl UrlIntel {
         if has_work {
             crate::tree::supervisor::start_child(&self.0.registry, URLBATCHES, self.batch_spec(account, &id)).await;
         }
-        Ok(view(&batch, &items, true))
+        Ok(view(&batch, Some(Vec::new())))
     }
 
     /// A webhook URL must be http(s) and reachable under the account's outbound guard.
@@ -289,16 +327,15 @@ impl UrlIntel {
             .get(&(caller.account_id.as_str(), id))?
             .filter(|b| !caller.bound_to_workspace || b.workspace == caller.workspace)
             .ok_or(EngineError::NotFound { what: "batch" })?;
-        Ok(view(&batch, &self.items(&batch)?, true))
+        Ok(view(&batch, Some(self.results(&batch)?)))
     }
 
     /// The caller's newest batches, without their results.
     pub fn batches(&self, caller: &UrlCaller, limit: usize) -> Result<Vec<BatchView>, EngineError> {
-        let mut all = self.0.store.url_batches.scan_prefix(&(caller.account_id.as_str(),))?;
-        all.retain(|b| !caller.bound_to_workspace || b.workspace == caller.workspace);
-        all.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then_with(|| b.id.cmp(&a.id)));
-        all.truncate(limit);
-        all.iter().map(|b| Ok(view(b, &self.items(b)?, false))).collect()
+        let keep = |b: &UrlBatch| !caller.bound_to_workspace || b.workspace == caller.workspace;
+        let newest =
+            self.0.store.url_batches.page_rev(&(caller.account_id.as_str(),), None, limit, KEPT_BATCHES, keep)?;
+        Ok(newest.iter().map(|b| view(b, None)).collect())
     }
 
     fn batch_spec(&self, account_id: &str, id: &str) -> Arc<dyn ChildSpec> {
@@ -345,10 +382,14 @@ pub enum ItemOutcome {
     /// Analysed and saved `charging`, but its charge could not be confirmed: the actor
     /// fails, and its restart settles it from the ledger.
     InDoubt(u64, String),
+    /// The analysis panicked; what it left in storage says what comes next.
+    Panicked(u64),
 }
 
 pub enum UrlBatchMsg {
     Finished(ItemOutcome),
+    /// Settle the items a crash left `charging`, now that any settle sent before is final.
+    Resolve,
     /// Time to try the webhook.
     Deliver,
     Inspect(RpcReplyPort<Inspection>),
@@ -370,16 +411,34 @@ pub struct UrlBatchActor {
     id: String,
 }
 
+/// Marks a batch's actor live until its state is dropped (after the analyses it owned are
+/// aborted), so a new actor for the batch never runs beside the old one's work.
+struct LiveMark {
+    intel: UrlIntel,
+    id: String,
+}
+
+impl Drop for LiveMark {
+    fn drop(&mut self) {
+        self.intel.0.live_batches.remove(&self.id);
+    }
+}
+
 pub struct BatchState {
     batch: UrlBatch,
     queue: VecDeque<UrlBatchItem>,
+    /// Items a crash left `charging`, settled by `Resolve`.
+    in_doubt: Vec<UrlBatchItem>,
     /// The item analyses in flight; dropping the state (the actor stopped) aborts them, and
     /// a restart takes them up again from their saved state.
     running: tokio::task::JoinSet<()>,
-    /// Items started and not yet reported (a task reports just before it ends).
+    /// Items started and not yet counted (in-doubt ones included), so the batch completes
+    /// only once all are.
     in_flight: usize,
     caller: UrlCaller,
     profile: Profile,
+    /// Last: dropped after `running` has aborted its tasks.
+    _live: LiveMark,
 }
 
 impl UrlBatchActor {
@@ -396,57 +455,44 @@ impl UrlBatchActor {
         Ok(())
     }
 
-    /// Items left `charging` by a crash: charged once, whatever happened before.
-    async fn settle_in_doubt(&self, state: &BatchState, items: &mut [UrlBatchItem]) -> Result<(), EngineError> {
-        let doubtful: HashSet<String> =
-            items.iter().filter(|i| i.state == "charging").map(|i| usage_request_id(&self.id, i.index)).collect();
-        if doubtful.is_empty() {
-            return Ok(());
-        }
+    /// Charges the in-doubt items whose usage row the ledger lacks, and counts them done.
+    async fn resolve(&self, state: &mut BatchState) -> Result<(), EngineError> {
+        let doubtful: HashSet<String> = state.in_doubt.iter().map(|i| usage_request_id(&self.id, i.index)).collect();
         let intel = &self.intel.0;
-        // Rows only logged are applied first, so the scan below sees every settled row.
+        // Rows only logged are applied first, so the scan sees every settled row.
         intel.ledger.commit().await?;
-        let filter = UsageFilter { request_type: Some("url_batch".into()), ..Default::default() };
         let since_us = state.batch.created_at_ms.saturating_mul(1000);
-        let mut found: HashSet<String> = HashSet::new();
-        let mut before = None;
-        'pages: loop {
-            let (rows, more) = intel.store.ledger.usage_page(&self.account_id, &filter, before, 500)?;
-            for row in &rows {
-                if row.created_at_us < since_us {
-                    break 'pages;
-                }
-                if let Some(id) = row.request_id.as_ref().filter(|id| doubtful.contains(*id)) {
-                    found.insert(id.clone());
-                }
-            }
-            match rows.last() {
-                Some(last) if more => before = Some(last.created_at_us),
-                _ => break,
-            }
-        }
-        for item in items.iter_mut().filter(|i| i.state == "charging") {
+        let found = intel.store.ledger.request_ids_since(&self.account_id, since_us, &doubtful)?;
+        for mut item in std::mem::take(&mut state.in_doubt) {
             let request_id = usage_request_id(&self.id, item.index);
             let result = item.result.clone().unwrap_or(Value::Null);
             if !found.contains(&request_id) {
                 // The work was done: it is charged even past the balance, like a settled chat.
                 let line = ChargeLine::of(&result, "url_batch", Some(request_id), &state.profile.name, None);
-                self.intel.charge(&state.caller, None, line).await?;
+                if let Err(error) = self.intel.charge(&state.caller, None, line).await {
+                    state.in_doubt.push(item);
+                    return Err(error);
+                }
+            }
+            if let Err(error) = self.intel.record(&state.caller, Some(&self.id), &state.profile.name, &result) {
+                tracing::warn!(batch = %self.id, %error, "a batch URL's check was not kept in the history");
             }
             item.state = "done".into();
-            self.intel.record(&state.caller, Some(&self.id), &state.profile.name, &result)?;
-            self.save_item(item)?;
+            self.save_item(&item)?;
+            let (score, decision, hit) = summary_of(&result);
+            count_result(&mut state.batch, score, decision, hit);
+            state.in_flight = state.in_flight.saturating_sub(1);
         }
-        intel.store.flush().await?;
-        Ok(())
+        self.save(&mut state.batch).await
     }
 
     /// Starts analyses until the batch's share of concurrency is used.
     fn fill(&self, me: &ActorRef<UrlBatchMsg>, state: &mut BatchState) {
         let limit = self.intel.0.settings.batch_concurrency.max(1);
-        while state.in_flight < limit {
+        while state.running.len() < limit {
             let Some(item) = state.queue.pop_front() else { break };
             state.in_flight += 1;
+            let index = item.index;
             let job = ItemJob {
                 intel: self.intel.clone(),
                 caller: state.caller.clone(),
@@ -456,21 +502,58 @@ impl UrlBatchActor {
             };
             let me = me.clone();
             state.running.spawn(async move {
-                let outcome = job.run().await;
+                let outcome = AssertUnwindSafe(job.run()).catch_unwind().await.unwrap_or(ItemOutcome::Panicked(index));
                 let _ = me.cast(UrlBatchMsg::Finished(outcome));
             });
         }
     }
 
-    /// Counts one finished item into the batch.
-    fn count(batch: &mut UrlBatch, outcome: &ItemOutcome) {
+    /// Counts one finished item into the batch; an error when the actor must restart to
+    /// settle it.
+    fn count(&self, state: &mut BatchState, outcome: ItemOutcome) -> Result<(), EngineError> {
         match outcome {
             ItemOutcome::Done(_, analysis) => {
-                count_result(batch, analysis.score, analysis.decision, analysis.cache.hit)
+                count_result(&mut state.batch, analysis.score, analysis.decision, analysis.cache.hit);
+                state.in_flight = state.in_flight.saturating_sub(1);
             }
-            ItemOutcome::Failed(..) => batch.failed_urls += 1,
-            ItemOutcome::InDoubt(..) => {}
+            ItemOutcome::Failed(index, error) => {
+                let listed = state.batch.errors.iter().any(|(i, ..)| *i == index);
+                if !listed {
+                    let item = self.item(index)?;
+                    state.batch.errors.push((index, item.map(|i| i.url).unwrap_or_default(), error));
+                }
+                state.batch.failed_urls += 1;
+                state.in_flight = state.in_flight.saturating_sub(1);
+            }
+            ItemOutcome::InDoubt(index, error) => {
+                return Err(EngineError::Internal(format!("item {index}: its charge is unconfirmed ({error})")));
+            }
+            ItemOutcome::Panicked(index) => {
+                tracing::error!(batch = %self.id, index, "analysing a batch URL panicked");
+                match self.item(index)? {
+                    // It may have been charged: settled once any settle it sent is final.
+                    Some(item) if item.state == "charging" => {
+                        state.in_doubt.push(item);
+                        return Err(EngineError::Internal(format!("item {index} panicked while charging")));
+                    }
+                    Some(mut item) => {
+                        let error = "internal error while analysing this URL".to_owned();
+                        item.state = "failed".into();
+                        item.error = Some(error.clone());
+                        self.save_item(&item)?;
+                        state.batch.errors.push((index, item.url, error));
+                        state.batch.failed_urls += 1;
+                        state.in_flight = state.in_flight.saturating_sub(1);
+                    }
+                    None => state.in_flight = state.in_flight.saturating_sub(1),
+                }
+            }
         }
+        Ok(())
+    }
+
+    fn item(&self, index: u64) -> Result<Option<UrlBatchItem>, EngineError> {
+        Ok(self.intel.0.store.url_batch_items.get(&(self.account_id.as_str(), self.id.as_str(), index))?)
     }
 
     async fn complete(&self, me: &ActorRef<UrlBatchMsg>, state: &mut BatchState) -> Result<(), EngineError> {
@@ -494,22 +577,24 @@ impl UrlBatchActor {
         Ok(())
     }
 
+    /// The completion webhook, signed: any failure (ours or the receiver's) is an attempt.
     async fn deliver(&self, me: &ActorRef<UrlBatchMsg>, state: &mut BatchState) -> Result<(), EngineError> {
-        let batch = &state.batch;
-        let Some(url) = batch.webhook_url.clone() else { return self.finish(me).await };
-        let items = self.intel.items(batch)?;
-        let body = serde_json::to_vec(&json!({
-            "type": "url.batch.completed",
-            "data": view(batch, &items, true),
-        }))
-        .map_err(|e| EngineError::Internal(e.to_string()))?;
-        let secret = match &batch.webhook_secret_sealed {
-            Some(sealed) => Some(self.intel.0.secrets.open(sealed)?),
-            None => None,
-        };
+        let Some(url) = state.batch.webhook_url.clone() else { return self.finish(me).await };
+        let sent = async {
+            let batch = &state.batch;
+            let results = self.intel.results(batch).map_err(|e| format!("reading the results: {e}"))?;
+            let body = serde_json::to_vec(&json!({"type": "url.batch.completed", "data": view(batch, Some(results))}))
+                .map_err(|e| format!("encoding the body: {e}"))?;
+            let secret = match &batch.webhook_secret_sealed {
+                Some(sealed) => Some(self.intel.0.secrets.open(sealed).map_err(|e| format!("the secret: {e}"))?),
+                None => None,
+            };
+            let settings = &self.intel.0.settings.webhook;
+            let (guard, _) = self.intel.guard(&self.account_id);
+            webhook::send(guard, &url, secret.as_deref(), &body, settings.timeout).await
+        }
+        .await;
         let settings = &self.intel.0.settings.webhook;
-        let (guard, _) = self.intel.guard(&self.account_id);
-        let sent = webhook::send(guard, &url, secret.as_deref(), &body, settings.timeout).await;
         let batch = &mut state.batch;
         batch.webhook_attempts += 1;
         match sent {
@@ -537,6 +622,23 @@ impl UrlBatchActor {
             }
         }
     }
+
+    /// Completes the batch once nothing is queued, running or in doubt.
+    async fn maybe_complete(&self, me: &ActorRef<UrlBatchMsg>, state: &mut BatchState) -> Result<(), EngineError> {
+        if state.queue.is_empty() && state.in_flight == 0 && state.batch.status != "completed" {
+            self.complete(me, state).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Score, decision and cache use of a stored result.
+fn summary_of(result: &Value) -> (f64, &str, bool) {
+    (
+        result["score"].as_f64().unwrap_or(0.0),
+        result["decision"].as_str().unwrap_or(""),
+        result["cache"]["hit"].as_bool().unwrap_or(false),
+    )
 }
 
 fn count_result(batch: &mut UrlBatch, score: f64, decision: &str, cache_hit: bool) {
@@ -560,8 +662,13 @@ struct ItemJob {
 impl ItemJob {
     async fn run(mut self) -> ItemOutcome {
         let index = self.item.index;
-        let Ok(_permit) = self.intel.0.permits.clone().acquire_owned().await else {
-            return ItemOutcome::InDoubt(index, "shutting down".into());
+        // The account's share first, so one tenant's batches queue behind each other, not
+        // in front of everyone else's.
+        let Ok(_mine) = self.intel.account_permits(&self.caller.account_id).acquire_owned().await else {
+            return ItemOutcome::Panicked(index);
+        };
+        let Ok(_global) = self.intel.0.permits.clone().acquire_owned().await else {
+            return ItemOutcome::Panicked(index);
         };
         let url = match normalize(&self.item.url) {
             Ok(url) => url,
@@ -579,6 +686,7 @@ impl ItemJob {
         };
         self.item.state = "charging".into();
         self.item.result = Some(result);
+        self.item.charging_at_ms = Some(crate::clock::now_ms());
         let key = (self.caller.account_id.as_str(), self.batch_id.as_str(), index);
         let store = &self.intel.0.store;
         if let Err(error) = store.url_batch_items.insert(&key, &self.item) {
@@ -614,17 +722,40 @@ impl ItemJob {
     }
 }
 
+/// How long until every settle an in-doubt item may have sent is final: none for items
+/// saved before this process started (its ledger replayed everything at start).
+fn wait_for_final_settles(items: &[UrlBatchItem], process_started_ms: i64) -> Duration {
+    let now = crate::clock::now_ms();
+    let final_after = i64::try_from(SETTLE_FINAL_AFTER.as_millis()).unwrap_or(i64::MAX);
+    let latest = items
+        .iter()
+        .filter_map(|i| i.charging_at_ms)
+        .filter(|at| *at >= process_started_ms)
+        .map(|at| at.saturating_add(final_after) - now)
+        .max()
+        .unwrap_or(0);
+    Duration::from_millis(u64::try_from(latest).unwrap_or(0))
+}
+
 impl Actor for UrlBatchActor {
     type Msg = UrlBatchMsg;
-    type State = BatchState;
+    /// `None`: the batch has no record (nothing to do but leave the open list).
+    type State = Option<BatchState>;
     type Arguments = ();
 
-    async fn pre_start(&self, _me: ActorRef<UrlBatchMsg>, _: ()) -> Result<BatchState, ActorProcessingErr> {
+    async fn pre_start(&self, _me: ActorRef<UrlBatchMsg>, _: ()) -> Result<Option<BatchState>, ActorProcessingErr> {
+        // A restarted batch's old actor may still be stopping: its analyses end with it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.intel.0.live_batches.contains_key(&self.id) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.intel.0.live_batches.insert(self.id.clone(), ());
+        let live = LiveMark { intel: self.intel.clone(), id: self.id.clone() };
         let store = &self.intel.0.store;
-        let mut batch = store
-            .url_batches
-            .get(&(self.account_id.as_str(), self.id.as_str()))?
-            .ok_or_else(|| format!("URL batch {} has no record", self.id))?;
+        let Some(mut batch) = store.url_batches.get(&(self.account_id.as_str(), self.id.as_str()))? else {
+            tracing::warn!(batch = %self.id, "an open URL batch has no record; dropping it");
+            return Ok(None);
+        };
         let caller = UrlCaller {
             account_id: batch.account_id.clone(),
             workspace: batch.workspace.clone(),
@@ -638,44 +769,56 @@ impl Actor for UrlBatchActor {
             weights: batch.weights.clone(),
             thresholds: Thresholds { review: batch.review, warn: batch.warn, block: batch.block },
         };
-        let mut items = self.intel.items(&batch)?;
-        let mut state = BatchState {
-            batch: batch.clone(),
-            queue: VecDeque::new(),
-            running: Default::default(),
-            in_flight: 0,
-            caller,
-            profile,
-        };
-        self.settle_in_doubt(&state, &mut items).await?;
+        let items = self.intel.items(&batch)?;
         // Recounted from the items: a crash between an item and its batch's save loses no count.
         (batch.completed_urls, batch.failed_urls, batch.score_sum, batch.cache_hits, batch.decisions) =
             (0, 0, 0.0, 0, [0; 4]);
-        for item in &items {
+        batch.errors.clear();
+        let (mut queue, mut in_doubt) = (VecDeque::new(), Vec::new());
+        for item in items {
             match item.state.as_str() {
                 "done" => {
-                    let r = item.result.clone().unwrap_or(Value::Null);
-                    let (score, decision) = (r["score"].as_f64().unwrap_or(0.0), r["decision"].as_str().unwrap_or(""));
-                    count_result(&mut batch, score, decision, r["cache"]["hit"].as_bool().unwrap_or(false));
+                    let (score, decision, hit) = summary_of(item.result.as_ref().unwrap_or(&Value::Null));
+                    count_result(&mut batch, score, decision, hit);
                 }
-                "failed" => batch.failed_urls += 1,
-                _ => {}
+                "failed" => {
+                    batch.failed_urls += 1;
+                    batch.errors.push((item.index, item.url, item.error.unwrap_or_default()));
+                }
+                "charging" => in_doubt.push(item),
+                _ => queue.push_back(item),
             }
         }
-        state.queue = items.into_iter().filter(|i| i.state == "pending").collect();
-        state.batch = batch;
-        Ok(state)
+        Ok(Some(BatchState {
+            batch,
+            queue,
+            in_flight: in_doubt.len(),
+            in_doubt,
+            running: tokio::task::JoinSet::new(),
+            caller,
+            profile,
+            _live: live,
+        }))
     }
 
-    async fn post_start(&self, me: ActorRef<UrlBatchMsg>, state: &mut BatchState) -> Result<(), ActorProcessingErr> {
+    async fn post_start(
+        &self,
+        me: ActorRef<UrlBatchMsg>,
+        state: &mut Option<BatchState>,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(state) = state else {
+            self.finish(&me).await?;
+            return Ok(());
+        };
+        if !state.in_doubt.is_empty() {
+            let wait = wait_for_final_settles(&state.in_doubt, self.intel.0.started_at_ms);
+            me.send_after(wait, || UrlBatchMsg::Resolve);
+        }
         if state.batch.status != "completed" {
-            if state.queue.is_empty() {
-                self.complete(&me, state).await?;
-                return Ok(());
-            }
             state.batch.status = "running".into();
             self.save(&mut state.batch).await?;
             self.fill(&me, state);
+            self.maybe_complete(&me, state).await?;
             return Ok(());
         }
         // Completed before the restart: what is left is the webhook, when it is due.
@@ -693,21 +836,23 @@ impl Actor for UrlBatchActor {
         &self,
         me: ActorRef<UrlBatchMsg>,
         msg: UrlBatchMsg,
-        state: &mut BatchState,
+        state: &mut Option<BatchState>,
     ) -> Result<(), ActorProcessingErr> {
+        let Some(state) = state else { return Ok(()) };
         match msg {
             UrlBatchMsg::Finished(outcome) => {
-                state.in_flight = state.in_flight.saturating_sub(1);
+                // Reap what ended, so `running` counts only live analyses.
                 while state.running.try_join_next().is_some() {}
-                if let ItemOutcome::InDoubt(index, error) = &outcome {
-                    return Err(format!("URL batch {} item {index}: charge unconfirmed ({error})", self.id).into());
-                }
-                Self::count(&mut state.batch, &outcome);
+                self.count(state, outcome)?;
                 self.save(&mut state.batch).await?;
                 self.fill(&me, state);
-                if state.queue.is_empty() && state.in_flight == 0 {
-                    self.complete(&me, state).await?;
+                self.maybe_complete(&me, state).await?;
+            }
+            UrlBatchMsg::Resolve => {
+                if !state.in_doubt.is_empty() {
+                    self.resolve(state).await?;
                 }
+                self.maybe_complete(&me, state).await?;
             }
             UrlBatchMsg::Deliver => {
                 if state.batch.webhook_delivered_at_ms.is_none() {
@@ -721,7 +866,8 @@ impl Actor for UrlBatchActor {
                     "total_urls": b.total_urls,
                     "completed_urls": b.completed_urls,
                     "failed_urls": b.failed_urls,
-                    "in_flight": state.in_flight,
+                    "in_flight": state.running.len(),
+                    "in_doubt": state.in_doubt.len(),
                     "queued": state.queue.len(),
                     "webhook_attempts": b.webhook_attempts,
                 })));
@@ -786,7 +932,21 @@ mod tests {
             state: state.into(),
             result: (state == "charging").then_some(result),
             error: None,
+            charging_at_ms: None,
         }
+    }
+
+    /// A settle this process may still be sending is waited out; one from before the start
+    /// is already in the ledger.
+    #[test]
+    fn in_doubt_items_wait_only_for_settles_this_process_may_still_send() {
+        let now = crate::clock::now_ms();
+        let at = |ms: i64| UrlBatchItem { charging_at_ms: Some(ms), ..item(0, "charging") };
+        let started = now - 60_000;
+        assert_eq!(super::wait_for_final_settles(&[at(now - 120_000)], started), std::time::Duration::ZERO);
+        assert_eq!(super::wait_for_final_settles(&[at(now - 30_000)], started), std::time::Duration::ZERO);
+        let wait = super::wait_for_final_settles(&[at(now - 30_000), at(now - 5_000)], started);
+        assert!(wait > std::time::Duration::from_secs(19) && wait <= super::SETTLE_FINAL_AFTER, "{wait:?}");
     }
 
     /// Items a crash left `charging` are charged once: the one whose row the ledger has is
@@ -820,6 +980,7 @@ mod tests {
             score_sum: 0.0,
             cache_hits: 0,
             decisions: [0; 4],
+            errors: Vec::new(),
             webhook_url: None,
             webhook_secret_sealed: None,
             webhook_attempts: 0,

@@ -95,10 +95,12 @@ impl<T: Clone> Shelf<T> {
         // keep every later answer out of the cache.
         if self.entries.len() >= self.capacity {
             let mut ages: Vec<Instant> = self.entries.iter().map(|e| e.value().0).collect();
-            let cut = (self.capacity / 10).max(1).min(ages.len() - 1);
-            ages.select_nth_unstable(cut);
-            let oldest_kept = ages[cut];
-            self.entries.retain(|_, (at, _)| *at >= oldest_kept);
+            let cut = (self.capacity / 10).max(1).min(ages.len().saturating_sub(1));
+            if !ages.is_empty() {
+                ages.select_nth_unstable(cut);
+                let oldest_kept = ages[cut];
+                self.entries.retain(|_, (at, _)| *at >= oldest_kept);
+            }
         }
         self.entries.insert(key, (Instant::now(), value));
     }
@@ -227,8 +229,9 @@ impl Inspector {
     }
 
     /// Inspects `url` with `guard` (the caller's account's); `guard_id` tells the cache which
-    /// guard walked a page, since another guard may be refused where this one was not.
-    pub async fn inspect(&self, url: NormalizedUrl, guard: &NetGuard, guard_id: &str) -> Inspection {
+    /// guard shook hands, since another guard may be refused where this one was not; pages
+    /// are cached under `page_scope` (the account, whose guard walked them).
+    pub async fn inspect(&self, url: NormalizedUrl, guard: &NetGuard, guard_id: &str, page_scope: &str) -> Inspection {
         let parts = &self.0;
         let statics = static_findings(&url, &parts.brands);
         let tally = std::sync::Mutex::new(Tally::default());
@@ -249,7 +252,7 @@ impl Inspector {
             Some(through(&parts.cache.rdap, domain.clone(), &tally, ask, lasting_rdap).await)
         };
         let page = async {
-            let key = format!("{guard_id}|{}", url.url);
+            let key = format!("{page_scope}|{}", url.url);
             let walk = async {
                 let mut walk = redirects::follow(guard, &url.url, &parts.settings.redirects).await;
                 let parked = parts.parking.judge(&[], &[], walk.body.take().as_deref());

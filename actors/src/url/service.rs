@@ -54,8 +54,10 @@ pub struct UrlSettings {
     pub profiles_per_account: usize,
     /// Batches with work left an account may have at once.
     pub open_batches_per_account: usize,
-    /// URLs one batch analyses at once, and all batches together.
+    /// URLs one batch analyses at once, one account at once (its analyses and batches
+    /// together), and all batches together.
     pub batch_concurrency: usize,
+    pub account_concurrency: usize,
     pub global_concurrency: usize,
     pub webhook: WebhookSettings,
 }
@@ -92,6 +94,7 @@ impl Default for UrlSettings {
             profiles_per_account: 100,
             open_batches_per_account: 10,
             batch_concurrency: 4,
+            account_concurrency: 8,
             global_concurrency: 16,
             webhook: WebhookSettings::default(),
         }
@@ -249,6 +252,12 @@ pub(crate) struct UrlParts {
     pub(crate) policy: crate::tree::supervisor::RestartPolicy,
     /// All batches' analyses at once.
     pub(crate) permits: Arc<tokio::sync::Semaphore>,
+    /// Each account's analyses at once (`account_concurrency`).
+    account_permits: DashMap<String, Arc<tokio::sync::Semaphore>>,
+    /// Batches whose actor (and its analyses) is live in this process.
+    pub(crate) live_batches: DashMap<String, ()>,
+    /// When this engine started: settles sent before it were replayed from the ledger's log.
+    pub(crate) started_at_ms: i64,
     /// Checks per account, counted from storage at an account's first check.
     history_counts: DashMap<String, usize>,
     /// Serialises an account's batch creations (the cap on open batches) and profile writes.
@@ -301,7 +310,19 @@ impl UrlIntel {
             policy,
             history_counts: DashMap::new(),
             creation_locks: DashMap::new(),
+            account_permits: DashMap::new(),
+            live_batches: DashMap::new(),
+            started_at_ms: crate::clock::now_ms(),
         })))
+    }
+
+    pub(crate) fn account_permits(&self, account_id: &str) -> Arc<tokio::sync::Semaphore> {
+        let per_account = self.0.settings.account_concurrency.max(1);
+        self.0
+            .account_permits
+            .entry(account_id.to_owned())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(per_account)))
+            .clone()
     }
 
     pub(crate) fn is_operator(&self, account_id: &str) -> bool {
@@ -347,11 +368,22 @@ impl UrlIntel {
         score::validate(weights, None).map_err(EngineError::Invalid)?;
         let started = Instant::now();
         let hold = self.reserve(caller, 1).await?;
-        let analysis = self.inspect(caller, url, normalized, &profile, weights).await;
+        let analysis = {
+            // Held while the network is asked: an account's analyses share its permits.
+            let _permit = self
+                .account_permits(&caller.account_id)
+                .acquire_owned()
+                .await
+                .map_err(|_| EngineError::Unavailable("URL intelligence is shutting down".into()))?;
+            self.inspect(caller, url, normalized, &profile, weights).await
+        };
         let result = serde_json::to_value(&analysis).map_err(|e| EngineError::Internal(e.to_string()))?;
         let line = ChargeLine::of(&result, "url_analysis", caller.request_id.clone(), &profile.name, Some(started));
         let charge = self.charge(caller, hold, line).await?;
-        self.record(caller, None, &profile.name, &result)?;
+        // Charged and answered: a history that could not be written is logged, not failed.
+        if let Err(error) = self.record(caller, None, &profile.name, &result) {
+            tracing::warn!(%error, "a URL check was not kept in the history");
+        }
         Ok((analysis, charge))
     }
 
@@ -366,7 +398,9 @@ impl UrlIntel {
         weights: &BTreeMap<String, f64>,
     ) -> UrlAnalysis {
         let (guard, guard_id) = self.guard(&caller.account_id);
-        let inspection = self.0.inspector.inspect(url, guard, guard_id).await;
+        // Pages are cached per account: a page's URL may carry a secret (a reset link), and
+        // a hit would tell one tenant that another checked it.
+        let inspection = self.0.inspector.inspect(url, guard, guard_id, &caller.account_id).await;
         analysis_of(given, inspection, profile, weights)
     }
 
@@ -488,8 +522,23 @@ impl UrlIntel {
         Ok(())
     }
 
-    /// The newest checks first, below the `before` cursor.
-    pub fn history(&self, caller: &UrlCaller, filter: &HistoryFilter) -> Result<Vec<UrlCheck>, EngineError> {
+    /// The newest checks first, below the `before` cursor (read on a blocking thread).
+    pub async fn history(&self, caller: &UrlCaller, filter: HistoryFilter) -> Result<Vec<UrlCheck>, EngineError> {
+        let (intel, caller) = (self.clone(), caller.clone());
+        tokio::task::spawn_blocking(move || intel.history_now(&caller, &filter))
+            .await
+            .map_err(|e| EngineError::Internal(format!("reading the history: {e}")))?
+    }
+
+    /// Stats over the last `days` (read on a blocking thread).
+    pub async fn stats(&self, caller: &UrlCaller, days: u32) -> Result<UrlStats, EngineError> {
+        let (intel, caller) = (self.clone(), caller.clone());
+        tokio::task::spawn_blocking(move || intel.stats_now(&caller, days))
+            .await
+            .map_err(|e| EngineError::Internal(format!("reading the stats: {e}")))?
+    }
+
+    fn history_now(&self, caller: &UrlCaller, filter: &HistoryFilter) -> Result<Vec<UrlCheck>, EngineError> {
         let before = filter.before.as_deref().map(|id| (caller.account_id.as_str(), id));
         let keep = |c: &UrlCheck| {
             (!caller.bound_to_workspace || c.workspace == caller.workspace)
@@ -508,7 +557,7 @@ impl UrlIntel {
 
     /// Decision breakdown, top signals and domains, average score and cache hit rate over
     /// the last `days`.
-    pub fn stats(&self, caller: &UrlCaller, days: u32) -> Result<UrlStats, EngineError> {
+    fn stats_now(&self, caller: &UrlCaller, days: u32) -> Result<UrlStats, EngineError> {
         let since = crate::clock::now_ms() - i64::from(days) * 86_400_000;
         let mut decisions: BTreeMap<&'static str, u64> = DECISIONS.iter().map(|d| (*d, 0)).collect();
         let (mut total, mut hits, mut score_sum, mut truncated) = (0u64, 0u64, 0.0f64, false);

@@ -79,7 +79,7 @@ async fn an_inspection_gathers_every_stage_and_the_cache_answers_the_next() {
     let port = fake_site().await;
     let look = |url: String| {
         let (inspector, guard) = (inspector.clone(), guard.clone());
-        async move { inspector.inspect(normalize(&url).unwrap(), &guard, "tenant").await }
+        async move { inspector.inspect(normalize(&url).unwrap(), &guard, "tenant", "acct").await }
     };
 
     let first = look(format!("http://shop.test:{port}/")).await;
@@ -141,14 +141,14 @@ async fn an_https_url_has_its_certificate_judged() {
     let (inspector, guard) = loopback_inspector(settings);
 
     let url = normalize(&format!("https://secure.test:{}/", good.port())).unwrap();
-    let found = inspector.inspect(url, &guard, "tenant").await;
+    let found = inspector.inspect(url, &guard, "tenant", "acct").await;
     let tls = found.network.tls.clone().expect("https has a TLS stage").expect("a handshake");
     assert!(tls.valid, "{tls:?}");
     assert!((29..=30).contains(&tls.days_to_expiry.unwrap()), "{tls:?}");
     assert!(!ids(&found.fired).contains(&"tls_invalid"), "{:?}", found.fired);
 
     let url = normalize(&format!("https://old.test:{}/", old.port())).unwrap();
-    let found = inspector.inspect(url, &guard, "tenant").await;
+    let found = inspector.inspect(url, &guard, "tenant", "acct").await;
     let tls = found.network.tls.clone().unwrap().unwrap();
     assert!(!tls.valid && tls.days_to_expiry.unwrap() < 0, "{tls:?}");
     assert!(ids(&found.fired).contains(&"tls_invalid"), "{:?}", found.fired);
@@ -156,6 +156,6 @@ async fn an_https_url_has_its_certificate_judged() {
     // A tenant's guard that may not reach loopback does not shake hands there.
     let closed = NetGuard::new(NetPolicy::default(), Arc::new(inspector.dns().clone()));
     let url = normalize(&format!("https://secure.test:{}/", good.port())).unwrap();
-    let found = inspector.inspect(url, &closed, "closed").await;
+    let found = inspector.inspect(url, &closed, "closed", "other").await;
     assert!(matches!(found.network.tls, Some(Err(_))), "{:?}", found.network.tls);
 }
