@@ -480,7 +480,7 @@ async fn a_batch_runs_as_an_actor_and_delivers_a_signed_webhook_after_retries() 
 }
 
 #[tokio::test]
-async fn a_batch_killed_midway_resumes_and_charges_each_url_once() {
+async fn a_batch_failed_and_killed_midway_resumes_and_charges_each_url_once() {
     let world = world().await;
     let dir = tempfile::tempdir().unwrap();
     let opts = options(&world).await.env("TOKAROO_URL_BATCH_CONCURRENCY", "2");
@@ -492,11 +492,25 @@ async fn a_batch_killed_midway_resumes_and_charges_each_url_once() {
     assert_eq!(r.status, 202, "{}", r.text);
     let id = r.body["id"].as_str().unwrap().to_owned();
     assert!(batch_actor(&gw, &id).await.is_some(), "the batch's actor is in the tree");
-    eventually("a few URLs done", || async {
-        let r = gw.get(&format!("/v1/url/batches/{id}"), &key).await;
-        (r.body["completed_urls"].as_u64().unwrap() >= 4).then_some(())
+    let done_at_least = |n: u64| {
+        let (gw, key, id) = (&gw, &key, &id);
+        async move {
+            eventually("URLs done", || async {
+                let r = gw.get(&format!("/v1/url/batches/{id}"), key).await;
+                (r.body["completed_urls"].as_u64().unwrap() >= n).then_some(())
+            })
+            .await
+        }
+    };
+    done_at_least(3).await;
+    // The actor fails midway: its analyses end with it, and its new self goes on.
+    let r = gw.post("/admin/actors/fail", ADMIN_TOKEN, json!({"name": format!("urlbatch:{id}")})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    eventually("the batch's actor to restart", || async {
+        batch_actor(&gw, &id).await.filter(|a| a["restarts"].as_u64() >= Some(1)).map(|_| ())
     })
     .await;
+    done_at_least(8).await;
     gw.kill().await;
 
     let gw = Gateway::start_in(dir.path(), opts).await;

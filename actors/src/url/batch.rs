@@ -432,6 +432,9 @@ pub struct BatchState {
     /// The item analyses in flight; dropping the state (the actor stopped) aborts them, and
     /// a restart takes them up again from their saved state.
     running: tokio::task::JoinSet<()>,
+    /// Analyses started whose outcome has not arrived (a task reports just before it ends,
+    /// so `running.len()` may still count it).
+    jobs: usize,
     /// Items started and not yet counted (in-doubt ones included), so the batch completes
     /// only once all are.
     in_flight: usize,
@@ -489,9 +492,10 @@ impl UrlBatchActor {
     /// Starts analyses until the batch's share of concurrency is used.
     fn fill(&self, me: &ActorRef<UrlBatchMsg>, state: &mut BatchState) {
         let limit = self.intel.0.settings.batch_concurrency.max(1);
-        while state.running.len() < limit {
+        while state.jobs < limit {
             let Some(item) = state.queue.pop_front() else { break };
             state.in_flight += 1;
+            state.jobs += 1;
             let index = item.index;
             let job = ItemJob {
                 intel: self.intel.clone(),
@@ -795,6 +799,7 @@ impl Actor for UrlBatchActor {
             in_flight: in_doubt.len(),
             in_doubt,
             running: tokio::task::JoinSet::new(),
+            jobs: 0,
             caller,
             profile,
             _live: live,
@@ -841,7 +846,8 @@ impl Actor for UrlBatchActor {
         let Some(state) = state else { return Ok(()) };
         match msg {
             UrlBatchMsg::Finished(outcome) => {
-                // Reap what ended, so `running` counts only live analyses.
+                state.jobs = state.jobs.saturating_sub(1);
+                // Frees what ended.
                 while state.running.try_join_next().is_some() {}
                 self.count(state, outcome)?;
                 self.save(&mut state.batch).await?;
@@ -866,7 +872,7 @@ impl Actor for UrlBatchActor {
                     "total_urls": b.total_urls,
                     "completed_urls": b.completed_urls,
                     "failed_urls": b.failed_urls,
-                    "in_flight": state.running.len(),
+                    "in_flight": state.jobs,
                     "in_doubt": state.in_doubt.len(),
                     "queued": state.queue.len(),
                     "webhook_attempts": b.webhook_attempts,
