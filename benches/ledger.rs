@@ -67,6 +67,8 @@ fn row(account: &str, first_key: &str, i: u64, created_at_us: i64) -> UsageRow {
         created_at_us,
         request_id: None,
         failed_attempts: Vec::new(),
+        unit: None,
+        units: None,
     }
 }
 

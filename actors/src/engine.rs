@@ -393,6 +393,9 @@ fn root_spec(
     }
 }
 
+/// How often images past their URL's lifetime are deleted.
+const SWEEP_MEDIA_EVERY: Duration = Duration::from_secs(600);
+
 /// How often keys' and sessions' use times are written.
 const PERSIST_USE_EVERY: Duration = Duration::from_secs(5);
 
@@ -406,8 +409,19 @@ fn tasks_spec(directory: &Arc<DirectoryState>, reconcile_every: Option<Duration>
             keys.and(sessions)
         })
     });
-    let mut tasks: Vec<Arc<dyn ChildSpec>> =
-        vec![Arc::new(TaskSpec::every("task:last-used", PERSIST_USE_EVERY, persist_use))];
+    let store = directory.store.clone();
+    let sweep_media: crate::tree::task::Job = Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move {
+            let now = crate::clock::now_ms();
+            let swept = tokio::task::spawn_blocking(move || store.sweep_media(now)).await;
+            swept.map_err(|e| e.to_string())?.map(|_| ()).map_err(|e| format!("expired media: {e}"))
+        })
+    });
+    let mut tasks: Vec<Arc<dyn ChildSpec>> = vec![
+        Arc::new(TaskSpec::every("task:last-used", PERSIST_USE_EVERY, persist_use)),
+        Arc::new(TaskSpec::every("task:media-sweep", SWEEP_MEDIA_EVERY, sweep_media)),
+    ];
     if let Some(every) = reconcile_every {
         let funding = funding.clone();
         let reconcile: crate::tree::task::Job = Arc::new(move || {

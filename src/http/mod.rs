@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 mod harness;
 mod health;
+mod images;
 mod keys;
 mod knowledge;
 mod local_endpoints;
@@ -83,6 +84,7 @@ pub fn router(state: AppState) -> Router {
     let runtime_openai = models::routes()
         .merge(chat::routes())
         .merge(embeddings::routes())
+        .merge(images::routes())
         .merge(knowledge::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit))
         .layer(middleware::from_fn(openai_error_shape));
@@ -99,6 +101,7 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(health::routes())
+        .merge(images::media_routes())
         .merge(keys::routes())
         .merge(workspaces::routes())
         .merge(admin::routes())

@@ -15,7 +15,7 @@ async fn pricing(State(state): State<AppState>) -> Json<Value> {
         .models
         .iter()
         .map(|m| {
-            json!({
+            let mut entry = json!({
                 "id": m.id,
                 "name": m.name,
                 "provider": m.provider,
@@ -23,7 +23,13 @@ async fn pricing(State(state): State<AppState>) -> Json<Value> {
                 "output_per_1m": m.output_per_1m,
                 "capabilities": m.capabilities,
                 "context_window": m.context_window,
-            })
+            });
+            // Media models: unit prices (per image by size and quality, per 1k characters,
+            // per minute, per second), options and limits.
+            if let Some(media) = &m.media {
+                entry["media"] = json!(media);
+            }
+            entry
         })
         .collect();
     Json(json!({ "object": "list", "data": data, "researched_at": catalog.researched_at }))

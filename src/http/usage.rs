@@ -25,7 +25,8 @@ use super::{
     AppState,
 };
 
-const REQUEST_TYPES: &[&str] = &["chat", "embeddings", "reflection", "url_analysis", "url_batch"];
+const REQUEST_TYPES: &[&str] =
+    &["chat", "embeddings", "reflection", "url_analysis", "url_batch", "image", "speech", "transcription", "video"];
 const MAX_DAYS: u32 = 366;
 
 /// The read routes runtime keys may use; `http::router` mounts them behind admission.
@@ -163,6 +164,8 @@ fn customer_row(row: &UsageRow, names: &BTreeMap<String, String>) -> Value {
         "latency_ms": row.latency_ms,
         "cache": row.cache,
         "streamed": row.streamed,
+        "unit": row.unit,
+        "units": row.units,
         "created_at": iso_us(row.created_at_us),
     })
 }

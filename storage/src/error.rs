@@ -24,4 +24,7 @@ pub enum StorageError {
     Flush(String),
     #[error("storage is closed (the server is shutting down)")]
     Closed,
+    /// A caller's mistake the store refuses (an id that cannot name a file).
+    #[error("{0}")]
+    Invalid(String),
 }

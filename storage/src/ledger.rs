@@ -412,6 +412,8 @@ mod tests {
             created_at_us: at,
             request_id: None,
             failed_attempts: Vec::new(),
+            unit: None,
+            units: None,
         }
     }
 

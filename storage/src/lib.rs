@@ -12,6 +12,7 @@ pub mod harness;
 mod key;
 pub mod knowledge;
 pub mod ledger;
+pub mod media;
 pub mod records;
 mod store;
 pub mod text_index;

@@ -13,6 +13,7 @@ use crate::{
         SourceDocument,
     },
     ledger::LedgerStore,
+    media::MediaFile,
     records::{
         Account, ApiKey, BillingProfile, CachedAnswer, LocalEndpoint, PaymentAttempt, ProviderKey, SemanticEntry,
         Session, Workspace,
@@ -84,6 +85,8 @@ pub struct Store {
     pub url_batches: Collection<UrlBatch>,
     pub url_batch_items: Collection<UrlBatchItem>,
     pub url_batches_open: Collection<OpenUrlBatch>,
+    /// Generated media served by URL (see `media.rs`).
+    pub media_files: Collection<MediaFile>,
     /// Every knowledge-base tree by name, for `apply_kb`'s transactions.
     kb_trees: Arc<(Vec<&'static str>, Vec<sled::Tree>)>,
     /// The knowledge base's write sequence (see `knowledge.rs`).
@@ -174,6 +177,7 @@ impl Store {
             url_batches: Collection::open(&db)?,
             url_batch_items: Collection::open(&db)?,
             url_batches_open: Collection::open(&db)?,
+            media_files: Collection::open(&db)?,
             kb_trees: Arc::new((kb_tree_names, kb_trees)),
             kb_seq: db.open_tree("knowledge_seq")?,
             data_dir: data_dir.to_path_buf(),

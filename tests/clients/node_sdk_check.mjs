@@ -93,6 +93,20 @@ await check("embeddings", async () => {
   for (const d of result.data) assert.equal(d.embedding.length, 1536);
 });
 
+await check("images", async () => {
+  const { data, response } = await client.images
+    .generate({ model: "auto", prompt: "A lighthouse at dusk", size: "1024x1024", response_format: "b64_json", n: 2 })
+    .withResponse();
+  assert.equal(data.data.length, 2);
+  assert.deepEqual([...Buffer.from(data.data[0].b64_json, "base64").subarray(0, 4)], [0x89, 0x50, 0x4e, 0x47]);
+  assert.ok(Number(response.headers.get("x-tokaroo-cost")) > 0);
+  const byUrl = await client.images.generate({ model: "max", prompt: "A lighthouse at dusk", size: "1792x1024", quality: "hd" });
+  const image = await fetch(byUrl.data[0].url);
+  assert.equal(image.headers.get("content-type"), "image/png");
+  assert.deepEqual([...new Uint8Array(await image.arrayBuffer()).subarray(0, 4)], [0x89, 0x50, 0x4e, 0x47]);
+  await assert.rejects(client.images.generate({ prompt: "x", size: "999x999" }), (e) => e.status === 400 && /size/.test(e.message));
+});
+
 await check("models", async () => {
   const ids = new Set();
   for await (const model of client.models.list()) ids.add(model.id);

@@ -119,6 +119,29 @@ def _():
     assert result.usage.prompt_tokens > 0
 
 
+@check("images")
+def _():
+    import base64
+    import urllib.request
+
+    raw = client.images.with_raw_response.generate(
+        model="auto", prompt="A lighthouse at dusk", size="1024x1024", response_format="b64_json", n=2
+    )
+    result = raw.parse()
+    assert len(result.data) == 2, result
+    assert base64.b64decode(result.data[0].b64_json)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert float(raw.headers["x-tokaroo-cost"]) > 0
+    by_url = client.images.generate(model="max", prompt="A lighthouse at dusk", size="1792x1024", quality="hd")
+    with urllib.request.urlopen(by_url.data[0].url) as answer:
+        assert answer.headers["content-type"] == "image/png"
+        assert answer.read()[:4] == b"\x89PNG"
+    try:
+        client.images.generate(prompt="x", size="999x999")
+        raise AssertionError("size 999x999 was accepted")
+    except openai.BadRequestError as e:
+        assert e.status_code == 400 and "size" in str(e.message), e
+
+
 @check("models")
 def _():
     ids = {m.id for m in client.models.list()}

@@ -5,6 +5,7 @@
 mod fakes;
 mod fakes_stripe;
 mod harness;
+mod images;
 
 mod actions;
 mod auth_and_errors;

@@ -34,8 +34,17 @@ async fn ensure_clients() {
         .await;
 }
 
-const CHECKS: [&str; 8] =
-    ["plain", "stream", "tool round trip", "streamed tool call", "embeddings", "models", "errors", "knowledge context"];
+const CHECKS: [&str; 9] = [
+    "plain",
+    "stream",
+    "tool round trip",
+    "streamed tool call",
+    "embeddings",
+    "images",
+    "models",
+    "errors",
+    "knowledge context",
+];
 
 /// Runs one client script against a fresh gateway (simulator behind it) and expects every
 /// check to report ok.

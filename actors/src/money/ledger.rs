@@ -1009,6 +1009,8 @@ mod tests {
             created_at_us: 0,
             request_id: None,
             failed_attempts: Vec::new(),
+            unit: None,
+            units: None,
         }
     }
 

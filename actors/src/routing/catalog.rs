@@ -39,6 +39,79 @@ pub struct CatalogModel {
     /// Used for the hold only; the charge follows the provider's own report.
     #[serde(default, skip_serializing)]
     pub image_token_multiplier: Option<f64>,
+    /// A media model's unit prices, options and limits (images, speech, transcription,
+    /// video); `docs/research/media-catalog.md` says where each came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaSpec>,
+}
+
+/// What a media model takes and what it costs per unit. Sizes and qualities are the
+/// provider's own words (`1024x1536`, `high`; Google: `16:9`, `2K`); prices in USD.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSpec {
+    /// `image`, `speech`, `transcription` or `video`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sizes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qualities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_n: Option<u32>,
+    /// `{size}/{quality}` → USD per image.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub price_per_image: std::collections::BTreeMap<String, f64>,
+    /// What the provider answers images with: `url`, `b64_json` or `both`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub voices: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub formats: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_chars: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_per_1k_chars: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_per_1m_input_tokens: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_per_minute_audio: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_per_minute: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_formats: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_file_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_per_second: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_per_second_by_size: Option<std::collections::BTreeMap<String, f64>>,
+    /// Allowed lengths: a list of seconds, or `{min, max}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durations_secs: Option<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aspect_ratios: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fps: Option<u32>,
+}
+
+impl MediaSpec {
+    /// Every price is a finite, non-negative number.
+    fn prices_valid(&self) -> bool {
+        let ok = |p: f64| p.is_finite() && p >= 0.0;
+        self.price_per_image.values().all(|p| ok(*p))
+            && self.price_per_second_by_size.iter().flat_map(|m| m.values()).all(|p| ok(*p))
+            && [
+                self.price_per_1k_chars,
+                self.price_per_1m_input_tokens,
+                self.price_per_minute_audio,
+                self.price_per_minute,
+                self.price_per_second,
+            ]
+            .into_iter()
+            .flatten()
+            .all(ok)
+    }
 }
 
 impl CatalogModel {
@@ -65,6 +138,7 @@ impl CatalogModel {
             deprecated: false,
             unit_price: None,
             image_token_multiplier: None,
+            media: None,
         }
     }
 
@@ -148,7 +222,11 @@ impl Catalog {
 
     fn upsert(&mut self, model: CatalogModel, origin: &str) -> Result<(), EngineError> {
         let valid_price = |p: f64| p.is_finite() && p >= 0.0;
-        if model.id.is_empty() || !valid_price(model.input_per_1m) || !valid_price(model.output_per_1m) {
+        if model.id.is_empty()
+            || !valid_price(model.input_per_1m)
+            || !valid_price(model.output_per_1m)
+            || model.media.as_ref().is_some_and(|m| !m.prices_valid())
+        {
             return Err(EngineError::invalid(format!(
                 "catalog {origin}: model {:?} needs an id and non-negative prices",
                 model.id

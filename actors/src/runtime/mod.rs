@@ -3,6 +3,7 @@
 //! row, whether its client stays or leaves (`requests`, `stream`, `tasks`).
 
 pub mod embeddings;
+pub mod images;
 pub mod requests;
 pub mod stream;
 pub(crate) mod tasks;

@@ -169,6 +169,8 @@ fn usage_row(
         created_at_us: 0,
         request_id: info.request_id.clone(),
         failed_attempts: by.failed_attempts,
+        unit: None,
+        units: None,
     }
 }
 
@@ -231,7 +233,7 @@ impl Runtime {
     /// Reserves the request's worst case (`amount_units`, computed only when a hold is needed)
     /// for a request of this key: balance and workspace budget, and the budget of the mission
     /// the request names.
-    async fn reserve(
+    pub(crate) async fn reserve(
         &self,
         key: &KeyEntry,
         info: &RequestInfo,
@@ -394,14 +396,22 @@ impl Runtime {
             provider = %row.provider, model = %row.upstream_model, source = %row.execution_source,
             reason = %row.routing_reason, charged_usd = charge.charged_usd(), "request served"
         );
+        self.settle_row(key, hold, row).await?;
+        Ok(charge)
+    }
+
+    /// Settles a request's one row with its holds: the ledger's, then the mission's, then
+    /// auto pay when the balance fell below its threshold.
+    pub(crate) async fn settle_row(&self, key: &KeyEntry, hold: Holds, row: UsageRow) -> Result<(), EngineError> {
+        let charged_units = row.charged_units;
         let (_, money) = self.0.ledger.settle(hold.ledger, row).await?;
         if let Some(mission) = hold.mission {
-            mission.settle(charge.charged_units).await;
+            mission.settle(charged_units).await;
         }
         if self.0.directory.operator_account_id().as_deref() != Some(key.account_id.as_str()) {
             self.0.funding.maybe_auto_pay(&key.account_id, money);
         }
-        Ok(charge)
+        Ok(())
     }
 }
 

@@ -51,6 +51,19 @@ impl Runtime {
         spawn_request_task(self, async move { runtime.chat(&key, &request, info).await }).await.map_err(task_ended)?
     }
 
+    /// Generates images and settles their usage row, whether or not the caller still waits.
+    pub async fn serve_images(
+        &self,
+        key: Arc<KeyEntry>,
+        request: crate::runtime::images::ImageRequest,
+        request_id: Option<String>,
+    ) -> Result<crate::runtime::images::ImageOutcome, EngineError> {
+        let runtime = self.clone();
+        spawn_request_task(self, async move { runtime.images(&key, &request, request_id).await })
+            .await
+            .map_err(task_ended)?
+    }
+
     /// Serves embeddings and settles their usage row, whether or not the caller still waits.
     pub async fn serve_embeddings(
         &self,

@@ -462,6 +462,8 @@ impl UrlIntel {
             created_at_us: 0,
             request_id: line.request_id,
             failed_attempts: Vec::new(),
+            unit: None,
+            units: None,
         };
         let (_, money) = self.0.ledger.settle(hold, row).await?;
         if !self.is_operator(&caller.account_id) {

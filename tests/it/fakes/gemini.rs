@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
-use super::{key_ok, pieces, Behavior, Recorded, Wire, COMPLETION_TOKENS, PROMPT_TOKENS};
+use super::{key_ok, pieces, Behavior, Recorded, Wire, COMPLETION_TOKENS, PNG_B64, PROMPT_TOKENS};
 
 pub struct Gemini;
 
@@ -41,6 +41,7 @@ impl Wire for Gemini {
     fn validate(&self, req: &Recorded, keys: &[String]) -> Result<(), (StatusCode, Value)> {
         let action_ok = req.path.starts_with("/v1beta/models/")
             && (req.path.ends_with(":generateContent")
+                || req.path.ends_with(":predict")
                 || (req.path.ends_with(":streamGenerateContent") && req.query.contains("alt=sse")));
         if !action_ok {
             return Err(error(StatusCode::NOT_FOUND, format!("{} is not a method of this API", req.path)));
@@ -56,6 +57,17 @@ impl Wire for Gemini {
             return Err(error(StatusCode::BAD_REQUEST, "API key not valid. Please pass a valid API key."));
         }
         let b = &req.body;
+        if req.path.ends_with(":predict") {
+            // Imagen: one instance with a prompt; sampleCount 1 to 4.
+            let count = b["parameters"]["sampleCount"].as_u64().unwrap_or(1);
+            if !b["instances"][0]["prompt"].is_string() || !(1..=4).contains(&count) {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "instances[0].prompt and parameters.sampleCount (1-4) are required",
+                ));
+            }
+            return Ok(());
+        }
         let Some(contents) = b["contents"].as_array().filter(|c| !c.is_empty()) else {
             return Err(error(StatusCode::BAD_REQUEST, "* GenerateContentRequest.contents: contents is not specified"));
         };
@@ -115,6 +127,22 @@ impl Wire for Gemini {
     }
 
     fn answer(&self, req: &Recorded, behavior: &Behavior) -> Value {
+        if req.path.ends_with(":predict") {
+            let count = req.body["parameters"]["sampleCount"].as_u64().unwrap_or(1);
+            let predictions: Vec<Value> =
+                (0..count).map(|_| json!({ "bytesBase64Encoded": PNG_B64, "mimeType": "image/png" })).collect();
+            return json!({ "predictions": predictions });
+        }
+        let wants_image = req.body["generationConfig"]["responseModalities"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|x| x == "IMAGE"));
+        if wants_image {
+            let model = req.path.trim_start_matches("/v1beta/models/").split(':').next().unwrap_or_default();
+            return json!({
+                "candidates": [{ "content": { "role": "model", "parts": [{ "inlineData": { "mimeType": "image/png", "data": PNG_B64 } }] }, "finishReason": "STOP", "index": 0 }],
+                "usageMetadata": { "promptTokenCount": 10, "candidatesTokenCount": 1290, "totalTokenCount": 1300 }, "modelVersion": model,
+            });
+        }
         let parts = match behavior {
             Behavior::Text(text) => json!([{ "text": text }]),
             Behavior::ToolCall { name, arguments } => {

@@ -49,6 +49,10 @@ pub enum Behavior {
     BreakBeforeFirstChunk,
 }
 
+/// A 1×1 PNG, base64: what the fakes' image endpoints answer.
+pub const PNG_B64: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg==";
+
 /// What one provider's wire format needs: validation and answers.
 pub trait Wire: Send + Sync + 'static {
     /// The provider's 400 (or 401) for a request the real API would refuse. `keys` are the

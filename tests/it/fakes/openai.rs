@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
-use super::{key_ok, pieces, Behavior, Recorded, Wire, COMPLETION_TOKENS, PROMPT_TOKENS};
+use super::{key_ok, pieces, Behavior, Recorded, Wire, COMPLETION_TOKENS, PNG_B64, PROMPT_TOKENS};
 
 pub struct OpenAi {
     /// Model ids `GET /v1/models` lists (self-hosted endpoints discover them there).
@@ -56,10 +56,70 @@ fn embeddings_answer(req: &Recorded) -> Value {
     json!({ "object": "list", "data": data, "model": model, "usage": { "prompt_tokens": PROMPT_TOKENS, "total_tokens": PROMPT_TOKENS } })
 }
 
+/// `POST /v1/images/generations` as OpenAI checks it: GPT Image models take no
+/// `response_format` and their own sizes and qualities; DALL·E 3 one image at a time.
+fn validate_images(req: &Recorded, keys: &[String]) -> Result<(), (StatusCode, Value)> {
+    if !key_ok(req.header("authorization").and_then(|h| h.strip_prefix("Bearer ")), keys) {
+        let body = json!({ "error": { "message": "Incorrect API key provided.", "type": "invalid_request_error", "param": null, "code": "invalid_api_key" } });
+        return Err((StatusCode::UNAUTHORIZED, body));
+    }
+    let b = &req.body;
+    let model = b["model"].as_str().unwrap_or("dall-e-2");
+    if b["prompt"].as_str().is_none_or(|p| p.is_empty()) {
+        return Err(invalid("Missing required parameter: 'prompt'.", Some("prompt")));
+    }
+    let n = b["n"].as_u64().unwrap_or(1);
+    if !(1..=10).contains(&n) || (model == "dall-e-3" && n != 1) {
+        return Err(invalid(format!("Invalid 'n': {n}"), Some("n")));
+    }
+    let gpt_image = model.starts_with("gpt-image");
+    if gpt_image && !b["response_format"].is_null() {
+        return Err(invalid("Unknown parameter: 'response_format'.", Some("response_format")));
+    }
+    let sizes: &[&str] = if gpt_image {
+        &[
+            "1024x1024",
+            "1024x1536",
+            "1536x1024",
+            "2048x2048",
+            "2048x1152",
+            "1152x2048",
+            "3840x2160",
+            "2160x3840",
+            "auto",
+        ]
+    } else {
+        &["256x256", "512x512", "1024x1024", "1024x1792", "1792x1024"]
+    };
+    if b["size"].as_str().is_some_and(|s| !sizes.contains(&s)) {
+        return Err(invalid(format!("Invalid value: '{}'. Supported values are: {sizes:?}", b["size"]), Some("size")));
+    }
+    let qualities: &[&str] = if gpt_image { &["low", "medium", "high", "auto"] } else { &["standard", "hd"] };
+    if b["quality"].as_str().is_some_and(|q| !qualities.contains(&q)) {
+        return Err(invalid(format!("Invalid value for 'quality': {}", b["quality"]), Some("quality")));
+    }
+    Ok(())
+}
+
+fn images_answer(req: &Recorded) -> Value {
+    let n = req.body["n"].as_u64().unwrap_or(1);
+    let dalle = req.body["model"].as_str().is_some_and(|m| m.starts_with("dall-e"));
+    let data: Vec<Value> = (0..n)
+        .map(|_| match dalle {
+            true => json!({ "b64_json": PNG_B64, "revised_prompt": format!("A detailed {}", req.body["prompt"].as_str().unwrap_or_default()) }),
+            false => json!({ "b64_json": PNG_B64 }),
+        })
+        .collect();
+    json!({ "created": 1_764_000_000, "data": data, "usage": { "input_tokens": 20, "output_tokens": 272, "total_tokens": 292 } })
+}
+
 impl Wire for OpenAi {
     fn validate(&self, req: &Recorded, keys: &[String]) -> Result<(), (StatusCode, Value)> {
         if req.path.ends_with("/embeddings") {
             return validate_embeddings(req, keys);
+        }
+        if req.path.ends_with("/images/generations") {
+            return validate_images(req, keys);
         }
         if !req.path.ends_with("/chat/completions") {
             return Err((StatusCode::NOT_FOUND, self.error_body(StatusCode::NOT_FOUND, "Unknown request URL")));
@@ -140,6 +200,9 @@ impl Wire for OpenAi {
     fn answer(&self, req: &Recorded, behavior: &Behavior) -> Value {
         if req.path.ends_with("/embeddings") {
             return embeddings_answer(req);
+        }
+        if req.path.ends_with("/images/generations") {
+            return images_answer(req);
         }
         let (message, finish) = match behavior {
             Behavior::ToolCall { name, arguments } => (

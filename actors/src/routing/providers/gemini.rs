@@ -505,6 +505,64 @@ impl HttpAdapter for GeminiChat {
 }
 
 /// `batchEmbedContents`: one vector per input, optionally truncated to `dims`.
+/// Images: Imagen models through `:predict`, Gemini image models through
+/// `:generateContent` with an image answer (one image per call, so `n` calls).
+pub async fn images(
+    conn: &Connection,
+    model: &str,
+    call: &super::ImageCall<'_>,
+) -> Result<Vec<super::GeneratedImage>, ProviderError> {
+    let base = conn.base_url.trim_end_matches('/');
+    let base =
+        if base.ends_with("/v1beta") || base.ends_with("/v1") { base.to_owned() } else { format!("{base}/v1beta") };
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    let cap = super::images_cap(call.n);
+    if model.starts_with("imagen") {
+        let mut parameters = json!({ "sampleCount": call.n, "aspectRatio": call.size });
+        if let Some(quality) = call.quality {
+            parameters["imageSize"] = json!(quality);
+        }
+        let body = json!({ "instances": [{ "prompt": call.prompt }], "parameters": parameters });
+        let request = with_key(conn.http.post(format!("{base}/models/{model}:predict")).json(&body), conn, KEY);
+        let v = http::json_body_capped(http::send_with(conn, request, status_error).await?, cap).await?;
+        return v["predictions"]
+            .as_array()
+            .ok_or_else(|| ProviderError::Protocol("Imagen answered no predictions".into()))?
+            .iter()
+            .map(|p| {
+                let b64 = p["bytesBase64Encoded"]
+                    .as_str()
+                    .ok_or_else(|| ProviderError::Protocol("a prediction without image bytes".into()))?;
+                super::decode_image(b64, p["mimeType"].as_str().unwrap_or("image/png"), None)
+            })
+            .collect();
+    }
+    let mut image_config = json!({ "aspectRatio": call.size });
+    if let Some(quality) = call.quality {
+        image_config["imageSize"] = json!(quality);
+    }
+    let body = json!({
+        "contents": [{ "role": "user", "parts": [{ "text": call.prompt }] }],
+        "generationConfig": { "responseModalities": ["IMAGE"], "imageConfig": image_config },
+    });
+    let mut images = Vec::new();
+    for _ in 0..call.n.max(1) {
+        let url = format!("{base}/models/{model}:generateContent");
+        let request = with_key(conn.http.post(url).json(&body), conn, KEY);
+        let v = http::json_body_capped(http::send_with(conn, request, status_error).await?, cap).await?;
+        let parts = v["candidates"][0]["content"]["parts"].as_array().cloned().unwrap_or_default();
+        let inline = parts
+            .iter()
+            .find_map(|p| p.get("inlineData").or_else(|| p.get("inline_data")))
+            .ok_or_else(|| ProviderError::Protocol("Gemini answered no image".into()))?;
+        let b64 =
+            inline["data"].as_str().ok_or_else(|| ProviderError::Protocol("an image part without data".into()))?;
+        let mime = inline.get("mimeType").or_else(|| inline.get("mime_type")).and_then(Value::as_str);
+        images.push(super::decode_image(b64, mime.unwrap_or("image/png"), None)?);
+    }
+    Ok(images)
+}
+
 pub async fn embed(conn: &Connection, call: &EmbedCall<'_>) -> Result<Embeddings, ProviderError> {
     let EmbedCall { model, inputs, dims } = *call;
     let base = conn.base_url.trim_end_matches('/');

@@ -170,6 +170,71 @@ pub async fn embed(
     }
 }
 
+/// One image generation call, in the provider's own words for size and quality
+/// (`1024x1536`, `high`; Google: `16:9`, `2K`).
+#[derive(Debug, Clone)]
+pub struct ImageCall<'a> {
+    pub prompt: &'a str,
+    pub n: u32,
+    pub size: &'a str,
+    pub quality: Option<&'a str>,
+    /// DALL·E 3's `vivid` or `natural`; other models take none.
+    pub style: Option<&'a str>,
+}
+
+/// One generated image.
+#[derive(Debug, Clone)]
+pub struct GeneratedImage {
+    pub bytes: Vec<u8>,
+    pub mime: String,
+    pub revised_prompt: Option<String>,
+}
+
+/// The most an image answer may make us buffer: base64 of up to `n` large PNGs.
+pub fn images_cap(n: u32) -> usize {
+    (n.max(1) as usize).saturating_mul(24 << 20).min(256 << 20)
+}
+
+/// Decodes an image's base64 (standard alphabet, as every provider sends).
+pub(crate) fn decode_image(
+    b64: &str,
+    mime: &str,
+    revised_prompt: Option<String>,
+) -> Result<GeneratedImage, ProviderError> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| ProviderError::Protocol(format!("an image that is not base64: {e}")))?;
+    if bytes.is_empty() {
+        return Err(ProviderError::Protocol("an empty image".into()));
+    }
+    Ok(GeneratedImage { bytes, mime: mime.to_owned(), revised_prompt })
+}
+
+/// Generates images with `model` on `conn`.
+pub async fn generate_images(
+    conn: &Connection,
+    model: &str,
+    call: &ImageCall<'_>,
+) -> Result<Vec<GeneratedImage>, ProviderError> {
+    let images = match conn.provider {
+        ProviderKind::OpenAi | ProviderKind::Local | ProviderKind::Groq => openai::images(conn, model, call).await?,
+        ProviderKind::Google => gemini::images(conn, model, call).await?,
+        ProviderKind::Simulator => simulator::images(call),
+        ProviderKind::Anthropic => {
+            return Err(ProviderError::Status {
+                status: 400,
+                message: "Anthropic has no image generation API".into(),
+                retry_after: None,
+            })
+        }
+    };
+    if images.is_empty() {
+        return Err(ProviderError::Protocol("the answer held no image".into()));
+    }
+    Ok(images)
+}
+
 pub type DeltaStream = BoxStream<'static, Result<ChatDelta, ProviderError>>;
 
 /// One provider's chat API. `model` is the provider's native model id.

@@ -383,6 +383,44 @@ pub async fn embed(conn: &Connection, call: &EmbedCall<'_>) -> Result<Embeddings
     })
 }
 
+/// `POST /images/generations`. DALL·E answers base64 only when asked (its URLs expire and
+/// would be fetched again); GPT Image models always answer base64 and take no
+/// `response_format`.
+pub async fn images(
+    conn: &Connection,
+    model: &str,
+    call: &super::ImageCall<'_>,
+) -> Result<Vec<super::GeneratedImage>, ProviderError> {
+    let mut body = json!({ "model": model, "prompt": call.prompt, "n": call.n, "size": call.size });
+    if let Some(quality) = call.quality {
+        body["quality"] = json!(quality);
+    }
+    if model.starts_with("dall-e") {
+        body["response_format"] = json!("b64_json");
+    }
+    if let Some(style) = call.style.filter(|_| model == "dall-e-3") {
+        body["style"] = json!(style);
+    }
+    let url = format!("{}/images/generations", conn.base_url.trim_end_matches('/'));
+    let request = with_key(conn.http.post(url).json(&body), conn, KeyIn::Bearer);
+    let v = http::json_body_capped(http::send(conn, request).await?, super::images_cap(call.n)).await?;
+    let mime = match v["output_format"].as_str() {
+        Some("jpeg") => "image/jpeg",
+        Some("webp") => "image/webp",
+        _ => "image/png",
+    };
+    v["data"]
+        .as_array()
+        .ok_or_else(|| ProviderError::Protocol("image response has no data".into()))?
+        .iter()
+        .map(|d| {
+            let b64 =
+                d["b64_json"].as_str().ok_or_else(|| ProviderError::Protocol("an image without b64_json".into()))?;
+            super::decode_image(b64, mime, d["revised_prompt"].as_str().map(str::to_owned))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

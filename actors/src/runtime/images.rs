@@ -1,0 +1,378 @@
+//! `POST /v1/images/generations`: the catalog's image models that take the request (size,
+//! quality, count), ordered by mode, tried with fallback on the same failures as chat;
+//! priced per image from the catalog's table, reserved at the worst case, settled as one
+//! usage row of type `image`.
+//!
+//! The request speaks OpenAI's words (`1024x1792`, `hd`); each model gets its own
+//! (`1024x1536`/`high` for GPT Image, `9:16`/`2K` for Google's): [`native_options`].
+
+use std::{sync::Arc, time::Instant};
+
+use serde_json::Map;
+use tokaroo_storage::records::UsageRow;
+
+use crate::{
+    chat::Mode,
+    directory::apikey::KeyEntry,
+    error::EngineError,
+    money::billing::{usd_to_units, Charge},
+    routing::{
+        catalog::{CatalogModel, MediaSpec},
+        gateway::{self, RequestWork},
+        providers::{self, GeneratedImage, ImageCall, ProviderKind},
+        upstreams::{BillingMode, Owner, Upstream},
+    },
+    runtime::{requests::RequestInfo, Runtime},
+};
+
+pub const MAX_PROMPT_CHARS: usize = 32_000;
+pub const MAX_IMAGES: u32 = 10;
+/// What the spec names; a model's own sizes and qualities are taken too.
+pub const SPEC_SIZES: [&str; 3] = ["1024x1024", "1024x1792", "1792x1024"];
+pub const STYLES: [&str; 2] = ["vivid", "natural"];
+
+/// A checked image request.
+#[derive(Debug, Clone)]
+pub struct ImageRequest {
+    pub prompt: String,
+    /// A routing mode, or a native image model the client named.
+    pub mode: Mode,
+    pub model: Option<String>,
+    pub n: u32,
+    pub size: String,
+    pub quality: Option<String>,
+    pub style: Option<String>,
+}
+
+/// What served the images.
+#[derive(Debug, Clone)]
+pub struct ImageOutcome {
+    pub images: Vec<GeneratedImage>,
+    pub model: String,
+    pub provider: &'static str,
+    pub charge: Charge,
+}
+
+/// A model able to take the request, with the words and the price it takes it at.
+#[derive(Debug, Clone)]
+struct Candidate {
+    model: CatalogModel,
+    size: String,
+    quality: String,
+    usd_per_image: f64,
+}
+
+/// `WIDTH x HEIGHT` in pixels.
+fn pixels(size: &str) -> Option<(u32, u32)> {
+    let (w, h) = size.split_once('x')?;
+    Some((w.parse().ok().filter(|w| *w > 0)?, h.parse().ok().filter(|h| *h > 0)?))
+}
+
+/// `W:H`.
+fn ratio(aspect: &str) -> Option<f64> {
+    let (w, h) = aspect.split_once(':')?;
+    let (w, h): (f64, f64) = (w.parse().ok()?, h.parse().ok()?);
+    (w > 0.0 && h > 0.0).then(|| w / h)
+}
+
+/// The size and quality `spec`'s model takes for the request's, when it takes it at all.
+fn native_options(spec: &MediaSpec, size: &str, quality: Option<&str>) -> Option<(String, String)> {
+    let pick = |wanted: &[&str]| wanted.iter().find(|q| spec.qualities.iter().any(|m| m == *q)).map(|q| q.to_string());
+    let native_size = if spec.sizes.iter().any(|s| s == size) {
+        size.to_owned()
+    } else {
+        // Google's models take an aspect ratio: the listed one within 3% of the request's.
+        // A model of pixel sizes takes the spec's portrait and landscape (1024x1792,
+        // 1792x1024) at its own of the same orientation and near shape (within 20%, at most
+        // its 1024-based sizes: 1024x1536).
+        let (w, h) = pixels(size)?;
+        let wanted = f64::from(w) / f64::from(h);
+        let shape = |s: &String| match pixels(s) {
+            Some((sw, sh)) => (sw.min(sh) == 1024).then(|| (f64::from(sw) / f64::from(sh), 0.20)),
+            None => ratio(s).map(|r| (r, 0.03)),
+        };
+        spec.sizes
+            .iter()
+            .filter_map(|s| Some((s, shape(s)?)))
+            .filter(|(_, (r, tolerance))| (r / wanted - 1.0).abs() <= *tolerance && (*r > 1.0) == (wanted > 1.0))
+            .min_by(|a, b| (a.1 .0 / wanted - 1.0).abs().total_cmp(&(b.1 .0 / wanted - 1.0).abs()))?
+            .0
+            .clone()
+    };
+    let native_quality = match quality {
+        None | Some("auto") => pick(&["standard", "medium", "1K"]).or_else(|| spec.qualities.first().cloned())?,
+        Some("standard") => pick(&["standard", "medium", "1K"])?,
+        Some("hd") => pick(&["hd", "high", "2K"])?,
+        Some(own) => pick(&[own])?,
+    };
+    Some((native_size, native_quality))
+}
+
+/// Every size some image model takes, for the 400 that names them.
+pub fn known_sizes(models: &[CatalogModel]) -> Vec<String> {
+    let mut sizes: Vec<String> = models
+        .iter()
+        .filter_map(|m| m.media.as_ref())
+        .filter(|s| s.kind == "image")
+        .flat_map(|s| s.sizes.iter().filter(|x| pixels(x).is_some()).cloned())
+        .collect();
+    sizes.sort();
+    sizes.dedup();
+    sizes
+}
+
+fn latency_rank(class: &str) -> u8 {
+    match class {
+        "fast" => 0,
+        "medium" => 1,
+        _ => 2,
+    }
+}
+
+impl Runtime {
+    /// The image models that take `req`, best first for its mode.
+    fn image_candidates(&self, req: &ImageRequest) -> Result<Vec<Candidate>, EngineError> {
+        let catalog = &self.0.router.catalog;
+        if let Some(name) = &req.model {
+            let model = catalog.get(name).ok_or_else(|| {
+                EngineError::invalid(format!(
+                    "model {name:?} is not an image model; use auto, fast, max or an image model from GET /v1/pricing"
+                ))
+            })?;
+            if model.media.as_ref().is_none_or(|m| m.kind != "image") {
+                return Err(EngineError::invalid(format!("model {name:?} does not generate images")));
+            }
+        }
+        let mut candidates: Vec<Candidate> = catalog
+            .models
+            .iter()
+            .filter(|m| match &req.model {
+                Some(name) => m.id == *name,
+                None => !m.deprecated,
+            })
+            .filter_map(|m| {
+                let spec = m.media.as_ref().filter(|s| s.kind == "image")?;
+                if spec.max_n.is_some_and(|max| req.n > max) {
+                    return None;
+                }
+                let (size, quality) = native_options(spec, &req.size, req.quality.as_deref())?;
+                let usd_per_image = *spec.price_per_image.get(&format!("{size}/{quality}"))?;
+                Some(Candidate { model: m.clone(), size, quality, usd_per_image })
+            })
+            .collect();
+        match req.mode {
+            Mode::Max => candidates.sort_by(|a, b| {
+                b.model.quality.total_cmp(&a.model.quality).then(a.usd_per_image.total_cmp(&b.usd_per_image))
+            }),
+            Mode::Fast => candidates.sort_by(|a, b| {
+                latency_rank(&a.model.latency_class)
+                    .cmp(&latency_rank(&b.model.latency_class))
+                    .then(a.usd_per_image.total_cmp(&b.usd_per_image))
+            }),
+            // Good enough (quality 80 or more) at the lowest price, then the rest by quality.
+            Mode::Auto => candidates.sort_by(|a, b| {
+                let (ga, gb) = (a.model.quality >= 80.0, b.model.quality >= 80.0);
+                gb.cmp(&ga).then_with(|| {
+                    if ga {
+                        a.usd_per_image.total_cmp(&b.usd_per_image)
+                    } else {
+                        b.model.quality.total_cmp(&a.model.quality)
+                    }
+                })
+            }),
+        }
+        Ok(candidates)
+    }
+
+    /// The routes to try: each candidate on an upstream of its provider the key may use, or
+    /// the simulator when no provider is configured at all.
+    fn image_routes(&self, key: &KeyEntry, candidates: &[Candidate]) -> Vec<(Candidate, Arc<Upstream>)> {
+        let available = self.0.router.upstreams.for_scope(&key.account_id, key.workspace_slug.as_deref());
+        let mut routes: Vec<(Candidate, Arc<Upstream>)> = Vec::new();
+        for c in candidates {
+            let kind = ProviderKind::parse(&c.model.provider);
+            if let Some(u) = available.iter().find(|u| {
+                Some(u.kind) == kind
+                    && !matches!(u.owner, Owner::Local { .. })
+                    && u.usable_for(&c.model.id)
+                    && !u.health.is_cooling_down()
+            }) {
+                // One route per upstream: one that failed is not tried again with another model.
+                if !routes.iter().any(|(_, taken)| taken.name == u.name) {
+                    routes.push((c.clone(), u.clone()));
+                }
+            }
+        }
+        if routes.is_empty() {
+            if let (Some(sim), Some(first)) = (&self.0.router.simulator, candidates.first()) {
+                routes.push((first.clone(), sim.clone()));
+            }
+        }
+        routes.truncate(gateway::MAX_ATTEMPTS);
+        routes
+    }
+
+    fn image_charge(&self, mode: Mode, mode_of: BillingMode, list_usd: f64, baseline_usd: f64) -> Charge {
+        let pricing = &self.0.config.pricing;
+        let (actual, charged) = match mode_of {
+            BillingMode::Byok => (0.0, list_usd * pricing.byok_fee_share),
+            BillingMode::SelfHosted => (0.0, baseline_usd * pricing.self_hosted_share_of_baseline),
+            BillingMode::Managed | BillingMode::Simulator => (list_usd, list_usd * (1.0 + pricing.margin(mode))),
+        };
+        Charge {
+            actual_cost_units: usd_to_units(actual),
+            charged_units: usd_to_units(charged),
+            baseline_units: usd_to_units(baseline_usd.max(list_usd) * (1.0 + pricing.margin(Mode::Max))),
+        }
+    }
+
+    /// Generates, with fallback, and settles one `image` row. Run in a task of its own
+    /// (`serve_images`): a client that leaves cancels nothing the upstream bills.
+    pub(crate) async fn images(
+        &self,
+        key: &KeyEntry,
+        req: &ImageRequest,
+        request_id: Option<String>,
+    ) -> Result<ImageOutcome, EngineError> {
+        let candidates = self.image_candidates(req)?;
+        if candidates.is_empty() {
+            return Err(EngineError::invalid(format!(
+                "no image model takes size {:?} with quality {:?} and n = {}; see GET /v1/pricing",
+                req.size,
+                req.quality.as_deref().unwrap_or("standard"),
+                req.n
+            )));
+        }
+        let routes = self.image_routes(key, &candidates);
+        if routes.is_empty() {
+            return Err(EngineError::Unavailable("No image provider is configured (OpenAI or Gemini)".into()));
+        }
+        let n = f64::from(req.n);
+        let baseline_usd = candidates.iter().map(|c| c.usd_per_image).fold(0.0, f64::max) * n;
+        let info = RequestInfo {
+            requested_model: req.model.clone().unwrap_or_else(|| req.mode.as_str().to_owned()),
+            tier: req.mode,
+            request_type: "image",
+            metadata: Map::new(),
+            request_id,
+            bypass_cache: true,
+            mission: None,
+            mission_explicit: false,
+        };
+        let worst = routes
+            .iter()
+            .map(|(c, u)| {
+                self.image_charge(req.mode, u.billing_mode(), c.usd_per_image * n, baseline_usd).charged_units
+            })
+            .max()
+            .unwrap_or(0);
+        let holds = self.reserve(key, &info, || worst).await?;
+        let mut failed = Vec::new();
+        let mut last_error = None;
+        let inputs = [req.prompt.clone()];
+        for (c, upstream) in routes {
+            let started = Instant::now();
+            let call = ImageCall {
+                prompt: &req.prompt,
+                n: req.n,
+                size: &c.size,
+                quality: Some(c.quality.as_str()),
+                style: req.style.as_deref(),
+            };
+            match providers::generate_images(&upstream.conn, &c.model.id, &call).await {
+                Ok(mut images) => {
+                    crate::routing::provider::record_success(&upstream, &c.model.id, None);
+                    images.truncate(req.n as usize);
+                    let list_usd = c.usd_per_image * images.len() as f64;
+                    let charge = self.image_charge(req.mode, upstream.billing_mode(), list_usd, baseline_usd);
+                    let row = UsageRow {
+                        id: crate::clock::new_id(),
+                        account_id: key.account_id.clone(),
+                        api_key_id: Some(key.id.clone()),
+                        workspace_slug: key.workspace_slug.clone(),
+                        metadata: Map::new(),
+                        tier: req.mode.as_str().to_owned(),
+                        requested_model: info.requested_model.clone(),
+                        provider: upstream.kind.as_str().to_owned(),
+                        upstream_model: c.model.id.clone(),
+                        upstream: upstream.name.clone(),
+                        routing_method: req.mode.as_str().to_owned(),
+                        routing_reason: format!(
+                            "{} image(s) {} {} with {}",
+                            images.len(),
+                            c.size,
+                            c.quality,
+                            c.model.id
+                        ),
+                        execution_source: upstream.execution_source().to_owned(),
+                        billing_mode: upstream.billing_mode().as_str().to_owned(),
+                        request_type: "image".into(),
+                        input_tokens: u64::from(crate::chat::tokenizer::count(&req.prompt)),
+                        output_tokens: 0,
+                        actual_cost_units: charge.actual_cost_units,
+                        charged_units: charge.charged_units,
+                        baseline_units: charge.baseline_units,
+                        latency_ms: Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+                        cache: "miss".into(),
+                        streamed: false,
+                        created_at_us: 0,
+                        request_id: info.request_id.clone(),
+                        failed_attempts: std::mem::take(&mut failed),
+                        unit: Some("image".into()),
+                        units: Some(images.len() as f64),
+                    };
+                    self.settle_row(key, holds, row).await?;
+                    return Ok(ImageOutcome {
+                        images,
+                        model: c.model.id.clone(),
+                        provider: upstream.kind.as_str(),
+                        charge,
+                    });
+                }
+                Err(error) if gateway::moves_on(&error) => {
+                    gateway::note_failure(&upstream, &c.model.id, RequestWork::Embed(&inputs), &error, &mut failed)
+                        .await;
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(gateway::upstream_error(error)),
+            }
+        }
+        Err(last_error.map_or_else(
+            || EngineError::Unavailable("No provider could generate the images".into()),
+            |e| gateway::unavailable(&e),
+        ))
+    }
+}
+
+/// How long an image asked for as `url` is served.
+pub const MEDIA_URL_TTL_MS: i64 = 60 * 60 * 1000;
+
+impl Runtime {
+    /// Keeps an image the gateway serves by URL until it expires; answers its id.
+    pub async fn keep_media(&self, account_id: &str, image: GeneratedImage) -> Result<String, EngineError> {
+        let now = crate::clock::now_ms();
+        let file = tokaroo_storage::media::MediaFile {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            account_id: account_id.to_owned(),
+            mime: image.mime,
+            bytes: image.bytes.len() as u64,
+            created_at_ms: now,
+            expires_at_ms: now + MEDIA_URL_TTL_MS,
+        };
+        let store = self.0.directory.store.clone();
+        let id = file.id.clone();
+        tokio::task::spawn_blocking(move || store.put_media(&file, &image.bytes))
+            .await
+            .map_err(|e| EngineError::Internal(format!("storing an image: {e}")))??;
+        Ok(id)
+    }
+
+    /// A kept image that has not expired: its content type and bytes.
+    pub async fn media(&self, id: &str) -> Result<Option<(String, Vec<u8>)>, EngineError> {
+        let (store, id, now) = (self.0.directory.store.clone(), id.to_owned(), crate::clock::now_ms());
+        let found = tokio::task::spawn_blocking(move || store.get_media(&id, now))
+            .await
+            .map_err(|e| EngineError::Internal(format!("reading an image: {e}")))??;
+        Ok(found.map(|(file, bytes)| (file.mime, bytes)))
+    }
+}

@@ -1,0 +1,143 @@
+//! `POST /v1/images/generations` against fake OpenAI and Gemini image APIs: the request in
+//! each model's own words, `b64_json` and gateway-served URLs, per-image charges in a usage
+//! row of type `image`, fallback to another provider, and bad input.
+
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+use serde_json::{json, Value};
+
+use crate::{
+    fakes::{gemini::Gemini, openai::OpenAi, Behavior, Fake},
+    harness::*,
+};
+
+const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+async fn openai_fake() -> Fake {
+    Fake::start(OpenAi { models: vec![] }, "openai-test-key-1").await
+}
+
+async fn gemini_fake() -> Fake {
+    Fake::start(Gemini, "gemini-test-key-1").await
+}
+
+fn with_gemini(options: Options, fake: &Fake) -> Options {
+    options
+        .env("GEMINI_API_KEY", &fake.key)
+        .env("TOKAROO_GEMINI_BASE_URL", &fake.root)
+        .env("TOKAROO_GEMINI_TIMEOUT_SECS", "5")
+}
+
+fn image_requests(fake: &Fake) -> Vec<Value> {
+    fake.requests().into_iter().filter(|r| r.method == "POST").map(|r| r.body).collect()
+}
+
+#[tokio::test]
+async fn images_are_generated_in_each_models_words_charged_per_image_and_served_by_url() {
+    let openai = openai_fake().await;
+    let gw = Gateway::start_with(Options::default().openai(&openai)).await;
+    let key = gw.first_key.clone().unwrap();
+
+    let body = json!({"prompt": "A sunset over mountains", "model": "auto", "size": "1024x1024", "quality": "hd",
+                      "response_format": "b64_json", "n": 2});
+    let r = gw.post("/v1/images/generations", &key, body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body["created"].is_u64());
+    let data = r.body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert!(STANDARD.decode(data[0]["b64_json"].as_str().unwrap()).unwrap().starts_with(PNG_MAGIC));
+    assert!(data[0].get("url").is_none());
+    let cost: f64 = r.header("x-tokaroo-cost").unwrap().parse().unwrap();
+    let sent = image_requests(&openai);
+    let upstream = &sent[0];
+    let model = upstream["model"].as_str().unwrap().to_owned();
+    assert!(model.starts_with("gpt-image"), "auto picks a current GPT Image model: {upstream}");
+    assert_eq!((upstream["size"].as_str(), upstream["quality"].as_str()), (Some("1024x1024"), Some("high")));
+    assert!(upstream.get("response_format").is_none(), "GPT Image models take none: {upstream}");
+    assert_eq!(upstream["n"], 2);
+    // Charged as the catalog prices two images of that size and quality, plus the margin.
+    let pricing = gw.get("/v1/pricing", &key).await;
+    let entry = pricing.body["data"].as_array().unwrap().iter().find(|m| m["id"] == model.as_str()).unwrap().clone();
+    let per_image = entry["media"]["price_per_image"]["1024x1024/high"].as_f64().expect("a price in /v1/pricing");
+    assert!((cost - per_image * 2.0 * 1.1).abs() < 1e-6, "{cost} vs {per_image}");
+    let usage = gw.get("/v1/usage?request_type=image", &key).await;
+    let row = &usage.body["data"][0];
+    assert_eq!((row["unit"].as_str(), row["units"].as_f64()), (Some("image"), Some(2.0)), "{row}");
+    assert!((row["charged_usd"].as_f64().unwrap() - cost).abs() < 1e-9);
+    assert_eq!(row["model"], "auto", "the customer never sees the upstream model");
+
+    // The spec's portrait size goes to the model's own portrait; the default answer is a URL
+    // this gateway serves, without a key, until it expires.
+    let body = json!({"prompt": "A tall tower", "size": "1024x1792"});
+    let r = gw.post("/v1/images/generations", &key, body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(image_requests(&openai)[1]["size"], "1024x1536");
+    let url = r.body["data"][0]["url"].as_str().unwrap();
+    let fetched = gw.raw(gw.client().get(url)).await;
+    assert_eq!(fetched.status, 200);
+    assert_eq!(fetched.header("content-type"), Some("image/png"));
+    let bytes = gw.client().get(url).send().await.unwrap().bytes().await.unwrap();
+    assert!(bytes.starts_with(PNG_MAGIC));
+    let missing = gw.raw(gw.client().get(gw.url("/v1/media/0123456789abcdef0123456789abcdef"))).await;
+    assert_eq!(missing.status, 404);
+    let traversal = gw.raw(gw.client().get(gw.url("/v1/media/..%2F..%2Fdb"))).await;
+    assert!(traversal.status.is_client_error(), "{}", traversal.status);
+
+    // Bad input: a 400 that names the field, in OpenAI's error shape, nothing charged.
+    let before = gw.get("/v1/usage?request_type=image", &key).await.body["data"].as_array().unwrap().len();
+    for (body, says) in [
+        (json!({"prompt": "x", "size": "999x999"}), "size"),
+        (json!({"prompt": "x", "n": 0}), "n must"),
+        (json!({"prompt": "x", "n": 11}), "n must"),
+        (json!({"prompt": "x", "quality": "ultra"}), "quality"),
+        (json!({"prompt": "x", "style": "cubist"}), "style"),
+        (json!({"prompt": "x", "response_format": "gif"}), "response_format"),
+        (json!({"size": "1024x1024"}), "prompt"),
+        (json!({"prompt": ""}), "prompt"),
+        (json!({"prompt": "x", "colour": "red"}), "colour"),
+        (json!({"prompt": "x", "model": "gpt-4o-mini"}), "does not generate images"),
+        (json!({"prompt": "x", "model": "no-such-model"}), "not an image model"),
+    ] {
+        let r = gw.post("/v1/images/generations", &key, body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+        assert!(r.body["error"]["message"].as_str().unwrap().contains(says), "{body}: {}", r.text);
+    }
+    let after = gw.get("/v1/usage?request_type=image", &key).await.body["data"].as_array().unwrap().len();
+    assert_eq!(before, after);
+}
+
+#[tokio::test]
+async fn a_failing_provider_falls_back_to_another_and_the_charge_follows_what_served() {
+    let (openai, gemini) = (openai_fake().await, gemini_fake().await);
+    let gw = Gateway::start_with(with_gemini(Options::default().openai(&openai), &gemini)).await;
+    let key = gw.first_key.clone().unwrap();
+    openai.set(Behavior::Status { status: 500, retry_after: None });
+    let r = gw.post("/v1/images/generations", &key, json!({"prompt": "A red fox", "model": "max"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(image_requests(&openai).len(), 1, "the failed provider is tried once");
+    let sent = gemini.requests().into_iter().find(|r| r.method == "POST").expect("Gemini was asked");
+    assert!(sent.path.contains("image"), "{}", sent.path);
+    let config = &sent.body["generationConfig"];
+    assert_eq!(config["responseModalities"], json!(["IMAGE"]));
+    assert_eq!(config["imageConfig"]["aspectRatio"], "1:1");
+    let usage = gw.get("/v1/usage?request_type=image", ADMIN_TOKEN).await;
+    assert_eq!(usage.body["data"].as_array().unwrap().len(), 1);
+
+    // Both failing: a 503 in OpenAI's shape, and nothing charged.
+    gemini.set(Behavior::Status { status: 503, retry_after: None });
+    let r = gw.post("/v1/images/generations", &key, json!({"prompt": "A red fox", "model": "fast"})).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert!(r.body["error"]["message"].is_string());
+    let usage = gw.get("/v1/usage?request_type=image", ADMIN_TOKEN).await;
+    assert_eq!(usage.body["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unfunded_tenant_is_refused_before_any_image_is_made() {
+    let openai = openai_fake().await;
+    let gw = Gateway::start_with(Options::default().openai(&openai)).await;
+    let (_, session) = gw.create_account("broke").await;
+    let key = gw.post("/v1/keys", &session, json!({"name": "k"})).await.body["key"].as_str().unwrap().to_owned();
+    let r = gw.post("/v1/images/generations", &key, json!({"prompt": "A red fox", "n": 4})).await;
+    assert_eq!(r.status, 402, "{}", r.text);
+    assert!(image_requests(&openai).is_empty());
+}
