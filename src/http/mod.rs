@@ -3,6 +3,7 @@
 mod actions;
 mod admin;
 mod admission;
+mod audio;
 mod billing;
 mod chat;
 mod coalesce;
@@ -85,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .merge(chat::routes())
         .merge(embeddings::routes())
         .merge(images::routes())
+        .merge(audio::routes())
         .merge(knowledge::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit))
         .layer(middleware::from_fn(openai_error_shape));

@@ -107,6 +107,14 @@ await check("images", async () => {
   await assert.rejects(client.images.generate({ prompt: "x", size: "999x999" }), (e) => e.status === 400 && /size/.test(e.message));
 });
 
+await check("speech", async () => {
+  const mp3 = await client.audio.speech.create({ model: "auto", voice: "nova", input: "Hello, welcome to Tokaroo!" });
+  assert.equal(mp3.headers.get("content-type"), "audio/mpeg");
+  assert.ok((await mp3.arrayBuffer()).byteLength > 0);
+  const wav = await client.audio.speech.create({ model: "fast", voice: "alloy", input: "Hi", response_format: "wav" });
+  assert.equal(Buffer.from(await wav.arrayBuffer()).subarray(0, 4).toString(), "RIFF");
+});
+
 await check("models", async () => {
   const ids = new Set();
   for await (const model of client.models.list()) ids.add(model.id);

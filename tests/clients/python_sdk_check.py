@@ -142,6 +142,16 @@ def _():
         assert e.status_code == 400 and "size" in str(e.message), e
 
 
+@check("speech")
+def _():
+    raw = client.audio.speech.with_raw_response.create(model="auto", voice="nova", input="Hello, welcome to Tokaroo!")
+    assert raw.headers["content-type"] == "audio/mpeg", raw.headers
+    assert len(raw.content) > 0
+    assert float(raw.headers["x-tokaroo-cost"]) > 0
+    wav = client.audio.speech.create(model="fast", voice="alloy", input="Hi", response_format="wav")
+    assert wav.content[:4] == b"RIFF"
+
+
 @check("models")
 def _():
     ids = {m.id for m in client.models.list()}

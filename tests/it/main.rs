@@ -32,6 +32,7 @@ mod rate_limits;
 mod sdk_clients;
 mod semantic_cache;
 mod sources;
+mod speech;
 mod storage_stress;
 mod supervision;
 mod traces;

@@ -34,13 +34,14 @@ async fn ensure_clients() {
         .await;
 }
 
-const CHECKS: [&str; 9] = [
+const CHECKS: [&str; 10] = [
     "plain",
     "stream",
     "tool round trip",
     "streamed tool call",
     "embeddings",
     "images",
+    "speech",
     "models",
     "errors",
     "knowledge context",

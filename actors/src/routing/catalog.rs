@@ -93,9 +93,18 @@ pub struct MediaSpec {
     pub aspect_ratios: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_fps: Option<u32>,
+    /// A deprecated model's announced shutdown (`YYYY-MM-DD`): routed until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_until: Option<String>,
 }
 
 impl MediaSpec {
+    /// Whether `model` (of this spec) may be routed to on `today` (`YYYY-MM-DD`): current, or
+    /// deprecated with its shutdown still ahead.
+    pub fn routable(&self, deprecated: bool, today: &str) -> bool {
+        !deprecated || self.available_until.as_deref().is_some_and(|until| until > today)
+    }
+
     /// Every price is a finite, non-negative number.
     fn prices_valid(&self) -> bool {
         let ok = |p: f64| p.is_finite() && p >= 0.0;

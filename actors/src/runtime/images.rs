@@ -6,7 +6,7 @@
 //! The request speaks OpenAI's words (`1024x1792`, `hd`); each model gets its own
 //! (`1024x1536`/`high` for GPT Image, `9:16`/`2K` for Google's): [`native_options`].
 
-use std::{sync::Arc, time::Instant};
+use std::time::Instant;
 
 use serde_json::Map;
 use tokaroo_storage::records::UsageRow;
@@ -15,12 +15,11 @@ use crate::{
     chat::Mode,
     directory::apikey::KeyEntry,
     error::EngineError,
-    money::billing::{usd_to_units, Charge},
+    money::billing::Charge,
     routing::{
         catalog::{CatalogModel, MediaSpec},
         gateway::{self, RequestWork},
-        providers::{self, GeneratedImage, ImageCall, ProviderKind},
-        upstreams::{BillingMode, Owner, Upstream},
+        providers::{self, GeneratedImage, ImageCall},
     },
     runtime::{requests::RequestInfo, Runtime},
 };
@@ -143,15 +142,19 @@ impl Runtime {
                 return Err(EngineError::invalid(format!("model {name:?} does not generate images")));
             }
         }
+        let today = crate::clock::iso8601(crate::clock::now_ms())[..10].to_owned();
         let mut candidates: Vec<Candidate> = catalog
             .models
             .iter()
             .filter(|m| match &req.model {
                 Some(name) => m.id == *name,
-                None => !m.deprecated,
+                None => true,
             })
             .filter_map(|m| {
                 let spec = m.media.as_ref().filter(|s| s.kind == "image")?;
+                if req.model.is_none() && !spec.routable(m.deprecated, &today) {
+                    return None;
+                }
                 if spec.max_n.is_some_and(|max| req.n > max) {
                     return None;
                 }
@@ -184,48 +187,6 @@ impl Runtime {
         Ok(candidates)
     }
 
-    /// The routes to try: each candidate on an upstream of its provider the key may use, or
-    /// the simulator when no provider is configured at all.
-    fn image_routes(&self, key: &KeyEntry, candidates: &[Candidate]) -> Vec<(Candidate, Arc<Upstream>)> {
-        let available = self.0.router.upstreams.for_scope(&key.account_id, key.workspace_slug.as_deref());
-        let mut routes: Vec<(Candidate, Arc<Upstream>)> = Vec::new();
-        for c in candidates {
-            let kind = ProviderKind::parse(&c.model.provider);
-            if let Some(u) = available.iter().find(|u| {
-                Some(u.kind) == kind
-                    && !matches!(u.owner, Owner::Local { .. })
-                    && u.usable_for(&c.model.id)
-                    && !u.health.is_cooling_down()
-            }) {
-                // One route per upstream: one that failed is not tried again with another model.
-                if !routes.iter().any(|(_, taken)| taken.name == u.name) {
-                    routes.push((c.clone(), u.clone()));
-                }
-            }
-        }
-        if routes.is_empty() {
-            if let (Some(sim), Some(first)) = (&self.0.router.simulator, candidates.first()) {
-                routes.push((first.clone(), sim.clone()));
-            }
-        }
-        routes.truncate(gateway::MAX_ATTEMPTS);
-        routes
-    }
-
-    fn image_charge(&self, mode: Mode, mode_of: BillingMode, list_usd: f64, baseline_usd: f64) -> Charge {
-        let pricing = &self.0.config.pricing;
-        let (actual, charged) = match mode_of {
-            BillingMode::Byok => (0.0, list_usd * pricing.byok_fee_share),
-            BillingMode::SelfHosted => (0.0, baseline_usd * pricing.self_hosted_share_of_baseline),
-            BillingMode::Managed | BillingMode::Simulator => (list_usd, list_usd * (1.0 + pricing.margin(mode))),
-        };
-        Charge {
-            actual_cost_units: usd_to_units(actual),
-            charged_units: usd_to_units(charged),
-            baseline_units: usd_to_units(baseline_usd.max(list_usd) * (1.0 + pricing.margin(Mode::Max))),
-        }
-    }
-
     /// Generates, with fallback, and settles one `image` row. Run in a task of its own
     /// (`serve_images`): a client that leaves cancels nothing the upstream bills.
     pub(crate) async fn images(
@@ -243,7 +204,7 @@ impl Runtime {
                 req.n
             )));
         }
-        let routes = self.image_routes(key, &candidates);
+        let routes = self.media_routes(key, &candidates, |c| &c.model);
         if routes.is_empty() {
             return Err(EngineError::Unavailable("No image provider is configured (OpenAI or Gemini)".into()));
         }
@@ -262,7 +223,7 @@ impl Runtime {
         let worst = routes
             .iter()
             .map(|(c, u)| {
-                self.image_charge(req.mode, u.billing_mode(), c.usd_per_image * n, baseline_usd).charged_units
+                self.media_charge(req.mode, u.billing_mode(), c.usd_per_image * n, baseline_usd).charged_units
             })
             .max()
             .unwrap_or(0);
@@ -284,7 +245,7 @@ impl Runtime {
                     crate::routing::provider::record_success(&upstream, &c.model.id, None);
                     images.truncate(req.n as usize);
                     let list_usd = c.usd_per_image * images.len() as f64;
-                    let charge = self.image_charge(req.mode, upstream.billing_mode(), list_usd, baseline_usd);
+                    let charge = self.media_charge(req.mode, upstream.billing_mode(), list_usd, baseline_usd);
                     let row = UsageRow {
                         id: crate::clock::new_id(),
                         account_id: key.account_id.clone(),

@@ -4,7 +4,9 @@
 
 pub mod embeddings;
 pub mod images;
+mod media;
 pub mod requests;
+pub mod speech;
 pub mod stream;
 pub(crate) mod tasks;
 pub mod work;

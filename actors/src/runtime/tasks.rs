@@ -64,6 +64,19 @@ impl Runtime {
             .map_err(task_ended)?
     }
 
+    /// Opens speech and settles its usage row; the audio then streams from the provider.
+    pub async fn serve_speech(
+        &self,
+        key: Arc<KeyEntry>,
+        request: crate::runtime::speech::SpeechRequest,
+        request_id: Option<String>,
+    ) -> Result<crate::runtime::speech::SpeechOutcome, EngineError> {
+        let runtime = self.clone();
+        spawn_request_task(self, async move { runtime.speech(&key, &request, request_id).await })
+            .await
+            .map_err(task_ended)?
+    }
+
     /// Serves embeddings and settles their usage row, whether or not the caller still waits.
     pub async fn serve_embeddings(
         &self,

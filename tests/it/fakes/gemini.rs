@@ -133,6 +133,17 @@ impl Wire for Gemini {
                 (0..count).map(|_| json!({ "bytesBase64Encoded": PNG_B64, "mimeType": "image/png" })).collect();
             return json!({ "predictions": predictions });
         }
+        let wants_audio = req.body["generationConfig"]["responseModalities"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|x| x == "AUDIO"));
+        if wants_audio {
+            use base64::Engine as _;
+            let pcm = base64::engine::general_purpose::STANDARD.encode(super::FAKE_AUDIO);
+            return json!({
+                "candidates": [{ "content": { "role": "model", "parts": [{ "inlineData": { "mimeType": "audio/L16;codec=pcm;rate=24000", "data": pcm } }] }, "finishReason": "STOP", "index": 0 }],
+                "usageMetadata": { "promptTokenCount": 8, "candidatesTokenCount": 100, "totalTokenCount": 108 },
+            });
+        }
         let wants_image = req.body["generationConfig"]["responseModalities"]
             .as_array()
             .is_some_and(|m| m.iter().any(|x| x == "IMAGE"));

@@ -49,6 +49,9 @@ pub enum Behavior {
     BreakBeforeFirstChunk,
 }
 
+/// What the fakes' speech endpoints answer: recognisable bytes, not real audio.
+pub const FAKE_AUDIO: &[u8] = b"ID3-fake-audio-bytes-0123456789";
+
 /// A 1×1 PNG, base64: what the fakes' image endpoints answer.
 pub const PNG_B64: &str =
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg==";
@@ -68,6 +71,10 @@ pub trait Wire: Send + Sync + 'static {
     /// for at least one piece of content to reach the client.
     fn mid_stream_cut(&self) -> usize {
         2
+    }
+    /// A raw (non-JSON) answer for this request: its content type and bytes (speech).
+    fn raw_answer(&self, _req: &Recorded) -> Option<(&'static str, Vec<u8>)> {
+        None
     }
     /// Answers other routes (model lists); `None` for 404.
     fn other_route(&self, _req: &Recorded) -> Option<Value> {
@@ -280,7 +287,18 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             json_response(StatusCode::OK, &wire.answer(&recorded, &behavior))
         }
         behavior if stream => sse_response(wire.stream_events(&recorded, &behavior), None),
-        behavior => json_response(StatusCode::OK, &wire.answer(&recorded, &behavior)),
+        behavior => match wire.raw_answer(&recorded) {
+            Some((content_type, bytes)) => {
+                // In two pieces, so a client that streams sees them arrive.
+                let half = bytes.len() / 2;
+                let (first, second) = (Bytes::copy_from_slice(&bytes[..half]), Bytes::copy_from_slice(&bytes[half..]));
+                let pieces = futures_util::stream::iter([Ok::<_, std::io::Error>(first), Ok(second)]);
+                let mut response = Response::new(Body::from_stream(pieces));
+                response.headers_mut().insert("content-type", HeaderValue::from_static(content_type));
+                response
+            }
+            None => json_response(StatusCode::OK, &wire.answer(&recorded, &behavior)),
+        },
     }
 }
 

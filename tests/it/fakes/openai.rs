@@ -113,8 +113,34 @@ fn images_answer(req: &Recorded) -> Value {
     json!({ "created": 1_764_000_000, "data": data, "usage": { "input_tokens": 20, "output_tokens": 272, "total_tokens": 292 } })
 }
 
+/// `POST /v1/audio/speech` as OpenAI (and Groq) check it.
+fn validate_speech(req: &Recorded, keys: &[String]) -> Result<(), (StatusCode, Value)> {
+    if !key_ok(req.header("authorization").and_then(|h| h.strip_prefix("Bearer ")), keys) {
+        let body = json!({ "error": { "message": "Incorrect API key provided.", "type": "invalid_request_error", "param": null, "code": "invalid_api_key" } });
+        return Err((StatusCode::UNAUTHORIZED, body));
+    }
+    let b = &req.body;
+    for field in ["model", "input", "voice"] {
+        if !b[field].is_string() {
+            return Err(invalid(format!("Missing required parameter: '{field}'."), Some(field)));
+        }
+    }
+    let formats = ["mp3", "opus", "aac", "flac", "wav", "pcm"];
+    if b["response_format"].as_str().is_some_and(|f| !formats.contains(&f)) {
+        return Err(invalid(format!("Invalid value: {}", b["response_format"]), Some("response_format")));
+    }
+    Ok(())
+}
+
 impl Wire for OpenAi {
+    fn raw_answer(&self, req: &Recorded) -> Option<(&'static str, Vec<u8>)> {
+        req.path.ends_with("/audio/speech").then(|| ("audio/mpeg", super::FAKE_AUDIO.to_vec()))
+    }
+
     fn validate(&self, req: &Recorded, keys: &[String]) -> Result<(), (StatusCode, Value)> {
+        if req.path.ends_with("/audio/speech") {
+            return validate_speech(req, keys);
+        }
         if req.path.ends_with("/embeddings") {
             return validate_embeddings(req, keys);
         }

@@ -563,6 +563,60 @@ pub async fn images(
     Ok(images)
 }
 
+/// Speech through `:generateContent` with an audio answer: 16-bit PCM at 24 kHz, answered
+/// as is (`pcm`) or with a WAV header (`wav`), the only formats Gemini's speech gives.
+pub async fn speech(
+    conn: &Connection,
+    model: &str,
+    call: &super::SpeechCall<'_>,
+) -> Result<super::AudioStream, ProviderError> {
+    use base64::Engine as _;
+    use futures_util::StreamExt as _;
+    if !matches!(call.format, "pcm" | "wav") {
+        return Err(ProviderError::Status {
+            status: 400,
+            message: format!("Gemini speech answers pcm or wav, not {}", call.format),
+            retry_after: None,
+        });
+    }
+    let base = conn.base_url.trim_end_matches('/');
+    let base =
+        if base.ends_with("/v1beta") || base.ends_with("/v1") { base.to_owned() } else { format!("{base}/v1beta") };
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    let body = json!({
+        "contents": [{ "role": "user", "parts": [{ "text": call.input }] }],
+        "generationConfig": {
+            "responseModalities": ["AUDIO"],
+            "speechConfig": { "voiceConfig": { "prebuiltVoiceConfig": { "voiceName": call.voice } } },
+        },
+    });
+    let url = format!("{base}/models/{model}:generateContent");
+    let request = with_key(conn.http.post(url).json(&body), conn, KEY);
+    let v = http::json_body_capped(http::send_with(conn, request, status_error).await?, 64 << 20).await?;
+    let parts = v["candidates"][0]["content"]["parts"].as_array().cloned().unwrap_or_default();
+    let inline = parts
+        .iter()
+        .find_map(|p| p.get("inlineData").or_else(|| p.get("inline_data")))
+        .ok_or_else(|| ProviderError::Protocol("Gemini answered no audio".into()))?;
+    let data = inline["data"].as_str().ok_or_else(|| ProviderError::Protocol("an audio part without data".into()))?;
+    let mut pcm = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| ProviderError::Protocol(format!("audio that is not base64: {e}")))?;
+    if call.format == "wav" {
+        let rate = inline
+            .get("mimeType")
+            .or_else(|| inline.get("mime_type"))
+            .and_then(Value::as_str)
+            .and_then(|m| m.split(';').find_map(|p| p.trim().strip_prefix("rate=")))
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(24_000);
+        let mut wav = super::wav_header(u32::try_from(pcm.len()).unwrap_or(u32::MAX), rate);
+        wav.append(&mut pcm);
+        pcm = wav;
+    }
+    Ok(futures_util::stream::once(async move { Ok(bytes::Bytes::from(pcm)) }).boxed())
+}
+
 pub async fn embed(conn: &Connection, call: &EmbedCall<'_>) -> Result<Embeddings, ProviderError> {
     let EmbedCall { model, inputs, dims } = *call;
     let base = conn.base_url.trim_end_matches('/');

@@ -235,6 +235,49 @@ pub async fn generate_images(
     Ok(images)
 }
 
+/// One speech call, in the provider's own voice and format words.
+#[derive(Debug, Clone)]
+pub struct SpeechCall<'a> {
+    pub input: &'a str,
+    pub voice: &'a str,
+    /// `mp3`, `opus`, `aac`, `flac`, `wav` or `pcm`.
+    pub format: &'a str,
+    pub speed: Option<f64>,
+}
+
+/// Audio as it arrives.
+pub type AudioStream = BoxStream<'static, Result<bytes::Bytes, ProviderError>>;
+
+/// Speaks `call.input` with `model` on `conn`: the audio's bytes as the provider sends them.
+pub async fn speech(conn: &Connection, model: &str, call: &SpeechCall<'_>) -> Result<AudioStream, ProviderError> {
+    match conn.provider {
+        ProviderKind::OpenAi | ProviderKind::Local | ProviderKind::Groq => openai::speech(conn, model, call).await,
+        ProviderKind::Google => gemini::speech(conn, model, call).await,
+        ProviderKind::Simulator => simulator::speech(call),
+        ProviderKind::Anthropic => {
+            Err(ProviderError::Status { status: 400, message: "Anthropic has no speech API".into(), retry_after: None })
+        }
+    }
+}
+
+/// A WAV header for `data_len` bytes of 16-bit little-endian mono PCM at `rate` Hz.
+pub fn wav_header(data_len: u32, rate: u32) -> Vec<u8> {
+    let mut h = Vec::with_capacity(44);
+    h.extend_from_slice(b"RIFF");
+    h.extend_from_slice(&data_len.saturating_add(36).to_le_bytes());
+    h.extend_from_slice(b"WAVEfmt ");
+    h.extend_from_slice(&16u32.to_le_bytes());
+    h.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    h.extend_from_slice(&1u16.to_le_bytes()); // mono
+    h.extend_from_slice(&rate.to_le_bytes());
+    h.extend_from_slice(&(rate * 2).to_le_bytes());
+    h.extend_from_slice(&2u16.to_le_bytes());
+    h.extend_from_slice(&16u16.to_le_bytes());
+    h.extend_from_slice(b"data");
+    h.extend_from_slice(&data_len.to_le_bytes());
+    h
+}
+
 pub type DeltaStream = BoxStream<'static, Result<ChatDelta, ProviderError>>;
 
 /// One provider's chat API. `model` is the provider's native model id.

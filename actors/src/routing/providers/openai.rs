@@ -421,6 +421,24 @@ pub async fn images(
         .collect()
 }
 
+/// `POST /audio/speech` (OpenAI's, and Groq's under `/openai/v1`): raw audio bytes,
+/// passed on as they arrive.
+pub async fn speech(
+    conn: &Connection,
+    model: &str,
+    call: &super::SpeechCall<'_>,
+) -> Result<super::AudioStream, ProviderError> {
+    use futures_util::StreamExt as _;
+    let mut body = json!({ "model": model, "input": call.input, "voice": call.voice, "response_format": call.format });
+    if let Some(speed) = call.speed {
+        body["speed"] = json!(speed);
+    }
+    let url = format!("{}/audio/speech", conn.base_url.trim_end_matches('/'));
+    let request = with_key(conn.http.post(url).json(&body), conn, KeyIn::Bearer);
+    let response = http::send(conn, request).await?;
+    Ok(response.bytes_stream().map(|chunk| chunk.map_err(|e| ProviderError::StreamBroken(e.to_string()))).boxed())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,3 +148,33 @@ pub fn images(call: &super::ImageCall<'_>) -> Vec<super::GeneratedImage> {
         })
         .collect()
 }
+
+/// A labelled stand-in for speech: a quarter second of silence, in the formats that need
+/// no encoder (`wav`, `pcm`, and `mp3` as silent frames).
+pub fn speech(call: &super::SpeechCall<'_>) -> Result<super::AudioStream, super::ProviderError> {
+    use futures_util::StreamExt as _;
+    let audio = match call.format {
+        "pcm" => vec![0u8; 12_000],
+        "wav" => {
+            let mut wav = super::wav_header(12_000, 24_000);
+            wav.resize(44 + 12_000, 0);
+            wav
+        }
+        // MPEG-1 Layer III, 128 kb/s, 44.1 kHz frames with empty main data: silence.
+        "mp3" => (0..10)
+            .flat_map(|_| {
+                let mut frame = vec![0u8; 417];
+                frame[..4].copy_from_slice(&[0xFF, 0xFB, 0x90, 0x64]);
+                frame
+            })
+            .collect(),
+        other => {
+            return Err(super::ProviderError::Status {
+                status: 400,
+                message: format!("the simulator speaks mp3, wav or pcm, not {other}; configure a provider"),
+                retry_after: None,
+            })
+        }
+    };
+    Ok(futures_util::stream::once(async move { Ok(bytes::Bytes::from(audio)) }).boxed())
+}

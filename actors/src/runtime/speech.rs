@@ -1,0 +1,247 @@
+//! `POST /v1/audio/speech`: the catalog's speech models that speak the format and the voice,
+//! ordered by mode, tried with fallback; charged by the input's length (the catalog's price
+//! per 1,000 characters, or its token and audio-minute prices on an estimate) as one usage
+//! row of type `speech`, settled once the provider has accepted, then the audio streams.
+//!
+//! Voices: the spec's six are mapped per provider by [`VOICES`] (README: "Media"); a
+//! provider's own voice name is taken by the models that list it.
+
+use std::time::Instant;
+
+use serde_json::Map;
+use tokaroo_storage::records::UsageRow;
+
+use crate::{
+    chat::Mode,
+    directory::apikey::KeyEntry,
+    error::EngineError,
+    money::billing::Charge,
+    routing::{
+        catalog::{CatalogModel, MediaSpec},
+        gateway::{self, RequestWork},
+        providers::{self, AudioStream, SpeechCall},
+    },
+    runtime::{requests::RequestInfo, Runtime},
+};
+
+pub const FORMATS: [&str; 6] = ["mp3", "opus", "aac", "flac", "wav", "pcm"];
+pub const MAX_INPUT_CHARS: usize = 4096;
+
+/// The spec's voices and what each provider calls the nearest of its own.
+pub const VOICES: [(&str, &str, &str); 6] = [
+    // (spec and OpenAI, Gemini, Groq PlayAI)
+    ("alloy", "Kore", "Arista-PlayAI"),
+    ("echo", "Puck", "Atlas-PlayAI"),
+    ("fable", "Aoede", "Celeste-PlayAI"),
+    ("onyx", "Charon", "Basil-PlayAI"),
+    ("nova", "Leda", "Cheyenne-PlayAI"),
+    ("shimmer", "Zephyr", "Deedee-PlayAI"),
+];
+
+/// The content type of each format.
+pub fn content_type(format: &str) -> &'static str {
+    match format {
+        "mp3" => "audio/mpeg",
+        "opus" => "audio/opus",
+        "aac" => "audio/aac",
+        "flac" => "audio/flac",
+        "wav" => "audio/wav",
+        _ => "audio/pcm",
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SpeechRequest {
+    pub input: String,
+    pub mode: Mode,
+    pub model: Option<String>,
+    pub voice: String,
+    pub format: String,
+    pub speed: Option<f64>,
+}
+
+pub struct SpeechOutcome {
+    pub audio: AudioStream,
+    pub content_type: &'static str,
+    pub charge: Charge,
+}
+
+#[derive(Debug, Clone)]
+struct Candidate {
+    model: CatalogModel,
+    voice: String,
+    usd: f64,
+}
+
+/// The provider's name for `voice` on `model`, when it has one.
+fn native_voice(model: &CatalogModel, spec: &MediaSpec, voice: &str) -> Option<String> {
+    if spec.voices.iter().any(|v| v.eq_ignore_ascii_case(voice)) {
+        return spec.voices.iter().find(|v| v.eq_ignore_ascii_case(voice)).cloned();
+    }
+    let mapped =
+        VOICES.iter().find(|(ours, ..)| *ours == voice).map(|(_, gemini, groq)| match model.provider.as_str() {
+            "google" => *gemini,
+            "groq" => *groq,
+            _ => voice,
+        })?;
+    spec.voices.iter().any(|v| v == mapped).then(|| mapped.to_owned())
+}
+
+/// The list price of speaking `chars` characters: per 1,000 characters, or on an estimate of
+/// 4 characters a token and 900 characters a minute of speech.
+fn list_usd(spec: &MediaSpec, chars: usize) -> Option<f64> {
+    let chars = chars as f64;
+    if let Some(per_1k) = spec.price_per_1k_chars {
+        return Some(per_1k * chars / 1000.0);
+    }
+    let tokens = spec.price_per_1m_input_tokens.map(|p| p * chars / 4.0 / 1e6);
+    let minutes = spec.price_per_minute_audio.map(|p| p * chars / 900.0);
+    match (tokens, minutes) {
+        (None, None) => None,
+        (t, m) => Some(t.unwrap_or(0.0) + m.unwrap_or(0.0)),
+    }
+}
+
+impl Runtime {
+    fn speech_candidates(&self, req: &SpeechRequest) -> Result<Vec<Candidate>, EngineError> {
+        let catalog = &self.0.router.catalog;
+        if let Some(name) = &req.model {
+            let model = catalog.get(name).ok_or_else(|| {
+                EngineError::invalid(format!(
+                    "model {name:?} is not a speech model; use auto, fast, max or one from GET /v1/pricing"
+                ))
+            })?;
+            if model.media.as_ref().is_none_or(|m| m.kind != "speech") {
+                return Err(EngineError::invalid(format!("model {name:?} does not generate speech")));
+            }
+        }
+        let today = crate::clock::iso8601(crate::clock::now_ms())[..10].to_owned();
+        let chars = req.input.chars().count();
+        let mut candidates: Vec<Candidate> = catalog
+            .models
+            .iter()
+            .filter(|m| req.model.as_ref().is_none_or(|name| m.id == *name))
+            .filter_map(|m| {
+                let spec = m.media.as_ref().filter(|s| s.kind == "speech")?;
+                if req.model.is_none() && !spec.routable(m.deprecated, &today) {
+                    return None;
+                }
+                // Gemini answers PCM, which the gateway also wraps as WAV.
+                let formats_ok = spec.formats.contains(&req.format)
+                    || (m.provider == "google" && req.format == "wav" && spec.formats.iter().any(|f| f == "pcm"));
+                if !formats_ok || spec.max_input_chars.is_some_and(|max| chars as u64 > max) {
+                    return None;
+                }
+                let voice = native_voice(m, spec, &req.voice)?;
+                Some(Candidate { model: m.clone(), voice, usd: list_usd(spec, chars)? })
+            })
+            .collect();
+        match req.mode {
+            Mode::Max => {
+                candidates.sort_by(|a, b| b.model.quality.total_cmp(&a.model.quality).then(a.usd.total_cmp(&b.usd)))
+            }
+            Mode::Fast | Mode::Auto => candidates.sort_by(|a, b| {
+                let latency = |c: &Candidate| u8::from(c.model.latency_class != "fast");
+                latency(a).cmp(&latency(b)).then(a.usd.total_cmp(&b.usd))
+            }),
+        }
+        Ok(candidates)
+    }
+
+    /// Opens the audio with fallback and settles one `speech` row once a provider accepted.
+    pub(crate) async fn speech(
+        &self,
+        key: &KeyEntry,
+        req: &SpeechRequest,
+        request_id: Option<String>,
+    ) -> Result<SpeechOutcome, EngineError> {
+        let candidates = self.speech_candidates(req)?;
+        if candidates.is_empty() {
+            return Err(EngineError::invalid(format!(
+                "no speech model speaks response_format {:?} with voice {:?} for {} characters; see GET /v1/pricing",
+                req.format,
+                req.voice,
+                req.input.chars().count()
+            )));
+        }
+        let routes = self.media_routes(key, &candidates, |c| &c.model);
+        if routes.is_empty() {
+            return Err(EngineError::Unavailable("No speech provider is configured (OpenAI, Gemini or Groq)".into()));
+        }
+        let baseline_usd = candidates.iter().map(|c| c.usd).fold(0.0, f64::max);
+        let info = RequestInfo {
+            requested_model: req.model.clone().unwrap_or_else(|| req.mode.as_str().to_owned()),
+            tier: req.mode,
+            request_type: "speech",
+            metadata: Map::new(),
+            request_id,
+            bypass_cache: true,
+            mission: None,
+            mission_explicit: false,
+        };
+        let worst = routes
+            .iter()
+            .map(|(c, u)| self.media_charge(req.mode, u.billing_mode(), c.usd, baseline_usd).charged_units)
+            .max()
+            .unwrap_or(0);
+        let holds = self.reserve(key, &info, || worst).await?;
+        let (mut failed, mut last_error) = (Vec::new(), None);
+        let inputs = [req.input.clone()];
+        for (c, upstream) in routes {
+            let started = Instant::now();
+            let call = SpeechCall { input: &req.input, voice: &c.voice, format: &req.format, speed: req.speed };
+            match providers::speech(&upstream.conn, &c.model.id, &call).await {
+                Ok(audio) => {
+                    crate::routing::provider::record_success(&upstream, &c.model.id, None);
+                    let charge = self.media_charge(req.mode, upstream.billing_mode(), c.usd, baseline_usd);
+                    let chars = req.input.chars().count();
+                    let row = UsageRow {
+                        id: crate::clock::new_id(),
+                        account_id: key.account_id.clone(),
+                        api_key_id: Some(key.id.clone()),
+                        workspace_slug: key.workspace_slug.clone(),
+                        metadata: Map::new(),
+                        tier: req.mode.as_str().to_owned(),
+                        requested_model: info.requested_model.clone(),
+                        provider: upstream.kind.as_str().to_owned(),
+                        upstream_model: c.model.id.clone(),
+                        upstream: upstream.name.clone(),
+                        routing_method: req.mode.as_str().to_owned(),
+                        routing_reason: format!(
+                            "{chars} characters as {} with {} ({})",
+                            req.format, c.model.id, c.voice
+                        ),
+                        execution_source: upstream.execution_source().to_owned(),
+                        billing_mode: upstream.billing_mode().as_str().to_owned(),
+                        request_type: "speech".into(),
+                        input_tokens: u64::from(crate::chat::tokenizer::count(&req.input)),
+                        output_tokens: 0,
+                        actual_cost_units: charge.actual_cost_units,
+                        charged_units: charge.charged_units,
+                        baseline_units: charge.baseline_units,
+                        latency_ms: Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+                        cache: "miss".into(),
+                        streamed: true,
+                        created_at_us: 0,
+                        request_id: info.request_id.clone(),
+                        failed_attempts: std::mem::take(&mut failed),
+                        unit: Some("character".into()),
+                        units: Some(chars as f64),
+                    };
+                    self.settle_row(key, holds, row).await?;
+                    return Ok(SpeechOutcome { audio, content_type: content_type(&req.format), charge });
+                }
+                Err(error) if gateway::moves_on(&error) => {
+                    gateway::note_failure(&upstream, &c.model.id, RequestWork::Embed(&inputs), &error, &mut failed)
+                        .await;
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(gateway::upstream_error(error)),
+            }
+        }
+        Err(last_error.map_or_else(
+            || EngineError::Unavailable("No provider could speak this".into()),
+            |e| gateway::unavailable(&e),
+        ))
+    }
+}

@@ -1,0 +1,96 @@
+//! `POST /v1/audio/speech` against fake OpenAI and Gemini speech APIs: raw audio with the
+//! format's content type, streamed; voices mapped per provider; charged per character in a
+//! `speech` usage row; fallback; bad input.
+
+use serde_json::json;
+
+use crate::{
+    fakes::{gemini::Gemini, openai::OpenAi, Behavior, Fake, FAKE_AUDIO},
+    harness::*,
+};
+
+fn posts(fake: &Fake) -> Vec<serde_json::Value> {
+    fake.requests().into_iter().filter(|r| r.method == "POST").map(|r| r.body).collect()
+}
+
+#[tokio::test]
+async fn speech_streams_raw_audio_in_the_asked_format_and_is_charged_per_character() {
+    let openai = Fake::start(OpenAi { models: vec![] }, "openai-key-speech").await;
+    let gw = Gateway::start_with(Options::default().openai(&openai)).await;
+    let key = gw.first_key.clone().unwrap();
+    let input = "Hello, welcome to Tokaroo!";
+    let r = gw
+        .raw(
+            gw.client()
+                .post(gw.url("/v1/audio/speech"))
+                .bearer_auth(&key)
+                .json(&json!({"input": input, "model": "auto", "voice": "nova"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.header("content-type"), Some("audio/mpeg"));
+    assert_eq!(r.text.as_bytes(), FAKE_AUDIO, "the provider's bytes, unchanged");
+    let sent = &posts(&openai)[0];
+    assert_eq!((sent["voice"].as_str(), sent["response_format"].as_str()), (Some("nova"), Some("mp3")));
+    assert_eq!(sent["input"], input);
+    let cost: f64 = r.header("x-tokaroo-cost").unwrap().parse().unwrap();
+    assert!(cost > 0.0);
+    let usage = gw.get("/v1/usage?request_type=speech", &key).await;
+    let row = &usage.body["data"][0];
+    assert_eq!((row["unit"].as_str(), row["units"].as_f64()), (Some("character"), Some(input.chars().count() as f64)));
+
+    for (format, content_type) in
+        [("opus", "audio/opus"), ("flac", "audio/flac"), ("wav", "audio/wav"), ("pcm", "audio/pcm")]
+    {
+        let body = json!({"input": "Hi", "voice": "alloy", "response_format": format, "speed": 1.5});
+        let r = gw.raw(gw.client().post(gw.url("/v1/audio/speech")).bearer_auth(&key).json(&body)).await;
+        assert_eq!((r.status.as_u16(), r.header("content-type")), (200, Some(content_type)), "{format}: {}", r.text);
+    }
+    assert_eq!(posts(&openai).last().unwrap()["speed"], 1.5);
+
+    let before = gw.get("/v1/usage?request_type=speech", &key).await.body["data"].as_array().unwrap().len();
+    for (body, says) in [
+        (json!({"voice": "alloy"}), "input"),
+        (json!({"input": ""}), "input"),
+        (json!({"input": "x".repeat(4097)}), "4096"),
+        (json!({"input": "x", "response_format": "ogg"}), "response_format"),
+        (json!({"input": "x", "speed": 9}), "speed"),
+        (json!({"input": "x", "voice": "nobody"}), "voice"),
+        (json!({"input": "x", "voice": "../x"}), "voice"),
+        (json!({"input": "x", "model": "gpt-4o-mini"}), "does not generate speech"),
+        (json!({"input": "x", "pitch": 2}), "pitch"),
+    ] {
+        let r = gw.post("/v1/audio/speech", &key, body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+        assert!(r.body["error"]["message"].as_str().unwrap().contains(says), "{body}: {}", r.text);
+    }
+    let after = gw.get("/v1/usage?request_type=speech", &key).await.body["data"].as_array().unwrap().len();
+    assert_eq!(before, after, "refused requests are not charged");
+}
+
+#[tokio::test]
+async fn a_failing_speech_provider_falls_back_with_the_voice_mapped_for_the_next() {
+    let openai = Fake::start(OpenAi { models: vec![] }, "openai-key-speech").await;
+    let gemini = Fake::start(Gemini, "gemini-key-speech").await;
+    let options = Options::default()
+        .openai(&openai)
+        .env("GEMINI_API_KEY", &gemini.key)
+        .env("TOKAROO_GEMINI_BASE_URL", &gemini.root);
+    let gw = Gateway::start_with(options).await;
+    let key = gw.first_key.clone().unwrap();
+    openai.set(Behavior::Status { status: 503, retry_after: None });
+    let body = json!({"input": "Good morning", "voice": "onyx", "response_format": "wav"});
+    let r = gw.raw(gw.client().post(gw.url("/v1/audio/speech")).bearer_auth(&key).json(&body)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.header("content-type"), Some("audio/wav"));
+    let bytes = gw.client().post(gw.url("/v1/audio/speech")).bearer_auth(&key).json(&body).send().await.unwrap();
+    let bytes = bytes.bytes().await.unwrap();
+    assert_eq!(&bytes[..4], b"RIFF", "Gemini's PCM wrapped as WAV");
+    assert_eq!(&bytes[44..], FAKE_AUDIO);
+    let sent = gemini.requests().into_iter().find(|r| r.method == "POST").unwrap();
+    let voice = &sent.body["generationConfig"]["speechConfig"]["voiceConfig"]["prebuiltVoiceConfig"]["voiceName"];
+    assert_eq!(voice, "Charon", "onyx is Charon on Gemini (README's voice table)");
+    // Gemini gives no mp3: with OpenAI down, an mp3 is a 503, not a mislabelled WAV.
+    let r = gw.post("/v1/audio/speech", &key, json!({"input": "x", "voice": "onyx"})).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+}
