@@ -115,6 +115,15 @@ await check("speech", async () => {
   assert.equal(Buffer.from(await wav.arrayBuffer()).subarray(0, 4).toString(), "RIFF");
 });
 
+await check("transcription", async () => {
+  const file = await OpenAI.toFile(Buffer.alloc(32000), "call.mp3", { type: "audio/mpeg" });
+  const result = await client.audio.transcriptions.create({ model: "auto", file, language: "en" });
+  assert.ok(result.text.startsWith("[simulated]"), result.text);
+  const again = await OpenAI.toFile(Buffer.alloc(32000), "call.mp3", { type: "audio/mpeg" });
+  const vtt = await client.audio.transcriptions.create({ model: "auto", file: again, response_format: "vtt" });
+  assert.ok(vtt.startsWith("WEBVTT"), vtt);
+});
+
 await check("models", async () => {
   const ids = new Set();
   for await (const model of client.models.list()) ids.add(model.id);

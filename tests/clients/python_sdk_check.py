@@ -152,6 +152,18 @@ def _():
     assert wav.content[:4] == b"RIFF"
 
 
+@check("transcription")
+def _():
+    import io
+
+    audio = io.BytesIO(b"\x00" * 32000)
+    audio.name = "call.mp3"
+    result = client.audio.transcriptions.create(model="auto", file=audio, language="en")
+    assert result.text.startswith("[simulated]"), result
+    srt = client.audio.transcriptions.create(model="auto", file=("call.mp3", b"\x00" * 32000), response_format="srt")
+    assert srt.startswith("1\n00:00:00,000 --> "), srt
+
+
 @check("models")
 def _():
     ids = {m.id for m in client.models.list()}

@@ -34,7 +34,7 @@ async fn ensure_clients() {
         .await;
 }
 
-const CHECKS: [&str; 10] = [
+const CHECKS: [&str; 11] = [
     "plain",
     "stream",
     "tool round trip",
@@ -42,6 +42,7 @@ const CHECKS: [&str; 10] = [
     "embeddings",
     "images",
     "speech",
+    "transcription",
     "models",
     "errors",
     "knowledge context",

@@ -94,3 +94,75 @@ async fn a_failing_speech_provider_falls_back_with_the_voice_mapped_for_the_next
     let r = gw.post("/v1/audio/speech", &key, json!({"input": "x", "voice": "onyx"})).await;
     assert_eq!(r.status, 503, "{}", r.text);
 }
+
+fn upload(gw: &Gateway, key: &str, audio: Vec<u8>, fields: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    let file = reqwest::multipart::Part::bytes(audio).file_name("call.mp3").mime_str("audio/mpeg").unwrap();
+    let mut form = reqwest::multipart::Form::new().part("file", file);
+    for (name, value) in fields {
+        form = form.text(name.to_string(), value.to_string());
+    }
+    gw.client().post(gw.url("/v1/audio/transcriptions")).bearer_auth(key).multipart(form)
+}
+
+#[tokio::test]
+async fn transcriptions_are_multipart_capped_rendered_in_each_format_and_charged_per_minute() {
+    let openai = Fake::start(OpenAi { models: vec![] }, "openai-key-stt").await;
+    let gw = Gateway::start_with(Options::default().openai(&openai)).await;
+    let key = gw.first_key.clone().unwrap();
+    let r = gw.raw(upload(&gw, &key, vec![7u8; 4096], &[("model", "auto"), ("language", "en")])).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body, json!({"text": "Hello there. General Kenobi."}));
+    let sent = openai.requests().into_iter().find(|r| r.path.ends_with("/audio/transcriptions")).unwrap();
+    use crate::fakes::openai::form_field;
+    assert_eq!(form_field(&sent.raw, "response_format").as_deref(), Some("verbose_json"), "asked for the duration");
+    assert_eq!(form_field(&sent.raw, "language").as_deref(), Some("en"));
+    assert!(sent.raw.windows(4096).any(|w| w.iter().all(|b| *b == 7)), "the file went up whole");
+    let usage = gw.get("/v1/usage?request_type=transcription", &key).await;
+    let row = &usage.body["data"][0];
+    assert_eq!((row["unit"].as_str(), row["units"].as_f64()), (Some("minute"), Some(0.208)), "12.5 s: {row}");
+    let cost: f64 = r.header("x-tokaroo-cost").unwrap().parse().unwrap();
+    assert!((row["charged_usd"].as_f64().unwrap() - cost).abs() < 1e-9 && cost > 0.0);
+
+    for (format, content_type, starts) in [
+        ("text", "text/plain; charset=utf-8", "Hello there."),
+        ("srt", "application/x-subrip", "1\n00:00:00,000 --> 00:00:01,250\nHello there."),
+        ("vtt", "text/vtt", "WEBVTT\n\n00:00:00.000 --> 00:00:01.250"),
+        ("verbose_json", "application/json", "{"),
+    ] {
+        let r = gw.raw(upload(&gw, &key, vec![1u8; 100], &[("response_format", format)])).await;
+        assert_eq!((r.status.as_u16(), r.header("content-type")), (200, Some(content_type)), "{format}: {}", r.text);
+        assert!(r.text.starts_with(starts), "{format}: {}", r.text);
+    }
+    let verbose = gw.raw(upload(&gw, &key, vec![1u8; 100], &[("response_format", "verbose_json")])).await;
+    assert_eq!(verbose.body["duration"], 12.5);
+
+    // 25 MiB is taken; a byte more is a 413; bad fields are 400s; none of them is charged.
+    let at_cap = gw.raw(upload(&gw, &key, vec![0u8; 25 * 1024 * 1024], &[])).await;
+    assert_eq!(at_cap.status, 200, "{}", at_cap.text);
+    let before = gw.get("/v1/usage?request_type=transcription", &key).await.body["data"].as_array().unwrap().len();
+    let over = gw.raw(upload(&gw, &key, vec![0u8; 25 * 1024 * 1024 + 1], &[])).await;
+    assert_eq!(over.status, 413, "{}", over.text);
+    for (fields, says) in [
+        (vec![("response_format", "docx")], "response_format"),
+        (vec![("language", "english")], "language"),
+        (vec![("temperature", "3")], "temperature"),
+        (vec![("model", "gpt-4o-mini")], "does not transcribe"),
+        (vec![("colour", "red")], "colour"),
+    ] {
+        let r = gw.raw(upload(&gw, &key, vec![1u8; 10], &fields)).await;
+        assert_eq!(r.status, 400, "{fields:?}: {}", r.text);
+        assert!(r.text.contains(says), "{fields:?}: {}", r.text);
+    }
+    let no_file = gw.raw(
+        gw.client()
+            .post(gw.url("/v1/audio/transcriptions"))
+            .bearer_auth(&key)
+            .multipart(reqwest::multipart::Form::new().text("model", "auto")),
+    );
+    let no_file = no_file.await;
+    assert_eq!(no_file.status, 400, "{}", no_file.text);
+    assert!(no_file.text.contains("file is required"));
+    let after = gw.get("/v1/usage?request_type=transcription", &key).await.body["data"].as_array().unwrap().len();
+    assert_eq!(before, after);
+    assert!(!gw.data_dir.join("media").exists() || std::fs::read_dir(gw.data_dir.join("media")).unwrap().count() == 0);
+}

@@ -9,6 +9,7 @@ pub mod requests;
 pub mod speech;
 pub mod stream;
 pub(crate) mod tasks;
+pub mod transcription;
 pub mod work;
 
 use std::sync::Arc;

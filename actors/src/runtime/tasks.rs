@@ -77,6 +77,19 @@ impl Runtime {
             .map_err(task_ended)?
     }
 
+    /// Transcribes and settles its usage row, whether or not the caller still waits.
+    pub async fn serve_transcription(
+        &self,
+        key: Arc<KeyEntry>,
+        request: crate::runtime::transcription::TranscriptionRequest,
+        request_id: Option<String>,
+    ) -> Result<crate::runtime::transcription::TranscriptionOutcome, EngineError> {
+        let runtime = self.clone();
+        spawn_request_task(self, async move { runtime.transcribe(&key, &request, request_id).await })
+            .await
+            .map_err(task_ended)?
+    }
+
     /// Serves embeddings and settles their usage row, whether or not the caller still waits.
     pub async fn serve_embeddings(
         &self,

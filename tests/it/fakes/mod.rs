@@ -90,6 +90,8 @@ pub struct Recorded {
     pub query: String,
     pub headers: HeaderMap,
     pub body: Value,
+    /// The body as sent (multipart uploads are not JSON).
+    pub raw: Bytes,
 }
 
 impl Recorded {
@@ -226,13 +228,14 @@ fn sse_response_paced(events: Vec<String>, break_after: Option<usize>, gap: Dura
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, 10 << 20).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(body, 30 << 20).await.unwrap_or_default();
     let recorded = Recorded {
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().unwrap_or_default().to_owned(),
         headers: parts.headers.clone(),
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        raw: bytes.clone(),
     };
     let wire = &shared.wire;
     let behavior = {

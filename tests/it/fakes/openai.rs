@@ -132,6 +132,46 @@ fn validate_speech(req: &Recorded, keys: &[String]) -> Result<(), (StatusCode, V
     Ok(())
 }
 
+/// A multipart text field's value (`name="..."` then a blank line then the value).
+pub fn form_field(raw: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(raw);
+    let at = text.find(&format!("name=\"{name}\""))?;
+    let rest = &text[at..];
+    let value = rest.split_once("\r\n\r\n")?.1;
+    Some(value.split("\r\n").next()?.to_owned())
+}
+
+/// `POST /v1/audio/transcriptions` as OpenAI (and Groq) check it: multipart, a file and a model.
+fn validate_transcription(req: &Recorded, keys: &[String]) -> Result<(), (StatusCode, Value)> {
+    if !key_ok(req.header("authorization").and_then(|h| h.strip_prefix("Bearer ")), keys) {
+        let body = json!({ "error": { "message": "Incorrect API key provided.", "type": "invalid_request_error", "param": null, "code": "invalid_api_key" } });
+        return Err((StatusCode::UNAUTHORIZED, body));
+    }
+    if !req.header("content-type").is_some_and(|c| c.starts_with("multipart/form-data")) {
+        return Err(invalid("Content-Type must be multipart/form-data", None));
+    }
+    let text = String::from_utf8_lossy(&req.raw);
+    if !text.contains("name=\"file\"") {
+        return Err(invalid("Missing required parameter: 'file'.", Some("file")));
+    }
+    if form_field(&req.raw, "model").is_none() {
+        return Err(invalid("Missing required parameter: 'model'.", Some("model")));
+    }
+    Ok(())
+}
+
+fn transcription_answer(req: &Recorded) -> Value {
+    let language = form_field(&req.raw, "language").unwrap_or_else(|| "english".into());
+    json!({
+        "task": "transcribe", "language": language, "duration": 12.5,
+        "text": "Hello there. General Kenobi.",
+        "segments": [
+            { "id": 0, "seek": 0, "start": 0.0, "end": 1.25, "text": " Hello there.", "tokens": [1], "temperature": 0.0, "avg_logprob": -0.2, "compression_ratio": 1.0, "no_speech_prob": 0.01 },
+            { "id": 1, "seek": 0, "start": 1.25, "end": 12.5, "text": " General Kenobi.", "tokens": [2], "temperature": 0.0, "avg_logprob": -0.2, "compression_ratio": 1.0, "no_speech_prob": 0.01 }
+        ],
+    })
+}
+
 impl Wire for OpenAi {
     fn raw_answer(&self, req: &Recorded) -> Option<(&'static str, Vec<u8>)> {
         req.path.ends_with("/audio/speech").then(|| ("audio/mpeg", super::FAKE_AUDIO.to_vec()))
@@ -140,6 +180,9 @@ impl Wire for OpenAi {
     fn validate(&self, req: &Recorded, keys: &[String]) -> Result<(), (StatusCode, Value)> {
         if req.path.ends_with("/audio/speech") {
             return validate_speech(req, keys);
+        }
+        if req.path.ends_with("/audio/transcriptions") {
+            return validate_transcription(req, keys);
         }
         if req.path.ends_with("/embeddings") {
             return validate_embeddings(req, keys);
@@ -229,6 +272,9 @@ impl Wire for OpenAi {
         }
         if req.path.ends_with("/images/generations") {
             return images_answer(req);
+        }
+        if req.path.ends_with("/audio/transcriptions") {
+            return transcription_answer(req);
         }
         let (message, finish) = match behavior {
             Behavior::ToolCall { name, arguments } => (

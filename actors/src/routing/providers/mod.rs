@@ -260,6 +260,45 @@ pub async fn speech(conn: &Connection, model: &str, call: &SpeechCall<'_>) -> Re
     }
 }
 
+/// One transcription call. The provider is always asked for `verbose_json`: only it
+/// reports the audio's duration, which the request is charged by.
+#[derive(Debug, Clone)]
+pub struct TranscriptionCall<'a> {
+    pub audio: &'a bytes::Bytes,
+    pub filename: &'a str,
+    pub content_type: &'a str,
+    pub language: Option<&'a str>,
+    pub prompt: Option<&'a str>,
+    pub temperature: Option<f64>,
+}
+
+/// What a transcription found: the text, its timed segments, the language and the
+/// audio's length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcript {
+    pub text: String,
+    pub language: Option<String>,
+    pub duration_secs: f64,
+    /// (start, end, text), seconds.
+    pub segments: Vec<(f64, f64, String)>,
+}
+
+pub async fn transcribe(
+    conn: &Connection,
+    model: &str,
+    call: &TranscriptionCall<'_>,
+) -> Result<Transcript, ProviderError> {
+    match conn.provider {
+        ProviderKind::OpenAi | ProviderKind::Local | ProviderKind::Groq => openai::transcribe(conn, model, call).await,
+        ProviderKind::Simulator => Ok(simulator::transcribe(call)),
+        ProviderKind::Google | ProviderKind::Anthropic => Err(ProviderError::Status {
+            status: 400,
+            message: "this provider has no transcription API here".into(),
+            retry_after: None,
+        }),
+    }
+}
+
 /// A WAV header for `data_len` bytes of 16-bit little-endian mono PCM at `rate` Hz.
 pub fn wav_header(data_len: u32, rate: u32) -> Vec<u8> {
     let mut h = Vec::with_capacity(44);

@@ -439,6 +439,52 @@ pub async fn speech(
     Ok(response.bytes_stream().map(|chunk| chunk.map_err(|e| ProviderError::StreamBroken(e.to_string()))).boxed())
 }
 
+/// `POST /audio/transcriptions` (OpenAI's, and Groq's under `/openai/v1`), multipart, asked
+/// for `verbose_json`.
+pub async fn transcribe(
+    conn: &Connection,
+    model: &str,
+    call: &super::TranscriptionCall<'_>,
+) -> Result<super::Transcript, ProviderError> {
+    let file = reqwest::multipart::Part::stream(call.audio.clone())
+        .file_name(call.filename.to_owned())
+        .mime_str(call.content_type)
+        .map_err(|e| ProviderError::Protocol(format!("the audio's content type: {e}")))?;
+    let mut form = reqwest::multipart::Form::new()
+        .part("file", file)
+        .text("model", model.to_owned())
+        .text("response_format", "verbose_json");
+    if let Some(language) = call.language {
+        form = form.text("language", language.to_owned());
+    }
+    if let Some(prompt) = call.prompt {
+        form = form.text("prompt", prompt.to_owned());
+    }
+    if let Some(t) = call.temperature {
+        form = form.text("temperature", t.to_string());
+    }
+    let url = format!("{}/audio/transcriptions", conn.base_url.trim_end_matches('/'));
+    let request = with_key(conn.http.post(url).multipart(form), conn, KeyIn::Bearer);
+    let v = http::json_body(http::send(conn, request).await?).await?;
+    let text = v["text"].as_str().ok_or_else(|| ProviderError::Protocol("a transcript without text".into()))?;
+    let duration_secs = v["duration"]
+        .as_f64()
+        .filter(|d| d.is_finite() && *d >= 0.0)
+        .ok_or_else(|| ProviderError::Protocol("a transcript without its duration".into()))?;
+    let segments = v["segments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| Some((s["start"].as_f64()?, s["end"].as_f64()?, s["text"].as_str()?.trim().to_owned())))
+        .collect();
+    Ok(super::Transcript {
+        text: text.to_owned(),
+        language: v["language"].as_str().map(str::to_owned),
+        duration_secs,
+        segments,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

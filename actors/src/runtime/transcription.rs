@@ -1,0 +1,282 @@
+//! `POST /v1/audio/transcriptions`: the catalog's transcription models that report the
+//! audio's duration (`verbose_json`), ordered by mode, tried with fallback; charged per
+//! minute of audio as one usage row of type `transcription`. The answer is rendered here in
+//! the asked format (`json`, `text`, `srt`, `vtt`, `verbose_json`) from the one transcript.
+//!
+//! The upload stays in memory (at most [`MAX_AUDIO_BYTES`]) from the request to the
+//! provider: it never touches the disk.
+
+use std::time::Instant;
+
+use serde_json::{json, Map, Value};
+use tokaroo_storage::records::UsageRow;
+
+use crate::{
+    chat::Mode,
+    directory::apikey::KeyEntry,
+    error::EngineError,
+    money::billing::Charge,
+    routing::{
+        catalog::CatalogModel,
+        gateway::{self, RequestWork},
+        providers::{self, Transcript, TranscriptionCall},
+    },
+    runtime::{requests::RequestInfo, Runtime},
+};
+
+pub const MAX_AUDIO_BYTES: usize = 25 * 1024 * 1024;
+pub const FORMATS: [&str; 5] = ["json", "text", "srt", "vtt", "verbose_json"];
+/// The hold assumes audio at least this dense (a voice recording rarely is less), so the
+/// longest the upload can be; the charge follows the duration the provider reports.
+const HOLD_BITS_PER_SEC: f64 = 16_000.0;
+/// Providers bill at least this much audio per request (Groq: 10 s).
+const MIN_BILLED_SECS: f64 = 10.0;
+
+#[derive(Debug, Clone)]
+pub struct TranscriptionRequest {
+    pub audio: bytes::Bytes,
+    pub filename: String,
+    pub content_type: String,
+    pub mode: Mode,
+    pub model: Option<String>,
+    pub language: Option<String>,
+    pub prompt: Option<String>,
+    pub temperature: Option<f64>,
+    pub format: String,
+}
+
+pub struct TranscriptionOutcome {
+    /// The answer's body and its content type.
+    pub body: String,
+    pub content_type: &'static str,
+    pub charge: Charge,
+}
+
+#[derive(Debug, Clone)]
+struct Candidate {
+    model: CatalogModel,
+    usd_per_minute: f64,
+}
+
+/// `HH:MM:SS,mmm` (SRT) or `HH:MM:SS.mmm` (VTT).
+fn timestamp(secs: f64, separator: char) -> String {
+    let ms = (secs.max(0.0) * 1000.0).round() as u64;
+    format!("{:02}:{:02}:{:02}{separator}{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
+}
+
+/// The transcript in the asked format.
+pub fn render(t: &Transcript, format: &str) -> (String, &'static str) {
+    let segments: Vec<(f64, f64, String)> =
+        if t.segments.is_empty() { vec![(0.0, t.duration_secs, t.text.clone())] } else { t.segments.clone() };
+    match format {
+        "text" => (t.text.clone(), "text/plain; charset=utf-8"),
+        "srt" => {
+            let cues: Vec<String> = segments
+                .iter()
+                .enumerate()
+                .map(|(i, (start, end, text))| {
+                    format!("{}\n{} --> {}\n{text}\n", i + 1, timestamp(*start, ','), timestamp(*end, ','))
+                })
+                .collect();
+            (cues.join("\n"), "application/x-subrip")
+        }
+        "vtt" => {
+            let cues: Vec<String> = segments
+                .iter()
+                .map(|(start, end, text)| format!("{} --> {}\n{text}\n", timestamp(*start, '.'), timestamp(*end, '.')))
+                .collect();
+            (format!("WEBVTT\n\n{}", cues.join("\n")), "text/vtt")
+        }
+        "verbose_json" => {
+            let segments: Vec<Value> = segments
+                .iter()
+                .enumerate()
+                .map(|(i, (start, end, text))| json!({"id": i, "start": start, "end": end, "text": text}))
+                .collect();
+            let body = json!({
+                "task": "transcribe",
+                "language": t.language,
+                "duration": t.duration_secs,
+                "text": t.text,
+                "segments": segments,
+            });
+            (body.to_string(), "application/json")
+        }
+        _ => (json!({ "text": t.text }).to_string(), "application/json"),
+    }
+}
+
+impl Runtime {
+    fn transcription_candidates(&self, req: &TranscriptionRequest) -> Result<Vec<Candidate>, EngineError> {
+        let catalog = &self.0.router.catalog;
+        if let Some(name) = &req.model {
+            let model = catalog.get(name).ok_or_else(|| {
+                EngineError::invalid(format!(
+                    "model {name:?} is not a transcription model; use auto, fast, max or one from GET /v1/pricing"
+                ))
+            })?;
+            if model.media.as_ref().is_none_or(|m| m.kind != "transcription") {
+                return Err(EngineError::invalid(format!("model {name:?} does not transcribe audio")));
+            }
+        }
+        let today = crate::clock::iso8601(crate::clock::now_ms())[..10].to_owned();
+        let mut candidates: Vec<Candidate> = catalog
+            .models
+            .iter()
+            .filter(|m| req.model.as_ref().is_none_or(|name| m.id == *name))
+            .filter_map(|m| {
+                let spec = m.media.as_ref().filter(|s| s.kind == "transcription")?;
+                let reports_duration = spec.response_formats.iter().any(|f| f == "verbose_json");
+                let fits = spec.max_file_mb.is_none_or(|mb| req.audio.len() as u64 <= mb * 1024 * 1024);
+                if (req.model.is_none() && !spec.routable(m.deprecated, &today)) || !reports_duration || !fits {
+                    return None;
+                }
+                Some(Candidate { model: m.clone(), usd_per_minute: spec.price_per_minute? })
+            })
+            .collect();
+        match req.mode {
+            Mode::Max => candidates.sort_by(|a, b| {
+                b.model.quality.total_cmp(&a.model.quality).then(a.usd_per_minute.total_cmp(&b.usd_per_minute))
+            }),
+            Mode::Fast | Mode::Auto => candidates.sort_by(|a, b| {
+                let latency = |c: &Candidate| u8::from(c.model.latency_class != "fast");
+                latency(a).cmp(&latency(b)).then(a.usd_per_minute.total_cmp(&b.usd_per_minute))
+            }),
+        }
+        Ok(candidates)
+    }
+
+    /// Transcribes with fallback and settles one `transcription` row by the audio's length.
+    pub(crate) async fn transcribe(
+        &self,
+        key: &KeyEntry,
+        req: &TranscriptionRequest,
+        request_id: Option<String>,
+    ) -> Result<TranscriptionOutcome, EngineError> {
+        let candidates = self.transcription_candidates(req)?;
+        if candidates.is_empty() {
+            return Err(EngineError::invalid("no transcription model takes this request; see GET /v1/pricing"));
+        }
+        let routes = self.media_routes(key, &candidates, |c| &c.model);
+        if routes.is_empty() {
+            return Err(EngineError::Unavailable("No transcription provider is configured (OpenAI or Groq)".into()));
+        }
+        let longest_minutes = (req.audio.len() as f64 * 8.0 / HOLD_BITS_PER_SEC / 60.0).max(MIN_BILLED_SECS / 60.0);
+        let baseline_per_minute = candidates.iter().map(|c| c.usd_per_minute).fold(0.0, f64::max);
+        let info = RequestInfo {
+            requested_model: req.model.clone().unwrap_or_else(|| req.mode.as_str().to_owned()),
+            tier: req.mode,
+            request_type: "transcription",
+            metadata: Map::new(),
+            request_id,
+            bypass_cache: true,
+            mission: None,
+            mission_explicit: false,
+        };
+        let worst = routes
+            .iter()
+            .map(|(c, u)| {
+                let list = c.usd_per_minute * longest_minutes;
+                self.media_charge(req.mode, u.billing_mode(), list, baseline_per_minute * longest_minutes).charged_units
+            })
+            .max()
+            .unwrap_or(0);
+        let holds = self.reserve(key, &info, || worst).await?;
+        let (mut failed, mut last_error) = (Vec::new(), None);
+        let work = [req.filename.clone()];
+        for (c, upstream) in routes {
+            let started = Instant::now();
+            let call = TranscriptionCall {
+                audio: &req.audio,
+                filename: &req.filename,
+                content_type: &req.content_type,
+                language: req.language.as_deref(),
+                prompt: req.prompt.as_deref(),
+                temperature: req.temperature,
+            };
+            match providers::transcribe(&upstream.conn, &c.model.id, &call).await {
+                Ok(transcript) => {
+                    crate::routing::provider::record_success(&upstream, &c.model.id, None);
+                    let minutes = transcript.duration_secs.max(MIN_BILLED_SECS) / 60.0;
+                    let charge = self.media_charge(
+                        req.mode,
+                        upstream.billing_mode(),
+                        c.usd_per_minute * minutes,
+                        baseline_per_minute * minutes,
+                    );
+                    let row = UsageRow {
+                        id: crate::clock::new_id(),
+                        account_id: key.account_id.clone(),
+                        api_key_id: Some(key.id.clone()),
+                        workspace_slug: key.workspace_slug.clone(),
+                        metadata: Map::new(),
+                        tier: req.mode.as_str().to_owned(),
+                        requested_model: info.requested_model.clone(),
+                        provider: upstream.kind.as_str().to_owned(),
+                        upstream_model: c.model.id.clone(),
+                        upstream: upstream.name.clone(),
+                        routing_method: req.mode.as_str().to_owned(),
+                        routing_reason: format!("{:.1} s of audio with {}", transcript.duration_secs, c.model.id),
+                        execution_source: upstream.execution_source().to_owned(),
+                        billing_mode: upstream.billing_mode().as_str().to_owned(),
+                        request_type: "transcription".into(),
+                        input_tokens: 0,
+                        output_tokens: u64::from(crate::chat::tokenizer::count(&transcript.text)),
+                        actual_cost_units: charge.actual_cost_units,
+                        charged_units: charge.charged_units,
+                        baseline_units: charge.baseline_units,
+                        latency_ms: Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+                        cache: "miss".into(),
+                        streamed: false,
+                        created_at_us: 0,
+                        request_id: info.request_id.clone(),
+                        failed_attempts: std::mem::take(&mut failed),
+                        unit: Some("minute".into()),
+                        units: Some((minutes * 1000.0).round() / 1000.0),
+                    };
+                    self.settle_row(key, holds, row).await?;
+                    let (body, content_type) = render(&transcript, &req.format);
+                    return Ok(TranscriptionOutcome { body, content_type, charge });
+                }
+                Err(error) if gateway::moves_on(&error) => {
+                    gateway::note_failure(&upstream, &c.model.id, RequestWork::Embed(&work), &error, &mut failed).await;
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(gateway::upstream_error(error)),
+            }
+        }
+        Err(last_error.map_or_else(
+            || EngineError::Unavailable("No provider could transcribe this".into()),
+            |e| gateway::unavailable(&e),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{render, Transcript};
+
+    #[test]
+    fn transcripts_render_as_srt_vtt_text_and_json() {
+        let t = Transcript {
+            text: "Hello there. General Kenobi.".into(),
+            language: Some("en".into()),
+            duration_secs: 3.5,
+            segments: vec![(0.0, 1.25, "Hello there.".into()), (1.25, 3.5, "General Kenobi.".into())],
+        };
+        let (srt, _) = render(&t, "srt");
+        assert_eq!(
+            srt,
+            "1\n00:00:00,000 --> 00:00:01,250\nHello there.\n\n2\n00:00:01,250 --> 00:00:03,500\nGeneral Kenobi.\n"
+        );
+        let (vtt, ct) = render(&t, "vtt");
+        assert!(vtt.starts_with("WEBVTT\n\n00:00:00.000 --> 00:00:01.250\nHello there.\n"), "{vtt}");
+        assert_eq!(ct, "text/vtt");
+        assert_eq!(render(&t, "text").0, t.text);
+        let json: serde_json::Value = serde_json::from_str(&render(&t, "json").0).unwrap();
+        assert_eq!(json, serde_json::json!({"text": t.text}));
+        let verbose: serde_json::Value = serde_json::from_str(&render(&t, "verbose_json").0).unwrap();
+        assert_eq!((verbose["duration"].as_f64(), verbose["segments"][1]["start"].as_f64()), (Some(3.5), Some(1.25)));
+        assert_eq!(super::timestamp(3723.4567, ','), "01:02:03,457");
+    }
+}
