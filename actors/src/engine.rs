@@ -174,6 +174,7 @@ impl Engine {
                 // After the indexer: a mission writes its lifecycle events through it.
                 Arc::new(missions.supervisor_spec()),
                 Arc::new(url.supervisor_spec()),
+                Arc::new(runtime.video_supervisor_spec()),
             ],
         )
         .spawn_root()

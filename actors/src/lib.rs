@@ -34,6 +34,7 @@ pub use money::funding::{ActivationStatus, PaymentFault, PaymentsReconciled};
 pub use runtime::requests::{RequestInfo, ServedChat};
 pub use runtime::stream::{ChatStream, StreamEnd, StreamEvent};
 pub use security::secrets::Secret;
+pub use tokaroo_storage::media::VideoJob;
 pub use tokaroo_storage::{records, StorageError, Store};
 pub use tree::inspect::ActorNode;
 pub use tree::supervisor::RestartPolicy;

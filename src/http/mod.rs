@@ -27,6 +27,7 @@ mod sessions;
 mod sources;
 mod url;
 mod usage;
+mod videos;
 mod wire;
 mod workspaces;
 
@@ -87,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .merge(embeddings::routes())
         .merge(images::routes())
         .merge(audio::routes())
+        .merge(videos::routes())
         .merge(knowledge::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), admission::admit))
         .layer(middleware::from_fn(openai_error_shape));

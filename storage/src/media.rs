@@ -22,6 +22,56 @@ impl Record for MediaFile {
     const FORMAT_VERSION: u8 = 1;
 }
 
+/// Key: (account_id, id). An asynchronous video generation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VideoJob {
+    pub id: String,
+    pub account_id: String,
+    pub workspace: Option<String>,
+    pub api_key_id: String,
+    pub request_id: Option<String>,
+    pub mode: String,
+    pub requested_model: String,
+    pub model: String,
+    /// The upstream's name (`provider:google:managed`) and the provider's id for the job.
+    pub upstream: String,
+    pub provider: String,
+    pub billing_mode: String,
+    pub execution_source: String,
+    pub provider_job: String,
+    pub prompt: String,
+    pub duration_secs: u32,
+    pub aspect_ratio: String,
+    pub resolution: String,
+    pub usd_per_second: f64,
+    /// `processing`, `charging` (the video is kept; its charge maybe not recorded),
+    /// `completed`, `failed`.
+    pub status: String,
+    /// The kept video's media id, once fetched.
+    pub media_id: Option<String>,
+    pub error: Option<String>,
+    pub polls: u32,
+    pub next_poll_at_ms: i64,
+    pub created_at_ms: i64,
+    pub completed_at_ms: Option<i64>,
+    pub charged_usd: Option<f64>,
+}
+impl Record for VideoJob {
+    const TREE: &'static str = "video_jobs";
+    const FORMAT_VERSION: u8 = 1;
+}
+
+/// Key: (id). A video job still to finish: the `videojobs` supervisor starts its actor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OpenVideoJob {
+    pub account_id: String,
+    pub id: String,
+}
+impl Record for OpenVideoJob {
+    const TREE: &'static str = "video_jobs_open";
+    const FORMAT_VERSION: u8 = 1;
+}
+
 fn valid_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }

@@ -13,7 +13,7 @@ use crate::{
         SourceDocument,
     },
     ledger::LedgerStore,
-    media::MediaFile,
+    media::{MediaFile, OpenVideoJob, VideoJob},
     records::{
         Account, ApiKey, BillingProfile, CachedAnswer, LocalEndpoint, PaymentAttempt, ProviderKey, SemanticEntry,
         Session, Workspace,
@@ -87,6 +87,8 @@ pub struct Store {
     pub url_batches_open: Collection<OpenUrlBatch>,
     /// Generated media served by URL (see `media.rs`).
     pub media_files: Collection<MediaFile>,
+    pub video_jobs: Collection<VideoJob>,
+    pub video_jobs_open: Collection<OpenVideoJob>,
     /// Every knowledge-base tree by name, for `apply_kb`'s transactions.
     kb_trees: Arc<(Vec<&'static str>, Vec<sled::Tree>)>,
     /// The knowledge base's write sequence (see `knowledge.rs`).
@@ -178,6 +180,8 @@ impl Store {
             url_batch_items: Collection::open(&db)?,
             url_batches_open: Collection::open(&db)?,
             media_files: Collection::open(&db)?,
+            video_jobs: Collection::open(&db)?,
+            video_jobs_open: Collection::open(&db)?,
             kb_trees: Arc::new((kb_tree_names, kb_trees)),
             kb_seq: db.open_tree("knowledge_seq")?,
             data_dir: data_dir.to_path_buf(),

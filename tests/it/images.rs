@@ -141,3 +141,74 @@ async fn an_unfunded_tenant_is_refused_before_any_image_is_made() {
     assert_eq!(r.status, 402, "{}", r.text);
     assert!(image_requests(&openai).is_empty());
 }
+
+/// Polls a video job until it leaves `processing`.
+async fn finished_video(gw: &Gateway, key: &str, id: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = gw.get(&format!("/v1/videos/generations/{id}"), key).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        if r.body["status"] != "processing" {
+            return r.body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the video job never finished: {}", r.text);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_video_job_is_answered_at_once_survives_a_kill_and_is_charged_once_on_completion() {
+    let gemini = gemini_fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = with_gemini(Options::default(), &gemini);
+    let gw = Gateway::start_in(dir.path(), options.clone()).await;
+    let key = gw.first_key.clone().unwrap();
+    let body = json!({"prompt": "A timelapse of a flower blooming", "model": "auto", "duration": 5});
+    let r = gw.post("/v1/videos/generations", &key, body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status"], "processing");
+    assert!(r.body.get("url").is_none());
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let sent = gemini.requests().into_iter().find(|r| r.path.ends_with(":predictLongRunning")).unwrap();
+    assert_eq!(sent.body["parameters"]["durationSeconds"], 6, "5 s asked: the model's next allowed length");
+    assert_eq!(sent.body["parameters"]["aspectRatio"], "16:9");
+    let tree = gw.actor_tree().await;
+    let jobs = find_actor(&tree, "videojobs").expect("the videojobs supervisor");
+    assert!(find_actor(jobs, &format!("videojob:{id}")).is_some(), "the job's actor is in the tree");
+    assert_eq!(
+        gw.get("/v1/usage?request_type=video", &key).await.body["data"],
+        json!([]),
+        "charged on completion only"
+    );
+    gw.kill().await;
+
+    let gw = Gateway::start_in(dir.path(), options).await;
+    let done = finished_video(&gw, &key, &id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let video = gw.client().get(done["url"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(video.headers()["content-type"], "video/mp4");
+    assert_eq!(video.bytes().await.unwrap().as_ref(), crate::fakes::FAKE_VIDEO);
+    let usage = gw.get("/v1/usage?request_type=video", &key).await;
+    let rows = usage.body["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{}", usage.text);
+    assert_eq!((rows[0]["unit"].as_str(), rows[0]["units"].as_f64()), (Some("second"), Some(6.0)));
+
+    for (body, says) in [
+        (json!({"prompt": "x", "duration": 0}), "duration"),
+        (json!({"prompt": "x", "duration": 61}), "duration"),
+        (json!({"prompt": "x", "size": "640x480"}), "size"),
+        (json!({"prompt": "x", "aspect_ratio": "4:3"}), "aspect_ratio"),
+        (json!({"prompt": "x", "fps": 60}), "fps"),
+        (json!({"duration": 4}), "prompt"),
+        (json!({"prompt": "x", "duration": 30}), "no video model"),
+        (json!({"prompt": "x", "model": "gpt-4o-mini"}), "does not generate video"),
+    ] {
+        let r = gw.post("/v1/videos/generations", &key, body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+        assert!(r.text.contains(says), "{body}: {}", r.text);
+    }
+    assert_eq!(gw.get("/v1/videos/generations/vid_nope", &key).await.status, 404);
+    let (_, session) = gw.create_account("other").await;
+    let other = gw.post("/v1/keys", &session, json!({"name": "k"})).await.body["key"].as_str().unwrap().to_owned();
+    assert_eq!(gw.get(&format!("/v1/videos/generations/{id}"), &other).await.status, 404);
+}

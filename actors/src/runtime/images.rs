@@ -311,6 +311,16 @@ pub const MEDIA_URL_TTL_MS: i64 = 60 * 60 * 1000;
 impl Runtime {
     /// Keeps an image the gateway serves by URL until it expires; answers its id.
     pub async fn keep_media(&self, account_id: &str, image: GeneratedImage) -> Result<String, EngineError> {
+        self.keep_media_for(account_id, image, MEDIA_URL_TTL_MS).await
+    }
+
+    /// Keeps media for `ttl_ms`.
+    pub(crate) async fn keep_media_for(
+        &self,
+        account_id: &str,
+        image: GeneratedImage,
+        ttl_ms: i64,
+    ) -> Result<String, EngineError> {
         let now = crate::clock::now_ms();
         let file = tokaroo_storage::media::MediaFile {
             id: uuid::Uuid::new_v4().simple().to_string(),
@@ -318,7 +328,7 @@ impl Runtime {
             mime: image.mime,
             bytes: image.bytes.len() as u64,
             created_at_ms: now,
-            expires_at_ms: now + MEDIA_URL_TTL_MS,
+            expires_at_ms: now + ttl_ms,
         };
         let store = self.0.directory.store.clone();
         let id = file.id.clone();

@@ -10,6 +10,7 @@ pub mod speech;
 pub mod stream;
 pub(crate) mod tasks;
 pub mod transcription;
+pub mod video;
 pub mod work;
 
 use std::sync::Arc;

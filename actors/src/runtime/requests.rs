@@ -400,6 +400,17 @@ impl Runtime {
         Ok(charge)
     }
 
+    /// Settles a row no hold covers (work finished after its request was answered: a video
+    /// job), then auto pay when the balance fell below its threshold.
+    pub(crate) async fn settle_unheld(&self, row: UsageRow) -> Result<(), EngineError> {
+        let account_id = row.account_id.clone();
+        let (_, money) = self.0.ledger.settle(None, row).await?;
+        if self.0.directory.operator_account_id().as_deref() != Some(account_id.as_str()) {
+            self.0.funding.maybe_auto_pay(&account_id, money);
+        }
+        Ok(())
+    }
+
     /// Settles a request's one row with its holds: the ledger's, then the mission's, then
     /// auto pay when the balance fell below its threshold.
     pub(crate) async fn settle_row(&self, key: &KeyEntry, hold: Holds, row: UsageRow) -> Result<(), EngineError> {

@@ -90,6 +90,19 @@ impl Runtime {
             .map_err(task_ended)?
     }
 
+    /// Starts a video job (charged when it completes).
+    pub async fn serve_video(
+        &self,
+        key: Arc<KeyEntry>,
+        request: crate::runtime::video::VideoRequest,
+        request_id: Option<String>,
+    ) -> Result<tokaroo_storage::media::VideoJob, EngineError> {
+        let runtime = self.clone();
+        spawn_request_task(self, async move { runtime.start_video_job(&key, &request, request_id).await })
+            .await
+            .map_err(task_ended)?
+    }
+
     /// Serves embeddings and settles their usage row, whether or not the caller still waits.
     pub async fn serve_embeddings(
         &self,

@@ -42,6 +42,7 @@ impl Wire for Gemini {
         let action_ok = req.path.starts_with("/v1beta/models/")
             && (req.path.ends_with(":generateContent")
                 || req.path.ends_with(":predict")
+                || req.path.ends_with(":predictLongRunning")
                 || (req.path.ends_with(":streamGenerateContent") && req.query.contains("alt=sse")));
         if !action_ok {
             return Err(error(StatusCode::NOT_FOUND, format!("{} is not a method of this API", req.path)));
@@ -57,6 +58,17 @@ impl Wire for Gemini {
             return Err(error(StatusCode::BAD_REQUEST, "API key not valid. Please pass a valid API key."));
         }
         let b = &req.body;
+        if req.path.ends_with(":predictLongRunning") {
+            // Veo: a prompt, and a length of 4, 6 or 8 seconds.
+            let seconds = b["parameters"]["durationSeconds"].as_u64().unwrap_or(8);
+            if !b["instances"][0]["prompt"].is_string() || ![4, 6, 8].contains(&seconds) {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "instances[0].prompt and durationSeconds 4, 6 or 8 are required",
+                ));
+            }
+            return Ok(());
+        }
         if req.path.ends_with(":predict") {
             // Imagen: one instance with a prompt; sampleCount 1 to 4.
             let count = b["parameters"]["sampleCount"].as_u64().unwrap_or(1);
@@ -126,7 +138,34 @@ impl Wire for Gemini {
         req.path.ends_with(":streamGenerateContent")
     }
 
+    /// A finished video's bytes, for a download with the key.
+    fn raw_answer(&self, req: &Recorded) -> Option<(&'static str, Vec<u8>)> {
+        req.path.ends_with(":download").then(|| ("video/mp4", super::FAKE_VIDEO.to_vec()))
+    }
+
+    /// Veo's operations: running for the first 1.5 s after they started (the time is in
+    /// their name), then done with a video on this server.
+    fn other_route(&self, req: &Recorded) -> Option<Value> {
+        let (model, started) = req.path.strip_prefix("/v1beta/models/")?.split_once("/operations/op-")?;
+        let started: i64 = started.parse().ok()?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000;
+        let name = format!("models/{model}/operations/op-{started}");
+        if now - started < 1500 {
+            return Some(json!({ "name": name, "done": false }));
+        }
+        let host = req.header("host").unwrap_or("127.0.0.1");
+        let uri = format!("http://{host}/v1beta/files/vid-{started}:download?alt=media");
+        Some(
+            json!({ "name": name, "done": true, "response": { "generateVideoResponse": { "generatedSamples": [{ "video": { "uri": uri } }] } } }),
+        )
+    }
+
     fn answer(&self, req: &Recorded, behavior: &Behavior) -> Value {
+        if req.path.ends_with(":predictLongRunning") {
+            let model = req.path.trim_start_matches("/v1beta/models/").split(':').next().unwrap_or_default();
+            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000;
+            return json!({ "name": format!("models/{model}/operations/op-{now}") });
+        }
         if req.path.ends_with(":predict") {
             let count = req.body["parameters"]["sampleCount"].as_u64().unwrap_or(1);
             let predictions: Vec<Value> =

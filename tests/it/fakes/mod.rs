@@ -52,6 +52,9 @@ pub enum Behavior {
 /// What the fakes' speech endpoints answer: recognisable bytes, not real audio.
 pub const FAKE_AUDIO: &[u8] = b"ID3-fake-audio-bytes-0123456789";
 
+/// What the fakes' video downloads answer.
+pub const FAKE_VIDEO: &[u8] = b"\x00\x00\x00\x18ftypmp42fake-video-bytes";
+
 /// A 1×1 PNG, base64: what the fakes' image endpoints answer.
 pub const PNG_B64: &str =
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg==";
@@ -242,6 +245,11 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         let mut st = shared.state.lock().unwrap();
         st.requests.push(recorded.clone());
         if recorded.method == "GET" {
+            if let Some((content_type, bytes)) = wire.raw_answer(&recorded) {
+                let mut response = Response::new(Body::from(bytes));
+                response.headers_mut().insert("content-type", HeaderValue::from_static(content_type));
+                return response;
+            }
             return match wire.other_route(&recorded) {
                 Some(body) => json_response(StatusCode::OK, &body),
                 None => json_response(StatusCode::NOT_FOUND, &wire.error_body(StatusCode::NOT_FOUND, "Not found")),

@@ -617,6 +617,67 @@ pub async fn speech(
     Ok(futures_util::stream::once(async move { Ok(bytes::Bytes::from(pcm)) }).boxed())
 }
 
+fn api_base(conn: &Connection) -> String {
+    let base = conn.base_url.trim_end_matches('/');
+    if base.ends_with("/v1beta") || base.ends_with("/v1") {
+        base.to_owned()
+    } else {
+        format!("{base}/v1beta")
+    }
+}
+
+/// Veo: `:predictLongRunning` answers an operation's name, polled until done.
+pub async fn start_video(conn: &Connection, model: &str, call: &super::VideoCall<'_>) -> Result<String, ProviderError> {
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    let body = json!({
+        "instances": [{ "prompt": call.prompt }],
+        "parameters": {
+            "aspectRatio": call.aspect_ratio,
+            "durationSeconds": call.duration_secs,
+            "resolution": call.resolution,
+        },
+    });
+    let url = format!("{}/models/{model}:predictLongRunning", api_base(conn));
+    let request = with_key(conn.http.post(url).json(&body), conn, KEY);
+    let v = http::json_body(http::send_with(conn, request, status_error).await?).await?;
+    v["name"]
+        .as_str()
+        .filter(|n| n.contains("/operations/") && !n.contains(".."))
+        .map(str::to_owned)
+        .ok_or_else(|| ProviderError::Protocol("Veo answered no operation".into()))
+}
+
+pub async fn video_status(conn: &Connection, operation: &str) -> Result<super::VideoStatus, ProviderError> {
+    let url = format!("{}/{}", api_base(conn), operation.trim_start_matches('/'));
+    let request = with_key(conn.http.get(url), conn, KEY);
+    let v = http::json_body(http::send_with(conn, request, status_error).await?).await?;
+    if v["done"] != true {
+        return Ok(super::VideoStatus::Running);
+    }
+    if let Some(message) = v["error"]["message"].as_str() {
+        return Ok(super::VideoStatus::Failed(message.to_owned()));
+    }
+    let response = &v["response"]["generateVideoResponse"];
+    match response["generatedSamples"][0]["video"]["uri"].as_str() {
+        Some(uri) => Ok(super::VideoStatus::Done { uri: uri.to_owned() }),
+        None => Ok(super::VideoStatus::Failed(
+            response["raiMediaFilteredReasons"][0].as_str().unwrap_or("the job finished without a video").to_owned(),
+        )),
+    }
+}
+
+/// Downloads a finished video. The URI must be on the connection's own host: it is fetched
+/// with the connection's key.
+pub async fn fetch_video(conn: &Connection, uri: &str) -> Result<bytes::Bytes, ProviderError> {
+    let (ours, theirs) = (reqwest::Url::parse(&conn.base_url).ok(), reqwest::Url::parse(uri).ok());
+    let same_host = matches!((&ours, &theirs), (Some(a), Some(b)) if a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default());
+    if !same_host {
+        return Err(ProviderError::Protocol(format!("a video URI on another host: {uri}")));
+    }
+    let request = with_key(conn.http.get(uri), conn, KEY);
+    http::read_capped(http::send_with(conn, request, status_error).await?, super::MAX_VIDEO_BYTES).await
+}
+
 pub async fn embed(conn: &Connection, call: &EmbedCall<'_>) -> Result<Embeddings, ProviderError> {
     let EmbedCall { model, inputs, dims } = *call;
     let base = conn.base_url.trim_end_matches('/');

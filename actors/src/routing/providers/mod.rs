@@ -299,6 +299,62 @@ pub async fn transcribe(
     }
 }
 
+/// One video job to start, in the provider's own words.
+#[derive(Debug, Clone)]
+pub struct VideoCall<'a> {
+    pub prompt: &'a str,
+    pub duration_secs: u32,
+    /// `16:9` or `9:16`.
+    pub aspect_ratio: &'a str,
+    /// `720p`, `1080p`, `4k`.
+    pub resolution: &'a str,
+}
+
+/// Where a provider's video job stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VideoStatus {
+    Running,
+    /// Done: where to fetch the video (with the connection's key).
+    Done {
+        uri: String,
+    },
+    Failed(String),
+}
+
+/// The most a video download may be.
+pub const MAX_VIDEO_BYTES: usize = 512 << 20;
+
+/// Starts a video job; answers the provider's id for it.
+pub async fn start_video(conn: &Connection, model: &str, call: &VideoCall<'_>) -> Result<String, ProviderError> {
+    match conn.provider {
+        ProviderKind::Google => gemini::start_video(conn, model, call).await,
+        ProviderKind::Simulator => Ok(format!("simulated-{}", crate::clock::new_id())),
+        _ => Err(ProviderError::Status {
+            status: 400,
+            message: "this provider has no video API here (OpenAI's Videos API was shut down)".into(),
+            retry_after: None,
+        }),
+    }
+}
+
+pub async fn video_status(conn: &Connection, job: &str) -> Result<VideoStatus, ProviderError> {
+    match conn.provider {
+        ProviderKind::Google => gemini::video_status(conn, job).await,
+        ProviderKind::Simulator => Ok(VideoStatus::Done { uri: "simulated".into() }),
+        _ => Err(ProviderError::Protocol("no video jobs on this provider".into())),
+    }
+}
+
+/// Fetches a finished video's bytes (at most [`MAX_VIDEO_BYTES`]).
+pub async fn fetch_video(conn: &Connection, uri: &str) -> Result<bytes::Bytes, ProviderError> {
+    match conn.provider {
+        ProviderKind::Google => gemini::fetch_video(conn, uri).await,
+        // An empty MP4 `ftyp` box: labelled stand-in bytes.
+        ProviderKind::Simulator => Ok(bytes::Bytes::from_static(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isommp41")),
+        _ => Err(ProviderError::Protocol("no video jobs on this provider".into())),
+    }
+}
+
 /// A WAV header for `data_len` bytes of 16-bit little-endian mono PCM at `rate` Hz.
 pub fn wav_header(data_len: u32, rate: u32) -> Vec<u8> {
     let mut h = Vec::with_capacity(44);

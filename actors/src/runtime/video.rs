@@ -1,0 +1,513 @@
+//! `POST /v1/videos/generations` and `GET /v1/videos/generations/:id`: a video is a job.
+//! The POST starts it at the provider (with fallback), stores a [`VideoJob`] and answers at
+//! once (`processing`); a `videojob:{id}` actor (transient, under `videojobs`) polls the
+//! provider with backoff, fetches the finished video into the data directory (served by
+//! `GET /v1/media/:id` for a day), charges it per second, records `completed` or `failed`
+//! with the reason, and stops. The supervisor's loader starts an actor for every open job,
+//! so a restart loses none.
+//!
+//! The charge is settled once: the job is saved `charging` (the video kept) before its row
+//! (request id `videojob:{id}`) is settled, and a job resumed in that state looks for the row
+//! first, as URL batches do.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use serde_json::{json, Map};
+use tokaroo_storage::{
+    media::{OpenVideoJob, VideoJob},
+    records::UsageRow,
+};
+
+use crate::{
+    chat::Mode,
+    directory::apikey::KeyEntry,
+    error::EngineError,
+    routing::{
+        catalog::CatalogModel,
+        gateway::{self, RequestWork},
+        providers::{self, GeneratedImage, VideoCall, VideoStatus},
+        upstreams::{BillingMode, Upstream},
+    },
+    runtime::{requests::RequestInfo, Runtime},
+    tree::{
+        inspect::Inspection,
+        registry::{ChildRef, TreeMsg},
+        supervisor::{spawn_linked, BoxFuture, ChildSpec, Restart, SpawnAt, SupervisorSpec},
+    },
+};
+
+pub const VIDEOJOBS: &str = "videojobs";
+pub const VIDEOJOB: &str = "videojob";
+pub const MAX_PROMPT_CHARS: usize = 8_000;
+pub const MAX_DURATION_SECS: u32 = 60;
+/// How long a finished video's URL answers.
+const VIDEO_URL_TTL_MS: i64 = 24 * 3600 * 1000;
+/// The first poll's wait, doubled each time up to the last.
+const FIRST_POLL: Duration = Duration::from_secs(2);
+const MAX_POLL: Duration = Duration::from_secs(30);
+/// A job the provider has not finished in this long fails.
+const GIVE_UP_AFTER_MS: i64 = 2 * 3600 * 1000;
+
+fn usage_request_id(id: &str) -> String {
+    format!("videojob:{id}")
+}
+
+#[derive(Debug, Clone)]
+pub struct VideoRequest {
+    pub prompt: String,
+    pub mode: Mode,
+    pub model: Option<String>,
+    pub duration_secs: u32,
+    /// `16:9` (default) or `9:16`; from `aspect_ratio`, or `size`'s shape.
+    pub aspect_ratio: String,
+    /// `720p` (default), `1080p`, `4k`; from `size`.
+    pub resolution: String,
+}
+
+#[derive(Debug, Clone)]
+struct Candidate {
+    model: CatalogModel,
+    /// The model's allowed length at or above the asked one.
+    duration_secs: u32,
+    usd_per_second: f64,
+}
+
+fn allowed_duration(spec: &serde_json::Value, wanted: u32) -> Option<u32> {
+    match spec {
+        serde_json::Value::Array(list) => {
+            list.iter().filter_map(|d| d.as_u64()).filter(|d| *d >= u64::from(wanted)).min().map(|d| d as u32)
+        }
+        serde_json::Value::Object(range) => {
+            let (min, max) = (range.get("min")?.as_u64()?, range.get("max")?.as_u64()?);
+            let d = u64::from(wanted).max(min);
+            (d <= max).then_some(d as u32)
+        }
+        _ => None,
+    }
+}
+
+impl Runtime {
+    fn video_candidates(&self, req: &VideoRequest) -> Result<Vec<Candidate>, EngineError> {
+        let catalog = &self.0.router.catalog;
+        if let Some(name) = &req.model {
+            let model = catalog.get(name).ok_or_else(|| {
+                EngineError::invalid(format!(
+                    "model {name:?} is not a video model; use auto, fast, max or one from GET /v1/pricing"
+                ))
+            })?;
+            if model.media.as_ref().is_none_or(|m| m.kind != "video") {
+                return Err(EngineError::invalid(format!("model {name:?} does not generate video")));
+            }
+        }
+        let today = crate::clock::iso8601(crate::clock::now_ms())[..10].to_owned();
+        let mut candidates: Vec<Candidate> = catalog
+            .models
+            .iter()
+            .filter(|m| req.model.as_ref().is_none_or(|name| m.id == *name))
+            .filter_map(|m| {
+                let spec = m.media.as_ref().filter(|s| s.kind == "video")?;
+                if req.model.is_none() && !spec.routable(m.deprecated, &today) {
+                    return None;
+                }
+                if !spec.aspect_ratios.contains(&req.aspect_ratio) || !spec.sizes.contains(&req.resolution) {
+                    return None;
+                }
+                let duration_secs = allowed_duration(spec.durations_secs.as_ref()?, req.duration_secs)?;
+                let usd_per_second = spec
+                    .price_per_second_by_size
+                    .as_ref()
+                    .and_then(|by| by.get(&req.resolution).copied())
+                    .or(spec.price_per_second)?;
+                Some(Candidate { model: m.clone(), duration_secs, usd_per_second })
+            })
+            .collect();
+        match req.mode {
+            Mode::Max => candidates.sort_by(|a, b| b.model.quality.total_cmp(&a.model.quality)),
+            Mode::Fast | Mode::Auto => candidates.sort_by(|a, b| {
+                (a.usd_per_second * f64::from(a.duration_secs))
+                    .total_cmp(&(b.usd_per_second * f64::from(b.duration_secs)))
+            }),
+        }
+        Ok(candidates)
+    }
+
+    /// Starts a video job at the first provider that takes it; answers the stored job.
+    pub(crate) async fn start_video_job(
+        &self,
+        key: &KeyEntry,
+        req: &VideoRequest,
+        request_id: Option<String>,
+    ) -> Result<VideoJob, EngineError> {
+        let candidates = self.video_candidates(req)?;
+        if candidates.is_empty() {
+            return Err(EngineError::invalid(format!(
+                "no video model takes {} s at {} {}; see GET /v1/pricing",
+                req.duration_secs, req.aspect_ratio, req.resolution
+            )));
+        }
+        let routes = self.media_routes(key, &candidates, |c| &c.model);
+        if routes.is_empty() {
+            return Err(EngineError::Unavailable("No video provider is configured (Gemini)".into()));
+        }
+        let info = RequestInfo {
+            requested_model: req.model.clone().unwrap_or_else(|| req.mode.as_str().to_owned()),
+            tier: req.mode,
+            request_type: "video",
+            metadata: Map::new(),
+            request_id: request_id.clone(),
+            bypass_cache: true,
+            mission: None,
+            mission_explicit: false,
+        };
+        // Charged on completion; the balance must cover the dearest route now.
+        let worst = routes
+            .iter()
+            .map(|(c, u)| {
+                let list = c.usd_per_second * f64::from(c.duration_secs);
+                self.media_charge(req.mode, u.billing_mode(), list, list).charged_units
+            })
+            .max()
+            .unwrap_or(0);
+        drop(self.reserve(key, &info, || worst).await?);
+        let (mut failed, mut last_error) = (Vec::new(), None);
+        let work = [req.prompt.clone()];
+        for (c, upstream) in routes {
+            let call = VideoCall {
+                prompt: &req.prompt,
+                duration_secs: c.duration_secs,
+                aspect_ratio: &req.aspect_ratio,
+                resolution: &req.resolution,
+            };
+            match providers::start_video(&upstream.conn, &c.model.id, &call).await {
+                Ok(provider_job) => {
+                    let now = crate::clock::now_ms();
+                    let job = VideoJob {
+                        id: format!("vid_{}", uuid::Uuid::now_v7().simple()),
+                        account_id: key.account_id.clone(),
+                        workspace: key.workspace_slug.clone(),
+                        api_key_id: key.id.clone(),
+                        request_id,
+                        mode: req.mode.as_str().to_owned(),
+                        requested_model: info.requested_model.clone(),
+                        model: c.model.id.clone(),
+                        upstream: upstream.name.clone(),
+                        provider: upstream.kind.as_str().to_owned(),
+                        billing_mode: upstream.billing_mode().as_str().to_owned(),
+                        execution_source: upstream.execution_source().to_owned(),
+                        provider_job,
+                        prompt: req.prompt.clone(),
+                        duration_secs: c.duration_secs,
+                        aspect_ratio: req.aspect_ratio.clone(),
+                        resolution: req.resolution.clone(),
+                        usd_per_second: c.usd_per_second,
+                        status: "processing".into(),
+                        media_id: None,
+                        error: None,
+                        polls: 0,
+                        next_poll_at_ms: now + i64::try_from(FIRST_POLL.as_millis()).unwrap_or(0),
+                        created_at_ms: now,
+                        completed_at_ms: None,
+                        charged_usd: None,
+                    };
+                    let store = &self.0.directory.store;
+                    store.video_jobs.insert(&(job.account_id.as_str(), job.id.as_str()), &job)?;
+                    let open = OpenVideoJob { account_id: job.account_id.clone(), id: job.id.clone() };
+                    store.video_jobs_open.insert(&job.id.as_str(), &open)?;
+                    store.flush().await?;
+                    let registry = &self.0.directory.registry;
+                    crate::tree::supervisor::start_child(
+                        registry,
+                        VIDEOJOBS,
+                        self.video_spec(&job.account_id, &job.id),
+                    )
+                    .await;
+                    return Ok(job);
+                }
+                Err(error) if gateway::moves_on(&error) => {
+                    gateway::note_failure(&upstream, &c.model.id, RequestWork::Embed(&work), &error, &mut failed).await;
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(gateway::upstream_error(error)),
+            }
+        }
+        Err(last_error.map_or_else(
+            || EngineError::Unavailable("No provider could start this video".into()),
+            |e| gateway::unavailable(&e),
+        ))
+    }
+
+    /// One of the key's account's jobs (a key bound to a workspace sees only its own).
+    pub fn video_job(&self, key: &KeyEntry, id: &str) -> Result<VideoJob, EngineError> {
+        self.0
+            .directory
+            .store
+            .video_jobs
+            .get(&(key.account_id.as_str(), id))?
+            .filter(|j| key.workspace_slug.is_none() || j.workspace == key.workspace_slug)
+            .ok_or(EngineError::NotFound { what: "video job" })
+    }
+
+    fn video_spec(&self, account_id: &str, id: &str) -> Arc<dyn ChildSpec> {
+        Arc::new(VideoJobSpec { runtime: self.clone(), account_id: account_id.to_owned(), id: id.to_owned() })
+    }
+
+    /// `videojobs`: starts an actor for every open job.
+    pub(crate) fn video_supervisor_spec(&self) -> SupervisorSpec {
+        let runtime = self.clone();
+        let directory = &self.0.directory;
+        SupervisorSpec {
+            name: VIDEOJOBS.to_owned(),
+            kind: VIDEOJOBS,
+            restart: Restart::Permanent,
+            policy: directory.restart_policy,
+            registry: directory.registry.clone(),
+            escalates: true,
+            loader: Arc::new(move || {
+                let mut specs = Vec::new();
+                let found = runtime.0.directory.store.video_jobs_open.for_each(|open: OpenVideoJob| {
+                    specs.push(runtime.video_spec(&open.account_id, &open.id));
+                    Ok::<_, EngineError>(())
+                });
+                if let Err(error) = found {
+                    tracing::error!(%error, "reading open video jobs failed; they resume at the next restart");
+                }
+                specs
+            }),
+            describe: Arc::new(|children| json!({ "live_jobs": children.len() })),
+        }
+    }
+}
+
+pub enum VideoJobMsg {
+    Poll,
+    Inspect(RpcReplyPort<Inspection>),
+    InjectFailure(String),
+}
+
+impl TreeMsg for VideoJobMsg {
+    fn inspect(reply: RpcReplyPort<Inspection>) -> Self {
+        Self::Inspect(reply)
+    }
+    fn inject_failure(reason: String) -> Self {
+        Self::InjectFailure(reason)
+    }
+}
+
+pub struct VideoJobActor {
+    runtime: Runtime,
+    account_id: String,
+    id: String,
+}
+
+impl VideoJobActor {
+    async fn save(&self, job: &VideoJob) -> Result<(), EngineError> {
+        let store = &self.runtime.0.directory.store;
+        store.video_jobs.insert(&(job.account_id.as_str(), job.id.as_str()), job)?;
+        store.flush().await?;
+        Ok(())
+    }
+
+    async fn finish(&self, me: &ActorRef<VideoJobMsg>, job: &VideoJob) -> Result<(), EngineError> {
+        let store = &self.runtime.0.directory.store;
+        store.video_jobs_open.remove(&job.id.as_str())?;
+        store.flush().await?;
+        tracing::info!(job = %job.id, status = %job.status, "video job finished");
+        me.stop(None);
+        Ok(())
+    }
+
+    fn upstream(&self, job: &VideoJob) -> Option<Arc<Upstream>> {
+        let router = &self.runtime.0.router;
+        router.upstreams.get(&job.upstream).or_else(|| router.simulator.clone().filter(|s| s.name == job.upstream))
+    }
+
+    /// Charges the kept video once: unless the ledger already has its row.
+    async fn charge(&self, job: &mut VideoJob) -> Result<(), EngineError> {
+        let runtime = &self.runtime.0;
+        runtime.ledger.commit().await?;
+        let wanted: HashSet<String> = [usage_request_id(&job.id)].into();
+        let since_us = job.created_at_ms.saturating_mul(1000);
+        let already = runtime.directory.store.ledger.request_ids_since(&job.account_id, since_us, &wanted)?;
+        let mode = Mode::parse(&job.mode).unwrap_or(Mode::Auto);
+        let billing = BillingMode::parse(&job.billing_mode).unwrap_or(BillingMode::Managed);
+        let list = job.usd_per_second * f64::from(job.duration_secs);
+        let charge = self.runtime.media_charge(mode, billing, list, list);
+        if already.is_empty() {
+            let row = UsageRow {
+                id: crate::clock::new_id(),
+                account_id: job.account_id.clone(),
+                api_key_id: Some(job.api_key_id.clone()),
+                workspace_slug: job.workspace.clone(),
+                metadata: Map::new(),
+                tier: job.mode.clone(),
+                requested_model: job.requested_model.clone(),
+                provider: job.provider.clone(),
+                upstream_model: job.model.clone(),
+                upstream: job.upstream.clone(),
+                routing_method: job.mode.clone(),
+                routing_reason: format!(
+                    "{} s of video at {} {} with {}",
+                    job.duration_secs, job.aspect_ratio, job.resolution, job.model
+                ),
+                execution_source: job.execution_source.clone(),
+                billing_mode: job.billing_mode.clone(),
+                request_type: "video".into(),
+                input_tokens: u64::from(crate::chat::tokenizer::count(&job.prompt)),
+                output_tokens: 0,
+                actual_cost_units: charge.actual_cost_units,
+                charged_units: charge.charged_units,
+                baseline_units: charge.baseline_units,
+                latency_ms: Some(u64::try_from(crate::clock::now_ms() - job.created_at_ms).unwrap_or(0)),
+                cache: "miss".into(),
+                streamed: false,
+                created_at_us: 0,
+                request_id: Some(usage_request_id(&job.id)),
+                failed_attempts: Vec::new(),
+                unit: Some("second".into()),
+                units: Some(f64::from(job.duration_secs)),
+            };
+            self.runtime.settle_unheld(row).await?;
+        }
+        job.charged_usd = Some(charge.charged_usd());
+        Ok(())
+    }
+
+    async fn fail(&self, me: &ActorRef<VideoJobMsg>, job: &mut VideoJob, why: String) -> Result<(), EngineError> {
+        job.status = "failed".into();
+        job.error = Some(why);
+        job.completed_at_ms = Some(crate::clock::now_ms());
+        self.save(job).await?;
+        self.finish(me, job).await
+    }
+
+    async fn poll(&self, me: &ActorRef<VideoJobMsg>, job: &mut VideoJob) -> Result<(), EngineError> {
+        if job.status == "charging" {
+            return self.complete(me, job).await;
+        }
+        let Some(upstream) = self.upstream(job) else {
+            return self.fail(me, job, "the provider connection that started this job is gone".into()).await;
+        };
+        job.polls += 1;
+        let status = providers::video_status(&upstream.conn, &job.provider_job).await;
+        match status {
+            Ok(VideoStatus::Done { uri }) => match providers::fetch_video(&upstream.conn, &uri).await {
+                Ok(bytes) => {
+                    let video =
+                        GeneratedImage { bytes: bytes.to_vec(), mime: "video/mp4".into(), revised_prompt: None };
+                    let media = self.runtime.keep_media_for(&job.account_id, video, VIDEO_URL_TTL_MS).await?;
+                    job.media_id = Some(media);
+                    job.status = "charging".into();
+                    self.save(job).await?;
+                    self.complete(me, job).await
+                }
+                Err(error) => self.retry_or_fail(me, job, format!("fetching the video: {error}")).await,
+            },
+            Ok(VideoStatus::Failed(why)) => self.fail(me, job, why).await,
+            Ok(VideoStatus::Running) => self.retry_or_fail(me, job, "still running".into()).await,
+            Err(error) if error.is_retryable() => self.retry_or_fail(me, job, error.to_string()).await,
+            Err(error) => self.fail(me, job, error.to_string()).await,
+        }
+    }
+
+    async fn complete(&self, me: &ActorRef<VideoJobMsg>, job: &mut VideoJob) -> Result<(), EngineError> {
+        self.charge(job).await?;
+        job.status = "completed".into();
+        job.completed_at_ms = Some(crate::clock::now_ms());
+        self.save(job).await?;
+        self.finish(me, job).await
+    }
+
+    async fn retry_or_fail(
+        &self,
+        me: &ActorRef<VideoJobMsg>,
+        job: &mut VideoJob,
+        why: String,
+    ) -> Result<(), EngineError> {
+        let now = crate::clock::now_ms();
+        if now - job.created_at_ms > GIVE_UP_AFTER_MS {
+            return self.fail(me, job, format!("the provider did not finish within 2 hours ({why})")).await;
+        }
+        let wait = FIRST_POLL.saturating_mul(2u32.saturating_pow(job.polls.min(8))).min(MAX_POLL);
+        job.next_poll_at_ms = now + i64::try_from(wait.as_millis()).unwrap_or(0);
+        self.save(job).await?;
+        me.send_after(wait, || VideoJobMsg::Poll);
+        Ok(())
+    }
+}
+
+impl Actor for VideoJobActor {
+    type Msg = VideoJobMsg;
+    /// `None`: the job has no record (it only leaves the open list).
+    type State = Option<VideoJob>;
+    type Arguments = ();
+
+    async fn pre_start(&self, _me: ActorRef<VideoJobMsg>, _: ()) -> Result<Option<VideoJob>, ActorProcessingErr> {
+        Ok(self.runtime.0.directory.store.video_jobs.get(&(self.account_id.as_str(), self.id.as_str()))?)
+    }
+
+    async fn post_start(
+        &self,
+        me: ActorRef<VideoJobMsg>,
+        job: &mut Option<VideoJob>,
+    ) -> Result<(), ActorProcessingErr> {
+        match job {
+            Some(job) if matches!(job.status.as_str(), "processing" | "charging") => {
+                let due = job.next_poll_at_ms - crate::clock::now_ms();
+                me.send_after(Duration::from_millis(u64::try_from(due).unwrap_or(0)), || VideoJobMsg::Poll);
+            }
+            Some(job) => self.finish(&me, job).await?,
+            None => {
+                let store = &self.runtime.0.directory.store;
+                store.video_jobs_open.remove(&self.id.as_str())?;
+                me.stop(None);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<VideoJobMsg>,
+        msg: VideoJobMsg,
+        job: &mut Option<VideoJob>,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(job) = job else { return Ok(()) };
+        match msg {
+            VideoJobMsg::Poll => self.poll(&me, job).await?,
+            VideoJobMsg::Inspect(reply) => {
+                let _ = reply.send(Inspection::leaf(json!({
+                    "status": job.status,
+                    "model": job.model,
+                    "polls": job.polls,
+                    "next_poll_at": crate::clock::iso8601(job.next_poll_at_ms),
+                })));
+            }
+            VideoJobMsg::InjectFailure(reason) => return Err(reason.into()),
+        }
+        Ok(())
+    }
+}
+
+pub struct VideoJobSpec {
+    runtime: Runtime,
+    account_id: String,
+    id: String,
+}
+
+impl ChildSpec for VideoJobSpec {
+    fn name(&self) -> String {
+        format!("videojob:{}", self.id)
+    }
+    fn kind(&self) -> &'static str {
+        VIDEOJOB
+    }
+    fn restart(&self) -> Restart {
+        Restart::Transient
+    }
+    fn spawn(&self, at: SpawnAt) -> BoxFuture<Result<ChildRef, SpawnErr>> {
+        let actor =
+            VideoJobActor { runtime: self.runtime.clone(), account_id: self.account_id.clone(), id: self.id.clone() };
+        Box::pin(spawn_linked(actor, (), at))
+    }
+}
