@@ -124,7 +124,12 @@ async fn media(State(state): State<AppState>, Path(id): Path<String>) -> Result<
     let Some((mime, bytes)) = state.engine.runtime().media(&id).await? else {
         return Err(ApiError::NotFound { what: "media (unknown or expired)" });
     };
-    let mime = HeaderValue::from_str(&mime).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    // Only types we make: a provider's odd content type is never served as is.
+    let mime = match mime.as_str() {
+        "image/png" | "image/jpeg" | "image/webp" | "video/mp4" => HeaderValue::from_str(&mime),
+        _ => Ok(HeaderValue::from_static("application/octet-stream")),
+    }
+    .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     let mut response = (StatusCode::OK, bytes).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, mime);
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600"));

@@ -5,6 +5,7 @@
 use axum::{
     body::Bytes,
     extract::{Path, State},
+    response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
 };
@@ -17,6 +18,7 @@ use tokaroo_actors::{
 use super::{
     error::ApiError,
     extract::{parse_json_object, ApiKey, RequestId},
+    wire::cost_header,
     AppState,
 };
 
@@ -89,6 +91,15 @@ fn parse(v: &Value) -> Result<VideoRequest, ApiError> {
     })
 }
 
+/// The job, with `x-tokaroo-cost`: what it was charged once completed, else 0 (a job is
+/// charged when it completes).
+fn job_response(state: &AppState, job: &tokaroo_actors::VideoJob) -> Response {
+    let charged = if job.status == "completed" { job.charged_usd.unwrap_or(0.0) } else { 0.0 };
+    let mut response = Json(job_json(state, job)).into_response();
+    response.headers_mut().insert("x-tokaroo-cost", cost_header(charged));
+    response
+}
+
 fn job_json(state: &AppState, job: &tokaroo_actors::VideoJob) -> Value {
     let status = match job.status.as_str() {
         "completed" => "completed",
@@ -113,17 +124,17 @@ async fn start(
     ApiKey(key): ApiKey,
     RequestId(request_id): RequestId,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let request = parse(&parse_json_object(&body)?)?;
     let job = state.engine.runtime().serve_video(key, request, request_id).await?;
-    Ok(Json(job_json(&state, &job)))
+    Ok(job_response(&state, &job))
 }
 
 async fn status(
     State(state): State<AppState>,
     ApiKey(key): ApiKey,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let job = state.engine.runtime().video_job(&key, &id)?;
-    Ok(Json(job_json(&state, &job)))
+    Ok(job_response(&state, &job))
 }

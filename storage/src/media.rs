@@ -118,7 +118,9 @@ impl Store {
             Ok::<_, StorageError>(())
         })?;
         for id in &expired {
-            match std::fs::remove_file(self.media_dir().join(id)) {
+            // A record whose id is not a file name names no file of ours.
+            let file = if valid_id(id) { std::fs::remove_file(self.media_dir().join(id)) } else { Ok(()) };
+            match file {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => return Err(StorageError::Io { path: self.media_dir().display().to_string(), source }),
@@ -150,11 +152,15 @@ mod tests {
         store.put_media(&file, b"png").unwrap();
         assert_eq!(store.get_media(&id, 500).unwrap().unwrap().1, b"png");
         assert!(store.get_media(&id, 1_000).unwrap().is_none(), "expired");
-        assert!(store.get_media("../../etc/passwd", 0).unwrap().is_none());
         let bad = MediaFile { id: "../x".into(), ..file };
         assert!(store.put_media(&bad, b"x").is_err());
-        assert_eq!(store.sweep_media(2_000).unwrap(), 1);
+        // A record naming a path (never written by put_media) still reads nothing outside.
+        std::fs::write(dir.path().join("x"), b"secret").unwrap();
+        store.media_files.insert(&"../x", &bad).unwrap();
+        assert!(store.get_media("../x", 500).unwrap().is_none());
+        assert_eq!(store.sweep_media(2_000).unwrap(), 2, "both records expired");
         assert!(!dir.path().join("media").join(&id).exists());
+        assert!(dir.path().join("x").exists(), "the sweep removes nothing outside media/");
         assert_eq!(store.sweep_media(2_000).unwrap(), 0);
     }
 }

@@ -256,8 +256,8 @@ pub struct UsageRow {
     /// words, truncated)`. For the operator only; a customer's view never shows them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_attempts: Vec<String>,
-    /// What a media request was billed by (`image`, `1k_chars`, `minute`, `second`) and how
-    /// many; none for token-billed requests.
+    /// What a media request was billed by (`image`, `character`, `minute`, `second`) and
+    /// how many; none for token-billed requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -34,7 +34,10 @@ async fn speech_streams_raw_audio_in_the_asked_format_and_is_charged_per_charact
     assert_eq!((sent["voice"].as_str(), sent["response_format"].as_str()), (Some("nova"), Some("mp3")));
     assert_eq!(sent["input"], input);
     let cost: f64 = r.header("x-tokaroo-cost").unwrap().parse().unwrap();
-    assert!(cost > 0.0);
+    // auto: a fast model at the lowest price, tts-1 at $0.015 per 1,000 characters, plus the margin.
+    assert_eq!(sent["model"], "tts-1");
+    let expected = input.chars().count() as f64 / 1000.0 * 0.015 * 1.1;
+    assert!((cost - expected).abs() < 1e-6, "{cost} vs {expected}");
     let usage = gw.get("/v1/usage?request_type=speech", &key).await;
     let row = &usage.body["data"][0];
     assert_eq!((row["unit"].as_str(), row["units"].as_f64()), (Some("character"), Some(input.chars().count() as f64)));

@@ -87,15 +87,19 @@ fn native_voice(model: &CatalogModel, spec: &MediaSpec, voice: &str) -> Option<S
     spec.voices.iter().any(|v| v == mapped).then(|| mapped.to_owned())
 }
 
-/// The list price of speaking `chars` characters: per 1,000 characters, or on an estimate of
-/// 4 characters a token and 900 characters a minute of speech.
-fn list_usd(spec: &MediaSpec, chars: usize) -> Option<f64> {
-    let chars = chars as f64;
+/// The list price of speaking `input` at `speed`: per 1,000 characters, or on an estimate
+/// of 4 characters a token and, for the audio, 600 characters a minute (200 for CJK and
+/// other scripts without spaces, which speak slower per character), stretched by a slow
+/// `speed`. On the high side on purpose: the provider bills the real minutes.
+fn list_usd(spec: &MediaSpec, input: &str, speed: Option<f64>) -> Option<f64> {
+    let chars = input.chars().count() as f64;
     if let Some(per_1k) = spec.price_per_1k_chars {
         return Some(per_1k * chars / 1000.0);
     }
+    let dense = input.chars().filter(|c| (*c as u32) >= 0x2E80).count() as f64;
+    let minutes = ((chars - dense) / 600.0 + dense / 200.0) / speed.unwrap_or(1.0).clamp(0.25, 4.0);
     let tokens = spec.price_per_1m_input_tokens.map(|p| p * chars / 4.0 / 1e6);
-    let minutes = spec.price_per_minute_audio.map(|p| p * chars / 900.0);
+    let minutes = spec.price_per_minute_audio.map(|p| p * minutes);
     match (tokens, minutes) {
         (None, None) => None,
         (t, m) => Some(t.unwrap_or(0.0) + m.unwrap_or(0.0)),
@@ -133,7 +137,7 @@ impl Runtime {
                     return None;
                 }
                 let voice = native_voice(m, spec, &req.voice)?;
-                Some(Candidate { model: m.clone(), voice, usd: list_usd(spec, chars)? })
+                Some(Candidate { model: m.clone(), voice, usd: list_usd(spec, &req.input, req.speed)? })
             })
             .collect();
         match req.mode {

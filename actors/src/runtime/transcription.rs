@@ -26,9 +26,9 @@ use crate::{
 
 pub const MAX_AUDIO_BYTES: usize = 25 * 1024 * 1024;
 pub const FORMATS: [&str; 5] = ["json", "text", "srt", "vtt", "verbose_json"];
-/// The hold assumes audio at least this dense (a voice recording rarely is less), so the
-/// longest the upload can be; the charge follows the duration the provider reports.
-const HOLD_BITS_PER_SEC: f64 = 16_000.0;
+/// The hold assumes audio at least this dense (Opus voice at 6 kb/s is about the least), so
+/// the longest the upload can be; the charge follows the duration the provider reports.
+const HOLD_BITS_PER_SEC: f64 = 6_000.0;
 /// Providers bill at least this much audio per request (Groq: 10 s).
 const MIN_BILLED_SECS: f64 = 10.0;
 

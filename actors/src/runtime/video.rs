@@ -46,6 +46,8 @@ const VIDEO_URL_TTL_MS: i64 = 24 * 3600 * 1000;
 /// The first poll's wait, doubled each time up to the last.
 const FIRST_POLL: Duration = Duration::from_secs(2);
 const MAX_POLL: Duration = Duration::from_secs(30);
+/// Video jobs an account may have running at once.
+pub const MAX_OPEN_JOBS_PER_ACCOUNT: usize = 4;
 /// A job the provider has not finished in this long fails.
 const GIVE_UP_AFTER_MS: i64 = 2 * 3600 * 1000;
 
@@ -160,7 +162,29 @@ impl Runtime {
             mission: None,
             mission_explicit: false,
         };
-        // Charged on completion; the balance must cover the dearest route now.
+        // Charged on completion, so no hold outlives this request: the account's open jobs
+        // are capped, and the balance must cover them all with this one's dearest route.
+        let store = &self.0.directory.store;
+        let mut open_units = 0i64;
+        let mut open_jobs = 0usize;
+        store.video_jobs_open.for_each(|open: OpenVideoJob| {
+            if open.account_id == key.account_id {
+                open_jobs += 1;
+                if let Some(job) = store.video_jobs.get(&(open.account_id.as_str(), open.id.as_str()))? {
+                    let list = job.usd_per_second * f64::from(job.duration_secs);
+                    let billing = BillingMode::parse(&job.billing_mode).unwrap_or(BillingMode::Managed);
+                    let mode = Mode::parse(&job.mode).unwrap_or(Mode::Auto);
+                    open_units += self.media_charge(mode, billing, list, list).charged_units;
+                }
+            }
+            Ok::<_, EngineError>(())
+        })?;
+        if open_jobs >= MAX_OPEN_JOBS_PER_ACCOUNT {
+            return Err(EngineError::RateLimited {
+                limit: MAX_OPEN_JOBS_PER_ACCOUNT as u32,
+                retry_after: Duration::from_secs(30),
+            });
+        }
         let worst = routes
             .iter()
             .map(|(c, u)| {
@@ -169,7 +193,7 @@ impl Runtime {
             })
             .max()
             .unwrap_or(0);
-        drop(self.reserve(key, &info, || worst).await?);
+        drop(self.reserve(key, &info, || worst.saturating_add(open_units)).await?);
         let (mut failed, mut last_error) = (Vec::new(), None);
         let work = [req.prompt.clone()];
         for (c, upstream) in routes {
@@ -210,7 +234,6 @@ impl Runtime {
                         completed_at_ms: None,
                         charged_usd: None,
                     };
-                    let store = &self.0.directory.store;
                     store.video_jobs.insert(&(job.account_id.as_str(), job.id.as_str()), &job)?;
                     let open = OpenVideoJob { account_id: job.account_id.clone(), id: job.id.clone() };
                     store.video_jobs_open.insert(&job.id.as_str(), &open)?;
@@ -328,7 +351,10 @@ impl VideoJobActor {
         runtime.ledger.commit().await?;
         let wanted: HashSet<String> = [usage_request_id(&job.id)].into();
         let since_us = job.created_at_ms.saturating_mul(1000);
-        let already = runtime.directory.store.ledger.request_ids_since(&job.account_id, since_us, &wanted)?;
+        let (store, account) = (runtime.directory.store.clone(), job.account_id.clone());
+        let already = tokio::task::spawn_blocking(move || store.ledger.request_ids_since(&account, since_us, &wanted))
+            .await
+            .map_err(|e| EngineError::Internal(format!("reading the ledger: {e}")))??;
         let mode = Mode::parse(&job.mode).unwrap_or(Mode::Auto);
         let billing = BillingMode::parse(&job.billing_mode).unwrap_or(BillingMode::Managed);
         let list = job.usd_per_second * f64::from(job.duration_secs);
@@ -474,7 +500,17 @@ impl Actor for VideoJobActor {
     ) -> Result<(), ActorProcessingErr> {
         let Some(job) = job else { return Ok(()) };
         match msg {
-            VideoJobMsg::Poll => self.poll(&me, job).await?,
+            VideoJobMsg::Poll => {
+                // Our own failures (storage, the ledger) are retried with backoff, not
+                // allowed to fail the actor: a failing job must not take its siblings down.
+                if let Err(error) = self.poll(&me, job).await {
+                    tracing::warn!(job = %job.id, %error, "a video job's step failed; retrying");
+                    if let Err(error) = self.retry_or_fail(&me, job, error.to_string()).await {
+                        tracing::error!(job = %job.id, %error, "a video job could not be saved; retrying");
+                        me.send_after(MAX_POLL, || VideoJobMsg::Poll);
+                    }
+                }
+            }
             VideoJobMsg::Inspect(reply) => {
                 let _ = reply.send(Inspection::leaf(json!({
                     "status": job.status,

@@ -465,7 +465,10 @@ impl UrlBatchActor {
         // Rows only logged are applied first, so the scan sees every settled row.
         intel.ledger.commit().await?;
         let since_us = state.batch.created_at_ms.saturating_mul(1000);
-        let found = intel.store.ledger.request_ids_since(&self.account_id, since_us, &doubtful)?;
+        let (store, account) = (intel.store.clone(), self.account_id.clone());
+        let found = tokio::task::spawn_blocking(move || store.ledger.request_ids_since(&account, since_us, &doubtful))
+            .await
+            .map_err(|e| EngineError::Internal(format!("reading the ledger: {e}")))??;
         for mut item in std::mem::take(&mut state.in_doubt) {
             let request_id = usage_request_id(&self.id, item.index);
             let result = item.result.clone().unwrap_or(Value::Null);

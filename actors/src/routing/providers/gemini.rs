@@ -504,7 +504,6 @@ impl HttpAdapter for GeminiChat {
     }
 }
 
-/// `batchEmbedContents`: one vector per input, optionally truncated to `dims`.
 /// Images: Imagen models through `:predict`, Gemini image models through
 /// `:generateContent` with an image answer (one image per call, so `n` calls).
 pub async fn images(
@@ -617,6 +616,7 @@ pub async fn speech(
     Ok(futures_util::stream::once(async move { Ok(bytes::Bytes::from(pcm)) }).boxed())
 }
 
+/// The API's root: the configured base with `/v1beta` unless it names a version.
 fn api_base(conn: &Connection) -> String {
     let base = conn.base_url.trim_end_matches('/');
     if base.ends_with("/v1beta") || base.ends_with("/v1") {
@@ -666,18 +666,45 @@ pub async fn video_status(conn: &Connection, operation: &str) -> Result<super::V
     }
 }
 
-/// Downloads a finished video. The URI must be on the connection's own host: it is fetched
-/// with the connection's key.
+/// Downloads a finished video. The URI must be on the connection's own host (it is fetched
+/// with the connection's key); one redirect, as the download answers, is followed without
+/// the key and only to Google's https content hosts.
 pub async fn fetch_video(conn: &Connection, uri: &str) -> Result<bytes::Bytes, ProviderError> {
     let (ours, theirs) = (reqwest::Url::parse(&conn.base_url).ok(), reqwest::Url::parse(uri).ok());
     let same_host = matches!((&ours, &theirs), (Some(a), Some(b)) if a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default());
     if !same_host {
         return Err(ProviderError::Protocol(format!("a video URI on another host: {uri}")));
     }
-    let request = with_key(conn.http.get(uri), conn, KEY);
-    http::read_capped(http::send_with(conn, request, status_error).await?, super::MAX_VIDEO_BYTES).await
+    let request = with_key(conn.http.get(uri), conn, KEY).timeout(conn.timeout.max(Duration::from_secs(120)));
+    let response = conn.http.execute(request.build().map_err(|e| ProviderError::Protocol(e.to_string()))?).await;
+    let response = response.map_err(|e| ProviderError::Connect(e.to_string()))?;
+    let response = if response.status().is_redirection() {
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| reqwest::Url::parse(l).ok())
+            .filter(|l| {
+                l.scheme() == "https"
+                    && l.host_str().is_some_and(|h| {
+                        h.ends_with(".googleusercontent.com")
+                            || h == "storage.googleapis.com"
+                            || h.ends_with(".googleapis.com")
+                    })
+            })
+            .ok_or_else(|| ProviderError::Protocol("the video download redirects somewhere unexpected".into()))?;
+        let follow = conn.http.get(location).timeout(conn.timeout.max(Duration::from_secs(120)));
+        follow.send().await.map_err(|e| ProviderError::Connect(e.to_string()))?
+    } else {
+        response
+    };
+    if !response.status().is_success() {
+        return Err(status_error(http::ErrorResponse::read(response).await));
+    }
+    http::read_capped(response, super::MAX_VIDEO_BYTES).await
 }
 
+/// `batchEmbedContents`: one vector per input, optionally truncated to `dims`.
 pub async fn embed(conn: &Connection, call: &EmbedCall<'_>) -> Result<Embeddings, ProviderError> {
     let EmbedCall { model, inputs, dims } = *call;
     let base = conn.base_url.trim_end_matches('/');

@@ -248,6 +248,24 @@ pub struct SpeechCall<'a> {
 /// Audio as it arrives.
 pub type AudioStream = BoxStream<'static, Result<bytes::Bytes, ProviderError>>;
 
+/// An accepted answer's body as it arrives, each wait for the next piece bounded by `idle`
+/// (not the whole body: long audio streams for longer than a connection's timeout); the
+/// stream ends after its first error.
+pub(crate) fn idle_bounded_body(response: reqwest::Response, idle: Duration) -> AudioStream {
+    use futures_util::StreamExt as _;
+    let body = Some(response.bytes_stream().boxed());
+    futures_util::stream::unfold(body, move |body| async move {
+        let mut body = body?;
+        match tokio::time::timeout(idle, body.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
+            Ok(Some(Err(error))) => Some((Err(ProviderError::StreamBroken(error.to_string())), None)),
+            Ok(None) => None,
+            Err(_) => Some((Err(ProviderError::StreamBroken(format!("no data for {idle:?}"))), None)),
+        }
+    })
+    .boxed()
+}
+
 /// Speaks `call.input` with `model` on `conn`: the audio's bytes as the provider sends them.
 pub async fn speech(conn: &Connection, model: &str, call: &SpeechCall<'_>) -> Result<AudioStream, ProviderError> {
     match conn.provider {
@@ -321,8 +339,8 @@ pub enum VideoStatus {
     Failed(String),
 }
 
-/// The most a video download may be.
-pub const MAX_VIDEO_BYTES: usize = 512 << 20;
+/// The most a video download may be (held in memory while it is kept).
+pub const MAX_VIDEO_BYTES: usize = 192 << 20;
 
 /// Starts a video job; answers the provider's id for it.
 pub async fn start_video(conn: &Connection, model: &str, call: &VideoCall<'_>) -> Result<String, ProviderError> {

@@ -428,15 +428,18 @@ pub async fn speech(
     model: &str,
     call: &super::SpeechCall<'_>,
 ) -> Result<super::AudioStream, ProviderError> {
-    use futures_util::StreamExt as _;
     let mut body = json!({ "model": model, "input": call.input, "voice": call.voice, "response_format": call.format });
     if let Some(speed) = call.speed {
         body["speed"] = json!(speed);
     }
     let url = format!("{}/audio/speech", conn.base_url.trim_end_matches('/'));
     let request = with_key(conn.http.post(url).json(&body), conn, KeyIn::Bearer);
-    let response = http::send(conn, request).await?;
-    Ok(response.bytes_stream().map(|chunk| chunk.map_err(|e| ProviderError::StreamBroken(e.to_string()))).boxed())
+    // Only the head is bounded by the connection's timeout; then each piece of the audio.
+    let response = http::open_stream(conn, request).await?;
+    if !response.status().is_success() {
+        return Err(http::ErrorResponse::read(response).await.into_error());
+    }
+    Ok(super::idle_bounded_body(response, conn.timeout))
 }
 
 /// `POST /audio/transcriptions` (OpenAI's, and Groq's under `/openai/v1`), multipart, asked
