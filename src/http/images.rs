@@ -40,7 +40,7 @@ fn bad(_param: &str, message: String) -> ApiError {
     ApiError::BadRequest(message)
 }
 
-fn parse(v: &Value, sizes: &[String]) -> Result<(ImageRequest, bool), ApiError> {
+fn parse(v: &Value, sizes: &[String]) -> Result<ImageRequest, ApiError> {
     let object = v.as_object().ok_or_else(|| ApiError::BadRequest("Request body must be a JSON object".into()))?;
     if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(bad(unknown, format!("Unrecognized request argument supplied: {unknown}")));
@@ -85,7 +85,7 @@ fn parse(v: &Value, sizes: &[String]) -> Result<(ImageRequest, bool), ApiError> 
     if !matches!(v["user"], Value::Null | Value::String(_)) {
         return Err(bad("user", "user must be a string".into()));
     }
-    Ok((ImageRequest { prompt, mode, model, n, size, quality, style }, b64))
+    Ok(ImageRequest { prompt, mode, model, n, size, quality, style, as_url: !b64 })
 }
 
 async fn generate(
@@ -96,20 +96,16 @@ async fn generate(
 ) -> Result<Response, ApiError> {
     let wire = parse_json_object(&body)?;
     let sizes = known_sizes(&state.engine.runtime().catalog().models);
-    let (request, b64) = parse(&wire, &sizes)?;
-    let account_id = key.account_id.clone();
+    let request = parse(&wire, &sizes)?;
     let outcome = state.engine.runtime().serve_images(key, request, request_id).await?;
     let mut data = Vec::with_capacity(outcome.images.len());
-    for mut image in outcome.images {
-        let revised_prompt = image.revised_prompt.take();
+    for (i, image) in outcome.images.into_iter().enumerate() {
         let mut entry = json!({});
-        if b64 {
-            entry["b64_json"] = json!(STANDARD.encode(&image.bytes));
-        } else {
-            let id = state.engine.runtime().keep_media(&account_id, image).await?;
-            entry["url"] = json!(format!("{}/v1/media/{id}", state.config.public_url()));
+        match outcome.media_ids.get(i) {
+            Some(id) => entry["url"] = json!(format!("{}/v1/media/{id}", state.config.public_url())),
+            None => entry["b64_json"] = json!(STANDARD.encode(&image.bytes)),
         }
-        if let Some(revised) = revised_prompt {
+        if let Some(revised) = image.revised_prompt {
             entry["revised_prompt"] = json!(revised);
         }
         data.push(entry);

@@ -41,12 +41,16 @@ pub struct ImageRequest {
     pub size: String,
     pub quality: Option<String>,
     pub style: Option<String>,
+    /// Answered as URLs this gateway serves: the images are kept before the charge.
+    pub as_url: bool,
 }
 
 /// What served the images.
 #[derive(Debug, Clone)]
 pub struct ImageOutcome {
+    /// Their bytes are empty when kept for URLs (`media_ids`, in the same order).
     pub images: Vec<GeneratedImage>,
+    pub media_ids: Vec<String>,
     pub model: String,
     pub provider: &'static str,
     pub charge: Charge,
@@ -282,9 +286,22 @@ impl Runtime {
                         unit: Some("image".into()),
                         units: Some(images.len() as f64),
                     };
+                    // Kept before the charge: a write that fails charges nothing.
+                    let mut media_ids = Vec::new();
+                    if req.as_url {
+                        for image in &mut images {
+                            let kept = GeneratedImage {
+                                bytes: std::mem::take(&mut image.bytes),
+                                mime: image.mime.clone(),
+                                revised_prompt: None,
+                            };
+                            media_ids.push(self.keep_media(&key.account_id, kept).await?);
+                        }
+                    }
                     self.settle_row(key, holds, row).await?;
                     return Ok(ImageOutcome {
                         images,
+                        media_ids,
                         model: c.model.id.clone(),
                         provider: upstream.kind.as_str(),
                         charge,
