@@ -8,7 +8,6 @@
 
 use std::time::Instant;
 
-use serde_json::Map;
 use tokaroo_storage::records::UsageRow;
 
 use crate::{
@@ -21,7 +20,7 @@ use crate::{
         gateway::{self, RequestWork},
         providers::{self, GeneratedImage, ImageCall},
     },
-    runtime::{requests::RequestInfo, Runtime},
+    runtime::Runtime,
 };
 
 pub const MAX_PROMPT_CHARS: usize = 32_000;
@@ -135,30 +134,10 @@ fn latency_rank(class: &str) -> u8 {
 impl Runtime {
     /// The image models that take `req`, best first for its mode.
     fn image_candidates(&self, req: &ImageRequest) -> Result<Vec<Candidate>, EngineError> {
-        let catalog = &self.0.router.catalog;
-        if let Some(name) = &req.model {
-            let model = catalog.get(name).ok_or_else(|| {
-                EngineError::invalid(format!(
-                    "model {name:?} is not an image model; use auto, fast, max or an image model from GET /v1/pricing"
-                ))
-            })?;
-            if model.media.as_ref().is_none_or(|m| m.kind != "image") {
-                return Err(EngineError::invalid(format!("model {name:?} does not generate images")));
-            }
-        }
-        let today = crate::clock::iso8601(crate::clock::now_ms())[..10].to_owned();
-        let mut candidates: Vec<Candidate> = catalog
-            .models
-            .iter()
-            .filter(|m| match &req.model {
-                Some(name) => m.id == *name,
-                None => true,
-            })
-            .filter_map(|m| {
-                let spec = m.media.as_ref().filter(|s| s.kind == "image")?;
-                if req.model.is_none() && !spec.routable(m.deprecated, &today) {
-                    return None;
-                }
+        let mut candidates: Vec<Candidate> = self
+            .media_models(req.model.as_deref(), "image", "an image", "does not generate images")?
+            .into_iter()
+            .filter_map(|(m, spec)| {
                 if spec.max_n.is_some_and(|max| req.n > max) {
                     return None;
                 }
@@ -214,16 +193,7 @@ impl Runtime {
         }
         let n = f64::from(req.n);
         let baseline_usd = candidates.iter().map(|c| c.usd_per_image).fold(0.0, f64::max) * n;
-        let info = RequestInfo {
-            requested_model: req.model.clone().unwrap_or_else(|| req.mode.as_str().to_owned()),
-            tier: req.mode,
-            request_type: "image",
-            metadata: Map::new(),
-            request_id,
-            bypass_cache: true,
-            mission: None,
-            mission_explicit: false,
-        };
+        let info = super::media::media_info(req.mode, req.model.as_deref(), "image", request_id);
         let worst = routes
             .iter()
             .map(|(c, u)| {
@@ -251,17 +221,6 @@ impl Runtime {
                     let list_usd = c.usd_per_image * images.len() as f64;
                     let charge = self.media_charge(req.mode, upstream.billing_mode(), list_usd, baseline_usd);
                     let row = UsageRow {
-                        id: crate::clock::new_id(),
-                        account_id: key.account_id.clone(),
-                        api_key_id: Some(key.id.clone()),
-                        workspace_slug: key.workspace_slug.clone(),
-                        metadata: Map::new(),
-                        tier: req.mode.as_str().to_owned(),
-                        requested_model: info.requested_model.clone(),
-                        provider: upstream.kind.as_str().to_owned(),
-                        upstream_model: c.model.id.clone(),
-                        upstream: upstream.name.clone(),
-                        routing_method: req.mode.as_str().to_owned(),
                         routing_reason: format!(
                             "{} image(s) {} {} with {}",
                             images.len(),
@@ -269,22 +228,11 @@ impl Runtime {
                             c.quality,
                             c.model.id
                         ),
-                        execution_source: upstream.execution_source().to_owned(),
-                        billing_mode: upstream.billing_mode().as_str().to_owned(),
-                        request_type: "image".into(),
                         input_tokens: u64::from(crate::chat::tokenizer::count(&req.prompt)),
-                        output_tokens: 0,
-                        actual_cost_units: charge.actual_cost_units,
-                        charged_units: charge.charged_units,
-                        baseline_units: charge.baseline_units,
-                        latency_ms: Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
-                        cache: "miss".into(),
-                        streamed: false,
-                        created_at_us: 0,
-                        request_id: info.request_id.clone(),
                         failed_attempts: std::mem::take(&mut failed),
                         unit: Some("image".into()),
                         units: Some(images.len() as f64),
+                        ..super::media::media_row(key, &info, &upstream, &c.model.id, charge, started)
                     };
                     // Kept before the charge: a write that fails charges nothing.
                     let mut media_ids = Vec::new();

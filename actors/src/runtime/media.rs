@@ -3,20 +3,116 @@
 
 use std::sync::Arc;
 
+use tokaroo_storage::records::UsageRow;
+
 use crate::{
     chat::Mode,
     directory::apikey::KeyEntry,
+    error::EngineError,
     money::billing::{usd_to_units, Charge},
     routing::{
-        catalog::CatalogModel,
+        catalog::{CatalogModel, MediaSpec},
         gateway,
         providers::ProviderKind,
         upstreams::{BillingMode, Owner, Upstream},
     },
-    runtime::Runtime,
+    runtime::{requests::RequestInfo, Runtime},
 };
 
+/// What is known of a media request before it is served (never cached, never a mission's).
+pub(crate) fn media_info(
+    mode: Mode,
+    model: Option<&str>,
+    request_type: &'static str,
+    request_id: Option<String>,
+) -> RequestInfo {
+    RequestInfo {
+        requested_model: model.map_or_else(|| mode.as_str().to_owned(), str::to_owned),
+        tier: mode,
+        request_type,
+        metadata: serde_json::Map::new(),
+        request_id,
+        bypass_cache: true,
+        mission: None,
+        mission_explicit: false,
+    }
+}
+
+/// The one usage row of a served media request of `key`: who, how it was routed, what it
+/// cost. The caller adds why (`routing_reason`), the tokens, what it was billed by (`unit`,
+/// `units`) and the routes that failed first.
+pub(crate) fn media_row(
+    key: &KeyEntry,
+    info: &RequestInfo,
+    upstream: &Upstream,
+    model: &str,
+    charge: Charge,
+    started: std::time::Instant,
+) -> UsageRow {
+    UsageRow {
+        id: crate::clock::new_id(),
+        account_id: key.account_id.clone(),
+        api_key_id: Some(key.id.clone()),
+        workspace_slug: key.workspace_slug.clone(),
+        metadata: serde_json::Map::new(),
+        tier: info.tier.as_str().to_owned(),
+        requested_model: info.requested_model.clone(),
+        provider: upstream.kind.as_str().to_owned(),
+        upstream_model: model.to_owned(),
+        upstream: upstream.name.clone(),
+        routing_method: info.tier.as_str().to_owned(),
+        routing_reason: String::new(),
+        execution_source: upstream.execution_source().to_owned(),
+        billing_mode: upstream.billing_mode().as_str().to_owned(),
+        request_type: info.request_type.to_owned(),
+        input_tokens: 0,
+        output_tokens: 0,
+        actual_cost_units: charge.actual_cost_units,
+        charged_units: charge.charged_units,
+        baseline_units: charge.baseline_units,
+        latency_ms: Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+        cache: "miss".into(),
+        streamed: false,
+        created_at_us: 0,
+        request_id: info.request_id.clone(),
+        failed_attempts: Vec::new(),
+        unit: None,
+        units: None,
+    }
+}
+
 impl Runtime {
+    /// The catalog's media models of `kind` a request may use, with their specs: the one it
+    /// names (refused when unknown or of another kind: "is not {noun} model", `does`), else
+    /// every one routable today.
+    pub(crate) fn media_models(
+        &self,
+        named: Option<&str>,
+        kind: &str,
+        noun: &str,
+        does: &str,
+    ) -> Result<Vec<(&CatalogModel, &MediaSpec)>, EngineError> {
+        let catalog = &self.0.router.catalog;
+        if let Some(name) = named {
+            let model = catalog.get(name).ok_or_else(|| {
+                EngineError::invalid(format!(
+                    "model {name:?} is not {noun} model; use auto, fast, max or one from GET /v1/pricing"
+                ))
+            })?;
+            if model.media.as_ref().is_none_or(|m| m.kind != kind) {
+                return Err(EngineError::invalid(format!("model {name:?} {does}")));
+            }
+        }
+        let today = crate::clock::iso8601(crate::clock::now_ms())[..10].to_owned();
+        Ok(catalog
+            .models
+            .iter()
+            .filter(|m| named.is_none_or(|name| m.id == name))
+            .filter_map(|m| Some((m, m.media.as_ref().filter(|s| s.kind == kind)?)))
+            .filter(|(m, spec)| named.is_some() || spec.routable(m.deprecated, &today))
+            .collect())
+    }
+
     /// The routes to try, best candidate first: each on an upstream of its provider that the
     /// key may use, one route per upstream (one that failed is not tried again with another
     /// model), at most `MAX_ATTEMPTS`; the simulator when no provider is configured at all.

@@ -8,7 +8,6 @@
 
 use std::time::Instant;
 
-use serde_json::Map;
 use tokaroo_storage::records::UsageRow;
 
 use crate::{
@@ -21,7 +20,7 @@ use crate::{
         gateway::{self, RequestWork},
         providers::{self, AudioStream, SpeechCall},
     },
-    runtime::{requests::RequestInfo, Runtime},
+    runtime::Runtime,
 };
 
 pub const FORMATS: [&str; 6] = ["mp3", "opus", "aac", "flac", "wav", "pcm"];
@@ -108,28 +107,11 @@ fn list_usd(spec: &MediaSpec, input: &str, speed: Option<f64>) -> Option<f64> {
 
 impl Runtime {
     fn speech_candidates(&self, req: &SpeechRequest) -> Result<Vec<Candidate>, EngineError> {
-        let catalog = &self.0.router.catalog;
-        if let Some(name) = &req.model {
-            let model = catalog.get(name).ok_or_else(|| {
-                EngineError::invalid(format!(
-                    "model {name:?} is not a speech model; use auto, fast, max or one from GET /v1/pricing"
-                ))
-            })?;
-            if model.media.as_ref().is_none_or(|m| m.kind != "speech") {
-                return Err(EngineError::invalid(format!("model {name:?} does not generate speech")));
-            }
-        }
-        let today = crate::clock::iso8601(crate::clock::now_ms())[..10].to_owned();
         let chars = req.input.chars().count();
-        let mut candidates: Vec<Candidate> = catalog
-            .models
-            .iter()
-            .filter(|m| req.model.as_ref().is_none_or(|name| m.id == *name))
-            .filter_map(|m| {
-                let spec = m.media.as_ref().filter(|s| s.kind == "speech")?;
-                if req.model.is_none() && !spec.routable(m.deprecated, &today) {
-                    return None;
-                }
+        let mut candidates: Vec<Candidate> = self
+            .media_models(req.model.as_deref(), "speech", "a speech", "does not generate speech")?
+            .into_iter()
+            .filter_map(|(m, spec)| {
                 // Gemini answers PCM, which the gateway also wraps as WAV.
                 let formats_ok = spec.formats.contains(&req.format)
                     || (m.provider == "google" && req.format == "wav" && spec.formats.iter().any(|f| f == "pcm"));
@@ -173,16 +155,7 @@ impl Runtime {
             return Err(EngineError::Unavailable("No speech provider is configured (OpenAI, Gemini or Groq)".into()));
         }
         let baseline_usd = candidates.iter().map(|c| c.usd).fold(0.0, f64::max);
-        let info = RequestInfo {
-            requested_model: req.model.clone().unwrap_or_else(|| req.mode.as_str().to_owned()),
-            tier: req.mode,
-            request_type: "speech",
-            metadata: Map::new(),
-            request_id,
-            bypass_cache: true,
-            mission: None,
-            mission_explicit: false,
-        };
+        let info = super::media::media_info(req.mode, req.model.as_deref(), "speech", request_id);
         let worst = routes
             .iter()
             .map(|(c, u)| self.media_charge(req.mode, u.billing_mode(), c.usd, baseline_usd).charged_units)
@@ -200,37 +173,16 @@ impl Runtime {
                     let charge = self.media_charge(req.mode, upstream.billing_mode(), c.usd, baseline_usd);
                     let chars = req.input.chars().count();
                     let row = UsageRow {
-                        id: crate::clock::new_id(),
-                        account_id: key.account_id.clone(),
-                        api_key_id: Some(key.id.clone()),
-                        workspace_slug: key.workspace_slug.clone(),
-                        metadata: Map::new(),
-                        tier: req.mode.as_str().to_owned(),
-                        requested_model: info.requested_model.clone(),
-                        provider: upstream.kind.as_str().to_owned(),
-                        upstream_model: c.model.id.clone(),
-                        upstream: upstream.name.clone(),
-                        routing_method: req.mode.as_str().to_owned(),
                         routing_reason: format!(
                             "{chars} characters as {} with {} ({})",
                             req.format, c.model.id, c.voice
                         ),
-                        execution_source: upstream.execution_source().to_owned(),
-                        billing_mode: upstream.billing_mode().as_str().to_owned(),
-                        request_type: "speech".into(),
                         input_tokens: u64::from(crate::chat::tokenizer::count(&req.input)),
-                        output_tokens: 0,
-                        actual_cost_units: charge.actual_cost_units,
-                        charged_units: charge.charged_units,
-                        baseline_units: charge.baseline_units,
-                        latency_ms: Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
-                        cache: "miss".into(),
                         streamed: true,
-                        created_at_us: 0,
-                        request_id: info.request_id.clone(),
                         failed_attempts: std::mem::take(&mut failed),
                         unit: Some("character".into()),
                         units: Some(chars as f64),
+                        ..super::media::media_row(key, &info, &upstream, &c.model.id, charge, started)
                     };
                     self.settle_row(key, holds, row).await?;
                     return Ok(SpeechOutcome { audio, content_type: content_type(&req.format), charge });

@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokaroo_storage::records::UsageRow;
 
 use crate::{
@@ -21,7 +21,7 @@ use crate::{
         gateway::{self, RequestWork},
         providers::{self, Transcript, TranscriptionCall},
     },
-    runtime::{requests::RequestInfo, Runtime},
+    runtime::Runtime,
 };
 
 pub const MAX_AUDIO_BYTES: usize = 25 * 1024 * 1024;
@@ -108,27 +108,13 @@ pub fn render(t: &Transcript, format: &str) -> (String, &'static str) {
 
 impl Runtime {
     fn transcription_candidates(&self, req: &TranscriptionRequest) -> Result<Vec<Candidate>, EngineError> {
-        let catalog = &self.0.router.catalog;
-        if let Some(name) = &req.model {
-            let model = catalog.get(name).ok_or_else(|| {
-                EngineError::invalid(format!(
-                    "model {name:?} is not a transcription model; use auto, fast, max or one from GET /v1/pricing"
-                ))
-            })?;
-            if model.media.as_ref().is_none_or(|m| m.kind != "transcription") {
-                return Err(EngineError::invalid(format!("model {name:?} does not transcribe audio")));
-            }
-        }
-        let today = crate::clock::iso8601(crate::clock::now_ms())[..10].to_owned();
-        let mut candidates: Vec<Candidate> = catalog
-            .models
-            .iter()
-            .filter(|m| req.model.as_ref().is_none_or(|name| m.id == *name))
-            .filter_map(|m| {
-                let spec = m.media.as_ref().filter(|s| s.kind == "transcription")?;
+        let mut candidates: Vec<Candidate> = self
+            .media_models(req.model.as_deref(), "transcription", "a transcription", "does not transcribe audio")?
+            .into_iter()
+            .filter_map(|(m, spec)| {
                 let reports_duration = spec.response_formats.iter().any(|f| f == "verbose_json");
                 let fits = spec.max_file_mb.is_none_or(|mb| req.audio.len() as u64 <= mb * 1024 * 1024);
-                if (req.model.is_none() && !spec.routable(m.deprecated, &today)) || !reports_duration || !fits {
+                if !reports_duration || !fits {
                     return None;
                 }
                 Some(Candidate { model: m.clone(), usd_per_minute: spec.price_per_minute? })
@@ -163,16 +149,7 @@ impl Runtime {
         }
         let longest_minutes = (req.audio.len() as f64 * 8.0 / HOLD_BITS_PER_SEC / 60.0).max(MIN_BILLED_SECS / 60.0);
         let baseline_per_minute = candidates.iter().map(|c| c.usd_per_minute).fold(0.0, f64::max);
-        let info = RequestInfo {
-            requested_model: req.model.clone().unwrap_or_else(|| req.mode.as_str().to_owned()),
-            tier: req.mode,
-            request_type: "transcription",
-            metadata: Map::new(),
-            request_id,
-            bypass_cache: true,
-            mission: None,
-            mission_explicit: false,
-        };
+        let info = super::media::media_info(req.mode, req.model.as_deref(), "transcription", request_id);
         let worst = routes
             .iter()
             .map(|(c, u)| {
@@ -205,34 +182,12 @@ impl Runtime {
                         baseline_per_minute * minutes,
                     );
                     let row = UsageRow {
-                        id: crate::clock::new_id(),
-                        account_id: key.account_id.clone(),
-                        api_key_id: Some(key.id.clone()),
-                        workspace_slug: key.workspace_slug.clone(),
-                        metadata: Map::new(),
-                        tier: req.mode.as_str().to_owned(),
-                        requested_model: info.requested_model.clone(),
-                        provider: upstream.kind.as_str().to_owned(),
-                        upstream_model: c.model.id.clone(),
-                        upstream: upstream.name.clone(),
-                        routing_method: req.mode.as_str().to_owned(),
                         routing_reason: format!("{:.1} s of audio with {}", transcript.duration_secs, c.model.id),
-                        execution_source: upstream.execution_source().to_owned(),
-                        billing_mode: upstream.billing_mode().as_str().to_owned(),
-                        request_type: "transcription".into(),
-                        input_tokens: 0,
                         output_tokens: u64::from(crate::chat::tokenizer::count(&transcript.text)),
-                        actual_cost_units: charge.actual_cost_units,
-                        charged_units: charge.charged_units,
-                        baseline_units: charge.baseline_units,
-                        latency_ms: Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
-                        cache: "miss".into(),
-                        streamed: false,
-                        created_at_us: 0,
-                        request_id: info.request_id.clone(),
                         failed_attempts: std::mem::take(&mut failed),
                         unit: Some("minute".into()),
                         units: Some((minutes * 1000.0).round() / 1000.0),
+                        ..super::media::media_row(key, &info, &upstream, &c.model.id, charge, started)
                     };
                     self.settle_row(key, holds, row).await?;
                     let (body, content_type) = render(&transcript, &req.format);

@@ -29,7 +29,7 @@ use crate::{
         providers::{self, GeneratedImage, VideoCall, VideoStatus},
         upstreams::{BillingMode, Upstream},
     },
-    runtime::{requests::RequestInfo, Runtime},
+    runtime::Runtime,
     tree::{
         inspect::Inspection,
         registry::{ChildRef, TreeMsg},
@@ -91,27 +91,10 @@ fn allowed_duration(spec: &serde_json::Value, wanted: u32) -> Option<u32> {
 
 impl Runtime {
     fn video_candidates(&self, req: &VideoRequest) -> Result<Vec<Candidate>, EngineError> {
-        let catalog = &self.0.router.catalog;
-        if let Some(name) = &req.model {
-            let model = catalog.get(name).ok_or_else(|| {
-                EngineError::invalid(format!(
-                    "model {name:?} is not a video model; use auto, fast, max or one from GET /v1/pricing"
-                ))
-            })?;
-            if model.media.as_ref().is_none_or(|m| m.kind != "video") {
-                return Err(EngineError::invalid(format!("model {name:?} does not generate video")));
-            }
-        }
-        let today = crate::clock::iso8601(crate::clock::now_ms())[..10].to_owned();
-        let mut candidates: Vec<Candidate> = catalog
-            .models
-            .iter()
-            .filter(|m| req.model.as_ref().is_none_or(|name| m.id == *name))
-            .filter_map(|m| {
-                let spec = m.media.as_ref().filter(|s| s.kind == "video")?;
-                if req.model.is_none() && !spec.routable(m.deprecated, &today) {
-                    return None;
-                }
+        let mut candidates: Vec<Candidate> = self
+            .media_models(req.model.as_deref(), "video", "a video", "does not generate video")?
+            .into_iter()
+            .filter_map(|(m, spec)| {
                 if !spec.aspect_ratios.contains(&req.aspect_ratio) || !spec.sizes.contains(&req.resolution) {
                     return None;
                 }
@@ -152,16 +135,7 @@ impl Runtime {
         if routes.is_empty() {
             return Err(EngineError::Unavailable("No video provider is configured (Gemini)".into()));
         }
-        let info = RequestInfo {
-            requested_model: req.model.clone().unwrap_or_else(|| req.mode.as_str().to_owned()),
-            tier: req.mode,
-            request_type: "video",
-            metadata: Map::new(),
-            request_id: request_id.clone(),
-            bypass_cache: true,
-            mission: None,
-            mission_explicit: false,
-        };
+        let info = super::media::media_info(req.mode, req.model.as_deref(), "video", request_id.clone());
         // Charged on completion, so no hold outlives this request: the account's open jobs
         // are capped, and the balance must cover them all with this one's dearest route.
         let store = &self.0.directory.store;
