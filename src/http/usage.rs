@@ -407,6 +407,8 @@ async fn admin_usage(
                 "latency_ms": r.latency_ms,
                 "cache": r.cache,
                 "streamed": r.streamed,
+                "unit": r.unit,
+                "units": r.units,
                 "created_at": iso_us(r.created_at_us),
                 "request_id": r.request_id,
                 // Earlier routes' failures with the upstream's own words: the operator's to

@@ -5,6 +5,8 @@
 //! Then routing across connections: fallback between providers, BYOK keys and self-hosted
 //! endpoints.
 
+mod media;
+
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};

@@ -70,6 +70,9 @@ pub struct MediaSpec {
     pub formats: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_input_chars: Option<u64>,
+    /// The `speed`s a speech model takes, `[min, max]` (Groq's Orpheus speaks at 1.0 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed_range: Option<(f64, f64)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_per_1k_chars: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -105,11 +105,7 @@ impl Router {
         if matching.is_empty() {
             return self.simulator.clone().into_iter().collect();
         }
-        matching.sort_by_key(|u| match u.owner {
-            Owner::Byok { .. } if u.workspace_specific() => 0,
-            Owner::Byok { .. } => 1,
-            _ => 2,
-        });
+        matching.sort_by_key(|u| u.preference());
         matching
     }
 

@@ -149,6 +149,16 @@ impl Upstream {
         )
     }
 
+    /// Which of a provider's connections is tried first (lowest): the tenant's own key for
+    /// the request's workspace, then its account-wide key, then Tokaroo's.
+    pub fn preference(&self) -> u8 {
+        match self.owner {
+            Owner::Byok { .. } if self.workspace_specific() => 0,
+            Owner::Byok { .. } => 1,
+            _ => 2,
+        }
+    }
+
     pub fn execution_source(&self) -> &'static str {
         match self.owner {
             Owner::Managed => "managed",

@@ -113,25 +113,27 @@ impl Runtime {
             .collect())
     }
 
-    /// The routes to try, best candidate first: each on an upstream of its provider that the
-    /// key may use, one route per upstream (one that failed is not tried again with another
-    /// model), at most `MAX_ATTEMPTS`; the simulator when no provider is configured at all.
+    /// The routes to try, best candidate first: each on every upstream of its provider that
+    /// the key may use, in the order chat prefers them (a tenant's own key, then managed),
+    /// one route per upstream (one that failed is not tried again with another model), at
+    /// most `MAX_ATTEMPTS`; the simulator when no provider is configured at all.
     pub(crate) fn media_routes<T: Clone>(
         &self,
         key: &KeyEntry,
         candidates: &[T],
         model_of: impl Fn(&T) -> &CatalogModel,
     ) -> Vec<(T, Arc<Upstream>)> {
-        let available = self.0.router.upstreams.for_scope(&key.account_id, key.workspace_slug.as_deref());
+        let mut available = self.0.router.upstreams.for_scope(&key.account_id, key.workspace_slug.as_deref());
+        available.sort_by_key(|u| u.preference());
         let mut routes: Vec<(T, Arc<Upstream>)> = Vec::new();
         for c in candidates {
             let model = model_of(c);
             let kind = ProviderKind::parse(&model.provider);
-            let found = available
-                .iter()
-                .find(|u| Some(u.kind) == kind && !matches!(u.owner, Owner::Local { .. }) && u.usable_for(&model.id));
-            if let Some(u) = found.filter(|u| !routes.iter().any(|(_, taken)| taken.name == u.name)) {
-                routes.push((c.clone(), u.clone()));
+            for u in &available {
+                let fits = Some(u.kind) == kind && !matches!(u.owner, Owner::Local { .. }) && u.usable_for(&model.id);
+                if fits && !routes.iter().any(|(_, taken)| taken.name == u.name) {
+                    routes.push((c.clone(), u.clone()));
+                }
             }
         }
         if routes.is_empty() {

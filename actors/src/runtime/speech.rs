@@ -28,13 +28,13 @@ pub const MAX_INPUT_CHARS: usize = 4096;
 
 /// The spec's voices and what each provider calls the nearest of its own.
 pub const VOICES: [(&str, &str, &str); 6] = [
-    // (spec and OpenAI, Gemini, Groq PlayAI)
-    ("alloy", "Kore", "Arista-PlayAI"),
-    ("echo", "Puck", "Atlas-PlayAI"),
-    ("fable", "Aoede", "Celeste-PlayAI"),
-    ("onyx", "Charon", "Basil-PlayAI"),
-    ("nova", "Leda", "Cheyenne-PlayAI"),
-    ("shimmer", "Zephyr", "Deedee-PlayAI"),
+    // (spec and OpenAI, Gemini, Groq Orpheus English)
+    ("alloy", "Kore", "autumn"),
+    ("echo", "Puck", "daniel"),
+    ("fable", "Aoede", "austin"),
+    ("onyx", "Charon", "troy"),
+    ("nova", "Leda", "hannah"),
+    ("shimmer", "Zephyr", "diana"),
 ];
 
 /// The content type of each format.
@@ -115,7 +115,9 @@ impl Runtime {
                 // Gemini answers PCM, which the gateway also wraps as WAV.
                 let formats_ok = spec.formats.contains(&req.format)
                     || (m.provider == "google" && req.format == "wav" && spec.formats.iter().any(|f| f == "pcm"));
-                if !formats_ok || spec.max_input_chars.is_some_and(|max| chars as u64 > max) {
+                let speed_ok =
+                    spec.speed_range.is_none_or(|(min, max)| (min..=max).contains(&req.speed.unwrap_or(1.0)));
+                if !formats_ok || !speed_ok || spec.max_input_chars.is_some_and(|max| chars as u64 > max) {
                     return None;
                 }
                 let voice = native_voice(m, spec, &req.voice)?;

@@ -141,7 +141,14 @@ impl Runtime {
     ) -> Result<TranscriptionOutcome, EngineError> {
         let candidates = self.transcription_candidates(req)?;
         if candidates.is_empty() {
-            return Err(EngineError::invalid("no transcription model takes this request; see GET /v1/pricing"));
+            return Err(EngineError::invalid(match req.model.as_deref() {
+                Some(m) => format!(
+                    "model {m:?} cannot take this file here: transcription is charged by the audio's length, which \
+                     only models with verbose_json report (whisper-1, Groq's Whisper), at most their max_file_mb; \
+                     see GET /v1/pricing"
+                ),
+                None => "no transcription model takes this request; see GET /v1/pricing".into(),
+            }));
         }
         let routes = self.media_routes(key, &candidates, |c| &c.model);
         if routes.is_empty() {

@@ -55,7 +55,11 @@ impl Wire for Gemini {
             return Err(error(StatusCode::FORBIDDEN, "Method doesn't allow unregistered callers. Please use API Key."));
         }
         if !key_ok(given.as_deref(), keys) {
-            return Err(error(StatusCode::BAD_REQUEST, "API key not valid. Please pass a valid API key."));
+            // Google's answer to a bad key: a 400 that says why in its details.
+            let (status, mut body) = error(StatusCode::BAD_REQUEST, "API key not valid. Please pass a valid API key.");
+            body["error"]["details"] = json!([{ "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID", "domain": "googleapis.com" }]);
+            return Err((status, body));
         }
         let b = &req.body;
         if req.path.ends_with(":predictLongRunning") {

@@ -125,6 +125,23 @@ fn validate_speech(req: &Recorded, keys: &[String]) -> Result<(), (StatusCode, V
             return Err(invalid(format!("Missing required parameter: '{field}'."), Some(field)));
         }
     }
+    if b["model"].as_str().is_some_and(|m| m.starts_with("canopylabs/orpheus")) {
+        // Groq's Orpheus: wav only, 200 characters, its own voices.
+        if b["response_format"].as_str().is_some_and(|f| f != "wav") {
+            return Err(invalid("response_format must be one of [wav]", Some("response_format")));
+        }
+        if b["input"].as_str().is_some_and(|i| i.chars().count() > 200) {
+            return Err(invalid("The input text length is limited to 200 characters", Some("input")));
+        }
+        let voices = [
+            "autumn", "diana", "hannah", "austin", "daniel", "troy", "abdullah", "fahad", "sultan", "lulwa", "noura",
+            "aisha",
+        ];
+        if b["voice"].as_str().is_some_and(|v| !voices.contains(&v)) {
+            return Err(invalid(format!("voice {} is not a voice of this model", b["voice"]), Some("voice")));
+        }
+        return Ok(());
+    }
     let formats = ["mp3", "opus", "aac", "flac", "wav", "pcm"];
     if b["response_format"].as_str().is_some_and(|f| !formats.contains(&f)) {
         return Err(invalid(format!("Invalid value: {}", b["response_format"]), Some("response_format")));
