@@ -6,8 +6,6 @@
 //! The request speaks OpenAI's words (`1024x1792`, `hd`); each model gets its own
 //! (`1024x1536`/`high` for GPT Image, `9:16`/`2K` for Google's): [`native_options`].
 
-use std::time::Instant;
-
 use tokaroo_storage::records::UsageRow;
 
 use crate::{
@@ -17,7 +15,6 @@ use crate::{
     money::billing::Charge,
     routing::{
         catalog::{CatalogModel, MediaSpec},
-        gateway::{self, RequestWork},
         providers::{self, GeneratedImage, ImageCall},
     },
     runtime::Runtime,
@@ -202,71 +199,50 @@ impl Runtime {
             .max()
             .unwrap_or(0);
         let holds = self.reserve(key, &info, || worst).await?;
-        let mut failed = Vec::new();
-        let mut last_error = None;
-        let inputs = [req.prompt.clone()];
-        for (c, upstream) in routes {
-            let started = Instant::now();
-            let call = ImageCall {
-                prompt: &req.prompt,
-                n: req.n,
-                size: &c.size,
-                quality: Some(c.quality.as_str()),
-                style: req.style.as_deref(),
-            };
-            match providers::generate_images(&upstream.conn, &c.model.id, &call).await {
-                Ok(mut images) => {
-                    crate::routing::provider::record_success(&upstream, &c.model.id, None);
-                    images.truncate(req.n as usize);
-                    let list_usd = c.usd_per_image * images.len() as f64;
-                    let charge = self.media_charge(req.mode, upstream.billing_mode(), list_usd, baseline_usd);
-                    let row = UsageRow {
-                        routing_reason: format!(
-                            "{} image(s) {} {} with {}",
-                            images.len(),
-                            c.size,
-                            c.quality,
-                            c.model.id
-                        ),
-                        input_tokens: u64::from(crate::chat::tokenizer::count(&req.prompt)),
-                        failed_attempts: std::mem::take(&mut failed),
-                        unit: Some("image".into()),
-                        units: Some(images.len() as f64),
-                        ..super::media::media_row(key, &info, &upstream, &c.model.id, charge, started)
-                    };
-                    // Kept before the charge: a write that fails charges nothing.
-                    let mut media_ids = Vec::new();
-                    if req.as_url {
-                        for image in &mut images {
-                            let kept = GeneratedImage {
-                                bytes: std::mem::take(&mut image.bytes),
-                                mime: image.mime.clone(),
-                                revised_prompt: None,
-                            };
-                            media_ids.push(self.keep_media(&key.account_id, kept).await?);
-                        }
-                    }
-                    self.settle_row(key, holds, row).await?;
-                    return Ok(ImageOutcome {
-                        images,
-                        media_ids,
-                        model: c.model.id.clone(),
-                        provider: upstream.kind.as_str(),
-                        charge,
-                    });
-                }
-                Err(error) if gateway::moves_on(&error) => {
-                    gateway::note_failure(&upstream, &c.model.id, RequestWork::Embed(&inputs), &error, &mut failed)
-                        .await;
-                    last_error = Some(error);
-                }
-                Err(error) => return Err(gateway::upstream_error(error)),
+        let work = [req.prompt.clone()];
+        let served = super::media::first_answer(
+            routes,
+            |c| &c.model.id,
+            &work,
+            "generate the images",
+            |c, upstream| async move {
+                let call = ImageCall {
+                    prompt: &req.prompt,
+                    n: req.n,
+                    size: &c.size,
+                    quality: Some(c.quality.as_str()),
+                    style: req.style.as_deref(),
+                };
+                providers::generate_images(&upstream.conn, &c.model.id, &call).await
+            },
+        )
+        .await?;
+        let (c, upstream, mut images) = (served.candidate, served.upstream, served.answer);
+        images.truncate(req.n as usize);
+        let list_usd = c.usd_per_image * images.len() as f64;
+        let charge = self.media_charge(req.mode, upstream.billing_mode(), list_usd, baseline_usd);
+        let row = UsageRow {
+            routing_reason: format!("{} image(s) {} {} with {}", images.len(), c.size, c.quality, c.model.id),
+            input_tokens: u64::from(crate::chat::tokenizer::count(&req.prompt)),
+            failed_attempts: served.failed,
+            unit: Some("image".into()),
+            units: Some(images.len() as f64),
+            ..super::media::media_row(key, &info, &upstream, &c.model.id, charge, served.started)
+        };
+        // Kept before the charge: a write that fails charges nothing.
+        let mut media_ids = Vec::new();
+        if req.as_url {
+            for image in &mut images {
+                let kept = GeneratedImage {
+                    bytes: std::mem::take(&mut image.bytes),
+                    mime: image.mime.clone(),
+                    revised_prompt: None,
+                };
+                media_ids.push(self.keep_media(&key.account_id, kept).await?);
             }
         }
-        Err(last_error.map_or_else(
-            || EngineError::Unavailable("No provider could generate the images".into()),
-            |e| gateway::unavailable(&e),
-        ))
+        self.settle_row(key, holds, row).await?;
+        Ok(ImageOutcome { images, media_ids, model: c.model.id.clone(), provider: upstream.kind.as_str(), charge })
     }
 }
 

@@ -1,7 +1,8 @@
-//! What the media routes (images, speech) share: the routes a request's candidate models
-//! may take, and how a media request is charged.
+//! What the media routes (images, speech, transcription, video) share: the routes a
+//! request's candidate models may take, the fallback loop over them, and how a media
+//! request is charged.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use tokaroo_storage::records::UsageRow;
 
@@ -12,8 +13,8 @@ use crate::{
     money::billing::{usd_to_units, Charge},
     routing::{
         catalog::{CatalogModel, MediaSpec},
-        gateway,
-        providers::ProviderKind,
+        gateway::{self, RequestWork},
+        providers::{ProviderError, ProviderKind},
         upstreams::{BillingMode, Owner, Upstream},
     },
     runtime::{requests::RequestInfo, Runtime},
@@ -79,6 +80,54 @@ pub(crate) fn media_row(
         unit: None,
         units: None,
     }
+}
+
+/// What the first route that answered gave.
+pub(crate) struct Served<C, T> {
+    pub candidate: C,
+    pub upstream: Arc<Upstream>,
+    pub answer: T,
+    /// The routes that failed first, for the usage row.
+    pub failed: Vec<String>,
+    /// When the route that answered was asked.
+    pub started: Instant,
+}
+
+/// Tries `routes` in order until one answers, falling back on the failures chat falls back
+/// on (5xx, timeouts, 401/403/404, 429): each is counted against its connection and listed
+/// in `failed`. A provider's 400 is the client's, and nothing else is tried. When every
+/// route failed, a 503 naming only the last failure's code (`what`: "generate the images").
+///
+/// `attempt` takes its own copies: a future that borrowed them would not be `Send` for
+/// every lifetime, which the request's task needs.
+pub(crate) async fn first_answer<C: Clone, T, Fut>(
+    routes: Vec<(C, Arc<Upstream>)>,
+    model_of: impl Fn(&C) -> &str,
+    work: &[String],
+    what: &str,
+    attempt: impl Fn(C, Arc<Upstream>) -> Fut,
+) -> Result<Served<C, T>, EngineError>
+where
+    Fut: std::future::Future<Output = Result<T, ProviderError>>,
+{
+    let (mut failed, mut last_error) = (Vec::new(), None);
+    for (candidate, upstream) in routes {
+        let started = Instant::now();
+        let model = model_of(&candidate);
+        match attempt(candidate.clone(), upstream.clone()).await {
+            Ok(answer) => {
+                crate::routing::provider::record_success(&upstream, model, None);
+                return Ok(Served { candidate, upstream, answer, failed, started });
+            }
+            Err(error) if gateway::moves_on(&error) => {
+                gateway::note_failure(&upstream, model, RequestWork::Embed(work), &error, &mut failed).await;
+                last_error = Some(error);
+            }
+            Err(error) => return Err(gateway::upstream_error(error)),
+        }
+    }
+    Err(last_error
+        .map_or_else(|| EngineError::Unavailable(format!("No provider could {what}")), |e| gateway::unavailable(&e)))
 }
 
 impl Runtime {

@@ -6,8 +6,6 @@
 //! Voices: the spec's six are mapped per provider by [`VOICES`] (README: "Media"); a
 //! provider's own voice name is taken by the models that list it.
 
-use std::time::Instant;
-
 use tokaroo_storage::records::UsageRow;
 
 use crate::{
@@ -17,7 +15,6 @@ use crate::{
     money::billing::Charge,
     routing::{
         catalog::{CatalogModel, MediaSpec},
-        gateway::{self, RequestWork},
         providers::{self, AudioStream, SpeechCall},
     },
     runtime::Runtime,
@@ -164,42 +161,31 @@ impl Runtime {
             .max()
             .unwrap_or(0);
         let holds = self.reserve(key, &info, || worst).await?;
-        let (mut failed, mut last_error) = (Vec::new(), None);
-        let inputs = [req.input.clone()];
-        for (c, upstream) in routes {
-            let started = Instant::now();
-            let call = SpeechCall { input: &req.input, voice: &c.voice, format: &req.format, speed: req.speed };
-            match providers::speech(&upstream.conn, &c.model.id, &call).await {
-                Ok(audio) => {
-                    crate::routing::provider::record_success(&upstream, &c.model.id, None);
-                    let charge = self.media_charge(req.mode, upstream.billing_mode(), c.usd, baseline_usd);
-                    let chars = req.input.chars().count();
-                    let row = UsageRow {
-                        routing_reason: format!(
-                            "{chars} characters as {} with {} ({})",
-                            req.format, c.model.id, c.voice
-                        ),
-                        input_tokens: u64::from(crate::chat::tokenizer::count(&req.input)),
-                        streamed: true,
-                        failed_attempts: std::mem::take(&mut failed),
-                        unit: Some("character".into()),
-                        units: Some(chars as f64),
-                        ..super::media::media_row(key, &info, &upstream, &c.model.id, charge, started)
-                    };
-                    self.settle_row(key, holds, row).await?;
-                    return Ok(SpeechOutcome { audio, content_type: content_type(&req.format), charge });
-                }
-                Err(error) if gateway::moves_on(&error) => {
-                    gateway::note_failure(&upstream, &c.model.id, RequestWork::Embed(&inputs), &error, &mut failed)
-                        .await;
-                    last_error = Some(error);
-                }
-                Err(error) => return Err(gateway::upstream_error(error)),
-            }
-        }
-        Err(last_error.map_or_else(
-            || EngineError::Unavailable("No provider could speak this".into()),
-            |e| gateway::unavailable(&e),
-        ))
+        let work = [req.input.clone()];
+        let served = super::media::first_answer(
+            routes,
+            |c| &c.model.id,
+            &work,
+            "speak this",
+            |c, upstream| async move {
+                let call = SpeechCall { input: &req.input, voice: &c.voice, format: &req.format, speed: req.speed };
+                providers::speech(&upstream.conn, &c.model.id, &call).await
+            },
+        )
+        .await?;
+        let (c, upstream) = (&served.candidate, &served.upstream);
+        let charge = self.media_charge(req.mode, upstream.billing_mode(), c.usd, baseline_usd);
+        let chars = req.input.chars().count();
+        let row = UsageRow {
+            routing_reason: format!("{chars} characters as {} with {} ({})", req.format, c.model.id, c.voice),
+            input_tokens: u64::from(crate::chat::tokenizer::count(&req.input)),
+            streamed: true,
+            failed_attempts: served.failed.clone(),
+            unit: Some("character".into()),
+            units: Some(chars as f64),
+            ..super::media::media_row(key, &info, upstream, &c.model.id, charge, served.started)
+        };
+        self.settle_row(key, holds, row).await?;
+        Ok(SpeechOutcome { audio: served.answer, content_type: content_type(&req.format), charge })
     }
 }

@@ -6,8 +6,6 @@
 //! The upload stays in memory (at most [`MAX_AUDIO_BYTES`]) from the request to the
 //! provider: it never touches the disk.
 
-use std::time::Instant;
-
 use serde_json::{json, Value};
 use tokaroo_storage::records::UsageRow;
 
@@ -18,7 +16,6 @@ use crate::{
     money::billing::Charge,
     routing::{
         catalog::CatalogModel,
-        gateway::{self, RequestWork},
         providers::{self, Transcript, TranscriptionCall},
     },
     runtime::Runtime,
@@ -166,51 +163,44 @@ impl Runtime {
             .max()
             .unwrap_or(0);
         let holds = self.reserve(key, &info, || worst).await?;
-        let (mut failed, mut last_error) = (Vec::new(), None);
         let work = [req.filename.clone()];
-        for (c, upstream) in routes {
-            let started = Instant::now();
-            let call = TranscriptionCall {
-                audio: &req.audio,
-                filename: &req.filename,
-                content_type: &req.content_type,
-                language: req.language.as_deref(),
-                prompt: req.prompt.as_deref(),
-                temperature: req.temperature,
-            };
-            match providers::transcribe(&upstream.conn, &c.model.id, &call).await {
-                Ok(transcript) => {
-                    crate::routing::provider::record_success(&upstream, &c.model.id, None);
-                    let minutes = transcript.duration_secs.max(MIN_BILLED_SECS) / 60.0;
-                    let charge = self.media_charge(
-                        req.mode,
-                        upstream.billing_mode(),
-                        c.usd_per_minute * minutes,
-                        baseline_per_minute * minutes,
-                    );
-                    let row = UsageRow {
-                        routing_reason: format!("{:.1} s of audio with {}", transcript.duration_secs, c.model.id),
-                        output_tokens: u64::from(crate::chat::tokenizer::count(&transcript.text)),
-                        failed_attempts: std::mem::take(&mut failed),
-                        unit: Some("minute".into()),
-                        units: Some((minutes * 1000.0).round() / 1000.0),
-                        ..super::media::media_row(key, &info, &upstream, &c.model.id, charge, started)
-                    };
-                    self.settle_row(key, holds, row).await?;
-                    let (body, content_type) = render(&transcript, &req.format);
-                    return Ok(TranscriptionOutcome { body, content_type, charge });
-                }
-                Err(error) if gateway::moves_on(&error) => {
-                    gateway::note_failure(&upstream, &c.model.id, RequestWork::Embed(&work), &error, &mut failed).await;
-                    last_error = Some(error);
-                }
-                Err(error) => return Err(gateway::upstream_error(error)),
-            }
-        }
-        Err(last_error.map_or_else(
-            || EngineError::Unavailable("No provider could transcribe this".into()),
-            |e| gateway::unavailable(&e),
-        ))
+        let served = super::media::first_answer(
+            routes,
+            |c| &c.model.id,
+            &work,
+            "transcribe this",
+            |c, upstream| async move {
+                let call = TranscriptionCall {
+                    audio: &req.audio,
+                    filename: &req.filename,
+                    content_type: &req.content_type,
+                    language: req.language.as_deref(),
+                    prompt: req.prompt.as_deref(),
+                    temperature: req.temperature,
+                };
+                providers::transcribe(&upstream.conn, &c.model.id, &call).await
+            },
+        )
+        .await?;
+        let (c, upstream, transcript) = (&served.candidate, &served.upstream, &served.answer);
+        let minutes = transcript.duration_secs.max(MIN_BILLED_SECS) / 60.0;
+        let charge = self.media_charge(
+            req.mode,
+            upstream.billing_mode(),
+            c.usd_per_minute * minutes,
+            baseline_per_minute * minutes,
+        );
+        let row = UsageRow {
+            routing_reason: format!("{:.1} s of audio with {}", transcript.duration_secs, c.model.id),
+            output_tokens: u64::from(crate::chat::tokenizer::count(&transcript.text)),
+            failed_attempts: served.failed.clone(),
+            unit: Some("minute".into()),
+            units: Some((minutes * 1000.0).round() / 1000.0),
+            ..super::media::media_row(key, &info, upstream, &c.model.id, charge, served.started)
+        };
+        self.settle_row(key, holds, row).await?;
+        let (body, content_type) = render(transcript, &req.format);
+        Ok(TranscriptionOutcome { body, content_type, charge })
     }
 }
 

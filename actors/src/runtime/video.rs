@@ -25,7 +25,6 @@ use crate::{
     error::EngineError,
     routing::{
         catalog::CatalogModel,
-        gateway::{self, RequestWork},
         providers::{self, GeneratedImage, VideoCall, VideoStatus},
         upstreams::{BillingMode, Upstream},
     },
@@ -168,70 +167,60 @@ impl Runtime {
             .max()
             .unwrap_or(0);
         drop(self.reserve(key, &info, || worst.saturating_add(open_units)).await?);
-        let (mut failed, mut last_error) = (Vec::new(), None);
         let work = [req.prompt.clone()];
-        for (c, upstream) in routes {
-            let call = VideoCall {
-                prompt: &req.prompt,
-                duration_secs: c.duration_secs,
-                aspect_ratio: &req.aspect_ratio,
-                resolution: &req.resolution,
-            };
-            match providers::start_video(&upstream.conn, &c.model.id, &call).await {
-                Ok(provider_job) => {
-                    let now = crate::clock::now_ms();
-                    let job = VideoJob {
-                        id: format!("vid_{}", uuid::Uuid::now_v7().simple()),
-                        account_id: key.account_id.clone(),
-                        workspace: key.workspace_slug.clone(),
-                        api_key_id: key.id.clone(),
-                        request_id,
-                        mode: req.mode.as_str().to_owned(),
-                        requested_model: info.requested_model.clone(),
-                        model: c.model.id.clone(),
-                        upstream: upstream.name.clone(),
-                        provider: upstream.kind.as_str().to_owned(),
-                        billing_mode: upstream.billing_mode().as_str().to_owned(),
-                        execution_source: upstream.execution_source().to_owned(),
-                        provider_job,
-                        prompt: req.prompt.clone(),
-                        duration_secs: c.duration_secs,
-                        aspect_ratio: req.aspect_ratio.clone(),
-                        resolution: req.resolution.clone(),
-                        usd_per_second: c.usd_per_second,
-                        status: "processing".into(),
-                        media_id: None,
-                        error: None,
-                        polls: 0,
-                        next_poll_at_ms: now + i64::try_from(FIRST_POLL.as_millis()).unwrap_or(0),
-                        created_at_ms: now,
-                        completed_at_ms: None,
-                        charged_usd: None,
-                    };
-                    store.video_jobs.insert(&(job.account_id.as_str(), job.id.as_str()), &job)?;
-                    let open = OpenVideoJob { account_id: job.account_id.clone(), id: job.id.clone() };
-                    store.video_jobs_open.insert(&job.id.as_str(), &open)?;
-                    store.flush().await?;
-                    let registry = &self.0.directory.registry;
-                    crate::tree::supervisor::start_child(
-                        registry,
-                        VIDEOJOBS,
-                        self.video_spec(&job.account_id, &job.id),
-                    )
-                    .await;
-                    return Ok(job);
-                }
-                Err(error) if gateway::moves_on(&error) => {
-                    gateway::note_failure(&upstream, &c.model.id, RequestWork::Embed(&work), &error, &mut failed).await;
-                    last_error = Some(error);
-                }
-                Err(error) => return Err(gateway::upstream_error(error)),
-            }
-        }
-        Err(last_error.map_or_else(
-            || EngineError::Unavailable("No provider could start this video".into()),
-            |e| gateway::unavailable(&e),
-        ))
+        let served = super::media::first_answer(
+            routes,
+            |c| &c.model.id,
+            &work,
+            "start this video",
+            |c, upstream| async move {
+                let call = VideoCall {
+                    prompt: &req.prompt,
+                    duration_secs: c.duration_secs,
+                    aspect_ratio: &req.aspect_ratio,
+                    resolution: &req.resolution,
+                };
+                providers::start_video(&upstream.conn, &c.model.id, &call).await
+            },
+        )
+        .await?;
+        let (c, upstream) = (&served.candidate, &served.upstream);
+        let now = crate::clock::now_ms();
+        let job = VideoJob {
+            id: format!("vid_{}", uuid::Uuid::now_v7().simple()),
+            account_id: key.account_id.clone(),
+            workspace: key.workspace_slug.clone(),
+            api_key_id: key.id.clone(),
+            request_id,
+            mode: req.mode.as_str().to_owned(),
+            requested_model: info.requested_model.clone(),
+            model: c.model.id.clone(),
+            upstream: upstream.name.clone(),
+            provider: upstream.kind.as_str().to_owned(),
+            billing_mode: upstream.billing_mode().as_str().to_owned(),
+            execution_source: upstream.execution_source().to_owned(),
+            provider_job: served.answer,
+            prompt: req.prompt.clone(),
+            duration_secs: c.duration_secs,
+            aspect_ratio: req.aspect_ratio.clone(),
+            resolution: req.resolution.clone(),
+            usd_per_second: c.usd_per_second,
+            status: "processing".into(),
+            media_id: None,
+            error: None,
+            polls: 0,
+            next_poll_at_ms: now + i64::try_from(FIRST_POLL.as_millis()).unwrap_or(0),
+            created_at_ms: now,
+            completed_at_ms: None,
+            charged_usd: None,
+        };
+        store.video_jobs.insert(&(job.account_id.as_str(), job.id.as_str()), &job)?;
+        let open = OpenVideoJob { account_id: job.account_id.clone(), id: job.id.clone() };
+        store.video_jobs_open.insert(&job.id.as_str(), &open)?;
+        store.flush().await?;
+        let registry = &self.0.directory.registry;
+        crate::tree::supervisor::start_child(registry, VIDEOJOBS, self.video_spec(&job.account_id, &job.id)).await;
+        Ok(job)
     }
 
     /// One of the key's account's jobs (a key bound to a workspace sees only its own).
