@@ -47,6 +47,8 @@ async fn transcribe(
     RequestId(request_id): RequestId,
     mut form: Multipart,
 ) -> Result<Response, ApiError> {
+    // Taken before the upload is read: uploads held in memory count against the gate.
+    let permit = state.engine.runtime().media_permit(&key.account_id).await?;
     let bad = |m: String| ApiError::BadRequest(m);
     let (mut audio, mut filename, mut content_type) =
         (None, String::from("audio"), String::from("application/octet-stream"));
@@ -119,7 +121,7 @@ async fn transcribe(
         temperature,
         format,
     };
-    let outcome = state.engine.runtime().serve_transcription(key, request, request_id).await?;
+    let outcome = state.engine.runtime().serve_transcription(key, request, request_id, permit).await?;
     let mut response = Response::new(Body::from(outcome.body));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(outcome.content_type));
@@ -178,7 +180,8 @@ async fn speech(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request = parse(&parse_json_object(&body)?)?;
-    let outcome = state.engine.runtime().serve_speech(key, request, request_id).await?;
+    let permit = state.engine.runtime().media_permit(&key.account_id).await?;
+    let outcome = state.engine.runtime().serve_speech(key, request, request_id, permit).await?;
     let audio = outcome.audio.map(|chunk| chunk.map_err(std::io::Error::other));
     let mut response = Response::new(Body::from_stream(audio));
     let headers = response.headers_mut();

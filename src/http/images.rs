@@ -1,12 +1,11 @@
-//! `POST /v1/images/generations` in OpenAI's shapes, and `GET /v1/media/:id`, where the
-//! images asked for as `url` are served from the data directory until they expire.
+//! `POST /v1/images/generations` in OpenAI's shapes; images asked for as `url` are served
+//! by `GET /v1/media/:id` (`http::media`).
 
 use axum::{
     body::Bytes,
-    extract::{Path, State},
-    http::{header, HeaderValue, StatusCode},
+    extract::State,
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::post,
     Json, Router,
 };
 use base64::{engine::general_purpose::STANDARD, Engine as _};
@@ -28,11 +27,6 @@ const FIELDS: [&str; 8] = ["prompt", "model", "n", "size", "quality", "response_
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/images/generations", post(generate))
-}
-
-/// Public: the id is the capability.
-pub fn media_routes() -> Router<AppState> {
-    Router::new().route("/v1/media/{id}", get(media))
 }
 
 /// A 400 whose message names the field (`param` is the field, for reading).
@@ -97,7 +91,8 @@ async fn generate(
     let wire = parse_json_object(&body)?;
     let sizes = known_sizes(&state.engine.runtime().catalog().models);
     let request = parse(&wire, &sizes)?;
-    let outcome = state.engine.runtime().serve_images(key, request, request_id).await?;
+    let permit = state.engine.runtime().media_permit(&key.account_id).await?;
+    let outcome = state.engine.runtime().serve_images(key, request, request_id, permit).await?;
     let mut data = Vec::with_capacity(outcome.images.len());
     for (i, image) in outcome.images.into_iter().enumerate() {
         let mut entry = json!({});
@@ -113,22 +108,5 @@ async fn generate(
     let created = tokaroo_actors::clock::now_ms() / 1000;
     let mut response = Json(json!({ "created": created, "data": data })).into_response();
     response.headers_mut().insert("x-tokaroo-cost", cost_header(outcome.charge.charged_usd()));
-    Ok(response)
-}
-
-async fn media(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let Some((mime, bytes)) = state.engine.runtime().media(&id).await? else {
-        return Err(ApiError::NotFound { what: "media (unknown or expired)" });
-    };
-    // Only types we make: a provider's odd content type is never served as is.
-    let mime = match mime.as_str() {
-        "image/png" | "image/jpeg" | "image/webp" | "video/mp4" => HeaderValue::from_str(&mime),
-        _ => Ok(HeaderValue::from_static("application/octet-stream")),
-    }
-    .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    let mut response = (StatusCode::OK, bytes).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, mime);
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600"));
-    response.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     Ok(response)
 }

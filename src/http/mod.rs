@@ -16,6 +16,7 @@ mod images;
 mod keys;
 mod knowledge;
 mod local_endpoints;
+mod media;
 mod memory;
 mod memory_graph;
 mod models;
@@ -105,7 +106,7 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(health::routes())
-        .merge(images::media_routes())
+        .merge(media::routes())
         .merge(keys::routes())
         .merge(workspaces::routes())
         .merge(admin::routes())

@@ -83,29 +83,57 @@ impl Store {
 
     /// Writes the bytes whole (a temporary file renamed into place), then the record.
     pub fn put_media(&self, file: &MediaFile, bytes: &[u8]) -> Result<(), StorageError> {
-        if !valid_id(&file.id) {
-            return Err(StorageError::Invalid(format!("media id {:?} is not 32 hex characters", file.id)));
+        let mut upload = self.begin_media(&file.id)?;
+        upload.write(bytes)?;
+        self.commit_media(upload, file)
+    }
+
+    /// Starts writing media `id` piece by piece, to a staged file that only
+    /// [`Store::commit_media`] puts in place: a download never sits whole in memory, and
+    /// one that fails half-way leaves nothing behind.
+    pub fn begin_media(&self, id: &str) -> Result<MediaUpload, StorageError> {
+        if !valid_id(id) {
+            return Err(StorageError::Invalid(format!("media id {id:?} is not 32 hex characters")));
         }
         let dir = self.media_dir();
-        let io = |source| StorageError::Io { path: dir.display().to_string(), source };
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let staged = dir.join(format!(".{}.tmp", file.id));
-        std::fs::write(&staged, bytes).map_err(io)?;
-        std::fs::rename(&staged, dir.join(&file.id)).map_err(io)?;
-        self.media_files.insert(&file.id.as_str(), file)
+        std::fs::create_dir_all(&dir).map_err(|source| StorageError::Io { path: dir.display().to_string(), source })?;
+        let staged = dir.join(format!(".{id}.tmp"));
+        let file = std::fs::File::create(&staged)
+            .map_err(|source| StorageError::Io { path: staged.display().to_string(), source })?;
+        Ok(MediaUpload { id: id.to_owned(), staged, file: Some(file), written: 0 })
+    }
+
+    /// Puts an upload's file in place (synced, then renamed), then its record.
+    pub fn commit_media(&self, mut upload: MediaUpload, file: &MediaFile) -> Result<(), StorageError> {
+        if file.id != upload.id {
+            return Err(StorageError::Invalid(format!("media {} committed as {}", upload.id, file.id)));
+        }
+        let io = |source| StorageError::Io { path: upload.staged.display().to_string(), source };
+        if let Some(f) = upload.file.take() {
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&upload.staged, self.media_dir().join(&file.id)).map_err(io)?;
+        self.media_files.insert(&file.id.as_str(), &MediaFile { bytes: upload.written, ..file.clone() })
     }
 
     /// A file that has not expired, with its bytes.
     pub fn get_media(&self, id: &str, now_ms: i64) -> Result<Option<(MediaFile, Vec<u8>)>, StorageError> {
-        if !valid_id(id) {
-            return Ok(None);
-        }
-        let Some(file) = self.media_files.get(&id)?.filter(|f| f.expires_at_ms > now_ms) else { return Ok(None) };
-        match std::fs::read(self.media_dir().join(id)) {
+        let Some((file, path)) = self.media_path(id, now_ms)? else { return Ok(None) };
+        match std::fs::read(path) {
             Ok(bytes) => Ok(Some((file, bytes))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(StorageError::Io { path: self.media_dir().display().to_string(), source }),
         }
+    }
+
+    /// Where a file that has not expired is, for serving it without reading it whole (it
+    /// may be swept any time after it expires: opening it can still find nothing).
+    pub fn media_path(&self, id: &str, now_ms: i64) -> Result<Option<(MediaFile, PathBuf)>, StorageError> {
+        if !valid_id(id) {
+            return Ok(None);
+        }
+        let Some(file) = self.media_files.get(&id)?.filter(|f| f.expires_at_ms > now_ms) else { return Ok(None) };
+        Ok(Some((file, self.media_dir().join(id))))
     }
 
     /// Removes expired files and their records; returns how many.
@@ -128,6 +156,43 @@ impl Store {
             self.media_files.remove(&id.as_str())?;
         }
         Ok(expired.len())
+    }
+}
+
+/// A media file being written ([`Store::begin_media`]); dropped uncommitted, its staged
+/// file is removed.
+#[derive(Debug)]
+pub struct MediaUpload {
+    id: String,
+    staged: PathBuf,
+    file: Option<std::fs::File>,
+    written: u64,
+}
+
+impl MediaUpload {
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        use std::io::Write as _;
+        let file = self.file.as_mut().ok_or_else(|| StorageError::Invalid("a committed upload".into()))?;
+        file.write_all(bytes).map_err(|source| StorageError::Io { path: self.staged.display().to_string(), source })?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// How many bytes were written.
+    pub fn len(&self) -> u64 {
+        self.written
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.written == 0
+    }
+}
+
+impl Drop for MediaUpload {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.staged);
+        }
     }
 }
 
@@ -162,5 +227,36 @@ mod tests {
         assert!(!dir.path().join("media").join(&id).exists());
         assert!(dir.path().join("x").exists(), "the sweep removes nothing outside media/");
         assert_eq!(store.sweep_media(2_000).unwrap(), 0);
+    }
+
+    #[test]
+    fn an_upload_is_served_once_committed_and_leaves_nothing_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = "00000000000000000000000000000abc";
+        let file = MediaFile {
+            id: id.into(),
+            account_id: "a".into(),
+            mime: "video/mp4".into(),
+            bytes: 0,
+            created_at_ms: 0,
+            expires_at_ms: 1_000,
+        };
+        let mut upload = store.begin_media(id).unwrap();
+        upload.write(b"part one, ").unwrap();
+        upload.write(b"part two").unwrap();
+        assert!(store.media_path(id, 0).unwrap().is_none(), "nothing is served before the commit");
+        store.commit_media(upload, &file).unwrap();
+        let (kept, path) = store.media_path(id, 0).unwrap().unwrap();
+        assert_eq!((kept.bytes, std::fs::read(path).unwrap()), (18, b"part one, part two".to_vec()));
+
+        let other = "00000000000000000000000000000def";
+        let mut dropped = store.begin_media(other).unwrap();
+        dropped.write(b"half a video").unwrap();
+        drop(dropped);
+        let left: Vec<_> =
+            std::fs::read_dir(dir.path().join("media")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(id)], "the dropped upload's staged file is gone");
+        assert!(store.begin_media("../escape").is_err());
     }
 }

@@ -77,6 +77,14 @@ async fn images_are_generated_in_each_models_words_charged_per_image_and_served_
     assert_eq!(fetched.header("content-type"), Some("image/png"));
     let bytes = gw.client().get(url).send().await.unwrap().bytes().await.unwrap();
     assert!(bytes.starts_with(PNG_MAGIC));
+    // Served from the file with ranges, as players and resumed downloads ask.
+    let part = gw.raw(gw.client().get(url).header("range", "bytes=1-3")).await;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.header("content-range"), Some(format!("bytes 1-3/{}", bytes.len()).as_str()));
+    assert_eq!(part.text.as_bytes(), &bytes[1..4]);
+    assert_eq!(part.header("content-type"), Some("image/png"));
+    let beyond = gw.raw(gw.client().get(url).header("range", format!("bytes={}-", bytes.len() + 10))).await;
+    assert_eq!(beyond.status, 416);
     let missing = gw.raw(gw.client().get(gw.url("/v1/media/0123456789abcdef0123456789abcdef"))).await;
     assert_eq!(missing.status, 404);
 
@@ -127,6 +135,33 @@ async fn a_failing_provider_falls_back_to_another_and_the_charge_follows_what_se
     assert!(r.body["error"]["message"].is_string());
     let usage = gw.get("/v1/usage?request_type=image", ADMIN_TOKEN).await;
     assert_eq!(usage.body["data"].as_array().unwrap().len(), 1);
+}
+
+/// One account's media requests beyond its share are refused at once (429) while they run;
+/// another account is served meanwhile.
+#[tokio::test]
+async fn one_account_cannot_take_every_media_slot() {
+    let openai = openai_fake().await;
+    let gw = Gateway::start_with(Options::default().openai(&openai)).await;
+    let (account, session) = gw.create_account("other").await;
+    gw.post(&format!("/admin/accounts/{account}/credits"), ADMIN_TOKEN, json!({"amount_usd": 10})).await;
+    let other = gw.post("/v1/keys", &session, json!({"name": "k"})).await.body["key"].as_str().unwrap().to_owned();
+    openai.set(Behavior::Slow { text: "", completion_tokens: 0, gap_ms: 1500 });
+    let key = gw.first_key.clone().unwrap();
+    let body = json!({"prompt": "A slow picture", "response_format": "b64_json"});
+    let busy = (0..10).map(|_| gw.post("/v1/images/generations", &key, body.clone()));
+    let (busy, theirs) = tokio::join!(futures_util::future::join_all(busy), async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        gw.post("/v1/images/generations", &other, body.clone()).await
+    });
+    let statuses: Vec<u16> = busy.iter().map(|r| r.status.as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 8, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 2, "{statuses:?}");
+    let refused = busy.iter().find(|r| r.status == 429).unwrap();
+    assert!(refused.header("retry-after").is_some(), "{}", refused.text);
+    assert_eq!(theirs.status, 200, "another account is served meanwhile: {}", theirs.text);
+    // Once they finished, the account may go again.
+    assert_eq!(gw.post("/v1/images/generations", &key, body).await.status, 200);
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use crate::{
     money::billing::Charge,
     routing::{
         catalog::{CatalogModel, MediaSpec},
-        providers::{self, GeneratedImage, ImageCall},
+        providers::{self, GeneratedImage, ImageCall, ProviderError},
     },
     runtime::Runtime,
 };
@@ -279,12 +279,81 @@ impl Runtime {
         Ok(id)
     }
 
-    /// A kept image that has not expired: its content type and bytes.
-    pub async fn media(&self, id: &str) -> Result<Option<(String, Vec<u8>)>, EngineError> {
-        let (store, id, now) = (self.0.directory.store.clone(), id.to_owned(), crate::clock::now_ms());
-        let found = tokio::task::spawn_blocking(move || store.get_media(&id, now))
-            .await
-            .map_err(|e| EngineError::Internal(format!("reading an image: {e}")))??;
-        Ok(found.map(|(file, bytes)| (file.mime, bytes)))
+    /// Keeps a download for `ttl_ms` as it arrives, written to disk a megabyte at a time,
+    /// never whole in memory; answers its id. A download that fails half-way leaves nothing.
+    pub(crate) async fn keep_download(
+        &self,
+        account_id: &str,
+        mime: &str,
+        mut body: providers::ByteStream,
+        ttl_ms: i64,
+    ) -> Result<String, KeepFailure> {
+        use futures_util::StreamExt as _;
+        const WRITE_AT: usize = 1 << 20;
+        let store = self.0.directory.store.clone();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let mut upload = {
+            let (store, id) = (store.clone(), id.clone());
+            blocking(move || store.begin_media(&id)).await?
+        };
+        let mut pending = Vec::with_capacity(WRITE_AT);
+        loop {
+            let piece = body.next().await.transpose().map_err(KeepFailure::Upstream)?;
+            let done = piece.is_none();
+            if let Some(piece) = piece {
+                pending.extend_from_slice(&piece);
+            }
+            if pending.len() >= WRITE_AT || (done && !pending.is_empty()) {
+                let batch = std::mem::replace(&mut pending, Vec::with_capacity(WRITE_AT));
+                upload = blocking(move || upload.write(&batch).map(|()| upload)).await?;
+            }
+            if done {
+                break;
+            }
+        }
+        if upload.is_empty() {
+            return Err(KeepFailure::Upstream(ProviderError::Protocol("an empty download".into())));
+        }
+        let now = crate::clock::now_ms();
+        let file = tokaroo_storage::media::MediaFile {
+            id: id.clone(),
+            account_id: account_id.to_owned(),
+            mime: mime.to_owned(),
+            bytes: upload.len(),
+            created_at_ms: now,
+            expires_at_ms: now + ttl_ms,
+        };
+        blocking(move || store.commit_media(upload, &file)).await?;
+        Ok(id)
     }
+
+    /// A kept file that has not expired: its content type, length and where it is.
+    pub async fn media(&self, id: &str) -> Result<Option<(String, u64, std::path::PathBuf)>, EngineError> {
+        let (store, id, now) = (self.0.directory.store.clone(), id.to_owned(), crate::clock::now_ms());
+        let found = blocking(move || store.media_path(&id, now)).await?;
+        Ok(found.map(|(file, path)| (file.mime, file.bytes, path)))
+    }
+}
+
+/// Why a download was not kept: the provider's side (worth another try later) or ours.
+#[derive(Debug)]
+pub(crate) enum KeepFailure {
+    Upstream(ProviderError),
+    Ours(EngineError),
+}
+
+impl From<EngineError> for KeepFailure {
+    fn from(error: EngineError) -> Self {
+        Self::Ours(error)
+    }
+}
+
+/// Runs a storage call on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, tokaroo_storage::StorageError> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EngineError::Internal(format!("a media write: {e}")))?
+        .map_err(Into::into)
 }

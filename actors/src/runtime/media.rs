@@ -4,6 +4,9 @@
 
 use std::{sync::Arc, time::Instant};
 
+use dashmap::DashMap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use tokaroo_storage::records::UsageRow;
 
 use crate::{
@@ -79,6 +82,56 @@ pub(crate) fn media_row(
         failed_attempts: Vec::new(),
         unit: None,
         units: None,
+    }
+}
+
+/// How many media requests of one account may run at once (past it: 429).
+pub const MEDIA_PER_ACCOUNT: usize = 8;
+/// How many may run on the whole server: each may hold an upload or a provider's images in
+/// memory, so this bounds memory. Past it a request waits up to [`MEDIA_QUEUE_WAIT`], then
+/// is a 503.
+pub const MEDIA_GLOBAL: usize = 32;
+pub const MEDIA_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The media requests running now, per account and in all.
+pub(crate) struct MediaGate {
+    global: Arc<Semaphore>,
+    accounts: DashMap<String, Arc<Semaphore>>,
+}
+
+impl Default for MediaGate {
+    fn default() -> Self {
+        Self { global: Arc::new(Semaphore::new(MEDIA_GLOBAL)), accounts: DashMap::new() }
+    }
+}
+
+/// Leave to run one media request; held until it is served (`Runtime::serve_images`, ...).
+#[derive(Debug)]
+pub struct MediaPermit {
+    _account: OwnedSemaphorePermit,
+    _global: OwnedSemaphorePermit,
+}
+
+impl Runtime {
+    /// A permit for one media request of `account_id`: refused at once (429) when the
+    /// account already runs [`MEDIA_PER_ACCOUNT`], so one tenant cannot take the server's
+    /// share; queued a while for the server's.
+    pub async fn media_permit(&self, account_id: &str) -> Result<MediaPermit, EngineError> {
+        let gate = &self.0.media_gate;
+        let mine = gate
+            .accounts
+            .entry(account_id.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(MEDIA_PER_ACCOUNT)))
+            .clone();
+        let account = mine.try_acquire_owned().map_err(|_| EngineError::RateLimited {
+            limit: MEDIA_PER_ACCOUNT as u32,
+            retry_after: std::time::Duration::from_secs(1),
+        })?;
+        let global = tokio::time::timeout(MEDIA_QUEUE_WAIT, gate.global.clone().acquire_owned())
+            .await
+            .map_err(|_| EngineError::Unavailable("The gateway is busy with media requests; try again shortly".into()))?
+            .map_err(|_| EngineError::Unavailable("The gateway is shutting down".into()))?;
+        Ok(MediaPermit { _account: account, _global: global })
     }
 }
 

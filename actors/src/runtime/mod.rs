@@ -4,7 +4,7 @@
 
 pub mod embeddings;
 pub mod images;
-mod media;
+pub mod media;
 pub mod requests;
 pub mod speech;
 pub mod stream;
@@ -37,6 +37,8 @@ pub(crate) struct RuntimeParts {
     pub(crate) cache: Arc<crate::cache::ResponseCache>,
     /// Requests that name a mission are charged to its budget as well.
     pub(crate) missions: crate::harness::Missions,
+    /// Media requests running now (`media_permit`).
+    pub(crate) media_gate: media::MediaGate,
 }
 
 impl Runtime {
@@ -58,6 +60,7 @@ impl Runtime {
             work: work::Work::default(),
             cache,
             missions,
+            media_gate: media::MediaGate::default(),
         }))
     }
 

@@ -15,7 +15,7 @@ use crate::{
     money::billing::Charge,
     routing::{
         catalog::{CatalogModel, MediaSpec},
-        providers::{self, AudioStream, SpeechCall},
+        providers::{self, ByteStream, SpeechCall},
     },
     runtime::Runtime,
 };
@@ -57,7 +57,7 @@ pub struct SpeechRequest {
 }
 
 pub struct SpeechOutcome {
-    pub audio: AudioStream,
+    pub audio: ByteStream,
     pub content_type: &'static str,
     pub charge: Charge,
 }

@@ -57,11 +57,15 @@ impl Runtime {
         key: Arc<KeyEntry>,
         request: crate::runtime::images::ImageRequest,
         request_id: Option<String>,
+        permit: crate::runtime::media::MediaPermit,
     ) -> Result<crate::runtime::images::ImageOutcome, EngineError> {
         let runtime = self.clone();
-        spawn_request_task(self, async move { runtime.images(&key, &request, request_id).await })
-            .await
-            .map_err(task_ended)?
+        spawn_request_task(self, async move {
+            let _permit = permit;
+            runtime.images(&key, &request, request_id).await
+        })
+        .await
+        .map_err(task_ended)?
     }
 
     /// Opens speech and settles its usage row; the audio then streams from the provider.
@@ -70,11 +74,15 @@ impl Runtime {
         key: Arc<KeyEntry>,
         request: crate::runtime::speech::SpeechRequest,
         request_id: Option<String>,
+        permit: crate::runtime::media::MediaPermit,
     ) -> Result<crate::runtime::speech::SpeechOutcome, EngineError> {
         let runtime = self.clone();
-        spawn_request_task(self, async move { runtime.speech(&key, &request, request_id).await })
-            .await
-            .map_err(task_ended)?
+        spawn_request_task(self, async move {
+            let _permit = permit;
+            runtime.speech(&key, &request, request_id).await
+        })
+        .await
+        .map_err(task_ended)?
     }
 
     /// Transcribes and settles its usage row, whether or not the caller still waits.
@@ -83,11 +91,15 @@ impl Runtime {
         key: Arc<KeyEntry>,
         request: crate::runtime::transcription::TranscriptionRequest,
         request_id: Option<String>,
+        permit: crate::runtime::media::MediaPermit,
     ) -> Result<crate::runtime::transcription::TranscriptionOutcome, EngineError> {
         let runtime = self.clone();
-        spawn_request_task(self, async move { runtime.transcribe(&key, &request, request_id).await })
-            .await
-            .map_err(task_ended)?
+        spawn_request_task(self, async move {
+            let _permit = permit;
+            runtime.transcribe(&key, &request, request_id).await
+        })
+        .await
+        .map_err(task_ended)?
     }
 
     /// Starts a video job (charged when it completes).
@@ -96,11 +108,15 @@ impl Runtime {
         key: Arc<KeyEntry>,
         request: crate::runtime::video::VideoRequest,
         request_id: Option<String>,
+        permit: crate::runtime::media::MediaPermit,
     ) -> Result<tokaroo_storage::media::VideoJob, EngineError> {
         let runtime = self.clone();
-        spawn_request_task(self, async move { runtime.start_video_job(&key, &request, request_id).await })
-            .await
-            .map_err(task_ended)?
+        spawn_request_task(self, async move {
+            let _permit = permit;
+            runtime.start_video_job(&key, &request, request_id).await
+        })
+        .await
+        .map_err(task_ended)?
     }
 
     /// Serves embeddings and settles their usage row, whether or not the caller still waits.

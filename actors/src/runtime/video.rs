@@ -25,10 +25,10 @@ use crate::{
     error::EngineError,
     routing::{
         catalog::CatalogModel,
-        providers::{self, GeneratedImage, VideoCall, VideoStatus},
+        providers::{self, VideoCall, VideoStatus},
         upstreams::{BillingMode, Upstream},
     },
-    runtime::Runtime,
+    runtime::{images::KeepFailure, Runtime},
     tree::{
         inspect::Inspection,
         registry::{ChildRef, TreeMsg},
@@ -380,18 +380,26 @@ impl VideoJobActor {
         job.polls += 1;
         let status = providers::video_status(&upstream.conn, &job.provider_job).await;
         match status {
-            Ok(VideoStatus::Done { uri }) => match providers::fetch_video(&upstream.conn, &uri).await {
-                Ok(bytes) => {
-                    let video =
-                        GeneratedImage { bytes: bytes.to_vec(), mime: "video/mp4".into(), revised_prompt: None };
-                    let media = self.runtime.keep_media_for(&job.account_id, video, VIDEO_URL_TTL_MS).await?;
-                    job.media_id = Some(media);
-                    job.status = "charging".into();
-                    self.save(job).await?;
-                    self.complete(me, job).await
+            Ok(VideoStatus::Done { uri }) => {
+                let kept = match providers::fetch_video(&upstream.conn, &uri).await {
+                    Ok(download) => {
+                        self.runtime.keep_download(&job.account_id, "video/mp4", download, VIDEO_URL_TTL_MS).await
+                    }
+                    Err(error) => Err(KeepFailure::Upstream(error)),
+                };
+                match kept {
+                    Ok(media) => {
+                        job.media_id = Some(media);
+                        job.status = "charging".into();
+                        self.save(job).await?;
+                        self.complete(me, job).await
+                    }
+                    Err(KeepFailure::Upstream(error)) => {
+                        self.retry_or_fail(me, job, format!("fetching the video: {error}")).await
+                    }
+                    Err(KeepFailure::Ours(error)) => Err(error),
                 }
-                Err(error) => self.retry_or_fail(me, job, format!("fetching the video: {error}")).await,
-            },
+            }
             Ok(VideoStatus::Failed(why)) => self.fail(me, job, why).await,
             Ok(VideoStatus::Running) => self.retry_or_fail(me, job, "still running".into()).await,
             Err(error) if error.is_retryable() => self.retry_or_fail(me, job, error.to_string()).await,

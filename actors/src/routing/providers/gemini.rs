@@ -568,7 +568,7 @@ pub async fn speech(
     conn: &Connection,
     model: &str,
     call: &super::SpeechCall<'_>,
-) -> Result<super::AudioStream, ProviderError> {
+) -> Result<super::ByteStream, ProviderError> {
     use base64::Engine as _;
     use futures_util::StreamExt as _;
     if !matches!(call.format, "pcm" | "wav") {
@@ -669,14 +669,18 @@ pub async fn video_status(conn: &Connection, operation: &str) -> Result<super::V
 /// Downloads a finished video. The URI must be on the connection's own host (it is fetched
 /// with the connection's key); one redirect, as the download answers, is followed without
 /// the key and only to Google's https content hosts.
-pub async fn fetch_video(conn: &Connection, uri: &str) -> Result<bytes::Bytes, ProviderError> {
+pub async fn fetch_video(conn: &Connection, uri: &str) -> Result<super::ByteStream, ProviderError> {
     let (ours, theirs) = (reqwest::Url::parse(&conn.base_url).ok(), reqwest::Url::parse(uri).ok());
     let same_host = matches!((&ours, &theirs), (Some(a), Some(b)) if a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default());
     if !same_host {
         return Err(ProviderError::Protocol(format!("a video URI on another host: {uri}")));
     }
-    let request = with_key(conn.http.get(uri), conn, KEY).timeout(conn.timeout.max(Duration::from_secs(120)));
-    let response = conn.http.execute(request.build().map_err(|e| ProviderError::Protocol(e.to_string()))?).await;
+    // Only the wait for each answer's head, then for each piece, is bounded: a large video
+    // on a slow link takes as long as it takes.
+    let head = conn.timeout;
+    let request =
+        with_key(conn.http.get(uri), conn, KEY).build().map_err(|e| ProviderError::Protocol(e.to_string()))?;
+    let response = tokio::time::timeout(head, conn.http.execute(request)).await.map_err(|_| ProviderError::Timeout)?;
     let response = response.map_err(|e| ProviderError::Connect(e.to_string()))?;
     let response = if response.status().is_redirection() {
         let location = response
@@ -693,15 +697,15 @@ pub async fn fetch_video(conn: &Connection, uri: &str) -> Result<bytes::Bytes, P
                     })
             })
             .ok_or_else(|| ProviderError::Protocol("the video download redirects somewhere unexpected".into()))?;
-        let follow = conn.http.get(location).timeout(conn.timeout.max(Duration::from_secs(120)));
-        follow.send().await.map_err(|e| ProviderError::Connect(e.to_string()))?
+        let follow = tokio::time::timeout(head, conn.http.get(location).send()).await;
+        follow.map_err(|_| ProviderError::Timeout)?.map_err(|e| ProviderError::Connect(e.to_string()))?
     } else {
         response
     };
     if !response.status().is_success() {
         return Err(status_error(http::ErrorResponse::read(response).await));
     }
-    http::read_capped(response, super::MAX_VIDEO_BYTES).await
+    Ok(super::capped_body(response, head, super::MAX_VIDEO_BYTES))
 }
 
 /// `batchEmbedContents`: one vector per input, optionally truncated to `dims`.

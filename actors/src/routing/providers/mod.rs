@@ -245,13 +245,13 @@ pub struct SpeechCall<'a> {
     pub speed: Option<f64>,
 }
 
-/// Audio as it arrives.
-pub type AudioStream = BoxStream<'static, Result<bytes::Bytes, ProviderError>>;
+/// A body as it arrives (speech's audio, a video download).
+pub type ByteStream = BoxStream<'static, Result<bytes::Bytes, ProviderError>>;
 
 /// An accepted answer's body as it arrives, each wait for the next piece bounded by `idle`
 /// (not the whole body: long audio streams for longer than a connection's timeout); the
 /// stream ends after its first error.
-pub(crate) fn idle_bounded_body(response: reqwest::Response, idle: Duration) -> AudioStream {
+pub(crate) fn idle_bounded_body(response: reqwest::Response, idle: Duration) -> ByteStream {
     use futures_util::StreamExt as _;
     let body = Some(response.bytes_stream().boxed());
     futures_util::stream::unfold(body, move |body| async move {
@@ -267,7 +267,7 @@ pub(crate) fn idle_bounded_body(response: reqwest::Response, idle: Duration) -> 
 }
 
 /// Speaks `call.input` with `model` on `conn`: the audio's bytes as the provider sends them.
-pub async fn speech(conn: &Connection, model: &str, call: &SpeechCall<'_>) -> Result<AudioStream, ProviderError> {
+pub async fn speech(conn: &Connection, model: &str, call: &SpeechCall<'_>) -> Result<ByteStream, ProviderError> {
     match conn.provider {
         ProviderKind::OpenAi | ProviderKind::Local | ProviderKind::Groq => openai::speech(conn, model, call).await,
         ProviderKind::Google => gemini::speech(conn, model, call).await,
@@ -339,8 +339,31 @@ pub enum VideoStatus {
     Failed(String),
 }
 
-/// The most a video download may be (held in memory while it is kept).
-pub const MAX_VIDEO_BYTES: usize = 192 << 20;
+/// The most a video download may be (it streams to disk; this bounds the disk).
+pub const MAX_VIDEO_BYTES: usize = 512 << 20;
+
+/// `body`, ending in an error once more than `cap` bytes came (or the response's
+/// `content-length` says more will).
+pub(crate) fn capped_body(response: reqwest::Response, idle: Duration, cap: usize) -> ByteStream {
+    use futures_util::StreamExt as _;
+    let too_large = move || ProviderError::Protocol(format!("the download exceeds the {} MiB cap", cap >> 20));
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return futures_util::stream::once(async move { Err(too_large()) }).boxed();
+    }
+    let state = Some((idle_bounded_body(response, idle), 0usize));
+    futures_util::stream::unfold(state, move |state| async move {
+        let (mut body, seen) = state?;
+        match body.next().await? {
+            Ok(piece) if seen.saturating_add(piece.len()) > cap => Some((Err(too_large()), None)),
+            Ok(piece) => {
+                let seen = seen + piece.len();
+                Some((Ok(piece), Some((body, seen))))
+            }
+            Err(error) => Some((Err(error), None)),
+        }
+    })
+    .boxed()
+}
 
 /// Starts a video job; answers the provider's id for it.
 pub async fn start_video(conn: &Connection, model: &str, call: &VideoCall<'_>) -> Result<String, ProviderError> {
@@ -363,12 +386,16 @@ pub async fn video_status(conn: &Connection, job: &str) -> Result<VideoStatus, P
     }
 }
 
-/// Fetches a finished video's bytes (at most [`MAX_VIDEO_BYTES`]).
-pub async fn fetch_video(conn: &Connection, uri: &str) -> Result<bytes::Bytes, ProviderError> {
+/// Opens a finished video's download: its bytes as they arrive, at most [`MAX_VIDEO_BYTES`].
+pub async fn fetch_video(conn: &Connection, uri: &str) -> Result<ByteStream, ProviderError> {
+    use futures_util::StreamExt as _;
     match conn.provider {
         ProviderKind::Google => gemini::fetch_video(conn, uri).await,
         // An empty MP4 `ftyp` box: labelled stand-in bytes.
-        ProviderKind::Simulator => Ok(bytes::Bytes::from_static(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isommp41")),
+        ProviderKind::Simulator => Ok(futures_util::stream::once(async {
+            Ok(bytes::Bytes::from_static(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isommp41"))
+        })
+        .boxed()),
         _ => Err(ProviderError::Protocol("no video jobs on this provider".into())),
     }
 }

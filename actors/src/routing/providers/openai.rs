@@ -427,7 +427,7 @@ pub async fn speech(
     conn: &Connection,
     model: &str,
     call: &super::SpeechCall<'_>,
-) -> Result<super::AudioStream, ProviderError> {
+) -> Result<super::ByteStream, ProviderError> {
     let mut body = json!({ "model": model, "input": call.input, "voice": call.voice, "response_format": call.format });
     if let Some(speed) = call.speed {
         body["speed"] = json!(speed);

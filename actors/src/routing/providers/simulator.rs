@@ -151,7 +151,7 @@ pub fn images(call: &super::ImageCall<'_>) -> Vec<super::GeneratedImage> {
 
 /// A labelled stand-in for speech: a quarter second of silence, in the formats that need
 /// no encoder (`wav`, `pcm`, and `mp3` as silent frames).
-pub fn speech(call: &super::SpeechCall<'_>) -> Result<super::AudioStream, super::ProviderError> {
+pub fn speech(call: &super::SpeechCall<'_>) -> Result<super::ByteStream, super::ProviderError> {
     use futures_util::StreamExt as _;
     let audio = match call.format {
         "pcm" => vec![0u8; 12_000],
