@@ -47,8 +47,9 @@ async fn transcribe(
     RequestId(request_id): RequestId,
     mut form: Multipart,
 ) -> Result<Response, ApiError> {
-    // Taken before the upload is read: uploads held in memory count against the gate.
-    let permit = state.engine.runtime().media_permit(&key.account_id).await?;
+    // The account's slot before the upload is read (its uploads in memory count); the
+    // server's place once it is in, so a slow upload holds no one else's place.
+    let slot = state.engine.runtime().media_slot(&key.account_id)?;
     let bad = |m: String| ApiError::BadRequest(m);
     let (mut audio, mut filename, mut content_type) =
         (None, String::from("audio"), String::from("application/octet-stream"));
@@ -121,6 +122,7 @@ async fn transcribe(
         temperature,
         format,
     };
+    let permit = state.engine.runtime().media_permit(slot).await?;
     let outcome = state.engine.runtime().serve_transcription(key, request, request_id, permit).await?;
     let mut response = Response::new(Body::from(outcome.body));
     let headers = response.headers_mut();
@@ -180,7 +182,8 @@ async fn speech(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request = parse(&parse_json_object(&body)?)?;
-    let permit = state.engine.runtime().media_permit(&key.account_id).await?;
+    let runtime = state.engine.runtime();
+    let permit = runtime.media_permit(runtime.media_slot(&key.account_id)?).await?;
     let outcome = state.engine.runtime().serve_speech(key, request, request_id, permit).await?;
     let audio = outcome.audio.map(|chunk| chunk.map_err(std::io::Error::other));
     let mut response = Response::new(Body::from_stream(audio));

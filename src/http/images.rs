@@ -91,7 +91,8 @@ async fn generate(
     let wire = parse_json_object(&body)?;
     let sizes = known_sizes(&state.engine.runtime().catalog().models);
     let request = parse(&wire, &sizes)?;
-    let permit = state.engine.runtime().media_permit(&key.account_id).await?;
+    let runtime = state.engine.runtime();
+    let permit = runtime.media_permit(runtime.media_slot(&key.account_id)?).await?;
     let outcome = state.engine.runtime().serve_images(key, request, request_id, permit).await?;
     let mut data = Vec::with_capacity(outcome.images.len());
     for (i, image) in outcome.images.into_iter().enumerate() {

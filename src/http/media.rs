@@ -36,12 +36,19 @@ async fn media(State(state): State<AppState>, Path(id): Path<String>, request: R
         Ok(response) => response.into_response(),
         Err(infallible) => match infallible {},
     };
-    if response.status() == StatusCode::NOT_FOUND {
+    match response.status() {
         // Swept between the lookup and the open.
-        return Err(not_found());
+        StatusCode::NOT_FOUND => return Err(not_found()),
+        status if status.is_server_error() => {
+            return Err(ApiError::Internal(format!("media {id} could not be read from disk ({status})")))
+        }
+        // The file's own type on the file's bytes only, not on a 416's or a 304's.
+        StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
+            response.headers_mut().insert(header::CONTENT_TYPE, served_type(&mime));
+        }
+        _ => {}
     }
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, served_type(&mime));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600"));
     headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     Ok(response)

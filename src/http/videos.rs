@@ -126,7 +126,8 @@ async fn start(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request = parse(&parse_json_object(&body)?)?;
-    let permit = state.engine.runtime().media_permit(&key.account_id).await?;
+    let runtime = state.engine.runtime();
+    let permit = runtime.media_permit(runtime.media_slot(&key.account_id)?).await?;
     let job = state.engine.runtime().serve_video(key, request, request_id, permit).await?;
     Ok(job_response(&state, &job))
 }

@@ -100,7 +100,7 @@ impl Store {
         let staged = dir.join(format!(".{id}.tmp"));
         let file = std::fs::File::create(&staged)
             .map_err(|source| StorageError::Io { path: staged.display().to_string(), source })?;
-        Ok(MediaUpload { id: id.to_owned(), staged, file: Some(file), written: 0 })
+        Ok(MediaUpload { id: id.to_owned(), staged, file: Some(file), written: 0, committed: false })
     }
 
     /// Puts an upload's file in place (synced, then renamed), then its record.
@@ -112,8 +112,17 @@ impl Store {
         if let Some(f) = upload.file.take() {
             f.sync_all().map_err(io)?;
         }
-        std::fs::rename(&upload.staged, self.media_dir().join(&file.id)).map_err(io)?;
-        self.media_files.insert(&file.id.as_str(), &MediaFile { bytes: upload.written, ..file.clone() })
+        let placed = self.media_dir().join(&file.id);
+        std::fs::rename(&upload.staged, &placed).map_err(io)?;
+        if let Err(error) =
+            self.media_files.insert(&file.id.as_str(), &MediaFile { bytes: upload.written, ..file.clone() })
+        {
+            // No record, no file: nothing would ever sweep it.
+            let _ = std::fs::remove_file(&placed);
+            return Err(error);
+        }
+        upload.committed = true;
+        Ok(())
     }
 
     /// A file that has not expired, with its bytes.
@@ -136,8 +145,11 @@ impl Store {
         Ok(Some((file, self.media_dir().join(id))))
     }
 
-    /// Removes expired files and their records; returns how many.
+    /// Removes expired files and their records, and what a crash left behind (staged
+    /// uploads, files without a record) once older than [`MEDIA_LEFTOVER_AGE_MS`]; returns
+    /// how many records expired.
     pub fn sweep_media(&self, now_ms: i64) -> Result<usize, StorageError> {
+        self.sweep_media_leftovers(now_ms)?;
         let mut expired = Vec::new();
         self.media_files.for_each(|f: MediaFile| {
             if f.expires_at_ms <= now_ms {
@@ -159,6 +171,36 @@ impl Store {
     }
 }
 
+/// How old a staged upload or a file without a record must be before the sweep removes it:
+/// older than any download still being written.
+pub const MEDIA_LEFTOVER_AGE_MS: i64 = 6 * 60 * 60 * 1000;
+
+impl Store {
+    fn sweep_media_leftovers(&self, now_ms: i64) -> Result<(), StorageError> {
+        let dir = self.media_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(StorageError::Io { path: dir.display().to_string(), source }),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let staged = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")).is_some_and(valid_id);
+            let orphan = valid_id(&name) && self.media_files.get(&name.as_str())?.is_none();
+            let modified_ms = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            if (staged || orphan) && now_ms - modified_ms > MEDIA_LEFTOVER_AGE_MS {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A media file being written ([`Store::begin_media`]); dropped uncommitted, its staged
 /// file is removed.
 #[derive(Debug)]
@@ -167,6 +209,7 @@ pub struct MediaUpload {
     staged: PathBuf,
     file: Option<std::fs::File>,
     written: u64,
+    committed: bool,
 }
 
 impl MediaUpload {
@@ -190,7 +233,7 @@ impl MediaUpload {
 
 impl Drop for MediaUpload {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
+        if !self.committed {
             let _ = std::fs::remove_file(&self.staged);
         }
     }
@@ -240,7 +283,7 @@ mod tests {
             mime: "video/mp4".into(),
             bytes: 0,
             created_at_ms: 0,
-            expires_at_ms: 1_000,
+            expires_at_ms: i64::MAX,
         };
         let mut upload = store.begin_media(id).unwrap();
         upload.write(b"part one, ").unwrap();
@@ -258,5 +301,17 @@ mod tests {
             std::fs::read_dir(dir.path().join("media")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, vec![std::ffi::OsString::from(id)], "the dropped upload's staged file is gone");
         assert!(store.begin_media("../escape").is_err());
+
+        // What a crash leaves (a staged upload, a file whose record was never written) goes
+        // once it is older than any download still running; the served file stays.
+        let media = dir.path().join("media");
+        std::fs::write(media.join(".00000000000000000000000000000fff.tmp"), b"half").unwrap();
+        std::fs::write(media.join("00000000000000000000000000000eee"), b"no record").unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        store.sweep_media(now).unwrap();
+        assert_eq!(std::fs::read_dir(&media).unwrap().count(), 3, "too young to be a leftover");
+        store.sweep_media(now + super::MEDIA_LEFTOVER_AGE_MS + 1_000).unwrap();
+        let left: Vec<_> = std::fs::read_dir(&media).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(id)], "only the recorded file is left");
     }
 }

@@ -85,6 +85,7 @@ async fn images_are_generated_in_each_models_words_charged_per_image_and_served_
     assert_eq!(part.header("content-type"), Some("image/png"));
     let beyond = gw.raw(gw.client().get(url).header("range", format!("bytes={}-", bytes.len() + 10))).await;
     assert_eq!(beyond.status, 416);
+    assert_ne!(beyond.header("content-type"), Some("image/png"), "a 416 is not labelled as the image");
     let missing = gw.raw(gw.client().get(gw.url("/v1/media/0123456789abcdef0123456789abcdef"))).await;
     assert_eq!(missing.status, 404);
 

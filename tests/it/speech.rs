@@ -169,3 +169,39 @@ async fn transcriptions_are_multipart_capped_rendered_in_each_format_and_charged
     assert_eq!(before, after);
     assert!(!gw.data_dir.join("media").exists() || std::fs::read_dir(gw.data_dir.join("media")).unwrap().count() == 0);
 }
+
+/// A named model its provider shut down is a 400 that says so; a transcription model that
+/// hears only some languages is asked only in those.
+#[tokio::test]
+async fn named_models_must_still_run_and_hear_the_language() {
+    let openai = Fake::start(OpenAi { models: vec![] }, "openai-key-lang").await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = dir.path().join("extra.json");
+    std::fs::write(
+        &extra,
+        r#"{"models": [{"id": "whisper-en-only", "name": "English Whisper", "provider": "openai", "input_per_1m": 0,
+            "output_per_1m": 0, "capabilities": ["stt"], "context_window": 224, "quality": 60, "latency_class": "fast",
+            "media": {"kind": "transcription", "price_per_minute": 0.002, "response_formats": ["json", "verbose_json"],
+                      "languages": ["en"]}}]}"#,
+    )
+    .unwrap();
+    let options = Options::default().openai(&openai).env("TOKAROO_CATALOG_EXTRA", extra.to_str().unwrap());
+    let gw = Gateway::start_in(&dir.path().join("data"), options).await;
+    let key = gw.first_key.clone().unwrap();
+
+    let french = gw.raw(upload(&gw, &key, vec![1u8; 10], &[("model", "whisper-en-only"), ("language", "fr")])).await;
+    assert_eq!(french.status, 400, "{}", french.text);
+    assert!(french.text.contains("languages they hear"), "{}", french.text);
+    assert!(posts(&openai).is_empty() && openai.requests().is_empty(), "the provider was not asked");
+    let english = gw.raw(upload(&gw, &key, vec![1u8; 10], &[("model", "whisper-en-only"), ("language", "en")])).await;
+    assert_eq!(english.status, 200, "{}", english.text);
+    let sent = openai.requests().into_iter().find(|r| r.path.ends_with("/audio/transcriptions")).unwrap();
+    assert_eq!(crate::fakes::openai::form_field(&sent.raw, "model").as_deref(), Some("whisper-en-only"));
+
+    let gone = gw.post("/v1/audio/speech", &key, json!({"input": "hi", "model": "playai-tts", "voice": "alloy"})).await;
+    assert_eq!(gone.status, 400, "{}", gone.text);
+    assert!(gone.text.contains("shut down by its provider on 2025-12-31"), "{}", gone.text);
+    let gone = gw.raw(upload(&gw, &key, vec![1u8; 10], &[("model", "distil-whisper-large-v3-en")])).await;
+    assert_eq!(gone.status, 400, "{}", gone.text);
+    assert!(gone.text.contains("shut down"), "{}", gone.text);
+}

@@ -83,6 +83,9 @@ pub struct MediaSpec {
     pub price_per_minute: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub response_formats: Vec<String>,
+    /// The ISO 639-1 languages a transcription model hears; empty for all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub languages: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_file_mb: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -42,7 +42,7 @@ pub struct ImageRequest {
 }
 
 /// What served the images.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ImageOutcome {
     /// Their bytes are empty when kept for URLs (`media_ids`, in the same order).
     pub images: Vec<GeneratedImage>,
@@ -50,6 +50,8 @@ pub struct ImageOutcome {
     pub model: String,
     pub provider: &'static str,
     pub charge: Charge,
+    /// The media gate's permit, held until this answer is dropped (`serve_images`).
+    pub permit: Option<super::media::MediaPermit>,
 }
 
 /// A model able to take the request, with the words and the price it takes it at.
@@ -242,7 +244,14 @@ impl Runtime {
             }
         }
         self.settle_row(key, holds, row).await?;
-        Ok(ImageOutcome { images, media_ids, model: c.model.id.clone(), provider: upstream.kind.as_str(), charge })
+        Ok(ImageOutcome {
+            images,
+            media_ids,
+            model: c.model.id.clone(),
+            provider: upstream.kind.as_str(),
+            charge,
+            permit: None,
+        })
     }
 }
 

@@ -17,7 +17,7 @@ use crate::{
     routing::{
         catalog::{CatalogModel, MediaSpec},
         gateway::{self, RequestWork},
-        providers::{ProviderError, ProviderKind},
+        providers::{ByteStream, ProviderError, ProviderKind},
         upstreams::{BillingMode, Owner, Upstream},
     },
     runtime::{requests::RequestInfo, Runtime},
@@ -92,6 +92,8 @@ pub const MEDIA_PER_ACCOUNT: usize = 8;
 /// is a 503.
 pub const MEDIA_GLOBAL: usize = 32;
 pub const MEDIA_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How many accounts the gate remembers before it forgets the idle ones.
+const PRUNE_GATE_AT: usize = 4096;
 
 /// The media requests running now, per account and in all.
 pub(crate) struct MediaGate {
@@ -105,34 +107,65 @@ impl Default for MediaGate {
     }
 }
 
-/// Leave to run one media request; held until it is served (`Runtime::serve_images`, ...).
+/// An account's share of the media gate: one of its [`MEDIA_PER_ACCOUNT`] slots.
+#[derive(Debug)]
+pub struct MediaSlot(#[allow(dead_code, reason = "held, never read: dropping it frees the slot")] OwnedSemaphorePermit);
+
+/// Leave to run one media request: the account's slot and one of the server's. Held until
+/// the request is served; a speech stream keeps the slot until the audio ends.
 #[derive(Debug)]
 pub struct MediaPermit {
-    _account: OwnedSemaphorePermit,
+    slot: MediaSlot,
     _global: OwnedSemaphorePermit,
 }
 
+impl MediaPermit {
+    /// The account's slot alone, the server's given back (work that holds no buffers).
+    pub fn into_slot(self) -> MediaSlot {
+        self.slot
+    }
+}
+
 impl Runtime {
-    /// A permit for one media request of `account_id`: refused at once (429) when the
-    /// account already runs [`MEDIA_PER_ACCOUNT`], so one tenant cannot take the server's
-    /// share; queued a while for the server's.
-    pub async fn media_permit(&self, account_id: &str) -> Result<MediaPermit, EngineError> {
+    /// One of `account_id`'s media slots, at once or a 429: one tenant cannot take the
+    /// server's share. Taken before an upload is read.
+    pub fn media_slot(&self, account_id: &str) -> Result<MediaSlot, EngineError> {
         let gate = &self.0.media_gate;
+        if gate.accounts.len() >= PRUNE_GATE_AT {
+            // Forget the accounts with no media request running: a slot out holds a clone
+            // of its account's semaphore.
+            gate.accounts.retain(|_, semaphore| Arc::strong_count(semaphore) > 1);
+        }
         let mine = gate
             .accounts
             .entry(account_id.to_owned())
             .or_insert_with(|| Arc::new(Semaphore::new(MEDIA_PER_ACCOUNT)))
             .clone();
-        let account = mine.try_acquire_owned().map_err(|_| EngineError::RateLimited {
+        mine.try_acquire_owned().map(MediaSlot).map_err(|_| EngineError::RateLimited {
             limit: MEDIA_PER_ACCOUNT as u32,
             retry_after: std::time::Duration::from_secs(1),
-        })?;
-        let global = tokio::time::timeout(MEDIA_QUEUE_WAIT, gate.global.clone().acquire_owned())
+        })
+    }
+
+    /// With a slot, one of the server's [`MEDIA_GLOBAL`] places, queued up to
+    /// [`MEDIA_QUEUE_WAIT`] (then a 503). Taken once the request's body is in.
+    pub async fn media_permit(&self, slot: MediaSlot) -> Result<MediaPermit, EngineError> {
+        let global = tokio::time::timeout(MEDIA_QUEUE_WAIT, self.0.media_gate.global.clone().acquire_owned())
             .await
             .map_err(|_| EngineError::Unavailable("The gateway is busy with media requests; try again shortly".into()))?
             .map_err(|_| EngineError::Unavailable("The gateway is shutting down".into()))?;
-        Ok(MediaPermit { _account: account, _global: global })
+        Ok(MediaPermit { slot, _global: global })
     }
+}
+
+/// `body`, holding `slot` until it ends or is dropped.
+pub(crate) fn holding(body: ByteStream, slot: MediaSlot) -> ByteStream {
+    use futures_util::StreamExt as _;
+    body.map(move |piece| {
+        let _held = &slot;
+        piece
+    })
+    .boxed()
 }
 
 /// What the first route that answered gave.
@@ -195,17 +228,24 @@ impl Runtime {
         does: &str,
     ) -> Result<Vec<(&CatalogModel, &MediaSpec)>, EngineError> {
         let catalog = &self.0.router.catalog;
+        let today = crate::clock::iso8601(crate::clock::now_ms())[..10].to_owned();
         if let Some(name) = named {
             let model = catalog.get(name).ok_or_else(|| {
                 EngineError::invalid(format!(
                     "model {name:?} is not {noun} model; use auto, fast, max or one from GET /v1/pricing"
                 ))
             })?;
-            if model.media.as_ref().is_none_or(|m| m.kind != kind) {
+            let Some(spec) = model.media.as_ref().filter(|m| m.kind == kind) else {
                 return Err(EngineError::invalid(format!("model {name:?} {does}")));
+            };
+            let shut_down =
+                spec.available_until.as_deref().filter(|until| model.deprecated && *until <= today.as_str());
+            if let Some(until) = shut_down {
+                return Err(EngineError::invalid(format!(
+                    "model {name:?} was shut down by its provider on {until}; see GET /v1/pricing for current models"
+                )));
             }
         }
-        let today = crate::clock::iso8601(crate::clock::now_ms())[..10].to_owned();
         Ok(catalog
             .models
             .iter()

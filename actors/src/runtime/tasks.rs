@@ -61,8 +61,10 @@ impl Runtime {
     ) -> Result<crate::runtime::images::ImageOutcome, EngineError> {
         let runtime = self.clone();
         spawn_request_task(self, async move {
-            let _permit = permit;
-            runtime.images(&key, &request, request_id).await
+            let mut outcome = runtime.images(&key, &request, request_id).await?;
+            // Held while the answer is encoded and sent: that is the memory the gate bounds.
+            outcome.permit = Some(permit);
+            Ok(outcome)
         })
         .await
         .map_err(task_ended)?
@@ -78,8 +80,10 @@ impl Runtime {
     ) -> Result<crate::runtime::speech::SpeechOutcome, EngineError> {
         let runtime = self.clone();
         spawn_request_task(self, async move {
-            let _permit = permit;
-            runtime.speech(&key, &request, request_id).await
+            let mut outcome = runtime.speech(&key, &request, request_id).await?;
+            // The account's slot lasts as long as the stream: a tenant's open streams count.
+            outcome.audio = crate::runtime::media::holding(outcome.audio, permit.into_slot());
+            Ok(outcome)
         })
         .await
         .map_err(task_ended)?

@@ -111,7 +111,10 @@ impl Runtime {
             .filter_map(|(m, spec)| {
                 let reports_duration = spec.response_formats.iter().any(|f| f == "verbose_json");
                 let fits = spec.max_file_mb.is_none_or(|mb| req.audio.len() as u64 <= mb * 1024 * 1024);
-                if !reports_duration || !fits {
+                // A model that hears only some languages is asked only for one it was told of.
+                let hears = spec.languages.is_empty()
+                    || req.language.as_ref().is_some_and(|l| spec.languages.iter().any(|h| h == l));
+                if !reports_duration || !fits || !hears {
                     return None;
                 }
                 Some(Candidate { model: m.clone(), usd_per_minute: spec.price_per_minute? })
@@ -141,8 +144,8 @@ impl Runtime {
             return Err(EngineError::invalid(match req.model.as_deref() {
                 Some(m) => format!(
                     "model {m:?} cannot take this file here: transcription is charged by the audio's length, which \
-                     only models with verbose_json report (whisper-1, Groq's Whisper), at most their max_file_mb; \
-                     see GET /v1/pricing"
+                     only models with verbose_json report (whisper-1, Groq's Whisper), at most their max_file_mb, \
+                     in the languages they hear; see GET /v1/pricing"
                 ),
                 None => "no transcription model takes this request; see GET /v1/pricing".into(),
             }));

@@ -36,6 +36,13 @@ use crate::{
     },
 };
 
+/// What a job's client is told of a provider failure: its code only. The provider's words
+/// and the URLs they carry go to the operator's log.
+fn client_reason(doing: &str, job: &str, error: &providers::ProviderError) -> String {
+    tracing::warn!(job, %error, "{doing} failed");
+    format!("{doing} failed ({})", error.code())
+}
+
 pub const VIDEOJOBS: &str = "videojobs";
 pub const VIDEOJOB: &str = "videojob";
 pub const MAX_PROMPT_CHARS: usize = 8_000;
@@ -395,15 +402,27 @@ impl VideoJobActor {
                         self.complete(me, job).await
                     }
                     Err(KeepFailure::Upstream(error)) => {
-                        self.retry_or_fail(me, job, format!("fetching the video: {error}")).await
+                        let why = client_reason("fetching the video", &job.id, &error);
+                        if error.is_retryable() {
+                            self.retry_or_fail(me, job, why).await
+                        } else {
+                            self.fail(me, job, why).await
+                        }
                     }
                     Err(KeepFailure::Ours(error)) => Err(error),
                 }
             }
+            // The provider's own verdict on the job (a safety filter's reason): the client's.
             Ok(VideoStatus::Failed(why)) => self.fail(me, job, why).await,
             Ok(VideoStatus::Running) => self.retry_or_fail(me, job, "still running".into()).await,
-            Err(error) if error.is_retryable() => self.retry_or_fail(me, job, error.to_string()).await,
-            Err(error) => self.fail(me, job, error.to_string()).await,
+            Err(error) => {
+                let why = client_reason("asking the provider about the job", &job.id, &error);
+                if error.is_retryable() {
+                    self.retry_or_fail(me, job, why).await
+                } else {
+                    self.fail(me, job, why).await
+                }
+            }
         }
     }
 
@@ -476,7 +495,8 @@ impl Actor for VideoJobActor {
                 // allowed to fail the actor: a failing job must not take its siblings down.
                 if let Err(error) = self.poll(&me, job).await {
                     tracing::warn!(job = %job.id, %error, "a video job's step failed; retrying");
-                    if let Err(error) = self.retry_or_fail(&me, job, error.to_string()).await {
+                    let why = "an internal error (the operator's log has it)".to_owned();
+                    if let Err(error) = self.retry_or_fail(&me, job, why).await {
                         tracing::error!(job = %job.id, %error, "a video job could not be saved; retrying");
                         me.send_after(MAX_POLL, || VideoJobMsg::Poll);
                     }

@@ -116,6 +116,9 @@ pub enum ProviderError {
     Protocol(String),
     #[error("the provider's stream broke: {0}")]
     StreamBroken(String),
+    /// A download larger than we keep: asking again would fetch it again.
+    #[error("the provider's answer is larger than the {0} MiB we keep")]
+    TooLarge(usize),
 }
 
 impl ProviderError {
@@ -126,6 +129,7 @@ impl ProviderError {
                 true
             }
             Self::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
+            Self::TooLarge(_) => false,
         }
     }
 
@@ -138,6 +142,7 @@ impl ProviderError {
             Self::Status { status, .. } => status.to_string(),
             Self::Protocol(_) => "protocol_error".into(),
             Self::StreamBroken(_) => "stream_broken".into(),
+            Self::TooLarge(_) => "too_large".into(),
         }
     }
 }
@@ -346,7 +351,7 @@ pub const MAX_VIDEO_BYTES: usize = 512 << 20;
 /// `content-length` says more will).
 pub(crate) fn capped_body(response: reqwest::Response, idle: Duration, cap: usize) -> ByteStream {
     use futures_util::StreamExt as _;
-    let too_large = move || ProviderError::Protocol(format!("the download exceeds the {} MiB cap", cap >> 20));
+    let too_large = move || ProviderError::TooLarge(cap >> 20);
     if response.content_length().is_some_and(|n| n > cap as u64) {
         return futures_util::stream::once(async move { Err(too_large()) }).boxed();
     }
