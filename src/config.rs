@@ -287,10 +287,11 @@ pub struct CatalogConfig {
 pub struct EndpointsConfig {
     /// How often self-hosted endpoints are health-checked.
     pub recheck_secs: u64,
-    /// Lets tenants' endpoints reach loopback, private, link-local and CGNAT addresses (the
-    /// operator's own account always may). Metadata addresses need `allowed_cidrs`.
+    /// Lets tenants' self-hosted endpoints reach loopback, private and CGNAT addresses (the
+    /// operator's own account always may). Link-local and metadata addresses need
+    /// `allowed_cidrs`. URL intelligence has its own list (`url.allowed_cidrs`).
     pub allow_private_networks: bool,
-    /// Addresses every account's endpoints may reach, whatever their range.
+    /// Addresses every account's self-hosted endpoints may reach, whatever their range.
     pub allowed_cidrs: Vec<String>,
 }
 

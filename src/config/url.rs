@@ -50,6 +50,9 @@ pub struct UrlConfig {
     pub webhook_backoff_ms: u64,
     pub webhook_max_backoff_secs: u64,
     pub webhook_timeout_secs: u64,
+    /// Addresses URL checks and webhooks may reach whatever their range; otherwise only
+    /// public addresses, for every account (the operator's too).
+    pub allowed_cidrs: Vec<String>,
 }
 
 impl Default for UrlConfig {
@@ -85,6 +88,7 @@ impl Default for UrlConfig {
             webhook_backoff_ms: ms(s.webhook.backoff),
             webhook_max_backoff_secs: s.webhook.max_backoff.as_secs(),
             webhook_timeout_secs: s.webhook.timeout.as_secs(),
+            allowed_cidrs: Vec::new(),
         }
     }
 }
@@ -135,6 +139,9 @@ impl UrlConfig {
             if let Some(v) = get(var) {
                 *slot = v.trim().parse().map_err(|e| ConfigError::Env { var, message: format!("{e}") })?;
             }
+        }
+        if let Some(v) = get("TOKAROO_URL_ALLOWED_CIDRS") {
+            self.allowed_cidrs = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
         }
         if let Some(v) = get("TOKAROO_URL_BATCH_CONCURRENCY") {
             self.batch_concurrency = v
@@ -212,6 +219,8 @@ impl UrlConfig {
                 max_backoff: secs(self.webhook_max_backoff_secs.max(1)),
                 timeout: secs(self.webhook_timeout_secs.max(1)),
             },
+            allowed_cidrs: tokaroo_actors::routing::netguard::parse_cidrs(&self.allowed_cidrs)
+                .map_err(|e| ConfigError::Invalid(format!("url.allowed_cidrs: {e}")))?,
         })
     }
 }

@@ -455,6 +455,12 @@ async fn host_and_hop_by_hop_headers_cannot_be_set_on_endpoints() {
         "Transfer-Encoding",
         "Upgrade",
         "Content-Length",
+        // What cloud metadata services take as proof a request was not forwarded.
+        "Metadata-Flavor",
+        "Metadata",
+        "X-Google-Metadata-Request",
+        "X-aws-ec2-metadata-token",
+        "X-aws-ec2-metadata-token-ttl-seconds",
     ] {
         let body = json!({"url": "http://127.0.0.1:9", "headers": {name: "x"}});
         let r = gw.post("/v1/local-endpoints", ADMIN_TOKEN, body).await;

@@ -1,7 +1,7 @@
 //! URL intelligence through HTTP, offline: a fake DNS server answers for the test zones, a
 //! loopback site serves shops, parked pages, redirects and slow pages, a fake registry
 //! answers RDAP, and a webhook receiver records deliveries. Tenants reach loopback through
-//! `endpoints.allowed_cidrs`; private and metadata addresses stay refused.
+//! `url.allowed_cidrs`; private and metadata addresses stay refused.
 
 use std::{
     net::Ipv4Addr,
@@ -94,7 +94,7 @@ async fn options(world: &World) -> Options {
         .env("TOKAROO_URL_HOP_TIMEOUT_MS", "3000")
         .env("TOKAROO_URL_RDAP_SERVERS", &format!("test=http://127.0.0.1:{rdap}/"))
         .env("TOKAROO_URL_WEBHOOK_BACKOFF_MS", "50")
-        .env("TOKAROO_ENDPOINTS_ALLOWED_CIDRS", "127.0.0.1/32")
+        .env("TOKAROO_URL_ALLOWED_CIDRS", "127.0.0.1/32")
         // Polling a batch is many reads a minute.
         .env("TOKAROO_DEFAULT_RPM", "100000")
 }
@@ -474,6 +474,13 @@ async fn a_batch_runs_as_an_actor_and_delivers_a_signed_webhook_after_retries() 
         assert_eq!(r.status, 400, "{}: {}", body.to_string().chars().take(120).collect::<String>(), r.text);
         assert!(r.text.contains(says), "{says}: {}", r.text);
     }
+    // The operator's own runtime keys get no wider reach: any of them may ask for a check.
+    let operator = gw.first_key.clone().unwrap();
+    let r = gw.post("/v1/url/batch", &operator, json!({"urls": [shop], "webhook_url": "http://10.0.0.1/hook"})).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let into_intranet = format!("http://shop.test:{port}/go?to=http://intranet.test/admin");
+    let r = analyse(&gw, &operator, json!({"url": into_intranet})).await;
+    assert!(signal_ids(&r.body).contains(&"redirect_refused".to_owned()), "{}", r.body);
     assert_eq!(gw.get("/v1/url/batches/nope", &key).await.status, 404);
     let (_, _, broke) = tenant(&gw, "broke", 0.0).await;
     assert_eq!(gw.post("/v1/url/batch", &broke, json!({"urls": [shop]})).await.status, 402);

@@ -120,6 +120,10 @@ fn split_credentials(given: &str) -> (String, Option<String>) {
 fn forbidden_header(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     name.starts_with("proxy-")
+        // Cloud metadata services ask for these to prove a request is not forwarded: an
+        // endpoint has no business sending them.
+        || name.starts_with("x-aws-ec2-metadata-token")
+        || ["metadata-flavor", "metadata", "x-google-metadata-request"].contains(&name.as_str())
         || ["host", "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length"]
             .contains(&name.as_str())
 }
@@ -133,7 +137,7 @@ fn headers_list(headers: &Map<String, Value>) -> Result<Vec<(String, String)>, E
                 .map_err(|_| EngineError::invalid(format!("headers: {k:?} is not a valid header name")))?;
             if forbidden_header(k) {
                 return Err(EngineError::invalid(format!(
-                    "headers: {k} cannot be set on an endpoint (Host and hop-by-hop headers are the gateway's)"
+                    "headers: {k} cannot be set on an endpoint (Host, hop-by-hop and cloud metadata headers are refused)"
                 )));
             }
             reqwest::header::HeaderValue::from_str(value)

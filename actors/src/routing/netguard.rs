@@ -114,10 +114,10 @@ fn classify_v4(ip: Ipv4Addr) -> Option<Range> {
         // Azure's wire server: a public address that answers only inside Azure.
         [168, 63, 129, 16] => Range::Metadata,
         [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _] => Range::Documentation,
-        // IETF protocol assignments (Oracle's metadata service is 192.0.0.192), benchmarking,
-        // the retired 6to4 relay anycast.
-        // Oracle's metadata service.
+        // Oracle's metadata service, inside the IETF protocol assignments.
         [192, 0, 0, 192] => Range::Metadata,
+        // The rest of the IETF protocol assignments, benchmarking, the retired 6to4 relay
+        // anycast.
         [192, 0, 0, _] | [198, 18 | 19, ..] | [192, 88, 99, _] => Range::Reserved,
         [255, 255, 255, 255] => Range::Broadcast,
         [224..=239, ..] => Range::Multicast,
@@ -135,8 +135,12 @@ fn classify_v6(ip: Ipv6Addr) -> Option<Range> {
         [a, ..] if a & 0xffc0 == 0xfe80 => Range::LinkLocal,
         // Site-local, deprecated but still routed on some networks.
         [a, ..] if a & 0xffc0 == 0xfec0 => Range::Private,
-        // AWS's IPv6 metadata service, inside the unique-local range.
-        [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254 | 0x23] => Range::Metadata,
+        // Clouds' IPv6 metadata services, inside the unique-local range: AWS (and its
+        // pod identity), GCP, Oracle, Scaleway.
+        [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254 | 0x23]
+        | [0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254]
+        | [0xfd00, 0xc1, 0, 0, 0, 0, 0xa9fe, 0xa9fe]
+        | [0xfd00, 0x42, 0, 0, 0, 0, 0, 0x42] => Range::Metadata,
         [a, ..] if a & 0xfe00 == 0xfc00 => Range::Private,
         [0x2001, 0xdb8, ..] => Range::Documentation,
         [0x3fff, b, ..] if b < 0x1000 => Range::Documentation,
@@ -470,6 +474,10 @@ mod tests {
             ("fc00::1", Some(Range::Private)),
             ("fd12:3456::1", Some(Range::Private)),
             ("fd00:ec2::254", Some(Range::Metadata)),
+            ("fd20:ce::254", Some(Range::Metadata)),
+            ("fd00:c1::a9fe:a9fe", Some(Range::Metadata)),
+            ("fd00:42::42", Some(Range::Metadata)),
+            ("fd20:ce::255", Some(Range::Private)),
             ("ff02::1", Some(Range::Multicast)),
             ("2001:db8::1", Some(Range::Documentation)),
             ("3fff::1", Some(Range::Documentation)),

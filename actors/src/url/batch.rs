@@ -198,7 +198,7 @@ impl UrlIntel {
         let profile = self.profile(&caller.account_id, input.profile.as_deref())?;
         score::validate(&input.weights, None).map_err(EngineError::Invalid)?;
         let webhook_url = match &input.webhook_url {
-            Some(url) => Some(self.check_webhook_url(&caller.account_id, url).await?),
+            Some(url) => Some(self.check_webhook_url(url).await?),
             None => None,
         };
         let secret = match (&input.webhook_secret, &webhook_url) {
@@ -300,8 +300,8 @@ impl UrlIntel {
         Ok(view(&batch, Some(Vec::new())))
     }
 
-    /// A webhook URL must be http(s) and reachable under the account's outbound guard.
-    async fn check_webhook_url(&self, account_id: &str, url: &str) -> Result<String, EngineError> {
+    /// A webhook URL must be http(s) and reachable under URL intelligence's outbound guard.
+    async fn check_webhook_url(&self, url: &str) -> Result<String, EngineError> {
         let parsed = reqwest::Url::parse(url.trim())
             .map_err(|e| EngineError::Invalid(format!("webhook_url is not a URL: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() || url.len() > 2048 {
@@ -310,7 +310,7 @@ impl UrlIntel {
         if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err(EngineError::Invalid("webhook_url must not carry credentials; use webhook_secret".into()));
         }
-        let (guard, _) = self.guard(account_id);
+        let guard = self.guard();
         guard
             .check_url(&parsed)
             .await
@@ -597,7 +597,7 @@ impl UrlBatchActor {
                 None => None,
             };
             let settings = &self.intel.0.settings.webhook;
-            let (guard, _) = self.intel.guard(&self.account_id);
+            let guard = self.intel.guard();
             webhook::send(guard, &url, secret.as_deref(), &body, settings.timeout).await
         }
         .await;

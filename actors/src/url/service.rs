@@ -32,7 +32,7 @@ use crate::{
         funding::Funding,
         ledger::{HoldGuard, LedgerClient, ReserveRequest},
     },
-    routing::netguard::{EndpointGuards, NetGuard, NetSettings},
+    routing::netguard::{NetGuard, NetPolicy, NetSettings},
     security::secrets::SecretBox,
     tree::registry::Registry,
 };
@@ -60,6 +60,9 @@ pub struct UrlSettings {
     pub account_concurrency: usize,
     pub global_concurrency: usize,
     pub webhook: WebhookSettings,
+    /// Addresses URL checks and webhooks may reach whatever their range (the only way past
+    /// the public-internet-only rule, for every account alike; `url.allowed_cidrs`).
+    pub allowed_cidrs: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +100,7 @@ impl Default for UrlSettings {
             account_concurrency: 8,
             global_concurrency: 16,
             webhook: WebhookSettings::default(),
+            allowed_cidrs: Vec::new(),
         }
     }
 }
@@ -245,7 +249,7 @@ pub(crate) struct UrlParts {
     pub(crate) payments_url: String,
     /// Resolving through the pipeline's resolver, so redirects and webhooks see the same
     /// answers DNS reported.
-    pub(crate) guards: EndpointGuards,
+    pub(crate) guard: NetGuard,
     pub(crate) secrets: SecretBox,
     pub(crate) registry: Registry,
     pub(crate) settings: UrlSettings,
@@ -292,7 +296,11 @@ impl UrlIntel {
             bootstrap.set(tld, base);
         }
         let inspector = Inspector::new(settings.pipeline.clone(), brands, parking, bootstrap).map_err(invalid)?;
-        let guards = EndpointGuards::new(net, Arc::new(inspector.dns().clone()));
+        // The public internet only, for every account, the operator's included: a runtime
+        // key can ask for a URL check, and `endpoints.*` opens self-hosted endpoints alone.
+        let policy_for_urls =
+            NetPolicy { allow_private: false, allowed: settings.allowed_cidrs.clone(), own: net.listen.clone() };
+        let guard = NetGuard::new(policy_for_urls, Arc::new(inspector.dns().clone()));
         let registry = directory.registry.clone();
         Ok(Self(Arc::new(UrlParts {
             inspector,
@@ -302,7 +310,7 @@ impl UrlIntel {
             funding,
             pricing,
             payments_url,
-            guards,
+            guard,
             secrets,
             registry,
             permits: Arc::new(tokio::sync::Semaphore::new(settings.global_concurrency.max(1))),
@@ -329,10 +337,9 @@ impl UrlIntel {
         self.0.directory.operator_account_id().as_deref() == Some(account_id)
     }
 
-    /// The guard an account's outbound URL calls pass, and its name for the signal cache.
-    pub(crate) fn guard(&self, account_id: &str) -> (&NetGuard, &'static str) {
-        let operator = self.is_operator(account_id);
-        (self.0.guards.for_account(operator), if operator { "operator" } else { "tenant" })
+    /// The guard every outbound URL call passes (checks, their redirects, TLS, webhooks).
+    pub(crate) fn guard(&self) -> &NetGuard {
+        &self.0.guard
     }
 
     /// The profile `name` (or id) names for this account; `default` when none.
@@ -397,7 +404,7 @@ impl UrlIntel {
         profile: &Profile,
         weights: &BTreeMap<String, f64>,
     ) -> UrlAnalysis {
-        let (guard, guard_id) = self.guard(&caller.account_id);
+        let (guard, guard_id) = (self.guard(), "public");
         // Pages are cached per account: a page's URL may carry a secret (a reset link), and
         // a hit would tell one tenant that another checked it.
         let inspection = self.0.inspector.inspect(url, guard, guard_id, &caller.account_id).await;
