@@ -14,6 +14,7 @@ mod engine;
 mod error;
 pub mod harness;
 pub mod knowledge;
+pub mod metadata;
 pub mod money;
 pub mod routing;
 pub mod runtime;

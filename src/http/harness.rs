@@ -258,7 +258,7 @@ async fn get_mission(
     let missions = state.engine.missions();
     let mission = missions.get(&access(&caller), &id)?;
     let (steps, artifacts) = missions.contents(&mission, DETAIL_ITEMS)?;
-    let steps_cost: i64 = steps.iter().map(|s| s.cost_units).sum();
+    let steps_cost: i64 = steps.iter().fold(0i64, |sum, s| sum.saturating_add(s.cost_units));
     let mut body = mission_json(&mission);
     body["steps"] = json!(steps.iter().map(step_json).collect::<Vec<_>>());
     // Contents up to 1 MiB in all; past it an artifact shows its size, and is read alone.

@@ -156,3 +156,43 @@ async fn one_account_can_never_touch_anothers_keys_or_workspaces() {
     let op_keys = gw.get("/v1/keys", ADMIN_TOKEN).await;
     assert!(!op_keys.text.contains(&a_key_id));
 }
+
+/// What a tenant writes into records kept for good (and some held in memory) has ceilings:
+/// a 400 that names the field, never a record that fills the server.
+#[tokio::test]
+async fn kept_records_refuse_oversized_metadata_labels_secrets_and_headers() {
+    let gw = Gateway::start().await;
+    let (_, session) = gw.create_account("hoarder").await;
+    let big = json!({"blob": "x".repeat(20_000)});
+    let r = gw.post("/v1/workspaces", &session, json!({"workspace_id": "w1", "name": "W", "metadata": big})).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("metadata"), "{}", r.text);
+    let r = gw.post("/v1/workspaces", &session, json!({"workspace_id": "w1", "name": "W"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = gw.patch("/v1/workspaces/w1", &session, json!({"metadata": big})).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let r = gw.post("/v1/keys", &session, json!({"name": "k", "metadata": big})).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let key = gw.post("/v1/keys", &session, json!({"name": "k"})).await;
+    let id = key.body["id"].as_str().unwrap();
+    let r = gw.patch(&format!("/v1/keys/{id}"), &session, json!({"metadata": big})).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(gw.patch(&format!("/v1/keys/{id}"), &session, json!({"metadata": {"team": "a"}})).await.status, 200);
+
+    let secret = "s".repeat(5000);
+    let r = gw.post("/v1/provider-keys", &session, json!({"provider": "openai", "secret": secret})).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("secret"), "{}", r.text);
+    let r = gw
+        .post("/v1/provider-keys", &session, json!({"provider": "openai", "secret": "sk-x", "label": "l".repeat(201)}))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let headers: serde_json::Map<String, serde_json::Value> =
+        (0..33).map(|i| (format!("x-h{i}"), json!("v"))).collect();
+    let r = gw.post("/v1/local-endpoints", &session, json!({"url": "http://example.com", "headers": headers})).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("at most 32 headers"), "{}", r.text);
+    let long_url = format!("http://example.com/{}", "a".repeat(3000));
+    let r = gw.post("/v1/local-endpoints", &session, json!({"url": long_url})).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+}

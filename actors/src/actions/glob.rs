@@ -35,12 +35,18 @@ impl Glob {
     }
 
     pub fn matches(&self, text: &str) -> bool {
+        self.matches_counting(text, &std::cell::Cell::new(0))
+    }
+
+    /// [`Glob::matches`], adding the characters a general match compared to `steps`: a
+    /// check's caller bounds the work tenant-written patterns and values can ask for.
+    pub fn matches_counting(&self, text: &str, steps: &std::cell::Cell<u64>) -> bool {
         match self {
             Glob::Exact(literal) => literal == text,
             Glob::Prefix(prefix) => text.starts_with(prefix.as_str()),
             Glob::Any => true,
             Glob::General { chars, literal_prefix, .. } => {
-                text.starts_with(literal_prefix.as_str()) && matches_chars(chars, text)
+                text.starts_with(literal_prefix.as_str()) && matches_chars(chars, text, steps)
             }
         }
     }
@@ -70,12 +76,16 @@ pub fn matches(pattern: &str, text: &str) -> bool {
     Glob::new(pattern).matches(text)
 }
 
-/// The classic two-pointer match that backtracks only to the last `*`: linear in practice.
+/// The classic two-pointer match that backtracks only to the last `*`: linear in practice,
+/// text × pattern at worst (`*aaab` against `aaaa…`), which `steps` counts.
 /// `ti` is a byte offset into `text`, always on a character boundary.
-fn matches_chars(pattern: &[char], text: &str) -> bool {
+fn matches_chars(pattern: &[char], text: &str, steps: &std::cell::Cell<u64>) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
+    let mut compared = 0u64;
+    let counted = |compared: u64| steps.set(steps.get().saturating_add(compared));
     while let Some(c) = text[ti..].chars().next() {
+        compared += 1;
         // A `*` is a wildcard even when the text has a `*` there too.
         if pi < pattern.len() && pattern[pi] == '*' {
             star = Some((pi, ti));
@@ -89,9 +99,11 @@ fn matches_chars(pattern: &[char], text: &str) -> bool {
             ti = star_t + skipped;
             star = Some((star_p, ti));
         } else {
+            counted(compared);
             return false;
         }
     }
+    counted(compared);
     pattern[pi..].iter().all(|c| *c == '*')
 }
 

@@ -12,7 +12,7 @@
 //! then matched in full and ranked: deny over approval over allow, then specificity, then
 //! priority, then the smaller name.
 
-use std::collections::HashMap;
+use std::{cell::Cell, collections::HashMap};
 
 use serde_json::Value;
 use tokaroo_storage::actions::ActionPolicy;
@@ -49,8 +49,14 @@ impl Compiled {
         }
     }
 
-    fn matches(&self, values: &[Option<&str>; FIELDS.len()], input: &CheckInput, amount_units: Option<i64>) -> bool {
-        let any = |globs: &[Glob], value: &str| globs.iter().any(|g| g.matches(value));
+    fn matches(
+        &self,
+        values: &[Option<&str>; FIELDS.len()],
+        input: &CheckInput,
+        amount_units: Option<i64>,
+        steps: &Cell<u64>,
+    ) -> bool {
+        let any = |globs: &[Glob], value: &str| globs.iter().any(|g| g.matches_counting(value, steps));
         let policy = &self.policy;
         let amount_ok = match (policy.amount_min_units, policy.amount_max_units) {
             (None, None) => true,
@@ -152,10 +158,15 @@ impl Group {
         input: &CheckInput,
         amount_units: Option<i64>,
         mut best: Option<&'a Compiled>,
+        steps: &Cell<u64>,
     ) -> Option<&'a Compiled> {
         let mut consider = |at: u32| {
             let candidate = &self.policies[at as usize];
-            if best.is_none_or(|b| candidate.beats(b)) && candidate.matches(values, input, amount_units) {
+            // Past the budget nothing more is matched; `decide` refuses the check.
+            if steps.get() > MAX_CHECK_STEPS {
+                return;
+            }
+            if best.is_none_or(|b| candidate.beats(b)) && candidate.matches(values, input, amount_units, steps) {
                 best = Some(candidate);
             }
         };
@@ -206,16 +217,39 @@ impl PolicyIndex {
 
     /// The policy that decides a check in `workspace`: the best of the matching ones from
     /// the workspace's own and the account-wide policies; `None` when none matches.
-    pub fn decide(&self, workspace: &str, input: &CheckInput, amount_units: Option<i64>) -> Option<&ActionPolicy> {
+    ///
+    /// Refused (`TooCostly`) when matching would compare more than [`MAX_CHECK_STEPS`]
+    /// characters: never a decision from half the policies, since a deny might be among
+    /// the rest.
+    pub fn decide(
+        &self,
+        workspace: &str,
+        input: &CheckInput,
+        amount_units: Option<i64>,
+    ) -> Result<Option<&ActionPolicy>, TooCostly> {
         let values: [Option<&str>; FIELDS.len()] = FIELDS.map(|f| input.fields.get(f).map(String::as_str));
         let own = if workspace.is_empty() { None } else { self.groups.get(workspace) };
         let mut best = None;
+        let steps = Cell::new(0);
         for group in [self.groups.get(""), own].into_iter().flatten() {
-            best = group.best(&values, input, amount_units, best);
+            best = group.best(&values, input, amount_units, best, &steps);
         }
-        best.map(|c| &c.policy)
+        if steps.get() > MAX_CHECK_STEPS {
+            return Err(TooCostly);
+        }
+        Ok(best.map(|c| &c.policy))
     }
 }
+
+/// The most characters one check's pattern matching may compare: some milliseconds of work.
+/// Tenant-written patterns against tenant-sent values can otherwise ask for minutes of it.
+pub const MAX_CHECK_STEPS: u64 = 20_000_000;
+
+/// A check whose matching would cost more than [`MAX_CHECK_STEPS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooCostly;
+
+impl PolicyIndex {}
 
 #[cfg(test)]
 mod tests {
@@ -361,6 +395,41 @@ mod tests {
             })
     }
 
+    /// Patterns written to backtrack (`*aaa…ab`) against a long value: the check is
+    /// refused once its work passes the budget, instead of holding a worker for minutes;
+    /// the same policies against a short value decide as usual.
+    #[test]
+    fn a_check_too_costly_to_match_is_refused_not_decided_from_part_of_the_policies() {
+        let slow: Vec<String> = (0..32).map(|i| format!("*{}b{i}", "a".repeat(250))).collect();
+        let policies: Vec<ActionPolicy> = (0..4)
+            .map(|i| ActionPolicy {
+                id: format!("pol_{i}"),
+                account_id: "acct".into(),
+                workspace: String::new(),
+                name: format!("p{i}"),
+                description: None,
+                effect: "deny".into(),
+                priority: 0,
+                status: "active".into(),
+                patterns: Vec::new(),
+                amount_min_units: None,
+                amount_max_units: None,
+                metadata: vec![("k".to_owned(), slow.clone())],
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            })
+            .collect();
+        let index = PolicyIndex::build(&policies);
+        let check = |value: String| {
+            let mut metadata = serde_json::Map::new();
+            metadata.insert("k".into(), json!(value));
+            CheckInput { metadata, ..Default::default() }
+        };
+        assert_eq!(index.decide("", &check("a".repeat(16_000)), None).err(), Some(super::TooCostly));
+        let short = check(format!("{}b3", "a".repeat(300)));
+        assert_eq!(index.decide("", &short, None).unwrap().map(|p| p.effect.as_str()), Some("deny"));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
         #[test]
@@ -377,7 +446,7 @@ mod tests {
             let workspace = ["", "ws1", "ws2"][workspace];
             for (input, amount) in &checks {
                 let expected = read_every_policy(&policies, workspace, input, *amount).map(|p| (&p.workspace, &p.name));
-                let got = index.decide(workspace, input, *amount).map(|p| (&p.workspace, &p.name));
+                let got = index.decide(workspace, input, *amount).unwrap().map(|p| (&p.workspace, &p.name));
                 prop_assert_eq!(got, expected, "check {:?} amount {:?}", input.fields, amount);
             }
         }

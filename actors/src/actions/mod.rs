@@ -384,7 +384,17 @@ impl Actions {
             }
         }
         let policies = self.account_policies(&scope.account_id).await?;
-        let best = policies.index.decide(&scope.workspace, &input, amount_units).cloned();
+        let best = policies
+            .index
+            .decide(&scope.workspace, &input, amount_units)
+            .map_err(|_| {
+                invalid(format!(
+                    "this check's metadata against this account's policies would compare more than {} characters; \
+                     shorten its metadata values or simplify the policies' patterns",
+                    index::MAX_CHECK_STEPS
+                ))
+            })?
+            .cloned();
         let mission = match input.fields.get("mission_id") {
             Some(reference) => self.0.missions.find(&scope.account_id, &scope.workspace, reference)?,
             None => None,

@@ -404,9 +404,10 @@ impl Directory {
         validate_slug(&new.slug)?;
         validate_name("name", &new.name)?;
         validate_budget(new.monthly_budget_usd)?;
+        crate::metadata::check_metadata("metadata", &new.metadata)?;
         let creating = self
             .reserve_creation(account_id, Counted::Workspaces, || {
-                Ok(self.store().workspaces.scan_prefix(&(account_id,))?.len())
+                Ok(self.store().workspaces.count_prefix(&(account_id,)))
             })
             .await?;
         let now = crate::clock::now_ms();
@@ -460,6 +461,7 @@ impl Directory {
             })?;
         }
         if let Some(metadata) = patch.metadata {
+            crate::metadata::check_metadata("metadata", &metadata)?;
             record.metadata = metadata;
         }
         if let Some(budget) = patch.monthly_budget_usd {
@@ -503,14 +505,13 @@ impl Directory {
     /// Creates a runtime key; returns its record and the secret (shown once, never stored).
     pub async fn create_key(&self, account_id: &str, new: NewKey) -> Result<(KeyView, String), EngineError> {
         validate_rpm(new.rate_limit_rpm)?;
+        crate::metadata::check_metadata("metadata", &new.metadata)?;
         self.check_rpm_cap(account_id, new.rate_limit_rpm)?;
         let creating = self
-            .reserve_creation(account_id, Counted::Keys, || {
-                Ok(self.store().api_keys.scan_prefix(&(account_id,))?.len())
-            })
+            .reserve_creation(account_id, Counted::Keys, || Ok(self.store().api_keys.count_prefix(&(account_id,))))
             .await?;
         let self_serve = self.store().accounts.get(&account_id)?.is_some_and(|a| a.self_serve);
-        if self_serve && self.store().api_keys.scan_prefix(&(account_id,))?.is_empty() {
+        if self_serve && self.store().api_keys.count_prefix(&(account_id,)) == 0 {
             self.check_first_key_allowed(account_id).await?;
         }
         let name = new.name.clone().unwrap_or_else(|| "default".into());
@@ -572,6 +573,7 @@ impl Directory {
             record.name = name;
         }
         if let Some(metadata) = patch.metadata {
+            crate::metadata::check_metadata("metadata", &metadata)?;
             record.metadata = metadata;
         }
         if let Some(rpm) = patch.rate_limit_rpm {

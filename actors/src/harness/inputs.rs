@@ -9,8 +9,7 @@ use crate::{error::EngineError, money::billing::usd_to_units};
 /// Ids and short texts: at most this many characters, no control characters.
 const MAX_ID_CHARS: usize = 256;
 const MAX_TEXT_CHARS: usize = 4_000;
-/// A record's `metadata`, serialized.
-pub const MAX_METADATA_BYTES: usize = 16 << 10;
+pub use crate::metadata::{check_metadata, MAX_METADATA_BYTES};
 /// An artifact's `content`; larger is refused with 413.
 pub const MAX_ARTIFACT_CONTENT_BYTES: usize = 256 << 10;
 /// The longest heartbeat timeout a mission may ask for (30 days).
@@ -91,14 +90,6 @@ fn check_text(field: &str, value: &str) -> Result<(), EngineError> {
 fn check_one_of(field: &str, value: &str, allowed: &[&str]) -> Result<(), EngineError> {
     if !allowed.contains(&value) {
         return Err(invalid(format!("{field} must be one of {}; got {value:?}", allowed.join(", "))));
-    }
-    Ok(())
-}
-
-pub fn check_metadata(field: &str, metadata: &Map<String, Value>) -> Result<(), EngineError> {
-    let bytes = serde_json::to_vec(metadata).map(|b| b.len()).unwrap_or(usize::MAX);
-    if bytes > MAX_METADATA_BYTES {
-        return Err(invalid(format!("{field} is {bytes} bytes as JSON; at most {MAX_METADATA_BYTES}")));
     }
     Ok(())
 }

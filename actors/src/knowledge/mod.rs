@@ -45,7 +45,6 @@ const MAX_CONTENT_BYTES: usize = 64 * 1024;
 const MAX_TITLE_CHARS: usize = 500;
 const MAX_SHORT_CHARS: usize = 256;
 const MAX_TAGS: usize = 32;
-const MAX_METADATA_BYTES: usize = 16 * 1024;
 /// How long a write waits for the indexer (embedding and a commit included).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -398,9 +397,7 @@ fn check_common(
         }
     }
     if let Some(metadata) = metadata {
-        if serde_json::to_vec(metadata).map(|b| b.len()).unwrap_or(usize::MAX) > MAX_METADATA_BYTES {
-            return Err(invalid(format!("metadata is larger than {MAX_METADATA_BYTES} bytes")));
-        }
+        crate::metadata::check_metadata("metadata", metadata)?;
     }
     for (name, value) in ["external_source", "external_id"].into_iter().zip(external) {
         if let Some(value) = value {

@@ -75,7 +75,25 @@ fn endpoint_base_url(url: &str) -> String {
     }
 }
 
+/// Labels, model names, URLs and secrets are kept, listed and some held in memory for
+/// good: each has a ceiling.
+const MAX_LABEL_CHARS: usize = 200;
+const MAX_MODEL_CHARS: usize = 256;
+const MAX_URL_BYTES: usize = 2048;
+const MAX_SECRET_BYTES: usize = 4096;
+const MAX_HEADERS: usize = 32;
+const MAX_HEADERS_BYTES: usize = 8 << 10;
+
+fn check_len(field: &str, value: &str, max: usize, unit: &str) -> Result<(), EngineError> {
+    let len = if unit == "characters" { value.chars().count() } else { value.len() };
+    if len > max {
+        return Err(EngineError::invalid(format!("{field} is {len} {unit}; at most {max}")));
+    }
+    Ok(())
+}
+
 fn parse_url(url: &str) -> Result<reqwest::Url, EngineError> {
+    check_len("url", url, MAX_URL_BYTES, "bytes")?;
     let parsed = reqwest::Url::parse(url).map_err(|e| EngineError::invalid(format!("url is not a valid URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(EngineError::invalid("url must be an http:// or https:// URL with a host"));
@@ -129,6 +147,12 @@ fn forbidden_header(name: &str) -> bool {
 }
 
 fn headers_list(headers: &Map<String, Value>) -> Result<Vec<(String, String)>, EngineError> {
+    let bytes: usize = headers.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, str::len)).sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADERS_BYTES {
+        return Err(EngineError::invalid(format!(
+            "headers: at most {MAX_HEADERS} headers of {MAX_HEADERS_BYTES} bytes in all"
+        )));
+    }
     headers
         .iter()
         .map(|(k, v)| {
@@ -314,11 +338,15 @@ impl Connections {
         if new.secret.trim().is_empty() {
             return Err(EngineError::invalid("secret must not be empty"));
         }
+        check_len("secret", &new.secret, MAX_SECRET_BYTES, "bytes")?;
+        if let Some(label) = &new.label {
+            check_len("label", label, MAX_LABEL_CHARS, "characters")?;
+        }
         let workspace_name = self.check_workspace(account_id, &new.workspace_slug)?;
         let creating = self
             .directory
             .reserve_creation(account_id, Counted::ProviderKeys, || {
-                Ok(self.store().provider_keys.scan_prefix(&(account_id,))?.len())
+                Ok(self.store().provider_keys.count_prefix(&(account_id,)))
             })
             .await?;
         let record = ProviderKey {
@@ -397,13 +425,19 @@ impl Connections {
 
     pub async fn create_endpoint(&self, account_id: &str, new: NewEndpoint) -> Result<EndpointView, EngineError> {
         let parsed = parse_url(&new.url)?;
+        if let Some(label) = &new.label {
+            check_len("label", label, MAX_LABEL_CHARS, "characters")?;
+        }
+        if let Some(model) = &new.default_model {
+            check_len("default_model", model, MAX_MODEL_CHARS, "characters")?;
+        }
         self.check_workspace(account_id, &new.workspace_slug)?;
         let headers = new.headers.as_ref().map(headers_list).transpose()?.unwrap_or_default();
         self.check_endpoint_url(account_id, &parsed).await?;
         let creating = self
             .directory
             .reserve_creation(account_id, Counted::Endpoints, || {
-                Ok(self.store().local_endpoints.scan_prefix(&(account_id,))?.len())
+                Ok(self.store().local_endpoints.count_prefix(&(account_id,)))
             })
             .await?;
         let (url, sealed_url) = self.seal_url(&new.url, &parsed);
@@ -481,9 +515,13 @@ impl Connections {
             (record.url, record.sealed_url) = self.seal_url(&given, &parsed);
         }
         if let Some(label) = patch.label {
+            check_len("label", &label, MAX_LABEL_CHARS, "characters")?;
             record.label = label;
         }
         if let Some(model) = patch.default_model {
+            if let Some(model) = &model {
+                check_len("default_model", model, MAX_MODEL_CHARS, "characters")?;
+            }
             record.default_model = model;
         }
         let headers = match patch.headers {

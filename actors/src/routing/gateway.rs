@@ -322,14 +322,19 @@ fn count_bounded(text: &str) -> u32 {
 /// The most answer text relayed from a self-hosted server before its stream is cut: a token
 /// is rarely more than 16 bytes, so only a server ignoring the output bound gets near it (one
 /// streaming forever), and nothing buffers without end. Managed and BYOK providers enforce
-/// the bound themselves.
+/// the bound themselves. Never more than [`MAX_SELF_HOSTED_ANSWER_BYTES`], whatever
+/// `max_tokens` a client asks for (self-hosted models have no output cap of their own).
 pub fn answer_text_limit(route: &RouteRecord) -> usize {
     if route.billing_mode == BillingMode::SelfHosted {
-        (route.max_output_tokens as usize).saturating_mul(16).max(64 << 10)
+        (route.max_output_tokens as usize).saturating_mul(16).clamp(64 << 10, MAX_SELF_HOSTED_ANSWER_BYTES)
     } else {
         usize::MAX
     }
 }
+
+/// The longest answer a self-hosted stream may relay (it is buffered for the cache and the
+/// usage count).
+pub const MAX_SELF_HOSTED_ANSWER_BYTES: usize = 4 << 20;
 
 /// The usage a served request is billed for, from what the upstream reported (if anything)
 /// and the answer's text.

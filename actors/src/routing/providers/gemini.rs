@@ -454,10 +454,11 @@ impl StreamDecoder for StreamState {
     }
 }
 
-/// A protobuf `Duration` in JSON: seconds with an `s` suffix (`"30s"`, `"1.5s"`).
+/// A protobuf `Duration` in JSON: seconds with an `s` suffix (`"30s"`, `"1.5s"`), at most
+/// [`http::MAX_RETRY_AFTER`] (`"1e30s"` would not fit a `Duration`).
 fn proto_duration(s: &str) -> Option<Duration> {
     let secs = s.strip_suffix('s')?.parse::<f64>().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(http::MAX_RETRY_AFTER.as_secs_f64())))
 }
 
 /// Reads Google's error body `{"error": {"code", "message", "status", "details"}}`. Google
@@ -1213,5 +1214,6 @@ mod tests {
             ProviderError::Status { status: 400, message: "Bad.".into(), retry_after: None }
         );
         assert_eq!(proto_duration("soon"), None);
+        assert_eq!(proto_duration("1e30s"), Some(http::MAX_RETRY_AFTER), "clamped, not a panic");
     }
 }
