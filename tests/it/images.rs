@@ -252,3 +252,36 @@ async fn a_video_job_is_answered_at_once_survives_a_kill_and_is_charged_once_on_
     let other = gw.post("/v1/keys", &session, json!({"name": "k"})).await.body["key"].as_str().unwrap().to_owned();
     assert_eq!(gw.get(&format!("/v1/videos/generations/{id}"), &other).await.status, 404);
 }
+
+/// An open video job's price is held from its start until it is charged: parallel starts
+/// cannot each see the whole balance, nor can other requests spend what the job will cost.
+#[tokio::test]
+async fn an_open_video_jobs_price_is_held_until_it_is_charged() {
+    let (openai, gemini) = (openai_fake().await, gemini_fake().await);
+    let gw = Gateway::start_with(with_gemini(Options::default().openai(&openai), &gemini)).await;
+    let (account, session) = gw.create_account("filmmaker").await;
+    // Enough for one 6 s Veo 3.1 Fast video ($0.66 with the margin), not two.
+    gw.post(&format!("/admin/accounts/{account}/credits"), ADMIN_TOKEN, json!({"amount_usd": 1.0})).await;
+    let key = gw.post("/v1/keys", &session, json!({"name": "k"})).await.body["key"].as_str().unwrap().to_owned();
+    let body = json!({"prompt": "Waves", "model": "veo-3.1-fast-generate-preview", "duration": 6});
+    let starts = (0..6).map(|_| gw.post("/v1/videos/generations", &key, body.clone()));
+    let answers = futures_util::future::join_all(starts).await;
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status.as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 402), "{statuses:?}");
+    // The held price is not there to spend on anything else meanwhile.
+    let images =
+        json!({"prompt": "x", "model": "gpt-image-2", "n": 4, "quality": "high", "response_format": "b64_json"});
+    let r = gw.post("/v1/images/generations", &key, images).await;
+    assert_eq!(r.status, 402, "{}", r.text);
+    let id = answers.iter().find(|r| r.status == 200).unwrap().body["id"].as_str().unwrap().to_owned();
+    let done = finished_video(&gw, &key, &id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let rows = gw.get(&format!("/admin/usage?account_id={account}"), ADMIN_TOKEN).await.body["data"].clone();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "charged once: {rows}");
+    let balance = gw.get("/v1/balance", &key).await.body["balance_usd"].as_f64().unwrap();
+    assert!((balance - (1.0 - 0.66)).abs() < 1e-9, "{balance}");
+    // Settled: the hold is gone, and the rest of the balance may be spent.
+    let tree = gw.actor_tree().await;
+    assert_eq!(find_actor(&tree, "ledger").unwrap()["snapshot"]["open_holds"], 0);
+}

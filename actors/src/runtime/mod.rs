@@ -39,6 +39,8 @@ pub(crate) struct RuntimeParts {
     pub(crate) missions: crate::harness::Missions,
     /// Media requests running now (`media_permit`).
     pub(crate) media_gate: media::MediaGate,
+    /// Video jobs' start locks and holds on their way to their actors.
+    pub(crate) video: video::VideoStarts,
 }
 
 impl Runtime {
@@ -61,6 +63,7 @@ impl Runtime {
             cache,
             missions,
             media_gate: media::MediaGate::default(),
+            video: video::VideoStarts::default(),
         }))
     }
 

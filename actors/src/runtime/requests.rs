@@ -265,6 +265,30 @@ impl Runtime {
         }
     }
 
+    /// A hold of `amount` for work of `account_id` in `workspace` that no request task
+    /// carries (a video job after a restart): `None` for the operator's unmetered account
+    /// without a workspace budget.
+    pub(crate) async fn reserve_for(
+        &self,
+        account_id: &str,
+        workspace: Option<&str>,
+        amount: i64,
+    ) -> Result<Option<HoldGuard>, EngineError> {
+        let metered = self.0.directory.operator_account_id().as_deref() != Some(account_id);
+        let budget = workspace.and_then(|slug| {
+            let entry = self.0.directory.workspace_entry(account_id, slug)?;
+            entry.monthly_budget_usd().map(|usd| (slug.to_owned(), usd_to_units(usd)))
+        });
+        if !metered && budget.is_none() {
+            return Ok(None);
+        }
+        let req = ReserveRequest { account_id: account_id.to_owned(), metered, amount_units: amount, budget };
+        match self.0.ledger.reserve(req).await? {
+            Ok(hold) => Ok(Some(hold)),
+            Err(refusal) => Err(refusal_error(refusal, &self.0.config.funding.payments_url())),
+        }
+    }
+
     /// Run in a task of its own (`Engine::serve_chat`): a client leaving must not cancel it.
     pub(crate) async fn chat(
         &self,
@@ -400,11 +424,12 @@ impl Runtime {
         Ok(charge)
     }
 
-    /// Settles a row no hold covers (work finished after its request was answered: a video
-    /// job), then auto pay when the balance fell below its threshold.
-    pub(crate) async fn settle_unheld(&self, row: UsageRow) -> Result<(), EngineError> {
+    /// Settles a row with a ledger hold no request task carries (a video job's), or none
+    /// (work finished after its request was answered), then auto pay when the balance fell
+    /// below its threshold.
+    pub(crate) async fn settle_held(&self, hold: Option<HoldGuard>, row: UsageRow) -> Result<(), EngineError> {
         let account_id = row.account_id.clone();
-        let (_, money) = self.0.ledger.settle(None, row).await?;
+        let (_, money) = self.0.ledger.settle(hold, row).await?;
         if self.0.directory.operator_account_id().as_deref() != Some(account_id.as_str()) {
             self.0.funding.maybe_auto_pay(&account_id, money);
         }

@@ -8,10 +8,13 @@
 //!
 //! The charge is settled once: the job is saved `charging` (the video kept) before its row
 //! (request id `videojob:{id}`) is settled, and a job resumed in that state looks for the row
-//! first, as URL batches do.
+//! first, as URL batches do. It is held from the start: the start's hold passes to the
+//! job's actor (`VideoStarts::holds`), which holds it anew after a restart, so an open job's
+//! price is never spent twice.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
+use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use serde_json::{json, Map};
 use tokaroo_storage::{
@@ -23,6 +26,7 @@ use crate::{
     chat::Mode,
     directory::apikey::KeyEntry,
     error::EngineError,
+    money::ledger::HoldGuard,
     routing::{
         catalog::CatalogModel,
         providers::{self, VideoCall, VideoStatus},
@@ -142,21 +146,14 @@ impl Runtime {
             return Err(EngineError::Unavailable("No video provider is configured (Gemini)".into()));
         }
         let info = super::media::media_info(req.mode, req.model.as_deref(), "video", request_id.clone());
-        // Charged on completion, so no hold outlives this request: the account's open jobs
-        // are capped, and the balance must cover them all with this one's dearest route.
+        // One start at a time per account, from the count of its open jobs to the new one's
+        // record: parallel starts cannot each see room under the cap.
+        let lock = self.0.video.starts.entry(key.account_id.clone()).or_default().clone();
+        let _starting = lock.lock().await;
         let store = &self.0.directory.store;
-        let mut open_units = 0i64;
         let mut open_jobs = 0usize;
         store.video_jobs_open.for_each(|open: OpenVideoJob| {
-            if open.account_id == key.account_id {
-                open_jobs += 1;
-                if let Some(job) = store.video_jobs.get(&(open.account_id.as_str(), open.id.as_str()))? {
-                    let list = job.usd_per_second * f64::from(job.duration_secs);
-                    let billing = BillingMode::parse(&job.billing_mode).unwrap_or(BillingMode::Managed);
-                    let mode = Mode::parse(&job.mode).unwrap_or(Mode::Auto);
-                    open_units += self.media_charge(mode, billing, list, list).charged_units;
-                }
-            }
+            open_jobs += usize::from(open.account_id == key.account_id);
             Ok::<_, EngineError>(())
         })?;
         if open_jobs >= MAX_OPEN_JOBS_PER_ACCOUNT {
@@ -165,6 +162,8 @@ impl Runtime {
                 retry_after: Duration::from_secs(30),
             });
         }
+        // Charged on completion, held from now until then: each open job's hold is the
+        // ledger's, so every later request (a chat, another job) sees the money as spoken for.
         let worst = routes
             .iter()
             .map(|(c, u)| {
@@ -173,7 +172,7 @@ impl Runtime {
             })
             .max()
             .unwrap_or(0);
-        drop(self.reserve(key, &info, || worst.saturating_add(open_units)).await?);
+        let holds = self.reserve(key, &info, || worst).await?;
         let work = [req.prompt.clone()];
         let served = super::media::first_answer(
             routes,
@@ -225,6 +224,10 @@ impl Runtime {
         let open = OpenVideoJob { account_id: job.account_id.clone(), id: job.id.clone() };
         store.video_jobs_open.insert(&job.id.as_str(), &open)?;
         store.flush().await?;
+        if let Some(hold) = holds.ledger {
+            // The job's actor takes it over.
+            self.0.video.holds.insert(job.id.clone(), hold);
+        }
         let registry = &self.0.directory.registry;
         crate::tree::supervisor::start_child(registry, VIDEOJOBS, self.video_spec(&job.account_id, &job.id)).await;
         Ok(job)
@@ -291,6 +294,18 @@ pub struct VideoJobActor {
     runtime: Runtime,
     account_id: String,
     id: String,
+    /// The ledger's hold for the job's charge, from its start (or this process's) until it
+    /// is settled or the job fails.
+    hold: std::sync::Mutex<Option<HoldGuard>>,
+}
+
+/// Video jobs' shared state in this process.
+#[derive(Default)]
+pub(crate) struct VideoStarts {
+    /// One start at a time per account.
+    pub(crate) starts: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// A started job's hold, until its actor takes it over.
+    pub(crate) holds: DashMap<String, HoldGuard>,
 }
 
 impl VideoJobActor {
@@ -301,7 +316,40 @@ impl VideoJobActor {
         Ok(())
     }
 
+    /// The job's hold: the one its start took, or, after a restart, a new one. A balance
+    /// that no longer covers it does not stop a job the provider is already making: it is
+    /// charged when done all the same.
+    async fn take_hold(&self, job: &VideoJob) {
+        let hold = match self.runtime.0.video.holds.remove(&job.id) {
+            Some((_, hold)) => Some(hold),
+            None => {
+                let units = self.job_charge(job).charged_units;
+                match self.runtime.reserve_for(&job.account_id, job.workspace.as_deref(), units).await {
+                    Ok(hold) => hold,
+                    Err(error) => {
+                        tracing::warn!(job = %job.id, %error, "a resumed video job's charge could not be held");
+                        None
+                    }
+                }
+            }
+        };
+        *self.hold.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = hold;
+    }
+
+    fn release_hold(&self) -> Option<HoldGuard> {
+        self.hold.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+
+    fn job_charge(&self, job: &VideoJob) -> crate::money::billing::Charge {
+        let mode = Mode::parse(&job.mode).unwrap_or(Mode::Auto);
+        let billing = BillingMode::parse(&job.billing_mode).unwrap_or(BillingMode::Managed);
+        let list = job.usd_per_second * f64::from(job.duration_secs);
+        self.runtime.media_charge(mode, billing, list, list)
+    }
+
     async fn finish(&self, me: &ActorRef<VideoJobMsg>, job: &VideoJob) -> Result<(), EngineError> {
+        // A failed job gives its hold back; a charged one's was settled.
+        drop(self.release_hold());
         let store = &self.runtime.0.directory.store;
         store.video_jobs_open.remove(&job.id.as_str())?;
         store.flush().await?;
@@ -325,10 +373,7 @@ impl VideoJobActor {
         let already = tokio::task::spawn_blocking(move || store.ledger.request_ids_since(&account, since_us, &wanted))
             .await
             .map_err(|e| EngineError::Internal(format!("reading the ledger: {e}")))??;
-        let mode = Mode::parse(&job.mode).unwrap_or(Mode::Auto);
-        let billing = BillingMode::parse(&job.billing_mode).unwrap_or(BillingMode::Managed);
-        let list = job.usd_per_second * f64::from(job.duration_secs);
-        let charge = self.runtime.media_charge(mode, billing, list, list);
+        let charge = self.job_charge(job);
         if already.is_empty() {
             let row = UsageRow {
                 id: crate::clock::new_id(),
@@ -363,7 +408,7 @@ impl VideoJobActor {
                 unit: Some("second".into()),
                 units: Some(f64::from(job.duration_secs)),
             };
-            self.runtime.settle_unheld(row).await?;
+            self.runtime.settle_held(self.release_hold(), row).await?;
         }
         job.charged_usd = Some(charge.charged_usd());
         Ok(())
@@ -469,6 +514,7 @@ impl Actor for VideoJobActor {
     ) -> Result<(), ActorProcessingErr> {
         match job {
             Some(job) if matches!(job.status.as_str(), "processing" | "charging") => {
+                self.take_hold(job).await;
                 let due = job.next_poll_at_ms - crate::clock::now_ms();
                 me.send_after(Duration::from_millis(u64::try_from(due).unwrap_or(0)), || VideoJobMsg::Poll);
             }
@@ -533,8 +579,12 @@ impl ChildSpec for VideoJobSpec {
         Restart::Transient
     }
     fn spawn(&self, at: SpawnAt) -> BoxFuture<Result<ChildRef, SpawnErr>> {
-        let actor =
-            VideoJobActor { runtime: self.runtime.clone(), account_id: self.account_id.clone(), id: self.id.clone() };
+        let actor = VideoJobActor {
+            runtime: self.runtime.clone(),
+            account_id: self.account_id.clone(),
+            id: self.id.clone(),
+            hold: std::sync::Mutex::new(None),
+        };
         Box::pin(spawn_linked(actor, (), at))
     }
 }
