@@ -158,6 +158,8 @@ pub enum CreditFault {
     /// The next `count` credits are recorded as usual but answered only after `delay`, so
     /// that their callers time out (a lost answer).
     DelayCreditReplies { count: u32, delay: Duration },
+    /// The next `n` batches fail to apply to the store (as on a full disk).
+    FailCommits(u32),
 }
 
 /// A credit the ledger holds, by id.
@@ -190,8 +192,9 @@ pub enum LedgerMsg {
         workspace_slug: String,
         reply: RpcReplyPort<i64>,
     },
-    /// Hands what is logged to the committer; with a reply, answers once it is in sled.
-    Commit(Option<RpcReplyPort<()>>),
+    /// Hands what is logged to the committer; with a reply, answers once it is in sled (or
+    /// why it could not be: then the actor restarts and replays its log).
+    Commit(Option<RpcReplyPort<Result<(), String>>>),
     /// From the committer thread.
     Committed {
         events: usize,
@@ -218,7 +221,9 @@ struct CommitJob {
     events: Vec<LedgerEvent>,
     /// A segment whose events are all applied by the end of this job: flush sled, then remove it.
     retire: Option<SealedSegment>,
-    done: Option<RpcReplyPort<()>>,
+    done: Option<RpcReplyPort<Result<(), String>>>,
+    /// Fault injection: fail as a store write would.
+    fail: bool,
 }
 
 #[derive(Default)]
@@ -266,6 +271,8 @@ pub struct LedgerState {
     /// Units taken back per (payment id, reason), to turn running totals into amounts.
     taken_back: HashMap<(String, String), i64>,
     credit_replies_to_delay: Option<(u32, Duration)>,
+    /// Fault injection: batches still to fail (`CreditFault::FailCommits`).
+    commits_to_fail: u32,
 }
 
 pub struct LedgerActor {
@@ -514,14 +521,14 @@ impl LedgerActor {
     fn commit(
         &self,
         state: &mut LedgerState,
-        done: Option<RpcReplyPort<()>>,
+        done: Option<RpcReplyPort<Result<(), String>>>,
         retire_now: bool,
     ) -> Result<(), StorageError> {
         state.commit_scheduled = false;
         let events = std::mem::take(&mut state.pending);
         if events.is_empty() && state.jobs_in_flight == 0 && !retire_now {
             if let Some(done) = done {
-                let _ = done.send(());
+                let _ = done.send(Ok(()));
             }
             return Ok(());
         }
@@ -533,7 +540,9 @@ impl LedgerActor {
             } else {
                 None
             };
-        let job = CommitJob { sync, events, retire, done };
+        let fail = state.commits_to_fail > 0 && !events.is_empty();
+        state.commits_to_fail -= u32::from(fail);
+        let job = CommitJob { sync, events, retire, done, fail };
         let unsent = match &state.committer {
             Some((tx, _)) => tx.send(job).err().map(|mpsc::SendError(job)| job),
             None => Some(job),
@@ -541,7 +550,7 @@ impl LedgerActor {
         match unsent {
             None => state.jobs_in_flight += 1,
             // No committer thread: apply here rather than lose the batch.
-            Some(job) => run_job(&self.store, job)?,
+            Some(job) => run_job(&self.store, job, true)?,
         }
         Ok(())
     }
@@ -586,11 +595,16 @@ impl LedgerActor {
     }
 }
 
-/// Fsyncs the batch's segment, applies the batch, and retires a finished segment.
-fn run_job(store: &Store, job: CommitJob) -> Result<(), StorageError> {
+/// Fsyncs the batch's segment, applies the batch, and retires a finished segment, unless
+/// `may_retire` is false: after a failed batch no segment may go, since one may hold that
+/// batch's events, which only the log then has (the restarted ledger replays it).
+fn run_job(store: &Store, job: CommitJob, may_retire: bool) -> Result<(), StorageError> {
     let result = (|| -> Result<(), StorageError> {
         if let Some(sync) = &job.sync {
             sync.sync()?;
+        }
+        if job.fail {
+            return Err(StorageError::Invalid("injected: the store refused the batch".into()));
         }
         if !job.events.is_empty() {
             store.ledger.apply(&job.events)?;
@@ -598,12 +612,14 @@ fn run_job(store: &Store, job: CommitJob) -> Result<(), StorageError> {
         if let Some(segment) = job.retire {
             // Its events are in sled; once sled is durable the log is no longer needed.
             store.flush_blocking()?;
-            segment.remove()?;
+            if may_retire {
+                segment.remove()?;
+            }
         }
         Ok(())
     })();
     if let Some(done) = job.done {
-        let _ = done.send(());
+        let _ = done.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
     }
     result
 }
@@ -616,12 +632,15 @@ fn spawn_committer(store: Store, ledger: Option<ActorRef<LedgerMsg>>) -> (mpsc::
     let handle = std::thread::Builder::new()
         .name("ledger-commit".into())
         .spawn(move || {
+            let mut failed_before = false;
             for job in rx {
                 let events = job.events.len();
-                let result = run_job(&store, job);
+                let result = run_job(&store, job, !failed_before);
                 if let Err(error) = &result {
-                    // The segment stays on disk and is applied at the next start.
+                    // The segment stays on disk (and every later one): the ledger restarts
+                    // on this failure and its recovery applies them.
                     tracing::error!(%error, events, "ledger commit failed");
+                    failed_before = true;
                 }
                 if let Some(ledger) = &ledger {
                     let _ = ledger.cast(LedgerMsg::Committed { events, result });
@@ -689,6 +708,7 @@ impl Actor for LedgerActor {
             credited,
             taken_back,
             credit_replies_to_delay: None,
+            commits_to_fail: 0,
         })
     }
 
@@ -752,6 +772,7 @@ impl Actor for LedgerActor {
             LedgerMsg::CreditFault(CreditFault::DelayCreditReplies { count, delay }) => {
                 state.credit_replies_to_delay = Some((count, delay));
             }
+            LedgerMsg::CreditFault(CreditFault::FailCommits(n)) => state.commits_to_fail = n,
             LedgerMsg::Money(account_id, reply) => {
                 let money = state.account(&self.store, &account_id)?.money;
                 let _ = reply.send(money);
@@ -769,7 +790,11 @@ impl Actor for LedgerActor {
                         state.events_committed += events as u64;
                         state.batches += u64::from(events > 0);
                     }
-                    Err(error) => state.last_error = Some(error.to_string()),
+                    Err(error) => {
+                        // The batch is only in the log now: restart, and recovery replays it.
+                        state.last_error = Some(error.to_string());
+                        return Err(format!("a ledger commit failed: {error}").into());
+                    }
                 }
             }
             LedgerMsg::Reconcile(reply) => {
@@ -831,6 +856,9 @@ pub enum LedgerError {
     /// still counts even if the fsync after it failed.
     #[error("the ledger could not record this: {0}")]
     Storage(#[from] StorageError),
+    /// A batch could not be applied to the store; the ledger restarts and replays its log.
+    #[error("the ledger could not commit: {0}")]
+    Commit(String),
     /// The task that waits out a restart on a settle's behalf ended without an answer.
     #[error("the ledger could not record this: the settle task failed: {0}")]
     SettleTask(#[from] tokio::task::JoinError),
@@ -950,9 +978,10 @@ impl LedgerClient {
         .await
     }
 
-    /// Waits until everything logged so far is applied to sled.
+    /// Waits until everything logged so far is applied to sled; an error when it could not
+    /// be (the ledger then restarts and replays its log).
     pub async fn commit(&self) -> Result<(), LedgerError> {
-        self.call(|r| LedgerMsg::Commit(Some(r))).await
+        self.call(|r| LedgerMsg::Commit(Some(r))).await?.map_err(LedgerError::Commit)
     }
 
     pub async fn reconcile(&self) -> Result<Vec<ReconcileLine>, LedgerError> {
@@ -1111,6 +1140,36 @@ mod tests {
         assert_eq!((retried.applied, retried.money.credited_units), (true, 700));
         ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
         assert_eq!(store.ledger.recompute("acct").unwrap().credited_units, 700);
+    }
+
+    /// A batch the store refused is reported to whoever waits on the commit (never a false
+    /// "in sled"), the ledger restarts on it, and its log replays the charge: nothing lost,
+    /// nothing twice.
+    #[tokio::test]
+    async fn a_batch_the_store_refuses_is_reported_and_replayed_from_the_log() {
+        let registry = Registry::default();
+        let client = LedgerClient::new(registry.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ledger = spawn_standalone(store.clone(), &registry).await.unwrap();
+        client.settle(None, usage_row("row-kept")).await.unwrap();
+        client.credit_fault(CreditFault::FailCommits(1)).unwrap();
+        let err = client.commit().await.unwrap_err();
+        assert!(matches!(err, LedgerError::Commit(_)), "{err:?}");
+        assert!(store.ledger.recompute("acct").unwrap().usage_rows == 0, "not in the store yet");
+        // The ledger stopped on the failure; the next one replays its log.
+        for _ in 0..100 {
+            if ledger.get_status() == ractor::ActorStatus::Stopped {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(ledger.get_status(), ractor::ActorStatus::Stopped);
+        let again = spawn_standalone(store.clone(), &registry).await.unwrap();
+        client.commit().await.unwrap();
+        let recomputed = store.ledger.recompute("acct").unwrap();
+        assert_eq!((recomputed.usage_rows, recomputed.charged_units), (1, 110), "the charge, once");
+        again.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
     }
 
     #[tokio::test]

@@ -111,6 +111,7 @@ impl From<LedgerError> for EngineError {
             LedgerError::Unavailable => EngineError::Unavailable(error.to_string()),
             LedgerError::Storage(error) => EngineError::Internal(error.to_string()),
             LedgerError::SettleTask(error) => EngineError::Internal(format!("the settle task failed: {error}")),
+            LedgerError::Commit(error) => EngineError::Internal(format!("the ledger could not commit: {error}")),
         }
     }
 }
