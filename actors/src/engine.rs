@@ -370,7 +370,7 @@ fn root_spec(
         Arc::new(group_spec(endpoints, upstreams, recheck, policy, registry.clone()))
     };
     let mut children: Vec<Arc<dyn ChildSpec>> = vec![
-        Arc::new(crate::money::ledger::LedgerSpec { store: directory.store.clone() }),
+        Arc::new(crate::money::ledger::LedgerSpec::new(directory.store.clone())),
         Arc::new(crate::directory::accounts::spec(directory)),
         group(false),
         group(true),

@@ -257,7 +257,9 @@ pub struct LedgerState {
     /// Jobs handed to the committer and not yet reported back.
     jobs_in_flight: usize,
     accounts: HashMap<String, Account>,
-    holds: HashMap<HoldId, Hold>,
+    /// Outlives this incarnation (`LedgerActor::holds`): requests in flight keep their
+    /// holds across a restart of the ledger.
+    holds: SharedHolds,
     next_hold: HoldId,
     rows_logged: u64,
     events_committed: u64,
@@ -277,6 +279,14 @@ pub struct LedgerState {
 
 pub struct LedgerActor {
     store: Store,
+    holds: SharedHolds,
+}
+
+/// The open holds, shared by the ledger's incarnations in this process.
+type SharedHolds = Arc<std::sync::Mutex<HashMap<HoldId, Hold>>>;
+
+fn lock(holds: &SharedHolds) -> std::sync::MutexGuard<'_, HashMap<HoldId, Hold>> {
+    holds.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn now_us() -> i64 {
@@ -376,7 +386,7 @@ impl LedgerActor {
         }
         state.next_hold += 1;
         let id = state.next_hold;
-        state.holds.insert(
+        lock(&state.holds).insert(
             id,
             Hold {
                 account_id: req.account_id,
@@ -390,7 +400,7 @@ impl LedgerActor {
     }
 
     fn release(&self, state: &mut LedgerState, id: HoldId) {
-        let Some(hold) = state.holds.remove(&id) else { return };
+        let Some(hold) = lock(&state.holds).remove(&id) else { return };
         let Some(account) = state.accounts.get_mut(&hold.account_id) else { return };
         if hold.metered {
             account.money.held_units -= hold.amount_units;
@@ -689,14 +699,14 @@ impl Actor for LedgerActor {
                 CreditedPayment { account_id: credit.account_id, amount_units: credit.amount_units },
             );
         }
-        Ok(LedgerState {
+        let mut state = LedgerState {
             wal,
             pending: Vec::new(),
             commit_scheduled: false,
             jobs_in_flight: 0,
             committer: Some(spawn_committer(self.store.clone(), Some(me))),
             accounts: HashMap::new(),
-            holds: HashMap::new(),
+            holds: self.holds.clone(),
             // Hold ids must not repeat across restarts: a request may still carry one from
             // the incarnation before, and releasing it must not free someone else's hold.
             next_hold: now_us() as u64,
@@ -709,7 +719,24 @@ impl Actor for LedgerActor {
             taken_back,
             credit_replies_to_delay: None,
             commits_to_fail: 0,
-        })
+        };
+        // Holds an earlier incarnation granted still stand: count them against their
+        // accounts and budgets again.
+        let month = month_of(now_us());
+        let held: Vec<(String, Option<String>, i64, bool, i64)> = lock(&state.holds)
+            .values()
+            .map(|h| (h.account_id.clone(), h.workspace_slug.clone(), h.month, h.metered, h.amount_units))
+            .collect();
+        for (account_id, slug, hold_month, metered, amount) in held {
+            let account = state.account(&self.store, &account_id)?;
+            if metered {
+                account.money.held_units += amount;
+            }
+            if let Some(slug) = slug.filter(|_| hold_month == month) {
+                account.workspace(&self.store, &account_id, &slug, month).held_units += amount;
+            }
+        }
+        Ok(state)
     }
 
     async fn post_stop(&self, _me: ActorRef<LedgerMsg>, state: &mut LedgerState) -> Result<(), ActorProcessingErr> {
@@ -807,7 +834,7 @@ impl Actor for LedgerActor {
                     "rows_logged": state.rows_logged,
                     "events_committed": state.events_committed,
                     "batches": state.batches,
-                    "open_holds": state.holds.len(),
+                    "open_holds": lock(&state.holds).len(),
                     "accounts_loaded": state.accounts.len(),
                     "replayed_at_start": state.replayed_at_start,
                     "credits_known": state.credited.len(),
@@ -822,6 +849,14 @@ impl Actor for LedgerActor {
 
 pub struct LedgerSpec {
     pub store: Store,
+    /// The open holds, kept across the ledger's restarts.
+    holds: SharedHolds,
+}
+
+impl LedgerSpec {
+    pub fn new(store: Store) -> Self {
+        Self { store, holds: SharedHolds::default() }
+    }
 }
 
 impl ChildSpec for LedgerSpec {
@@ -832,14 +867,14 @@ impl ChildSpec for LedgerSpec {
         "ledger"
     }
     fn spawn(&self, at: SpawnAt) -> BoxFuture<Result<ChildRef, SpawnErr>> {
-        Box::pin(spawn_linked(LedgerActor { store: self.store.clone() }, (), at))
+        Box::pin(spawn_linked(LedgerActor { store: self.store.clone(), holds: self.holds.clone() }, (), at))
     }
 }
 
 /// Starts a ledger on its own, outside the actor tree (benches and tools), found through
 /// `registry`. Stop it with `stop_and_wait` to commit what it logged.
 pub async fn spawn_standalone(store: Store, registry: &Registry) -> Result<ActorRef<LedgerMsg>, SpawnErr> {
-    let (actor, _) = Actor::spawn(None, LedgerActor { store }, ()).await?;
+    let (actor, _) = Actor::spawn(None, LedgerActor { store, holds: SharedHolds::default() }, ()).await?;
     registry.register(NAME.to_owned(), ChildRef::of(&actor));
     Ok(actor)
 }
@@ -1210,6 +1245,45 @@ mod tests {
         ledger.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
         let recomputed = store.ledger.recompute("acct").unwrap();
         assert_eq!((recomputed.credited_units, recomputed.credits), (0, 4));
+    }
+
+    /// A ledger that restarts (a failed commit, a failure in a handler) keeps the holds of
+    /// requests still in flight: the restarted one does not lend the same money out again.
+    #[tokio::test]
+    async fn holds_outlive_a_restart_of_the_ledger() {
+        let registry = Registry::default();
+        let client = LedgerClient::new(registry.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let holds = SharedHolds::default();
+        let start = || async {
+            let actor = LedgerActor { store: store.clone(), holds: holds.clone() };
+            let (actor, _) = Actor::spawn(None, actor, ()).await.unwrap();
+            registry.register(NAME.to_owned(), ChildRef::of(&actor));
+            actor
+        };
+        let reserve = |amount_units: i64, budget: Option<i64>| {
+            client.reserve(ReserveRequest {
+                account_id: "acct".into(),
+                metered: true,
+                amount_units,
+                budget: budget.map(|units| ("ws".to_owned(), units)),
+            })
+        };
+        let first = start().await;
+        client.credit(payment("pi_1", 1_000), DEFAULT_CREDIT_TIMEOUT).await.unwrap();
+        let in_flight = reserve(800, Some(900)).await.unwrap().unwrap();
+        first.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
+
+        let second = start().await;
+        assert!(reserve(300, None).await.unwrap().is_err(), "the 800 still held leaves 200");
+        assert!(
+            matches!(reserve(200, Some(900)).await.unwrap(), Err(Refusal::BudgetExceeded { .. })),
+            "and the budget still counts it"
+        );
+        drop(in_flight);
+        assert!(reserve(300, None).await.unwrap().is_ok(), "released through the new ledger");
+        second.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
     }
 
     #[tokio::test]
