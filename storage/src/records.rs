@@ -438,3 +438,24 @@ impl Record for PaymentAttempt {
     const TREE: &'static str = "payment_attempts";
     const FORMAT_VERSION: u8 = 1;
 }
+
+/// A refund or dispute the processor reported for a payment not credited here yet (its
+/// answer was lost, and the reconciler had not credited it): taken back once the payment is
+/// credited. Key: (payment_id, id).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingAdjustment {
+    pub id: String,
+    pub payment_id: String,
+    /// "refund" or "dispute".
+    pub reason: String,
+    /// `amount_units` is the running total taken back for this payment and reason (Stripe's
+    /// refunds), not an amount to take back once more.
+    pub running_total: bool,
+    pub amount_units: i64,
+    pub note: Option<String>,
+    pub received_at_ms: i64,
+}
+impl Record for PendingAdjustment {
+    const TREE: &'static str = "pending_adjustments";
+    const FORMAT_VERSION: u8 = 1;
+}

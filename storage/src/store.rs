@@ -15,8 +15,8 @@ use crate::{
     ledger::LedgerStore,
     media::{MediaFile, OpenVideoJob, VideoJob},
     records::{
-        Account, ApiKey, BillingProfile, CachedAnswer, LocalEndpoint, PaymentAttempt, ProviderKey, SemanticEntry,
-        Session, Workspace,
+        Account, ApiKey, BillingProfile, CachedAnswer, LocalEndpoint, PaymentAttempt, PendingAdjustment, ProviderKey,
+        SemanticEntry, Session, Workspace,
     },
     url::{OpenUrlBatch, UrlBatch, UrlBatchItem, UrlCheck, UrlProfile},
     Collection, Record, StorageError,
@@ -42,6 +42,8 @@ pub struct Store {
     pub billing: Collection<BillingProfile>,
     /// Card charges in flight or done (see [`PaymentAttempt`]).
     pub payment_attempts: Collection<PaymentAttempt>,
+    /// Refunds and disputes waiting for their payment's credit (see [`PendingAdjustment`]).
+    pub pending_adjustments: Collection<PendingAdjustment>,
     /// The exact response cache (see [`CachedAnswer`]).
     pub answers: Collection<CachedAnswer>,
     /// The semantic cache's prompts and vectors (see [`SemanticEntry`]).
@@ -142,6 +144,7 @@ impl Store {
             local_endpoints: Collection::open(&db)?,
             billing: Collection::open(&db)?,
             payment_attempts: Collection::open(&db)?,
+            pending_adjustments: Collection::open(&db)?,
             answers: Collection::open(&db)?,
             semantic: Collection::open(&db)?,
             notes: Collection::open(&db)?,

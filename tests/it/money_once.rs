@@ -292,3 +292,28 @@ async fn refunds_and_disputes_take_money_back_once_with_their_reason() {
     assert!(dispute_row["note"].as_str().unwrap().contains("fraudulent"), "{dispute_row}");
     assert_no_drift(&gw).await;
 }
+
+/// A refund reported before its payment was credited here (the top-up's answers were lost)
+/// is kept, and taken back when the payment is credited: the customer never keeps both.
+#[tokio::test]
+async fn a_refund_that_comes_before_its_lost_top_up_is_credited_is_taken_back_after() {
+    let stripe = FakeStripe::start().await;
+    let gw = Gateway::start_with(stripe_options(&stripe)).await;
+    let (_, session, _) = funded(&gw, &stripe).await;
+    stripe.lose_responses("/v1/payment_intents", 3);
+    let r = gw.post("/v1/billing/add", &session, json!({"amount_usd": 10})).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    let top_up = top_up_intents(&stripe)[0]["id"].as_str().unwrap().to_owned();
+    // Refunded in full before anything credited it.
+    assert_eq!(deliver(&gw, &stripe.refund(&top_up, 1000)).await.status, 200);
+    assert_eq!(balance(&gw, &session).await, 25.0);
+    // Now the reconciler credits the payment, and the refund follows it.
+    let r = gw.post("/admin/billing/reconcile", ADMIN_TOKEN, json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["credited"], 1, "{}", r.text);
+    assert_eq!(balance(&gw, &session).await, 25.0, "credited $10 and refunded $10");
+    // A retried refund event changes nothing.
+    assert_eq!(deliver(&gw, &stripe.refund(&top_up, 0)).await.status, 200);
+    assert_eq!(balance(&gw, &session).await, 25.0);
+    assert_no_drift(&gw).await;
+}

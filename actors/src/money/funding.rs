@@ -19,7 +19,7 @@ use std::{
 };
 
 use serde::Serialize;
-use tokaroo_storage::records::{BillingProfile, PaymentAttempt, SavedCard, UNITS_PER_USD};
+use tokaroo_storage::records::{BillingProfile, PaymentAttempt, PendingAdjustment, SavedCard, UNITS_PER_USD};
 
 use crate::{
     config::{EngineConfig, FundingSettings},
@@ -43,6 +43,8 @@ use tokaroo_storage::{
     records::{Credit, UsageRow},
 };
 
+/// How long a refund or dispute for a payment not credited here is kept waiting for it.
+const PENDING_ADJUSTMENT_TTL_MS: i64 = 90 * 24 * 60 * 60 * 1000;
 /// Retries of a charge whose answer was lost, with the same idempotency key, before the
 /// caller is told the outcome is unknown.
 const CHARGE_RETRIES: u32 = 2;
@@ -353,16 +355,63 @@ impl Funding {
 
     async fn take_back(&self, adjustment: Adjustment) -> Result<(), EngineError> {
         let (id, payment) = (adjustment.id.clone(), adjustment.payment_id.clone());
-        match self.0.ledger.adjust(adjustment).await? {
+        match self.0.ledger.adjust(adjustment.clone()).await? {
             AdjustOutcome::Applied { account_id, units, .. } => {
                 tracing::info!(account = %account_id, %id, %payment, usd = units_to_usd(units), "took money back")
             }
             AdjustOutcome::Duplicate | AdjustOutcome::Nothing => {}
-            // Not credited here (another integration's payment, or one not credited yet,
-            // which the reconciler will credit; see ARCHITECTURE).
+            // Not credited here: another integration's payment, or one of ours whose answer
+            // was lost and that the reconciler has not credited yet. Kept, and taken back
+            // when (if ever) that payment is credited: the customer never keeps both.
             AdjustOutcome::UnknownPayment => {
-                tracing::warn!(%id, %payment, "an adjustment for a payment not credited here")
+                tracing::warn!(%id, %payment, "an adjustment for a payment not credited here; kept until it is");
+                let (running_total, amount_units) = match adjustment.amount {
+                    AdjustAmount::Units(units) => (false, units),
+                    AdjustAmount::TotalUnits(units) => (true, units),
+                };
+                let pending = PendingAdjustment {
+                    id: adjustment.id,
+                    payment_id: adjustment.payment_id,
+                    reason: adjustment.reason,
+                    running_total,
+                    amount_units,
+                    note: adjustment.note,
+                    received_at_ms: crate::clock::now_ms(),
+                };
+                self.0
+                    .store
+                    .pending_adjustments
+                    .insert(&(pending.payment_id.as_str(), pending.id.as_str()), &pending)?;
+                self.0.store.flush().await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Takes back what was reported for `payment` before it was credited here.
+    /// (Kept up to [`PENDING_ADJUSTMENT_TTL_MS`].)
+    async fn apply_pending_adjustments(&self, payment: &str) -> Result<(), EngineError> {
+        for pending in self.0.store.pending_adjustments.scan_prefix(&(payment,))? {
+            let amount = if pending.running_total {
+                AdjustAmount::TotalUnits(pending.amount_units)
+            } else {
+                AdjustAmount::Units(pending.amount_units)
+            };
+            let adjustment = Adjustment {
+                id: pending.id.clone(),
+                payment_id: pending.payment_id.clone(),
+                reason: pending.reason.clone(),
+                amount,
+                note: pending.note.clone(),
+            };
+            match self.0.ledger.adjust(adjustment).await? {
+                AdjustOutcome::UnknownPayment => continue,
+                AdjustOutcome::Applied { account_id, units, .. } => {
+                    tracing::info!(account = %account_id, id = %pending.id, %payment, usd = units_to_usd(units), "took back an adjustment reported before its payment was credited");
+                }
+                AdjustOutcome::Duplicate | AdjustOutcome::Nothing => {}
+            }
+            self.0.store.pending_adjustments.remove(&(pending.payment_id.as_str(), pending.id.as_str()))?;
         }
         Ok(())
     }
@@ -394,6 +443,19 @@ impl Funding {
         }
         let since =
             time::OffsetDateTime::now_utc().unix_timestamp() - self.0.settings.reconcile_lookback.as_secs() as i64;
+        // Adjustments for payments never credited here within the window are other
+        // integrations' (or lost for good): forgotten.
+        let forget_before = crate::clock::now_ms() - PENDING_ADJUSTMENT_TTL_MS;
+        let mut stale = Vec::new();
+        self.0.store.pending_adjustments.for_each(|p: PendingAdjustment| {
+            if p.received_at_ms < forget_before {
+                stale.push((p.payment_id, p.id));
+            }
+            Ok::<_, EngineError>(())
+        })?;
+        for (payment, id) in stale {
+            self.0.store.pending_adjustments.remove(&(payment.as_str(), id.as_str()))?;
+        }
         for profile in self.0.store.billing.all()? {
             let Some(customer_id) = &profile.customer_id else { continue };
             report.customers += 1;
@@ -802,7 +864,16 @@ impl Funding {
             note,
             created_at_us: 0,
         };
-        Ok(self.0.ledger.credit(credit, self.0.settings.credit_timeout).await?)
+        let payment = credit.reference.clone();
+        let outcome = self.0.ledger.credit(credit, self.0.settings.credit_timeout).await?;
+        if let Some(payment) = &payment {
+            // Refunds or disputes that came first. The credit stands either way; one that
+            // could not be taken back stays pending, in the log for the operator.
+            if let Err(error) = self.apply_pending_adjustments(payment).await {
+                tracing::error!(%error, %payment, "could not take back an adjustment reported before its credit");
+            }
+        }
+        Ok(outcome)
     }
 
     /// A workspace's charges this calendar month (UTC).
