@@ -462,12 +462,24 @@ struct AddCredits {
 }
 
 /// The `manual` way to fund an account (also `tokaroo credits add`).
+/// `Idempotency-Key` makes a manual credit count once however often it is sent (an admin
+/// client retrying after a timeout).
 async fn add_credits(
     State(state): State<AppState>,
     _op: Operator,
     Path(account_id): Path<String>,
+    headers: axum::http::HeaderMap,
     JsonBody(req): JsonBody<AddCredits>,
 ) -> Result<Json<Value>, ApiError> {
-    let money = state.engine.funding().add_credit(&account_id, req.amount_usd, "manual", None, req.note).await?.money;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => {
+            let key = value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 200).ok_or_else(|| {
+                ApiError::BadRequest("Idempotency-Key must be 1 to 200 visible ASCII characters".into())
+            })?;
+            Some(format!("manual:{account_id}:{key}"))
+        }
+    };
+    let money = state.engine.funding().add_credit(&account_id, req.amount_usd, "manual", key, req.note).await?.money;
     Ok(Json(json!({ "ok": true, "account_id": account_id, "balance_usd": usd(money.balance_units()) })))
 }

@@ -100,9 +100,16 @@ async fn a_tenant_pays_from_a_prepaid_balance_and_an_empty_one_gets_402() {
         403
     );
 
-    let r = credit(&gw, &t.id, 2.5).await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.body["balance_usd"], 2.5);
+    // A manual credit sent again with its Idempotency-Key (a retry) counts once.
+    let url = gw.url(&format!("/admin/accounts/{}/credits", t.id));
+    for _ in 0..2 {
+        let once = gw.client().post(&url).bearer_auth(ADMIN_TOKEN).header("idempotency-key", "grant-7");
+        let r = gw.raw(once.json(&json!({"amount_usd": 2.5}))).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["balance_usd"], 2.5, "{}", r.text);
+    }
+    let bad_key = gw.client().post(&url).bearer_auth(ADMIN_TOKEN).header("idempotency-key", "k".repeat(201));
+    assert_eq!(gw.raw(bad_key.json(&json!({"amount_usd": 1}))).await.status, 400);
     let mut charged = 0.0;
     for _ in 0..3 {
         let r = gw.post("/v1/chat/completions", &t.key, chat_body(50)).await;
