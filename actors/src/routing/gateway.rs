@@ -420,6 +420,25 @@ fn is_weak(req: &ChatRequest, r: &ChatResponse) -> bool {
     r.finish_reason == FinishReason::Length || text.is_empty() || refused || bad_json
 }
 
+/// The routes a request may take, and the hold prices: the first usable route of each of
+/// the first few upstreams, as the gateway tries them. Trying only these keeps a breaker that
+/// opens after the hold from sending the request down a route the hold never priced.
+pub(crate) fn priced_routes(routes: Vec<Route>) -> Vec<Route> {
+    let mut upstreams_seen: Vec<String> = Vec::new();
+    routes
+        .into_iter()
+        .filter(|r| r.upstream.usable_for(&r.model.id))
+        .filter(|r| {
+            let first = !upstreams_seen.contains(&r.upstream.name);
+            if first {
+                upstreams_seen.push(r.upstream.name.clone());
+            }
+            first
+        })
+        .take(MAX_ATTEMPTS)
+        .collect()
+}
+
 pub(crate) fn upstream_error(error: ProviderError) -> EngineError {
     match error {
         ProviderError::Status { status: status @ (400 | 422), message, .. } => rejected(status, &message),
@@ -508,7 +527,11 @@ impl Router {
     ) -> Option<ChatOutcome> {
         let mut max_req = req.clone();
         max_req.model = ModelChoice::Mode(Mode::Max);
-        let better = self.plan(&max_req, scope).ok()?.into_iter().find(|r| r.model.quality > used.model.quality)?;
+        // Among the routes the request's hold priced (`priced_routes`), so the charge stays
+        // within it.
+        let better = priced_routes(self.plan(&max_req, scope).ok()?)
+            .into_iter()
+            .find(|r| r.model.quality > used.model.quality)?;
         let started = Instant::now();
         let bound = req.output_bound(better.model.max_output_tokens);
         let response =

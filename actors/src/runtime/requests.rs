@@ -10,7 +10,7 @@ use crate::{
     error::EngineError,
     money::billing::{usd_to_units, Charge},
     money::ledger::{refusal_error, HoldGuard, LedgerError, ReserveRequest},
-    routing::gateway::{ChatFailure, ChatOutcome, RouteRecord, StreamOutcome},
+    routing::gateway::{priced_routes, ChatFailure, ChatOutcome, RouteRecord, StreamOutcome},
     routing::router::{Route, Scope},
     routing::upstreams::BillingMode,
     runtime::Runtime,
@@ -80,25 +80,6 @@ impl RequestInfo {
             mission_explicit: false,
         }
     }
-}
-
-/// The routes a request may take, and the hold prices: the first usable route of each of
-/// the first few upstreams, as the gateway tries them. Trying only these keeps a breaker that
-/// opens after the hold from sending the request down a route the hold never priced.
-fn priced_routes(routes: Vec<Route>) -> Vec<Route> {
-    let mut upstreams_seen: Vec<String> = Vec::new();
-    routes
-        .into_iter()
-        .filter(|r| r.upstream.usable_for(&r.model.id))
-        .filter(|r| {
-            let first = !upstreams_seen.contains(&r.upstream.name);
-            if first {
-                upstreams_seen.push(r.upstream.name.clone());
-            }
-            first
-        })
-        .take(crate::routing::gateway::MAX_ATTEMPTS)
-        .collect()
 }
 
 fn scope(key: &KeyEntry) -> Scope {
