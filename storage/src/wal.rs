@@ -31,8 +31,10 @@ pub struct Wal {
     next_seq: u64,
     bytes_in_segment: u64,
     opened_at: Instant,
-    /// Test-only fault: this many next appends fail as a full disk would, writing nothing.
+    /// Test-only fault: this many next appends fail as a full disk would, half-written.
     failing_appends: u32,
+    /// A failed append's partial record could not be cut off: no more appends here.
+    torn: bool,
 }
 
 /// A segment the writer has moved past, waiting to be applied and removed.
@@ -97,17 +99,17 @@ impl Wal {
             bytes_in_segment: 0,
             opened_at: Instant::now(),
             failing_appends: 0,
+            torn: false,
         };
         Ok((wal, leftovers))
     }
 
     /// Appends one event. When this returns, a crash of the process cannot lose it.
     pub fn append(&mut self, event: &LedgerEvent) -> Result<(), StorageError> {
-        if self.failing_appends > 0 {
-            self.failing_appends -= 1;
+        if self.torn {
             return Err(StorageError::Io {
                 path: self.current_path.display().to_string(),
-                source: std::io::Error::other("injected fault: no space left on device"),
+                source: std::io::Error::other("the segment ends in a torn record that could not be cut off"),
             });
         }
         let payload = serde_json::to_vec(event)
@@ -117,12 +119,28 @@ impl Wal {
         record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         record.extend_from_slice(&payload);
         // One write call per record: a record is either wholly in the file or detectably torn.
-        (&*self.current).write_all(&record).map_err(io(&self.current_path))?;
+        let written = if self.failing_appends > 0 {
+            self.failing_appends -= 1;
+            // A full disk mid-record: part of it lands.
+            let _ = (&*self.current).write_all(&record[..record.len() / 2]);
+            Err(std::io::Error::other("injected fault: no space left on device"))
+        } else {
+            (&*self.current).write_all(&record)
+        };
+        if let Err(error) = written {
+            // Cut off whatever part landed: replay stops at the first bad record, so one
+            // left here would hide every record appended after it. If it cannot be cut,
+            // nothing more goes into this segment.
+            if self.current.set_len(self.bytes_in_segment).is_err() {
+                self.torn = true;
+            }
+            return Err(io(&self.current_path)(error));
+        }
         self.bytes_in_segment += record.len() as u64;
         Ok(())
     }
 
-    /// Test-only (fault injection): the next `n` appends fail and write nothing.
+    /// Test-only (fault injection): the next `n` appends fail, half-written.
     pub fn fail_next_appends(&mut self, n: u32) {
         self.failing_appends = n;
     }
@@ -150,6 +168,7 @@ impl Wal {
         let (file, path) = create_segment(&self.dir, self.next_seq)?;
         self.next_seq += 1;
         self.bytes_in_segment = 0;
+        self.torn = false;
         self.opened_at = Instant::now();
         let old_file = std::mem::replace(&mut self.current, Arc::new(file));
         let old_path = std::mem::replace(&mut self.current_path, path);
@@ -239,6 +258,23 @@ mod tests {
         let (_wal, leftovers) = Wal::open(dir.path()).unwrap();
         let replayed: Vec<String> = leftovers.iter().flat_map(|(_, e)| ids(e)).collect();
         assert_eq!(replayed, ["1", "2", "3"]);
+    }
+
+    /// An append that fails part-way (a full disk) is cut off, so records appended after it
+    /// are still replayed.
+    #[test]
+    fn a_failed_append_leaves_no_torn_record_to_hide_the_next_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut wal, _) = Wal::open(dir.path()).unwrap();
+            wal.append(&credit("1")).unwrap();
+            wal.fail_next_appends(1);
+            assert!(wal.append(&credit("lost")).is_err());
+            wal.append(&credit("3")).unwrap();
+        }
+        let (_wal, leftovers) = Wal::open(dir.path()).unwrap();
+        let replayed: Vec<String> = leftovers.iter().flat_map(|(_, e)| ids(e)).collect();
+        assert_eq!(replayed, ["1", "3"]);
     }
 
     #[test]

@@ -424,7 +424,10 @@ impl Runtime {
         let charged_units = row.charged_units;
         let (_, money) = self.0.ledger.settle(hold.ledger, row).await?;
         if let Some(mission) = hold.mission {
-            mission.settle(charged_units).await;
+            // In a task of its own: a caller dropped from here on (a client leaving a
+            // stream at its end) must not leave the charge out of the mission's spend.
+            let recorded = super::tasks::spawn_request_task(self, mission.settle(charged_units));
+            let _ = recorded.await;
         }
         if self.0.directory.operator_account_id().as_deref() != Some(key.account_id.as_str()) {
             self.0.funding.maybe_auto_pay(&key.account_id, money);
