@@ -383,6 +383,8 @@ impl Funding {
                     .pending_adjustments
                     .insert(&(pending.payment_id.as_str(), pending.id.as_str()), &pending)?;
                 self.0.store.flush().await?;
+                // The payment may have been credited while this was being kept.
+                self.apply_pending_adjustments(&pending.payment_id).await?;
             }
         }
         Ok(())

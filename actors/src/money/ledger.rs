@@ -169,7 +169,7 @@ struct CreditedPayment {
 }
 
 pub enum LedgerMsg {
-    Reserve(ReserveRequest, RpcReplyPort<Result<HoldId, Refusal>>),
+    Reserve(ReserveRequest, RpcReplyPort<Result<(HoldId, Arc<()>), Refusal>>),
     /// A request ended without a charge (it failed): give its hold back.
     Release(HoldId),
     /// Charges a served request. Replies with the row as written (its timestamp is the
@@ -242,6 +242,9 @@ struct WorkspaceMonth {
 }
 
 struct Hold {
+    /// Dead once its `HoldGuard` is gone: a release that was lost (sent while the ledger
+    /// restarted) is then taken as given.
+    alive: std::sync::Weak<()>,
     account_id: String,
     workspace_slug: Option<String>,
     month: i64,
@@ -362,7 +365,36 @@ impl LedgerActor {
         Ok(())
     }
 
-    fn reserve(&self, state: &mut LedgerState, req: ReserveRequest) -> Result<Result<HoldId, Refusal>, StorageError> {
+    fn reserve(
+        &self,
+        state: &mut LedgerState,
+        req: ReserveRequest,
+    ) -> Result<Result<(HoldId, Arc<()>), Refusal>, StorageError> {
+        let answer = self.try_reserve(state, &req)?;
+        if answer.is_ok() || !self.release_dead_holds(state) {
+            return Ok(answer);
+        }
+        // Holds whose guards are gone were counted: ask again without them.
+        self.try_reserve(state, &req)
+    }
+
+    /// Gives back the holds whose guards were dropped without a release reaching us;
+    /// whether there were any.
+    fn release_dead_holds(&self, state: &mut LedgerState) -> bool {
+        let dead: Vec<HoldId> =
+            lock(&state.holds).iter().filter(|(_, h)| h.alive.strong_count() == 0).map(|(id, _)| *id).collect();
+        for id in &dead {
+            self.release(state, *id);
+        }
+        !dead.is_empty()
+    }
+
+    fn try_reserve(
+        &self,
+        state: &mut LedgerState,
+        req: &ReserveRequest,
+    ) -> Result<Result<(HoldId, Arc<()>), Refusal>, StorageError> {
+        let req = req.clone();
         let month = month_of(now_us());
         let account = state.account(&self.store, &req.account_id)?;
         if let Some((slug, budget_units)) = &req.budget {
@@ -386,9 +418,11 @@ impl LedgerActor {
         }
         state.next_hold += 1;
         let id = state.next_hold;
+        let alive = Arc::new(());
         lock(&state.holds).insert(
             id,
             Hold {
+                alive: Arc::downgrade(&alive),
                 account_id: req.account_id,
                 workspace_slug: req.budget.map(|(slug, _)| slug),
                 month,
@@ -396,7 +430,7 @@ impl LedgerActor {
                 amount_units: req.amount_units,
             },
         );
-        Ok(Ok(id))
+        Ok(Ok((id, alive)))
     }
 
     fn release(&self, state: &mut LedgerState, id: HoldId) {
@@ -645,7 +679,17 @@ fn spawn_committer(store: Store, ledger: Option<ActorRef<LedgerMsg>>) -> (mpsc::
             let mut failed_before = false;
             for job in rx {
                 let events = job.events.len();
-                let result = run_job(&store, job, !failed_before);
+                let result = if failed_before {
+                    // Not applied at all: a waiter told "in sled" would look for a row of the
+                    // failed batch, miss it, and settle it again.
+                    let refused = "an earlier batch failed; the ledger restarts and replays its log";
+                    if let Some(done) = job.done {
+                        let _ = done.send(Err(refused.to_owned()));
+                    }
+                    Err(StorageError::Invalid(refused.into()))
+                } else {
+                    run_job(&store, job, true)
+                };
                 if let Err(error) = &result {
                     // The segment stays on disk (and every later one): the ledger restarts
                     // on this failure and its recovery applies them.
@@ -723,6 +767,9 @@ impl Actor for LedgerActor {
         // Holds an earlier incarnation granted still stand: count them against their
         // accounts and budgets again.
         let month = month_of(now_us());
+        lock(&state.holds).retain(|_, h| h.alive.strong_count() > 0);
+        let newest = lock(&state.holds).keys().max().copied().unwrap_or(0);
+        state.next_hold = state.next_hold.max(newest);
         let held: Vec<(String, Option<String>, i64, bool, i64)> = lock(&state.holds)
             .values()
             .map(|h| (h.account_id.clone(), h.workspace_slug.clone(), h.month, h.metered, h.amount_units))
@@ -760,7 +807,7 @@ impl Actor for LedgerActor {
             LedgerMsg::Reserve(req, reply) => {
                 // A caller that stopped waiting (timed out, or its client left) never gets
                 // the hold to release: give it back at once, or it would pin the balance.
-                if let Err(ractor::MessagingErr::SendErr(Ok(id))) = reply.send(self.reserve(state, req)?) {
+                if let Err(ractor::MessagingErr::SendErr(Ok((id, _)))) = reply.send(self.reserve(state, req)?) {
                     self.release(state, id);
                 }
             }
@@ -948,7 +995,7 @@ impl LedgerClient {
 
     pub async fn reserve(&self, req: ReserveRequest) -> Result<Result<HoldGuard, Refusal>, LedgerError> {
         let id = self.call(move |r| LedgerMsg::Reserve(req.clone(), r)).await?;
-        Ok(id.map(|id| HoldGuard { id: Some(id), ledger: self.clone() }))
+        Ok(id.map(|(id, alive)| HoldGuard { id: Some(id), ledger: self.clone(), _alive: alive }))
     }
 
     /// Records a served request. When this returns Ok, the row survives a crash. Returns the
@@ -1029,6 +1076,8 @@ impl LedgerClient {
 pub struct HoldGuard {
     id: Option<HoldId>,
     ledger: LedgerClient,
+    /// The ledger sees the hold die with it, should the release message be lost.
+    _alive: Arc<()>,
 }
 
 impl Drop for HoldGuard {
@@ -1273,13 +1322,17 @@ mod tests {
         let first = start().await;
         client.credit(payment("pi_1", 1_000), DEFAULT_CREDIT_TIMEOUT).await.unwrap();
         let in_flight = reserve(800, Some(900)).await.unwrap().unwrap();
+        let lost = reserve(100, None).await.unwrap().unwrap();
         first.stop_and_wait(None, Some(Duration::from_secs(10))).await.unwrap();
+        // Its request ends while no ledger runs: the release message goes nowhere.
+        drop(lost);
 
         let second = start().await;
         assert!(reserve(300, None).await.unwrap().is_err(), "the 800 still held leaves 200");
+        assert!(reserve(200, None).await.unwrap().is_ok(), "the lost release's 100 is free again");
         assert!(
-            matches!(reserve(200, Some(900)).await.unwrap(), Err(Refusal::BudgetExceeded { .. })),
-            "and the budget still counts it"
+            matches!(reserve(150, Some(900)).await.unwrap(), Err(Refusal::BudgetExceeded { .. })),
+            "and the budget still counts the 800"
         );
         drop(in_flight);
         assert!(reserve(300, None).await.unwrap().is_ok(), "released through the new ledger");
