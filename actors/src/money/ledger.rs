@@ -176,6 +176,9 @@ pub enum LedgerMsg {
     /// ledger's) once it is in the log.
     Settle {
         hold: Option<HoldId>,
+        /// The hold's token, alive until the settle is handled: a hold being settled is
+        /// never taken for one whose release was lost.
+        alive: Option<Arc<()>>,
         row: Box<UsageRow>,
         reply: RpcReplyPort<Result<(UsageRow, AccountMoney), LedgerError>>,
     },
@@ -812,7 +815,7 @@ impl Actor for LedgerActor {
                 }
             }
             LedgerMsg::Release(id) => self.release(state, id),
-            LedgerMsg::Settle { hold, row, reply } => {
+            LedgerMsg::Settle { hold, row, reply, .. } => {
                 let result = self.settle(state, &me, hold, *row);
                 let failed = result.as_ref().err().map(|e| e.to_string());
                 let _ = reply.send(result.map_err(LedgerError::from));
@@ -995,7 +998,7 @@ impl LedgerClient {
 
     pub async fn reserve(&self, req: ReserveRequest) -> Result<Result<HoldGuard, Refusal>, LedgerError> {
         let id = self.call(move |r| LedgerMsg::Reserve(req.clone(), r)).await?;
-        Ok(id.map(|(id, alive)| HoldGuard { id: Some(id), ledger: self.clone(), _alive: alive }))
+        Ok(id.map(|(id, alive)| HoldGuard { id: Some(id), ledger: self.clone(), alive }))
     }
 
     /// Records a served request. When this returns Ok, the row survives a crash. Returns the
@@ -1005,9 +1008,12 @@ impl LedgerClient {
         hold: Option<HoldGuard>,
         row: UsageRow,
     ) -> Result<(UsageRow, AccountMoney), LedgerError> {
-        let hold = hold.and_then(|mut h| h.id.take());
+        let (hold, alive) = match hold {
+            Some(mut h) => (h.id.take(), Some(h.alive.clone())),
+            None => (None, None),
+        };
         let row = Arc::new(row);
-        let msg = move |reply| LedgerMsg::Settle { hold, row: Box::new((*row).clone()), reply };
+        let msg = move |reply| LedgerMsg::Settle { hold, alive: alive.clone(), row: Box::new((*row).clone()), reply };
         if let Some(ledger) = self.actor() {
             // The message is in the mailbox once this is first polled; a caller that stops
             // waiting after that cannot cancel the settle.
@@ -1077,7 +1083,7 @@ pub struct HoldGuard {
     id: Option<HoldId>,
     ledger: LedgerClient,
     /// The ledger sees the hold die with it, should the release message be lost.
-    _alive: Arc<()>,
+    alive: Arc<()>,
 }
 
 impl Drop for HoldGuard {

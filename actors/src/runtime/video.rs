@@ -220,16 +220,28 @@ impl Runtime {
             completed_at_ms: None,
             charged_usd: None,
         };
-        store.video_jobs.insert(&(job.account_id.as_str(), job.id.as_str()), &job)?;
-        let open = OpenVideoJob { account_id: job.account_id.clone(), id: job.id.clone() };
-        store.video_jobs_open.insert(&job.id.as_str(), &open)?;
-        store.flush().await?;
+        // Handed over before the job is open, so whichever actor starts it (this start's,
+        // or the supervisor's loader) takes this hold rather than holding anew.
         if let Some(hold) = holds.ledger {
-            // The job's actor takes it over.
             self.0.video.holds.insert(job.id.clone(), hold);
+        }
+        let recorded = (|| {
+            store.video_jobs.insert(&(job.account_id.as_str(), job.id.as_str()), &job)?;
+            let open = OpenVideoJob { account_id: job.account_id.clone(), id: job.id.clone() };
+            store.video_jobs_open.insert(&job.id.as_str(), &open)
+        })();
+        if let Err(error) = recorded {
+            self.0.video.holds.remove(&job.id);
+            return Err(error.into());
+        }
+        if let Err(error) = store.flush().await {
+            self.0.video.holds.remove(&job.id);
+            return Err(error.into());
         }
         let registry = &self.0.directory.registry;
         crate::tree::supervisor::start_child(registry, VIDEOJOBS, self.video_spec(&job.account_id, &job.id)).await;
+        // Not taken: no actor started for it (it will hold anew when one does).
+        self.0.video.holds.remove(&job.id);
         Ok(job)
     }
 
@@ -504,7 +516,12 @@ impl Actor for VideoJobActor {
     type Arguments = ();
 
     async fn pre_start(&self, _me: ActorRef<VideoJobMsg>, _: ()) -> Result<Option<VideoJob>, ActorProcessingErr> {
-        Ok(self.runtime.0.directory.store.video_jobs.get(&(self.account_id.as_str(), self.id.as_str()))?)
+        let job = self.runtime.0.directory.store.video_jobs.get(&(self.account_id.as_str(), self.id.as_str()))?;
+        if let Some(job) = job.as_ref().filter(|j| matches!(j.status.as_str(), "processing" | "charging")) {
+            // Before the spawn returns: the start that spawned it finds its hold taken.
+            self.take_hold(job).await;
+        }
+        Ok(job)
     }
 
     async fn post_start(
@@ -514,7 +531,6 @@ impl Actor for VideoJobActor {
     ) -> Result<(), ActorProcessingErr> {
         match job {
             Some(job) if matches!(job.status.as_str(), "processing" | "charging") => {
-                self.take_hold(job).await;
                 let due = job.next_poll_at_ms - crate::clock::now_ms();
                 me.send_after(Duration::from_millis(u64::try_from(due).unwrap_or(0)), || VideoJobMsg::Poll);
             }
