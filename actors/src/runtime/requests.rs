@@ -221,11 +221,7 @@ impl Runtime {
         info: &RequestInfo,
         amount_units: impl FnOnce() -> i64,
     ) -> Result<Holds, EngineError> {
-        let metered = self.0.directory.operator_account_id().as_deref() != Some(key.account_id.as_str());
-        let budget = key.workspace_slug.as_ref().and_then(|slug| {
-            let entry = self.0.directory.workspace_entry(&key.account_id, slug)?;
-            entry.monthly_budget_usd().map(|usd| (slug.clone(), usd_to_units(usd)))
-        });
+        let (metered, budget) = self.ledger_terms(&key.account_id, key.workspace_slug.as_deref());
         if !metered && budget.is_none() && info.mission.is_none() {
             return Ok(Holds::default());
         }
@@ -237,30 +233,30 @@ impl Runtime {
             }
             None => None,
         };
-        if !metered && budget.is_none() {
-            return Ok(Holds { ledger: None, mission });
-        }
-        let req = ReserveRequest { account_id: key.account_id.clone(), metered, amount_units: amount, budget };
-        match self.0.ledger.reserve(req).await? {
-            Ok(hold) => Ok(Holds { ledger: Some(hold), mission }),
-            Err(refusal) => Err(refusal_error(refusal, &self.0.config.funding.payments_url())),
-        }
+        let ledger = self.reserve_ledger(&key.account_id, metered, budget, amount).await?;
+        Ok(Holds { ledger, mission })
     }
 
-    /// A hold of `amount` for work of `account_id` in `workspace` that no request task
-    /// carries (a video job after a restart): `None` for the operator's unmetered account
-    /// without a workspace budget.
-    pub(crate) async fn reserve_for(
-        &self,
-        account_id: &str,
-        workspace: Option<&str>,
-        amount: i64,
-    ) -> Result<Option<HoldGuard>, EngineError> {
+    /// Whether `account_id` is metered (the operator's is not), and the monthly budget of
+    /// `workspace` when it has one.
+    fn ledger_terms(&self, account_id: &str, workspace: Option<&str>) -> (bool, Option<(String, i64)>) {
         let metered = self.0.directory.operator_account_id().as_deref() != Some(account_id);
         let budget = workspace.and_then(|slug| {
             let entry = self.0.directory.workspace_entry(account_id, slug)?;
             entry.monthly_budget_usd().map(|usd| (slug.to_owned(), usd_to_units(usd)))
         });
+        (metered, budget)
+    }
+
+    /// The ledger's hold of `amount` on those terms; `None` when there is nothing to hold
+    /// against (unmetered, no budget).
+    async fn reserve_ledger(
+        &self,
+        account_id: &str,
+        metered: bool,
+        budget: Option<(String, i64)>,
+        amount: i64,
+    ) -> Result<Option<HoldGuard>, EngineError> {
         if !metered && budget.is_none() {
             return Ok(None);
         }
@@ -269,6 +265,18 @@ impl Runtime {
             Ok(hold) => Ok(Some(hold)),
             Err(refusal) => Err(refusal_error(refusal, &self.0.config.funding.payments_url())),
         }
+    }
+
+    /// A hold of `amount` for work of `account_id` in `workspace` that no request task
+    /// carries (a video job after a restart).
+    pub(crate) async fn reserve_for(
+        &self,
+        account_id: &str,
+        workspace: Option<&str>,
+        amount: i64,
+    ) -> Result<Option<HoldGuard>, EngineError> {
+        let (metered, budget) = self.ledger_terms(account_id, workspace);
+        self.reserve_ledger(account_id, metered, budget, amount).await
     }
 
     /// Run in a task of its own (`Engine::serve_chat`): a client leaving must not cancel it.
